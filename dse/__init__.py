@@ -1,0 +1,5 @@
+"""dse: differentiable design-space exploration of AI hardware, in JAX."""
+
+from . import hardware as hardware
+from . import models as models
+from . import optimizers as optimizers

@@ -1,0 +1,128 @@
+"""`Chip`: one accelerator die (or a batch of them), as a pytree of continuous SI quantities."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, get_args
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._validate import as_float_array, check_choice, check_range
+
+SramKind = Literal["cache", "scratchpad"]
+HbmGeneration = Literal["none", "HBM2", "HBM2e", "HBM3", "HBM3e", "HBM4"]
+
+# Allowed range of every continuous field: (lower, upper, lower_inclusive).
+CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "mac_units": (0.0, float("inf"), False),
+    "clock_hz": (0.0, float("inf"), False),
+    "vector_flops": (0.0, float("inf"), False),
+    "sram_bytes": (0.0, float("inf"), False),
+    "hbm_bandwidth": (0.0, float("inf"), True),
+    "hbm_bytes": (0.0, float("inf"), True),
+    "link_count": (0.0, float("inf"), True),
+    "link_bandwidth": (0.0, float("inf"), False),
+    "node_nm": (1.0, 250.0, False),
+    "core_count": (0.0, float("inf"), False),
+    "compute_redundancy": (1.0, 4.0, True),
+}
+
+
+class Chip(eqx.Module):
+    """An accelerator die: compute, on-chip SRAM, HBM and off-chip links.
+
+    Every continuous field is an array leaf (a scalar for one chip, a leading batch axis for
+    many), so `jax.grad` returns a `Chip` of derivatives and `jax.vmap` maps over designs.
+    Integer-valued knobs (`link_count`, `core_count`) are stored as floats: the optimizers relax
+    them and snap them back explicitly.
+
+    **Fields** (SI units):
+
+    - `mac_units`: matrix multiply-accumulate units enabled, each one 16-bit MAC per cycle
+      (dense). Peak matrix FLOP/s = 2 * mac_units * clock_hz.
+    - `clock_hz`: clock of the matrix units, Hz.
+    - `vector_flops`: peak non-matrix (vector / SIMD) FLOP/s, used by element-wise ops.
+    - `sram_bytes`: on-chip SRAM that the workload can use for tiling and for resident weights
+      (L2 / LLC + per-core shared memory / scratchpad), bytes.
+    - `hbm_bandwidth`: off-chip memory bandwidth, bytes/s (0 for SRAM-only chips).
+    - `hbm_bytes`: off-chip memory capacity, bytes (0 for SRAM-only chips).
+    - `link_count`: off-chip scale-up links (NVLink, ICI, XGMI, Ethernet ports).
+    - `link_bandwidth`: bandwidth of one link in one direction, bytes/s.
+    - `node_nm`: process node, nm (continuous: `technology(node_nm)` interpolates).
+    - `core_count`: independently scheduled cores enabled (SMs, CUs, tiles).
+    - `compute_redundancy`: physical / enabled compute on the die (GA100 has 128 SMs on silicon,
+      108 enabled: 1.185). Spare cores cost area and buy yield.
+    - `sram_kind` (static): "cache" (hardware-managed, with tags, ECC and crossbar, as in GPU L2)
+      or "scratchpad" (software-managed macros, as in TPU / IPU / Groq / Cerebras).
+    - `hbm_generation` (static): memory generation whose stacks supply the bandwidth/capacity.
+    - `die_count` (static): dies in the package; reticle and yield apply per die.
+    - `name` (static): label for tables and plots.
+    """
+
+    mac_units: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    clock_hz: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    vector_flops: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    sram_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    hbm_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    hbm_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    link_count: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    link_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    node_nm: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    core_count: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    compute_redundancy: Float[Array, "*batch"] = eqx.field(
+        converter=as_float_array, default=1.0
+    )
+    sram_kind: SramKind = eqx.field(static=True, default="cache")
+    hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")
+    die_count: int = eqx.field(static=True, default=1)
+    name: str = eqx.field(static=True, default="custom")
+
+    def __check_init__(self):
+        for field, (lo, hi, lo_inc) in CHIP_BOUNDS.items():
+            check_range("Chip", field, getattr(self, field), lower=lo, upper=hi,
+                        lower_inclusive=lo_inc)
+        check_choice("Chip", "sram_kind", self.sram_kind, get_args(SramKind))
+        check_choice("Chip", "hbm_generation", self.hbm_generation, get_args(HbmGeneration))
+        if not isinstance(self.die_count, int) or self.die_count < 1:
+            raise ValueError(f"Chip.die_count must be an integer >= 1; got {self.die_count!r}")
+        if self.hbm_generation == "none":
+            for field in ("hbm_bandwidth", "hbm_bytes"):
+                value = getattr(self, field)
+                if not isinstance(value, jax.core.Tracer) and bool(jnp.any(value != 0)):
+                    raise ValueError(
+                        f"Chip.{field} must be 0 when hbm_generation='none'; got {value}"
+                    )
+
+    # Derived quantities (pure, so they trace and differentiate).
+    @property
+    def peak_flops(self) -> Float[Array, "*batch"]:
+        """Peak dense matrix FLOP/s (2 FLOP per MAC per cycle)."""
+        return 2.0 * self.mac_units * self.clock_hz
+
+    @property
+    def link_bandwidth_total(self) -> Float[Array, "*batch"]:
+        """All links together, one direction, bytes/s."""
+        return self.link_count * self.link_bandwidth
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Leading batch shape shared by every continuous field (() for one chip)."""
+        return jnp.shape(self.mac_units)
+
+    def replace(self, **changes) -> Chip:
+        """A copy with some fields changed (validated like a new Chip)."""
+        return dataclasses.replace(self, **changes)
+
+
+CONTINUOUS_CHIP_FIELDS: tuple[str, ...] = tuple(CHIP_BOUNDS)
+
+
+def stack_chips(chips) -> Chip:
+    """Stack Chips that share their static fields into one batched Chip (leading axis)."""
+    chips = list(chips)
+    if not chips:
+        raise ValueError("stack_chips needs at least one Chip")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *chips)

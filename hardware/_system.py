@@ -1,0 +1,79 @@
+"""`System`: many chips, a scale-up domain (NVLink / ICI) and a scale-out network (InfiniBand)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, get_args
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._chip import Chip
+from ._validate import as_float_array, check_choice, check_range
+
+Topology = Literal["switch", "torus2d", "torus3d"]
+
+SYSTEM_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "scaleup_size": (1.0, float("inf"), True),
+    "scaleup_latency": (0.0, 1.0, True),
+    "scaleout_bandwidth": (0.0, float("inf"), False),
+    "scaleout_latency": (0.0, 1.0, True),
+}
+
+
+class System(eqx.Module):
+    """A cluster of identical chips in two network tiers.
+
+    **Fields** (SI units):
+
+    - `chip`: the `Chip` every node carries.
+    - `num_chips` (static): chips in the system.
+    - `scaleup_size`: chips per scale-up domain (8 in a DGX, 72 in an NVL72, the whole slice for a
+      TPU torus). Per-chip scale-up bandwidth is the chip's links: `chip.link_count *
+      chip.link_bandwidth` per direction.
+    - `scaleup_latency`: one-hop latency inside the domain, s.
+    - `scaleout_bandwidth`: per-chip bandwidth to the scale-out network, one direction, bytes/s.
+    - `scaleout_latency`: one-hop latency of the scale-out network, s.
+    - `topology` (static): scale-up topology: "switch" (NVSwitch: any-to-any at full per-chip
+      bandwidth), "torus2d" / "torus3d" (TPU ICI: rings along each dimension).
+    - `name` (static): label.
+    """
+
+    chip: Chip
+    num_chips: int = eqx.field(static=True)
+    scaleup_size: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    scaleup_latency: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    scaleout_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    scaleout_latency: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
+    topology: Topology = eqx.field(static=True, default="switch")
+    name: str = eqx.field(static=True, default="custom")
+
+    def __check_init__(self):
+        if not isinstance(self.chip, Chip):
+            raise ValueError(f"System.chip must be a Chip; got {type(self.chip).__name__}")
+        if not isinstance(self.num_chips, int) or isinstance(self.num_chips, bool) \
+                or self.num_chips < 1:
+            raise ValueError(f"System.num_chips must be an integer >= 1; got {self.num_chips!r}")
+        for field, (lo, hi, lo_inc) in SYSTEM_BOUNDS.items():
+            check_range("System", field, getattr(self, field), lower=lo, upper=hi,
+                        lower_inclusive=lo_inc)
+        check_choice("System", "topology", self.topology, get_args(Topology))
+
+    @property
+    def scaleup_bandwidth(self) -> Float[Array, "*batch"]:
+        """Per-chip scale-up bandwidth, one direction, bytes/s (all of the chip's links)."""
+        return self.chip.link_count * self.chip.link_bandwidth
+
+    @property
+    def scaleup_domain(self) -> Float[Array, "*batch"]:
+        """Chips per scale-up domain, capped at the system size."""
+        return jnp.minimum(self.scaleup_size, float(self.num_chips))
+
+    def with_num_chips(self, num_chips: int) -> System:
+        """The same system with `num_chips` chips (the scale-up domain is kept)."""
+        return dataclasses.replace(self, num_chips=int(num_chips))
+
+    def replace(self, **changes) -> System:
+        """A copy with some fields changed (validated like a new System)."""
+        return dataclasses.replace(self, **changes)

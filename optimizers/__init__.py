@@ -1,0 +1,1 @@
+"""dse.optimizers: generic search over unconstrained arrays (knows neither chips nor models)."""

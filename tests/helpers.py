@@ -1,0 +1,39 @@
+"""Shared test kit: tree comparison, finite-difference gradients, random designs, data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the checkout (or $DSE_SHARED_DATA): the published measurements."""
+    env = os.environ.get("DSE_SHARED_DATA")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    if not (path / "chips.csv").exists():
+        raise FileNotFoundError(
+            f"published data not found at {path}; set DSE_SHARED_DATA to the shared/data folder"
+        )
+    return path
+
+
+def tree_allclose(a, b, rtol=1e-6, atol=0.0) -> bool:
+    """True when two pytrees have the same structure and all leaves are close."""
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    if ta != tb:
+        return False
+    return all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+               for x, y in zip(la, lb))
+
+
+def central_difference(f, x: float, rel_step: float = 1e-6) -> float:
+    """d f / d x at x by a central difference in float64 (f: float -> float)."""
+    h = rel_step * max(abs(x), 1e-30)
+    return (f(x + h) - f(x - h)) / (2 * h)
