@@ -1,0 +1,323 @@
+"""Operators on one chip: GEMM, flash-style attention, memory-bound element-wise ops.
+
+Each operator returns an `OpCost`: FLOPs, HBM bytes, the compute and memory times and their
+roofline. Two physical effects set the times:
+
+- **On-chip reuse.** HBM traffic of a GEMM depends on the SRAM through tiling. For a C = A B
+  product (M x K times K x N) with S words of fast memory the sequential I/O lower bound is
+  2 M N K / sqrt(S) + M N (Kwasniewski et al. 2019, "Red-blue pebbling revisited", SC'19, Thm. 1;
+  the MNK/sqrt(S) scaling is Hong & Kung 1981 and Irony, Toledo & Tiskin 2004), attained by an
+  output-stationary tiling with an a x b block of C resident: A is streamed N/b times and B M/a
+  times. We take the best such tiling under a <= M, b <= N, a b <= S, so the traffic falls
+  continuously with S to the compulsory minimum M K + K N + M N once the whole output fits.
+  Attention follows the FlashAttention I/O analysis (Dao et al. 2022, Thm. 2; Dao 2023 for the
+  FlashAttention-2 loop order): K and V are streamed once per resident block of query rows.
+- **Efficiency in op size.** Achieved throughput rises smoothly with op size: an op whose ideal
+  time (work / peak rate) is s runs at efficiency eta(s) = eta_max * s / (s + s_half), i.e. in
+  time (s + s_half) / eta_max: a fixed start-up cost plus a sustained fraction of peak. The four
+  constants (matrix and memory: eta_max, s_half) are fitted by `models/_fit_efficiency.py` to
+  measured A100 per-operator latencies and the measured max-achievable matmul rate.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from dse.hardware import Chip
+
+# Smooth-max exponent of `roofline(..., smooth=True)`: (c^p + m^p)^(1/p) exceeds max(c, m) by at
+# most 2^(1/p) - 1 (9% for p = 8) and only at the crossover c = m. A design choice trading
+# accuracy at the ridge against curvature for gradient-based search, not a measured constant.
+SMOOTH_MAX_P = 8.0
+
+_TINY = 1e-30
+
+
+class Efficiency(eqx.Module):
+    """Sustained fraction of peak and start-up time of matrix and memory work.
+
+    An op with ideal time s (FLOP / peak FLOP/s, or bytes / HBM bandwidth) takes
+    (s + overhead) / max_fraction, i.e. runs at efficiency max_fraction * s / (s + overhead):
+    smooth and increasing in op size.
+
+    **Fields:**
+
+    - `matrix_max`: sustained fraction of peak matrix FLOP/s on large GEMMs.
+    - `matrix_overhead_s`: start-up time of a matrix op, s.
+    - `memory_max`: sustained fraction of peak HBM bandwidth on large transfers.
+    - `memory_overhead_s`: start-up time of a memory-bound op, s.
+    """
+
+    matrix_max: Float[Array, ""]
+    matrix_overhead_s: Float[Array, ""]
+    memory_max: Float[Array, ""]
+    memory_overhead_s: Float[Array, ""]
+
+
+# Fitted by `python -m dse.models._fit_efficiency` (models/_fit_efficiency.py) to the LLMCompass
+# A100 per-operator latencies (../shared/data/inference_runs.csv, rows llmcompass_a100x4_gpt3_*,
+# notes column) and the A100 measured max-achievable matmul (chips.csv); tests/test_operators.py
+# re-runs the fit and checks these values.
+FITTED_EFFICIENCY = dict(
+    matrix_max=0.8897,
+    matrix_overhead_s=8.575e-06,
+    memory_max=0.6878,
+    memory_overhead_s=1.013e-05,
+)
+
+
+def default_efficiency() -> Efficiency:
+    """The fitted `Efficiency` (see `models/_fit_efficiency.py`)."""
+    return Efficiency(**{k: jnp.asarray(v) for k, v in FITTED_EFFICIENCY.items()})
+
+
+class OpCost(eqx.Module):
+    """Cost of one operator on one chip (SI units; arrays broadcast over a batch).
+
+    **Fields:**
+
+    - `flops`: arithmetic work, FLOP.
+    - `hbm_bytes`: off-chip memory traffic, bytes.
+    - `compute_time`: time if compute were the only limit, s.
+    - `memory_time`: time if HBM bandwidth were the only limit, s.
+    - `time`: roofline of the two (max, or smooth max), s.
+    """
+
+    flops: Float[Array, "*batch"]
+    hbm_bytes: Float[Array, "*batch"]
+    compute_time: Float[Array, "*batch"]
+    memory_time: Float[Array, "*batch"]
+    time: Float[Array, "*batch"]
+
+    def __add__(self, other: OpCost) -> OpCost:
+        """Two ops run one after the other: every field adds."""
+        return OpCost(*(a + b for a, b in zip(_fields(self), _fields(other))))
+
+    def scale(self, factor) -> OpCost:
+        """`factor` identical ops run one after the other."""
+        return OpCost(*(a * factor for a in _fields(self)))
+
+
+def _fields(c: OpCost):
+    return (c.flops, c.hbm_bytes, c.compute_time, c.memory_time, c.time)
+
+
+def roofline(compute_time: ArrayLike, memory_time: ArrayLike,
+             smooth: bool = False) -> Float[Array, "*batch"]:
+    """Time of an op limited by compute or memory: the max, or a smooth max.
+
+    **Arguments:**
+
+    - `compute_time`, `memory_time`: the two limits, s (>= 0).
+    - `smooth`: use the p-norm (c^p + m^p)^(1/p) (p = `SMOOTH_MAX_P`), which is differentiable
+      where c = m and never below the max.
+
+    **Returns:** time, s.
+    """
+    c = jnp.asarray(compute_time)
+    m = jnp.asarray(memory_time)
+    if not smooth:
+        return jnp.maximum(c, m)
+    big = jnp.maximum(c, m)
+    positive = big > 0
+    safe_big = jnp.where(positive, big, 1.0)
+    norm = safe_big * ((c / safe_big) ** SMOOTH_MAX_P
+                       + (m / safe_big) ** SMOOTH_MAX_P) ** (1.0 / SMOOTH_MAX_P)
+    return jnp.where(positive, norm, 0.0)
+
+
+def _safe_div(num, den):
+    """num / den, and 0 where den == 0 (double-where: no inf/NaN in value or gradient)."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def _times(chip: Chip, flops, hbm_bytes, eff: Efficiency, active, matrix: bool = True):
+    """Compute and memory times with the size-dependent efficiency.
+
+    `active` is 1 where the op exists (a zero-size op costs no start-up time). Vector work
+    (`matrix=False`) has no measured efficiency to fit: it runs at the vector peak and shares the
+    memory-op start-up time (element-wise ops are memory-bound on every chip in chips.csv).
+    A chip without HBM (`hbm_bandwidth == 0`) keeps its operands in SRAM: no HBM time.
+    """
+    ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
+    memory_time = active * (ideal_m + eff.memory_overhead_s) / eff.memory_max
+    if matrix:
+        compute_time = active * (flops / chip.peak_flops + eff.matrix_overhead_s) / eff.matrix_max
+    else:
+        compute_time = active * (flops / chip.vector_flops + eff.memory_overhead_s)
+    return compute_time, memory_time
+
+
+def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
+    """HBM reads and writes (elements) of C = A B with the best output-stationary tiling.
+
+    A is m x k (activations), B is k x n (weights), C is m x n. With an a x b block of C
+    resident, A is read n / b times and B m / a times; C is written once. The tile obeys
+    a <= m, b <= n, a b <= S: the short side takes min(short, sqrt(S)) and the long side
+    min(long, S / short_tile). Traffic is continuous and non-increasing in S and never below the
+    compulsory m k + k n + m n (Kwasniewski et al. 2019, Thm. 1).
+
+    `weight_resident_fraction` of B lives in SRAM across calls (weight-stationary chips): that
+    share of B costs no HBM traffic and A needs no re-read against it.
+
+    **Returns:** (a_elements, b_elements, c_elements) moved to or from HBM.
+    """
+    short = jnp.minimum(m, n)
+    long = jnp.maximum(m, n)
+    t_short = jnp.minimum(short, jnp.sqrt(sram_elements))
+    t_long = jnp.minimum(long, sram_elements / t_short)
+    m_tile = jnp.where(m <= n, t_short, t_long)
+    n_tile = jnp.where(m <= n, t_long, t_short)
+    f = weight_resident_fraction
+    a_elems = m * k * ((1.0 - f) * n / n_tile + f)
+    b_elems = (1.0 - f) * k * n * m / m_tile
+    c_elems = m * n
+    return a_elems, b_elems, c_elems
+
+
+def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
+         bytes_per_element: ArrayLike = 2.0, weight_bytes_per_element: ArrayLike | None = None,
+         weight_resident_fraction: ArrayLike = 0.0, smooth: bool = False,
+         efficiency: Efficiency | None = None) -> OpCost:
+    """One matrix product C (m x n) = A (m x k) B (k x n) on one chip.
+
+    **Arguments:**
+
+    - `chip`: the `Chip` (a batch of chips broadcasts).
+    - `m`, `n`, `k`: matrix dimensions (A rows = tokens, n = output features, k = reduction).
+    - `bytes_per_element`: width of A and C elements, bytes.
+    - `weight_bytes_per_element`: width of B (the weights) if different (int8 weights: 1).
+    - `weight_resident_fraction`: share of B held in SRAM across calls, in [0, 1].
+    - `smooth`: smooth roofline (see `roofline`).
+    - `efficiency`: override the fitted `Efficiency`.
+
+    **Returns:** `OpCost` (FLOP, bytes, seconds).
+    """
+    eff = default_efficiency() if efficiency is None else efficiency
+    wbytes = bytes_per_element if weight_bytes_per_element is None else weight_bytes_per_element
+    m, n, k = (jnp.asarray(x, dtype=float) for x in (m, n, k))
+    flops = 2.0 * m * n * k
+    # Tiles are counted in elements of the mean width of the three operands held on chip.
+    sram_elements = chip.sram_bytes / ((2.0 * bytes_per_element + wbytes) / 3.0)
+    a, b, c = gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction)
+    hbm_bytes = (a + c) * bytes_per_element + b * wbytes
+    active = jnp.where(flops > 0, 1.0, 0.0)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active)
+    return OpCost(flops, hbm_bytes, compute_time, memory_time,
+                  roofline(compute_time, memory_time, smooth))
+
+
+def _attention_shape(heads, kv_heads, q_len, kv_len, causal):
+    # Causal queries sit at the end of the context: query i (of q_len) sees kv_len - q_len + i + 1
+    # keys, kv_len - (q_len - 1) / 2 on average.
+    attended = jnp.where(causal, kv_len - 0.5 * (q_len - 1.0), kv_len)
+    return jnp.maximum(attended, 1.0)
+
+
+def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLike,
+              q_len: ArrayLike, kv_len: ArrayLike, head_dim: ArrayLike, *, causal: bool = True,
+              bytes_per_element: ArrayLike = 2.0, smooth: bool = False,
+              efficiency: Efficiency | None = None) -> OpCost:
+    """Fused (FlashAttention-style) attention forward: softmax(Q K^T) V on one chip.
+
+    FLOPs: QK^T and AV, 4 * batch * heads * q_len * attended * head_dim (Dao et al. 2022 count;
+    `attended` = kv_len, or the causal mean). HBM traffic: Q read and O written once; K and V
+    streamed once per block of query rows that fits on chip (FlashAttention-2 loop order, Dao
+    2023; block rows = S / (4 head_dim) as in Dao et al. 2022, Alg. 1). GQA / MQA: the
+    heads / kv_heads query heads that share a KV head are processed together, so K and V are read
+    per KV head, not per query head.
+
+    **Arguments:**
+
+    - `chip`: the `Chip`.
+    - `batch`: sequences.
+    - `heads`, `kv_heads`: query heads and KV heads on this chip.
+    - `q_len`: query tokens per sequence (prompt length in prefill, 1 in decode).
+    - `kv_len`: keys per sequence (context length).
+    - `head_dim`: width of one head.
+    - `causal`: causal mask (halves the work of a square prefill).
+    - `bytes_per_element`: width of Q, K, V, O elements, bytes (the KV-cache width in decode).
+    - `smooth`, `efficiency`: as in `gemm`.
+
+    **Returns:** `OpCost`.
+    """
+    eff = default_efficiency() if efficiency is None else efficiency
+    batch, heads, kv_heads, q_len, kv_len, head_dim = (
+        jnp.asarray(x, dtype=float) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
+    attended = _attention_shape(heads, kv_heads, q_len, kv_len, causal)
+    flops = 4.0 * batch * heads * q_len * attended * head_dim
+    group_rows = q_len * heads / kv_heads  # query rows sharing one KV head
+    block_rows = chip.sram_bytes / bytes_per_element / (4.0 * head_dim)
+    kv_passes = jnp.maximum(1.0, group_rows / block_rows)
+    kv_fraction = attended / kv_len  # causal blocks above the diagonal are skipped
+    q_o = 2.0 * batch * heads * q_len * head_dim
+    k_v = 2.0 * batch * kv_heads * kv_len * head_dim * jnp.maximum(kv_passes * kv_fraction, 1.0)
+    hbm_bytes = (q_o + k_v) * bytes_per_element
+    active = jnp.where(flops > 0, 1.0, 0.0)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active)
+    return OpCost(flops, hbm_bytes, compute_time, memory_time,
+                  roofline(compute_time, memory_time, smooth))
+
+
+def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLike,
+                       q_len: ArrayLike, kv_len: ArrayLike, head_dim: ArrayLike, *,
+                       causal: bool = True, bytes_per_element: ArrayLike = 2.0,
+                       smooth: bool = False, efficiency: Efficiency | None = None) -> OpCost:
+    """Fused attention backward (FlashAttention-2) on one chip.
+
+    FLOPs: 2.5 x forward (five matrix products instead of two, the scores recomputed;
+    Dao 2023, Sec. 3.2 / benchmark FLOP count). HBM traffic (Dao 2023, Alg. 2 loop order): K, V
+    read and dK, dV written once per KV block pass; Q, O, dO read and dQ read and written once per
+    block of keys that fits on chip (block = S / (4 head_dim) rows).
+
+    **Arguments:** as `attention`.
+
+    **Returns:** `OpCost`.
+    """
+    eff = default_efficiency() if efficiency is None else efficiency
+    batch, heads, kv_heads, q_len, kv_len, head_dim = (
+        jnp.asarray(x, dtype=float) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
+    attended = _attention_shape(heads, kv_heads, q_len, kv_len, causal)
+    flops = 2.5 * 4.0 * batch * heads * q_len * attended * head_dim
+    block_cols = chip.sram_bytes / bytes_per_element / (4.0 * head_dim)
+    q_passes = jnp.maximum(1.0, attended / block_cols)
+    kv = 4.0 * batch * kv_heads * kv_len * head_dim          # K, V read; dK, dV written
+    q_side = 5.0 * batch * heads * q_len * head_dim * q_passes  # Q, O, dO read; dQ read + write
+    hbm_bytes = (kv + q_side) * bytes_per_element
+    active = jnp.where(flops > 0, 1.0, 0.0)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active)
+    return OpCost(flops, hbm_bytes, compute_time, memory_time,
+                  roofline(compute_time, memory_time, smooth))
+
+
+def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike = 1.0,
+                bytes_per_element: ArrayLike = 2.0, reads: ArrayLike = 1.0,
+                writes: ArrayLike = 1.0, smooth: bool = False,
+                efficiency: Efficiency | None = None) -> OpCost:
+    """A memory-bound element-wise op (activation, norm, softmax, residual add) on one chip.
+
+    Work runs on the vector units (`chip.vector_flops`); each element is read `reads` times and
+    written `writes` times from and to HBM.
+
+    **Arguments:**
+
+    - `chip`: the `Chip`.
+    - `elements`: elements of the output tensor.
+    - `flops_per_element`: vector FLOP per element.
+    - `bytes_per_element`: element width, bytes.
+    - `reads`, `writes`: HBM passes per element (a residual add reads 2, writes 1).
+    - `smooth`, `efficiency`: as in `gemm`.
+
+    **Returns:** `OpCost`.
+    """
+    eff = default_efficiency() if efficiency is None else efficiency
+    elements = jnp.asarray(elements, dtype=float)
+    flops = elements * flops_per_element
+    hbm_bytes = elements * (reads + writes) * bytes_per_element
+    active = jnp.where(elements > 0, 1.0, 0.0)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active, matrix=False)
+    return OpCost(flops, hbm_bytes, compute_time, memory_time,
+                  roofline(compute_time, memory_time, smooth))
