@@ -77,24 +77,26 @@ class Box(eqx.Module):
         """Number of parameters."""
         return len(self.log)
 
-    def _ends(self):
+    def _ends(self, shape):
+        """Log mask and (log-)bounds broadcast to `shape` (ranks are never promoted implicitly)."""
         log = jnp.asarray(self.log)
         # Safe inner value: log of a linear parameter's bound is never used but must not be NaN.
         lo = jnp.where(log, jnp.log(jnp.where(log, self.lower, 1.0)), self.lower)
         hi = jnp.where(log, jnp.log(jnp.where(log, self.upper, 1.0)), self.upper)
-        return log, lo, hi
+        return tuple(jnp.broadcast_to(a, shape) for a in (log, lo, hi))
 
     def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Parameters -> [0, 1]^dim (log-spaced for log parameters)."""
-        log, lo, hi = self._ends()
         x = jnp.asarray(x)
+        log, lo, hi = self._ends(x.shape)
         t = jnp.where(log, jnp.log(jnp.where(log, jnp.maximum(x, 1e-300), 1.0)), x)
         return (t - lo) / (hi - lo)
 
     def from_unit(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """[0, 1]^dim -> parameters."""
-        log, lo, hi = self._ends()
-        t = lo + (hi - lo) * jnp.asarray(u)
+        u = jnp.asarray(u)
+        log, lo, hi = self._ends(u.shape)
+        t = lo + (hi - lo) * u
         return jnp.where(log, jnp.exp(jnp.where(log, t, 0.0)), t)
 
     def from_unconstrained(self, z: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
@@ -109,9 +111,9 @@ class Box(eqx.Module):
     def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Round the integer parameters to the nearest integer inside the box."""
         x = jnp.asarray(x)
-        integer = jnp.asarray(self.integer)
-        lo = jnp.ceil(self.lower - 1e-9)
-        hi = jnp.floor(self.upper + 1e-9)
+        integer = jnp.broadcast_to(jnp.asarray(self.integer), x.shape)
+        lo = jnp.broadcast_to(jnp.ceil(self.lower - 1e-9), x.shape)
+        hi = jnp.broadcast_to(jnp.floor(self.upper + 1e-9), x.shape)
         return jnp.where(integer, jnp.clip(jnp.round(x), lo, hi), x)
 
     def integer_neighbours(self, x: Float[ArrayLike, " dim"]) -> Float[Array, "n dim"]:

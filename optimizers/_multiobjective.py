@@ -38,10 +38,12 @@ CHEBYSHEV_AUGMENTATION = 1e-3
 
 
 def preference_vectors(n: int, n_objectives: int, seed: int = 0) -> Float[np.ndarray, "n m"]:
-    """`n` preference vectors on the open simplex (positive, summing to 1).
+    """`n` preference vectors on the simplex (non-negative, summing to 1).
 
-    Two objectives: evenly spaced, w_1 = (i + 1/2) / n. More: a scrambled Sobol sample mapped to
-    the simplex by normalized exponential spacings (uniform on the simplex).
+    Two objectives: evenly spaced with both ends, w_1 = i / (n - 1), so the searches reach the
+    ends of the front (the augmentation term of `chebyshev` keeps a zero weight proper). More:
+    the m corners first, then a scrambled Sobol sample mapped to the simplex by normalized
+    exponential spacings (uniform on the simplex).
 
     **Arguments:**
 
@@ -57,11 +59,12 @@ def preference_vectors(n: int, n_objectives: int, seed: int = 0) -> Float[np.nda
     if n_objectives == 1:
         return np.ones((n, 1))
     if n_objectives == 2:
-        w1 = (np.arange(n) + 0.5) / n
+        w1 = np.linspace(0.0, 1.0, n) if n > 1 else np.array([0.5])
         return np.stack([w1, 1.0 - w1], axis=1)
-    u = sobol_unit(n, n_objectives, seed=seed)
+    corners = np.eye(n_objectives)[:n]
+    u = sobol_unit(n - corners.shape[0], n_objectives, seed=seed)
     e = -np.log(np.clip(u, 1e-12, 1.0 - 1e-12))
-    return e / e.sum(axis=1, keepdims=True)
+    return np.concatenate([corners, e / e.sum(axis=1, keepdims=True)])
 
 
 def sobol_unit(n: int, dim: int, seed: int = 0) -> Float[np.ndarray, "n dim"]:
@@ -78,12 +81,13 @@ def chebyshev(
     ideal: Float[ArrayLike, "*batch m"] | float = 0.0,
     augmentation: float = CHEBYSHEV_AUGMENTATION,
 ) -> Float[Array, "*batch"]:
-    """Augmented weighted Chebyshev: max_i w_i (f_i - z_i) + a sum_i w_i (f_i - z_i).
+    """Augmented weighted Chebyshev: max_i w_i (f_i - z_i) + a sum_i (f_i - z_i).
 
-    Every Pareto-optimal point (convex front or not) minimizes it for some w.
+    Every properly Pareto-optimal point (convex front or not) minimizes it for some w; the
+    unweighted augmentation keeps the minimizer proper when a weight is zero.
     """
-    d = jnp.asarray(weights) * (jnp.asarray(objectives) - jnp.asarray(ideal))
-    return jnp.max(d, axis=-1) + augmentation * jnp.sum(d, axis=-1)
+    d = jnp.asarray(objectives) - jnp.asarray(ideal)
+    return jnp.max(jnp.asarray(weights) * d, axis=-1) + augmentation * jnp.sum(d, axis=-1)
 
 
 def weighted_sum(
