@@ -13,6 +13,7 @@ from jaxtyping import Array, Float
 from ._validate import as_float_array, check_choice, check_range
 
 SramKind = Literal["cache", "scratchpad"]
+CoreKind = Literal["simt", "spatial"]
 HbmGeneration = Literal["none", "HBM2", "HBM2e", "HBM3", "HBM3e", "HBM4"]
 
 # Allowed range of every continuous field: (lower, upper, lower_inclusive).
@@ -57,6 +58,9 @@ class Chip(eqx.Module):
       108 enabled: 1.185). Spare cores cost area and buy yield.
     - `sram_kind` (static): "cache" (hardware-managed, with tags, ECC and crossbar, as in GPU L2)
       or "scratchpad" (software-managed macros, as in TPU / IPU / Groq / Cerebras).
+    - `core_kind` (static): "simt" (GPU streaming multiprocessors / compute units: large
+      register files and schedulers per core) or "spatial" (systolic / tile arrays: TPU, Groq,
+      Graphcore, Cerebras). The two have very different area per core and per MAC.
     - `hbm_generation` (static): memory generation whose stacks supply the bandwidth/capacity.
     - `die_count` (static): dies in the package; reticle and yield apply per die.
     - `name` (static): label for tables and plots.
@@ -76,6 +80,7 @@ class Chip(eqx.Module):
         converter=as_float_array, default=1.0
     )
     sram_kind: SramKind = eqx.field(static=True, default="cache")
+    core_kind: CoreKind = eqx.field(static=True, default="simt")
     hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")
     die_count: int = eqx.field(static=True, default=1)
     name: str = eqx.field(static=True, default="custom")
@@ -85,6 +90,7 @@ class Chip(eqx.Module):
             check_range("Chip", field, getattr(self, field), lower=lo, upper=hi,
                         lower_inclusive=lo_inc)
         check_choice("Chip", "sram_kind", self.sram_kind, get_args(SramKind))
+        check_choice("Chip", "core_kind", self.core_kind, get_args(CoreKind))
         check_choice("Chip", "hbm_generation", self.hbm_generation, get_args(HbmGeneration))
         if not isinstance(self.die_count, int) or self.die_count < 1:
             raise ValueError(f"Chip.die_count must be an integer >= 1; got {self.die_count!r}")

@@ -1,0 +1,68 @@
+"""`cost(chip)`: yield-adjusted silicon, HBM and package cost per chip, in dollars."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax.scipy.special import gammaincc
+from jaxtyping import Array, Float
+
+from ._area import area
+from ._chip import Chip
+from ._technology import (
+    HBM_COST_PER_BYTE,
+    PACKAGE_COST,
+    WAFER_DIAMETER_MM,
+    YIELD_CLUSTERING,
+    Technology,
+    technology,
+)
+
+
+class CostReport(eqx.Module):
+    """Manufacturing cost of one chip package, dollars; `silicon + hbm + package = total`.
+
+    `die_yield` is the fraction of dies that work (spare cores absorb defects in the compute
+    array); `dies_per_wafer` the gross dies of a 300 mm wafer. Advanced-packaging (CoWoS
+    interposer) cost is not included: no source used here prices it.
+    """
+
+    silicon: Float[Array, "*batch"]
+    hbm: Float[Array, "*batch"]
+    package: Float[Array, "*batch"]
+    total: Float[Array, "*batch"]
+    die_yield: Float[Array, "*batch"]
+    dies_per_wafer: Float[Array, "*batch"]
+
+
+def dies_per_wafer(die_mm2: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
+    """Gross dies on a 300 mm wafer: pi r^2 / A - pi d / sqrt(2 A), at least one."""
+    radius = WAFER_DIAMETER_MM / 2.0
+    gross = jnp.pi * radius**2 / die_mm2 - jnp.pi * WAFER_DIAMETER_MM / jnp.sqrt(2.0 * die_mm2)
+    # A wafer-scale die (larger than the formula allows) is one die per wafer.
+    return jnp.maximum(gross, 1.0)
+
+
+def cost(chip: Chip, tech: Technology | None = None) -> CostReport:
+    """Cost of one chip package (all its dies, HBM and package), dollars.
+
+    Yield: negative binomial (clustering 3) over the die's non-compute area, times the Poisson
+    probability that the compute array has no more defective cores than it has spares
+    (`core_count * (compute_redundancy - 1)`).
+    """
+    tech = technology(chip.node_nm, chip.hbm_generation) if tech is None else tech
+    a = area(chip, tech)
+    per_die = a.per_die
+    compute_per_die = a.compute / chip.die_count
+    critical = per_die - compute_per_die
+    yield_rest = (1.0 + critical * tech.defect_density / YIELD_CLUSTERING) ** (-YIELD_CLUSTERING)
+    spares = chip.core_count * (chip.compute_redundancy - 1.0) / chip.die_count
+    yield_compute = gammaincc(spares + 1.0, compute_per_die * tech.defect_density)
+    die_yield = yield_rest * yield_compute
+    dpw = dies_per_wafer(per_die)
+    silicon = chip.die_count * tech.wafer_cost / (dpw * die_yield)
+    hbm = chip.hbm_bytes * HBM_COST_PER_BYTE
+    package = PACKAGE_COST * jnp.ones_like(silicon)
+    return CostReport(silicon=silicon, hbm=hbm, package=package,
+                      total=silicon + hbm + package, die_yield=die_yield,
+                      dies_per_wafer=dpw)

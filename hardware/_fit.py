@@ -1,0 +1,116 @@
+"""The fits behind the hardware layer's few fitted constants. Each names its data.
+
+Run `python -m dse.hardware._fit PATH/TO/shared/data` to print the fitted constants; the
+stored values in `_area.py` and `_power.py` are what these functions return, and
+`tests/test_hardware_fit.py` checks that they still do.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from scipy.optimize import nnls
+
+from ._area import UNCORE_FRACTION, area
+from ._power import power
+from ._presets import CHIPS, CHIPS_CSV_NAME
+from ._technology import technology
+
+# The chips each fit uses. Area: every chip of a core kind whose die area chips.csv publishes.
+# Power: NVIDIA's pre-Blackwell GPUs (B200, GB200, MI250X, MI300X are held out for validation).
+AREA_FIT_CHIPS = {"simt": ("V100", "A100-80GB", "H100-SXM"),
+                  "spatial": ("Groq-TSP", "WSE-2", "GC200")}
+POWER_FIT_CHIPS = ("V100", "A100-40GB", "A100-80GB", "H100-SXM", "H200")
+
+
+def read_chips_csv(data_dir: str | Path) -> dict[str, dict[str, str]]:
+    """Rows of chips.csv keyed by preset name (only presets that have a row)."""
+    by_csv_name = {}
+    with open(Path(data_dir) / "chips.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            by_csv_name[row["name"]] = row
+    return {preset: by_csv_name[name] for preset, name in CHIPS_CSV_NAME.items()
+            if name in by_csv_name}
+
+
+def _relative_nnls(features: np.ndarray, target: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Non-negative least squares in relative error: min sum(((F x - t) / s)^2), x >= 0."""
+    solution, _ = nnls(features / scale[:, None], target / scale)
+    return solution
+
+
+def fit_compute_transistors(data_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Transistors per core and per MAC for each core kind, from published die areas.
+
+    For each chip, die area minus the modelled SRAM, HBM, link and uncore blocks is the compute
+    block (times 1 + uncore fraction); it is linear in the two constants. Relative-error NNLS.
+    """
+    rows = read_chips_csv(data_dir)
+    out = {}
+    with jax.enable_x64(True):
+        for kind, names in AREA_FIT_CHIPS.items():
+            features, target, die = [], [], []
+            for name in names:
+                chip = CHIPS[name]
+                published = float(rows[name]["die_area_mm2"]) * chip.die_count
+                report = area(chip)
+                fixed = float(report.total - report.compute * (1 + UNCORE_FRACTION))
+                density = float(technology(chip.node_nm).logic_density)
+                unit = (1 + UNCORE_FRACTION) * float(chip.compute_redundancy) / density
+                features.append([unit * float(chip.core_count), unit * float(chip.mac_units)])
+                target.append(published - fixed)
+                die.append(published)
+            per_core, per_mac = _relative_nnls(np.array(features), np.array(target),
+                                               np.array(die))
+            out[kind] = {"per_core": float(per_core), "per_mac": float(per_mac)}
+    return out
+
+
+def tdp_compute_activity(row: dict[str, str]) -> float:
+    """Matrix activity a chip sustains at its TDP: measured max achievable matmul / peak.
+
+    A GPU at its power limit runs matmuls at the MAMF rate (chips.csv
+    `measured_max_matmul_*`, stas00/ml-engineering), not at peak clocks; BF16 where measured,
+    else FP8 against the FP8 peak; 1.0 where nothing is measured.
+    """
+    for precision in ("bf16", "fp8"):
+        measured = row.get(f"measured_max_matmul_{precision}_tflops", "")
+        peak = row.get(f"peak_dense_{precision}_tflops", "") or (
+            row.get("peak_dense_fp16_tflops", "") if precision == "bf16" else "")
+        if measured and peak:
+            return float(measured) / float(peak)
+    return 1.0
+
+
+def fit_power_constants(data_dir: str | Path) -> dict[str, float]:
+    """Energy per MAC at 7 nm (J) and static power per mm^2 (W) from published TDPs.
+
+    TDP = E_mac * energy_scale(node) * a * MAC/s + HBM + links + P_static * area, with the
+    matrix activity a from `tdp_compute_activity` and HBM and links saturated. Relative NNLS.
+    """
+    rows = read_chips_csv(data_dir)
+    features, target, tdp = [], [], []
+    with jax.enable_x64(True):
+        for name in POWER_FIT_CHIPS:
+            chip = CHIPS[name]
+            published = float(rows[name]["tdp_w"])
+            report = power(chip)
+            scale = float(technology(chip.node_nm).energy_scale)
+            mac_rate = tdp_compute_activity(rows[name]) * float(chip.mac_units * chip.clock_hz)
+            features.append([scale * mac_rate, float(area(chip).total)])
+            target.append(published - float(report.hbm + report.link))
+            tdp.append(published)
+    energy_per_mac, static_per_mm2 = _relative_nnls(np.array(features), np.array(target),
+                                                    np.array(tdp))
+    return {"energy_per_mac_7nm": float(energy_per_mac),
+            "static_power_per_mm2": float(static_per_mm2)}
+
+
+if __name__ == "__main__":  # pragma: no cover - a maintenance entry point
+    data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
+    print("COMPUTE_TRANSISTORS =", fit_compute_transistors(data))
+    print("power constants =", fit_power_constants(data))
