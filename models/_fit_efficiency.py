@@ -1,4 +1,5 @@
-"""Fit the operator efficiency curve (`models/_operators.py: FITTED_EFFICIENCY`) to measurements.
+"""Fit the operator efficiency curve (`models/_operators.py: FITTED_EFFICIENCY`) and the scale-up
+link efficiency (`models/_collectives.py: SCALEUP_LINK_EFFICIENCY`) to measurements.
 
 Data (all in ../shared/data, each row names its source):
 
@@ -146,8 +147,32 @@ def fit(data_dir: Path | None = None) -> dict[str, float]:
     return {name: float(f"{v:.4g}") for name, v in zip(names, values)}
 
 
+def fit_link_efficiency(data_dir: Path | None = None) -> float:
+    """Scale-up link efficiency (`_collectives.SCALEUP_LINK_EFFICIENCY`) from one measurement.
+
+    The LLMCompass A100 prefill layer's tensor-parallel all-reduce (AllReduce_MHA: one
+    batch x prompt x hidden fp16 activation over tp = 4 GPUs of an NVSwitch DGX A100) moves
+    2 (p-1)/p n bytes per GPU over its 12 NVLink 3 links. At 403 MB the latency term is under
+    0.1% of the time, so efficiency = ideal bandwidth time / measured time.
+
+    **Returns:** the efficiency, rounded to 4 significant digits as stored.
+    """
+    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    chips = {r["name"]: r for r in _rows(data_dir / "chips.csv")}
+    a100 = chips["NVIDIA A100 SXM4 40GB"]  # NVLink 3 link count / rate (same on the 80GB part)
+    link_bw = float(a100["interconnect_links"]) * float(
+        a100["interconnect_gbps_per_link_per_dir"]) * 1e9
+    row = {r["run_id"]: r for r in _rows(data_dir / "inference_runs.csv")}[
+        "llmcompass_a100x4_gpt3_layer_prefill"]
+    p = float(row["tp"])
+    n = float(row["batch_size"]) * float(row["input_len"]) * float(row["hidden"]) * 2.0
+    ideal = 2.0 * (p - 1.0) / p * n / link_bw
+    return float(f"{ideal / _per_op(row['notes'])['AllReduce_MHA']:.4g}")
+
+
 def report(data_dir: Path | None = None) -> None:
     """Print the fitted constants and the per-point fit quality."""
+    print("SCALEUP_LINK_EFFICIENCY =", fit_link_efficiency(data_dir))
     constants = fit(data_dir)
     points = measurements(data_dir)
     with jax.enable_x64(True):

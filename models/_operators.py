@@ -32,7 +32,11 @@ from dse.hardware import Chip
 # accuracy at the ridge against curvature for gradient-based search, not a measured constant.
 SMOOTH_MAX_P = 8.0
 
-_TINY = 1e-30
+
+
+def _f(x):
+    """An array of the default float dtype (float32, or float64 under x64)."""
+    return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
 class Efficiency(eqx.Module):
@@ -123,8 +127,8 @@ def roofline(compute_time: ArrayLike, memory_time: ArrayLike,
     big = jnp.maximum(c, m)
     positive = big > 0
     safe_big = jnp.where(positive, big, 1.0)
-    norm = safe_big * ((c / safe_big) ** SMOOTH_MAX_P
-                       + (m / safe_big) ** SMOOTH_MAX_P) ** (1.0 / SMOOTH_MAX_P)
+    total = (c / safe_big) ** SMOOTH_MAX_P + (m / safe_big) ** SMOOTH_MAX_P
+    norm = safe_big * jnp.where(positive, total, 1.0) ** (1.0 / SMOOTH_MAX_P)
     return jnp.where(positive, norm, 0.0)
 
 
@@ -168,12 +172,13 @@ def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
     short = jnp.minimum(m, n)
     long = jnp.maximum(m, n)
     t_short = jnp.minimum(short, jnp.sqrt(sram_elements))
-    t_long = jnp.minimum(long, sram_elements / t_short)
+    t_long = jnp.minimum(long, _safe_div(sram_elements, t_short))
     m_tile = jnp.where(m <= n, t_short, t_long)
     n_tile = jnp.where(m <= n, t_long, t_short)
     f = weight_resident_fraction
-    a_elems = m * k * ((1.0 - f) * n / n_tile + f)
-    b_elems = (1.0 - f) * k * n * m / m_tile
+    # Ratios are safe for an empty operand (m or n = 0: no traffic, not 0/0).
+    a_elems = m * k * ((1.0 - f) * _safe_div(n, n_tile) + f)
+    b_elems = (1.0 - f) * k * n * _safe_div(m, m_tile)
     c_elems = m * n
     return a_elems, b_elems, c_elems
 
@@ -198,7 +203,7 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     """
     eff = default_efficiency() if efficiency is None else efficiency
     wbytes = bytes_per_element if weight_bytes_per_element is None else weight_bytes_per_element
-    m, n, k = (jnp.asarray(x, dtype=float) for x in (m, n, k))
+    m, n, k = (_f(x) for x in (m, n, k))
     flops = 2.0 * m * n * k
     # Tiles are counted in elements of the mean width of the three operands held on chip.
     sram_elements = chip.sram_bytes / ((2.0 * bytes_per_element + wbytes) / 3.0)
@@ -246,7 +251,7 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     """
     eff = default_efficiency() if efficiency is None else efficiency
     batch, heads, kv_heads, q_len, kv_len, head_dim = (
-        jnp.asarray(x, dtype=float) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
+        _f(x) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
     attended = _attention_shape(heads, kv_heads, q_len, kv_len, causal)
     flops = 4.0 * batch * heads * q_len * attended * head_dim
     group_rows = q_len * heads / kv_heads  # query rows sharing one KV head
@@ -279,7 +284,7 @@ def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads:
     """
     eff = default_efficiency() if efficiency is None else efficiency
     batch, heads, kv_heads, q_len, kv_len, head_dim = (
-        jnp.asarray(x, dtype=float) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
+        _f(x) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
     attended = _attention_shape(heads, kv_heads, q_len, kv_len, causal)
     flops = 2.5 * 4.0 * batch * heads * q_len * attended * head_dim
     block_cols = chip.sram_bytes / bytes_per_element / (4.0 * head_dim)
@@ -314,7 +319,7 @@ def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike
     **Returns:** `OpCost`.
     """
     eff = default_efficiency() if efficiency is None else efficiency
-    elements = jnp.asarray(elements, dtype=float)
+    elements = _f(elements)
     flops = elements * flops_per_element
     hbm_bytes = elements * (reads + writes) * bytes_per_element
     active = jnp.where(elements > 0, 1.0, 0.0)
