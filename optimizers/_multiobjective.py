@@ -171,9 +171,11 @@ class _Carry(eqx.Module):
     best_score: Array
     best_f: Array
     best_g: Array
+    ideal: Array
 
 
 def _per_start_loss(fun, z, weights, use_chebyshev, ideal, multipliers, penalty):
+    # `ideal` is the Chebyshev reference point, already lowered by the margin.
     f, g = fun(z)
     score = jnp.where(use_chebyshev, chebyshev(f, weights, ideal), weighted_sum(f, weights))
     state = LagrangianState(multipliers=multipliers, penalty=penalty, violation=penalty)
@@ -181,7 +183,8 @@ def _per_start_loss(fun, z, weights, use_chebyshev, ideal, multipliers, penalty)
 
 
 @eqx.filter_jit
-def _outer_step(fun, optimizer, inner_steps, tolerance, carry, weights, use_chebyshev, ideal):
+def _outer_step(fun, optimizer, inner_steps, tolerance, adaptive, margin, carry, weights,
+                use_chebyshev):
     """`inner_steps` optax steps of every start on its augmented Lagrangian, then one multiplier
     update. Jitted once per (fun, optimizer, shapes); every later outer step reuses it."""
     grad_fn = jax.vmap(
@@ -191,8 +194,11 @@ def _outer_step(fun, optimizer, inner_steps, tolerance, carry, weights, use_cheb
 
     def step(c: _Carry, _):
         (_, (score, f, g)), grads = grad_fn(
-            c.z, weights, use_chebyshev, ideal, c.lagrangian.multipliers, c.lagrangian.penalty
+            c.z, weights, use_chebyshev, c.ideal - margin, c.lagrangian.multipliers,
+            c.lagrangian.penalty,
         )
+        f_seen = jnp.min(jnp.where(jnp.isfinite(f), f, jnp.inf), axis=0)
+        ideal = jnp.where(adaptive, jnp.minimum(c.ideal, f_seen), c.ideal)
         # One start whose model returned NaN must not poison the others (or itself forever).
         grads = jnp.where(jnp.isfinite(grads), grads, 0.0)
         violation = constraint_violation(g)
@@ -213,6 +219,7 @@ def _outer_step(fun, optimizer, inner_steps, tolerance, carry, weights, use_cheb
             best_score=jnp.where(better, score_ok, c.best_score),
             best_f=jnp.where(sel, f, c.best_f),
             best_g=jnp.where(sel, g, c.best_g),
+            ideal=ideal,
         )
         return new, (f, g)
 
@@ -230,6 +237,8 @@ def multistart_minimize(
     *,
     use_chebyshev: Bool[ArrayLike, " S"] | bool = True,
     ideal: Float[ArrayLike, " m"] | float = 0.0,
+    adaptive_ideal: bool = False,
+    ideal_margin: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
     outer_steps: int = 10,
     inner_steps: int = 20,
@@ -249,7 +258,12 @@ def multistart_minimize(
     - `z0`: starting points `[S, dim]` (unconstrained coordinates).
     - `weights`: preference vectors `[S, m]`.
     - `use_chebyshev`: per-start choice of scalarization.
-    - `ideal`: reference point of the Chebyshev scalarization.
+    - `ideal`: reference point z of the Chebyshev scalarization; the scalarization uses
+      `z - ideal_margin`.
+    - `adaptive_ideal`: lower z to the best value of each objective seen by any start, at every
+      step (as MOEA/D does: Zhang & Li, IEEE TEVC 11(6), 2007). With a margin > 0 every
+      f_i - z_i stays positive, which a weighted Chebyshev with a zero or tiny weight needs to
+      reach the ends of the front when the true ideal point is unknown.
     - `optimizer`: an optax transformation applied to the whole `[S, dim]` batch; use an
       elementwise one (adam, sgd, ...) so that the starts stay independent. Default
       `optax.adam(0.05)`.
@@ -286,12 +300,13 @@ def multistart_minimize(
         best_score=jnp.full((n_starts,), jnp.inf, z0.dtype),
         best_f=jnp.full((n_starts, *f0.shape), jnp.nan, z0.dtype),
         best_g=jnp.full((n_starts, k), jnp.nan, z0.dtype),
+        ideal=ideal,
     )
     hist_f, hist_v, hist_p = [], [], []
     for t in range(outer_steps):
         carry, f, violation, rho = _outer_step(
-            fun, optimizer, int(inner_steps), float(tolerance), carry, weights, use_chebyshev,
-            ideal,
+            fun, optimizer, int(inner_steps), float(tolerance), bool(adaptive_ideal),
+            float(ideal_margin), carry, weights, use_chebyshev,
         )
         hist_f.append(f)
         hist_v.append(violation)

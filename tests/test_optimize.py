@@ -1,0 +1,176 @@
+"""dse.optimize: gradient search over a Space under budgets, snapped, repaired, checked exactly.
+
+Problems with known answers, posed on the fields of a Chip (units: clock in GHz, HBM bandwidth
+in TB/s inside the objectives):
+
+- two objectives f1 = (c - 1)^2, f2 = (c - 3)^2: Pareto set c in [1, 3], front
+  f2 = (2 - sqrt f1)^2 for f1 in [0, 4];
+- min (c - 3)^2 + (h - 2)^2 s.t. c + h <= 4: KKT gives c = 2.5, h = 1.5, value 0.5;
+- max link_count s.t. link_count <= 7.6: the relaxed optimum 7.6 rounds to 8, which breaks the
+  budget, and the repair must return 7.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dse
+from dse.hardware import Chip
+
+FAST = dict(n_preferences=4, n_starts=1, outer_steps=3, inner_steps=30, learning_rate=0.1,
+            n_pilot=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def chip():
+    # A100-like (NVIDIA A100 datasheet: 312 TFLOP/s dense BF16 at 1.41 GHz, 2.0 TB/s, 80 GB).
+    return Chip(mac_units=110592, clock_hz=1.41e9, vector_flops=19.5e12, sram_bytes=57.3e6,
+                hbm_bandwidth=2.0e12, hbm_bytes=80e9, link_count=12, link_bandwidth=25e9,
+                node_nm=7, core_count=108, hbm_generation="HBM2e")
+
+
+def _two_objective(c):
+    x = c.clock_hz / 1e9
+    return {"f1": (x - 1.0) ** 2, "f2": (x - 3.0) ** 2}
+
+
+def test_two_objective_front_is_analytic(chip):
+    space = dse.Space(chip, {"clock_hz": ("linear", 0.5e9, 3.5e9)})
+    res = dse.optimize(_two_objective, space, objectives=["f1", "f2"],
+                       **{**FAST, "n_preferences": 9, "outer_steps": 2, "inner_steps": 80})
+    assert res.status == "ok"
+    f = res.front_metrics
+    c = res.front_x[:, 0] / 1e9
+    assert np.all((c > 1.0 - 2e-3) & (c < 3.0 + 2e-3)), c  # the Pareto set
+    np.testing.assert_allclose(f["f2"], (2.0 - np.sqrt(f["f1"])) ** 2, atol=1e-5)
+    # The ends of the front are reached (w = (1, 0) and (0, 1) are among the preferences).
+    assert f["f1"].min() < 1e-3 and f["f2"].min() < 1e-3
+    # Sorted by the first objective, non-dominated.
+    assert np.all(np.diff(f["f1"]) >= 0) and np.all(np.diff(f["f2"]) <= 0)
+
+
+def test_convex_budget_known_optimum(chip):
+    space = dse.Space(chip, {"clock_hz": ("linear", 0.5e9, 3.5e9),
+                             "hbm_bandwidth": ("linear", 0.5e12, 4.0e12)})
+
+    def objective(c):
+        x, h = c.clock_hz / 1e9, c.hbm_bandwidth / 1e12
+        return {"loss": (x - 3.0) ** 2 + (h - 2.0) ** 2, "sum": x + h}
+
+    res = dse.optimize(objective, space, objectives=["loss"], budgets={"sum": 4.0},
+                       **{**FAST, "outer_steps": 8, "inner_steps": 50})
+    assert res.status == "ok"
+    best = res.front[0]
+    np.testing.assert_allclose(res.x[best] / [1e9, 1e12], [2.5, 1.5], atol=1e-2)
+    assert 0.5 - 1e-4 <= res.metrics["loss"][best] <= 0.5 + 1e-3
+    assert res.margins["sum"][best] >= 0.0
+    # Every design called feasible meets the budget in the exact evaluation.
+    assert np.all(res.metrics["sum"][res.feasible] <= 4.0)
+
+
+def test_snapping_breaks_budget_and_repair_fixes_it(chip):
+    space = dse.Space(chip, {"link_count": ("integer", 1, 20),
+                             "clock_hz": ("linear", 1e9, 2e9)})
+
+    def objective(c):
+        return {"links": c.link_count, "clock": c.clock_hz}
+
+    res = dse.optimize(objective, space, objectives={"links": "max", "clock": "min"},
+                       budgets={"links": 7.6}, **{**FAST, "outer_steps": 6})
+    links = res.metrics["links"]
+    assert np.all(links == np.round(links))  # every returned design is snapped
+    assert np.all(links[res.feasible] <= 7.6)
+    snapped_bad = (res.source == "snapped") & (links == 8.0)
+    assert snapped_bad.any()  # the relaxed optimum 7.6 rounded up past the budget...
+    assert not res.feasible[snapped_bad].any()
+    assert all("links <= 7.6" in r for r in res.reason[snapped_bad])
+    repaired = (res.source == "repair") & (links == 7.0) & res.feasible
+    assert repaired.any()  # ...and its floor neighbour was tried and kept
+    assert res.front_metrics["links"].max() == 7.0
+
+
+def _budget_problem(c):
+    """Four budgeted metrics that cannot all be broken at once by loose bounds."""
+    x, s = c.clock_hz / 1e9, c.sram_bytes / 1e6
+    return {"time": 1.0 / x + 10.0 / s, "area": 10.0 * s + 5.0 * x, "power": 50.0 * x ** 2,
+            "margin": 200.0 - s}
+
+
+LOOSE = {"area": 2000.0, "power": 500.0, "margin": (0.0, None)}
+IMPOSSIBLE = {"area": 1.0, "power": 1.0, "margin": (1000.0, None)}
+
+
+@pytest.fixture(scope="module")
+def budget_space(chip):
+    return dse.Space(chip, {"clock_hz": ("linear", 0.5e9, 3.0e9),
+                            "sram_bytes": ("log", 1e6, 400e6)})
+
+
+def test_loose_budgets_feasible_and_rechecked(budget_space):
+    res = dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                       budgets=LOOSE, **FAST)
+    assert res.status == "ok" and len(res.front) >= 3
+    for i in res.front:  # rebuild every front design and evaluate it afresh
+        m = _budget_problem(res.design(i))
+        assert float(m["area"]) <= 2000.0 and float(m["power"]) <= 500.0
+        assert float(m["margin"]) >= 0.0
+        np.testing.assert_allclose(float(m["time"]), res.metrics["time"][i], rtol=1e-5)
+    for name in LOOSE:
+        assert np.all(res.front_margins[name] >= 0.0)
+    df = res.to_dataframe()
+    assert len(df) == len(res.front) and "margin_power" in df.columns
+    # Evaluation accounting: pilot + 3 per gradient + every final check.
+    n_final = int(np.sum(res.source != "pilot"))
+    assert res.n_evaluations == 16 + 3 * res.n_gradients + n_final
+    assert res.n_gradients == 4 * 3 * 30
+    assert res.history["objectives"].shape == (3, 4, 2)
+    assert res.history["n_evaluations"][-1] == 16 + 3 * res.n_gradients
+    ref = np.array([20.0, 5000.0])
+    assert res.hypervolume(ref) > 0.0
+
+
+@pytest.mark.parametrize("broken", sorted(IMPOSSIBLE))
+def test_each_broken_budget_is_reported_infeasible(budget_space, broken):
+    budgets = {**LOOSE, broken: IMPOSSIBLE[broken]}
+    res = dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                       budgets=budgets, **FAST)
+    assert res.status == "infeasible"
+    assert res.front.size == 0 and not res.feasible.any()
+    assert broken in res.message
+    assert all(broken in r for r in res.reason)
+    assert np.all(res.margins[broken] < 0.0)
+    assert len(res.x) > 16  # the search ran and its designs were checked, not skipped
+
+
+def test_deterministic_for_a_seed(budget_space):
+    a = dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                     budgets=LOOSE, seed=3, **FAST)
+    b = dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                     budgets=LOOSE, seed=3, **FAST)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.front, b.front)
+    np.testing.assert_array_equal(a.history["objectives"], b.history["objectives"])
+
+
+def test_bad_arguments(budget_space):
+    with pytest.raises(ValueError, match="no metric named"):
+        dse.optimize(_budget_problem, budget_space, objectives=["speed"], **FAST)
+    with pytest.raises(ValueError, match="direction"):
+        dse.optimize(_budget_problem, budget_space, objectives={"time": "lowest"}, **FAST)
+    with pytest.raises(ValueError, match="low 2.0 > high 1.0"):
+        dse.optimize(_budget_problem, budget_space, objectives=["time"],
+                     budgets={"area": (2.0, 1.0)}, **FAST)
+    with pytest.raises(ValueError, match="scalarizations"):
+        dse.optimize(_budget_problem, budget_space, objectives=["time"],
+                     scalarizations=("pbi",), **FAST)
+
+
+def test_progress_bar_and_weighted_sum(budget_space, capsys):
+    res = dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                       budgets=LOOSE, scalarizations=("chebyshev", "weighted_sum"),
+                       **{**FAST, "progress": True})
+    assert res.history["violation"].shape == (3, 8)
+    assert "optimize" in capsys.readouterr().err
+    assert jnp.isfinite(res.seconds)
