@@ -15,3 +15,11 @@ from ._collectives import all_reduce as all_reduce
 from ._collectives import all_to_all as all_to_all
 from ._collectives import reduce_scatter as reduce_scatter
 from ._collectives import send_recv as send_recv
+from ._inference import FITS as FITS
+from ._inference import OUT_OF_MEMORY as OUT_OF_MEMORY
+from ._inference import InferencePlan as InferencePlan
+from ._inference import InferenceReport as InferenceReport
+from ._inference import ServeReport as ServeReport
+from ._inference import decode as decode
+from ._inference import prefill as prefill
+from ._inference import serve as serve

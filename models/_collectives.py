@@ -5,7 +5,8 @@ Costs are the alpha-beta (latency-bandwidth) model of Thakur, Rabenseifner & Gro
 
 - all-reduce (Rabenseifner: reduce-scatter + all-gather): 2 L(p) alpha + 2 (p-1)/p n beta;
 - reduce-scatter / all-gather (recursive halving / doubling, or ring): L(p) alpha + (p-1)/p n beta;
-- all-to-all (pairwise exchange): (p-1) alpha + (p-1)/p n beta;
+- all-to-all: (p-1)/p n beta (pairwise exchange volume) with the sends posted at once (NCCL
+  groups them; TPU ICI routes them dimension by dimension), so L(p) alpha of latency;
 - send/recv: alpha + n beta.
 
 with n the full buffer (NCCL's convention: all-gather counts the gathered output, reduce-scatter
@@ -59,6 +60,13 @@ class CommCost(eqx.Module):
     scaleout_time: Float[Array, "*batch"]
     scaleup_bytes: Float[Array, "*batch"]
     scaleout_bytes: Float[Array, "*batch"]
+
+    def __add__(self, other: CommCost) -> CommCost:
+        """Two collectives one after the other: every field adds."""
+        return CommCost(self.time + other.time, self.scaleup_time + other.scaleup_time,
+                        self.scaleout_time + other.scaleout_time,
+                        self.scaleup_bytes + other.scaleup_bytes,
+                        self.scaleout_bytes + other.scaleout_bytes)
 
     def scale(self, factor) -> CommCost:
         """`factor` identical collectives one after the other."""
@@ -170,7 +178,8 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
         side = g_in ** (1.0 / d)
         floor = side * n * (g_in / g) / (8.0 * system.chip.link_bandwidth
                                          * SCALEUP_LINK_EFFICIENCY)
-    return _cost(up_bytes, g_in - 1.0, out_bytes, g - g_in, system, up_floor=floor)
+    return _cost(up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out), system,
+                 up_floor=floor)
 
 
 def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,

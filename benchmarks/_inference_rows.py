@@ -1,0 +1,141 @@
+"""Model every row of ../shared/data/inference_runs.csv that states enough to be modelled.
+
+`inference_rows(data_dir)` returns one dict per measured quantity (a row with both a prefill and
+a per-token decode latency gives two): row_id, measured, predicted, unit. `benchmarks/validate.py`
+prints them; `python benchmarks/_inference_rows.py` prints them alone.
+
+Model shapes come from the sources the rows name:
+
+- LLMCompass rows: one GPT-3 175B layer (Brown et al. 2020: hidden 12288, 96 heads, MLP 4h),
+  tensor parallel 4 on A100 80GB (DGX A100), batch 8; the measured figure is the sum of the
+  layer's per-op latencies, so no logits projection is counted.
+- FasterTransformer rows: llm-analysis `test-13b` config (github.com/cli99/llm-analysis,
+  llm_analysis/model_configs/test-13b.json: 40 layers, 40 heads, hidden 5120, MLP 20480,
+  vocab 50272), fp16 on A100 40GB, batch 1, 512 prompt tokens, 10 generated.
+- Pope et al. 2022 rows: PaLM 540B (Chowdhery et al. 2022, Table 1: 118 layers, d_model 18432,
+  48 heads, multi-query attention, SwiGLU MLP of 4 d_model, vocab 256k, shared embeddings) on
+  64 TPU v4 chips (3D torus), tensor parallel 64; int8 weights where the row says so. The
+  Transformer derives head_dim = hidden / heads = 384 where PaLM uses 256, so the modelled
+  Q/output projections are 1.5x PaLM's (+5% parameters).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from dse.hardware import CHIPS, SYSTEMS
+from dse.models import Transformer
+from dse.models._inference import InferencePlan, decode, prefill
+from dse.models._operators import gemm
+
+GPT3_LAYER = Transformer(layers=1, hidden=12288, heads=96, kv_heads=96, ffn_hidden=4 * 12288,
+                         vocab=1, seq_len=2048, name="gpt3-175b-one-layer")
+TEST_13B = Transformer(layers=40, hidden=5120, heads=40, kv_heads=40, ffn_hidden=20480,
+                       vocab=50272, seq_len=2048, name="llm-analysis-test-13b")
+PALM_540B = Transformer(layers=118, hidden=18432, heads=48, kv_heads=1, ffn_hidden=4 * 18432,
+                        vocab=256000, seq_len=2048, gated_mlp=True, tied_embeddings=True,
+                        name="palm-540b")
+
+
+def _f(x: str) -> float:
+    return float(x) if x not in ("", None) else float("nan")
+
+
+def _ms(seconds) -> float:
+    return float(seconds) * 1e3
+
+
+def _llmcompass(row: dict) -> list[dict]:
+    system = SYSTEMS["DGX-A100"]
+    # PyTorch eager, op by op: norms replicated over the tp GPUs, every op its own kernel.
+    plan = InferencePlan(tp=_f(row["tp"]), batch=_f(row["batch_size"]),
+                         sequence_parallel=False, fused=False)
+    # One layer: subtract the (vocab = 1) logits GEMM so that only the layer's ops remain.
+    logits = gemm(system.chip, plan.batch, GPT3_LAYER.vocab / plan.tp, GPT3_LAYER.hidden).time
+    if row["phase"] == "prefill":
+        report = prefill(GPT3_LAYER, plan, system, _f(row["input_len"]))
+        return [dict(row_id=row["run_id"], measured=_f(row["prefill_latency_ms"]),
+                     predicted=_ms(report.time - logits), unit="ms")]
+    report = decode(GPT3_LAYER, plan, system, _f(row["context_len"]))
+    return [dict(row_id=row["run_id"], measured=_f(row["decode_latency_per_token_ms"]),
+                 predicted=_ms(report.time - logits), unit="ms")]
+
+
+def _fastertransformer(row: dict) -> list[dict]:
+    system = SYSTEMS["DGX-A100"].replace(chip=CHIPS["A100-40GB"])
+    # FasterTransformer: Megatron tensor parallel (norms replicated), fused element-wise kernels.
+    plan = InferencePlan(tp=_f(row["tp"]), batch=_f(row["batch_size"]), sequence_parallel=False,
+                         fused=True)
+    input_len, output_len = _f(row["input_len"]), _f(row["output_len"])
+    pre = prefill(TEST_13B, plan, system, input_len)
+    dec = decode(TEST_13B, plan, system, input_len + 0.5 * (output_len + 1.0))
+    return [dict(row_id=row["run_id"] + ":prefill", measured=_f(row["prefill_latency_ms"]),
+                 predicted=_ms(pre.time), unit="ms"),
+            dict(row_id=row["run_id"] + ":decode", measured=_f(row["decode_latency_per_token_ms"]),
+                 predicted=_ms(dec.time), unit="ms")]
+
+
+def _pope(row: dict) -> list[dict]:
+    chips = int(_f(row["num_devices"]))
+    system = SYSTEMS["TPUv4-pod"].with_num_chips(chips)
+    weight_bytes = 1.0 if row["precision"].startswith("int8") else 2.0
+    # The row's notes name the layout: weight-gathered for the high-throughput prefill, weight-
+    # stationary otherwise; XLA fuses element-wise ops and the 2D layouts shard activations.
+    layout = "weight_gathered" if "weight-gathered" in row["notes"] else "weight_stationary"
+    plan = InferencePlan(tp=float(chips), batch=_f(row["batch_size"]), weight_bytes=weight_bytes,
+                         layout=layout, sequence_parallel=True, fused=True)
+    context = _f(row["context_len"])
+    if row["phase"] == "prefill":
+        report = prefill(PALM_540B, plan, system, _f(row["input_len"]))
+        return [dict(row_id=row["run_id"], measured=_f(row["prefill_latency_ms"]),
+                     predicted=_ms(report.time), unit="ms")]
+    output_len = _f(row["output_len"])
+    report = decode(PALM_540B, plan, system, context + 0.5 * (output_len + 1.0))
+    return [dict(row_id=row["run_id"], measured=_f(row["decode_latency_per_token_ms"]),
+                 predicted=_ms(report.time), unit="ms")]
+
+
+_MODELLERS = {"llmcompass_fig5": _llmcompass, "kipply_fastertransformer": _fastertransformer,
+              "pope_table2": _pope}
+
+
+def inference_rows(data_dir) -> list[dict]:
+    """Measured vs modelled latency for every modellable row of inference_runs.csv.
+
+    **Arguments:**
+
+    - `data_dir`: the ../shared/data folder.
+
+    **Returns:** list of dict(row_id, measured, predicted, unit) (latencies in ms).
+    """
+    with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        modeller = _MODELLERS.get(row["source_key"])
+        if modeller is not None:
+            out.extend(modeller(row))
+    return out
+
+
+def main(data_dir=None) -> None:
+    data_dir = Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "shared" / "data"
+    results = inference_rows(data_dir)
+    errors = []
+    print(f"{'row':44s} {'measured':>12s} {'predicted':>12s} {'error':>8s}")
+    for r in results:
+        err = r["predicted"] / r["measured"] - 1.0
+        errors.append(abs(err))
+        print(f"{r['row_id']:44s} {r['measured']:10.3f}{r['unit']} {r['predicted']:10.3f}"
+              f"{r['unit']} {100 * err:+7.1f}%")
+    print(f"inference_mape={100 * sum(errors) / len(errors):.2f} rows={len(results)}")
+
+
+if __name__ == "__main__":
+    jax.config.update("jax_platforms", "cpu")
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -1,0 +1,395 @@
+"""LLM inference: prefill, one decode step, and a whole request (`serve`) on a `System`.
+
+A layer is a sequence of operators on each chip (`_operators`): the QKV projection, fused
+attention over the KV cache, the output projection, the MLP (or the experts a batch of tokens
+touches), norms, activation and residual adds, the KV-cache write, and two tensor-parallel
+all-reduces (Megatron-LM layout: column- then row-parallel GEMMs, Shoeybi et al. 2019, Sec. 3).
+Pipeline stages run one after the other for a request, with a point-to-point activation send
+between stages. Weights of the whole model share the chip's SRAM and HBM; the share that fits in
+SRAM is served from there (weight-stationary chips). KV heads are split over tensor-parallel
+chips; with fewer KV heads than chips the cache is sharded over the batch instead (each chip
+holds whole sequences of its KV head), as Pope et al. 2022 (Sec. 3.3) do for multi-query
+attention, with an all-to-all of queries and outputs, and replicated only when the batch is too
+small to shard.
+
+Two layouts (Pope et al. 2022, Sec. 3.2): "weight_stationary" keeps each chip's weight shard and
+moves activations (all-reduces); "weight_gathered" shards the batch and all-gathers each layer's
+weights (large-batch prefill). Options: `sequence_parallel` shards norms and residual adds over
+the tensor-parallel chips (Korthikanti et al. 2022, Sec. 4.2.2; same communication volume);
+`fused` folds element-wise ops into the neighbouring kernels and issues kernels back to back
+(FasterTransformer, TensorRT-LLM and XLA do), so no op pays a start-up time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, get_args
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from dse.hardware import Activity, System, power
+from dse.hardware._validate import as_float_array, check_choice, check_range
+
+from ._collectives import all_gather, all_reduce, all_to_all, send_recv
+from ._operators import Efficiency, _f, attention, default_efficiency, elementwise, gemm
+from ._transformer import Transformer
+
+# Reason codes of `InferenceReport.reason` / `ServeReport.reason`.
+FITS = 0
+OUT_OF_MEMORY = 1  # weights + KV cache + activations exceed HBM (+ SRAM) capacity
+
+Layout = Literal["weight_stationary", "weight_gathered"]
+
+
+class InferencePlan(eqx.Module):
+    """How a model is laid out for inference (float leaves, so plans vmap).
+
+    **Fields:**
+
+    - `tp`: tensor-parallel degree (chips sharing every layer).
+    - `pp`: pipeline-parallel degree (stages of consecutive layers).
+    - `batch`: sequences processed together.
+    - `weight_bytes`: bytes per weight element (2 for bf16, 1 for int8).
+    - `kv_bytes`: bytes per KV-cache element.
+    - `activation_bytes`: bytes per activation element.
+    - `layout` (static): "weight_stationary" (tensor parallel: weights stay, activations are
+      all-reduced) or "weight_gathered" (the batch is sharded over the tp chips and each layer's
+      weights are all-gathered; pays off for large-batch prefill).
+    - `sequence_parallel` (static): norms and residual adds on 1/tp of the tokens per chip.
+    - `fused` (static): element-wise ops fused into neighbouring kernels and kernels issued back
+      to back by a compiled runtime: no per-op start-up time (see `_efficiency`).
+    """
+
+    tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    pp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    weight_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=2.0)
+    kv_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=2.0)
+    activation_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
+                                                         default=2.0)
+    layout: Layout = eqx.field(static=True, default="weight_stationary")
+    sequence_parallel: bool = eqx.field(static=True, default=True)
+    fused: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self):
+        check_choice("InferencePlan", "layout", self.layout, get_args(Layout))
+        for field in ("tp", "pp", "batch"):
+            check_range("InferencePlan", field, getattr(self, field), lower=1.0,
+                        lower_inclusive=True)
+        for field in ("weight_bytes", "kv_bytes", "activation_bytes"):
+            check_range("InferencePlan", field, getattr(self, field), lower=0.0, upper=8.0)
+
+    @property
+    def chips(self) -> Float[Array, "*batch"]:
+        """Chips the plan occupies, tp * pp."""
+        return self.tp * self.pp
+
+    def replace(self, **changes) -> InferencePlan:
+        """A copy with some fields changed (validated like a new plan)."""
+        return dataclasses.replace(self, **changes)
+
+
+class InferenceReport(eqx.Module):
+    """One forward pass of a batch (a prefill, or one decode step) on the plan's chips.
+
+    **Fields** (SI units; per chip where it says so):
+
+    - `time`: latency of the pass, s (= matmul + attention + elementwise + tp_comm + pp_comm).
+    - `matmul_time`, `attention_time`, `elementwise_time`: operator time of every layer on the
+      request's path (all pipeline stages in turn), s.
+    - `tp_comm_time`, `pp_comm_time`: exposed tensor-parallel all-reduce and stage-to-stage
+      send time, s.
+    - `flops`: FLOP of the pass, all chips together.
+    - `hbm_bytes`: HBM traffic per chip.
+    - `tokens`: tokens processed (batch x query tokens).
+    - `mfu`: flops / (time x chips x peak FLOP/s).
+    - `weight_bytes`, `kv_cache_bytes`, `activation_bytes`: memory per chip, bytes.
+    - `memory_per_chip`: their sum, bytes.
+    - `fits`: memory per chip within HBM (+ SRAM) capacity.
+    - `reason`: `FITS` or `OUT_OF_MEMORY`.
+    - `energy`: energy of all the plan's chips over the pass, J.
+    """
+
+    time: Float[Array, "*batch"]
+    matmul_time: Float[Array, "*batch"]
+    attention_time: Float[Array, "*batch"]
+    elementwise_time: Float[Array, "*batch"]
+    tp_comm_time: Float[Array, "*batch"]
+    pp_comm_time: Float[Array, "*batch"]
+    flops: Float[Array, "*batch"]
+    hbm_bytes: Float[Array, "*batch"]
+    tokens: Float[Array, "*batch"]
+    mfu: Float[Array, "*batch"]
+    weight_bytes: Float[Array, "*batch"]
+    kv_cache_bytes: Float[Array, "*batch"]
+    activation_bytes: Float[Array, "*batch"]
+    memory_per_chip: Float[Array, "*batch"]
+    fits: Bool[Array, "*batch"]
+    reason: Int[Array, "*batch"]
+    energy: Float[Array, "*batch"]
+
+
+class ServeReport(eqx.Module):
+    """A batch of requests: prefill of `input_len` tokens, then `output_len` decode steps.
+
+    **Fields** (SI units):
+
+    - `ttft`: time to first token (the prefill), s.
+    - `tpot`: time per output token (decode step at the mean context), s.
+    - `total_latency`: ttft + output_len x tpot, s.
+    - `tokens_per_s_per_chip`: generated tokens per second per chip.
+    - `energy_per_token`: energy per generated token (prefill included), J.
+    - `kv_cache_bytes`: KV cache per chip at the final context, bytes.
+    - `memory_per_chip`: weights + KV cache + activations per chip at the final context, bytes.
+    - `fits`, `reason`: memory feasibility (`FITS` / `OUT_OF_MEMORY`).
+    - `prefill`, `decode`: the `InferenceReport`s of the prefill and of the mean decode step.
+    """
+
+    ttft: Float[Array, "*batch"]
+    tpot: Float[Array, "*batch"]
+    total_latency: Float[Array, "*batch"]
+    tokens_per_s_per_chip: Float[Array, "*batch"]
+    energy_per_token: Float[Array, "*batch"]
+    kv_cache_bytes: Float[Array, "*batch"]
+    memory_per_chip: Float[Array, "*batch"]
+    fits: Bool[Array, "*batch"]
+    reason: Int[Array, "*batch"]
+    prefill: InferenceReport
+    decode: InferenceReport
+
+
+def _kv_sharding(model: Transformer, plan: InferencePlan, batch):
+    """KV heads per chip, sequences of KV cache per chip, and query heads per such sequence.
+
+    With at least as many KV heads as chips, each chip holds kv_heads / tp heads of every
+    sequence. With fewer, r = tp / kv_heads chips share a KV head: they split the batch between
+    them (Pope et al. 2022, Sec. 3.3) as far as it goes (at least one sequence each, so a small
+    batch is replicated), and each chip then serves all heads / kv_heads query heads of its
+    sequences. Attention work per chip is batch x heads / tp either way.
+    """
+    kv_heads = jnp.maximum(model.kv_heads / plan.tp, 1.0)
+    sharers = jnp.maximum(plan.tp / model.kv_heads, 1.0)
+    kv_batch = jnp.maximum(batch / sharers, 1.0)
+    q_heads = batch * model.heads / (plan.tp * kv_batch)
+    return kv_heads, kv_batch, q_heads, sharers
+
+
+def _efficiency(plan: InferencePlan) -> Efficiency:
+    """The fitted efficiency; without start-up time when the runtime is fused / compiled.
+
+    The fitted start-up time (~10 us per op) comes from ops timed one by one in eager PyTorch,
+    where each call's dispatch is exposed. A fused, compiled runtime (XLA, TensorRT-LLM,
+    FasterTransformer's C++ loop) issues kernels back to back, so the next launch hides behind
+    the running kernel; only the sustained fraction of peak remains.
+    """
+    base = default_efficiency()
+    if not plan.fused:
+        return base
+    return Efficiency(base.matrix_max, jnp.zeros_like(base.matrix_overhead_s),
+                      base.memory_max, jnp.zeros_like(base.memory_overhead_s))
+
+
+def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, context):
+    chip = system.chip
+    gathered = plan.layout == "weight_gathered"
+    weights = model.params / plan.chips * plan.weight_bytes
+    if gathered:
+        # One layer's weights gathered in full beside the resident shard.
+        weights = weights + model.params_per_layer * plan.weight_bytes
+        kv_heads, kv_batch = model.kv_heads, plan.batch / plan.tp
+        tokens = plan.batch * q_len / plan.tp
+        width_tp = 1.0
+    else:
+        kv_heads, kv_batch, _, _ = _kv_sharding(model, plan, plan.batch)
+        tokens = plan.batch * q_len
+        width_tp = plan.tp
+    kv = (2.0 * model.layers / plan.pp * kv_batch * context * kv_heads * model.head_dim
+          * plan.kv_bytes)
+    # Live activations of one layer: the residual stream, the attention output and the MLP
+    # inner activations (gate and up for a gated MLP) of the tokens in flight.
+    inner = model.mlp_matrices - 1.0
+    acts = tokens * (2.0 * model.hidden + inner * model.ffn_hidden * model.top_k / width_tp) \
+        * plan.activation_bytes
+    total = weights + kv + acts
+    fits = total <= chip.hbm_bytes + chip.sram_bytes
+    reason = jnp.where(fits, FITS, OUT_OF_MEMORY).astype(jnp.int32)
+    return weights, kv, acts, total, fits, reason
+
+
+def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, context,
+           resident, smooth):
+    """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm)."""
+    chip = system.chip
+    hd = model.head_dim
+    ab, wb = plan.activation_bytes, plan.weight_bytes
+    if plan.layout == "weight_gathered":
+        tp, batch = 1.0, plan.batch / plan.tp
+        kv_heads, kv_batch, q_heads = model.kv_heads, batch, model.heads
+    else:
+        tp, batch = plan.tp, plan.batch
+        kv_heads, kv_batch, q_heads, sharers = _kv_sharding(model, plan, batch)
+    tokens = batch * q_len
+    eff = _efficiency(plan)
+    mm = dict(bytes_per_element=ab, weight_bytes_per_element=wb,
+              weight_resident_fraction=resident, smooth=smooth, efficiency=eff)
+
+    # Q for every token on this chip; K, V for the sequences whose cache this chip holds.
+    matmul = gemm(chip, tokens, model.heads / tp * hd, model.hidden, **mm) \
+        + gemm(chip, kv_batch * q_len, 2.0 * kv_heads * hd, model.hidden, **mm) \
+        + gemm(chip, tokens, model.hidden, model.heads / tp * hd, **mm)
+    # Mixture of experts: a batch of T tokens routed top_k of E ways touches
+    # E (1 - (1 - k/E)^T) experts on average; each of them runs a GEMM over its share of tokens.
+    moe = model.experts > 1.0
+    miss = jnp.where(moe, 1.0 - model.top_k / model.experts, 0.5)
+    touched = jnp.where(moe, model.experts * (1.0 - miss ** tokens), 1.0)
+    expert_tokens = tokens * model.top_k / touched
+    up_width = (model.mlp_matrices - 1.0) * model.ffn_hidden / tp
+    mlp = gemm(chip, expert_tokens, up_width, model.hidden, **mm) \
+        + gemm(chip, expert_tokens, model.hidden, model.ffn_hidden / tp, **mm)
+    router = gemm(chip, tokens, model.experts, model.hidden, **mm)
+    matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
+
+    attn = attention(chip, kv_batch, q_heads, kv_heads, q_len, context, hd, causal=True,
+                     bytes_per_element=plan.kv_bytes, smooth=smooth, efficiency=eff)
+
+    ew = dict(bytes_per_element=ab, smooth=smooth, efficiency=eff)
+    stream = tokens * model.hidden / (tp if plan.sequence_parallel else 1.0)
+    norms = elementwise(chip, stream, **ew).scale(2.0)
+    residual = elementwise(chip, stream, reads=2.0, **ew).scale(2.0)
+    activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / tp,
+                             reads=model.mlp_matrices - 1.0, **ew)
+    kv_write = elementwise(chip, 2.0 * kv_batch * q_len * kv_heads * hd, reads=0.0,
+                           bytes_per_element=plan.kv_bytes, smooth=smooth, efficiency=eff)
+    elementwise_cost = norms + residual + activation + kv_write
+
+    if plan.layout == "weight_gathered":
+        comm = all_gather(system, model.params_per_layer * wb, plan.tp)
+    else:
+        # Two all-reduces (or reduce-scatter + all-gather pairs under sequence parallelism: the
+        # same bytes); with a batch-sharded KV cache, queries go to and outputs come back from
+        # the chips that hold their sequences (two all-to-alls among the sharers).
+        comm = all_reduce(system, tokens * model.hidden * ab, plan.tp).scale(2.0)
+        reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers)
+        comm = comm + reshard.scale(jnp.where(sharers > 1.0, 2.0, 0.0))
+    return matmul, attn, elementwise_cost, comm
+
+
+def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
+             smooth) -> InferenceReport:
+    chip = system.chip
+    q_len = _f(q_len)
+    context = _f(context)
+    tokens = plan.batch * q_len
+    weights, kv, acts, total, fits, reason = _memory(model, plan, system, q_len, context)
+    resident = jnp.clip(chip.sram_bytes / weights, 0.0, 1.0)
+    if plan.layout == "weight_gathered":
+        resident = 0.0  # weights stream through the chip layer by layer
+    matmul, attn, ew, comm = _layer(model, plan, system, q_len, context, resident, smooth)
+    # The request passes every layer: layers / pp per stage, pp stages in turn.
+    layers = model.layers
+    # Next-token logits for the last position of every sequence (vocabulary split over tp).
+    logits = gemm(chip, plan.batch, model.vocab / plan.tp, model.hidden,
+                  bytes_per_element=plan.activation_bytes,
+                  weight_bytes_per_element=plan.weight_bytes, weight_resident_fraction=resident,
+                  smooth=smooth, efficiency=_efficiency(plan))
+    matmul_total = matmul.scale(layers) + logits
+    pp_comm = send_recv(system, tokens * model.hidden * plan.activation_bytes, plan.pp,
+                        stride=plan.tp).scale(plan.pp - 1.0)
+    matmul_time = matmul_total.time
+    attention_time = layers * attn.time
+    elementwise_time = layers * ew.time
+    tp_comm_time = layers * comm.time
+    pp_comm_time = pp_comm.time
+    time = matmul_time + attention_time + elementwise_time + tp_comm_time + pp_comm_time
+
+    per_chip_flops = matmul_total.flops + layers * (attn.flops + ew.flops)
+    # Every stage runs layers / pp of the layers, so a chip is busy 1 / pp of the pass.
+    flops = per_chip_flops * plan.tp
+    hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) / plan.pp
+    link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
+                  + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
+    mfu = flops / (time * plan.chips * chip.peak_flops)
+    activity = Activity(
+        compute=jnp.clip(per_chip_flops / plan.pp / (time * chip.peak_flops), 0.0, 1.0),
+        vector=jnp.clip(layers * ew.flops / plan.pp / (time * chip.vector_flops), 0.0, 1.0),
+        hbm=jnp.clip(hbm / (time * jnp.maximum(chip.hbm_bandwidth, 1.0)), 0.0, 1.0),
+        link=jnp.clip(link_bytes / (time * chip.link_bandwidth_total), 0.0, 1.0),
+    )
+    energy = power(chip, activity).total * time * plan.chips
+    return InferenceReport(
+        time=time, matmul_time=matmul_time, attention_time=attention_time,
+        elementwise_time=elementwise_time, tp_comm_time=tp_comm_time, pp_comm_time=pp_comm_time,
+        flops=flops, hbm_bytes=hbm, tokens=tokens * jnp.ones_like(time), mfu=mfu,
+        weight_bytes=weights, kv_cache_bytes=kv, activation_bytes=acts, memory_per_chip=total,
+        fits=fits, reason=reason, energy=energy)
+
+
+def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: ArrayLike, *,
+            smooth: bool = False) -> InferenceReport:
+    """Prefill: the forward pass over `plan.batch` prompts of `input_len` tokens.
+
+    **Arguments:**
+
+    - `model`: the `Transformer`.
+    - `plan`: the `InferencePlan` (tp, pp, batch, element widths).
+    - `system`: the `System` (its chip, scale-up and scale-out tiers).
+    - `input_len`: prompt tokens per sequence.
+    - `smooth`: smooth rooflines (for gradient-based search).
+
+    **Returns:** `InferenceReport` (time = time to first token).
+    """
+    return _forward(model, plan, system, input_len, input_len, smooth)
+
+
+def decode(model: Transformer, plan: InferencePlan, system: System, context_len: ArrayLike, *,
+           smooth: bool = False) -> InferenceReport:
+    """One decode step: one new token for each of `plan.batch` sequences.
+
+    **Arguments:**
+
+    - `model`, `plan`, `system`: as `prefill`.
+    - `context_len`: tokens in the KV cache that the new token attends to.
+    - `smooth`: smooth rooflines.
+
+    **Returns:** `InferenceReport` (time = time per output token).
+    """
+    return _forward(model, plan, system, 1.0, context_len, smooth)
+
+
+def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
+          input_len: ArrayLike, output_len: ArrayLike, *, smooth: bool = False) -> ServeReport:
+    """A batch of requests: prefill, then `output_len` decode steps.
+
+    The decode step is evaluated at the mean context, input_len + (output_len + 1) / 2 (a step's
+    time is affine in its context); the KV cache and memory at the final context.
+
+    **Arguments:**
+
+    - `model`, `plan`, `system`: as `prefill` (`batch` replaces `plan.batch`).
+    - `batch`: sequences served together.
+    - `input_len`: prompt tokens per sequence.
+    - `output_len`: generated tokens per sequence.
+    - `smooth`: smooth rooflines.
+
+    **Returns:** `ServeReport`.
+    """
+    plan = dataclasses.replace(plan, batch=batch)
+    input_len = _f(input_len)
+    output_len = _f(output_len)
+    pre = prefill(model, plan, system, input_len, smooth=smooth)
+    dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), smooth=smooth)
+    final = input_len + output_len
+    _, kv, _, total, fits, reason = _memory(model, plan, system, 1.0, final)
+    _, _, _, pre_total, pre_fits, _ = _memory(model, plan, system, input_len, input_len)
+    fits = fits & pre_fits
+    reason = jnp.where(fits, FITS, OUT_OF_MEMORY).astype(jnp.int32)
+    total_latency = pre.time + output_len * dec.time
+    generated = plan.batch * output_len
+    return ServeReport(
+        ttft=pre.time, tpot=dec.time, total_latency=total_latency,
+        tokens_per_s_per_chip=generated / (total_latency * plan.chips),
+        energy_per_token=(pre.energy + output_len * dec.energy) / generated,
+        kv_cache_bytes=kv, memory_per_chip=jnp.maximum(total, pre_total), fits=fits,
+        reason=reason, prefill=pre, decode=dec)
