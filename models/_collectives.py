@@ -176,8 +176,9 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     d = _dims(system)
     if d:
         side = g_in ** (1.0 / d)
-        floor = side * n * (g_in / g) / (8.0 * system.chip.link_bandwidth
-                                         * SCALEUP_LINK_EFFICIENCY)
+        # Bisection bound on the in-domain share, scaled by the (p-1)/p that leaves the chip
+        # so that it vanishes continuously for a group of one.
+        floor = side * up_bytes / (8.0 * system.chip.link_bandwidth * SCALEUP_LINK_EFFICIENCY)
     return _cost(up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out), system,
                  up_floor=floor)
 

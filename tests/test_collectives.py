@@ -1,0 +1,211 @@
+"""Collectives: conservation (AR = RS + AG), zero for one member, tiers, topology, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import central_difference, shared_data_dir
+
+from dse.hardware import Chip, System
+from dse.models import _fit_efficiency
+from dse.models._collectives import (
+    SCALEUP_LINK_EFFICIENCY,
+    all_gather,
+    all_reduce,
+    all_to_all,
+    reduce_scatter,
+    send_recv,
+)
+
+COLLECTIVES = {"all_reduce": all_reduce, "all_gather": all_gather,
+               "reduce_scatter": reduce_scatter, "all_to_all": all_to_all,
+               "send_recv": send_recv}
+TOPOLOGIES = ("switch", "torus2d", "torus3d")
+
+# A100-like chip (NVIDIA A100 whitepaper; 12 NVLink 3 links of 25 GB/s per direction) in a
+# DGX-like system (8 GPUs per NVSwitch domain, 8 x 200 Gb/s HDR InfiniBand per node).
+CHIP = dict(mac_units=110592.0, clock_hz=1.41e9, vector_flops=19.5e12, sram_bytes=57.3e6,
+            hbm_bandwidth=2.0e12, hbm_bytes=80e9, link_count=12.0, link_bandwidth=25e9,
+            node_nm=7.0, core_count=108.0, hbm_generation="HBM2e")
+
+
+def system(topology="switch", num_chips=1024, scaleup_size=8.0, **chip_changes):
+    return System(chip=Chip(**(CHIP | chip_changes)), num_chips=num_chips,
+                  scaleup_size=scaleup_size, scaleup_latency=2e-6, scaleout_bandwidth=25e9,
+                  scaleout_latency=5e-6, topology=topology)
+
+
+def random_system(rng, topology):
+    return System(
+        chip=Chip(**(CHIP | dict(link_count=float(rng.integers(4, 19)),
+                                 link_bandwidth=float(rng.uniform(10e9, 100e9))))),
+        num_chips=4096, scaleup_size=float(rng.choice([4.0, 8.0, 64.0, 72.0])),
+        scaleup_latency=float(rng.uniform(0.5e-6, 5e-6)),
+        scaleout_bandwidth=float(rng.uniform(10e9, 100e9)),
+        scaleout_latency=float(rng.uniform(2e-6, 20e-6)), topology=topology)
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTIVES))
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_group_of_one_costs_nothing(name, topology):
+    cost = COLLECTIVES[name](system(topology), 1e9, 1.0, stride=4.0)
+    assert float(cost.time) == 0.0
+    assert float(cost.scaleup_bytes) == 0.0 and float(cost.scaleout_bytes) == 0.0
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_all_reduce_is_reduce_scatter_plus_all_gather(topology):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        sys_ = random_system(rng, topology)
+        n = float(10 ** rng.uniform(3, 10))
+        g = float(rng.choice([2, 4, 8, 16, 64, 512]))
+        stride = float(rng.choice([1, 2, 8, 16]))
+        ar = all_reduce(sys_, n, g, stride=stride)
+        rs = reduce_scatter(sys_, n, g, stride=stride)
+        ag = all_gather(sys_, n, g, stride=stride)
+        for field in ("time", "scaleup_time", "scaleout_time", "scaleup_bytes",
+                      "scaleout_bytes"):
+            np.testing.assert_allclose(float(getattr(ar, field)),
+                                       float(getattr(rs, field) + getattr(ag, field)),
+                                       rtol=1e-5, err_msg=field)
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTIVES))
+def test_tiers_sum_to_time(name):
+    rng = np.random.default_rng(1)
+    for topology in TOPOLOGIES:
+        sys_ = random_system(rng, topology)
+        cost = COLLECTIVES[name](sys_, 3e8, 64.0, stride=2.0)
+        np.testing.assert_allclose(float(cost.time),
+                                   float(cost.scaleup_time + cost.scaleout_time), rtol=1e-6)
+
+
+def test_ring_bandwidth_term_matches_thakur():
+    # One switch domain, latency negligible: all-reduce moves 2 (p-1)/p n per chip at the
+    # links' sustained bandwidth (Thakur et al. 2005; NCCL bus bandwidth = link bandwidth x eff).
+    sys_ = system(scaleup_size=8.0).replace(scaleup_latency=0.0)
+    n, p = 1e9, 8.0
+    cost = all_reduce(sys_, n, p)
+    np.testing.assert_allclose(float(cost.time),
+                               2 * (p - 1) / p * n / (300e9 * SCALEUP_LINK_EFFICIENCY),
+                               rtol=1e-6)
+    assert float(cost.scaleout_time) == 0.0
+
+
+def test_hierarchy_tensor_parallel_stays_in_node_data_parallel_crosses():
+    sys_ = system()
+    tp = all_reduce(sys_, 1e8, 8.0, stride=1.0)
+    assert float(tp.scaleout_bytes) == 0.0 and float(tp.scaleup_bytes) > 0.0
+    dp = all_reduce(sys_, 1e8, 64.0, stride=8.0)  # one member per node
+    assert float(dp.scaleup_bytes) == 0.0
+    np.testing.assert_allclose(float(dp.scaleout_bytes), 2 * 63 / 64 * 1e8, rtol=1e-6)
+    # Two members per node: half the message crosses the network per chip.
+    dp2 = all_reduce(sys_, 1e8, 64.0, stride=4.0)
+    np.testing.assert_allclose(float(dp2.scaleout_bytes), 2 * 31 / 32 * 1e8 / 2, rtol=1e-6)
+    assert float(dp2.time) < float(dp.time)
+
+
+def test_torus_latency_steps_are_rings_per_dimension():
+    # Empty message: only latency. A 4x4x4 torus all-reduce takes 2 x 3 x (4 - 1) steps,
+    # a switch 2 log2(64) (recursive halving + doubling).
+    alpha = 2e-6
+    torus = all_reduce(system("torus3d", scaleup_size=64.0), 0.0, 64.0)
+    np.testing.assert_allclose(float(torus.time), 18 * alpha, rtol=1e-6)
+    switch = all_reduce(system("switch", scaleup_size=64.0), 0.0, 64.0)
+    np.testing.assert_allclose(float(switch.time), 12 * alpha, rtol=1e-6)
+
+
+def test_torus_all_to_all_is_bisection_bound():
+    sys_ = system("torus3d", scaleup_size=64.0, link_count=6.0, link_bandwidth=50e9)
+    n = 1e9
+    cost = all_to_all(sys_, n, 64.0)
+    # k n / (8 link bandwidth) for k = 4, on the (p-1)/p of the data that leaves each chip.
+    bisection = 4.0 * (63 / 64) * n / (8.0 * 50e9 * SCALEUP_LINK_EFFICIENCY)
+    assert float(cost.time) >= bisection
+    # On a switch with the same per-chip bandwidth the all-to-all is injection-bound (faster).
+    switch = all_to_all(system("switch", scaleup_size=64.0, link_count=6.0,
+                               link_bandwidth=50e9), n, 64.0)
+    assert float(switch.time) < float(cost.time)
+
+
+def test_send_recv_crosses_network_only_when_group_spans_domains():
+    sys_ = system()
+    inside = send_recv(sys_, 1e8, 4.0, stride=2.0)  # chips 0, 2, 4, 6
+    assert float(inside.scaleout_bytes) == 0.0
+    across = send_recv(sys_, 1e8, 4.0, stride=8.0)
+    np.testing.assert_allclose(float(across.time), 1e8 / 25e9 + 5e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTIVES))
+def test_more_bandwidth_never_slower_more_latency_never_faster(name):
+    rng = np.random.default_rng(2)
+    op = COLLECTIVES[name]
+    for topology in TOPOLOGIES:
+        for _ in range(5):
+            sys_ = random_system(rng, topology)
+            g = float(rng.choice([2, 8, 64, 256]))
+            stride = float(rng.choice([1, 4, 8]))
+            t0 = float(op(sys_, 1e7, g, stride=stride).time)
+            faster = [sys_.replace(chip=sys_.chip.replace(
+                          link_bandwidth=sys_.chip.link_bandwidth * 2)),
+                      sys_.replace(scaleout_bandwidth=sys_.scaleout_bandwidth * 2)]
+            for s in faster:
+                assert float(op(s, 1e7, g, stride=stride).time) <= t0 * (1 + 1e-6)
+            slower = sys_.replace(scaleup_latency=sys_.scaleup_latency * 2,
+                                  scaleout_latency=sys_.scaleout_latency * 2)
+            assert float(op(slower, 1e7, g, stride=stride).time) >= t0 * (1 - 1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTIVES))
+def test_jit_and_vmap_over_systems(name):
+    rng = np.random.default_rng(3)
+    op = COLLECTIVES[name]
+    systems = [random_system(rng, "switch") for _ in range(4)]
+    batch = jax.tree.map(lambda *xs: jnp.stack(xs), *systems)
+    batched = jax.jit(jax.vmap(lambda s: op(s, 1e8, 64.0, stride=2.0).time))(batch)
+    loop = [float(op(s, 1e8, 64.0, stride=2.0).time) for s in systems]
+    np.testing.assert_allclose(np.asarray(batched), loop, rtol=1e-5)
+    # vmap over group sizes too (a batch of plans).
+    sizes = jnp.array([1.0, 2.0, 8.0, 64.0])
+    times = jax.vmap(lambda g: op(systems[0], 1e8, g).time)(sizes)
+    assert np.all(np.isfinite(np.asarray(times)))
+
+
+SYSTEM_FIELDS = ("scaleup_latency", "scaleout_bandwidth", "scaleout_latency")
+CHIP_FIELDS = ("link_count", "link_bandwidth")
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTIVES))
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_gradients_match_finite_differences(name, topology):
+    op = COLLECTIVES[name]
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        for _ in range(2):
+            sys_ = random_system(rng, topology)
+            g, stride = 64.0, 4.0
+            grads = jax.grad(lambda s: op(s, 3e7, g, stride=stride).time)(sys_)
+            t0 = float(op(sys_, 3e7, g, stride=stride).time)
+            for field in SYSTEM_FIELDS:
+                x0 = float(getattr(sys_, field))
+                fd = central_difference(
+                    lambda x, field=field: float(op(sys_.replace(**{field: x}), 3e7, g,
+                                                    stride=stride).time), x0)
+                np.testing.assert_allclose(float(getattr(grads, field)), fd, rtol=1e-4,
+                                           atol=1e-8 * t0 / x0, err_msg=field)
+            for field in CHIP_FIELDS:
+                x0 = float(getattr(sys_.chip, field))
+                fd = central_difference(
+                    lambda x, field=field: float(op(sys_.replace(
+                        chip=sys_.chip.replace(**{field: x})), 3e7, g, stride=stride).time), x0)
+                np.testing.assert_allclose(float(getattr(grads.chip, field)), fd, rtol=1e-4,
+                                           atol=1e-8 * t0 / x0, err_msg=field)
+
+
+def test_link_efficiency_fit_reproduces_constant_and_measurement():
+    # Fit data: LLMCompass A100 x4 tensor-parallel all-reduce (inference_runs.csv), 2.8909 ms.
+    assert _fit_efficiency.fit_link_efficiency(shared_data_dir()) == SCALEUP_LINK_EFFICIENCY
+    n = 8 * 2048 * 12288 * 2.0
+    cost = all_reduce(system().replace(scaleup_latency=1e-6), n, 4.0)
+    np.testing.assert_allclose(float(cost.time), 2.8909e-3, rtol=0.01)
