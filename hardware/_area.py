@@ -42,8 +42,8 @@ UNCORE_FRACTION = (76.44 + 40.0) / (476.25 + 119.31)
 # V100, A100, H100; spatial: Groq TSP, Cerebras WSE-2, Graphcore GC200) after the SRAM, HBM,
 # link and uncore blocks above are subtracted. `tests/test_hardware_fit.py` re-runs the fit.
 COMPUTE_TRANSISTORS = {
-    "simt": {"per_core": 148_285_759.0, "per_mac": 147_713.6},
-    "spatial": {"per_core": 2_685_732.1, "per_mac": 29_455.4},
+    "simt": {"per_core": 148_582_974.4, "per_mac": 147_535.05},
+    "spatial": {"per_core": 2_656_584.6, "per_mac": 29_458.39},
 }
 
 # Die-edge use. An HBM stack occupies the short side of its footprint, 7.75 mm (JEDEC JESD235

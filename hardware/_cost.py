@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-from jax.scipy.special import gammaincc
+from jax.scipy.special import gammaincc, gammaln
 from jaxtyping import Array, Float
 
 from ._area import area
@@ -43,6 +43,23 @@ def dies_per_wafer(die_mm2: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
     return jnp.maximum(gross, 1.0)
 
 
+def _log_poisson_at_most(spares, mean_defects):
+    """log P(Poisson(mean) <= spares) = log Q(spares + 1, mean), stable deep in the tail.
+
+    Far in the tail (mean >> spares) Q underflows in float32 and its gradient turns into
+    NaN, so there the asymptotic series Gamma(a, x) ~ x^(a-1) e^-x (1 + (a-1)/x +
+    (a-1)(a-2)/x^2) is used; the exact branch is fed a harmless argument (double where).
+    """
+    a = spares + 1.0
+    deep = mean_defects > a + 10.0 * jnp.sqrt(a) + 20.0
+    x_exact = jnp.where(deep, a, mean_defects)
+    exact = jnp.log(gammaincc(a, x_exact))
+    x_tail = jnp.where(deep, mean_defects, a + 10.0 * jnp.sqrt(a) + 21.0)
+    series = 1.0 + (a - 1.0) / x_tail + (a - 1.0) * (a - 2.0) / x_tail**2
+    tail = (a - 1.0) * jnp.log(x_tail) - x_tail + jnp.log(series) - gammaln(a)
+    return jnp.where(deep, tail, exact)
+
+
 def cost(chip: Chip, tech: Technology | None = None) -> CostReport:
     """Cost of one chip package (all its dies, HBM and package), dollars.
 
@@ -55,12 +72,14 @@ def cost(chip: Chip, tech: Technology | None = None) -> CostReport:
     per_die = a.per_die
     compute_per_die = a.compute / chip.die_count
     critical = per_die - compute_per_die
-    yield_rest = (1.0 + critical * tech.defect_density / YIELD_CLUSTERING) ** (-YIELD_CLUSTERING)
+    log_yield_rest = -YIELD_CLUSTERING * jnp.log1p(
+        critical * tech.defect_density / YIELD_CLUSTERING)
     spares = chip.core_count * (chip.compute_redundancy - 1.0) / chip.die_count
-    yield_compute = gammaincc(spares + 1.0, compute_per_die * tech.defect_density)
-    die_yield = yield_rest * yield_compute
+    log_yield = log_yield_rest + _log_poisson_at_most(spares,
+                                                      compute_per_die * tech.defect_density)
     dpw = dies_per_wafer(per_die)
-    silicon = chip.die_count * tech.wafer_cost / (dpw * die_yield)
+    silicon = chip.die_count * jnp.exp(jnp.log(tech.wafer_cost / dpw) - log_yield)
+    die_yield = jnp.exp(log_yield)
     hbm = chip.hbm_bytes * HBM_COST_PER_BYTE
     package = PACKAGE_COST * jnp.ones_like(silicon)
     return CostReport(silicon=silicon, hbm=hbm, package=package,

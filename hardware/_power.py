@@ -18,7 +18,7 @@ from ._validate import as_float_array, check_range
 # non-negative fit puts no weight on an area-proportional static term (TDPs alone cannot
 # separate it from activity-proportional power), so static power is 0 until calibrated to
 # idle-power measurements.
-ENERGY_PER_MAC_7NM = 2.1942e-12
+ENERGY_PER_MAC_7NM = 2.1906e-12
 STATIC_POWER_PER_MM2 = 0.0
 # A vector (non-matrix) FLOP is charged half a MAC (a MAC is 2 FLOP): an assumption, since no
 # source used here separates the two.

@@ -192,9 +192,12 @@ _add(Chip(
     name="WSE-2", mac_units=850_000 * 4, clock_hz=1.1 * u.GHz,
     vector_flops=850_000 * 4 * 2 * 1.1 * u.GHz, sram_bytes=40 * u.GB, hbm_bandwidth=0.0,
     hbm_bytes=0.0, link_count=0, link_bandwidth=1.0, node_nm=7, core_count=850_000,
-    sram_kind="scratchpad", core_kind="spatial", hbm_generation="none",
+    compute_redundancy=1.01, sram_kind="scratchpad", core_kind="spatial",
+    hbm_generation="none",
 ), Published(die_area_mm2=46225, tdp_w=15000, is_gpu=False),
     ["clock_hz: not in the sources used; 1.1 GHz assumed (affects peak FLOP/s only)",
+     "compute_redundancy: Cerebras routes around defective cores with spares, count not in "
+     "the sources used; 1% spare cores assumed",
      "a wafer-scale die exceeds the reticle by construction (stitched); its reticle margin "
      "is negative"])
 # Graphcore GC200 (TSMC N7): 1472 tiles, 900 MB In-Processor Memory, 250 TFLOP/s FP16 at

@@ -202,6 +202,9 @@ class _LogLogCurve:
         k = min(3, len(self.x))
         self.slope_low = float(np.polyfit(self.x[:k], self.y[:k], 1)[0])
         self.slope_high = float(np.polyfit(self.x[-k:], self.y[-k:], 1)[0])
+        # End slopes of the cubic equal the extrapolation slopes: C1 across the data's ends.
+        self.d[0] = self.slope_low
+        self.d[-1] = self.slope_high
         self.node_min = float(nodes[0])
         self.node_max = float(nodes[-1])
 
