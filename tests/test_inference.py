@@ -1,0 +1,233 @@
+"""Inference: prefill / decode / serve, KV cache, memory feasibility, layouts, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import REPO, central_difference, shared_data_dir
+
+from dse.hardware import CHIPS, SYSTEMS, stack_chips
+from dse.models import (
+    FITS,
+    OUT_OF_MEMORY,
+    TRANSFORMERS,
+    InferencePlan,
+    Transformer,
+    decode,
+    prefill,
+    serve,
+)
+
+DGX = SYSTEMS["DGX-A100"]
+LLAMA70 = TRANSFORMERS["llama3-70b"]
+BREAKDOWN = ("matmul_time", "attention_time", "elementwise_time", "tp_comm_time",
+             "pp_comm_time")
+CHIP_FIELDS = ("mac_units", "clock_hz", "vector_flops", "sram_bytes", "hbm_bandwidth",
+               "link_bandwidth", "link_count")
+SYSTEM_FIELDS = ("scaleup_latency", "scaleout_bandwidth", "scaleout_latency")
+
+
+def small_model(**changes):
+    base = dict(layers=4.0, hidden=1024.0, heads=16.0, kv_heads=4.0, ffn_hidden=2816.0,
+                vocab=32000.0, seq_len=2048.0, gated_mlp=True, tied_embeddings=False)
+    return Transformer(**(base | changes))
+
+
+def test_plan_validation_names_field():
+    with pytest.raises(ValueError, match="InferencePlan.tp"):
+        InferencePlan(tp=0.5)
+    with pytest.raises(ValueError, match="InferencePlan.layout"):
+        InferencePlan(layout="sideways")
+
+
+@pytest.mark.parametrize("layout", ["weight_stationary", "weight_gathered"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_breakdown_sums_to_time(layout, fused):
+    plan = InferencePlan(tp=8.0, pp=2.0, batch=16.0, layout=layout, fused=fused)
+    sys_ = DGX.with_num_chips(16)
+    for report in (prefill(LLAMA70, plan, sys_, 1024.0), decode(LLAMA70, plan, sys_, 3000.0)):
+        parts = sum(float(getattr(report, f)) for f in BREAKDOWN)
+        np.testing.assert_allclose(parts, float(report.time), rtol=1e-5)
+        assert float(report.pp_comm_time) > 0.0
+
+
+def test_serve_totals():
+    plan = InferencePlan(tp=8.0)
+    r = serve(LLAMA70, plan, DGX, 8.0, 1000.0, 200.0)
+    np.testing.assert_allclose(float(r.total_latency),
+                               float(r.ttft) + 200.0 * float(r.tpot), rtol=1e-6)
+    np.testing.assert_allclose(float(r.tokens_per_s_per_chip),
+                               8.0 * 200.0 / (float(r.total_latency) * 8.0), rtol=1e-6)
+    np.testing.assert_allclose(float(r.energy_per_token),
+                               (float(r.prefill.energy) + 200.0 * float(r.decode.energy))
+                               / (8.0 * 200.0), rtol=1e-5)
+    assert float(r.energy_per_token) > 0.0
+    assert int(r.reason) == FITS and bool(r.fits)
+
+
+def test_kv_cache_is_gqa_aware():
+    # Llama 3 70B: 80 layers, 8 KV heads of 128 (Dubey et al. 2024, Table 3), bf16 cache.
+    plan = InferencePlan(tp=8.0, batch=4.0)
+    r = decode(LLAMA70, plan, DGX, 8192.0)
+    expected = 2 * 80 * 4 * 8192 * (8 / 8) * 128 * 2
+    np.testing.assert_allclose(float(r.kv_cache_bytes), expected, rtol=1e-6)
+    mha = LLAMA70.replace(kv_heads=64.0)
+    r_mha = decode(mha, plan, DGX, 8192.0)
+    np.testing.assert_allclose(float(r_mha.kv_cache_bytes), 8 * expected, rtol=1e-6)
+    assert float(r_mha.time) > float(r.time)
+
+
+def test_multiquery_cache_is_sharded_over_the_batch():
+    # One KV head, tp 8: with batch >= 8 each chip holds batch / 8 sequences (Pope et al. 2022,
+    # Sec. 3.3); with batch 1 the single sequence is replicated.
+    mqa = small_model(kv_heads=1.0)
+    total_per_seq = 2 * 4 * 1 * 4096 * 64 * 2.0  # layers, kv heads, context, head_dim, bytes
+    big = decode(mqa, InferencePlan(tp=8.0, batch=64.0), DGX, 4096.0)
+    np.testing.assert_allclose(float(big.kv_cache_bytes), 64 / 8 * total_per_seq, rtol=1e-6)
+    one = decode(mqa, InferencePlan(tp=8.0, batch=1.0), DGX, 4096.0)
+    np.testing.assert_allclose(float(one.kv_cache_bytes), total_per_seq, rtol=1e-6)
+
+
+def test_memory_feasibility_flag_and_reason():
+    # Llama 3 405B in bf16: 810 GB of weights do not fit on 8 x 80 GB, do on 16.
+    model = TRANSFORMERS["llama3-405b"]
+    r8 = serve(model, InferencePlan(tp=8.0), DGX, 1.0, 1000.0, 100.0)
+    assert not bool(r8.fits) and int(r8.reason) == OUT_OF_MEMORY
+    r16 = serve(model, InferencePlan(tp=8.0, pp=2.0), DGX.with_num_chips(16), 1.0, 1000.0,
+                100.0)
+    assert bool(r16.fits) and int(r16.reason) == FITS
+    # int8 weights halve the weight memory.
+    half = prefill(model, InferencePlan(tp=8.0, weight_bytes=1.0), DGX, 10.0)
+    np.testing.assert_allclose(float(half.weight_bytes), float(model.params) / 8, rtol=1e-6)
+
+
+def test_decode_is_bounded_below_by_weight_streaming():
+    plan = InferencePlan(tp=8.0, batch=1.0)
+    r = decode(LLAMA70, plan, DGX, 128.0)
+    weights_per_chip = float(LLAMA70.params) * 2 / 8
+    assert float(r.time) > weights_per_chip / float(DGX.chip.hbm_bandwidth)
+    assert float(r.mfu) < 0.05  # batch-1 decode is memory-bound
+
+
+def test_weight_gathered_wins_only_at_large_batch():
+    # Pope et al. 2022, Sec. 3.2.3 / Fig. 6: weight-gathered layouts pay off for prefill with
+    # many tokens; weight-stationary is faster for small batches.
+    model = TRANSFORMERS["llama3-70b"]
+    sys_ = SYSTEMS["TPUv4-pod"].with_num_chips(64)
+
+    def t(layout, batch):
+        plan = InferencePlan(tp=64.0, batch=batch, layout=layout)
+        return float(prefill(model, plan, sys_, 2048.0).time)
+
+    assert t("weight_gathered", 512.0) < t("weight_stationary", 512.0)
+    assert t("weight_stationary", 1.0) < t("weight_gathered", 1.0)
+
+
+def test_moe_decode_reads_only_touched_experts():
+    mixtral = TRANSFORMERS["mixtral-8x7b"]
+    plan = InferencePlan(tp=8.0, batch=1.0)
+    one = decode(mixtral, plan, DGX, 1000.0)
+    many = decode(mixtral, plan.replace(batch=256.0), DGX, 1000.0)
+    # One token touches 2 of 8 experts; 256 tokens touch (nearly) all 8: more weight traffic.
+    assert float(many.hbm_bytes) > 2.5 * float(one.hbm_bytes)
+
+
+@pytest.mark.parametrize("which", ["prefill", "decode"])
+def test_more_bandwidth_or_sram_never_slower(which):
+    rng = np.random.default_rng(0)
+    model = small_model()
+    for _ in range(6):
+        scale = np.exp(rng.uniform(np.log(0.3), np.log(3.0), size=4))
+        chip = DGX.chip.replace(hbm_bandwidth=DGX.chip.hbm_bandwidth * scale[0],
+                                sram_bytes=DGX.chip.sram_bytes * scale[1],
+                                link_bandwidth=DGX.chip.link_bandwidth * scale[2],
+                                mac_units=DGX.chip.mac_units * scale[3])
+        sys_ = DGX.replace(chip=chip)
+        plan = InferencePlan(tp=float(rng.choice([1, 2, 4, 8])),
+                             batch=float(rng.choice([1, 8, 64])))
+        f = (lambda s: prefill(model, plan, s, 512.0)) if which == "prefill" else \
+            (lambda s: decode(model, plan, s, 2048.0))
+        t0 = float(f(sys_).time)
+        for field in ("hbm_bandwidth", "sram_bytes", "link_bandwidth", "mac_units"):
+            faster = sys_.replace(chip=sys_.chip.replace(
+                **{field: getattr(sys_.chip, field) * 1.5}))
+            assert float(f(faster).time) <= t0 * (1 + 1e-6), field
+
+
+def test_jit_vmap_over_chips_and_plans():
+    model = small_model()
+    chips = [DGX.chip.replace(hbm_bandwidth=DGX.chip.hbm_bandwidth * s, sram_bytes=m)
+             for s, m in ((0.5, 20e6), (1.0, 60e6), (2.0, 200e6))]
+    plan = InferencePlan(tp=4.0, batch=8.0)
+    f = jax.jit(jax.vmap(lambda c: serve(model, plan, DGX.replace(chip=c), 8.0, 512.0,
+                                         64.0).tpot))
+    batched = f(stack_chips(chips))
+    loop = [float(serve(model, plan, DGX.replace(chip=c), 8.0, 512.0, 64.0).tpot)
+            for c in chips]
+    np.testing.assert_allclose(np.asarray(batched), loop, rtol=1e-5)
+    # A batch of plans: tensor-parallel degree and batch size as arrays.
+    pairs = ((1.0, 1.0), (2.0, 4.0), (4.0, 16.0), (8.0, 64.0))
+    plans = jax.tree.map(lambda *xs: jnp.stack(xs),
+                         *[InferencePlan(tp=t, batch=b) for t, b in pairs])
+    times = jax.jit(jax.vmap(lambda p: decode(model, p, DGX, 1024.0).time))(plans)
+    loop = [float(decode(model, InferencePlan(tp=t, batch=b), DGX, 1024.0).time)
+            for t, b in pairs]
+    np.testing.assert_allclose(np.asarray(times), loop, rtol=1e-5)
+
+
+def test_jit_does_not_recompile():
+    model = small_model()
+    f = jax.jit(lambda s: decode(model, InferencePlan(tp=2.0, batch=4.0), s, 1024.0).time)
+    f(DGX)
+    before = f._cache_size()
+    f(DGX.replace(chip=DGX.chip.replace(hbm_bandwidth=3e12)))
+    assert f._cache_size() == before
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("which", ["ttft", "tpot", "energy_per_token"])
+def test_gradients_match_finite_differences(which, smooth):
+    model = small_model()
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        for _ in range(2):
+            scale = np.exp(rng.uniform(np.log(0.5), np.log(2.0), size=len(CHIP_FIELDS)))
+            chip = CHIPS["A100-80GB"].replace(**{
+                f: getattr(CHIPS["A100-80GB"], f) * s for f, s in zip(CHIP_FIELDS, scale)})
+            sys_ = DGX.replace(chip=chip, scaleup_latency=float(rng.uniform(1e-6, 5e-6)))
+            plan = InferencePlan(tp=4.0, pp=2.0, batch=float(rng.choice([1, 16])))
+
+            def metric(s):
+                return getattr(serve(model, plan, s, plan.batch, 700.0, 90.0, smooth=smooth),
+                               which)
+
+            grads = jax.grad(metric)(sys_)
+            y0 = float(metric(sys_))
+            for field in CHIP_FIELDS:
+                x0 = float(getattr(sys_.chip, field))
+                fd = central_difference(lambda x, field=field: float(metric(sys_.replace(
+                    chip=sys_.chip.replace(**{field: x})))), x0)
+                g = float(getattr(grads.chip, field))
+                assert np.isfinite(g), field
+                np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-8 * y0 / x0,
+                                           err_msg=field)
+            for field in SYSTEM_FIELDS:
+                x0 = float(getattr(sys_, field))
+                fd = central_difference(lambda x, field=field: float(metric(
+                    sys_.replace(**{field: x}))), x0)
+                np.testing.assert_allclose(float(getattr(grads, field)), fd, rtol=1e-4,
+                                           atol=1e-8 * y0 / x0, err_msg=field)
+
+
+def test_published_inference_rows_within_target():
+    # LLMCompass A100 layer, FasterTransformer 13B on A100, Pope et al. 2022 PaLM 540B on
+    # TPU v4 (inference_runs.csv): mean absolute error at most 15%, no row off by 40% or more.
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _inference_rows import inference_rows
+
+    rows = inference_rows(shared_data_dir())
+    assert len(rows) == 10
+    errors = np.array([abs(r["predicted"] / r["measured"] - 1) for r in rows])
+    assert errors.mean() <= 0.15
+    assert errors.max() < 0.40
