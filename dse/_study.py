@@ -1,0 +1,374 @@
+"""A study read from a TOML config: the design, the workload, the space, objectives, budgets.
+
+Configs are read once, at the edge, into typed Modules (`System`, `Transformer`, plans); every
+problem is reported as `ConfigError` naming the key and its line. Human units are accepted as
+strings ("80 GiB", "3.35 TB/s", "1.83 GHz", "2 us") through the named constants of
+`dse.hardware.units`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from . import hardware as hw
+from . import models
+from ._space import Param, Space
+
+UNIT_FACTORS: dict[str, float] = {
+    name: float(getattr(hw.units, name))
+    for name in ("KB", "MB", "GB", "TB", "PB", "KiB", "MiB", "GiB", "TiB", "Gbit", "Tbit",
+                 "GHz", "MHz", "TFLOPS", "PFLOPS", "ns", "us", "ms")
+}
+UNIT_FACTORS.update({"B": 1.0, "Hz": 1.0, "s": 1.0, "W": 1.0, "mm2": 1.0, "nm": 1.0})
+
+TRAINING_METRICS = ("step_time", "tokens_per_s", "mfu", "memory_margin", "area", "power",
+                    "cost", "reticle_margin", "shoreline_margin", "energy_per_token")
+INFERENCE_METRICS = ("ttft", "tpot", "tokens_per_s_per_chip", "tokens_per_s_per_dollar",
+                     "memory_margin", "area", "power", "cost", "reticle_margin",
+                     "shoreline_margin", "energy_per_token")
+
+
+class ConfigError(ValueError):
+    """A problem in a config file: names the key, its line and what is wrong."""
+
+    def __init__(self, path: str, key: str, line: int | None, message: str):
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {message}")
+        self.key, self.line = key, line
+
+
+class _Reader:
+    """Typed access to a parsed TOML document, with line numbers for errors."""
+
+    def __init__(self, path: str, text: str):
+        self.path, self.lines = path, text.splitlines()
+        try:
+            self.doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            m = re.search(r"line (\d+)", str(e))
+            raise ConfigError(path, "<toml>", int(m.group(1)) if m else None, str(e)) from None
+
+    def line_of(self, dotted: str) -> int | None:
+        """Line where `dotted` (e.g. "chip.sram_bytes") is set: its table, then its key."""
+        *tables, key = dotted.split(".")
+        start = 0
+        if tables:
+            header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, tables)) + r"\s*\]")
+            for i, line in enumerate(self.lines):
+                if header.match(line):
+                    start = i
+                    break
+        pattern = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+        for i in range(start, len(self.lines)):
+            if pattern.match(self.lines[i]):
+                return i + 1
+        return start + 1 if tables else None
+
+    def error(self, dotted: str, message: str) -> ConfigError:
+        return ConfigError(self.path, dotted, self.line_of(dotted), message)
+
+    def table(self, dotted: str, allowed: tuple[str, ...] | None = None,
+              required: bool = False) -> dict:
+        node: Any = self.doc
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if required:
+                    raise ConfigError(self.path, dotted, None, "missing table")
+                return {}
+            node = node[part]
+        if not isinstance(node, dict):
+            raise self.error(dotted, f"must be a table, got {type(node).__name__}")
+        if allowed is not None:
+            for key in node:
+                if key not in allowed:
+                    raise self.error(f"{dotted}.{key}",
+                                     f"unknown key; allowed: {', '.join(allowed)}")
+        return node
+
+    def number(self, dotted: str, value: Any) -> float:
+        """A float from a number or a '<number> <unit>' string."""
+        if isinstance(value, bool):
+            raise self.error(dotted, f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*([A-Za-z0-9]*)(/s)?\s*", value)
+            if m:
+                try:
+                    number = float(m.group(1))
+                except ValueError:
+                    number = None
+                unit = m.group(2) or ""
+                if number is not None and (unit == "" or unit in UNIT_FACTORS):
+                    return number * UNIT_FACTORS.get(unit, 1.0)
+            raise self.error(dotted, f"cannot read {value!r} as a number with a unit "
+                                     f"(units: {', '.join(UNIT_FACTORS)})")
+        raise self.error(dotted, f"expected a number, got {type(value).__name__} {value!r}")
+
+    def string(self, dotted: str, value: Any, choices=None) -> str:
+        if not isinstance(value, str):
+            raise self.error(dotted, f"expected a string, got {type(value).__name__} {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(dotted, f"unknown value {value!r}; known: {', '.join(choices)}")
+        return value
+
+    def integer(self, dotted: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(dotted, f"expected an integer, got {value!r}")
+        return value
+
+
+CHIP_KEYS = ("preset",) + hw.CONTINUOUS_CHIP_FIELDS + ("sram_kind", "core_kind",
+                                                       "hbm_generation", "die_count", "name")
+SYSTEM_KEYS = ("preset", "num_chips", "scaleup_size", "scaleup_latency", "scaleout_bandwidth",
+               "scaleout_latency", "topology", "name")
+WORKLOAD_KEYS = ("kind", "model", "global_batch", "plan", "batch", "input_len", "output_len",
+                 "tp", "pp")
+PLAN_KEYS = ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "sequence_parallel",
+             "recompute", "zero_stage", "dp_overlap")
+TOP_KEYS = ("chip", "system", "workload", "space", "objectives", "budgets", "sweep",
+            "optimize", "output")
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """Everything a CLI command needs, read from one config (typed; no dicts inside models)."""
+
+    path: str
+    system: hw.System
+    kind: str  # "training" or "inference"
+    model: models.Transformer
+    global_batch: int
+    plan: Any  # TrainingPlan, InferencePlan, or None (best_plan chooses)
+    batch: float
+    input_len: float
+    output_len: float
+    space: Space | None
+    objectives: dict[str, str]
+    budgets: dict[str, tuple[float | None, float | None]]
+    sweep_n: int
+    sweep_chunk: int
+    seed: int
+    optimize_options: dict[str, Any]
+    output_dir: Path
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return TRAINING_METRICS if self.kind == "training" else INFERENCE_METRICS
+
+    def objective(self, *, smooth: bool = False) -> Callable[[hw.System], dict]:
+        """`system -> {metric: scalar}`: the workload on the design plus area, power, cost."""
+        return make_objective(self.kind, self.model, self.plan, self.global_batch, self.batch,
+                              self.input_len, self.output_len, smooth=smooth)
+
+
+def hardware_metrics(chip: hw.Chip) -> dict[str, Any]:
+    """Area (per die, mm^2), power at the TDP operating point (W), cost ($), margins."""
+    a = hw.area(chip)
+    return {"area": a.per_die, "power": hw.power(chip).total, "cost": hw.cost(chip).total,
+            "reticle_margin": a.reticle_margin, "shoreline_margin": a.shoreline_margin}
+
+
+def make_objective(kind, model, plan, global_batch, batch=1.0, input_len=1.0, output_len=1.0, *,
+                   smooth: bool = False) -> Callable[[hw.System], dict]:
+    """The metrics of a workload on a system design (see `TRAINING_METRICS`)."""
+
+    def objective(system: hw.System) -> dict:
+        out = hardware_metrics(system.chip)
+        if kind == "training":
+            if plan is None:
+                report = models.best_plan(model, system, global_batch, smooth=smooth)[1]
+            else:
+                report = models.train_step(model, plan, system, smooth=smooth)
+            tokens_per_step = report.tokens_per_s * report.step_time
+            out.update(step_time=report.step_time, tokens_per_s=report.tokens_per_s,
+                       mfu=report.mfu,
+                       memory_margin=system.chip.hbm_bytes - report.memory_per_chip,
+                       energy_per_token=report.energy * system.num_chips / tokens_per_step)
+        else:
+            report = models.serve(model, plan, system, batch, input_len, output_len,
+                                  smooth=smooth)
+            out.update(ttft=report.ttft, tpot=report.tpot,
+                       tokens_per_s_per_chip=report.tokens_per_s_per_chip,
+                       tokens_per_s_per_dollar=report.tokens_per_s_per_chip / out["cost"],
+                       memory_margin=system.chip.hbm_bytes - report.memory_per_chip,
+                       energy_per_token=report.energy_per_token)
+        return {k: jnp.asarray(v) for k, v in out.items()}
+
+    return objective
+
+
+def _chip(r: _Reader) -> hw.Chip:
+    spec = r.table("chip", CHIP_KEYS)
+    if "preset" in spec:
+        base = hw.CHIPS[r.string("chip.preset", spec["preset"], tuple(hw.CHIPS))]
+    else:
+        missing = [f for f in hw.CONTINUOUS_CHIP_FIELDS
+                   if f not in spec and f != "compute_redundancy"]
+        if missing:
+            raise ConfigError(r.path, "chip", r.line_of("chip.preset") or None,
+                              f"give a preset or every field; missing {', '.join(missing)}")
+        base = None
+    changes: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key == "preset":
+            continue
+        dotted = f"chip.{key}"
+        if key in hw.CONTINUOUS_CHIP_FIELDS:
+            changes[key] = r.number(dotted, value)
+        elif key == "die_count":
+            changes[key] = r.integer(dotted, value)
+        else:
+            changes[key] = r.string(dotted, value)
+    try:
+        return base.replace(**changes) if base is not None else hw.Chip(**changes)
+    except ValueError as e:
+        field = next((k for k in changes if f".{k} " in str(e) or f".{k}:" in str(e)), None)
+        raise r.error(f"chip.{field}" if field else "chip", str(e)) from None
+
+
+def _system(r: _Reader, chip: hw.Chip) -> hw.System:
+    spec = r.table("system", SYSTEM_KEYS)
+    name = r.string("system.preset", spec.get("preset", "DGX-H100"), tuple(hw.SYSTEMS))
+    base = hw.SYSTEMS[name]
+    changes: dict[str, Any] = {"chip": chip}
+    for key, value in spec.items():
+        dotted = f"system.{key}"
+        if key == "preset":
+            continue
+        if key == "num_chips":
+            changes[key] = r.integer(dotted, value)
+        elif key in ("topology", "name"):
+            changes[key] = r.string(dotted, value)
+        else:
+            changes[key] = r.number(dotted, value)
+    try:
+        return base.replace(**changes)
+    except ValueError as e:
+        field = next((k for k in changes if f".{k} " in str(e)), None)
+        raise r.error(f"system.{field}" if field else "system", str(e)) from None
+
+
+def _space(r: _Reader, system: hw.System) -> Space | None:
+    spec = r.table("space")
+    if not spec:
+        return None
+    params = []
+    for name, entry in spec.items():
+        dotted = f"space.{name}"
+        if not isinstance(entry, dict):
+            raise r.error(dotted, "must be a table {scale = ..., low = ..., high = ...}")
+        for key in entry:
+            if key not in ("scale", "low", "high", "field"):
+                raise r.error(f"{dotted}.{key}", "unknown key; allowed: scale, low, high, field")
+        field = r.string(f"{dotted}.field", entry.get("field", f"chip.{name}"))
+        scale = r.string(f"{dotted}.scale", entry.get("scale", "log"),
+                         ("linear", "log", "integer"))
+        if "low" not in entry or "high" not in entry:
+            raise r.error(dotted, "needs both low and high")
+        try:
+            params.append(Param(name, field, r.number(f"{dotted}.low", entry["low"]),
+                                r.number(f"{dotted}.high", entry["high"]), scale))
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise r.error(dotted, str(e)) from None
+    try:
+        return Space(system, params)
+    except ValueError as e:
+        raise r.error("space", str(e)) from None
+
+
+def load_study(path: str | Path) -> Study:
+    """Read a TOML config into a `Study` (raises `ConfigError` naming the key and line)."""
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(path, "<file>", None, f"cannot read: {e.strerror}") from None
+    r = _Reader(path, text)
+    for key in r.doc:
+        if key not in TOP_KEYS:
+            raise r.error(key, f"unknown table; allowed: {', '.join(TOP_KEYS)}")
+    chip = _chip(r)
+    system = _system(r, chip)
+
+    work = r.table("workload", WORKLOAD_KEYS, required=True)
+    kind = r.string("workload.kind", work.get("kind", "training"), ("training", "inference"))
+    model_name = r.string("workload.model", work.get("model", "gpt3-175b"),
+                          tuple(models.TRANSFORMERS))
+    model = models.TRANSFORMERS[model_name]
+    global_batch = r.integer("workload.global_batch", work.get("global_batch", 1536))
+    batch = r.number("workload.batch", work.get("batch", 1))
+    input_len = r.number("workload.input_len", work.get("input_len", 2048))
+    output_len = r.number("workload.output_len", work.get("output_len", 256))
+    plan = None
+    if kind == "training" and "plan" in work:
+        spec = r.table("workload.plan", PLAN_KEYS)
+        values = {k: r.number(f"workload.plan.{k}", v) for k, v in spec.items()}
+        try:
+            plan = models.TrainingPlan(global_batch=float(global_batch), **values)
+        except ValueError as e:
+            raise r.error("workload.plan", str(e)) from None
+    elif kind == "inference":
+        try:
+            plan = models.InferencePlan(tp=r.number("workload.tp", work.get("tp", 8)),
+                                        pp=r.number("workload.pp", work.get("pp", 1)),
+                                        batch=batch)
+        except ValueError as e:
+            raise r.error("workload.tp", str(e)) from None
+    metric_names = TRAINING_METRICS if kind == "training" else INFERENCE_METRICS
+
+    objectives = {}
+    for name, direction in r.table("objectives").items():
+        if name not in metric_names:
+            raise r.error(f"objectives.{name}", f"unknown metric; known: {', '.join(metric_names)}")
+        objectives[name] = r.string(f"objectives.{name}", direction, ("min", "max"))
+    budgets: dict[str, tuple[float | None, float | None]] = {}
+    for name, bound in r.table("budgets").items():
+        dotted = f"budgets.{name}"
+        if name not in metric_names:
+            raise r.error(dotted, f"unknown metric; known: {', '.join(metric_names)}")
+        if isinstance(bound, dict):
+            for key in bound:
+                if key not in ("min", "max"):
+                    raise r.error(f"{dotted}.{key}", "unknown key; allowed: min, max")
+            low = r.number(f"{dotted}.min", bound["min"]) if "min" in bound else None
+            high = r.number(f"{dotted}.max", bound["max"]) if "max" in bound else None
+        else:
+            low, high = None, r.number(dotted, bound)
+        budgets[name] = (low, high)
+
+    sweep = r.table("sweep", ("n", "chunk_size", "seed"))
+    opt = r.table("optimize", ("n_preferences", "n_starts", "outer_steps", "inner_steps",
+                               "learning_rate", "seed"))
+    output = r.table("output", ("dir",))
+    return Study(
+        path=path, system=system, kind=kind, model=model, global_batch=global_batch, plan=plan,
+        batch=batch, input_len=input_len, output_len=output_len, space=_space(r, system),
+        objectives=objectives, budgets=budgets,
+        sweep_n=r.integer("sweep.n", sweep.get("n", 100_000)),
+        sweep_chunk=r.integer("sweep.chunk_size", sweep.get("chunk_size", 1 << 14)),
+        seed=r.integer("sweep.seed", sweep.get("seed", 0)),
+        optimize_options={k: (r.number(f"optimize.{k}", v) if k == "learning_rate"
+                              else r.integer(f"optimize.{k}", v)) for k, v in opt.items()},
+        output_dir=Path(r.string("output.dir", output.get("dir", "dse-out"))),
+    )
+
+
+def budgets_as_constraints(budgets: Mapping[str, tuple[float | None, float | None]]) -> dict:
+    """`{metric: (low, high)}` -> the `sweep` form `{metric: ("<=" | ">=", bound)}`.
+
+    A two-sided budget keeps its upper bound in the sweep (a sweep takes one bound a metric).
+    """
+    out = {}
+    for name, (low, high) in budgets.items():
+        out[name] = ("<=", high) if high is not None else (">=", low)
+    return out

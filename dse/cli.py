@@ -1,0 +1,212 @@
+"""`dse` command line: demo, evaluate, sweep, optimize and sensitivity of a TOML config.
+
+Every command prints a table on the terminal and writes CSV (and PNGs where a plot applies) to
+the config's output folder. A bad config is one line on stderr naming the key and its line, and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ._format import table
+
+EXIT_BAD_INPUT = 2
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _scalar_metrics(metrics) -> dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in metrics.items()}
+
+
+def cmd_evaluate(args) -> int:
+    import jax
+
+    from . import hardware as hw
+    from . import models
+    from ._study import load_study
+
+    study = load_study(args.config)
+    system = study.system
+    metrics = _scalar_metrics(jax.jit(study.objective())(system))
+    print(f"{system.chip.name} x {system.num_chips} ({system.name}), {study.kind} of "
+          f"{study.model.name}")
+    print(table([metrics]))
+    area = hw.area(system.chip)
+    power = hw.power(system.chip)
+    print("\narea by block (mm2):")
+    print(table([{k: float(v) for k, v in area.blocks.items()} | {"total": float(area.total)}],
+                units={k: "mm2" for k in list(area.blocks) + ["total"]}))
+    print("\npower by block at the TDP operating point (W):")
+    print(table([{k: float(v) for k, v in power.blocks.items()} | {"total": float(power.total)}],
+                units={k: "W" for k in list(power.blocks) + ["total"]}))
+    if study.kind == "training":
+        if study.plan is None:
+            plan, report = models.best_plan(study.model, system, study.global_batch)
+        else:
+            plan, report = study.plan, models.train_step(study.model, study.plan, system)
+        print("\nplan: " + ", ".join(f"{k}={float(getattr(plan, k)):g}" for k in
+                                     ("tp", "pp", "dp", "microbatch_size", "interleave",
+                                      "recompute", "zero_stage")))
+        print("step time by component (s):")
+        print(table([{k: float(v) for k, v in report.breakdown.items()}
+                     | {"step_time": float(report.step_time)}],
+                    units={k: "s" for k in report.breakdown}))
+    out = study.output_dir / "evaluate.csv"
+    _write_csv(out, [metrics])
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _front_rows(names, x, metrics, order, limit=20):
+    rows = []
+    for i in order[:limit]:
+        row = {n: float(x[i, j]) for j, n in enumerate(names)}
+        row.update({k: float(v[i]) for k, v in metrics.items()})
+        rows.append(row)
+    return rows
+
+
+def cmd_sweep(args) -> int:
+    from ._study import budgets_as_constraints, load_study
+    from ._sweep import sweep
+
+    study = load_study(args.config)
+    if study.space is None:
+        print(f"dse: error: {study.path}: space: a sweep needs a [space] table", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    n = args.n or study.sweep_n
+    directions = study.objectives or {"step_time": "min", "area": "min"}
+    result = sweep(study.objective(), study.space, n, chunk_size=study.sweep_chunk,
+                   seed=study.seed, directions=directions,
+                   constraints=budgets_as_constraints(study.budgets),
+                   keep="pareto" if n > 2_000_000 else "all", progress=not args.quiet)
+    front = result.pareto() if result.keep == "all" else result
+    print(f"{result.n_points} points in {result.run_s:.2f} s "
+          f"({result.points_per_s:,.0f} points/s, compile {result.compile_s:.2f} s); "
+          f"{int(np.sum(result.feasible))} feasible rows kept, {len(front)} on the front")
+    if result.nan_count:
+        print(f"warning: {result.nan_count} points gave NaN (first: index "
+              f"{int(result.nan_index[0])}, metrics {', '.join(result.nan_metrics[0])})")
+    first = next(iter(directions))
+    order = np.argsort(front[first])
+    cols = list(front.params) + list(directions)
+    rows = [{c: float(front[c][i]) for c in cols} for i in order[:20]]
+    print(table(rows) if rows else "no feasible design on the front")
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    front.to_csv(study.output_dir / "sweep_front.csv")
+    if result.keep == "all":
+        result.to_csv(study.output_dir / "sweep.csv")
+    _maybe_plot_front(study, front, directions)
+    print(f"wrote {study.output_dir}")
+    return 0
+
+
+def _maybe_plot_front(study, front, directions) -> None:
+    from . import plot
+
+    names = list(directions)[:2]
+    if len(names) < 2 or not len(front):
+        return
+    fig = plot.pareto_front({n: front[n] for n in names}, x=names[0], y=names[1])
+    fig.savefig(study.output_dir / "pareto.png", dpi=120)
+
+
+def cmd_optimize(args) -> int:
+    from ._optimize import optimize
+    from ._study import load_study
+
+    study = load_study(args.config)
+    if study.space is None or not study.objectives:
+        print(f"dse: error: {study.path}: optimize needs [space] and [objectives] tables",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    budgets = {k: (lo, hi) for k, (lo, hi) in study.budgets.items()}
+    result = optimize(study.objective(smooth=True), study.space, objectives=study.objectives,
+                      budgets=budgets, progress=not args.quiet, **study.optimize_options)
+    print(f"{result.status}: {len(result.front)} designs on the feasible front, "
+          f"{result.n_evaluations} model evaluations, {result.seconds:.1f} s")
+    if result.message:
+        print(result.message)
+    names = list(result.names)
+    rows = _front_rows(names, result.x, {k: v for k, v in result.metrics.items()
+                                         if k in study.objectives or k in study.budgets},
+                       result.front)
+    print(table(rows) if rows else "no feasible design")
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    result.to_dataframe().to_csv(study.output_dir / "optimize_front.csv", index=False)
+    print(f"wrote {study.output_dir}")
+    return 0 if result.status == "ok" else 1
+
+
+def cmd_sensitivity(args) -> int:
+    from ._sensitivity import sensitivity
+    from ._study import load_study
+
+    study = load_study(args.config)
+    report = sensitivity(study.objective(smooth=True), study.system)
+    print(report.table() if hasattr(report, "table") else report)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ._demo import run_demo
+
+    return run_demo(out_dir=Path(args.out), points=args.points, quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dse", description="Differentiable design-space exploration of AI hardware.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="the whole story in about a minute: evaluate, sweep, "
+                                       "optimize, sensitivities, plots")
+    demo.add_argument("--out", default="dse-demo", help="folder for the plots (default dse-demo)")
+    demo.add_argument("--points", type=int, default=1_000_000, help="points in the sweep")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    for name, func, text in (("evaluate", cmd_evaluate, "metrics and breakdowns of one design"),
+                             ("sweep", cmd_sweep, "sweep the [space] and print the front"),
+                             ("optimize", cmd_optimize, "gradient search under [budgets]"),
+                             ("sensitivity", cmd_sensitivity, "elasticities of the metrics")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="TOML config (see examples/)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "sweep":
+            p.add_argument("--n", type=int, default=None, help="points (overrides the config)")
+        p.set_defaults(func=func)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dse` console script."""
+    from ._study import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"dse: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, KeyError) as e:
+        message = str(e).strip("'\"")
+        print(f"dse: error: {message.splitlines()[0] if message else type(e).__name__}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
