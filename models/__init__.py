@@ -23,3 +23,17 @@ from ._inference import ServeReport as ServeReport
 from ._inference import decode as decode
 from ._inference import prefill as prefill
 from ._inference import serve as serve
+from ._training import RECOMPUTE_FULL as RECOMPUTE_FULL
+from ._training import RECOMPUTE_NONE as RECOMPUTE_NONE
+from ._training import RECOMPUTE_SELECTIVE as RECOMPUTE_SELECTIVE
+from ._training import REASON_NAMES as REASON_NAMES
+from ._training import TrainingPlan as TrainingPlan
+from ._training import TrainReport as TrainReport
+from ._training import activation_bytes_per_layer as activation_bytes_per_layer
+from ._training import layer_time as layer_time
+from ._training import train_step as train_step
+from ._plans import best_plan as best_plan
+from ._plans import enumerate_plans as enumerate_plans
+from ._plans import evaluate_plans as evaluate_plans
+from ._plans import plan_step_time as plan_step_time
+from ._plans import select_plan as select_plan

@@ -1,0 +1,186 @@
+"""The best parallel plan: enumerate every valid plan as arrays, evaluate all in one vmapped call.
+
+A chip is only as good as the software mapping that suits it, so design-space sweeps judge each
+design with its best plan. Enumeration is numpy on the (concrete) model shape and chip count;
+evaluation is one `jax.vmap` of `train_step` over the plan axis, so the hardware may be traced
+(jit, vmap over designs, grad).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from dse.hardware import System
+
+from ._training import TrainingPlan, TrainReport, train_step
+from ._transformer import Transformer
+
+
+def _divisors(n: int) -> np.ndarray:
+    n = int(n)
+    return np.array([d for d in range(1, n + 1) if n % d == 0], dtype=np.int64)
+
+
+def _concrete_int(x, what: str) -> int:
+    if isinstance(x, jax.core.Tracer):
+        raise ValueError(f"best_plan needs a concrete Transformer.{what} to enumerate plans; "
+                         "trace the hardware, not the model shape")
+    arr = np.asarray(x)
+    if arr.ndim != 0:
+        raise ValueError(f"best_plan takes one Transformer; got {what} of shape {arr.shape}")
+    return int(round(float(arr)))
+
+
+def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
+                    recompute=(0, 1, 2), zero_stages=(0, 1, 2, 3),
+                    sequence_parallel=(0, 1), dp_overlap: int = 1,
+                    max_microbatch: int | None = None) -> TrainingPlan:
+    """Every valid plan for `model` on exactly `num_chips` chips, as one batched `TrainingPlan`.
+
+    Valid: TP divides the heads, PP divides the layers, DP = num_chips / (TP * PP) divides the
+    global batch, EP divides both the experts and DP, the micro-batch divides the per-replica
+    batch, the interleave (virtual stages) divides the layers per stage and, as Megatron-LM
+    requires, the micro-batch count is a multiple of PP when interleaving; sequence parallelism
+    only with TP > 1.
+
+    **Arguments:**
+
+    - `model`: the `Transformer` (concrete shape).
+    - `num_chips`: chips to use (all of them).
+    - `global_batch`: sequences per step.
+    - `recompute`, `zero_stages`, `sequence_parallel`: the values of those knobs to include.
+    - `dp_overlap`: the data-parallel overlap setting of every plan.
+    - `max_microbatch`: largest micro-batch size considered (default: no limit).
+
+    **Returns:** a `TrainingPlan` whose leaves have one leading axis (the plans).
+    """
+    layers = _concrete_int(model.layers, "layers")
+    heads = _concrete_int(model.heads, "heads")
+    experts = _concrete_int(model.experts, "experts")
+    num_chips, global_batch = int(num_chips), int(global_batch)
+    rows = []
+    for tp, pp in itertools.product(_divisors(heads), _divisors(layers)):
+        if num_chips % (tp * pp):
+            continue
+        dp = num_chips // (tp * pp)
+        if global_batch % dp:
+            continue
+        per_replica = global_batch // dp
+        for ep in _divisors(experts):
+            if dp % ep:
+                continue
+            for b in _divisors(per_replica):
+                if max_microbatch is not None and b > max_microbatch:
+                    continue
+                m = per_replica // b
+                for v in _divisors(layers // pp):
+                    if v > 1 and (pp == 1 or m % pp):
+                        continue
+                    rows.append((tp, pp, dp, ep, b, v))
+    if not rows:
+        raise ValueError(f"no valid plan for {num_chips} chips and global batch {global_batch} "
+                         f"(layers {layers}, heads {heads})")
+    base = np.array(rows, dtype=np.float64)
+    knobs = np.array([(sp, rc, z) for sp in sequence_parallel for rc in recompute
+                      for z in zero_stages], dtype=np.float64)
+    full = np.concatenate([np.repeat(base, len(knobs), axis=0),
+                           np.tile(knobs, (len(base), 1))], axis=1)
+    full = full[(full[:, 6] == 0) | (full[:, 0] > 1)]  # SP needs TP > 1
+    col = {name: full[:, i] for i, name in enumerate(
+        ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "sequence_parallel",
+         "recompute", "zero_stage"))}
+    n = len(full)
+    return TrainingPlan(global_batch=np.full(n, float(global_batch)),
+                        dp_overlap=np.full(n, float(dp_overlap)), **col)
+
+
+def _index(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def evaluate_plans(model: Transformer, plans: TrainingPlan, system: System, *,
+                   smooth: bool = False, flash_attention: bool = True,
+                   kernel_fraction: float | None = None) -> TrainReport:
+    """`train_step` of every plan of a batched `TrainingPlan` (one vmapped call).
+
+    **Arguments:** as `train_step`, with `plans` batched along a leading axis.
+
+    **Returns:** a `TrainReport` with the plans' leading axis.
+    """
+    return jax.vmap(lambda p: train_step(model, p, system, smooth=smooth,
+                                         flash_attention=flash_attention,
+                                         kernel_fraction=kernel_fraction))(plans)
+
+
+def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = False,
+                temperature: float = 0.05) -> tuple[TrainingPlan, TrainReport]:
+    """The fastest feasible plan of an evaluated batch (and a soft-min report if `smooth`).
+
+    With `smooth=True` the returned report is the softmax-weighted mean of the feasible plans'
+    reports with weights exp(-log(step_time) / temperature): a differentiable stand-in for the
+    minimum (within a factor exp(temperature * log(n_plans)) of it) whose gradient with respect to
+    the hardware blends the plans that are nearly best. Where no plan is feasible the fastest
+    plan is returned with `fits` False and its reason.
+    """
+    feasible = reports.fits
+    any_feasible = jnp.any(feasible)
+    t = reports.step_time
+    safe_t = jnp.where(jnp.isfinite(t) & (t > 0), t, jnp.finfo(t.dtype).max)
+    key = jnp.where(feasible | ~any_feasible, safe_t, jnp.inf)
+    best = jnp.argmin(key)
+    plan = _index(plans, best)
+    report = _index(reports, best)
+    if smooth:
+        logt = jnp.log(safe_t)
+        mask = feasible | ~any_feasible
+        score = jnp.where(mask, -(logt - logt[best]) / temperature, -jnp.inf)
+        w = jax.nn.softmax(score)
+
+        def blend(x, chosen):
+            if not eqx.is_inexact_array(x):
+                return chosen
+            wx = jnp.where(mask, w, 0.0)
+            return jnp.sum(wx * jnp.where(mask, x, 0.0))
+
+        report = jax.tree.map(blend, reports, report)
+    return plan, report
+
+
+def best_plan(model: Transformer, system: System, global_batch: int, *, smooth: bool = False,
+              temperature: float = 0.05, flash_attention: bool = True,
+              **enumerate_kwargs) -> tuple[TrainingPlan, TrainReport]:
+    """The fastest feasible training plan of `model` on all chips of `system`.
+
+    Enumerates every valid plan (`enumerate_plans`), evaluates all with one vmapped
+    `train_step`, masks the infeasible ones and returns the fastest.
+
+    **Arguments:**
+
+    - `model`: the `Transformer` (concrete shape).
+    - `system`: the `System` (may be traced: jit / grad over the hardware work).
+    - `global_batch`: sequences per step.
+    - `smooth`: return a soft-min report (see `select_plan`) whose step time has a smooth
+      gradient with respect to the hardware.
+    - `temperature`: soft-min temperature on log step time.
+    - `flash_attention`: as in `train_step`.
+    - `enumerate_kwargs`: passed to `enumerate_plans` (restrict recompute, ZeRO stages, ...).
+
+    **Returns:** `(plan, report)`: the chosen `TrainingPlan` and its `TrainReport`.
+    """
+    plans = enumerate_plans(model, system.num_chips, global_batch, **enumerate_kwargs)
+    reports = evaluate_plans(model, plans, system, smooth=smooth,
+                             flash_attention=flash_attention)
+    return select_plan(plans, reports, smooth=smooth, temperature=temperature)
+
+
+def plan_step_time(model: Transformer, system: System, global_batch: int,
+                   **kwargs) -> Float[Array, ""]:
+    """Step time of the best plan, s (soft-min by default, so that it differentiates)."""
+    kwargs.setdefault("smooth", True)
+    return best_plan(model, system, global_batch, **kwargs)[1].step_time
