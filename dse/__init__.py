@@ -5,3 +5,12 @@ from . import models as models
 from . import optimizers as optimizers
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize as optimize
+from ._pareto import ParetoFront as ParetoFront
+from ._pareto import hypervolume as hypervolume
+from ._pareto import knee_point as knee_point
+from ._pareto import pareto_mask as pareto_mask
+from ._space import Param as Param
+from ._space import Space as Space
+from ._sweep import SweepNaNWarning as SweepNaNWarning
+from ._sweep import sweep as sweep
+from ._table import SweepResult as SweepResult

@@ -12,8 +12,8 @@ Conventions shared by every function here:
 
 The one-shot filter runs moocore's O(n log n) C implementation (2-3 objectives; its general
 algorithm beyond). `ParetoFront` streams: chunk fronts are merged, and it hands out a few
-"anchor" points that the sweep kernel uses to discard dominated points before they leave the
-device; domination is transitive, so this pruning never changes the final front.
+staircase table of the current front that the sweep kernel uses to discard dominated points before
+they leave the device; domination is transitive, so this pruning never changes the final front.
 """
 
 from __future__ import annotations
@@ -157,23 +157,66 @@ class ParetoFront:
         self.seen += n if seen is None else int(seen)
         return self
 
-    def anchors(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to `k` front points spread along the first objective, for on-device pruning.
+    def dominance_table(self, bins: int, dtype=np.float32):
+        """A staircase lookup of the front, for discarding dominated points on the device.
 
-        **Returns:** `(values, feasible)`: [k, m] oriented (smaller is better; rows beyond the
-        front are +inf, which dominate nothing) and bool [k].
+        With `d = m - 1`, each of the first d objectives (oriented: smaller is better) is cut
+        into `bins` equal cells of `order_key(v)` (a float32's bits as a monotone integer, which
+        spaces cells roughly logarithmically) over the front's range:
+        `cell(v) = floor((order_key(v) - low) * scale)`, the same float32 operations on the
+        host and in the kernel, so both agree bit for bit. A front point `a` is entered at index
+        `cell(a) + 1` per axis and `table` is the prefix minimum of the last objective over the
+        entries, so a point `p` whose indices `clip(cell(p), 0, bins + 1)` reach an entry has
+        `cell(p) > cell(a)`, hence `p > a`, on every binned axis; `p[-1] > table[...]` then means
+        that `a` dominates `p`. The filter is exact (it never discards a point of the final
+        front) and conservative (dominated points near the front pass, to the host merge).
+
+        **Returns:** `(low, scale, table, front_feasible)`: low, scale float32 [d], table
+        [(bins + 2) ** d] of `dtype` (+inf where no front point qualifies), and whether the
+        front holds feasible points (it is all feasible or all infeasible, "feasible first").
         """
         m = len(self.sign)
-        out = np.full((k, m), np.inf)
-        feas = np.zeros(k, bool)
-        size = len(self)
-        if size:
+        d = m - 1
+        size = bins + 2
+        low = np.zeros(d, np.float32)
+        scale = np.ones(d, np.float32)
+        table = np.full((size,) * d, np.inf)
+        feasible = bool(self.feasible.any())
+        if len(self):
             x = self.values * self.sign
-            order = np.argsort(x[:, 0], kind="stable")
-            pick = order[np.unique(np.linspace(0, size - 1, min(k, size)).round().astype(int))]
-            out[: len(pick)] = x[pick]
-            feas[: len(pick)] = self.feasible[pick]
-        return out, feas
+            cells = []
+            for j in range(d):
+                key = order_key(x[:, j], np)
+                lo, hi = key.min(), key.max()
+                low[j] = lo
+                scale[j] = np.float32(bins) / (hi - lo) if hi > lo else np.float32(1.0)
+                c = np.floor((key - low[j]) * scale[j])
+                cells.append(np.clip(c, 0, bins).astype(np.int64) + 1)
+            if d == 0:
+                table = np.min(x[:, 0], keepdims=True).reshape(())
+            else:
+                np.minimum.at(table, tuple(cells), x[:, d])
+            for axis in range(d):
+                table = np.minimum.accumulate(table, axis=axis)
+        return low, scale, table.reshape(-1).astype(dtype), np.bool_(feasible)
+
+
+def order_key(v, xp):
+    """float -> float32 that is monotone non-decreasing in v (float32 bits as an ordered int).
+
+    Identical in numpy and jax.numpy: a cast to float32, a bitcast, an integer flip of the
+    negative half, a cast back. NaN maps above +inf.
+    """
+    v = xp.asarray(v).astype(xp.float32)
+    bits = v.view(xp.int32) if xp is np else jax_bitcast(v)
+    bits = bits ^ ((bits >> 31) & xp.int32(0x7FFFFFFF))
+    return bits.astype(xp.float32)
+
+
+def jax_bitcast(v):
+    import jax
+
+    return jax.lax.bitcast_convert_type(v, np.int32)
 
 
 def hypervolume(

@@ -282,9 +282,9 @@ class Space:
         """
         x = jnp.asarray(x)
         self._check_dim(x)
-        snapped = jnp.clip(jnp.round(x), jnp.asarray(self.lower, x.dtype),
-                           jnp.asarray(self.upper, x.dtype))
-        return jnp.where(jnp.asarray(self.is_integer), snapped, x)
+        cols = [jnp.clip(jnp.round(x[..., j]), p.low, p.high) if p.scale == "integer"
+                else x[..., j] for j, p in enumerate(self.params)]
+        return jnp.stack(cols, -1)
 
     def build(self, x: Float[Array, "*batch dim"]) -> Any:
         """The base design with each parameter's field replaced by `x[..., i]`.
@@ -353,14 +353,34 @@ def grid_size(dim: int, n: int) -> int:
 def sobol_directions(dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Scrambled Sobol' direction integers [32, dim] and digital shift [dim] (uint32).
 
-    Read through scipy's public API (`fast_forward` + `random`): scipy scrambles with a linear
-    matrix scramble of the direction numbers plus a digital shift, so point `i` is
-    `shift ^ XOR_k bit_k(gray(i)) * V[k]`, `gray(i) = i ^ (i >> 1)`; with V known, any index can be
-    computed in isolation (counter-based), which the sweep kernel needs.
+    scipy scrambles with a linear matrix scramble of the direction numbers plus a digital shift,
+    so its point `i` is `shift ^ XOR_k bit_k(gray(i)) * V[k]`, `gray(i) = i ^ (i >> 1)`; with V
+    known, any index is computed in isolation (counter-based), which the sweep kernel needs.
+    V and the shift are read from the seeded scipy engine and then checked against the first
+    1024 points scipy itself generates; without those attributes (another scipy) they are
+    recovered through the public API (`fast_forward`, slower: O(2**31) steps).
     """
     from scipy.stats import qmc
-    engine = qmc.Sobol(dim, scramble=True, bits=_SOBOL_BITS, seed=np.random.default_rng(seed))
 
+    def engine():
+        return qmc.Sobol(dim, scramble=True, bits=_SOBOL_BITS, seed=np.random.default_rng(seed))
+
+    eng = engine()
+    sv, shift = getattr(eng, "_sv", None), getattr(eng, "_shift", None)
+    if sv is not None and shift is not None and np.shape(sv) == (dim, _SOBOL_BITS):
+        directions = np.ascontiguousarray(np.asarray(sv, np.uint64).T).astype(np.uint32)
+        shift = np.asarray(shift, np.uint64).astype(np.uint32)
+    else:
+        directions, shift = _sobol_directions_public(engine(), dim)
+    i = np.arange(1024, dtype=np.uint32)
+    mine = sobol_xor(directions, i ^ (i >> 1), np) ^ shift[:, None]
+    ref = np.round(eng.random(1024) * 2.0**_SOBOL_BITS).astype(np.uint64).astype(np.uint32)
+    if not np.array_equal(mine.T, ref):
+        directions, shift = _sobol_directions_public(engine(), dim)
+    return directions, shift
+
+
+def _sobol_directions_public(engine, dim: int) -> tuple[np.ndarray, np.ndarray]:
     def point(i: int) -> np.ndarray:
         engine.reset()
         if i:
