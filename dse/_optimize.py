@@ -52,8 +52,9 @@ class OptimizeResult:
     - `margins`: per budget, slack in the metric's units, name -> `[n]` (>= 0 where met).
     - `feasible`: `[n]`, True where every metric is finite and every margin >= 0.
     - `reason`: `[n]` strings: "" for a feasible design, else the budgets it breaks.
-    - `source`: `[n]`: "pilot" (normalization sample), "snapped" (a search result rounded to
-      the nearest integers) or "repair" (another floor/ceil combination of its integer knobs).
+    - `source`: `[n]`: "pilot" (normalization sample), "snapped" (a search result, or with
+      `keep_iterates` an intermediate iterate, rounded to the nearest integers) or "repair"
+      (another floor/ceil combination of a search result's integer knobs).
     - `front`: indices of the non-dominated feasible designs, sorted by the first objective.
     - `history`: per outer step, "objectives" `[T, S, m]` and "violation" `[T, S]` of the
       relaxed iterates (violation in normalized units), "penalty" `[T, S]`,
@@ -172,6 +173,18 @@ def _margins(metrics, budgets) -> dict[str, np.ndarray]:
     return out
 
 
+def _normalized_constraints(metrics, budgets, scales, xp) -> list:
+    """g_j <= 0 where met: (value - high) / scale and (low - value) / scale per budget side."""
+    gs = []
+    for (name, low, high), scale in zip(budgets, scales, strict=True):
+        v = xp.asarray(metrics[name])
+        if high is not None:
+            gs.append((v - high) / scale)
+        if low is not None:
+            gs.append((low - v) / scale)
+    return gs
+
+
 def _describe(name, low, high) -> str:
     if low is None:
         return f"{name} <= {high:g}"
@@ -219,6 +232,9 @@ def optimize(
     optimizer: optax.GradientTransformation | None = None,
     log_objectives: bool = False,
     n_pilot: int = 64,
+    starts: Literal["pilot", "random"] = "pilot",
+    keep_iterates: bool = False,
+    budget_margin: float = 1e-3,
     penalty: float = 10.0,
     seed: int = 0,
     progress: bool = True,
@@ -246,6 +262,13 @@ def optimize(
     - `learning_rate`: Adam step in unconstrained coordinates (ignored if `optimizer` given).
     - `log_objectives`: optimize log(objective) (positive objectives spanning decades).
     - `n_pilot`: Sobol points evaluated first to set the scales (they join the candidates).
+    - `starts`: "pilot" starts each search from the pilot design that is best under its own
+      scalarization (feasible ones first; the `n_starts` best, one per start), "random" from an
+      independent Sobol sample.
+    - `keep_iterates`: also snap and evaluate exactly the iterate after every outer step
+      (`outer_steps - 1` more candidates per start; they count as evaluations).
+    - `budget_margin`: the search aims this far inside every budget (relative to the bound, or
+      to the pilot spread for a bound of 0); the final check uses the exact budgets.
     - `penalty`: initial augmented-Lagrangian weight; `seed`: seed of samples and starts.
     - `progress`: show a tqdm bar over outer steps.
 
@@ -262,6 +285,8 @@ def optimize(
     for s in scalarizations:
         if s not in ("chebyshev", "weighted_sum"):
             raise ValueError(f"scalarizations must be 'chebyshev' or 'weighted_sum'; got {s!r}")
+    if starts not in ("pilot", "random"):
+        raise ValueError(f"starts must be 'pilot' or 'random'; got {starts!r}")
     if not scalarizations:
         raise ValueError("scalarizations must name at least one scalarization")
     dim = int(space.dim)
@@ -320,25 +345,38 @@ def optimize(
         m = metrics_of(space.from_unconstrained(z))
         f = jnp.stack([jnp.asarray(m[n]) for n in obj_names])
         f = (transform(f, jnp) - ideal_j) / obj_scale_j
-        gs = []
-        for (name, low, high), scale in zip(budget_spec, con_scale, strict=True):
-            v = jnp.asarray(m[name])
-            if high is not None:
-                gs.append((v - high) / scale)
-            if low is not None:
-                gs.append((low - v) / scale)
-        g = jnp.stack(gs) if gs else jnp.zeros((0,), f.dtype)
+        gs = _normalized_constraints(m, budget_spec, con_scale, jnp)
+        # Searched against budgets tightened by `budget_margin`: an augmented Lagrangian
+        # approaches an active constraint from outside, to within O(1/rho); the margin puts
+        # its answer just inside, where the exact check accepts it.
+        g = jnp.stack(gs) + budget_margin if gs else jnp.zeros((0,), f.dtype)
         return f, g
 
-    # Starts: preference vectors x scalarizations x random starts (a second Sobol stream).
+    # Starts: preference vectors x scalarizations x n_starts.
     m = len(obj_names)
     w = opt.preference_vectors(n_preferences, m, seed=seed)
     weights = np.concatenate([np.repeat(w, n_starts, axis=0)] * len(scalarizations))
     use_cheb = np.concatenate([np.full(n_preferences * n_starts, s == "chebyshev")
                                for s in scalarizations])
+    rank = np.tile(np.arange(n_starts), n_preferences * len(scalarizations))
     n_total = weights.shape[0]
+    if starts == "random":  # a second Sobol stream, independent of the pilot
+        u0 = opt.sobol_unit(n_total, dim, seed=seed + 1)
+    else:  # the rank-th best pilot design under each start's own scalarized, penalized loss
+        f_p = (h_pilot - ideal) / obj_scale
+        g_p = np.stack([g for g in _normalized_constraints(m_pilot, budget_spec, con_scale, np)],
+                       axis=1) if budget_spec else np.zeros((len(x_pilot), 0))
+        viol = np.max(np.maximum(g_p, 0.0), axis=1, initial=0.0)
+        d = f_p + IDEAL_MARGIN
+        cheb = np.max(weights[:, None, :] * d[None], axis=2) + (
+            opt.CHEBYSHEV_AUGMENTATION * d.sum(axis=1)[None])
+        wsum = np.sum(weights[:, None, :] * f_p[None], axis=2)
+        score = np.where(use_cheb[:, None], cheb, wsum) + 1e3 * viol[None]
+        score = np.where(np.isfinite(score), score, np.inf)
+        order = np.argsort(score, axis=1, kind="stable")
+        u0 = np.asarray(space.to_unit(jnp.asarray(x_pilot[order[np.arange(n_total), rank]])))
     # from_unconstrained(z) = from_unit(sigmoid(z)), so a unit point u starts at z = logit(u).
-    u0 = np.clip(opt.sobol_unit(n_total, dim, seed=seed + 1), 1e-4, 1.0 - 1e-4)
+    u0 = np.clip(u0, 1e-4, 1.0 - 1e-4)
     z0 = jnp.asarray(np.log(u0) - np.log1p(-u0), dtype=jnp.result_type(float))
     if optimizer is None:
         optimizer = optax.adam(learning_rate)
@@ -363,11 +401,15 @@ def optimize(
     finally:
         bar.close()
 
-    # Snap, repair, re-evaluate exactly: both the best feasible iterate and the last one of
-    # every start, at every floor/ceil combination of their integer knobs.
+    # Snap, repair, re-evaluate exactly: the best feasible iterate and the last one of every
+    # start at every floor/ceil combination of their integer knobs, and (if asked) the iterate
+    # after every outer step, rounded: points along the paths also fill in the front.
     x_relaxed = np.asarray(space.from_unconstrained(jnp.concatenate([run.z_best, run.z])),
                            dtype=np.float64)
     x_round = _snap(space, x_relaxed)
+    if keep_iterates:
+        x_path = np.asarray(space.from_unconstrained(run.history_z[:-1]), dtype=np.float64)
+        x_round = np.concatenate([x_round, _snap(space, x_path.reshape(-1, dim))])
     neigh = np.concatenate([_integer_neighbours(space, xi) for xi in x_relaxed])
     x_round_u = np.unique(x_round, axis=0)
     is_round = {tuple(r) for r in x_round_u}

@@ -147,7 +147,8 @@ class MultiStartResult(eqx.Module):
     - `feasible`: violation at `z_best` <= `tolerance`, `[S]` (for the model as given to the
       optimizer, e.g. with relaxed integers; the caller re-checks the exact model).
     - `history_objectives`: f at the start of the last inner step of each outer step,
-      `[T, S, m]`; `history_violation`, `history_penalty`: `[T, S]`.
+      `[T, S, m]`; `history_z`: the iterate after each outer step, `[T, S, dim]`;
+      `history_violation`, `history_penalty`: `[T, S]`.
     - `n_gradients`: gradient evaluations done (starts x outer x inner steps).
     """
 
@@ -157,6 +158,7 @@ class MultiStartResult(eqx.Module):
     constraints: Float[Array, "S k"]
     feasible: Bool[Array, " S"]
     history_objectives: Float[Array, "T S m"]
+    history_z: Float[Array, "T S dim"]
     history_violation: Float[Array, "T S"]
     history_penalty: Float[Array, "T S"]
     n_gradients: int = eqx.field(static=True)
@@ -302,13 +304,14 @@ def multistart_minimize(
         best_g=jnp.full((n_starts, k), jnp.nan, z0.dtype),
         ideal=ideal,
     )
-    hist_f, hist_v, hist_p = [], [], []
+    hist_f, hist_z, hist_v, hist_p = [], [], [], []
     for t in range(outer_steps):
         carry, f, violation, rho = _outer_step(
             fun, optimizer, int(inner_steps), float(tolerance), bool(adaptive_ideal),
             float(ideal_margin), carry, weights, use_chebyshev,
         )
         hist_f.append(f)
+        hist_z.append(carry.z)
         hist_v.append(violation)
         hist_p.append(rho)
         if callback is not None:
@@ -320,6 +323,7 @@ def multistart_minimize(
         constraints=carry.best_g,
         feasible=carry.best_violation <= tolerance,
         history_objectives=jnp.stack(hist_f),
+        history_z=jnp.stack(hist_z),
         history_violation=jnp.stack(hist_v),
         history_penalty=jnp.stack(hist_p),
         n_gradients=int(n_starts * outer_steps * inner_steps),
