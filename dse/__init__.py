@@ -14,3 +14,12 @@ from ._space import Space as Space
 from ._sweep import SweepNaNWarning as SweepNaNWarning
 from ._sweep import sweep as sweep
 from ._table import SweepResult as SweepResult
+from . import plot as plot
+from ._roadmap import ROADMAP_STEPS as ROADMAP_STEPS
+from ._roadmap import RoadmapResult as RoadmapResult
+from ._roadmap import RoadmapStep as RoadmapStep
+from ._roadmap import retarget as retarget
+from ._roadmap import roadmap as roadmap
+from ._sensitivity import SensitivityResult as SensitivityResult
+from ._sensitivity import continuous_fields as continuous_fields
+from ._sensitivity import sensitivity as sensitivity

@@ -216,7 +216,9 @@ def sensitivity_bars(
     """
     metric = result.metrics[0] if metric is None else metric
     table = result.table(metric, index)
-    table = table[np.isfinite(table["elasticity"].to_numpy())]
+    e_all = table["elasticity"].to_numpy()
+    # Fields with no effect (|e| below 1e-4 %/%) carry no information for a bar chart.
+    table = table[np.isfinite(e_all) & (np.abs(e_all) > 1e-4)]
     table = table.iloc[:top][::-1]
     e = table["elasticity"].to_numpy()
     helps = np.where(e == 0, True, (e < 0) if result.directions[metric] == "min" else (e > 0))
