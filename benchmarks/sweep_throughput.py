@@ -1,0 +1,94 @@
+"""Sweep throughput: GPT-3 175B training step on 1024 chips, seven chip knobs, area and power.
+
+Prints the compile time, the steady-state points/s of `dse.sweep` (kernel, host merge and all),
+the peak resident memory, and as its last line `points_per_s=<x> compile_s=<y>`.
+
+    python benchmarks/sweep_throughput.py [--points N] [--chunk C] [--keep pareto|all]
+
+The plan is fixed: Korthikanti et al. 2022 (arXiv:2205.05198) Table 5, GPT-3 175B: tensor 8,
+pipeline 8, interleave 3, micro-batch 1, sequence parallel, selective recomputation;
+data-parallel 16 to fill 1024 chips with Narayanan et al. 2021 (arXiv:2104.04473) Sec. 5.1's
+global batch of 1536 sequences. The base system is the DGX A100 preset at 1024 chips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dse
+from dse.hardware import SYSTEMS, Activity, area, power
+from dse.models import RECOMPUTE_SELECTIVE, TRANSFORMERS, TrainingPlan, train_step
+
+GPT3 = TRANSFORMERS["gpt3-175b"]
+PLAN = TrainingPlan(tp=8, pp=8, dp=16, microbatch_size=1, global_batch=1536, interleave=3,
+                    sequence_parallel=1, recompute=RECOMPUTE_SELECTIVE, zero_stage=1)
+BASE = SYSTEMS["DGX-A100"].with_num_chips(1024)
+
+# Ranges bracket the chips of 2020-2025 (A100 ... B200) by about 2x on each side.
+SPACE = dse.Space(BASE, [
+    dse.Param("sram_bytes", "chip.sram_bytes", 16e6, 512e6, "log"),
+    dse.Param("hbm_bandwidth", "chip.hbm_bandwidth", 1e12, 16e12, "log"),
+    dse.Param("hbm_bytes", "chip.hbm_bytes", 40e9, 384e9, "log"),
+    dse.Param("link_count", "chip.link_count", 4, 36, "integer"),
+    dse.Param("link_bandwidth", "chip.link_bandwidth", 12.5e9, 100e9, "log"),
+    dse.Param("mac_units", "chip.mac_units", 32768, 1048576, "log"),
+    dse.Param("clock_hz", "chip.clock_hz", 0.8e9, 2.2e9),
+])
+
+
+def objective(system):
+    """Step time (s), die area (mm^2) and power (W) at the step's compute utilization."""
+    # The plan enters as traced leaves (stop_gradient stages it): TrainingPlan.__check_init__
+    # then skips its concrete-value checks, which the plan already passed at construction.
+    plan = jax.tree.map(jax.lax.stop_gradient, PLAN)
+    report = train_step(GPT3, plan, system)
+    chip = system.chip
+    watts = power(chip, Activity(compute=jnp.clip(report.hfu, 0.0, 1.0))).total
+    return {"step_time": report.step_time, "area": area(chip).total, "power": watts,
+            "fits": report.fits.astype(report.step_time.dtype)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=float, default=2**25)
+    ap.add_argument("--chunk", type=int, default=1 << 16)
+    ap.add_argument("--keep", choices=["pareto", "all"], default="pareto")
+    ap.add_argument("--hlo", help="write the compiled chunk kernel's HLO text here")
+    args = ap.parse_args()
+    n = int(args.points)
+
+    stamps: list[tuple[float, int]] = []
+    result = dse.sweep(
+        objective, SPACE, n, chunk_size=args.chunk, keep=args.keep, progress=False,
+        directions={"step_time": "min", "area": "min", "power": "min"},
+        constraints={"fits": (">=", 1.0)},
+        callback=lambda chunks, points: stamps.append((time.perf_counter(), points)))
+    # Steady state: from the end of the first tenth of the chunks to the end.
+    k = max(1, len(stamps) // 10)
+    (t0, p0), (t1, p1) = stamps[k - 1], stamps[-1]
+    steady = (p1 - p0) / (t1 - t0) if t1 > t0 else float("nan")
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    if args.hlo:
+        from dse._sweep import _make_kernel, _metric_names  # noqa: F401 (profiling aid)
+    print(f"device: {jax.devices()[0].platform} x{len(jax.devices())}, jax {jax.__version__}")
+    print(f"points: {n:,} in chunks of {args.chunk:,}, keep={args.keep}, "
+          f"rows kept: {len(result):,}, feasible kept: {int(result.feasible.sum()):,}")
+    print(f"compile: {result.compile_s:.2f} s")
+    print(f"run: {result.run_s:.2f} s, mean {n / result.run_s:,.0f} points/s, "
+          f"steady state {steady:,.0f} points/s")
+    print(f"peak RSS: {rss_gb:.2f} GB")
+    if result.nan_count:
+        print(f"NaN points: {result.nan_count}")
+    print(f"points_per_s={steady:.4g} compile_s={result.compile_s:.3g}")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
