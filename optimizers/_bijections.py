@@ -13,7 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Float
 
 # Unit coordinates are kept this far inside (0, 1) before the logit, so that a design on the
 # boundary maps to a finite z (logit(1e-6) = -13.8) and sigmoid(z) recovers it to 1e-6.
