@@ -168,7 +168,7 @@ def training_cases(data_dir: Path | None = None) -> list[TrainingCase]:
     return cases
 
 
-def _time_parts(case: TrainingCase):
+def time_parts(case: TrainingCase):
     """(measured time, A, B) with the modelled time A / kernel_fraction + B of the case.
 
     Times are affine in 1 / kernel_fraction, so two evaluations give both parts (the plan is
@@ -193,9 +193,13 @@ def fit_kernel_fraction(data_dir: Path | None = None, sources=None) -> float:
     **Returns:** the fraction, rounded to 3 significant digits as stored.
     """
     sources = FIT_SOURCES if sources is None else sources
-    parts = np.array([_time_parts(c) for c in training_cases(data_dir)
-                      if c.source_key in sources])
-    measured, a, b = parts.T
+    return fit_fraction_from_parts([time_parts(c) for c in training_cases(data_dir)
+                                    if c.source_key in sources])
+
+
+def fit_fraction_from_parts(parts) -> float:
+    """The kernel fraction minimizing the squared log-ratios of (measured, A, B) triples."""
+    measured, a, b = np.asarray(parts, dtype=float).T
 
     def loss(eta):
         return float(np.sum(np.log((a / eta + b) / measured) ** 2))

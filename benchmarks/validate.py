@@ -1,0 +1,140 @@
+"""Validate the workload models against every modellable row of ../shared/data.
+
+Training: each row of training_runs.csv that states enough (`dse.models._fit_training.
+training_cases`) is predicted with `train_step` (or `best_plan` where the source does not give
+the layout) and compared with its measured figure. Also printed: Korthikanti et al. 2022 Fig. 1
+memory per GPU, the error of each source with the one fitted constant refitted without it
+(held-out), and the inference rows of `benchmarks/_inference_rows.py`.
+
+Last line: `training_mape=<x> inference_mape=<y> rows=<n>` (mean absolute percentage errors over
+all training and all inference figures; n figures in all).
+
+Run: `python benchmarks/validate.py [shared-data-dir]`.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import numpy as np
+from _inference_rows import inference_rows
+
+from dse.models import (
+    RECOMPUTE_NONE,
+    RECOMPUTE_SELECTIVE,
+    TRANSFORMERS,
+    TrainingPlan,
+    train_step,
+)
+from dse.models._fit_training import (
+    FIT_SOURCES,
+    default_data_dir,
+    fit_fraction_from_parts,
+    predict,
+    time_parts,
+    training_cases,
+)
+from dse.models._training import SUSTAINED_KERNEL_FRACTION
+
+# Korthikanti et al. 2022 (arXiv:2205.05198) Fig. 1, GiB per GPU: parameters + optimizer state;
+# activations without sequence parallelism or recomputation; activations with sequence
+# parallelism + selective recomputation. Layouts from its Table 3 (as in training_runs.csv).
+FIG1 = {
+    "gpt-22b": (45.56, 59.25, 9.56, dict(tp=8, pp=1, microbatch_size=4, global_batch=4)),
+    "gpt-175b": (45.56, 66.84, 12.35, dict(tp=8, pp=8, microbatch_size=1, global_batch=64,
+                                           interleave=3)),
+    "megatron-530b": (31.64, 114.02, 23.08, dict(tp=8, pp=35, microbatch_size=1,
+                                                 global_batch=280, interleave=3)),
+    "megatron-1t": (32.96, 131.25, 26.56, dict(tp=8, pp=64, microbatch_size=1,
+                                               global_batch=512)),
+}
+
+
+def _plan_text(plan) -> str:
+    if plan is None:
+        return ""
+    keys = ("tp", "pp", "dp", "microbatch_size", "interleave", "sequence_parallel", "recompute")
+    short = ("tp", "pp", "dp", "b", "v", "sp", "rc")
+    return " ".join(f"{s}{float(getattr(plan, k)):g}" for s, k in zip(short, keys))
+
+
+def memory_table(system_for) -> list[float]:
+    """Print Fig. 1 memory per GPU vs the model; return the absolute % errors."""
+    print("\nKorthikanti et al. 2022 Fig. 1, GiB per GPU (published / model / error)")
+    print(f"{'model':15s} {'params+optimizer':>28s} {'activations (no SP)':>28s} "
+          f"{'activations (SP+selective)':>28s}")
+    errors = []
+    for name, (p_opt, act_base, act_sel, layout) in FIG1.items():
+        model = TRANSFORMERS[name]
+        base = TrainingPlan(dp=1, recompute=RECOMPUTE_NONE, **layout)
+        sel = base.replace(sequence_parallel=1.0, recompute=RECOMPUTE_SELECTIVE)
+        system = system_for(int(layout["tp"] * layout["pp"]))
+        rb, rs = train_step(model, base, system), train_step(model, sel, system)
+        got = ((float(rb.weights_bytes + rb.grads_bytes + rb.optimizer_bytes)),
+               float(rb.activations_bytes), float(rs.activations_bytes))
+        cells = []
+        for pub, g in zip((p_opt, act_base, act_sel), got):
+            g = g / 2**30
+            errors.append(abs(g / pub - 1) * 100)
+            cells.append(f"{pub:7.2f} / {g:7.2f} / {100 * (g / pub - 1):+5.1f}%")
+        print(f"{name:15s} " + " ".join(f"{c:>28s}" for c in cells))
+    print(f"Fig. 1 memory: mean |error| {np.mean(errors):.2f}%, max {np.max(errors):.2f}%")
+    return errors
+
+
+def main(data_dir=None) -> None:
+    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    cases = training_cases(data_dir)
+
+    print(f"Training rows (sustained kernel fraction {SUSTAINED_KERNEL_FRACTION}, fitted to "
+          f"{', '.join(FIT_SOURCES)})")
+    print(f"{'row':50s} {'metric':10s} {'measured':>10s} {'predicted':>10s} {'error':>7s}  plan")
+    errors = collections.defaultdict(list)
+    for case in cases:
+        value, plan, _ = predict(case)
+        err = 100 * (value / case.measured - 1)
+        errors[case.source_key].append(err)
+        print(f"{case.run_id:50s} {case.metric:10s} {case.measured:10.4g} {value:10.4g} "
+              f"{err:+6.1f}%  {_plan_text(plan)}")
+
+    # Held-out: refit the one constant without each source and predict that source.
+    parts = {c.run_id: time_parts(c) for c in cases}
+    print("\nPer source: mean |error| (max) with the stored constant; held out = the constant "
+          "refitted without that source")
+    for key, errs in errors.items():
+        others = [parts[c.run_id] for c in cases
+                  if c.source_key != key and c.source_key in FIT_SOURCES]
+        eta = fit_fraction_from_parts(others)
+        held = []
+        for c in cases:
+            if c.source_key == key:
+                measured, a, b = parts[c.run_id]
+                t = a / eta + b
+                held.append(100 * abs(measured / t - 1 if c.metric in ("mfu", "tflops_eq3")
+                                      else t / measured - 1))
+        e = np.abs(errs)
+        tag = "fitted" if key in FIT_SOURCES else "held out"
+        print(f"  {key:24s} n={len(e):2d} ({tag:8s}) mean {e.mean():5.2f}% max {e.max():5.2f}%"
+              f"   held out (eta={eta:.3f}): mean {np.mean(held):5.2f}% max {np.max(held):5.2f}%")
+
+    from dse.hardware import SYSTEMS
+    memory_table(lambda n: SYSTEMS["DGX-A100"].with_num_chips(n))
+
+    print("\nInference rows")
+    inf = inference_rows(data_dir)
+    inf_err = []
+    for r in inf:
+        err = 100 * (r["predicted"] / r["measured"] - 1)
+        inf_err.append(abs(err))
+        print(f"{r['row_id']:50s} {r['unit']:10s} {r['measured']:10.4g} {r['predicted']:10.4g} "
+              f"{err:+6.1f}%")
+
+    train_err = np.abs(np.concatenate([np.asarray(v) for v in errors.values()]))
+    n = len(train_err) + len(inf_err)
+    print(f"training_mape={train_err.mean():.2f} inference_mape={np.mean(inf_err):.2f} rows={n}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
