@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from dse.hardware import CHIPS, SYSTEMS
 from dse.models import Transformer
@@ -124,7 +123,8 @@ def inference_rows(data_dir) -> list[dict]:
 
 
 def main(data_dir=None) -> None:
-    data_dir = Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "shared" / "data"
+    here = Path(__file__).resolve()
+    data_dir = Path(data_dir) if data_dir else here.parents[2] / "shared" / "data"
     results = inference_rows(data_dir)
     errors = []
     print(f"{'row':44s} {'measured':>12s} {'predicted':>12s} {'error':>8s}")

@@ -1,4 +1,4 @@
-"""Collectives on a two-tier `System`: all-reduce, all-gather, reduce-scatter, all-to-all, send/recv.
+"""Collectives on a two-tier `System`: all-reduce, all-gather, reduce-scatter, all-to-all, send.
 
 Costs are the alpha-beta (latency-bandwidth) model of Thakur, Rabenseifner & Gropp 2005
 ("Optimization of collective communication operations in MPICH", IJHPCA 19(1)), per tier:

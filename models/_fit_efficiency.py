@@ -7,7 +7,8 @@ Data (all in ../shared/data, each row names its source):
   latencies of every operator of one GPT-3 175B layer on an A100 80GB with tensor parallel 4,
   batch 8, prompt 2048 (prefill) and context 3072 (decode) (Zhang et al., LLMCompass, ISCA 2024,
   artifact ae/figure5/ijkl). We use the weight GEMMs (QKV, output projection, the two MLP
-  matrices) and the element-wise ops (two LayerNorms, GeLU, softmax; see MIN_IDEAL_TIME_S); the unfused
+  matrices) and the element-wise ops (two LayerNorms, GeLU, softmax; see MIN_IDEAL_TIME_S); the
+  unfused
   Q K^T / A V products and the all-reduces are not single-chip GEMM / element-wise ops of our
   operator set.
 - `chips.csv`, A100 rows: peak FLOP/s, HBM bandwidth, on-chip SRAM; the A100 40GB
@@ -144,7 +145,7 @@ def fit(data_dir: Path | None = None) -> dict[str, float]:
     z = sol.x
     values = (1 / (1 + np.exp(-z[0])), np.exp(z[1]), 1 / (1 + np.exp(-z[2])), np.exp(z[3]))
     names = ("matrix_max", "matrix_overhead_s", "memory_max", "memory_overhead_s")
-    return {name: float(f"{v:.4g}") for name, v in zip(names, values)}
+    return {name: float(f"{v:.4g}") for name, v in zip(names, values, strict=True)}
 
 
 def fit_link_efficiency(data_dir: Path | None = None) -> float:
@@ -178,7 +179,7 @@ def report(data_dir: Path | None = None) -> None:
     with jax.enable_x64(True):
         predicted = model_times(tuple(constants.values()), points)
     print("FITTED_EFFICIENCY =", constants)
-    for (label, *_, measured), p in zip(points, predicted):
+    for (label, *_, measured), p in zip(points, predicted, strict=True):
         print(f"{label:24s} measured {measured * 1e3:9.4f} ms  model {p * 1e3:9.4f} ms  "
               f"error {100 * (p / measured - 1):+6.1f}%")
 

@@ -97,7 +97,7 @@ class OpCost(eqx.Module):
 
     def __add__(self, other: OpCost) -> OpCost:
         """Two ops run one after the other: every field adds."""
-        return OpCost(*(a + b for a, b in zip(_fields(self), _fields(other))))
+        return OpCost(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
 
     def scale(self, factor) -> OpCost:
         """`factor` identical ops run one after the other."""

@@ -185,20 +185,24 @@ def test_gradients_match_finite_differences(name, topology):
         for _ in range(2):
             sys_ = random_system(rng, topology)
             g, stride = 64.0, 4.0
-            grads = jax.grad(lambda s: op(s, 3e7, g, stride=stride).time)(sys_)
-            t0 = float(op(sys_, 3e7, g, stride=stride).time)
+
+            def time(s, g=g, stride=stride):
+                return op(s, 3e7, g, stride=stride).time
+
+            grads = jax.grad(time)(sys_)
+            t0 = float(time(sys_))
             for field in SYSTEM_FIELDS:
                 x0 = float(getattr(sys_, field))
                 fd = central_difference(
-                    lambda x, field=field: float(op(sys_.replace(**{field: x}), 3e7, g,
-                                                    stride=stride).time), x0)
+                    lambda x, field=field, sys_=sys_: float(time(sys_.replace(**{field: x}))),
+                    x0)
                 np.testing.assert_allclose(float(getattr(grads, field)), fd, rtol=1e-4,
                                            atol=1e-8 * t0 / x0, err_msg=field)
             for field in CHIP_FIELDS:
                 x0 = float(getattr(sys_.chip, field))
                 fd = central_difference(
-                    lambda x, field=field: float(op(sys_.replace(
-                        chip=sys_.chip.replace(**{field: x})), 3e7, g, stride=stride).time), x0)
+                    lambda x, field=field, sys_=sys_: float(time(sys_.replace(
+                        chip=sys_.chip.replace(**{field: x})))), x0)
                 np.testing.assert_allclose(float(getattr(grads.chip, field)), fd, rtol=1e-4,
                                            atol=1e-8 * t0 / x0, err_msg=field)
 

@@ -145,8 +145,12 @@ def test_more_bandwidth_or_sram_never_slower(which):
         sys_ = DGX.replace(chip=chip)
         plan = InferencePlan(tp=float(rng.choice([1, 2, 4, 8])),
                              batch=float(rng.choice([1, 8, 64])))
-        f = (lambda s: prefill(model, plan, s, 512.0)) if which == "prefill" else \
-            (lambda s: decode(model, plan, s, 2048.0))
+        if which == "prefill":
+            def f(s, plan=plan):
+                return prefill(model, plan, s, 512.0)
+        else:
+            def f(s, plan=plan):
+                return decode(model, plan, s, 2048.0)
         t0 = float(f(sys_).time)
         for field in ("hbm_bandwidth", "sram_bytes", "link_bandwidth", "mac_units"):
             faster = sys_.replace(chip=sys_.chip.replace(
@@ -205,8 +209,9 @@ def test_gradients_match_finite_differences():
     with jax.enable_x64(True):
         for _ in range(2):
             scale = np.exp(rng.uniform(np.log(0.5), np.log(2.0), size=len(CHIP_FIELDS)))
-            chip = CHIPS["A100-80GB"].replace(**{
-                f: getattr(CHIPS["A100-80GB"], f) * s for f, s in zip(CHIP_FIELDS, scale)})
+            a100 = CHIPS["A100-80GB"]
+            chip = a100.replace(**{f: getattr(a100, f) * s
+                                   for f, s in zip(CHIP_FIELDS, scale, strict=True)})
             sys_ = DGX.replace(chip=chip, scaleup_latency=float(rng.uniform(1e-6, 5e-6)))
             plan = InferencePlan(tp=4.0, pp=2.0, batch=float(rng.choice([1, 16])))
             points, steps = [], []
