@@ -242,8 +242,8 @@ def optimize(
     """Pareto-optimal designs of `space` for `objectives` under `budgets`, by gradients.
 
     A pilot Sobol sample sets the scales (objectives to [0, 1] over the pilot, budgets relative to
-    their bound); then `n_preferences` preference vectors x `scalarizations` x `n_starts` random
-    starts are optimized at once (`dse.optimizers.multistart_minimize`: augmented Lagrangian,
+    their bound); then `n_preferences` preference vectors x `scalarizations` x `n_starts` starts
+    are optimized at once (`dse.optimizers.multistart_minimize`: augmented Lagrangian,
     optax, all vmapped in one jitted step), integer knobs relaxed. The relaxed results are
     snapped, repaired over the floor/ceil combinations of their integer knobs, and re-evaluated
     with the exact model; the front is the non-dominated set of the designs that meet every
@@ -307,10 +307,16 @@ def optimize(
     batch_eval = jax.jit(jax.vmap(metrics_of))
 
     def evaluate(x: np.ndarray, chunk: int = 4096) -> dict[str, np.ndarray]:
-        parts = [batch_eval(jnp.asarray(x[i:i + chunk], dtype=jnp.result_type(float)))
-                 for i in range(0, x.shape[0], chunk)]
-        return {k: np.concatenate([np.asarray(p[k], dtype=np.float64).reshape(-1)
-                                   for p in parts]) for k in probe}
+        """Exact metrics of rows x, in chunks padded to a power of two (few compilations)."""
+        parts = []
+        for i in range(0, x.shape[0], chunk):
+            part = x[i:i + chunk]
+            size = min(chunk, 1 << max(4, int(np.ceil(np.log2(len(part))))))
+            padded = np.concatenate([part, np.repeat(part[:1], size - len(part), axis=0)])
+            out = batch_eval(jnp.asarray(padded, dtype=jnp.result_type(float)))
+            parts.append({k: np.asarray(v, dtype=np.float64).reshape(-1)[:len(part)]
+                          for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in probe}
 
     # Pilot: scales for objectives and budgets, from designs that are themselves candidates.
     x_pilot = _snap(space, space.sample(n_pilot, method="sobol", seed=seed))
