@@ -77,6 +77,30 @@ def _spans_decades(values) -> bool:
     return v.size > 1 and bool(np.all(v > 0)) and v.max() / v.min() > 10.0
 
 
+def _log_axis(ax, which: str, values) -> None:
+    """Log scale with plain numbers (400, 600, 1000) instead of 4x10^2 where the span allows."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return
+    decades = np.log10(v.max() / v.min())
+    if 1e-3 <= v.min() and v.max() < 1e6:
+        plain = FuncFormatter(lambda x, _: f"{x:g}")
+
+        def some(x, _):
+            # Only the 2x and 5x minor ticks: every one of them would crowd the axis.
+            mantissa = round(x / 10 ** np.floor(np.log10(x)), 6)
+            return f"{x:g}" if mantissa in (2.0, 5.0) else ""
+
+        axis.set_major_formatter(plain)
+        # Label minor ticks too when the axis holds less than two decades.
+        axis.set_minor_formatter(FuncFormatter(some) if decades < 2 else NullFormatter())
+
+
 def _columns(data: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Columns and the feasibility mask of a SweepResult, OptimizeResult, DataFrame or dict."""
     if hasattr(data, "columns") and isinstance(getattr(data, "columns"), dict):  # SweepResult
@@ -178,9 +202,9 @@ def pareto_front(
     allx = np.concatenate([xv[finite], px])
     ally = np.concatenate([yv[finite], py])
     if log if log is not None else _spans_decades(allx):
-        ax.set_xscale("log")
+        _log_axis(ax, "x", allx)
     if log if log is not None else _spans_decades(ally):
-        ax.set_yscale("log")
+        _log_axis(ax, "y", ally)
     ax.set_xlabel(label(x, units))
     ax.set_ylabel(label(y, units))
     better = {"min": "lower", "max": "higher"}
@@ -425,7 +449,7 @@ def roadmap(
                                 color=_FRONT)
         vals = np.concatenate([base, opt])
         if _spans_decades(vals[np.isfinite(vals)]):
-            ax.set_yscale("log")
+            _log_axis(ax, "y", vals)
         finite = vals[np.isfinite(vals)]
         if finite.size and ax.get_yscale() == "linear":
             span = float(finite.max() - finite.min()) or abs(float(finite.max())) or 1.0
