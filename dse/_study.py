@@ -191,7 +191,7 @@ def make_objective(kind, model, plan, global_batch, batch=1.0, input_len=1.0, ou
             out.update(step_time=report.step_time, tokens_per_s=report.tokens_per_s,
                        mfu=report.mfu,
                        memory_margin=system.chip.hbm_bytes - report.memory_per_chip,
-                       energy_per_token=report.energy * system.num_chips / tokens_per_step)
+                       energy_per_token=report.energy / tokens_per_step)
         else:
             report = models.serve(model, plan, system, batch, input_len, output_len,
                                   smooth=smooth)

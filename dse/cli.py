@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from ._format import table
@@ -110,19 +111,29 @@ def cmd_sweep(args) -> int:
     front.to_csv(study.output_dir / "sweep_front.csv")
     if result.keep == "all":
         result.to_csv(study.output_dir / "sweep.csv")
-    _maybe_plot_front(study, front, directions)
+    _maybe_plot_front(study, result, directions)
     print(f"wrote {study.output_dir}")
     return 0
 
 
-def _maybe_plot_front(study, front, directions) -> None:
+def _maybe_plot_front(study, result, directions) -> None:
     from . import plot
 
     names = list(directions)[:2]
-    if len(names) < 2 or not len(front):
+    if len(names) < 2 or not len(result):
         return
-    fig = plot.pareto_front({n: front[n] for n in names}, x=names[0], y=names[1])
-    fig.savefig(study.output_dir / "pareto.png", dpi=120)
+    base = {k: float(v) for k, v in jax.jit(study.objective())(study.system).items()}
+    plot.pareto_front(result, names[0], names[1],
+                      directions=tuple(directions[n] for n in names),
+                      presets={study.system.chip.name: (base[names[0]], base[names[1]])},
+                      budgets=", ".join(_budget_text(k, b) for k, b in study.budgets.items()),
+                      path=study.output_dir / "pareto.png")
+
+
+def _budget_text(name, bound) -> str:
+    low, high = bound
+    return " ".join(p for p in (f"{low:g} <=" if low is not None else "", name,
+                                f"<= {high:g}" if high is not None else "") if p)
 
 
 def cmd_optimize(args) -> int:
@@ -153,12 +164,28 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
+    from . import plot
     from ._sensitivity import sensitivity
     from ._study import load_study
 
     study = load_study(args.config)
-    report = sensitivity(study.objective(smooth=True), study.system)
-    print(report.table() if hasattr(report, "table") else report)
+    fields = [f"chip.{f}" for f in ("mac_units", "clock_hz", "vector_flops", "sram_bytes",
+                                    "hbm_bandwidth", "hbm_bytes", "link_count",
+                                    "link_bandwidth", "node_nm")]
+    metrics = list(study.objectives) or [study.metric_names[0]]
+    directions = dict(study.objectives) or {metrics[0]: "min"}
+    result = sensitivity(study.objective(smooth=True), study.system, fields=fields,
+                         directions=directions)
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    for metric in metrics:
+        ranked = result.table(metric, per="area" if metric != "area" else None)
+        print(f"\n{metric} = {float(result.values[metric]):.4g}; binding resource: "
+              f"{result.binding[metric]}")
+        print(ranked.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        ranked.to_csv(study.output_dir / f"sensitivity_{metric}.csv", index=False)
+        plot.sensitivity_bars(result, metric,
+                              path=study.output_dir / f"sensitivity_{metric}.png")
+    print(f"\nwrote {study.output_dir}")
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Literal, get_args
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._validate import as_float_array, check_choice, check_range
@@ -97,7 +98,7 @@ class Chip(eqx.Module):
         if self.hbm_generation == "none":
             for field in ("hbm_bandwidth", "hbm_bytes"):
                 value = getattr(self, field)
-                if not isinstance(value, jax.core.Tracer) and bool(jnp.any(value != 0)):
+                if not isinstance(value, jax.core.Tracer) and bool(np.any(np.asarray(value) != 0)):
                     raise ValueError(
                         f"Chip.{field} must be 0 when hbm_generation='none'; got {value}"
                     )

@@ -14,6 +14,7 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from dse.hardware import Activity, System, power
@@ -101,7 +102,7 @@ class TrainingPlan(eqx.Module):
                         lower_inclusive=True)
         ep, dp = self.ep, self.dp
         if not isinstance(ep, jax.core.Tracer) and not isinstance(dp, jax.core.Tracer):
-            if bool(jnp.any(ep > dp)):
+            if bool(np.any(np.asarray(ep) > np.asarray(dp))):
                 raise ValueError(f"TrainingPlan.ep must be <= TrainingPlan.dp ({dp}); got {ep}")
 
     @property
