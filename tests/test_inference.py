@@ -263,3 +263,23 @@ def test_held_out_nim_llama70b_fp8_on_two_h100(isl, osl, ttft_ms, itl_ms):
     r = serve(LLAMA70, plan, SYSTEMS["DGX-H100"].with_num_chips(2), 1.0, isl, osl)
     assert abs(float(r.ttft) * 1e3 / ttft_ms - 1) < 0.25
     assert abs(float(r.tpot) * 1e3 / itl_ms - 1) < 0.25
+
+
+def test_sram_only_chip_serves_weights_from_sram():
+    # A chip without HBM (Groq / Cerebras style): the model fits only if the weights and the
+    # cache fit in SRAM, and then decode moves no weight bytes off chip.
+    chip = DGX.chip.replace(hbm_generation="none", hbm_bandwidth=0.0, hbm_bytes=0.0,
+                            sram_bytes=230e6, sram_kind="scratchpad")
+    sys_ = DGX.replace(chip=chip).with_num_chips(64)
+    model = small_model(layers=2.0, vocab=8000.0)  # 2 x 11.3M + 16.4M params: 78 MB in bf16
+    r = decode(model, InferencePlan(tp=1.0, batch=1.0), sys_, 128.0)
+    assert bool(r.fits) and np.isfinite(float(r.time)) and float(r.time) > 0.0
+    big = decode(small_model(layers=16.0), InferencePlan(tp=1.0), sys_, 128.0)
+    assert not bool(big.fits) and int(big.reason) == OUT_OF_MEMORY
+    # With HBM, the same small model's weights are mostly resident in a large SRAM: less HBM
+    # traffic than with a small SRAM.
+    with_hbm = DGX.replace(chip=DGX.chip.replace(sram_bytes=230e6))
+    small_sram = DGX.replace(chip=DGX.chip.replace(sram_bytes=4e6))
+    plan = InferencePlan(tp=1.0, batch=1.0)
+    assert float(decode(model, plan, with_hbm, 128.0).hbm_bytes) < \
+        0.1 * float(decode(model, plan, small_sram, 128.0).hbm_bytes)
