@@ -1,0 +1,341 @@
+"""Training step: published step times and memory, conservation, invariances, transforms."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import central_difference, shared_data_dir
+
+from dse.hardware import CHIPS, SYSTEMS, System
+from dse.models import (
+    RECOMPUTE_FULL,
+    RECOMPUTE_NONE,
+    RECOMPUTE_SELECTIVE,
+    TRANSFORMERS,
+    TrainingPlan,
+    Transformer,
+    train_step,
+)
+from dse.models._fit_training import fit_kernel_fraction, predict, training_cases
+from dse.models._training import (
+    REASON_BATCH,
+    REASON_CHIPS,
+    REASON_MEMORY,
+    REASON_OK,
+    SUSTAINED_KERNEL_FRACTION,
+)
+
+DGX = SYSTEMS["DGX-A100"]
+BREAKDOWN = ("compute_time", "tp_comm_time", "pp_comm_time", "dp_comm_time", "ep_comm_time",
+             "bubble_time", "optimizer_time")
+CHIP_FIELDS = ("mac_units", "clock_hz", "vector_flops", "sram_bytes", "hbm_bandwidth",
+               "hbm_bytes", "link_count", "link_bandwidth")
+SYSTEM_FIELDS = ("scaleup_latency", "scaleout_bandwidth", "scaleout_latency")
+
+
+def small_model(**changes):
+    base = dict(layers=8.0, hidden=1024.0, heads=16.0, kv_heads=4.0, ffn_hidden=2816.0,
+                vocab=32000.0, seq_len=1024.0, gated_mlp=True, tied_embeddings=False)
+    return Transformer(**(base | changes))
+
+
+SMALL = small_model()
+
+
+def random_plans(n, seed=0):
+    """Plans over a 64-chip system: every knob varied."""
+    rng = np.random.default_rng(seed)
+    tp = rng.choice([1.0, 2.0, 4.0, 8.0], n)
+    pp = rng.choice([1.0, 2.0, 4.0], n)
+    dp = 64.0 / (tp * pp)
+    b = rng.choice([1.0, 2.0], n)
+    m = rng.choice([4.0, 8.0], n)
+    return TrainingPlan(tp=tp, pp=pp, dp=dp, ep=np.ones(n), microbatch_size=b,
+                        global_batch=dp * b * m,
+                        interleave=np.where(pp > 1, rng.choice([1.0, 2.0], n), 1.0),
+                        sequence_parallel=np.where(tp > 1, rng.integers(0, 2, n), 0),
+                        recompute=rng.integers(0, 3, n).astype(float),
+                        zero_stage=rng.integers(0, 4, n).astype(float),
+                        dp_overlap=rng.integers(0, 2, n).astype(float))
+
+
+def index(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+# ----- published figures ---------------------------------------------------------------------
+
+def _cases(source):
+    return [c for c in training_cases(shared_data_dir()) if c.source_key == source]
+
+
+def test_korthikanti_table5_step_times():
+    # Korthikanti et al. 2022 Table 5: 8 iteration times (held out of the fit). Issue target:
+    # mean |error| <= 3.5%, max <= 8%.
+    cases = _cases("korthikanti_table5")
+    assert len(cases) == 8
+    errors = [abs(predict(c)[0] / c.measured - 1) for c in cases]
+    assert np.mean(errors) <= 0.035, errors
+    assert np.max(errors) <= 0.08, errors
+
+
+# Korthikanti et al. 2022 Fig. 1, GiB per GPU: params + optimizer, activations (no SP, no
+# recompute), activations (SP + selective); layouts of its Table 3.
+FIG1 = [
+    ("gpt-22b", 45.56, 59.25, 9.56, dict(tp=8, pp=1, microbatch_size=4, global_batch=4)),
+    ("gpt-175b", 45.56, 66.84, 12.35, dict(tp=8, pp=8, microbatch_size=1, global_batch=64,
+                                           interleave=3)),
+    ("megatron-530b", 31.64, 114.02, 23.08, dict(tp=8, pp=35, microbatch_size=1,
+                                                 global_batch=280, interleave=3)),
+    ("megatron-1t", 32.96, 131.25, 26.56, dict(tp=8, pp=64, microbatch_size=1,
+                                               global_batch=512)),
+]
+
+
+@pytest.mark.parametrize("name,p_opt,act_none,act_sel,layout", FIG1)
+def test_korthikanti_fig1_memory(name, p_opt, act_none, act_sel, layout):
+    model = TRANSFORMERS[name]
+    system = DGX.with_num_chips(layout["tp"] * layout["pp"])
+    base = TrainingPlan(recompute=RECOMPUTE_NONE, **layout)
+    sel = base.replace(sequence_parallel=1.0, recompute=RECOMPUTE_SELECTIVE)
+    rb, rs = train_step(model, base, system), train_step(model, sel, system)
+    gib = 2.0**30
+    states = float(rb.weights_bytes + rb.grads_bytes + rb.optimizer_bytes) / gib
+    np.testing.assert_allclose(states, p_opt, rtol=0.10)
+    np.testing.assert_allclose(float(rb.activations_bytes) / gib, act_none, rtol=0.10)
+    np.testing.assert_allclose(float(rs.activations_bytes) / gib, act_sel, rtol=0.10)
+
+
+@pytest.mark.slow
+def test_fit_reproduces_stored_kernel_fraction():
+    np.testing.assert_allclose(fit_kernel_fraction(shared_data_dir()),
+                               SUSTAINED_KERNEL_FRACTION, rtol=2e-3)
+
+
+# ----- conservation and invariances -----------------------------------------------------------
+
+def test_breakdowns_sum_over_random_plans():
+    model = small_model()
+    system = DGX.with_num_chips(64)
+    plans = random_plans(64)
+    reports = jax.jit(jax.vmap(lambda p: train_step(model, p, system)))(plans)
+    parts = sum(np.asarray(getattr(reports, f)) for f in BREAKDOWN)
+    np.testing.assert_allclose(parts, np.asarray(reports.step_time), rtol=1e-5)
+    memory = (np.asarray(reports.weights_bytes) + np.asarray(reports.grads_bytes)
+              + np.asarray(reports.optimizer_bytes) + np.asarray(reports.activations_bytes))
+    np.testing.assert_allclose(memory, np.asarray(reports.memory_per_chip), rtol=1e-6)
+    for f in BREAKDOWN:
+        assert np.all(np.asarray(getattr(reports, f)) >= 0.0), f
+    assert np.all(np.isfinite(np.asarray(reports.energy)))
+    assert np.all(np.asarray(reports.energy) > 0)
+    assert np.all(np.asarray(reports.hfu) >= np.asarray(reports.mfu) * (1 - 1e-6))
+
+
+def test_doubling_dp_with_fixed_replica_work_keeps_compute_time():
+    model = small_model()
+    # TP fills a server, so pipeline neighbours sit in other servers in both layouts.
+    plan = TrainingPlan(tp=8, pp=2, dp=2, microbatch_size=2, global_batch=16, interleave=2,
+                        recompute=RECOMPUTE_SELECTIVE, sequence_parallel=1)
+    doubled = plan.replace(dp=4.0, global_batch=32.0)
+    r1 = train_step(model, plan, DGX.with_num_chips(32))
+    r2 = train_step(model, doubled, DGX.with_num_chips(64))
+    for f in ("compute_time", "tp_comm_time", "pp_comm_time", "bubble_time"):
+        np.testing.assert_allclose(float(getattr(r2, f)), float(getattr(r1, f)), rtol=1e-6)
+    np.testing.assert_allclose(float(r2.model_flops), 2 * float(r1.model_flops), rtol=1e-6)
+
+
+def _scaled(system, chip=None, **fields):
+    chip = system.chip if chip is None else chip
+    return system.replace(chip=chip, **fields)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_more_bandwidth_or_sram_never_slower(seed):
+    model = small_model()
+    system = DGX.with_num_chips(64)
+    plans = random_plans(48, seed)
+    f = jax.jit(jax.vmap(lambda p, s: train_step(model, p, s).step_time, in_axes=(0, None)))
+    base = np.asarray(f(plans, system))
+    c = system.chip
+    faster = [
+        _scaled(system, c.replace(hbm_bandwidth=c.hbm_bandwidth * 1.5)),
+        _scaled(system, c.replace(sram_bytes=c.sram_bytes * 2.0)),
+        _scaled(system, c.replace(sram_bytes=c.sram_bytes * 64.0)),
+        _scaled(system, c.replace(link_bandwidth=c.link_bandwidth * 2.0)),
+        _scaled(system, scaleout_bandwidth=system.scaleout_bandwidth * 2.0),
+        _scaled(system, c.replace(mac_units=c.mac_units * 2.0)),
+    ]
+    for s in faster:
+        assert np.all(np.asarray(f(plans, s)) <= base * (1 + 1e-6))
+
+
+def test_recompute_trades_time_for_memory():
+    model = TRANSFORMERS["gpt-22b"]
+    system = DGX.with_num_chips(8)
+    plan = TrainingPlan(tp=8, microbatch_size=4, global_batch=4)
+    r = [train_step(model, plan.replace(recompute=float(k)), system, flash_attention=False)
+         for k in (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL)]
+    times = [float(x.step_time) for x in r]
+    acts = [float(x.activations_bytes) for x in r]
+    assert times[0] < times[1] < times[2]
+    assert acts[0] > acts[1] > acts[2]
+    # Korthikanti et al. 2022 Table 4: selective recomputation costs 7% over the baseline
+    # layer, full 39%; the model's overheads land near (within 4 points).
+    assert abs(times[1] / times[0] - 1.07) < 0.04
+    assert abs(times[2] / times[0] - 1.39) < 0.04
+
+
+def test_zero_stages_shard_states():
+    model = small_model()
+    plan = TrainingPlan(tp=2, dp=8, microbatch_size=1, global_batch=32)
+    system = DGX.with_num_chips(16)
+    r = [train_step(model, plan.replace(zero_stage=float(z)), system) for z in range(4)]
+    opt = [float(x.optimizer_bytes) for x in r]
+    grads = [float(x.grads_bytes) for x in r]
+    np.testing.assert_allclose(opt[1], opt[0] / 8, rtol=1e-6)
+    np.testing.assert_allclose(grads[2], grads[0] / 8, rtol=1e-6)
+    assert float(r[3].weights_bytes) < float(r[2].weights_bytes)
+    assert all(float(x.memory_per_chip) >= float(y.memory_per_chip) for x, y in zip(r, r[1:]))
+
+
+def test_expert_parallel_shards_experts_and_pays_all_to_all():
+    model = TRANSFORMERS["mixtral-8x7b"].replace(seq_len=4096.0)
+    system = DGX.with_num_chips(64)
+    plan = TrainingPlan(tp=2, pp=4, dp=8, ep=1, microbatch_size=1, global_batch=64,
+                        sequence_parallel=1, recompute=RECOMPUTE_SELECTIVE, zero_stage=1)
+    r1 = train_step(model, plan, system)
+    r8 = train_step(model, plan.replace(ep=8.0), system)
+    assert float(r1.ep_comm_time) == 0.0
+    assert float(r8.ep_comm_time) > 0.0
+    assert float(r8.weights_bytes) < 0.35 * float(r1.weights_bytes)
+    # A dense model has no expert traffic whatever ep is.
+    dense = train_step(small_model(), plan.replace(ep=8.0), system)
+    assert float(dense.ep_comm_time) == 0.0
+
+
+# ----- feasibility is a result -----------------------------------------------------------------
+
+def test_infeasible_plans_are_reported_not_raised():
+    one_t = TRANSFORMERS["megatron-1t"]
+    oom = train_step(one_t, TrainingPlan(tp=8, global_batch=8), DGX.with_num_chips(8))
+    assert not bool(oom.fits) and int(oom.reason) == REASON_MEMORY
+    assert np.isfinite(float(oom.step_time))
+    chips = train_step(small_model(), TrainingPlan(tp=8, dp=4, global_batch=8), DGX)
+    assert not bool(chips.fits) and int(chips.reason) == REASON_CHIPS
+    batch = train_step(small_model(), TrainingPlan(tp=8, microbatch_size=4, global_batch=2),
+                       DGX)
+    assert not bool(batch.fits) and int(batch.reason) == REASON_BATCH
+    ok = train_step(small_model(), TrainingPlan(tp=8, global_batch=8), DGX)
+    assert bool(ok.fits) and int(ok.reason) == REASON_OK
+
+
+@pytest.mark.parametrize("field,value", [("tp", 0.5), ("recompute", 3.0), ("zero_stage", -1.0),
+                                         ("sequence_parallel", 2.0), ("global_batch", 0.0)])
+def test_bad_plan_raises_naming_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainingPlan.{field}"):
+        TrainingPlan(**{field: value})
+
+
+def test_expert_parallel_above_dp_raises():
+    with pytest.raises(ValueError, match="TrainingPlan.ep"):
+        TrainingPlan(dp=2, ep=4)
+
+
+# ----- transforms ----------------------------------------------------------------------------
+
+def test_vmap_over_plans_matches_loop_and_jit_does_not_recompile():
+    model = small_model()
+    system = DGX.with_num_chips(64)
+    plans = random_plans(3, seed=3)
+    f = jax.jit(lambda p, s: train_step(model, p, s))
+    batched = jax.jit(jax.vmap(lambda p: train_step(model, p, system)))(plans)
+    for i in range(3):
+        one = f(index(plans, i), system)
+        np.testing.assert_allclose(float(one.step_time), float(batched.step_time[i]),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(float(one.memory_per_chip),
+                                   float(batched.memory_per_chip[i]), rtol=1e-5)
+    assert f._cache_size() == 1
+
+
+def test_vmap_over_hardware_matches_loop():
+    model = small_model()
+    plan = TrainingPlan(tp=4, pp=2, dp=8, microbatch_size=1, global_batch=64, interleave=2,
+                        sequence_parallel=1, recompute=RECOMPUTE_SELECTIVE, zero_stage=1)
+    base = DGX.with_num_chips(64)
+    c = base.chip
+    # Stacked designs share static fields: A100 and two what-ifs with more of everything.
+    systems = [base.replace(chip=c.replace(mac_units=c.mac_units * k,
+                                           hbm_bandwidth=c.hbm_bandwidth * k,
+                                           link_bandwidth=c.link_bandwidth * k),
+                            scaleout_bandwidth=base.scaleout_bandwidth * k)
+               for k in (1.0, 2.0, 4.0)]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *systems)
+    batched = jax.jit(jax.vmap(lambda s: train_step(model, plan, s)))(stacked)
+    for i, s in enumerate(systems):
+        one = train_step(model, plan, s)
+        np.testing.assert_allclose(float(batched.step_time[i]), float(one.step_time), rtol=1e-5)
+        np.testing.assert_allclose(float(batched.energy[i]), float(one.energy), rtol=1e-5)
+    t = np.asarray(batched.step_time)
+    assert t[0] > t[1] > t[2]
+
+
+def _system64(rng):
+    """A random DGX-like system in float64 (call inside enable_x64)."""
+    c = CHIPS["A100-80GB"]
+    scale = lambda: float(rng.uniform(0.5, 2.0))  # noqa: E731
+    chip = c.replace(**{f: float(getattr(c, f)) * scale() for f in CHIP_FIELDS},
+                     node_nm=float(c.node_nm))
+    return System(chip=chip, num_chips=64, scaleup_size=8.0,
+                  scaleup_latency=1e-6 * scale(), scaleout_bandwidth=25e9 * scale(),
+                  scaleout_latency=5e-6 * scale())
+
+
+@functools.partial(jax.jit, static_argnames="smooth")
+def _metric(plan, system, smooth):
+    r = train_step(SMALL, plan, system, smooth=smooth)
+    # Energy (J) enters at 1e-6 s/J so that its gradient is checked too.
+    return r.step_time + 1e-6 * r.energy
+
+
+_grad_metric = jax.jit(jax.grad(_metric, argnums=1), static_argnames="smooth")
+
+
+@pytest.mark.parametrize("seed,smooth", [(0, False), (1, True), (2, False)])
+def test_gradients_match_finite_differences(seed, smooth):
+    rng = np.random.default_rng(seed)
+    plan = index(random_plans(8, seed), int(rng.integers(8)))
+    with jax.enable_x64(True):
+        system = _system64(rng)
+        plan = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), plan)
+        grads = _grad_metric(plan, system, smooth=smooth)
+        value = float(_metric(plan, system, smooth=smooth))
+        checks = [(f, grads.chip, system.chip,
+                   lambda x, f=f: system.replace(chip=system.chip.replace(**{f: x})))
+                  for f in CHIP_FIELDS]
+        checks += [(f, grads, system, lambda x, f=f: system.replace(**{f: x}))
+                   for f in SYSTEM_FIELDS]
+        for field, g, where, build in checks:
+            ad = float(getattr(g, field))
+            x0 = float(getattr(where, field))
+            fd = central_difference(lambda x, b=build: float(_metric(plan, b(x), smooth=smooth)),
+                                    x0)
+            assert np.isfinite(ad), field
+            np.testing.assert_allclose(ad, fd, rtol=2e-3, atol=1e-9 * value / x0,
+                                       err_msg=field)
+
+
+def test_float32_and_float64_agree():
+    model = TRANSFORMERS["gpt-175b"]
+    plan = TrainingPlan(tp=8, pp=8, dp=1, global_batch=64, interleave=3, sequence_parallel=1,
+                        recompute=RECOMPUTE_SELECTIVE)
+    r32 = train_step(model, plan, DGX.with_num_chips(64))
+    with jax.enable_x64(True):
+        m64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), model)
+        p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), plan)
+        s64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), DGX.with_num_chips(64))
+        r64 = train_step(m64, p64, s64)
+        assert r64.step_time.dtype == jnp.float64
+    np.testing.assert_allclose(float(r32.step_time), float(r64.step_time), rtol=1e-4)
