@@ -34,7 +34,7 @@ BASE = SYSTEMS["DGX-A100"].with_num_chips(1024)
 SPACE = dse.Space(BASE, [
     dse.Param("sram_bytes", "chip.sram_bytes", 16e6, 512e6, "log"),
     dse.Param("hbm_bandwidth", "chip.hbm_bandwidth", 1e12, 16e12, "log"),
-    dse.Param("hbm_bytes", "chip.hbm_bytes", 40e9, 384e9, "log"),
+    dse.Param("hbm_bytes", "chip.hbm_bytes", 16e9, 384e9, "log"),
     dse.Param("link_count", "chip.link_count", 4, 36, "integer"),
     dse.Param("link_bandwidth", "chip.link_bandwidth", 12.5e9, 100e9, "log"),
     dse.Param("mac_units", "chip.mac_units", 32768, 1048576, "log"),

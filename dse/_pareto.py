@@ -97,32 +97,63 @@ def pareto_mask(
 
 
 class ParetoFront:
-    """A Pareto front that grows chunk by chunk: `update` merges a chunk into the front.
+    """A Pareto front that grows chunk by chunk: `update` adds a chunk, fronts merge lazily.
 
-    The merged front equals `pareto_mask` of every point seen, whatever the chunking (the
-    front of a union is the front of the union of the fronts).
+    The front equals `pareto_mask` of every point seen, whatever the chunking (the front of a
+    union is the front of the union of the fronts). Chunks wait in a buffer and are merged once
+    the buffer is as large as the front (or when the front is read), so merging costs
+    O(log) amortized per point even when the front is large.
 
     **Arguments:**
 
     - `directions`: `"min"` / `"max"` per objective.
     - `columns`: names of extra per-point columns carried along (parameters, other metrics).
 
-    **Attributes:** `values` [k, m] (original signs), `feasible` bool [k], `columns` dict of [k]
-    arrays, `seen` points merged so far.
+    **Attributes** (reading them merges the buffer): `values` [k, m] (original signs),
+    `feasible` bool [k], `columns` dict of [k] arrays; `seen` points added so far.
     """
 
-    def __init__(self, directions: Sequence[str], columns: Sequence[str] = ()):
+    def __init__(self, directions: Sequence[str], columns: Sequence[str] = (),
+                 min_merge: int = 4096):
         self.sign = _directions(directions, len(directions))
         self.directions = tuple(directions)
         self.column_names = tuple(columns)
         m = len(self.sign)
-        self.values = np.zeros((0, m))
-        self.feasible = np.zeros(0, bool)
-        self.columns = {c: np.zeros(0) for c in self.column_names}
+        self._values = np.zeros((0, m))
+        self._feasible = np.zeros(0, bool)
+        self._columns = {c: np.zeros(0) for c in self.column_names}
+        self._pending: list[tuple[np.ndarray, np.ndarray, dict]] = []
+        self._pending_rows = 0
+        self._table_cache = None
+        self.min_merge = int(min_merge)
         self.seen = 0
 
+    def set_state(self, values, feasible, columns, seen: int) -> None:
+        """Replace the front (used to resume a sweep from its saved front)."""
+        self._values = np.asarray(values, np.float64).reshape(-1, len(self.sign))
+        self._feasible = np.asarray(feasible, bool)
+        self._columns = {c: np.asarray(columns[c]) for c in self.column_names}
+        self._pending, self._pending_rows, self._table_cache = [], 0, None
+        self.seen = int(seen)
+
+    @property
+    def values(self) -> np.ndarray:
+        self.merge()
+        return self._values
+
+    @property
+    def feasible(self) -> np.ndarray:
+        self.merge()
+        return self._feasible
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        self.merge()
+        return self._columns
+
     def __len__(self) -> int:
-        return self.values.shape[0]
+        self.merge()
+        return self._values.shape[0]
 
     def update(
         self,
@@ -131,7 +162,7 @@ class ParetoFront:
         columns: Mapping[str, np.ndarray] | None = None,
         seen: int | None = None,
     ) -> ParetoFront:
-        """Merge a chunk of points into the front (in place; returns self).
+        """Add a chunk of points (returns self).
 
         **Arguments:** `values` [n, m]; `feasible` bool [n] (default all feasible); `columns`
         the carried columns, each [n]; `seen` how many points this chunk stands for (default n:
@@ -147,58 +178,134 @@ class ParetoFront:
         if set(columns) != set(self.column_names):
             raise ValueError(f"ParetoFront columns are {list(self.column_names)}; got "
                              f"{sorted(columns)}")
-        all_values = np.concatenate([self.values, values])
-        all_feasible = np.concatenate([self.feasible, feasible])
-        keep = pareto_mask(all_values * self.sign, "min", all_feasible)
-        self.values = all_values[keep]
-        self.feasible = all_feasible[keep]
-        self.columns = {c: np.concatenate([self.columns[c], np.asarray(columns[c])])[keep]
-                        for c in self.column_names}
         self.seen += n if seen is None else int(seen)
+        if n == 0:
+            return self
+        self._pending.append((values, feasible, {c: np.asarray(columns[c])
+                                                 for c in self.column_names}))
+        self._pending_rows += n
+        # The first feasible point changes which class the front holds: merge at once.
+        first_feasible = feasible.any() and not self._feasible.any()
+        if first_feasible or self._pending_rows >= max(self.min_merge, 2 * self._values.shape[0]):
+            self.merge()
         return self
 
+    def merge(self) -> None:
+        """Fold the buffered chunks into the front."""
+        if not self._pending:
+            return
+        cache = self._table_cache
+        if cache is not None and len(self._values):
+            # Most buffered points are dominated by points that came after them: drop those
+            # with the (exact) staircase of everything seen before the O(n log n) merge.
+            self.dominance_table(cache["bins"])
+            if cache["fresh"]:
+                table = cache["raw"]
+                for axis in range(table.ndim):
+                    table = np.minimum.accumulate(table, axis=axis)
+                cache["table"] = table.reshape(-1)
+            pending = []
+            for values, feasible, cols in self._pending:
+                keep = ~self._beaten(cache, values * self.sign, feasible)
+                pending.append((values[keep], feasible[keep], {c: v[keep] for c, v in
+                                                               cols.items()}))
+            self._pending = pending
+        all_values = np.concatenate([self._values] + [p[0] for p in self._pending])
+        all_feasible = np.concatenate([self._feasible] + [p[1] for p in self._pending])
+        keep = pareto_mask(all_values * self.sign, "min", all_feasible)
+        self._values = all_values[keep]
+        self._feasible = all_feasible[keep]
+        self._columns = {c: np.concatenate([self._columns[c]] + [p[2][c] for p in
+                                                                 self._pending])[keep]
+                         for c in self.column_names}
+        self._pending, self._pending_rows, self._table_cache = [], 0, None
+
     def dominance_table(self, bins: int, dtype=np.float32):
-        """A staircase lookup of the front, for discarding dominated points on the device.
+        """A staircase lookup of the points seen, for discarding dominated points on the device.
 
         With `d = m - 1`, each of the first d objectives (oriented: smaller is better) is cut
         into `bins` equal cells of `order_key(v)` (a float32's bits as a monotone integer, which
-        spaces cells roughly logarithmically) over the front's range:
+        spaces cells roughly logarithmically) over the merged front's range:
         `cell(v) = floor((order_key(v) - low) * scale)`, the same float32 operations on the
-        host and in the kernel, so both agree bit for bit. A front point `a` is entered at index
-        `cell(a) + 1` per axis and `table` is the prefix minimum of the last objective over the
-        entries, so a point `p` whose indices `clip(cell(p), 0, bins + 1)` reach an entry has
-        `cell(p) > cell(a)`, hence `p > a`, on every binned axis; `p[-1] > table[...]` then means
-        that `a` dominates `p`. The filter is exact (it never discards a point of the final
-        front) and conservative (dominated points near the front pass, to the host merge).
+        host and in the kernel, so both agree bit for bit. A point `a` seen so far is entered at
+        index `cell(a) + 1` per axis (`cell(a) < 0` as 0; beyond `bins` not entered) and `table`
+        is the prefix minimum of the last objective over the entries, so a point `p` whose
+        indices `clip(cell(p), 0, bins + 1)` reach an entry has `cell(p) > cell(a)`, hence
+        `p > a`, on every binned axis; `p[-1] > table[...]` then means that `a` dominates `p`.
+        Buffered points enter too (a dominated `a` is itself dominated by a front point, which
+        then dominates `p`). The filter is exact (it never discards a point of the final front)
+        and conservative (dominated points near the front pass, to the host merge).
 
         **Returns:** `(low, scale, table, front_feasible)`: low, scale float32 [d], table
-        [(bins + 2) ** d] of `dtype` (+inf where no front point qualifies), and whether the
-        front holds feasible points (it is all feasible or all infeasible, "feasible first").
+        [(bins + 2) ** d] of `dtype` (+inf where no point qualifies), and whether the table is
+        of feasible points (then every infeasible point is dominated, "feasible first").
         """
         m = len(self.sign)
         d = m - 1
-        size = bins + 2
-        low = np.zeros(d, np.float32)
-        scale = np.ones(d, np.float32)
-        table = np.full((size,) * d, np.inf)
-        feasible = bool(self.feasible.any())
-        if len(self):
-            x = self.values * self.sign
-            cells = []
+        cache = self._table_cache
+        if cache is None or cache["bins"] != bins:
+            self.merge()  # cells are cut over the merged front's range
+            x = self._values * self.sign
+            low = np.zeros(d, np.float32)
+            scale = np.ones(d, np.float32)
             for j in range(d):
-                key = order_key(x[:, j], np)
-                lo, hi = key.min(), key.max()
-                low[j] = lo
-                scale[j] = np.float32(bins) / (hi - lo) if hi > lo else np.float32(1.0)
-                c = np.floor((key - low[j]) * scale[j])
-                cells.append(np.clip(c, 0, bins).astype(np.int64) + 1)
-            if d == 0:
-                table = np.min(x[:, 0], keepdims=True).reshape(())
-            else:
-                np.minimum.at(table, tuple(cells), x[:, d])
+                if len(x):
+                    key = order_key(x[:, j], np)
+                    lo, hi = key.min(), key.max()
+                    low[j] = lo
+                    scale[j] = np.float32(bins) / (hi - lo) if hi > lo else np.float32(1.0)
+            feasible = bool(self._feasible.any())
+            cache = {"bins": bins, "low": low, "scale": scale, "feasible": feasible,
+                     "raw": np.full((bins + 2,) * d, np.inf), "entered": 0}
+            self._enter(cache, x, self._feasible)
+            self._table_cache = cache
+        pending = self._pending[cache["entered"]:]
+        for values, feasible, _ in pending:
+            self._enter(cache, values * self.sign, feasible)
+        cache["entered"] = len(self._pending)
+        cache["fresh"] = cache.get("fresh", 0) + sum(len(p[0]) for p in pending)
+        # The prefix minimum costs O(bins**d): refresh it once a few thousand points came in
+        # (a stale table only lets a few more dominated points through; it stays exact).
+        if cache.get("table") is None or cache["fresh"] >= self.min_merge:
+            cache["fresh"] = 0
+            table = cache["raw"]
             for axis in range(d):
                 table = np.minimum.accumulate(table, axis=axis)
-        return low, scale, table.reshape(-1).astype(dtype), np.bool_(feasible)
+            cache["table"] = table.reshape(-1).astype(dtype)
+        return cache["low"], cache["scale"], cache["table"], np.bool_(cache["feasible"])
+
+    @staticmethod
+    def _beaten(cache, x: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+        """The kernel's prefilter in numpy: True where a seen point dominates the row of x."""
+        d = x.shape[1] - 1
+        size = cache["bins"] + 2
+        cell = np.zeros(len(x), np.int64)
+        for j in range(d):
+            c = np.floor((order_key(x[:, j], np) - cache["low"][j]) * cache["scale"][j])
+            cell = cell * size + np.clip(c, 0, size - 1).astype(np.int64)
+        table = np.asarray(cache["table"], np.float64)
+        with np.errstate(invalid="ignore"):
+            beaten = x[:, d] > table[cell]
+        beaten = np.where(feasible == cache["feasible"], beaten, cache["feasible"] & ~feasible)
+        return beaten & ~np.isnan(x).any(axis=1)
+
+    @staticmethod
+    def _enter(cache, x: np.ndarray, feasible: np.ndarray) -> None:
+        x = x[feasible == cache["feasible"]]
+        if not len(x):
+            return
+        d = x.shape[1] - 1
+        if d == 0:
+            cache["raw"] = np.minimum(cache["raw"], x[:, 0].min())
+            return
+        bins = cache["bins"]
+        ok = np.ones(len(x), bool)
+        cells = []
+        for j in range(d):
+            c = np.floor((order_key(x[:, j], np) - cache["low"][j]) * cache["scale"][j])
+            ok &= c <= bins
+            cells.append(np.maximum(c, 0).astype(np.int64) + 1)
+        np.minimum.at(cache["raw"], tuple(c[ok] for c in cells), x[ok, d])
 
 
 def order_key(v, xp):
