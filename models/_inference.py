@@ -12,9 +12,13 @@ holds whole sequences of its KV head), as Pope et al. 2022 (Sec. 3.3) do for mul
 attention, with an all-to-all of queries and outputs, and replicated only when the batch is too
 small to shard.
 
-Two layouts (Pope et al. 2022, Sec. 3.2): "weight_stationary" keeps each chip's weight shard and
-moves activations (all-reduces); "weight_gathered" shards the batch and all-gathers each layer's
-weights (large-batch prefill). Options: `sequence_parallel` shards norms and residual adds over
+Three layouts (Pope et al. 2022, Sec. 3.2): "weight_stationary" keeps each chip's weight shard
+and moves activations (1D, Megatron all-reduces); "weight_stationary_2d" splits the weights over
+both d_model (X chips) and the heads / MLP width (YZ chips), so each collective spans part of the
+chips and the traffic per chip falls as 1 / sqrt(chips) (Pope et al. 2022, Sec. 3.2.2; the
+collective sequence as written out in Austin et al. 2025, "How to Scale Your Model", inference
+chapter, App. B); "weight_gathered" shards the batch and all-gathers each layer's weights
+(large-batch prefill). Options: `sequence_parallel` shards norms and residual adds over
 the tensor-parallel chips (Korthikanti et al. 2022, Sec. 4.2.2; same communication volume);
 `fused` folds element-wise ops into the neighbouring kernels and issues kernels back to back
 (FasterTransformer, TensorRT-LLM and XLA do), so no op pays a start-up time.
@@ -32,7 +36,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from dse.hardware import Activity, System, power
 from dse.hardware._validate import as_float_array, check_choice, check_range
 
-from ._collectives import all_gather, all_reduce, all_to_all, send_recv
+from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._operators import Efficiency, _f, attention, default_efficiency, elementwise, gemm
 from ._transformer import Transformer
 
@@ -40,7 +44,7 @@ from ._transformer import Transformer
 FITS = 0
 OUT_OF_MEMORY = 1  # weights + KV cache + activations exceed HBM (+ SRAM) capacity
 
-Layout = Literal["weight_stationary", "weight_gathered"]
+Layout = Literal["weight_stationary", "weight_stationary_2d", "weight_gathered"]
 
 
 class InferencePlan(eqx.Module):
@@ -55,8 +59,9 @@ class InferencePlan(eqx.Module):
     - `kv_bytes`: bytes per KV-cache element.
     - `activation_bytes`: bytes per activation element.
     - `layout` (static): "weight_stationary" (tensor parallel: weights stay, activations are
-      all-reduced) or "weight_gathered" (the batch is sharded over the tp chips and each layer's
-      weights are all-gathered; pays off for large-batch prefill).
+      all-reduced), "weight_stationary_2d" (the tp chips form an X x YZ mesh: weights split over
+      d_model on X and heads / MLP width on YZ) or "weight_gathered" (the batch is sharded over
+      the tp chips and each layer's weights are all-gathered; pays off for large-batch prefill).
     - `sequence_parallel` (static): norms and residual adds on 1/tp of the tokens per chip.
     - `fused` (static): element-wise ops fused into neighbouring kernels and kernels issued back
       to back by a compiled runtime: no per-op start-up time (see `_efficiency`).
@@ -204,7 +209,7 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     else:
         kv_heads, kv_batch, _, _ = _kv_sharding(model, plan, plan.batch)
         tokens = plan.batch * q_len
-        width_tp = plan.tp
+        width_tp = _mesh_2d(model, plan)[1] if plan.layout == "weight_stationary_2d" else plan.tp
     kv = (2.0 * model.layers / plan.pp * kv_batch * context * kv_heads * model.head_dim
           * plan.kv_bytes)
     # Live activations of one layer: the residual stream, the attention output and the MLP
@@ -218,47 +223,66 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     return weights, kv, acts, total, fits, reason
 
 
+def _mesh_2d(model: Transformer, plan: InferencePlan):
+    """X x YZ split of the tp chips for the 2D weight-stationary layout.
+
+    Per chip and block the layout moves about 2 T d_model / X (gather + scatter over YZ) plus
+    2 T W / YZ (all-reduce over X of the W-wide projection, W the MLP input width), with
+    X YZ = tp; X = sqrt(tp d_model / W) minimizes the sum (as in Austin et al. 2025, App. B,
+    where W = 4 d_model gives X = sqrt(tp / 8) under their gather/reduce accounting).
+    """
+    width = (model.mlp_matrices - 1.0) * model.ffn_hidden
+    x = jnp.clip(jnp.sqrt(plan.tp * model.hidden / width), 1.0, plan.tp)
+    return x, plan.tp / x
+
+
 def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, context,
            resident, smooth):
     """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm)."""
     chip = system.chip
     hd = model.head_dim
     ab, wb = plan.activation_bytes, plan.weight_bytes
+    up_width = (model.mlp_matrices - 1.0) * model.ffn_hidden  # MLP input-projection width
     if plan.layout == "weight_gathered":
         tp, batch = 1.0, plan.batch / plan.tp
         kv_heads, kv_batch, q_heads = model.kv_heads, batch, model.heads
     else:
         tp, batch = plan.tp, plan.batch
         kv_heads, kv_batch, q_heads, sharers = _kv_sharding(model, plan, batch)
+    # Weight split: d_model over `x` chips, heads and MLP width over `yz` (1D: x = 1, yz = tp).
+    x, yz = 1.0, tp
+    if plan.layout == "weight_stationary_2d":
+        x, yz = _mesh_2d(model, plan)
     tokens = batch * q_len
     eff = _efficiency(plan)
     mm = dict(bytes_per_element=ab, weight_bytes_per_element=wb,
               weight_resident_fraction=resident, smooth=smooth, efficiency=eff)
 
     # Q for every token on this chip; K, V for the sequences whose cache this chip holds.
-    matmul = gemm(chip, tokens, model.heads / tp * hd, model.hidden, **mm) \
-        + gemm(chip, kv_batch * q_len, 2.0 * kv_heads * hd, model.hidden, **mm) \
-        + gemm(chip, tokens, model.hidden, model.heads / tp * hd, **mm)
+    d_in = model.hidden / x
+    matmul = gemm(chip, tokens, model.heads / yz * hd, d_in, **mm) \
+        + gemm(chip, kv_batch * q_len, 2.0 * kv_heads * hd * tp / yz, d_in, **mm) \
+        + gemm(chip, tokens, d_in, model.heads / yz * hd, **mm)
     # Mixture of experts: a batch of T tokens routed top_k of E ways touches
     # E (1 - (1 - k/E)^T) experts on average; each of them runs a GEMM over its share of tokens.
     moe = model.experts > 1.0
     miss = jnp.where(moe, 1.0 - model.top_k / model.experts, 0.5)
     touched = jnp.where(moe, model.experts * (1.0 - miss ** tokens), 1.0)
     expert_tokens = tokens * model.top_k / touched
-    up_width = (model.mlp_matrices - 1.0) * model.ffn_hidden / tp
-    mlp = gemm(chip, expert_tokens, up_width, model.hidden, **mm) \
-        + gemm(chip, expert_tokens, model.hidden, model.ffn_hidden / tp, **mm)
-    router = gemm(chip, tokens, model.experts, model.hidden, **mm)
+    mlp = gemm(chip, expert_tokens, up_width / yz, d_in, **mm) \
+        + gemm(chip, expert_tokens, d_in, model.ffn_hidden / yz, **mm)
+    router = gemm(chip, tokens, model.experts, d_in, **mm)
     matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
 
     attn = attention(chip, kv_batch, q_heads, kv_heads, q_len, context, hd, causal=True,
                      bytes_per_element=plan.kv_bytes, smooth=smooth, efficiency=eff)
 
     ew = dict(bytes_per_element=ab, smooth=smooth, efficiency=eff)
-    stream = tokens * model.hidden / (tp if plan.sequence_parallel else 1.0)
+    sharded = plan.sequence_parallel or plan.layout == "weight_stationary_2d"
+    stream = tokens * model.hidden / (tp if sharded else 1.0)
     norms = elementwise(chip, stream, **ew).scale(2.0)
     residual = elementwise(chip, stream, reads=2.0, **ew).scale(2.0)
-    activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / tp,
+    activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / yz,
                              reads=model.mlp_matrices - 1.0, **ew)
     kv_write = elementwise(chip, 2.0 * kv_batch * q_len * kv_heads * hd, reads=0.0,
                            bytes_per_element=plan.kv_bytes, smooth=smooth, efficiency=eff)
@@ -266,6 +290,18 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
 
     if plan.layout == "weight_gathered":
         comm = all_gather(system, model.params_per_layer * wb, plan.tp)
+    elif plan.layout == "weight_stationary_2d":
+        # Per block: gather the d_model / x slice over YZ, all-reduce the partial sums of the
+        # block's YZ-sharded projection over X, reduce-scatter the output over YZ (Austin et al.
+        # 2025, App. B algorithm). X members sit yz chips apart.
+        slice_bytes = tokens * d_in * ab
+        gather_scatter = (all_gather(system, slice_bytes, yz)
+                          + reduce_scatter(system, slice_bytes, yz)).scale(2.0)
+        qkv_width = (model.heads + 2.0 * model.kv_heads) * hd
+        partial = (all_reduce(system, tokens * qkv_width / yz * ab, x, stride=yz)
+                   + all_reduce(system, tokens * model.top_k * up_width / yz * ab, x, stride=yz))
+        reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers)
+        comm = gather_scatter + partial + reshard.scale(jnp.where(sharers > 1.0, 2.0, 0.0))
     else:
         # Two all-reduces (or reduce-scatter + all-gather pairs under sequence parallelism: the
         # same bytes); with a batch-sharded KV cache, queries go to and outputs come back from

@@ -40,7 +40,8 @@ def test_plan_validation_names_field():
         InferencePlan(layout="sideways")
 
 
-@pytest.mark.parametrize("layout", ["weight_stationary", "weight_gathered"])
+@pytest.mark.parametrize("layout", ["weight_stationary", "weight_stationary_2d",
+                                    "weight_gathered"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_breakdown_sums_to_time(layout, fused):
     plan = InferencePlan(tp=8.0, pp=2.0, batch=16.0, layout=layout, fused=fused)
@@ -121,6 +122,22 @@ def test_weight_gathered_wins_only_at_large_batch():
 
     assert t("weight_gathered", 512.0) < t("weight_stationary", 512.0)
     assert t("weight_stationary", 1.0) < t("weight_gathered", 1.0)
+
+
+def test_2d_weight_stationary_cuts_communication_on_many_chips_only():
+    # Pope et al. 2022, Sec. 3.2.2: the 2D layout's traffic per chip falls as 1 / sqrt(chips),
+    # the 1D layout's does not, so 2D wins on many chips. On few chips the best mesh is 1 x tp,
+    # which is the 1D layout (gather + scatter over all chips = one all-reduce): same traffic.
+    model = TRANSFORMERS["llama3-70b"]
+    sys_ = SYSTEMS["TPUv4-pod"].with_num_chips(64)
+
+    def comm(layout, tp):
+        plan = InferencePlan(tp=tp, batch=8.0, layout=layout)
+        return float(prefill(model, plan, sys_, 2048.0).tp_comm_time)
+
+    assert comm("weight_stationary_2d", 64.0) < 0.6 * comm("weight_stationary", 64.0)
+    np.testing.assert_allclose(comm("weight_stationary_2d", 4.0),
+                               comm("weight_stationary", 4.0), rtol=1e-5)
 
 
 def test_moe_decode_reads_only_touched_experts():
