@@ -231,12 +231,11 @@ class Scale:
 # Gradient ladder: the first setting whose result reaches the target counts (settings are tried
 # in order of cost, so a user who knew the right one in advance would pay exactly that).
 LADDER = [
-    dict(n_preferences=8, outer_steps=4, inner_steps=15),
-    dict(n_preferences=12, outer_steps=5, inner_steps=15),
-    dict(n_preferences=16, outer_steps=6, inner_steps=15),
-    dict(n_preferences=24, outer_steps=6, inner_steps=15),
-    dict(n_preferences=32, outer_steps=8, inner_steps=15),
-    dict(n_preferences=48, outer_steps=8, inner_steps=20),
+    dict(n_preferences=16, outer_steps=4, inner_steps=8, learning_rate=0.3),
+    dict(n_preferences=24, outer_steps=4, inner_steps=8, learning_rate=0.3),
+    dict(n_preferences=32, outer_steps=4, inner_steps=10, learning_rate=0.3),
+    dict(n_preferences=32, outer_steps=6, inner_steps=15, learning_rate=0.2),
+    dict(n_preferences=48, outer_steps=8, inner_steps=20, learning_rate=0.2),
 ]
 
 
@@ -277,7 +276,7 @@ def main():
     for setting in ladder:
         t = time.perf_counter()
         res = dse.optimize(objective, space, objectives=list(OBJECTIVES), budgets=BUDGETS,
-                           learning_rate=0.2, log_objectives=True, n_pilot=32, n_starts=1,
+                           log_objectives=True, n_pilot=32, n_starts=1,
                            keep_iterates=True, seed=0, progress=False, **setting)
         wall = time.perf_counter() - t
         f = np.stack([res.metrics[k] for k in OBJECTIVES], axis=1)
