@@ -57,6 +57,11 @@ class _Reader:
 
     def line_of(self, dotted: str) -> int | None:
         """Line where `dotted` (e.g. "chip.sram_bytes") is set: its table, then its key."""
+        own_header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, dotted.split(".")))
+                                + r"\s*[\].]")
+        for i, line in enumerate(self.lines):
+            if own_header.match(line):
+                return i + 1
         *tables, key = dotted.split(".")
         start = 0
         if tables:

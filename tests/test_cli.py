@@ -1,0 +1,143 @@
+"""The `dse` command line on the example configs, and one-line errors for bad configs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from dse.cli import EXIT_BAD_INPUT, main
+
+EXAMPLE = REPO / "examples" / "h100_gpt3_training.toml"
+INFERENCE = REPO / "examples" / "h100_llama70b_inference.toml"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _small(tmp_path, source=EXAMPLE, **replace):
+    """A copy of an example config with some lines replaced (keeps the tests quick)."""
+    text = source.read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / source.name
+    path.write_text(text)
+    return path
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "dse.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("demo", "evaluate", "sweep", "optimize", "sensitivity"):
+        assert command in out
+
+
+def test_evaluate_training_prints_metrics_and_breakdowns(workdir, capsys):
+    assert main(["evaluate", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "step_time" in out and "area by block" in out and "step time by component" in out
+    csv = workdir / "dse-out" / "h100_gpt3" / "evaluate.csv"
+    header, values = csv.read_text().splitlines()[:2]
+    row = dict(zip(header.split(","), map(float, values.split(","))))
+    # Power at peak activity of H100 and a step time of seconds: real numbers, not placeholders.
+    assert 500 < row["power"] < 1000 and 1 < row["step_time"] < 30
+
+
+def test_evaluate_inference(workdir, capsys):
+    assert main(["evaluate", str(INFERENCE)]) == 0
+    assert "tpot" in capsys.readouterr().out
+
+
+def test_sweep_writes_table_front_and_plot(workdir, capsys):
+    assert main(["sweep", str(EXAMPLE), "--n", "4096", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "4096 points" in out
+    folder = workdir / "dse-out" / "h100_gpt3"
+    assert (folder / "sweep_front.csv").stat().st_size > 0
+    assert (folder / "sweep.csv").read_text().count("\n") == 4097
+    assert (folder / "pareto.png").stat().st_size > 10_000
+
+
+def test_optimize_returns_a_feasible_front(workdir, capsys):
+    config = _small(workdir, **{"n_preferences = 12": "n_preferences = 4",
+                                "outer_steps = 6": "outer_steps = 3",
+                                "inner_steps = 20": "inner_steps = 10"})
+    assert main(["optimize", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"ok: \d+ designs on the feasible front", out)
+    front = (workdir / "dse-out" / "h100_gpt3" / "optimize_front.csv").read_text().splitlines()
+    assert len(front) >= 2 and "feasible" in front[0]
+    assert all(line.split(",")[front[0].split(",").index("feasible")] == "True"
+               for line in front[1:])
+
+
+def test_sensitivity_ranks_fields(workdir, capsys):
+    assert main(["sensitivity", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "binding resource" in out and "chip.mac_units" in out
+    assert (workdir / "dse-out" / "h100_gpt3" / "sensitivity_step_time.png").exists()
+
+
+BAD_CONFIGS = {
+    "unknown key": ({"[chip]\n": "[chip]\nsram_size = 5\n"}, "chip.sram_size", "unknown key"),
+    "wrong type": ({"global_batch = 1536": 'global_batch = "many"'}, "workload.global_batch",
+                   "expected an integer"),
+    "negative bandwidth": ({'preset = "H100-SXM"': 'preset = "H100-SXM"\nhbm_bandwidth = -3'},
+                           "chip.hbm_bandwidth", "must be finite"),
+    "unknown preset": ({'preset = "H100-SXM"': 'preset = "H300"'}, "chip.preset",
+                       "unknown value 'H300'"),
+    "unknown table": ({"[sweep]": "[sweeep]"}, "sweeep", "unknown table"),
+    "bad unit": ({'low = "16 MiB"': 'low = "16 furlongs"'}, "space.sram_bytes.low",
+                 "cannot read"),
+    "unknown metric": ({'step_time = "min"': 'latency = "min"'}, "objectives.latency",
+                       "unknown metric"),
+    "toml syntax": ({"[workload]": "[workload"}, "<toml>", ""),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+@pytest.mark.parametrize("command", ["evaluate", "sweep"])
+def test_bad_config_is_one_line_naming_key_exit_2(case, command, workdir, capsys):
+    replace, key, message = BAD_CONFIGS[case]
+    config = _small(workdir, **replace)
+    assert main([command, str(config)]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert key in lines[0] and message in lines[0]
+    assert re.search(rf"{re.escape(config.name)}:\d+: ", lines[0]), lines[0]
+    assert captured.out == ""
+
+
+def test_bad_config_from_the_shell_has_no_traceback(workdir):
+    config = _small(workdir, **BAD_CONFIGS["negative bandwidth"][0])
+    run = subprocess.run([sys.executable, "-m", "dse.cli", "optimize", str(config)],
+                         capture_output=True, text=True, cwd=workdir)
+    assert run.returncode == EXIT_BAD_INPUT
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert "chip.hbm_bandwidth" in run.stderr
+
+
+def test_missing_file_is_exit_2(workdir, capsys):
+    assert main(["evaluate", "no-such.toml"]) == EXIT_BAD_INPUT
+    assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_runs_and_writes_its_plots(workdir, capsys):
+    assert main(["demo", "--quiet", "--points", "65536", "--out", str(workdir / "demo")]) == 0
+    out = capsys.readouterr().out
+    for heading in ("best parallel plan", "Sweep of 65,536", "Gradient search",
+                    "What to improve next"):
+        assert heading in out
+    for name in ("pareto.png", "sensitivity.png", "step_breakdown.png", "area_breakdown.png"):
+        assert (workdir / "demo" / name).stat().st_size > 10_000
+    assert shutil.which("dse") is not None
