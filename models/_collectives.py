@@ -55,11 +55,11 @@ class CommCost(eqx.Module):
     - `scaleup_bytes`, `scaleout_bytes`: bytes each chip sends over each tier.
     """
 
-    time: Float[Array, "*batch"]
-    scaleup_time: Float[Array, "*batch"]
-    scaleout_time: Float[Array, "*batch"]
-    scaleup_bytes: Float[Array, "*batch"]
-    scaleout_bytes: Float[Array, "*batch"]
+    time: Float[Array, "..."]
+    scaleup_time: Float[Array, "..."]
+    scaleout_time: Float[Array, "..."]
+    scaleup_bytes: Float[Array, "..."]
+    scaleout_bytes: Float[Array, "..."]
 
     def __add__(self, other: CommCost) -> CommCost:
         """Two collectives one after the other: every field adds."""

@@ -117,23 +117,23 @@ class InferenceReport(eqx.Module):
     - `energy`: energy of all the plan's chips over the pass, J.
     """
 
-    time: Float[Array, "*batch"]
-    matmul_time: Float[Array, "*batch"]
-    attention_time: Float[Array, "*batch"]
-    elementwise_time: Float[Array, "*batch"]
-    tp_comm_time: Float[Array, "*batch"]
-    pp_comm_time: Float[Array, "*batch"]
-    flops: Float[Array, "*batch"]
-    hbm_bytes: Float[Array, "*batch"]
-    tokens: Float[Array, "*batch"]
-    mfu: Float[Array, "*batch"]
-    weight_bytes: Float[Array, "*batch"]
-    kv_cache_bytes: Float[Array, "*batch"]
-    activation_bytes: Float[Array, "*batch"]
-    memory_per_chip: Float[Array, "*batch"]
-    fits: Bool[Array, "*batch"]
-    reason: Int[Array, "*batch"]
-    energy: Float[Array, "*batch"]
+    time: Float[Array, "..."]
+    matmul_time: Float[Array, "..."]
+    attention_time: Float[Array, "..."]
+    elementwise_time: Float[Array, "..."]
+    tp_comm_time: Float[Array, "..."]
+    pp_comm_time: Float[Array, "..."]
+    flops: Float[Array, "..."]
+    hbm_bytes: Float[Array, "..."]
+    tokens: Float[Array, "..."]
+    mfu: Float[Array, "..."]
+    weight_bytes: Float[Array, "..."]
+    kv_cache_bytes: Float[Array, "..."]
+    activation_bytes: Float[Array, "..."]
+    memory_per_chip: Float[Array, "..."]
+    fits: Bool[Array, "..."]
+    reason: Int[Array, "..."]
+    energy: Float[Array, "..."]
 
 
 class ServeReport(eqx.Module):
@@ -152,15 +152,15 @@ class ServeReport(eqx.Module):
     - `prefill`, `decode`: the `InferenceReport`s of the prefill and of the mean decode step.
     """
 
-    ttft: Float[Array, "*batch"]
-    tpot: Float[Array, "*batch"]
-    total_latency: Float[Array, "*batch"]
-    tokens_per_s_per_chip: Float[Array, "*batch"]
-    energy_per_token: Float[Array, "*batch"]
-    kv_cache_bytes: Float[Array, "*batch"]
-    memory_per_chip: Float[Array, "*batch"]
-    fits: Bool[Array, "*batch"]
-    reason: Int[Array, "*batch"]
+    ttft: Float[Array, "..."]
+    tpot: Float[Array, "..."]
+    total_latency: Float[Array, "..."]
+    tokens_per_s_per_chip: Float[Array, "..."]
+    energy_per_token: Float[Array, "..."]
+    kv_cache_bytes: Float[Array, "..."]
+    memory_per_chip: Float[Array, "..."]
+    fits: Bool[Array, "..."]
+    reason: Int[Array, "..."]
     prefill: InferenceReport
     decode: InferenceReport
 

@@ -89,11 +89,11 @@ class OpCost(eqx.Module):
     - `time`: roofline of the two (max, or smooth max), s.
     """
 
-    flops: Float[Array, "*batch"]
-    hbm_bytes: Float[Array, "*batch"]
-    compute_time: Float[Array, "*batch"]
-    memory_time: Float[Array, "*batch"]
-    time: Float[Array, "*batch"]
+    flops: Float[Array, "..."]
+    hbm_bytes: Float[Array, "..."]
+    compute_time: Float[Array, "..."]
+    memory_time: Float[Array, "..."]
+    time: Float[Array, "..."]
 
     def __add__(self, other: OpCost) -> OpCost:
         """Two ops run one after the other: every field adds."""
