@@ -20,10 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import dse
 from dse.hardware import SYSTEMS, Activity, area, power
 from dse.models import RECOMPUTE_SELECTIVE, TRANSFORMERS, TrainingPlan, train_step
+
+import dse
 
 GPT3 = TRANSFORMERS["gpt3-175b"]
 PLAN = TrainingPlan(tp=8, pp=8, dp=16, microbatch_size=1, global_batch=1536, interleave=3,
@@ -76,7 +76,23 @@ def main() -> None:
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     if args.hlo:
-        from dse._sweep import _make_kernel, _metric_names  # noqa: F401 (profiling aid)
+        # What XLA emits for the chunk kernel: fusions and the ops inside them.
+        from dse import _distributed
+        from dse._sweep import _make_kernel, _metric_names
+
+        directions = {"step_time": "min", "area": "min", "power": "min"}
+        metrics = _metric_names(objective, SPACE, jnp.float32)
+        kernel, aux_for = _make_kernel(objective, SPACE, "sobol", 0, args.chunk, 1, 0, metrics,
+                                       {"fits": (">=", 1.0)}, directions, args.keep, 254,
+                                       _distributed.point_mesh(), jnp.float32)
+        front = dse.ParetoFront(list(directions.values()))
+        front.update(np.ones((1, 3)))
+        text = kernel.lower(np.int32(0), aux_for(0),
+                            *front.dominance_table(254)).compile().as_text()
+        with open(args.hlo, "w") as f:
+            f.write(text)
+        print(f"HLO: {text.count(' fusion(')} fusions, {len(text.splitlines())} lines -> "
+              f"{args.hlo}")
     print(f"device: {jax.devices()[0].platform} x{len(jax.devices())}, jax {jax.__version__}")
     print(f"points: {n:,} in chunks of {args.chunk:,}, keep={args.keep}, "
           f"rows kept: {len(result):,}, feasible kept: {int(result.feasible.sum()):,}")

@@ -22,9 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import moocore
 import numpy as np
-from jaxtyping import Bool, Float, Int
-
-ArrayLike = np.ndarray
+from jaxtyping import ArrayLike, Bool, Float
 
 
 def _directions(directions, m: int) -> np.ndarray:
@@ -67,10 +65,10 @@ def _nondominated_min(x: np.ndarray) -> np.ndarray:
 
 
 def pareto_mask(
-    values: Float[ArrayLike, "n m"],
+    values: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     directions: str | Sequence[str] = "min",
     feasible: Bool[ArrayLike, " n"] | None = None,
-) -> Bool[ArrayLike, " n"]:
+) -> Bool[np.ndarray, " n"]:
     """Mask of the non-dominated points ("feasible first"; NaN rows excluded).
 
     **Arguments:**
@@ -328,7 +326,7 @@ def jax_bitcast(v):
 
 def hypervolume(
     points: Float[ArrayLike, "n m"],
-    reference: Float[ArrayLike, " m"],
+    reference: Float[ArrayLike, " m"] | Sequence[float],
     directions: str | Sequence[str] = "min",
 ) -> float:
     """Hypervolume dominated by `points` and bounded by `reference` (exact).
@@ -381,7 +379,7 @@ def _hv2(x: np.ndarray, ref: np.ndarray) -> float:
 def knee_point(
     values: Float[ArrayLike, "n m"],
     directions: str | Sequence[str] = "min",
-) -> Int[ArrayLike, ""]:
+) -> int:
     """Index of the knee of a front: the point farthest below the plane of the extremes.
 
     Objectives are normalized over the front to [0, 1] (0 = best); the knee minimizes the sum of

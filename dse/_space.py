@@ -20,10 +20,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 Scale = Literal["linear", "log", "integer"]
-Method = Literal["sobol", "lhs", "grid", "random"]
 
 # Unit-cube coordinates carry 24 bits: exactly representable in float32, in [0, 1 - 2**-24],
 # so the float32 kernel and the float64 host agree on the same integer draw.
@@ -52,9 +51,9 @@ class Param:
 
     name: str
     field: str
-    low: float
-    high: float
-    scale: Scale = "linear"
+    low: float | int
+    high: float | int
+    scale: str = "linear"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -185,7 +184,7 @@ class Space:
             if dup:
                 raise ValueError(f"Space: duplicate parameter {label}(s) {dup}")
         paths = tuple(tuple(_field_path(base, p.field, p.name)) for p in plist)
-        for p, path in zip(plist, paths):
+        for p, path in zip(plist, paths, strict=True):
             for bound in (p.low, p.high):
                 try:
                     _replace_validated(base, path, bound)
@@ -235,14 +234,14 @@ class Space:
         return (x - p.low) / (p.high - p.low)
 
     def _sample_value(self, u, j: int, xp):
-        """Unit draw -> parameter value; integers uniform over low..high (floor of a widened box)."""
+        """Unit draw -> parameter value; integers uniform over low..high (floor of a wider box)."""
         p = self.params[j]
         if p.scale == "integer":
             return xp.minimum(xp.floor(p.low + u * (p.high - p.low + 1.0)), p.high)
         return self._unit_to_value(u, j, xp)
 
     # --- public maps ------------------------------------------------------------------------
-    def from_unit(self, u: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def from_unit(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Unit cube -> parameter units (log-spaced for log params; integers left relaxed).
 
         **Arguments:** `u`: [..., dim] in [0, 1]. **Returns:** x: [..., dim].
@@ -251,7 +250,7 @@ class Space:
         self._check_dim(u)
         return jnp.stack([self._unit_to_value(u[..., j], j, jnp) for j in range(self.dim)], -1)
 
-    def to_unit(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Parameter units -> unit cube (inverse of `from_unit`).
 
         **Arguments:** `x`: [..., dim] inside the bounds. **Returns:** u: [..., dim] in [0, 1].
@@ -260,14 +259,14 @@ class Space:
         self._check_dim(x)
         return jnp.stack([self._value_to_unit(x[..., j], j, jnp) for j in range(self.dim)], -1)
 
-    def from_unconstrained(self, z: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def from_unconstrained(self, z: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Unconstrained reals -> the open box: `from_unit(sigmoid(z))`; smooth, jnp, vmappable.
 
         **Arguments:** `z`: [..., dim], any real. **Returns:** x: [..., dim] strictly inside.
         """
         return self.from_unit(jax.nn.sigmoid(jnp.asarray(z)))
 
-    def to_unconstrained(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def to_unconstrained(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Box -> unconstrained reals: `logit(to_unit(x))` (+-inf on the bounds themselves).
 
         **Arguments:** `x`: [..., dim]. **Returns:** z: [..., dim].
@@ -275,7 +274,7 @@ class Space:
         u = self.to_unit(x)
         return jnp.log(u) - jnp.log1p(-u)
 
-    def snap(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Round integer parameters to the nearest integer inside their bounds; others unchanged.
 
         **Arguments:** `x`: [..., dim]. **Returns:** [..., dim].
@@ -286,7 +285,7 @@ class Space:
                 else x[..., j] for j, p in enumerate(self.params)]
         return jnp.stack(cols, -1)
 
-    def build(self, x: Float[Array, "*batch dim"]) -> Any:
+    def build(self, x: Float[ArrayLike, "*batch dim"]) -> Any:
         """The base design with each parameter's field replaced by `x[..., i]`.
 
         Pure and traceable (no validation: the bounds were validated at construction), so it jits
@@ -307,7 +306,7 @@ class Space:
                              f"of size {self.dim}; got shape {x.shape}")
 
     # --- sampling -------------------------------------------------------------------------
-    def sample(self, n: int, method: Method = "sobol", seed: int = 0) -> np.ndarray:
+    def sample(self, n: int, method: str = "sobol", seed: int = 0) -> Float[np.ndarray, "n dim"]:
         """`n` points of the box, float64 [n, dim] in parameter units (integers exact).
 
         **Arguments:**

@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,6 @@ from ._space import (
 )
 from ._table import SweepResult, atomic_savez
 
-Keep = Literal["all", "pareto"]
 _FORMAT = 1  # version of the files a sweep writes under `path`
 
 
@@ -109,11 +108,11 @@ def sweep(
     n: int,
     *,
     chunk_size: int = 1 << 16,
-    method: Literal["sobol", "lhs", "grid", "random"] = "sobol",
+    method: str = "sobol",
     seed: int = 0,
     directions: Mapping[str, str] | None = None,
-    constraints: Mapping[str, tuple[str, float]] | None = None,
-    keep: Keep = "all",
+    constraints: Mapping[str, tuple] | None = None,
+    keep: str = "all",
     path: str | os.PathLike | None = None,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
@@ -235,8 +234,8 @@ def sweep(
     run_s = time.perf_counter() - t1
     result = run.result(compile_s=compile_s, run_s=run_s)
     if result.nan_count:
-        first = ", ".join(f"point {i} ({', '.join(m)})"
-                          for i, m in zip(result.nan_index[:5], result.nan_metrics[:5]))
+        shown = zip(result.nan_index[:5], result.nan_metrics[:5], strict=True)
+        first = ", ".join(f"point {i} ({', '.join(m)})" for i, m in shown)
         warnings.warn(SweepNaNWarning(
             f"{result.nan_count} of {n} points gave NaN metrics (marked infeasible, kept out of "
             f"the front); first: {first}; all listed in result.nan_index / nan_metrics"),
@@ -456,7 +455,7 @@ class _Run:
                 columns[k] = v
         nan = self._nan_arrays()
         order = np.argsort(nan["nan_index"], kind="stable")
-        names = [tuple(k for k, bad in zip(self.metrics, row) if bad)
+        names = [tuple(k for k, bad in zip(self.metrics, row, strict=True) if bad)
                  for row in nan["nan_mask"][order]]
         return SweepResult(columns, params=self.space.names, metrics=self.metrics,
                            constraints=self.margin_names, directions=self.directions,

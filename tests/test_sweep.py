@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 
@@ -14,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from dse.hardware import Chip
+from test_pareto import brute_force_mask
 
 from dse import Param, Space, SweepNaNWarning, SweepResult, pareto_mask, sweep
-from dse.hardware import Chip
-
-from test_pareto import brute_force_mask
 
 
 def a100_like() -> Chip:
