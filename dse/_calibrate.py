@@ -19,6 +19,7 @@ optional Gaussian prior of log-std s around the starting values; sigma^2 = sum r
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -324,6 +325,70 @@ def _mape(predicted, measured, weights):
     return jnp.sum(weights * err) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
+def _predict_z(z, params, inputs, model_fn, names):
+    return model_fn(_with_values(params, names, jnp.exp(z)), inputs)
+
+
+# Module-level jitted kernels with the model as a static argument: a second calibration of the
+# same model on data of the same shapes reuses the compiled code.
+_predict = jax.jit(_predict_z, static_argnames=("model_fn", "names"))
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "names"))
+def _predict_batch(z, params, inputs, model_fn, names):
+    return jax.vmap(lambda z_: _predict_z(z_, params, inputs, model_fn, names))(z)
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "names"))
+def _hessian(z, params, inputs, measured, model_fn, names):
+    def half_ssr(z_):
+        return 0.5 * jnp.sum(_log_ratio(_predict_z(z_, params, inputs, model_fn, names),
+                                        measured) ** 2)
+
+    return jax.hessian(half_ssr)(z)
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "names", "steps", "inv_prior"))
+def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, *, model_fn, names, steps,
+               inv_prior):
+    """Fitted log-parameters for each row of `weights` (vmapped L-BFGS in unconstrained u)."""
+    n = measured.shape[0]
+    solver = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
+        max_backtracking_steps=20, store_grad=True))
+
+    def to_z(u):
+        return zlo + (zhi - zlo) * jax.nn.sigmoid(u)
+
+    def fit_z(w):
+        def f(u):
+            z = to_z(u)
+            r = _log_ratio(_predict_z(z, params, inputs, model_fn, names), measured)
+            return (0.5 * jnp.sum(w * r**2) / jnp.maximum(jnp.sum(w), 1e-12) * n
+                    + 0.5 * inv_prior * jnp.sum((z - z0) ** 2))
+
+        value_and_grad = optax.value_and_grad_from_state(f)
+
+        def step(carry, _):
+            u, state, best_u, best_f = carry
+            value, grad = value_and_grad(u, state=state)
+            updates, state = solver.update(grad, state, u, value=value, grad=grad, value_fn=f)
+            # Keep the best finite iterate: a line search that lands on a non-finite loss
+            # (a model evaluated outside its domain) never becomes the answer.
+            ok = jnp.isfinite(value) & (value <= best_f)
+            best_u = jnp.where(ok, u, best_u)
+            best_f = jnp.where(ok, value, best_f)
+            u = optax.apply_updates(u, updates)
+            return (u, state, best_u, best_f), None
+
+        init = (u0, solver.init(u0), u0, jnp.asarray(jnp.inf, u0.dtype))
+        (u, _, best_u, best_f), _ = jax.lax.scan(step, init, None, length=steps)
+        last = f(u)
+        u = jnp.where(jnp.isfinite(last) & (last <= best_f), u, best_u)
+        return to_z(u)
+
+    return jax.vmap(fit_z)(weights)
+
+
 def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
               data: Measurements, *, fit: Sequence[str] | None = None,
               bounds: Mapping[str, tuple[float, float]] | None = None,
@@ -390,43 +455,11 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     n, k = data.n, len(names)
     inv_prior = 0.0 if prior_log_std is None else 1.0 / float(prior_log_std) ** 2
 
-    def predict(z):
-        return model_fn(_with_values(params, names, jnp.exp(z)), data.inputs)
-
-    def loss_z(z, weights):
-        r = _log_ratio(predict(z), measured)
-        return (0.5 * jnp.sum(weights * r**2) / jnp.maximum(jnp.sum(weights), 1e-12) * n
-                + 0.5 * inv_prior * jnp.sum((z - z0) ** 2))
-
-    def to_z(u):
-        return zlo + (zhi - zlo) * jax.nn.sigmoid(u)
-
     span = np.clip((np.log(p0) - np.log(lo)) / (np.log(hi) - np.log(lo)), 1e-3, 1 - 1e-3)
     u0 = jnp.asarray(np.log(span / (1.0 - span)), dtype)
-    solver = optax.lbfgs()
-
-    def fit_z(weights):
-        f = lambda u: loss_z(to_z(u), weights)
-        value_and_grad = optax.value_and_grad_from_state(f)
-
-        def step(carry, _):
-            u, state, best_u, best_f = carry
-            value, grad = value_and_grad(u, state=state)
-            updates, state = solver.update(grad, state, u, value=value, grad=grad, value_fn=f)
-            ok = jnp.isfinite(value) & (value <= best_f)
-            best_u = jnp.where(ok, u, best_u)
-            best_f = jnp.where(ok, value, best_f)
-            u = optax.apply_updates(u, updates)
-            return (u, state, best_u, best_f), None
-
-        init = (u0, solver.init(u0), u0, jnp.asarray(jnp.inf, dtype))
-        (u, _, best_u, best_f), _ = jax.lax.scan(step, init, None, length=steps)
-        last = f(u)
-        u = jnp.where(jnp.isfinite(last) & (last <= best_f), u, best_u)
-        return to_z(u)
-
-    fit_batch = jax.jit(jax.vmap(fit_z))
-    predict_batch = jax.jit(jax.vmap(predict))
+    static = dict(model_fn=model_fn, names=names)
+    predict = lambda z: _predict(z, params, data.inputs, **static)
+    predict_batch = lambda z: _predict_batch(z, params, data.inputs, **static)
     ones = jnp.ones((n,), dtype)
 
     # Every fit (all rows, bootstrap replicates, cross-validation folds) is one row of
@@ -449,13 +482,14 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
             fold_of_row[perm] = np.arange(n) % n_folds
         held = np.stack([fold_of_row == f for f in np.unique(fold_of_row)])  # (folds, n)
         weights.append(jnp.asarray(~held, dtype))
-    z_all = fit_batch(jnp.concatenate(weights, axis=0))
+    z_all = _fit_batch(jnp.concatenate(weights, axis=0), params, data.inputs, measured, zlo, zhi,
+                       z0, u0, steps=int(steps), inv_prior=inv_prior, **static)
 
     z_hat = z_all[0]
     pred_hat = predict(z_hat)
     r = _log_ratio(pred_hat, measured)
     sigma2 = jnp.sum(r**2) / max(n - k, 1)
-    hess = jax.hessian(lambda z: 0.5 * jnp.sum(_log_ratio(predict(z), measured) ** 2))(z_hat)
+    hess = _hessian(z_hat, params, data.inputs, measured, **static)
     precision = hess / sigma2 + inv_prior * jnp.eye(k, dtype=dtype)
     log_cov = jnp.linalg.pinv(0.5 * (precision + precision.T), hermitian=True)
     # A direction the data do not constrain (zero curvature, no prior) has no finite error.
