@@ -143,6 +143,7 @@ def roadmap(
     constraints: Mapping[str, tuple[str, float]] | None = None,
     n: int = 4096,
     seed: int = 0,
+    fields: Sequence[str] | None = None,
 ) -> RoadmapResult:
     """The same workload on `chip` re-targeted across nodes and HBM generations.
 
@@ -159,6 +160,8 @@ def roadmap(
     - `constraints`: `{metric: ("<=" | ">=", bound)}` budgets of the re-optimization (area,
       power, ...), as in `dse.sweep`.
     - `n`: designs sampled per step (Sobol); `seed`: the sample stream.
+    - `fields`: chip fields whose elasticities name the binding resource (default: every
+      continuous field; fewer fields compile faster).
 
     **Returns:** a `RoadmapResult`.
     """
@@ -171,7 +174,7 @@ def roadmap(
     out = []
     for node, gen in steps:
         target = retarget(chip, node, gen)
-        sens = sensitivity(objective, target, directions={metric: direction})
+        sens = sensitivity(objective, target, fields=fields, directions={metric: direction})
         if metric not in sens.values:
             raise ValueError(f"objective returns no metric {metric!r}; it returns "
                              f"{list(sens.metrics)}")
@@ -190,7 +193,8 @@ def roadmap(
                 x = np.array([res[p][best] for p in space.names], np.float64)
                 opt_chip = space.build(x)
                 opt_params = {p: float(x[j]) for j, p in enumerate(space.names)}
-                opt_sens = sensitivity(objective, opt_chip, directions={metric: direction})
+                opt_sens = sensitivity(objective, opt_chip, fields=fields,
+                                       directions={metric: direction})
                 opt_metrics = _floats(opt_sens.values)
                 opt_binding = str(opt_sens.binding[metric])
                 opt_top = _top(opt_sens, metric)
