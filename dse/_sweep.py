@@ -150,7 +150,9 @@ def sweep(
     devices of every process and each process gets the whole result. On CPU, set
     `jax.config.update("jax_cpu_collectives_implementation", "gloo")` before initializing.
 
-    **Returns:** `SweepResult`; points whose metrics are NaN are listed in `nan_index` /
+    **Returns:** `SweepResult` with columns `index`, the parameters, the metrics (in name order,
+    as JAX orders dict keys), `margin_<metric>` per constraint and `feasible`; points whose
+    metrics are NaN are listed in `nan_index` /
     `nan_metrics` (and a `SweepNaNWarning` names the first ones), never dropped.
     """
     n = _check_n(n)

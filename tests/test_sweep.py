@@ -317,3 +317,15 @@ def test_no_warning_on_a_clean_sweep():
         warnings.simplefilter("error")
         r = sweep(objective, SPACE, 100, progress=False)
     assert r.nan_count == 0 and len(r.nan_index) == 0
+
+
+def test_float64_sweep_is_exact_to_space_sample():
+    with jax.enable_x64(True):
+        full = sweep(objective, SPACE, 300, chunk_size=64, progress=False, directions=DIRECTIONS)
+        front = sweep(objective, SPACE, 300, chunk_size=64, progress=False, keep="pareto",
+                      directions=DIRECTIONS)
+    assert full["time"].dtype == np.float64
+    x = SPACE.sample(300)
+    for j, name in enumerate(SPACE.names):
+        np.testing.assert_allclose(full[name], x[:, j], rtol=1e-12)
+    np.testing.assert_array_equal(front["index"], full.pareto()["index"])
