@@ -152,8 +152,8 @@ def sweep(
 
     **Returns:** `SweepResult` with columns `index`, the parameters, the metrics (in name order,
     as JAX orders dict keys), `margin_<metric>` per constraint and `feasible`; points whose
-    metrics are NaN are listed in `nan_index` /
-    `nan_metrics` (and a `SweepNaNWarning` names the first ones), never dropped.
+    metrics are NaN are listed in `nan_index` / `nan_metrics` (and a `SweepNaNWarning` names the
+    first ones), never dropped.
     """
     n = _check_n(n)
     if not isinstance(space, Space):
@@ -170,7 +170,8 @@ def sweep(
     ndev = mesh.devices.size
     chunk = max(min(chunk_size, _next_pow2(n)), _next_pow2(ndev))
     if chunk % ndev:
-        raise ValueError(f"chunk_size {chunk} must be a multiple of the {ndev} devices")
+        raise ValueError(f"chunk_size {chunk} must be a multiple of the {ndev} devices; pass "
+                         "devices=jax.devices()[:k] with k a power of two")
     grid_k = grid_size(space.dim, n) if method == "grid" else 0
     dtype = jnp.result_type(float)
     metrics = _metric_names(objective, space, dtype)
