@@ -32,8 +32,7 @@ from dse.models._fit_training import (
     FIT_SOURCES,
     default_data_dir,
     fit_fraction_from_parts,
-    predict,
-    time_parts,
+    predict_parts,
     training_cases,
 )
 from dse.models._training import SUSTAINED_KERNEL_FRACTION
@@ -57,7 +56,7 @@ def _plan_text(plan) -> str:
         return ""
     keys = ("tp", "pp", "dp", "microbatch_size", "interleave", "sequence_parallel", "recompute")
     short = ("tp", "pp", "dp", "b", "v", "sp", "rc")
-    return " ".join(f"{s}{float(getattr(plan, k)):g}" for s, k in zip(short, keys))
+    return " ".join(f"{s}{float(getattr(plan, k)):g}" for s, k in zip(short, keys, strict=False))
 
 
 def memory_table(system_for) -> list[float]:
@@ -75,7 +74,7 @@ def memory_table(system_for) -> list[float]:
         got = ((float(rb.weights_bytes + rb.grads_bytes + rb.optimizer_bytes)),
                float(rb.activations_bytes), float(rs.activations_bytes))
         cells = []
-        for pub, g in zip((p_opt, act_base, act_sel), got):
+        for pub, g in zip((p_opt, act_base, act_sel), got, strict=False):
             g = g / 2**30
             errors.append(abs(g / pub - 1) * 100)
             cells.append(f"{pub:7.2f} / {g:7.2f} / {100 * (g / pub - 1):+5.1f}%")
@@ -92,15 +91,15 @@ def main(data_dir=None) -> None:
           f"{', '.join(FIT_SOURCES)})")
     print(f"{'row':50s} {'metric':10s} {'measured':>10s} {'predicted':>10s} {'error':>7s}  plan")
     errors = collections.defaultdict(list)
+    parts = {}
     for case in cases:
-        value, plan, _ = predict(case)
+        value, plan, parts[case.run_id] = predict_parts(case)
         err = 100 * (value / case.measured - 1)
         errors[case.source_key].append(err)
         print(f"{case.run_id:50s} {case.metric:10s} {case.measured:10.4g} {value:10.4g} "
               f"{err:+6.1f}%  {_plan_text(plan)}")
 
     # Held-out: refit the one constant without each source and predict that source.
-    parts = {c.run_id: time_parts(c) for c in cases}
     print("\nPer source: mean |error| (max) with the stored constant; held out = the constant "
           "refitted without that source")
     for key, errs in errors.items():
@@ -118,6 +117,11 @@ def main(data_dir=None) -> None:
         tag = "fitted" if key in FIT_SOURCES else "held out"
         print(f"  {key:24s} n={len(e):2d} ({tag:8s}) mean {e.mean():5.2f}% max {e.max():5.2f}%"
               f"   held out (eta={eta:.3f}): mean {np.mean(held):5.2f}% max {np.max(held):5.2f}%")
+
+    refit = fit_fraction_from_parts([parts[c.run_id] for c in cases
+                                     if c.source_key in FIT_SOURCES])
+    print(f"  refit of the stored constant on {', '.join(FIT_SOURCES)}: {refit} "
+          f"(stored {SUSTAINED_KERNEL_FRACTION})")
 
     from dse.hardware import SYSTEMS
     memory_table(lambda n: SYSTEMS["DGX-A100"].with_num_chips(n))

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize_scalar
 
@@ -25,6 +26,7 @@ from ._training import (
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
     RECOMPUTE_SELECTIVE,
+    SUSTAINED_KERNEL_FRACTION,
     TrainingPlan,
     layer_time,
     train_step,
@@ -168,18 +170,32 @@ def training_cases(data_dir: Path | None = None) -> list[TrainingCase]:
     return cases
 
 
-def time_parts(case: TrainingCase):
-    """(measured time, A, B) with the modelled time A / kernel_fraction + B of the case.
+def predict_parts(case: TrainingCase):
+    """The case's prediction and its split into kernel and other time.
 
-    Times are affine in 1 / kernel_fraction, so two evaluations give both parts (the plan is
-    held at its kernel_fraction = 1 choice). Metrics inverse to time are turned into times.
+    Modelled times are affine in 1 / kernel_fraction: t = A / kernel_fraction + B. With the plan
+    the stored constant selects held fixed, one vmapped evaluation at two fractions gives A and
+    B. Metrics inverse to time (MFU, TFLOP/s) are turned into times.
+
+    **Returns:** `(value, plan, (measured_time, A, B))`.
     """
-    v1, plan, _ = predict(case, 1.0)
-    v2, _, _ = predict(case, 0.5, plan=plan)
+    value, plan, _ = predict(case)
     inverse = case.metric in ("mfu", "tflops_eq3")
-    t1, t2, measured = ((1 / v1, 1 / v2, 1 / case.measured) if inverse
-                        else (v1, v2, case.measured))
-    return measured, t2 - t1, 2 * t1 - t2
+    fractions = jnp.array([1.0, 0.5])
+    if case.metric == "layer_time":
+        v = jax.vmap(lambda e: layer_time(case.model, plan, case.system, flash_attention=FLASH,
+                                          kernel_fraction=e))(fractions)
+        t1, t2 = (float(x) for x in v)
+    else:
+        r = jax.vmap(lambda e: train_step(case.model, plan, case.system, flash_attention=FLASH,
+                                          kernel_fraction=e))(fractions)
+        t1, t2 = (float(x) for x in r.step_time)
+    a, b = t2 - t1, 2 * t1 - t2
+    measured = case.measured
+    if inverse:
+        # value = K / t for a case constant K, so the measured figure is a time K / measured.
+        measured = (a / SUSTAINED_KERNEL_FRACTION + b) * value / case.measured
+    return value, plan, (measured, a, b)
 
 
 def fit_kernel_fraction(data_dir: Path | None = None, sources=None) -> float:
@@ -193,7 +209,7 @@ def fit_kernel_fraction(data_dir: Path | None = None, sources=None) -> float:
     **Returns:** the fraction, rounded to 3 significant digits as stored.
     """
     sources = FIT_SOURCES if sources is None else sources
-    return fit_fraction_from_parts([time_parts(c) for c in training_cases(data_dir)
+    return fit_fraction_from_parts([predict_parts(c)[2] for c in training_cases(data_dir)
                                     if c.source_key in sources])
 
 

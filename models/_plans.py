@@ -8,6 +8,7 @@ evaluation is one `jax.vmap` of `train_step` over the plan axis, so the hardware
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import equinox as eqx
@@ -122,11 +123,13 @@ def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = Fal
                 temperature: float = 0.05) -> tuple[TrainingPlan, TrainReport]:
     """The fastest feasible plan of an evaluated batch (and a soft-min report if `smooth`).
 
-    With `smooth=True` the returned report is the softmax-weighted mean of the feasible plans'
-    reports with weights exp(-log(step_time) / temperature): a differentiable stand-in for the
-    minimum (within a factor exp(temperature * log(n_plans)) of it) whose gradient with respect to
-    the hardware blends the plans that are nearly best. Where no plan is feasible the fastest
-    plan is returned with `fits` False and its reason.
+    With `smooth=True` the report's `step_time` is the soft minimum
+    exp(-temperature * logsumexp(-log(t_i) / temperature)) over the feasible plans: never above
+    the minimum, at most a factor n_plans^temperature below it, and its gradient with respect to
+    the hardware is the softmax-weighted blend of the nearly-best plans' d log t (so it is
+    monotone wherever every plan's time is). Its other fields are the softmax-weighted means
+    of the plans' reports. Where no plan is feasible the fastest plan is returned with `fits`
+    False and its reason.
     """
     feasible = reports.fits
     any_feasible = jnp.any(feasible)
@@ -149,6 +152,8 @@ def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = Fal
             return jnp.sum(wx * jnp.where(mask, x, 0.0))
 
         report = jax.tree.map(blend, reports, report)
+        soft_log = -temperature * jax.nn.logsumexp(score) + logt[best]
+        report = dataclasses.replace(report, step_time=jnp.exp(soft_log))
     return plan, report
 
 

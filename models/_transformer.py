@@ -11,6 +11,7 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from dse.hardware._validate import as_float_array, check_range
@@ -72,7 +73,7 @@ class Transformer(eqx.Module):
             s, b = getattr(self, small), getattr(self, big)
             if isinstance(s, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
                 continue
-            if bool(jnp.any(s > b)):
+            if bool(np.any(np.asarray(s) > np.asarray(b))):
                 raise ValueError(
                     f"Transformer.{small} must be <= Transformer.{big} ({b}); got {s}")
 

@@ -18,7 +18,13 @@ from dse.models import (
     Transformer,
     train_step,
 )
-from dse.models._fit_training import fit_kernel_fraction, predict, training_cases
+from dse.models._fit_training import (
+    FIT_SOURCES,
+    fit_fraction_from_parts,
+    predict,
+    predict_parts,
+    training_cases,
+)
 from dse.models._training import (
     REASON_BATCH,
     REASON_CHIPS,
@@ -109,9 +115,18 @@ def test_korthikanti_fig1_memory(name, p_opt, act_none, act_sel, layout):
 
 
 @pytest.mark.slow
-def test_fit_reproduces_stored_kernel_fraction():
-    np.testing.assert_allclose(fit_kernel_fraction(shared_data_dir()),
-                               SUSTAINED_KERNEL_FRACTION, rtol=2e-3)
+def test_fit_reproduces_stored_constant_and_sc21_table1():
+    # One pass over every fitted row: the fit re-run reproduces SUSTAINED_KERNEL_FRACTION, and
+    # Narayanan et al. 2021 (SC21) Table 1 per-GPU TFLOP/s (eq. 3 counting, layouts completed
+    # by best_plan where the table gives only TP * PP) is within the 6% mean error.
+    cases = [c for c in training_cases(shared_data_dir()) if c.source_key in FIT_SOURCES]
+    results = [(c, predict_parts(c)) for c in cases]
+    refit = fit_fraction_from_parts([parts for _, (_, _, parts) in results])
+    np.testing.assert_allclose(refit, SUSTAINED_KERNEL_FRACTION, rtol=2e-3)
+    sc21 = [abs(value / c.measured - 1) for c, (value, _, _) in results
+            if c.source_key == "megatron_sc21_table1"]
+    assert len(sc21) == 10
+    assert np.mean(sc21) <= 0.06, sc21
 
 
 # ----- conservation and invariances -----------------------------------------------------------
@@ -197,7 +212,8 @@ def test_zero_stages_shard_states():
     np.testing.assert_allclose(opt[1], opt[0] / 8, rtol=1e-6)
     np.testing.assert_allclose(grads[2], grads[0] / 8, rtol=1e-6)
     assert float(r[3].weights_bytes) < float(r[2].weights_bytes)
-    assert all(float(x.memory_per_chip) >= float(y.memory_per_chip) for x, y in zip(r, r[1:]))
+    assert all(float(x.memory_per_chip) >= float(y.memory_per_chip)
+               for x, y in zip(r, r[1:], strict=False))
 
 
 def test_expert_parallel_shards_experts_and_pays_all_to_all():
