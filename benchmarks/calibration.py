@@ -17,11 +17,13 @@ The inference rows other than LLMCompass (FasterTransformer, Pope et al.) are no
 and `decode` take no `Efficiency`, so no calibrated parameter reaches them.
 
 "before" is the shipped defaults (`FITTED_EFFICIENCY`, `SUSTAINED_KERNEL_FRACTION`), which were
-themselves fitted to most of these rows (llmcompass_fig5, stas00_mamf, and the training sources
-in `models/_fit_training.py: FIT_SOURCES`): for those sources "before" is an in-sample figure. "after" and
-"residual" are held-out: each source is predicted by parameters (and a network) fitted without
-it. Run: `python benchmarks/calibration.py [DATA_DIR]`; with `--write-defaults` it instead
-rewrites the shipped `dse/calibrated/a100_operators.json` from the kernel rows.
+themselves fitted to most of these rows (llmcompass_fig5, stas00_mamf, and the training
+sources in `models/_fit_training.py: FIT_SOURCES`): for those sources "before" is an in-sample
+figure. "after" and "residual" are held-out: each source is predicted by parameters (and a
+network) fitted without it.
+
+Run: `python benchmarks/calibration.py [DATA_DIR]`; with `--write-defaults` it instead rewrites
+the shipped `dse/calibrated/a100_operators.json` from the kernel rows.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from dse import Measurements, calibrate, fit_residual
-from dse._measure import OPERATOR_BOUNDS, operator_model, shared_kernel_measurements
 from dse.models._fit_training import predict, training_cases
 from dse.models._operators import default_efficiency
 from dse.models._training import SUSTAINED_KERNEL_FRACTION
+
+from dse import Measurements, calibrate, fit_residual
+from dse._measure import OPERATOR_BOUNDS, operator_model, shared_kernel_measurements
 
 
 def _parts(case):

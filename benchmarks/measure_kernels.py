@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 
 import jax
+from dse.hardware import CHIPS, Chip
+from dse.models._operators import default_efficiency
 
 import dse
 from dse._measure import DEFAULT_ELEMENTS, DEFAULT_GEMMS, OPERATOR_BOUNDS
-from dse.hardware import CHIPS, Chip
-from dse.models._operators import default_efficiency
 
 
 def _chip(args) -> Chip:

@@ -176,7 +176,8 @@ class CalibrationResult(eqx.Module):
 
     def as_dict(self) -> dict[str, tuple[float, float]]:
         """{name: (value, std)} of the fitted parameters."""
-        return {n: (float(v), float(s)) for n, v, s in zip(self.names, self.value, self.std)}
+        return {n: (float(v), float(s))
+                for n, v, s in zip(self.names, self.value, self.std, strict=True)}
 
     def sample(self, key: PRNGKeyArray, n: int, method: Literal["laplace", "bootstrap"] =
                "laplace"):
@@ -213,7 +214,7 @@ class CalibrationResult(eqx.Module):
             "sources": list(self.sources),
             "n_rows": self.n_rows,
             "validation": self.validation,
-            "params": {n: float(v) for n, v in zip(all_names, leaves)},
+            "params": {n: float(v) for n, v in zip(all_names, leaves, strict=True)},
             "fitted": list(self.names),
             "value": _floats(self.value),
             "std": _floats(self.std),
@@ -269,7 +270,8 @@ def load_calibration(path: str | os.PathLike, like=None) -> CalibrationResult:
             raise ValueError(f"load_calibration: {path} has no value for {missing}")
         leaves, treedef = jax.tree.flatten(like)
         params = jax.tree.unflatten(treedef, [
-            jnp.asarray(stored[n], dtype=jnp.result_type(leaf)) for n, leaf in zip(names, leaves)])
+            jnp.asarray(stored[n], dtype=jnp.result_type(leaf))
+            for n, leaf in zip(names, leaves, strict=True)])
     k = len(doc["fitted"])
     boot = np.asarray([_unfloat(r) for r in doc["bootstrap"]]).reshape(-1, k)
     errors = {key: (np.nan if v is None else v) for key, v in doc["errors"].items()}
@@ -304,7 +306,7 @@ def _with_values(params, names, values, batch: int | None = None):
     leaves, treedef = jax.tree.flatten(params)
     index = {n: i for i, n in enumerate(names)}
     new = []
-    for n, leaf in zip(all_names, leaves):
+    for n, leaf in zip(all_names, leaves, strict=True):
         if n in index:
             new.append(values[..., index[n]].astype(jnp.result_type(leaf)))
         elif batch is not None:
@@ -427,18 +429,19 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     if unknown:
         raise ValueError(f"calibrate: fit names {unknown} are not parameters; the parameters "
                          f"are {all_names}")
-    leaves = dict(zip(all_names, jax.tree.leaves(params)))
+    leaves = dict(zip(all_names, jax.tree.leaves(params), strict=True))
     p0 = np.array([float(leaves[n]) for n in names])
     if np.any(~np.isfinite(p0)) or np.any(p0 <= 0):
         raise ValueError(f"calibrate: starting values must be finite and > 0; got "
-                         f"{dict(zip(names, p0))}")
+                         f"{dict(zip(names, p0, strict=True))}")
     bounds = dict(bounds or {})
     bad = sorted(set(bounds) - set(names))
     if bad:
         raise ValueError(f"calibrate: bounds given for {bad}, which are not fitted ({names})")
-    lo = np.array([bounds.get(n, (p / 100.0, p * 100.0))[0] for n, p in zip(names, p0)])
-    hi = np.array([bounds.get(n, (p / 100.0, p * 100.0))[1] for n, p in zip(names, p0)])
-    for n, a, b, p in zip(names, lo, hi, p0):
+    box = [bounds.get(n, (p / 100.0, p * 100.0)) for n, p in zip(names, p0, strict=True)]
+    lo = np.array([b[0] for b in box])
+    hi = np.array([b[1] for b in box])
+    for n, a, b, p in zip(names, lo, hi, p0, strict=True):
         if not (0 < a < b) or not (a <= p <= b):
             raise ValueError(f"calibrate: bounds of {n} must satisfy 0 < low <= start <= high; "
                              f"got low={a}, start={p}, high={b}")

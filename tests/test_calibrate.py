@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from dse.hardware import CHIPS
+from dse.models import Efficiency, elementwise, gemm
+from dse.models._operators import default_efficiency
 from helpers import shared_data_dir, tree_allclose
 
 import dse
 from dse._measure import OPERATOR_BOUNDS, shared_kernel_measurements
-from dse.hardware import CHIPS
-from dse.models import Efficiency, elementwise, gemm
-from dse.models._operators import default_efficiency
 
 CHIP = CHIPS["A100-80GB"]
 # Ground truth of the synthetic data: away from the shipped defaults (0.89, 8.6 us, 0.69, 10 us)
@@ -78,6 +78,10 @@ def test_bootstrap_and_laplace_agree(fitted):
     assert np.all(boot > 0)
     ratio = boot / laplace
     assert np.all((ratio > 0.25) & (ratio < 4.0)), ratio
+    # Bootstrap samples are replicates: every sampled value is one of them.
+    draws = r.sample(jax.random.PRNGKey(0), 16, method="bootstrap")
+    reps = np.asarray(r.bootstrap)[:, r.names.index("memory_max")]
+    assert np.all(np.isin(np.asarray(draws.memory_max), reps))
 
 
 def test_errors_before_train_validation(fitted):
@@ -107,6 +111,8 @@ def test_leave_one_source_out_folds_and_bounds():
     assert held.shape == (4, data.n)  # four sources lab0..lab3
     for f in range(4):
         assert len(set(np.asarray(data.group)[held[f]])) == 1
+    sub = data.subset(np.asarray(data.group) == 0)
+    assert sub.n == held[0].sum() and sub.sources == data.sources
     i = r.names.index("matrix_max")
     assert float(r.value[i]) <= 0.5 + 1e-6
     assert bool(r.at_bound[i])
@@ -270,7 +276,7 @@ def test_propagate_gives_error_bars_on_a_pareto_front(fitted):
     # The sampled error bars match the delta method: std log t = sqrt(g^T C g),
     # g = d log t / d log p at the fit.
     def log_t(z):
-        p = dataclasses.replace(r.params, **dict(zip(r.names, jnp.exp(z))))
+        p = dataclasses.replace(r.params, **dict(zip(r.names, jnp.exp(z), strict=True)))
         return jnp.log(times(p)[idx])
     g = np.asarray(jax.jacfwd(log_t)(jnp.log(r.value)))
     delta = np.sqrt(np.einsum("ij,jk,ik->i", g, np.asarray(r.log_covariance), g))
