@@ -128,8 +128,21 @@ CONTINUOUS_CHIP_FIELDS: tuple[str, ...] = tuple(CHIP_BOUNDS)
 
 
 def stack_chips(chips) -> Chip:
-    """Stack Chips that share their static fields into one batched Chip (leading axis)."""
+    """Stack Chips into one batched Chip (leading axis).
+
+    The chips must share their structural (static) fields; the batch is named after them all.
+    """
     chips = list(chips)
     if not chips:
         raise ValueError("stack_chips needs at least one Chip")
+    first = chips[0]
+    for chip in chips[1:]:
+        for field in ("sram_kind", "core_kind", "hbm_generation", "die_count"):
+            if getattr(chip, field) != getattr(first, field):
+                raise ValueError(
+                    f"stack_chips: Chip.{field} differs ({getattr(first, field)!r} in "
+                    f"{first.name}, {getattr(chip, field)!r} in {chip.name}); only chips that "
+                    "share their static fields can form one batch")
+    name = "|".join(dict.fromkeys(c.name for c in chips))
+    chips = [dataclasses.replace(c, name=name) for c in chips]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *chips)

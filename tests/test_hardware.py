@@ -347,7 +347,9 @@ def test_system_resize_and_scaleup_bandwidth():
 
 
 def test_stack_chips_builds_a_batch():
-    batch = stack_chips([CHIPS["A100-80GB"], CHIPS["A100-40GB"]])
+    with pytest.raises(ValueError, match=r"Chip\.hbm_generation differs"):
+        stack_chips([CHIPS["A100-80GB"], CHIPS["A100-40GB"]])
+    batch = stack_chips([CHIPS["A100-80GB"], CHIPS["A100-40GB"].replace(hbm_generation="HBM2e")])
     assert batch.batch_shape == (2,)
     np.testing.assert_allclose(np.asarray(area(batch).total),
                                [float(area(CHIPS[n]).total) for n in ("A100-80GB", "A100-40GB")],
