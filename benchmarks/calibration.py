@@ -137,8 +137,8 @@ def main(data_dir=None) -> None:
         print(f"{src:24s} {mask.sum():4d} {_mape(before, measured, mask):8.1f} "
               f"{_mape(after, measured, mask):8.1f} {_mape(with_net, measured, mask):9.1f}")
     print("fitted on all rows (Laplace std):")
-    for name, (v, s) in result.as_dict().items():
-        print(f"  {name:30s} {v:.4g} +- {s:.2g}")
+    for (name, (v, s)), edge in zip(result.as_dict().items(), result.at_bound, strict=True):
+        print(f"  {name:30s} {v:.4g} +- {s:.2g}{'  (at its bound)' if edge else ''}")
     print(f"residual network kept: {residual.kept} (held-out {100 * residual.validation_mape:.1f}%"
           f" vs {100 * residual.base_validation_mape:.1f}% without)")
     everything = np.ones(data.n, bool)

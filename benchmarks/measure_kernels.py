@@ -26,11 +26,13 @@ def _chip(args) -> Chip:
         return CHIPS[args.chip]
     if not (args.peak_tflops and args.bandwidth_gbs):
         raise SystemExit("give --chip PRESET, or --peak-tflops and --bandwidth-gbs")
-    clock = 1e9  # mac_units * 2 * clock = peak; only the product enters the operator models
+    # Only the peaks, the bandwidth and the SRAM enter the operator models: the other fields
+    # are placeholders that satisfy Chip's validation (mac_units * 2 * clock = peak).
+    clock = 1e9
     return Chip(mac_units=args.peak_tflops * 1e12 / (2 * clock), clock_hz=clock,
                 vector_flops=(args.vector_tflops or args.peak_tflops) * 1e12,
                 sram_bytes=args.sram_mb * 1e6, hbm_bandwidth=args.bandwidth_gbs * 1e9,
-                hbm_bytes=1e9, link_count=0.0, link_bandwidth=0.0, node_nm=7.0,
+                hbm_bytes=1e9, link_count=1.0, link_bandwidth=1e9, node_nm=7.0,
                 core_count=1.0, name="local")
 
 
@@ -66,8 +68,9 @@ def main(argv=None) -> None:
                                bounds=OPERATOR_BOUNDS, validation="kfold",
                                uncertainty="laplace")
         result.save(args.calibrate)
-        for name, (v, s) in result.as_dict().items():
-            print(f"{name:20s} {v:.4g} +- {s:.2g}")
+        for (name, (v, s)), edge in zip(result.as_dict().items(), result.at_bound,
+                                        strict=True):
+            print(f"{name:20s} {v:.4g} +- {s:.2g}{'  (at its bound)' if edge else ''}")
         tail += (f" before_mape={100 * float(result.before_mape):.2f}"
                  f" after_mape={100 * float(result.validation_mape):.2f}")
     print(tail)
