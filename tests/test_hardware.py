@@ -349,11 +349,11 @@ def test_system_resize_and_scaleup_bandwidth():
 def test_stack_chips_builds_a_batch():
     with pytest.raises(ValueError, match=r"Chip\.hbm_generation differs"):
         stack_chips([CHIPS["A100-80GB"], CHIPS["A100-40GB"]])
-    batch = stack_chips([CHIPS["A100-80GB"], CHIPS["A100-40GB"].replace(hbm_generation="HBM2e")])
+    chips = [CHIPS["A100-80GB"], CHIPS["A100-40GB"].replace(hbm_generation="HBM2e")]
+    batch = stack_chips(chips)
     assert batch.batch_shape == (2,)
     np.testing.assert_allclose(np.asarray(area(batch).total),
-                               [float(area(CHIPS[n]).total) for n in ("A100-80GB", "A100-40GB")],
-                               rtol=1e-6)
+                               [float(area(c).total) for c in chips], rtol=1e-6)
 
 
 def test_published_table_covers_every_preset():
