@@ -193,8 +193,10 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     d = model.head_dim
     moe = model.experts > 1.0
     local_experts = model.experts / plan.ep
-    # Tokens each local expert sees: every chip's tokens visit top_k experts, spread evenly.
-    expert_tokens = tokens * model.top_k / model.experts
+    # Tokens each local expert sees: the ep chips of an expert group each route tokens * top_k
+    # token-expert pairs evenly over all experts, so each of a chip's experts / ep experts
+    # receives tokens * top_k * ep / experts.
+    expert_tokens = tokens * model.top_k * plan.ep / model.experts
     up_width = f * (2.0 if model.gated_mlp else 1.0) / t
 
     gemms = [
@@ -216,7 +218,8 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
         a_f = attention(chip, b, heads_l, kv_l, s, s, d, smooth=smooth)
         a_b = attention_backward(chip, b, heads_l, kv_l, s, s, d, smooth=smooth)
         core_fwd, core_bwd = a_f.time, a_b.time
-        core_fwd_bytes, core_bytes, core_vec = a_f.hbm_bytes, a_f.hbm_bytes + a_b.hbm_bytes, 0.0
+        core_fwd_bytes, core_bytes = a_f.hbm_bytes, a_f.hbm_bytes + a_b.hbm_bytes
+        core_vec_fwd, core_vec = 0.0, 0.0
     else:
         # Megatron-LM 2021-22 kernels: batched GEMMs and a fused scale-mask-softmax that
         # materialize the b * heads * s * s score matrix (Korthikanti et al. 2022, Sec. 4.1).
@@ -241,7 +244,8 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
         core_bytes = core_fwd_bytes + (qk[1].hbm_bytes + qk[2].hbm_bytes + av[1].hbm_bytes
                                        + av[2].hbm_bytes + softmax_b.hbm_bytes
                                        + drop_b.hbm_bytes)
-        core_vec = scores * (_SOFTMAX_FLOPS * 2.0 + 3.0)
+        core_vec_fwd = softmax_f.flops + drop_f.flops
+        core_vec = core_vec_fwd + softmax_b.flops + drop_b.flops
     fwd, bwd, hbm = fwd + core_fwd, bwd + core_bwd, hbm + core_bytes
 
     # Element-wise ops: two LayerNorms and two bias-dropout-residuals on the hidden stream
@@ -266,12 +270,14 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     ew_bwd = 2.0 * (ln_b.time + bdr_b.time) + act_b.time
     ew_fwd_bytes = 2.0 * (ln_f.hbm_bytes + bdr_f.hbm_bytes) + act_f.hbm_bytes
     ew_bytes = ew_fwd_bytes + 2.0 * (ln_b.hbm_bytes + bdr_b.hbm_bytes) + act_b.hbm_bytes
-    ew_vec = (2.0 * (ln_f.flops + bdr_f.flops + ln_b.flops + bdr_b.flops) + act_f.flops
-              + act_b.flops)
+    ew_vec_fwd = 2.0 * (ln_f.flops + bdr_f.flops) + act_f.flops
+    ew_vec = ew_vec_fwd + 2.0 * (ln_b.flops + bdr_b.flops) + act_b.flops
     fwd, bwd, hbm = fwd + ew_fwd, bwd + ew_bwd, hbm + ew_bytes
 
     full = plan.recompute > 1.5
-    selective = (plan.recompute > 0.5) & ~full
+    # Selective recomputation redoes the attention core in backward; fused (flash) attention
+    # already does so inside its backward kernel, so there it costs nothing more.
+    selective = (plan.recompute > 0.5) & ~full & (not flash_attention)
     layer_fwd_bytes = gemm_fwd_bytes + core_fwd_bytes + ew_fwd_bytes
     recompute = jnp.where(full, fwd, jnp.where(selective, core_fwd, 0.0))
     hbm = hbm + jnp.where(full, layer_fwd_bytes, jnp.where(selective, core_fwd_bytes, 0.0))
@@ -293,8 +299,8 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     ep_comm = jnp.where(moe, 4.0 * a2a.time, 0.0)
     ep_bytes = jnp.where(moe, 4.0 * (plan.ep - 1.0) / plan.ep * routed, 0.0)
 
-    vec = ew_vec + core_vec
-    vec = vec * (1.0 + jnp.where(full, 0.5, 0.0))
+    vec = ew_vec + core_vec + jnp.where(full, ew_vec_fwd + core_vec_fwd,
+                                        jnp.where(selective, core_vec_fwd, 0.0))
     return _LayerCost(fwd=fwd, bwd=bwd, recompute=recompute, tp_comm=tp_comm, ep_comm=ep_comm,
                       hbm_bytes=hbm, vector_flops=vec, comm_bytes=tp_bytes + ep_bytes)
 
@@ -312,14 +318,16 @@ def layer_time(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     return (lc.fwd + lc.bwd + lc.recompute) / eta + lc.tp_comm + lc.ep_comm
 
 
-def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
+                               flash_attention: bool = True) -> Float[Array, "*batch"]:
     """Activations one layer stores for one micro-batch on one chip, bytes.
 
     Korthikanti et al. 2022 Sec. 4 / Table 2, generalized to GQA and gated / MoE MLPs: with
     16-bit activations and 1-byte dropout masks a GPT layer stores s*b*h*(34 + 5*a*s/h), of which
     10*s*b*h (norm inputs, dropout masks, GEMM inputs) is replicated across TP unless sequence
     parallelism shards it; selective recomputation drops the 5*a*s^2*b attention-core term; full
-    recomputation keeps only the 2*s*b*h layer input.
+    recomputation keeps only the 2*s*b*h layer input. Fused (flash) attention never stores the
+    score matrix, so with `flash_attention` the 5*a*s^2*b term is gone whatever the mode.
     """
     s, b, h, t = model.seq_len, plan.microbatch_size, model.hidden, plan.tp
     sbh = s * b * h
@@ -331,7 +339,7 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan) -> Float[
     mlp_parallel = model.top_k * s * b * model.ffn_hidden * (2.0 * up + 2.0)
     # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh), 2 dropout masks (2sbh).
     replicated = 10.0 * sbh
-    scores = 5.0 * model.heads * s * s * b
+    scores = 0.0 if flash_attention else 5.0 * model.heads * s * s * b
     sp = plan.sequence_parallel > 0.5
     stored = (jnp.where(sp, replicated / t, replicated) + (attn_parallel + mlp_parallel) / t)
     none = stored + scores / t
@@ -420,10 +428,11 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     # (Korthikanti et al. 2022, Sec. 4.2.3).
     in_flight = jnp.minimum(m, p) / p
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)
-    per_layer = activation_bytes_per_layer(model, plan)
+    per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
     activations = model.layers * in_flight * interleave_factor * per_layer
     # Full recomputation rebuilds one layer's activations at a time during backward.
-    working = activation_bytes_per_layer(model, plan.replace(recompute=RECOMPUTE_NONE))
+    working = activation_bytes_per_layer(model, plan.replace(recompute=RECOMPUTE_NONE),
+                                         flash_attention=flash_attention)
     activations = activations + jnp.where(plan.recompute > 1.5, working, 0.0)
     memory = weights + grads + optimizer + activations
 
@@ -463,7 +472,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     model_flops = global_tokens * model.flops_per_token(training=True)
     recompute_share = jnp.where(
         plan.recompute > 1.5, 1.0,
-        jnp.where(plan.recompute > 0.5,
+        jnp.where((plan.recompute > 0.5) & (not flash_attention),
                   4.0 * s * h / model.layer_forward_flops_per_token(), 0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops

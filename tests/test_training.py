@@ -106,7 +106,9 @@ def test_korthikanti_fig1_memory(name, p_opt, act_none, act_sel, layout):
     system = DGX.with_num_chips(layout["tp"] * layout["pp"])
     base = TrainingPlan(recompute=RECOMPUTE_NONE, **layout)
     sel = base.replace(sequence_parallel=1.0, recompute=RECOMPUTE_SELECTIVE)
-    rb, rs = train_step(model, base, system), train_step(model, sel, system)
+    # Megatron-LM of 2022 stored the attention scores (no fused attention).
+    rb = train_step(model, base, system, flash_attention=False)
+    rs = train_step(model, sel, system, flash_attention=False)
     gib = 2.0**30
     states = float(rb.weights_bytes + rb.grads_bytes + rb.optimizer_bytes) / gib
     np.testing.assert_allclose(states, p_opt, rtol=0.10)
@@ -200,6 +202,23 @@ def test_recompute_trades_time_for_memory():
     # layer, full 39%; the model's overheads land near (within 4 points).
     assert abs(times[1] / times[0] - 1.07) < 0.04
     assert abs(times[2] / times[0] - 1.39) < 0.04
+
+
+def test_fused_attention_makes_selective_recompute_free():
+    model = TRANSFORMERS["gpt-22b"]
+    system = DGX.with_num_chips(8)
+    plan = TrainingPlan(tp=8, microbatch_size=4, global_batch=4, sequence_parallel=1)
+    none = train_step(model, plan, system)
+    sel = train_step(model, plan.replace(recompute=RECOMPUTE_SELECTIVE), system)
+    np.testing.assert_allclose(float(sel.step_time), float(none.step_time), rtol=1e-6)
+    np.testing.assert_allclose(float(sel.activations_bytes), float(none.activations_bytes),
+                               rtol=1e-6)
+    # Without fusion the stored scores are the 5as/h term of Korthikanti et al. Table 2.
+    unfused = train_step(model, plan, system, flash_attention=False)
+    s, b, h, a = 2048.0, 4.0, 6144.0, 64.0
+    extra = 48 * 5 * a * s * s * b / 8
+    np.testing.assert_allclose(float(unfused.activations_bytes - none.activations_bytes),
+                               extra, rtol=1e-6)
 
 
 def test_zero_stages_shard_states():
