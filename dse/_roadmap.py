@@ -51,8 +51,8 @@ def retarget(chip: Chip, node_nm: float, hbm_generation: str | None = None) -> C
     changes: dict[str, Any] = {"node_nm": float(node_nm)}
     if gen != chip.hbm_generation:
         if chip.hbm_generation == "none" or gen == "none":
-            raise ValueError(f"retarget: cannot move between HBM and no HBM ({chip.hbm_generation!r}"
-                             f" -> {gen!r}); build that chip explicitly")
+            raise ValueError(f"retarget: cannot move between HBM and no HBM "
+                             f"({chip.hbm_generation!r} -> {gen!r}); build that chip explicitly")
         stacks = float(hbm_stacks(chip))
         new = technology(float(node_nm), gen)
         changes["hbm_bandwidth"] = stacks * float(new.hbm_stack_bandwidth)

@@ -103,7 +103,7 @@ def _log_axis(ax, which: str, values) -> None:
 
 def _columns(data: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Columns and the feasibility mask of a SweepResult, OptimizeResult, DataFrame or dict."""
-    if hasattr(data, "columns") and isinstance(getattr(data, "columns"), dict):  # SweepResult
+    if hasattr(data, "columns") and isinstance(data.columns, dict):  # SweepResult
         return {k: np.asarray(v) for k, v in data.columns.items()}, np.asarray(data.feasible)
     if hasattr(data, "metrics") and hasattr(data, "x") and hasattr(data, "names"):  # Optimize
         cols = {k: np.asarray(v) for k, v in data.metrics.items()}
@@ -428,7 +428,7 @@ def roadmap(
     xs = np.arange(len(steps))
     fig = new_figure(max(6.4, 1.7 * len(steps) + 2.0), 3.4 * len(metrics) + 0.6)
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, m in zip(axes, metrics):
+    for ax, m in zip(axes, metrics, strict=True):
         base = np.array([s.metrics.get(m, np.nan) for s in steps], np.float64)
         opt = np.array([s.optimum_metrics.get(m, np.nan) for s in steps], np.float64)
         for i, s in enumerate(steps):

@@ -104,7 +104,7 @@ def test_roofline_places_ops(tmp_path):
                                float(chip.peak_flops) / float(chip.hbm_bandwidth), rtol=1e-6)
     points = ax.collections
     assert len(points) == len(ops)
-    for coll, op in zip(points, ops.values()):
+    for coll, op in zip(points, ops.values(), strict=True):
         x, y = coll.get_offsets()[0]
         np.testing.assert_allclose(x, float(op.flops) / float(op.hbm_bytes), rtol=1e-5)
         np.testing.assert_allclose(y, float(op.flops) / float(op.time) / 1e12, rtol=1e-5)

@@ -62,7 +62,7 @@ def test_elasticities_match_finite_differences():
                 p0 = float(getattr(chip, field))
 
                 for metric in ("time", "area", "power"):
-                    def log_f(logp, field=field, metric=metric):
+                    def log_f(logp, field=field, metric=metric, chip=chip):
                         c = chip.replace(**{field: jnp.exp(jnp.asarray(logp, jnp.float64))})
                         return float(jnp.log(workload(c)[metric]))
 
@@ -91,7 +91,7 @@ def test_known_elasticities_of_a_roofline():
     """Compute-bound GEMM time is ~ 1/(MACs x clock); memory-bound ~ 1/bandwidth."""
     chip = CHIPS["H100-SXM"]
     res = dse.sensitivity(_gemm_time, chip)
-    e = dict(zip(res.fields, res.elasticity["time"]))
+    e = dict(zip(res.fields, res.elasticity["time"], strict=True))
     # time = (flops / peak + overhead) / eta: elasticity -flops/peak / (flops/peak + overhead).
     flops_time = 2 * M * N * K / float(chip.peak_flops)
     expected = -flops_time / (flops_time + 8.575e-06)
@@ -100,7 +100,7 @@ def test_known_elasticities_of_a_roofline():
     assert e["hbm_bandwidth"] == 0.0 and e["link_count"] == 0.0
     # Area is first-order homogeneous in nothing, but it grows with every block it contains.
     res_a = dse.sensitivity(lambda c: area(c).total, chip)
-    ea = dict(zip(res_a.fields, res_a.elasticity["value"]))
+    ea = dict(zip(res_a.fields, res_a.elasticity["value"], strict=True))
     for field in ("mac_units", "sram_bytes", "hbm_bandwidth", "link_bandwidth"):
         assert ea[field] > 0, field
     assert ea["node_nm"] > 0  # a larger node is a larger die
