@@ -200,8 +200,8 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     up_width = f * (2.0 if model.gated_mlp else 1.0) / t
 
     gemms = [
-        (1.0, _gemm_fb(chip, tokens, h / t + 2.0 * kv_l * d, h, smooth)),  # QKV
-        (1.0, _gemm_fb(chip, tokens, h, h / t, smooth)),  # attention output projection
+        (1.0, _gemm_fb(chip, tokens, heads_l * d + 2.0 * kv_l * d, h, smooth)),  # QKV
+        (1.0, _gemm_fb(chip, tokens, h, heads_l * d, smooth)),  # attention output projection
         (local_experts, _gemm_fb(chip, expert_tokens, up_width, h, smooth)),  # MLP up (+gate)
         (local_experts, _gemm_fb(chip, expert_tokens, h, f / t, smooth)),  # MLP down
     ]
@@ -332,8 +332,10 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     s, b, h, t = model.seq_len, plan.microbatch_size, model.hidden, plan.tp
     sbh = s * b * h
     kv_dim = model.kv_dim
-    # Attention block: QKV input 2sbh, Q and K 2sb(h + kv), V 2sb*kv, projection input 2sbh.
-    attn_parallel = s * b * (2.0 * (h + kv_dim) + 2.0 * kv_dim + 2.0 * h)
+    # Attention block: QKV input 2sbh, Q and K 2sb(q + kv), V 2sb*kv, projection input 2sb*q
+    # (q = heads * head_dim = h for most models).
+    q_dim = model.q_dim
+    attn_parallel = s * b * (2.0 * (q_dim + kv_dim) + 2.0 * kv_dim + 2.0 * q_dim)
     # MLP: input 2sbh (replicated) + up-projection outputs and activation output.
     up = 2.0 if model.gated_mlp else 1.0
     mlp_parallel = model.top_k * s * b * model.ffn_hidden * (2.0 * up + 2.0)
@@ -473,7 +475,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     recompute_share = jnp.where(
         plan.recompute > 1.5, 1.0,
         jnp.where((plan.recompute > 0.5) & (not flash_attention),
-                  4.0 * s * h / model.layer_forward_flops_per_token(), 0.0))
+                  4.0 * s * model.q_dim / model.layer_forward_flops_per_token(), 0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops
     mfu = model_flops / (chips_used * peak * step_time)

@@ -29,6 +29,7 @@ TRANSFORMER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "seq_len": _AT_LEAST_ONE,
     "experts": _AT_LEAST_ONE,
     "top_k": _AT_LEAST_ONE,
+    "head_size": (0.0, float("inf"), True),
 }
 
 
@@ -39,13 +40,15 @@ class Transformer(eqx.Module):
 
     - `layers`: transformer blocks.
     - `hidden`: model width d_model.
-    - `heads`: query heads; `head_dim = hidden / heads`.
+    - `heads`: query heads.
     - `kv_heads`: key/value heads (= `heads` for MHA, 1 for MQA, in between for GQA).
     - `ffn_hidden`: MLP inner width (per expert for MoE).
     - `vocab`: vocabulary size (as padded by the framework where the source says so).
     - `seq_len`: training sequence length, tokens.
     - `experts`: experts per MoE layer (1 = dense MLP).
     - `top_k`: experts each token visits.
+    - `head_size`: width of one attention head; 0 (the default) means hidden / heads. Set it
+      where a model's heads do not tile the width (PaLM: 48 heads of 256 in d_model 18432).
     - `gated_mlp` (static): SwiGLU-style MLP with three matrices (True) or GELU MLP with two.
     - `tied_embeddings` (static): input embedding and output projection share one matrix.
     - `name` (static): label.
@@ -60,6 +63,7 @@ class Transformer(eqx.Module):
     seq_len: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     experts: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     top_k: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    head_size: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     gated_mlp: bool = eqx.field(static=True, default=False)
     tied_embeddings: bool = eqx.field(static=True, default=True)
     name: str = eqx.field(static=True, default="custom")
@@ -80,8 +84,14 @@ class Transformer(eqx.Module):
     # ----- shapes -------------------------------------------------------------------------
     @property
     def head_dim(self) -> Float[Array, "*batch"]:
-        """Width of one attention head, hidden / heads."""
-        return self.hidden / self.heads
+        """Width of one attention head: `head_size`, or hidden / heads when that is 0."""
+        given = self.head_size > 0.0
+        return jnp.where(given, self.head_size, self.hidden / self.heads)
+
+    @property
+    def q_dim(self) -> Float[Array, "*batch"]:
+        """Width of Q (and of the attention output) across all heads, heads * head_dim."""
+        return self.heads * self.head_dim
 
     @property
     def kv_dim(self) -> Float[Array, "*batch"]:
@@ -98,7 +108,7 @@ class Transformer(eqx.Module):
     def attention_params_per_layer(self) -> Float[Array, "*batch"]:
         """Q, K, V and output projection weights of one layer."""
         h = self.hidden
-        return h * (h + 2.0 * self.kv_dim) + h * h
+        return h * (self.q_dim + 2.0 * self.kv_dim) + self.q_dim * h
 
     @property
     def expert_params_per_layer(self) -> Float[Array, "*batch"]:
@@ -138,7 +148,7 @@ class Transformer(eqx.Module):
     def layer_forward_flops_per_token(self, context=None) -> Float[Array, "*batch"]:
         """Forward FLOPs of one layer per token: weight GEMMs plus attention scores.
 
-        Attention counts the full (non-causal) score matrix, QK^T and AV: 4 * context * hidden,
+        Attention counts the full (non-causal) score matrix, QK^T and AV: 4 * context * q_dim,
         as Narayanan et al. 2021 (eq. 3) and PaLM's MFU (Chowdhery et al. 2022, App. B) do.
 
         **Arguments:**
@@ -151,7 +161,7 @@ class Transformer(eqx.Module):
         weight_gemms = 2.0 * (self.attention_params_per_layer
                               + self.top_k * self.expert_params_per_layer
                               + self.router_params_per_layer)
-        return weight_gemms + 4.0 * context * self.hidden
+        return weight_gemms + 4.0 * context * self.q_dim
 
     def logits_flops_per_token(self) -> Float[Array, "*batch"]:
         """Forward FLOPs of the output projection per token (2 * hidden * vocab)."""

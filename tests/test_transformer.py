@@ -129,3 +129,15 @@ def test_vmap_jit_grad_over_shapes():
         ad = float(jax.grad(g)(jnp.float64(4096.0)))
         fd = central_difference(lambda h: float(g(jnp.float64(h))), 4096.0)
         np.testing.assert_allclose(ad, fd, rtol=1e-5)
+
+
+def test_head_size_for_models_whose_heads_do_not_tile_the_width():
+    # PaLM 540B (Chowdhery et al. 2022, Table 1: 118 layers, d_model 18432, 48 heads of 256,
+    # multi-query, SwiGLU of 4 d_model, 256k vocabulary, shared embeddings): 540.35B parameters.
+    palm = Transformer(layers=118, hidden=18432, heads=48, kv_heads=1, ffn_hidden=4 * 18432,
+                       vocab=256000, seq_len=2048, gated_mlp=True, head_size=256)
+    np.testing.assert_allclose(float(palm.params), 540.35e9, rtol=1e-3)
+    assert float(palm.head_dim) == 256.0
+    assert float(palm.replace(head_size=0.0).head_dim) == 384.0
+    with pytest.raises(ValueError, match="Transformer.head_size"):
+        palm.replace(head_size=-1.0)
