@@ -143,6 +143,7 @@ def pareto_front(
     presets: Mapping[str, Mapping[str, float] | tuple[float, float]] | None = None,
     units: Mapping[str, str] | None = None,
     budgets: str | None = None,
+    region: Any | None = None,
     title: str | None = None,
     log: bool | None = None,
     path: str | os.PathLike | None = None,
@@ -158,6 +159,9 @@ def pareto_front(
       front (e.g. H100's step time and die area).
     - `units`: metric -> unit for the axis labels (defaults from `UNITS`).
     - `budgets`: text describing the budgets, shown in the legend title.
+    - `region`: another table (same kinds as `data`) whose points draw the feasible and
+      infeasible region, when `data` holds only a front (a `keep="pareto"` sweep): e.g. a
+      smaller `keep="all"` sweep of the same space. The front is always drawn from `data`.
     - `title`; `log`: force log axes (default: each axis log if its data span > 10x).
     - `path`: write the figure there (.png / .svg).
 
@@ -176,14 +180,24 @@ def pareto_front(
 
     fig = new_figure()
     ax = fig.add_subplot()
-    bad = _thin(np.flatnonzero(~feasible & finite))
-    good = _thin(np.flatnonzero(feasible & finite))
+    cx, cy, cfeas, cfin = xv, yv, feasible, finite
+    if region is not None:
+        rcols, rfeas = _columns(region)
+        for name in (x, y):
+            if name not in rcols:
+                raise ValueError(f"region has no column {name!r}; columns are {sorted(rcols)}")
+        cx = np.asarray(rcols[x], np.float64)
+        cy = np.asarray(rcols[y], np.float64)
+        cfeas = np.ones(cx.shape, bool) if rfeas is None else np.asarray(rfeas, bool)
+        cfin = np.isfinite(cx) & np.isfinite(cy)
+    bad = _thin(np.flatnonzero(~cfeas & cfin))
+    good = _thin(np.flatnonzero(cfeas & cfin))
     if bad.size:
-        ax.scatter(xv[bad], yv[bad], s=4, c=_INFEASIBLE, lw=0, rasterized=True,
-                   label=f"infeasible ({int((~feasible & finite).sum()):,})")
+        ax.scatter(cx[bad], cy[bad], s=4, c=_INFEASIBLE, lw=0, rasterized=True,
+                   label=f"infeasible ({int((~cfeas & cfin).sum()):,})")
     if good.size:
-        ax.scatter(xv[good], yv[good], s=5, c=_FEASIBLE, lw=0, rasterized=True,
-                   label=f"feasible ({int((feasible & finite).sum()):,})")
+        ax.scatter(cx[good], cy[good], s=5, c=_FEASIBLE, lw=0, rasterized=True,
+                   label=f"feasible ({int((cfeas & cfin).sum()):,})")
     fi = np.flatnonzero(front)
     fi = fi[np.argsort(xv[fi], kind="stable")]
     if fi.size:
@@ -199,8 +213,8 @@ def pareto_front(
         # Alternate label sides so that neighbouring presets do not write over each other.
         ax.annotate(name, (pxv, pyv), xytext=(8, 8 if k % 2 == 0 else -14),
                     textcoords="offset points", fontsize=9, color=_PRESET, zorder=6)
-    allx = np.concatenate([xv[finite], px])
-    ally = np.concatenate([yv[finite], py])
+    allx = np.concatenate([xv[finite], cx[cfin], px])
+    ally = np.concatenate([yv[finite], cy[cfin], py])
     if log if log is not None else _spans_decades(allx):
         _log_axis(ax, "x", allx)
     if log if log is not None else _spans_decades(ally):

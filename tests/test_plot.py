@@ -155,3 +155,21 @@ def test_no_pyplot_state_and_bad_suffix(tmp_path):
     assert matplotlib.get_backend() == backend
     with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
         plot.save(fig, tmp_path / "front.jpg")
+
+
+def test_pareto_front_of_a_front_only_sweep_with_a_region(sweep_result):
+    space = dse.Space(CHIPS["H100-SXM"], {"mac_units": ("log", 2e4, 1e6),
+                                          "hbm_bandwidth": ("log", 5e11, 1e13)})
+    front_only = dse.sweep(_workload, space, 4096, constraints={"area": ("<=", 826.0)},
+                           directions={"area": "min", "time": "min"}, keep="pareto",
+                           progress=False)
+    fig = plot.pareto_front(front_only, "area", "time", region=sweep_result)
+    ax = fig.axes[0]
+    labels = [c.get_label() for c in ax.collections]
+    # The region (1,024 rows) is drawn as the cloud; the front comes from the 4,096-point sweep.
+    n_feasible = int(sweep_result.feasible.sum())
+    assert f"feasible ({n_feasible:,})" in labels
+    front_line = [ln for ln in ax.get_lines() if ln.get_label().startswith("Pareto front")][0]
+    assert len(front_line.get_xdata()) == int(front_only.feasible.sum())
+    with pytest.raises(ValueError, match="region has no column 'time'"):
+        plot.pareto_front(front_only, "area", "time", region={"area": [1.0]})
