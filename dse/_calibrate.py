@@ -12,9 +12,10 @@ gives
 
 and uncertainty comes from the Laplace approximation at the optimum: with log-ratio residuals
 r_i ~ N(0, sigma^2), the negative log-likelihood is sum r^2 / (2 sigma^2), its Hessian in z is
-H / sigma^2 (H the Hessian of sum r^2 / 2), and cov(z) = (H / sigma^2 + I / s^2)^-1 with the
-optional Gaussian prior of log-std s around the starting values; sigma^2 = sum r^2 / (n - k)
-(Seber & Wild 2003, "Nonlinear Regression", Sec. 5.1-5.2; Bishop 2006, Sec. 4.4).
+H / sigma^2 with H the Gauss-Newton Hessian J^T J of sum r^2 / 2 (J = d r / d z), and
+cov(z) = (J^T J / sigma^2 + I / s^2)^-1 with the optional Gaussian prior of log-std s around the
+starting values; sigma^2 = sum r^2 / (n - k) (Seber & Wild 2003, "Nonlinear Regression",
+Sec. 2.1-2.2, 5.1; Bishop 2006, Sec. 4.4).
 """
 
 from __future__ import annotations
@@ -342,12 +343,13 @@ def _predict_batch(z, params, inputs, model_fn, names):
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "names"))
-def _hessian(z, params, inputs, measured, model_fn, names):
-    def half_ssr(z_):
-        return 0.5 * jnp.sum(_log_ratio(_predict_z(z_, params, inputs, model_fn, names),
-                                        measured) ** 2)
-
-    return jax.hessian(half_ssr)(z)
+def _gauss_newton(z, params, inputs, measured, model_fn, names):
+    """J^T J of the log-ratio residuals at z: the Gauss-Newton Hessian of sum r^2 / 2, which is
+    positive semi-definite wherever the fit stopped (the exact Hessian adds sum r H_r, which
+    vanishes as the model fits and can make the matrix indefinite away from a minimum)."""
+    jac = jax.jacfwd(lambda z_: _log_ratio(_predict_z(z_, params, inputs, model_fn, names),
+                                           measured))(z)
+    return jac.T @ jac
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "names", "steps", "inv_prior"))
@@ -492,7 +494,7 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     pred_hat = predict(z_hat)
     r = _log_ratio(pred_hat, measured)
     sigma2 = jnp.sum(r**2) / max(n - k, 1)
-    hess = _hessian(z_hat, params, data.inputs, measured, **static)
+    hess = _gauss_newton(z_hat, params, data.inputs, measured, **static)
     precision = hess / sigma2 + inv_prior * jnp.eye(k, dtype=dtype)
     log_cov = jnp.linalg.pinv(0.5 * (precision + precision.T), hermitian=True)
     # A direction the data do not constrain (zero curvature, no prior) has no finite error.
