@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dse.hardware import CHIPS
-from dse.models import Efficiency, elementwise, gemm
-from dse.models._operators import default_efficiency
 from helpers import shared_data_dir, tree_allclose
 
 import dse
 from dse._measure import OPERATOR_BOUNDS, shared_kernel_measurements
+from dse.hardware import CHIPS
+from dse.models import Efficiency, elementwise, gemm
+from dse.models._operators import default_efficiency
 
 CHIP = CHIPS["A100-80GB"]
 # Ground truth of the synthetic data: away from the shipped defaults (0.89, 8.6 us, 0.69, 10 us)
@@ -68,6 +68,22 @@ def test_recovers_known_parameters_within_uncertainty(fitted):
     # The fitted pytree is an Efficiency the operator models accept.
     assert isinstance(r.params, Efficiency)
     np.testing.assert_allclose(float(r.params.matrix_max), float(r.value[0]))
+
+
+def test_laplace_intervals_cover_the_truth_at_their_stated_rate():
+    # 8 independent noisy data sets x 4 parameters: a 2-sigma interval should hold the truth
+    # ~95% of the time; at least 26 of 32 (81%) guards against intervals that are too narrow.
+    hits, total = 0, 0
+    for seed in range(1, 9):
+        r = dse.calibrate(dse.operator_model, default_efficiency(), _synthetic(seed=seed),
+                          bounds=OPERATOR_BOUNDS, validation="none", steps=100)
+        cov = np.asarray(r.log_covariance)
+        assert np.all(np.linalg.eigvalsh(cov) >= -1e-6 * np.abs(cov).max())
+        log_std = np.sqrt(np.diag(cov))
+        for i, name in enumerate(r.names):
+            hits += abs(np.log(float(r.value[i]) / TRUE[name])) < 2 * log_std[i]
+            total += 1
+    assert hits >= 26, (hits, total)
 
 
 def test_bootstrap_and_laplace_agree(fitted):
