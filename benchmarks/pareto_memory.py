@@ -24,11 +24,11 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dse.hardware import Activity, area, power  # noqa: E402
-from dse.models import best_plan  # noqa: E402
 from sweep_throughput import GPT3, SPACE, objective  # noqa: E402
 
 import dse  # noqa: E402
+from dse.hardware import Activity, area, power  # noqa: E402
+from dse.models import best_plan  # noqa: E402
 
 # Narayanan et al. 2021 (arXiv:2104.04473) Sec. 5.1: GPT-3 175B at a global batch of 1536.
 GLOBAL_BATCH = 1536

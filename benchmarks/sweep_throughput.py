@@ -20,10 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dse.hardware import SYSTEMS, Activity, area, power
-from dse.models import RECOMPUTE_SELECTIVE, TRANSFORMERS, TrainingPlan, train_step
 
 import dse
+from dse.hardware import SYSTEMS, Activity, area, power
+from dse.models import RECOMPUTE_SELECTIVE, TRANSFORMERS, TrainingPlan, train_step
 
 GPT3 = TRANSFORMERS["gpt3-175b"]
 PLAN = TrainingPlan(tp=8, pp=8, dp=16, microbatch_size=1, global_batch=1536, interleave=3,

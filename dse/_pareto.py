@@ -127,12 +127,22 @@ class ParetoFront:
         self.seen = 0
 
     def set_state(self, values, feasible, columns, seen: int) -> None:
-        """Replace the front (used to resume a sweep from its saved front)."""
-        self._values = np.asarray(values, np.float64).reshape(-1, len(self.sign))
-        self._feasible = np.asarray(feasible, bool)
-        self._columns = {c: np.asarray(columns[c]) for c in self.column_names}
-        self._pending, self._pending_rows, self._table_cache = [], 0, None
+        """Restart from saved points (a `snapshot`: the front, maybe with buffered points)."""
+        self._values = np.zeros((0, len(self.sign)))
+        self._feasible = np.zeros(0, bool)
+        self._columns = {c: np.zeros(0) for c in self.column_names}
+        values = np.asarray(values, np.float64).reshape(-1, len(self.sign))
+        self._pending = [(values, np.asarray(feasible, bool),
+                          {c: np.asarray(columns[c]) for c in self.column_names})]
+        self._pending_rows, self._table_cache = len(values), None
+        self.merge()
         self.seen = int(seen)
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The front and the buffered points, unmerged: enough to restart (`set_state`)."""
+        parts = [(self._values, self._feasible, self._columns), *self._pending]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                {c: np.concatenate([p[2][c] for p in parts]) for c in self.column_names})
 
     @property
     def values(self) -> np.ndarray:

@@ -13,9 +13,9 @@ How it is fast and bounded:
 - Memory is bounded by the chunk: with `keep="pareto"` only the running front is kept, and the
   kernel already discards points that a staircase table of the current front dominates, so
   only a handful of rows per chunk reach the host-side merge.
-- With `path`, every finished chunk (or the running front) is written atomically; a sweep that
-  was interrupted resumes from its last finished chunk and returns what an uninterrupted one
-  does (same seed, same chunking, same result).
+- With `path`, every finished chunk (or, every `checkpoint_s`, the running front) is written
+  atomically; a sweep that was interrupted resumes from its last saved chunk and returns what an
+  uninterrupted one does (same seed, same chunking, same result).
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def sweep(
     path: str | os.PathLike | None = None,
     progress: bool = True,
     callback: Callable[[int, int], None] | None = None,
+    checkpoint_s: float = 10.0,
     prefilter_bins: int | None = None,
     max_nan_records: int = 1000,
     devices=None,
@@ -140,6 +141,9 @@ def sweep(
       the same call resumes from the last finished chunk.
     - `progress`: a tqdm bar with points/s.
     - `callback`: `callback(chunks_done, points_done)` after each chunk is committed.
+    - `checkpoint_s`: with `keep="pareto"` and `path`, the running front is written at most
+      this often (and always on exit, Ctrl-C and errors included); a killed process loses
+      at most this much work. With `keep="all"` every chunk is written when it finishes.
     - `prefilter_bins`: with `keep="pareto"`, the kernel discards points that the current
       front dominates through a staircase table with this many cells per objective (default:
       about 65536 cells in all); it is exact, the cells only change how many points pass.
@@ -202,7 +206,7 @@ def sweep(
                     "space": space.describe(), "metrics": metrics,
                     "constraints": {k: list(v) for k, v in constraints.items()},
                     "directions": directions, "keep": keep, "dtype": str(np.dtype(dtype))}
-        store = _Store(Path(path), manifest)
+        store = _Store(Path(path), manifest, checkpoint_s)
         store.load_into(run)
     todo = [c for c in range(n_chunks) if c not in run.done]
 
@@ -232,6 +236,13 @@ def sweep(
             if callback is not None:
                 callback(len(run.done), run.points_done)
             pending = nxt
+        if store is not None:
+            store.commit(run, None, None, force=True)
+    except BaseException:
+        # Ctrl-C or an error: save the front of every finished chunk before leaving.
+        if store is not None:
+            store.commit(run, None, None, force=True)
+        raise
     finally:
         bar.close()
     run_s = time.perf_counter() - t1
@@ -419,10 +430,10 @@ class _Run:
         return ["index", *self.space.names, *self.metrics, *self.margin_names, "feasible"]
 
     def state(self) -> dict[str, np.ndarray]:
-        """The running front (keep='pareto'), to persist after each chunk."""
-        f = self.front
-        arrays = {f"front:{k}": v for k, v in f.columns.items()}
-        arrays.update({"front_values": f.values, "front_feasible": f.feasible,
+        """The running front (keep='pareto') and the chunks it holds, to persist."""
+        values, feasible, columns = self.front.snapshot()
+        arrays = {f"front:{k}": v for k, v in columns.items()}
+        arrays.update({"front_values": values, "front_feasible": feasible,
                        "done": np.array(sorted(self.done), np.int64),
                        "points_done": np.array(self.points_done),
                        "nan_count": np.array(self.nan_count)})
@@ -470,9 +481,11 @@ class _Run:
 class _Store:
     """Atomic chunk files (keep='all') or front snapshots (keep='pareto') under one folder."""
 
-    def __init__(self, root: Path, manifest: dict):
+    def __init__(self, root: Path, manifest: dict, checkpoint_s: float):
         self.root = root
         self.writer = jax.process_index() == 0
+        self.checkpoint_s = checkpoint_s
+        self.last_write = -math.inf
         root.mkdir(parents=True, exist_ok=True)
         self.manifest_path = root / "manifest.json"
         text = json.dumps(manifest, sort_keys=True)
@@ -513,10 +526,14 @@ class _Store:
                     rows = {k: z[k] for k in z.files}
                 run._merge(c, rows, seen=len(rows["index"]))
 
-    def commit(self, run: _Run, c: int, rows: dict[str, np.ndarray]) -> None:
+    def commit(self, run: _Run, c: int | None, rows: dict[str, np.ndarray] | None,
+               force: bool = False) -> None:
+        """Persist chunk c (keep='all'), or the front when `checkpoint_s` has passed / forced."""
         if not self.writer:
             return
         if run.keep == "all":
-            atomic_savez(self._chunk_path(c), **rows)
-        else:
+            if c is not None:
+                atomic_savez(self._chunk_path(c), **rows)
+        elif force or time.monotonic() - self.last_write >= self.checkpoint_s:
             atomic_savez(self.root / "front.npz", **run.state())
+            self.last_write = time.monotonic()

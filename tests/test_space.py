@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dse.hardware import Chip, System
 from scipy.stats import qmc
 
 from dse import Param, Space
+from dse.hardware import Chip, System
 
 
 def a100_like() -> Chip:

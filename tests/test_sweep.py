@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from dse.hardware import Chip
 from test_pareto import brute_force_mask
 
 from dse import Param, Space, SweepNaNWarning, SweepResult, pareto_mask, sweep
+from dse.hardware import Chip
 
 
 def a100_like() -> Chip:
@@ -176,22 +176,24 @@ KILLED_SCRIPT = """
 import sys, time
 import jax.numpy as jnp
 sys.path.insert(0, {tests!r})
-from test_sweep import SPACE, objective
+from test_sweep import DIRECTIONS, SPACE, objective
 from dse import sweep
 
 def slow(c, p):
     print(c, flush=True)
     time.sleep(0.3)
 
-sweep(objective, SPACE, 2000, chunk_size=64, progress=False, path={path!r}, callback=slow)
+sweep(objective, SPACE, 2000, chunk_size=64, progress=False, path={path!r}, callback=slow,
+      keep={keep!r}, directions=DIRECTIONS, checkpoint_s=0.0)
 """
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("keep", ["all", "pareto"])
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, keep):
     tests = os.path.dirname(os.path.abspath(__file__))
     script = tmp_path / "run.py"
     out = tmp_path / "sweep"
-    script.write_text(KILLED_SCRIPT.format(tests=tests, path=str(out)))
+    script.write_text(KILLED_SCRIPT.format(tests=tests, path=str(out), keep=keep))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     with open(tmp_path / "stderr.txt", "w") as err, subprocess.Popen(
             [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=err, env=env,
@@ -208,10 +210,18 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
             proc.kill()
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()
-    done = sorted(p for p in os.listdir(out) if p.startswith("chunk_"))
+    if keep == "all":
+        done = sorted(p for p in os.listdir(out) if p.startswith("chunk_"))
+    else:
+        with np.load(out / "front.npz") as state:
+            done = list(state["done"])
     assert 4 <= len(done) < 32
-    resumed = sweep(objective, SPACE, 2000, chunk_size=64, progress=False, path=out)
-    ref = sweep(objective, SPACE, 2000, chunk_size=64, progress=False)
+    kw = dict(chunk_size=64, progress=False, keep=keep, directions=DIRECTIONS)
+    progress = []
+    resumed = sweep(objective, SPACE, 2000, path=out, callback=lambda c, p: progress.append(c),
+                    **kw)
+    assert progress[0] == len(done) + 1
+    ref = sweep(objective, SPACE, 2000, **kw)
     for k in ref.columns:
         np.testing.assert_array_equal(resumed[k], ref[k], err_msg=k)
 
