@@ -147,6 +147,49 @@ def test_fit_subset_holds_the_rest():
     assert np.isnan(float(r.validation_mape))
 
 
+def test_nested_parameters_kernel_and_step_rows(tmp_path):
+    # The shape benchmarks/calibration.py fits: kernel rows through the operator model and
+    # step rows through train_step's kernel_fraction (time = A / kernel_fraction + B).
+    kern = _synthetic()
+    rng = np.random.default_rng(5)
+    n_step = 16
+    a, b = rng.uniform(1.0, 10.0, n_step), rng.uniform(0.0, 2.0, n_step)
+    true_kf = 0.6
+    step_t = (a / true_kf + b) * np.exp(NOISE * rng.standard_normal(n_step))
+    pad = lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (n_step,) + x.shape[1:])])
+    dtype = kern.measured.dtype
+    zeros = np.zeros(kern.n)
+    inputs = dict(kernel=jax.tree.map(pad, kern.inputs),
+                  a=jnp.asarray(np.concatenate([zeros, a]), dtype),
+                  b=jnp.asarray(np.concatenate([zeros, b]), dtype),
+                  is_step=jnp.asarray(np.concatenate([zeros, np.ones(n_step)]), dtype))
+
+    def model(params, x):
+        step = x["a"] / params["kernel_fraction"] + x["b"]
+        kernel = dse.operator_model(params["efficiency"], x["kernel"])
+        return jnp.where(x["is_step"] > 0.5, step, kernel)
+
+    data = dse.Measurements(inputs, jnp.concatenate([kern.measured, jnp.asarray(step_t, dtype)]),
+                            jnp.asarray(np.r_[np.asarray(kern.group), np.full(n_step, 4)]),
+                            kern.sources + ("steps",))
+    start = dict(efficiency=default_efficiency(), kernel_fraction=jnp.asarray(0.9))
+    bounds = {f"efficiency.{k}": v for k, v in OPERATOR_BOUNDS.items()} | {
+        "kernel_fraction": (0.05, 1.0)}
+    r = dse.calibrate(model, start, data, bounds=bounds, validation="none", steps=100)
+    assert r.names == ("efficiency.matrix_max", "efficiency.matrix_overhead_s",
+                       "efficiency.memory_max", "efficiency.memory_overhead_s",
+                       "kernel_fraction")
+    truth = [TRUE[n.split(".")[1]] for n in r.names[:4]] + [true_kf]
+    log_std = np.sqrt(np.diag(np.asarray(r.log_covariance)))
+    z_err = np.abs(np.log(np.asarray(r.value) / np.asarray(truth)))
+    assert np.all(z_err < 3 * log_std), (z_err, log_std)
+    path = tmp_path / "nested.json"
+    r.save(path)
+    back = dse.load_calibration(path, like=start)
+    assert tree_allclose(back.params, r.params, rtol=1e-6)
+    assert isinstance(back.params["efficiency"], Efficiency)
+
+
 def test_bad_input_raises():
     data = _synthetic(n=8)
     eff = default_efficiency()
