@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -137,7 +137,7 @@ def roadmap(
     chip: Chip,
     *,
     metric: str,
-    direction: Literal["min", "max"] = "min",
+    direction: str = "min",
     steps: Sequence[tuple[float, str]] = ROADMAP_STEPS,
     params: Sequence[Param] | Mapping[str, Any] | None = None,
     constraints: Mapping[str, tuple[str, float]] | None = None,

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+# Which way a metric is better. Public arguments take a plain str (checked at run time, so a
+# wrong value gets the named ValueError rather than a type-checker error).
 Direction = Literal["min", "max"]
 
 # Which hardware resource each design field provides (by the field's last name). Fields not
@@ -247,7 +249,7 @@ def sensitivity(
     design: Any,
     *,
     fields: Sequence[str] | None = None,
-    directions: Mapping[str, Direction] | Direction = "min",
+    directions: Mapping[str, str] | str = "min",
     limits: Callable[[Any], Mapping[str, Float[Array, ""]]] | None = None,
     budgets: Mapping[str, float] | None = None,
 ) -> SensitivityResult:
@@ -327,7 +329,7 @@ def sensitivity(
         limiting = names[np.argmax(np.stack(list(limits_np.values()), axis=-1), axis=-1)]
     else:
         limiting = np.full(batch_shape, "", dtype="<U1")
-    utilization = {k: vals[k] / b for k, b in budgets.items()}
+    utilization = {k: np.asarray(vals[k] / b) for k, b in budgets.items()}
     if utilization:
         names = np.array(list(utilization))
         binding_budget = names[np.argmax(np.stack(list(utilization.values()), axis=-1),

@@ -74,7 +74,7 @@ def _finish(fig: Figure, path) -> Figure:
 def _spans_decades(values) -> bool:
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
-    return v.size > 1 and bool(np.all(v > 0)) and v.max() / v.min() > 10.0
+    return bool(v.size > 1 and np.all(v > 0) and v.max() / v.min() > 10.0)
 
 
 def _log_axis(ax, which: str, values) -> None:
