@@ -105,8 +105,9 @@ class SensitivityResult:
           +10%, or -10% for a field whose decrease helps).
 
         **Returns:** one row per field: `field`, `resource`, `value`, `elasticity`, `direction`
-        ("increase" / "decrease": which way helps), `change` (relative change of the metric for a
-        `step` change of the field, `(1 +- step) ** elasticity - 1`), `gain` (improvement of
+        ("increase" / "decrease": which way helps; "none" for a field with no effect), `change`
+        (relative change of the metric for a `step` change of the field,
+        `(1 +- step) ** elasticity - 1`), `gain` (improvement of
         the metric per 1% of the field, in %, positive = better), and with `per`, `price` and
         `gain_per_price`; best first, fields with no effect last.
         """
@@ -120,7 +121,8 @@ class SensitivityResult:
         values = np.asarray(self._row(self.field_values, index), np.float64)
         # Helps to increase the field when the metric moves the right way with it.
         helps_up = -sign * e >= 0
-        direction = np.where(helps_up, "increase", "decrease")
+        moves = np.isfinite(e) & (e != 0)
+        direction = np.where(moves, np.where(helps_up, "increase", "decrease"), "none")
         factor = np.where(helps_up, 1.0 + step, 1.0 - step)
         change = factor ** np.nan_to_num(e) - 1.0
         gain = np.abs(e)

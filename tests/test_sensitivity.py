@@ -148,6 +148,8 @@ def test_table_ranks_what_to_improve_next():
     assert list(t.columns[:4]) == ["field", "resource", "value", "elasticity"]
     assert t.loc[0, "field"] == "hbm_bandwidth" and t.loc[0, "direction"] == "increase"
     assert np.all(np.diff(t["gain"].to_numpy()) <= 1e-12)  # best first
+    no_effect = t["elasticity"].to_numpy() == 0
+    assert no_effect.any() and np.all(t["direction"].to_numpy()[no_effect] == "none")
     # +10% of a field changes the metric by 1.1 ** elasticity - 1.
     row = t.iloc[0]
     np.testing.assert_allclose(row["change"], 1.1 ** row["elasticity"] - 1.0, rtol=1e-12)
