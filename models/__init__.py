@@ -27,6 +27,11 @@ from ._training import RECOMPUTE_FULL as RECOMPUTE_FULL
 from ._training import RECOMPUTE_NONE as RECOMPUTE_NONE
 from ._training import RECOMPUTE_SELECTIVE as RECOMPUTE_SELECTIVE
 from ._training import REASON_NAMES as REASON_NAMES
+from ._training import REASON_BATCH as REASON_BATCH
+from ._training import REASON_CHIPS as REASON_CHIPS
+from ._training import REASON_MEMORY as REASON_MEMORY
+from ._training import REASON_OK as REASON_OK
+from ._training import SUSTAINED_KERNEL_FRACTION as SUSTAINED_KERNEL_FRACTION
 from ._training import TrainingPlan as TrainingPlan
 from ._training import TrainReport as TrainReport
 from ._training import activation_bytes_per_layer as activation_bytes_per_layer
