@@ -450,6 +450,9 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     if validation not in ("source", "kfold", "none"):
         raise ValueError(f"calibrate: validation must be 'source', 'kfold' or 'none'; got "
                          f"{validation!r}")
+    if validation == "source" and len(np.unique(np.asarray(data.group))) < 2:
+        raise ValueError(f"calibrate: validation='source' needs rows from at least 2 sources; "
+                         f"got {data.sources}; use validation='kfold'")
     if uncertainty not in ("laplace", "bootstrap", "both"):
         raise ValueError(f"calibrate: uncertainty must be 'laplace', 'bootstrap' or 'both'; "
                          f"got {uncertainty!r}")

@@ -200,6 +200,8 @@ def test_bad_input_raises():
     # ValueError from calibrate, or TypeError from the jaxtyping check of the Literal.
     with pytest.raises((ValueError, TypeError), match="validation"):
         dse.calibrate(dse.operator_model, eff, data, validation="loo")
+    with pytest.raises(ValueError, match="2 sources"):
+        dse.calibrate(dse.operator_model, eff, data.subset(np.asarray(data.group) == 0))
     with pytest.raises(ValueError, match="measured"):
         dataclasses.replace(data, measured=-data.measured)
     with pytest.raises(ValueError, match="group"):
