@@ -188,7 +188,8 @@ class CalibrationResult(eqx.Module):
 
         - `key`: a `jax.random` key.
         - `n`: number of samples.
-        - `method`: "laplace" (log-normal around the fit with `log_covariance`) or "bootstrap"
+        - `method`: "laplace" (log-normal around the fit with `log_covariance`; a parameter
+          the data do not constrain, std inf, is held at its value) or "bootstrap"
           (replicates drawn with replacement).
 
         **Returns:** the parameter pytree with leaves of shape (n,) (unfitted leaves repeated).
