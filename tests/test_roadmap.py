@@ -85,8 +85,12 @@ def test_roadmap_follows_the_chip_and_the_optimum():
 
 def test_roadmap_without_a_space_and_bad_input():
     res = dse.roadmap(_workload, CHIPS["H100-SXM"], metric="time",
-                      steps=[(5.0, "HBM3"), (3.0, "HBM3e")])
+                      steps=[(5.0, "HBM3"), (3.0, "HBM3e")],
+                      fields=["mac_units", "hbm_bandwidth"])
     assert all(s.optimum is None and s.optimum_metrics == {} for s in res.steps)
+    # Only the named fields are differentiated (and so only they can bind).
+    assert all({f for f, _ in s.top} == {"mac_units", "hbm_bandwidth"} for s in res.steps)
+    assert all(s.binding in ("compute", "HBM bandwidth") for s in res.steps)
     assert res.to_dataframe().shape[0] == 2
     with pytest.raises(ValueError, match="no metric 'speed'"):
         dse.roadmap(_workload, CHIPS["H100-SXM"], metric="speed", steps=[(5.0, "HBM3")])
