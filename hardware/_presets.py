@@ -18,7 +18,7 @@ from ._system import System
 TFLOP = u.TFLOPS
 
 
-def _macs(peak_tflops: float, clock_ghz: float) -> float:
+def _macs(peak_tflops: float | int, clock_ghz: float | int) -> float:
     return peak_tflops * TFLOP / (2.0 * clock_ghz * u.GHz)
 
 
