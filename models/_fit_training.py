@@ -252,6 +252,14 @@ def megatron2021_plans(case: TrainingCase) -> TrainingPlan:
     return jax.tree.map(lambda x: x[keep], plans)
 
 
+def _pad(plans: TrainingPlan, multiple: int = 256) -> TrainingPlan:
+    """Repeat the last plan up to a multiple of `multiple` plans (duplicates leave the best plan
+    unchanged); one array shape for every case lets eager evaluation reuse its kernels."""
+    n = plans.tp.shape[0]
+    idx = np.minimum(np.arange(-(-n // multiple) * multiple), n - 1)
+    return jax.tree.map(lambda x: x[idx], plans)
+
+
 def predict(case: TrainingCase, kernel_fraction: float | None = None, plan=None):
     """(predicted value of the case's metric, the plan used, its TrainReport or None).
 
@@ -262,7 +270,7 @@ def predict(case: TrainingCase, kernel_fraction: float | None = None, plan=None)
     if case.metric == "layer_time":
         return float(layer_time(case.model, plan, case.system, **kw)), plan, None
     if plan is None:
-        plans = megatron2021_plans(case)
+        plans = _pad(megatron2021_plans(case))
         reports = evaluate_plans(case.model, plans, case.system, **kw)
         plan, report = select_plan(plans, reports)
     else:
