@@ -192,11 +192,13 @@ def pareto_front(
         cfin = np.isfinite(cx) & np.isfinite(cy)
     bad = _thin(np.flatnonzero(~cfeas & cfin))
     good = _thin(np.flatnonzero(cfeas & cfin))
+    # Dots shrink as the cloud grows: a few designs stay visible, a million stay a region.
+    size = float(np.clip(3000.0 / max(bad.size + good.size, 1), 4.0, 25.0))
     if bad.size:
-        ax.scatter(cx[bad], cy[bad], s=4, c=_INFEASIBLE, lw=0, rasterized=True,
+        ax.scatter(cx[bad], cy[bad], s=size, c=_INFEASIBLE, lw=0, rasterized=True,
                    label=f"infeasible ({int((~cfeas & cfin).sum()):,})")
     if good.size:
-        ax.scatter(cx[good], cy[good], s=5, c=_FEASIBLE, lw=0, rasterized=True,
+        ax.scatter(cx[good], cy[good], s=size, c=_FEASIBLE, lw=0, rasterized=True,
                    label=f"feasible ({int((cfeas & cfin).sum()):,})")
     fi = np.flatnonzero(front)
     fi = fi[np.argsort(xv[fi], kind="stable")]
@@ -222,7 +224,8 @@ def pareto_front(
     ax.set_xlabel(label(x, units))
     ax.set_ylabel(label(y, units))
     better = {"min": "lower", "max": "higher"}
-    ax.set_title(title or f"{y.replace('_', ' ')} vs {x.replace('_', ' ')} "
+    # Two lines, so that long metric names never run past the figure's edge.
+    ax.set_title(title or f"{y.replace('_', ' ')} vs {x.replace('_', ' ')}\n"
                  f"({better[directions[0]]} {x.replace('_', ' ')} and "
                  f"{better[directions[1]]} {y.replace('_', ' ')} are better)", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
@@ -273,7 +276,7 @@ def sensitivity_bars(
     lim = max(1e-3, float(np.max(np.abs(e))) if e.size else 1.0) * 1.25
     ax.set_xlim(-lim, lim)
     for i, v in enumerate(e):
-        ax.annotate(f"{v:+.2f}", (v, i), xytext=(4 if v >= 0 else -4, 0),
+        ax.annotate(f"{v:+.2g}", (v, i), xytext=(4 if v >= 0 else -4, 0),
                     textcoords="offset points", va="center",
                     ha="left" if v >= 0 else "right", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
