@@ -203,8 +203,10 @@ def pareto_front(
     fi = np.flatnonzero(front)
     fi = fi[np.argsort(xv[fi], kind="stable")]
     if fi.size:
+        # With no feasible design the front is that of the least-bad ones: say so.
+        name = "Pareto front" if (feasible & finite).any() else "front (none feasible)"
         ax.plot(xv[fi], yv[fi], "-o", color=_FRONT, ms=3.5, lw=1.4, drawstyle="steps-post",
-                label=f"Pareto front ({fi.size})")
+                label=f"{name} ({fi.size})")
     px, py = [], []
     for k, (name, p) in enumerate((presets or {}).items()):
         pxv, pyv = (float(p[x]), float(p[y])) if isinstance(p, Mapping) else map(float, p)

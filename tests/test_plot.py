@@ -173,3 +173,11 @@ def test_pareto_front_of_a_front_only_sweep_with_a_region(sweep_result):
     assert len(front_line.get_xdata()) == int(front_only.feasible.sum())
     with pytest.raises(ValueError, match="region has no column 'time'"):
         plot.pareto_front(front_only, "area", "time", region={"area": [1.0]})
+
+
+def test_front_of_infeasible_designs_is_labelled_so():
+    data = {"cost": np.array([1.0, 2.0, 3.0]), "time": np.array([3.0, 1.0, 2.0]),
+            "feasible": np.zeros(3, bool)}
+    ax = plot.pareto_front(data, "cost", "time").axes[0]
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert "front (none feasible) (2)" in labels
