@@ -214,7 +214,9 @@ class _LogLogCurve:
         i = jnp.clip(jnp.searchsorted(xs, x, side="right") - 1, 0, len(self.x) - 2)
         x0, x1 = xs[i], xs[i + 1]
         h = x1 - x0
-        t = jnp.clip((x - x0) / h, 0.0, 1.0)
+        # No clip on t: the outer where picks the extrapolation outside the data, and a clip
+        # would halve the derivative exactly at the published nodes (where presets sit).
+        t = (x - x0) / h
         h00 = 2 * t**3 - 3 * t**2 + 1
         h10 = t**3 - 2 * t**2 + t
         h01 = -2 * t**3 + 3 * t**2

@@ -72,9 +72,6 @@ def test_elasticities_match_finite_differences():
                                                err_msg=f"{metric} wrt {field}")
 
 
-@pytest.mark.xfail(strict=True, reason="dse.hardware technology curves clip t in [0, 1] with "
-                   "jnp.clip, whose gradient is halved at a tie: at a published node (4, 5, 7 nm) "
-                   "d/d node_nm is half the one-sided derivative (reported to the hardware lead)")
 def test_node_elasticity_at_a_published_node():
     with jax.enable_x64(True):
         chip = _f64(CHIPS["H100-SXM"])
