@@ -95,12 +95,19 @@ def _scaleup_steps(system: System, p):
     return d * (p ** (1.0 / d) - 1.0)
 
 
-def _bandwidths(system: System):
-    return system.scaleup_bandwidth * SCALEUP_LINK_EFFICIENCY, system.scaleout_bandwidth
+def _link_efficiency(link_efficiency):
+    """The given scale-up link efficiency, or the fitted `SCALEUP_LINK_EFFICIENCY`."""
+    return SCALEUP_LINK_EFFICIENCY if link_efficiency is None else link_efficiency
 
 
-def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, up_floor=None) -> CommCost:
-    bw_up, bw_out = _bandwidths(system)
+def _bandwidths(system: System, link_efficiency=None):
+    return (system.scaleup_bandwidth * _link_efficiency(link_efficiency),
+            system.scaleout_bandwidth)
+
+
+def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, up_floor=None,
+          link_efficiency=None) -> CommCost:
+    bw_up, bw_out = _bandwidths(system, link_efficiency)
     t_up = up_bytes / bw_up + up_steps * system.scaleup_latency
     if up_floor is not None:
         t_up = jnp.maximum(t_up, up_floor)
@@ -116,7 +123,8 @@ def _reduce_scatter_parts(system, n, group_size, stride):
 
 
 def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-                   stride: ArrayLike = 1.0) -> CommCost:
+                   stride: ArrayLike = 1.0,
+                   link_efficiency: ArrayLike | None = None) -> CommCost:
     """Reduce-scatter of a `message_bytes` buffer over `group_size` chips (each keeps 1/p).
 
     **Arguments:**
@@ -126,15 +134,18 @@ def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLi
     - `group_size`: chips in the group (1: no communication).
     - `stride`: chip-index spacing of the members (a data-parallel group beside tensor
       parallel 8 has stride 8 and crosses the scale-out network).
+    - `link_efficiency`: fraction of the scale-up links' bandwidth the collective sustains
+      (default `SCALEUP_LINK_EFFICIENCY`, fitted; a calibrated value may be traced).
 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
-    return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system)
+    return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
+                 link_efficiency=link_efficiency)
 
 
 def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0) -> CommCost:
+               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
     """All-gather into a `message_bytes` buffer (each chip contributes 1/p) over the group.
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is the full gathered output.
@@ -142,11 +153,12 @@ def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
-    return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system)
+    return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
+                 link_efficiency=link_efficiency)
 
 
 def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0) -> CommCost:
+               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
     """All-reduce of a `message_bytes` buffer: reduce-scatter then all-gather, per tier.
 
     **Arguments:** as `reduce_scatter`.
@@ -156,11 +168,12 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     n = _f(message_bytes)
     up_bytes, up_steps, out_bytes, out_steps = _reduce_scatter_parts(system, n, group_size,
                                                                      stride)
-    return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system)
+    return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system,
+                 link_efficiency=link_efficiency)
 
 
 def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0) -> CommCost:
+               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
     """All-to-all: each chip sends `message_bytes` split evenly over the group (MoE dispatch).
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is each chip's send buffer (its own
@@ -178,13 +191,14 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
         side = g_in ** (1.0 / d)
         # Bisection bound on the in-domain share, scaled by the (p-1)/p that leaves the chip
         # so that it vanishes continuously for a group of one.
-        floor = side * up_bytes / (8.0 * system.chip.link_bandwidth * SCALEUP_LINK_EFFICIENCY)
+        floor = side * up_bytes / (8.0 * system.chip.link_bandwidth
+                                   * _link_efficiency(link_efficiency))
     return _cost(up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out), system,
-                 up_floor=floor)
+                 up_floor=floor, link_efficiency=link_efficiency)
 
 
 def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-              stride: ArrayLike = 1.0) -> CommCost:
+              stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
     """Point-to-point transfer of `message_bytes` between neighbouring members (pipeline stages).
 
     The slowest neighbour pair sets the time: it crosses the scale-out network when the group
@@ -200,4 +214,5 @@ def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *
     crosses = jnp.where(g_out > 1.0, 1.0, 0.0)
     up_bytes = active * (1.0 - crosses) * n
     out_bytes = active * crosses * n
-    return _cost(up_bytes, active * (1.0 - crosses), out_bytes, active * crosses, system)
+    return _cost(up_bytes, active * (1.0 - crosses), out_bytes, active * crosses, system,
+                 link_efficiency=link_efficiency)
