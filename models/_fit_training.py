@@ -21,6 +21,7 @@ from scipy.optimize import minimize_scalar
 from dse.hardware import CHIPS, SYSTEMS, System
 from dse.hardware import units as u
 
+from ._operators import Efficiency
 from ._plans import enumerate_plans, evaluate_plans, select_plan
 from ._training import (
     RECOMPUTE_FULL,
@@ -260,12 +261,16 @@ def _pad(plans: TrainingPlan, multiple: int = 256) -> TrainingPlan:
     return jax.tree.map(lambda x: x[idx], plans)
 
 
-def predict(case: TrainingCase, kernel_fraction: float | None = None, plan=None):
+def predict(case: TrainingCase, kernel_fraction: float | None = None, plan=None, *,
+            efficiency: Efficiency | None = None, link_efficiency: float | None = None):
     """(predicted value of the case's metric, the plan used, its TrainReport or None).
 
-    `plan` overrides the case's plan (or its `best_plan` search).
+    `plan` overrides the case's plan (or its `best_plan` search). `kernel_fraction`,
+    `efficiency` and `link_efficiency` are passed to `train_step` / `layer_time` (None: the
+    fitted defaults), so a calibrated parameter set predicts every case.
     """
-    kw = dict(flash_attention=FLASH, kernel_fraction=kernel_fraction)
+    kw = dict(flash_attention=FLASH, kernel_fraction=kernel_fraction, efficiency=efficiency,
+              link_efficiency=link_efficiency)
     plan = case.plan if plan is None else plan
     if case.metric == "layer_time":
         return float(layer_time(case.model, plan, case.system, **kw)), plan, None

@@ -15,10 +15,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import System
 
+from ._operators import Efficiency
 from ._training import TrainingPlan, TrainReport, train_step
 from ._transformer import Transformer
 
@@ -107,16 +108,20 @@ def _index(tree, i):
 
 def evaluate_plans(model: Transformer, plans: TrainingPlan, system: System, *,
                    smooth: bool = False, flash_attention: bool = True,
-                   kernel_fraction: float | None = None) -> TrainReport:
+                   kernel_fraction: float | None = None, efficiency: Efficiency | None = None,
+                   link_efficiency: ArrayLike | None = None) -> TrainReport:
     """`train_step` of every plan of a batched `TrainingPlan` (one vmapped call).
 
-    **Arguments:** as `train_step`, with `plans` batched along a leading axis.
+    **Arguments:** as `train_step`, with `plans` batched along a leading axis (`efficiency`,
+    `link_efficiency` and `kernel_fraction` are shared by every plan).
 
     **Returns:** a `TrainReport` with the plans' leading axis.
     """
     return jax.vmap(lambda p: train_step(model, p, system, smooth=smooth,
                                          flash_attention=flash_attention,
-                                         kernel_fraction=kernel_fraction))(plans)
+                                         kernel_fraction=kernel_fraction,
+                                         efficiency=efficiency,
+                                         link_efficiency=link_efficiency))(plans)
 
 
 def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = False,
@@ -159,6 +164,8 @@ def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = Fal
 
 def best_plan(model: Transformer, system: System, global_batch: int, *, smooth: bool = False,
               temperature: float = 0.05, flash_attention: bool = True,
+              kernel_fraction: float | None = None, efficiency: Efficiency | None = None,
+              link_efficiency: ArrayLike | None = None,
               **enumerate_kwargs) -> tuple[TrainingPlan, TrainReport]:
     """The fastest feasible training plan of `model` on all chips of `system`.
 
@@ -173,19 +180,25 @@ def best_plan(model: Transformer, system: System, global_batch: int, *, smooth: 
     - `smooth`: return a soft-min report (see `select_plan`) whose step time has a smooth
       gradient with respect to the hardware.
     - `temperature`: soft-min temperature on log step time.
-    - `flash_attention`: as in `train_step`.
+    - `flash_attention`, `kernel_fraction`, `efficiency`, `link_efficiency`: as in `train_step`
+      (calibrated parameters; None = the fitted defaults).
     - `enumerate_kwargs`: passed to `enumerate_plans` (restrict recompute, ZeRO stages, ...).
 
     **Returns:** `(plan, report)`: the chosen `TrainingPlan` and its `TrainReport`.
     """
     plans = enumerate_plans(model, system.num_chips, global_batch, **enumerate_kwargs)
     reports = evaluate_plans(model, plans, system, smooth=smooth,
-                             flash_attention=flash_attention)
+                             flash_attention=flash_attention, kernel_fraction=kernel_fraction,
+                             efficiency=efficiency, link_efficiency=link_efficiency)
     return select_plan(plans, reports, smooth=smooth, temperature=temperature)
 
 
 def plan_step_time(model: Transformer, system: System, global_batch: int,
                    **kwargs) -> Float[Array, ""]:
-    """Step time of the best plan, s (soft-min by default, so that it differentiates)."""
+    """Step time of the best plan, s (soft-min by default, so that it differentiates).
+
+    `kwargs` go to `best_plan` (`efficiency=`, `link_efficiency=`, `kernel_fraction=` for
+    calibrated parameters; `smooth=False` for the hard minimum).
+    """
     kwargs.setdefault("smooth", True)
     return best_plan(model, system, global_batch, **kwargs)[1].step_time

@@ -15,13 +15,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from dse.hardware import Activity, System, power
 from dse.hardware._validate import as_float_array, check_range
 
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
-from ._operators import attention, attention_backward, elementwise, gemm
+from ._operators import Efficiency, attention, attention_backward, elementwise, gemm
 from ._transformer import Transformer
 
 # Recomputation modes (Korthikanti et al. 2022, Sec. 5).
@@ -172,18 +172,25 @@ class _LayerCost(eqx.Module):
     comm_bytes: Array  # bytes a chip sends over its links, bytes
 
 
-def _gemm_fb(chip, m, n, k, smooth):
+def _gemm_fb(chip, m, n, k, smooth, efficiency: Efficiency | None = None):
     """Forward GEMM (m x k) @ (k x n) and its two backward GEMMs (dX, dW)."""
-    f = gemm(chip, m, n, k, smooth=smooth)
-    dx = gemm(chip, m, k, n, smooth=smooth)
-    dw = gemm(chip, k, n, m, smooth=smooth)
+    f = gemm(chip, m, n, k, smooth=smooth, efficiency=efficiency)
+    dx = gemm(chip, m, k, n, smooth=smooth, efficiency=efficiency)
+    dw = gemm(chip, k, n, m, smooth=smooth, efficiency=efficiency)
     return f, dx, dw
 
 
 def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth: bool,
-                 flash_attention: bool) -> _LayerCost:
-    """One transformer layer, one micro-batch, on one chip of the TP group."""
+                 flash_attention: bool, efficiency: Efficiency | None = None,
+                 link_efficiency=None) -> _LayerCost:
+    """One transformer layer, one micro-batch, on one chip of the TP group.
+
+    `efficiency` (the operator `Efficiency`, None = fitted default) reaches every operator call
+    and `link_efficiency` (None = `SCALEUP_LINK_EFFICIENCY`) every collective.
+    """
     chip = system.chip
+    eff = dict(smooth=smooth, efficiency=efficiency)
+    link = dict(link_efficiency=link_efficiency)
     t, sp, b, s = plan.tp, plan.sequence_parallel, plan.microbatch_size, model.seq_len
     h, f = model.hidden, model.ffn_hidden
     tokens = b * s
@@ -199,24 +206,27 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     expert_tokens = tokens * model.top_k * plan.ep / model.experts
     up_width = f * (2.0 if model.gated_mlp else 1.0) / t
 
+    def fb(m, n, k):
+        return _gemm_fb(chip, m, n, k, smooth, efficiency)
+
     gemms = [
-        (1.0, _gemm_fb(chip, tokens, heads_l * d + 2.0 * kv_l * d, h, smooth)),  # QKV
-        (1.0, _gemm_fb(chip, tokens, h, heads_l * d, smooth)),  # attention output projection
-        (local_experts, _gemm_fb(chip, expert_tokens, up_width, h, smooth)),  # MLP up (+gate)
-        (local_experts, _gemm_fb(chip, expert_tokens, h, f / t, smooth)),  # MLP down
+        (1.0, fb(tokens, heads_l * d + 2.0 * kv_l * d, h)),  # QKV
+        (1.0, fb(tokens, h, heads_l * d)),  # attention output projection
+        (local_experts, fb(expert_tokens, up_width, h)),  # MLP up (+gate)
+        (local_experts, fb(expert_tokens, h, f / t)),  # MLP down
     ]
     fwd = sum(c * g[0].time for c, g in gemms)
     bwd = sum(c * (g[1].time + g[2].time) for c, g in gemms)
     hbm = sum(c * (g[0].hbm_bytes + g[1].hbm_bytes + g[2].hbm_bytes) for c, g in gemms)
     gemm_fwd_bytes = sum(c * g[0].hbm_bytes for c, g in gemms)
-    router = _gemm_fb(chip, tokens, model.experts, h, smooth)
+    router = fb(tokens, model.experts, h)
     fwd = fwd + jnp.where(moe, router[0].time, 0.0)
     bwd = bwd + jnp.where(moe, router[1].time + router[2].time, 0.0)
 
     # Attention core (QK^T, softmax, dropout, AV).
     if flash_attention:
-        a_f = attention(chip, b, heads_l, kv_l, s, s, d, smooth=smooth)
-        a_b = attention_backward(chip, b, heads_l, kv_l, s, s, d, smooth=smooth)
+        a_f = attention(chip, b, heads_l, kv_l, s, s, d, **eff)
+        a_b = attention_backward(chip, b, heads_l, kv_l, s, s, d, **eff)
         core_fwd, core_bwd = a_f.time, a_b.time
         core_fwd_bytes, core_bytes = a_f.hbm_bytes, a_f.hbm_bytes + a_b.hbm_bytes
         core_vec_fwd, core_vec = 0.0, 0.0
@@ -227,15 +237,14 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
         # one GEMM with the groups stacked along M (K and V, s x d each, are small next to the
         # s x s scores that dominate the traffic).
         groups = b * heads_l
-        qk = _gemm_fb(chip, groups * s, s, d, smooth)
-        av = _gemm_fb(chip, groups * s, d, s, smooth)
+        qk = fb(groups * s, s, d)
+        av = fb(groups * s, d, s)
         scores = groups * s * s
-        softmax_f = elementwise(chip, scores, flops_per_element=_SOFTMAX_FLOPS, smooth=smooth)
+        softmax_f = elementwise(chip, scores, flops_per_element=_SOFTMAX_FLOPS, **eff)
         # Dropout writes its output and a 1-byte mask (half a 16-bit element).
-        drop_f = elementwise(chip, scores, flops_per_element=2.0, writes=1.5, smooth=smooth)
-        softmax_b = elementwise(chip, scores, flops_per_element=_SOFTMAX_FLOPS, reads=2.0,
-                                smooth=smooth)
-        drop_b = elementwise(chip, scores, flops_per_element=1.0, reads=1.5, smooth=smooth)
+        drop_f = elementwise(chip, scores, flops_per_element=2.0, writes=1.5, **eff)
+        softmax_b = elementwise(chip, scores, flops_per_element=_SOFTMAX_FLOPS, reads=2.0, **eff)
+        drop_b = elementwise(chip, scores, flops_per_element=1.0, reads=1.5, **eff)
         core_fwd = qk[0].time + av[0].time + softmax_f.time + drop_f.time
         core_bwd = (qk[1].time + qk[2].time + av[1].time + av[2].time + softmax_b.time
                     + drop_b.time)
@@ -252,20 +261,18 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     # (sharded over TP only with sequence parallelism), the MLP activation on the FFN stream.
     stream = tokens * h / jnp.where(sp > 0.5, t, 1.0)
     ffn_stream = expert_tokens * local_experts * f / t
-    ln_f = elementwise(chip, stream, flops_per_element=_LN_FLOPS, smooth=smooth)
-    ln_b = elementwise(chip, stream, flops_per_element=2.0 * _LN_FLOPS, reads=2.0, smooth=smooth)
-    bdr_f = elementwise(chip, stream, flops_per_element=_BDR_FLOPS, reads=2.0, writes=1.5,
-                        smooth=smooth)
-    bdr_b = elementwise(chip, stream, flops_per_element=2.0, reads=1.5, smooth=smooth)
+    ln_f = elementwise(chip, stream, flops_per_element=_LN_FLOPS, **eff)
+    ln_b = elementwise(chip, stream, flops_per_element=2.0 * _LN_FLOPS, reads=2.0, **eff)
+    bdr_f = elementwise(chip, stream, flops_per_element=_BDR_FLOPS, reads=2.0, writes=1.5, **eff)
+    bdr_b = elementwise(chip, stream, flops_per_element=2.0, reads=1.5, **eff)
     if model.gated_mlp:
-        act_f = elementwise(chip, ffn_stream, flops_per_element=_SWIGLU_FLOPS, reads=2.0,
-                            smooth=smooth)
+        act_f = elementwise(chip, ffn_stream, flops_per_element=_SWIGLU_FLOPS, reads=2.0, **eff)
         act_b = elementwise(chip, ffn_stream, flops_per_element=2.0 * _SWIGLU_FLOPS, reads=3.0,
-                            writes=2.0, smooth=smooth)
+                            writes=2.0, **eff)
     else:
-        act_f = elementwise(chip, ffn_stream, flops_per_element=_GELU_FLOPS, smooth=smooth)
+        act_f = elementwise(chip, ffn_stream, flops_per_element=_GELU_FLOPS, **eff)
         act_b = elementwise(chip, ffn_stream, flops_per_element=2.0 * _GELU_FLOPS, reads=2.0,
-                            smooth=smooth)
+                            **eff)
     ew_fwd = 2.0 * (ln_f.time + bdr_f.time) + act_f.time
     ew_bwd = 2.0 * (ln_b.time + bdr_b.time) + act_b.time
     ew_fwd_bytes = 2.0 * (ln_f.hbm_bytes + bdr_f.hbm_bytes) + act_f.hbm_bytes
@@ -286,8 +293,9 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     # all-gather + reduce-scatter pair of the same volume; Korthikanti et al. 2022, Sec. 4.2.2);
     # full recomputation repeats the forward pair.
     act_msg = ACT_BYTES * tokens * h
-    ar = all_reduce(system, act_msg, t)
-    ag_rs = all_gather(system, act_msg, t).time + reduce_scatter(system, act_msg, t).time
+    ar = all_reduce(system, act_msg, t, **link)
+    ag_rs = (all_gather(system, act_msg, t, **link).time
+             + reduce_scatter(system, act_msg, t, **link).time)
     one = jnp.where(sp > 0.5, ag_rs, ar.time)
     tp_comm = one * (4.0 + jnp.where(full, 2.0, 0.0))
     tp_bytes = 2.0 * (t - 1.0) / t * act_msg * (4.0 + jnp.where(full, 2.0, 0.0))
@@ -295,7 +303,7 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
     # EP: dispatch and combine all-to-alls of the routed tokens, forward and backward; experts
     # sit on chips tp apart inside the DP group.
     routed = ACT_BYTES * tokens * model.top_k * h / jnp.where(sp > 0.5, t, 1.0)
-    a2a = all_to_all(system, routed, plan.ep, stride=t)
+    a2a = all_to_all(system, routed, plan.ep, stride=t, **link)
     ep_comm = jnp.where(moe, 4.0 * a2a.time, 0.0)
     ep_bytes = jnp.where(moe, 4.0 * (plan.ep - 1.0) / plan.ep * routed, 0.0)
 
@@ -306,15 +314,16 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
 
 
 def layer_time(model: Transformer, plan: TrainingPlan, system: System, *, smooth: bool = False,
-               flash_attention: bool = True,
-               kernel_fraction: float | None = None) -> Float[Array, "*batch"]:
+               flash_attention: bool = True, kernel_fraction: float | None = None,
+               efficiency: Efficiency | None = None,
+               link_efficiency: ArrayLike | None = None) -> Float[Array, "*batch"]:
     """Forward + backward (+ recomputation) of one layer for one micro-batch on one chip, s.
 
     Includes the layer's exposed tensor- and expert-parallel communication (what Korthikanti
-    et al. 2022, Table 4, times per layer).
+    et al. 2022, Table 4, times per layer). Arguments as `train_step`.
     """
     eta = SUSTAINED_KERNEL_FRACTION if kernel_fraction is None else kernel_fraction
-    lc = _layer_costs(model, plan, system, smooth, flash_attention)
+    lc = _layer_costs(model, plan, system, smooth, flash_attention, efficiency, link_efficiency)
     return (lc.fwd + lc.bwd + lc.recompute) / eta + lc.tp_comm + lc.ep_comm
 
 
@@ -352,8 +361,9 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
 
 
 def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth: bool = False,
-               flash_attention: bool = True,
-               kernel_fraction: float | None = None) -> TrainReport:
+               flash_attention: bool = True, kernel_fraction: float | None = None,
+               efficiency: Efficiency | None = None,
+               link_efficiency: ArrayLike | None = None) -> TrainReport:
     """Cost of one optimizer step of `model` trained with `plan` on `system`.
 
     **Arguments:**
@@ -366,6 +376,11 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
       Megatron-LM 2021-22 kernels that materialize it).
     - `kernel_fraction`: sustained fraction of the isolated-operator speed reached inside a
       training step (default `SUSTAINED_KERNEL_FRACTION`, fitted).
+    - `efficiency`: the operator `Efficiency` of every GEMM, attention and element-wise op
+      (default: the fitted `default_efficiency()`; pass a calibrated one, or a traced one to
+      differentiate with respect to it).
+    - `link_efficiency`: fraction of the scale-up link bandwidth every collective sustains
+      (default `SCALEUP_LINK_EFFICIENCY`, fitted).
 
     **Returns:** a `TrainReport` (seconds, tokens/s, fractions of peak, joules, bytes).
     """
@@ -374,14 +389,16 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     s, h = model.seq_len, model.hidden
     m = plan.microbatches
     layers_per_stage = model.layers / p
-    lc = _layer_costs(model, plan, system, smooth, flash_attention)
+    lc = _layer_costs(model, plan, system, smooth, flash_attention, efficiency, link_efficiency)
+    eff = dict(smooth=smooth, efficiency=efficiency)
+    link = dict(link_efficiency=link_efficiency)
 
     # The output layer (logits GEMM + cross-entropy) runs on the last stage, which paces the
     # pipeline; the embedding lookup is negligible.
     tokens = b * s
-    logits = _gemm_fb(chip, tokens, model.vocab / t, h, smooth)
+    logits = _gemm_fb(chip, tokens, model.vocab / t, h, smooth, efficiency)
     xent = elementwise(chip, tokens * model.vocab / t, flops_per_element=_SOFTMAX_FLOPS,
-                       reads=2.0, smooth=smooth)
+                       reads=2.0, **eff)
     out_time = logits[0].time + logits[1].time + logits[2].time + 2.0 * xent.time
 
     eta = SUSTAINED_KERNEL_FRACTION if kernel_fraction is None else kernel_fraction
@@ -392,8 +409,8 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     # boundaries forward and backward; scatter/gather sends 1/t of the activation (SC21 Sec. 4.1).
     # The receiving TP group all-gathers the full activation over the scale-up tier.
     p2p_bytes = ACT_BYTES * tokens * h / t
-    p2p = send_recv(system, p2p_bytes, 2.0, stride=t * dp)
-    regather = all_gather(system, ACT_BYTES * tokens * h, t)
+    p2p = send_recv(system, p2p_bytes, 2.0, stride=t * dp, **link)
+    regather = all_gather(system, ACT_BYTES * tokens * h, t, **link)
     stage_pp = jnp.where(p > 1.0, 2.0 * v * (p2p.time + regather.time), 0.0)
 
     compute_time = m * stage_compute
@@ -442,9 +459,9 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     # gradients + all-gather of the updated 16-bit weights; ZeRO-3: weights all-gathered for
     # forward and backward of every micro-batch, gradients reduce-scattered).
     def dp_comm(n_params, group, stride):
-        ar_ = all_reduce(system, GRAD_BYTES * n_params, group, stride=stride).time
-        rs_ = reduce_scatter(system, GRAD_BYTES * n_params, group, stride=stride).time
-        ag_ = all_gather(system, WEIGHT_BYTES * n_params, group, stride=stride).time
+        ar_ = all_reduce(system, GRAD_BYTES * n_params, group, stride=stride, **link).time
+        rs_ = reduce_scatter(system, GRAD_BYTES * n_params, group, stride=stride, **link).time
+        ag_ = all_gather(system, WEIGHT_BYTES * n_params, group, stride=stride, **link).time
         z3 = m * (2.0 * ag_ + rs_)
         return jnp.where(zero > 2.5, z3, jnp.where(zero > 0.5, rs_ + ag_, ar_))
 
@@ -463,7 +480,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     # weight, m, v and gradient; writes the three back and the 16-bit weight copy).
     opt_params = shard(dense_params, expert_params, zero > 0.5)
     opt = elementwise(chip, opt_params, flops_per_element=_ADAM_FLOPS, bytes_per_element=4.0,
-                      reads=4.0, writes=3.5, smooth=smooth)
+                      reads=4.0, writes=3.5, **eff)
     optimizer_time = opt.time / eta
 
     step_time = (compute_time + tp_time + pp_time + dp_time + ep_time + bubble_time
