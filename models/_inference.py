@@ -181,15 +181,16 @@ def _kv_sharding(model: Transformer, plan: InferencePlan, batch):
     return kv_heads, kv_batch, q_heads, sharers
 
 
-def _efficiency(plan: InferencePlan) -> Efficiency:
-    """The fitted efficiency; without start-up time when the runtime is fused / compiled.
+def _efficiency(plan: InferencePlan, base: Efficiency | None = None) -> Efficiency:
+    """`base` (default: the fitted efficiency); without start-up time when the runtime is fused.
 
     The fitted start-up time (~10 us per op) comes from ops timed one by one in eager PyTorch,
     where each call's dispatch is exposed. A fused, compiled runtime (XLA, TensorRT-LLM,
     FasterTransformer's C++ loop) issues kernels back to back, so the next launch hides behind
-    the running kernel; only the sustained fraction of peak remains.
+    the running kernel; only the sustained fraction of peak remains. A calibrated `base` gets
+    the same adjustment.
     """
-    base = default_efficiency()
+    base = default_efficiency() if base is None else base
     if not plan.fused:
         return base
     return Efficiency(base.matrix_max, jnp.zeros_like(base.matrix_overhead_s),
@@ -237,8 +238,12 @@ def _mesh_2d(model: Transformer, plan: InferencePlan):
 
 
 def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-           resident, smooth):
-    """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm)."""
+           resident, smooth, efficiency=None, link_efficiency=None):
+    """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm).
+
+    `efficiency` is the base operator `Efficiency` (None: fitted; adjusted by `_efficiency`),
+    `link_efficiency` the collectives' (None: `SCALEUP_LINK_EFFICIENCY`).
+    """
     chip = system.chip
     hd = model.head_dim
     ab, wb = plan.activation_bytes, plan.weight_bytes
@@ -254,7 +259,8 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     if plan.layout == "weight_stationary_2d":
         x, yz = _mesh_2d(model, plan)
     tokens = batch * q_len
-    eff = _efficiency(plan)
+    eff = _efficiency(plan, efficiency)
+    link = dict(link_efficiency=link_efficiency)
     mm = dict(bytes_per_element=ab, weight_bytes_per_element=wb,
               weight_resident_fraction=resident, smooth=smooth, efficiency=eff)
 
@@ -289,31 +295,32 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     elementwise_cost = norms + residual + activation + kv_write
 
     if plan.layout == "weight_gathered":
-        comm = all_gather(system, model.params_per_layer * wb, plan.tp)
+        comm = all_gather(system, model.params_per_layer * wb, plan.tp, **link)
     elif plan.layout == "weight_stationary_2d":
         # Per block: gather the d_model / x slice over YZ, all-reduce the partial sums of the
         # block's YZ-sharded projection over X, reduce-scatter the output over YZ (Austin et al.
         # 2025, App. B algorithm). X members sit yz chips apart.
         slice_bytes = tokens * d_in * ab
-        gather_scatter = (all_gather(system, slice_bytes, yz)
-                          + reduce_scatter(system, slice_bytes, yz)).scale(2.0)
+        gather_scatter = (all_gather(system, slice_bytes, yz, **link)
+                          + reduce_scatter(system, slice_bytes, yz, **link)).scale(2.0)
         qkv_width = (model.heads + 2.0 * model.kv_heads) * hd
-        partial = (all_reduce(system, tokens * qkv_width / yz * ab, x, stride=yz)
-                   + all_reduce(system, tokens * model.top_k * up_width / yz * ab, x, stride=yz))
-        reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers)
+        partial = (all_reduce(system, tokens * qkv_width / yz * ab, x, stride=yz, **link)
+                   + all_reduce(system, tokens * model.top_k * up_width / yz * ab, x, stride=yz,
+                                **link))
+        reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers, **link)
         comm = gather_scatter + partial + reshard.scale(jnp.where(sharers > 1.0, 2.0, 0.0))
     else:
         # Two all-reduces (or reduce-scatter + all-gather pairs under sequence parallelism: the
         # same bytes); with a batch-sharded KV cache, queries go to and outputs come back from
         # the chips that hold their sequences (two all-to-alls among the sharers).
-        comm = all_reduce(system, tokens * model.hidden * ab, plan.tp).scale(2.0)
-        reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers)
+        comm = all_reduce(system, tokens * model.hidden * ab, plan.tp, **link).scale(2.0)
+        reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers, **link)
         comm = comm + reshard.scale(jnp.where(sharers > 1.0, 2.0, 0.0))
     return matmul, attn, elementwise_cost, comm
 
 
 def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-             smooth) -> InferenceReport:
+             smooth, efficiency=None, link_efficiency=None) -> InferenceReport:
     chip = system.chip
     q_len = _f(q_len)
     context = _f(context)
@@ -322,17 +329,18 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     resident = jnp.clip(chip.sram_bytes / weights, 0.0, 1.0)
     if plan.layout == "weight_gathered":
         resident = 0.0  # weights stream through the chip layer by layer
-    matmul, attn, ew, comm = _layer(model, plan, system, q_len, context, resident, smooth)
+    matmul, attn, ew, comm = _layer(model, plan, system, q_len, context, resident, smooth,
+                                    efficiency, link_efficiency)
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
     # Next-token logits for the last position of every sequence (vocabulary split over tp).
     logits = gemm(chip, plan.batch, model.vocab / plan.tp, model.hidden,
                   bytes_per_element=plan.activation_bytes,
                   weight_bytes_per_element=plan.weight_bytes, weight_resident_fraction=resident,
-                  smooth=smooth, efficiency=_efficiency(plan))
+                  smooth=smooth, efficiency=_efficiency(plan, efficiency))
     matmul_total = matmul.scale(layers) + logits
     pp_comm = send_recv(system, tokens * model.hidden * plan.activation_bytes, plan.pp,
-                        stride=plan.tp).scale(plan.pp - 1.0)
+                        stride=plan.tp, link_efficiency=link_efficiency).scale(plan.pp - 1.0)
     matmul_time = matmul_total.time
     attention_time = layers * attn.time
     elementwise_time = layers * ew.time
@@ -363,7 +371,8 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
 
 
 def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: ArrayLike, *,
-            smooth: bool = False) -> InferenceReport:
+            smooth: bool = False, efficiency: Efficiency | None = None,
+            link_efficiency: ArrayLike | None = None) -> InferenceReport:
     """Prefill: the forward pass over `plan.batch` prompts of `input_len` tokens.
 
     **Arguments:**
@@ -373,14 +382,20 @@ def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: 
     - `system`: the `System` (its chip, scale-up and scale-out tiers).
     - `input_len`: prompt tokens per sequence.
     - `smooth`: smooth rooflines (for gradient-based search).
+    - `efficiency`: the operator `Efficiency` (default: the fitted `default_efficiency()`);
+      with `plan.fused` its start-up times are dropped, as for the default (`_efficiency`).
+    - `link_efficiency`: fraction of the scale-up link bandwidth the collectives sustain
+      (default `SCALEUP_LINK_EFFICIENCY`, fitted).
 
     **Returns:** `InferenceReport` (time = time to first token).
     """
-    return _forward(model, plan, system, input_len, input_len, smooth)
+    return _forward(model, plan, system, input_len, input_len, smooth, efficiency,
+                    link_efficiency)
 
 
 def decode(model: Transformer, plan: InferencePlan, system: System, context_len: ArrayLike, *,
-           smooth: bool = False) -> InferenceReport:
+           smooth: bool = False, efficiency: Efficiency | None = None,
+           link_efficiency: ArrayLike | None = None) -> InferenceReport:
     """One decode step: one new token for each of `plan.batch` sequences.
 
     **Arguments:**
@@ -388,14 +403,17 @@ def decode(model: Transformer, plan: InferencePlan, system: System, context_len:
     - `model`, `plan`, `system`: as `prefill`.
     - `context_len`: tokens in the KV cache that the new token attends to.
     - `smooth`: smooth rooflines.
+    - `efficiency`, `link_efficiency`: as `prefill`.
 
     **Returns:** `InferenceReport` (time = time per output token).
     """
-    return _forward(model, plan, system, 1.0, context_len, smooth)
+    return _forward(model, plan, system, 1.0, context_len, smooth, efficiency, link_efficiency)
 
 
 def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
-          input_len: ArrayLike, output_len: ArrayLike, *, smooth: bool = False) -> ServeReport:
+          input_len: ArrayLike, output_len: ArrayLike, *, smooth: bool = False,
+          efficiency: Efficiency | None = None,
+          link_efficiency: ArrayLike | None = None) -> ServeReport:
     """A batch of requests: prefill, then `output_len` decode steps.
 
     The decode step is evaluated at the mean context, input_len + (output_len + 1) / 2 (a step's
@@ -408,14 +426,16 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     - `input_len`: prompt tokens per sequence.
     - `output_len`: generated tokens per sequence.
     - `smooth`: smooth rooflines.
+    - `efficiency`, `link_efficiency`: as `prefill`.
 
     **Returns:** `ServeReport`.
     """
     plan = dataclasses.replace(plan, batch=batch)
     input_len = _f(input_len)
     output_len = _f(output_len)
-    pre = prefill(model, plan, system, input_len, smooth=smooth)
-    dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), smooth=smooth)
+    kw = dict(smooth=smooth, efficiency=efficiency, link_efficiency=link_efficiency)
+    pre = prefill(model, plan, system, input_len, **kw)
+    dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
     final = input_len + output_len
     _, kv, _, total, fits, reason = _memory(model, plan, system, 1.0, final)
     _, _, _, pre_total, pre_fits, _ = _memory(model, plan, system, input_len, input_len)
