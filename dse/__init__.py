@@ -32,6 +32,8 @@ from ._calibrate import param_names as param_names
 from ._calibrate import propagate as propagate
 from ._measure import calibrated_defaults as calibrated_defaults
 from ._measure import calibrated_names as calibrated_names
+from ._measure import collective_measurements as collective_measurements
+from ._measure import collective_model as collective_model
 from ._measure import kernel_measurements as kernel_measurements
 from ._measure import measure_kernels as measure_kernels
 from ._measure import operator_model as operator_model

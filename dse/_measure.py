@@ -1,11 +1,13 @@
-"""Measured kernel rows: the CSV schema, a JAX micro-benchmark that writes it, and the operator
-model the rows calibrate (`docs/measurements.md` documents the schema).
+"""Measured kernel and collective rows: the CSV schema, a JAX micro-benchmark that writes
+kernel rows, and the models the rows calibrate (`docs/measurements.md` documents the schema).
 
 A kernel row is one timed operator on one chip: a GEMM (m, n, k) or a memory-bound element-wise
 op (elements, reads, writes). `operator_model(efficiency, inputs)` predicts such rows with
 `dse.models.gemm` / `elementwise` and the `Efficiency` it is given, so
 `calibrate(operator_model, default_efficiency(), kernel_measurements(rows, chip))` fits the
-operator efficiency curve to a user's own machine.
+operator efficiency curve to a user's own machine. A collective row is one timed collective on
+one system; `collective_model(link_efficiency, inputs)` predicts it with the `dse.models`
+collectives at the given scale-up link efficiency (`collective_measurements`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from dse.hardware import Chip, stack_chips
-from dse.models import Efficiency, elementwise, gemm
+from dse.hardware import Chip, System, stack_chips
+from dse.models import (
+    Efficiency,
+    all_gather,
+    all_reduce,
+    all_to_all,
+    elementwise,
+    gemm,
+    reduce_scatter,
+    send_recv,
+)
 
 from ._calibrate import CalibrationResult, Measurements, load_calibration
 
@@ -33,8 +44,7 @@ from ._calibrate import CalibrationResult, Measurements, load_calibration
 KERNEL_COLUMNS = ("kind", "m", "n", "k", "elements", "bytes_per_element", "flops_per_element",
                   "reads", "writes", "time_s", "repeats", "device", "chip", "source", "notes")
 # Columns of a collective CSV (docs/measurements.md); read and validated by
-# `read_measurement_csv`. (Collectives take their link efficiency from a module constant, so
-# they are not yet calibrated by `calibrate`.)
+# `read_measurement_csv`, predicted by `collective_model` (`collective_measurements`).
 COLLECTIVE_COLUMNS = ("kind", "message_bytes", "group_size", "stride", "time_s", "repeats",
                       "system", "source", "notes")
 KERNEL_KINDS = ("gemm", "elementwise")
@@ -155,6 +165,16 @@ def measure_kernels(gemms: Sequence[tuple[int, int, int]] = DEFAULT_GEMMS,
     return rows
 
 
+def _column(rows, name, default):
+    """Column `name` of the rows as a float array; empty or NaN cells take `default`."""
+    out = []
+    for r in rows:
+        v = r.get(name, "")
+        v = float(v) if v not in ("", None) else float("nan")
+        out.append(default if np.isnan(v) else v)
+    return jnp.asarray(out, jnp.result_type(float))
+
+
 def operator_model(efficiency: Efficiency, inputs: dict) -> Float[Array, " n"]:
     """Modelled time of each kernel row, s: `gemm` or `elementwise` with `efficiency`.
 
@@ -220,13 +240,7 @@ def kernel_measurements(rows: Sequence[dict], chips: Chip | Sequence[Chip], *,
                if f.metadata.get("static", False)}
     chip = stack_chips([dataclasses.replace(c, **statics) for c in per_row])
 
-    def col(name, default):
-        out = []
-        for r in rows:
-            v = r.get(name, "")
-            v = float(v) if v not in ("", None) else float("nan")
-            out.append(default if np.isnan(v) else v)
-        return jnp.asarray(out, jnp.result_type(float))
+    col = lambda name, default: _column(rows, name, default)
 
     is_gemm = np.array([r["kind"] == "gemm" for r in rows], float)
     # Rows of the other kind get unit sizes: computed and discarded by `operator_model`.
@@ -241,6 +255,74 @@ def kernel_measurements(rows: Sequence[dict], chips: Chip | Sequence[Chip], *,
                         jnp.asarray([uniq.index(s) for s in names]), tuple(uniq),
                         features=jnp.asarray(kernel_features(inputs), jnp.result_type(float)),
                         description=description)
+
+
+_COLLECTIVES = dict(all_reduce=all_reduce, all_gather=all_gather, reduce_scatter=reduce_scatter,
+                    all_to_all=all_to_all, send_recv=send_recv)
+
+
+def collective_model(link_efficiency, inputs: dict) -> Float[Array, " n"]:
+    """Modelled time of each collective row, s, at the given scale-up link efficiency.
+
+    **Arguments:**
+
+    - `link_efficiency`: fraction of the scale-up link bandwidth sustained (a scalar; the
+      `link_efficiency` argument of every `dse.models` collective).
+    - `inputs`: the `Measurements.inputs` of `collective_measurements`: a `System` whose leaves
+      have the row axis ("system") and per-row arrays "kind" (index into
+      `COLLECTIVE_KINDS`), "message_bytes", "group_size", "stride".
+
+    **Returns:** seconds, shape (n,).
+    """
+    x = inputs
+    times = jnp.stack([
+        _COLLECTIVES[kind](x["system"], x["message_bytes"], x["group_size"], stride=x["stride"],
+                           link_efficiency=link_efficiency).time
+        for kind in COLLECTIVE_KINDS])
+    return jnp.take_along_axis(times, x["kind"][None, :], axis=0)[0]
+
+
+def collective_measurements(rows: Sequence[dict], system: System, *,
+                            sources: Sequence[str] | None = None,
+                            description: str = "") -> Measurements:
+    """`Measurements` of collective rows for `calibrate(collective_model, ...)`.
+
+    **Arguments:**
+
+    - `rows`: collective rows (`read_measurement_csv`; dicts with `COLLECTIVE_COLUMNS` keys,
+      `stride` 1 where empty). Kernel rows among them are skipped.
+    - `system`: the `System` the rows ran on (one system for all rows; its scalar leaves are
+      repeated along the row axis).
+    - `sources`: source name of each row (default the rows' "source" column).
+    - `description`: what the data is (saved with the calibration).
+
+    **Returns:** `Measurements` (no residual features).
+    """
+    rows = [r for r in rows if r["kind"] in COLLECTIVE_KINDS]
+    if not rows:
+        raise ValueError(f"collective_measurements: no rows of kinds {COLLECTIVE_KINDS}")
+    n = len(rows)
+    dtype = jnp.result_type(float)
+    col = lambda name, default: _column(rows, name, default)
+
+    batched = jax.tree.map(lambda leaf: jnp.broadcast_to(jnp.asarray(leaf, dtype), (n,)),
+                           system)
+    inputs = dict(system=batched,
+                  kind=jnp.asarray([COLLECTIVE_KINDS.index(r["kind"]) for r in rows]),
+                  message_bytes=col("message_bytes", float("nan")),
+                  group_size=col("group_size", float("nan")), stride=col("stride", 1.0))
+    names = list(sources) if sources is not None else [str(r.get("source", "")) for r in rows]
+    if len(names) != n:
+        raise ValueError(f"collective_measurements: {len(names)} sources for {n} rows")
+    uniq = list(dict.fromkeys(names))
+    return Measurements(inputs, col("time_s", float("nan")),
+                        jnp.asarray([uniq.index(s) for s in names]), tuple(uniq),
+                        description=description)
+
+
+# Bounds of the collective calibration: a sustained fraction of the link bandwidth in
+# (1%, 100%] (a search box, not a fitted value).
+LINK_EFFICIENCY_BOUNDS = (0.01, 1.0)
 
 
 # Bounds of the operator calibration: fractions of peak in (1%, 100%]; start-up times from
