@@ -1,8 +1,11 @@
 """Model every row of ../shared/data/inference_runs.csv that states enough to be modelled.
 
 `inference_rows(data_dir)` returns one dict per measured quantity (a row with both a prefill and
-a per-token decode latency gives two): row_id, measured, predicted, unit. `benchmarks/validate.py`
-prints them; `python benchmarks/_inference_rows.py` prints them alone.
+a per-token decode latency gives two): row_id, source, chips, measured, predicted, unit, and
+`seconds(efficiency, link_efficiency)`, the modelled time in s with a given operator
+`Efficiency` and scale-up link efficiency (None: the fitted defaults; `predicted` is its value
+there, in ms), which `benchmarks/calibration.py` calibrates. `benchmarks/validate.py` prints
+them; `python benchmarks/_inference_rows.py` prints them alone.
 
 Model shapes come from the sources the rows name:
 
@@ -49,20 +52,28 @@ def _ms(seconds) -> float:
     return float(seconds) * 1e3
 
 
+def _row(row_id, row, chips, measured, seconds) -> dict:
+    return dict(row_id=row_id, source=row["source_key"], chips=chips, measured=measured,
+                predicted=_ms(seconds(None, None)), unit="ms", seconds=seconds)
+
+
 def _llmcompass(row: dict) -> list[dict]:
     system = SYSTEMS["DGX-A100"]
     # PyTorch eager, op by op: norms replicated over the tp GPUs, every op its own kernel.
     plan = InferencePlan(tp=_f(row["tp"]), batch=_f(row["batch_size"]),
                          sequence_parallel=False, fused=False)
-    # One layer: subtract the (vocab = 1) logits GEMM so that only the layer's ops remain.
-    logits = gemm(system.chip, plan.batch, GPT3_LAYER.vocab / plan.tp, GPT3_LAYER.hidden).time
-    if row["phase"] == "prefill":
-        report = prefill(GPT3_LAYER, plan, system, _f(row["input_len"]))
-        return [dict(row_id=row["run_id"], measured=_f(row["prefill_latency_ms"]),
-                     predicted=_ms(report.time - logits), unit="ms")]
-    report = decode(GPT3_LAYER, plan, system, _f(row["context_len"]))
-    return [dict(row_id=row["run_id"], measured=_f(row["decode_latency_per_token_ms"]),
-                 predicted=_ms(report.time - logits), unit="ms")]
+
+    def seconds(efficiency, link_efficiency):
+        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency)
+        # One layer: subtract the (vocab = 1) logits GEMM so that only the layer's ops remain.
+        logits = gemm(system.chip, plan.batch, GPT3_LAYER.vocab / plan.tp, GPT3_LAYER.hidden,
+                      efficiency=efficiency).time
+        if row["phase"] == "prefill":
+            return prefill(GPT3_LAYER, plan, system, _f(row["input_len"]), **kw).time - logits
+        return decode(GPT3_LAYER, plan, system, _f(row["context_len"]), **kw).time - logits
+
+    column = "prefill_latency_ms" if row["phase"] == "prefill" else "decode_latency_per_token_ms"
+    return [_row(row["run_id"], row, plan.chips, _f(row[column]), seconds)]
 
 
 def _fastertransformer(row: dict) -> list[dict]:
@@ -71,12 +82,18 @@ def _fastertransformer(row: dict) -> list[dict]:
     plan = InferencePlan(tp=_f(row["tp"]), batch=_f(row["batch_size"]), sequence_parallel=False,
                          fused=True)
     input_len, output_len = _f(row["input_len"]), _f(row["output_len"])
-    pre = prefill(TEST_13B, plan, system, input_len)
-    dec = decode(TEST_13B, plan, system, input_len + 0.5 * (output_len + 1.0))
-    return [dict(row_id=row["run_id"] + ":prefill", measured=_f(row["prefill_latency_ms"]),
-                 predicted=_ms(pre.time), unit="ms"),
-            dict(row_id=row["run_id"] + ":decode", measured=_f(row["decode_latency_per_token_ms"]),
-                 predicted=_ms(dec.time), unit="ms")]
+
+    def pre(efficiency, link_efficiency):
+        return prefill(TEST_13B, plan, system, input_len, efficiency=efficiency,
+                       link_efficiency=link_efficiency).time
+
+    def dec(efficiency, link_efficiency):
+        return decode(TEST_13B, plan, system, input_len + 0.5 * (output_len + 1.0),
+                      efficiency=efficiency, link_efficiency=link_efficiency).time
+
+    return [_row(row["run_id"] + ":prefill", row, plan.chips, _f(row["prefill_latency_ms"]), pre),
+            _row(row["run_id"] + ":decode", row, plan.chips, _f(row["decode_latency_per_token_ms"]),
+                 dec)]
 
 
 def _pope(row: dict) -> list[dict]:
@@ -89,14 +106,16 @@ def _pope(row: dict) -> list[dict]:
     plan = InferencePlan(tp=float(chips), batch=_f(row["batch_size"]), weight_bytes=weight_bytes,
                          layout=layout, sequence_parallel=True, fused=True)
     context = _f(row["context_len"])
-    if row["phase"] == "prefill":
-        report = prefill(PALM_540B, plan, system, _f(row["input_len"]))
-        return [dict(row_id=row["run_id"], measured=_f(row["prefill_latency_ms"]),
-                     predicted=_ms(report.time), unit="ms")]
-    output_len = _f(row["output_len"])
-    report = decode(PALM_540B, plan, system, context + 0.5 * (output_len + 1.0))
-    return [dict(row_id=row["run_id"], measured=_f(row["decode_latency_per_token_ms"]),
-                 predicted=_ms(report.time), unit="ms")]
+
+    def seconds(efficiency, link_efficiency):
+        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency)
+        if row["phase"] == "prefill":
+            return prefill(PALM_540B, plan, system, _f(row["input_len"]), **kw).time
+        output_len = _f(row["output_len"])
+        return decode(PALM_540B, plan, system, context + 0.5 * (output_len + 1.0), **kw).time
+
+    column = "prefill_latency_ms" if row["phase"] == "prefill" else "decode_latency_per_token_ms"
+    return [_row(row["run_id"], row, plan.chips, _f(row[column]), seconds)]
 
 
 _MODELLERS = {"llmcompass_fig5": _llmcompass, "kipply_fastertransformer": _fastertransformer,
@@ -110,7 +129,8 @@ def inference_rows(data_dir) -> list[dict]:
 
     - `data_dir`: the ../shared/data folder.
 
-    **Returns:** list of dict(row_id, measured, predicted, unit) (latencies in ms).
+    **Returns:** list of dict(row_id, source, chips, measured, predicted, unit, seconds)
+    (latencies in ms; `seconds(efficiency, link_efficiency)` the modelled time in s).
     """
     with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -1,26 +1,35 @@
 """Leave-one-source-out error of the models on the rows of ../shared/data, before and after
 calibration, with and without the learned residual.
 
-Rows (every one names its source; a source is one fold):
+Parameters fitted together: the operator `Efficiency` (four leaves), the sustained
+`kernel_fraction` of training steps and the scale-up `link_efficiency` of the collectives. Every
+row is predicted by the model it measures, with those parameters passed in (nothing is held at a
+module constant):
 
 - kernel rows (`dse._measure.shared_kernel_measurements`): LLMCompass A100 per-operator
   latencies (llmcompass_fig5) and the A100 measured max-achievable matmul (stas00_mamf),
-  predicted by `gemm` / `elementwise` with the `Efficiency` being fitted;
+  predicted by `gemm` / `elementwise` (`dse.operator_model`);
+- a collective row: the LLMCompass A100 tensor-parallel all-reduce of the prefill layer
+  (AllReduce_MHA, 403 MB over 4 GPUs; source llmcompass_fig5), predicted by `all_reduce`
+  (`dse.collective_model`) on the DGX-A100 preset. The decode layer's all-reduce (196 KB) is
+  left out: its time is the fixed latency, which no fitted parameter models, as in
+  `models/_fit_efficiency.py: fit_link_efficiency`;
 - training rows (`models/_fit_training.py: training_cases`, every source_key of
-  training_runs.csv): the modelled step time is affine in 1 / kernel_fraction,
-  A / kernel_fraction + B (`train_step(..., kernel_fraction=...)`; A and B from two
-  evaluations, the plan held at its kernel_fraction = 1 choice, as `fit_kernel_fraction` does).
-  `train_step` takes no `Efficiency`, so these rows see the operator efficiency at its shipped
-  value; only `kernel_fraction` moves them.
+  training_runs.csv): `train_step` (`layer_time` for Korthikanti Table 4) with all three
+  parameter sets. Rows whose layout the source does not give keep the plan `best_plan` picks at
+  the shipped defaults. Rows that share their static structure are evaluated in one vmapped
+  call (`_TrainingRows`);
+- inference rows (`benchmarks/_inference_rows.py`): FasterTransformer (kipply) prefill and
+  decode on A100 and Pope et al. 2022 on TPU v4, predicted by `prefill` / `decode` with the
+  `Efficiency` and link efficiency (their fused runtimes drop the start-up times, as the model
+  does for the defaults). The LLMCompass layer totals are left out: their per-op latencies are
+  already the kernel rows and the collective row.
 
-The inference rows other than LLMCompass (FasterTransformer, Pope et al.) are not used: `prefill`
-and `decode` take no `Efficiency`, so no calibrated parameter reaches them.
-
-"before" is the shipped defaults (`FITTED_EFFICIENCY`, `SUSTAINED_KERNEL_FRACTION`), which were
-themselves fitted to most of these rows (llmcompass_fig5, stas00_mamf, and the training
-sources in `models/_fit_training.py: FIT_SOURCES`): for those sources "before" is an in-sample
-figure. "after" and "residual" are held-out: each source is predicted by parameters (and a
-network) fitted without it.
+"before" is the shipped defaults (`FITTED_EFFICIENCY`, `SUSTAINED_KERNEL_FRACTION`,
+`SCALEUP_LINK_EFFICIENCY`), which were themselves fitted to some of these rows (llmcompass_fig5,
+stas00_mamf, and the training sources in `models/_fit_training.py: FIT_SOURCES`): for those
+sources "before" is an in-sample figure. "after" and "residual" are held-out: each source is
+predicted by parameters (and a network) fitted without it.
 
 Run: `python benchmarks/calibration.py [DATA_DIR]`; with `--write-defaults` it instead rewrites
 the shipped `dse/calibrated/a100_operators.json` from the kernel rows.
@@ -28,6 +37,7 @@ the shipped `dse/calibrated/a100_operators.json` from the kernel rows.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import sys
 import time
@@ -36,78 +46,176 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dse.models._fit_training import predict, training_cases
+from _inference_rows import inference_rows
+from dse.hardware import SYSTEMS
+from dse.models import layer_time, train_step
+from dse.models._collectives import SCALEUP_LINK_EFFICIENCY
+from dse.models._fit_efficiency import _per_op
+from dse.models._fit_training import FLASH, default_data_dir, predict, training_cases
 from dse.models._operators import default_efficiency
 from dse.models._training import SUSTAINED_KERNEL_FRACTION
 
 from dse import Measurements, calibrate, fit_residual
-from dse._measure import OPERATOR_BOUNDS, operator_model, shared_kernel_measurements
+from dse._measure import (
+    LINK_EFFICIENCY_BOUNDS,
+    OPERATOR_BOUNDS,
+    collective_measurements,
+    collective_model,
+    operator_model,
+    shared_kernel_measurements,
+)
 
-
-def _parts(case):
-    """(measured, A, B): the case's modelled time is A / kernel_fraction + B.
-
-    Two evaluations at kernel_fraction 1 and 0.5 with the plan held at its kernel_fraction = 1
-    choice give A and B. Metrics inverse to time (MFU, TFLOP/s) are inverted, measured and
-    modelled alike, so their log-ratio is unchanged.
-    """
-    v1, plan, _ = predict(case, 1.0)
-    v2, _, _ = predict(case, 0.5, plan=plan)
-    inverse = case.metric in ("mfu", "tflops_eq3")
-    t1, t2, measured = ((1 / v1, 1 / v2, 1 / case.measured) if inverse
-                        else (v1, v2, case.measured))
-    return measured, t2 - t1, 2 * t1 - t2
-
-
-def _training_rows(data_dir):
-    """(measured, A, B, source, log10 chips) of every modelled training row."""
-    out = []
-    for case in training_cases(data_dir):
-        measured, a, b = _parts(case)
-        out.append((measured, a, b, case.source_key, np.log10(case.system.num_chips)))
-    return out
-
-
-def build(data_dir=None) -> Measurements:
-    """Kernel and training rows of ../shared/data as one `Measurements`."""
-    kern = shared_kernel_measurements(data_dir)
-    train = _training_rows(data_dir)
-    nk, nt = kern.n, len(train)
-    dtype = jnp.result_type(float)
-    measured = np.concatenate([np.asarray(kern.measured), [t[0] for t in train]])
-    a = np.concatenate([np.zeros(nk), [t[1] for t in train]])
-    b = np.concatenate([np.zeros(nk), [t[2] for t in train]])
-    is_train = np.concatenate([np.zeros(nk), np.ones(nt)])
-    # Training rows take unit-size kernels (computed and discarded): stack the first chip.
-    pad = lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (nt,) + x.shape[1:])])
-    kin = jax.tree.map(pad, kern.inputs)
-    inputs = dict(kernel=kin, a=jnp.asarray(a, dtype), b=jnp.asarray(b, dtype),
-                  is_train=jnp.asarray(is_train, dtype))
-    sources = list(kern.sources) + sorted({t[3] for t in train} - set(kern.sources))
-    group = np.concatenate([np.asarray(kern.group),
-                            [sources.index(t[3]) for t in train]])
-    # Residual features: log10 of the shipped model's prediction, log10 chips, row kind.
-    base = np.asarray(model(DEFAULTS, inputs))
-    chips = np.concatenate([np.zeros(nk), [t[4] for t in train]])
-    is_gemm = np.asarray(kin["is_gemm"]) * (1 - is_train)
-    features = np.stack([np.log10(base), chips, is_gemm, 1 - is_gemm - is_train, is_train], 1)
-    return Measurements(inputs, jnp.asarray(measured, dtype), jnp.asarray(group),
-                        tuple(sources), features=jnp.asarray(features, dtype),
-                        description=kern.description + "; training_runs.csv (every modelled "
-                        "row, step time / layer time / 1 / TFLOP/s / 1 / MFU)")
-
-
-def model(params, inputs):
-    """Kernel rows: `operator_model`; training rows: A / kernel_fraction + B."""
-    kernel = operator_model(params["efficiency"], inputs["kernel"])
-    step = inputs["a"] / params["kernel_fraction"] + inputs["b"]
-    return jnp.where(inputs["is_train"] > 0.5, step, kernel)
-
+# Inference sources calibrated here (the LLMCompass layer rows enter as kernel and collective
+# rows instead; see the module docstring).
+INFERENCE_SOURCES = ("kipply_fastertransformer", "pope_table2")
+# Row kinds of `inputs["kind"]`.
+KERNEL, COLLECTIVE, TRAINING, INFERENCE = 0, 1, 2, 3
 
 DEFAULTS = dict(efficiency=default_efficiency(),
-                kernel_fraction=jnp.asarray(SUSTAINED_KERNEL_FRACTION))
+                kernel_fraction=jnp.asarray(SUSTAINED_KERNEL_FRACTION),
+                link_efficiency=jnp.asarray(SCALEUP_LINK_EFFICIENCY))
 BOUNDS = {f"efficiency.{k}": v for k, v in OPERATOR_BOUNDS.items()} | {
-    "kernel_fraction": (0.05, 1.0)}
+    "kernel_fraction": (0.05, 1.0), "link_efficiency": LINK_EFFICIENCY_BOUNDS}
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+class _TrainingRows:
+    """Every modelled training row as a function of the parameters.
+
+    Each row is (model, plan, system, layer?): the case's plan, or the plan `best_plan` picks at
+    the shipped defaults where the source gives none. Rows whose pytrees share their static
+    structure are stacked and evaluated by one vmapped `train_step` / `layer_time`. To share
+    it, every row's `System` gets the group's largest `num_chips` with `scaleup_size` capped at
+    its own chip count: `train_step` sees `num_chips` only through the scale-up domain
+    min(scaleup_size, num_chips), which is unchanged, and the plan-fits check, not used here.
+    Metrics inverse to time (MFU, TFLOP/s) are predicted as their inverse, 1 / value =
+    step_time / K with K = value x step_time at the defaults, and measured alike.
+    """
+
+    def __init__(self, data_dir):
+        self.measured, self.sources, self.log_chips, expected = [], [], [], []
+        rows, scale = [], []
+        for case in training_cases(data_dir):
+            value, plan, _ = predict(case)
+            layer = case.metric == "layer_time"
+            if layer:
+                t = float(layer_time(case.model, plan, case.system, flash_attention=FLASH))
+            else:
+                t = float(train_step(case.model, plan, case.system,
+                                     flash_attention=FLASH).step_time)
+            inverse = case.metric in ("mfu", "tflops_eq3")
+            scale.append(1.0 / (value * t) if inverse else 1.0)
+            expected.append(1.0 / value if inverse else value)
+            self.measured.append(1.0 / case.measured if inverse else case.measured)
+            self.sources.append(case.source_key)
+            self.log_chips.append(np.log10(case.system.num_chips))
+            rows.append((layer, dataclasses.replace(case.model, name="row"), plan,
+                         case.system))
+        groups = {}
+        for i, (layer, model, plan, system) in enumerate(rows):
+            key = (layer, jax.tree.structure((model, plan, system.replace(num_chips=1))))
+            groups.setdefault(key, []).append(i)
+        self.groups = []
+        for (layer, _), idx in groups.items():
+            n_max = max(rows[i][3].num_chips for i in idx)
+            systems = [rows[i][3].replace(num_chips=n_max, scaleup_size=rows[i][3].scaleup_domain)
+                       for i in idx]
+            self.groups.append((layer, _stack([rows[i][1] for i in idx]),
+                                _stack([rows[i][2] for i in idx]), _stack(systems)))
+        order = np.concatenate(list(groups.values()))
+        self.inverse_order = np.argsort(order)
+        self.scale = jnp.asarray(scale, jnp.result_type(float))
+        got = np.asarray(self(DEFAULTS))
+        worst = float(np.max(np.abs(got / np.asarray(expected) - 1.0)))
+        if worst > 1e-4:
+            raise ValueError(f"_TrainingRows: stacked rows differ from predict() by {worst:.2g}")
+
+    def __call__(self, params):
+        """The rows' modelled values (seconds, or inverse metrics), shape (rows,)."""
+        kw = dict(flash_attention=FLASH, kernel_fraction=params["kernel_fraction"],
+                  efficiency=params["efficiency"], link_efficiency=params["link_efficiency"])
+        out = []
+        for layer, model, plan, system in self.groups:
+            if layer:
+                fn = lambda m, p, s: layer_time(m, p, s, **kw)  # noqa: E731
+            else:
+                fn = lambda m, p, s: train_step(m, p, s, **kw).step_time  # noqa: E731
+            out.append(jax.vmap(fn)(model, plan, system))
+        return jnp.concatenate(out)[self.inverse_order] * self.scale
+
+
+def _collective_rows(data_dir) -> Measurements:
+    """The LLMCompass tensor-parallel all-reduce of the prefill layer as a collective row."""
+    with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
+        row = {r["run_id"]: r for r in csv.DictReader(f)}["llmcompass_a100x4_gpt3_layer_prefill"]
+    message = float(row["batch_size"]) * float(row["input_len"]) * float(row["hidden"]) * 2.0
+    rows = [dict(kind="all_reduce", message_bytes=message, group_size=float(row["tp"]),
+                 stride=1.0, time_s=_per_op(row["notes"])["AllReduce_MHA"])]
+    return collective_measurements(rows, SYSTEMS["DGX-A100"], sources=[row["source_key"]],
+                                   description="LLMCompass A100 AllReduce_MHA")
+
+
+def build(data_dir=None):
+    """Kernel, collective, training and inference rows of ../shared/data as one
+    `Measurements`, and the model that predicts them: `(data, model_fn)`."""
+    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    kern = shared_kernel_measurements(data_dir)
+    coll = _collective_rows(data_dir)
+    train = _TrainingRows(data_dir)
+    inf = [r for r in inference_rows(data_dir) if r["source"] in INFERENCE_SOURCES]
+    nk, nc, nt, ni = kern.n, coll.n, len(train.measured), len(inf)
+    n = nk + nc + nt + ni
+    dtype = jnp.result_type(float)
+    kind = np.repeat([KERNEL, COLLECTIVE, TRAINING, INFERENCE], [nk, nc, nt, ni])
+    index = np.concatenate([np.arange(nk), np.arange(nc), np.arange(nt), np.arange(ni)])
+
+    # Kernel and collective inputs are padded to every row (repeating their first row):
+    # computed and discarded for rows of other kinds.
+    def pad(x, own, before):
+        x = jnp.asarray(x)
+        first = jnp.broadcast_to(x[:1], (n - own,) + x.shape[1:])
+        return jnp.concatenate([first[:before], x, first[before:]])
+
+    inputs = dict(kernel=jax.tree.map(lambda x: pad(x, nk, 0), kern.inputs),
+                  collective=jax.tree.map(lambda x: pad(x, nc, nk), coll.inputs),
+                  kind=jnp.asarray(kind), index=jnp.asarray(index))
+    seconds = [r["seconds"] for r in inf]
+
+    def model_fn(params, x):
+        """Each row's modelled value: kernels, collectives, training steps, inference passes."""
+        by_kind = [operator_model(params["efficiency"], x["kernel"]),
+                   collective_model(params["link_efficiency"], x["collective"]),
+                   train(params)[jnp.clip(x["index"], 0, nt - 1)],
+                   jnp.stack([f(params["efficiency"], params["link_efficiency"])
+                              for f in seconds])[jnp.clip(x["index"], 0, ni - 1)]]
+        return jnp.take_along_axis(jnp.stack(by_kind), x["kind"][None, :], axis=0)[0]
+
+    measured = np.concatenate([np.asarray(kern.measured), np.asarray(coll.measured),
+                               train.measured, [r["measured"] * 1e-3 for r in inf]])
+    row_sources = ([kern.sources[g] for g in np.asarray(kern.group)]
+                   + [coll.sources[g] for g in np.asarray(coll.group)]
+                   + train.sources + [r["source"] for r in inf])
+    sources = list(dict.fromkeys(row_sources))
+    group = np.array([sources.index(s) for s in row_sources])
+    # Residual features: log10 of the shipped model's prediction, log10 chips, row kind.
+    base = np.asarray(model_fn(DEFAULTS, inputs))
+    inf_chips = [np.log10(float(r["chips"])) for r in inf]
+    chips = np.concatenate([np.zeros(nk), np.full(nc, np.log10(4.0)), train.log_chips,
+                            inf_chips])
+    is_gemm = np.asarray(inputs["kernel"]["is_gemm"]) * (kind == KERNEL)
+    onehot = [is_gemm, (kind == KERNEL) - is_gemm] + [kind == k for k in
+                                                      (COLLECTIVE, TRAINING, INFERENCE)]
+    features = np.stack([np.log10(base), chips] + onehot, 1)
+    data = Measurements(inputs, jnp.asarray(measured, dtype), jnp.asarray(group),
+                        tuple(sources), features=jnp.asarray(features, dtype),
+                        description=kern.description + "; LLMCompass A100 all-reduce; "
+                        "training_runs.csv (every modelled row, step time / layer time / "
+                        "1 / TFLOP/s / 1 / MFU); inference_runs.csv FasterTransformer and "
+                        "Pope et al. rows (prefill / per-token decode latency)")
+    return data, model_fn
 
 
 def _mape(pred, measured, mask):
@@ -117,7 +225,7 @@ def _mape(pred, measured, mask):
 
 def main(data_dir=None) -> None:
     t0 = time.perf_counter()
-    data = build(data_dir)
+    data, model = build(data_dir)
     t_rows = time.perf_counter() - t0
     result = calibrate(model, DEFAULTS, data, bounds=BOUNDS, validation="source",
                        uncertainty="laplace")
