@@ -18,8 +18,7 @@ import jax
 import numpy as np
 
 from . import hardware as hw
-from . import models
-from . import plot
+from . import models, plot
 from ._format import si, table
 from ._optimize import optimize
 from ._pareto import hypervolume, knee_point
@@ -61,17 +60,21 @@ def run_demo(out_dir: Path = Path("dse-demo"), points: int = 1_000_000,
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
-    _section("1. Hardware models on preset chips (die area, power at peak activity, cost)")
+    _section("1. Hardware models on preset chips (area per die, power at peak activity, cost)")
     rows = []
     for name in PRESET_TABLE:
         chip, published = hw.CHIPS[name], hw.PUBLISHED[name]
         a, p, c = hw.area(chip), hw.power(chip), hw.cost(chip)
-        rows.append({"chip": name, "node_nm": float(chip.node_nm), "area": float(a.per_die),
+        rows.append({"chip": name, "node_nm": float(chip.node_nm), "dies": chip.die_count,
+                     "area per die": float(a.per_die),
                      "published area": published.die_area_mm2 or float("nan"),
                      "peak_flops": float(chip.peak_flops), "power": float(p.total),
                      "TDP": published.tdp_w or float("nan"), "cost": float(c.total),
                      "yield": float(c.die_yield)})
-    print(table(rows, units={"published area": "mm2", "TDP": "W"}))
+    print(table(rows, units={"area per die": "mm2", "published area": "mm2", "TDP": "W"}))
+    print("power at peak activity is an upper bound: GPUs at TDP throttle to their measured "
+          "matmul rate (tests/test_hardware_fit.py); the energy per MAC is fitted to NVIDIA GPUs, "
+          "so non-GPU chips are not validated")
 
     _section(f"2. H100 x {CHIPS_IN_CLUSTER} training GPT-3 175B, best parallel plan")
     model = models.TRANSFORMERS[MODEL]

@@ -31,8 +31,9 @@ def si(value: float, unit: str = "", digits: int = 3) -> str:
         text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.{digits}g}"
         return f"{text} {unit}".rstrip()
     for scale, prefix in _PREFIXES:
-        if abs(value) >= scale:
-            return f"{value / scale:.{digits}g} {prefix}{unit}"
+        # Round first, so that 999.7 W reads "1 kW" rather than "1e+03 W".
+        if abs(float(f"{value / scale:.{digits}g}")) >= 1.0:
+            return f"{float(f'{value / scale:.{digits}g}'):g} {prefix}{unit}"
     return f"{value:.{digits}g} {unit}"
 
 
@@ -57,7 +58,7 @@ def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = 
     out = []
     for k, r in enumerate(cells):
         out.append("  ".join(s.rjust(w) if k and i else s.ljust(w)
-                             for i, (s, w) in enumerate(zip(r, widths))))
+                             for i, (s, w) in enumerate(zip(r, widths, strict=True))))
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)

@@ -175,7 +175,7 @@ class Study:
 
 
 def hardware_metrics(chip: hw.Chip) -> dict[str, Any]:
-    """Area (per die, mm^2), power at the TDP operating point (W), cost ($), margins."""
+    """Area (per die, mm^2), power at full activity (W, a conservative TDP), cost ($), margins."""
     a = hw.area(chip)
     return {"area": a.per_die, "power": hw.power(chip).total, "cost": hw.cost(chip).total,
             "reticle_margin": a.reticle_margin, "shoreline_margin": a.shoreline_margin}
@@ -322,6 +322,15 @@ def load_study(path: str | Path) -> Study:
             plan = models.TrainingPlan(global_batch=float(global_batch), **values)
         except ValueError as e:
             raise r.error("workload.plan", str(e)) from None
+        used = int(round(float(plan.chips)))
+        if used != system.num_chips:
+            raise r.error("workload.plan", f"tp * pp * dp = {used} chips, but the system has "
+                                           f"{system.num_chips} (system.num_chips)")
+        per_step = float(plan.dp * plan.microbatch_size)
+        if global_batch % per_step:
+            raise r.error("workload.global_batch",
+                          f"{global_batch} sequences do not split into micro-batches of "
+                          f"{float(plan.microbatch_size):g} over dp = {float(plan.dp):g}")
     elif kind == "inference":
         try:
             plan = models.InferencePlan(tp=r.number("workload.tp", work.get("tp", 8)),

@@ -51,7 +51,7 @@ def cmd_evaluate(args) -> int:
     print("\narea by block (mm2):")
     print(table([{k: float(v) for k, v in area.blocks.items()} | {"total": float(area.total)}],
                 units={k: "mm2" for k in list(area.blocks) + ["total"]}))
-    print("\npower by block at the TDP operating point (W):")
+    print("\npower by block at full activity (peak MAC rate, HBM and links saturated), W:")
     print(table([{k: float(v) for k, v in power.blocks.items()} | {"total": float(power.total)}],
                 units={k: "W" for k in list(power.blocks) + ["total"]}))
     if study.kind == "training":
@@ -104,8 +104,13 @@ def cmd_sweep(args) -> int:
               f"{int(result.nan_index[0])}, metrics {', '.join(result.nan_metrics[0])})")
     first = next(iter(directions))
     order = np.argsort(front[first])
+    if directions[first] == "max":
+        order = order[::-1]
     cols = list(front.params) + list(directions)
     rows = [{c: float(front[c][i]) for c in cols} for i in order[:20]]
+    if len(front) > len(rows):
+        print(f"the first {len(rows)} of {len(front)} front designs by {first} "
+              f"(all in {study.output_dir / 'sweep_front.csv'}):")
     print(table(rows) if rows else "no feasible design on the front")
     study.output_dir.mkdir(parents=True, exist_ok=True)
     front.to_csv(study.output_dir / "sweep_front.csv")

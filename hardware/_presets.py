@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import units as u
 from ._chip import Chip
 from ._system import System
+from ._validate import PresetMapping
 
 TFLOP = u.TFLOPS
 
@@ -130,7 +131,8 @@ _TPU_ASSUMPTIONS = [
 ]
 _add(Chip(
     name="TPUv4", mac_units=2 * 4 * 128 * 128, clock_hz=275 * TFLOP / (2 * 2 * 4 * 128 * 128),
-    vector_flops=2 * 1024 * 2 * 275 * TFLOP / (2 * 2 * 4 * 128 * 128), sram_bytes=160 * u.MiB, hbm_bandwidth=1200 * u.GB,
+    vector_flops=2 * 1024 * 2 * 275 * TFLOP / (2 * 2 * 4 * 128 * 128),
+    sram_bytes=160 * u.MiB, hbm_bandwidth=1200 * u.GB,
     hbm_bytes=32 * u.GiB, link_count=6, link_bandwidth=50 * u.GB, node_nm=7, core_count=2,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2",
 ), Published(die_area_mm2=None, tdp_w=192, is_gpu=False),
@@ -138,7 +140,8 @@ _add(Chip(
                         "direction assumed (Jouppi et al. 2023 quote 6 links)"])
 _add(Chip(
     name="TPUv5p", mac_units=2 * 4 * 128 * 128, clock_hz=459 * TFLOP / (2 * 2 * 4 * 128 * 128),
-    vector_flops=2 * 1024 * 2 * 459 * TFLOP / (2 * 2 * 4 * 128 * 128), sram_bytes=160 * u.MiB, hbm_bandwidth=2765 * u.GB,
+    vector_flops=2 * 1024 * 2 * 459 * TFLOP / (2 * 2 * 4 * 128 * 128),
+    sram_bytes=160 * u.MiB, hbm_bandwidth=2765 * u.GB,
     hbm_bytes=95 * u.GB, link_count=6, link_bandwidth=1200 * u.GB / 2 / 6, node_nm=5,
     core_count=2, sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2e",
 ), Published(die_area_mm2=None, tdp_w=None, is_gpu=False),
@@ -146,7 +149,8 @@ _add(Chip(
                         "bidirectional ICI figure", "node_nm: not in the sources used; 5 nm"])
 _add(Chip(
     name="TPUv5e", mac_units=4 * 128 * 128, clock_hz=197 * TFLOP / (2 * 4 * 128 * 128),
-    vector_flops=1024 * 2 * 197 * TFLOP / (2 * 4 * 128 * 128), sram_bytes=48 * u.MiB, hbm_bandwidth=819 * u.GB,
+    vector_flops=1024 * 2 * 197 * TFLOP / (2 * 4 * 128 * 128),
+    sram_bytes=48 * u.MiB, hbm_bandwidth=819 * u.GB,
     hbm_bytes=16 * u.GB, link_count=4, link_bandwidth=400 * u.GB / 2 / 4, node_nm=5,
     core_count=1, sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2",
 ), Published(die_area_mm2=None, tdp_w=None, is_gpu=False),
@@ -212,32 +216,7 @@ _add(Chip(
      "links: IPU-Links not modelled (their bandwidth is not in the sources used)"])
 
 
-class _PresetMapping(Mapping):
-    """A read-only name -> preset mapping whose KeyError lists the known names."""
-
-    def __init__(self, kind: str, items: dict):
-        self._kind = kind
-        self._items = items
-
-    def __getitem__(self, name):
-        try:
-            return self._items[name]
-        except KeyError:
-            raise KeyError(
-                f"unknown {self._kind} preset {name!r}; known: {', '.join(sorted(self._items))}"
-            ) from None
-
-    def __iter__(self):
-        return iter(self._items)
-
-    def __len__(self):
-        return len(self._items)
-
-    def __repr__(self):
-        return f"{self._kind.upper()}S({', '.join(self._items)})"
-
-
-CHIPS: Mapping[str, Chip] = _PresetMapping("chip", _CHIPS)
+CHIPS: Mapping[str, Chip] = PresetMapping("chip", _CHIPS)
 
 # Systems. Latencies: NVLink/NVSwitch one-hop ~ 1 us and InfiniBand ~ 5 us end-to-end are
 # typical NCCL small-message latencies (NCCL tests on DGX A100, NVIDIA "Doubling all2all
@@ -264,7 +243,7 @@ _SYSTEMS = {
                         scaleup_latency=1 * u.us, scaleout_bandwidth=50 * u.GB,
                         scaleout_latency=5 * u.us, topology="torus3d", name="TPUv4-pod"),
 }
-SYSTEMS: Mapping[str, System] = _PresetMapping("system", _SYSTEMS)
+SYSTEMS: Mapping[str, System] = PresetMapping("system", _SYSTEMS)
 
 # Row names of each preset in ../shared/data/chips.csv (for validation and fitting code).
 CHIPS_CSV_NAME: dict[str, str] = {

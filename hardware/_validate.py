@@ -8,6 +8,7 @@ field, the offending value and the allowed range.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -78,3 +79,28 @@ def check_choice(owner: str, field: str, value, allowed) -> None:
     """Raise `ValueError` unless `value` is one of `allowed`."""
     if value not in allowed:
         raise ValueError(f"{owner}.{field} must be one of {sorted(allowed)}; got {value!r}")
+
+
+class PresetMapping(Mapping):
+    """A read-only name -> preset mapping whose KeyError lists the known names."""
+
+    def __init__(self, kind: str, items: dict):
+        self._kind = kind
+        self._items = dict(items)
+
+    def __getitem__(self, name):
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(
+                f"unknown {self._kind} preset {name!r}; known: {', '.join(sorted(self._items))}"
+            ) from None
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __repr__(self):
+        return f"{self._kind.upper()}S({', '.join(self._items)})"

@@ -7,6 +7,7 @@ presets are published shapes, each with its source.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import equinox as eqx
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from dse.hardware._validate import as_float_array, check_range
+from dse.hardware._validate import PresetMapping, as_float_array, check_range
 
 _POSITIVE = (0.0, float("inf"), False)
 _AT_LEAST_ONE = (1.0, float("inf"), True)
@@ -217,7 +218,7 @@ def _llama(name, layers, hidden, heads, kv_heads, ffn_hidden, vocab, seq_len,
                        top_k=top_k, gated_mlp=True, tied_embeddings=False, name=name)
 
 
-TRANSFORMERS: dict[str, Transformer] = {
+_TRANSFORMERS: dict[str, Transformer] = {
     # Brown et al. 2020 (GPT-3, arXiv:2005.14165) Table 2.1: 96 layers, d_model 12288, 96 heads,
     # context 2048; GPT-2 BPE vocabulary of 50257 (Radford et al. 2019).
     "gpt3-175b": _gpt("gpt3-175b", 96, 12288, 96, 2048, vocab=50257),
@@ -256,3 +257,5 @@ TRANSFORMERS: dict[str, Transformer] = {
     "mixtral-8x7b": _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768,
                            experts=8, top_k=2),
 }
+
+TRANSFORMERS: Mapping[str, Transformer] = PresetMapping("transformer", _TRANSFORMERS)

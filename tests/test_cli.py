@@ -46,7 +46,7 @@ def test_evaluate_training_prints_metrics_and_breakdowns(workdir, capsys):
     assert "step_time" in out and "area by block" in out and "step time by component" in out
     csv = workdir / "dse-out" / "h100_gpt3" / "evaluate.csv"
     header, values = csv.read_text().splitlines()[:2]
-    row = dict(zip(header.split(","), map(float, values.split(","))))
+    row = dict(zip(header.split(","), map(float, values.split(",")), strict=True))
     # Power at peak activity of H100 and a step time of seconds: real numbers, not placeholders.
     assert 500 < row["power"] < 1000 and 1 < row["step_time"] < 30
 
@@ -100,6 +100,10 @@ BAD_CONFIGS = {
     "unknown metric": ({'step_time = "min"': 'latency = "min"'}, "objectives.latency",
                        "unknown metric"),
     "toml syntax": ({"[workload]": "[workload"}, "<toml>", ""),
+    "plan uses part of the system": ({"dp = 16": "dp = 8"}, "workload.plan",
+                                     "tp * pp * dp = 512 chips, but the system has 1024"),
+    "batch does not split": ({"global_batch = 1536": "global_batch = 1000"},
+                             "workload.global_batch", "do not split into micro-batches"),
 }
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import central_difference
 
 from dse.hardware import (
     CHIPS,
@@ -25,8 +26,6 @@ from dse.hardware import (
     technology,
 )
 from dse.hardware import units as u
-
-from helpers import central_difference
 
 # Ranges for random designs: wide, but inside what the models are meant for.
 RANDOM_RANGES = {
@@ -49,7 +48,7 @@ def random_chips(key, n, **static) -> Chip:
     """n chips with every continuous field drawn log-uniformly from RANDOM_RANGES."""
     keys = jax.random.split(key, len(RANDOM_RANGES))
     fields = {}
-    for k, (name, (lo, hi)) in zip(keys, RANDOM_RANGES.items()):
+    for k, (name, (lo, hi)) in zip(keys, RANDOM_RANGES.items(), strict=True):
         unit = jax.random.uniform(k, (n,), dtype=jnp.result_type(float))
         fields[name] = jnp.exp(jnp.log(lo) + unit * (jnp.log(hi) - jnp.log(lo)))
     return Chip(**fields, **static)

@@ -37,7 +37,7 @@ def test_plain_pip_install_into_fresh_venv_imports_every_subpackage(tmp_path):
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert run.returncode == 0, run.stderr[-2000:]
     files = json.loads(run.stdout)
-    for name, path in zip(SUBPACKAGES, files):
+    for name, path in zip(SUBPACKAGES, files, strict=True):
         assert str(env_dir) in path, f"{name} imported from {path}, not the fresh venv"
         assert str(REPO) not in path
     cli = subprocess.run([env_dir / "bin" / "dse", "--help"], capture_output=True, text=True)
