@@ -6,7 +6,9 @@ import dataclasses
 from typing import Literal, get_args
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._chip import Chip
@@ -59,6 +61,12 @@ class System(eqx.Module):
             check_range("System", field, getattr(self, field), lower=lo, upper=hi,
                         lower_inclusive=lo_inc)
         check_choice("System", "topology", self.topology, get_args(Topology))
+        links, size = self.chip.link_count, self.scaleup_size
+        if not isinstance(links, jax.core.Tracer) and not isinstance(size, jax.core.Tracer):
+            if np.any((np.asarray(links) == 0) & (np.asarray(size) > 1)):
+                raise ValueError(
+                    f"System.scaleup_size must be 1 when the chip has no links "
+                    f"(chip.link_count = 0); got scaleup_size {np.asarray(size)}")
 
     @property
     def scaleup_bandwidth(self) -> Float[Array, "*batch"]:

@@ -35,7 +35,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import System
 
-from ._operators import _f
+from ._operators import _f, _safe_div
 
 # Fraction of the scale-up links' bandwidth a collective sustains (NCCL bus bandwidth / link
 # bandwidth). Fitted by `models/_fit_efficiency.py: fit_link_efficiency` to the LLMCompass A100
@@ -108,7 +108,9 @@ def _bandwidths(system: System, link_efficiency=None):
 def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, up_floor=None,
           link_efficiency=None) -> CommCost:
     bw_up, bw_out = _bandwidths(system, link_efficiency)
-    t_up = up_bytes / bw_up + up_steps * system.scaleup_latency
+    # No scale-up links only happens with a scale-up domain of one chip (System checks it),
+    # where no bytes cross them: 0 bytes take 0 s, not 0 / 0.
+    t_up = _safe_div(up_bytes, bw_up) + up_steps * system.scaleup_latency
     if up_floor is not None:
         t_up = jnp.maximum(t_up, up_floor)
     t_out = out_bytes / bw_out + out_steps * system.scaleout_latency

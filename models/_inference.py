@@ -359,7 +359,8 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
         compute=jnp.clip(per_chip_flops / plan.pp / (time * chip.peak_flops), 0.0, 1.0),
         vector=jnp.clip(layers * ew.flops / plan.pp / (time * chip.vector_flops), 0.0, 1.0),
         hbm=jnp.clip(hbm / (time * jnp.maximum(chip.hbm_bandwidth, 1.0)), 0.0, 1.0),
-        link=jnp.clip(link_bytes / (time * chip.link_bandwidth_total), 0.0, 1.0),
+        link=jnp.clip(link_bytes / (time * jnp.maximum(chip.link_bandwidth_total, 1.0)), 0.0,
+                      1.0),
     )
     energy = power(chip, activity).total * time * plan.chips
     return InferenceReport(

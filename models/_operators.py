@@ -257,7 +257,8 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     group_rows = q_len * heads / kv_heads  # query rows sharing one KV head
     block_rows = chip.sram_bytes / bytes_per_element / (4.0 * head_dim)
     kv_passes = jnp.maximum(1.0, group_rows / block_rows)
-    kv_fraction = attended / kv_len  # causal blocks above the diagonal are skipped
+    # Causal blocks above the diagonal are skipped; an empty context (kv_len 0) reads nothing.
+    kv_fraction = _safe_div(attended, kv_len)
     q_o = 2.0 * batch * heads * q_len * head_dim
     k_v = 2.0 * batch * kv_heads * kv_len * head_dim * jnp.maximum(kv_passes * kv_fraction, 1.0)
     hbm_bytes = (q_o + k_v) * bytes_per_element

@@ -508,8 +508,11 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     activity = Activity(
         compute=u_compute,
         vector=jnp.clip(vec_flops / (chip.vector_flops * step_time), 0.0, 1.0),
-        hbm=jnp.clip(hbm_bytes / (chip.hbm_bandwidth * step_time), 0.0, 1.0),
-        link=jnp.clip(link_bytes / (system.scaleup_bandwidth * step_time), 0.0, 1.0),
+        # max(., 1 B/s): a chip with no HBM (or no links) moves no bytes there; without it the
+        # 0 / 0 here is NaN in the gradient of the energy.
+        hbm=jnp.clip(hbm_bytes / (jnp.maximum(chip.hbm_bandwidth, 1.0) * step_time), 0.0, 1.0),
+        link=jnp.clip(link_bytes / (jnp.maximum(system.scaleup_bandwidth, 1.0) * step_time),
+                      0.0, 1.0),
     )
     energy = power(chip, activity).total * step_time * chips_used
 
