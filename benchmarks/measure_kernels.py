@@ -27,7 +27,7 @@ def _chip(args) -> Chip:
     if not (args.peak_tflops and args.bandwidth_gbs):
         raise SystemExit("give --chip PRESET, or --peak-tflops and --bandwidth-gbs")
     # Only the peaks, the bandwidth and the SRAM enter the operator models: the other fields
-    # are placeholders that satisfy Chip's validation (mac_units * 2 * clock = peak).
+    # are stand-in values that satisfy Chip's validation (mac_units * 2 * clock = peak).
     clock = 1e9
     return Chip(mac_units=args.peak_tflops * 1e12 / (2 * clock), clock_hz=clock,
                 vector_flops=(args.vector_tflops or args.peak_tflops) * 1e12,

@@ -47,7 +47,7 @@ def test_evaluate_training_prints_metrics_and_breakdowns(workdir, capsys):
     csv = workdir / "dse-out" / "h100_gpt3" / "evaluate.csv"
     header, values = csv.read_text().splitlines()[:2]
     row = dict(zip(header.split(","), map(float, values.split(",")), strict=True))
-    # Power at peak activity of H100 and a step time of seconds: real numbers, not placeholders.
+    # Power at peak activity of H100 and a step time of seconds: real numbers.
     assert 500 < row["power"] < 1000 and 1 < row["step_time"] < 30
 
 

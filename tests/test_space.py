@@ -21,7 +21,7 @@ def a100_like() -> Chip:
 
 def dgx_like() -> System:
     # DGX A100: 8 GPUs per NVSwitch domain, 8 x 200 Gb/s HDR InfiniBand per 8 GPUs = 25 GB/s
-    # per GPU; latencies are order-of-magnitude placeholders for the tests (not a model input).
+    # per GPU; latencies are order-of-magnitude test values (not a model input).
     return System(chip=a100_like(), num_chips=64, scaleup_size=8, scaleup_latency=1e-6,
                   scaleout_bandwidth=25e9, scaleout_latency=5e-6)
 
