@@ -136,9 +136,12 @@ def _maybe_plot_front(study, result, directions) -> None:
 
 
 def _budget_text(name, bound) -> str:
+    from ._format import UNITS, si
+
     low, high = bound
-    return " ".join(p for p in (f"{low:g} <=" if low is not None else "", name,
-                                f"<= {high:g}" if high is not None else "") if p)
+    unit = UNITS.get(name, "")
+    return " ".join(p for p in (f"{si(low, unit)} <=" if low is not None else "", name,
+                                f"<= {si(high, unit)}" if high is not None else "") if p)
 
 
 def cmd_optimize(args) -> int:
