@@ -20,14 +20,12 @@ import resource
 import sys
 import time
 
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sweep_throughput import GPT3, SPACE, objective  # noqa: E402
+from sweep_throughput import GPT3, SPACE, objective, step_metrics  # noqa: E402
 
 import dse  # noqa: E402
-from dse.hardware import Activity, area, power  # noqa: E402
 from dse.models import best_plan  # noqa: E402
 
 # Narayanan et al. 2021 (arXiv:2104.04473) Sec. 5.1: GPT-3 175B at a global batch of 1536.
@@ -38,10 +36,7 @@ def best_plan_objective(system):
     """Step time of the fastest feasible plan per design, with area and power."""
     _, report = best_plan(GPT3, system, GLOBAL_BATCH, recompute=(1,), zero_stages=(1,),
                           sequence_parallel=(1,))
-    chip = system.chip
-    watts = power(chip, Activity(compute=jnp.clip(report.hfu, 0.0, 1.0))).total
-    return {"step_time": report.step_time, "area": area(chip).total, "power": watts,
-            "fits": report.fits.astype(report.step_time.dtype)}
+    return step_metrics(system, report)
 
 
 def main() -> None:
