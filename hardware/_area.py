@@ -41,9 +41,15 @@ UNCORE_FRACTION = (76.44 + 40.0) / (476.25 + 119.31)
 # `dse.hardware._fit.fit_compute_transistors` to the published die areas of chips.csv (simt:
 # V100, A100, H100; spatial: Groq TSP, Cerebras WSE-2, Graphcore GC200) after the SRAM, HBM,
 # link and uncore blocks above are subtracted. `tests/test_hardware_fit.py` re-runs the fit.
+# The spatial pair leaves GC200 23% under its 823 mm^2. Graphcore's own split of that die (Hot
+# Chips 33: ~50% SRAM, ~25% tile logic, ~25% exchange + uncore + PHYs) shows where: ~410 mm^2
+# of SRAM against the model's 362 (1 MB-macro efficiency), ~205 mm^2 of tile logic against
+# ~155 from a (per-core, per-MAC) pair shared with WSE-2's 850,000 small cores and Groq's MXM,
+# and ~205 mm^2 of all-to-all exchange and I/O against ~120 from GA100's uncore fraction plus
+# the IPU-Link PHYs. Separating those needs more published die splits than one.
 COMPUTE_TRANSISTORS = {
     "simt": {"per_core": 148_582_974.4, "per_mac": 147_535.05},
-    "spatial": {"per_core": 2_656_584.6, "per_mac": 29_458.39},
+    "spatial": {"per_core": 2_211_881.6, "per_mac": 122_976.79},
 }
 
 # Die-edge use. An HBM stack occupies the short side of its footprint, 7.75 mm (JEDEC JESD235

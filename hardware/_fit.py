@@ -110,7 +110,35 @@ def fit_power_constants(data_dir: str | Path) -> dict[str, float]:
             "static_power_per_mm2": float(static_per_mm2)}
 
 
+def fit_mma_size_term(data_dir: str | Path) -> dict[str, float]:
+    """Test whether the TDPs support an energy per MAC that falls with the per-core MMA size.
+
+    An n-MAC matrix unit reads O(n^(2/3)) operands per n MACs, so operand delivery per MAC
+    could scale as n^(-1/3). This fits E_mac = E_arith + E_fetch * (n / 1024)^(-1/3), n =
+    MACs per core per clock (V100 512, A100 1024, H100/H200 2048 from the presets), on the
+    same chips and operating points as `fit_power_constants`. The result is a check, not a
+    model constant: if `fetch_at_1024` comes out 0 the data give the term no weight and the
+    power model keeps one energy per MAC.
+    """
+    rows = read_chips_csv(data_dir)
+    features, target, tdp = [], [], []
+    with jax.enable_x64(True):
+        for name in POWER_FIT_CHIPS:
+            chip = CHIPS[name]
+            published = float(rows[name]["tdp_w"])
+            report = power(chip)
+            scale = float(technology(chip.node_nm).energy_scale)
+            mac_rate = tdp_compute_activity(rows[name]) * float(chip.mac_units * chip.clock_hz)
+            per_core = float(chip.mac_units / chip.core_count)
+            features.append([scale * mac_rate, scale * mac_rate * (per_core / 1024) ** (-1 / 3)])
+            target.append(published - float(report.hbm + report.link))
+            tdp.append(published)
+    arith, fetch = _relative_nnls(np.array(features), np.array(target), np.array(tdp))
+    return {"arith_7nm": float(arith), "fetch_at_1024": float(fetch)}
+
+
 if __name__ == "__main__":  # pragma: no cover - a maintenance entry point
     data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
     print("COMPUTE_TRANSISTORS =", fit_compute_transistors(data))
     print("power constants =", fit_power_constants(data))
+    print("MMA-size check =", fit_mma_size_term(data))

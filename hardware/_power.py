@@ -17,7 +17,11 @@ from ._validate import as_float_array, check_range
 # re-runs the fit. Other nodes scale the MAC energy with `Technology.energy_scale`. The
 # non-negative fit puts no weight on an area-proportional static term (TDPs alone cannot
 # separate it from activity-proportional power), so static power is 0 until calibrated to
-# idle-power measurements.
+# idle-power measurements. `fit_mma_size_term` asks the same TDPs whether operand delivery per
+# MAC falls with the per-core MMA size (as n^(-1/3)): they give that term 0 weight (V100, A100
+# and H100 at 512, 1024 and 2048 MACs/SM/clock imply the same energy per MAC), so the held-out
+# B200 / GB200 stay 50% / 29% above TDP: their energy per MAC is ~45% below Hopper's on the same
+# N4-family node, which nothing in this model explains.
 ENERGY_PER_MAC_7NM = 2.1906e-12
 STATIC_POWER_PER_MM2 = 0.0
 # A vector (non-matrix) FLOP is charged half a MAC (a MAC is 2 FLOP): an assumption, since no

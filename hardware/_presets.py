@@ -179,15 +179,22 @@ _add(Chip(
 
 # SRAM-heavy dies with published die areas (they test the SRAM area model).
 # Groq TSP (GF 14 nm): 4 MXM planes of 320 x 320 int8 MACs (Abts et al., "Think Fast", ISCA
-# 2020, Sec. 3) = 409,600 (chips.csv: ">400,000 integer MACs/cycle"), 900 MHz nominal,
-# 220 MB SRAM, 20 superlanes. No HBM.
+# 2020, Sec. 3) = 409,600 int8 MACs/cycle (chips.csv: ">400,000 integer MACs/cycle"). In FP16
+# the MXM runs two [1 x 160] x [160 x 320] sub-operations per cycle instead of four int8
+# [1 x 320] x [320 x 320] (Abts et al., "A Software-defined Tensor Streaming Multiprocessor for
+# Large-scale Machine Learning", ISCA 2022, matrix-operation mapping: "K=[160,320] i.e. the
+# vector lengths of the hardware for FP16 and int8 ... a TSP can run two FP16 or four int8
+# sub-operations each cycle"): 2 x 160 x 320 = 102,400 16-bit MACs/cycle, the unit `mac_units`
+# counts. That is 184 TFLOP/s FP16 at 900 MHz, against Groq's 188 TFLOP/s FP16 / 750 TOPS int8
+# (TechPowerUp, Feb 2024, quoting Groq).
+# 900 MHz nominal, 220 MB SRAM, 20 superlanes. No HBM.
 _add(Chip(
-    name="Groq-TSP", mac_units=4 * 320 * 320, clock_hz=0.9 * u.GHz,
+    name="Groq-TSP", mac_units=2 * 160 * 320, clock_hz=0.9 * u.GHz,
     vector_flops=16 * 320 * 2 * 0.9 * u.GHz, sram_bytes=220 * u.MB, hbm_bandwidth=0.0,
     hbm_bytes=0.0, link_count=0, link_bandwidth=1.0, node_nm=14, core_count=20,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="none",
 ), Published(die_area_mm2=725, tdp_w=300, is_gpu=False),
-    ["mac_units counts int8 MACs (the TSP's matrix unit is int8-native)",
+    ["mac_units counts FP16 MACs (the MXM's int8 rate is 4x this)",
      "vector_flops: 16 VXM ALUs x 320 lanes, one fused op per cycle (ISCA 2020 Sec. 3)",
      "links: the chip-to-chip links are not in the sources used and are not modelled"])
 # Cerebras WSE-2 (TSMC N7, one wafer): 850,000 cores, 40 GB SRAM. Each core's datapath does
@@ -204,16 +211,21 @@ _add(Chip(
      "the sources used; 1% spare cores assumed",
      "a wafer-scale die exceeds the reticle by construction (stitched); its reticle margin "
      "is negative"])
-# Graphcore GC200 (TSMC N7): 1472 tiles, 900 MB In-Processor Memory, 250 TFLOP/s FP16 at
-# 1.325 GHz (Graphcore IPU-M2000 datasheet clock).
+# Graphcore GC200 (TSMC N7): 1472 tiles of 624 KiB SRAM each (= 897 MiB; chips.csv's "900 MB"
+# is Graphcore's rounded "900 MiBytes") and 320 GB/s of IPU-Link bandwidth to other chips
+# (both directions, unchanged from Mk1): Knowles, "Graphcore Colossus Mk2 IPU", Hot Chips 33
+# (2021), as reported by Hardwareluxx 2021-08 ("Hot Chips 33: Wie die GC200 Colossus Mk2 IPU
+# zusammengesetzt ist"). 250 TFLOP/s FP16 at 1.325 GHz (Graphcore IPU-M2000 datasheet clock).
 _add(Chip(
     name="GC200", mac_units=_macs(250, 1.325), clock_hz=1.325 * u.GHz,
-    vector_flops=250 * TFLOP / 4, sram_bytes=900 * u.MB, hbm_bandwidth=0.0, hbm_bytes=0.0,
-    link_count=0, link_bandwidth=1.0, node_nm=7, core_count=1472, sram_kind="scratchpad",
-    core_kind="spatial", hbm_generation="none",
+    vector_flops=250 * TFLOP / 4, sram_bytes=1472 * 624 * u.KiB, hbm_bandwidth=0.0,
+    hbm_bytes=0.0, link_count=10, link_bandwidth=320 * u.GB / 2 / 10, node_nm=7,
+    core_count=1472, sram_kind="scratchpad", core_kind="spatial", hbm_generation="none",
 ), Published(die_area_mm2=823, tdp_w=None, is_gpu=False),
     ["vector_flops: FP32 62.5 TFLOP/s (Graphcore GC200 launch figure) used as vector rate",
-     "links: IPU-Links not modelled (their bandwidth is not in the sources used)"])
+     "link_count: 10 IPU-Links (Graphcore IPU-M2000 documentation, not in chips.csv); area and "
+     "power depend only on the 320 GB/s total (Hot Chips 33), split evenly over them",
+     "links: the PCIe Gen4 x16 host link is not modelled (as for every preset)"])
 
 
 CHIPS: Mapping[str, Chip] = PresetMapping("chip", _CHIPS)

@@ -12,6 +12,7 @@ from dse.hardware._area import COMPUTE_TRANSISTORS
 from dse.hardware._fit import (
     POWER_FIT_CHIPS,
     fit_compute_transistors,
+    fit_mma_size_term,
     fit_power_constants,
     read_chips_csv,
     tdp_compute_activity,
@@ -50,14 +51,16 @@ def test_published_table_matches_chips_csv(rows):
     assert set(CHIPS_CSV_NAME) == set(CHIPS)
 
 
-# Die area within 12% of the published figure. GC200 is a known miss: one (per-core, per-MAC)
-# pair cannot fit Groq, Cerebras and Graphcore together (see the issue note).
+# Die area within 12% of the published figure. GC200 is a known miss (23% under): one
+# (per-core, per-MAC) pair cannot fit Groq, Cerebras and Graphcore together, and GA100's uncore
+# fraction under-sizes the IPU's all-to-all exchange (see `_area.COMPUTE_TRANSISTORS`).
 AREA_CASES = [name for name, p in PUBLISHED.items() if p.die_area_mm2 is not None]
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="GC200 area 40% under: IPU "
-                                            "tiles are far larger than the spatial fit"))
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="GC200 area 23% under: its tile "
+                                            "logic and exchange (Hot Chips 33 split) exceed the "
+                                            "spatial fit and GA100's uncore fraction"))
     if n == "GC200" else n for n in AREA_CASES])
 def test_die_area_within_12_percent(name):
     with jax.enable_x64(True):
@@ -88,18 +91,38 @@ def test_a100_block_breakdown_within_25_percent():
         assert abs(predicted[block] / value - 1) <= 0.25, (block, predicted[block], value)
 
 
+def test_gc200_sram_block_matches_graphcores_die_split():
+    """Hot Chips 33 (Knowles, via Hardwareluxx): SRAM is almost 50% of GC200's 823 mm^2.
+
+    The split is read off a slide, so the GA100 block tolerance (25%) applies.
+    """
+    with jax.enable_x64(True):
+        sram = float(area(CHIPS["GC200"]).sram)
+    assert abs(sram / (0.5 * PUBLISHED["GC200"].die_area_mm2) - 1) <= 0.25, sram
+
+
 GPU_TDP_CASES = [n for n, p in PUBLISHED.items() if p.is_gpu and p.tdp_w is not None]
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="Blackwell's energy per FLOP "
-                                            "beats node scaling of Hopper by ~1.4x"))
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="Blackwell's energy per MAC is "
+                                            "~45% below Hopper's on the same N4-family node; "
+                                            "the in-sample TDPs give no weight to a per-SM "
+                                            "MMA-size term, and even 0 W of HBM leaves B200 "
+                                            "+25%"))
     if n in ("B200", "GB200") else n for n in GPU_TDP_CASES])
 def test_gpu_power_at_tdp_operating_point_within_20_percent(name, rows):
     activity = Activity(compute=tdp_compute_activity(rows[name]), hbm=1.0, link=1.0)
     with jax.enable_x64(True):
         predicted = float(power(CHIPS[name], activity).total)
     assert abs(predicted / PUBLISHED[name].tdp_w - 1) <= 0.20, predicted
+
+
+def test_tdps_give_no_weight_to_an_mma_size_term():
+    """Why B200 stays a miss: V100..H200 imply one energy per MAC, not one falling as n^(-1/3)."""
+    fitted = fit_mma_size_term(shared_data_dir())
+    assert fitted["fetch_at_1024"] == 0.0
+    np.testing.assert_allclose(fitted["arith_7nm"], ENERGY_PER_MAC_7NM, rtol=1e-4)
 
 
 def test_power_validation_holds_out_chips():
