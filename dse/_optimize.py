@@ -29,6 +29,15 @@ from dse import optimizers as opt
 # Evaluating Derivatives, 2nd ed., 2008, sec. 4.6: at most ~4, typically 2-3); the project counts 3.
 EVALUATIONS_PER_GRADIENT = 3
 
+# A Jacobian of every metric with respect to every knob (forward mode, one tangent per knob, as
+# `method="trace"` computes it) is counted as this many model evaluations. Forward mode costs at
+# most about 1 + 1.5 p function evaluations for p tangents (Griewank & Walther 2008, ch. 4, the
+# vector forward mode); on the 7-knob `benchmarks/pareto_race.py` problem (vmapped, CPU) it cost
+# 4.05x a value, which the benchmark re-measures on its device and prints. Counted as 2
+# gradients, above that measurement; a space with many more knobs costs more, and the
+# benchmark's timed figure is the one to trust there.
+EVALUATIONS_PER_JACOBIAN = 2 * EVALUATIONS_PER_GRADIENT
+
 # Chebyshev reference point = best normalized value seen so far minus this margin (objectives are
 # scaled to [0, 1] over the pilot sample). Any margin > 0 keeps w_i (f_i - z_i) > 0, which the
 # starts with a zero weight need to reach the ends of the front; 0.1 of the pilot range is a
@@ -53,14 +62,18 @@ class OptimizeResult:
     - `feasible`: `[n]`, True where every metric is finite and every margin >= 0.
     - `reason`: `[n]` strings: "" for a feasible design, else the budgets it breaks.
     - `source`: `[n]`: "pilot" (normalization sample), "snapped" (a search result, or with
-      `keep_iterates` an intermediate iterate, rounded to the nearest integers) or "repair"
-      (another floor/ceil combination of a search result's integer knobs).
+      `keep_iterates` an intermediate iterate, rounded to the nearest integers), "repair"
+      (another floor/ceil combination of a search result's integer knobs) or "trace" (a point
+      of `method="trace"`, in the order evaluated).
     - `front`: indices of the non-dominated feasible designs, sorted by the first objective.
-    - `history`: per outer step, "objectives" `[T, S, m]` and "violation" `[T, S]` of the
-      relaxed iterates (violation in normalized units), "penalty" `[T, S]`,
-      "n_evaluations" `[T]` (cumulative, gradients counted as `EVALUATIONS_PER_GRADIENT`).
-    - `n_evaluations`: model evaluations in all (pilot + gradients x 3 + final checks);
-      `n_gradients`: gradient evaluations; `seconds`: wall time.
+    - `history`: `method="multistart"`: per outer step, "objectives" `[T, S, m]` and
+      "violation" `[T, S]` of the relaxed iterates (violation in normalized units), "penalty"
+      `[T, S]`, "n_evaluations" `[T]` (cumulative, gradients counted as
+      `EVALUATIONS_PER_GRADIENT`). `method="trace"`: per evaluated design (rows of `x`, pilot
+      first), "n_evaluations" `[n]` (cumulative, Jacobians counted as
+      `EVALUATIONS_PER_JACOBIAN`), and per traced point "weight" and "accepted".
+    - `n_evaluations`: model evaluations in all (pilot + gradients x 3 or Jacobians x 6 + final
+      checks); `n_gradients`: gradient (or Jacobian) evaluations; `seconds`: wall time.
     - `status`: "ok", or "infeasible" when no design met every budget; `message` says why.
     - `space`: the `Space` searched (`result.design(i)` builds design i).
     """
@@ -238,6 +251,9 @@ def optimize(
     penalty: float = 10.0,
     seed: int = 0,
     progress: bool = True,
+    method: Literal["multistart", "trace"] = "multistart",
+    spacing: float = 0.05,
+    max_steps: int = 200,
 ) -> OptimizeResult:
     """Pareto-optimal designs of `space` for `objectives` under `budgets`, by gradients.
 
@@ -270,7 +286,17 @@ def optimize(
     - `budget_margin`: the search aims this far inside every budget (relative to the bound, or
       to the pilot spread for a bound of 0); the final check uses the exact budgets.
     - `penalty`: initial augmented-Lagrangian weight; `seed`: seed of samples and starts.
-    - `progress`: show a tqdm bar over outer steps.
+    - `progress`: show a tqdm bar over outer steps (or traced points).
+    - `method`: "multistart" (the batch of searches above; any number of objectives, non-convex
+      fronts) or "trace" (two objectives: `dse.optimizers.trace_front` walks the front from
+      the best pilot design for the second objective to the first, one SQP step per point on a
+      forward-mode Jacobian of every metric; weighted-sum continuation, so the convex part of
+      the front; far fewer evaluations). `n_preferences`, `n_starts`, `scalarizations`,
+      `outer_steps`, `inner_steps`, `learning_rate`, `optimizer`, `starts`, `keep_iterates`
+      and `penalty` belong to "multistart"; `spacing` (target distance of consecutive points,
+      in objectives normalized to the pilot's range) and `max_steps` (Jacobians at most) to
+      "trace". Every traced point is a snapped design, exactly evaluated by the forward pass
+      of its Jacobian.
 
     **Returns:** an `OptimizeResult`. If no design meets every budget, `status` is
     "infeasible", `front` is empty and `message` names the budgets that were broken.
@@ -289,6 +315,11 @@ def optimize(
         raise ValueError(f"starts must be 'pilot' or 'random'; got {starts!r}")
     if not scalarizations:
         raise ValueError("scalarizations must name at least one scalarization")
+    if method not in ("multistart", "trace"):
+        raise ValueError(f"method must be 'multistart' or 'trace'; got {method!r}")
+    if method == "trace" and len(obj_spec) != 2:
+        raise ValueError(f"method='trace' traces a front of exactly two objectives; got "
+                         f"{len(obj_spec)}: {[n for n, _ in obj_spec]}")
     dim = int(space.dim)
     names = tuple(space.names)
     obj_names = [n for n, _ in obj_spec]
@@ -347,8 +378,8 @@ def optimize(
     ideal_j = jnp.asarray(ideal, dtype=jnp.result_type(float))
     obj_scale_j = jnp.asarray(obj_scale, dtype=jnp.result_type(float))
 
-    def relaxed(z):
-        m = metrics_of(space.from_unconstrained(z))
+    def normalized(m):
+        """Metrics -> (objectives scaled to the pilot's range, budgets as g <= 0 tightened)."""
         f = jnp.stack([jnp.asarray(m[n]) for n in obj_names])
         f = (transform(f, jnp) - ideal_j) / obj_scale_j
         gs = _normalized_constraints(m, budget_spec, con_scale, jnp)
@@ -357,6 +388,14 @@ def optimize(
         # its answer just inside, where the exact check accepts it.
         g = jnp.stack(gs) + budget_margin if gs else jnp.zeros((0,), f.dtype)
         return f, g
+
+    def relaxed(z):
+        return normalized(metrics_of(space.from_unconstrained(z)))
+
+    if method == "trace":
+        return _optimize_trace(space, metrics_of, normalized, obj_spec, budget_spec, x_pilot,
+                               m_pilot, (h_pilot - ideal) / obj_scale, con_scale, spacing,
+                               max_steps, progress, t_start)
 
     # Starts: preference vectors x scalarizations x n_starts.
     m = len(obj_names)
@@ -428,6 +467,32 @@ def optimize(
     metrics = {k: np.concatenate([m_pilot[k], m_final[k]]) for k in probe}
     source = np.array(["pilot"] * len(x_pilot) + ["snapped"] * len(x_round_u)
                       + ["repair"] * len(x_repair))
+    margins, feasible, reason, front, status, message = _check(metrics, obj_spec, budget_spec)
+
+    n_evaluations = (n_pilot_evals + EVALUATIONS_PER_GRADIENT * run.n_gradients
+                     + x_final.shape[0])
+    hist_f = np.asarray(run.history_objectives, dtype=np.float64)
+    hist_f = signs * (hist_f * obj_scale + ideal)
+    if log_objectives:
+        hist_f = np.exp(hist_f)
+    history = {
+        "objectives": hist_f,
+        "violation": np.asarray(run.history_violation, dtype=np.float64),
+        "penalty": np.asarray(run.history_penalty, dtype=np.float64),
+        "n_evaluations": np.asarray(cumulative, dtype=np.int64),
+    }
+    return OptimizeResult(
+        names=names, objectives=obj_spec, budgets=budget_spec, x=x_all, metrics=metrics,
+        margins=margins, feasible=feasible, reason=reason, source=source, front=front,
+        history=history, n_evaluations=int(n_evaluations), n_gradients=run.n_gradients,
+        seconds=time.perf_counter() - t_start, status=status, message=message, space=space,
+    )
+
+
+def _check(metrics, obj_spec, budget_spec):
+    """Exact budget check of evaluated designs: margins, feasibility, reasons, front, status."""
+    obj_names = [n for n, _ in obj_spec]
+    signs = np.array([1.0 if d == "min" else -1.0 for _, d in obj_spec])
     margins = _margins(metrics, budget_spec)
     f_all = np.stack([metrics[n] for n in obj_names], axis=1) * signs
     feasible = np.all(np.isfinite(f_all), axis=1)
@@ -456,23 +521,66 @@ def optimize(
         status = "infeasible"
         message = "no design met every budget: " + ("; ".join(parts) if parts else
                                                     "every objective was non-finite")
+    return margins, feasible, reason, front, status, message
 
-    n_evaluations = (n_pilot_evals + EVALUATIONS_PER_GRADIENT * run.n_gradients
-                     + x_final.shape[0])
-    hist_f = np.asarray(run.history_objectives, dtype=np.float64)
-    hist_f = signs * (hist_f * obj_scale + ideal)
-    if log_objectives:
-        hist_f = np.exp(hist_f)
-    history = {
-        "objectives": hist_f,
-        "violation": np.asarray(run.history_violation, dtype=np.float64),
-        "penalty": np.asarray(run.history_penalty, dtype=np.float64),
-        "n_evaluations": np.asarray(cumulative, dtype=np.int64),
-    }
+
+def _optimize_trace(space, metrics_of, normalized, obj_spec, budget_spec, x_pilot, m_pilot,
+                    f_pilot, con_scale, spacing, max_steps, progress, t_start) -> OptimizeResult:
+    """`optimize(method="trace")`: the pilot's best design for the second objective, then
+    `dse.optimizers.trace_front` in the unit box, every point exactly checked."""
+    dim = int(space.dim)
+    is_int = np.asarray(space.is_integer, dtype=bool)
+
+    def vector(u):
+        m = metrics_of(space.from_unit(u))
+        f, g = normalized(m)
+        v = jnp.concatenate([f, g])
+        return v, (v, m)
+
+    jacobian = jax.jit(jax.jacfwd(vector, has_aux=True))
+
+    def fn(u):
+        jac, (v, m) = jacobian(jnp.asarray(u, dtype=jnp.result_type(float)))
+        return np.asarray(v), np.asarray(jac), {k: float(val) for k, val in m.items()}
+
+    def snap(u):
+        if not is_int.any():
+            return u
+        x = _snap(space, np.asarray(space.from_unit(jnp.asarray(u)), dtype=np.float64))
+        return np.where(is_int, np.asarray(space.to_unit(jnp.asarray(x)), dtype=np.float64), u)
+
+    # Start: the pilot design best for the second objective, infeasible ones last.
+    g_p = np.stack(_normalized_constraints(m_pilot, budget_spec, con_scale, np), axis=1) if (
+        budget_spec) else np.zeros((len(x_pilot), 0))
+    viol = np.max(np.maximum(g_p, 0.0), axis=1, initial=0.0)
+    score = np.where(np.isfinite(f_pilot[:, 1]), f_pilot[:, 1] + 1e3 * viol, np.inf)
+    u0 = np.asarray(space.to_unit(jnp.asarray(x_pilot[int(np.argmin(score))])), np.float64)
+
+    bar = tqdm(total=max_steps, desc="trace", disable=not progress, leave=False)
+    try:
+        trace = opt.trace_front(fn, u0, snap=snap, spacing=spacing, max_steps=max_steps,
+                                callback=lambda i, w, v: (bar.update(1),
+                                                          bar.set_postfix(w=f"{w:.2f}")))
+    finally:
+        bar.close()
+
+    x_trace = _snap(space, np.asarray(space.from_unit(jnp.asarray(trace.u)), np.float64))
+    x_all = np.concatenate([x_pilot, x_trace.reshape(-1, dim)])
+    metrics = {k: np.concatenate([m_pilot[k], np.array([a[k] for a in trace.aux])])
+               for k in m_pilot}
+    source = np.array(["pilot"] * len(x_pilot) + ["trace"] * len(x_trace))
+    margins, feasible, reason, front, status, message = _check(metrics, obj_spec, budget_spec)
+    n_pilot = len(x_pilot)
+    cumulative = np.concatenate([np.arange(1, n_pilot + 1),
+                                 n_pilot + EVALUATIONS_PER_JACOBIAN
+                                 * np.arange(1, trace.n_jacobians + 1)])
+    history = {"n_evaluations": cumulative.astype(np.int64), "weight": trace.weight,
+               "accepted": trace.accepted}
     return OptimizeResult(
-        names=names, objectives=obj_spec, budgets=budget_spec, x=x_all, metrics=metrics,
-        margins=margins, feasible=feasible, reason=reason, source=source, front=front,
-        history=history, n_evaluations=int(n_evaluations), n_gradients=run.n_gradients,
-        seconds=time.perf_counter() - t_start, status=status, message=message, space=space,
+        names=tuple(space.names), objectives=obj_spec, budgets=budget_spec, x=x_all,
+        metrics=metrics, margins=margins, feasible=feasible, reason=reason, source=source,
+        front=front, history=history,
+        n_evaluations=int(n_pilot + EVALUATIONS_PER_JACOBIAN * trace.n_jacobians),
+        n_gradients=trace.n_jacobians, seconds=time.perf_counter() - t_start, status=status,
+        message=f"{message}; trace: {trace.message}", space=space,
     )
-

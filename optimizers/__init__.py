@@ -10,6 +10,8 @@ from ._constraints import constraint_violation as constraint_violation
 from ._constraints import init_lagrangian as init_lagrangian
 from ._constraints import quadratic_penalty as quadratic_penalty
 from ._constraints import update_lagrangian as update_lagrangian
+from ._continuation import TraceResult as TraceResult
+from ._continuation import trace_front as trace_front
 from ._multiobjective import CHEBYSHEV_AUGMENTATION as CHEBYSHEV_AUGMENTATION
 from ._multiobjective import MultiStartResult as MultiStartResult
 from ._multiobjective import chebyshev as chebyshev

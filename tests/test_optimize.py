@@ -216,3 +216,77 @@ def test_progress_bar_weighted_sum_random_starts_iterates(budget_space, capsys):
                      **FAST)
     assert "optimize" in capsys.readouterr().err
     assert jnp.isfinite(res.seconds)
+
+
+# --- method="trace": continuation along the front -------------------------------------------
+
+TRACE = dict(method="trace", n_pilot=8, progress=False)
+
+
+def test_trace_front_is_analytic(chip):
+    """f1 = (c - 1)^2, f2 = (c - 3)^2: every accepted traced point is on the front
+    f2 = (2 - sqrt f1)^2, the trace runs from one end (f2 = 0) to the other (f1 = 0), the
+    points are spread along it, and it costs far fewer Jacobians than the multistart search."""
+    space = dse.Space(chip, {"clock_hz": ("linear", 0.5e9, 3.5e9)})
+    res = dse.optimize(_two_objective, space, objectives=["f1", "f2"], spacing=0.05, **TRACE)
+    assert res.status == "ok"
+    traced = res.source == "trace"
+    accepted = np.zeros(len(res.x), bool)
+    accepted[traced] = res.history["accepted"]
+    f1, f2 = res.metrics["f1"][accepted], res.metrics["f2"][accepted]
+    on_set = (res.x[accepted, 0] > 1e9 - 2e6) & (res.x[accepted, 0] < 3e9 + 2e6)
+    assert on_set[1:].all()  # the first point is the pilot's best for f2, not yet converged
+    np.testing.assert_allclose(f2[1:], (2.0 - np.sqrt(f1[1:])) ** 2, atol=1e-4)
+    assert f2.min() < 1e-4 and f1.min() < 1e-4
+    # Spread: no gap between consecutive front points wider than a quarter of the front.
+    c = np.sort(res.front_x[:, 0] / 1e9)
+    assert np.max(np.diff(c)) < 0.5, c
+    assert res.n_gradients <= 60
+    assert np.all(np.diff(res.history["weight"]) >= 0)  # w only moves forward
+    assert res.n_evaluations == 8 + 6 * res.n_gradients
+    assert res.history["n_evaluations"][-1] == res.n_evaluations
+
+
+def test_trace_budgets_feasible_and_rechecked(chip_space):
+    res = dse.optimize(_chip_metrics, chip_space,
+                       objectives={"peak_flops": "max", "area": "min"}, budgets=HW_LOOSE,
+                       log_objectives=True, **TRACE)
+    assert res.status == "ok" and len(res.front) >= 5
+    for i in res.front:
+        c = res.design(i)
+        a = area(c)
+        assert float(power(c).total) <= 1000.0
+        assert float(a.reticle_margin) >= 0.0 and float(a.shoreline_margin) >= 0.0
+        assert float(c.hbm_bytes) >= 60e9
+        assert float(c.link_count) == round(float(c.link_count))  # snapped while tracing
+        np.testing.assert_allclose(float(a.total), res.metrics["area"][i], rtol=1e-5)
+    # The power budget binds at the fast end: the fastest front design is within 2% of it.
+    fastest = res.front[0]
+    assert res.margins["power"][fastest] < 20.0, res.margins["power"][fastest]
+    # Peak falls with area along the front (sorted by -peak).
+    f = res.front_metrics
+    assert np.all(np.diff(f["peak_flops"]) <= 0) and np.all(np.diff(f["area"]) <= 0)
+
+
+@pytest.mark.parametrize("broken", ["power", "memory_margin"])
+def test_trace_broken_budget_is_reported_infeasible(chip_space, broken):
+    budgets = {**HW_LOOSE, broken: HW_IMPOSSIBLE[broken]}
+    res = dse.optimize(_chip_metrics, chip_space,
+                       objectives={"peak_flops": "max", "area": "min"}, budgets=budgets,
+                       log_objectives=True, max_steps=20, **TRACE)
+    assert res.status == "infeasible" and res.front.size == 0
+    assert broken in res.message and np.all(res.margins[broken] < 0.0)
+    assert np.sum(res.source == "trace") > 1  # the trace ran and its points were checked
+
+
+def test_trace_deterministic_and_bad_arguments(budget_space):
+    a = dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                     budgets=LOOSE, seed=3, **TRACE)
+    b = dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                     budgets=LOOSE, seed=3, **TRACE)
+    np.testing.assert_array_equal(a.x, b.x)
+    with pytest.raises(ValueError, match="exactly two objectives"):
+        dse.optimize(_budget_problem, budget_space, objectives=["time"], **TRACE)
+    with pytest.raises(ValueError, match="method"):
+        dse.optimize(_budget_problem, budget_space, objectives=["time", "area"],
+                     method="newton", progress=False)

@@ -226,3 +226,37 @@ def test_nsga2_reaches_constrained_front():
     assert hv > 0.97 * _analytic_hv(ref)
     again = O.nsga2(_cube_problem, 1, pop_size=20, n_generations=15, seed=1)
     np.testing.assert_array_equal(res.u, again.u)
+
+
+def test_trace_front_constrained_segment():
+    """f1 = |u - a|^2, f2 = |u - b|^2 in the unit square: the Pareto set is the segment a-b.
+    With the budget u_0 <= 0.6 it is the part of the segment with u_0 <= 0.6 (up to (0.6, 0.65)),
+    then the budget's edge u_0 = 0.6 up to the constrained minimizer of f1, (0.6, 0.8). The trace
+    follows it, from b to that end."""
+    a, b = np.array([0.9, 0.8]), np.array([0.1, 0.4])
+
+    def fn(u):
+        values = np.array([np.sum((u - a) ** 2), np.sum((u - b) ** 2), u[0] - 0.6])
+        jac = np.stack([2 * (u - a), 2 * (u - b), np.array([1.0, 0.0])])
+        return values, jac, None
+
+    res = O.trace_front(fn, np.array([0.5, 0.5]), spacing=0.05)
+    assert res.converged, res.message
+    u = res.u[res.accepted]
+    assert np.all(u[:, 0] <= 0.6 + 1e-5)  # the budget holds at every accepted point
+    # After the first few steps, every accepted point is on that set (distance < 1e-3).
+    d = b - a
+    t = np.clip((u - a) @ d / (d @ d), 0.375, 1.0)  # t = 0.375 is (0.6, 0.65)
+    to_segment = np.linalg.norm(a + t[:, None] * d - u, axis=1)
+    to_edge = np.hypot(u[:, 0] - 0.6, u[:, 1] - np.clip(u[:, 1], 0.65, 0.8))
+    dist = np.minimum(to_segment, to_edge)
+    assert np.all(dist[3:] < 1e-3), dist
+    np.testing.assert_allclose(u[-1], [0.6, 0.8], atol=1e-3)  # the constrained end
+    assert np.linalg.norm(u[1:4] - b, axis=1).min() < 1e-3  # the f2 end
+    assert res.n_jacobians < 60
+    # Snapping: every evaluated point is on the grid the snap defines.
+    snapped = O.trace_front(fn, np.array([0.5, 0.5]), spacing=0.05,
+                              snap=lambda v: np.round(v * 20) / 20)
+    np.testing.assert_allclose(snapped.u * 20, np.round(snapped.u * 20), atol=1e-9)
+    with pytest.raises(ValueError, match="spacing"):
+        O.trace_front(fn, np.array([0.5, 0.5]), spacing=0.0)
