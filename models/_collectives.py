@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import System
+from dse.hardware._validate import check_range
 
 from ._operators import _f, _safe_div
 
@@ -100,17 +101,25 @@ def _link_efficiency(link_efficiency):
     return SCALEUP_LINK_EFFICIENCY if link_efficiency is None else link_efficiency
 
 
+def _scaleup_latency(system: System, latency_scale=None):
+    """The scale-up tier's per-step latency, times `latency_scale` when one is given."""
+    if latency_scale is None:
+        return system.scaleup_latency
+    check_range("collective", "latency_scale", latency_scale, lower=0.0, lower_inclusive=True)
+    return system.scaleup_latency * latency_scale
+
+
 def _bandwidths(system: System, link_efficiency=None):
     return (system.scaleup_bandwidth * _link_efficiency(link_efficiency),
             system.scaleout_bandwidth)
 
 
 def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, up_floor=None,
-          link_efficiency=None) -> CommCost:
+          link_efficiency=None, latency_scale=None) -> CommCost:
     bw_up, bw_out = _bandwidths(system, link_efficiency)
     # No scale-up links only happens with a scale-up domain of one chip (System checks it),
     # where no bytes cross them: 0 bytes take 0 s, not 0 / 0.
-    t_up = _safe_div(up_bytes, bw_up) + up_steps * system.scaleup_latency
+    t_up = _safe_div(up_bytes, bw_up) + up_steps * _scaleup_latency(system, latency_scale)
     if up_floor is not None:
         t_up = jnp.maximum(t_up, up_floor)
     t_out = out_bytes / bw_out + out_steps * system.scaleout_latency
@@ -125,8 +134,8 @@ def _reduce_scatter_parts(system, n, group_size, stride):
 
 
 def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-                   stride: ArrayLike = 1.0,
-                   link_efficiency: ArrayLike | None = None) -> CommCost:
+                   stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
+                   latency_scale: ArrayLike | None = None) -> CommCost:
     """Reduce-scatter of a `message_bytes` buffer over `group_size` chips (each keeps 1/p).
 
     **Arguments:**
@@ -138,16 +147,21 @@ def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLi
       parallel 8 has stride 8 and crosses the scale-out network).
     - `link_efficiency`: fraction of the scale-up links' bandwidth the collective sustains
       (default `SCALEUP_LINK_EFFICIENCY`, fitted; a calibrated value may be traced).
+    - `latency_scale`: factor on the scale-up tier's per-step latency `system.scaleup_latency`
+      (the alpha of the alpha-beta model; default None = the stated latency, exactly as
+      `latency_scale=1`). Like `link_efficiency` it is a calibratable parameter of the
+      scale-up tier; the scale-out tier keeps its stated latency and bandwidth.
 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
-                 link_efficiency=link_efficiency)
+                 link_efficiency=link_efficiency, latency_scale=latency_scale)
 
 
 def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
+               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
+               latency_scale: ArrayLike | None = None) -> CommCost:
     """All-gather into a `message_bytes` buffer (each chip contributes 1/p) over the group.
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is the full gathered output.
@@ -156,11 +170,12 @@ def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     """
     n = _f(message_bytes)
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
-                 link_efficiency=link_efficiency)
+                 link_efficiency=link_efficiency, latency_scale=latency_scale)
 
 
 def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
+               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
+               latency_scale: ArrayLike | None = None) -> CommCost:
     """All-reduce of a `message_bytes` buffer: reduce-scatter then all-gather, per tier.
 
     **Arguments:** as `reduce_scatter`.
@@ -171,11 +186,12 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     up_bytes, up_steps, out_bytes, out_steps = _reduce_scatter_parts(system, n, group_size,
                                                                      stride)
     return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system,
-                 link_efficiency=link_efficiency)
+                 link_efficiency=link_efficiency, latency_scale=latency_scale)
 
 
 def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
+               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
+               latency_scale: ArrayLike | None = None) -> CommCost:
     """All-to-all: each chip sends `message_bytes` split evenly over the group (MoE dispatch).
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is each chip's send buffer (its own
@@ -196,11 +212,12 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
         floor = side * up_bytes / (8.0 * system.chip.link_bandwidth
                                    * _link_efficiency(link_efficiency))
     return _cost(up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out), system,
-                 up_floor=floor, link_efficiency=link_efficiency)
+                 up_floor=floor, link_efficiency=link_efficiency, latency_scale=latency_scale)
 
 
 def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-              stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None) -> CommCost:
+              stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
+              latency_scale: ArrayLike | None = None) -> CommCost:
     """Point-to-point transfer of `message_bytes` between neighbouring members (pipeline stages).
 
     The slowest neighbour pair sets the time: it crosses the scale-out network when the group
@@ -217,4 +234,4 @@ def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *
     up_bytes = active * (1.0 - crosses) * n
     out_bytes = active * crosses * n
     return _cost(up_bytes, active * (1.0 - crosses), out_bytes, active * crosses, system,
-                 link_efficiency=link_efficiency)
+                 link_efficiency=link_efficiency, latency_scale=latency_scale)

@@ -182,15 +182,16 @@ def _gemm_fb(chip, m, n, k, smooth, efficiency: Efficiency | None = None):
 
 def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth: bool,
                  flash_attention: bool, efficiency: Efficiency | None = None,
-                 link_efficiency=None) -> _LayerCost:
+                 link_efficiency=None, latency_scale=None) -> _LayerCost:
     """One transformer layer, one micro-batch, on one chip of the TP group.
 
     `efficiency` (the operator `Efficiency`, None = fitted default) reaches every operator call
-    and `link_efficiency` (None = `SCALEUP_LINK_EFFICIENCY`) every collective.
+    and `link_efficiency` (None = `SCALEUP_LINK_EFFICIENCY`) and `latency_scale` (None = the
+    system's stated latency) every collective.
     """
     chip = system.chip
     eff = dict(smooth=smooth, efficiency=efficiency)
-    link = dict(link_efficiency=link_efficiency)
+    link = dict(link_efficiency=link_efficiency, latency_scale=latency_scale)
     t, sp, b, s = plan.tp, plan.sequence_parallel, plan.microbatch_size, model.seq_len
     h, f = model.hidden, model.ffn_hidden
     tokens = b * s
@@ -316,14 +317,16 @@ def _layer_costs(model: Transformer, plan: TrainingPlan, system: System, smooth:
 def layer_time(model: Transformer, plan: TrainingPlan, system: System, *, smooth: bool = False,
                flash_attention: bool = True, kernel_fraction: float | None = None,
                efficiency: Efficiency | None = None,
-               link_efficiency: ArrayLike | None = None) -> Float[Array, "*batch"]:
+               link_efficiency: ArrayLike | None = None,
+               latency_scale: ArrayLike | None = None) -> Float[Array, "*batch"]:
     """Forward + backward (+ recomputation) of one layer for one micro-batch on one chip, s.
 
     Includes the layer's exposed tensor- and expert-parallel communication (what Korthikanti
     et al. 2022, Table 4, times per layer). Arguments as `train_step`.
     """
     eta = SUSTAINED_KERNEL_FRACTION if kernel_fraction is None else kernel_fraction
-    lc = _layer_costs(model, plan, system, smooth, flash_attention, efficiency, link_efficiency)
+    lc = _layer_costs(model, plan, system, smooth, flash_attention, efficiency, link_efficiency,
+                      latency_scale)
     return (lc.fwd + lc.bwd + lc.recompute) / eta + lc.tp_comm + lc.ep_comm
 
 
@@ -363,7 +366,9 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
 def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth: bool = False,
                flash_attention: bool = True, kernel_fraction: float | None = None,
                efficiency: Efficiency | None = None,
-               link_efficiency: ArrayLike | None = None) -> TrainReport:
+               link_efficiency: ArrayLike | None = None,
+               latency_scale: ArrayLike | None = None,
+               dp_overlap_fraction: ArrayLike | None = None) -> TrainReport:
     """Cost of one optimizer step of `model` trained with `plan` on `system`.
 
     **Arguments:**
@@ -381,6 +386,13 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
       differentiate with respect to it).
     - `link_efficiency`: fraction of the scale-up link bandwidth every collective sustains
       (default `SCALEUP_LINK_EFFICIENCY`, fitted).
+    - `latency_scale`: factor on the scale-up tier's per-step collective latency (default None:
+      the system's stated `scaleup_latency`; see `dse.models.all_reduce`).
+    - `dp_overlap_fraction`: for plans with `dp_overlap`, the fraction of the overlap window
+      (the backward pass; with ZeRO-3 the whole step's compute) under which the data-parallel
+      communication actually hides, in [0, 1]: the exposed time is
+      max(dp_total - fraction * window, one layer's share). Default None: the whole window,
+      exactly as fraction 1; 0 hides nothing. Plans without `dp_overlap` are unaffected.
 
     **Returns:** a `TrainReport` (seconds, tokens/s, fractions of peak, joules, bytes).
     """
@@ -389,9 +401,10 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     s, h = model.seq_len, model.hidden
     m = plan.microbatches
     layers_per_stage = model.layers / p
-    lc = _layer_costs(model, plan, system, smooth, flash_attention, efficiency, link_efficiency)
+    lc = _layer_costs(model, plan, system, smooth, flash_attention, efficiency, link_efficiency,
+                      latency_scale)
     eff = dict(smooth=smooth, efficiency=efficiency)
-    link = dict(link_efficiency=link_efficiency)
+    link = dict(link_efficiency=link_efficiency, latency_scale=latency_scale)
 
     # The output layer (logits GEMM + cross-entropy) runs on the last stage, which paces the
     # pipeline; the embedding lookup is negligible.
@@ -471,6 +484,11 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *, smooth
     # share stays exposed either way: the last bucket reduced after the backward pass ends (and
     # the first gather before the forward pass starts).
     window = jnp.where(zero > 2.5, compute_time, layers_per_stage * lc.bwd / eta)
+    if dp_overlap_fraction is not None:
+        check_range("train_step", "dp_overlap_fraction", dp_overlap_fraction, lower=0.0,
+                    upper=1.0, lower_inclusive=True)
+        # Only part of the window hides the communication (calibratable; None = all of it).
+        window = dp_overlap_fraction * window
     unhidden = dp_total / jnp.maximum(layers_per_stage, 1.0)
     dp_time = jnp.where(plan.dp_overlap > 0.5,
                         jnp.maximum(dp_total - window, unhidden), dp_total)

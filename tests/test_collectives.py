@@ -226,3 +226,51 @@ def test_tpu_v4_pod_bisection_matches_published():
     t = float(all_to_all(pod, n, 4096.0).scaleup_time)
     implied = 4096 * n / 4 / t / SCALEUP_LINK_EFFICIENCY
     assert abs(implied / 24e12 - 1) < 0.10
+
+
+@pytest.mark.parametrize("name", sorted(COLLECTIVES))
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_latency_scale_default_is_bit_identical_and_scales_only_scaleup_alpha(name, topology):
+    op = COLLECTIVES[name]
+    sys_ = system(topology)
+    sizes = jnp.asarray([0.0, 2e5, 3e7, 4e8])
+    for g, stride in ((4.0, 1.0), (64.0, 1.0), (64.0, 8.0)):
+        plain = op(sys_, sizes, g, stride=stride)
+        for kw in (dict(latency_scale=None), dict(latency_scale=1.0),
+                   dict(latency_scale=jnp.asarray(1.0))):
+            same = op(sys_, sizes, g, stride=stride, **kw)
+            for field in ("time", "scaleup_time", "scaleout_time"):
+                np.testing.assert_array_equal(np.asarray(getattr(same, field)),
+                                              np.asarray(getattr(plain, field)), err_msg=field)
+        # The factor is the same as scaling the system's scale-up latency (what the inference
+        # rows of benchmarks/calibration.py do), bit for bit, and leaves scale-out alone.
+        scaled = op(sys_, sizes, g, stride=stride, latency_scale=3.0)
+        ref = op(sys_.replace(scaleup_latency=sys_.scaleup_latency * 3.0), sizes, g,
+                 stride=stride)
+        np.testing.assert_array_equal(np.asarray(scaled.time), np.asarray(ref.time))
+        np.testing.assert_array_equal(np.asarray(scaled.scaleout_time),
+                                      np.asarray(plain.scaleout_time))
+
+
+def test_latency_scale_gradient_is_the_latency_steps():
+    # Switch all-reduce over 4 chips of one domain: 2 log2(4) = 4 latency steps, so
+    # d time / d latency_scale = 4 x scaleup_latency exactly; finite in float32 and float64.
+    sys_ = system("switch")
+    for x64 in (False, True):
+        with jax.enable_x64(x64):
+            dtype = jnp.float64 if x64 else jnp.float32
+            f = lambda s: all_reduce(sys_, 196608.0, 4.0, latency_scale=s).time  # noqa: E731
+            for s0 in (0.0, 1.0, 6.0):
+                g = jax.grad(f)(jnp.asarray(s0, dtype))
+                assert g.dtype == dtype and np.isfinite(float(g))
+                np.testing.assert_allclose(float(g), 4.0 * 2e-6, rtol=1e-5)
+            # Also through the torus all-to-all floor and a send crossing domains.
+            for op, top in ((all_to_all, "torus3d"), (send_recv, "switch")):
+                h = jax.grad(lambda s, op=op, top=top: op(system(top), 1e6, 64.0, stride=8.0,
+                                                          latency_scale=s).time)
+                assert np.isfinite(float(h(jnp.asarray(2.0, dtype))))
+
+
+def test_latency_scale_rejects_negative():
+    with pytest.raises(ValueError, match="latency_scale"):
+        all_reduce(system(), 1e6, 4.0, latency_scale=-1.0)

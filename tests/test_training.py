@@ -16,6 +16,7 @@ from dse.models import (
     TRANSFORMERS,
     TrainingPlan,
     Transformer,
+    layer_time,
     train_step,
 )
 from dse.models._fit_training import (
@@ -374,3 +375,84 @@ def test_float32_and_float64_agree():
         r64 = train_step(m64, p64, s64)
         assert r64.step_time.dtype == jnp.float64
     np.testing.assert_allclose(float(r32.step_time), float(r64.step_time), rtol=1e-4)
+
+
+# ----- calibratable keywords: latency_scale, dp_overlap_fraction ---------------------------------
+
+def _overlap_plans():
+    """Plans whose DP reduction is partly hidden (dp_overlap on, every ZeRO stage) and one
+    without overlap, on 64 chips."""
+    return TrainingPlan(tp=np.array([1.0, 2.0, 1.0, 8.0, 1.0]),
+                        pp=np.array([1.0, 1.0, 2.0, 1.0, 1.0]),
+                        dp=np.array([64.0, 32.0, 32.0, 8.0, 64.0]), microbatch_size=np.ones(5),
+                        global_batch=np.array([64.0, 128.0, 128.0, 32.0, 64.0]),
+                        sequence_parallel=np.array([0.0, 1.0, 0.0, 1.0, 0.0]),
+                        zero_stage=np.array([0.0, 1.0, 2.0, 3.0, 0.0]),
+                        dp_overlap=np.array([1.0, 1.0, 1.0, 1.0, 0.0]))
+
+
+def test_new_keywords_at_defaults_are_bit_identical():
+    plans = random_plans(16, seed=7)
+    system = DGX.with_num_chips(64)
+    plain = train_step(SMALL, plans, system)
+    layer = layer_time(SMALL, plans, system)
+    for kw in (dict(latency_scale=None, dp_overlap_fraction=None),
+               dict(latency_scale=1.0, dp_overlap_fraction=1.0),
+               dict(latency_scale=jnp.asarray(1.0), dp_overlap_fraction=jnp.asarray(1.0))):
+        same = train_step(SMALL, plans, system, **kw)
+        for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(plain), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(
+            np.asarray(layer_time(SMALL, plans, system, latency_scale=kw["latency_scale"])),
+            np.asarray(layer))
+
+
+def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
+    plans = _overlap_plans()
+    system = DGX.with_num_chips(64)
+    full = train_step(SMALL, plans, system)
+    none = train_step(SMALL, plans, system, dp_overlap_fraction=0.0)
+    off = train_step(SMALL, plans.replace(dp_overlap=jnp.zeros(5)), system)
+    # Fraction 0 hides nothing: the plan's exposed DP time is that of the plan without overlap.
+    np.testing.assert_allclose(np.asarray(none.dp_comm_time), np.asarray(off.dp_comm_time),
+                               rtol=1e-6)
+    # Partly hidden at fraction 1 (the test plans are chosen so); monotone in between; only the
+    # DP term moves; the plan without overlap is unaffected.
+    assert np.all(np.asarray(full.dp_comm_time)[:4] < np.asarray(none.dp_comm_time)[:4])
+    prev = np.asarray(none.step_time)
+    for f in (0.25, 0.5, 0.75, 1.0):
+        r = train_step(SMALL, plans, system, dp_overlap_fraction=f)
+        assert np.all(np.asarray(r.step_time) <= prev * (1 + 1e-6))
+        prev = np.asarray(r.step_time)
+        np.testing.assert_array_equal(np.asarray(r.compute_time), np.asarray(full.compute_time))
+        assert float(r.dp_comm_time[4]) == float(full.dp_comm_time[4])
+    with pytest.raises(ValueError, match="dp_overlap_fraction"):
+        train_step(SMALL, plans, system, dp_overlap_fraction=1.5)
+
+
+def _total_with(params, model, plan, system):
+    r = train_step(model, plan, system, latency_scale=params[0], dp_overlap_fraction=params[1])
+    total = jnp.sum(r.step_time + 1e-6 * r.energy)
+    return total, total
+
+
+# Derivatives in both parameters and the value, from one compiled forward-mode function.
+_jac_total_with = jax.jit(jax.jacfwd(_total_with, has_aux=True))
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_gradients_through_latency_scale_and_overlap_fraction(x64):
+    with jax.enable_x64(x64):
+        dtype = jnp.float64 if x64 else jnp.float32
+        model, plan, system = jax.tree.map(lambda x: jnp.asarray(x, dtype),
+                                           (SMALL, _overlap_plans(), DGX.with_num_chips(64)))
+        x0 = jnp.asarray([3.0, 0.5], dtype)
+        g, _ = _jac_total_with(x0, model, plan, system)
+        assert g.dtype == dtype and np.all(np.isfinite(np.asarray(g)))
+        # More latency is never faster; a larger hiding fraction never slower.
+        assert float(g[0]) > 0 and float(g[1]) < 0
+        if x64:
+            for i in range(2):
+                fd = central_difference(lambda x, i=i: float(_jac_total_with(
+                    x0.at[i].set(x), model, plan, system)[1]), float(x0[i]))
+                np.testing.assert_allclose(float(g[i]), fd, rtol=1e-4)
