@@ -26,6 +26,7 @@ from ._sensitivity import sensitivity as sensitivity
 from ._calibrate import CalibrationResult as CalibrationResult
 from ._calibrate import Measurements as Measurements
 from ._calibrate import Spread as Spread
+from ._calibrate import bootstrap_weights as bootstrap_weights
 from ._calibrate import calibrate as calibrate
 from ._calibrate import load_calibration as load_calibration
 from ._calibrate import param_names as param_names

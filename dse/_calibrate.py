@@ -8,7 +8,9 @@ gives
 
 - the fit on all rows (weights 1),
 - cross-validation (weights 0 on the held-out fold; folds vmapped),
-- the bootstrap (multinomial counts as weights; replicates vmapped),
+- the bootstrap (multinomial counts as weights; replicates vmapped): by default whole sources
+  are resampled (a cluster bootstrap, since rows of one source share its setup and errors;
+  Davison & Hinkley 1997, "Bootstrap Methods and their Application", Sec. 3.8), rows on request,
 
 and uncertainty comes from the Laplace approximation at the optimum: with log-ratio residuals
 r_i ~ N(0, sigma^2), the negative log-likelihood is sum r^2 / (2 sigma^2), its Hessian in z is
@@ -16,6 +18,12 @@ H / sigma^2 with H the Gauss-Newton Hessian J^T J of sum r^2 / 2 (J = d r / d z)
 cov(z) = (J^T J / sigma^2 + I / s^2)^-1 with the optional Gaussian prior of log-std s around the
 starting values; sigma^2 = sum r^2 / (n - k) (Seber & Wild 2003, "Nonlinear Regression",
 Sec. 2.1-2.2, 5.1; Bishop 2006, Sec. 4.4).
+
+Convergence is checked at the end of the fit on all rows, as optimizers state it (Nocedal &
+Wright 2006, "Numerical Optimization", Sec. 2.2 and 12.3): the relative change of the loss over
+the last tenth of the iterations, and the decrease one more Gauss-Newton step on the projected
+gradient would still give, 0.5 g^T H^+ g (zero components where a parameter sits on a bound and
+the gradient pushes it outward), relative to the loss.
 """
 
 from __future__ import annotations
@@ -37,11 +45,19 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 Validation = Literal["source", "kfold", "none"]
 Uncertainty = Literal["laplace", "bootstrap", "both"]
+Resample = Literal["source", "row"]
 
 # Smallest modelled value the log-ratio accepts: a model that returns 0 for a positive
 # measurement gets a large finite residual instead of -inf (and a zero, not NaN, gradient).
 _TINY = 1e-30
 _FORMAT = 1  # version of the JSON written by `CalibrationResult.save`
+# Convergence tolerances (`CalibrationResult.converged`): relative loss change over the last
+# tenth of the iterations, and the relative decrease a further Gauss-Newton step predicts.
+# float32 resolves a relative change of ~1e-7; both tolerances sit well above it.
+LOSS_CHANGE_TOL = 1e-4
+DECREMENT_TOL = 1e-3
+# A fitted value within this fraction of its log-box width of a bound is flagged `at_bound`.
+AT_BOUND = 1e-2
 
 
 class Measurements(eqx.Module):
@@ -140,7 +156,8 @@ class CalibrationResult(eqx.Module):
       bootstrap when `uncertainty="bootstrap"`, else Laplace.
     - `log_covariance`: (k, k) Laplace covariance of log values.
     - `bootstrap`: (b, k) bootstrap replicates of the values (b = 0 without bootstrap).
-    - `at_bound`: (k,) True where a value sits at its bound (its uncertainty is one-sided).
+    - `at_bound`: (k,) True where a value sits at its bound, within `AT_BOUND` of the
+      log-box width (its uncertainty is one-sided); `bound_names` lists them by name.
     - `before_mape`, `train_mape`: mean |predicted / measured - 1| of all rows at the starting
       and the fitted parameters.
     - `validation_mape`: the same for every row predicted by a fit that did not see it
@@ -150,7 +167,17 @@ class CalibrationResult(eqx.Module):
     - `fold_held`: (folds, n) True for the rows each validation fold held out;
       `fold_predicted`: (folds, n) every row predicted by each fold's fit (both (0, n) with
       `validation="none"` or after `load_calibration`). `dse.fit_residual` validates on them.
+    - `fold_value`: (folds, k) the fitted values of each validation fold ((0, k) likewise).
     - `residual_log_std`: sigma, the std of the log-ratio residuals at the fit.
+    - `converged`: True when the fit on all rows has converged: `loss_change` <=
+      `LOSS_CHANGE_TOL` and `decrement` <= `DECREMENT_TOL` (module docstring).
+    - `loss_change`: relative change of the loss over the last tenth of the iterations.
+    - `grad_norm`: 2-norm of the projected gradient of the mean loss (per row) in the
+      log-parameters at the fit.
+    - `decrement`: the loss decrease one more Gauss-Newton step predicts, relative to the loss.
+    - `refits_converged`: fraction of the bootstrap and validation refits whose loss changed
+      by <= `LOSS_CHANGE_TOL` over their last tenth of iterations (NaN without refits).
+    - `resample` (static): what the bootstrap resampled ("source" or "row").
     - `n_rows` (static), `validation` (static), `sources` (static), `description` (static):
       what was fitted to.
     """
@@ -169,11 +196,32 @@ class CalibrationResult(eqx.Module):
     validation_predicted: Float[Array, " n"]
     fold_held: Array
     fold_predicted: Float[Array, "folds n"]
+    fold_value: Float[Array, "folds k"]
     residual_log_std: Float[Array, ""]
+    converged: Array
+    loss_change: Float[Array, ""]
+    grad_norm: Float[Array, ""]
+    decrement: Float[Array, ""]
+    refits_converged: Float[Array, ""]
     n_rows: int = eqx.field(static=True)
     validation: str = eqx.field(static=True)
     sources: tuple[str, ...] = eqx.field(static=True)
     description: str = eqx.field(static=True)
+    resample: str = eqx.field(static=True, default="source")
+
+    @property
+    def bound_names(self) -> tuple[str, ...]:
+        """Names of the fitted parameters that sit on a bound (their error is one-sided)."""
+        return tuple(n for n, b in zip(self.names, np.asarray(self.at_bound), strict=True) if b)
+
+    def convergence_report(self) -> str:
+        """One line: converged or not, the end-of-fit figures, the parameters on a bound."""
+        bound = ", ".join(self.bound_names) or "none"
+        refits = float(self.refits_converged)
+        refit = "" if math.isnan(refits) else f", refits converged {100 * refits:.0f}%"
+        return (f"converged={bool(self.converged)} (loss change {float(self.loss_change):.1e}, "
+                f"Gauss-Newton decrement {float(self.decrement):.1e}, projected gradient "
+                f"{float(self.grad_norm):.1e}{refit}); at a bound: {bound}")
 
     def as_dict(self) -> dict[str, tuple[float, float]]:
         """{name: (value, std)} of the fitted parameters."""
@@ -226,6 +274,10 @@ class CalibrationResult(eqx.Module):
             "errors": {k: _float(getattr(self, k)) for k in (
                 "before_mape", "train_mape", "validation_mape", "validation_train_mape",
                 "residual_log_std")},
+            "convergence": {"converged": bool(self.converged),
+                            **{k: _float(getattr(self, k)) for k in (
+                                "loss_change", "grad_norm", "decrement", "refits_converged")}},
+            "resample": self.resample,
             "validation_predicted": _floats(self.validation_predicted),
         }
         tmp = Path(f"{path}.tmp")
@@ -277,6 +329,8 @@ def load_calibration(path: str | os.PathLike, like=None) -> CalibrationResult:
     k = len(doc["fitted"])
     boot = np.asarray([_unfloat(r) for r in doc["bootstrap"]]).reshape(-1, k)
     errors = {key: (np.nan if v is None else v) for key, v in doc["errors"].items()}
+    # Files written before the convergence figures existed read as "not known".
+    conv = {key: (np.nan if v is None else v) for key, v in doc.get("convergence", {}).items()}
     return CalibrationResult(
         params=params, names=tuple(doc["fitted"]), value=jnp.asarray(_unfloat(doc["value"])),
         std=jnp.asarray(_unfloat(doc["std"])),
@@ -289,10 +343,34 @@ def load_calibration(path: str | os.PathLike, like=None) -> CalibrationResult:
         validation_train_mape=jnp.asarray(errors["validation_train_mape"]),
         validation_predicted=jnp.asarray(_unfloat(doc["validation_predicted"])),
         fold_held=jnp.zeros((0, int(doc["n_rows"])), bool),
-        fold_predicted=jnp.zeros((0, int(doc["n_rows"]))),
-        residual_log_std=jnp.asarray(errors["residual_log_std"]), n_rows=int(doc["n_rows"]),
-        validation=doc["validation"], sources=tuple(doc["sources"]),
-        description=doc["description"])
+        fold_predicted=jnp.zeros((0, int(doc["n_rows"]))), fold_value=jnp.zeros((0, k)),
+        residual_log_std=jnp.asarray(errors["residual_log_std"]),
+        converged=jnp.asarray(bool(conv.get("converged", False))),
+        loss_change=jnp.asarray(conv.get("loss_change", np.nan)),
+        grad_norm=jnp.asarray(conv.get("grad_norm", np.nan)),
+        decrement=jnp.asarray(conv.get("decrement", np.nan)),
+        refits_converged=jnp.asarray(conv.get("refits_converged", np.nan)),
+        n_rows=int(doc["n_rows"]), validation=doc["validation"], sources=tuple(doc["sources"]),
+        description=doc["description"], resample=doc.get("resample", "row"))
+
+
+def _laplace_covariance(precision):
+    """(cov, unconstrained): the inverse of a symmetric PSD precision matrix on the directions
+    it resolves, and which parameters load on a direction it does not.
+
+    Eigenvalues below 10 k eps max(eigenvalue) are indistinguishable from zero at the working
+    precision (J^T J is accumulated in that precision): those directions carry no information,
+    so a parameter with more than 1e-4 of its weight on them has no finite error (its std is
+    reported as inf, not the near-zero a pseudo-inverse would give).
+    """
+    sym = 0.5 * (precision + precision.T)
+    w, v = jnp.linalg.eigh(sym)
+    k = sym.shape[0]
+    tol = 10.0 * k * jnp.finfo(sym.dtype).eps * jnp.max(jnp.abs(w))
+    resolved = w > tol
+    cov = (v * jnp.where(resolved, 1.0 / jnp.where(resolved, w, 1.0), 0.0)[None, :]) @ v.T
+    null_weight = jnp.sum(jnp.where(resolved[None, :], 0.0, v**2), axis=1)
+    return cov, null_weight > 1e-4
 
 
 def _psd_cholesky(cov):
@@ -347,29 +425,39 @@ def _predict_batch(z, params, inputs, model_fn, names):
 def _gauss_newton(z, params, inputs, measured, model_fn, names):
     """J^T J of the log-ratio residuals at z: the Gauss-Newton Hessian of sum r^2 / 2, which is
     positive semi-definite wherever the fit stopped (the exact Hessian adds sum r H_r, which
-    vanishes as the model fits and can make the matrix indefinite away from a minimum)."""
-    jac = jax.jacfwd(lambda z_: _log_ratio(_predict_z(z_, params, inputs, model_fn, names),
-                                           measured))(z)
-    return jac.T @ jac
+    vanishes as the model fits and can make the matrix indefinite away from a minimum), and
+    J^T r, the gradient of sum r^2 / 2."""
+    residual = lambda z_: _log_ratio(_predict_z(z_, params, inputs, model_fn, names), measured)
+    jac = jax.jacfwd(residual)(z)
+    return jac.T @ jac, jac.T @ residual(z)
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "names", "steps", "inv_prior"))
-def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, *, model_fn, names, steps,
-               inv_prior):
-    """Fitted log-parameters for each row of `weights` (vmapped L-BFGS in unconstrained u)."""
+def _loss_z(z, w, params, inputs, measured, z0, inv_prior, model_fn, names):
+    """The fitted loss: weighted sum of squared log-ratios (scaled to n rows) / 2 + prior."""
     n = measured.shape[0]
-    solver = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
-        max_backtracking_steps=20, store_grad=True))
+    r = _log_ratio(_predict_z(z, params, inputs, model_fn, names), measured)
+    return (0.5 * jnp.sum(w * r**2) / jnp.maximum(jnp.sum(w), 1e-12) * n
+            + 0.5 * jnp.sum(inv_prior * (z - z0) ** 2))
+
+
+
+@functools.partial(jax.jit, static_argnames=("model_fn", "names", "steps"))
+def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, inv_prior, *, model_fn,
+               names, steps):
+    """Fitted log-parameters for each row of `weights` (vmapped L-BFGS in unconstrained u),
+    and each fit's relative loss change over its last tenth of iterations."""
+    # A zoom line search (strong Wolfe conditions) keeps every L-BFGS curvature pair positive
+    # (Nocedal & Wright 2006, Sec. 3.5 and 6.1); a backtracking (Armijo-only) search does not,
+    # and where the sigmoid onto the bounds makes the loss concave in u (a start near a
+    # bound) its pairs go negative and the iteration stalls.
+    solver = optax.lbfgs(linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=20))
 
     def to_z(u):
         return zlo + (zhi - zlo) * jax.nn.sigmoid(u)
 
     def fit_z(w):
         def f(u):
-            z = to_z(u)
-            r = _log_ratio(_predict_z(z, params, inputs, model_fn, names), measured)
-            return (0.5 * jnp.sum(w * r**2) / jnp.maximum(jnp.sum(w), 1e-12) * n
-                    + 0.5 * inv_prior * jnp.sum((z - z0) ** 2))
+            return _loss_z(to_z(u), w, params, inputs, measured, z0, inv_prior, model_fn, names)
 
         value_and_grad = optax.value_and_grad_from_state(f)
 
@@ -383,13 +471,18 @@ def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, *, model_fn,
             best_u = jnp.where(ok, u, best_u)
             best_f = jnp.where(ok, value, best_f)
             u = optax.apply_updates(u, updates)
-            return (u, state, best_u, best_f), None
+            return (u, state, best_u, best_f), best_f
 
         init = (u0, solver.init(u0), u0, jnp.asarray(jnp.inf, u0.dtype))
-        (u, _, best_u, best_f), _ = jax.lax.scan(step, init, None, length=steps)
+        (u, _, best_u, best_f), history = jax.lax.scan(step, init, None, length=steps)
         last = f(u)
-        u = jnp.where(jnp.isfinite(last) & (last <= best_f), u, best_u)
-        return to_z(u)
+        better = jnp.isfinite(last) & (last <= best_f)
+        u = jnp.where(better, u, best_u)
+        final = jnp.where(better, last, best_f)
+        # Best loss a tenth of the iterations before the end vs the final one.
+        before = history[steps - max(1, steps // 10)]
+        change = jnp.abs(before - final) / jnp.maximum(jnp.abs(final), 1e-30)
+        return to_z(u), change
 
     return jax.vmap(fit_z)(weights)
 
@@ -399,7 +492,8 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
               bounds: Mapping[str, tuple[float, float]] | None = None,
               validation: Validation = "source", folds: int = 5,
               uncertainty: Uncertainty = "laplace", n_bootstrap: int = 64,
-              prior_log_std: float | None = None, steps: int = 300,
+              resample: Resample = "source",
+              prior_log_std: float | Mapping[str, float] | None = None, steps: int = 300,
               key: PRNGKeyArray | None = None) -> CalibrationResult:
     """Fit the positive parameters of `model_fn` to measured rows, in log space, with bounds.
 
@@ -416,11 +510,15 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     - `validation`: "source" (leave one source out), "kfold" (`folds` random folds of rows) or
       "none".
     - `uncertainty`: "laplace" (Hessian of the loss at the optimum), "bootstrap"
-      (`n_bootstrap` refits on rows resampled with replacement, vmapped) or "both".
+      (`n_bootstrap` refits on resampled data, vmapped) or "both".
+    - `resample`: what the bootstrap draws with replacement: "source" (whole sources, the
+      clusters of `data.group`: every row of a drawn source gets its weight; needs >= 2
+      sources) or "row" (single rows, which treats rows of one source as independent).
     - `prior_log_std`: std of a Gaussian prior on each log-parameter around its starting
-      value (None: no prior). Keeps parameters that the data do not constrain at their
-      starting values, with a finite uncertainty.
-    - `steps`: L-BFGS iterations of each fit.
+      value: one float for all, or {name: std} for some (None: no prior). Keeps parameters
+      that the data do not constrain at their starting values, with a finite uncertainty.
+    - `steps`: L-BFGS iterations of each fit (`CalibrationResult.converged` says whether they
+      were enough).
     - `key`: `jax.random` key for the folds and the bootstrap (default `PRNGKey(0)`).
 
     **Returns:** a `CalibrationResult`.
@@ -462,7 +560,24 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     z0 = jnp.asarray(np.log(p0), dtype)
     measured = jnp.asarray(data.measured, dtype)
     n, k = data.n, len(names)
-    inv_prior = 0.0 if prior_log_std is None else 1.0 / float(prior_log_std) ** 2
+    if resample not in ("source", "row"):
+        raise ValueError(f"calibrate: resample must be 'source' or 'row'; got {resample!r}")
+    if prior_log_std is None:
+        prior = {}
+    elif isinstance(prior_log_std, Mapping):
+        prior = dict(prior_log_std)
+        bad = sorted(set(prior) - set(names))
+        if bad:
+            raise ValueError(f"calibrate: prior_log_std given for {bad}, which are not fitted "
+                             f"({names})")
+    else:
+        prior = dict.fromkeys(names, prior_log_std)
+    for name, sd in prior.items():
+        if not (math.isfinite(float(sd)) and float(sd) > 0):
+            raise ValueError(f"calibrate: prior_log_std of {name} must be finite and > 0; "
+                             f"got {sd}")
+    inv_prior_np = np.array([1.0 / float(prior[n]) ** 2 if n in prior else 0.0 for n in names])
+    inv_prior = jnp.asarray(inv_prior_np, dtype)
 
     span = np.clip((np.log(p0) - np.log(lo)) / (np.log(hi) - np.log(lo)), 1e-3, 1 - 1e-3)
     u0 = jnp.asarray(np.log(span / (1.0 - span)), dtype)
@@ -477,9 +592,7 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     weights = [ones[None, :]]
     n_boot = n_bootstrap if uncertainty in ("bootstrap", "both") else 0
     if n_boot:
-        counts = jax.vmap(lambda kk: jnp.bincount(
-            jax.random.randint(kk, (n,), 0, n), length=n))(jax.random.split(key_boot, n_boot))
-        weights.append(counts.astype(dtype))
+        weights.append(bootstrap_weights(key_boot, data.group, n_boot, resample).astype(dtype))
     held = np.zeros((0, n), bool)
     if validation != "none":
         if validation == "source":
@@ -491,22 +604,38 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
             fold_of_row[perm] = np.arange(n) % n_folds
         held = np.stack([fold_of_row == f for f in np.unique(fold_of_row)])  # (folds, n)
         weights.append(jnp.asarray(~held, dtype))
-    z_all = _fit_batch(jnp.concatenate(weights, axis=0), params, data.inputs, measured, zlo, zhi,
-                       z0, u0, steps=int(steps), inv_prior=inv_prior, **static)
+    z_all, changes = _fit_batch(jnp.concatenate(weights, axis=0), params, data.inputs, measured,
+                                zlo, zhi, z0, u0, inv_prior, steps=int(steps), **static)
 
     z_hat = z_all[0]
     pred_hat = predict(z_hat)
     r = _log_ratio(pred_hat, measured)
     sigma2 = jnp.sum(r**2) / max(n - k, 1)
-    hess = _gauss_newton(z_hat, params, data.inputs, measured, **static)
-    precision = hess / sigma2 + inv_prior * jnp.eye(k, dtype=dtype)
-    log_cov = jnp.linalg.pinv(0.5 * (precision + precision.T), hermitian=True)
-    # A direction the data do not constrain (zero curvature, no prior) has no finite error.
-    unconstrained = jnp.diag(precision) <= 1e-12 * jnp.max(jnp.abs(jnp.diag(precision)))
+    hess, jtr = _gauss_newton(z_hat, params, data.inputs, measured, **static)
+    precision = hess / sigma2 + jnp.diag(inv_prior)
+    log_cov, unconstrained = _laplace_covariance(precision)
     log_std = jnp.where(unconstrained, jnp.inf, jnp.sqrt(jnp.clip(jnp.diag(log_cov), 0.0)))
     # At a bound the minimum need not be stationary: flagged, and its error is one-sided.
+    # The sigmoid only approaches a bound, so "at" is within AT_BOUND of the log-box width.
     width = zhi - zlo
-    at_bound = (z_hat - zlo < 1e-3 * width) | (zhi - z_hat < 1e-3 * width)
+    at_lo = z_hat - zlo < AT_BOUND * width
+    at_hi = zhi - z_hat < AT_BOUND * width
+    at_bound = at_lo | at_hi
+
+    # Convergence of the fit on all rows: loss change at the end, and the decrease one more
+    # Gauss-Newton step on the projected gradient would give (both relative to the loss).
+    loss = 0.5 * jnp.sum(r**2) + 0.5 * jnp.sum(inv_prior * (z_hat - z0) ** 2)
+    grad = jtr + inv_prior * (z_hat - z0)
+    grad = jnp.where((at_lo & (grad > 0)) | (at_hi & (grad < 0)), 0.0, grad)
+    gn = hess + jnp.diag(inv_prior)
+    step_z = jnp.linalg.pinv(0.5 * (gn + gn.T), hermitian=True) @ grad
+    scale = jnp.maximum(loss, 1e-30)
+    decrement = 0.5 * jnp.dot(grad, step_z) / scale
+    loss_change = changes[0]
+    converged = (loss_change <= LOSS_CHANGE_TOL) & (decrement <= DECREMENT_TOL)
+    refits = changes[1:]
+    refits_converged = (jnp.mean(refits <= LOSS_CHANGE_TOL) if refits.shape[0]
+                        else jnp.asarray(jnp.nan, dtype))
 
     boot = jnp.exp(z_all[1:1 + n_boot])
     std = jnp.exp(z_hat) * log_std
@@ -531,8 +660,47 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
         train_mape=_mape(pred_hat, measured, ones), validation_mape=val_mape,
         validation_train_mape=val_train, validation_predicted=val_pred,
         fold_held=jnp.asarray(held), fold_predicted=preds,
-        residual_log_std=jnp.sqrt(jnp.sum(r**2) / n), n_rows=n, validation=validation,
-        sources=tuple(data.sources), description=data.description)
+        fold_value=jnp.exp(z_all[1 + n_boot:]) if validation != "none" else jnp.zeros((0, k)),
+        residual_log_std=jnp.sqrt(jnp.sum(r**2) / n), converged=converged,
+        loss_change=loss_change, grad_norm=jnp.linalg.norm(grad) / n, decrement=decrement,
+        refits_converged=refits_converged, n_rows=n, validation=validation,
+        sources=tuple(data.sources), description=data.description,
+        resample=resample if n_boot else "none")
+
+
+def bootstrap_weights(key: PRNGKeyArray, group, n_bootstrap: int,
+                      resample: Resample = "source") -> Int[Array, "b n"]:
+    """Per-row weights of `n_bootstrap` bootstrap replicates (multinomial counts).
+
+    **Arguments:**
+
+    - `key`: a `jax.random` key.
+    - `group`: (n,) source index of each row (`Measurements.group`).
+    - `n_bootstrap`: replicates.
+    - `resample`: "source": draw as many sources as there are, with replacement, and give
+      every row its source's count (rows of one source move together); "row": draw n rows.
+
+    **Returns:** (n_bootstrap, n) integer weights.
+    """
+    group = np.asarray(group)
+    n = group.shape[0]
+    keys = jax.random.split(key, n_bootstrap)
+    if resample == "row":
+        return jax.vmap(lambda kk: jnp.bincount(jax.random.randint(kk, (n,), 0, n),
+                                                length=n))(keys)
+    if resample != "source":
+        raise ValueError(f"bootstrap_weights: resample must be 'source' or 'row'; got "
+                         f"{resample!r}")
+    present = np.unique(group)
+    if present.size < 2:
+        raise ValueError(f"bootstrap_weights: resample='source' needs rows from at least 2 "
+                         f"sources; got {present.size}; use resample='row'")
+    # Sources are relabelled 0..s-1 over those present, so an empty source is never drawn.
+    local = jnp.asarray(np.searchsorted(present, group))
+    s = present.size
+    counts = jax.vmap(lambda kk: jnp.bincount(jax.random.randint(kk, (s,), 0, s),
+                                              length=s))(keys)
+    return counts[:, local]
 
 
 class Spread(eqx.Module):

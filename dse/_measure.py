@@ -261,13 +261,16 @@ _COLLECTIVES = dict(all_reduce=all_reduce, all_gather=all_gather, reduce_scatter
                     all_to_all=all_to_all, send_recv=send_recv)
 
 
-def collective_model(link_efficiency, inputs: dict) -> Float[Array, " n"]:
-    """Modelled time of each collective row, s, at the given scale-up link efficiency.
+def collective_model(link_efficiency, inputs: dict, latency_scale=None) -> Float[Array, " n"]:
+    """Modelled time of each collective row, s, at the given scale-up link efficiency and
+    latency scale.
 
     **Arguments:**
 
     - `link_efficiency`: fraction of the scale-up link bandwidth sustained (a scalar; the
       `link_efficiency` argument of every `dse.models` collective).
+    - `latency_scale`: factor on the scale-up per-step latency (the `latency_scale` argument
+      of every collective; None: the system's stated latency).
     - `inputs`: the `Measurements.inputs` of `collective_measurements`: a `System` whose leaves
       have the row axis ("system") and per-row arrays "kind" (index into
       `COLLECTIVE_KINDS`), "message_bytes", "group_size", "stride".
@@ -277,7 +280,7 @@ def collective_model(link_efficiency, inputs: dict) -> Float[Array, " n"]:
     x = inputs
     times = jnp.stack([
         _COLLECTIVES[kind](x["system"], x["message_bytes"], x["group_size"], stride=x["stride"],
-                           link_efficiency=link_efficiency).time
+                           link_efficiency=link_efficiency, latency_scale=latency_scale).time
         for kind in COLLECTIVE_KINDS])
     return jnp.take_along_axis(times, x["kind"][None, :], axis=0)[0]
 
@@ -323,6 +326,12 @@ def collective_measurements(rows: Sequence[dict], system: System, *,
 # Bounds of the collective calibration: a sustained fraction of the link bandwidth in
 # (1%, 100%] (a search box, not a fitted value).
 LINK_EFFICIENCY_BOUNDS = (0.01, 1.0)
+# Bounds of the scale-up latency factor: 1/100 to 100 times the stated per-step latency
+# (`calibrate`'s default box around a start of 1; a search box, not a fitted value).
+LATENCY_SCALE_BOUNDS = (0.01, 100.0)
+# Bounds of the training step's DP overlap fraction: a fraction of the window in (1%, 100%]
+# (a search box; 1 is the model's default, the whole window).
+DP_OVERLAP_FRACTION_BOUNDS = (0.01, 1.0)
 
 
 # Bounds of the operator calibration: fractions of peak in (1%, 100%]; start-up times from

@@ -12,14 +12,17 @@ import pytest
 from helpers import shared_data_dir, tree_allclose
 
 import dse
+from dse._calibrate import LOSS_CHANGE_TOL, bootstrap_weights
 from dse._measure import (
     COLLECTIVE_KINDS,
+    DP_OVERLAP_FRACTION_BOUNDS,
+    LATENCY_SCALE_BOUNDS,
     LINK_EFFICIENCY_BOUNDS,
     OPERATOR_BOUNDS,
     shared_kernel_measurements,
 )
 from dse.hardware import CHIPS, SYSTEMS
-from dse.models import Efficiency, elementwise, gemm
+from dse.models import Efficiency, TrainingPlan, Transformer, elementwise, gemm, train_step
 from dse.models._collectives import SCALEUP_LINK_EFFICIENCY
 from dse.models._operators import default_efficiency
 
@@ -54,9 +57,11 @@ def _synthetic(seed=0, n=48, noise=NOISE, effect=1.0):
 @pytest.fixture(scope="module")
 def fitted():
     data = _synthetic()
+    # The synthetic rows are independent and their "sources" arbitrary labels (lab0 and lab2
+    # hold only GEMMs), so the row bootstrap is the one that should agree with Laplace.
     result = dse.calibrate(dse.operator_model, default_efficiency(), data,
                            bounds=OPERATOR_BOUNDS, validation="kfold", folds=4,
-                           uncertainty="both", n_bootstrap=24, steps=100)
+                           uncertainty="both", n_bootstrap=24, resample="row", steps=100)
     return data, result
 
 
@@ -138,6 +143,8 @@ def test_leave_one_source_out_folds_and_bounds():
     i = r.names.index("matrix_max")
     assert float(r.value[i]) <= 0.5 + 1e-6
     assert bool(r.at_bound[i])
+    assert r.bound_names == ("matrix_max",)
+    assert "at a bound: matrix_max" in r.convergence_report()
     assert r.validation == "source" and r.sources == ("lab0", "lab1", "lab2", "lab3")
 
 
@@ -251,10 +258,12 @@ def test_round_trip_through_file(fitted, tmp_path):
     assert tree_allclose(back.params, r.params, rtol=1e-6)
     for field in ("value", "std", "log_covariance", "bootstrap", "at_bound", "before_mape",
                   "train_mape", "validation_mape", "validation_predicted",
-                  "residual_log_std"):
+                  "residual_log_std", "converged", "loss_change", "grad_norm", "decrement",
+                  "refits_converged"):
         np.testing.assert_allclose(np.asarray(getattr(back, field)),
                                    np.asarray(getattr(r, field)), rtol=1e-6, err_msg=field)
-    assert (back.names, back.sources, back.n_rows) == (r.names, r.sources, r.n_rows)
+    assert (back.names, back.sources, back.n_rows, back.resample) == (
+        r.names, r.sources, r.n_rows, r.resample)
     flat = dse.load_calibration(path)
     assert float(flat.params["memory_max"]) == pytest.approx(float(r.params.memory_max))
     # The loaded result samples like the original.
@@ -406,3 +415,123 @@ def test_measure_kernels_writes_the_schema(tmp_path):
     bad.write_text("kind,time_s,m,n,k,elements\ngemm,-1,2,2,2,\n")
     with pytest.raises(ValueError, match="time_s"):
         dse.read_measurement_csv(bad)
+
+
+# ----- convergence, bounds, source bootstrap -----------------------------------------------------
+
+def test_convergence_flag(fitted):
+    data, r = fitted
+    # 100 L-BFGS iterations from the defaults reach the optimum of this problem...
+    assert bool(r.converged), r.convergence_report()
+    assert float(r.loss_change) <= LOSS_CHANGE_TOL and float(r.decrement) <= 1e-3
+    assert float(r.refits_converged) == 1.0
+    assert "converged=True" in r.convergence_report()
+    # ... one does not, and says so.
+    one = dse.calibrate(dse.operator_model, default_efficiency(), data, bounds=OPERATOR_BOUNDS,
+                        validation="none", steps=1)
+    assert not bool(one.converged)
+    assert float(one.loss_change) > LOSS_CHANGE_TOL and float(one.decrement) > 1e-3
+    assert np.isnan(float(one.refits_converged))
+
+
+def test_source_bootstrap_draws_whole_sources():
+    group = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 2, 0])
+    w = np.asarray(bootstrap_weights(jax.random.PRNGKey(3), group, 200, "source"))
+    assert w.shape == (200, group.size)
+    for g in range(4):
+        rows = w[:, group == g]
+        # One weight per source: every row of a source carries its source's count ...
+        assert np.all(rows == rows[:, :1])
+    per_source = np.stack([w[:, group == g][:, 0] for g in range(4)], 1)
+    # ... and each replicate draws as many sources as there are.
+    np.testing.assert_array_equal(per_source.sum(1), 4)
+    assert np.all(per_source.mean(0) > 0.7) and np.all(per_source.mean(0) < 1.3)
+    rows = np.asarray(bootstrap_weights(jax.random.PRNGKey(3), group, 50, "row"))
+    np.testing.assert_array_equal(rows.sum(1), group.size)
+    assert np.any(rows[:, 0] != rows[:, 1])  # rows of one source move separately
+    with pytest.raises(ValueError, match="2 sources"):
+        bootstrap_weights(jax.random.PRNGKey(0), np.zeros(5, int), 4, "source")
+    with pytest.raises(ValueError, match="resample"):
+        bootstrap_weights(jax.random.PRNGKey(0), group, 4, "cluster")
+
+
+def test_source_bootstrap_in_calibrate_and_unresolved_parameter():
+    # A parameter the model never reads: its Laplace error is inf (not the ~0 a pseudo-inverse
+    # gives), it is not at a bound, and the fit still converges. The bootstrap resamples the
+    # four sources.
+    data = _synthetic()
+    start = dict(eff=default_efficiency(), unused=jnp.asarray(2.0))
+    bounds = {f"eff.{k}": v for k, v in OPERATOR_BOUNDS.items()}
+    r = dse.calibrate(lambda p, x: dse.operator_model(p["eff"], x), start, data, bounds=bounds,
+                      validation="none", uncertainty="both", n_bootstrap=8, steps=100)
+    assert r.resample == "source" and r.bootstrap.shape == (8, 5)
+    i = r.names.index("unused")
+    assert np.isinf(float(r.std[i])) and not bool(r.at_bound[i])
+    assert np.all(np.isfinite(np.asarray(r.std)[:4]))
+    assert bool(r.converged), r.convergence_report()
+
+
+# ----- the new collective latency and training overlap parameters --------------------------------
+
+def test_recovers_link_efficiency_and_latency_scale():
+    # All-reduces from latency-bound (16 KB) to bandwidth-bound (1 GB) on DGX-A100, generated
+    # at link efficiency 0.5 and 5x the stated 1 us per-step latency with 3% noise.
+    rng = np.random.default_rng(1)
+    true = dict(link_efficiency=0.5, latency_scale=5.0)
+    rows = [dict(kind="all_reduce", message_bytes=float(b), group_size=float(g), stride=1.0,
+                 time_s=1.0) for b in (1.6e4, 2e5, 2e6, 2e7, 2e8, 1e9) for g in (2, 4, 8)]
+    data = dse.collective_measurements(rows, SYSTEMS["DGX-A100"],
+                                       sources=[f"g{int(r['group_size'])}" for r in rows])
+
+    def model(p, x):
+        return dse.collective_model(p["link_efficiency"], x, latency_scale=p["latency_scale"])
+
+    exact = np.asarray(model({k: jnp.asarray(v) for k, v in true.items()}, data.inputs))
+    noisy = exact * np.exp(0.03 * rng.standard_normal(len(rows)))
+    data = dataclasses.replace(data, measured=jnp.asarray(noisy, data.measured.dtype))
+    start = dict(link_efficiency=jnp.asarray(SCALEUP_LINK_EFFICIENCY),
+                 latency_scale=jnp.asarray(1.0))
+    r = dse.calibrate(model, start, data, bounds=dict(link_efficiency=LINK_EFFICIENCY_BOUNDS,
+                                                      latency_scale=LATENCY_SCALE_BOUNDS),
+                      validation="none", steps=100)
+    log_std = np.sqrt(np.diag(np.asarray(r.log_covariance)))
+    for j, name in enumerate(r.names):
+        z_err = abs(np.log(float(r.value[j]) / true[name]))
+        assert log_std[j] < 0.1 and z_err < 3 * log_std[j], (name, r.value, log_std)
+    assert bool(r.converged) and not np.any(np.asarray(r.at_bound))
+
+
+def test_recovers_dp_overlap_fraction_from_step_times():
+    # Training steps of a small model on 64 DGX-A100 GPUs with the DP reduction overlapped
+    # (ZeRO 0-3), generated by train_step at a hiding fraction of 0.3 with 3% noise.
+    rng = np.random.default_rng(2)
+    model = Transformer(layers=8.0, hidden=1024.0, heads=16.0, kv_heads=4.0, ffn_hidden=2816.0,
+                        vocab=32000.0, seq_len=1024.0, gated_mlp=True)
+    n = 12
+    tp = rng.choice([1.0, 2.0], n)
+    dp = 64.0 / tp
+    plans = TrainingPlan(tp=tp, dp=dp, microbatch_size=np.ones(n), global_batch=dp * 2.0,
+                         zero_stage=rng.integers(0, 4, n).astype(float),
+                         dp_overlap=np.ones(n))
+    system = SYSTEMS["DGX-A100"].with_num_chips(64)
+    # Every plan leaf gets the row axis (Measurements.inputs are per row).
+    inputs = dict(plan=jax.tree.map(lambda x: jnp.broadcast_to(x, (n,)), plans))
+    true = 0.3
+
+    def step(p, x):
+        return train_step(model, x["plan"], system, dp_overlap_fraction=p["overlap"]).step_time
+
+    exact = np.asarray(step(dict(overlap=jnp.asarray(true)), inputs))
+    # The rows are informative: the fraction changes every step time by > 1%.
+    full = np.asarray(step(dict(overlap=jnp.asarray(1.0)), inputs))
+    assert np.all(exact / full > 1.01)
+    noisy = exact * np.exp(0.03 * rng.standard_normal(n))
+    data = dse.Measurements(inputs, jnp.asarray(noisy, jnp.result_type(float)),
+                            jnp.asarray(np.arange(n) % 3), ("a", "b", "c"))
+    r = dse.calibrate(step, dict(overlap=jnp.asarray(1.0)), data,
+                      bounds=dict(overlap=DP_OVERLAP_FRACTION_BOUNDS), validation="none",
+                      steps=30)
+    log_std = float(np.sqrt(np.asarray(r.log_covariance)[0, 0]))
+    z_err = abs(np.log(float(r.value[0]) / true))
+    assert log_std < 0.3 and z_err < 3 * log_std, (r.value, log_std)
+    assert bool(r.converged), r.convergence_report()
