@@ -2,10 +2,14 @@
 
 `inference_rows(data_dir)` returns one dict per measured quantity (a row with both a prefill and
 a per-token decode latency gives two): row_id, source, chips, measured, predicted, unit, and
-`seconds(efficiency, link_efficiency)`, the modelled time in s with a given operator
-`Efficiency` and scale-up link efficiency (None: the fitted defaults; `predicted` is its value
-there, in ms), which `benchmarks/calibration.py` calibrates. `benchmarks/validate.py` prints
-them; `python benchmarks/_inference_rows.py` prints them alone.
+`seconds(efficiency, link_efficiency, latency_scale=None)`, the modelled time in s with a given
+operator `Efficiency`, scale-up link efficiency and scale-up latency factor (None: the fitted
+defaults and the stated latency; `predicted` is its value there, in ms), which
+`benchmarks/calibration.py` calibrates. `prefill` / `decode` take no `latency_scale`; the
+collectives they call read the latency only as `system.scaleup_latency`, so the rows scale that
+field of their `System` instead, which is the collectives' `latency_scale` exactly
+(`_scaled_latency`; tests/test_collectives.py checks the equivalence).
+`benchmarks/validate.py` prints them; `python benchmarks/_inference_rows.py` prints them alone.
 
 Model shapes come from the sources the rows name:
 
@@ -52,6 +56,13 @@ def _ms(seconds) -> float:
     return float(seconds) * 1e3
 
 
+def _scaled_latency(system, latency_scale):
+    """`system` with its scale-up per-step latency times `latency_scale` (None: unchanged)."""
+    if latency_scale is None:
+        return system
+    return system.replace(scaleup_latency=system.scaleup_latency * latency_scale)
+
+
 def _row(row_id, row, chips, measured, seconds) -> dict:
     return dict(row_id=row_id, source=row["source_key"], chips=chips, measured=measured,
                 predicted=_ms(seconds(None, None)), unit="ms", seconds=seconds)
@@ -63,14 +74,15 @@ def _llmcompass(row: dict) -> list[dict]:
     plan = InferencePlan(tp=_f(row["tp"]), batch=_f(row["batch_size"]),
                          sequence_parallel=False, fused=False)
 
-    def seconds(efficiency, link_efficiency):
+    def seconds(efficiency, link_efficiency, latency_scale=None):
         kw = dict(efficiency=efficiency, link_efficiency=link_efficiency)
+        sys_ = _scaled_latency(system, latency_scale)
         # One layer: subtract the (vocab = 1) logits GEMM so that only the layer's ops remain.
         logits = gemm(system.chip, plan.batch, GPT3_LAYER.vocab / plan.tp, GPT3_LAYER.hidden,
                       efficiency=efficiency).time
         if row["phase"] == "prefill":
-            return prefill(GPT3_LAYER, plan, system, _f(row["input_len"]), **kw).time - logits
-        return decode(GPT3_LAYER, plan, system, _f(row["context_len"]), **kw).time - logits
+            return prefill(GPT3_LAYER, plan, sys_, _f(row["input_len"]), **kw).time - logits
+        return decode(GPT3_LAYER, plan, sys_, _f(row["context_len"]), **kw).time - logits
 
     column = "prefill_latency_ms" if row["phase"] == "prefill" else "decode_latency_per_token_ms"
     return [_row(row["run_id"], row, plan.chips, _f(row[column]), seconds)]
@@ -83,13 +95,14 @@ def _fastertransformer(row: dict) -> list[dict]:
                          fused=True)
     input_len, output_len = _f(row["input_len"]), _f(row["output_len"])
 
-    def pre(efficiency, link_efficiency):
-        return prefill(TEST_13B, plan, system, input_len, efficiency=efficiency,
-                       link_efficiency=link_efficiency).time
+    def pre(efficiency, link_efficiency, latency_scale=None):
+        return prefill(TEST_13B, plan, _scaled_latency(system, latency_scale), input_len,
+                       efficiency=efficiency, link_efficiency=link_efficiency).time
 
-    def dec(efficiency, link_efficiency):
-        return decode(TEST_13B, plan, system, input_len + 0.5 * (output_len + 1.0),
-                      efficiency=efficiency, link_efficiency=link_efficiency).time
+    def dec(efficiency, link_efficiency, latency_scale=None):
+        return decode(TEST_13B, plan, _scaled_latency(system, latency_scale),
+                      input_len + 0.5 * (output_len + 1.0), efficiency=efficiency,
+                      link_efficiency=link_efficiency).time
 
     return [_row(row["run_id"] + ":prefill", row, plan.chips, _f(row["prefill_latency_ms"]), pre),
             _row(row["run_id"] + ":decode", row, plan.chips, _f(row["decode_latency_per_token_ms"]),
@@ -107,12 +120,13 @@ def _pope(row: dict) -> list[dict]:
                          layout=layout, sequence_parallel=True, fused=True)
     context = _f(row["context_len"])
 
-    def seconds(efficiency, link_efficiency):
+    def seconds(efficiency, link_efficiency, latency_scale=None):
         kw = dict(efficiency=efficiency, link_efficiency=link_efficiency)
+        sys_ = _scaled_latency(system, latency_scale)
         if row["phase"] == "prefill":
-            return prefill(PALM_540B, plan, system, _f(row["input_len"]), **kw).time
+            return prefill(PALM_540B, plan, sys_, _f(row["input_len"]), **kw).time
         output_len = _f(row["output_len"])
-        return decode(PALM_540B, plan, system, context + 0.5 * (output_len + 1.0), **kw).time
+        return decode(PALM_540B, plan, sys_, context + 0.5 * (output_len + 1.0), **kw).time
 
     column = "prefill_latency_ms" if row["phase"] == "prefill" else "decode_latency_per_token_ms"
     return [_row(row["run_id"], row, plan.chips, _f(row[column]), seconds)]
@@ -130,7 +144,8 @@ def inference_rows(data_dir) -> list[dict]:
     - `data_dir`: the ../shared/data folder.
 
     **Returns:** list of dict(row_id, source, chips, measured, predicted, unit, seconds)
-    (latencies in ms; `seconds(efficiency, link_efficiency)` the modelled time in s).
+    (latencies in ms; `seconds(efficiency, link_efficiency, latency_scale=None)` the modelled
+    time in s).
     """
     with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -1,19 +1,22 @@
 """Leave-one-source-out error of the models on the rows of ../shared/data, before and after
 calibration, with and without the learned residual.
 
-Parameters fitted together: the operator `Efficiency` (four leaves), the sustained
-`kernel_fraction` of training steps and the scale-up `link_efficiency` of the collectives. Every
-row is predicted by the model it measures, with those parameters passed in (nothing is held at a
-module constant):
+Parameters: the operator `Efficiency` (four leaves), the sustained `kernel_fraction` of training
+steps, the scale-up `link_efficiency` (bandwidth) and `latency_scale` (per-step latency) of the
+collectives, and the training step's `dp_overlap_fraction`. A parameter that no row depends on
+(zero elasticity in every row at the defaults) is not fitted and is said so: that is
+`dp_overlap_fraction`, because every data-parallel training row ran without gradient-reduction
+overlap. Every row is predicted by the model it measures, with those parameters passed in
+(nothing is held at a module constant):
 
 - kernel rows (`dse._measure.shared_kernel_measurements`): LLMCompass A100 per-operator
   latencies (llmcompass_fig5) and the A100 measured max-achievable matmul (stas00_mamf),
   predicted by `gemm` / `elementwise` (`dse.operator_model`);
-- a collective row: the LLMCompass A100 tensor-parallel all-reduce of the prefill layer
-  (AllReduce_MHA, 403 MB over 4 GPUs; source llmcompass_fig5), predicted by `all_reduce`
-  (`dse.collective_model`) on the DGX-A100 preset. The decode layer's all-reduce (196 KB) is
-  left out: its time is the fixed latency, which no fitted parameter models, as in
-  `models/_fit_efficiency.py: fit_link_efficiency`;
+- collective rows: the LLMCompass A100 tensor-parallel all-reduces (AllReduce_MHA, source
+  llmcompass_fig5) of the prefill layer (403 MB over 4 GPUs: bandwidth-bound, it constrains
+  `link_efficiency`) and of the decode layer (196 KB: latency-bound, 26 us measured against
+  4 x 1 us of stated latency, it constrains `latency_scale`), predicted by `all_reduce`
+  (`dse.collective_model`) on the DGX-A100 preset;
 - training rows (`models/_fit_training.py: training_cases`, every source_key of
   training_runs.csv): `train_step` (`layer_time` for Korthikanti Table 4) with all three
   parameter sets. Rows whose layout the source does not give keep the plan `best_plan` picks at
@@ -21,9 +24,17 @@ module constant):
   call (`_TrainingRows`);
 - inference rows (`benchmarks/_inference_rows.py`): FasterTransformer (kipply) prefill and
   decode on A100 and Pope et al. 2022 on TPU v4, predicted by `prefill` / `decode` with the
-  `Efficiency` and link efficiency (their fused runtimes drop the start-up times, as the model
-  does for the defaults). The LLMCompass layer totals are left out: their per-op latencies are
-  already the kernel rows and the collective row.
+  `Efficiency`, link efficiency and latency factor (their fused runtimes drop the start-up
+  times, as the model does for the defaults). The Pope et al. decode rows (64-way tensor
+  parallel on a TPU v4 torus) also depend on `latency_scale`: one factor serves NVSwitch and
+  ICI alike, which the per-source table tests. The LLMCompass layer totals are left out: their
+  per-op latencies are already the kernel rows and the collective rows.
+
+The output says, per parameter, which sources' rows constrain it (their share of the
+Gauss-Newton curvature), whether the fit converged and which parameters sit on a bound (their
+Laplace error is then inf or one-sided), and for each held-out source the values its fold
+fitted. No prior is used: the natural centres are the shipped defaults, fitted to some of these
+same rows, so a prior would carry a held-out source back into its own fold.
 
 "before" is the shipped defaults (`FITTED_EFFICIENCY`, `SUSTAINED_KERNEL_FRACTION`,
 `SCALEUP_LINK_EFFICIENCY`), which were themselves fitted to some of these rows (llmcompass_fig5,
@@ -39,6 +50,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
@@ -47,16 +59,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _inference_rows import inference_rows
-from dse.hardware import SYSTEMS
-from dse.models import layer_time, train_step
-from dse.models._collectives import SCALEUP_LINK_EFFICIENCY
-from dse.models._fit_efficiency import _per_op
-from dse.models._fit_training import FLASH, default_data_dir, predict, training_cases
-from dse.models._operators import default_efficiency
-from dse.models._training import SUSTAINED_KERNEL_FRACTION
 
-from dse import Measurements, calibrate, fit_residual
+from dse import Measurements, calibrate, fit_residual, param_names
+from dse._calibrate import _predict_z
 from dse._measure import (
+    DP_OVERLAP_FRACTION_BOUNDS,
+    LATENCY_SCALE_BOUNDS,
     LINK_EFFICIENCY_BOUNDS,
     OPERATOR_BOUNDS,
     collective_measurements,
@@ -64,6 +72,19 @@ from dse._measure import (
     operator_model,
     shared_kernel_measurements,
 )
+from dse.hardware import SYSTEMS
+from dse.models import layer_time, train_step
+from dse.models._collectives import SCALEUP_LINK_EFFICIENCY
+from dse.models._fit_efficiency import _per_op
+from dse.models._fit_training import (
+    FIT_SOURCES,
+    FLASH,
+    default_data_dir,
+    predict,
+    training_cases,
+)
+from dse.models._operators import default_efficiency
+from dse.models._training import SUSTAINED_KERNEL_FRACTION
 
 # Inference sources calibrated here (the LLMCompass layer rows enter as kernel and collective
 # rows instead; see the module docstring).
@@ -71,11 +92,19 @@ INFERENCE_SOURCES = ("kipply_fastertransformer", "pope_table2")
 # Row kinds of `inputs["kind"]`.
 KERNEL, COLLECTIVE, TRAINING, INFERENCE = 0, 1, 2, 3
 
+# The shipped defaults; latency_scale 1 is the systems' stated per-step latency and
+# dp_overlap_fraction 1 the whole overlap window, i.e. the models' behaviour without them.
 DEFAULTS = dict(efficiency=default_efficiency(),
                 kernel_fraction=jnp.asarray(SUSTAINED_KERNEL_FRACTION),
-                link_efficiency=jnp.asarray(SCALEUP_LINK_EFFICIENCY))
+                link_efficiency=jnp.asarray(SCALEUP_LINK_EFFICIENCY),
+                latency_scale=jnp.asarray(1.0), dp_overlap_fraction=jnp.asarray(1.0))
 BOUNDS = {f"efficiency.{k}": v for k, v in OPERATOR_BOUNDS.items()} | {
-    "kernel_fraction": (0.05, 1.0), "link_efficiency": LINK_EFFICIENCY_BOUNDS}
+    "kernel_fraction": (0.05, 1.0), "link_efficiency": LINK_EFFICIENCY_BOUNDS,
+    "latency_scale": LATENCY_SCALE_BOUNDS, "dp_overlap_fraction": DP_OVERLAP_FRACTION_BOUNDS}
+# Sources the shipped defaults were fitted to: "before" is in-sample for them.
+# (models/_fit_efficiency.py: llmcompass_fig5 and stas00_mamf; models/_fit_training.py:
+# FIT_SOURCES.)
+DEFAULTS_FITTED_TO = ("llmcompass_fig5", "stas00_mamf") + tuple(FIT_SOURCES)
 
 
 def _stack(trees):
@@ -136,26 +165,37 @@ class _TrainingRows:
     def __call__(self, params):
         """The rows' modelled values (seconds, or inverse metrics), shape (rows,)."""
         kw = dict(flash_attention=FLASH, kernel_fraction=params["kernel_fraction"],
-                  efficiency=params["efficiency"], link_efficiency=params["link_efficiency"])
+                  efficiency=params["efficiency"], link_efficiency=params["link_efficiency"],
+                  latency_scale=params["latency_scale"])
+        overlap = params["dp_overlap_fraction"]
         out = []
         for layer, model, plan, system in self.groups:
             if layer:
                 fn = lambda m, p, s: layer_time(m, p, s, **kw)  # noqa: E731
             else:
-                fn = lambda m, p, s: train_step(m, p, s, **kw).step_time  # noqa: E731
+                fn = lambda m, p, s: train_step(  # noqa: E731
+                    m, p, s, dp_overlap_fraction=overlap, **kw).step_time
             out.append(jax.vmap(fn)(model, plan, system))
         return jnp.concatenate(out)[self.inverse_order] * self.scale
 
 
 def _collective_rows(data_dir) -> Measurements:
-    """The LLMCompass tensor-parallel all-reduce of the prefill layer as a collective row."""
+    """The LLMCompass tensor-parallel all-reduces (AllReduce_MHA) of the prefill layer (403 MB,
+    bandwidth-bound) and of the decode layer (one token per sequence: 196 KB, latency-bound)
+    as collective rows."""
     with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
-        row = {r["run_id"]: r for r in csv.DictReader(f)}["llmcompass_a100x4_gpt3_layer_prefill"]
-    message = float(row["batch_size"]) * float(row["input_len"]) * float(row["hidden"]) * 2.0
-    rows = [dict(kind="all_reduce", message_bytes=message, group_size=float(row["tp"]),
-                 stride=1.0, time_s=_per_op(row["notes"])["AllReduce_MHA"])]
-    return collective_measurements(rows, SYSTEMS["DGX-A100"], sources=[row["source_key"]],
-                                   description="LLMCompass A100 AllReduce_MHA")
+        by_id = {r["run_id"]: r for r in csv.DictReader(f)}
+    rows, sources = [], []
+    for run_id in ("llmcompass_a100x4_gpt3_layer_prefill", "llmcompass_a100x4_gpt3_layer_decode"):
+        row = by_id[run_id]
+        # Activations all-reduced: batch x tokens of this pass x hidden, 16-bit.
+        tokens = float(row["input_len"]) if row["phase"] == "prefill" else 1.0
+        message = float(row["batch_size"]) * tokens * float(row["hidden"]) * 2.0
+        rows.append(dict(kind="all_reduce", message_bytes=message, group_size=float(row["tp"]),
+                         stride=1.0, time_s=_per_op(row["notes"])["AllReduce_MHA"]))
+        sources.append(row["source_key"])
+    return collective_measurements(rows, SYSTEMS["DGX-A100"], sources=sources,
+                                   description="LLMCompass A100 AllReduce_MHA (prefill, decode)")
 
 
 def build(data_dir=None):
@@ -187,9 +227,11 @@ def build(data_dir=None):
     def model_fn(params, x):
         """Each row's modelled value: kernels, collectives, training steps, inference passes."""
         by_kind = [operator_model(params["efficiency"], x["kernel"]),
-                   collective_model(params["link_efficiency"], x["collective"]),
+                   collective_model(params["link_efficiency"], x["collective"],
+                                    latency_scale=params["latency_scale"]),
                    train(params)[jnp.clip(x["index"], 0, nt - 1)],
-                   jnp.stack([f(params["efficiency"], params["link_efficiency"])
+                   jnp.stack([f(params["efficiency"], params["link_efficiency"],
+                                params["latency_scale"])
                               for f in seconds])[jnp.clip(x["index"], 0, ni - 1)]]
         return jnp.take_along_axis(jnp.stack(by_kind), x["kind"][None, :], axis=0)[0]
 
@@ -211,7 +253,7 @@ def build(data_dir=None):
     features = np.stack([np.log10(base), chips] + onehot, 1)
     data = Measurements(inputs, jnp.asarray(measured, dtype), jnp.asarray(group),
                         tuple(sources), features=jnp.asarray(features, dtype),
-                        description=kern.description + "; LLMCompass A100 all-reduce; "
+                        description=kern.description + "; LLMCompass A100 all-reduces; "
                         "training_runs.csv (every modelled row, step time / layer time / "
                         "1 / TFLOP/s / 1 / MFU); inference_runs.csv FasterTransformer and "
                         "Pope et al. rows (prefill / per-token decode latency)")
@@ -223,12 +265,48 @@ def _mape(pred, measured, mask):
     return 100 * float(np.mean(err[mask]))
 
 
+@functools.partial(jax.jit, static_argnames=("model", "names"))
+def _elasticities(z, params, inputs, model, names):
+    """d log prediction / d log parameter of every row, (n, k)."""
+    return jax.jacfwd(lambda z_: jnp.log(_predict_z(z_, params, inputs, model, names)))(z)
+
+
+def constraints(model, params, data):
+    """Which rows constrain which parameter: the share of each source in the Gauss-Newton
+    curvature sum_i (d log prediction_i / d log p)^2 of every parameter at `params`, and the
+    rows whose prediction moves by more than 1% per unit of log p (|elasticity| > 0.01).
+    Returns ({name: [(source, share, rows)]}, {name: total curvature})."""
+    names = tuple(param_names(params))
+    z = jnp.log(jnp.asarray([float(x) for x in jax.tree.leaves(params)]))
+    jac = np.asarray(_elasticities(z, params, data.inputs, model, names))  # (n, k)
+    group = np.asarray(data.group)
+    out, total = {}, {}
+    for j, name in enumerate(names):
+        c = jac[:, j] ** 2
+        total[name] = float(c.sum())
+        rows = []
+        for g, src in enumerate(data.sources):
+            mask = group == g
+            share = float(c[mask].sum() / c.sum()) if c.sum() > 0 else 0.0
+            moved = int(np.sum(np.abs(jac[mask, j]) > 0.01))
+            if moved:
+                rows.append((src, share, moved))
+        out[name] = sorted(rows, key=lambda r: -r[1])
+    return out, total
+
+
 def main(data_dir=None) -> None:
     t0 = time.perf_counter()
     data, model = build(data_dir)
     t_rows = time.perf_counter() - t0
-    result = calibrate(model, DEFAULTS, data, bounds=BOUNDS, validation="source",
-                       uncertainty="laplace")
+    # A parameter no row's prediction depends on (zero elasticity everywhere at the defaults)
+    # is not fitted: the data say nothing about it.
+    _, at_defaults = constraints(model, DEFAULTS, data)
+    fit = [n for n in param_names(DEFAULTS) if at_defaults[n] > 0]
+    unfitted = [n for n in param_names(DEFAULTS) if at_defaults[n] == 0]
+    result = calibrate(model, DEFAULTS, data, fit=fit,
+                       bounds={k: v for k, v in BOUNDS.items() if k in fit},
+                       validation="source", uncertainty="laplace")
     residual = fit_residual(model, result, data)
     before = np.asarray(model(DEFAULTS, data.inputs))
     measured = np.asarray(data.measured)
@@ -237,19 +315,62 @@ def main(data_dir=None) -> None:
     with_net = np.asarray(residual.validation_predicted)
     group = np.asarray(data.group)
     after = (held * folds).sum(0)
+    everything = np.ones(data.n, bool)
     print(f"rows={data.n} sources={len(data.sources)} (rows built in {t_rows:.0f} s)")
-    print(f"{'held-out source':24s} {'rows':>4s} {'before%':>8s} {'after%':>8s} "
-          f"{'residual%':>9s}")
+    print("per held-out source: before = shipped defaults (* = in-sample: the defaults were "
+          "fitted to it), after = fitted without the source; 'share' = the source's part of "
+          "the total before -> after change of the all-row error")
+    print(f"{'held-out source':26s} {'rows':>4s} {'before%':>8s} {'after%':>8s} "
+          f"{'residual%':>9s} {'share':>6s}")
+    gap = _mape(after, measured, everything) - _mape(before, measured, everything)
     for i, src in enumerate(data.sources):
         mask = group == i
-        print(f"{src:24s} {mask.sum():4d} {_mape(before, measured, mask):8.1f} "
-              f"{_mape(after, measured, mask):8.1f} {_mape(with_net, measured, mask):9.1f}")
-    print("fitted on all rows (Laplace std):")
+        b, a = _mape(before, measured, mask), _mape(after, measured, mask)
+        share = (a - b) * mask.sum() / data.n / gap if gap else float("nan")
+        star = "*" if src in DEFAULTS_FITTED_TO else " "
+        print(f"{src + star:26s} {mask.sum():4d} {b:8.1f} {a:8.1f} "
+              f"{_mape(with_net, measured, mask):9.1f} {100 * share:5.0f}%")
+    inside = np.isin(np.asarray(data.sources)[group], DEFAULTS_FITTED_TO)
+    for label, mask in (("in-sample for the defaults", inside),
+                        ("held out from the defaults", ~inside)):
+        print(f"  {label:28s} {mask.sum():3d} rows: before {_mape(before, measured, mask):.2f}% "
+              f"after {_mape(after, measured, mask):.2f}%")
+    # The rows of the source that moves the all-row error most, one by one.
+    worst = int(np.argmax([(_mape(after, measured, group == i) - _mape(before, measured,
+                                                                       group == i))
+                           * np.sum(group == i) for i in range(len(data.sources))]))
+    kinds = {KERNEL: "kernel", COLLECTIVE: "collective", TRAINING: "training",
+             INFERENCE: "inference"}
+    is_gemm = np.asarray(data.inputs["kernel"]["is_gemm"])
+    kind = np.asarray(data.inputs["kind"])
+    print(f"rows of {data.sources[worst]} (measured; error before, held out after):")
+    for i in np.flatnonzero(group == worst):
+        label = kinds[int(kind[i])] + (("-gemm" if is_gemm[i] else "-elementwise")
+                                       if kind[i] == KERNEL else "")
+        print(f"  {label:20s} {measured[i]:10.3g} s {100 * (before[i] / measured[i] - 1):+7.0f}% "
+              f"{100 * (after[i] / measured[i] - 1):+7.0f}%")
+    print(f"fitted on all rows (Laplace std; {result.convergence_report()}):")
     for (name, (v, s)), edge in zip(result.as_dict().items(), result.at_bound, strict=True):
         print(f"  {name:30s} {v:.4g} +- {s:.2g}{'  (at its bound)' if edge else ''}")
+    print("fitted values of each leave-one-source-out fold (held-out source: values in the "
+          "order above):")
+    for f, src in enumerate(data.sources):
+        vals = " ".join(f"{float(v):.3g}" for v in np.asarray(result.fold_value)[f])
+        print(f"  {src:24s} {vals}")
+    print("rows that constrain each parameter at the fit (source: share of the curvature, rows "
+          "with |d log t / d log p| > 0.01):")
+    shares, total = constraints(model, result.params, data)
+    for name in param_names(DEFAULTS):
+        parts = ", ".join(f"{src} {100 * sh:.0f}% ({nr})" for src, sh, nr in shares[name][:4])
+        if total[name] == 0:
+            parts = "no row: zero sensitivity, not fitted (held at its default)"
+        elif not parts:
+            parts = "no row moves by > 1% per unit log p"
+        print(f"  {name:30s} {parts}")
+    for name in unfitted:
+        print(f"  not fitted: {name} (no row of the data depends on it)")
     print(f"residual network kept: {residual.kept} (held-out {100 * residual.validation_mape:.1f}%"
           f" vs {100 * residual.base_validation_mape:.1f}% without)")
-    everything = np.ones(data.n, bool)
     print(f"before_mape={_mape(before, measured, everything):.2f} "
           f"after_mape={100 * float(result.validation_mape):.2f} "
           f"residual_mape={100 * float(residual.validation_mape):.2f}")
