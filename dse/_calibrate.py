@@ -177,7 +177,8 @@ class CalibrationResult(eqx.Module):
     - `decrement`: the loss decrease one more Gauss-Newton step predicts, relative to the loss.
     - `refits_converged`: fraction of the bootstrap and validation refits whose loss changed
       by <= `LOSS_CHANGE_TOL` over their last tenth of iterations (NaN without refits).
-    - `resample` (static): what the bootstrap resampled ("source" or "row").
+    - `resample` (static): what the bootstrap resampled ("source" or "row"; "none" without a
+      bootstrap).
     - `n_rows` (static), `validation` (static), `sources` (static), `description` (static):
       what was fitted to.
     """
