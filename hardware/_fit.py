@@ -86,24 +86,34 @@ def tdp_compute_activity(row: dict[str, str]) -> float:
     return 1.0
 
 
+def _tdp_points(data_dir: str | Path) -> list[dict[str, float]]:
+    """Per `POWER_FIT_CHIPS` chip at its TDP operating point: published TDP (W), HBM + link power
+    (W), node-scaled sustained MAC rate (MAC/s x energy_scale), die area (mm^2), MACs per core."""
+    rows = read_chips_csv(data_dir)
+    points = []
+    with jax.enable_x64(True):
+        for name in POWER_FIT_CHIPS:
+            chip = CHIPS[name]
+            report = power(chip)
+            scale = float(technology(chip.node_nm).energy_scale)
+            mac_rate = tdp_compute_activity(rows[name]) * float(chip.mac_units * chip.clock_hz)
+            points.append({"tdp": float(rows[name]["tdp_w"]),
+                           "hbm_and_links": float(report.hbm + report.link),
+                           "scaled_mac_rate": scale * mac_rate, "area": float(area(chip).total),
+                           "macs_per_core": float(chip.mac_units / chip.core_count)})
+    return points
+
+
 def fit_power_constants(data_dir: str | Path) -> dict[str, float]:
     """Energy per MAC at 7 nm (J) and static power per mm^2 (W) from published TDPs.
 
     TDP = E_mac * energy_scale(node) * a * MAC/s + HBM + links + P_static * area, with the
     matrix activity a from `tdp_compute_activity` and HBM and links saturated. Relative NNLS.
     """
-    rows = read_chips_csv(data_dir)
-    features, target, tdp = [], [], []
-    with jax.enable_x64(True):
-        for name in POWER_FIT_CHIPS:
-            chip = CHIPS[name]
-            published = float(rows[name]["tdp_w"])
-            report = power(chip)
-            scale = float(technology(chip.node_nm).energy_scale)
-            mac_rate = tdp_compute_activity(rows[name]) * float(chip.mac_units * chip.clock_hz)
-            features.append([scale * mac_rate, float(area(chip).total)])
-            target.append(published - float(report.hbm + report.link))
-            tdp.append(published)
+    points = _tdp_points(data_dir)
+    features = [[p["scaled_mac_rate"], p["area"]] for p in points]
+    target = [p["tdp"] - p["hbm_and_links"] for p in points]
+    tdp = [p["tdp"] for p in points]
     energy_per_mac, static_per_mm2 = _relative_nnls(np.array(features), np.array(target),
                                                     np.array(tdp))
     return {"energy_per_mac_7nm": float(energy_per_mac),
@@ -120,19 +130,11 @@ def fit_mma_size_term(data_dir: str | Path) -> dict[str, float]:
     model constant: if `fetch_at_1024` comes out 0 the data give the term no weight and the
     power model keeps one energy per MAC.
     """
-    rows = read_chips_csv(data_dir)
-    features, target, tdp = [], [], []
-    with jax.enable_x64(True):
-        for name in POWER_FIT_CHIPS:
-            chip = CHIPS[name]
-            published = float(rows[name]["tdp_w"])
-            report = power(chip)
-            scale = float(technology(chip.node_nm).energy_scale)
-            mac_rate = tdp_compute_activity(rows[name]) * float(chip.mac_units * chip.clock_hz)
-            per_core = float(chip.mac_units / chip.core_count)
-            features.append([scale * mac_rate, scale * mac_rate * (per_core / 1024) ** (-1 / 3)])
-            target.append(published - float(report.hbm + report.link))
-            tdp.append(published)
+    points = _tdp_points(data_dir)
+    features = [[p["scaled_mac_rate"],
+                 p["scaled_mac_rate"] * (p["macs_per_core"] / 1024) ** (-1 / 3)] for p in points]
+    target = [p["tdp"] - p["hbm_and_links"] for p in points]
+    tdp = [p["tdp"] for p in points]
     arith, fetch = _relative_nnls(np.array(features), np.array(target), np.array(tdp))
     return {"arith_7nm": float(arith), "fetch_at_1024": float(fetch)}
 
