@@ -165,6 +165,17 @@ class ServeReport(eqx.Module):
     decode: InferenceReport
 
 
+def _check_latency_scale(owner: str, latency_scale) -> None:
+    """ValueError naming `owner.latency_scale` unless it is None or finite and >= 0.
+
+    The collectives check it too (as `collective.latency_scale`); checking at the entry point
+    names the function the user called. Concrete values only: traced values pass (as in
+    `check_range`).
+    """
+    if latency_scale is not None:
+        check_range(owner, "latency_scale", latency_scale, lower=0.0, lower_inclusive=True)
+
+
 def _kv_sharding(model: Transformer, plan: InferencePlan, batch):
     """KV heads per chip, sequences of KV cache per chip, and query heads per such sequence.
 
@@ -238,11 +249,12 @@ def _mesh_2d(model: Transformer, plan: InferencePlan):
 
 
 def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-           resident, smooth, efficiency=None, link_efficiency=None):
+           resident, smooth, efficiency=None, link_efficiency=None, latency_scale=None):
     """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm).
 
     `efficiency` is the base operator `Efficiency` (None: fitted; adjusted by `_efficiency`),
-    `link_efficiency` the collectives' (None: `SCALEUP_LINK_EFFICIENCY`).
+    `link_efficiency` the collectives' (None: `SCALEUP_LINK_EFFICIENCY`) and `latency_scale`
+    their factor on the scale-up per-step latency (None: the system's stated latency).
     """
     chip = system.chip
     hd = model.head_dim
@@ -260,7 +272,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
         x, yz = _mesh_2d(model, plan)
     tokens = batch * q_len
     eff = _efficiency(plan, efficiency)
-    link = dict(link_efficiency=link_efficiency)
+    link = dict(link_efficiency=link_efficiency, latency_scale=latency_scale)
     mm = dict(bytes_per_element=ab, weight_bytes_per_element=wb,
               weight_resident_fraction=resident, smooth=smooth, efficiency=eff)
 
@@ -320,7 +332,8 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
 
 
 def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-             smooth, efficiency=None, link_efficiency=None) -> InferenceReport:
+             smooth, efficiency=None, link_efficiency=None,
+             latency_scale=None) -> InferenceReport:
     chip = system.chip
     q_len = _f(q_len)
     context = _f(context)
@@ -330,7 +343,7 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     if plan.layout == "weight_gathered":
         resident = 0.0  # weights stream through the chip layer by layer
     matmul, attn, ew, comm = _layer(model, plan, system, q_len, context, resident, smooth,
-                                    efficiency, link_efficiency)
+                                    efficiency, link_efficiency, latency_scale)
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
     # Next-token logits for the last position of every sequence (vocabulary split over tp).
@@ -340,7 +353,8 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
                   smooth=smooth, efficiency=_efficiency(plan, efficiency))
     matmul_total = matmul.scale(layers) + logits
     pp_comm = send_recv(system, tokens * model.hidden * plan.activation_bytes, plan.pp,
-                        stride=plan.tp, link_efficiency=link_efficiency).scale(plan.pp - 1.0)
+                        stride=plan.tp, link_efficiency=link_efficiency,
+                        latency_scale=latency_scale).scale(plan.pp - 1.0)
     matmul_time = matmul_total.time
     attention_time = layers * attn.time
     elementwise_time = layers * ew.time
@@ -373,7 +387,8 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
 
 def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: ArrayLike, *,
             smooth: bool = False, efficiency: Efficiency | None = None,
-            link_efficiency: ArrayLike | None = None) -> InferenceReport:
+            link_efficiency: ArrayLike | None = None,
+            latency_scale: ArrayLike | None = None) -> InferenceReport:
     """Prefill: the forward pass over `plan.batch` prompts of `input_len` tokens.
 
     **Arguments:**
@@ -387,16 +402,22 @@ def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: 
       with `plan.fused` its start-up times are dropped, as for the default (`_efficiency`).
     - `link_efficiency`: fraction of the scale-up link bandwidth the collectives sustain
       (default `SCALEUP_LINK_EFFICIENCY`, fitted).
+    - `latency_scale`: dimensionless factor (>= 0) on `system.scaleup_latency`, the scale-up
+      tier's per-step collective latency in s (default None: the stated latency, exactly as
+      `latency_scale=1`; see `dse.models.all_reduce`). It reaches every collective of the pass:
+      the tensor-parallel all-reduces / gathers / all-to-alls and the pipeline sends.
 
     **Returns:** `InferenceReport` (time = time to first token).
     """
+    _check_latency_scale("prefill", latency_scale)
     return _forward(model, plan, system, input_len, input_len, smooth, efficiency,
-                    link_efficiency)
+                    link_efficiency, latency_scale)
 
 
 def decode(model: Transformer, plan: InferencePlan, system: System, context_len: ArrayLike, *,
            smooth: bool = False, efficiency: Efficiency | None = None,
-           link_efficiency: ArrayLike | None = None) -> InferenceReport:
+           link_efficiency: ArrayLike | None = None,
+           latency_scale: ArrayLike | None = None) -> InferenceReport:
     """One decode step: one new token for each of `plan.batch` sequences.
 
     **Arguments:**
@@ -404,17 +425,20 @@ def decode(model: Transformer, plan: InferencePlan, system: System, context_len:
     - `model`, `plan`, `system`: as `prefill`.
     - `context_len`: tokens in the KV cache that the new token attends to.
     - `smooth`: smooth rooflines.
-    - `efficiency`, `link_efficiency`: as `prefill`.
+    - `efficiency`, `link_efficiency`, `latency_scale`: as `prefill`.
 
     **Returns:** `InferenceReport` (time = time per output token).
     """
-    return _forward(model, plan, system, 1.0, context_len, smooth, efficiency, link_efficiency)
+    _check_latency_scale("decode", latency_scale)
+    return _forward(model, plan, system, 1.0, context_len, smooth, efficiency, link_efficiency,
+                    latency_scale)
 
 
 def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
           input_len: ArrayLike, output_len: ArrayLike, *, smooth: bool = False,
           efficiency: Efficiency | None = None,
-          link_efficiency: ArrayLike | None = None) -> ServeReport:
+          link_efficiency: ArrayLike | None = None,
+          latency_scale: ArrayLike | None = None) -> ServeReport:
     """A batch of requests: prefill, then `output_len` decode steps.
 
     The decode step is evaluated at the mean context, input_len + (output_len + 1) / 2 (a step's
@@ -427,14 +451,17 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     - `input_len`: prompt tokens per sequence.
     - `output_len`: generated tokens per sequence.
     - `smooth`: smooth rooflines.
-    - `efficiency`, `link_efficiency`: as `prefill`.
+    - `efficiency`, `link_efficiency`, `latency_scale`: as `prefill` (shared by the prefill
+      and the decode steps).
 
     **Returns:** `ServeReport`.
     """
+    _check_latency_scale("serve", latency_scale)
     plan = dataclasses.replace(plan, batch=batch)
     input_len = _f(input_len)
     output_len = _f(output_len)
-    kw = dict(smooth=smooth, efficiency=efficiency, link_efficiency=link_efficiency)
+    kw = dict(smooth=smooth, efficiency=efficiency, link_efficiency=link_efficiency,
+              latency_scale=latency_scale)
     pre = prefill(model, plan, system, input_len, **kw)
     dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
     final = input_len + output_len
