@@ -5,10 +5,10 @@ a per-token decode latency gives two): row_id, source, chips, measured, predicte
 `seconds(efficiency, link_efficiency, latency_scale=None)`, the modelled time in s with a given
 operator `Efficiency`, scale-up link efficiency and scale-up latency factor (None: the fitted
 defaults and the stated latency; `predicted` is its value there, in ms), which
-`benchmarks/calibration.py` calibrates. `prefill` / `decode` take no `latency_scale`; the
-collectives they call read the latency only as `system.scaleup_latency`, so the rows scale that
-field of their `System` instead, which is the collectives' `latency_scale` exactly
-(`_scaled_latency`; tests/test_collectives.py checks the equivalence).
+`benchmarks/calibration.py` calibrates. The three reach `prefill` / `decode` as their
+`efficiency=`, `link_efficiency=` and `latency_scale=` keywords. (The rows used to scale the
+`System`'s `scaleup_latency` themselves, before `prefill` / `decode` took `latency_scale`; the two
+give the same times, which tests/test_model_calibration_knobs.py checks.)
 `benchmarks/validate.py` prints them; `python benchmarks/_inference_rows.py` prints them alone.
 
 Model shapes come from the sources the rows name:
@@ -56,13 +56,6 @@ def _ms(seconds) -> float:
     return float(seconds) * 1e3
 
 
-def _scaled_latency(system, latency_scale):
-    """`system` with its scale-up per-step latency times `latency_scale` (None: unchanged)."""
-    if latency_scale is None:
-        return system
-    return system.replace(scaleup_latency=system.scaleup_latency * latency_scale)
-
-
 def _row(row_id, row, chips, measured, seconds) -> dict:
     return dict(row_id=row_id, source=row["source_key"], chips=chips, measured=measured,
                 predicted=_ms(seconds(None, None)), unit="ms", seconds=seconds)
@@ -75,14 +68,14 @@ def _llmcompass(row: dict) -> list[dict]:
                          sequence_parallel=False, fused=False)
 
     def seconds(efficiency, link_efficiency, latency_scale=None):
-        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency)
-        sys_ = _scaled_latency(system, latency_scale)
+        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency,
+                  latency_scale=latency_scale)
         # One layer: subtract the (vocab = 1) logits GEMM so that only the layer's ops remain.
         logits = gemm(system.chip, plan.batch, GPT3_LAYER.vocab / plan.tp, GPT3_LAYER.hidden,
                       efficiency=efficiency).time
         if row["phase"] == "prefill":
-            return prefill(GPT3_LAYER, plan, sys_, _f(row["input_len"]), **kw).time - logits
-        return decode(GPT3_LAYER, plan, sys_, _f(row["context_len"]), **kw).time - logits
+            return prefill(GPT3_LAYER, plan, system, _f(row["input_len"]), **kw).time - logits
+        return decode(GPT3_LAYER, plan, system, _f(row["context_len"]), **kw).time - logits
 
     column = "prefill_latency_ms" if row["phase"] == "prefill" else "decode_latency_per_token_ms"
     return [_row(row["run_id"], row, plan.chips, _f(row[column]), seconds)]
@@ -96,13 +89,13 @@ def _fastertransformer(row: dict) -> list[dict]:
     input_len, output_len = _f(row["input_len"]), _f(row["output_len"])
 
     def pre(efficiency, link_efficiency, latency_scale=None):
-        return prefill(TEST_13B, plan, _scaled_latency(system, latency_scale), input_len,
-                       efficiency=efficiency, link_efficiency=link_efficiency).time
+        return prefill(TEST_13B, plan, system, input_len, efficiency=efficiency,
+                       link_efficiency=link_efficiency, latency_scale=latency_scale).time
 
     def dec(efficiency, link_efficiency, latency_scale=None):
-        return decode(TEST_13B, plan, _scaled_latency(system, latency_scale),
-                      input_len + 0.5 * (output_len + 1.0), efficiency=efficiency,
-                      link_efficiency=link_efficiency).time
+        return decode(TEST_13B, plan, system, input_len + 0.5 * (output_len + 1.0),
+                      efficiency=efficiency, link_efficiency=link_efficiency,
+                      latency_scale=latency_scale).time
 
     return [_row(row["run_id"] + ":prefill", row, plan.chips, _f(row["prefill_latency_ms"]), pre),
             _row(row["run_id"] + ":decode", row, plan.chips, _f(row["decode_latency_per_token_ms"]),
@@ -121,12 +114,12 @@ def _pope(row: dict) -> list[dict]:
     context = _f(row["context_len"])
 
     def seconds(efficiency, link_efficiency, latency_scale=None):
-        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency)
-        sys_ = _scaled_latency(system, latency_scale)
+        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency,
+                  latency_scale=latency_scale)
         if row["phase"] == "prefill":
-            return prefill(PALM_540B, plan, sys_, _f(row["input_len"]), **kw).time
+            return prefill(PALM_540B, plan, system, _f(row["input_len"]), **kw).time
         output_len = _f(row["output_len"])
-        return decode(PALM_540B, plan, sys_, context + 0.5 * (output_len + 1.0), **kw).time
+        return decode(PALM_540B, plan, system, context + 0.5 * (output_len + 1.0), **kw).time
 
     column = "prefill_latency_ms" if row["phase"] == "prefill" else "decode_latency_per_token_ms"
     return [_row(row["run_id"], row, plan.chips, _f(row[column]), seconds)]
