@@ -241,8 +241,9 @@ def test_latency_scale_default_is_bit_identical_and_scales_only_scaleup_alpha(na
             for field in ("time", "scaleup_time", "scaleout_time"):
                 np.testing.assert_array_equal(np.asarray(getattr(same, field)),
                                               np.asarray(getattr(plain, field)), err_msg=field)
-        # The factor is the same as scaling the system's scale-up latency (what the inference
-        # rows of benchmarks/calibration.py do), bit for bit, and leaves scale-out alone.
+        # The factor is the same as scaling the system's scale-up latency, bit for bit, and
+        # leaves scale-out alone (the same through prefill / decode:
+        # tests/test_model_calibration_knobs.py).
         scaled = op(sys_, sizes, g, stride=stride, latency_scale=3.0)
         ref = op(sys_.replace(scaleup_latency=sys_.scaleup_latency * 3.0), sizes, g,
                  stride=stride)
