@@ -361,8 +361,8 @@ def load_study(path: str | Path) -> Study:
         budgets[name] = (low, high)
 
     sweep = r.table("sweep", ("n", "chunk_size", "seed"))
-    opt = r.table("optimize", ("n_preferences", "n_starts", "outer_steps", "inner_steps",
-                               "learning_rate", "seed"))
+    opt = r.table("optimize", OPTIMIZE_KEYS["multistart"] + OPTIMIZE_KEYS["trace"]
+                  + ("method", "n_pilot", "log_objectives", "seed"))
     output = r.table("output", ("dir",))
     return Study(
         path=path, system=system, kind=kind, model=model, global_batch=global_batch, plan=plan,
@@ -371,10 +371,51 @@ def load_study(path: str | Path) -> Study:
         sweep_n=r.integer("sweep.n", sweep.get("n", 100_000)),
         sweep_chunk=r.integer("sweep.chunk_size", sweep.get("chunk_size", 1 << 14)),
         seed=r.integer("sweep.seed", sweep.get("seed", 0)),
-        optimize_options={k: (r.number(f"optimize.{k}", v) if k == "learning_rate"
-                              else r.integer(f"optimize.{k}", v)) for k, v in opt.items()},
+        optimize_options=_optimize_options(r, opt, objectives),
         output_dir=Path(r.string("output.dir", output.get("dir", "dse-out"))),
     )
+
+
+# Keys of [optimize] that belong to one method of `dse.optimize` (the rest serve both).
+OPTIMIZE_KEYS = {"multistart": ("n_preferences", "n_starts", "outer_steps", "inner_steps",
+                                "learning_rate"),
+                 "trace": ("spacing", "max_steps")}
+
+
+def _optimize_options(r: _Reader, opt: dict, objectives: dict) -> dict[str, Any]:
+    """Keyword arguments of `dse.optimize` from the [optimize] table.
+
+    `method` defaults to "trace" (front tracing: far fewer evaluations, benchmarks/pareto_race.py)
+    for exactly two objectives and to "multistart" otherwise; `log_objectives` defaults to true
+    for the trace (objectives spanning decades are traced at even spacing in log) and false for
+    the multistart. A key of the other method is an error, not silently ignored.
+    """
+    default = "trace" if len(objectives) == 2 else "multistart"
+    method = r.string("optimize.method", opt.get("method", default),
+                      choices=tuple(OPTIMIZE_KEYS))
+    if method == "trace" and len(objectives) != 2:
+        raise r.error("optimize.method", f"'trace' needs exactly two [objectives]; got "
+                                         f"{len(objectives)}")
+    other = next(m for m in OPTIMIZE_KEYS if m != method)
+    for key in OPTIMIZE_KEYS[other]:
+        if key in opt:
+            raise r.error(f"optimize.{key}", f"belongs to method {other!r}; this study uses "
+                                             f"{method!r} (set optimize.method to change it)")
+    out: dict[str, Any] = {"method": method}
+    for key, value in opt.items():
+        if key in ("learning_rate", "spacing"):
+            out[key] = r.number(f"optimize.{key}", value)
+            if not out[key] > 0:
+                raise r.error(f"optimize.{key}", f"must be > 0; got {value!r}")
+        elif key == "log_objectives":
+            if not isinstance(value, bool):
+                raise r.error("optimize.log_objectives", f"expected true or false, got "
+                                                         f"{value!r}")
+            out[key] = value
+        elif key != "method":
+            out[key] = r.integer(f"optimize.{key}", value)
+    out.setdefault("log_objectives", method == "trace")
+    return out
 
 
 def budgets_as_constraints(budgets: Mapping[str, tuple[float | None, float | None]]) -> dict:

@@ -66,17 +66,46 @@ def test_sweep_writes_table_front_and_plot(workdir, capsys):
     assert (folder / "pareto.png").stat().st_size > 10_000
 
 
-def test_optimize_returns_a_feasible_front(workdir, capsys):
-    config = _small(workdir, **{"n_preferences = 12": "n_preferences = 4",
-                                "outer_steps = 6": "outer_steps = 3",
-                                "inner_steps = 20": "inner_steps = 10"})
-    assert main(["optimize", str(config), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"ok: \d+ designs on the feasible front", out)
+def _front_of(workdir):
     front = (workdir / "dse-out" / "h100_gpt3" / "optimize_front.csv").read_text().splitlines()
     assert len(front) >= 2 and "feasible" in front[0]
     assert all(line.split(",")[front[0].split(",").index("feasible")] == "True"
                for line in front[1:])
+    return front
+
+
+def test_optimize_returns_a_feasible_front(workdir, capsys):
+    # The example traces its two-objective front; a coarse spacing keeps the test quick.
+    config = _small(workdir, **{"spacing = 0.05": "spacing = 0.2",
+                                "max_steps = 200": "max_steps = 12"})
+    assert main(["optimize", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"ok: \d+ designs on the feasible front", out) and "trace:" in out
+    _front_of(workdir)
+
+
+def test_optimize_multistart_from_the_config(workdir, capsys):
+    config = _small(workdir, **{'method = "trace"\nspacing = 0.05': 'method = "multistart"\n'
+                                'n_preferences = 4\nn_starts = 1\nouter_steps = 2\n'
+                                'inner_steps = 10', "max_steps = 200\n": ""})
+    assert main(["optimize", str(config), "--quiet"]) == 0
+    assert re.search(r"ok: \d+ designs on the feasible front", capsys.readouterr().out)
+    _front_of(workdir)
+
+
+@pytest.mark.parametrize(("replace", "key", "message"), [
+    ({"spacing = 0.05": "spacing = 0.05\nn_starts = 2"}, "optimize.n_starts",
+     "belongs to method 'multistart'"),
+    ({'method = "trace"': 'method = "annealing"'}, "optimize.method", "unknown value"),
+    ({"spacing = 0.05": "spacing = -1"}, "optimize.spacing", "must be > 0"),
+    ({'step_time = "min"': 'step_time = "min"\npower = "min"'}, "optimize.method",
+     "needs exactly two"),
+])
+def test_bad_optimize_table_is_one_line_exit_2(replace, key, message, workdir, capsys):
+    config = _small(workdir, **replace)
+    assert main(["optimize", str(config), "--quiet"]) == EXIT_BAD_INPUT
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and key in line and message in line, line
 
 
 def test_sensitivity_ranks_fields(workdir, capsys):
