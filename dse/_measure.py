@@ -341,6 +341,12 @@ OPERATOR_BOUNDS = dict(matrix_max=(0.01, 1.0), matrix_overhead_s=(1e-8, 1e-2),
                        memory_max=(0.01, 1.0), memory_overhead_s=(1e-8, 1e-2))
 
 
+# Bounds of `Efficiency.attention_scale` (fused attention's fraction of the GEMM efficiency):
+# a fraction in (1%, 100%] (a search box, not a fitted value). Not in OPERATOR_BOUNDS: the
+# kernel rows have no fused attention, and the default Efficiency has no such leaf (None).
+ATTENTION_SCALE_BOUNDS = (0.01, 1.0)
+
+
 def shared_kernel_measurements(data_dir: str | os.PathLike | None = None) -> Measurements:
     """The single-chip kernel rows of ../shared/data as `Measurements`.
 

@@ -52,12 +52,28 @@ class Efficiency(eqx.Module):
     - `matrix_overhead_s`: start-up time of a matrix op, s.
     - `memory_max`: sustained fraction of peak HBM bandwidth on large transfers.
     - `memory_overhead_s`: start-up time of a memory-bound op, s.
+    - `attention_scale`: sustained fraction of the matrix efficiency that fused
+      (FlashAttention-style) attention kernels reach: their compute time is
+      (flops / peak + matrix_overhead_s) / (matrix_max * attention_scale). A fused attention
+      kernel interleaves its matrix products with the online softmax and sustains less than a
+      large GEMM: FlashAttention-2 reaches 50-73% of the A100's theoretical maximum FLOP/s
+      over its benchmarked settings (Dao 2023, arXiv 2307.08691, abstract; Sec. 4.1) against
+      ~87% for large GEMMs (chips.csv: A100 measured max-achievable matmul 271.2 of 312
+      TFLOP/s), a ratio of roughly 0.57-0.84. The default None means 1.0 (fused attention at
+      the GEMM efficiency, bit for bit the model before this field existed) and is NOT
+      calibrated: ../shared/data has no fused-attention timing. None is no pytree leaf, so
+      calibrations of the other four fields (and the files they wrote) are unchanged; give a
+      value (e.g. `jnp.asarray(1.0)`) to make it a leaf that `dse.calibrate` fits to
+      fused-attention timings (bounds `dse._measure.ATTENTION_SCALE_BOUNDS`). Unfused
+      attention (materialized scores: batched GEMMs and softmax) runs as GEMMs and
+      element-wise ops and does not use it.
     """
 
     matrix_max: Float[Array, ""]
     matrix_overhead_s: Float[Array, ""]
     memory_max: Float[Array, ""]
     memory_overhead_s: Float[Array, ""]
+    attention_scale: Float[Array, ""] | None = None
 
 
 # Fitted by `python -m dse.models._fit_efficiency` (models/_fit_efficiency.py) to the LLMCompass
@@ -138,18 +154,24 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-def _times(chip: Chip, flops, hbm_bytes, eff: Efficiency, active, matrix: bool = True):
+def _times(chip: Chip, flops, hbm_bytes, eff: Efficiency, active, matrix: bool = True,
+           fused_attention: bool = False):
     """Compute and memory times with the size-dependent efficiency.
 
-    `active` is 1 where the op exists (a zero-size op costs no start-up time). Vector work
-    (`matrix=False`) has no measured efficiency to fit: it runs at the vector peak and shares the
-    memory-op start-up time (element-wise ops are memory-bound on every chip in chips.csv).
+    `active` is 1 where the op exists (a zero-size op costs no start-up time). A fused
+    attention kernel (`fused_attention`) sustains `eff.attention_scale` (None: 1) of the matrix
+    efficiency. Vector work (`matrix=False`) has no measured efficiency to fit: it runs at the
+    vector peak and shares the memory-op start-up time (element-wise ops are memory-bound on
+    every chip in chips.csv).
     A chip without HBM (`hbm_bandwidth == 0`) keeps its operands in SRAM: no HBM time.
     """
     ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
     memory_time = active * (ideal_m + eff.memory_overhead_s) / eff.memory_max
     if matrix:
-        compute_time = active * (flops / chip.peak_flops + eff.matrix_overhead_s) / eff.matrix_max
+        matrix_max = eff.matrix_max
+        if fused_attention and eff.attention_scale is not None:
+            matrix_max = matrix_max * eff.attention_scale
+        compute_time = active * (flops / chip.peak_flops + eff.matrix_overhead_s) / matrix_max
     else:
         compute_time = active * (flops / chip.vector_flops + eff.memory_overhead_s)
     return compute_time, memory_time
@@ -234,6 +256,7 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     2023; block rows = S / (4 head_dim) as in Dao et al. 2022, Alg. 1). GQA / MQA: the
     heads / kv_heads query heads that share a KV head are processed together, so K and V are read
     per KV head, not per query head.
+    Compute runs at `efficiency.attention_scale` of the GEMM efficiency (see `Efficiency`).
 
     **Arguments:**
 
@@ -263,7 +286,7 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     k_v = 2.0 * batch * kv_heads * kv_len * head_dim * jnp.maximum(kv_passes * kv_fraction, 1.0)
     hbm_bytes = (q_o + k_v) * bytes_per_element
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active, fused_attention=True)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
@@ -278,6 +301,7 @@ def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads:
     Dao 2023, Sec. 3.2 / benchmark FLOP count). HBM traffic (Dao 2023, Alg. 2 loop order): K, V
     read and dK, dV written once per KV block pass; Q, O, dO read and dQ read and written once per
     block of keys that fits on chip (block = S / (4 head_dim) rows).
+    Compute runs at `efficiency.attention_scale` of the GEMM efficiency (see `Efficiency`).
 
     **Arguments:** as `attention`.
 
@@ -294,7 +318,7 @@ def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads:
     q_side = 5.0 * batch * heads * q_len * head_dim * q_passes  # Q, O, dO read; dQ read + write
     hbm_bytes = (kv + q_side) * bytes_per_element
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active, fused_attention=True)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
