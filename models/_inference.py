@@ -205,7 +205,8 @@ def _efficiency(plan: InferencePlan, base: Efficiency | None = None) -> Efficien
     if not plan.fused:
         return base
     return Efficiency(base.matrix_max, jnp.zeros_like(base.matrix_overhead_s),
-                      base.memory_max, jnp.zeros_like(base.memory_overhead_s))
+                      base.memory_max, jnp.zeros_like(base.memory_overhead_s),
+                      base.attention_scale)
 
 
 def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, context):
