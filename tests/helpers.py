@@ -23,6 +23,15 @@ def shared_data_dir() -> Path:
     return path
 
 
+def assert_trees_identical(a, b) -> None:
+    """Assert two pytrees have the same structure and bit-identical leaves."""
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def tree_allclose(a, b, rtol=1e-6, atol=0.0) -> bool:
     """True when two pytrees have the same structure and all leaves are close."""
     la, ta = jax.tree.flatten(a)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference
+from helpers import assert_trees_identical, central_difference
 
 import dse
 from dse._calibrate import param_names
@@ -44,14 +44,6 @@ def with_scale(scale, eff=None):
     return dataclasses.replace(eff, attention_scale=jnp.asarray(scale, eff.matrix_max.dtype))
 
 
-def assert_identical(a, b):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def _ops(eff, shape=SHAPES.T, causal=True):
     kw = dict(causal=causal, efficiency=eff)
     return attention(A100, *shape, **kw), attention_backward(A100, *shape, **kw)
@@ -68,17 +60,17 @@ def test_default_has_no_leaf_and_is_the_gemm_efficiency_bit_for_bit():
             # The compute time is the GEMM formula on the op's FLOPs, bit for bit.
             expected = (cost.flops / A100.peak_flops + eff.matrix_overhead_s) / eff.matrix_max
             np.testing.assert_array_equal(np.asarray(cost.compute_time), np.asarray(expected))
-        assert_identical(none, _ops(eff, causal=causal))
-        assert_identical(none, _ops(with_scale(1.0), causal=causal))
+        assert_trees_identical(none, _ops(eff, causal=causal))
+        assert_trees_identical(none, _ops(with_scale(1.0), causal=causal))
 
 
 @pytest.mark.parametrize("flash", [True, False])
 def test_train_step_and_prefill_defaults_are_bit_identical(flash):
     one = with_scale(1.0)
-    assert_identical(train_step(SMALL, PLAN, DGX, flash_attention=flash),
+    assert_trees_identical(train_step(SMALL, PLAN, DGX, flash_attention=flash),
                      train_step(SMALL, PLAN, DGX, flash_attention=flash, efficiency=one))
     plan = InferencePlan(tp=8.0, batch=4.0, fused=flash)
-    assert_identical(prefill(SMALL, plan, DGX, 4096.0),
+    assert_trees_identical(prefill(SMALL, plan, DGX, 4096.0),
                      prefill(SMALL, plan, DGX, 4096.0, efficiency=one))
 
 
@@ -100,7 +92,7 @@ def test_smaller_scale_slows_fused_attention_only():
     assert float(d1.time) == float(d0.time)
     # GEMMs keep the GEMM efficiency.
     m = jnp.asarray([64.0, 4096.0, 16384.0])
-    assert_identical(gemm(A100, m, 4096.0, 4096.0),
+    assert_trees_identical(gemm(A100, m, 4096.0, 4096.0),
                      gemm(A100, m, 4096.0, 4096.0, efficiency=with_scale(0.7)))
 
 
@@ -110,7 +102,7 @@ def test_smaller_scale_slows_a_flash_step_and_a_prefill_but_not_unfused_attentio
     t1 = float(train_step(SMALL, PLAN, DGX, flash_attention=True, efficiency=slow).step_time)
     assert t1 > t0
     # Unfused attention (batched GEMMs + softmax) runs at the GEMM efficiency.
-    assert_identical(train_step(SMALL, PLAN, DGX, flash_attention=False),
+    assert_trees_identical(train_step(SMALL, PLAN, DGX, flash_attention=False),
                      train_step(SMALL, PLAN, DGX, flash_attention=False, efficiency=slow))
     # Fused and eager inference runtimes both keep the scale (the fused runtime drops only the
     # start-up times).

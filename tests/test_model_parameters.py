@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference
+from helpers import assert_trees_identical, central_difference
 
 from dse.hardware import SYSTEMS
 from dse.models import (
@@ -82,14 +82,6 @@ def scaled(**factors) -> Efficiency:
     return dataclasses.replace(base, **{k: getattr(base, k) * v for k, v in factors.items()})
 
 
-def assert_identical(a, b):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 # ----- the shipped defaults passed explicitly are the defaults ------------------------------
 
 DEFAULTS = dict(efficiency=default_efficiency(),
@@ -103,34 +95,34 @@ def test_training_explicit_defaults_equal_none(model, flash):
     for system in (DGX, TPU):
         none = evaluate_plans(model, plans, system, flash_attention=flash)
         given = evaluate_plans(model, plans, system, flash_attention=flash, **DEFAULTS)
-        assert_identical(none, given)
+        assert_trees_identical(none, given)
         plan = jax.tree.map(lambda x: x[0], plans)
-        assert_identical(train_step(model, plan, system, flash_attention=flash),
+        assert_trees_identical(train_step(model, plan, system, flash_attention=flash),
                          train_step(model, plan, system, flash_attention=flash, **DEFAULTS))
-        assert_identical(layer_time(model, plan, system, flash_attention=flash),
+        assert_trees_identical(layer_time(model, plan, system, flash_attention=flash),
                          layer_time(model, plan, system, flash_attention=flash, **DEFAULTS))
 
 
 def test_best_plan_and_fit_cases_explicit_defaults_equal_none():
     kw = dict(recompute=(1,), zero_stages=(0, 1))
-    assert_identical(best_plan(SMALL, DGX, 256, **kw), best_plan(SMALL, DGX, 256, **kw,
+    assert_trees_identical(best_plan(SMALL, DGX, 256, **kw), best_plan(SMALL, DGX, 256, **kw,
                                                                   **DEFAULTS))
     for case in training_cases()[::9]:
         v0, p0, _ = predict(case)
         v1, p1, _ = predict(case, efficiency=DEFAULTS["efficiency"],
                             link_efficiency=SCALEUP_LINK_EFFICIENCY)
         assert v0 == v1, case.run_id
-        assert_identical(p0, p1)
+        assert_trees_identical(p0, p1)
 
 
 @pytest.mark.parametrize("plan", inference_plans(), ids=lambda p: f"{p.layout}-{p.fused}")
 def test_inference_explicit_defaults_equal_none(plan):
     for model, system in ((MQA, TPU), (SMALL, DGX)):
-        assert_identical(prefill(model, plan, system, 512.0),
+        assert_trees_identical(prefill(model, plan, system, 512.0),
                          prefill(model, plan, system, 512.0, **DEFAULTS))
-        assert_identical(decode(model, plan, system, 700.0),
+        assert_trees_identical(decode(model, plan, system, 700.0),
                          decode(model, plan, system, 700.0, **DEFAULTS))
-        assert_identical(serve(model, plan, system, 8.0, 256.0, 64.0),
+        assert_trees_identical(serve(model, plan, system, 8.0, 256.0, 64.0),
                          serve(model, plan, system, 8.0, 256.0, 64.0, **DEFAULTS))
 
 
@@ -139,7 +131,7 @@ def test_collectives_explicit_default_equals_none(collective):
     n = jnp.asarray([1e3, 1e6, 4e8])
     for system in (DGX, TPU, SYSTEMS["DGX-A100"].with_num_chips(8)):
         for group, stride in ((1.0, 1.0), (4.0, 1.0), (16.0, 2.0), (64.0, 1.0)):
-            assert_identical(collective(system, n, group, stride=stride),
+            assert_trees_identical(collective(system, n, group, stride=stride),
                              collective(system, n, group, stride=stride,
                                         link_efficiency=SCALEUP_LINK_EFFICIENCY))
 
