@@ -9,7 +9,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dse.models import TrainingPlan
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def random_plans(n, seed=0, moe=False):
+    """`n` training plans over 64 chips with every knob varied (expert parallelism up to 2 for
+    an MoE, 1 otherwise)."""
+    rng = np.random.default_rng(seed)
+    tp = rng.choice([1.0, 2.0, 4.0, 8.0], n)
+    pp = rng.choice([1.0, 2.0, 4.0], n)
+    dp = 64.0 / (tp * pp)
+    b = rng.choice([1.0, 2.0], n)
+    m = rng.choice([4.0, 8.0], n)
+    ep = rng.choice([1.0, 2.0], n) if moe else np.ones(n)
+    return TrainingPlan(tp=tp, pp=pp, dp=dp, ep=ep, microbatch_size=b, global_batch=dp * b * m,
+                        interleave=np.where(pp > 1, rng.choice([1.0, 2.0], n), 1.0),
+                        sequence_parallel=np.where(tp > 1, rng.integers(0, 2, n), 0),
+                        recompute=rng.integers(0, 3, n).astype(float),
+                        zero_stage=rng.integers(0, 4, n).astype(float),
+                        dp_overlap=rng.integers(0, 2, n).astype(float))
 
 
 def shared_data_dir() -> Path:

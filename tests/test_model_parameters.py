@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_trees_identical, central_difference
+from helpers import assert_trees_identical, central_difference, random_plans
 
 from dse.hardware import SYSTEMS
 from dse.models import (
@@ -50,22 +50,6 @@ MOE = Transformer(layers=4.0, hidden=1024.0, heads=16.0, kv_heads=16.0, ffn_hidd
 MQA = Transformer(layers=4.0, hidden=2048.0, heads=16.0, kv_heads=1.0, ffn_hidden=8192.0,
                   vocab=32000.0, seq_len=2048.0, gated_mlp=True)
 
-
-def random_plans(n, seed=0, moe=False):
-    """Plans over 64 chips with every knob varied (expert parallelism up to 2 for an MoE)."""
-    rng = np.random.default_rng(seed)
-    tp = rng.choice([1.0, 2.0, 4.0, 8.0], n)
-    pp = rng.choice([1.0, 2.0, 4.0], n)
-    dp = 64.0 / (tp * pp)
-    b = rng.choice([1.0, 2.0], n)
-    m = rng.choice([4.0, 8.0], n)
-    ep = rng.choice([1.0, 2.0] if moe else [1.0], n)
-    return TrainingPlan(tp=tp, pp=pp, dp=dp, ep=ep, microbatch_size=b, global_batch=dp * b * m,
-                        interleave=np.where(pp > 1, rng.choice([1.0, 2.0], n), 1.0),
-                        sequence_parallel=np.where(tp > 1, rng.integers(0, 2, n), 0),
-                        recompute=rng.integers(0, 3, n).astype(float),
-                        zero_stage=rng.integers(0, 4, n).astype(float),
-                        dp_overlap=rng.integers(0, 2, n).astype(float))
 
 
 def inference_plans():

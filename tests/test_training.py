@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, shared_data_dir
+from helpers import central_difference, random_plans, shared_data_dir
 
 from dse.hardware import CHIPS, SYSTEMS, System
 from dse.models import (
@@ -50,22 +50,6 @@ def small_model(**changes):
 
 SMALL = small_model()
 
-
-def random_plans(n, seed=0):
-    """Plans over a 64-chip system: every knob varied."""
-    rng = np.random.default_rng(seed)
-    tp = rng.choice([1.0, 2.0, 4.0, 8.0], n)
-    pp = rng.choice([1.0, 2.0, 4.0], n)
-    dp = 64.0 / (tp * pp)
-    b = rng.choice([1.0, 2.0], n)
-    m = rng.choice([4.0, 8.0], n)
-    return TrainingPlan(tp=tp, pp=pp, dp=dp, ep=np.ones(n), microbatch_size=b,
-                        global_batch=dp * b * m,
-                        interleave=np.where(pp > 1, rng.choice([1.0, 2.0], n), 1.0),
-                        sequence_parallel=np.where(tp > 1, rng.integers(0, 2, n), 0),
-                        recompute=rng.integers(0, 3, n).astype(float),
-                        zero_stage=rng.integers(0, 4, n).astype(float),
-                        dp_overlap=rng.integers(0, 2, n).astype(float))
 
 
 def index(tree, i):
