@@ -1,4 +1,4 @@
-"""Model every row of ../shared/data/inference_runs.csv that states enough to be modelled.
+"""Model every row of data//inference_runs.csv that states enough to be modelled.
 
 `inference_rows(data_dir)` returns one dict per measured quantity (a row with both a prefill and
 a per-token decode latency gives two): row_id, source, chips, measured, predicted, unit, and
@@ -134,7 +134,7 @@ def inference_rows(data_dir) -> list[dict]:
 
     **Arguments:**
 
-    - `data_dir`: the ../shared/data folder.
+    - `data_dir`: the data/ folder.
 
     **Returns:** list of dict(row_id, source, chips, measured, predicted, unit, seconds)
     (latencies in ms; `seconds(efficiency, link_efficiency, latency_scale=None)` the modelled

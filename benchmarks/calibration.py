@@ -1,4 +1,4 @@
-"""Leave-one-source-out error of the models on the rows of ../shared/data, before and after
+"""Leave-one-source-out error of the models on the rows of data/, before and after
 calibration, with and without the learned residual.
 
 Parameters: the operator `Efficiency` (four leaves), the sustained `kernel_fraction` of training
@@ -229,7 +229,7 @@ def _collective_rows(data_dir) -> Measurements:
 
 
 def build(data_dir=None):
-    """Kernel, collective, training and inference rows of ../shared/data as one
+    """Kernel, collective, training and inference rows of data/ as one
     `Measurements`, and the model that predicts them: `(data, model_fn)`."""
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     kern = shared_kernel_measurements(data_dir)

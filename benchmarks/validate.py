@@ -1,4 +1,4 @@
-"""Validate the workload models against every modellable row of ../shared/data.
+"""Validate the workload models against every modellable row of data/.
 
 Training: each row of training_runs.csv that states enough (`dse.models._fit_training.
 training_cases`) is predicted with `train_step` (or `best_plan` where the source does not give

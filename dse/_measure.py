@@ -348,7 +348,7 @@ ATTENTION_SCALE_BOUNDS = (0.01, 1.0)
 
 
 def shared_kernel_measurements(data_dir: str | os.PathLike | None = None) -> Measurements:
-    """The single-chip kernel rows of ../shared/data as `Measurements`.
+    """The single-chip kernel rows of data/ as `Measurements`.
 
     The LLMCompass A100 per-operator latencies (inference_runs.csv, llmcompass_fig5 rows,
     notes column) and the A100 40GB measured max-achievable matmul (chips.csv, stas00/ml-
@@ -368,7 +368,7 @@ def shared_kernel_measurements(data_dir: str | os.PathLike | None = None) -> Mea
         sources.append("stas00_mamf" if label.startswith("mamf") else "llmcompass_fig5")
     return kernel_measurements(
         rows, chips, sources=sources,
-        description="../shared/data: LLMCompass A100 80GB per-operator latencies "
+        description="data/: LLMCompass A100 80GB per-operator latencies "
                     "(inference_runs.csv llmcompass_fig5 rows; GEMMs and element-wise ops over "
                     "1 us ideal) and the A100 40GB measured max-achievable matmul (chips.csv)")
 

@@ -1,6 +1,6 @@
 """The fits behind the hardware layer's few fitted constants. Each names its data.
 
-Run `python -m dse.hardware._fit PATH/TO/shared/data` to print the fitted constants; the
+Run `python -m dse.hardware._fit [DATA_DIR]` (default: the repository's `data/`) to print the fitted constants; the
 stored values in `_area.py` and `_power.py` are what these functions return, and
 `tests/test_hardware_fit.py` checks that they still do.
 """
@@ -140,7 +140,9 @@ def fit_mma_size_term(data_dir: str | Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":  # pragma: no cover - a maintenance entry point
-    data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
+    from dse.data import data_dir
+
+    data = sys.argv[1] if len(sys.argv) > 1 else data_dir()
     print("COMPUTE_TRANSISTORS =", fit_compute_transistors(data))
     print("power constants =", fit_power_constants(data))
     print("MMA-size check =", fit_mma_size_term(data))

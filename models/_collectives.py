@@ -40,7 +40,7 @@ from ._operators import _f, _safe_div
 
 # Fraction of the scale-up links' bandwidth a collective sustains (NCCL bus bandwidth / link
 # bandwidth). Fitted by `models/_fit_efficiency.py: fit_link_efficiency` to the LLMCompass A100
-# tensor-parallel all-reduce measurement (../shared/data/inference_runs.csv,
+# tensor-parallel all-reduce measurement (data//inference_runs.csv,
 # llmcompass_a100x4_gpt3_layer_prefill, AllReduce_MHA: 403 MB over 4 GPUs in 2.89 ms); the
 # test re-runs the fit. The scale-out tier is taken at its stated per-chip bandwidth.
 SCALEUP_LINK_EFFICIENCY = 0.6964

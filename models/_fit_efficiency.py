@@ -1,7 +1,7 @@
 """Fit the operator efficiency curve (`models/_operators.py: FITTED_EFFICIENCY`) and the scale-up
 link efficiency (`models/_collectives.py: SCALEUP_LINK_EFFICIENCY`) to measurements.
 
-Data (all in ../shared/data, each row names its source):
+Data (all in data/, each row names its source):
 
 - `inference_runs.csv`, rows `llmcompass_a100x4_gpt3_layer_prefill` and `..._decode`: measured
   latencies of every operator of one GPT-3 175B layer on an A100 80GB with tensor parallel 4,
@@ -23,7 +23,6 @@ squared log-ratio of modelled to measured time (relative error, so a 50 us op we
 from __future__ import annotations
 
 import csv
-import os
 import re
 from pathlib import Path
 
@@ -47,9 +46,10 @@ MIN_IDEAL_TIME_S = 1e-6
 
 
 def default_data_dir() -> Path:
-    """`$DSE_SHARED_DATA`, or `../shared/data` beside the repository."""
-    env = os.environ.get("DSE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    """The repository's published data (`dse.data`, installed with the package)."""
+    from dse.data import data_dir
+
+    return data_dir()
 
 
 def _rows(path: Path) -> list[dict]:

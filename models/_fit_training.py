@@ -1,4 +1,4 @@
-"""Published LLM training measurements as modelled cases (../shared/data/training_runs.csv).
+"""Published LLM training measurements as modelled cases (data//training_runs.csv).
 
 Each row that states enough to be modelled becomes a `TrainingCase`: the model shape from the
 row, the system it ran on, the plan it states (or a constraint on the plan that `best_plan`
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 from pathlib import Path
 
 import jax
@@ -47,9 +46,10 @@ FIT_SOURCES = ("korthikanti_table4", "megatron_readme_2020", "megatron_sc21_tabl
 
 
 def default_data_dir() -> Path:
-    """`$DSE_SHARED_DATA`, or `../shared/data` beside the repository."""
-    env = os.environ.get("DSE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    """The repository's published data (`dse.data`, installed with the package)."""
+    from dse.data import data_dir
+
+    return data_dir()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,7 +61,7 @@ class Efficiency(eqx.Module):
       ~87% for large GEMMs (chips.csv: A100 measured max-achievable matmul 271.2 of 312
       TFLOP/s), a ratio of roughly 0.57-0.84. The default None means 1.0 (fused attention at
       the GEMM efficiency, bit for bit the model before this field existed) and is NOT
-      calibrated: ../shared/data has no fused-attention timing. None is no pytree leaf, so
+      calibrated: data/ has no fused-attention timing. None is no pytree leaf, so
       calibrations of the other four fields (and the files they wrote) are unchanged; give a
       value (e.g. `jnp.asarray(1.0)`) to make it a leaf that `dse.calibrate` fits to
       fused-attention timings (bounds `dse._measure.ATTENTION_SCALE_BOUNDS`). Unfused
@@ -77,7 +77,7 @@ class Efficiency(eqx.Module):
 
 
 # Fitted by `python -m dse.models._fit_efficiency` (models/_fit_efficiency.py) to the LLMCompass
-# A100 per-operator latencies (../shared/data/inference_runs.csv, rows llmcompass_a100x4_gpt3_*,
+# A100 per-operator latencies (data//inference_runs.csv, rows llmcompass_a100x4_gpt3_*,
 # notes column) and the A100 measured max-achievable matmul (chips.csv); tests/test_operators.py
 # re-runs the fit and checks these values.
 FITTED_EFFICIENCY = dict(

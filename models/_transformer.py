@@ -229,7 +229,7 @@ _TRANSFORMERS: dict[str, Transformer] = {
     "megatron-530b": _gpt("megatron-530b", 105, 20480, 128, 2048),
     "megatron-1t": _gpt("megatron-1t", 128, 25600, 160, 2048),
     # Narayanan et al. 2021 (SC21, arXiv:2104.04473) Table 1 (shapes as in
-    # ../shared/data/training_runs.csv, source_key megatron_sc21_table1).
+    # data//training_runs.csv, source_key megatron_sc21_table1).
     "gpt-1.7b": _gpt("gpt-1.7b", 24, 2304, 24, 2048),
     "gpt-3.6b": _gpt("gpt-3.6b", 30, 3072, 32, 2048),
     "gpt-7.5b": _gpt("gpt-7.5b", 36, 4096, 32, 2048),

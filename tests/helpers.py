@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -32,15 +31,11 @@ def random_plans(n, seed=0, moe=False):
                         dp_overlap=rng.integers(0, 2, n).astype(float))
 
 
-def shared_data_dir() -> Path:
-    """`../shared/data` beside the checkout (or $DSE_SHARED_DATA): the published measurements."""
-    env = os.environ.get("DSE_SHARED_DATA")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (path / "chips.csv").exists():
-        raise FileNotFoundError(
-            f"published data not found at {path}; set DSE_SHARED_DATA to the shared/data folder"
-        )
-    return path
+def data_dir() -> Path:
+    """The repository's published data folder (`dse.data`): specs and measurements."""
+    from dse.data import data_dir as folder
+
+    return folder()
 
 
 def assert_trees_identical(a, b) -> None:

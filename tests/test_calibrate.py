@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import shared_data_dir, tree_allclose
+from helpers import data_dir, tree_allclose
 
 import dse
 from dse._calibrate import LOSS_CHANGE_TOL, bootstrap_weights
@@ -277,7 +277,7 @@ def test_shipped_defaults_reproduce_and_name_their_data():
     assert "shared/data" in shipped.description and "LLMCompass" in shipped.description
     assert shipped.sources == ("llmcompass_fig5", "stas00_mamf")
     # Re-run the fit that wrote the file (benchmarks/calibration.py: write_defaults).
-    data = shared_kernel_measurements(shared_data_dir())
+    data = shared_kernel_measurements(data_dir())
     r = dse.calibrate(dse.operator_model, default_efficiency(), data, bounds=OPERATOR_BOUNDS,
                       validation="none")
     np.testing.assert_allclose(np.asarray(r.value), np.asarray(shipped.value), rtol=2e-3)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, shared_data_dir
+from helpers import central_difference, data_dir
 
 from dse.hardware import SYSTEMS, Chip, System
 from dse.models import _fit_efficiency
@@ -209,7 +209,7 @@ def test_gradients_match_finite_differences(name, topology):
 
 def test_link_efficiency_fit_reproduces_constant_and_measurement():
     # Fit data: LLMCompass A100 x4 tensor-parallel all-reduce (inference_runs.csv), 2.8909 ms.
-    assert _fit_efficiency.fit_link_efficiency(shared_data_dir()) == SCALEUP_LINK_EFFICIENCY
+    assert _fit_efficiency.fit_link_efficiency(data_dir()) == SCALEUP_LINK_EFFICIENCY
     n = 8 * 2048 * 12288 * 2.0
     cost = all_reduce(system().replace(scaleup_latency=1e-6), n, 4.0)
     np.testing.assert_allclose(float(cost.time), 2.8909e-3, rtol=0.01)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from helpers import shared_data_dir
+from helpers import data_dir
 
 from dse.hardware import CHIPS, PUBLISHED, Activity, area, power
 from dse.hardware._area import COMPUTE_TRANSISTORS
@@ -23,18 +23,18 @@ from dse.hardware._presets import CHIPS_CSV_NAME
 
 @pytest.fixture(scope="module")
 def rows():
-    return read_chips_csv(shared_data_dir())
+    return read_chips_csv(data_dir())
 
 
 def test_fitted_area_constants_are_what_the_fit_returns(rows):
-    fitted = fit_compute_transistors(shared_data_dir())
+    fitted = fit_compute_transistors(data_dir())
     for kind, values in fitted.items():
         for key, value in values.items():
             np.testing.assert_allclose(COMPUTE_TRANSISTORS[kind][key], value, rtol=1e-6)
 
 
 def test_fitted_power_constants_are_what_the_fit_returns():
-    fitted = fit_power_constants(shared_data_dir())
+    fitted = fit_power_constants(data_dir())
     np.testing.assert_allclose(ENERGY_PER_MAC_7NM, fitted["energy_per_mac_7nm"], rtol=1e-4)
     np.testing.assert_allclose(STATIC_POWER_PER_MM2, fitted["static_power_per_mm2"], atol=1e-6)
 
@@ -120,7 +120,7 @@ def test_gpu_power_at_tdp_operating_point_within_20_percent(name, rows):
 
 def test_tdps_give_no_weight_to_an_mma_size_term():
     """Why B200 stays a miss: V100..H200 imply one energy per MAC, not one falling as n^(-1/3)."""
-    fitted = fit_mma_size_term(shared_data_dir())
+    fitted = fit_mma_size_term(data_dir())
     assert fitted["fetch_at_1024"] == 0.0
     np.testing.assert_allclose(fitted["arith_7nm"], ENERGY_PER_MAC_7NM, rtol=1e-4)
 

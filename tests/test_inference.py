@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, shared_data_dir
+from helpers import REPO, data_dir
 
 from dse.hardware import CHIPS, SYSTEMS, stack_chips
 from dse.models import (
@@ -263,7 +263,7 @@ def test_published_inference_rows_within_target():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from _inference_rows import inference_rows
 
-    rows = inference_rows(shared_data_dir())
+    rows = inference_rows(data_dir())
     assert len(rows) == 10
     errors = np.array([abs(r["predicted"] / r["measured"] - 1) for r in rows])
     assert errors.mean() <= 0.15

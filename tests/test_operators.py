@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, shared_data_dir
+from helpers import central_difference, data_dir
 
 from dse.hardware import Chip, stack_chips
 from dse.models import _fit_efficiency
@@ -199,14 +199,14 @@ def test_jit_does_not_recompile():
 
 
 def test_fit_reproduces_stored_constants():
-    refit = _fit_efficiency.fit(shared_data_dir())
+    refit = _fit_efficiency.fit(data_dir())
     for name, stored in FITTED_EFFICIENCY.items():
         np.testing.assert_allclose(refit[name], stored, rtol=2e-3, err_msg=name)
 
 
 def test_fitted_model_matches_a100_prefill_gemms():
     # Fit data: LLMCompass A100 per-op GEMM latencies (inference_runs.csv) within 5% each.
-    points = [p for p in _fit_efficiency.measurements(shared_data_dir())
+    points = [p for p in _fit_efficiency.measurements(data_dir())
               if p[0].startswith("prefill") and p[2] == "gemm"]
     with jax.enable_x64(True):
         model = _fit_efficiency.model_times(tuple(FITTED_EFFICIENCY.values()), points)
@@ -220,7 +220,7 @@ def test_fitted_model_matches_a100_prefill_gemms():
     ("NVIDIA B200 SXM 180GB", 2250.0, 1.965, 1745.0),
 ])
 def test_large_gemm_efficiency_out_of_sample(name, peak, clock, mamf):
-    with open(shared_data_dir() / "chips.csv", newline="") as f:
+    with open(data_dir() / "chips.csv", newline="") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}
     assert float(rows[name]["measured_max_matmul_bf16_tflops"]) == mamf
     chip = a100(mac_units=peak * 1e12 / (2 * clock * 1e9), clock_hz=clock * 1e9,

@@ -12,7 +12,7 @@ import venv
 import pytest
 from helpers import REPO
 
-SUBPACKAGES = ["dse", "dse.hardware", "dse.models", "dse.optimizers"]
+SUBPACKAGES = ["dse", "dse.hardware", "dse.models", "dse.optimizers", "dse.data"]
 
 
 @pytest.mark.slow
@@ -31,8 +31,11 @@ def test_plain_pip_install_into_fresh_venv_imports_every_subpackage(tmp_path):
                             "--quiet", str(REPO)], capture_output=True, text=True,
                            cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
+    # The published data installs with the package (fits and validation read it at run time).
     probe = ("import importlib, json; mods = [importlib.import_module(m) for m in "
-             f"{SUBPACKAGES!r}]; print(json.dumps([m.__file__ for m in mods]))")
+             f"{SUBPACKAGES!r}]; import dse.data as d; "
+             "assert all(d.path(f).is_file() for f in d.FILES), d.data_dir(); "
+             "print(json.dumps([m.__file__ for m in mods]))")
     run = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert run.returncode == 0, run.stderr[-2000:]

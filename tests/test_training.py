@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, random_plans, shared_data_dir
+from helpers import central_difference, random_plans, data_dir
 
 from dse.hardware import CHIPS, SYSTEMS, System
 from dse.models import (
@@ -59,7 +59,7 @@ def index(tree, i):
 # ----- published figures ---------------------------------------------------------------------
 
 def _cases(source):
-    return [c for c in training_cases(shared_data_dir()) if c.source_key == source]
+    return [c for c in training_cases(data_dir()) if c.source_key == source]
 
 
 def test_korthikanti_table5_step_times():
@@ -106,7 +106,7 @@ def test_fit_reproduces_stored_constant_and_sc21_table1():
     # One pass over every fitted row: the fit re-run reproduces SUSTAINED_KERNEL_FRACTION, and
     # Narayanan et al. 2021 (SC21) Table 1 per-GPU TFLOP/s (eq. 3 counting, layouts completed
     # by best_plan where the table gives only TP * PP) is within the 6% mean error.
-    cases = [c for c in training_cases(shared_data_dir()) if c.source_key in FIT_SOURCES]
+    cases = [c for c in training_cases(data_dir()) if c.source_key in FIT_SOURCES]
     results = [(c, predict_parts(c)) for c in cases]
     refit = fit_fraction_from_parts([parts for _, (_, _, parts) in results])
     np.testing.assert_allclose(refit, SUSTAINED_KERNEL_FRACTION, rtol=2e-3)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, shared_data_dir
+from helpers import central_difference, data_dir
 
 from dse.models import TRANSFORMERS, Transformer
 
@@ -35,7 +35,7 @@ def test_mixtral_active_parameters():
 
 
 def _training_rows():
-    with open(shared_data_dir() / "training_runs.csv", newline="") as f:
+    with open(data_dir() / "training_runs.csv", newline="") as f:
         return [r for r in csv.DictReader(f) if r["source_key"] == "megatron_sc21_table1"]
 
 

@@ -1,0 +1,32 @@
+"""dse.data: the published specifications and measurements dse fits and validates against.
+
+The CSV files beside this module are copies of public sources; every row names its source
+(README.md here describes the columns). They install with the package, so fits, validation,
+tests and benchmarks read this folder and nothing outside the repository.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+FILES = ("chips.csv", "tech.csv", "training_runs.csv", "inference_runs.csv")
+
+
+def data_dir() -> Path:
+    """The folder holding the published data files (installed with the package)."""
+    return Path(str(resources.files(__name__)))
+
+
+def path(name: str) -> Path:
+    """Path of one data file, e.g. `path("training_runs.csv")`.
+
+    **Arguments:**
+
+    - `name`: one of `FILES`.
+
+    **Returns:** the file's path.
+    """
+    if name not in FILES:
+        raise ValueError(f"dse.data.path: name must be one of {list(FILES)}; got {name!r}")
+    return data_dir() / name
