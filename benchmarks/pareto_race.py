@@ -43,7 +43,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import moocore
 import numpy as np
 
 import dse
@@ -142,7 +141,7 @@ def merge_front(front, f):
     both = np.concatenate([front, f]) if front.size else f
     if not both.size:
         return both
-    return both[moocore.is_nondominated(both)]
+    return both[opt.pareto_mask(both)]
 
 
 def reference_front(exact: Exact, n_points: int, seed: int, chunk: int = 1 << 18):
@@ -233,7 +232,7 @@ class Scale:
         return np.log(np.where(f > 0, f, np.nan)) if self.kind == "log" else f
 
     def fraction(self, f, feasible):
-        return opt.hypervolume(self(f), self.reference, feasible) / self.hv_ref
+        return opt.hypervolume(self(f), self.reference, feasible=feasible) / self.hv_ref
 
     def first_reaching(self, f, feasible, step=1024):
         t = self(f)

@@ -6,9 +6,10 @@ from . import optimizers as optimizers
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize as optimize
 from ._pareto import ParetoFront as ParetoFront
-from ._pareto import hypervolume as hypervolume
-from ._pareto import knee_point as knee_point
-from ._pareto import pareto_mask as pareto_mask
+from .optimizers import hypervolume as hypervolume
+from .optimizers import knee_point as knee_point
+from .optimizers import pareto_indices as pareto_indices
+from .optimizers import pareto_mask as pareto_mask
 from ._space import Param as Param
 from ._space import Space as Space
 from ._sweep import SweepNaNWarning as SweepNaNWarning

@@ -21,7 +21,7 @@ from . import hardware as hw
 from . import models, plot
 from ._format import si, table
 from ._optimize import EVALUATIONS_PER_JACOBIAN, optimize
-from ._pareto import hypervolume, knee_point
+from .optimizers import hypervolume, knee_point
 from ._sensitivity import sensitivity
 from ._space import Param, Space
 from ._study import make_objective

@@ -116,11 +116,10 @@ class OptimizeResult:
         return self.space.build(jnp.asarray(self.x[i]))
 
     def hypervolume(self, reference: Float[np.ndarray, " m"]) -> float:
-        """Exact hypervolume of the feasible designs, minimization sense: a maximized objective
-        enters as its negative, and so must its entry of `reference` (objective units)."""
-        signs = np.array([1.0 if d == "min" else -1.0 for _, d in self.objectives])
-        f = np.stack([self.metrics[n] for n, _ in self.objectives], axis=1) * signs
-        return opt.hypervolume(f, reference, self.feasible)
+        """Exact hypervolume of the feasible designs (`dse.hypervolume`): `reference` [m] in
+        the objectives' own units and signs, worse than the front in each of them."""
+        f = np.stack([self.metrics[n] for n, _ in self.objectives], axis=1)
+        return opt.hypervolume(f, reference, [d for _, d in self.objectives], self.feasible)
 
     def to_dataframe(self, front_only: bool = True):
         """A pandas table: parameters, metrics, margins (`margin_<name>`), feasibility, source."""
@@ -323,7 +322,7 @@ def optimize(
     dim = int(space.dim)
     names = tuple(space.names)
     obj_names = [n for n, _ in obj_spec]
-    signs = np.array([1.0 if d == "min" else -1.0 for _, d in obj_spec])
+    signs = opt.direction_signs([d for _, d in obj_spec], len(obj_spec))
 
     def metrics_of(x):
         return objective(space.build(x))
@@ -491,10 +490,8 @@ def optimize(
 
 def _check(metrics, obj_spec, budget_spec):
     """Exact budget check of evaluated designs: margins, feasibility, reasons, front, status."""
-    obj_names = [n for n, _ in obj_spec]
-    signs = np.array([1.0 if d == "min" else -1.0 for _, d in obj_spec])
     margins = _margins(metrics, budget_spec)
-    f_all = np.stack([metrics[n] for n in obj_names], axis=1) * signs
+    f_all = np.stack([metrics[n] for n, _ in obj_spec], axis=1)
     feasible = np.all(np.isfinite(f_all), axis=1)
     reasons = [[] if ok else ["non-finite objective"] for ok in feasible]
     for (name, low, high) in budget_spec:
@@ -503,7 +500,10 @@ def _check(metrics, obj_spec, budget_spec):
         for i in np.flatnonzero(broken):
             reasons[i].append(f"{_describe(name, low, high)} ({metrics[name][i]:.4g})")
     reason = np.array(["; ".join(r) for r in reasons], dtype=object)
-    front = opt.pareto_indices(f_all, feasible)
+    # The front of the feasible designs only: with none feasible it is empty, not the least
+    # bad ones ("feasible first" would show those).
+    front = opt.pareto_indices(f_all, [d for _, d in obj_spec], feasible)
+    front = front[feasible[front]]
 
     if feasible.any():
         status, message = "ok", (f"{len(front)} non-dominated feasible designs out of "

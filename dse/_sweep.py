@@ -36,6 +36,7 @@ from jaxtyping import Array, Float
 
 from . import _distributed as dist
 from ._pareto import ParetoFront, order_key
+from .optimizers import direction_signs
 from ._space import (
     Space,
     _check_n,
@@ -261,7 +262,9 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
                  directions, keep, bins, mesh, dtype):
     """The jitted chunk kernel and the host function giving its per-chunk input."""
     dim = space.dim
-    sign = {k: (1.0 if d == "min" else -1.0) for k, d in directions.items()}
+    # Python floats: a weakly typed factor keeps the kernel's dtype.
+    sign = {k: float(s) for k, s in zip(directions, direction_signs(list(directions.values()),
+                                                                   len(directions)), strict=True)}
 
     if method == "sobol":
         directions_int, shift = sobol_directions(dim, seed)

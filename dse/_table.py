@@ -99,7 +99,7 @@ class SweepResult:
 
     def pareto(self) -> SweepResult:
         """The rows on the Pareto front of `directions` (feasible first)."""
-        from ._pareto import pareto_mask
+        from .optimizers import pareto_mask
 
         if not self.directions:
             raise ValueError("this sweep has no directions; pass directions={metric: 'min'|'max'}")

@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .optimizers import pareto_mask
+
 # Units of the metric and field names used across dse (models' report fields, hardware fields).
 UNITS: dict[str, str] = {
     "time": "s", "step_time": "s", "ttft": "s", "tpot": "s", "total_latency": "s",
@@ -125,15 +127,6 @@ def _thin(idx: np.ndarray) -> np.ndarray:
     return idx[np.linspace(0, idx.size - 1, MAX_SCATTER_POINTS).astype(np.int64)]
 
 
-def _front_mask(xv, yv, directions, feasible):
-    from ._pareto import pareto_mask
-
-    mask = pareto_mask(np.stack([xv, yv], axis=1), list(directions), feasible)
-    if feasible is not None and feasible.any():
-        mask &= feasible
-    return mask
-
-
 def pareto_front(
     data: Any,
     x: str,
@@ -175,8 +168,8 @@ def pareto_front(
     yv = np.asarray(cols[y], np.float64)
     feasible = np.ones(xv.shape, bool) if feasible is None else np.asarray(feasible, bool)
     finite = np.isfinite(xv) & np.isfinite(yv)
-    front = _front_mask(np.where(finite, xv, np.nan), np.where(finite, yv, np.nan), directions,
-                        feasible & finite) & finite
+    front = pareto_mask(np.stack([np.where(finite, xv, np.nan), np.where(finite, yv, np.nan)],
+                                 axis=1), list(directions), feasible & finite) & finite
 
     fig = new_figure()
     ax = fig.add_subplot()

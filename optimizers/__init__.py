@@ -15,10 +15,13 @@ from ._continuation import trace_front as trace_front
 from ._multiobjective import CHEBYSHEV_AUGMENTATION as CHEBYSHEV_AUGMENTATION
 from ._multiobjective import MultiStartResult as MultiStartResult
 from ._multiobjective import chebyshev as chebyshev
-from ._multiobjective import hypervolume as hypervolume
 from ._multiobjective import multistart_minimize as multistart_minimize
-from ._multiobjective import nondominated as nondominated
-from ._multiobjective import pareto_indices as pareto_indices
 from ._multiobjective import preference_vectors as preference_vectors
 from ._multiobjective import sobol_unit as sobol_unit
 from ._multiobjective import weighted_sum as weighted_sum
+from ._pareto import direction_signs as direction_signs
+from ._pareto import hypervolume as hypervolume
+from ._pareto import knee_point as knee_point
+from ._pareto import oriented as oriented
+from ._pareto import pareto_indices as pareto_indices
+from ._pareto import pareto_mask as pareto_mask

@@ -18,10 +18,9 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import moocore
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._constraints import (
     LagrangianState,
@@ -95,43 +94,6 @@ def weighted_sum(
 ) -> Float[Array, "*batch"]:
     """sum_i w_i f_i: smooth, but reaches only the convex part of a front."""
     return jnp.sum(jnp.asarray(weights) * jnp.asarray(objectives), axis=-1)
-
-
-def nondominated(
-    objectives: Float[ArrayLike, "n m"], feasible: Bool[ArrayLike, " n"] | None = None
-) -> Bool[np.ndarray, " n"]:
-    """Mask of the feasible points that no other feasible point dominates (all minimized).
-
-    Points with a non-finite objective count as infeasible. Duplicates are all kept.
-    """
-    f = np.asarray(objectives, dtype=np.float64)
-    ok = np.all(np.isfinite(f), axis=1)
-    if feasible is not None:
-        ok &= np.asarray(feasible, dtype=bool)
-    mask = np.zeros(f.shape[0], dtype=bool)
-    if ok.any():
-        mask[np.flatnonzero(ok)] = moocore.is_nondominated(f[ok], keep_weakly=True)
-    return mask
-
-
-def hypervolume(
-    objectives: Float[ArrayLike, "n m"],
-    reference: Float[ArrayLike, " m"],
-    feasible: Bool[ArrayLike, " n"] | None = None,
-) -> float:
-    """Exact hypervolume dominated by the feasible points, bounded by `reference` (minimized).
-
-    Computed by `moocore.hypervolume`; points that do not strictly dominate the reference add
-    nothing and are dropped. Zero for an empty set.
-    """
-    f = np.asarray(objectives, dtype=np.float64).reshape(-1, np.size(reference))
-    ref = np.asarray(reference, dtype=np.float64)
-    ok = np.all(np.isfinite(f), axis=1) & np.all(f < ref, axis=1)
-    if feasible is not None:
-        ok &= np.asarray(feasible, dtype=bool)
-    if not ok.any():
-        return 0.0
-    return float(moocore.hypervolume(f[ok], ref=ref))
 
 
 class MultiStartResult(eqx.Module):
@@ -329,12 +291,3 @@ def multistart_minimize(
         n_gradients=int(n_starts * outer_steps * inner_steps),
     )
 
-
-def pareto_indices(
-    objectives: Float[ArrayLike, "n m"], feasible: Bool[ArrayLike, " n"] | None = None
-) -> Int[np.ndarray, " p"]:
-    """Indices of the non-dominated feasible points, sorted by the first objective."""
-    mask = nondominated(objectives, feasible)
-    idx = np.flatnonzero(mask)
-    f = np.asarray(objectives)[idx]
-    return idx[np.lexsort(f.T[::-1])] if idx.size else idx

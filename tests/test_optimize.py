@@ -153,7 +153,7 @@ def test_chip_budgets_feasible_and_rechecked(chip_space):
         np.testing.assert_allclose(float(a.total), res.metrics["area"][i], rtol=1e-5)
     for name in HW_LOOSE:
         assert np.all(res.front_margins[name] >= 0.0)
-    # Sorted by the first objective in its minimized form (-peak): the front runs from the
+    # Sorted best first in the first objective (the most peak): the front runs from the
     # largest, fastest chip down, and on a front area falls as peak falls.
     f = res.front_metrics
     assert np.all(np.diff(f["peak_flops"]) <= 0) and np.all(np.diff(f["area"]) <= 0)
@@ -165,7 +165,8 @@ def test_chip_budgets_feasible_and_rechecked(chip_space):
     assert res.n_gradients == 4 * 3 * 30
     assert res.history["objectives"].shape == (3, 4, 2)
     assert res.history["n_evaluations"][-1] == 16 + 3 * res.n_gradients
-    assert res.hypervolume(np.array([0.0, 2000.0])) > 0.0  # (-peak, area) against a bad chip
+    # Reference in the objectives' own signs: no peak, 2000 mm^2 (a bad chip in both).
+    assert res.hypervolume(np.array([0.0, 2000.0])) > 0.0
 
 
 @pytest.mark.parametrize("broken", sorted(HW_IMPOSSIBLE))

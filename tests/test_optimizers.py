@@ -121,7 +121,7 @@ def test_two_objective_front_is_analytic():
     np.testing.assert_allclose(x[n:], 2 * w2, atol=5e-3)
     f = np.asarray(res.objectives)
     np.testing.assert_allclose(f[:, 1], (2 - np.sqrt(f[:, 0])) ** 2, atol=1e-4)
-    assert np.all(O.nondominated(f))
+    assert np.all(O.pareto_mask(f))
 
 
 def test_multistart_is_deterministic():
@@ -174,11 +174,11 @@ def test_preference_vectors_on_simplex():
     np.testing.assert_allclose(w2[:, 0], [0, 0.25, 0.5, 0.75, 1.0])
 
 
-def test_nondominated_and_hypervolume_by_hand():
+def test_pareto_mask_and_hypervolume_by_hand():
     f = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0], [3.0, 3.0], [0.5, np.nan]])
-    np.testing.assert_array_equal(O.nondominated(f), [True, True, True, False, False])
+    np.testing.assert_array_equal(O.pareto_mask(f), [True, True, True, False, False])
     np.testing.assert_array_equal(
-        O.nondominated(f, feasible=[False, True, True, True, True]),
+        O.pareto_mask(f, feasible=[False, True, True, True, True]),
         [False, True, True, False, False])
     # Staircase against (4, 4): 3*1 + 2*1 + 1*1 = 6.
     assert O.hypervolume(f, [4.0, 4.0]) == pytest.approx(6.0)
@@ -212,7 +212,7 @@ def test_random_search_sobol_deterministic_and_counts():
     np.testing.assert_array_equal(a.feasible, 4 * a.u[:, 0] - 1 <= 1.5)
     ref = np.array([10.0, 10.0])
     for r in (a, c):
-        hv = O.hypervolume(r.objectives, ref, r.feasible)
+        hv = O.hypervolume(r.objectives, ref, feasible=r.feasible)
         assert 0.98 * _analytic_hv(ref) < hv <= _analytic_hv(ref) * (1 + 1e-9)
     with pytest.raises(ValueError, match="method"):
         O.random_search(_cube_problem, 1, 10, method="grid")
@@ -222,7 +222,7 @@ def test_nsga2_reaches_constrained_front():
     res = O.nsga2(_cube_problem, 1, pop_size=20, n_generations=15, seed=1)
     assert res.u.shape[0] == 1 + 20 * 15  # probe + one population per generation
     ref = np.array([10.0, 10.0])
-    hv = O.hypervolume(res.objectives, ref, res.feasible)
+    hv = O.hypervolume(res.objectives, ref, feasible=res.feasible)
     assert hv > 0.97 * _analytic_hv(ref)
     again = O.nsga2(_cube_problem, 1, pop_size=20, n_generations=15, seed=1)
     np.testing.assert_array_equal(res.u, again.u)
