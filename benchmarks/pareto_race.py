@@ -101,12 +101,9 @@ class Exact:
 
     def __init__(self, space, objective, chunk: int = 1 << 15):
         self.space, self.chunk, self.count = space, chunk, 0
-        lo, hi = np.asarray(space.lower), np.asarray(space.upper)
-        is_int = np.asarray(space.is_integer)
 
         def one(u):
-            x = space.from_unit(u)
-            x = jnp.where(jnp.asarray(is_int), jnp.clip(jnp.round(x), lo, hi), x)
+            x = space.snap(space.from_unit(u))
             m = objective(space.build(x))
             f = jnp.stack([m[k] for k in OBJECTIVES])
             g = jnp.stack([(m["power"] - POWER_BUDGET_W) / POWER_BUDGET_W,

@@ -205,30 +205,6 @@ def _describe(name, low, high) -> str:
     return f"{low:g} <= {name} <= {high:g}"
 
 
-def _snap(space, x):
-    """`Space.snap` on the host, in float64 (rows [n, dim]): integer knobs rounded into bounds."""
-    x = np.asarray(x, dtype=np.float64)
-    is_int = np.asarray(space.is_integer, dtype=bool)
-    lo = np.asarray(space.lower, dtype=np.float64)
-    hi = np.asarray(space.upper, dtype=np.float64)
-    return np.where(is_int, np.clip(np.round(x), lo, hi), x)
-
-
-def _integer_neighbours(space, x: np.ndarray) -> np.ndarray:
-    """Rows: x with its integer knobs at every floor/ceil combination (inside the bounds)."""
-    is_int = np.asarray(space.is_integer, dtype=bool)
-    lo = np.ceil(np.asarray(space.lower, dtype=np.float64) - 1e-9)
-    hi = np.floor(np.asarray(space.upper, dtype=np.float64) + 1e-9)
-    rows = x[None, :]
-    for i in np.flatnonzero(is_int):
-        a = rows.copy()
-        b = rows.copy()
-        a[:, i] = np.clip(np.floor(x[i]), lo[i], hi[i])
-        b[:, i] = np.clip(np.ceil(x[i]), lo[i], hi[i])
-        rows = np.concatenate([a, b])
-    return np.unique(rows, axis=0)
-
-
 def optimize(
     objective: Callable[[Any], Mapping[str, Float[Array, ""]]],
     space,
@@ -349,7 +325,7 @@ def optimize(
         return {k: np.concatenate([p[k] for p in parts]) for k in probe}
 
     # Pilot: scales for objectives and budgets, from designs that are themselves candidates.
-    x_pilot = _snap(space, space.sample(n_pilot, method="sobol", seed=seed))
+    x_pilot = space.snap(space.sample(n_pilot, method="sobol", seed=seed))
     m_pilot = evaluate(x_pilot)
 
     def transform(values, xp):
@@ -450,11 +426,11 @@ def optimize(
     # after every outer step, rounded: points along the paths also fill in the front.
     x_relaxed = np.asarray(space.from_unconstrained(jnp.concatenate([run.z_best, run.z])),
                            dtype=np.float64)
-    x_round = _snap(space, x_relaxed)
+    x_round = space.snap(x_relaxed)
     if keep_iterates:
         x_path = np.asarray(space.from_unconstrained(run.history_z[:-1]), dtype=np.float64)
-        x_round = np.concatenate([x_round, _snap(space, x_path.reshape(-1, dim))])
-    neigh = np.concatenate([_integer_neighbours(space, xi) for xi in x_relaxed])
+        x_round = np.concatenate([x_round, space.snap(x_path.reshape(-1, dim))])
+    neigh = np.concatenate([space.box.integer_neighbours(xi) for xi in x_relaxed])
     x_round_u = np.unique(x_round, axis=0)
     is_round = {tuple(r) for r in x_round_u}
     x_repair = np.array([r for r in np.unique(neigh, axis=0) if tuple(r) not in is_round])
@@ -546,7 +522,7 @@ def _optimize_trace(space, metrics_of, normalized, obj_spec, budget_spec, x_pilo
     def snap(u):
         if not is_int.any():
             return u
-        x = _snap(space, np.asarray(space.from_unit(jnp.asarray(u)), dtype=np.float64))
+        x = space.snap(np.asarray(space.from_unit(jnp.asarray(u)), dtype=np.float64))
         return np.where(is_int, np.asarray(space.to_unit(jnp.asarray(x)), dtype=np.float64), u)
 
     # Start: the pilot design best for the second objective, infeasible ones last.
@@ -564,7 +540,7 @@ def _optimize_trace(space, metrics_of, normalized, obj_spec, budget_spec, x_pilo
     finally:
         bar.close()
 
-    x_trace = _snap(space, np.asarray(space.from_unit(jnp.asarray(trace.u)), np.float64))
+    x_trace = space.snap(np.asarray(space.from_unit(jnp.asarray(trace.u)), np.float64))
     x_all = np.concatenate([x_pilot, x_trace.reshape(-1, dim)])
     metrics = {k: np.concatenate([m_pilot[k], np.array([a[k] for a in trace.aux])])
                for k in m_pilot}

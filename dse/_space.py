@@ -3,9 +3,10 @@
 A `Space` maps a point `x` (one value per parameter, in the parameter's own SI units) to a design
 (`build`), to the unit cube (`to_unit` / `from_unit`, log-spaced for log parameters) and to
 unconstrained reals (`to_unconstrained` / `from_unconstrained`, log + logit), the coordinates the
-gradient optimizers work in. The same integer sample streams are produced on the host
-(`sample`) and inside the jitted sweep kernel (`dse.sweep`), so point `i` of a sweep is point `i`
-of `space.sample(n)`.
+gradient optimizers work in. Those maps, the uniform draw of a sample and the snapping of integer
+knobs are one `dse.optimizers.Box` (`space.box`), the same one `dse.optimize` searches in. The
+same integer sample streams are produced on the host (`sample`) and inside the jitted sweep kernel
+(`dse.sweep`), so point `i` of a sweep is point `i` of `space.sample(n)`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
+
+from dse.optimizers import Box
 
 Scale = Literal["linear", "log", "integer"]
 
@@ -45,8 +48,8 @@ class Param:
       `"chip.sram_bytes"` on a `System`).
     - `low`, `high`: bounds in the field's units, `low < high` (inclusive).
     - `scale`: `"linear"` (uniform), `"log"` (log-uniform, bounds > 0) or `"integer"` (uniform
-      over the integers `low..high`; relaxed to a continuum by `to_unit` / `from_unconstrained`,
-      rounded back by `Space.snap`).
+      over the integers `low..high`; relaxed to a continuum by `from_unit` /
+      `from_unconstrained`, rounded back by `Space.snap`).
     """
 
     name: str
@@ -163,12 +166,16 @@ class Space:
     field, empty or inverted bounds, a log bound <= 0, and for bounds the base design's own
     validation rejects (e.g. `sram_bytes` low = 0).
 
-    **Attributes:** `base`, `params`, `names`, `fields`, `dim`, `lower`, `upper` (float64 arrays
-    [dim]), `is_integer`, `is_log` (bool arrays [dim]).
+    **Attributes:** `base`, `params`, `names`, `fields`, `dim`, `box` (the `dse.optimizers.Box`
+    of the bounds, log and integer flags: every map below is its), `lower`, `upper` (float64
+    arrays [dim]), `is_integer`, `is_log` (bool arrays [dim]).
+
+    The maps (`to_unit`, `from_unit`, `snap`) take jax or numpy arrays and return the same kind
+    (numpy: computed in float64 on the host); the unconstrained maps take and return jax arrays.
     """
 
-    __slots__ = ("base", "params", "names", "fields", "dim", "lower", "upper", "is_integer",
-                 "is_log", "_paths")
+    __slots__ = ("base", "params", "names", "fields", "dim", "box", "lower", "upper",
+                 "is_integer", "is_log", "_paths")
 
     def __init__(self, base: Any, params: Sequence[Param] | Mapping[str, Any]):
         if not isinstance(base, eqx.Module):
@@ -197,10 +204,14 @@ class Space:
         put(self, "names", tuple(names))
         put(self, "fields", tuple(fields))
         put(self, "dim", len(plist))
-        put(self, "lower", np.array([p.low for p in plist], dtype=np.float64))
-        put(self, "upper", np.array([p.high for p in plist], dtype=np.float64))
-        put(self, "is_integer", np.array([p.scale == "integer" for p in plist]))
-        put(self, "is_log", np.array([p.scale == "log" for p in plist]))
+        box = Box([p.low for p in plist], [p.high for p in plist],
+                  log=[p.scale == "log" for p in plist],
+                  integer=[p.scale == "integer" for p in plist])
+        put(self, "box", box)
+        put(self, "lower", np.array(box.lower, dtype=np.float64))
+        put(self, "upper", np.array(box.upper, dtype=np.float64))
+        put(self, "is_integer", np.array(box.integer))
+        put(self, "is_log", np.array(box.log))
         put(self, "_paths", paths)
         for arr in (self.lower, self.upper, self.is_integer, self.is_log):
             arr.setflags(write=False)
@@ -218,72 +229,42 @@ class Space:
         return {"base": type(self.base).__name__,
                 "params": [dataclasses.asdict(p) for p in self.params]}
 
-    # --- per-column maps (static Python loop over parameters: each column is its own formula) --
-    def _unit_to_value(self, u, j: int, xp):
-        p = self.params[j]
-        if p.scale == "log":
-            lo, hi = math.log(p.low), math.log(p.high)
-            return xp.exp(lo + u * (hi - lo))
-        return p.low + u * (p.high - p.low)
-
-    def _value_to_unit(self, x, j: int, xp):
-        p = self.params[j]
-        if p.scale == "log":
-            lo, hi = math.log(p.low), math.log(p.high)
-            return (xp.log(x) - lo) / (hi - lo)
-        return (x - p.low) / (p.high - p.low)
-
-    def _sample_value(self, u, j: int, xp):
-        """Unit draw -> parameter value; integers uniform over low..high (floor of a wider box)."""
-        p = self.params[j]
-        if p.scale == "integer":
-            return xp.minimum(xp.floor(p.low + u * (p.high - p.low + 1.0)), p.high)
-        return self._unit_to_value(u, j, xp)
-
-    # --- public maps ------------------------------------------------------------------------
+    # --- the maps: one Box ----------------------------------------------------------------
     def from_unit(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Unit cube -> parameter units (log-spaced for log params; integers left relaxed).
 
         **Arguments:** `u`: [..., dim] in [0, 1]. **Returns:** x: [..., dim].
         """
-        u = jnp.asarray(u)
-        self._check_dim(u)
-        return jnp.stack([self._unit_to_value(u[..., j], j, jnp) for j in range(self.dim)], -1)
+        return self.box.from_unit(self._checked(u))
 
     def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Parameter units -> unit cube (inverse of `from_unit`).
 
         **Arguments:** `x`: [..., dim] inside the bounds. **Returns:** u: [..., dim] in [0, 1].
         """
-        x = jnp.asarray(x)
-        self._check_dim(x)
-        return jnp.stack([self._value_to_unit(x[..., j], j, jnp) for j in range(self.dim)], -1)
+        return self.box.to_unit(self._checked(x))
 
     def from_unconstrained(self, z: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Unconstrained reals -> the open box: `from_unit(sigmoid(z))`; smooth, jnp, vmappable.
 
         **Arguments:** `z`: [..., dim], any real. **Returns:** x: [..., dim] strictly inside.
         """
-        return self.from_unit(jax.nn.sigmoid(jnp.asarray(z)))
+        return self.box.from_unconstrained(self._checked(z))
 
     def to_unconstrained(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
-        """Box -> unconstrained reals: `logit(to_unit(x))` (+-inf on the bounds themselves).
+        """Box -> unconstrained reals: `logit(to_unit(x))`, the unit coordinate kept 1e-6 inside
+        (0, 1) so that a design on a bound maps to a finite z (+-13.8).
 
         **Arguments:** `x`: [..., dim]. **Returns:** z: [..., dim].
         """
-        u = self.to_unit(x)
-        return jnp.log(u) - jnp.log1p(-u)
+        return self.box.to_unconstrained(self._checked(x))
 
     def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Round integer parameters to the nearest integer inside their bounds; others unchanged.
 
         **Arguments:** `x`: [..., dim]. **Returns:** [..., dim].
         """
-        x = jnp.asarray(x)
-        self._check_dim(x)
-        cols = [jnp.clip(jnp.round(x[..., j]), p.low, p.high) if p.scale == "integer"
-                else x[..., j] for j, p in enumerate(self.params)]
-        return jnp.stack(cols, -1)
+        return self.box.snap(self._checked(x))
 
     def build(self, x: Float[ArrayLike, "*batch dim"]) -> Any:
         """The base design with each parameter's field replaced by `x[..., i]`.
@@ -293,17 +274,19 @@ class Space:
 
         **Arguments:** `x`: [..., dim] in parameter units. **Returns:** the design.
         """
-        x = jnp.asarray(x)
-        self._check_dim(x)
+        x = jnp.asarray(self._checked(x))
         dtype = jnp.result_type(float)
         values = [x[..., j].astype(dtype) for j in range(self.dim)]
         paths = self._paths
         return eqx.tree_at(lambda d: [_get(d, path) for path in paths], self.base, values)
 
-    def _check_dim(self, x) -> None:
-        if x.ndim == 0 or x.shape[-1] != self.dim:
+    def _checked(self, x):
+        """`x` itself, once its last axis is known to hold one value per parameter."""
+        shape = np.shape(x)
+        if len(shape) == 0 or shape[-1] != self.dim:
             raise ValueError(f"Space with {self.dim} params {list(self.names)} needs a last axis "
-                             f"of size {self.dim}; got shape {x.shape}")
+                             f"of size {self.dim}; got shape {shape}")
+        return x
 
     # --- sampling -------------------------------------------------------------------------
     def sample(self, n: int, method: str = "sobol", seed: int = 0) -> Float[np.ndarray, "n dim"]:
@@ -327,7 +310,7 @@ class Space:
             u = qmc.LatinHypercube(self.dim, seed=np.random.default_rng(seed)).random(n)
         else:
             u = unit_draws(self, method, seed, np.arange(n), n)
-        return np.stack([self._sample_value(u[:, j], j, np) for j in range(self.dim)], -1)
+        return self.box.draw(u)
 
 
 def _check_n(n) -> int:

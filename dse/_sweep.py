@@ -301,8 +301,8 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
             u = grid_unit(index, dim, grid_k, jnp, dtype)
         else:
             (u,) = aux
-        cols = [space._sample_value(u[j], j, jnp) for j in range(dim)]
-        out = jax.vmap(lambda *xs: objective(space.build(jnp.stack(xs))))(*cols)
+        xs = space.box.draw(u.T)  # [chunk, dim]: the map of space.sample on the host
+        out = jax.vmap(lambda xi: objective(space.build(xi)))(xs)
         m = jnp.stack([jnp.asarray(out[k]).astype(dtype) for k in metrics])
         nan = jnp.isnan(m).any(axis=0)
         margins = [(bound - out[k] if op == "<=" else out[k] - bound).astype(dtype)
@@ -311,7 +311,7 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
         feasible = ~nan
         for mg in margins:
             feasible = feasible & (mg >= 0)
-        x = jnp.stack(cols).astype(dtype)
+        x = xs.T.astype(dtype)
         if keep != "pareto":
             return x, m, g, feasible
         # Materialize the metrics once: without the barrier XLA fuses the whole model into each

@@ -1,13 +1,22 @@
-"""Smooth bijections between unconstrained reals and a bounded box, and integer snapping.
+"""The bijections of a bounded box: unit cube, unconstrained reals, and integer snapping.
 
 A gradient optimizer works best on unconstrained coordinates of similar scale. A bounded
 parameter x in [low, high] is written x = low + (high - low) * sigmoid(z) (linear scale) or
 x = exp(log low + (log high - log low) * sigmoid(z)) (log scale, for sizes and bandwidths that
 span decades), so that every z in R^dim is a design inside the box and a step in z is a relative
-step in x.
+step in x. Samplers work on the unit cube u = sigmoid(z) in [0, 1]^dim, and `draw` maps a uniform
+u to a uniform design (integer knobs uniform over their integers).
+
+The bounds are host constants: every affine coefficient is computed once in float64 and enters
+a computation as a constant of the input's dtype, so a float32 kernel and a float64 host agree
+to the rounding of that dtype, whatever `jax_enable_x64` was when the box was made. The maps
+take and return jax arrays; `to_unit`, `from_unit`, `draw` and `snap` also take numpy arrays
+and then compute in numpy float64 on the host (sampling, the final snap of a search).
 """
 
 from __future__ import annotations
+
+import math
 
 import equinox as eqx
 import jax
@@ -18,30 +27,47 @@ from jaxtyping import Array, ArrayLike, Float
 # Unit coordinates are kept this far inside (0, 1) before the logit, so that a design on the
 # boundary maps to a finite z (logit(1e-6) = -13.8) and sigmoid(z) recovers it to 1e-6.
 _UNIT_EPS = 1e-6
+# Integer bounds are the integers inside [lower, upper], with this slack for bounds that are
+# integers up to float rounding.
+_INTEGER_SLACK = 1e-9
 
 
 def _as_mask(mask, dim: int, name: str) -> tuple[bool, ...]:
     if mask is None:
         return (False,) * dim
-    values = tuple(bool(v) for v in np.broadcast_to(np.asarray(mask, dtype=bool), (dim,)))
-    if len(values) != dim:  # pragma: no cover - broadcast_to already raises
-        raise ValueError(f"Box.{name} must have {dim} entries; got {len(values)}")
-    return values
+    flags = np.asarray(mask, dtype=bool)
+    if flags.ndim > 1 or flags.size not in (1, dim):
+        raise ValueError(f"Box.{name} must have {dim} entries (or one for all); got "
+                         f"{flags.size}")
+    return tuple(bool(v) for v in np.broadcast_to(flags, (dim,)))
+
+
+def _xp(x):
+    """numpy for host arrays (computed in float64), jax.numpy for everything else."""
+    return np if isinstance(x, np.ndarray | np.generic) else jnp
+
+
+def _as_float(x, xp):
+    if xp is np:
+        return np.asarray(x, dtype=np.float64)
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
 class Box(eqx.Module):
     """An axis-aligned box of parameters with a smooth bijection to R^dim.
 
-    **Fields:**
+    **Fields** (all static: host constants, hashable, so a `Box` is free to close over):
 
-    - `lower`, `upper`: bounds, shape `[dim]`, `lower < upper` (and `lower > 0` where `log`).
-    - `log` (static): per-parameter flag, True for a log-scaled parameter.
-    - `integer` (static): per-parameter flag, True for a knob relaxed to a real during the
-      search and rounded by `snap` at the end.
+    - `lower`, `upper`: bounds, tuples of `dim` floats, `lower < upper` (and `lower > 0` where
+      `log`).
+    - `log`: per-parameter flag, True for a log-scaled parameter.
+    - `integer`: per-parameter flag, True for a knob relaxed to a real during the search and
+      rounded by `snap` at the end.
     """
 
-    lower: Float[Array, " dim"]
-    upper: Float[Array, " dim"]
+    lower: tuple[float, ...] = eqx.field(static=True)
+    upper: tuple[float, ...] = eqx.field(static=True)
     log: tuple[bool, ...] = eqx.field(static=True)
     integer: tuple[bool, ...] = eqx.field(static=True)
 
@@ -69,35 +95,73 @@ class Box(eqx.Module):
             raise ValueError(
                 f"Box.lower must be > 0 for a log-scaled parameter; got {lo[i]:g} at index {i}"
             )
-        self.lower = jnp.asarray(lo, dtype=jnp.result_type(float))
-        self.upper = jnp.asarray(hi, dtype=jnp.result_type(float))
+        self.lower = tuple(float(v) for v in lo)
+        self.upper = tuple(float(v) for v in hi)
 
     @property
     def dim(self) -> int:
         """Number of parameters."""
         return len(self.log)
 
-    def _ends(self, shape):
-        """Log mask and (log-)bounds broadcast to `shape` (ranks are never promoted implicitly)."""
-        log = jnp.asarray(self.log)
-        # Safe inner value: log of a linear parameter's bound is never used but must not be NaN.
-        lo = jnp.where(log, jnp.log(jnp.where(log, self.lower, 1.0)), self.lower)
-        hi = jnp.where(log, jnp.log(jnp.where(log, self.upper, 1.0)), self.upper)
-        return tuple(jnp.broadcast_to(a, shape) for a in (log, lo, hi))
+    def _affine(self, j: int) -> tuple[float, float]:
+        """Offset and span of parameter j's unit map: x (or log x) = offset + u * span.
+
+        Python floats (`math.log` of each bound and the span in float64), so they enter any
+        computation weakly typed: rounded once to the input's dtype, the same constants as
+        writing `log(low) + u * (log(high) - log(low))` by hand.
+        """
+        lo, hi = self.lower[j], self.upper[j]
+        if self.log[j]:
+            lo, hi = math.log(lo), math.log(hi)
+        return lo, hi - lo
+
+    def _map(self, x, column) -> Array:
+        """`column(j, x[..., j], xp)` for every parameter, stacked on the last axis.
+
+        Each parameter is its own formula, chosen by its static flags: a log parameter never
+        takes the exponential of a linear one's coordinate (no overflow, no NaN cotangent), and
+        the ops per column are exactly those of the hand-written formula.
+        """
+        xp = _xp(x)
+        x = _as_float(x, xp)
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise ValueError(f"Box of {self.dim} parameters needs a last axis of size "
+                             f"{self.dim}; got shape {x.shape}")
+        return xp.stack([column(j, x[..., j], xp) for j in range(self.dim)], axis=-1)
+
+    def _value(self, j: int, u, xp):
+        offset, span = self._affine(j)
+        t = offset + u * span
+        return xp.exp(t) if self.log[j] else t
 
     def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Parameters -> [0, 1]^dim (log-spaced for log parameters)."""
-        x = jnp.asarray(x)
-        log, lo, hi = self._ends(x.shape)
-        t = jnp.where(log, jnp.log(jnp.where(log, jnp.maximum(x, 1e-300), 1.0)), x)
-        return (t - lo) / (hi - lo)
+
+        def column(j, v, xp):
+            offset, span = self._affine(j)
+            return ((xp.log(v) if self.log[j] else v) - offset) / span
+
+        return self._map(x, column)
 
     def from_unit(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
-        """[0, 1]^dim -> parameters."""
-        u = jnp.asarray(u)
-        log, lo, hi = self._ends(u.shape)
-        t = lo + (hi - lo) * u
-        return jnp.where(log, jnp.exp(jnp.where(log, t, 0.0)), t)
+        """[0, 1]^dim -> parameters (integer knobs relaxed: a continuum from lower to upper)."""
+        return self._map(u, self._value)
+
+    def draw(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+        """A uniform draw of the box from a uniform draw of the unit cube.
+
+        Continuous parameters as `from_unit` (log-uniform for log parameters); an integer
+        parameter is uniform over the integers `lower..upper`: each of the `upper - lower + 1`
+        values takes an equal share of [0, 1) (`floor` of a box one wider, capped at `upper`).
+        """
+
+        def column(j, v, xp):
+            if not self.integer[j]:
+                return self._value(j, v, xp)
+            offset, span = self._affine(j)
+            return xp.minimum(xp.floor(offset + v * (span + 1.0)), self.upper[j])
+
+        return self._map(u, column)
 
     def from_unconstrained(self, z: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """R^dim -> parameters inside the box (smooth, monotone in every coordinate)."""
@@ -105,35 +169,34 @@ class Box(eqx.Module):
 
     def to_unconstrained(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """Parameters -> R^dim (inverse of `from_unconstrained`; bounds map to +-13.8)."""
-        u = jnp.clip(self.to_unit(x), _UNIT_EPS, 1.0 - _UNIT_EPS)
+        u = jnp.clip(self.to_unit(jnp.asarray(x)), _UNIT_EPS, 1.0 - _UNIT_EPS)
         return jnp.log(u) - jnp.log1p(-u)
 
-    def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
-        """Round the integer parameters to the nearest integer inside the box."""
-        x = jnp.asarray(x)
-        integer = jnp.broadcast_to(jnp.asarray(self.integer), x.shape)
-        lo = jnp.broadcast_to(jnp.ceil(self.lower - 1e-9), x.shape)
-        hi = jnp.broadcast_to(jnp.floor(self.upper + 1e-9), x.shape)
-        return jnp.where(integer, jnp.clip(jnp.round(x), lo, hi), x)
+    def _integer_bounds(self, j: int) -> tuple[float, float]:
+        return (math.ceil(self.lower[j] - _INTEGER_SLACK),
+                math.floor(self.upper[j] + _INTEGER_SLACK))
 
-    def integer_neighbours(self, x: Float[ArrayLike, " dim"]) -> Float[Array, "n dim"]:
+    def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+        """Round the integer parameters to the nearest integer inside the box (half to even)."""
+
+        def column(j, v, xp):
+            return xp.clip(xp.round(v), *self._integer_bounds(j)) if self.integer[j] else v
+
+        return self._map(x, column)
+
+    def integer_neighbours(self, x: Float[ArrayLike, " dim"]) -> Float[np.ndarray, "n dim"]:
         """Every floor/ceil combination of the integer parameters of one relaxed design.
 
-        The candidates a local repair tries when rounding broke a budget: `2^k` rows for `k`
-        integer parameters (one row when there are none), continuous parameters unchanged.
+        The candidates a local repair tries when rounding broke a budget: up to `2^k` rows for
+        `k` integer parameters (one row when there are none), continuous parameters unchanged;
+        numpy float64, rows unique and sorted.
         """
         x = np.asarray(x, dtype=np.float64)
-        idx = [i for i, flag in enumerate(self.integer) if flag]
-        lo = np.ceil(np.asarray(self.lower) - 1e-9)
-        hi = np.floor(np.asarray(self.upper) + 1e-9)
-        rows = [x.copy()]
-        for i in idx:
-            new_rows = []
-            for row in rows:
-                for v in sorted({np.floor(x[i]), np.ceil(x[i])}):
-                    r = row.copy()
-                    r[i] = np.clip(v, lo[i], hi[i])
-                    new_rows.append(r)
-            rows = new_rows
-        return jnp.asarray(np.unique(np.stack(rows), axis=0))
-
+        rows = x[None, :]
+        for i in np.flatnonzero(self.integer):
+            lo, hi = self._integer_bounds(i)
+            down, up = rows.copy(), rows.copy()
+            down[:, i] = np.clip(np.floor(x[i]), lo, hi)
+            up[:, i] = np.clip(np.ceil(x[i]), lo, hi)
+            rows = np.concatenate([down, up])
+        return np.unique(rows, axis=0)
