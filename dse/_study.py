@@ -308,7 +308,7 @@ def load_study(path: str | Path) -> Study:
     work = r.table("workload", WORKLOAD_KEYS, required=True)
     kind = r.string("workload.kind", work.get("kind", "training"), ("training", "inference"))
     model_name = r.string("workload.model", work.get("model", "gpt3-175b"),
-                          tuple(models.TRANSFORMERS))
+                          (*models.TRANSFORMERS, *models.TRANSFORMERS.aliases))
     model = models.TRANSFORMERS[model_name]
     global_batch = r.integer("workload.global_batch", work.get("global_batch", 1536))
     batch = r.number("workload.batch", work.get("batch", 1))

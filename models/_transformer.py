@@ -220,14 +220,16 @@ def _llama(name, layers, hidden, heads, kv_heads, ffn_hidden, vocab, seq_len,
 
 _TRANSFORMERS: dict[str, Transformer] = {
     # Brown et al. 2020 (GPT-3, arXiv:2005.14165) Table 2.1: 96 layers, d_model 12288, 96 heads,
-    # context 2048; GPT-2 BPE vocabulary of 50257 (Radford et al. 2019).
+    # context 2048; GPT-2 BPE vocabulary of 50257 (Radford et al. 2019). Not the same model as
+    # "gpt-175b" below: that is Megatron-LM's run of the shape, whose vocabulary is padded to
+    # 51200 (a multiple of 128 x tensor-parallel degree), 1.9% more logits FLOPs and embedding
+    # weights. Both are kept: each matches the rows published for it.
     "gpt3-175b": _gpt("gpt3-175b", 96, 12288, 96, 2048, vocab=50257),
     # Korthikanti et al. 2022 (arXiv:2205.05198) Table 3: 22B / 175B / 530B / 1T shapes, s=2048,
-    # vocab 51200; the same 530B / 1T shapes are Narayanan et al. 2021 (SC21) Table 1 rows.
+    # vocab 51200; its 530B / 1T shapes are the SC21 Table 1 rows below (aliases
+    # "megatron-530b" and "megatron-1t").
     "gpt-22b": _gpt("gpt-22b", 48, 6144, 64, 2048),
     "gpt-175b": _gpt("gpt-175b", 96, 12288, 96, 2048),
-    "megatron-530b": _gpt("megatron-530b", 105, 20480, 128, 2048),
-    "megatron-1t": _gpt("megatron-1t", 128, 25600, 160, 2048),
     # Narayanan et al. 2021 (SC21, arXiv:2104.04473) Table 1 (shapes as in
     # data//training_runs.csv, source_key megatron_sc21_table1).
     "gpt-1.7b": _gpt("gpt-1.7b", 24, 2304, 24, 2048),
@@ -258,4 +260,31 @@ _TRANSFORMERS: dict[str, Transformer] = {
                            experts=8, top_k=2),
 }
 
-TRANSFORMERS: Mapping[str, Transformer] = PresetMapping("transformer", _TRANSFORMERS)
+# Other names in common use for a preset above: they resolve to the same object (and its name).
+# Korthikanti et al. 2022 and the Megatron-LM README call the SC21 530B and 1T shapes Megatron
+# models; the data rows (SC21 Table 1, training_runs.csv) call them GPT-530B and GPT-1T.
+ALIASES: Mapping[str, str] = {"megatron-530b": "gpt-530b", "megatron-1t": "gpt-1t"}
+
+
+class _AliasedPresets(PresetMapping):
+    """Presets by name, where an alias (not listed when iterating) resolves to its preset.
+
+    The KeyError of an unknown name lists the presets and the aliases.
+    """
+
+    def __init__(self, kind: str, items: dict, aliases: Mapping[str, str]):
+        super().__init__(kind, items)
+        unknown = sorted(set(aliases.values()) - set(items))
+        if unknown:
+            raise ValueError(f"{kind} aliases point to unknown presets {unknown}")
+        self.aliases = dict(aliases)
+
+    def __getitem__(self, name):
+        try:
+            return super().__getitem__(self.aliases.get(name, name))
+        except KeyError as e:
+            aliases = ", ".join(f"{a} -> {p}" for a, p in sorted(self.aliases.items()))
+            raise KeyError(f"{e.args[0]}; aliases: {aliases}") from None
+
+
+TRANSFORMERS: Mapping[str, Transformer] = _AliasedPresets("transformer", _TRANSFORMERS, ALIASES)

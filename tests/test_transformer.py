@@ -141,3 +141,27 @@ def test_head_size_for_models_whose_heads_do_not_tile_the_width():
     assert float(palm.replace(head_size=0.0).head_dim) == 384.0
     with pytest.raises(ValueError, match="Transformer.head_size"):
         palm.replace(head_size=-1.0)
+
+
+def test_presets_without_duplicates_and_aliases():
+    # Two names in common use for one shape: the alias is the same object, not a copy.
+    for alias, name in TRANSFORMERS.aliases.items():
+        assert TRANSFORMERS[alias] is TRANSFORMERS[name], alias
+        assert alias in TRANSFORMERS and alias not in list(TRANSFORMERS)
+    assert TRANSFORMERS["megatron-530b"] is TRANSFORMERS["gpt-530b"]
+    assert TRANSFORMERS["megatron-1t"] is TRANSFORMERS["gpt-1t"]
+    # No two listed presets share a shape: GPT-3 (Brown et al.) and Megatron's 175B run differ in
+    # their vocabulary (50257 vs 51200 padded), and nothing else.
+    def shape(model):
+        return tuple(float(x) for x in jax.tree.leaves(model))
+
+    shapes = {}
+    for name in TRANSFORMERS:
+        key = shape(TRANSFORMERS[name])
+        assert key not in shapes, (name, shapes.get(key))
+        shapes[key] = name
+    gpt3, megatron = TRANSFORMERS["gpt3-175b"], TRANSFORMERS["gpt-175b"]
+    assert (float(gpt3.vocab), float(megatron.vocab)) == (50257.0, 51200.0)
+    assert shape(gpt3.replace(vocab=megatron.vocab)) == shape(megatron)
+    with pytest.raises(KeyError, match="aliases: megatron-1t -> gpt-1t"):
+        TRANSFORMERS["gpt-2t"]
