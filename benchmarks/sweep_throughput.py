@@ -30,16 +30,13 @@ PLAN = TrainingPlan(tp=8, pp=8, dp=16, microbatch_size=1, global_batch=1536, int
                     sequence_parallel=1, recompute=RECOMPUTE_SELECTIVE, zero_stage=1)
 BASE = SYSTEMS["DGX-A100"].with_num_chips(1024)
 
-# Ranges bracket the chips of 2020-2025 (A100 ... B200) by about 2x on each side.
-SPACE = dse.Space(BASE, [
-    dse.Param("sram_bytes", "chip.sram_bytes", 16e6, 512e6, "log"),
-    dse.Param("hbm_bandwidth", "chip.hbm_bandwidth", 1e12, 16e12, "log"),
-    dse.Param("hbm_bytes", "chip.hbm_bytes", 16e9, 384e9, "log"),
-    dse.Param("link_count", "chip.link_count", 4, 36, "integer"),
-    dse.Param("link_bandwidth", "chip.link_bandwidth", 12.5e9, 100e9, "log"),
-    dse.Param("mac_units", "chip.mac_units", 32768, 1048576, "log"),
-    dse.Param("clock_hz", "chip.clock_hz", 0.8e9, 2.2e9),
-])
+# Ranges bracket the chips of 2020-2025 (A100 ... B200) by about 2x on each side (paths and
+# scales from dse.hardware.FIELDS).
+RANGES = {"sram_bytes": (16e6, 512e6), "hbm_bandwidth": (1e12, 16e12),
+          "hbm_bytes": (16e9, 384e9), "link_count": (4, 36), "link_bandwidth": (12.5e9, 100e9),
+          "mac_units": (32768, 1048576), "clock_hz": (0.8e9, 2.2e9)}
+SPACE = dse.Space(BASE, [dse.Param.from_field(BASE, name, low=low, high=high)
+                         for name, (low, high) in RANGES.items()])
 
 
 def step_metrics(system, report):

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import hardware as hw
 from . import models, plot
-from ._format import si, table
+from ._format import si, table, unit_of
 from ._optimize import EVALUATIONS_PER_JACOBIAN, optimize
 from .optimizers import hypervolume, knee_point
 from ._sensitivity import sensitivity
@@ -35,18 +35,17 @@ PRESET_TABLE = ("V100", "A100-80GB", "H100-SXM", "H200", "B200", "MI300X", "TPUv
                 "Groq-TSP", "GC200")
 
 
+# The seven chip knobs of the README's reference problem (their ranges: dse.hardware.FIELDS),
+# and the fields whose elasticities the demo ranks at the knee.
+KNOBS = ("sram_bytes", "hbm_bandwidth", "hbm_bytes", "link_count", "link_bandwidth", "mac_units",
+         "clock_hz")
+SENSITIVITY_FIELDS = ("mac_units", "clock_hz", "sram_bytes", "hbm_bandwidth", "hbm_bytes",
+                      "link_count", "link_bandwidth", "node_nm")
+
+
 def chip_space(system: hw.System) -> Space:
     """Seven chip knobs around the system's chip (the README's reference problem)."""
-    return Space(system, [
-        Param("sram_bytes", "chip.sram_bytes", 16 * hw.units.MiB, 512 * hw.units.MiB, "log"),
-        Param("hbm_bandwidth", "chip.hbm_bandwidth", 1 * hw.units.TB, 12 * hw.units.TB, "log"),
-        Param("hbm_bytes", "chip.hbm_bytes", 40 * hw.units.GiB, 288 * hw.units.GiB, "log"),
-        Param("link_count", "chip.link_count", 4, 36, "integer"),
-        Param("link_bandwidth", "chip.link_bandwidth", 10 * hw.units.GB, 100 * hw.units.GB,
-              "log"),
-        Param("mac_units", "chip.mac_units", 65536, 1048576, "log"),
-        Param("clock_hz", "chip.clock_hz", 1.0 * hw.units.GHz, 2.2 * hw.units.GHz, "linear"),
-    ])
+    return Space(system, [Param.from_field(system, name) for name in KNOBS])
 
 
 def _section(title: str) -> None:
@@ -71,7 +70,8 @@ def run_demo(out_dir: Path = Path("dse-demo"), points: int = 1_000_000,
                      "peak_flops": float(chip.peak_flops), "power": float(p.total),
                      "TDP": published.tdp_w or float("nan"), "cost": float(c.total),
                      "yield": float(c.die_yield)})
-    print(table(rows, units={"area per die": "mm2", "published area": "mm2", "TDP": "W"}))
+    print(table(rows, units={"area per die": unit_of("area"), "published area": unit_of("area"),
+                             "TDP": unit_of("power")}))
     print("power at peak activity is an upper bound: GPUs at TDP throttle to their measured "
           "matmul rate (tests/test_hardware_fit.py); the energy per MAC is fitted to NVIDIA GPUs, "
           "so non-GPU chips are not validated")
@@ -87,10 +87,10 @@ def run_demo(out_dir: Path = Path("dse-demo"), points: int = 1_000_000,
         "tp", "pp", "dp", "microbatch_size", "interleave", "sequence_parallel", "recompute",
         "zero_stage")))
     print(f"step time {si(float(report.step_time), 's')}, MFU {float(report.mfu):.1%}, "
-          f"{si(float(report.tokens_per_s), 'tok/s')}, memory/chip "
+          f"{si(float(report.tokens_per_s), unit_of('tokens_per_s'))}, memory/chip "
           f"{si(float(report.memory_per_chip), 'B')} of {si(float(system.chip.hbm_bytes), 'B')}")
     print(table([{k: float(v) for k, v in report.breakdown.items()}],
-                units={k: "s" for k in report.breakdown}))
+                units={k: unit_of("step_time") for k in report.breakdown}))
     fig = plot.breakdown({"H100 (best plan)": report}, title="GPT-3 175B step on 1024 H100")
     written.append(plot.save(fig, out_dir / "step_breakdown.png"))
 
@@ -144,9 +144,8 @@ def run_demo(out_dir: Path = Path("dse-demo"), points: int = 1_000_000,
           f"{float(swept['area'][knee]):.0f} mm2, power {float(swept['power'][knee]):.0f} W")
 
     _section("6. What to improve next at the knee (elasticities of step time, priced in area)")
-    chip_fields = [f"chip.{f}" for f in ("mac_units", "clock_hz", "sram_bytes", "hbm_bandwidth",
-                                         "hbm_bytes", "link_count", "link_bandwidth", "node_nm")]
-    sens = sensitivity(objective, knee_system, fields=chip_fields,
+    sens = sensitivity(objective, knee_system,
+                       fields=[hw.FIELDS[f].path(knee_system) for f in SENSITIVITY_FIELDS],
                        directions={"step_time": "min", "area": "min", "tokens_per_s": "max",
                                    "mfu": "max", "memory_margin": "max"})
     ranked = sens.table("step_time", per="area")

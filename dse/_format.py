@@ -1,31 +1,88 @@
-"""Plain-text tables with SI prefixes: the terminal face of reports (no models here)."""
+"""What the numbers are called, and plain-text tables with SI prefixes (no models here).
+
+`METRICS` names the metrics of reports and studies (label, SI unit, display unit) beside
+`dse.hardware.FIELDS`, the table of hardware fields; `quantity` looks a name up in both, and
+tables and plots take their units and labels from it.
+"""
 
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Mapping, Sequence
+
+from .hardware import FIELDS, Quantity
+from .hardware import units as u
 
 _PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
              (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p")]
+# Units printed as plain numbers, never with an SI prefix.
+_PLAIN_UNITS = ("mm²", "mm2", "mm", "$", "nm", "")
 
-# Units of the metrics and fields that appear in tables (SI base units).
-UNITS: dict[str, str] = {
-    "step_time": "s", "tokens_per_s": "tok/s", "mfu": "", "memory_margin": "B", "area": "mm2",
-    "power": "W", "cost": "$", "reticle_margin": "mm2", "shoreline_margin": "mm",
-    "energy_per_token": "J", "ttft": "s", "tpot": "s", "tokens_per_s_per_chip": "tok/s",
-    "tokens_per_s_per_dollar": "tok/s/$", "sram_bytes": "B", "hbm_bandwidth": "B/s",
-    "hbm_bytes": "B", "link_count": "", "link_bandwidth": "B/s", "mac_units": "",
-    "clock_hz": "Hz", "vector_flops": "FLOP/s", "node_nm": "nm", "core_count": "",
-    "compute_redundancy": "", "peak_flops": "FLOP/s",
-}
+
+def _q(label: str, unit: str, **more) -> Quantity:
+    return Quantity(label=label, unit=unit, **more)
+
+
+# The metrics of training, inference and hardware reports (`dse` studies return them by these
+# names), in SI units.
+METRICS: Mapping[str, Quantity] = types.MappingProxyType({
+    "time": _q("time", "s"),
+    "step_time": _q("step time", "s", description="one training step"),
+    "ttft": _q("time to first token", "s"),
+    "tpot": _q("time per output token", "s"),
+    "total_latency": _q("total latency", "s"),
+    "compute_time": _q("compute time", "s"),
+    "memory_time": _q("memory time", "s"),
+    "tokens_per_s": _q("throughput", "tokens/s"),
+    "tokens_per_s_per_chip": _q("throughput per chip", "tokens/s"),
+    "tokens_per_s_per_dollar": _q("throughput per dollar", "tokens/s/$",
+                                  description="tokens/s per chip per $ of manufacturing cost"),
+    "mfu": _q("MFU", "", description="model FLOPs utilization: model FLOP/s over peak"),
+    "area": _q("area", "mm²", description="die area, per die"),
+    "die_area": _q("die area", "mm²"),
+    "power": _q("power", "W", description="power at full activity (the TDP operating point)"),
+    "cost": _q("cost", "$", description="manufacturing cost per chip (dies, HBM, packaging)"),
+    "energy": _q("energy", "J"),
+    "energy_per_token": _q("energy per token", "J"),
+    "memory_margin": _q("memory margin", "B", display_unit="GB", display_scale=u.GB,
+                        description="HBM capacity left after weights, states and activations"),
+    "memory_per_chip": _q("memory per chip", "B", display_unit="GB", display_scale=u.GB),
+    "reticle_margin": _q("reticle margin", "mm²"),
+    "shoreline_margin": _q("shoreline margin", "mm"),
+    "flops": _q("FLOP", "FLOP"),
+    "peak_flops": _q("peak FLOP/s", "FLOP/s", display_unit="TFLOP/s",
+                     display_scale=u.TFLOPS),
+})
+
+
+def quantity(name: str) -> Quantity | None:
+    """The `Quantity` of a metric or a hardware field (dotted paths by their last part).
+
+    **Returns:** from `METRICS`, else from `dse.hardware.FIELDS`, else None.
+    """
+    if name in METRICS:
+        return METRICS[name]
+    return FIELDS.get(name.rsplit(".", 1)[-1])
+
+
+def unit_of(name: str) -> str:
+    """SI unit of a metric or field by name ("" when unknown)."""
+    q = quantity(name)
+    return q.unit if q is not None else ""
+
+
+# SI unit of every named metric and field.
+UNITS: Mapping[str, str] = types.MappingProxyType(
+    {name: q.unit for table in (FIELDS, METRICS) for name, q in table.items()})
 
 
 def si(value: float, unit: str = "", digits: int = 3) -> str:
-    """`3.35e12, "B/s"` -> "3.35 TB/s"; plain numbers for mm2, $, nm and unitless ratios."""
+    """`3.35e12, "B/s"` -> "3.35 TB/s"; plain numbers for mm², $, nm and unitless ratios."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "nan"
     value = float(value)
-    if unit in ("mm2", "mm", "$", "nm", "") or value == 0 or not math.isfinite(value):
+    if unit in _PLAIN_UNITS or value == 0 or not math.isfinite(value):
         if unit == "" and abs(value) < 10 and value != int(value):
             return f"{value:.{digits}g}"
         text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.{digits}g}"
@@ -43,14 +100,14 @@ def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = 
     if not rows:
         return "(no rows)"
     columns = list(columns or rows[0].keys())
-    units = {**UNITS, **(units or {})}
+    units = dict(units or {})
     cells = [[c for c in columns]]
     for row in rows:
         line = []
         for c in columns:
             v = row.get(c, "")
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                line.append(si(v, units.get(c, "")))
+                line.append(si(v, units[c] if c in units else unit_of(c)))
             else:
                 line.append(str(v))
         cells.append(line)

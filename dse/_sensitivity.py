@@ -26,25 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .hardware import FIELDS
+
 # Which way a metric is better. Public arguments take a plain str (checked at run time, so a
 # wrong value gets the named ValueError rather than a type-checker error).
 Direction = Literal["min", "max"]
 
-# Which hardware resource each design field provides (by the field's last name). Fields not
-# listed (process node, redundancy, model or plan fields) get elasticities but are not resources.
-RESOURCES: dict[str, str] = {
-    "mac_units": "compute",
-    "clock_hz": "compute",
-    "vector_flops": "vector compute",
-    "sram_bytes": "SRAM capacity",
-    "hbm_bandwidth": "HBM bandwidth",
-    "hbm_bytes": "HBM capacity",
-    "link_count": "scale-up links",
-    "link_bandwidth": "scale-up links",
-    "scaleup_latency": "network latency",
-    "scaleout_latency": "network latency",
-    "scaleout_bandwidth": "scale-out network",
-}
+# Which hardware resource each design field provides (by the field's last name), from the one
+# field table. Fields without one (process node, redundancy, model or plan fields) get
+# elasticities but are not resources.
+RESOURCES: Mapping[str, str] = {name: f.resource for name, f in FIELDS.items() if f.resource}
 
 
 @dataclasses.dataclass(frozen=True)

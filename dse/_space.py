@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from dse.hardware import FIELDS
 from dse.optimizers import Box
 
 Scale = Literal["linear", "log", "integer"]
@@ -87,6 +88,26 @@ class Param:
                                         or self.high != round(self.high)):
             raise ValueError(f"Param {self.name!r}: integer scale needs integer bounds; got "
                              f"[{self.low:g}, {self.high:g}]")
+
+    @classmethod
+    def from_field(cls, base: Any, name: str, **changes) -> Param:
+        """A parameter over hardware field `name` of `base`, with the table's default range.
+
+        **Arguments:**
+
+        - `base`: the design the space is over (a `Chip`, or a `System`: then a chip field is
+          `chip.<name>`).
+        - `name`: a field of `dse.hardware.FIELDS` (also the parameter's name).
+        - `changes`: `low`, `high`, `scale` or `name` to use instead of the table's.
+
+        **Returns:** the `Param`.
+        """
+        if name not in FIELDS:
+            raise ValueError(f"Param.from_field: {name!r} is not in dse.hardware.FIELDS; fields "
+                             f"are {list(FIELDS)}")
+        f = FIELDS[name]
+        return cls(**{"name": name, "field": f.path(base), "low": f.low, "high": f.high,
+                      "scale": f.scale, **changes})
 
 
 def _field_path(base: Any, path: str, pname: str) -> list[str]:

@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax.numpy as jnp
 
@@ -130,10 +130,30 @@ class _Reader:
         return value
 
 
-CHIP_KEYS = ("preset",) + hw.CONTINUOUS_CHIP_FIELDS + ("sram_kind", "core_kind",
-                                                       "hbm_generation", "die_count", "name")
-SYSTEM_KEYS = ("preset", "num_chips", "scaleup_size", "scaleup_latency", "scaleout_bandwidth",
-               "scaleout_latency", "topology", "name")
+def _keys(owner: type, which: Literal["all", "number", "int", "required"] = "all"
+          ) -> tuple[str, ...]:
+    """Config keys of a [chip] / [system] table.
+
+    "number": the Module's continuous fields, from the one field table (`dse.hardware.FIELDS`);
+    "int": its integer static fields; "required": the fields without a default (numbers and
+    statics); "all": "preset", the numbers, then every static field.
+    """
+    numbers = tuple(name for name, f in hw.FIELDS.items() if f.owner == owner.__name__)
+    fields = dataclasses.fields(owner)
+    static = tuple(f.name for f in fields if f.metadata.get("static"))
+    if which == "number":
+        return numbers
+    if which == "int":
+        return tuple(f.name for f in fields if f.name in static and f.type in ("int", int))
+    if which == "required":
+        return tuple(f.name for f in fields if f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING
+                     and f.name in numbers + static)
+    return ("preset", *numbers, *static)
+
+
+CHIP_KEYS = _keys(hw.Chip)
+SYSTEM_KEYS = _keys(hw.System)
 WORKLOAD_KEYS = ("kind", "model", "global_batch", "plan", "batch", "input_len", "output_len",
                  "tp", "pp")
 PLAN_KEYS = ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "sequence_parallel",
@@ -210,55 +230,41 @@ def make_objective(kind, model, plan, global_batch, batch=1.0, input_len=1.0, ou
     return objective
 
 
+def _design(r: _Reader, table: str, owner: type, base: Any, changes: dict[str, Any]) -> Any:
+    """`base` (or a new `owner`) with the keys of [table]: the table's continuous fields are
+    numbers (with units), integer static fields integers, the other static fields strings; a
+    value the Module rejects is an error naming its key."""
+    spec = r.table(table, _keys(owner))
+    numbers, integers = _keys(owner, "number"), _keys(owner, "int")
+    changes = dict(changes)
+    for key, value in spec.items():
+        if key != "preset":
+            read = r.number if key in numbers else r.integer if key in integers else r.string
+            changes[key] = read(f"{table}.{key}", value)
+    try:
+        return base.replace(**changes) if base is not None else owner(**changes)
+    except ValueError as e:
+        field = next((k for k in spec if f".{k} " in str(e) or f".{k}:" in str(e)), None)
+        raise r.error(f"{table}.{field}" if field else table, str(e)) from None
+
+
 def _chip(r: _Reader) -> hw.Chip:
     spec = r.table("chip", CHIP_KEYS)
     if "preset" in spec:
         base = hw.CHIPS[r.string("chip.preset", spec["preset"], tuple(hw.CHIPS))]
     else:
-        missing = [f for f in hw.CONTINUOUS_CHIP_FIELDS
-                   if f not in spec and f != "compute_redundancy"]
+        missing = [f for f in _keys(hw.Chip, "required") if f not in spec]
         if missing:
             raise ConfigError(r.path, "chip", r.line_of("chip.preset") or None,
                               f"give a preset or every field; missing {', '.join(missing)}")
         base = None
-    changes: dict[str, Any] = {}
-    for key, value in spec.items():
-        if key == "preset":
-            continue
-        dotted = f"chip.{key}"
-        if key in hw.CONTINUOUS_CHIP_FIELDS:
-            changes[key] = r.number(dotted, value)
-        elif key == "die_count":
-            changes[key] = r.integer(dotted, value)
-        else:
-            changes[key] = r.string(dotted, value)
-    try:
-        return base.replace(**changes) if base is not None else hw.Chip(**changes)
-    except ValueError as e:
-        field = next((k for k in changes if f".{k} " in str(e) or f".{k}:" in str(e)), None)
-        raise r.error(f"chip.{field}" if field else "chip", str(e)) from None
+    return _design(r, "chip", hw.Chip, base, {})
 
 
 def _system(r: _Reader, chip: hw.Chip) -> hw.System:
     spec = r.table("system", SYSTEM_KEYS)
     name = r.string("system.preset", spec.get("preset", "DGX-H100"), tuple(hw.SYSTEMS))
-    base = hw.SYSTEMS[name]
-    changes: dict[str, Any] = {"chip": chip}
-    for key, value in spec.items():
-        dotted = f"system.{key}"
-        if key == "preset":
-            continue
-        if key == "num_chips":
-            changes[key] = r.integer(dotted, value)
-        elif key in ("topology", "name"):
-            changes[key] = r.string(dotted, value)
-        else:
-            changes[key] = r.number(dotted, value)
-    try:
-        return base.replace(**changes)
-    except ValueError as e:
-        field = next((k for k in changes if f".{k} " in str(e)), None)
-        raise r.error(f"system.{field}" if field else "system", str(e)) from None
+    return _design(r, "system", hw.System, hw.SYSTEMS[name], {"chip": chip})
 
 
 def _space(r: _Reader, system: hw.System) -> Space | None:
@@ -273,14 +279,22 @@ def _space(r: _Reader, system: hw.System) -> Space | None:
         for key in entry:
             if key not in ("scale", "low", "high", "field"):
                 raise r.error(f"{dotted}.{key}", "unknown key; allowed: scale, low, high, field")
-        field = r.string(f"{dotted}.field", entry.get("field", f"chip.{name}"))
-        scale = r.string(f"{dotted}.scale", entry.get("scale", "log"),
+        # A hardware field (by the parameter's name, or the field it names) brings its path and
+        # its default scale and bounds from the one field table; the entry may override each.
+        known = hw.FIELDS.get(name)
+        field = r.string(f"{dotted}.field", entry.get("field", known.path(system) if known
+                                                       else f"chip.{name}"))
+        known = hw.FIELDS.get(field.rsplit(".", 1)[-1])
+        default = {"scale": known.scale, "low": known.low, "high": known.high} if known else {}
+        scale = r.string(f"{dotted}.scale", entry.get("scale", default.get("scale", "log")),
                          ("linear", "log", "integer"))
-        if "low" not in entry or "high" not in entry:
-            raise r.error(dotted, "needs both low and high")
+        if not all(k in entry or k in default for k in ("low", "high")):
+            raise r.error(dotted, "needs both low and high (fields of dse.hardware.FIELDS have "
+                                  "defaults)")
+        low, high = (r.number(f"{dotted}.{k}", entry[k]) if k in entry else default[k]
+                     for k in ("low", "high"))
         try:
-            params.append(Param(name, field, r.number(f"{dotted}.low", entry["low"]),
-                                r.number(f"{dotted}.high", entry["high"]), scale))
+            params.append(Param(name, field, low, high, scale))
         except ValueError as e:
             if isinstance(e, ConfigError):
                 raise

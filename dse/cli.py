@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._format import table
+from ._format import table, unit_of
 
 EXIT_BAD_INPUT = 2
 
@@ -50,10 +50,10 @@ def cmd_evaluate(args) -> int:
     power = hw.power(system.chip)
     print("\narea by block (mm2):")
     print(table([{k: float(v) for k, v in area.blocks.items()} | {"total": float(area.total)}],
-                units={k: "mm2" for k in list(area.blocks) + ["total"]}))
+                units={k: unit_of("area") for k in list(area.blocks) + ["total"]}))
     print("\npower by block at full activity (peak MAC rate, HBM and links saturated), W:")
     print(table([{k: float(v) for k, v in power.blocks.items()} | {"total": float(power.total)}],
-                units={k: "W" for k in list(power.blocks) + ["total"]}))
+                units={k: unit_of("power") for k in list(power.blocks) + ["total"]}))
     if study.kind == "training":
         if study.plan is None:
             plan, report = models.best_plan(study.model, system, study.global_batch)
@@ -65,7 +65,7 @@ def cmd_evaluate(args) -> int:
         print("step time by component (s):")
         print(table([{k: float(v) for k, v in report.breakdown.items()}
                      | {"step_time": float(report.step_time)}],
-                    units={k: "s" for k in report.breakdown}))
+                    units={k: unit_of("step_time") for k in report.breakdown}))
     out = study.output_dir / "evaluate.csv"
     _write_csv(out, [metrics])
     print(f"\nwrote {out}")

@@ -3,7 +3,9 @@
 Every function returns a `matplotlib.figure.Figure` and, given `path`, also writes it (PNG or SVG
 by the suffix). Figures are built without pyplot, on the Agg canvas, so plotting never changes a
 user's backend or leaks figures in a long sweep; in a notebook the returned Figure displays
-itself. Axes carry units; an axis switches to log scale when its data span more than a decade.
+itself. Axes carry labels and units from the one table of metrics and hardware fields
+(`dse.hardware.FIELDS` and the metrics beside it): "HBM bandwidth [TB/s]", values shown in that
+unit. An axis switches to log scale when its data span more than a decade.
 """
 
 from __future__ import annotations
@@ -17,20 +19,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import _format
+from ._format import UNITS as UNITS
 from .optimizers import pareto_mask
-
-# Units of the metric and field names used across dse (models' report fields, hardware fields).
-UNITS: dict[str, str] = {
-    "time": "s", "step_time": "s", "ttft": "s", "tpot": "s", "total_latency": "s",
-    "compute_time": "s", "memory_time": "s", "area": "mm²", "die_area": "mm²",
-    "power": "W", "cost": "$", "energy": "J", "energy_per_token": "J/token",
-    "tokens_per_s": "tokens/s", "tokens_per_s_per_chip": "tokens/s per chip",
-    "tokens_per_s_per_dollar": "tokens/s per $", "mfu": "fraction of peak",
-    "hbm_bandwidth": "B/s", "hbm_bytes": "B", "sram_bytes": "B", "mac_units": "MAC units",
-    "clock_hz": "Hz", "vector_flops": "FLOP/s", "link_bandwidth": "B/s", "link_count": "links",
-    "node_nm": "nm", "core_count": "cores", "peak_flops": "FLOP/s",
-    "memory_per_chip": "B", "flops": "FLOP",
-}
 
 _FRONT = "#1f4e9c"
 _FEASIBLE = "#9ec5e8"
@@ -43,11 +34,27 @@ _BLOCK_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 MAX_SCATTER_POINTS = 20_000
 
 
+def pretty(name: str) -> str:
+    """A metric's or field's label ("chip.mac_units" -> "MAC units"); else spaces for "_"."""
+    q = _format.quantity(name)
+    return q.label if q is not None else name.replace("_", " ")
+
+
 def label(name: str, units: Mapping[str, str] | None = None) -> str:
-    """Axis label `"name [unit]"` from `units` or `UNITS` (the bare name if neither knows it)."""
-    unit = (units or {}).get(name, UNITS.get(name))
-    pretty = name.replace("_", " ")
-    return f"{pretty} [{unit}]" if unit else pretty
+    """Axis label `"label [unit]"`: the display unit of the table, or `units[name]` if given.
+
+    A name the table does not know shows with spaces for underscores (and its unit from
+    `units`, if any).
+    """
+    q = _format.quantity(name)
+    unit = units[name] if units and name in units else (q.display_unit if q else "")
+    return f"{pretty(name)} [{unit}]" if unit else pretty(name)
+
+
+def _scale(name: str, units: Mapping[str, str] | None = None) -> float:
+    """SI units per displayed unit (1 where `units` names the unit: values are shown as given)."""
+    q = _format.quantity(name)
+    return 1.0 if (units and name in units) or q is None else q.display_scale
 
 
 def new_figure(width: float = 6.4, height: float = 4.8) -> Figure:
@@ -150,7 +157,8 @@ def pareto_front(
     - `x`, `y`: the two metric columns; `directions`: "min" / "max" of each.
     - `presets`: name -> `{x: value, y: value}` (or `(x, y)`): real chips placed against the
       front (e.g. H100's step time and die area).
-    - `units`: metric -> unit for the axis labels (defaults from `UNITS`).
+    - `units`: metric -> unit for the axis labels, values shown as given (default: the table's
+      display unit, values converted to it).
     - `budgets`: text describing the budgets, shown in the legend title.
     - `region`: another table (same kinds as `data`) whose points draw the feasible and
       infeasible region, when `data` holds only a front (a `keep="pareto"` sweep): e.g. a
@@ -164,8 +172,9 @@ def pareto_front(
     for name in (x, y):
         if name not in cols:
             raise ValueError(f"no column {name!r}; columns are {sorted(cols)}")
-    xv = np.asarray(cols[x], np.float64)
-    yv = np.asarray(cols[y], np.float64)
+    sx, sy = _scale(x, units), _scale(y, units)
+    xv = np.asarray(cols[x], np.float64) / sx
+    yv = np.asarray(cols[y], np.float64) / sy
     feasible = np.ones(xv.shape, bool) if feasible is None else np.asarray(feasible, bool)
     finite = np.isfinite(xv) & np.isfinite(yv)
     front = pareto_mask(np.stack([np.where(finite, xv, np.nan), np.where(finite, yv, np.nan)],
@@ -179,8 +188,8 @@ def pareto_front(
         for name in (x, y):
             if name not in rcols:
                 raise ValueError(f"region has no column {name!r}; columns are {sorted(rcols)}")
-        cx = np.asarray(rcols[x], np.float64)
-        cy = np.asarray(rcols[y], np.float64)
+        cx = np.asarray(rcols[x], np.float64) / sx
+        cy = np.asarray(rcols[y], np.float64) / sy
         cfeas = np.ones(cx.shape, bool) if rfeas is None else np.asarray(rfeas, bool)
         cfin = np.isfinite(cx) & np.isfinite(cy)
     bad = _thin(np.flatnonzero(~cfeas & cfin))
@@ -203,6 +212,7 @@ def pareto_front(
     px, py = [], []
     for k, (name, p) in enumerate((presets or {}).items()):
         pxv, pyv = (float(p[x]), float(p[y])) if isinstance(p, Mapping) else map(float, p)
+        pxv, pyv = pxv / sx, pyv / sy
         px.append(pxv)
         py.append(pyv)
         ax.scatter([pxv], [pyv], marker="*", s=160, c=_PRESET, edgecolors="k", lw=0.6,
@@ -220,9 +230,9 @@ def pareto_front(
     ax.set_ylabel(label(y, units))
     better = {"min": "lower", "max": "higher"}
     # Two lines, so that long metric names never run past the figure's edge.
-    ax.set_title(title or f"{y.replace('_', ' ')} vs {x.replace('_', ' ')}\n"
-                 f"({better[directions[0]]} {x.replace('_', ' ')} and "
-                 f"{better[directions[1]]} {y.replace('_', ' ')} are better)", fontsize=10)
+    ax.set_title(title or f"{pretty(y)} vs {pretty(x)}\n"
+                 f"({better[directions[0]]} {pretty(x)} and "
+                 f"{better[directions[1]]} {pretty(y)} are better)", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8, title=budgets, title_fontsize=8, framealpha=0.9)
     return _finish(fig, path)
@@ -261,12 +271,12 @@ def sensitivity_bars(
     fig = new_figure(6.4, 0.45 * len(table) + 1.6)
     ax = fig.add_subplot()
     ax.barh(np.arange(len(table)), e, color=np.where(helps, "#2ca02c", "#d62728"))
-    ax.set_yticks(np.arange(len(table)), [f.replace("_", " ") for f in table["field"]])
+    ax.set_yticks(np.arange(len(table)), [pretty(f) for f in table["field"]])
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set_xlabel(f"elasticity d log({metric}) / d log(field) [% per %]")
     binding = result.binding[metric]
     binding = binding if result.batch_shape == () else binding[index]
-    ax.set_title(title or f"{metric.replace('_', ' ')}: binding resource = {binding}",
+    ax.set_title(title or f"{pretty(metric)}: binding resource = {binding}",
                  fontsize=10)
     lim = max(1e-3, float(np.max(np.abs(e))) if e.size else 1.0) * 1.25
     ax.set_xlim(-lim, lim)
@@ -377,7 +387,7 @@ def breakdown(
       `InferenceReport`, `AreaReport` (mm² by block), `PowerReport` (W by block) or a dict
       part -> value.
     - `quantity`: the name on the y axis (default from the report type: "step_time", "area",
-      "power"); its unit comes from `units` / `UNITS`.
+      "power"); its label and unit come from the table (or `units`).
     - `title`, `path`: as in `pareto_front`.
 
     **Returns:** the `Figure`.
@@ -396,8 +406,9 @@ def breakdown(
     fig = new_figure(max(5.0, 1.3 * len(labels) + 3.0), 4.6)
     ax = fig.add_subplot()
     bottom = np.zeros(len(labels))
+    scale = _scale(quantity, units)
     for j, p in enumerate(parts):
-        vals = np.array([parsed[k][0].get(p, 0.0) for k in labels])
+        vals = np.array([parsed[k][0].get(p, 0.0) for k in labels]) / scale
         ax.bar(np.arange(len(labels)), vals, bottom=bottom, width=0.6,
                color=_BLOCK_COLORS[j % len(_BLOCK_COLORS)], label=p.replace("_", " "))
         bottom += vals
@@ -408,7 +419,7 @@ def breakdown(
                   ha="center" if len(labels) < 6 else "right")
     ax.set_ylabel(label(quantity, units))
     ax.set_ylim(0, float(bottom.max()) * 1.15 if bottom.size and bottom.max() > 0 else 1.0)
-    ax.set_title(title or f"{quantity.replace('_', ' ')} breakdown", fontsize=10)
+    ax.set_title(title or f"{pretty(quantity)} breakdown", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(True, axis="y", alpha=0.3)
     return _finish(fig, path)
@@ -441,8 +452,9 @@ def roadmap(
     fig = new_figure(max(6.4, 1.7 * len(steps) + 2.0), 3.4 * len(metrics) + 0.6)
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, m in zip(axes, metrics, strict=True):
-        base = np.array([s.metrics.get(m, np.nan) for s in steps], np.float64)
-        opt = np.array([s.optimum_metrics.get(m, np.nan) for s in steps], np.float64)
+        base = np.array([s.metrics.get(m, np.nan) for s in steps], np.float64) / _scale(m, units)
+        opt = np.array([s.optimum_metrics.get(m, np.nan) for s in steps],
+                       np.float64) / _scale(m, units)
         for i, s in enumerate(steps):
             if s.extrapolated:
                 ax.axvspan(i - 0.5, i + 0.5, color="#f2e6c9", zorder=0,
@@ -472,7 +484,7 @@ def roadmap(
     axes[-1].set_xticks(xs, [s.label.replace(" / ", "\n") for s in steps])
     axes[-1].set_xlabel("process node / HBM generation [nm / JEDEC generation]")
     axes[-1].set_xlim(-0.5, len(steps) - 0.5)
-    axes[0].set_title(title or f"roadmap: {result.metric.replace('_', ' ')} "
+    axes[0].set_title(title or f"roadmap: {pretty(result.metric)} "
                       f"({'lower' if result.direction == 'min' else 'higher'} is better)",
                       fontsize=10)
     return _finish(fig, path)

@@ -9,6 +9,9 @@ from ._chip import Chip as Chip
 from ._chip import stack_chips as stack_chips
 from ._cost import CostReport as CostReport
 from ._cost import cost as cost
+from ._fields import FIELDS as FIELDS
+from ._fields import Field as Field
+from ._fields import Quantity as Quantity
 from ._power import Activity as Activity
 from ._power import PowerReport as PowerReport
 from ._power import power as power

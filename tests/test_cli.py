@@ -10,7 +10,9 @@ import sys
 import pytest
 from helpers import REPO
 
+from dse._study import load_study
 from dse.cli import EXIT_BAD_INPUT, main
+from dse.hardware import FIELDS
 
 EXAMPLE = REPO / "examples" / "h100_gpt3_training.toml"
 INFERENCE = REPO / "examples" / "h100_llama70b_inference.toml"
@@ -174,3 +176,22 @@ def test_demo_runs_and_writes_its_plots(workdir, capsys):
     for name in ("pareto.png", "sensitivity.png", "step_breakdown.png", "area_breakdown.png"):
         assert (workdir / "demo" / name).stat().st_size > 10_000
     assert shutil.which("dse") is not None
+
+
+def test_space_entry_takes_its_defaults_from_the_field_table(workdir):
+    # A knob of dse.hardware.FIELDS needs no bounds: scale, low and high come from the table,
+    # and an entry may override any of them.
+    config = _small(workdir, **{
+        'hbm_bandwidth = { scale = "log", low = "1 TB/s", high = "12 TB/s" }':
+            "hbm_bandwidth = {}\nscaleout_latency = {}",
+        'link_count = { scale = "integer", low = 4, high = 36 }':
+            'link_count = { high = 48 }'})
+    space = load_study(config).space
+    params = {p.name: p for p in space.params}
+    f = FIELDS["hbm_bandwidth"]
+    assert (params["hbm_bandwidth"].field, params["hbm_bandwidth"].low,
+            params["hbm_bandwidth"].high, params["hbm_bandwidth"].scale) == (
+        "chip.hbm_bandwidth", f.low, f.high, f.scale)
+    assert params["scaleout_latency"].field == "scaleout_latency"
+    assert (params["link_count"].low, params["link_count"].high,
+            params["link_count"].scale) == (4, 48, "integer")

@@ -81,7 +81,7 @@ def test_sensitivity_bars(tmp_path):
     ax = fig.axes[0]
     assert _has_unit(ax.get_xlabel()) and "elasticity" in ax.get_xlabel()
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels[-1] == "hbm bandwidth"  # the top bar is the largest effect
+    assert labels[-1] == "HBM bandwidth"  # the top bar is the largest effect, by its label
     assert "binding resource = HBM bandwidth" in ax.get_title()
     # Only fields that move the metric are drawn.
     assert len(labels) == int(np.sum(np.abs(res.elasticity["time"]) > 1e-4).clip(max=5))
