@@ -1,52 +1,46 @@
 """Leave-one-source-out error of the models on the rows of data/, before and after
 calibration, with and without the learned residual.
 
-Parameters: the operator `Efficiency` (four leaves), the sustained `kernel_fraction` of training
-steps, the scale-up `link_efficiency` (bandwidth) and `latency_scale` (per-step latency) of the
-collectives, one pair per scale-up fabric (`FABRICS`: NVLink + NVSwitch for the NVIDIA rows,
-the TPU v4 ICI torus for Pope et al.), and the training step's `dp_overlap_fraction`. A
-parameter that no row depends on (zero elasticity in every row at the defaults) is not fitted
-and is said so: that is
-`dp_overlap_fraction`, because every data-parallel training row ran without gradient-reduction
-overlap. Every row is predicted by the model it measures, with those parameters passed in
-(nothing is held at a module constant):
+Parameters: fields of `dse.models.Calibration`: the four operator fields, the sustained
+`kernel_fraction` of training steps, the scale-up `link_efficiency` (bandwidth) and
+`latency_scale` (per-step latency) of the collectives for each fabric the rows ran on (NVLink +
+NVSwitch for the NVIDIA rows, TPU v4 ICI for Pope et al.), and the training step's
+`dp_overlap_fraction`. A field that no row depends on (zero elasticity in every row at the
+defaults) is not fitted and is said so: that is `dp_overlap_fraction`, because every
+data-parallel training row ran without gradient-reduction overlap. Every row is predicted by the
+model it measures, with the `Calibration` passed in:
 
-- kernel rows (`dse._measure.shared_kernel_measurements`): LLMCompass A100 per-operator
+- kernel rows (`dse.calibration.data_kernel_measurements`): LLMCompass A100 per-operator
   latencies (llmcompass_fig5) and the A100 measured max-achievable matmul (stas00_mamf),
-  predicted by `gemm` / `elementwise` (`dse.operator_model`);
+  predicted by `gemm` / `elementwise` (`operator_model`);
 - collective rows: the LLMCompass A100 tensor-parallel all-reduces (AllReduce_MHA, source
   llmcompass_fig5) of the prefill layer (403 MB over 4 GPUs: bandwidth-bound, it constrains
   `link_efficiency`) and of the decode layer (196 KB: latency-bound, 26 us measured against
   4 x 1 us of stated latency, it constrains `latency_scale`), predicted by `all_reduce`
-  (`dse.collective_model`) on the DGX-A100 preset;
-- training rows (`models/_fit_training.py: training_cases`, every source_key of
-  training_runs.csv): `train_step` (`layer_time` for Korthikanti Table 4) with all three
-  parameter sets. Rows whose layout the source does not give keep the plan `best_plan` picks at
-  the shipped defaults. Rows that share their static structure are evaluated in one vmapped
-  call (`_TrainingRows`);
-- inference rows (`benchmarks/_inference_rows.py`): FasterTransformer (kipply) prefill and
-  decode on A100 and Pope et al. 2022 on TPU v4, predicted by `prefill` / `decode` with the
-  `Efficiency`, link efficiency and latency factor (their fused runtimes drop the start-up
-  times, as the model does for the defaults). The Pope et al. decode rows (64-way tensor
-  parallel on a TPU v4 torus) depend on the ICI `latency_scale`; only they constrain the ICI
-  pair, so held out they are predicted with its starting values, the shipped defaults (a
-  latency fitted on NVSwitch says nothing about ICI). The LLMCompass layer totals are left
+  (`collective_model`) on the DGX-A100 preset;
+- training rows (`dse.calibration.training_cases`): `train_step` (`layer_time` for Korthikanti
+  Table 4). Rows whose layout the source does not give keep the plan `best_plan` picks at the
+  shipped defaults. Rows that share their static structure are evaluated in one vmapped call
+  (`_TrainingRows`);
+- inference rows (`dse.calibration.inference_rows`): FasterTransformer (kipply) prefill and
+  decode on A100 and Pope et al. 2022 on TPU v4, predicted by `prefill` / `decode`. The Pope et
+  al. decode rows (64-way tensor parallel on a TPU v4 torus) depend on the ICI `latency_scale`;
+  only they constrain the ICI pair, so held out they are predicted with its starting values
+  (a latency fitted on NVSwitch says nothing about ICI). The LLMCompass layer totals are left
   out: their per-op latencies are already the kernel rows and the collective rows.
 
 The output says, per parameter, which sources' rows constrain it (their share of the
-Gauss-Newton curvature), whether the fit converged and which parameters sit on a bound (their
-Laplace error is then inf or one-sided), and for each held-out source the values its fold
-fitted. No prior is used: the natural centres are the shipped defaults, fitted to some of these
-same rows, so a prior would carry a held-out source back into its own fold.
+Gauss-Newton curvature), whether the fit converged and which parameters sit on a bound, and for
+each held-out source the values its fold fitted. No prior is used: the natural centres are the
+shipped defaults, fitted to some of these same rows.
 
-"before" is the shipped defaults (`FITTED_EFFICIENCY`, `SUSTAINED_KERNEL_FRACTION`,
-`SCALEUP_LINK_EFFICIENCY`), which were themselves fitted to some of these rows (llmcompass_fig5,
-stas00_mamf, and the training sources in `models/_fit_training.py: FIT_SOURCES`): for those
-sources "before" is an in-sample figure. "after" and "residual" are held-out: each source is
-predicted by parameters (and a network) fitted without it.
+"before" is the shipped defaults (`dse.models.DEFAULT`), which were themselves fitted to some of
+these rows (llmcompass_fig5, stas00_mamf, and `dse.calibration.FIT_SOURCES`): for those sources
+"before" is an in-sample figure. "after" and "residual" are held-out: each source is predicted
+by parameters (and a network) fitted without it.
 
 Run: `python benchmarks/calibration.py [DATA_DIR]`; with `--write-defaults` it instead rewrites
-the shipped `dse/calibrated/a100_operators.json` from the kernel rows.
+the shipped `calibration/saved/a100_operators.json` from the kernel rows.
 """
 
 from __future__ import annotations
@@ -61,33 +55,28 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _inference_rows import inference_rows
 
-from dse import Measurements, calibrate, fit_residual, param_names
-from dse._calibrate import _predict_z
-from dse._measure import (
-    DP_OVERLAP_FRACTION_BOUNDS,
-    LATENCY_SCALE_BOUNDS,
-    LINK_EFFICIENCY_BOUNDS,
-    OPERATOR_BOUNDS,
+from dse.calibration import (
+    FIT_SOURCES,
+    OPERATOR_FIELDS,
+    Measurements,
+    calibrate,
     collective_measurements,
     collective_model,
+    data_kernel_measurements,
+    fit_residual,
+    inference_rows,
     operator_model,
-    shared_kernel_measurements,
-)
-from dse.hardware import SYSTEMS
-from dse.models import layer_time, train_step
-from dse.models._collectives import SCALEUP_LINK_EFFICIENCY
-from dse.models._fit_efficiency import _per_op
-from dse.models._fit_training import (
-    FIT_SOURCES,
-    FLASH,
-    default_data_dir,
-    predict,
+    param_names,
     training_cases,
 )
-from dse.models._operators import default_efficiency
-from dse.models._training import SUSTAINED_KERNEL_FRACTION
+from dse.calibration import predict_case as predict
+from dse.calibration._fit import _predict_z
+from dse.calibration._operator_data import _per_op
+from dse.calibration._training_data import FLASH
+from dse.data import data_dir as default_data_dir
+from dse.hardware import SYSTEMS
+from dse.models import DEFAULT, layer_time, train_step
 
 # Inference sources calibrated here (the LLMCompass layer rows enter as kernel and collective
 # rows instead; see the module docstring).
@@ -101,37 +90,26 @@ KERNEL, COLLECTIVE, TRAINING, INFERENCE = 0, 1, 2, 3
 # are properties of a fabric (its links, switches and collective library), so each fabric has
 # its own pair: a source on a fabric no other source ran on is predicted, held out, with the
 # uncalibrated values of that fabric instead of another fabric's fit.
-FABRICS = ("nvlink", "tpu_ici")
-
-
 def fabric_of(hardware: str) -> str:
     """The scale-up fabric of a row from its `hardware` column."""
-    return "tpu_ici" if "TPU" in hardware else "nvlink"
+    return "ici" if "TPU" in hardware else "nvlink"
 
 
 # The shipped defaults; latency_scale 1 is the systems' stated per-step latency and
 # dp_overlap_fraction 1 the whole overlap window, i.e. the models' behaviour without them.
-DEFAULTS = dict(efficiency=default_efficiency(),
-                kernel_fraction=jnp.asarray(SUSTAINED_KERNEL_FRACTION),
-                link_efficiency={f: jnp.asarray(SCALEUP_LINK_EFFICIENCY) for f in FABRICS},
-                latency_scale={f: jnp.asarray(1.0) for f in FABRICS},
-                dp_overlap_fraction=jnp.asarray(1.0))
+DEFAULTS = DEFAULT
 # The models with nothing calibrated: datasheet peaks sustained in full, start-up times at the
-# lower end of OPERATOR_BOUNDS, stated latencies. Printed for scale only.
-DATASHEET = dict(efficiency=type(default_efficiency())(
-                     matrix_max=jnp.asarray(1.0), matrix_overhead_s=jnp.asarray(1e-8),
-                     memory_max=jnp.asarray(1.0), memory_overhead_s=jnp.asarray(1e-8)),
-                 kernel_fraction=jnp.asarray(1.0),
-                 link_efficiency={f: jnp.asarray(1.0) for f in FABRICS},
-                 latency_scale={f: jnp.asarray(1.0) for f in FABRICS},
-                 dp_overlap_fraction=jnp.asarray(1.0))
-BOUNDS = ({f"efficiency.{k}": v for k, v in OPERATOR_BOUNDS.items()}
-          | {"kernel_fraction": (0.05, 1.0), "dp_overlap_fraction": DP_OVERLAP_FRACTION_BOUNDS}
-          | {f"link_efficiency.{f}": LINK_EFFICIENCY_BOUNDS for f in FABRICS}
-          | {f"latency_scale.{f}": LATENCY_SCALE_BOUNDS for f in FABRICS})
+# lower end of the search box, stated latencies. Printed for scale only.
+DATASHEET = DEFAULT.replace(matrix_max=1.0, matrix_overhead_s=1e-8, memory_max=1.0,
+                            memory_overhead_s=1e-8, kernel_fraction=1.0, link_efficiency=1.0)
+# The fields this benchmark may fit (those no row depends on are dropped at run time).
+CANDIDATES = OPERATOR_FIELDS + ("kernel_fraction", "link_efficiency.nvlink",
+                                "link_efficiency.ici", "latency_scale.nvlink",
+                                "latency_scale.ici", "dp_overlap_fraction")
+BOUNDS = {"kernel_fraction": (0.05, 1.0)}
 # Sources the shipped defaults were fitted to: "before" is in-sample for them.
-# (models/_fit_efficiency.py: llmcompass_fig5 and stas00_mamf; models/_fit_training.py:
-# FIT_SOURCES.)
+# (dse.calibration.fit_operator_efficiency: llmcompass_fig5 and stas00_mamf;
+# dse.calibration.FIT_SOURCES for the kernel fraction.)
 DEFAULTS_FITTED_TO = ("llmcompass_fig5", "stas00_mamf") + tuple(FIT_SOURCES)
 
 
@@ -192,19 +170,14 @@ class _TrainingRows:
 
     def __call__(self, params):
         """The rows' modelled values (seconds, or inverse metrics), shape (rows,)."""
-        # Every training row ran on NVLink + NVSwitch (module docstring, `FABRICS`).
-        kw = dict(flash_attention=FLASH, kernel_fraction=params["kernel_fraction"],
-                  efficiency=params["efficiency"],
-                  link_efficiency=params["link_efficiency"]["nvlink"],
-                  latency_scale=params["latency_scale"]["nvlink"])
-        overlap = params["dp_overlap_fraction"]
+        # Every training row ran on NVLink + NVSwitch (the systems' fabric, module docstring).
+        kw = dict(flash_attention=FLASH, calibration=params)
         out = []
         for layer, model, plan, system in self.groups:
             if layer:
                 fn = lambda m, p, s: layer_time(m, p, s, **kw)  # noqa: E731
             else:
-                fn = lambda m, p, s: train_step(  # noqa: E731
-                    m, p, s, dp_overlap_fraction=overlap, **kw).step_time
+                fn = lambda m, p, s: train_step(m, p, s, **kw).step_time  # noqa: E731
             out.append(jax.vmap(fn)(model, plan, system))
         return jnp.concatenate(out)[self.inverse_order] * self.scale
 
@@ -232,13 +205,15 @@ def build(data_dir=None):
     """Kernel, collective, training and inference rows of data/ as one
     `Measurements`, and the model that predicts them: `(data, model_fn)`."""
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
-    kern = shared_kernel_measurements(data_dir)
+    kern = data_kernel_measurements(data_dir)
     coll = _collective_rows(data_dir)
     train = _TrainingRows(data_dir)
     inf = [r for r in inference_rows(data_dir) if r["source"] in INFERENCE_SOURCES]
     with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
         hardware = {r["run_id"]: r["hardware"] for r in csv.DictReader(f)}
-    inf_fabric = [fabric_of(hardware[r["row_id"].split(":")[0]]) for r in inf]
+    for r in inf:  # each row's System carries its fabric; check it matches the hardware
+        system_fabric = "ici" if r["source"] == "pope_table2" else "nvlink"
+        assert system_fabric == fabric_of(hardware[r["row_id"].split(":")[0]]), r["row_id"]
     nk, nc, nt, ni = kern.n, coll.n, len(train.measured), len(inf)
     n = nk + nc + nt + ni
     dtype = jnp.result_type(float)
@@ -259,15 +234,11 @@ def build(data_dir=None):
 
     def model_fn(params, x):
         """Each row's modelled value: kernels, collectives, training steps, inference passes."""
-        by_kind = [operator_model(params["efficiency"], x["kernel"]),
+        by_kind = [operator_model(params, x["kernel"]),
                    # The LLMCompass all-reduces ran on a DGX A100 (NVLink + NVSwitch).
-                   collective_model(params["link_efficiency"]["nvlink"], x["collective"],
-                                    latency_scale=params["latency_scale"]["nvlink"]),
+                   collective_model(params, x["collective"]),
                    train(params)[jnp.clip(x["index"], 0, nt - 1)],
-                   jnp.stack([f(params["efficiency"], params["link_efficiency"][fab],
-                                params["latency_scale"][fab])
-                              for f, fab in zip(seconds, inf_fabric, strict=True)])[
-                       jnp.clip(x["index"], 0, ni - 1)]]
+                   jnp.stack([f(params) for f in seconds])[jnp.clip(x["index"], 0, ni - 1)]]
         return jnp.take_along_axis(jnp.stack(by_kind), x["kind"][None, :], axis=0)[0]
 
     measured = np.concatenate([np.asarray(kern.measured), np.asarray(coll.measured),
@@ -337,8 +308,8 @@ def main(data_dir=None) -> None:
     # A parameter no row's prediction depends on (zero elasticity everywhere at the defaults)
     # is not fitted: the data say nothing about it.
     _, at_defaults = constraints(model, DEFAULTS, data)
-    fit = [n for n in param_names(DEFAULTS) if at_defaults[n] > 0]
-    unfitted = [n for n in param_names(DEFAULTS) if at_defaults[n] == 0]
+    fit = [n for n in CANDIDATES if at_defaults[n] > 0]
+    unfitted = [n for n in CANDIDATES if at_defaults[n] == 0]
     result = calibrate(model, DEFAULTS, data, fit=fit,
                        bounds={k: v for k, v in BOUNDS.items() if k in fit},
                        validation="source", uncertainty="laplace")
@@ -396,7 +367,7 @@ def main(data_dir=None) -> None:
     print("rows that constrain each parameter at the fit (source: share of the curvature, rows "
           "with |d log t / d log p| > 0.01):")
     shares, total = constraints(model, result.params, data)
-    for name in param_names(DEFAULTS):
+    for name in CANDIDATES:
         parts = ", ".join(f"{src} {100 * sh:.0f}% ({nr})" for src, sh, nr in shares[name][:4])
         if total[name] == 0:
             parts = "no row: zero sensitivity, not fitted (held at its default)"
@@ -417,15 +388,17 @@ def main(data_dir=None) -> None:
 
 
 def write_defaults(data_dir=None) -> Path:
-    """Calibrate the operator `Efficiency` to the shared kernel rows and write the shipped
-    `dse/calibrated/a100_operators.json` (tests/test_calibrate.py re-runs this fit)."""
-    data = shared_kernel_measurements(data_dir)
+    """Calibrate the operator fields of `Calibration` to the kernel rows of the data and write
+    the shipped `calibration/saved/a100_operators.json` (tests/test_calibrate.py re-runs this
+    fit)."""
+    data = data_kernel_measurements(data_dir)
     data = dataclasses.replace(data, description=data.description + "; fitted by "
-                               "benchmarks/calibration.py --write-defaults (dse.calibrate, "
-                               "operator_model, OPERATOR_BOUNDS, leave-one-source-out)")
-    result = calibrate(operator_model, default_efficiency(), data, bounds=OPERATOR_BOUNDS,
-                       validation="source", uncertainty="laplace")
-    path = Path(__file__).resolve().parents[1] / "dse" / "calibrated" / "a100_operators.json"
+                               "benchmarks/calibration.py --write-defaults "
+                               "(dse.calibration.calibrate, operator_model, the four operator "
+                               "fields of Calibration, leave-one-source-out)")
+    result = calibrate(operator_model, DEFAULT, data, fit=OPERATOR_FIELDS, validation="source",
+                       uncertainty="laplace")
+    path = Path(__file__).resolve().parents[1] / "calibration" / "saved" / "a100_operators.json"
     path.parent.mkdir(exist_ok=True)
     result.save(path)
     return path

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 
 import jax
-from dse.hardware import CHIPS, Chip
-from dse.models._operators import default_efficiency
 
-import dse
-from dse._measure import DEFAULT_ELEMENTS, DEFAULT_GEMMS, OPERATOR_BOUNDS
+import dse.calibration as dc
+from dse.calibration._measurements import DEFAULT_ELEMENTS, DEFAULT_GEMMS
+from dse.hardware import CHIPS, Chip
+from dse.models import DEFAULT
 
 
 def _chip(args) -> Chip:
@@ -47,26 +47,26 @@ def main(argv=None) -> None:
     p.add_argument("--max-dim", type=int, default=8192, help="largest GEMM dimension")
     p.add_argument("--max-elements", type=int, default=2**28, help="largest element-wise op")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--calibrate", metavar="JSON", help="fit Efficiency and save it here")
+    p.add_argument("--calibrate", metavar="JSON",
+                   help="fit the operator fields of the Calibration and save it here")
     args = p.parse_args(argv)
     chip = _chip(args) if (args.calibrate or args.chip) else None
     gemms = [s for s in DEFAULT_GEMMS if max(s) <= args.max_dim]
     elements = [e for e in DEFAULT_ELEMENTS if e <= args.max_elements]
-    rows = dse.measure_kernels(gemms, elements, repeats=args.repeats,
+    rows = dc.measure_kernels(gemms, elements, repeats=args.repeats,
                                chip_name=args.chip or "")
-    dse.write_kernel_csv(rows, args.out)
+    dc.write_kernel_csv(rows, args.out)
     for r in rows:
         shape = f"{r['m']}x{r['n']}x{r['k']}" if r["kind"] == "gemm" else f"{r['elements']}"
         print(f"{r['kind']:12s} {shape:>18s} {r['time_s'] * 1e6:12.2f} us")
     tail = f"rows={len(rows)}"
     if args.calibrate:
-        data = dse.kernel_measurements(
-            dse.read_measurement_csv(args.out), chip,
+        data = dc.kernel_measurements(
+            dc.read_measurement_csv(args.out), chip,
             description=f"{args.out}: kernels measured by benchmarks/measure_kernels.py on "
                         f"{rows[0]['device']} ({args.chip or 'local chip from flags'})")
-        result = dse.calibrate(dse.operator_model, default_efficiency(), data,
-                               bounds=OPERATOR_BOUNDS, validation="kfold",
-                               uncertainty="laplace")
+        result = dc.calibrate(dc.operator_model, DEFAULT, data, fit=dc.OPERATOR_FIELDS,
+                              validation="kfold", uncertainty="laplace")
         result.save(args.calibrate)
         for (name, (v, s)), edge in zip(result.as_dict().items(), result.at_bound,
                                         strict=True):

@@ -20,7 +20,6 @@ import resource
 import sys
 import time
 
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from sweep_throughput import GPT3, SPACE, objective, step_metrics  # noqa: E402

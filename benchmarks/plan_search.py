@@ -15,9 +15,8 @@ import time
 
 import jax
 
-from dse.hardware import SYSTEMS
+from dse.hardware import SYSTEMS, describe_reason
 from dse.models import TRANSFORMERS, enumerate_plans, evaluate_plans, select_plan
-from dse.models._training import REASON_NAMES
 
 GLOBAL_BATCH = 1536
 NUM_CHIPS = 1024
@@ -51,7 +50,7 @@ def main() -> None:
     print("best plan: " + ", ".join(f"{f}={float(getattr(plan, f)):g}" for f in fields))
     print(f"step time {float(report.step_time):.3f} s, MFU {100 * float(report.mfu):.1f}%, "
           f"memory {float(report.memory_per_chip) / 2**30:.1f} GiB/chip "
-          f"({REASON_NAMES[int(report.reason)]})")
+          f"({describe_reason(report.reason)})")
     print("breakdown: " + ", ".join(f"{k} {float(v):.3f} s" for k, v in report.breakdown.items()))
     print(f"compile time {compile_s:.2f} s; search after compilation {best_s:.3f} s "
           f"({1e6 * best_s / n:.2f} us per plan)")

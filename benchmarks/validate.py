@@ -1,15 +1,15 @@
 """Validate the workload models against every modellable row of data/.
 
-Training: each row of training_runs.csv that states enough (`dse.models._fit_training.
+Training: each row of training_runs.csv that states enough (`dse.calibration.
 training_cases`) is predicted with `train_step` (or `best_plan` where the source does not give
 the layout) and compared with its measured figure. Also printed: Korthikanti et al. 2022 Fig. 1
 memory per GPU, the error of each source with the one fitted constant refitted without it
-(held-out), and the inference rows of `benchmarks/_inference_rows.py`.
+(held-out), and the inference rows (`dse.calibration.inference_rows`).
 
 Last line: `training_mape=<x> inference_mape=<y> rows=<n>` (mean absolute percentage errors over
 all training and all inference figures; n figures in all).
 
-Run: `python benchmarks/validate.py [shared-data-dir]`.
+Run: `python benchmarks/validate.py [DATA_DIR]` (default: the repository's data/).
 """
 
 from __future__ import annotations
@@ -19,23 +19,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _inference_rows import inference_rows
 
+from dse.calibration import FIT_SOURCES, inference_rows, training_cases
+from dse.calibration._training_data import fit_fraction_from_parts, predict_parts
+from dse.data import data_dir as default_data_dir
 from dse.models import (
+    DEFAULT,
     RECOMPUTE_NONE,
     RECOMPUTE_SELECTIVE,
     TRANSFORMERS,
     TrainingPlan,
     train_step,
 )
-from dse.models._fit_training import (
-    FIT_SOURCES,
-    default_data_dir,
-    fit_fraction_from_parts,
-    predict_parts,
-    training_cases,
-)
-from dse.models._training import SUSTAINED_KERNEL_FRACTION
+
+SUSTAINED_KERNEL_FRACTION = float(DEFAULT.kernel_fraction)
 
 # Korthikanti et al. 2022 (arXiv:2205.05198) Fig. 1, GiB per GPU: parameters + optimizer state;
 # activations without sequence parallelism or recomputation; activations with sequence

@@ -21,11 +21,11 @@ from . import hardware as hw
 from . import models, plot
 from ._format import si, table, unit_of
 from ._optimize import EVALUATIONS_PER_JACOBIAN, optimize
-from .optimizers import hypervolume, knee_point
 from ._sensitivity import sensitivity
 from ._space import Param, Space
 from ._study import make_objective
 from ._sweep import sweep
+from .optimizers import hypervolume, knee_point
 
 MODEL = "gpt3-175b"
 CHIPS_IN_CLUSTER = 1024

@@ -36,7 +36,6 @@ from jaxtyping import Array, Float
 
 from . import _distributed as dist
 from ._pareto import ParetoFront, order_key
-from .optimizers import direction_signs
 from ._space import (
     Space,
     _check_n,
@@ -48,6 +47,7 @@ from ._space import (
     to_unit_float,
 )
 from ._table import SweepResult, atomic_savez
+from .optimizers import direction_signs
 
 _FORMAT = 1  # version of the files a sweep writes under `path`
 

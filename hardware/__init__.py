@@ -19,6 +19,10 @@ from ._presets import CHIPS as CHIPS
 from ._presets import PRESET_ASSUMPTIONS as PRESET_ASSUMPTIONS
 from ._presets import PUBLISHED as PUBLISHED
 from ._presets import SYSTEMS as SYSTEMS
+from ._reasons import REASON_TEXT as REASON_TEXT
+from ._reasons import Reason as Reason
+from ._reasons import describe_reason as describe_reason
+from ._system import FABRICS as FABRICS
 from ._system import System as System
 from ._technology import RETICLE_LIMIT_MM2 as RETICLE_LIMIT_MM2
 from ._technology import Technology as Technology

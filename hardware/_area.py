@@ -38,7 +38,7 @@ SRAM_CELL_MULTIPLE = {
 UNCORE_FRACTION = (76.44 + 40.0) / (476.25 + 119.31)
 
 # Compute transistors per core and per 16-bit MAC, by core kind. Fitted by
-# `dse.hardware._fit.fit_compute_transistors` to the published die areas of chips.csv (simt:
+# `dse.calibration.fit_compute_transistors` to the published die areas of chips.csv (simt:
 # V100, A100, H100; spatial: Groq TSP, Cerebras WSE-2, Graphcore GC200) after the SRAM, HBM,
 # link and uncore blocks above are subtracted. `tests/test_hardware_fit.py` re-runs the fit.
 # The spatial pair leaves GC200 23% under its 823 mm^2. Graphcore's own split of that die (Hot

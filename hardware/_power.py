@@ -12,7 +12,7 @@ from ._validate import as_float_array, check_range
 
 # Energy of one 16-bit MAC at 7 nm including operand delivery from registers and on-chip SRAM
 # (J), and static power per mm^2 of silicon (W/mm^2: leakage, clock tree, always-on uncore).
-# Fitted by `dse.hardware._fit.fit_power_constants` to the TDPs of V100, A100 40/80GB, H100 and
+# Fitted by `dse.calibration.fit_power_constants` to the TDPs of V100, A100 40/80GB, H100 and
 # H200 in chips.csv, each at the matmul rate it sustains at TDP; `tests/test_hardware_fit.py`
 # re-runs the fit. Other nodes scale the MAC energy with `Technology.energy_scale`. The
 # non-negative fit puts no weight on an area-proportional static term (TDPs alone cannot

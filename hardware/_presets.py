@@ -1,6 +1,6 @@
 """Preset chips and systems from public specifications. Presets are data, never fitted results.
 
-Unless a line says otherwise, a number is the chips.csv row of that chip in `data//`
+Unless a line says otherwise, a number is the chips.csv row of that chip in `data/`
 (its `source` column names the vendor document). Derived fields are arithmetic on those:
 `mac_units` = dense 16-bit peak FLOP/s / (2 * clock). Fields that no source used here states
 are listed in `PRESET_ASSUMPTIONS` with the reasoning, so a user sees which numbers are firm.
@@ -253,11 +253,12 @@ _SYSTEMS = {
     # data-centre network is not used inside a slice (scale-out = ICI rate).
     "TPUv4-pod": System(chip=_CHIPS["TPUv4"], num_chips=64, scaleup_size=4096,
                         scaleup_latency=1 * u.us, scaleout_bandwidth=50 * u.GB,
-                        scaleout_latency=5 * u.us, topology="torus3d", name="TPUv4-pod"),
+                        scaleout_latency=5 * u.us, topology="torus3d", fabric="ici",
+                        name="TPUv4-pod"),
 }
 SYSTEMS: Mapping[str, System] = PresetMapping("system", _SYSTEMS)
 
-# Row names of each preset in data//chips.csv (for validation and fitting code).
+# Row names of each preset in data/chips.csv (for validation and fitting code).
 CHIPS_CSV_NAME: dict[str, str] = {
     "V100": "NVIDIA V100 SXM2",
     "A100-40GB": "NVIDIA A100 SXM4 40GB",

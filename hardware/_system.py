@@ -15,6 +15,11 @@ from ._chip import Chip
 from ._validate import as_float_array, check_choice, check_range
 
 Topology = Literal["switch", "torus2d", "torus3d"]
+# Scale-up fabric kinds: NVLink / NVSwitch, TPU inter-chip interconnect, AMD Infinity Fabric
+# (xGMI), Ethernet-based scale-up (Gaudi RoCE ports). Each is calibrated on its own
+# (`dse.models.Calibration.link_efficiency` / `latency_scale` are per fabric).
+Fabric = Literal["nvlink", "ici", "xgmi", "ethernet"]
+FABRICS: tuple[str, ...] = get_args(Fabric)
 
 SYSTEM_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "scaleup_size": (1.0, float("inf"), True),
@@ -39,6 +44,8 @@ class System(eqx.Module):
     - `scaleout_latency`: one-hop latency of the scale-out network, s.
     - `topology` (static): scale-up topology: "switch" (NVSwitch: any-to-any at full per-chip
       bandwidth), "torus2d" / "torus3d" (TPU ICI: rings along each dimension).
+    - `fabric` (static): what the scale-up links are ("nvlink", "ici", "xgmi", "ethernet"); it
+      selects the fabric's calibrated link efficiency and latency factor.
     - `name` (static): label.
     """
 
@@ -49,6 +56,7 @@ class System(eqx.Module):
     scaleout_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     scaleout_latency: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     topology: Topology = eqx.field(static=True, default="switch")
+    fabric: Fabric = eqx.field(static=True, default="nvlink")
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
@@ -61,6 +69,7 @@ class System(eqx.Module):
             check_range("System", field, getattr(self, field), lower=lo, upper=hi,
                         lower_inclusive=lo_inc)
         check_choice("System", "topology", self.topology, get_args(Topology))
+        check_choice("System", "fabric", self.fabric, FABRICS)
         links, size = self.chip.link_count, self.scaleup_size
         if not isinstance(links, jax.core.Tracer) and not isinstance(size, jax.core.Tracer):
             if np.any((np.asarray(links) == 0) & (np.asarray(size) > 1)):

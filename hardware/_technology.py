@@ -1,6 +1,6 @@
 """`Technology`: per-node physical and economic constants, interpolated in the node.
 
-Every published value below cites its source. Most come from `data//tech.csv` (its
+Every published value below cites its source. Most come from `data/tech.csv` (its
 rows name the original publication); a few come from the public papers named beside them. Between
 published nodes, `technology(node_nm)` interpolates log(value) against log(node) with a monotone
 cubic (C1-smooth, so the node is a differentiable what-if); outside them it extrapolates linearly

@@ -25,6 +25,10 @@ g_out = group_size / g_in domains. Reductions run in-domain first (every chip of
 its own scale-out port with its 1 / g_in shard, as NCCL's rail-aligned hierarchical algorithms do),
 so the scale-out tier carries n / g_in per chip. The two tiers run one after the other:
 time = scaleup_time + scaleout_time.
+
+The scale-up tier runs at `Calibration.link_efficiency` of the links' bandwidth and at
+`Calibration.latency_scale` times the stated latency, both for the system's fabric
+(`System.fabric`); the scale-out tier is taken at its stated per-chip bandwidth and latency.
 """
 
 from __future__ import annotations
@@ -34,16 +38,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import System
-from dse.hardware._validate import check_range
 
+from ._calibration import DEFAULT, Calibration
 from ._operators import _f, _safe_div
-
-# Fraction of the scale-up links' bandwidth a collective sustains (NCCL bus bandwidth / link
-# bandwidth). Fitted by `models/_fit_efficiency.py: fit_link_efficiency` to the LLMCompass A100
-# tensor-parallel all-reduce measurement (data//inference_runs.csv,
-# llmcompass_a100x4_gpt3_layer_prefill, AllReduce_MHA: 403 MB over 4 GPUs in 2.89 ms); the
-# test re-runs the fit. The scale-out tier is taken at its stated per-chip bandwidth.
-SCALEUP_LINK_EFFICIENCY = 0.6964
 
 
 class CommCost(eqx.Module):
@@ -96,33 +93,21 @@ def _scaleup_steps(system: System, p):
     return d * (p ** (1.0 / d) - 1.0)
 
 
-def _link_efficiency(link_efficiency):
-    """The given scale-up link efficiency, or the fitted `SCALEUP_LINK_EFFICIENCY`."""
-    return SCALEUP_LINK_EFFICIENCY if link_efficiency is None else link_efficiency
+def _link_efficiency(system: System, calibration: Calibration):
+    """The calibrated fraction of the scale-up links' bandwidth, for the system's fabric."""
+    return calibration.link_efficiency[system.fabric]
 
 
-def _scaleup_latency(system: System, latency_scale=None):
-    """The scale-up tier's per-step latency, times `latency_scale` when one is given."""
-    if latency_scale is None:
-        return system.scaleup_latency
-    check_range("collective", "latency_scale", latency_scale, lower=0.0, lower_inclusive=True)
-    return system.scaleup_latency * latency_scale
-
-
-def _bandwidths(system: System, link_efficiency=None):
-    return (system.scaleup_bandwidth * _link_efficiency(link_efficiency),
-            system.scaleout_bandwidth)
-
-
-def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, up_floor=None,
-          link_efficiency=None, latency_scale=None) -> CommCost:
-    bw_up, bw_out = _bandwidths(system, link_efficiency)
+def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, calibration: Calibration,
+          up_floor=None) -> CommCost:
+    bw_up = system.scaleup_bandwidth * _link_efficiency(system, calibration)
+    latency_up = system.scaleup_latency * calibration.latency_scale[system.fabric]
     # No scale-up links only happens with a scale-up domain of one chip (System checks it),
     # where no bytes cross them: 0 bytes take 0 s, not 0 / 0.
-    t_up = _safe_div(up_bytes, bw_up) + up_steps * _scaleup_latency(system, latency_scale)
+    t_up = _safe_div(up_bytes, bw_up) + up_steps * latency_up
     if up_floor is not None:
         t_up = jnp.maximum(t_up, up_floor)
-    t_out = out_bytes / bw_out + out_steps * system.scaleout_latency
+    t_out = out_bytes / system.scaleout_bandwidth + out_steps * system.scaleout_latency
     return CommCost(t_up + t_out, t_up, t_out, up_bytes, out_bytes)
 
 
@@ -134,8 +119,7 @@ def _reduce_scatter_parts(system, n, group_size, stride):
 
 
 def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-                   stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
-                   latency_scale: ArrayLike | None = None) -> CommCost:
+                   stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
     """Reduce-scatter of a `message_bytes` buffer over `group_size` chips (each keeps 1/p).
 
     **Arguments:**
@@ -145,23 +129,19 @@ def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLi
     - `group_size`: chips in the group (1: no communication).
     - `stride`: chip-index spacing of the members (a data-parallel group beside tensor
       parallel 8 has stride 8 and crosses the scale-out network).
-    - `link_efficiency`: fraction of the scale-up links' bandwidth the collective sustains
-      (default `SCALEUP_LINK_EFFICIENCY`, fitted; a calibrated value may be traced).
-    - `latency_scale`: factor on the scale-up tier's per-step latency `system.scaleup_latency`
-      (the alpha of the alpha-beta model; default None = the stated latency, exactly as
-      `latency_scale=1`). Like `link_efficiency` it is a calibratable parameter of the
-      scale-up tier; the scale-out tier keeps its stated latency and bandwidth.
+    - `calibration`: the fitted factors (`dse.models.Calibration`); the scale-up tier uses its
+      `link_efficiency` and `latency_scale` for `system.fabric` (a traced calibration
+      differentiates).
 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
-                 link_efficiency=link_efficiency, latency_scale=latency_scale)
+                 calibration)
 
 
 def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
-               latency_scale: ArrayLike | None = None) -> CommCost:
+               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
     """All-gather into a `message_bytes` buffer (each chip contributes 1/p) over the group.
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is the full gathered output.
@@ -170,12 +150,11 @@ def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     """
     n = _f(message_bytes)
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
-                 link_efficiency=link_efficiency, latency_scale=latency_scale)
+                 calibration)
 
 
 def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
-               latency_scale: ArrayLike | None = None) -> CommCost:
+               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
     """All-reduce of a `message_bytes` buffer: reduce-scatter then all-gather, per tier.
 
     **Arguments:** as `reduce_scatter`.
@@ -186,12 +165,11 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     up_bytes, up_steps, out_bytes, out_steps = _reduce_scatter_parts(system, n, group_size,
                                                                      stride)
     return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system,
-                 link_efficiency=link_efficiency, latency_scale=latency_scale)
+                 calibration)
 
 
 def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
-               latency_scale: ArrayLike | None = None) -> CommCost:
+               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
     """All-to-all: each chip sends `message_bytes` split evenly over the group (MoE dispatch).
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is each chip's send buffer (its own
@@ -210,14 +188,13 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
         # Bisection bound on the in-domain share, scaled by the (p-1)/p that leaves the chip
         # so that it vanishes continuously for a group of one.
         floor = side * up_bytes / (8.0 * system.chip.link_bandwidth
-                                   * _link_efficiency(link_efficiency))
+                                   * _link_efficiency(system, calibration))
     return _cost(up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out), system,
-                 up_floor=floor, link_efficiency=link_efficiency, latency_scale=latency_scale)
+                 calibration, up_floor=floor)
 
 
 def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-              stride: ArrayLike = 1.0, link_efficiency: ArrayLike | None = None,
-              latency_scale: ArrayLike | None = None) -> CommCost:
+              stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
     """Point-to-point transfer of `message_bytes` between neighbouring members (pipeline stages).
 
     The slowest neighbour pair sets the time: it crosses the scale-out network when the group
@@ -234,4 +211,4 @@ def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *
     up_bytes = active * (1.0 - crosses) * n
     out_bytes = active * crosses * n
     return _cost(up_bytes, active * (1.0 - crosses), out_bytes, active * crosses, system,
-                 link_efficiency=link_efficiency, latency_scale=latency_scale)
+                 calibration)

@@ -33,16 +33,14 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from dse.hardware import Activity, System, power
+from dse.hardware import Reason, System
 from dse.hardware._validate import as_float_array, check_choice, check_range
 
+from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
-from ._operators import Efficiency, _f, attention, default_efficiency, elementwise, gemm
+from ._energy import step_energy
+from ._operators import _f, attention, elementwise, gemm
 from ._transformer import Transformer
-
-# Reason codes of `InferenceReport.reason` / `ServeReport.reason`.
-FITS = 0
-OUT_OF_MEMORY = 1  # weights + KV cache + activations exceed HBM (+ SRAM) capacity
 
 Layout = Literal["weight_stationary", "weight_stationary_2d", "weight_gathered"]
 
@@ -64,7 +62,8 @@ class InferencePlan(eqx.Module):
       the tp chips and each layer's weights are all-gathered; pays off for large-batch prefill).
     - `sequence_parallel` (static): norms and residual adds on 1/tp of the tokens per chip.
     - `fused` (static): element-wise ops fused into neighbouring kernels and kernels issued back
-      to back by a compiled runtime: no per-op start-up time (see `_efficiency`).
+      to back by a compiled runtime: no per-op start-up time
+      (`Calibration.with_fused_runtime`).
     """
 
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -113,7 +112,7 @@ class InferenceReport(eqx.Module):
     - `weight_bytes`, `kv_cache_bytes`, `activation_bytes`: memory per chip, bytes.
     - `memory_per_chip`: their sum, bytes.
     - `fits`: memory per chip within HBM (+ SRAM) capacity.
-    - `reason`: `FITS` or `OUT_OF_MEMORY`.
+    - `reason`: `dse.hardware.Reason` flags (0: feasible; `Reason.MEMORY`).
     - `energy`: energy of all the plan's chips over the pass, J.
     """
 
@@ -148,7 +147,7 @@ class ServeReport(eqx.Module):
     - `energy_per_token`: energy per generated token (prefill included), J.
     - `kv_cache_bytes`: KV cache per chip at the final context, bytes.
     - `memory_per_chip`: weights + KV cache + activations per chip at the final context, bytes.
-    - `fits`, `reason`: memory feasibility (`FITS` / `OUT_OF_MEMORY`).
+    - `fits`, `reason`: memory feasibility (`dse.hardware.Reason` flags).
     - `prefill`, `decode`: the `InferenceReport`s of the prefill and of the mean decode step.
     """
 
@@ -163,17 +162,6 @@ class ServeReport(eqx.Module):
     reason: Int[Array, "..."]
     prefill: InferenceReport
     decode: InferenceReport
-
-
-def _check_latency_scale(owner: str, latency_scale) -> None:
-    """ValueError naming `owner.latency_scale` unless it is None or finite and >= 0.
-
-    The collectives check it too (as `collective.latency_scale`); checking at the entry point
-    names the function the user called. Concrete values only: traced values pass (as in
-    `check_range`).
-    """
-    if latency_scale is not None:
-        check_range(owner, "latency_scale", latency_scale, lower=0.0, lower_inclusive=True)
 
 
 def _kv_sharding(model: Transformer, plan: InferencePlan, batch):
@@ -192,21 +180,9 @@ def _kv_sharding(model: Transformer, plan: InferencePlan, batch):
     return kv_heads, kv_batch, q_heads, sharers
 
 
-def _efficiency(plan: InferencePlan, base: Efficiency | None = None) -> Efficiency:
-    """`base` (default: the fitted efficiency); without start-up time when the runtime is fused.
-
-    The fitted start-up time (~10 us per op) comes from ops timed one by one in eager PyTorch,
-    where each call's dispatch is exposed. A fused, compiled runtime (XLA, TensorRT-LLM,
-    FasterTransformer's C++ loop) issues kernels back to back, so the next launch hides behind
-    the running kernel; only the sustained fraction of peak remains. A calibrated `base` gets
-    the same adjustment.
-    """
-    base = default_efficiency() if base is None else base
-    if not plan.fused:
-        return base
-    return Efficiency(base.matrix_max, jnp.zeros_like(base.matrix_overhead_s),
-                      base.memory_max, jnp.zeros_like(base.memory_overhead_s),
-                      base.attention_scale)
+def _runtime_calibration(plan: InferencePlan, calibration: Calibration) -> Calibration:
+    """`calibration`, without per-op start-up times when the plan's runtime is fused."""
+    return calibration.with_fused_runtime() if plan.fused else calibration
 
 
 def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, context):
@@ -232,7 +208,7 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
         * plan.activation_bytes
     total = weights + kv + acts
     fits = total <= chip.hbm_bytes + chip.sram_bytes
-    reason = jnp.where(fits, FITS, OUT_OF_MEMORY).astype(jnp.int32)
+    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
     return weights, kv, acts, total, fits, reason
 
 
@@ -250,12 +226,11 @@ def _mesh_2d(model: Transformer, plan: InferencePlan):
 
 
 def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-           resident, smooth, efficiency=None, link_efficiency=None, latency_scale=None):
+           resident, smooth, calibration: Calibration):
     """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm).
 
-    `efficiency` is the base operator `Efficiency` (None: fitted; adjusted by `_efficiency`),
-    `link_efficiency` the collectives' (None: `SCALEUP_LINK_EFFICIENCY`) and `latency_scale`
-    their factor on the scale-up per-step latency (None: the system's stated latency).
+    `calibration` reaches every operator (without start-up times for a fused runtime) and every
+    collective.
     """
     chip = system.chip
     hd = model.head_dim
@@ -272,10 +247,10 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     if plan.layout == "weight_stationary_2d":
         x, yz = _mesh_2d(model, plan)
     tokens = batch * q_len
-    eff = _efficiency(plan, efficiency)
-    link = dict(link_efficiency=link_efficiency, latency_scale=latency_scale)
+    eff = _runtime_calibration(plan, calibration)
+    link = dict(calibration=calibration)
     mm = dict(bytes_per_element=ab, weight_bytes_per_element=wb,
-              weight_resident_fraction=resident, smooth=smooth, efficiency=eff)
+              weight_resident_fraction=resident, smooth=smooth, calibration=eff)
 
     # Q for every token on this chip; K, V for the sequences whose cache this chip holds.
     d_in = model.hidden / x
@@ -294,9 +269,9 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
 
     attn = attention(chip, kv_batch, q_heads, kv_heads, q_len, context, hd, causal=True,
-                     bytes_per_element=plan.kv_bytes, smooth=smooth, efficiency=eff)
+                     bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
 
-    ew = dict(bytes_per_element=ab, smooth=smooth, efficiency=eff)
+    ew = dict(bytes_per_element=ab, smooth=smooth, calibration=eff)
     sharded = plan.sequence_parallel or plan.layout == "weight_stationary_2d"
     stream = tokens * model.hidden / (tp if sharded else 1.0)
     norms = elementwise(chip, stream, **ew).scale(2.0)
@@ -304,7 +279,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / yz,
                              reads=model.mlp_matrices - 1.0, **ew)
     kv_write = elementwise(chip, 2.0 * kv_batch * q_len * kv_heads * hd, reads=0.0,
-                           bytes_per_element=plan.kv_bytes, smooth=smooth, efficiency=eff)
+                           bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
     elementwise_cost = norms + residual + activation + kv_write
 
     if plan.layout == "weight_gathered":
@@ -333,8 +308,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
 
 
 def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-             smooth, efficiency=None, link_efficiency=None,
-             latency_scale=None) -> InferenceReport:
+             smooth, calibration: Calibration) -> InferenceReport:
     chip = system.chip
     q_len = _f(q_len)
     context = _f(context)
@@ -344,18 +318,17 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     if plan.layout == "weight_gathered":
         resident = 0.0  # weights stream through the chip layer by layer
     matmul, attn, ew, comm = _layer(model, plan, system, q_len, context, resident, smooth,
-                                    efficiency, link_efficiency, latency_scale)
+                                    calibration)
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
     # Next-token logits for the last position of every sequence (vocabulary split over tp).
     logits = gemm(chip, plan.batch, model.vocab / plan.tp, model.hidden,
                   bytes_per_element=plan.activation_bytes,
                   weight_bytes_per_element=plan.weight_bytes, weight_resident_fraction=resident,
-                  smooth=smooth, efficiency=_efficiency(plan, efficiency))
+                  smooth=smooth, calibration=_runtime_calibration(plan, calibration))
     matmul_total = matmul.scale(layers) + logits
     pp_comm = send_recv(system, tokens * model.hidden * plan.activation_bytes, plan.pp,
-                        stride=plan.tp, link_efficiency=link_efficiency,
-                        latency_scale=latency_scale).scale(plan.pp - 1.0)
+                        stride=plan.tp, calibration=calibration).scale(plan.pp - 1.0)
     matmul_time = matmul_total.time
     attention_time = layers * attn.time
     elementwise_time = layers * ew.time
@@ -370,14 +343,10 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
                   + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
     mfu = flops / (time * plan.chips * chip.peak_flops)
-    activity = Activity(
-        compute=jnp.clip(per_chip_flops / plan.pp / (time * chip.peak_flops), 0.0, 1.0),
-        vector=jnp.clip(layers * ew.flops / plan.pp / (time * chip.vector_flops), 0.0, 1.0),
-        hbm=jnp.clip(hbm / (time * jnp.maximum(chip.hbm_bandwidth, 1.0)), 0.0, 1.0),
-        link=jnp.clip(link_bytes / (time * jnp.maximum(chip.link_bandwidth_total, 1.0)), 0.0,
-                      1.0),
-    )
-    energy = power(chip, activity).total * time * plan.chips
+    energy = step_energy(chip, time, plan.chips,
+                         compute_fraction=per_chip_flops / plan.pp / (time * chip.peak_flops),
+                         vector_flops=layers * ew.flops / plan.pp, hbm_bytes=hbm,
+                         link_bytes=link_bytes)
     return InferenceReport(
         time=time, matmul_time=matmul_time, attention_time=attention_time,
         elementwise_time=elementwise_time, tp_comm_time=tp_comm_time, pp_comm_time=pp_comm_time,
@@ -387,9 +356,7 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
 
 
 def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: ArrayLike, *,
-            smooth: bool = False, efficiency: Efficiency | None = None,
-            link_efficiency: ArrayLike | None = None,
-            latency_scale: ArrayLike | None = None) -> InferenceReport:
+            calibration: Calibration = DEFAULT, smooth: bool = False) -> InferenceReport:
     """Prefill: the forward pass over `plan.batch` prompts of `input_len` tokens.
 
     **Arguments:**
@@ -398,48 +365,34 @@ def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: 
     - `plan`: the `InferencePlan` (tp, pp, batch, element widths).
     - `system`: the `System` (its chip, scale-up and scale-out tiers).
     - `input_len`: prompt tokens per sequence.
+    - `calibration`: the models' fitted factors (`dse.models.Calibration`; default `DEFAULT`).
+      They reach every operator (without start-up times when `plan.fused`) and every collective
+      of the pass: the tensor-parallel all-reduces / gathers / all-to-alls and pipeline sends.
     - `smooth`: smooth rooflines (for gradient-based search).
-    - `efficiency`: the operator `Efficiency` (default: the fitted `default_efficiency()`);
-      with `plan.fused` its start-up times are dropped, as for the default (`_efficiency`).
-    - `link_efficiency`: fraction of the scale-up link bandwidth the collectives sustain
-      (default `SCALEUP_LINK_EFFICIENCY`, fitted).
-    - `latency_scale`: dimensionless factor (>= 0) on `system.scaleup_latency`, the scale-up
-      tier's per-step collective latency in s (default None: the stated latency, exactly as
-      `latency_scale=1`; see `dse.models.all_reduce`). It reaches every collective of the pass:
-      the tensor-parallel all-reduces / gathers / all-to-alls and the pipeline sends.
 
     **Returns:** `InferenceReport` (time = time to first token).
     """
-    _check_latency_scale("prefill", latency_scale)
-    return _forward(model, plan, system, input_len, input_len, smooth, efficiency,
-                    link_efficiency, latency_scale)
+    return _forward(model, plan, system, input_len, input_len, smooth, calibration)
 
 
 def decode(model: Transformer, plan: InferencePlan, system: System, context_len: ArrayLike, *,
-           smooth: bool = False, efficiency: Efficiency | None = None,
-           link_efficiency: ArrayLike | None = None,
-           latency_scale: ArrayLike | None = None) -> InferenceReport:
+           calibration: Calibration = DEFAULT, smooth: bool = False) -> InferenceReport:
     """One decode step: one new token for each of `plan.batch` sequences.
 
     **Arguments:**
 
     - `model`, `plan`, `system`: as `prefill`.
     - `context_len`: tokens in the KV cache that the new token attends to.
-    - `smooth`: smooth rooflines.
-    - `efficiency`, `link_efficiency`, `latency_scale`: as `prefill`.
+    - `calibration`, `smooth`: as `prefill`.
 
     **Returns:** `InferenceReport` (time = time per output token).
     """
-    _check_latency_scale("decode", latency_scale)
-    return _forward(model, plan, system, 1.0, context_len, smooth, efficiency, link_efficiency,
-                    latency_scale)
+    return _forward(model, plan, system, 1.0, context_len, smooth, calibration)
 
 
 def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
-          input_len: ArrayLike, output_len: ArrayLike, *, smooth: bool = False,
-          efficiency: Efficiency | None = None,
-          link_efficiency: ArrayLike | None = None,
-          latency_scale: ArrayLike | None = None) -> ServeReport:
+          input_len: ArrayLike, output_len: ArrayLike, *, calibration: Calibration = DEFAULT,
+          smooth: bool = False) -> ServeReport:
     """A batch of requests: prefill, then `output_len` decode steps.
 
     The decode step is evaluated at the mean context, input_len + (output_len + 1) / 2 (a step's
@@ -451,25 +404,21 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     - `batch`: sequences served together.
     - `input_len`: prompt tokens per sequence.
     - `output_len`: generated tokens per sequence.
-    - `smooth`: smooth rooflines.
-    - `efficiency`, `link_efficiency`, `latency_scale`: as `prefill` (shared by the prefill
-      and the decode steps).
+    - `calibration`, `smooth`: as `prefill` (shared by the prefill and the decode steps).
 
     **Returns:** `ServeReport`.
     """
-    _check_latency_scale("serve", latency_scale)
     plan = dataclasses.replace(plan, batch=batch)
     input_len = _f(input_len)
     output_len = _f(output_len)
-    kw = dict(smooth=smooth, efficiency=efficiency, link_efficiency=link_efficiency,
-              latency_scale=latency_scale)
+    kw = dict(calibration=calibration, smooth=smooth)
     pre = prefill(model, plan, system, input_len, **kw)
     dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
     final = input_len + output_len
     _, kv, _, total, fits, reason = _memory(model, plan, system, 1.0, final)
     _, _, _, pre_total, pre_fits, _ = _memory(model, plan, system, input_len, input_len)
     fits = fits & pre_fits
-    reason = jnp.where(fits, FITS, OUT_OF_MEMORY).astype(jnp.int32)
+    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
     total_latency = pre.time + output_len * dec.time
     generated = plan.batch * output_len
     return ServeReport(

@@ -15,8 +15,9 @@ roofline. Two physical effects set the times:
 - **Efficiency in op size.** Achieved throughput rises smoothly with op size: an op whose ideal
   time (work / peak rate) is s runs at efficiency eta(s) = eta_max * s / (s + s_half), i.e. in
   time (s + s_half) / eta_max: a fixed start-up cost plus a sustained fraction of peak. The four
-  constants (matrix and memory: eta_max, s_half) are fitted by `models/_fit_efficiency.py` to
-  measured A100 per-operator latencies and the measured max-achievable matmul rate.
+  constants (matrix and memory: eta_max, s_half) are fields of the `Calibration` every operator
+  takes (fitted by `dse.calibration` to measured A100 per-operator latencies and the measured
+  max-achievable matmul rate).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import Chip
+
+from ._calibration import DEFAULT, Calibration
 
 # Smooth-max exponent of `roofline(..., smooth=True)`: (c^p + m^p)^(1/p) exceeds max(c, m) by at
 # most 2^(1/p) - 1 (9% for p = 8) and only at the crossover c = m. A design choice trading
@@ -37,60 +40,6 @@ SMOOTH_MAX_P = 8.0
 def _f(x):
     """An array of the default float dtype (float32, or float64 under x64)."""
     return jnp.asarray(x, dtype=jnp.result_type(float))
-
-
-class Efficiency(eqx.Module):
-    """Sustained fraction of peak and start-up time of matrix and memory work.
-
-    An op with ideal time s (FLOP / peak FLOP/s, or bytes / HBM bandwidth) takes
-    (s + overhead) / max_fraction, i.e. runs at efficiency max_fraction * s / (s + overhead):
-    smooth and increasing in op size.
-
-    **Fields:**
-
-    - `matrix_max`: sustained fraction of peak matrix FLOP/s on large GEMMs.
-    - `matrix_overhead_s`: start-up time of a matrix op, s.
-    - `memory_max`: sustained fraction of peak HBM bandwidth on large transfers.
-    - `memory_overhead_s`: start-up time of a memory-bound op, s.
-    - `attention_scale`: sustained fraction of the matrix efficiency that fused
-      (FlashAttention-style) attention kernels reach: their compute time is
-      (flops / peak + matrix_overhead_s) / (matrix_max * attention_scale). A fused attention
-      kernel interleaves its matrix products with the online softmax and sustains less than a
-      large GEMM: FlashAttention-2 reaches 50-73% of the A100's theoretical maximum FLOP/s
-      over its benchmarked settings (Dao 2023, arXiv 2307.08691, abstract; Sec. 4.1) against
-      ~87% for large GEMMs (chips.csv: A100 measured max-achievable matmul 271.2 of 312
-      TFLOP/s), a ratio of roughly 0.57-0.84. The default None means 1.0 (fused attention at
-      the GEMM efficiency, bit for bit the model before this field existed) and is NOT
-      calibrated: data/ has no fused-attention timing. None is no pytree leaf, so
-      calibrations of the other four fields (and the files they wrote) are unchanged; give a
-      value (e.g. `jnp.asarray(1.0)`) to make it a leaf that `dse.calibrate` fits to
-      fused-attention timings (bounds `dse._measure.ATTENTION_SCALE_BOUNDS`). Unfused
-      attention (materialized scores: batched GEMMs and softmax) runs as GEMMs and
-      element-wise ops and does not use it.
-    """
-
-    matrix_max: Float[Array, ""]
-    matrix_overhead_s: Float[Array, ""]
-    memory_max: Float[Array, ""]
-    memory_overhead_s: Float[Array, ""]
-    attention_scale: Float[Array, ""] | None = None
-
-
-# Fitted by `python -m dse.models._fit_efficiency` (models/_fit_efficiency.py) to the LLMCompass
-# A100 per-operator latencies (data//inference_runs.csv, rows llmcompass_a100x4_gpt3_*,
-# notes column) and the A100 measured max-achievable matmul (chips.csv); tests/test_operators.py
-# re-runs the fit and checks these values.
-FITTED_EFFICIENCY = dict(
-    matrix_max=0.8897,
-    matrix_overhead_s=8.575e-06,
-    memory_max=0.6878,
-    memory_overhead_s=1.013e-05,
-)
-
-
-def default_efficiency() -> Efficiency:
-    """The fitted `Efficiency` (see `models/_fit_efficiency.py`)."""
-    return Efficiency(**{k: jnp.asarray(v) for k, v in FITTED_EFFICIENCY.items()})
 
 
 class OpCost(eqx.Module):
@@ -154,26 +103,26 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-def _times(chip: Chip, flops, hbm_bytes, eff: Efficiency, active, matrix: bool = True,
+def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True,
            fused_attention: bool = False):
     """Compute and memory times with the size-dependent efficiency.
 
     `active` is 1 where the op exists (a zero-size op costs no start-up time). A fused
-    attention kernel (`fused_attention`) sustains `eff.attention_scale` (None: 1) of the matrix
+    attention kernel (`fused_attention`) sustains `cal.attention_scale` of the matrix
     efficiency. Vector work (`matrix=False`) has no measured efficiency to fit: it runs at the
     vector peak and shares the memory-op start-up time (element-wise ops are memory-bound on
     every chip in chips.csv).
     A chip without HBM (`hbm_bandwidth == 0`) keeps its operands in SRAM: no HBM time.
     """
     ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
-    memory_time = active * (ideal_m + eff.memory_overhead_s) / eff.memory_max
+    memory_time = active * (ideal_m + cal.memory_overhead_s) / cal.memory_max
     if matrix:
-        matrix_max = eff.matrix_max
-        if fused_attention and eff.attention_scale is not None:
-            matrix_max = matrix_max * eff.attention_scale
-        compute_time = active * (flops / chip.peak_flops + eff.matrix_overhead_s) / matrix_max
+        matrix_max = cal.matrix_max
+        if fused_attention:
+            matrix_max = matrix_max * cal.attention_scale
+        compute_time = active * (flops / chip.peak_flops + cal.matrix_overhead_s) / matrix_max
     else:
-        compute_time = active * (flops / chip.vector_flops + eff.memory_overhead_s)
+        compute_time = active * (flops / chip.vector_flops + cal.memory_overhead_s)
     return compute_time, memory_time
 
 
@@ -208,7 +157,7 @@ def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
 def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
          bytes_per_element: ArrayLike = 2.0, weight_bytes_per_element: ArrayLike | None = None,
          weight_resident_fraction: ArrayLike = 0.0, smooth: bool = False,
-         efficiency: Efficiency | None = None) -> OpCost:
+         calibration: Calibration = DEFAULT) -> OpCost:
     """One matrix product C (m x n) = A (m x k) B (k x n) on one chip.
 
     **Arguments:**
@@ -219,11 +168,10 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     - `weight_bytes_per_element`: width of B (the weights) if different (int8 weights: 1).
     - `weight_resident_fraction`: share of B held in SRAM across calls, in [0, 1].
     - `smooth`: smooth roofline (see `roofline`).
-    - `efficiency`: override the fitted `Efficiency`.
+    - `calibration`: the model's fitted factors (`dse.models.Calibration`; default `DEFAULT`).
 
     **Returns:** `OpCost` (FLOP, bytes, seconds).
     """
-    eff = default_efficiency() if efficiency is None else efficiency
     wbytes = bytes_per_element if weight_bytes_per_element is None else weight_bytes_per_element
     m, n, k = (_f(x) for x in (m, n, k))
     flops = 2.0 * m * n * k
@@ -232,7 +180,7 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     a, b, c = gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction)
     hbm_bytes = (a + c) * bytes_per_element + b * wbytes
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
@@ -247,7 +195,7 @@ def _attention_shape(heads, kv_heads, q_len, kv_len, causal):
 def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLike,
               q_len: ArrayLike, kv_len: ArrayLike, head_dim: ArrayLike, *, causal: bool = True,
               bytes_per_element: ArrayLike = 2.0, smooth: bool = False,
-              efficiency: Efficiency | None = None) -> OpCost:
+              calibration: Calibration = DEFAULT) -> OpCost:
     """Fused (FlashAttention-style) attention forward: softmax(Q K^T) V on one chip.
 
     FLOPs: QK^T and AV, 4 * batch * heads * q_len * attended * head_dim (Dao et al. 2022 count;
@@ -256,7 +204,7 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     2023; block rows = S / (4 head_dim) as in Dao et al. 2022, Alg. 1). GQA / MQA: the
     heads / kv_heads query heads that share a KV head are processed together, so K and V are read
     per KV head, not per query head.
-    Compute runs at `efficiency.attention_scale` of the GEMM efficiency (see `Efficiency`).
+    Compute runs at `calibration.attention_scale` of the GEMM efficiency (see `Calibration`).
 
     **Arguments:**
 
@@ -268,11 +216,10 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     - `head_dim`: width of one head.
     - `causal`: causal mask (halves the work of a square prefill).
     - `bytes_per_element`: width of Q, K, V, O elements, bytes (the KV-cache width in decode).
-    - `smooth`, `efficiency`: as in `gemm`.
+    - `smooth`, `calibration`: as in `gemm`.
 
     **Returns:** `OpCost`.
     """
-    eff = default_efficiency() if efficiency is None else efficiency
     batch, heads, kv_heads, q_len, kv_len, head_dim = (
         _f(x) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
     attended = _attention_shape(heads, kv_heads, q_len, kv_len, causal)
@@ -286,7 +233,8 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     k_v = 2.0 * batch * kv_heads * kv_len * head_dim * jnp.maximum(kv_passes * kv_fraction, 1.0)
     hbm_bytes = (q_o + k_v) * bytes_per_element
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active, fused_attention=True)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
+                                       fused_attention=True)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
@@ -294,20 +242,19 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
 def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLike,
                        q_len: ArrayLike, kv_len: ArrayLike, head_dim: ArrayLike, *,
                        causal: bool = True, bytes_per_element: ArrayLike = 2.0,
-                       smooth: bool = False, efficiency: Efficiency | None = None) -> OpCost:
+                       smooth: bool = False, calibration: Calibration = DEFAULT) -> OpCost:
     """Fused attention backward (FlashAttention-2) on one chip.
 
     FLOPs: 2.5 x forward (five matrix products instead of two, the scores recomputed;
     Dao 2023, Sec. 3.2 / benchmark FLOP count). HBM traffic (Dao 2023, Alg. 2 loop order): K, V
     read and dK, dV written once per KV block pass; Q, O, dO read and dQ read and written once per
     block of keys that fits on chip (block = S / (4 head_dim) rows).
-    Compute runs at `efficiency.attention_scale` of the GEMM efficiency (see `Efficiency`).
+    Compute runs at `calibration.attention_scale` of the GEMM efficiency (see `Calibration`).
 
     **Arguments:** as `attention`.
 
     **Returns:** `OpCost`.
     """
-    eff = default_efficiency() if efficiency is None else efficiency
     batch, heads, kv_heads, q_len, kv_len, head_dim = (
         _f(x) for x in (batch, heads, kv_heads, q_len, kv_len, head_dim))
     attended = _attention_shape(heads, kv_heads, q_len, kv_len, causal)
@@ -318,7 +265,8 @@ def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads:
     q_side = 5.0 * batch * heads * q_len * head_dim * q_passes  # Q, O, dO read; dQ read + write
     hbm_bytes = (kv + q_side) * bytes_per_element
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active, fused_attention=True)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
+                                       fused_attention=True)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
@@ -326,7 +274,7 @@ def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads:
 def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike = 1.0,
                 bytes_per_element: ArrayLike = 2.0, reads: ArrayLike = 1.0,
                 writes: ArrayLike = 1.0, smooth: bool = False,
-                efficiency: Efficiency | None = None) -> OpCost:
+                calibration: Calibration = DEFAULT) -> OpCost:
     """A memory-bound element-wise op (activation, norm, softmax, residual add) on one chip.
 
     Work runs on the vector units (`chip.vector_flops`); each element is read `reads` times and
@@ -339,15 +287,14 @@ def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike
     - `flops_per_element`: vector FLOP per element.
     - `bytes_per_element`: element width, bytes.
     - `reads`, `writes`: HBM passes per element (a residual add reads 2, writes 1).
-    - `smooth`, `efficiency`: as in `gemm`.
+    - `smooth`, `calibration`: as in `gemm`.
 
     **Returns:** `OpCost`.
     """
-    eff = default_efficiency() if efficiency is None else efficiency
     elements = _f(elements)
     flops = elements * flops_per_element
     hbm_bytes = elements * (reads + writes) * bytes_per_element
     active = jnp.where(elements > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, eff, active, matrix=False)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active, matrix=False)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))

@@ -231,7 +231,7 @@ _TRANSFORMERS: dict[str, Transformer] = {
     "gpt-22b": _gpt("gpt-22b", 48, 6144, 64, 2048),
     "gpt-175b": _gpt("gpt-175b", 96, 12288, 96, 2048),
     # Narayanan et al. 2021 (SC21, arXiv:2104.04473) Table 1 (shapes as in
-    # data//training_runs.csv, source_key megatron_sc21_table1).
+    # data/training_runs.csv, source_key megatron_sc21_table1).
     "gpt-1.7b": _gpt("gpt-1.7b", 24, 2304, 24, 2048),
     "gpt-3.6b": _gpt("gpt-3.6b", 30, 3072, 32, 2048),
     "gpt-7.5b": _gpt("gpt-7.5b", 36, 4096, 32, 2048),

@@ -1,15 +1,16 @@
 """Collectives: conservation (AR = RS + AG), zero for one member, tiers, topology, gradients."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import central_difference, data_dir
 
+from dse.calibration import fit_link_efficiency
 from dse.hardware import SYSTEMS, Chip, System
-from dse.models import _fit_efficiency
-from dse.models._collectives import (
-    SCALEUP_LINK_EFFICIENCY,
+from dse.models import (
+    DEFAULT,
     all_gather,
     all_reduce,
     all_to_all,
@@ -17,6 +18,7 @@ from dse.models._collectives import (
     send_recv,
 )
 
+LINK_EFFICIENCY = float(DEFAULT.link_efficiency["nvlink"])
 COLLECTIVES = {"all_reduce": all_reduce, "all_gather": all_gather,
                "reduce_scatter": reduce_scatter, "all_to_all": all_to_all,
                "send_recv": send_recv}
@@ -88,7 +90,7 @@ def test_ring_bandwidth_term_matches_thakur():
     n, p = 1e9, 8.0
     cost = all_reduce(sys_, n, p)
     np.testing.assert_allclose(float(cost.time),
-                               2 * (p - 1) / p * n / (300e9 * SCALEUP_LINK_EFFICIENCY),
+                               2 * (p - 1) / p * n / (300e9 * LINK_EFFICIENCY),
                                rtol=1e-6)
     assert float(cost.scaleout_time) == 0.0
 
@@ -121,7 +123,7 @@ def test_torus_all_to_all_is_bisection_bound():
     n = 1e9
     cost = all_to_all(sys_, n, 64.0)
     # k n / (8 link bandwidth) for k = 4, on the (p-1)/p of the data that leaves each chip.
-    bisection = 4.0 * (63 / 64) * n / (8.0 * 50e9 * SCALEUP_LINK_EFFICIENCY)
+    bisection = 4.0 * (63 / 64) * n / (8.0 * 50e9 * LINK_EFFICIENCY)
     assert float(cost.time) >= bisection
     # On a switch with the same per-chip bandwidth the all-to-all is injection-bound (faster).
     switch = all_to_all(system("switch", scaleup_size=64.0, link_count=6.0,
@@ -209,7 +211,8 @@ def test_gradients_match_finite_differences(name, topology):
 
 def test_link_efficiency_fit_reproduces_constant_and_measurement():
     # Fit data: LLMCompass A100 x4 tensor-parallel all-reduce (inference_runs.csv), 2.8909 ms.
-    assert _fit_efficiency.fit_link_efficiency(data_dir()) == SCALEUP_LINK_EFFICIENCY
+    np.testing.assert_allclose(fit_link_efficiency(data_dir()),
+                               float(DEFAULT.link_efficiency["nvlink"]), rtol=1e-6)
     n = 8 * 2048 * 12288 * 2.0
     cost = all_reduce(system().replace(scaleup_latency=1e-6), n, 4.0)
     np.testing.assert_allclose(float(cost.time), 2.8909e-3, rtol=0.01)
@@ -224,27 +227,26 @@ def test_tpu_v4_pod_bisection_matches_published():
     pod = SYSTEMS["TPUv4-pod"].with_num_chips(4096)
     n = 1e9
     t = float(all_to_all(pod, n, 4096.0).scaleup_time)
-    implied = 4096 * n / 4 / t / SCALEUP_LINK_EFFICIENCY
+    implied = 4096 * n / 4 / t / float(DEFAULT.link_efficiency["ici"])
     assert abs(implied / 24e12 - 1) < 0.10
+
+
+def _latency(factor: float, fabric: str = "nvlink"):
+    return DEFAULT.replace(latency_scale={**DEFAULT.latency_scale, fabric: factor})
 
 
 @pytest.mark.parametrize("name", sorted(COLLECTIVES))
 @pytest.mark.parametrize("topology", TOPOLOGIES)
-def test_latency_scale_default_is_bit_identical_and_scales_only_scaleup_alpha(name, topology):
+def test_latency_factor_scales_only_the_scaleup_alpha(name, topology):
     op = COLLECTIVES[name]
     sys_ = system(topology)
     sizes = jnp.asarray([0.0, 2e5, 3e7, 4e8])
     for g, stride in ((4.0, 1.0), (64.0, 1.0), (64.0, 8.0)):
         plain = op(sys_, sizes, g, stride=stride)
-        for kw in (dict(latency_scale=None), dict(latency_scale=jnp.asarray(1.0))):
-            same = op(sys_, sizes, g, stride=stride, **kw)
-            for field in ("time", "scaleup_time", "scaleout_time"):
-                np.testing.assert_array_equal(np.asarray(getattr(same, field)),
-                                              np.asarray(getattr(plain, field)), err_msg=field)
         # The factor is the same as scaling the system's scale-up latency, bit for bit, and
-        # leaves scale-out alone (the same through prefill / decode:
-        # tests/test_model_calibration_knobs.py).
-        scaled = op(sys_, sizes, g, stride=stride, latency_scale=3.0)
+        # leaves scale-out alone (the same through the entry points:
+        # tests/test_calibration_module.py).
+        scaled = op(sys_, sizes, g, stride=stride, calibration=_latency(3.0))
         ref = op(sys_.replace(scaleup_latency=sys_.scaleup_latency * 3.0), sizes, g,
                  stride=stride)
         np.testing.assert_array_equal(np.asarray(scaled.time), np.asarray(ref.time))
@@ -252,25 +254,22 @@ def test_latency_scale_default_is_bit_identical_and_scales_only_scaleup_alpha(na
                                       np.asarray(plain.scaleout_time))
 
 
-def test_latency_scale_gradient_is_the_latency_steps():
+def test_latency_factor_gradient_is_the_latency_steps():
     # Switch all-reduce over 4 chips of one domain: 2 log2(4) = 4 latency steps, so
     # d time / d latency_scale = 4 x scaleup_latency exactly; finite in float32 and float64.
-    sys_ = system("switch")
     for x64 in (False, True):
         with jax.enable_x64(x64):
             dtype = jnp.float64 if x64 else jnp.float32
-            f = lambda s: all_reduce(sys_, 196608.0, 4.0, latency_scale=s).time  # noqa: E731
+
+            def f(s, op=all_reduce, top="switch", n=196608.0, g=4.0, stride=1.0):
+                cal = eqx.tree_at(lambda c: c.latency_scale["nvlink"], DEFAULT, s)
+                return op(system(top), n, g, stride=stride, calibration=cal).time
+
             for s0 in (0.0, 1.0, 6.0):
                 g = jax.grad(f)(jnp.asarray(s0, dtype))
                 assert g.dtype == dtype and np.isfinite(float(g))
                 np.testing.assert_allclose(float(g), 4.0 * 2e-6, rtol=1e-5)
             # Also through the torus all-to-all floor and a send crossing domains.
             for op, top in ((all_to_all, "torus3d"), (send_recv, "switch")):
-                h = jax.grad(lambda s, op=op, top=top: op(system(top), 1e6, 64.0, stride=8.0,
-                                                          latency_scale=s).time)
+                h = jax.grad(lambda s, op=op, top=top: f(s, op, top, 1e6, 64.0, 8.0))
                 assert np.isfinite(float(h(jnp.asarray(2.0, dtype))))
-
-
-def test_latency_scale_rejects_negative():
-    with pytest.raises(ValueError, match="latency_scale"):
-        all_reduce(system(), 1e6, 4.0, latency_scale=-1.0)

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 from helpers import data_dir
 
-from dse.hardware import CHIPS, PUBLISHED, Activity, area, power
-from dse.hardware._area import COMPUTE_TRANSISTORS
-from dse.hardware._fit import (
+from dse.calibration._hardware_data import (
     POWER_FIT_CHIPS,
     fit_compute_transistors,
     fit_mma_size_term,
@@ -17,6 +15,8 @@ from dse.hardware._fit import (
     read_chips_csv,
     tdp_compute_activity,
 )
+from dse.hardware import CHIPS, PUBLISHED, Activity, area, power
+from dse.hardware._area import COMPUTE_TRANSISTORS
 from dse.hardware._power import ENERGY_PER_MAC_7NM, STATIC_POWER_PER_MM2
 from dse.hardware._presets import CHIPS_CSV_NAME
 

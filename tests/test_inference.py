@@ -4,14 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, data_dir
+from helpers import data_dir
 
 from dse.hardware import CHIPS, SYSTEMS, stack_chips
 from dse.models import (
-    FITS,
-    OUT_OF_MEMORY,
     TRANSFORMERS,
     InferencePlan,
+    Reason,
     Transformer,
     decode,
     prefill,
@@ -65,7 +64,7 @@ def test_serve_totals():
                                (float(r.prefill.energy) + 200.0 * float(r.decode.energy))
                                / (8.0 * 200.0), rtol=1e-5)
     assert float(r.energy_per_token) > 0.0
-    assert int(r.reason) == FITS and bool(r.fits)
+    assert int(r.reason) == Reason.OK and bool(r.fits)
 
 
 def test_kv_cache_is_gqa_aware():
@@ -95,10 +94,10 @@ def test_memory_feasibility_flag_and_reason():
     # Llama 3 405B in bf16: 810 GB of weights do not fit on 8 x 80 GB, do on 16.
     model = TRANSFORMERS["llama3-405b"]
     r8 = serve(model, InferencePlan(tp=8.0), DGX, 1.0, 1000.0, 100.0)
-    assert not bool(r8.fits) and int(r8.reason) == OUT_OF_MEMORY
+    assert not bool(r8.fits) and int(r8.reason) == Reason.MEMORY
     r16 = serve(model, InferencePlan(tp=8.0, pp=2.0), DGX.with_num_chips(16), 1.0, 1000.0,
                 100.0)
-    assert bool(r16.fits) and int(r16.reason) == FITS
+    assert bool(r16.fits) and int(r16.reason) == Reason.OK
     # int8 weights halve the weight memory.
     half = prefill(model, InferencePlan(tp=8.0, weight_bytes=1.0), DGX, 10.0)
     np.testing.assert_allclose(float(half.weight_bytes), float(model.params) / 8, rtol=1e-6)
@@ -259,9 +258,7 @@ def test_gradients_match_finite_differences():
 def test_published_inference_rows_within_target():
     # LLMCompass A100 layer, FasterTransformer 13B on A100, Pope et al. 2022 PaLM 540B on
     # TPU v4 (inference_runs.csv): mean absolute error at most 15%, no row off by 40% or more.
-    import sys
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from _inference_rows import inference_rows
+    from dse.calibration import inference_rows
 
     rows = inference_rows(data_dir())
     assert len(rows) == 10
@@ -294,7 +291,7 @@ def test_sram_only_chip_serves_weights_from_sram():
     r = decode(model, InferencePlan(tp=1.0, batch=1.0), sys_, 128.0)
     assert bool(r.fits) and np.isfinite(float(r.time)) and float(r.time) > 0.0
     big = decode(small_model(layers=16.0), InferencePlan(tp=1.0), sys_, 128.0)
-    assert not bool(big.fits) and int(big.reason) == OUT_OF_MEMORY
+    assert not bool(big.fits) and int(big.reason) == Reason.MEMORY
     # With HBM, the same small model's weights are mostly resident in a large SRAM: less HBM
     # traffic than with a small SRAM.
     with_hbm = DGX.replace(chip=DGX.chip.replace(sram_bytes=230e6))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from helpers import central_difference, data_dir
 
+from dse.calibration import OPERATOR_FIELDS, fit_operator_efficiency
+from dse.calibration._operator_data import model_times, operator_rows
 from dse.hardware import Chip, stack_chips
-from dse.models import _fit_efficiency
+from dse.models import DEFAULT
 from dse.models._operators import (
-    FITTED_EFFICIENCY,
     SMOOTH_MAX_P,
     attention,
     attention_backward,
@@ -199,17 +200,18 @@ def test_jit_does_not_recompile():
 
 
 def test_fit_reproduces_stored_constants():
-    refit = _fit_efficiency.fit(data_dir())
-    for name, stored in FITTED_EFFICIENCY.items():
-        np.testing.assert_allclose(refit[name], stored, rtol=2e-3, err_msg=name)
+    refit = fit_operator_efficiency(data_dir())
+    for name in OPERATOR_FIELDS:
+        np.testing.assert_allclose(refit[name], float(getattr(DEFAULT, name)), rtol=2e-3,
+                                   err_msg=name)
 
 
 def test_fitted_model_matches_a100_prefill_gemms():
     # Fit data: LLMCompass A100 per-op GEMM latencies (inference_runs.csv) within 5% each.
-    points = [p for p in _fit_efficiency.measurements(data_dir())
+    points = [p for p in operator_rows(data_dir())
               if p[0].startswith("prefill") and p[2] == "gemm"]
     with jax.enable_x64(True):
-        model = _fit_efficiency.model_times(tuple(FITTED_EFFICIENCY.values()), points)
+        model = model_times(tuple(float(getattr(DEFAULT, n)) for n in OPERATOR_FIELDS), points)
     measured = np.array([p[-1] for p in points])
     assert np.max(np.abs(model / measured - 1)) < 0.05
 

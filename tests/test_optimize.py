@@ -15,9 +15,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dse.hardware import Chip, area, power
 
 import dse
+from dse.hardware import Chip, area, power
 
 FAST = dict(n_preferences=4, n_starts=1, outer_steps=3, inner_steps=30, learning_rate=0.1,
             n_pilot=16, progress=False)

@@ -11,6 +11,7 @@ from helpers import central_difference
 from dse.hardware import SYSTEMS
 from dse.models import (
     TRANSFORMERS,
+    Reason,
     Transformer,
     best_plan,
     enumerate_plans,
@@ -18,7 +19,6 @@ from dse.models import (
     plan_step_time,
     select_plan,
 )
-from dse.models._training import REASON_MEMORY
 
 DGX = SYSTEMS["DGX-A100"]
 
@@ -87,7 +87,7 @@ def test_no_feasible_plan_is_reported():
     plan, report = best_plan(TRANSFORMERS["megatron-1t"], DGX.with_num_chips(8), 8,
                              recompute=(2,), zero_stages=(0,))
     assert not bool(report.fits)
-    assert int(report.reason) == REASON_MEMORY
+    assert int(report.reason) == Reason.MEMORY
 
 
 def test_soft_min_bounds_and_gradient():

@@ -6,32 +6,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, random_plans, data_dir
+from helpers import central_difference, data_dir, random_plans
 
+from dse.calibration import FIT_SOURCES, training_cases
+from dse.calibration import predict_case as predict
+from dse.calibration._training_data import fit_fraction_from_parts, predict_parts
 from dse.hardware import CHIPS, SYSTEMS, System
 from dse.models import (
+    DEFAULT,
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
     RECOMPUTE_SELECTIVE,
     TRANSFORMERS,
+    Reason,
     TrainingPlan,
     Transformer,
-    layer_time,
     train_step,
-)
-from dse.models._fit_training import (
-    FIT_SOURCES,
-    fit_fraction_from_parts,
-    predict,
-    predict_parts,
-    training_cases,
-)
-from dse.models._training import (
-    REASON_BATCH,
-    REASON_CHIPS,
-    REASON_MEMORY,
-    REASON_OK,
-    SUSTAINED_KERNEL_FRACTION,
 )
 
 DGX = SYSTEMS["DGX-A100"]
@@ -103,13 +93,13 @@ def test_korthikanti_fig1_memory(name, p_opt, act_none, act_sel, layout):
 
 @pytest.mark.slow
 def test_fit_reproduces_stored_constant_and_sc21_table1():
-    # One pass over every fitted row: the fit re-run reproduces SUSTAINED_KERNEL_FRACTION, and
+    # One pass over every fitted row: the fit re-run reproduces DEFAULT.kernel_fraction, and
     # Narayanan et al. 2021 (SC21) Table 1 per-GPU TFLOP/s (eq. 3 counting, layouts completed
     # by best_plan where the table gives only TP * PP) is within the issue's 6% mean error.
     cases = [c for c in training_cases(data_dir()) if c.source_key in FIT_SOURCES]
     results = [(c, predict_parts(c)) for c in cases]
     refit = fit_fraction_from_parts([parts for _, (_, _, parts) in results])
-    np.testing.assert_allclose(refit, SUSTAINED_KERNEL_FRACTION, rtol=2e-3)
+    np.testing.assert_allclose(refit, float(DEFAULT.kernel_fraction), rtol=2e-3)
     sc21 = [abs(value / c.measured - 1) for c, (value, _, _) in results
             if c.source_key == "megatron_sc21_table1"]
     assert len(sc21) == 10
@@ -240,15 +230,15 @@ def test_expert_parallel_shards_experts_and_pays_all_to_all():
 def test_infeasible_plans_are_reported_not_raised():
     one_t = TRANSFORMERS["megatron-1t"]
     oom = train_step(one_t, TrainingPlan(tp=8, global_batch=8), DGX.with_num_chips(8))
-    assert not bool(oom.fits) and int(oom.reason) == REASON_MEMORY
+    assert not bool(oom.fits) and int(oom.reason) == Reason.MEMORY
     assert np.isfinite(float(oom.step_time))
     chips = train_step(small_model(), TrainingPlan(tp=8, dp=4, global_batch=8), DGX)
-    assert not bool(chips.fits) and int(chips.reason) == REASON_CHIPS
+    assert not bool(chips.fits) and int(chips.reason) == Reason.CHIPS
     batch = train_step(small_model(), TrainingPlan(tp=8, microbatch_size=4, global_batch=2),
                        DGX)
-    assert not bool(batch.fits) and int(batch.reason) == REASON_BATCH
+    assert not bool(batch.fits) and int(batch.reason) == Reason.BATCH
     ok = train_step(small_model(), TrainingPlan(tp=8, global_batch=8), DGX)
-    assert bool(ok.fits) and int(ok.reason) == REASON_OK
+    assert bool(ok.fits) and int(ok.reason) == Reason.OK
 
 
 @pytest.mark.parametrize("field,value", [("tp", 0.5), ("recompute", 3.0), ("zero_stage", -1.0),
@@ -361,7 +351,7 @@ def test_float32_and_float64_agree():
     np.testing.assert_allclose(float(r32.step_time), float(r64.step_time), rtol=1e-4)
 
 
-# ----- calibratable keywords: latency_scale, dp_overlap_fraction ---------------------------------
+# ----- the data-parallel overlap fraction of the calibration ----------------------------------
 
 def _overlap_plans():
     """Plans whose DP reduction is partly hidden (dp_overlap on, every ZeRO stage) and one
@@ -375,26 +365,12 @@ def _overlap_plans():
                         dp_overlap=np.array([1.0, 1.0, 1.0, 1.0, 0.0]))
 
 
-def test_new_keywords_at_defaults_are_bit_identical():
-    plans = random_plans(16, seed=7)
-    system = DGX.with_num_chips(64)
-    plain = train_step(SMALL, plans, system)
-    layer = layer_time(SMALL, plans, system)
-    for kw in (dict(latency_scale=None, dp_overlap_fraction=None),
-               dict(latency_scale=jnp.asarray(1.0), dp_overlap_fraction=jnp.asarray(1.0))):
-        same = train_step(SMALL, plans, system, **kw)
-        for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(plain), strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        np.testing.assert_array_equal(
-            np.asarray(layer_time(SMALL, plans, system, latency_scale=kw["latency_scale"])),
-            np.asarray(layer))
-
-
 def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     plans = _overlap_plans()
     system = DGX.with_num_chips(64)
     full = train_step(SMALL, plans, system)
-    none = train_step(SMALL, plans, system, dp_overlap_fraction=0.0)
+    none = train_step(SMALL, plans, system,
+                      calibration=DEFAULT.replace(dp_overlap_fraction=0.0))
     off = train_step(SMALL, plans.replace(dp_overlap=jnp.zeros(5)), system)
     # Fraction 0 hides nothing: the plan's exposed DP time is that of the plan without overlap.
     np.testing.assert_allclose(np.asarray(none.dp_comm_time), np.asarray(off.dp_comm_time),
@@ -404,38 +380,8 @@ def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     assert np.all(np.asarray(full.dp_comm_time)[:4] < np.asarray(none.dp_comm_time)[:4])
     prev = np.asarray(none.step_time)
     for f in (0.25, 0.5, 0.75, 1.0):
-        r = train_step(SMALL, plans, system, dp_overlap_fraction=f)
+        r = train_step(SMALL, plans, system, calibration=DEFAULT.replace(dp_overlap_fraction=f))
         assert np.all(np.asarray(r.step_time) <= prev * (1 + 1e-6))
         prev = np.asarray(r.step_time)
         np.testing.assert_array_equal(np.asarray(r.compute_time), np.asarray(full.compute_time))
         assert float(r.dp_comm_time[4]) == float(full.dp_comm_time[4])
-    with pytest.raises(ValueError, match="dp_overlap_fraction"):
-        train_step(SMALL, plans, system, dp_overlap_fraction=1.5)
-
-
-def _total_with(params, model, plan, system):
-    r = train_step(model, plan, system, latency_scale=params[0], dp_overlap_fraction=params[1])
-    total = jnp.sum(r.step_time + 1e-6 * r.energy)
-    return total, total
-
-
-# Derivatives in both parameters and the value, from one compiled forward-mode function.
-_jac_total_with = jax.jit(jax.jacfwd(_total_with, has_aux=True))
-
-
-@pytest.mark.parametrize("x64", [False, True])
-def test_gradients_through_latency_scale_and_overlap_fraction(x64):
-    with jax.enable_x64(x64):
-        dtype = jnp.float64 if x64 else jnp.float32
-        model, plan, system = jax.tree.map(lambda x: jnp.asarray(x, dtype),
-                                           (SMALL, _overlap_plans(), DGX.with_num_chips(64)))
-        x0 = jnp.asarray([3.0, 0.5], dtype)
-        g, _ = _jac_total_with(x0, model, plan, system)
-        assert g.dtype == dtype and np.all(np.isfinite(np.asarray(g)))
-        # More latency is never faster; a larger hiding fraction never slower.
-        assert float(g[0]) > 0 and float(g[1]) < 0
-        if x64:
-            for i in range(2):
-                fd = central_difference(lambda x, i=i: float(_jac_total_with(
-                    x0.at[i].set(x), model, plan, system)[1]), float(x0[i]))
-                np.testing.assert_allclose(float(g[i]), fd, rtol=1e-4)

@@ -1,13 +1,13 @@
-"""Measured kernel and collective rows: the CSV schema, a JAX micro-benchmark that writes
-kernel rows, and the models the rows calibrate (`docs/measurements.md` documents the schema).
+"""Measured rows: `Measurements`, the kernel / collective CSV schema, a JAX micro-benchmark that
+writes kernel rows, and the models the rows calibrate (`docs/measurements.md` documents the
+schema).
 
 A kernel row is one timed operator on one chip: a GEMM (m, n, k) or a memory-bound element-wise
-op (elements, reads, writes). `operator_model(efficiency, inputs)` predicts such rows with
-`dse.models.gemm` / `elementwise` and the `Efficiency` it is given, so
-`calibrate(operator_model, default_efficiency(), kernel_measurements(rows, chip))` fits the
-operator efficiency curve to a user's own machine. A collective row is one timed collective on
-one system; `collective_model(link_efficiency, inputs)` predicts it with the `dse.models`
-collectives at the given scale-up link efficiency (`collective_measurements`).
+op (elements, reads, writes). `operator_model(calibration, inputs)` predicts such rows with
+`dse.models.gemm` / `elementwise`, so `calibrate(operator_model, DEFAULT, kernel_measurements(rows,
+chip), fit=OPERATOR_FIELDS)` fits the operator efficiency curve to a user's own machine. A
+collective row is one timed collective on one system; `collective_model(calibration, inputs)`
+predicts it with the `dse.models` collectives (`collective_measurements`).
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from dse.hardware import Chip, System, stack_chips
 from dse.models import (
-    Efficiency,
+    DEFAULT,
+    Calibration,
     all_gather,
     all_reduce,
     all_to_all,
@@ -38,7 +40,69 @@ from dse.models import (
     send_recv,
 )
 
-from ._calibrate import CalibrationResult, Measurements, load_calibration
+from ._operator_data import operator_rows
+
+
+class Measurements(eqx.Module):
+    """Measured rows to calibrate against, and what a model needs to predict them.
+
+    **Fields:**
+
+    - `inputs`: any pytree of arrays with a leading row axis (n); `model_fn(params, inputs)`
+      must return the n predicted values.
+    - `measured`: the n measured values (positive; seconds, or any positive metric in the units
+      the model returns).
+    - `group`: integer source index of each row (leave-one-source-out folds), shape (n,).
+    - `sources` (static): name of each source, `sources[group[i]]`.
+    - `features`: optional (n, f) array of row features for the learned residual
+      (`dse.fit_residual`); `None` if unused.
+    - `description` (static): what the data is and where it comes from (saved with a result).
+    """
+
+    inputs: Any
+    measured: Float[Array, " n"]
+    group: Int[Array, " n"]
+    sources: tuple[str, ...] = eqx.field(static=True)
+    features: Float[Array, "n f"] | None = None
+    description: str = eqx.field(static=True, default="")
+
+    def __check_init__(self):
+        measured = np.asarray(self.measured)
+        if measured.ndim != 1 or measured.size == 0:
+            raise ValueError(f"Measurements.measured must be a non-empty 1-D array; got shape "
+                             f"{measured.shape}")
+        if not np.all(np.isfinite(measured)) or np.any(measured <= 0):
+            raise ValueError(f"Measurements.measured must be finite and > 0; got "
+                             f"{measured[~(np.isfinite(measured) & (measured > 0))][:5]}")
+        group = np.asarray(self.group)
+        if group.shape != measured.shape:
+            raise ValueError(f"Measurements.group must have shape {measured.shape}; got "
+                             f"{group.shape}")
+        if group.min() < 0 or group.max() >= len(self.sources):
+            raise ValueError(f"Measurements.group must index sources (0..{len(self.sources) - 1})"
+                             f"; got range {group.min()}..{group.max()}")
+        for leaf in jax.tree.leaves(self.inputs):
+            if np.shape(leaf)[:1] != measured.shape:
+                raise ValueError(f"Measurements.inputs leaves need a leading row axis of "
+                                 f"{measured.size}; got a leaf of shape {np.shape(leaf)}")
+        if self.features is not None and np.shape(self.features)[:1] != measured.shape:
+            raise ValueError(f"Measurements.features must have {measured.size} rows; got shape "
+                             f"{np.shape(self.features)}")
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return int(np.shape(self.measured)[0])
+
+    def subset(self, rows) -> Measurements:
+        """The rows selected by an index or boolean array (same sources)."""
+        rows = np.asarray(rows)
+        take = lambda x: jnp.asarray(x)[rows]
+        return Measurements(jax.tree.map(take, self.inputs), take(self.measured),
+                            take(self.group), self.sources,
+                            None if self.features is None else take(self.features),
+                            self.description)
+
 
 # Columns of a kernel CSV, in order (docs/measurements.md). Empty cells are "not applicable".
 KERNEL_COLUMNS = ("kind", "m", "n", "k", "elements", "bytes_per_element", "flops_per_element",
@@ -175,12 +239,12 @@ def _column(rows, name, default):
     return jnp.asarray(out, jnp.result_type(float))
 
 
-def operator_model(efficiency: Efficiency, inputs: dict) -> Float[Array, " n"]:
-    """Modelled time of each kernel row, s: `gemm` or `elementwise` with `efficiency`.
+def operator_model(calibration: Calibration, inputs: dict) -> Float[Array, " n"]:
+    """Modelled time of each kernel row, s: `gemm` or `elementwise` with `calibration`.
 
     **Arguments:**
 
-    - `efficiency`: the `Efficiency` (scalar leaves).
+    - `calibration`: the `dse.models.Calibration` (scalar leaves).
     - `inputs`: the `Measurements.inputs` of `kernel_measurements`: a batched `Chip` ("chip")
       and per-row arrays "is_gemm", "m", "n", "k", "elements", "bytes_per_element",
       "flops_per_element", "reads", "writes".
@@ -189,10 +253,10 @@ def operator_model(efficiency: Efficiency, inputs: dict) -> Float[Array, " n"]:
     """
     x = inputs
     g = gemm(x["chip"], x["m"], x["n"], x["k"], bytes_per_element=x["bytes_per_element"],
-             efficiency=efficiency).time
+             calibration=calibration).time
     e = elementwise(x["chip"], x["elements"], flops_per_element=x["flops_per_element"],
                     bytes_per_element=x["bytes_per_element"], reads=x["reads"],
-                    writes=x["writes"], efficiency=efficiency).time
+                    writes=x["writes"], calibration=calibration).time
     return jnp.where(x["is_gemm"] > 0.5, g, e)
 
 
@@ -200,12 +264,13 @@ def kernel_features(inputs: dict) -> np.ndarray:
     """Row features for `dse.fit_residual`: log10 of FLOPs, HBM bytes, ideal compute and
     memory times (at the row's chip peaks), and is-GEMM; shape (n, 5)."""
     x = inputs
-    eff = Efficiency(*(jnp.asarray(v) for v in (1.0, 0.0, 1.0, 0.0)))
+    ideal = DEFAULT.replace(matrix_max=1.0, matrix_overhead_s=0.0, memory_max=1.0,
+                            memory_overhead_s=0.0)
     g = gemm(x["chip"], x["m"], x["n"], x["k"], bytes_per_element=x["bytes_per_element"],
-             efficiency=eff)
+             calibration=ideal)
     e = elementwise(x["chip"], x["elements"], flops_per_element=x["flops_per_element"],
                     bytes_per_element=x["bytes_per_element"], reads=x["reads"],
-                    writes=x["writes"], efficiency=eff)
+                    writes=x["writes"], calibration=ideal)
     is_g = np.asarray(x["is_gemm"]) > 0.5
     pick = lambda a, b: np.where(is_g, np.asarray(a), np.asarray(b))
     cols = [pick(g.flops, e.flops), pick(g.hbm_bytes, e.hbm_bytes),
@@ -261,16 +326,13 @@ _COLLECTIVES = dict(all_reduce=all_reduce, all_gather=all_gather, reduce_scatter
                     all_to_all=all_to_all, send_recv=send_recv)
 
 
-def collective_model(link_efficiency, inputs: dict, latency_scale=None) -> Float[Array, " n"]:
-    """Modelled time of each collective row, s, at the given scale-up link efficiency and
-    latency scale.
+def collective_model(calibration: Calibration, inputs: dict) -> Float[Array, " n"]:
+    """Modelled time of each collective row, s, with the calibration's link efficiency and
+    latency factor for the rows' fabric.
 
     **Arguments:**
 
-    - `link_efficiency`: fraction of the scale-up link bandwidth sustained (a scalar; the
-      `link_efficiency` argument of every `dse.models` collective).
-    - `latency_scale`: factor on the scale-up per-step latency (the `latency_scale` argument
-      of every collective; None: the system's stated latency).
+    - `calibration`: the `dse.models.Calibration`.
     - `inputs`: the `Measurements.inputs` of `collective_measurements`: a `System` whose leaves
       have the row axis ("system") and per-row arrays "kind" (index into
       `COLLECTIVE_KINDS`), "message_bytes", "group_size", "stride".
@@ -280,7 +342,7 @@ def collective_model(link_efficiency, inputs: dict, latency_scale=None) -> Float
     x = inputs
     times = jnp.stack([
         _COLLECTIVES[kind](x["system"], x["message_bytes"], x["group_size"], stride=x["stride"],
-                           link_efficiency=link_efficiency, latency_scale=latency_scale).time
+                           calibration=calibration).time
         for kind in COLLECTIVE_KINDS])
     return jnp.take_along_axis(times, x["kind"][None, :], axis=0)[0]
 
@@ -323,40 +385,14 @@ def collective_measurements(rows: Sequence[dict], system: System, *,
                         description=description)
 
 
-# Bounds of the collective calibration: a sustained fraction of the link bandwidth in
-# (1%, 100%] (a search box, not a fitted value).
-LINK_EFFICIENCY_BOUNDS = (0.01, 1.0)
-# Bounds of the scale-up latency factor: 1/100 to 100 times the stated per-step latency
-# (`calibrate`'s default box around a start of 1; a search box, not a fitted value).
-LATENCY_SCALE_BOUNDS = (0.01, 100.0)
-# Bounds of the training step's DP overlap fraction: a fraction of the window in (1%, 100%]
-# (a search box; 1 is the model's default, the whole window).
-DP_OVERLAP_FRACTION_BOUNDS = (0.01, 1.0)
-
-
-# Bounds of the operator calibration: fractions of peak in (1%, 100%]; start-up times from
-# 10 ns to 10 ms (a kernel launch is ~5-10 us on current GPUs; the range spans that by three
-# decades either way and is a search box, not a fitted value).
-OPERATOR_BOUNDS = dict(matrix_max=(0.01, 1.0), matrix_overhead_s=(1e-8, 1e-2),
-                       memory_max=(0.01, 1.0), memory_overhead_s=(1e-8, 1e-2))
-
-
-# Bounds of `Efficiency.attention_scale` (fused attention's fraction of the GEMM efficiency):
-# a fraction in (1%, 100%] (a search box, not a fitted value). Not in OPERATOR_BOUNDS: the
-# kernel rows have no fused attention, and the default Efficiency has no such leaf (None).
-ATTENTION_SCALE_BOUNDS = (0.01, 1.0)
-
-
-def shared_kernel_measurements(data_dir: str | os.PathLike | None = None) -> Measurements:
-    """The single-chip kernel rows of data/ as `Measurements`.
+def data_kernel_measurements(data_dir: str | os.PathLike | None = None) -> Measurements:
+    """The single-chip kernel rows of the repository's data (`dse.data`) as `Measurements`.
 
     The LLMCompass A100 per-operator latencies (inference_runs.csv, llmcompass_fig5 rows,
     notes column) and the A100 40GB measured max-achievable matmul (chips.csv, stas00/ml-
-    engineering), exactly as `models/_fit_efficiency.py: measurements` reads them.
+    engineering), as `fit_operator_efficiency` reads them.
     """
-    from dse.models._fit_efficiency import measurements
-
-    points = measurements(None if data_dir is None else Path(data_dir))
+    points = operator_rows(None if data_dir is None else Path(data_dir))
     rows, chips, sources = [], [], []
     for label, chip, kind, shape, seconds in points:
         if kind == "gemm":
@@ -371,29 +407,3 @@ def shared_kernel_measurements(data_dir: str | os.PathLike | None = None) -> Mea
         description="data/: LLMCompass A100 80GB per-operator latencies "
                     "(inference_runs.csv llmcompass_fig5 rows; GEMMs and element-wise ops over "
                     "1 us ideal) and the A100 40GB measured max-achievable matmul (chips.csv)")
-
-
-def calibrated_defaults(name: str, like=None) -> CalibrationResult:
-    """A calibration shipped with dse (`dse/calibrated/<name>.json`).
-
-    **Arguments:**
-
-    - `name`: file stem, e.g. "a100_operators" (`calibrated_names()` lists them).
-    - `like`: parameter pytree of the calibrated structure (default `default_efficiency()`).
-
-    **Returns:** the `CalibrationResult`; its `description` says what data it was fitted to.
-    """
-    from dse.models._operators import default_efficiency
-
-    path = resources.files("dse") / "calibrated" / f"{name}.json"
-    if not path.is_file():
-        raise ValueError(f"calibrated_defaults: no calibration {name!r}; shipped: "
-                         f"{calibrated_names()}")
-    with resources.as_file(path) as p:
-        return load_calibration(p, default_efficiency() if like is None else like)
-
-
-def calibrated_names() -> list[str]:
-    """Names of the calibrations shipped in `dse/calibrated/`."""
-    folder = resources.files("dse") / "calibrated"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))

@@ -1,8 +1,8 @@
 """The fits behind the hardware layer's few fitted constants. Each names its data.
 
-Run `python -m dse.hardware._fit [DATA_DIR]` (default: the repository's `data/`) to print the fitted constants; the
-stored values in `_area.py` and `_power.py` are what these functions return, and
-`tests/test_hardware_fit.py` checks that they still do.
+Run `python -m dse.calibration._hardware_data [DATA_DIR]` (default: the repository's `data/`)
+to print the fitted constants; the stored values in `hardware/_area.py` and `hardware/_power.py`
+are what these functions return, and `tests/test_hardware_fit.py` checks that they still do.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import jax
 import numpy as np
 from scipy.optimize import nnls
 
-from ._area import UNCORE_FRACTION, area
-from ._power import power
-from ._presets import CHIPS, CHIPS_CSV_NAME
-from ._technology import technology
+from dse.data import data_dir as default_data_dir
+from dse.hardware import CHIPS, area, power, technology
+from dse.hardware._area import UNCORE_FRACTION
+from dse.hardware._presets import CHIPS_CSV_NAME
 
 # The chips each fit uses. Area: every chip of a core kind whose die area chips.csv publishes.
 # Power: NVIDIA's pre-Blackwell GPUs (B200, GB200, MI250X, MI300X are held out for validation).
@@ -27,10 +27,14 @@ AREA_FIT_CHIPS = {"simt": ("V100", "A100-80GB", "H100-SXM"),
 POWER_FIT_CHIPS = ("V100", "A100-40GB", "A100-80GB", "H100-SXM", "H200")
 
 
-def read_chips_csv(data_dir: str | Path) -> dict[str, dict[str, str]]:
-    """Rows of chips.csv keyed by preset name (only presets that have a row)."""
+def read_chips_csv(data_dir: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """Rows of chips.csv keyed by preset name (only presets that have a row).
+
+    `data_dir` defaults to the repository's data (`dse.data`), as for every fit here.
+    """
+    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     by_csv_name = {}
-    with open(Path(data_dir) / "chips.csv", newline="") as f:
+    with open(data_dir / "chips.csv", newline="") as f:
         for row in csv.DictReader(f):
             by_csv_name[row["name"]] = row
     return {preset: by_csv_name[name] for preset, name in CHIPS_CSV_NAME.items()
@@ -43,7 +47,7 @@ def _relative_nnls(features: np.ndarray, target: np.ndarray, scale: np.ndarray) 
     return solution
 
 
-def fit_compute_transistors(data_dir: str | Path) -> dict[str, dict[str, float]]:
+def fit_compute_transistors(data_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Transistors per core and per MAC for each core kind, from published die areas.
 
     For each chip, die area minus the modelled SRAM, HBM, link and uncore blocks is the compute
@@ -86,7 +90,7 @@ def tdp_compute_activity(row: dict[str, str]) -> float:
     return 1.0
 
 
-def _tdp_points(data_dir: str | Path) -> list[dict[str, float]]:
+def _tdp_points(data_dir: str | Path | None = None) -> list[dict[str, float]]:
     """Per `POWER_FIT_CHIPS` chip at its TDP operating point: published TDP (W), HBM + link power
     (W), node-scaled sustained MAC rate (MAC/s x energy_scale), die area (mm^2), MACs per core."""
     rows = read_chips_csv(data_dir)
@@ -104,7 +108,7 @@ def _tdp_points(data_dir: str | Path) -> list[dict[str, float]]:
     return points
 
 
-def fit_power_constants(data_dir: str | Path) -> dict[str, float]:
+def fit_power_constants(data_dir: str | Path | None = None) -> dict[str, float]:
     """Energy per MAC at 7 nm (J) and static power per mm^2 (W) from published TDPs.
 
     TDP = E_mac * energy_scale(node) * a * MAC/s + HBM + links + P_static * area, with the
@@ -120,7 +124,7 @@ def fit_power_constants(data_dir: str | Path) -> dict[str, float]:
             "static_power_per_mm2": float(static_per_mm2)}
 
 
-def fit_mma_size_term(data_dir: str | Path) -> dict[str, float]:
+def fit_mma_size_term(data_dir: str | Path | None = None) -> dict[str, float]:
     """Test whether the TDPs support an energy per MAC that falls with the per-core MMA size.
 
     An n-MAC matrix unit reads O(n^(2/3)) operands per n MACs, so operand delivery per MAC
@@ -140,9 +144,7 @@ def fit_mma_size_term(data_dir: str | Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":  # pragma: no cover - a maintenance entry point
-    from dse.data import data_dir
-
-    data = sys.argv[1] if len(sys.argv) > 1 else data_dir()
+    data = sys.argv[1] if len(sys.argv) > 1 else None
     print("COMPUTE_TRANSISTORS =", fit_compute_transistors(data))
     print("power constants =", fit_power_constants(data))
     print("MMA-size check =", fit_mma_size_term(data))

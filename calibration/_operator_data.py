@@ -1,5 +1,6 @@
-"""Fit the operator efficiency curve (`models/_operators.py: FITTED_EFFICIENCY`) and the scale-up
-link efficiency (`models/_collectives.py: SCALEUP_LINK_EFFICIENCY`) to measurements.
+"""Fit the operator efficiency fields and the scale-up link efficiency of `Calibration`
+(`dse.models.DEFAULT`: matrix_max, matrix_overhead_s, memory_max, memory_overhead_s,
+link_efficiency) to measurements.
 
 Data (all in data/, each row names its source):
 
@@ -15,9 +16,10 @@ Data (all in data/, each row names its source):
   `measured_max_matmul_bf16_tflops` (MAMF, stas00/ml-engineering) at the GEMM shape its notes
   give.
 
-The model is `_operators.gemm` / `elementwise` with free `Efficiency`; the fit minimizes the
-squared log-ratio of modelled to measured time (relative error, so a 50 us op weighs as much as a
-50 ms one). Run: `python -m dse.models._fit_efficiency` prints the constants to store.
+The model is `dse.models.gemm` / `elementwise` with the four operator fields free; the fit
+minimizes the squared log-ratio of modelled to measured time (relative error, so a 50 us op weighs
+as much as a 50 ms one). Run: `python -m dse.calibration._operator_data` prints the constants to
+store.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ import re
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import least_squares
 
+from dse.data import data_dir as default_data_dir
 from dse.hardware import Chip
+from dse.models import DEFAULT, elementwise, gemm
 
-from ._operators import Efficiency, elementwise, gemm
+# The operator-efficiency fields of `Calibration` that single-kernel timings constrain.
+OPERATOR_FIELDS = ("matrix_max", "matrix_overhead_s", "memory_max", "memory_overhead_s")
 
 # A100 FP32 (non-tensor) peak, 19.5 TFLOP/s: NVIDIA A100 Tensor Core GPU Architecture
 # whitepaper, Table 1. Element-wise ops are memory-bound, so this does not enter the fit.
@@ -43,13 +47,6 @@ A100_VECTOR_FLOPS = 19.5e12
 # softmax: 0.2-2.4 MB each) are left out: they measured 17-48 us whatever their size, which is
 # the eager framework's per-call dispatch and timing floor, not the chip's memory system.
 MIN_IDEAL_TIME_S = 1e-6
-
-
-def default_data_dir() -> Path:
-    """The repository's published data (`dse.data`, installed with the package)."""
-    from dse.data import data_dir
-
-    return data_dir()
 
 
 def _rows(path: Path) -> list[dict]:
@@ -74,7 +71,7 @@ def _per_op(notes: str) -> dict[str, float]:
     return {k: float(v) * 1e-3 for k, v in re.findall(r"(\w+)=([\d.]+)ms", notes)}
 
 
-def measurements(data_dir: Path | None = None):
+def operator_rows(data_dir: Path | None = None):
     """The fit's data: a list of (label, chip, kind, shape, measured seconds).
 
     `kind` is "gemm" with shape (m, n, k) or "elementwise" with shape (elements,).
@@ -117,21 +114,21 @@ def measurements(data_dir: Path | None = None):
 def model_times(params, points) -> np.ndarray:
     """Modelled seconds of every point for `params` = (matrix_max, matrix_overhead_s,
     memory_max, memory_overhead_s)."""
-    eff = Efficiency(*(jnp.asarray(p) for p in params))
+    cal = DEFAULT.replace(**dict(zip(OPERATOR_FIELDS, params, strict=True)))
     out = []
     for _, chip, kind, shape, _ in points:
-        cost = gemm(chip, *shape, efficiency=eff) if kind == "gemm" else \
-            elementwise(chip, shape[0], efficiency=eff)
+        cost = gemm(chip, *shape, calibration=cal) if kind == "gemm" else \
+            elementwise(chip, shape[0], calibration=cal)
         out.append(float(cost.time))
     return np.asarray(out)
 
 
-def fit(data_dir: Path | None = None) -> dict[str, float]:
-    """Least-squares fit of the four `Efficiency` constants (log-time residuals).
+def fit_operator_efficiency(data_dir: Path | None = None) -> dict[str, float]:
+    """Least-squares fit of the four operator fields of `Calibration` (log-time residuals).
 
     **Returns:** dict of the constants, rounded to 4 significant digits as stored.
     """
-    points = measurements(data_dir)
+    points = operator_rows(data_dir)
     measured = np.array([p[-1] for p in points])
 
     def residual(z):
@@ -144,12 +141,11 @@ def fit(data_dir: Path | None = None) -> dict[str, float]:
                             method="lm", xtol=1e-12, ftol=1e-12)
     z = sol.x
     values = (1 / (1 + np.exp(-z[0])), np.exp(z[1]), 1 / (1 + np.exp(-z[2])), np.exp(z[3]))
-    names = ("matrix_max", "matrix_overhead_s", "memory_max", "memory_overhead_s")
-    return {name: float(f"{v:.4g}") for name, v in zip(names, values, strict=True)}
+    return {name: float(f"{v:.4g}") for name, v in zip(OPERATOR_FIELDS, values, strict=True)}
 
 
 def fit_link_efficiency(data_dir: Path | None = None) -> float:
-    """Scale-up link efficiency (`_collectives.SCALEUP_LINK_EFFICIENCY`) from one measurement.
+    """Scale-up link efficiency (`Calibration.link_efficiency`, NVLink) from one measurement.
 
     The LLMCompass A100 prefill layer's tensor-parallel all-reduce (AllReduce_MHA: one
     batch x prompt x hidden fp16 activation over tp = 4 GPUs of an NVSwitch DGX A100) moves
@@ -173,12 +169,12 @@ def fit_link_efficiency(data_dir: Path | None = None) -> float:
 
 def report(data_dir: Path | None = None) -> None:
     """Print the fitted constants and the per-point fit quality."""
-    print("SCALEUP_LINK_EFFICIENCY =", fit_link_efficiency(data_dir))
-    constants = fit(data_dir)
-    points = measurements(data_dir)
+    print("link_efficiency =", fit_link_efficiency(data_dir))
+    constants = fit_operator_efficiency(data_dir)
+    points = operator_rows(data_dir)
     with jax.enable_x64(True):
         predicted = model_times(tuple(constants.values()), points)
-    print("FITTED_EFFICIENCY =", constants)
+    print("operator fields =", constants)
     for (label, *_, measured), p in zip(points, predicted, strict=True):
         print(f"{label:24s} measured {measured * 1e3:9.4f} ms  model {p * 1e3:9.4f} ms  "
               f"error {100 * (p / measured - 1):+6.1f}%")

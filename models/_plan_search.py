@@ -15,13 +15,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
 from dse.hardware import System
-from dse.hardware._validate import check_range
 
-from ._operators import Efficiency
-from ._training import TrainingPlan, TrainReport, train_step
+from ._calibration import DEFAULT, Calibration
+from ._training import TrainReport, train_step
+from ._training_plan import TrainingPlan
 from ._transformer import Transformer
 
 
@@ -103,45 +103,22 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
                         dp_overlap=np.full(n, float(dp_overlap)), **col)
 
 
-def _check_calibration(owner: str, latency_scale, dp_overlap_fraction) -> None:
-    """ValueError naming `owner.<field>` for a concrete out-of-range calibration parameter.
-
-    `train_step` checks both too, but inside `evaluate_plans`' vmap; checking here names the
-    function the user called. Traced values pass (as in `check_range`).
-    """
-    if latency_scale is not None:
-        check_range(owner, "latency_scale", latency_scale, lower=0.0, lower_inclusive=True)
-    if dp_overlap_fraction is not None:
-        check_range(owner, "dp_overlap_fraction", dp_overlap_fraction, lower=0.0, upper=1.0,
-                    lower_inclusive=True)
-
-
 def _index(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
 
 
 def evaluate_plans(model: Transformer, plans: TrainingPlan, system: System, *,
-                   smooth: bool = False, flash_attention: bool = True,
-                   kernel_fraction: float | None = None, efficiency: Efficiency | None = None,
-                   link_efficiency: ArrayLike | None = None,
-                   latency_scale: ArrayLike | None = None,
-                   dp_overlap_fraction: ArrayLike | None = None) -> TrainReport:
+                   calibration: Calibration = DEFAULT, smooth: bool = False,
+                   flash_attention: bool = True) -> TrainReport:
     """`train_step` of every plan of a batched `TrainingPlan` (one vmapped call).
 
-    **Arguments:** as `train_step`, with `plans` batched along a leading axis (`efficiency`,
-    `link_efficiency`, `latency_scale`, `dp_overlap_fraction` and `kernel_fraction` are shared
-    by every plan).
+    **Arguments:** as `train_step`, with `plans` batched along a leading axis (the
+    `calibration` is shared by every plan).
 
     **Returns:** a `TrainReport` with the plans' leading axis.
     """
-    _check_calibration("evaluate_plans", latency_scale, dp_overlap_fraction)
-    return jax.vmap(lambda p: train_step(model, p, system, smooth=smooth,
-                                         flash_attention=flash_attention,
-                                         kernel_fraction=kernel_fraction,
-                                         efficiency=efficiency,
-                                         link_efficiency=link_efficiency,
-                                         latency_scale=latency_scale,
-                                         dp_overlap_fraction=dp_overlap_fraction))(plans)
+    return jax.vmap(lambda p: train_step(model, p, system, calibration=calibration,
+                                         smooth=smooth, flash_attention=flash_attention))(plans)
 
 
 def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = False,
@@ -182,12 +159,9 @@ def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = Fal
     return plan, report
 
 
-def best_plan(model: Transformer, system: System, global_batch: int, *, smooth: bool = False,
+def best_plan(model: Transformer, system: System, global_batch: int, *,
+              calibration: Calibration = DEFAULT, smooth: bool = False,
               temperature: float = 0.05, flash_attention: bool = True,
-              kernel_fraction: float | None = None, efficiency: Efficiency | None = None,
-              link_efficiency: ArrayLike | None = None,
-              latency_scale: ArrayLike | None = None,
-              dp_overlap_fraction: ArrayLike | None = None,
               **enumerate_kwargs) -> tuple[TrainingPlan, TrainReport]:
     """The fastest feasible training plan of `model` on all chips of `system`.
 
@@ -202,25 +176,15 @@ def best_plan(model: Transformer, system: System, global_batch: int, *, smooth: 
     - `smooth`: return a soft-min report (see `select_plan`) whose step time has a smooth
       gradient with respect to the hardware.
     - `temperature`: soft-min temperature on log step time.
-    - `flash_attention`, `kernel_fraction`, `efficiency`, `link_efficiency`: as in `train_step`
-      (calibrated parameters; None = the fitted defaults).
-    - `latency_scale`: dimensionless factor (>= 0) on `system.scaleup_latency`, the scale-up
-      per-step collective latency in s, for every collective of every plan (None: the stated
-      latency, exactly as 1), as in `train_step`.
-    - `dp_overlap_fraction`: fraction in [0, 1] of the overlap window under which the
-      data-parallel communication of plans with `dp_overlap` hides (None: all of it, exactly as
-      1), as in `train_step`. `enumerate_plans` gives every plan `dp_overlap=1` by default.
+    - `calibration`: the models' fitted factors, shared by every plan (as in `train_step`).
+    - `flash_attention`: as in `train_step`.
     - `enumerate_kwargs`: passed to `enumerate_plans` (restrict recompute, ZeRO stages, ...).
 
     **Returns:** `(plan, report)`: the chosen `TrainingPlan` and its `TrainReport`.
     """
-    _check_calibration("best_plan", latency_scale, dp_overlap_fraction)
     plans = enumerate_plans(model, system.num_chips, global_batch, **enumerate_kwargs)
-    reports = evaluate_plans(model, plans, system, smooth=smooth,
-                             flash_attention=flash_attention, kernel_fraction=kernel_fraction,
-                             efficiency=efficiency, link_efficiency=link_efficiency,
-                             latency_scale=latency_scale,
-                             dp_overlap_fraction=dp_overlap_fraction)
+    reports = evaluate_plans(model, plans, system, calibration=calibration, smooth=smooth,
+                             flash_attention=flash_attention)
     return select_plan(plans, reports, smooth=smooth, temperature=temperature)
 
 
@@ -228,8 +192,7 @@ def plan_step_time(model: Transformer, system: System, global_batch: int,
                    **kwargs) -> Float[Array, ""]:
     """Step time of the best plan, s (soft-min by default, so that it differentiates).
 
-    `kwargs` go to `best_plan` (`efficiency=`, `link_efficiency=`, `latency_scale=`,
-    `dp_overlap_fraction=`, `kernel_fraction=` for calibrated parameters; `smooth=False` for the
+    `kwargs` go to `best_plan` (`calibration=` for calibrated factors; `smooth=False` for the
     hard minimum).
     """
     kwargs.setdefault("smooth", True)

@@ -1,4 +1,4 @@
-"""Published LLM training measurements as modelled cases (data//training_runs.csv).
+"""Published LLM training measurements as modelled cases (data/training_runs.csv).
 
 Each row that states enough to be modelled becomes a `TrainingCase`: the model shape from the
 row, the system it ran on, the plan it states (or a constraint on the plan that `best_plan`
@@ -17,39 +17,34 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, SYSTEMS, System
 from dse.hardware import units as u
-
-from ._operators import Efficiency
-from ._plans import enumerate_plans, evaluate_plans, select_plan
-from ._training import (
+from dse.models import (
+    DEFAULT,
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
     RECOMPUTE_SELECTIVE,
-    SUSTAINED_KERNEL_FRACTION,
+    Calibration,
     TrainingPlan,
+    Transformer,
+    enumerate_plans,
+    evaluate_plans,
     layer_time,
+    select_plan,
     train_step,
 )
-from ._transformer import Transformer
 
 # Megatron-LM before FlashAttention (SC21, 2021; Korthikanti et al., 2022) materialized the
 # attention scores: every case here is modelled with `flash_attention=False`.
 FLASH = False
 
-# Rows `SUSTAINED_KERNEL_FRACTION` is fitted to: every training source except Korthikanti et al.
+# Rows `Calibration.kernel_fraction` is fitted to: every training source except Korthikanti et al.
 # Table 5, which is held out for validation (benchmarks/validate.py also reports each source's
 # error with the constant refitted without it). Megatron SC21 rows use the layout `best_plan`
 # picks under the paper's own rule (TP up to the server, PP beyond).
 FIT_SOURCES = ("korthikanti_table4", "megatron_readme_2020", "megatron_sc21_table1",
                "megatron_sc21_text", "korthikanti_text")
-
-
-def default_data_dir() -> Path:
-    """The repository's published data (`dse.data`, installed with the package)."""
-    from dse.data import data_dir
-
-    return data_dir()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,27 +175,30 @@ def predict_parts(case: TrainingCase):
 
     **Returns:** `(value, plan, (measured_time, A, B))`.
     """
-    value, plan, _ = predict(case)
+    value, plan, _ = predict_case(case)
     inverse = case.metric in ("mfu", "tflops_eq3")
     fractions = jnp.array([1.0, 0.5])
+    def at(eta):
+        return DEFAULT.replace(kernel_fraction=eta)
+
     if case.metric == "layer_time":
         v = jax.vmap(lambda e: layer_time(case.model, plan, case.system, flash_attention=FLASH,
-                                          kernel_fraction=e))(fractions)
+                                          calibration=at(e)))(fractions)
         t1, t2 = (float(x) for x in v)
     else:
         r = jax.vmap(lambda e: train_step(case.model, plan, case.system, flash_attention=FLASH,
-                                          kernel_fraction=e))(fractions)
+                                          calibration=at(e)))(fractions)
         t1, t2 = (float(x) for x in r.step_time)
     a, b = t2 - t1, 2 * t1 - t2
     measured = case.measured
     if inverse:
         # value = K / t for a case constant K, so the measured figure is a time K / measured.
-        measured = (a / SUSTAINED_KERNEL_FRACTION + b) * value / case.measured
+        measured = (a / float(DEFAULT.kernel_fraction) + b) * value / case.measured
     return value, plan, (measured, a, b)
 
 
 def fit_kernel_fraction(data_dir: Path | None = None, sources=None) -> float:
-    """Least-squares fit of `SUSTAINED_KERNEL_FRACTION` (log-ratio residuals).
+    """Least-squares fit of `Calibration.kernel_fraction` (log-ratio residuals).
 
     **Arguments:**
 
@@ -261,16 +259,13 @@ def _pad(plans: TrainingPlan, multiple: int = 256) -> TrainingPlan:
     return jax.tree.map(lambda x: x[idx], plans)
 
 
-def predict(case: TrainingCase, kernel_fraction: float | None = None, plan=None, *,
-            efficiency: Efficiency | None = None, link_efficiency: float | None = None):
+def predict_case(case: TrainingCase, plan=None, *, calibration: Calibration = DEFAULT):
     """(predicted value of the case's metric, the plan used, its TrainReport or None).
 
-    `plan` overrides the case's plan (or its `best_plan` search). `kernel_fraction`,
-    `efficiency` and `link_efficiency` are passed to `train_step` / `layer_time` (None: the
-    fitted defaults), so a calibrated parameter set predicts every case.
+    `plan` overrides the case's plan (or its `best_plan` search). `calibration` is passed to
+    `train_step` / `layer_time`, so a calibrated parameter set predicts every case.
     """
-    kw = dict(flash_attention=FLASH, kernel_fraction=kernel_fraction, efficiency=efficiency,
-              link_efficiency=link_efficiency)
+    kw = dict(flash_attention=FLASH, calibration=calibration)
     plan = case.plan if plan is None else plan
     if case.metric == "layer_time":
         return float(layer_time(case.model, plan, case.system, **kw)), plan, None

@@ -29,7 +29,9 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._calibrate import CalibrationResult, Measurements, _log_ratio, _mape
+from ._fit import _log_ratio, _mape
+from ._measurements import Measurements
+from ._result import CalibrationResult
 
 # Largest correction the network may apply, as a log factor: exp(log 10) = 10x either way. A
 # design choice (a residual model that needs more than 10x is hiding a missing physical term),

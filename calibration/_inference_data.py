@@ -1,15 +1,11 @@
-"""Model every row of data//inference_runs.csv that states enough to be modelled.
+"""Model every row of data/inference_runs.csv that states enough to be modelled.
 
 `inference_rows(data_dir)` returns one dict per measured quantity (a row with both a prefill and
 a per-token decode latency gives two): row_id, source, chips, measured, predicted, unit, and
-`seconds(efficiency, link_efficiency, latency_scale=None)`, the modelled time in s with a given
-operator `Efficiency`, scale-up link efficiency and scale-up latency factor (None: the fitted
-defaults and the stated latency; `predicted` is its value there, in ms), which
-`benchmarks/calibration.py` calibrates. The three reach `prefill` / `decode` as their
-`efficiency=`, `link_efficiency=` and `latency_scale=` keywords. (The rows used to scale the
-`System`'s `scaleup_latency` themselves, before `prefill` / `decode` took `latency_scale`; the two
-give the same times, which tests/test_model_calibration_knobs.py checks.)
-`benchmarks/validate.py` prints them; `python benchmarks/_inference_rows.py` prints them alone.
+`seconds(calibration)`, the modelled time in s under a `dse.models.Calibration` (`predicted` is
+its value at `DEFAULT`, in ms), which `benchmarks/calibration.py` calibrates.
+`benchmarks/validate.py` prints them; `python -m dse.calibration._inference_data` prints them
+alone.
 
 Model shapes come from the sources the rows name:
 
@@ -34,10 +30,9 @@ from pathlib import Path
 
 import jax
 
+from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, SYSTEMS
-from dse.models import Transformer
-from dse.models._inference import InferencePlan, decode, prefill
-from dse.models._operators import gemm
+from dse.models import DEFAULT, Calibration, InferencePlan, Transformer, decode, gemm, prefill
 
 GPT3_LAYER = Transformer(layers=1, hidden=12288, heads=96, kv_heads=96, ffn_hidden=4 * 12288,
                          vocab=1, seq_len=2048, name="gpt3-175b-one-layer")
@@ -58,7 +53,7 @@ def _ms(seconds) -> float:
 
 def _row(row_id, row, chips, measured, seconds) -> dict:
     return dict(row_id=row_id, source=row["source_key"], chips=chips, measured=measured,
-                predicted=_ms(seconds(None, None)), unit="ms", seconds=seconds)
+                predicted=_ms(seconds(DEFAULT)), unit="ms", seconds=seconds)
 
 
 def _llmcompass(row: dict) -> list[dict]:
@@ -67,12 +62,11 @@ def _llmcompass(row: dict) -> list[dict]:
     plan = InferencePlan(tp=_f(row["tp"]), batch=_f(row["batch_size"]),
                          sequence_parallel=False, fused=False)
 
-    def seconds(efficiency, link_efficiency, latency_scale=None):
-        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency,
-                  latency_scale=latency_scale)
+    def seconds(calibration: Calibration):
+        kw = dict(calibration=calibration)
         # One layer: subtract the (vocab = 1) logits GEMM so that only the layer's ops remain.
         logits = gemm(system.chip, plan.batch, GPT3_LAYER.vocab / plan.tp, GPT3_LAYER.hidden,
-                      efficiency=efficiency).time
+                      calibration=calibration).time
         if row["phase"] == "prefill":
             return prefill(GPT3_LAYER, plan, system, _f(row["input_len"]), **kw).time - logits
         return decode(GPT3_LAYER, plan, system, _f(row["context_len"]), **kw).time - logits
@@ -88,14 +82,12 @@ def _fastertransformer(row: dict) -> list[dict]:
                          fused=True)
     input_len, output_len = _f(row["input_len"]), _f(row["output_len"])
 
-    def pre(efficiency, link_efficiency, latency_scale=None):
-        return prefill(TEST_13B, plan, system, input_len, efficiency=efficiency,
-                       link_efficiency=link_efficiency, latency_scale=latency_scale).time
+    def pre(calibration: Calibration):
+        return prefill(TEST_13B, plan, system, input_len, calibration=calibration).time
 
-    def dec(efficiency, link_efficiency, latency_scale=None):
+    def dec(calibration: Calibration):
         return decode(TEST_13B, plan, system, input_len + 0.5 * (output_len + 1.0),
-                      efficiency=efficiency, link_efficiency=link_efficiency,
-                      latency_scale=latency_scale).time
+                      calibration=calibration).time
 
     return [_row(row["run_id"] + ":prefill", row, plan.chips, _f(row["prefill_latency_ms"]), pre),
             _row(row["run_id"] + ":decode", row, plan.chips, _f(row["decode_latency_per_token_ms"]),
@@ -113,9 +105,8 @@ def _pope(row: dict) -> list[dict]:
                          layout=layout, sequence_parallel=True, fused=True)
     context = _f(row["context_len"])
 
-    def seconds(efficiency, link_efficiency, latency_scale=None):
-        kw = dict(efficiency=efficiency, link_efficiency=link_efficiency,
-                  latency_scale=latency_scale)
+    def seconds(calibration: Calibration):
+        kw = dict(calibration=calibration)
         if row["phase"] == "prefill":
             return prefill(PALM_540B, plan, system, _f(row["input_len"]), **kw).time
         output_len = _f(row["output_len"])
@@ -129,18 +120,18 @@ _MODELLERS = {"llmcompass_fig5": _llmcompass, "kipply_fastertransformer": _faste
               "pope_table2": _pope}
 
 
-def inference_rows(data_dir) -> list[dict]:
+def inference_rows(data_dir: str | Path | None = None) -> list[dict]:
     """Measured vs modelled latency for every modellable row of inference_runs.csv.
 
     **Arguments:**
 
-    - `data_dir`: the data/ folder.
+    - `data_dir`: the data folder (default the repository's, `dse.data`).
 
     **Returns:** list of dict(row_id, source, chips, measured, predicted, unit, seconds)
-    (latencies in ms; `seconds(efficiency, link_efficiency, latency_scale=None)` the modelled
-    time in s).
+    (latencies in ms; `seconds(calibration)` the modelled time in s).
     """
-    with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
+    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    with open(data_dir / "inference_runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
     for row in rows:
@@ -151,8 +142,6 @@ def inference_rows(data_dir) -> list[dict]:
 
 
 def main(data_dir=None) -> None:
-    here = Path(__file__).resolve()
-    data_dir = Path(data_dir) if data_dir else here.parents[2] / "shared" / "data"
     results = inference_rows(data_dir)
     errors = []
     print(f"{'row':44s} {'measured':>12s} {'predicted':>12s} {'error':>8s}")

@@ -1,0 +1,48 @@
+"""dse.calibration: fitting the models' `Calibration` to measurements, with uncertainty.
+
+Measurements (`Measurements`, kernel and collective CSVs, the repository's published rows as
+modelled cases), the fit (`calibrate`: any subset of `dse.models.Calibration` picked by an
+equinox filter, leave-one-source-out validation, Laplace and bootstrap uncertainty), error bars
+on anything the models compute (`propagate`), an optional learned residual (`fit_residual`), saved
+calibrations that load by name (`load_calibration`), and the scripts that fit the defaults of
+`dse.models.DEFAULT` and the hardware layer's fitted constants to `dse.data`.
+"""
+
+from ._fit import SEARCH_BOUNDS as SEARCH_BOUNDS
+from ._fit import calibrate as calibrate
+from ._fit import selected_names as selected_names
+from ._hardware_data import fit_compute_transistors as fit_compute_transistors
+from ._hardware_data import fit_mma_size_term as fit_mma_size_term
+from ._hardware_data import fit_power_constants as fit_power_constants
+from ._hardware_data import read_chips_csv as read_chips_csv
+from ._inference_data import inference_rows as inference_rows
+from ._measurements import COLLECTIVE_COLUMNS as COLLECTIVE_COLUMNS
+from ._measurements import KERNEL_COLUMNS as KERNEL_COLUMNS
+from ._measurements import Measurements as Measurements
+from ._measurements import collective_measurements as collective_measurements
+from ._measurements import collective_model as collective_model
+from ._measurements import data_kernel_measurements as data_kernel_measurements
+from ._measurements import kernel_measurements as kernel_measurements
+from ._measurements import measure_kernels as measure_kernels
+from ._measurements import operator_model as operator_model
+from ._measurements import read_measurement_csv as read_measurement_csv
+from ._measurements import write_kernel_csv as write_kernel_csv
+from ._operator_data import OPERATOR_FIELDS as OPERATOR_FIELDS
+from ._operator_data import fit_link_efficiency as fit_link_efficiency
+from ._operator_data import fit_operator_efficiency as fit_operator_efficiency
+from ._operator_data import operator_rows as operator_rows
+from ._residual import ResidualFit as ResidualFit
+from ._residual import compose_residual as compose_residual
+from ._residual import fit_residual as fit_residual
+from ._result import CalibrationResult as CalibrationResult
+from ._result import load_calibration as load_calibration
+from ._result import param_names as param_names
+from ._result import saved_calibrations as saved_calibrations
+from ._training_data import FIT_SOURCES as FIT_SOURCES
+from ._training_data import TrainingCase as TrainingCase
+from ._training_data import fit_kernel_fraction as fit_kernel_fraction
+from ._training_data import predict_case as predict_case
+from ._training_data import training_cases as training_cases
+from ._uncertainty import Spread as Spread
+from ._uncertainty import bootstrap_weights as bootstrap_weights
+from ._uncertainty import propagate as propagate

@@ -1,0 +1,35 @@
+"""`Reason`: why a result is infeasible, one set of flags for hardware, training and inference.
+
+A report's `reason` is a bit set: 0 means feasible, and every check that fails adds its flag,
+so a design that is both out of memory and over its chip count says both. `describe_reason`
+turns it into words for tables and messages.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class Reason(enum.IntFlag):
+    """Infeasibility flags (combine with `|`; 0 = feasible)."""
+
+    OK = 0
+    CHIPS = 1  # the plan needs more chips than the system has
+    BATCH = 2  # the global batch gives a replica less than one micro-batch
+    MEMORY = 4  # weights, gradients, optimizer state, activations or KV cache exceed capacity
+
+
+REASON_TEXT: dict[Reason, str] = {
+    Reason.CHIPS: "plan needs more chips than the system has",
+    Reason.BATCH: "global batch smaller than one micro-batch per replica",
+    Reason.MEMORY: "memory per chip exceeds capacity",
+}
+
+
+def describe_reason(reason) -> str:
+    """The failed checks of a `reason` value, in words ("ok" when there are none)."""
+    code = int(np.asarray(reason))
+    words = [text for flag, text in REASON_TEXT.items() if code & flag]
+    return "; ".join(words) if words else "ok"
