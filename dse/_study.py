@@ -129,8 +129,13 @@ class _Reader:
             raise self.error(dotted, f"expected an integer, got {value!r}")
         return value
 
+    def boolean(self, dotted: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(dotted, f"expected true or false, got {value!r}")
+        return value
 
-def _keys(owner: type, which: Literal["all", "number", "int", "required"] = "all"
+
+def _keys(owner: type, which: Literal["all", "number", "int", "bool", "required"] = "all"
           ) -> tuple[str, ...]:
     """Config keys of a [chip] / [system] table.
 
@@ -143,8 +148,9 @@ def _keys(owner: type, which: Literal["all", "number", "int", "required"] = "all
     static = tuple(f.name for f in fields if f.metadata.get("static"))
     if which == "number":
         return numbers
-    if which == "int":
-        return tuple(f.name for f in fields if f.name in static and f.type in ("int", int))
+    if which in ("int", "bool"):
+        kind = {"int": ("int", int), "bool": ("bool", bool)}[which]
+        return tuple(f.name for f in fields if f.name in static and f.type in kind)
     if which == "required":
         return tuple(f.name for f in fields if f.default is dataclasses.MISSING
                      and f.default_factory is dataclasses.MISSING
@@ -232,14 +238,16 @@ def make_objective(kind, model, plan, global_batch, batch=1.0, input_len=1.0, ou
 
 def _design(r: _Reader, table: str, owner: type, base: Any, changes: dict[str, Any]) -> Any:
     """`base` (or a new `owner`) with the keys of [table]: the table's continuous fields are
-    numbers (with units), integer static fields integers, the other static fields strings; a
+    numbers (with units), integer static fields integers, boolean ones true / false, the other
+    static fields strings; a
     value the Module rejects is an error naming its key."""
     spec = r.table(table, _keys(owner))
-    numbers, integers = _keys(owner, "number"), _keys(owner, "int")
+    numbers, integers, flags = _keys(owner, "number"), _keys(owner, "int"), _keys(owner, "bool")
     changes = dict(changes)
     for key, value in spec.items():
         if key != "preset":
-            read = r.number if key in numbers else r.integer if key in integers else r.string
+            read = (r.number if key in numbers else r.integer if key in integers
+                    else r.boolean if key in flags else r.string)
             changes[key] = read(f"{table}.{key}", value)
     try:
         return base.replace(**changes) if base is not None else owner(**changes)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._precision import ENGINE_NAMES, ENGINE_RATE_FIELD
 from ._validate import as_float_array, check_choice, check_range
 
 SramKind = Literal["cache", "scratchpad"]
@@ -30,6 +31,16 @@ CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "node_nm": (1.0, 250.0, False),
     "core_count": (0.0, float("inf"), False),
     "compute_redundancy": (1.0, 4.0, True),
+    # Narrow matrix engines, MACs per cycle per 16-bit MAC unit (0: no such engine). The widest
+    # shipping ratio is 6.2 (B300 FP4, 14 / 2.25 PFLOP/s dense); 64 bounds the physically
+    # meaningful (a 1-bit format against a 16-bit one), not the market.
+    "fp8_rate": (0.0, 64.0, True),
+    "fp6_rate": (0.0, 64.0, True),
+    "fp4_rate": (0.0, 64.0, True),
+    "int8_rate": (0.0, 64.0, True),
+    # Measured low-precision / 16-bit sustained-fraction ratios span 0.88 (H100) to 1.04
+    # (Gaudi 3); 2 bounds it far outside them.
+    "low_precision_efficiency": (0.0, 2.0, False),
 }
 
 
@@ -57,6 +68,14 @@ class Chip(eqx.Module):
     - `core_count`: independently scheduled cores enabled (SMs, CUs, tiles).
     - `compute_redundancy`: physical / enabled compute on the die (GA100 has 128 SMs on silicon,
       108 enabled: 1.185). Spare cores cost area and buy yield.
+    - `fp8_rate`, `fp6_rate`, `fp4_rate`, `int8_rate`: dense MACs per cycle of each narrow
+      matrix engine per 16-bit MAC unit (H100: FP8 2, INT8 2; B200: FP8 2, FP6 2, FP4 4;
+      TPU v5p: FP8 1, run on the 16-bit array). 0: the chip has no engine for that format.
+      Peak FP8 FLOP/s = 2 * mac_units * fp8_rate * clock_hz. Each engine costs area and energy
+      per MAC by its operand width (`dse.hardware.ENGINES`; see `area` and `power`).
+    - `low_precision_efficiency`: sustained fraction of the narrow engines' peak on large
+      GEMMs relative to the 16-bit engine's (measured max-achievable FP8 / BF16 matmul
+      fractions: H100 0.88, B200 0.98). 1: as the 16-bit engine.
     - `sram_kind` (static): "cache" (hardware-managed, with tags, ECC and crossbar, as in GPU L2)
       or "scratchpad" (software-managed macros, as in TPU / IPU / Groq / Cerebras).
     - `core_kind` (static): "simt" (GPU streaming multiprocessors / compute units: large
@@ -64,6 +83,9 @@ class Chip(eqx.Module):
       Graphcore, Cerebras). The two have very different area per core and per MAC.
     - `hbm_generation` (static): memory generation whose stacks supply the bandwidth/capacity.
     - `die_count` (static): dies in the package; reticle and yield apply per die.
+    - `block_scaling` (static): the matrix engines apply per-block scales inside the dot
+      product (MXFP8 / MXFP4 / NVFP4 natively: Blackwell, CDNA4). Without it a block-scaled
+      format is de-quantized or emulated.
     - `name` (static): label for tables and plots.
     """
 
@@ -80,10 +102,17 @@ class Chip(eqx.Module):
     compute_redundancy: Float[Array, "*batch"] = eqx.field(
         converter=as_float_array, default=1.0
     )
+    fp8_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    fp6_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    fp4_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    int8_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    low_precision_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
+                                                                 default=1.0)
     sram_kind: SramKind = eqx.field(static=True, default="cache")
     core_kind: CoreKind = eqx.field(static=True, default="simt")
     hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")
     die_count: int = eqx.field(static=True, default=1)
+    block_scaling: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
@@ -95,6 +124,9 @@ class Chip(eqx.Module):
         check_choice("Chip", "hbm_generation", self.hbm_generation, get_args(HbmGeneration))
         if not isinstance(self.die_count, int) or self.die_count < 1:
             raise ValueError(f"Chip.die_count must be an integer >= 1; got {self.die_count!r}")
+        if not isinstance(self.block_scaling, bool):
+            raise ValueError(f"Chip.block_scaling must be True or False; got "
+                             f"{self.block_scaling!r}")
         if self.hbm_generation == "none":
             for field in ("hbm_bandwidth", "hbm_bytes"):
                 value = getattr(self, field)
@@ -108,6 +140,18 @@ class Chip(eqx.Module):
     def peak_flops(self) -> Float[Array, "*batch"]:
         """Peak dense matrix FLOP/s (2 FLOP per MAC per cycle)."""
         return 2.0 * self.mac_units * self.clock_hz
+
+    def rate(self, engine: str) -> Float[Array, "*batch"]:
+        """MACs per cycle of `engine` ("bf16", "fp8", "fp6", "fp4", "int8") per 16-bit MAC unit
+        (1 for "bf16"; 0 where the chip has no such engine)."""
+        check_choice("Chip.rate", "engine", engine, ENGINE_NAMES)
+        if engine == "bf16":
+            return jnp.ones_like(self.mac_units)
+        return getattr(self, ENGINE_RATE_FIELD[engine])
+
+    def matrix_peak(self, engine: str) -> Float[Array, "*batch"]:
+        """Peak dense FLOP/s of `engine` (2 FLOP per MAC per cycle; 0 without the engine)."""
+        return self.peak_flops * self.rate(engine)
 
     @property
     def link_bandwidth_total(self) -> Float[Array, "*batch"]:
@@ -137,7 +181,7 @@ def stack_chips(chips) -> Chip:
         raise ValueError("stack_chips needs at least one Chip")
     first = chips[0]
     for chip in chips[1:]:
-        for field in ("sram_kind", "core_kind", "hbm_generation", "die_count"):
+        for field in ("sram_kind", "core_kind", "hbm_generation", "die_count", "block_scaling"):
             if getattr(chip, field) != getattr(first, field):
                 raise ValueError(
                     f"stack_chips: Chip.{field} differs ({getattr(first, field)!r} in "

@@ -128,6 +128,20 @@ _FIELDS: tuple[Field, ...] = (
     # GA100 carries 128 SMs for 108 enabled (1.185).
     _chip("compute_redundancy", "compute redundancy", "", "process", None, 1.0, 1.25, "linear",
           description="physical / enabled compute on the die (spare cores buy yield)"),
+    # Narrow matrix engines: MACs per cycle per 16-bit MAC unit. From none (0) to twice the
+    # widest shipping ratio of each (FP8 2, FP6 4 on MI355X, FP4 6.2 on B300, INT8 4 on Groq).
+    _chip("fp8_rate", "FP8 engine rate", "", "compute", "FP8 engine", 0.0, 4.0, "linear",
+          description="FP8 MACs per cycle per 16-bit MAC unit (0: no FP8 engine)"),
+    _chip("fp6_rate", "FP6 engine rate", "", "compute", "FP6 engine", 0.0, 8.0, "linear",
+          description="FP6 MACs per cycle per 16-bit MAC unit (0: no FP6 engine)"),
+    _chip("fp4_rate", "FP4 engine rate", "", "compute", "FP4 engine", 0.0, 12.0, "linear",
+          description="FP4 MACs per cycle per 16-bit MAC unit (0: no FP4 engine)"),
+    _chip("int8_rate", "INT8 engine rate", "", "compute", "INT8 engine", 0.0, 8.0, "linear",
+          description="INT8 MACs per cycle per 16-bit MAC unit (0: no INT8 engine)"),
+    # Measured FP8 / BF16 sustained-fraction ratios: 0.88 (H100) to 1.04 (Gaudi 3).
+    _chip("low_precision_efficiency", "low-precision efficiency", "", "compute", None, 0.8, 1.05,
+          "linear", description="sustained fraction of the narrow engines' peak relative to "
+          "the 16-bit engine's"),
     # 8 (a DGX) to 576 chips per scale-up domain (NVL72 = 72; the largest NVLink domains
     # announced, NVL576).
     _system("scaleup_size", "scale-up domain", "", "network", None, 8, 576, "integer",
