@@ -97,11 +97,11 @@ def _fastertransformer(row: dict) -> list[dict]:
 def _pope(row: dict) -> list[dict]:
     chips = int(_f(row["num_devices"]))
     system = SYSTEMS["TPUv4-pod"].with_num_chips(chips)
-    weight_bytes = 1.0 if row["precision"].startswith("int8") else 2.0
+    weights = "int8" if row["precision"].startswith("int8") else "bf16"
     # The row's notes name the layout: weight-gathered for the high-throughput prefill, 2D
     # weight-stationary otherwise; XLA fuses element-wise ops and the layouts shard activations.
     layout = "weight_gathered" if "weight-gathered" in row["notes"] else "weight_stationary_2d"
-    plan = InferencePlan(tp=float(chips), batch=_f(row["batch_size"]), weight_bytes=weight_bytes,
+    plan = InferencePlan(tp=float(chips), batch=_f(row["batch_size"]), weights=weights,
                          layout=layout, sequence_parallel=True, fused=True)
     context = _f(row["context_len"])
 

@@ -16,15 +16,16 @@ from dse.hardware import System
 
 from ._calibration import Calibration
 from ._collectives import all_gather, all_reduce, reduce_scatter
-from ._memory import GRAD_BYTES, WEIGHT_BYTES, StageParams
+from ._memory import WEIGHT_BYTES, StageParams, grad_bytes
 from ._training_plan import TrainingPlan
 
 
 def _dp_collectives(system, plan, calibration, n_params, group, stride):
     """Time of the DP communication of `n_params` parameters over `group` chips, s."""
     link = dict(stride=stride, calibration=calibration)
-    ar = all_reduce(system, GRAD_BYTES * n_params, group, **link).time
-    rs = reduce_scatter(system, GRAD_BYTES * n_params, group, **link).time
+    g = grad_bytes(plan)
+    ar = all_reduce(system, g * n_params, group, **link).time
+    rs = reduce_scatter(system, g * n_params, group, **link).time
     ag = all_gather(system, WEIGHT_BYTES * n_params, group, **link).time
     zero = plan.zero_stage
     z3 = plan.microbatches * (2.0 * ag + rs)

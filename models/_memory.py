@@ -11,16 +11,38 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._recipe import RECIPES, STATE_BYTES
 from ._training_plan import RECOMPUTE_NONE, TrainingPlan
 from ._transformer import Transformer
 
 # Bytes per parameter of mixed-precision Adam (Megatron-LM docs/distrib_optimizer.md, table
 # "fp16 param, fp32 grads": 18 bytes/param non-distributed = 2 param + 4 grad + 12 optimizer:
-# fp32 main param, Adam m and v). The same split reproduces Korthikanti et al. Fig. 1.
+# fp32 main param, Adam m and v). The same split reproduces Korthikanti et al. Fig. 1. These are
+# the defaults of `TrainingPlan` (master_weights, optimizer_state, gradients all "fp32");
+# `grad_bytes` / `optimizer_bytes` give a plan's own.
 WEIGHT_BYTES = 2.0
 GRAD_BYTES = 4.0
 OPTIMIZER_BYTES = 12.0
 ACT_BYTES = 2.0  # 16-bit activations
+
+
+def grad_bytes(plan: TrainingPlan) -> float:
+    """Bytes per parameter of the accumulated (and reduced) gradients."""
+    return STATE_BYTES[plan.gradients]
+
+
+def optimizer_bytes(plan: TrainingPlan) -> float:
+    """Bytes per parameter of the optimizer: the master copy (none when the 16-bit parameters
+    are the masters) and Adam's two moments."""
+    master = STATE_BYTES["fp32"] if plan.master_weights == "fp32" else 0.0
+    return master + 2.0 * STATE_BYTES[plan.optimizer_state]
+
+
+def linear_input_bytes(plan: TrainingPlan) -> float:
+    """Bytes per element of the linear-layer inputs saved for the weight gradient: the
+    recipe's quantized (columnwise) copy, or the 16-bit input."""
+    recipe = RECIPES[plan.precision]
+    return recipe.format.bytes if recipe.low_precision else ACT_BYTES
 
 
 class StageParams(eqx.Module):
@@ -54,6 +76,14 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
                        expert_layer=expert_layer)
 
 
+def linear_params(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """Weights of the linear layers (attention projections and MLP experts) one chip of the
+    first stage holds before ZeRO sharding: what a low-precision recipe quantizes."""
+    layers_per_stage = model.layers / plan.pp
+    return layers_per_stage * (model.attention_params_per_layer / plan.tp
+                               + model.experts / plan.ep * model.expert_params_per_layer / plan.tp)
+
+
 def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array, "*batch"]:
     """Parameters per chip where `sharded`: dense ones split over DP, experts over DP / EP."""
     return jnp.where(sharded, params.dense / plan.dp + params.expert / (plan.dp / plan.ep),
@@ -70,6 +100,10 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     parallelism shards it; selective recomputation drops the 5*a*s^2*b attention-core term; full
     recomputation keeps only the 2*s*b*h layer input. Fused (flash) attention never stores the
     score matrix, so with `flash_attention` the 5*a*s^2*b term is gone whatever the mode.
+    A low-precision recipe saves the inputs of the QKV, MLP-up and MLP-down linears in its
+    format (`linear_input_bytes`) instead of 16 bits: the weight gradient reads that copy and
+    nothing else needs them (the output projection's input is the attention output, which the
+    fused attention backward reads in 16 bits, so it stays).
     """
     s, b, h, t = model.seq_len, plan.microbatch_size, model.hidden, plan.tp
     sbh = s * b * h
@@ -80,9 +114,11 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     attn_parallel = s * b * (2.0 * (q_dim + kv_dim) + 2.0 * kv_dim + 2.0 * q_dim)
     # MLP: input 2sbh (replicated) + up-projection outputs and activation output.
     up = 2.0 if model.gated_mlp else 1.0
-    mlp_parallel = model.top_k * s * b * model.ffn_hidden * (2.0 * up + 2.0)
-    # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh), 2 dropout masks (2sbh).
-    replicated = 10.0 * sbh
+    lib = linear_input_bytes(plan)
+    mlp_parallel = model.top_k * s * b * model.ffn_hidden * (2.0 * up + lib)
+    # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh at 16 bits), 2 dropout masks
+    # (2sbh).
+    replicated = (6.0 + 2.0 * lib) * sbh
     scores = 0.0 if flash_attention else 5.0 * model.heads * s * s * b
     sp = plan.sequence_parallel > 0.5
     stored = (jnp.where(sp, replicated / t, replicated) + (attn_parallel + mlp_parallel) / t)
@@ -112,18 +148,26 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     """Memory per chip of the first pipeline stage (bytes), by kind.
 
     ZeRO stage 1 shards the optimizer state over DP, 2 also the gradients, 3 also the weights
-    (plus one layer gathered and the next prefetched). 1F1B keeps min(m, p) micro-batches of the
+    (plus one layer gathered and the next prefetched). Bytes per parameter follow the plan's
+    state precisions; a low-precision recipe adds its cached quantized weights (rowwise and
+    columnwise copies of every linear weight, sharded like the weights). 1F1B keeps min(m, p) micro-batches of the
     stage's layers in flight (= all L layers' worth when m >= p); interleaving adds
     (p - 1) / (p v) (Korthikanti et al. 2022, Sec. 4.2.3); full recomputation rebuilds one
     layer's activations at a time during backward.
     """
     params = stage_params(model, plan)
     zero = plan.zero_stage
+    recipe = RECIPES[plan.precision]
     weights = WEIGHT_BYTES * zero_shard(plan, params, zero > 2.5)
-    grads = GRAD_BYTES * zero_shard(plan, params, zero > 1.5)
-    optimizer = OPTIMIZER_BYTES * zero_shard(plan, params, zero > 0.5)
+    grads = grad_bytes(plan) * zero_shard(plan, params, zero > 1.5)
+    optimizer = optimizer_bytes(plan) * zero_shard(plan, params, zero > 0.5)
     weights = weights + jnp.where(zero > 2.5, 2.0 * WEIGHT_BYTES * (params.dense_layer
                                                                     + params.expert_layer), 0.0)
+    if recipe.low_precision:
+        linear = linear_params(model, plan)
+        share = linear / jnp.maximum(params.total, 1.0)
+        weights = weights + 2.0 * recipe.format.bytes * share * zero_shard(plan, params,
+                                                                           zero > 2.5)
     p, v = plan.pp, plan.interleave
     in_flight = jnp.minimum(plan.microbatches, p) / p
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import Chip
+from dse.hardware._precision import ENGINE_NAMES
+from dse.hardware._validate import check_choice
 
 from ._calibration import DEFAULT, Calibration
 
@@ -103,13 +105,30 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
+def matrix_rate(chip: Chip, engine: str = "bf16") -> Float[Array, "*batch"]:
+    """Peak FLOP/s of a matrix op on `engine`, times its sustained fraction relative to the
+    16-bit engine (`Chip.low_precision_efficiency` for the narrow engines).
+
+    A chip without the engine (rate 0) runs the op on its 16-bit array: the time stays finite
+    and differentiable, and the models that ask for the engine flag the design infeasible
+    (`Reason.PRECISION`) or charge a de-quantization (serving).
+    """
+    check_choice("matrix_rate", "engine", engine, ENGINE_NAMES)
+    if engine == "bf16":
+        return chip.peak_flops
+    rate = chip.rate(engine)
+    has = rate > 0.0
+    return chip.peak_flops * jnp.where(has, rate * chip.low_precision_efficiency, 1.0)
+
+
 def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True,
-           fused_attention: bool = False):
+           fused_attention: bool = False, engine: str = "bf16"):
     """Compute and memory times with the size-dependent efficiency.
 
     `active` is 1 where the op exists (a zero-size op costs no start-up time). A fused
     attention kernel (`fused_attention`) sustains `cal.attention_scale` of the matrix
-    efficiency. Vector work (`matrix=False`) has no measured efficiency to fit: it runs at the
+    efficiency. Matrix work runs on `engine` (`matrix_rate`). Vector work (`matrix=False`) has
+    no measured efficiency to fit: it runs at the
     vector peak and shares the memory-op start-up time (element-wise ops are memory-bound on
     every chip in chips.csv).
     A chip without HBM (`hbm_bandwidth == 0`) keeps its operands in SRAM: no HBM time.
@@ -120,7 +139,8 @@ def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool 
         matrix_max = cal.matrix_max
         if fused_attention:
             matrix_max = matrix_max * cal.attention_scale
-        compute_time = active * (flops / chip.peak_flops + cal.matrix_overhead_s) / matrix_max
+        compute_time = active * (flops / matrix_rate(chip, engine) + cal.matrix_overhead_s) \
+            / matrix_max
     else:
         compute_time = active * (flops / chip.vector_flops + cal.memory_overhead_s)
     return compute_time, memory_time
@@ -156,6 +176,8 @@ def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
 
 def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
          bytes_per_element: ArrayLike = 2.0, weight_bytes_per_element: ArrayLike | None = None,
+         output_bytes_per_element: ArrayLike | None = None, engine: str = "bf16",
+         weight_convert_flops: ArrayLike = 0.0, input_convert_flops: ArrayLike = 0.0,
          weight_resident_fraction: ArrayLike = 0.0, smooth: bool = False,
          calibration: Calibration = DEFAULT) -> OpCost:
     """One matrix product C (m x n) = A (m x k) B (k x n) on one chip.
@@ -164,23 +186,37 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
 
     - `chip`: the `Chip` (a batch of chips broadcasts).
     - `m`, `n`, `k`: matrix dimensions (A rows = tokens, n = output features, k = reduction).
-    - `bytes_per_element`: width of A and C elements, bytes.
+    - `bytes_per_element`: width of A elements (and of C unless given), bytes.
     - `weight_bytes_per_element`: width of B (the weights) if different (int8 weights: 1).
+    - `output_bytes_per_element`: width of C if different (an FP8 GEMM writes 16-bit C: 2).
+    - `engine` (static): the matrix engine that multiplies ("bf16", "fp8", "fp6", "fp4",
+      "int8"; see `matrix_rate`).
+    - `weight_convert_flops`: vector FLOP per element of B each time the kernel loads it
+      (in-kernel de-quantization of weights stored narrower than the engine's format: 0 when
+      native).
+    - `input_convert_flops`: vector FLOP per element of A (quantization of the activation to
+      the engine's format, fused into the kernel that produces it).
     - `weight_resident_fraction`: share of B held in SRAM across calls, in [0, 1].
     - `smooth`: smooth roofline (see `roofline`).
     - `calibration`: the model's fitted factors (`dse.models.Calibration`; default `DEFAULT`).
 
-    **Returns:** `OpCost` (FLOP, bytes, seconds).
+    **Returns:** `OpCost` (FLOP, bytes, seconds). `flops` counts the matrix FLOPs only; the
+    conversions add vector time to `compute_time` (fused kernels: no HBM traffic of their own).
     """
     wbytes = bytes_per_element if weight_bytes_per_element is None else weight_bytes_per_element
+    cbytes = bytes_per_element if output_bytes_per_element is None else output_bytes_per_element
     m, n, k = (_f(x) for x in (m, n, k))
     flops = 2.0 * m * n * k
     # Tiles are counted in elements of the mean width of the three operands held on chip.
-    sram_elements = chip.sram_bytes / ((2.0 * bytes_per_element + wbytes) / 3.0)
+    sram_elements = chip.sram_bytes / ((bytes_per_element + wbytes + cbytes) / 3.0)
     a, b, c = gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction)
-    hbm_bytes = (a + c) * bytes_per_element + b * wbytes
+    hbm_bytes = a * bytes_per_element + c * cbytes + b * wbytes
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
+                                       engine=engine)
+    # A weight is de-quantized each time it is loaded (at least once per call, resident or not).
+    convert = (weight_convert_flops * jnp.maximum(b, k * n) + input_convert_flops * m * k)
+    compute_time = compute_time + active * convert / chip.vector_flops
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
@@ -194,8 +230,8 @@ def _attention_shape(heads, kv_heads, q_len, kv_len, causal):
 
 def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLike,
               q_len: ArrayLike, kv_len: ArrayLike, head_dim: ArrayLike, *, causal: bool = True,
-              bytes_per_element: ArrayLike = 2.0, smooth: bool = False,
-              calibration: Calibration = DEFAULT) -> OpCost:
+              bytes_per_element: ArrayLike = 2.0, kv_convert_flops: ArrayLike = 0.0,
+              smooth: bool = False, calibration: Calibration = DEFAULT) -> OpCost:
     """Fused (FlashAttention-style) attention forward: softmax(Q K^T) V on one chip.
 
     FLOPs: QK^T and AV, 4 * batch * heads * q_len * attended * head_dim (Dao et al. 2022 count;
@@ -216,6 +252,8 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     - `head_dim`: width of one head.
     - `causal`: causal mask (halves the work of a square prefill).
     - `bytes_per_element`: width of Q, K, V, O elements, bytes (the KV-cache width in decode).
+    - `kv_convert_flops`: vector FLOP per K and V element read, to de-quantize a KV cache
+      stored narrower than the 16-bit products the kernel computes (fused: no extra traffic).
     - `smooth`, `calibration`: as in `gemm`.
 
     **Returns:** `OpCost`.
@@ -235,6 +273,7 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     active = jnp.where(flops > 0, 1.0, 0.0)
     compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
                                        fused_attention=True)
+    compute_time = compute_time + active * kv_convert_flops * k_v / chip.vector_flops
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 

@@ -10,7 +10,9 @@ import jax
 import numpy as np
 from jaxtyping import Array, Float
 
-from dse.hardware._validate import as_float_array, check_range
+from dse.hardware._validate import as_float_array, check_choice, check_range
+
+from ._recipe import RECIPE_NAMES, STATE_PRECISIONS, Recipe, StatePrecision
 
 # Recomputation modes (Korthikanti et al. 2022, Sec. 5).
 RECOMPUTE_NONE = 0.0
@@ -33,6 +35,14 @@ class TrainingPlan(eqx.Module):
     - `recompute`: `RECOMPUTE_NONE` / `RECOMPUTE_SELECTIVE` / `RECOMPUTE_FULL` (0 / 1 / 2).
     - `zero_stage`: 0 none, 1 optimizer state, 2 + gradients, 3 + weights (FSDP) sharded over DP.
     - `dp_overlap`: 1 to overlap the gradient reduction with the backward pass.
+    - `precision` (static): the GEMM recipe (`dse.models.RECIPES`): "bf16", "fp8_delayed",
+      "fp8_current", "fp8_blockwise", "mxfp8" or "nvfp4".
+    - `master_weights` (static): "fp32" (a separate FP32 copy in the optimizer, 4 bytes per
+      parameter) or "bf16" (the 16-bit parameters are the masters: no copy).
+    - `optimizer_state` (static): precision of Adam's two moments, "fp32" (8 bytes per
+      parameter) or "bf16" (4).
+    - `gradients` (static): precision of the accumulated gradients and their reduction, "fp32"
+      (Megatron-LM's main_grad, 4 bytes) or "bf16" (2).
     """
 
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -47,8 +57,15 @@ class TrainingPlan(eqx.Module):
     recompute: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     zero_stage: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    precision: Recipe = eqx.field(static=True, default="bf16")
+    master_weights: StatePrecision = eqx.field(static=True, default="fp32")
+    optimizer_state: StatePrecision = eqx.field(static=True, default="fp32")
+    gradients: StatePrecision = eqx.field(static=True, default="fp32")
 
     def __check_init__(self):
+        check_choice("TrainingPlan", "precision", self.precision, RECIPE_NAMES)
+        for field in ("master_weights", "optimizer_state", "gradients"):
+            check_choice("TrainingPlan", field, getattr(self, field), STATE_PRECISIONS)
         for field in ("tp", "pp", "dp", "ep", "microbatch_size", "global_batch", "interleave"):
             check_range("TrainingPlan", field, getattr(self, field), lower=1.0,
                         lower_inclusive=True)
