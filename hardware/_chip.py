@@ -41,6 +41,7 @@ CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = {
     # Measured low-precision / 16-bit sustained-fraction ratios span 0.88 (H100) to 1.04
     # (Gaudi 3); 2 bounds it far outside them.
     "low_precision_efficiency": (0.0, 2.0, False),
+    "fp4_efficiency": (0.0, 2.0, False),
 }
 
 
@@ -75,7 +76,10 @@ class Chip(eqx.Module):
       per MAC by its operand width (`dse.hardware.ENGINES`; see `area` and `power`).
     - `low_precision_efficiency`: sustained fraction of the narrow engines' peak on large
       GEMMs relative to the 16-bit engine's (measured max-achievable FP8 / BF16 matmul
-      fractions: H100 0.88, B200 0.98). 1: as the 16-bit engine.
+      fractions: H100 0.88, B200 0.98), for the FP8, FP6 and INT8 engines. 1: as the 16-bit
+      engine.
+    - `fp4_efficiency`: the same for the FP4 engine (B300: 0.55, its NVFP4 GEMMs at half the
+      16-bit engine's sustained fraction). 1: as the 16-bit engine.
     - `sram_kind` (static): "cache" (hardware-managed, with tags, ECC and crossbar, as in GPU L2)
       or "scratchpad" (software-managed macros, as in TPU / IPU / Groq / Cerebras).
     - `core_kind` (static): "simt" (GPU streaming multiprocessors / compute units: large
@@ -108,6 +112,7 @@ class Chip(eqx.Module):
     int8_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     low_precision_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                                  default=1.0)
+    fp4_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     sram_kind: SramKind = eqx.field(static=True, default="cache")
     core_kind: CoreKind = eqx.field(static=True, default="simt")
     hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")

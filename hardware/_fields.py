@@ -140,8 +140,12 @@ _FIELDS: tuple[Field, ...] = (
           description="INT8 MACs per cycle per 16-bit MAC unit (0: no INT8 engine)"),
     # Measured FP8 / BF16 sustained-fraction ratios: 0.88 (H100) to 1.04 (Gaudi 3).
     _chip("low_precision_efficiency", "low-precision efficiency", "", "compute", None, 0.8, 1.05,
-          "linear", description="sustained fraction of the narrow engines' peak relative to "
-          "the 16-bit engine's"),
+          "linear", description="sustained fraction of the FP8 / FP6 / INT8 engines' peak "
+          "relative to the 16-bit engine's"),
+    # Measured NVFP4 / BF16 sustained-fraction ratio on B300: 0.55.
+    _chip("fp4_efficiency", "FP4 efficiency", "", "compute", None, 0.4, 1.05, "linear",
+          description="sustained fraction of the FP4 engine's peak relative to the 16-bit "
+          "engine's"),
     # 8 (a DGX) to 576 chips per scale-up domain (NVL72 = 72; the largest NVLink domains
     # announced, NVL576).
     _system("scaleup_size", "scale-up domain", "", "network", None, 8, 576, "integer",

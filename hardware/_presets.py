@@ -134,6 +134,12 @@ for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
 # (HGX B300) and 279 GB at 8 TB/s (GB300 NVL72 column); up to 1100 W (HGX B300) and 1400 W
 # (GB300). NVLink 5: 18 links of 50 GB/s per direction. Measured max-achievable matmul on B300:
 # BF16 1769, FP8 3353.3 TFLOP/s (ml-engineering MAMF table).
+# NVFP4 sustained fraction relative to BF16's on B300: Transformer Engine's GEMM profile of a
+# 4096 / 16384 transformer layer at 15,872 tokens (NVIDIA/TransformerEngine
+# docs/features/low_precision_training/gemm_profiling/gemm_profiling.rst @ce616e1f,
+# pre-quantized): 12.835 ms BF16 and 3.754 ms NVFP4 for its 12 GEMMs (19.17 TFLOP), i.e. 1494
+# and 5107 TFLOP/s, 0.664 of 2250 and 0.365 of 14000. "Well short of the theoretical 2-3x".
+_B300_FP4_EFFICIENCY = (19.17 / 3.754 / 14000) / (19.17 / 12.835 / 2250)
 _BLACKWELL_ULTRA_ASSUMPTIONS = [
     "clock_hz: not disclosed (ml-engineering: 'not disclosed'); the B200 / GB200 clock of the "
     "same package class is assumed (it sets mac_units, not the peaks)",
@@ -154,9 +160,10 @@ for _name, _peak, _clock, _hbm, _bw, _tdp, _fp4, _int8 in (
         sram_kind="cache", core_kind="simt", hbm_generation="HBM3e", die_count=2,
         fp8_rate=2.0, fp6_rate=2.0, fp4_rate=_fp4 / _peak, int8_rate=_int8 / _peak,
         low_precision_efficiency=(3353.3 / 4500) / (1769.0 / 2250), block_scaling=True,
+        fp4_efficiency=_B300_FP4_EFFICIENCY,
     ), Published(die_area_mm2=None, tdp_w=_tdp, is_gpu=True),
         _BLACKWELL_ULTRA_ASSUMPTIONS + (
-            ["low_precision_efficiency: B300's measured FP8 / BF16 matmul fractions assumed "
+            ["low_precision_efficiency, fp4_efficiency: B300's measured fractions assumed "
              "for the GB300 (the same die)"] if _name == "GB300" else []))
 
 # AMD MI250X: two CDNA2 GCDs on TSMC N6 (AMD CDNA2 whitepaper); FP32 vector 47.9 TFLOP/s

@@ -16,17 +16,18 @@ from dse.hardware import System
 
 from ._calibration import Calibration
 from ._collectives import all_gather, all_reduce, reduce_scatter
-from ._memory import WEIGHT_BYTES, StageParams, grad_bytes
+from ._memory import WEIGHT_BYTES, StageParams, grad_bytes, linear_weight_bytes
 from ._training_plan import TrainingPlan
 
 
-def _dp_collectives(system, plan, calibration, n_params, group, stride):
-    """Time of the DP communication of `n_params` parameters over `group` chips, s."""
+def _dp_collectives(system, plan, calibration, n_params, gathered_bytes, group, stride):
+    """Time of the DP communication of `n_params` parameters over `group` chips, s
+    (`gathered_bytes`: what a parameter all-gather of them moves)."""
     link = dict(stride=stride, calibration=calibration)
     g = grad_bytes(plan)
     ar = all_reduce(system, g * n_params, group, **link).time
     rs = reduce_scatter(system, g * n_params, group, **link).time
-    ag = all_gather(system, WEIGHT_BYTES * n_params, group, **link).time
+    ag = all_gather(system, gathered_bytes, group, **link).time
     zero = plan.zero_stage
     z3 = plan.microbatches * (2.0 * ag + rs)
     return jnp.where(zero > 2.5, z3, jnp.where(zero > 0.5, rs + ag, ar))
@@ -36,9 +37,11 @@ def data_parallel_comm(plan: TrainingPlan, system: System, params: StageParams,
                        calibration: Calibration) -> Float[Array, "*batch"]:
     """All DP / ZeRO communication of one step on one chip, before any overlap, s."""
     t = plan.tp
-    return (_dp_collectives(system, plan, calibration, params.dense, plan.dp, t)
-            + _dp_collectives(system, plan, calibration, params.expert, plan.dp / plan.ep,
-                              t * plan.ep))
+    _, linear = linear_weight_bytes(plan)
+    dense_bytes = WEIGHT_BYTES * (params.dense - params.dense_linear) + linear * params.dense_linear
+    return (_dp_collectives(system, plan, calibration, params.dense, dense_bytes, plan.dp, t)
+            + _dp_collectives(system, plan, calibration, params.expert, linear * params.expert,
+                              plan.dp / plan.ep, t * plan.ep))
 
 
 def exposed_data_parallel(plan: TrainingPlan, dp_total, window, layers_per_stage,

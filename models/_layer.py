@@ -113,7 +113,7 @@ def _quantize_ops(model, plan, system, smooth, calibration):
     """The recipe's cast / amax / transpose kernels of one layer (memory-bound element-wise).
 
     Forward: each linear's input is quantized twice (rowwise for its GEMM, columnwise for the
-    weight gradient), reading the 16-bit input `amax_reads` times. Backward: each linear's
+    weight gradient), reading the 16-bit input `reads` times. Backward: each linear's
     output gradient likewise (rowwise for dgrad, columnwise for wgrad), plus NVFP4's Hadamard
     transform on the two wgrad operands. The weights are quantized once per step
     (`weight_quantize`), not here.
@@ -132,9 +132,9 @@ def _quantize_ops(model, plan, system, smooth, calibration):
     # Two quantized copies written, in units of the 16-bit element the kernel reads.
     writes = 2.0 * recipe.format.bytes / 2.0
     flops = 2.0 * QUANTIZE_FLOPS + (HADAMARD_FLOPS if recipe.hadamard else 0.0)
-    fwd = elementwise(chip, inputs, flops_per_element=flops, reads=recipe.amax_reads,
+    fwd = elementwise(chip, inputs, flops_per_element=flops, reads=recipe.reads,
                       writes=writes, **eff)
-    bwd = elementwise(chip, grads, flops_per_element=flops, reads=recipe.amax_reads,
+    bwd = elementwise(chip, grads, flops_per_element=flops, reads=recipe.reads,
                       writes=writes, **eff)
     return (fwd.time, bwd.time, fwd.hbm_bytes, fwd.hbm_bytes + bwd.hbm_bytes, fwd.flops,
             fwd.flops + bwd.flops)
@@ -143,11 +143,13 @@ def _quantize_ops(model, plan, system, smooth, calibration):
 def weight_quantize(model: Transformer, plan: TrainingPlan, system: System, params_per_chip,
                     smooth: bool = False, calibration: Calibration = DEFAULT):
     """Quantizing the chip's linear weights once per step for a low-precision recipe (both
-    orientations, cached across the step's micro-batches): an `OpCost` (zero for "bf16")."""
+    orientations, cached across the step's micro-batches): an `OpCost` (zero for "bf16", and
+    for `quantized_params`: the optimizer writes the quantized weights directly)."""
     recipe = RECIPES[plan.precision]
-    elements = params_per_chip if recipe.low_precision else 0.0 * params_per_chip
+    active = recipe.low_precision and not plan.quantized_params
+    elements = params_per_chip if active else 0.0 * params_per_chip
     return elementwise(system.chip, elements, flops_per_element=2.0 * QUANTIZE_FLOPS,
-                       bytes_per_element=2.0, reads=recipe.amax_reads,
+                       bytes_per_element=2.0, reads=recipe.reads,
                        writes=recipe.format.bytes, smooth=smooth, calibration=calibration)
 
 

@@ -7,6 +7,8 @@ arXiv:2205.05198, Sec. 4; Rajbhandari et al. 2020, ZeRO, Sec. 5).
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -49,13 +51,15 @@ class StageParams(eqx.Module):
     """Parameters one chip of the first pipeline stage holds before ZeRO sharding.
 
     **Fields:** `dense` (attention, norms, router, embedding), `expert` (MLP experts), `dense_layer`
-    and `expert_layer` (one layer's worth of each, as ZeRO-3 gathers them).
+    and `expert_layer` (one layer's worth of each, as ZeRO-3 gathers them), `dense_linear` (the
+    attention projections among `dense`: with `expert`, what a low-precision recipe quantizes).
     """
 
     dense: Float[Array, "*batch"]
     expert: Float[Array, "*batch"]
     dense_layer: Float[Array, "*batch"]
     expert_layer: Float[Array, "*batch"]
+    dense_linear: Float[Array, "*batch"]
 
     @property
     def total(self) -> Float[Array, "*batch"]:
@@ -73,15 +77,23 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
     embed = model.vocab * model.hidden / t
     return StageParams(dense=layers_per_stage * dense_layer + embed,
                        expert=layers_per_stage * expert_layer, dense_layer=dense_layer,
+                       dense_linear=layers_per_stage * model.attention_params_per_layer / t,
                        expert_layer=expert_layer)
 
 
-def linear_params(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
-    """Weights of the linear layers (attention projections and MLP experts) one chip of the
-    first stage holds before ZeRO sharding: what a low-precision recipe quantizes."""
-    layers_per_stage = model.layers / plan.pp
-    return layers_per_stage * (model.attention_params_per_layer / plan.tp
-                               + model.experts / plan.ep * model.expert_params_per_layer / plan.tp)
+def linear_weight_bytes(plan: TrainingPlan) -> tuple[float, float]:
+    """Bytes per linear-layer weight: (held in memory, moved by a data-parallel gather).
+
+    16-bit weights, plus under a low-precision recipe its cached rowwise and columnwise
+    copies; with `quantized_params` only the two copies (gathered once, at the recipe's width).
+    """
+    recipe = RECIPES[plan.precision]
+    if not recipe.low_precision:
+        return WEIGHT_BYTES, WEIGHT_BYTES
+    q = recipe.format.bytes
+    if plan.quantized_params:
+        return 2.0 * q, q
+    return WEIGHT_BYTES + 2.0 * q, WEIGHT_BYTES
 
 
 def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array, "*batch"]:
@@ -157,17 +169,17 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     """
     params = stage_params(model, plan)
     zero = plan.zero_stage
-    recipe = RECIPES[plan.precision]
-    weights = WEIGHT_BYTES * zero_shard(plan, params, zero > 2.5)
+    held, _ = linear_weight_bytes(plan)
+    # 16-bit for the norms, router and embedding; `held` for the linear layers.
+    other = dataclasses.replace(params, dense=params.dense - params.dense_linear,
+                                expert=0.0 * params.expert)
+    linear = dataclasses.replace(params, dense=params.dense_linear)
+    weights = (WEIGHT_BYTES * zero_shard(plan, other, zero > 2.5)
+               + held * zero_shard(plan, linear, zero > 2.5))
     grads = grad_bytes(plan) * zero_shard(plan, params, zero > 1.5)
     optimizer = optimizer_bytes(plan) * zero_shard(plan, params, zero > 0.5)
     weights = weights + jnp.where(zero > 2.5, 2.0 * WEIGHT_BYTES * (params.dense_layer
                                                                     + params.expert_layer), 0.0)
-    if recipe.low_precision:
-        linear = linear_params(model, plan)
-        share = linear / jnp.maximum(params.total, 1.0)
-        weights = weights + 2.0 * recipe.format.bytes * share * zero_shard(plan, params,
-                                                                           zero > 2.5)
     p, v = plan.pp, plan.interleave
     in_flight = jnp.minimum(plan.microbatches, p) / p
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)

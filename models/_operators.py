@@ -107,7 +107,8 @@ def _safe_div(num, den):
 
 def matrix_rate(chip: Chip, engine: str = "bf16") -> Float[Array, "*batch"]:
     """Peak FLOP/s of a matrix op on `engine`, times its sustained fraction relative to the
-    16-bit engine (`Chip.low_precision_efficiency` for the narrow engines).
+    16-bit engine (`Chip.fp4_efficiency` for FP4, `Chip.low_precision_efficiency` for the
+    other narrow engines).
 
     A chip without the engine (rate 0) runs the op on its 16-bit array: the time stays finite
     and differentiable, and the models that ask for the engine flag the design infeasible
@@ -118,7 +119,8 @@ def matrix_rate(chip: Chip, engine: str = "bf16") -> Float[Array, "*batch"]:
         return chip.peak_flops
     rate = chip.rate(engine)
     has = rate > 0.0
-    return chip.peak_flops * jnp.where(has, rate * chip.low_precision_efficiency, 1.0)
+    efficiency = chip.fp4_efficiency if engine == "fp4" else chip.low_precision_efficiency
+    return chip.peak_flops * jnp.where(has, rate * efficiency, 1.0)
 
 
 def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True,

@@ -62,14 +62,19 @@ class RecipeSpec:
     **Fields:**
 
     - `gemm_format`: `dse.hardware.FORMATS` name of the linear layers' GEMM operands.
-    - `amax_reads`: HBM reads of a 16-bit tensor to quantize it (1: the scale is known before
-      the cast, or found block by block inside it; 2: current scaling's separate amax pass).
+    - `reads`: HBM reads of a 16-bit tensor to quantize it into both orientations: 1 for
+      delayed scaling (the scale is known before the fused cast-transpose); 2 for current
+      scaling (an amax pass, then the cast) and for the block-scaled formats (rowwise and
+      columnwise quantizations are each made from the 16-bit tensor); 3 for NVFP4 (a
+      per-tensor amax for its FP32 global scale, then the rowwise cast and the columnwise
+      Hadamard cast). Checked against Transformer Engine's B300 GEMM profile (autocast minus
+      pre-quantized time per layer) in `tests/test_precision.py`.
     - `hadamard`: NVFP4's random Hadamard transform on the weight-gradient operands.
     - `description`: one line for tables.
     """
 
     gemm_format: str
-    amax_reads: float = 1.0
+    reads: float = 1.0
     hadamard: bool = False
     description: str = ""
 
@@ -92,12 +97,12 @@ class RecipeSpec:
 RECIPES: Mapping[str, RecipeSpec] = MappingProxyType({
     "bf16": RecipeSpec("bf16", description="16-bit GEMMs (BF16 / FP16 mixed precision)"),
     "fp8_delayed": RecipeSpec("fp8", description="FP8, per-tensor scales from an amax history"),
-    "fp8_current": RecipeSpec("fp8", amax_reads=2.0,
+    "fp8_current": RecipeSpec("fp8", reads=2.0,
                               description="FP8, per-tensor scales from the current amax"),
-    "fp8_blockwise": RecipeSpec("fp8_block",
+    "fp8_blockwise": RecipeSpec("fp8_block", reads=2.0,
                                 description="FP8, 1 x 128 / 128 x 128 block scales (FP32)"),
-    "mxfp8": RecipeSpec("mxfp8", description="MXFP8, 32-element blocks, E8M0 scales"),
-    "nvfp4": RecipeSpec("nvfp4", hadamard=True,
+    "mxfp8": RecipeSpec("mxfp8", reads=2.0, description="MXFP8, 32-element blocks, E8M0 scales"),
+    "nvfp4": RecipeSpec("nvfp4", reads=3.0, hadamard=True,
                         description="NVFP4, 16-element blocks, E4M3 scales, RHT on wgrad"),
 })
 assert set(RECIPES) == set(RECIPE_NAMES)

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
@@ -27,7 +29,6 @@ from ._memory import (
     STATE_BYTES,
     WEIGHT_BYTES,
     grad_bytes,
-    linear_params,
     optimizer_bytes,
     stage_params,
     training_memory,
@@ -180,9 +181,8 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                       flops_per_element=ADAM_FLOPS, bytes_per_element=4.0, reads=read / 4.0,
                       writes=write / 4.0, smooth=smooth, calibration=calibration)
     # A low-precision recipe quantizes the chip's linear weights once per step.
-    cast = weight_quantize(model, plan, system,
-                           zero_shard(plan, params, plan.zero_stage > 2.5)
-                           * linear_params(model, plan) / jnp.maximum(params.total, 1.0),
+    linear = dataclasses.replace(params, dense=params.dense_linear)
+    cast = weight_quantize(model, plan, system, zero_shard(plan, linear, plan.zero_stage > 2.5),
                            smooth=smooth, calibration=calibration)
     optimizer_time = (opt.time + cast.time) / eta
 

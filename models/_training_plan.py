@@ -43,6 +43,10 @@ class TrainingPlan(eqx.Module):
       parameter) or "bf16" (4).
     - `gradients` (static): precision of the accumulated gradients and their reduction, "fp32"
       (Megatron-LM's main_grad, 4 bytes) or "bf16" (2).
+    - `quantized_params` (static): under a low-precision recipe, the linear layers' weights are
+      kept only in the recipe's format (both orientations; Megatron-Core's `--fp8-param-gather`,
+      Transformer Engine's `fp8_model_params`): no 16-bit copy, and the data-parallel gather
+      moves them at that width. False: 16-bit weights plus cached quantized copies.
     """
 
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -61,11 +65,15 @@ class TrainingPlan(eqx.Module):
     master_weights: StatePrecision = eqx.field(static=True, default="fp32")
     optimizer_state: StatePrecision = eqx.field(static=True, default="fp32")
     gradients: StatePrecision = eqx.field(static=True, default="fp32")
+    quantized_params: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         check_choice("TrainingPlan", "precision", self.precision, RECIPE_NAMES)
         for field in ("master_weights", "optimizer_state", "gradients"):
             check_choice("TrainingPlan", field, getattr(self, field), STATE_PRECISIONS)
+        if not isinstance(self.quantized_params, bool):
+            raise ValueError(f"TrainingPlan.quantized_params must be True or False; got "
+                             f"{self.quantized_params!r}")
         for field in ("tp", "pp", "dp", "ep", "microbatch_size", "global_batch", "interleave"):
             check_range("TrainingPlan", field, getattr(self, field), lower=1.0,
                         lower_inclusive=True)

@@ -45,6 +45,7 @@ RANDOM_RANGES = {
     "fp4_rate": (0.5, 16.0),
     "int8_rate": (0.5, 8.0),
     "low_precision_efficiency": (0.8, 1.1),
+    "fp4_efficiency": (0.5, 1.1),
 }
 assert set(RANDOM_RANGES) == set(CONTINUOUS_CHIP_FIELDS)
 
