@@ -39,9 +39,9 @@ SRAM_CELL_MULTIPLE = {
 UNCORE_FRACTION = (76.44 + 40.0) / (476.25 + 119.31)
 
 # Compute transistors per core and per 16-bit-MAC equivalent (`engine_area_factor`), by core
-# kind. Fitted by `dse.calibration.fit_compute_transistors` to the published die areas of chips.csv (simt:
-# V100, A100, H100; spatial: Groq TSP, Cerebras WSE-2, Graphcore GC200) after the SRAM, HBM,
-# link and uncore blocks above are subtracted. `tests/test_hardware_fit.py` re-runs the fit.
+# kind. Fitted by `dse.calibration.fit_compute_transistors` to the published die areas of
+# chips.csv (simt: V100, A100, H100; spatial: Groq TSP, Cerebras WSE-2, Graphcore GC200) after
+# the SRAM, HBM, link and uncore blocks above are subtracted. `tests/test_hardware_fit.py` re-runs the fit.
 # The spatial pair leaves GC200 23% under its 823 mm^2. Graphcore's own split of that die (Hot
 # Chips 33: ~50% SRAM, ~25% tile logic, ~25% exchange + uncore + PHYs) shows where: ~410 mm^2
 # of SRAM against the model's 362 (1 MB-macro efficiency), ~205 mm^2 of tile logic against
@@ -167,7 +167,8 @@ def area(chip: Chip, tech: Technology | None = None) -> AreaReport:
     shoreline_needed = stacks * HBM_SHORELINE_PER_STACK_MM + link_phy / PHY_DEPTH_MM
     shoreline_available = chip.die_count * 4.0 * jnp.sqrt(per_die)
     return AreaReport(
-        compute=compute, sram=sram, low_precision=low_precision, hbm_phy=hbm_phy, hbm_controller=hbm_controller,
+        compute=compute, sram=sram, low_precision=low_precision, hbm_phy=hbm_phy,
+        hbm_controller=hbm_controller,
         link_phy=link_phy, link_controller=link_controller, uncore=uncore, total=total,
         per_die=per_die, hbm_stacks=stacks, shoreline_needed=shoreline_needed,
         shoreline_available=shoreline_available,

@@ -51,8 +51,9 @@ HOROWITZ_45NM: Mapping[str, tuple[float, float]] = MappingProxyType({
 
 # Significand width (with the hidden bit) of the floating-point formats: IEEE FP16 11, FP32 24;
 # the element formats of the OCP Microscaling (MX) specification v1.0 (2023): FP8 E4M3 4,
-# FP6 E2M3 4, FP4 E2M1 2 (E4M3 and E2M1 as Transformer Engine's FP8 and NVFP4 docs state). An engine is sized by
-# the widest significand it multiplies (FP16 for the 16-bit array, E4M3 for FP8).
+# FP6 E2M3 4, FP4 E2M1 2 (E4M3 and E2M1 as Transformer Engine's FP8 and NVFP4 docs state). An
+# engine is sized by the widest significand it multiplies (FP16 for the 16-bit array, E4M3 for
+# FP8).
 SIGNIFICAND_BITS: Mapping[str, int] = MappingProxyType(
     {"fp32": 24, "fp16": 11, "fp8": 4, "fp6": 4, "fp4": 2})
 

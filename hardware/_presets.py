@@ -5,8 +5,9 @@ Unless a line says otherwise, a number is the chips.csv row of that chip in `dat
 `mac_units` = dense 16-bit peak FLOP/s / (2 * clock); a narrow engine's rate = its dense peak /
 the dense 16-bit peak; `low_precision_efficiency` = (measured max-achievable FP8 matmul / FP8
 peak) / (the same for BF16). Chips without a chips.csv row (B300, GB300, MI325X, MI355X) cite
-their sources beside them (the vendor pages and ml-engineering tables named there). Fields that no source used here states
-are listed in `PRESET_ASSUMPTIONS` with the reasoning, so a user sees which numbers are firm.
+their sources beside them (the vendor pages and ml-engineering tables named there). Fields that
+no source used here states are listed in `PRESET_ASSUMPTIONS` with the reasoning, so a user
+sees which numbers are firm.
 """
 
 from __future__ import annotations

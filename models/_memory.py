@@ -162,10 +162,11 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     ZeRO stage 1 shards the optimizer state over DP, 2 also the gradients, 3 also the weights
     (plus one layer gathered and the next prefetched). Bytes per parameter follow the plan's
     state precisions; a low-precision recipe adds its cached quantized weights (rowwise and
-    columnwise copies of every linear weight, sharded like the weights). 1F1B keeps min(m, p) micro-batches of the
-    stage's layers in flight (= all L layers' worth when m >= p); interleaving adds
-    (p - 1) / (p v) (Korthikanti et al. 2022, Sec. 4.2.3); full recomputation rebuilds one
-    layer's activations at a time during backward.
+    columnwise copies of every linear weight, sharded like the weights; `quantized_params`
+    keeps only those). 1F1B keeps min(m, p) micro-batches of the stage's layers in flight
+    (= all L layers' worth when m >= p); interleaving adds (p - 1) / (p v) (Korthikanti et al.
+    2022, Sec. 4.2.3); full recomputation rebuilds one layer's activations at a time during
+    backward.
     """
     params = stage_params(model, plan)
     zero = plan.zero_stage

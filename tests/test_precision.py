@@ -19,7 +19,6 @@ from dse.hardware import (
     RETICLE_LIMIT_MM2,
     SYSTEMS,
     Activity,
-    Chip,
     area,
     mac_cost_45nm,
     power,
