@@ -438,10 +438,18 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
                   + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
     mfu = flops / (time * plan.chips * chip.peak_flops)
+    # The weight GEMMs run on the activations' engine where the chip has it (at that engine's
+    # energy per MAC), the rest at 16 bits.
+    engine = FORMATS[plan.activations].engine
+    low_flops = 0.0 * time
+    if engine != "bf16" and not (FORMATS[plan.activations].block_scaled
+                                 and not chip.block_scaling):
+        low_flops = jnp.where(chip.rate(engine) > 0.0, matmul_total.flops, 0.0) / plan.pp
     energy = step_energy(chip, time, plan.chips,
-                         compute_fraction=per_chip_flops / plan.pp / (time * chip.peak_flops),
+                         compute_fraction=(per_chip_flops / plan.pp - low_flops)
+                         / (time * chip.peak_flops),
                          vector_flops=layers * ew.flops / plan.pp, hbm_bytes=hbm,
-                         link_bytes=link_bytes)
+                         link_bytes=link_bytes, low_precision_flops=low_flops, engine=engine)
     return InferenceReport(
         time=time, matmul_time=matmul_time, attention_time=attention_time,
         elementwise_time=elementwise_time, tp_comm_time=tp_comm_time, pp_comm_time=pp_comm_time,
