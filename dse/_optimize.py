@@ -111,7 +111,7 @@ class OptimizeResult:
         """Budget margins of the front designs, name -> `[p]`."""
         return {k: v[self.front] for k, v in self.margins.items()}
 
-    def design(self, i: int):
+    def design(self, i: int | np.integer):
         """The design (e.g. a `Chip`) of evaluated point `i`."""
         return self.space.build(jnp.asarray(self.x[i]))
 
@@ -209,24 +209,24 @@ def optimize(
     objective: Callable[[Any], Mapping[str, Float[Array, ""]]],
     space,
     *,
-    objectives: Sequence[str] | Mapping[str, Direction],
+    objectives: str | Sequence[str] | Mapping[str, str],
     budgets: Mapping[str, Bound] | None = None,
     n_preferences: int = 16,
     n_starts: int = 2,
-    scalarizations: Sequence[Literal["chebyshev", "weighted_sum"]] = ("chebyshev",),
+    scalarizations: Sequence[str] = ("chebyshev",),
     outer_steps: int = 8,
     inner_steps: int = 25,
     learning_rate: float = 0.05,
     optimizer: optax.GradientTransformation | None = None,
     log_objectives: bool = False,
     n_pilot: int = 64,
-    starts: Literal["pilot", "random"] = "pilot",
+    starts: str = "pilot",
     keep_iterates: bool = False,
     budget_margin: float = 1e-3,
     penalty: float = 10.0,
     seed: int = 0,
     progress: bool = True,
-    method: Literal["multistart", "trace"] = "multistart",
+    method: str = "multistart",
     spacing: float = 0.05,
     max_steps: int = 200,
 ) -> OptimizeResult:
