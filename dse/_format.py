@@ -11,6 +11,8 @@ import math
 import types
 from collections.abc import Mapping, Sequence
 
+from jaxtyping import ArrayLike, Real
+
 from .hardware import FIELDS, Quantity
 from .hardware import units as u
 
@@ -77,8 +79,11 @@ UNITS: Mapping[str, str] = types.MappingProxyType(
     {name: q.unit for table in (FIELDS, METRICS) for name, q in table.items()})
 
 
-def si(value: float, unit: str = "", digits: int = 3) -> str:
-    """`3.35e12, "B/s"` -> "3.35 TB/s"; plain numbers for mm², $, nm and unitless ratios."""
+def si(value: Real[ArrayLike, ""] | None, unit: str = "", digits: int = 3) -> str:
+    """`3.35e12, "B/s"` -> "3.35 TB/s"; plain numbers for mm², $, nm and unitless ratios.
+
+    `value` is any real scalar (Python, numpy or JAX); None or NaN reads "nan".
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "nan"
     value = float(value)

@@ -113,9 +113,11 @@ class Chip(eqx.Module):
     low_precision_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                                  default=1.0)
     fp4_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
-    sram_kind: SramKind = eqx.field(static=True, default="cache")
-    core_kind: CoreKind = eqx.field(static=True, default="simt")
-    hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")
+    # Choices take any str: `__check_init__` names the field and the allowed values
+    # (`SramKind`, `CoreKind`, `HbmGeneration`) in a ValueError.
+    sram_kind: str = eqx.field(static=True, default="cache")
+    core_kind: str = eqx.field(static=True, default="simt")
+    hbm_generation: str = eqx.field(static=True, default="HBM3")
     die_count: int = eqx.field(static=True, default=1)
     block_scaling: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="custom")

@@ -55,8 +55,9 @@ class System(eqx.Module):
     scaleup_latency: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     scaleout_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     scaleout_latency: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
-    topology: Topology = eqx.field(static=True, default="switch")
-    fabric: Fabric = eqx.field(static=True, default="nvlink")
+    # Any str: `__check_init__` rejects one outside `Topology` / `Fabric` with a ValueError.
+    topology: str = eqx.field(static=True, default="switch")
+    fabric: str = eqx.field(static=True, default="nvlink")
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):

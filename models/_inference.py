@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
-from dse.hardware._precision import FORMATS, Format
+from dse.hardware._precision import FORMATS
 from dse.hardware._validate import as_float_array, check_choice, check_range
 
 from ._calibration import DEFAULT, Calibration
@@ -113,9 +113,11 @@ class InferencePlan(eqx.Module):
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     pp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
-    weights: Format = eqx.field(static=True, default="bf16")
-    activations: Format = eqx.field(static=True, default="bf16")
-    kv_cache: Format = eqx.field(static=True, default="bf16")
+    # Formats take any str: `__check_init__` names the field and the allowed formats in a
+    # ValueError.
+    weights: str = eqx.field(static=True, default="bf16")
+    activations: str = eqx.field(static=True, default="bf16")
+    kv_cache: str = eqx.field(static=True, default="bf16")
     layout: Layout = eqx.field(static=True, default="weight_stationary")
     sequence_parallel: bool = eqx.field(static=True, default=True)
     fused: bool = eqx.field(static=True, default=True)

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 from dse.hardware._validate import as_float_array, check_choice, check_range
 
-from ._recipe import RECIPE_NAMES, STATE_PRECISIONS, Recipe, StatePrecision
+from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
 
 # Recomputation modes (Korthikanti et al. 2022, Sec. 5).
 RECOMPUTE_NONE = 0.0
@@ -61,10 +61,12 @@ class TrainingPlan(eqx.Module):
     recompute: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     zero_stage: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
-    precision: Recipe = eqx.field(static=True, default="bf16")
-    master_weights: StatePrecision = eqx.field(static=True, default="fp32")
-    optimizer_state: StatePrecision = eqx.field(static=True, default="fp32")
-    gradients: StatePrecision = eqx.field(static=True, default="fp32")
+    # Choices take any str: `__check_init__` names the field and the allowed values (`Recipe`,
+    # `StatePrecision`) in a ValueError.
+    precision: str = eqx.field(static=True, default="bf16")
+    master_weights: str = eqx.field(static=True, default="fp32")
+    optimizer_state: str = eqx.field(static=True, default="fp32")
+    gradients: str = eqx.field(static=True, default="fp32")
     quantized_params: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):

@@ -212,8 +212,6 @@ def test_bad_precision_names_are_errors_naming_the_field():
         gemm(H100, 8.0, 8.0, 8.0, engine="fp3")
     with pytest.raises(ValueError, match=r"Chip\.fp4_rate must be finite"):
         H100.replace(fp4_rate=-1.0)
-    with pytest.raises(ValueError, match=r"Chip\.block_scaling must be True or False"):
-        H100.replace(block_scaling="yes")
 
 
 def test_unsupported_serving_combinations_are_errors():
