@@ -70,7 +70,7 @@ MULTIPLIER_AREA_EXPONENT = _exponent("mult", 1)  # 1.982
 ADDER_AREA_EXPONENT = _exponent("add", 1)  # 1.440
 
 
-def _fp(unit: str, bits: float, kind: int) -> float:
+def _fp(unit: str, bits: int | float, kind: int) -> float:
     """Horowitz's FP16 `unit` scaled to a `bits`-wide significand (kind 0 energy, 1 area)."""
     exponent = {("mult", 0): MULTIPLIER_ENERGY_EXPONENT, ("mult", 1): MULTIPLIER_AREA_EXPONENT,
                 ("add", 1): ADDER_AREA_EXPONENT}[unit, kind]
