@@ -161,6 +161,7 @@ def _keys(owner: type, which: Literal["all", "number", "int", "bool", "required"
 CHIP_KEYS = _keys(hw.Chip)
 SYSTEM_KEYS = _keys(hw.System)
 WORKLOAD_KEYS = ("kind", "model", "global_batch", "plan", "batch", "input_len", "output_len",
+                 "precision", "weights", "activations", "kv_cache",
                  "tp", "pp")
 PLAN_KEYS = ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "sequence_parallel",
              "recompute", "zero_stage", "dp_overlap")
@@ -189,6 +190,7 @@ class Study:
     seed: int
     optimize_options: dict[str, Any]
     output_dir: Path
+    precision: str = "bf16"  # the training recipe best_plan's plans run (plan None)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -197,7 +199,8 @@ class Study:
     def objective(self, *, smooth: bool = False) -> Callable[[hw.System], dict]:
         """`system -> {metric: scalar}`: the workload on the design plus area, power, cost."""
         return make_objective(self.kind, self.model, self.plan, self.global_batch, self.batch,
-                              self.input_len, self.output_len, smooth=smooth)
+                              self.input_len, self.output_len, smooth=smooth,
+                              precision=self.precision)
 
 
 def hardware_metrics(chip: hw.Chip) -> dict[str, Any]:
@@ -208,14 +211,17 @@ def hardware_metrics(chip: hw.Chip) -> dict[str, Any]:
 
 
 def make_objective(kind, model, plan, global_batch, batch=1.0, input_len=1.0, output_len=1.0, *,
-                   smooth: bool = False) -> Callable[[hw.System], dict]:
-    """The metrics of a workload on a system design (see `TRAINING_METRICS`)."""
+                   smooth: bool = False,
+                   precision: str = "bf16") -> Callable[[hw.System], dict]:
+    """The metrics of a workload on a system design (see `TRAINING_METRICS`); `precision` is
+    the training recipe of the plans `best_plan` chooses from when `plan` is None."""
 
     def objective(system: hw.System) -> dict:
         out = hardware_metrics(system.chip)
         if kind == "training":
             if plan is None:
-                report = models.best_plan(model, system, global_batch, smooth=smooth)[1]
+                report = models.best_plan(model, system, global_batch, smooth=smooth,
+                                          precision=precision)[1]
             else:
                 report = models.train_step(model, plan, system, smooth=smooth)
             tokens_per_step = report.tokens_per_s * report.step_time
@@ -337,11 +343,18 @@ def load_study(path: str | Path) -> Study:
     input_len = r.number("workload.input_len", work.get("input_len", 2048))
     output_len = r.number("workload.output_len", work.get("output_len", 256))
     plan = None
+    precision = r.string("workload.precision", work.get("precision", "bf16"))
+    if kind == "training":
+        try:  # a bad recipe name is an error naming the key, with the recipes
+            models.TrainingPlan(precision=precision)
+        except ValueError as e:
+            raise r.error("workload.precision", str(e)) from None
     if kind == "training" and "plan" in work:
         spec = r.table("workload.plan", PLAN_KEYS)
         values = {k: r.number(f"workload.plan.{k}", v) for k, v in spec.items()}
         try:
-            plan = models.TrainingPlan(global_batch=float(global_batch), **values)
+            plan = models.TrainingPlan(global_batch=float(global_batch), precision=precision,
+                                       **values)
         except ValueError as e:
             raise r.error("workload.plan", str(e)) from None
         used = int(round(float(plan.chips)))
@@ -355,11 +368,14 @@ def load_study(path: str | Path) -> Study:
                           f"{float(plan.microbatch_size):g} over dp = {float(plan.dp):g}")
     elif kind == "inference":
         try:
+            formats = {k: r.string(f"workload.{k}", work[k])
+                       for k in ("weights", "activations", "kv_cache") if k in work}
             plan = models.InferencePlan(tp=r.number("workload.tp", work.get("tp", 8)),
                                         pp=r.number("workload.pp", work.get("pp", 1)),
-                                        batch=batch)
+                                        batch=batch, **formats)
         except ValueError as e:
-            raise r.error("workload.tp", str(e)) from None
+            key = next((k for k in ("weights", "activations", "kv_cache") if k in str(e)), "tp")
+            raise r.error(f"workload.{key}", str(e)) from None
     metric_names = TRAINING_METRICS if kind == "training" else INFERENCE_METRICS
 
     objectives = {}
@@ -395,6 +411,7 @@ def load_study(path: str | Path) -> Study:
         seed=r.integer("sweep.seed", sweep.get("seed", 0)),
         optimize_options=_optimize_options(r, opt, objectives),
         output_dir=Path(r.string("output.dir", output.get("dir", "dse-out"))),
+        precision=precision,
     )
 
 

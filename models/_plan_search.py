@@ -43,7 +43,7 @@ def _concrete_int(x, what: str) -> int:
 def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
                     recompute=(0, 1, 2), zero_stages=(0, 1, 2, 3),
                     sequence_parallel=(0, 1), dp_overlap: int = 1,
-                    max_microbatch: int | None = None) -> TrainingPlan:
+                    max_microbatch: int | None = None, precision: str = "bf16") -> TrainingPlan:
     """Every valid plan for `model` on exactly `num_chips` chips, as one batched `TrainingPlan`.
 
     Valid: TP divides the heads, PP divides the layers, DP = num_chips / (TP * PP) divides the
@@ -60,6 +60,7 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
     - `recompute`, `zero_stages`, `sequence_parallel`: the values of those knobs to include.
     - `dp_overlap`: the data-parallel overlap setting of every plan.
     - `max_microbatch`: largest micro-batch size considered (default: no limit).
+    - `precision`: the training recipe of every plan (`TrainingPlan.precision`).
 
     **Returns:** a `TrainingPlan` whose leaves have one leading axis (the plans).
     """
@@ -100,7 +101,7 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
          "recompute", "zero_stage"))}
     n = len(full)
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
-                        dp_overlap=np.full(n, float(dp_overlap)), **col)
+                        dp_overlap=np.full(n, float(dp_overlap)), precision=precision, **col)
 
 
 def _index(tree, i):

@@ -371,3 +371,28 @@ def test_optimize_grows_the_fp4_engine_to_its_area_budget():
     extra = res.x[best][0] - 2.0
     assert 0.97 * 60.0 / slope <= extra <= 60.0 / slope
     assert res.metrics["area"][best] <= a0 + 60.0
+
+
+def test_configs_name_the_precision_and_its_errors(tmp_path):
+    from helpers import REPO
+
+    from dse._study import ConfigError, load_study
+
+    train = (REPO / "examples" / "h100_gpt3_training.toml").read_text()
+    serve_cfg = (REPO / "examples" / "h100_llama70b_inference.toml").read_text()
+    ok = tmp_path / "fp8.toml"
+    ok.write_text(train.replace('global_batch = 1536', 'global_batch = 1536\n'
+                                'precision = "fp8_current"'))
+    assert load_study(ok).plan.precision == "fp8_current"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(train.replace('global_batch = 1536', 'global_batch = 1536\nprecision = "fp9"'))
+    with pytest.raises(ConfigError, match=r"workload\.precision.*TrainingPlan\.precision"):
+        load_study(bad)
+    w4 = tmp_path / "w4.toml"
+    w4.write_text(serve_cfg.replace('output_len = 256', 'output_len = 256\nweights = "int4"\n'
+                                    'kv_cache = "fp8"'))
+    plan = load_study(w4).plan
+    assert (plan.weights, plan.activations, plan.kv_cache) == ("int4", "bf16", "fp8")
+    w4.write_text(serve_cfg.replace('output_len = 256', 'output_len = 256\nweights = "fp3"'))
+    with pytest.raises(ConfigError, match=r"workload\.weights"):
+        load_study(w4)
