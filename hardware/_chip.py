@@ -42,6 +42,8 @@ CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = {
     # (Gaudi 3); 2 bounds it far outside them.
     "low_precision_efficiency": (0.0, 2.0, False),
     "fp4_efficiency": (0.0, 2.0, False),
+    # Packed 16-bit vector math: 2 (BF16) or 4 (FP16) per FP32 FLOP on A100; 8 bounds it.
+    "vector_16bit_rate": (0.0, 8.0, False),
 }
 
 
@@ -78,6 +80,8 @@ class Chip(eqx.Module):
       GEMMs relative to the 16-bit engine's (measured max-achievable FP8 / BF16 matmul
       fractions: H100 0.88, B200 0.98), for the FP8, FP6 and INT8 engines. 1: as the 16-bit
       engine.
+    - `vector_16bit_rate`: 16-bit vector FLOP per FP32 vector FLOP (`vector_flops` is the FP32
+      rate): packed BF16 / FP16 arithmetic on the vector units (A100: BF16 2). 1: no packing.
     - `fp4_efficiency`: the same for the FP4 engine (B300: 0.55, its NVFP4 GEMMs at half the
       16-bit engine's sustained fraction). 1: as the 16-bit engine.
     - `sram_kind` (static): "cache" (hardware-managed, with tags, ECC and crossbar, as in GPU L2)
@@ -113,6 +117,7 @@ class Chip(eqx.Module):
     low_precision_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                                  default=1.0)
     fp4_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    vector_16bit_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     # Choices take any str: `__check_init__` names the field and the allowed values
     # (`SramKind`, `CoreKind`, `HbmGeneration`) in a ValueError.
     sram_kind: str = eqx.field(static=True, default="cache")

@@ -146,6 +146,9 @@ _FIELDS: tuple[Field, ...] = (
     _chip("fp4_efficiency", "FP4 efficiency", "", "compute", None, 0.4, 1.05, "linear",
           description="sustained fraction of the FP4 engine's peak relative to the 16-bit "
           "engine's"),
+    # Packed 16-bit vector math: none (1) to A100's FP16 rate (4).
+    _chip("vector_16bit_rate", "16-bit vector rate", "", "compute", "vector compute", 1.0, 4.0,
+          "linear", description="16-bit vector FLOP per FP32 vector FLOP"),
     # 8 (a DGX) to 576 chips per scale-up domain (NVL72 = 72; the largest NVLink domains
     # announced, NVL576).
     _system("scaleup_size", "scale-up domain", "", "network", None, 8, 576, "integer",

@@ -63,6 +63,10 @@ _A100 = dict(
     sram_bytes=57.3 * u.MiB, link_count=12, link_bandwidth=25 * u.GB, node_nm=7,
     core_count=108, compute_redundancy=128 / 108, sram_kind="cache", core_kind="simt",
     int8_rate=624 / 312,  # dense INT8 624 TOPS (chips.csv)
+    # Non-tensor BF16 39 TFLOP/s against FP32 19.5 (A100 whitepaper, "Peak BF16 (non-Tensor)",
+    # as transcribed in a public repository's notes: find_string id 62500505134). FP16 packs
+    # 4 (78 TFLOP/s); the models' 16-bit activations are BF16.
+    vector_16bit_rate=39 / 19.5,
 )
 _add(Chip(name="A100-40GB", hbm_bandwidth=1555 * u.GB, hbm_bytes=40 * u.GiB,
           hbm_generation="HBM2", **_A100),

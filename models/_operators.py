@@ -124,7 +124,7 @@ def matrix_rate(chip: Chip, engine: str = "bf16") -> Float[Array, "*batch"]:
 
 
 def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True,
-           fused_attention: bool = False, engine: str = "bf16"):
+           fused_attention: bool = False, engine: str = "bf16", vector_rate=1.0):
     """Compute and memory times with the size-dependent efficiency.
 
     `active` is 1 where the op exists (a zero-size op costs no start-up time). A fused
@@ -144,7 +144,8 @@ def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool 
         compute_time = active * (flops / matrix_rate(chip, engine) + cal.matrix_overhead_s) \
             / matrix_max
     else:
-        compute_time = active * (flops / chip.vector_flops + cal.memory_overhead_s)
+        compute_time = active * (flops / (chip.vector_flops * vector_rate)
+                                 + cal.memory_overhead_s)
     return compute_time, memory_time
 
 
@@ -318,8 +319,9 @@ def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike
                 calibration: Calibration = DEFAULT) -> OpCost:
     """A memory-bound element-wise op (activation, norm, softmax, residual add) on one chip.
 
-    Work runs on the vector units (`chip.vector_flops`); each element is read `reads` times and
-    written `writes` times from and to HBM.
+    Work runs on the vector units (`chip.vector_flops`, times `chip.vector_16bit_rate` for
+    elements of 2 bytes or fewer); each element is read `reads` times and written `writes`
+    times from and to HBM.
 
     **Arguments:**
 
@@ -336,6 +338,9 @@ def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike
     flops = elements * flops_per_element
     hbm_bytes = elements * (reads + writes) * bytes_per_element
     active = jnp.where(elements > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active, matrix=False)
+    # 16-bit (or narrower) data runs at the vector units' 16-bit rate.
+    rate = jnp.where(jnp.asarray(bytes_per_element) <= 2.0, chip.vector_16bit_rate, 1.0)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active, matrix=False,
+                                       vector_rate=rate)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))

@@ -46,6 +46,7 @@ RANDOM_RANGES = {
     "int8_rate": (0.5, 8.0),
     "low_precision_efficiency": (0.8, 1.1),
     "fp4_efficiency": (0.5, 1.1),
+    "vector_16bit_rate": (1.0, 4.0),
 }
 assert set(RANDOM_RANGES) == set(CONTINUOUS_CHIP_FIELDS)
 

@@ -396,3 +396,15 @@ def test_configs_name_the_precision_and_its_errors(tmp_path):
     w4.write_text(serve_cfg.replace('output_len = 256', 'output_len = 256\nweights = "fp3"'))
     with pytest.raises(ConfigError, match=r"workload\.weights"):
         load_study(w4)
+
+
+def test_vector_units_run_16_bit_data_at_their_packed_rate():
+    from dse.models import elementwise
+
+    a100 = CHIPS["A100-80GB"]  # BF16 non-tensor 39 TFLOP/s, FP32 19.5
+    kw = dict(flops_per_element=8.0, reads=0.0, writes=0.0)
+    bf16 = elementwise(a100, 1e9, bytes_per_element=2.0, **kw)
+    fp32 = elementwise(a100, 1e9, bytes_per_element=4.0, **kw)
+    overhead = float(DEFAULT.memory_overhead_s)
+    assert float(bf16.compute_time) - overhead == pytest.approx(8e9 / 39e12, rel=1e-4)
+    assert float(fp32.compute_time) - overhead == pytest.approx(8e9 / 19.5e12, rel=1e-4)
