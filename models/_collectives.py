@@ -29,6 +29,10 @@ time = scaleup_time + scaleout_time.
 The scale-up tier runs at `Calibration.link_efficiency` of the links' bandwidth and at
 `Calibration.latency_scale` times the stated latency, both for the system's fabric
 (`System.fabric`); the scale-out tier is taken at its stated per-chip bandwidth and latency.
+
+A `System` with a `network` (`dse.hardware.Network`: tiers, radix, oversubscription) is costed
+by `_network_collectives.py` instead: rings pipelined over the tiers, each at the bandwidth it
+has under oversubscription. Without one, the model above is unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import System
 
+from . import _network_collectives as _net
 from ._calibration import DEFAULT, Calibration
 from ._operators import _f, _safe_div
 
@@ -136,6 +141,8 @@ def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLi
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
                  calibration)
 
@@ -149,6 +156,8 @@ def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
                  calibration)
 
@@ -162,6 +171,8 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration)).scale(2.0)
     up_bytes, up_steps, out_bytes, out_steps = _reduce_scatter_parts(system, n, group_size,
                                                                      stride)
     return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system,
@@ -178,6 +189,8 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.all_to_all_parts(system, n, group_size, stride, calibration))
     g, g_in, g_out = _tiers(system, group_size, stride)
     up_bytes = (g_in - 1.0) / g * n
     out_bytes = (g - g_in) / g * n
@@ -205,6 +218,8 @@ def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *
     **Returns:** `CommCost` (zero for a group of one).
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.send_parts(system, n, group_size, stride, calibration))
     g, g_in, g_out = _tiers(system, group_size, stride)
     active = jnp.where(g > 1.0, 1.0, 0.0)
     crosses = jnp.where(g_out > 1.0, 1.0, 0.0)
