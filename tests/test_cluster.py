@@ -428,6 +428,18 @@ def test_train_cluster_and_serve_cost_add_up_and_differentiate():
                                    (2, 4, 7, 8, 11), rows=[0, 1, 2, 3])
 
 
+def _cheap_objective(c, chips=1024.0):
+    """Dollars, time and megawatts of a job at a fixed step rate (the step model is the
+    benchmark's and the notebook's; here the network, goodput and capital parts)."""
+    g = goodput(c, chips=chips, state_bytes=1e12)
+    net = network_report(c.system, c.economics, chips)
+    cap = capex(c.system, c.economics, chips, net)
+    time = 1e12 / 1e6 / g.goodput
+    return {"dollars": cap.per_second * time, "time": time,
+            "megawatts": c.economics.pue * cap.peak_it_power / 1e6,
+            "capacity_margin": net.capacity / chips - 1.0}
+
+
 def test_space_sweep_and_budgets_over_network_reliability_and_chip():
     space = dse.Space(CLUSTER, [dse.Param.from_field(CLUSTER, name) for name in (
         "oversubscription", "tiers", "checkpoint_bandwidth", "accelerator_failure_rate",
@@ -435,17 +447,7 @@ def test_space_sweep_and_budgets_over_network_reliability_and_chip():
     assert space.fields[:3] == ("system.network.oversubscription", "system.network.tiers",
                                 "reliability.checkpoint_bandwidth")
     assert space.fields[4:] == ("system.chip.hbm_bandwidth", "system.scaleup_size")
-    tokens_per_s = 1e6  # the step model is the benchmark's and the notebook's; here the rest
-
-    def objective(c):
-        g = goodput(c, chips=1024.0, state_bytes=1e12)
-        net = network_report(c.system, c.economics, 1024.0)
-        cap = capex(c.system, c.economics, 1024.0, net)
-        time = 1e12 / tokens_per_s / g.goodput
-        mw = c.economics.pue * cap.peak_it_power / 1e6
-        return {"dollars": cap.per_second * time, "time": time, "megawatts": mw}
-
-    result = dse.sweep(objective, space, 256, chunk_size=256, progress=False,
+    result = dse.sweep(_cheap_objective, space, 256, chunk_size=256, progress=False,
                        directions={"dollars": "min", "time": "min"},
                        constraints={"megawatts": ("<=", 2.05)})
     mw = np.asarray(result["megawatts"])
@@ -454,3 +456,17 @@ def test_space_sweep_and_budgets_over_network_reliability_and_chip():
     assert np.all(mw[feasible] <= 2.05)
     # Snapped integer knobs (tiers, scale-up size) are whole numbers in the table.
     assert np.all(result["tiers"] == np.round(result["tiers"]))
+
+
+def test_optimize_trades_network_and_reliability_under_budgets():
+    space = dse.Space(CLUSTER, [dse.Param.from_field(CLUSTER, name) for name in (
+        "oversubscription", "tiers", "checkpoint_bandwidth", "spare_fraction")])
+    result = dse.optimize(lambda c: _cheap_objective(c, 4096.0), space,
+                          objectives=["dollars", "time"],
+                          budgets={"megawatts": 8.0, "capacity_margin": (0.0, None)},
+                          n_preferences=4, n_starts=1, outer_steps=2, inner_steps=8,
+                          n_pilot=16, progress=False)
+    assert result.status == "ok"
+    front = result.to_dataframe()
+    # 4,096 chips at radix 64 need two tiers; every design on the front meets both budgets.
+    assert (front["tiers"] >= 2).all() and (front["megawatts"] <= 8.0).all()
