@@ -16,6 +16,8 @@ from ._network import Network
 from ._validate import as_float_array, check_choice, check_range
 
 Topology = Literal["switch", "torus2d", "torus3d"]
+# Dimensions of each scale-up topology (0: a switch, any-to-any).
+TOPOLOGY_DIMS: dict[str, int] = {"switch": 0, "torus2d": 2, "torus3d": 3}
 # Scale-up fabric kinds: NVLink / NVSwitch, TPU inter-chip interconnect, AMD Infinity Fabric
 # (xGMI), Ethernet-based scale-up (Gaudi RoCE ports). Each is calibrated on its own
 # (`dse.models.Calibration.link_efficiency` / `latency_scale` are per fabric).

@@ -23,7 +23,7 @@ from ._chip import Chip
 from ._cost import cost
 from ._network import fat_tree, scaleup_links
 from ._power import power
-from ._system import System
+from ._system import TOPOLOGY_DIMS, System
 from ._validate import as_float_array, check_range
 
 YEAR = 365.25 * 86400.0
@@ -231,10 +231,6 @@ class NetworkReport(eqx.Module):
     power: Float[Array, "*batch"]
 
 
-def _dims(system: System) -> int:
-    return {"switch": 0, "torus2d": 2, "torus3d": 3}[system.topology]
-
-
 def network_report(system: System, economics: Economics, chips: ArrayLike) -> NetworkReport:
     """What the system's networks cost and draw for `chips` chips.
 
@@ -260,7 +256,7 @@ def network_report(system: System, economics: Economics, chips: ArrayLike) -> Ne
     copper_power = 2.0 * e.copper_power * tree.copper_links
     copper_up, optical_up, ports_up = scaleup_links(
         chips=chips, domain=system.scaleup_size, link_count=system.chip.link_count,
-        rack_chips=net.rack_chips, dims=_dims(system))
+        rack_chips=net.rack_chips, dims=TOPOLOGY_DIMS[system.topology])
     # Switch ports of a domain no larger than a host sit on its baseboard (DGX H100's four
     # NVSwitches), priced in the host; beyond, the share of a chip's peers outside its host.
     outside = jnp.clip(1.0 - net.host_chips / system.scaleup_size, 0.0, 1.0)

@@ -46,6 +46,9 @@ from dse.hardware import System
 from . import _network_collectives as _net
 from ._calibration import DEFAULT, Calibration
 from ._operators import _f, _safe_div
+from ._tiers import dims as _dims
+from ._tiers import link_efficiency as _link_efficiency
+from ._tiers import scaleup_steps as _scaleup_steps
 
 
 class CommCost(eqx.Module):
@@ -78,29 +81,12 @@ class CommCost(eqx.Module):
                         self.scaleout_bytes * factor)
 
 
-def _dims(system: System) -> int:
-    return {"switch": 0, "torus2d": 2, "torus3d": 3}[system.topology]
-
-
 def _tiers(system: System, group_size, stride):
     g = jnp.maximum(_f(group_size), 1.0)
     stride = jnp.maximum(_f(stride), 1.0)
     g_in = jnp.clip(system.scaleup_domain / stride, 1.0, g)
     g_out = g / g_in
     return g, g_in, g_out
-
-
-def _scaleup_steps(system: System, p):
-    """Latency steps of one reduce-scatter over p members of the scale-up tier."""
-    d = _dims(system)
-    if d == 0:
-        return jnp.log2(p)
-    return d * (p ** (1.0 / d) - 1.0)
-
-
-def _link_efficiency(system: System, calibration: Calibration):
-    """The calibrated fraction of the scale-up links' bandwidth, for the system's fabric."""
-    return calibration.link_efficiency[system.fabric]
 
 
 def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, calibration: Calibration,

@@ -33,12 +33,7 @@ from dse.hardware._network import fat_tree
 
 from ._calibration import Calibration
 from ._operators import _f, _safe_div
-
-
-def _ratio(num, den):
-    """num / den, 0 where den is 0 (a group inside one domain has no scale-out hops)."""
-    ok = den > 0
-    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+from ._tiers import dims, link_efficiency, scaleup_steps
 
 
 def _groups(system: System, group_size, stride):
@@ -53,7 +48,7 @@ def _groups(system: System, group_size, stride):
 
 
 def _bandwidths(system: System, calibration: Calibration):
-    up = system.scaleup_bandwidth * calibration.link_efficiency[system.fabric]
+    up = system.scaleup_bandwidth * link_efficiency(system, calibration)
     out = system.scaleout_bandwidth * calibration.scaleout_efficiency
     return up, out
 
@@ -67,7 +62,7 @@ def _pipelined(t_up, t_out, lat_up, lat_out):
     """(time, scale-up part, scale-out part): the bandwidth time of the slower tier, split over
     the tiers in proportion to their own times, plus each tier's latency."""
     bw = jnp.maximum(t_up, t_out)
-    share = _ratio(t_up, t_up + t_out)
+    share = _safe_div(t_up, t_up + t_out)
     up = bw * share + lat_up
     out = bw * (1.0 - share) + lat_out
     return up + out, up, out
@@ -84,21 +79,14 @@ def ring_parts(system: System, n, group_size, stride, calibration: Calibration):
     out_bytes = crosses * ring / g_in
     up_bytes = ring - out_bytes
     bw_up, bw_out = _bandwidths(system, calibration)
-    share = jnp.clip(_ratio(pods - 1.0, g_out - 1.0), 0.0, 1.0)
+    share = jnp.clip(_safe_div(pods - 1.0, g_out - 1.0), 0.0, 1.0)
     slow = jnp.maximum(1.0, system.network.oversubscription * share)
     t_up = _safe_div(up_bytes, bw_up)
     t_out = out_bytes * slow / bw_out
     lat_up, lat_out = _latencies(system, calibration)
-    steps_up = _scaleup_steps(system, g_in)
+    steps_up = scaleup_steps(system, g_in)
     time, up, out = _pipelined(t_up, t_out, steps_up * lat_up, jnp.log2(g_out) * lat_out)
     return time, up, out, up_bytes, out_bytes
-
-
-def _scaleup_steps(system: System, p):
-    d = {"switch": 0, "torus2d": 2, "torus3d": 3}[system.topology]
-    if d == 0:
-        return jnp.log2(p)
-    return d * (p ** (1.0 / d) - 1.0)
 
 
 def all_to_all_parts(system: System, n, group_size, stride, calibration: Calibration):
@@ -108,16 +96,16 @@ def all_to_all_parts(system: System, n, group_size, stride, calibration: Calibra
     up_bytes = (g_in - 1.0) / g * n
     out_bytes = (g - g_in) / g * n
     bw_up, bw_out = _bandwidths(system, calibration)
-    share = jnp.clip(_ratio(g - in_pod, g - g_in), 0.0, 1.0)
+    share = jnp.clip(_safe_div(g - in_pod, g - g_in), 0.0, 1.0)
     slow = jnp.maximum(1.0, system.network.oversubscription * share)
     t_up = _safe_div(up_bytes, bw_up)
-    d = {"switch": 0, "torus2d": 2, "torus3d": 3}[system.topology]
+    d = dims(system)
     if d:
-        link = system.chip.link_bandwidth * calibration.link_efficiency[system.fabric]
+        link = system.chip.link_bandwidth * link_efficiency(system, calibration)
         t_up = jnp.maximum(t_up, g_in ** (1.0 / d) * up_bytes / (8.0 * link))
     t_out = out_bytes * slow / bw_out
     lat_up, lat_out = _latencies(system, calibration)
-    time, up, out = _pipelined(t_up, t_out, _scaleup_steps(system, g_in) * lat_up,
+    time, up, out = _pipelined(t_up, t_out, scaleup_steps(system, g_in) * lat_up,
                                jnp.log2(g_out) * lat_out)
     return time, up, out, up_bytes, out_bytes
 
