@@ -94,6 +94,15 @@ def _network_reason(network: NetworkReport, chips) -> Array:
                      0).astype(jnp.int32)
 
 
+def _facility_power(cluster: Cluster, chips, chip_power, network: NetworkReport):
+    """(IT power, facility power): `chips` chips at `chip_power` with their hosts and networks,
+    and that times PUE, W."""
+    e = cluster.economics
+    it = (chips * chip_power + chips / cluster.system.network.host_chips * e.host_power
+          + network.power)
+    return it, e.pue * it
+
+
 def train_cluster(model: Transformer, plan: TrainingPlan, cluster: Cluster, tokens: ArrayLike,
                   *, calibration: Calibration = DEFAULT, smooth: bool = False,
                   flash_attention: bool = True) -> ClusterReport:
@@ -119,9 +128,7 @@ def train_cluster(model: Transformer, plan: TrainingPlan, cluster: Cluster, toke
     gp = goodput(cluster, chips=chips, state_bytes=checkpoint_bytes(model))
     time = tokens / step.tokens_per_s / gp.goodput
     chip_power = step.energy / (step.step_time * chips)
-    it_power = (chips * chip_power + chips / system.network.host_chips * e.host_power
-                + network.power)
-    facility_power = e.pue * it_power
+    it_power, facility_power = _facility_power(cluster, chips, chip_power, network)
     capital = cap.per_second * time
     energy = facility_power * time * e.electricity_price
     storage = e.storage_cost * r.checkpoint_bandwidth * time
@@ -175,9 +182,7 @@ def serve_cost(model: Transformer, plan: InferencePlan, cluster: Cluster, batch:
     cap = capex(system, e, chips, network)
     rate = report.tokens_per_s_per_chip * chips
     chip_power = report.energy_per_token * report.tokens_per_s_per_chip
-    it_power = (chips * chip_power + chips / system.network.host_chips * e.host_power
-                + network.power)
-    facility_power = e.pue * it_power
+    _, facility_power = _facility_power(cluster, chips, chip_power, network)
     dollars_per_s = cap.per_second + facility_power * e.electricity_price
     reason = report.reason | _network_reason(network, chips)
     return ServeCostReport(
