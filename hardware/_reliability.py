@@ -65,7 +65,7 @@ LLAMA3_HOST_CHIPS = 8.0
 LLAMA3_NETWORK = NETWORKS["llama3-roce"]
 
 
-def _per_second(count: float, units: float) -> float:
+def _per_second(count: int | float, units: int | float) -> float:
     return count / (units * LLAMA3_DAYS * DAY)
 
 
