@@ -19,6 +19,7 @@ class Reason(enum.IntFlag):
     CHIPS = 1  # the plan needs more chips than the system has
     BATCH = 2  # the global batch gives a replica less than one micro-batch
     MEMORY = 4  # weights, gradients, optimizer state, activations or KV cache exceed capacity
+    NETWORK = 8  # the scale-out network's tiers and radix cannot connect that many chips
     # The chip has no matrix engine for a format the plan computes in (FP8 / FP4 rate 0, or a
     # block-scaled format without `Chip.block_scaling`). 128 leaves room for other flags.
     PRECISION = 128
@@ -28,6 +29,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.CHIPS: "plan needs more chips than the system has",
     Reason.BATCH: "global batch smaller than one micro-batch per replica",
     Reason.MEMORY: "memory per chip exceeds capacity",
+    Reason.NETWORK: "network tiers and radix cannot connect the cluster's chips",
     Reason.PRECISION: "chip has no matrix engine for the plan's number format",
 }
 
