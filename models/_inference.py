@@ -48,17 +48,18 @@ from ._transformer import Transformer
 Layout = Literal["weight_stationary", "weight_stationary_2d", "weight_gathered"]
 
 # Formats each tensor of a served model may be stored in (`dse.hardware.FORMATS`). Weights: the
-# 16-bit formats, FP8 (per-tensor or MX), INT8, the 4-bit ones (AWQ-style INT4, MXFP4, NVFP4).
+# 16-bit formats, FP8 (per-tensor or MX), INT8, MXFP6 (OCP MX v1.0; CDNA4 and Blackwell run it
+# on their FP6 engines), the 4-bit ones (AWQ-style INT4, MXFP4, NVFP4).
 # GEMM inputs (activations): those a matrix engine multiplies (no INT4 engine is modelled).
 # KV cache: 16-bit, FP8 or INT8 (vLLM and TensorRT-LLM offer these).
-WEIGHT_FORMATS = ("bf16", "fp16", "fp8", "mxfp8", "int8", "int4", "mxfp4", "nvfp4")
-ACTIVATION_FORMATS = ("bf16", "fp16", "fp8", "mxfp8", "int8", "mxfp4", "nvfp4")
+WEIGHT_FORMATS = ("bf16", "fp16", "fp8", "mxfp8", "int8", "mxfp6", "int4", "mxfp4", "nvfp4")
+ACTIVATION_FORMATS = ("bf16", "fp16", "fp8", "mxfp8", "int8", "mxfp6", "mxfp4", "nvfp4")
 KV_FORMATS = ("bf16", "fp16", "fp8", "int8")
 # Vector FLOP to de-quantize one element in a kernel: a convert and a multiply by its scale.
 DEQUANT_FLOPS = 2.0
 # Element bits without block scales: the rule "activations at least as wide as weights".
-_ELEMENT_BITS = {"bf16": 16, "fp16": 16, "fp8": 8, "mxfp8": 8, "int8": 8, "int4": 4, "mxfp4": 4,
-                 "nvfp4": 4}
+_ELEMENT_BITS = {"bf16": 16, "fp16": 16, "fp8": 8, "mxfp8": 8, "int8": 8, "mxfp6": 6, "int4": 4,
+                 "mxfp4": 4, "nvfp4": 4}
 
 
 def _check_formats(weights: str, activations: str, kv_cache: str) -> None:

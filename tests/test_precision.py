@@ -319,6 +319,67 @@ def test_engine_fields_jit_vmap_and_differentiate(objective):
             assert analytic == pytest.approx(numeric, rel=1e-4), field
 
 
+
+# Every precision field of the chip, each with an objective it moves: the engines' rates cost
+# area and watts at a mixed activity; W8A8 INT8 and MXFP6 prefill runs on the INT8 / FP6
+# engines; a 16-bit element-wise op runs at the packed vector rate.
+_BUSY = Activity(compute=0.5, vector=0.5, fp8=0.5, fp6=0.5, fp4=0.5, int8=0.5)
+
+
+def _area_watts(chip):
+    return area(chip).total + power(chip, _BUSY).total
+
+
+def _prefill_time(chip, fmt):
+    from dse.models import prefill
+
+    plan = InferencePlan(tp=1.0, batch=8.0, weights=fmt, activations=fmt)
+    system = SYSTEMS["DGX-B200"].replace(chip=chip).with_num_chips(1)
+    return prefill(SERVE_MODEL, plan, system, 4096.0).time
+
+
+def _vector_time(chip):
+    from dse.models import elementwise
+
+    return elementwise(chip, 1e9, flops_per_element=8.0, reads=0.0, writes=0.0).compute_time
+
+
+_FIELD_OBJECTIVES = {
+    # field: (objective, sign of d objective / d field)
+    "fp8_rate": (_area_watts, +1.0),
+    "fp6_rate": (_area_watts, +1.0),
+    "fp4_rate": (_area_watts, +1.0),
+    "int8_rate": (_area_watts, +1.0),
+    "int8_rate/prefill": (lambda c: _prefill_time(c, "int8"), -1.0),
+    "fp6_rate/prefill": (lambda c: _prefill_time(c, "mxfp6"), -1.0),
+    "low_precision_efficiency": (lambda c: _prefill_time(c, "int8"), -1.0),
+    "vector_16bit_rate": (_vector_time, -1.0),
+}
+
+
+@pytest.mark.parametrize("key", list(_FIELD_OBJECTIVES))
+def test_every_precision_field_jits_vmaps_and_differentiates(key):
+    field = key.split("/")[0]
+    f, sign = _FIELD_OBJECTIVES[key]
+    rng = np.random.default_rng(1)
+    low, high = (0.6, 0.95) if field == "low_precision_efficiency" else (1.5, 3.5)
+    base = CHIPS["B200"].replace(int8_rate=2.0)  # an INT8 engine for the W8A8 objectives
+    chips = [base.replace(**{field: float(x)}) for x in rng.uniform(low, high, size=3)]
+    jitted = jax.jit(jax.vmap(f))(stack_chips(chips))
+    eager = np.array([float(f(c)) for c in chips])
+    np.testing.assert_allclose(np.asarray(jitted), eager, rtol=2e-5)
+    assert len(set(eager.round(9))) == 3  # the field moves the objective
+    grad = jax.grad(f)(chips[0])  # float32
+    assert np.isfinite(float(getattr(grad, field)))
+    with jax.enable_x64(True):
+        chip64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), chips[0])
+        analytic = float(getattr(jax.grad(f)(chip64), field))
+        x0 = float(getattr(chip64, field))
+        numeric = central_difference(lambda x: float(f(chip64.replace(**{field: x}))), x0)
+        assert sign * numeric > 0.0
+        assert analytic == pytest.approx(numeric, rel=1e-4)
+
+
 # ----- published FP8 / BF16 step-time ratios ----------------------------------------------------
 
 _PAIRS = {p.pair_id: p for p in precision_pairs()}
