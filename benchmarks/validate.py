@@ -134,9 +134,22 @@ def main(data_dir=None) -> None:
         print(f"{r['row_id']:50s} {r['unit']:10s} {r['measured']:10.4g} {r['predicted']:10.4g} "
               f"{err:+6.1f}%")
 
+    low_precision(data_dir)
+
     train_err = np.abs(np.concatenate([np.asarray(v) for v in errors.values()]))
     n = len(train_err) + len(inf_err)
     print(f"training_mape={train_err.mean():.2f} inference_mape={np.mean(inf_err):.2f} rows={n}")
+
+
+def low_precision(data_dir: Path) -> None:
+    """The FP8, MXFP8 and FP4 rows of data/ (training per source with leave-one-source-out
+    refits, the same-shape pairs, the serving rows per source), printed by the companion
+    benchmarks/validate_precision.py, which ends with its own `lp_...` summary line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import validate_precision
+
+    print("\nLow-precision rows (benchmarks/validate_precision.py)")
+    validate_precision.main(data_dir)
 
 
 if __name__ == "__main__":
