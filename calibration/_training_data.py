@@ -1,9 +1,20 @@
 """Published LLM training measurements as modelled cases (data/training_runs.csv).
 
-Each row that states enough to be modelled becomes a `TrainingCase`: the model shape from the
-row, the system it ran on, the plan it states (or a constraint on the plan that `best_plan`
-completes where the source does not give the layout), and the measured figure with how to
-predict it. `benchmarks/validate.py` prints the comparison; tests assert the published figures.
+Every row of the file is either a `TrainingCase` (the model shape from the row, the system it
+ran on, the plan it states, or a set of candidate plans that `best_plan` completes where the
+source leaves the layout open, and the measured time) or a `SkippedRow` that says why it cannot
+be modelled yet: nothing is dropped silently. `training_rows` returns both.
+
+Every measured figure becomes a time, with the source's own arithmetic: a step time as stated;
+TFLOP/s per GPU as the FLOPs of the source's formula over TFLOP/s x GPUs (Narayanan et al. 2021
+eq. 3 for Megatron-LM SC21; the model-FLOP count of `Transformer.flops_per_token`, which is
+Megatron-Core's `num_floating_point_operations`, for Megatron-Core); MFU likewise against the
+dense peak; tokens/s per GPU as the step's tokens over tokens/s x GPUs. The error of a case is
+predicted time / measured time - 1: negative is optimistic (a faster run than measured).
+
+`TrainingRows` evaluates every case under a `Calibration` in one jitted call (the rows stacked by
+their static structure and vmapped): what the validation and the leave-one-source-out refits
+of benchmarks/validate.py run on.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +37,7 @@ from dse.models import (
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
     RECOMPUTE_SELECTIVE,
+    TRANSFORMERS,
     Calibration,
     TrainingPlan,
     Transformer,
@@ -36,25 +49,40 @@ from dse.models import (
 )
 
 # Megatron-LM before FlashAttention (SC21, 2021; Korthikanti et al., 2022) materialized the
-# attention scores: every case here is modelled with `flash_attention=False`.
+# attention scores: those cases run with `flash_attention=False`; later frameworks fuse it.
 FLASH = False
 
-# Rows `Calibration.kernel_fraction` is fitted to: every training source except Korthikanti et al.
-# Table 5, which is held out for validation (benchmarks/validate.py also reports each source's
-# error with the constant refitted without it). Megatron SC21 rows use the layout `best_plan`
-# picks under the paper's own rule (TP up to the server, PP beyond).
+# Rows `Calibration.kernel_fraction` was fitted to by `fit_kernel_fraction` (Korthikanti et al.
+# Table 5 held out). benchmarks/validate.py refits every training-fitted constant without each
+# source in turn.
 FIT_SOURCES = ("korthikanti_table4", "megatron_readme_2020", "megatron_sc21_table1",
                "megatron_sc21_text", "korthikanti_text")
+
+# Why a row cannot be modelled (the `reason` of a `SkippedRow`).
+LOW_PRECISION = "FP8/FP4 compute: precision issue 15"
+NO_PRESET_GB300 = "GB300 (Blackwell Ultra): no chip preset yet (issue 15 adds it)"
+MLA = "DeepSeek-V3: multi-head latent attention, a shared expert and dense first layers " \
+      "are not in Transformer"
+GPT_OSS = "GPT-OSS-120B: alternating sliding-window attention and its shape are not in " \
+          "Transformer or the sources used"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingCase:
     """One measured row: what ran, what was measured, and how we predict it.
 
-    `metric` is "step_time" (s), "layer_time" (s, one layer fwd+bwd, Korthikanti Table 4),
-    "tflops_eq3" (per-GPU TFLOP/s counted by Narayanan et al. 2021 eq. 3) or "mfu".
-    `plan` is the stated plan, or None with `model_parallel` (TP * PP, or 0 for free) for
-    `best_plan` to complete with the knobs the framework of the time had.
+    **Fields:**
+
+    - `metric`: "step_time" (s per optimizer step) or "layer_time" (s, one layer forward and
+      backward, Korthikanti Table 4); `measured` is that time, s.
+    - `stated`: the figure as the source states it ("140 TFLOP/s per GPU (eq. 3)").
+    - `plan`: the stated plan, or None with `candidates` (a batched `TrainingPlan`) from which
+      the fastest feasible at the shipped defaults is taken (`resolve_plan`).
+    - `flash_attention`: the framework fuses attention (FlashAttention / cuDNN), as
+      `train_step`'s argument.
+    - `framework`: what ran it ("megatron-lm", "megatron-core", "deepspeed", "composer").
+    - `attention_kernel`: "chip" (the chip generation's fused kernel) or "v1" (a
+      first-generation kernel: `Calibration.with_first_generation_attention`).
     """
 
     run_id: str
@@ -64,25 +92,42 @@ class TrainingCase:
     model: Transformer
     system: System
     plan: TrainingPlan | None
-    model_parallel: int = 0
-    global_batch: int = 0
-    fixed_tp: int = 0
-    fixed_pp: int = 0
+    candidates: TrainingPlan | None = None
+    flash_attention: bool = False
+    framework: str = "megatron-lm"
+    stated: str = ""
+    attention_kernel: str = "chip"
+
+    def calibration(self, calibration: Calibration) -> Calibration:
+        """The calibration this case runs under: `calibration`, with the first-generation
+        attention kernel where the case ran one."""
+        if self.attention_kernel == "v1":
+            return calibration.with_first_generation_attention()
+        return calibration
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRow:
+    """A row that is not modelled, and why (`reason`)."""
+
+    run_id: str
+    source_key: str
+    reason: str
 
 
 def _f(row, key, default=None):
     v = row.get(key, "")
-    return float(v) if v not in ("", None) else default
+    return float(v) if v not in ("", None, "n/a") else default
 
 
-def _model(row, seq_len=None) -> Transformer:
+def _model(row, seq_len=None, **kw) -> Transformer:
     hidden = _f(row, "hidden")
     # Megatron-LM GPT MLPs are 4h wide (Narayanan et al. 2021, Sec. 3.2); rows without
     # ffn_hidden are Megatron GPT shapes.
     return Transformer(layers=_f(row, "layers"), hidden=hidden, heads=_f(row, "heads"),
                        kv_heads=_f(row, "heads"), ffn_hidden=_f(row, "ffn_hidden", 4 * hidden),
                        vocab=_f(row, "vocab", 51200.0), seq_len=seq_len or _f(row, "seq_len"),
-                       name=row["model"])
+                       name=row["model"], **kw)
 
 
 def _dgx_a100(n: int) -> System:
@@ -98,6 +143,13 @@ def _dgx2_v100(n: int) -> System:
                   scaleout_latency=a.scaleout_latency, name="DGX-2")
 
 
+def _mosaic_a100(row, n: int) -> System:
+    # "A100 {40,80}GB with 1600 Gbps node-node interconnect (RoCE)" (the row's hardware): 8 GPUs
+    # on NVSwitch per node, 1600 Gb/s per node = 200 Gb/s per GPU, the DGX-A100 rate.
+    chip = CHIPS["A100-40GB" if "40GB" in row["hardware"] else "A100-80GB"]
+    return SYSTEMS["DGX-A100"].replace(chip=chip).with_num_chips(int(n))
+
+
 def _recompute(text: str) -> float:
     text = (text or "").lower()
     if text.startswith("selective"):
@@ -107,148 +159,250 @@ def _recompute(text: str) -> float:
     return RECOMPUTE_NONE
 
 
-def training_cases(data_dir: Path | None = None) -> list[TrainingCase]:
-    """Every row of training_runs.csv that states enough to be modelled, as cases."""
-    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
-    with open(data_dir / "training_runs.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    cases = []
-    for row in rows:
-        key = row["source_key"]
-        n = int(_f(row, "num_devices"))
-        rid = row["run_id"]
-        if key == "megatron_sc21_table1":
-            # Layout: only TP * PP stated (TP and PP for 530B / 1T); micro-batch and interleave
-            # unstated. Megatron-LM 2021: full recomputation (eq. 3 assumes it), no ZeRO, no
-            # sequence parallelism, gradient all-reduce after the backward pass.
-            cases.append(TrainingCase(
-                rid, key, "tflops_eq3", _f(row, "tflops_per_device"), _model(row),
-                _dgx_a100(n), None, model_parallel=int(_f(row, "model_parallel_size")),
-                global_batch=int(_f(row, "global_batch_seqs")),
-                fixed_tp=int(_f(row, "tp", 0)), fixed_pp=int(_f(row, "pp", 0))))
-        elif key == "megatron_sc21_text":
-            row = dict(row, ffn_hidden="")
-            cases.append(TrainingCase(
-                rid, key, "tflops_eq3", _f(row, "tflops_per_device"), _model(row),
-                _dgx_a100(n), None, model_parallel=0,
-                global_batch=int(_f(row, "global_batch_seqs"))))
-        elif key in ("korthikanti_table5", "korthikanti_text"):
-            sp = 1.0 if row["sequence_parallel"] == "yes" else 0.0
-            gb = _f(row, "global_batch_seqs", 2240.0)  # the paired dp8 row's batch (same run)
-            plan = TrainingPlan(tp=_f(row, "tp"), pp=_f(row, "pp"), dp=_f(row, "dp"),
-                                microbatch_size=_f(row, "microbatch", 1.0), global_batch=gb,
-                                interleave=_f(row, "vp_interleave", 1.0), sequence_parallel=sp,
-                                recompute=_recompute(row["recompute"]), zero_stage=0.0,
-                                dp_overlap=0.0)  # "no grad all-reduce overlap" (Sec. 6.3)
-            metric, measured = ("step_time", _f(row, "step_time_s"))
-            if measured is None:
-                metric, measured = "mfu", _f(row, "mfu_pct") / 100.0
-            model = _model(row)
-            cases.append(TrainingCase(rid, key, metric, measured, model, _dgx_a100(n), plan))
-        elif key == "korthikanti_table4":
-            sp = 1.0 if row["sequence_parallel"] == "yes" else 0.0
-            plan = TrainingPlan(tp=_f(row, "tp"), microbatch_size=_f(row, "microbatch"),
-                                global_batch=_f(row, "global_batch_seqs"), sequence_parallel=sp,
-                                recompute=_recompute(row["recompute"]))
-            cases.append(TrainingCase(rid, key, "layer_time", _f(row, "step_time_s"),
-                                      _model(row), _dgx_a100(n), plan))
-        elif key == "megatron_readme_2020":
-            # One micro-batch per replica (no pipeline; 2020 Megatron-LM has no gradient
-            # accumulation in these runs), activation checkpointing on (the README's GPT-2
-            # example scripts pass --checkpoint-activations), local DDP without overlap.
-            tp, dp = _f(row, "tp"), _f(row, "dp")
-            gb = _f(row, "global_batch_seqs")
-            plan = TrainingPlan(tp=tp, dp=dp, microbatch_size=gb / dp, global_batch=gb,
-                                recompute=RECOMPUTE_FULL, dp_overlap=0.0)
-            system = _dgx2_v100(n) if "V100" in row["hardware"] else _dgx_a100(n)
-            cases.append(TrainingCase(rid, key, "step_time", _f(row, "step_time_s"),
-                                      _model(row), system, plan))
-    return cases
-
-
-def predict_parts(case: TrainingCase):
-    """The case's prediction and its split into kernel and other time.
-
-    Modelled times are affine in 1 / kernel_fraction: t = A / kernel_fraction + B. With the plan
-    the stored constant selects held fixed, one vmapped evaluation at two fractions gives A and
-    B. Metrics inverse to time (MFU, TFLOP/s) are turned into times.
-
-    **Returns:** `(value, plan, (measured_time, A, B))`.
-    """
-    value, plan, _ = predict_case(case)
-    inverse = case.metric in ("mfu", "tflops_eq3")
-    fractions = jnp.array([1.0, 0.5])
-    def at(eta):
-        return DEFAULT.replace(kernel_fraction=eta)
-
-    if case.metric == "layer_time":
-        v = jax.vmap(lambda e: layer_time(case.model, plan, case.system, flash_attention=FLASH,
-                                          calibration=at(e)))(fractions)
-        t1, t2 = (float(x) for x in v)
-    else:
-        r = jax.vmap(lambda e: train_step(case.model, plan, case.system, flash_attention=FLASH,
-                                          calibration=at(e)))(fractions)
-        t1, t2 = (float(x) for x in r.step_time)
-    a, b = t2 - t1, 2 * t1 - t2
-    measured = case.measured
-    if inverse:
-        # value = K / t for a case constant K, so the measured figure is a time K / measured.
-        measured = (a / float(DEFAULT.kernel_fraction) + b) * value / case.measured
-    return value, plan, (measured, a, b)
-
-
-def fit_kernel_fraction(data_dir: Path | None = None, sources=None) -> float:
-    """Least-squares fit of `Calibration.kernel_fraction` (log-ratio residuals).
-
-    **Arguments:**
-
-    - `data_dir`: the shared data folder.
-    - `sources`: the `source_key`s fitted (default `FIT_SOURCES`).
-
-    **Returns:** the fraction, rounded to 3 significant digits as stored.
-    """
-    sources = FIT_SOURCES if sources is None else sources
-    return fit_fraction_from_parts([predict_parts(c)[2] for c in training_cases(data_dir)
-                                    if c.source_key in sources])
-
-
-def fit_fraction_from_parts(parts) -> float:
-    """The kernel fraction minimizing the squared log-ratios of (measured, A, B) triples."""
-    measured, a, b = np.asarray(parts, dtype=float).T
-
-    def loss(eta):
-        return float(np.sum(np.log((a / eta + b) / measured) ** 2))
-
-    res = minimize_scalar(loss, bounds=(0.3, 1.0), method="bounded",
-                          options={"xatol": 1e-6})
-    return float(f"{res.x:.3g}")
-
-
 def eq3_flops(model: Transformer, global_batch) -> float:
     """FLOPs per iteration by Narayanan et al. 2021 eq. 3 (full recomputation counted)."""
     s, l_, h, v = (float(x) for x in (model.seq_len, model.layers, model.hidden, model.vocab))
     return 96.0 * global_batch * s * l_ * h * h * (1 + s / (6 * h) + v / (16 * l_ * h))
 
 
-def megatron2021_plans(case: TrainingCase) -> TrainingPlan:
-    """The plans Megatron-LM of 2021 could run for a case (its model-parallel size fixed)."""
-    plans = enumerate_plans(case.model, case.system.num_chips, case.global_batch,
+def _model_flops(model: Transformer, global_batch) -> float:
+    """Model FLOPs of one step (`Transformer.flops_per_token`, no recomputation)."""
+    return float(global_batch * model.seq_len * model.flops_per_token(training=True))
+
+
+def _filter(plans: TrainingPlan, keep) -> TrainingPlan:
+    return jax.tree.map(lambda x: x[np.asarray(keep)], plans)
+
+
+def megatron2021_plans(model: Transformer, system: System, global_batch: int,
+                       model_parallel: int = 0, fixed_tp: int = 0,
+                       fixed_pp: int = 0) -> TrainingPlan:
+    """The plans Megatron-LM of 2021 could run (its model-parallel size fixed where stated)."""
+    plans = enumerate_plans(model, system.num_chips, global_batch,
                             recompute=(int(RECOMPUTE_FULL),), zero_stages=(0,),
                             sequence_parallel=(0,), dp_overlap=0)
     keep = np.ones(plans.tp.shape, bool)
-    if not case.fixed_tp:
+    tp, pp = np.asarray(plans.tp), np.asarray(plans.pp)
+    if not fixed_tp:
         # Narayanan et al. 2021, Sec. 5.4, Takeaway #1: tensor parallelism up to the GPUs of a
         # server, pipeline parallelism beyond (how the paper laid out its runs).
-        node = int(round(float(case.system.scaleup_size)))
-        mp = np.asarray(plans.tp * plans.pp)
-        keep &= np.asarray(plans.tp) == np.minimum(mp, node)
-    if case.model_parallel:
-        keep &= np.asarray(plans.tp * plans.pp) == case.model_parallel
-    if case.fixed_tp:
-        keep &= np.asarray(plans.tp) == case.fixed_tp
-    if case.fixed_pp:
-        keep &= np.asarray(plans.pp) == case.fixed_pp
-    return jax.tree.map(lambda x: x[keep], plans)
+        node = int(round(float(system.scaleup_size)))
+        keep &= tp == np.minimum(tp * pp, node)
+    if model_parallel:
+        keep &= tp * pp == model_parallel
+    if fixed_tp:
+        keep &= tp == fixed_tp
+    if fixed_pp:
+        keep &= pp == fixed_pp
+    return _filter(plans, keep)
+
+
+def _sc21(row, key, rid, n):
+    """Megatron-LM SC21 Table 1, its text, and the PTD-P rows of Table 2: TFLOP/s by eq. 3.
+
+    Layout: only TP x PP stated (TP and PP for 530B / 1T); micro-batch and interleave unstated.
+    Megatron-LM 2021: full recomputation (eq. 3 assumes it), no ZeRO, no sequence parallelism,
+    gradient all-reduce after the backward pass.
+    """
+    if key == "megatron_sc21_text":
+        row = dict(row, ffn_hidden="")
+    model, gb = _model(row), int(_f(row, "global_batch_seqs"))
+    system = _dgx_a100(n)
+    candidates = megatron2021_plans(model, system, gb, int(_f(row, "model_parallel_size", 0)),
+                                    int(_f(row, "tp", 0)), int(_f(row, "pp", 0)))
+    tflops = _f(row, "tflops_per_device")
+    return TrainingCase(rid, key, "step_time", eq3_flops(model, gb) / (tflops * 1e12 * n),
+                        model, system, None, candidates=candidates,
+                        stated=f"{tflops:g} TFLOP/s per GPU (eq. 3)")
+
+
+def _sc21_zero3(row, key, rid, n):
+    """SC21 Table 2, ZeRO-3 rows: DeepSpeed ZeRO-3 over all GPUs (no model parallelism), the
+    stated micro-batch, full activation recomputation (the FLOP count of eq. 3 assumes it; a
+    175B model at micro-batch 4 does not fit otherwise), prefetch overlap, DeepSpeed's gathers
+    for the recomputed forward, and flat rings over the data-parallel group (the rate these
+    rows imply; `TrainingPlan.dp_hierarchical`)."""
+    model, gb = _model(row), int(_f(row, "global_batch_seqs"))
+    plan = TrainingPlan(tp=1, pp=1, dp=n, microbatch_size=_f(row, "microbatch"),
+                        global_batch=gb, recompute=RECOMPUTE_FULL, zero_stage=3.0,
+                        dp_overlap=1.0, dp_hierarchical=0.0, zero3_regather=1.0)
+    tflops = _f(row, "tflops_per_device")
+    return TrainingCase(rid, key, "step_time", eq3_flops(model, gb) / (tflops * 1e12 * n),
+                        model, _dgx_a100(n), plan, framework="deepspeed",
+                        stated=f"{tflops:g} TFLOP/s per GPU (eq. 3)")
+
+
+def _korthikanti(row, key, rid, n):
+    sp = 1.0 if row["sequence_parallel"] == "yes" else 0.0
+    model = _model(row)
+    if key == "korthikanti_table4":
+        plan = TrainingPlan(tp=_f(row, "tp"), microbatch_size=_f(row, "microbatch"),
+                            global_batch=_f(row, "global_batch_seqs"), sequence_parallel=sp,
+                            recompute=_recompute(row["recompute"]))
+        t = _f(row, "step_time_s")
+        return TrainingCase(rid, key, "layer_time", t, model, _dgx_a100(n), plan,
+                            stated=f"{1e3 * t:.1f} ms per layer")
+    gb = _f(row, "global_batch_seqs", 2240.0)  # the paired dp8 row's batch (same run)
+    plan = TrainingPlan(tp=_f(row, "tp"), pp=_f(row, "pp"), dp=_f(row, "dp"),
+                        microbatch_size=_f(row, "microbatch", 1.0), global_batch=gb,
+                        interleave=_f(row, "vp_interleave", 1.0), sequence_parallel=sp,
+                        recompute=_recompute(row["recompute"]), zero_stage=0.0,
+                        dp_overlap=0.0)  # "no grad all-reduce overlap" (Sec. 6.3)
+    t = _f(row, "step_time_s")
+    if t is not None:
+        return TrainingCase(rid, key, "step_time", t, model, _dgx_a100(n), plan,
+                            stated=f"{t:g} s per step")
+    mfu = _f(row, "mfu_pct") / 100.0
+    system = _dgx_a100(n)
+    t = _model_flops(model, gb) / (mfu * n * float(system.chip.peak_flops))
+    return TrainingCase(rid, key, "step_time", t, model, system, plan,
+                        stated=f"MFU {100 * mfu:g}%")
+
+
+def _readme_2020(row, key, rid, n):
+    # One micro-batch per replica (no pipeline; 2020 Megatron-LM has no gradient accumulation in
+    # these runs), activation checkpointing on (the README's GPT-2 example scripts pass
+    # --checkpoint-activations), local DDP without overlap.
+    tp, dp = _f(row, "tp"), _f(row, "dp")
+    gb = _f(row, "global_batch_seqs")
+    plan = TrainingPlan(tp=tp, dp=dp, microbatch_size=gb / dp, global_batch=gb,
+                        recompute=RECOMPUTE_FULL, dp_overlap=0.0)
+    system = _dgx2_v100(n) if "V100" in row["hardware"] else _dgx_a100(n)
+    t = _f(row, "step_time_s")
+    return TrainingCase(rid, key, "step_time", t, _model(row), system, plan,
+                        stated=f"{t:g} s per step")
+
+
+def _mcore_h100(row, key, rid, n):
+    """Megatron-Core r0.8.0 weak scaling on DGX H100 (README, July 2024): TP and PP stated; the
+    distributed optimizer (ZeRO-1) with --overlap-grad-reduce --overlap-param-gather, sequence
+    parallelism with TP (Megatron-Core's TP communication overlap needs it), TransformerEngine
+    fused attention. Micro-batch, interleave and recomputation unstated: the fastest feasible of
+    no / selective recomputation. GPT shapes: MHA, 4h GELU MLP (the README lists layers,
+    hidden, heads; vocab 131072, seq 4096)."""
+    model = _model(row)
+    gb = int(_f(row, "global_batch_seqs"))
+    system = SYSTEMS["DGX-H100"].with_num_chips(n)
+    tp, pp = int(_f(row, "tp")), int(_f(row, "pp"))
+    plans = enumerate_plans(model, n, gb, recompute=(0, 1), zero_stages=(1,),
+                            sequence_parallel=(1,) if tp > 1 else (0,), dp_overlap=1)
+    candidates = _filter(plans, (np.asarray(plans.tp) == tp) & (np.asarray(plans.pp) == pp))
+    tflops = _f(row, "tflops_per_device")
+    return TrainingCase(rid, key, "step_time", _model_flops(model, gb) / (tflops * 1e12 * n),
+                        model, system, None, candidates=candidates, flash_attention=True,
+                        framework="megatron-core",
+                        stated=f"{tflops:g} model TFLOP/s per GPU")
+
+
+def _mosaic(row, key, rid, n):
+    """MosaicML LLM Foundry benchmarks (Composer, PyTorch FSDP): MPT shapes from the row
+    (MHA, GELU MLP of expansion 4, vocab 50368, tied embeddings), FULL_SHARD = ZeRO-3 over all
+    GPUs with prefetch, the stated micro-batch and activation checkpointing, fused attention
+    of the first generation: the A100 tables predate FlashAttention-2 (July 2023) and the torch
+    2.0 Composer release (the README: "TODO: Update tables with torch 2.0 after next Composer
+    release"), when LLM Foundry's `attn_impl: flash` / `triton` were FlashAttention v1 and its
+    Triton port."""
+    model = _model(row)
+    gb = _f(row, "global_batch_seqs")
+    plan = TrainingPlan(dp=n, microbatch_size=_f(row, "microbatch"), global_batch=gb,
+                        recompute=_recompute(row["recompute"]), zero_stage=3.0, dp_overlap=1.0)
+    tps = _f(row, "tokens_per_s_per_device")
+    t = gb * float(model.seq_len) / (tps * n)
+    return TrainingCase(rid, key, "step_time", t, model, _mosaic_a100(row, n), plan,
+                        flash_attention=True, framework="composer",
+                        stated=f"{tps:g} tokens/s per GPU", attention_kernel="v1")
+
+
+def _megatron_bridge(row, key, rid, n):
+    """Megatron-Bridge 25.11 (NeMo, Megatron-Core) MoE rows: the layout is stated in full;
+    distributed optimizer, fused attention; recomputation unstated (the fastest of none,
+    selective, full that fits)."""
+    name = row["model"]
+    if "GB300" in row["hardware"]:
+        return NO_PRESET_GB300
+    if "DeepSeek" in name:
+        return MLA
+    if "GPT OSS" in name:
+        return GPT_OSS
+    if not name.startswith("Qwen3_235B"):
+        return f"{name}: no preset shape"
+    model = TRANSFORMERS["qwen3-235b-a22b"].replace(seq_len=_f(row, "seq_len"))
+    gb = int(_f(row, "global_batch_seqs"))
+    tp, pp, ep = (int(_f(row, k, 1)) for k in ("tp", "pp", "ep"))
+    # GB200 NVL72: 72 GPUs per NVLink domain (the GB200-NVL72 preset).
+    system = SYSTEMS["GB200-NVL72"].with_num_chips(n) if "GB200" in row["hardware"] else None
+    if system is None:
+        return f"{row['hardware']}: no system preset"
+    mb, v = _f(row, "microbatch"), _f(row, "vp_interleave", 1.0)
+    dp = n // (tp * pp)
+    plans = [TrainingPlan(tp=tp, pp=pp, dp=dp, ep=ep, microbatch_size=mb, global_batch=gb,
+                          interleave=v, sequence_parallel=0.0, recompute=rc, zero_stage=1.0,
+                          dp_overlap=1.0)
+             for rc in (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL)]
+    candidates = jax.tree.map(lambda *xs: jnp.stack(xs), *plans)
+    tps = _f(row, "tokens_per_s_per_device")
+    t = gb * float(model.seq_len) / (tps * n)
+    return TrainingCase(rid, key, "step_time", t, model, system, None, candidates=candidates,
+                        flash_attention=True, framework="megatron-core",
+                        stated=f"{tps:g} tokens/s per GPU")
+
+
+def _is_low_precision(row) -> bool:
+    p = row["precision"].lower()
+    return "fp8" in p or "fp4" in p or "mx" in p
+
+
+def _case(row):
+    """A `TrainingCase`, or the reason (str) the row is not modelled."""
+    key, rid, n = row["source_key"], row["run_id"], int(_f(row, "num_devices"))
+    if _is_low_precision(row):
+        return LOW_PRECISION
+    if key in ("megatron_sc21_table1", "megatron_sc21_text"):
+        return _sc21(row, key, rid, n)
+    if key == "megatron_sc21_table2":
+        return _sc21_zero3(row, key, rid, n) if "ZeRO-3" in row.get("sharding", "") \
+            else _sc21(row, key, rid, n)
+    if key in ("korthikanti_table5", "korthikanti_text", "korthikanti_table4"):
+        return _korthikanti(row, key, rid, n)
+    if key == "megatron_readme_2020":
+        return _readme_2020(row, key, rid, n)
+    if key == "mcore_h100_weak_scaling":
+        return _mcore_h100(row, key, rid, n)
+    if key == "mosaicml_llmfoundry_bench":
+        return _mosaic(row, key, rid, n)
+    if key == "megatron_bridge_25.11":
+        return _megatron_bridge(row, key, rid, n)
+    return f"source {key}: no case builder"
+
+
+def training_rows(data_dir: Path | None = None,
+                  filename: str = "training_runs.csv") -> tuple[list, list]:
+    """Every row of a training-runs CSV: `(cases, skipped)`.
+
+    **Arguments:**
+
+    - `data_dir`: the data folder (default: the repository's data/).
+    - `filename`: the CSV (its columns are training_runs.csv's).
+
+    **Returns:** the `TrainingCase`s and the `SkippedRow`s (with the reason), every row in one
+    of the two.
+    """
+    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    with open(data_dir / filename, newline="") as f:
+        rows = list(csv.DictReader(f))
+    cases, skipped = [], []
+    for row in rows:
+        out = _case(row)
+        if isinstance(out, str):
+            skipped.append(SkippedRow(row["run_id"], row["source_key"], out))
+        else:
+            cases.append(out)
+    return cases, skipped
+
+
+def training_cases(data_dir: Path | None = None) -> list[TrainingCase]:
+    """Every row of training_runs.csv that states enough to be modelled, as cases."""
+    return training_rows(data_dir)[0]
 
 
 def _pad(plans: TrainingPlan, multiple: int = 256) -> TrainingPlan:
@@ -259,28 +413,121 @@ def _pad(plans: TrainingPlan, multiple: int = 256) -> TrainingPlan:
     return jax.tree.map(lambda x: x[idx], plans)
 
 
+def resolve_plan(case: TrainingCase, calibration: Calibration = DEFAULT) -> TrainingPlan:
+    """The case's stated plan, or the fastest feasible of its candidates under `calibration`."""
+    if case.plan is not None:
+        return case.plan
+    plans = _pad(case.candidates)
+    reports = evaluate_plans(case.model, plans, case.system,
+                             calibration=case.calibration(calibration),
+                             flash_attention=case.flash_attention)
+    return select_plan(plans, reports)[0]
+
+
 def predict_case(case: TrainingCase, plan=None, *, calibration: Calibration = DEFAULT):
-    """(predicted value of the case's metric, the plan used, its TrainReport or None).
+    """(predicted time of the case's metric in s, the plan used, its TrainReport or None).
 
     `plan` overrides the case's plan (or its `best_plan` search). `calibration` is passed to
     `train_step` / `layer_time`, so a calibrated parameter set predicts every case.
     """
-    kw = dict(flash_attention=FLASH, calibration=calibration)
-    plan = case.plan if plan is None else plan
+    plan = resolve_plan(case, calibration) if plan is None else plan
+    kw = dict(flash_attention=case.flash_attention, calibration=case.calibration(calibration))
     if case.metric == "layer_time":
         return float(layer_time(case.model, plan, case.system, **kw)), plan, None
-    if plan is None:
-        plans = _pad(megatron2021_plans(case))
-        reports = evaluate_plans(case.model, plans, case.system, **kw)
-        plan, report = select_plan(plans, reports)
-    else:
-        report = train_step(case.model, plan, case.system, **kw)
-    t = float(report.step_time)
-    if case.metric == "step_time":
-        value = t
-    elif case.metric == "mfu":
-        value = float(report.mfu)
-    else:
-        chips = case.system.num_chips
-        value = eq3_flops(case.model, float(plan.global_batch)) / (t * chips) / 1e12
-    return value, plan, report
+    report = train_step(case.model, plan, case.system, **kw)
+    return float(report.step_time), plan, report
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
+
+
+class TrainingRows:
+    """Every case's modelled time as one function of the `Calibration`.
+
+    Each case is (model, plan, system, metric, fused attention): its stated plan, or the plan
+    `resolve_plan` picks at `plan_calibration` (the shipped defaults) where the source gives
+    none. Cases whose pytrees share their static structure are stacked and evaluated by one
+    vmapped `train_step` / `layer_time`. To share it, every row's `System` gets the group's
+    largest `num_chips` with `scaleup_size` capped at its own chip count: `train_step` sees
+    `num_chips` only through the scale-up domain min(scaleup_size, num_chips), which is
+    unchanged, and the plan-fits check, not used here.
+
+    **Fields:** `cases`, `plans` (the resolved plans), `measured` (s, numpy), `sources`
+    (each case's source key).
+    """
+
+    def __init__(self, cases, plan_calibration: Calibration = DEFAULT):
+        self.cases = list(cases)
+        self.plans = [resolve_plan(c, plan_calibration) for c in self.cases]
+        self.measured = np.array([c.measured for c in self.cases])
+        self.sources = [c.source_key for c in self.cases]
+        groups: dict = {}
+        for i, (case, plan) in enumerate(zip(self.cases, self.plans, strict=True)):
+            model = dataclasses.replace(case.model, name="row")
+            key = (case.metric, case.flash_attention, case.attention_kernel,
+                   jax.tree.structure((model, plan, case.system.replace(num_chips=1))))
+            groups.setdefault(key, []).append(i)
+        self.groups = []
+        for (metric, flash, kernel, _), idx in groups.items():
+            n_max = max(self.cases[i].system.num_chips for i in idx)
+            systems = [self.cases[i].system.replace(num_chips=n_max,
+                                                    scaleup_size=self.cases[i].system
+                                                    .scaleup_domain) for i in idx]
+            models = [dataclasses.replace(self.cases[i].model, name="row") for i in idx]
+            self.groups.append((metric, flash, self.cases[idx[0]], _stack(models),
+                                _stack([self.plans[i] for i in idx]), _stack(systems)))
+        order = np.concatenate(list(groups.values()))
+        self.inverse_order = np.argsort(order)
+        self._jitted = eqx.filter_jit(self._times)
+
+    def _times(self, calibration):
+        out = []
+        for metric, flash, first, model, plan, system in self.groups:
+            kw = dict(flash_attention=flash, calibration=first.calibration(calibration))
+            if metric == "layer_time":
+                fn = lambda m, p, s, kw=kw: layer_time(m, p, s, **kw)  # noqa: E731
+            else:
+                fn = lambda m, p, s, kw=kw: train_step(m, p, s, **kw).step_time  # noqa: E731
+            out.append(jax.vmap(fn)(model, plan, system))
+        return jnp.concatenate(out)[self.inverse_order]
+
+    def __call__(self, calibration: Calibration = DEFAULT):
+        """Modelled time of every case (s), shape (cases,), in the order of `cases`."""
+        return self._jitted(calibration)
+
+
+def fit_fraction_from_parts(parts) -> float:
+    """The kernel fraction minimizing the squared log-ratios of (measured, A, B) triples,
+    where a modelled time is A / kernel_fraction + B."""
+    measured, a, b = np.asarray(parts, dtype=float).T
+
+    def loss(eta):
+        return float(np.sum(np.log((a / eta + b) / measured) ** 2))
+
+    res = minimize_scalar(loss, bounds=(0.3, 1.0), method="bounded",
+                          options={"xatol": 1e-6})
+    return float(f"{res.x:.3g}")
+
+
+def kernel_fraction_parts(rows: TrainingRows, calibration: Calibration = DEFAULT):
+    """(measured, A, B) of every row: a modelled time is exactly A / kernel_fraction + B with
+    the plan fixed (two evaluations, at kernel fractions 1 and 1/2)."""
+    t1 = np.asarray(rows(calibration.replace(kernel_fraction=1.0)))
+    t2 = np.asarray(rows(calibration.replace(kernel_fraction=0.5)))
+    return np.stack([rows.measured, t2 - t1, 2 * t1 - t2], axis=1)
+
+
+def fit_kernel_fraction(data_dir: Path | None = None, sources=None) -> float:
+    """Least-squares fit of `Calibration.kernel_fraction` (log-ratio residuals).
+
+    **Arguments:**
+
+    - `data_dir`: the data folder.
+    - `sources`: the `source_key`s fitted (default `FIT_SOURCES`).
+
+    **Returns:** the fraction, rounded to 3 significant digits as stored.
+    """
+    sources = FIT_SOURCES if sources is None else sources
+    rows = TrainingRows([c for c in training_cases(data_dir) if c.source_key in sources])
+    return fit_fraction_from_parts(kernel_fraction_parts(rows))

@@ -33,14 +33,25 @@ Scalar = Float[Array, ""]
 # fused runtime hides it, 0); latency factors are non-negative and at most 1000x the stated
 # latency. These are the physically meaningful domains, not fitted values.
 _FRACTION = (0.0, 1.0, False)
+# A rate relative to the chip's measured best GEMM (`Chip.matmul_fraction`) may exceed 1 a little
+# (that measurement searched a non-exhaustive set of shapes), never by more than 1 / fraction.
+_RELATIVE = (0.0, 1.5, False)
 CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "matrix_max": _FRACTION,
+    "matrix_max": _RELATIVE,
     "matrix_overhead_s": (0.0, 1e-2, True),
     "memory_max": _FRACTION,
     "memory_overhead_s": (0.0, 1e-2, True),
-    "attention_scale": _FRACTION,
+    "attention_scale": _RELATIVE,
+    "attention_backward_scale": _RELATIVE,
+    # Non-matrix work per attention score in head-dim units, and exposed I/O per block in units
+    # of the block's own HBM traffic: non-negative, bounded far above any fitted value.
+    "attention_softmax_dim": (0.0, 1e3, True),
+    "attention_forward_io": (0.0, 1e2, True),
+    "attention_backward_io": (0.0, 1e2, True),
+    "attention_v1_scale": _FRACTION,
     "kernel_fraction": _FRACTION,
     "link_efficiency": _FRACTION,
+    "scaleout_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
 }
@@ -77,13 +88,26 @@ class Calibration(eqx.Module):
 
     **Fields:**
 
-    - `matrix_max`: sustained fraction of peak matrix FLOP/s on large GEMMs.
+    - `matrix_max`: sustained fraction, on the large GEMMs of a workload, of the chip's
+      measured best-GEMM rate (`Chip.matmul_fraction` x peak; the chip says how much of its
+      peak its clock and pipeline sustain, this factor how close a framework's GEMMs get).
     - `matrix_overhead_s`: start-up time of a matrix op, s.
     - `memory_max`: sustained fraction of peak HBM bandwidth on large transfers.
     - `memory_overhead_s`: start-up time of a memory-bound op, s.
-    - `attention_scale`: fraction of the GEMM efficiency that fused (FlashAttention-style)
-      attention sustains (FlashAttention-2 reaches 50-73% of the A100's peak against ~87% for
-      large GEMMs: Dao 2023, arXiv 2307.08691, Sec. 4.1; chips.csv A100 MAMF 271.2 / 312).
+    - `attention_scale`: matrix rate of a fused (FlashAttention-style) attention forward kernel
+      of the chip's generation (FlashAttention-2 on A100, -3 on H100, -4 on B200) relative to
+      the chip's best-GEMM rate, before the softmax and I/O terms below.
+    - `attention_backward_scale`: the backward kernel's matrix rate relative to the forward's.
+    - `attention_softmax_dim`: non-matrix work per attention score (exp, max, rescale), in
+      units of head dimension: the matrix products cost 4 d FLOP per score, so the kernel takes
+      (1 + attention_softmax_dim / d) times its matrix time (why d = 64 runs slower than 128).
+    - `attention_forward_io`, `attention_backward_io`: HBM time of each query block's Q read and
+      O write (forward) and each key block's K, V read and dK, dV write (backward) left exposed
+      next to the block's matrix products, in units of that traffic's time at the HBM
+      bandwidth (why short sequences run slower, more so on chips with more FLOP per byte).
+    - `attention_v1_scale`: rate of the first-generation fused attention kernels (FlashAttention
+      v1, Triton FlashAttention, xformers: 2022-23) relative to the chip-generation kernel;
+      `with_first_generation_attention` applies it.
     - `kernel_fraction`: sustained fraction of the isolated-operator speed that on-chip work
       reaches inside an end-to-end training step (kernel gaps, framework overhead, the clock a
       chip holds under training power). Applies to `train_step`; inference runtimes are modelled
@@ -92,6 +116,8 @@ class Calibration(eqx.Module):
       NVSwitch says nothing about TPU ICI: held out, Pope et al. went 24.4% -> 12.6% with its own
       pair in the calibration benchmark), fraction of the links' bandwidth a
       collective sustains (NCCL bus bandwidth / link bandwidth).
+    - `scaleout_efficiency`: fraction of the scale-out network's per-chip bandwidth a collective
+      sustains (NCCL over InfiniBand / RoCE / EFA).
     - `latency_scale`: per scale-up fabric, factor on the system's stated per-step scale-up
       latency (the alpha of the alpha-beta collective model).
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
@@ -104,8 +130,14 @@ class Calibration(eqx.Module):
     memory_max: Scalar = eqx.field(converter=_param)
     memory_overhead_s: Scalar = eqx.field(converter=_param)
     attention_scale: Scalar = eqx.field(converter=_param, default=1.0)
+    attention_backward_scale: Scalar = eqx.field(converter=_param, default=1.0)
+    attention_softmax_dim: Scalar = eqx.field(converter=_param, default=0.0)
+    attention_forward_io: Scalar = eqx.field(converter=_param, default=0.0)
+    attention_backward_io: Scalar = eqx.field(converter=_param, default=0.0)
+    attention_v1_scale: Scalar = eqx.field(converter=_param, default=1.0)
     kernel_fraction: Scalar = eqx.field(converter=_param, default=1.0)
     link_efficiency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
+    scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
     provenance: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())
@@ -140,6 +172,13 @@ class Calibration(eqx.Module):
         """Where the value of field `name` came from ("not recorded" if nothing says)."""
         return dict(self.provenance).get(name, "not recorded")
 
+    def with_first_generation_attention(self) -> Calibration:
+        """The same factors for a framework that runs a first-generation fused attention kernel
+        (FlashAttention v1, Triton FlashAttention, xformers: before FlashAttention-2, July
+        2023): its matrix rate is `attention_v1_scale` of the chip-generation kernel's."""
+        return eqx.tree_at(lambda c: c.attention_scale, self,
+                           self.attention_scale * self.attention_v1_scale)
+
     def with_fused_runtime(self) -> Calibration:
         """The same factors without per-op start-up times.
 
@@ -154,18 +193,29 @@ class Calibration(eqx.Module):
 
 _OPERATORS = ("fitted by dse.calibration.fit_operator_efficiency to the LLMCompass A100 "
               "per-operator latencies (data/inference_runs.csv, llmcompass_fig5 rows) and the A100 "
-              "measured max-achievable matmul (data/chips.csv)")
+              "measured max-achievable matmul (data/chips.csv), on the A100's measured "
+              "best-GEMM fraction (Chip.matmul_fraction)")
 
 # The defaults. Each value is the output of the fit its provenance names; the tests re-run the
 # fits and compare.
+_ATTENTION = ("fitted by dse.calibration.fit_attention_efficiency to the FlashAttention-2 (A100), "
+              "-3 (H100) and -4 (B200) 16-bit throughputs of data/attention_kernels.csv (143 "
+              "bars of the FlashAttention-2/3/4 papers' figures)")
+
 DEFAULT = Calibration(
-    matrix_max=0.8897,
+    matrix_max=1.024,
     matrix_overhead_s=8.575e-06,
     memory_max=0.6878,
     memory_overhead_s=1.013e-05,
-    attention_scale=1.0,
+    attention_scale=1.129,
+    attention_backward_scale=0.9025,
+    attention_softmax_dim=40.56,
+    attention_forward_io=1.267,
+    attention_backward_io=3.232,
+    attention_v1_scale=0.518,
     kernel_fraction=0.853,
     link_efficiency=0.6964,
+    scaleout_efficiency=0.739,
     latency_scale=1.0,
     dp_overlap_fraction=1.0,
     provenance=(
@@ -173,13 +223,23 @@ DEFAULT = Calibration(
         ("matrix_overhead_s", _OPERATORS),
         ("memory_max", _OPERATORS),
         ("memory_overhead_s", _OPERATORS),
-        ("attention_scale", "1: fused attention at the GEMM efficiency (no fused-attention "
-                            "timing in data/ has been fitted)"),
+        ("attention_scale", _ATTENTION),
+        ("attention_backward_scale", _ATTENTION),
+        ("attention_softmax_dim", _ATTENTION),
+        ("attention_forward_io", _ATTENTION),
+        ("attention_backward_io", _ATTENTION),
+        ("attention_v1_scale", "fitted by dse.calibration.fit_first_generation_scale to the "
+                               "A100 FlashAttention v1, Triton and xformers rows of "
+                               "data/attention_kernels.csv (FlashAttention-2 paper Figs. 4-6)"),
         ("kernel_fraction", "fitted by dse.calibration.fit_kernel_fraction to the training rows "
                             "of data/training_runs.csv it names (Korthikanti Table 5 held out)"),
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
                             "same value for every fabric"),
+        ("scaleout_efficiency", "measured: NCCL all-reduce of 16 GiB over 4 nodes of 8 B200 with "
+                                "8 x 50 GB/s EFA each reaches 36.95 GB/s per GPU across nodes, "
+                                "73.9% of its port (stas00/ml-engineering network/README.md "
+                                "@744d01e1)"),
         ("latency_scale", "1: the systems' stated latencies"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
     ),
