@@ -16,6 +16,7 @@ from ._hardware_data import fit_mma_size_term as fit_mma_size_term
 from ._hardware_data import fit_power_constants as fit_power_constants
 from ._hardware_data import read_chips_csv as read_chips_csv
 from ._inference_data import inference_rows as inference_rows
+from ._inference_data import inference_skipped as inference_skipped
 from ._measurements import COLLECTIVE_COLUMNS as COLLECTIVE_COLUMNS
 from ._measurements import KERNEL_COLUMNS as KERNEL_COLUMNS
 from ._measurements import Measurements as Measurements
@@ -30,7 +31,7 @@ from ._measurements import write_kernel_csv as write_kernel_csv
 from ._attention_data import ATTENTION_FIELDS as ATTENTION_FIELDS
 from ._attention_data import attention_kernel_ratios as attention_kernel_ratios
 from ._attention_data import fit_attention_efficiency as fit_attention_efficiency
-from ._attention_data import fit_first_generation_scale as fit_first_generation_scale
+from ._attention_data import fit_previous_generation_scale as fit_previous_generation_scale
 from ._operator_data import OPERATOR_FIELDS as OPERATOR_FIELDS
 from ._operator_data import fit_link_efficiency as fit_link_efficiency
 from ._operator_data import fit_operator_efficiency as fit_operator_efficiency
@@ -43,10 +44,18 @@ from ._result import load_calibration as load_calibration
 from ._result import param_names as param_names
 from ._result import saved_calibrations as saved_calibrations
 from ._training_data import FIT_SOURCES as FIT_SOURCES
+from ._training_data import SkippedRow as SkippedRow
 from ._training_data import TrainingCase as TrainingCase
+from ._training_data import TrainingRows as TrainingRows
 from ._training_data import fit_kernel_fraction as fit_kernel_fraction
 from ._training_data import predict_case as predict_case
 from ._training_data import training_cases as training_cases
+from ._training_data import training_measurements as training_measurements
+from ._training_data import training_rows as training_rows
+from ._uncertainty import Interval as Interval
 from ._uncertainty import Spread as Spread
 from ._uncertainty import bootstrap_weights as bootstrap_weights
+from ._uncertainty import parameter_log_std as parameter_log_std
+from ._uncertainty import prediction_interval as prediction_interval
 from ._uncertainty import propagate as propagate
+from ._uncertainty import source_spread as source_spread

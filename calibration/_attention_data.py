@@ -130,18 +130,24 @@ def fit_attention_efficiency(data_dir: Path | None = None) -> dict[str, float]:
     return {f: float(f"{v:.4g}") for f, v in zip(ATTENTION_FIELDS, sol.x, strict=True)}
 
 
-# First-generation fused kernels (FlashAttention v1, its Triton port, xformers' cutlass kernel),
-# benchmarked on A100 in the FlashAttention-2 paper's Figs. 4-6 beside FlashAttention-2.
-FIRST_GENERATION = ("FlashAttention (v1)", "FlashAttention Triton", "xformers (cutlass)")
+# Fused kernels one generation older than the GPU they ran on: on A100 the first generation
+# (FlashAttention v1, its Triton port, xformers' cutlass kernel; FlashAttention-2 paper Figs.
+# 4-6), on H100 FlashAttention-2 (no Hopper tensor-memory or warp-group instructions;
+# FlashAttention-3 paper figures).
+PREVIOUS_GENERATION = {"A100 80GB SXM4": ("FlashAttention (v1)", "FlashAttention Triton",
+                                          "xformers (cutlass)"),
+                       "H100 80GB SXM5": ("FlashAttention-2",)}
 
 
-def fit_first_generation_scale(calibration: Calibration = DEFAULT,
+def fit_previous_generation_scale(calibration: Calibration = DEFAULT,
                                data_dir: Path | None = None) -> float:
-    """`Calibration.attention_v1_scale`: the geometric-mean throughput of the first-generation
-    kernels' A100 rows over the model of the chip-generation kernel (`calibration`'s attention
-    fields). **Returns:** the factor, rounded to 3 significant digits as stored."""
-    rows = attention_rows(data_dir, kernels=lambda r: r["kernel"] in FIRST_GENERATION
-                          and r["gpu"] == "A100 80GB SXM4" and r["dtype"] in SIXTEEN_BIT)
+    """`Calibration.attention_previous_scale`: the geometric-mean throughput of the
+    previous-generation kernels' rows (`PREVIOUS_GENERATION`) over the model of the
+    chip-generation kernel (`calibration`'s attention fields).
+
+    **Returns:** the factor, rounded to 3 significant digits as stored."""
+    rows = attention_rows(data_dir, kernels=lambda r: r["kernel"] in PREVIOUS_GENERATION.get(
+        r["gpu"], ()) and r["dtype"] in SIXTEEN_BIT)
     log_ratio = np.log(modelled_seconds(calibration, rows) / measured_seconds(rows))
     return float(f"{np.exp(np.mean(log_ratio)):.3g}")
 
@@ -167,7 +173,7 @@ if __name__ == "__main__":
     fitted = fit_attention_efficiency()
     print("fitted:", fitted)
     cal = DEFAULT.replace(**fitted)
-    print("attention_v1_scale:", fit_first_generation_scale(cal))
+    print("attention_previous_scale:", fit_previous_generation_scale(cal))
     rows = attention_rows()
     err = modelled_seconds(cal, rows) / measured_seconds(rows) - 1.0
     print(f"native rows {len(rows)}: mean |time error| {100 * np.mean(np.abs(err)):.1f}%, "

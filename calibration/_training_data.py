@@ -48,15 +48,27 @@ from dse.models import (
     train_step,
 )
 
+from ._fit import calibrate
+from ._measurements import Measurements
+
 # Megatron-LM before FlashAttention (SC21, 2021; Korthikanti et al., 2022) materialized the
 # attention scores: those cases run with `flash_attention=False`; later frameworks fuse it.
 FLASH = False
 
-# Rows `Calibration.kernel_fraction` was fitted to by `fit_kernel_fraction` (Korthikanti et al.
-# Table 5 held out). benchmarks/validate.py refits every training-fitted constant without each
-# source in turn.
-FIT_SOURCES = ("korthikanti_table4", "megatron_readme_2020", "megatron_sc21_table1",
-               "megatron_sc21_text", "korthikanti_text")
+# The training sources `Calibration.kernel_fraction` is fitted to (`fit_kernel_fraction`):
+# every source of training_runs.csv with a modelled row. benchmarks/validate.py refits it
+# without each source in turn and predicts that source.
+FIT_SOURCES = ("megatron_sc21_table1", "megatron_sc21_table2", "megatron_sc21_text",
+               "korthikanti_table5", "korthikanti_text", "korthikanti_table4",
+               "mcore_h100_weak_scaling", "megatron_readme_2020", "mosaicml_llmfoundry_bench",
+               "megatron_bridge_25.11")
+# Published runs kept out of every fit: data/external_checks.csv. Its rows carry source keys
+# that start with this prefix; `training_measurements` refuses them.
+EXTERNAL_PREFIX = "ext_"
+# Kernel fractions at which `training_measurements` tabulates every row: a modelled time is
+# piecewise smooth in 1 / kernel_fraction, and linear interpolation between these 81 points
+# (steps of 0.005) is within 1e-4 of the model (checked in tests/test_validation.py).
+KERNEL_FRACTION_GRID = np.linspace(0.6, 1.0, 81)
 
 # Why a row cannot be modelled (the `reason` of a `SkippedRow`).
 LOW_PRECISION = "FP8/FP4 compute: precision issue 15"
@@ -81,8 +93,8 @@ class TrainingCase:
     - `flash_attention`: the framework fuses attention (FlashAttention / cuDNN), as
       `train_step`'s argument.
     - `framework`: what ran it ("megatron-lm", "megatron-core", "deepspeed", "composer").
-    - `attention_kernel`: "chip" (the chip generation's fused kernel) or "v1" (a
-      first-generation kernel: `Calibration.with_first_generation_attention`).
+    - `attention_kernel`: "chip" (the chip generation's fused kernel) or "previous" (one
+      generation older: `Calibration.with_previous_generation_attention`).
     """
 
     run_id: str
@@ -99,10 +111,10 @@ class TrainingCase:
     attention_kernel: str = "chip"
 
     def calibration(self, calibration: Calibration) -> Calibration:
-        """The calibration this case runs under: `calibration`, with the first-generation
+        """The calibration this case runs under: `calibration`, with the previous-generation
         attention kernel where the case ran one."""
-        if self.attention_kernel == "v1":
-            return calibration.with_first_generation_attention()
+        if self.attention_kernel == "previous":
+            return calibration.with_previous_generation_attention()
         return calibration
 
 
@@ -298,10 +310,10 @@ def _mosaic(row, key, rid, n):
     """MosaicML LLM Foundry benchmarks (Composer, PyTorch FSDP): MPT shapes from the row
     (MHA, GELU MLP of expansion 4, vocab 50368, tied embeddings), FULL_SHARD = ZeRO-3 over all
     GPUs with prefetch, the stated micro-batch and activation checkpointing, fused attention
-    of the first generation: the A100 tables predate FlashAttention-2 (July 2023) and the torch
-    2.0 Composer release (the README: "TODO: Update tables with torch 2.0 after next Composer
-    release"), when LLM Foundry's `attn_impl: flash` / `triton` were FlashAttention v1 and its
-    Triton port."""
+    of the generation before the A100's: the A100 tables predate FlashAttention-2 (July 2023)
+    and the torch 2.0 Composer release (the README: "TODO: Update tables with torch 2.0 after
+    next Composer release"), when LLM Foundry's `attn_impl: flash` / `triton` were
+    FlashAttention v1 and its Triton port."""
     model = _model(row)
     gb = _f(row, "global_batch_seqs")
     plan = TrainingPlan(dp=n, microbatch_size=_f(row, "microbatch"), global_batch=gb,
@@ -310,7 +322,7 @@ def _mosaic(row, key, rid, n):
     t = gb * float(model.seq_len) / (tps * n)
     return TrainingCase(rid, key, "step_time", t, model, _mosaic_a100(row, n), plan,
                         flash_attention=True, framework="composer",
-                        stated=f"{tps:g} tokens/s per GPU", attention_kernel="v1")
+                        stated=f"{tps:g} tokens/s per GPU", attention_kernel="previous")
 
 
 def _megatron_bridge(row, key, rid, n):
@@ -347,9 +359,104 @@ def _megatron_bridge(row, key, rid, n):
                         stated=f"{tps:g} tokens/s per GPU")
 
 
+def _h100_500w(n: int) -> System:
+    # torchtitan's Grand Teton H100: "96GB HBM2e with 2.4 TB/sec", "the default 500W power
+    # limit", 400 Gb/s RDMA per GPU, 8 per host on NVLink (torchtitan docs/performance.md).
+    # Its clock under the 500 W limit is not in the sources used: the 700 W part's measured
+    # best-GEMM fraction is kept, which makes these predictions optimistic if anything.
+    chip = CHIPS["H100-SXM"].replace(hbm_bandwidth=2.4 * u.TB, hbm_bytes=96 * u.GB,
+                                      name="H100-96GB-500W")
+    return SYSTEMS["DGX-H100"].replace(chip=chip).with_num_chips(n)
+
+
+def _llama(row) -> Transformer:
+    """The Llama 3 preset of the row's size at the row's sequence length."""
+    size = row["model"].split()[-1].lower()
+    return TRANSFORMERS[f"llama3-{size}"].replace(seq_len=_f(row, "seq_len"))
+
+
+def _external(row, key, rid, n):
+    """Published runs kept out of every fit (data/external_checks.csv), predicted by the same
+    models. Each builder states what the source leaves open and what is assumed."""
+    if key == "ext_mosaicml_h100":
+        # As the A100 tables (`_mosaic`), on H100. The interconnect of MosaicML's H100 nodes is
+        # not stated: a DGX H100 (400 Gb/s per GPU) is assumed. Fused attention: LLM Foundry of
+        # 2024 ran FlashAttention-2, one generation older than Hopper's.
+        case = _mosaic(row, key, rid, n)
+        return dataclasses.replace(case, system=SYSTEMS["DGX-H100"].with_num_chips(n))
+    if key == "ext_flashattn_training":
+        # flash-attention training/: DDP (+ ZeRO-1) on one 8 x A100 80GB node, no activation
+        # checkpointing, the stated micro-batch; its README figures are FlashAttention v1's
+        # (FlashAttention-2 paper, Table 1, lists the same 189 TFLOP/s for it).
+        model = _model(row)
+        gb = _f(row, "global_batch_seqs")
+        zero = 1.0 if "ZeRO-1" in row["sharding"] else 0.0
+        plan = TrainingPlan(dp=n, microbatch_size=_f(row, "microbatch"), global_batch=gb,
+                            zero_stage=zero, dp_overlap=1.0)
+        tps = _f(row, "tokens_per_s_per_device")
+        return TrainingCase(rid, key, "step_time", gb * float(model.seq_len) / (tps * n), model,
+                            _dgx_a100(n), plan, flash_attention=True, framework="pytorch-ddp",
+                            stated=f"{tps:g} tokens/s per GPU", attention_kernel="previous")
+    if key == "ext_torchtitan":
+        # FSDP2 (ZeRO-3, hierarchical NCCL, one gather per backward), the stated local batch
+        # and TP; PyTorch SDPA (FlashAttention-2 on A100; cuDNN, the Hopper-generation kernel,
+        # the default on H100 since torch 2.5).
+        model = _llama(row)
+        tp, dp = _f(row, "tp", 1.0), _f(row, "dp", n)
+        plan = TrainingPlan(tp=tp, dp=dp, microbatch_size=_f(row, "microbatch"),
+                            global_batch=_f(row, "global_batch_seqs"),
+                            sequence_parallel=1.0 if tp > 1 else 0.0,
+                            recompute=_recompute(row["recompute"]), zero_stage=3.0,
+                            dp_overlap=1.0)
+        system = _dgx_a100(n) if "A100" in row["hardware"] else _h100_500w(n)
+        tps = _f(row, "tokens_per_s_per_device")
+        t = float(plan.global_batch) * float(model.seq_len) / (tps * n)
+        return TrainingCase(rid, key, "step_time", t, model, system, plan, flash_attention=True,
+                            framework="torchtitan", stated=f"{tps:g} tokens/s per GPU")
+    if key == "ext_llama3":
+        if _f(row, "cp", 1.0) > 1.0:
+            return "context parallelism is not modelled"
+        # Llama 3 Table 4: TP 8, PP 16 (126 layers: uneven stages, as the paper does), DP (FSDP
+        # without resharding weights after forward: ZeRO-2), no activation checkpointing at 8K
+        # (Dubey et al. 2024, Sec. 3.3.2); micro-batch unstated (the fastest feasible of 1-4),
+        # interleaved schedule of depth 1-4; 8 H100 per node, 400 Gb/s RoCE.
+        model = _llama(row)
+        gb = int(_f(row, "global_batch_seqs"))
+        tp, pp, dp = _f(row, "tp"), _f(row, "pp"), _f(row, "dp")
+        plans = [TrainingPlan(tp=tp, pp=pp, dp=dp, microbatch_size=mb, global_batch=gb,
+                              interleave=v, sequence_parallel=1.0, recompute=rc, zero_stage=2.0,
+                              dp_overlap=1.0)
+                 for mb in (1.0, 2.0, 4.0) for v in (1.0, 2.0, 4.0)
+                 for rc in (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE)]
+        tflops = _f(row, "tflops_per_device")
+        return TrainingCase(rid, key, "step_time", _model_flops(model, gb) / (tflops * 1e12 * n),
+                            model, SYSTEMS["DGX-H100"].with_num_chips(n), None,
+                            candidates=_stack(plans), flash_attention=True,
+                            framework="meta", stated=f"{tflops:g} TFLOP/s per GPU")
+    if key == "ext_mtnlg":
+        # MT-NLG 530B (Smith et al. 2022): Megatron-LM TP 8 x DeepSpeed PP 35, DP with ZeRO-1,
+        # full recomputation, the Megatron kernels of 2021 (no fused attention), micro-batch
+        # and the rest as SC21 (the fastest feasible); the stated iteration time.
+        model, gb = _model(row), int(_f(row, "global_batch_seqs"))
+        system = _dgx_a100(n)
+        plans = enumerate_plans(model, n, gb, recompute=(int(RECOMPUTE_FULL),), zero_stages=(1,),
+                                sequence_parallel=(0,), dp_overlap=0)
+        keep = (np.asarray(plans.tp) == 8) & (np.asarray(plans.pp) == 35) \
+            & (np.asarray(plans.interleave) == 1)
+        t = _f(row, "step_time_s")
+        return TrainingCase(rid, key, "step_time", t, model, system, None,
+                            candidates=_filter(plans, keep), framework="deepspeed",
+                            stated=f"{t:g} s per iteration")
+    reasons = {"ext_bloom": "inter-node bandwidth of Jean Zay not in the sources used",
+               "ext_opt": "tensor-parallel degree not stated",
+               "ext_mlperf": "time to train from a checkpoint (FP8), layout not given",
+               "ext_megascale": "headline MFU only; non-standard transformer block"}
+    return reasons.get(key, f"external source {key}: no case builder")
+
+
 def _is_low_precision(row) -> bool:
     p = row["precision"].lower()
-    return "fp8" in p or "fp4" in p or "mx" in p
+    return "fp8" in p or "fp4" in p or "mx" in p or "float8" in p
 
 
 def _case(row):
@@ -357,6 +464,8 @@ def _case(row):
     key, rid, n = row["source_key"], row["run_id"], int(_f(row, "num_devices"))
     if _is_low_precision(row):
         return LOW_PRECISION
+    if key.startswith(EXTERNAL_PREFIX):
+        return _external(row, key, rid, n)
     if key in ("megatron_sc21_table1", "megatron_sc21_text"):
         return _sc21(row, key, rid, n)
     if key == "megatron_sc21_table2":
@@ -497,6 +606,41 @@ class TrainingRows:
         return self._jitted(calibration)
 
 
+def training_measurements(rows: TrainingRows, calibration: Calibration = DEFAULT):
+    """The rows as `Measurements` and a model of their times in `Calibration.kernel_fraction`,
+    the one constant fitted to training runs: `(data, model_fn)` for `calibrate`.
+
+    Every row's time is tabulated at `KERNEL_FRACTION_GRID` (the other fields held at
+    `calibration`) and `model_fn(cal, inputs)` interpolates it linearly in 1 / kernel_fraction:
+    the same times as `train_step`, at the cost of an interpolation, so that fits and
+    leave-one-source-out refits run in seconds.
+
+    Raises `ValueError` if a row is an external check (data/external_checks.csv): those runs
+    check the models and no fit may read them.
+    """
+    external = sorted({s for s in rows.sources if s.startswith(EXTERNAL_PREFIX)})
+    if external:
+        raise ValueError(f"training_measurements: external checks {external} may not be "
+                         "fitted to (data/external_checks.csv is for checking only)")
+    inv = 1.0 / KERNEL_FRACTION_GRID[::-1]  # ascending 1 / kernel_fraction
+    times = np.stack([np.asarray(rows(calibration.replace(kernel_fraction=float(1.0 / u))))
+                      for u in inv], axis=1)
+    sources = tuple(dict.fromkeys(rows.sources))
+    group = np.array([sources.index(s) for s in rows.sources])
+    dtype = jnp.result_type(float)
+    inv_j = jnp.asarray(inv, dtype)
+
+    def model_fn(cal, x):
+        u = 1.0 / cal.kernel_fraction
+        return jax.vmap(lambda row: jnp.interp(u, inv_j, row))(x)
+
+    data = Measurements(jnp.asarray(times, dtype), jnp.asarray(rows.measured, dtype),
+                        jnp.asarray(group), sources,
+                        description="data/training_runs.csv, every modelled row (step or "
+                        "layer time; dse.calibration.training_rows)")
+    return data, model_fn
+
+
 def fit_fraction_from_parts(parts) -> float:
     """The kernel fraction minimizing the squared log-ratios of (measured, A, B) triples,
     where a modelled time is A / kernel_fraction + B."""
@@ -518,16 +662,21 @@ def kernel_fraction_parts(rows: TrainingRows, calibration: Calibration = DEFAULT
     return np.stack([rows.measured, t2 - t1, 2 * t1 - t2], axis=1)
 
 
-def fit_kernel_fraction(data_dir: Path | None = None, sources=None) -> float:
-    """Least-squares fit of `Calibration.kernel_fraction` (log-ratio residuals).
+def fit_kernel_fraction(data_dir: Path | None = None, sources=None,
+                        rows: TrainingRows | None = None) -> float:
+    """Least-squares fit of `Calibration.kernel_fraction` (log-ratio residuals, every row).
 
     **Arguments:**
 
     - `data_dir`: the data folder.
     - `sources`: the `source_key`s fitted (default `FIT_SOURCES`).
+    - `rows`: the evaluated rows, if already built (then `data_dir` is not read).
 
     **Returns:** the fraction, rounded to 3 significant digits as stored.
     """
     sources = FIT_SOURCES if sources is None else sources
-    rows = TrainingRows([c for c in training_cases(data_dir) if c.source_key in sources])
-    return fit_fraction_from_parts(kernel_fraction_parts(rows))
+    if rows is None:
+        rows = TrainingRows([c for c in training_cases(data_dir) if c.source_key in sources])
+    data, model_fn = training_measurements(rows)
+    result = calibrate(model_fn, DEFAULT, data, fit=("kernel_fraction",), validation="none")
+    return float(f"{float(result.value[0]):.3g}")

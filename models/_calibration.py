@@ -48,7 +48,7 @@ CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "attention_softmax_dim": (0.0, 1e3, True),
     "attention_forward_io": (0.0, 1e2, True),
     "attention_backward_io": (0.0, 1e2, True),
-    "attention_v1_scale": _FRACTION,
+    "attention_previous_scale": _FRACTION,
     "kernel_fraction": _FRACTION,
     "link_efficiency": _FRACTION,
     "scaleout_efficiency": _FRACTION,
@@ -105,9 +105,10 @@ class Calibration(eqx.Module):
       O write (forward) and each key block's K, V read and dK, dV write (backward) left exposed
       next to the block's matrix products, in units of that traffic's time at the HBM
       bandwidth (why short sequences run slower, more so on chips with more FLOP per byte).
-    - `attention_v1_scale`: rate of the first-generation fused attention kernels (FlashAttention
-      v1, Triton FlashAttention, xformers: 2022-23) relative to the chip-generation kernel;
-      `with_first_generation_attention` applies it.
+    - `attention_previous_scale`: rate of a fused attention kernel one generation older than
+      the chip (FlashAttention v1, its Triton port or xformers on A100; FlashAttention-2 on
+      H100) relative to the chip-generation kernel; `with_previous_generation_attention`
+      applies it.
     - `kernel_fraction`: sustained fraction of the isolated-operator speed that on-chip work
       reaches inside an end-to-end training step (kernel gaps, framework overhead, the clock a
       chip holds under training power). Applies to `train_step`; inference runtimes are modelled
@@ -134,7 +135,7 @@ class Calibration(eqx.Module):
     attention_softmax_dim: Scalar = eqx.field(converter=_param, default=0.0)
     attention_forward_io: Scalar = eqx.field(converter=_param, default=0.0)
     attention_backward_io: Scalar = eqx.field(converter=_param, default=0.0)
-    attention_v1_scale: Scalar = eqx.field(converter=_param, default=1.0)
+    attention_previous_scale: Scalar = eqx.field(converter=_param, default=1.0)
     kernel_fraction: Scalar = eqx.field(converter=_param, default=1.0)
     link_efficiency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
@@ -172,12 +173,12 @@ class Calibration(eqx.Module):
         """Where the value of field `name` came from ("not recorded" if nothing says)."""
         return dict(self.provenance).get(name, "not recorded")
 
-    def with_first_generation_attention(self) -> Calibration:
-        """The same factors for a framework that runs a first-generation fused attention kernel
-        (FlashAttention v1, Triton FlashAttention, xformers: before FlashAttention-2, July
-        2023): its matrix rate is `attention_v1_scale` of the chip-generation kernel's."""
+    def with_previous_generation_attention(self) -> Calibration:
+        """The same factors for a framework whose fused attention kernel is one generation
+        older than the chip (FlashAttention v1 on A100, FlashAttention-2 on H100): its matrix
+        rate is `attention_previous_scale` of the chip-generation kernel's."""
         return eqx.tree_at(lambda c: c.attention_scale, self,
-                           self.attention_scale * self.attention_v1_scale)
+                           self.attention_scale * self.attention_previous_scale)
 
     def with_fused_runtime(self) -> Calibration:
         """The same factors without per-op start-up times.
@@ -212,8 +213,8 @@ DEFAULT = Calibration(
     attention_softmax_dim=40.56,
     attention_forward_io=1.267,
     attention_backward_io=3.232,
-    attention_v1_scale=0.518,
-    kernel_fraction=0.853,
+    attention_previous_scale=0.537,
+    kernel_fraction=0.846,
     link_efficiency=0.6964,
     scaleout_efficiency=0.739,
     latency_scale=1.0,
@@ -228,11 +229,13 @@ DEFAULT = Calibration(
         ("attention_softmax_dim", _ATTENTION),
         ("attention_forward_io", _ATTENTION),
         ("attention_backward_io", _ATTENTION),
-        ("attention_v1_scale", "fitted by dse.calibration.fit_first_generation_scale to the "
-                               "A100 FlashAttention v1, Triton and xformers rows of "
-                               "data/attention_kernels.csv (FlashAttention-2 paper Figs. 4-6)"),
-        ("kernel_fraction", "fitted by dse.calibration.fit_kernel_fraction to the training rows "
-                            "of data/training_runs.csv it names (Korthikanti Table 5 held out)"),
+        ("attention_previous_scale", "fitted by dse.calibration.fit_previous_generation_scale to "
+                                     "the A100 FlashAttention v1, Triton and xformers rows and "
+                                     "the H100 FlashAttention-2 rows of "
+                                     "data/attention_kernels.csv"),
+        ("kernel_fraction", "fitted by dse.calibration.fit_kernel_fraction to every modelled "
+                            "row of data/training_runs.csv (benchmarks/validate.py refits it "
+                            "without each source to predict that source)"),
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
                             "same value for every fabric"),
