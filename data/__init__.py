@@ -10,7 +10,11 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-FILES = ("chips.csv", "tech.csv", "training_runs.csv", "inference_runs.csv")
+FILES = ("chips.csv", "tech.csv", "training_runs.csv", "inference_runs.csv",
+         "attention_kernels.csv", "external_checks.csv")
+# Published runs kept for checking the models only: no fit may read them (dse.calibration
+# refuses their source keys, which start with "ext_").
+CHECK_ONLY = ("external_checks.csv",)
 
 
 def data_dir() -> Path:

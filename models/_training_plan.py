@@ -7,6 +7,7 @@ import dataclasses
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -60,6 +61,17 @@ class TrainingPlan(eqx.Module):
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+
+    def __post_init__(self):
+        # A field given as one number beside batched ones applies to every plan of the batch:
+        # broadcast it, so that a batch of plans always vmaps along one leading axis.
+        names = [f.name for f in dataclasses.fields(self)]
+        shape = np.broadcast_shapes(*(np.shape(getattr(self, n)) for n in names))
+        if shape:
+            for n in names:
+                value = getattr(self, n)
+                if np.shape(value) != shape:
+                    setattr(self, n, jnp.broadcast_to(value, shape))
 
     def __check_init__(self):
         for field in ("tp", "pp", "dp", "ep", "microbatch_size", "global_batch", "interleave"):
