@@ -522,15 +522,28 @@ def _pad(plans: TrainingPlan, multiple: int = 256) -> TrainingPlan:
     return jax.tree.map(lambda x: x[idx], plans)
 
 
+_ANY_CHIPS = 1 << 20  # a chip count above every candidate plan's
+
+
+@eqx.filter_jit
+def _fastest(model, plans, system, calibration, flash_attention):
+    reports = evaluate_plans(model, plans, system, calibration=calibration,
+                             flash_attention=flash_attention)
+    return select_plan(plans, reports)[0]
+
+
 def resolve_plan(case: TrainingCase, calibration: Calibration = DEFAULT) -> TrainingPlan:
     """The case's stated plan, or the fastest feasible of its candidates under `calibration`."""
     if case.plan is not None:
         return case.plan
-    plans = _pad(case.candidates)
-    reports = evaluate_plans(case.model, plans, case.system,
-                             calibration=case.calibration(calibration),
-                             flash_attention=case.flash_attention)
-    return select_plan(plans, reports)[0]
+    # Jitted on (padded) shapes: cases of one structure share one compilation. The model's
+    # name and the system's chip count are static fields; common values keep them out of the
+    # cache key (`train_step` sees the chip count only through the scale-up domain, kept here,
+    # and the check that a plan fits on the chips, which every candidate does).
+    model = dataclasses.replace(case.model, name="row")
+    system = case.system.replace(num_chips=_ANY_CHIPS, scaleup_size=case.system.scaleup_domain)
+    return _fastest(model, _pad(case.candidates), system, case.calibration(calibration),
+                    case.flash_attention)
 
 
 def predict_case(case: TrainingCase, plan=None, *, calibration: Calibration = DEFAULT):
