@@ -3,11 +3,12 @@
 Training (data/training_runs.csv): every row is either modelled (`dse.calibration.training_rows`:
 `train_step`, or `layer_time` for Korthikanti Table 4, with the plan the source states or the
 fastest feasible one it leaves open) or counted as not modellable with its reason (FP8 / FP4 rows
-belong to the precision issue 15). The one constant fitted to training runs,
-`Calibration.kernel_fraction`, is fitted to every modelled row (`dse.calibration.calibrate`)
-and, leave-one-source-out, refitted without each source in turn to predict it. Every other
-constant is fitted to data that contains no training run (FlashAttention kernel throughputs,
-LLMCompass A100 operators, chips.csv, one NCCL measurement), so it is the same in every fold.
+belong to the precision issue 15). The constants fitted to training runs,
+`Calibration.kernel_fraction` and the `framework_scale` of Megatron-LM and Megatron-Core
+(`dse.calibration.fit_training_constants`), are fitted to every modelled row and,
+leave-one-source-out, refitted without each source in turn to predict it. Every other constant
+is fitted to data that contains no training run (FlashAttention kernel throughputs, LLMCompass
+A100 operators, chips.csv, one NCCL measurement), so it is the same in every fold.
 
 Per source the tables give rows (in the file), modelled, median |err|, p90 |err|, signed mean,
 share optimistic (predicted faster than measured) and, out of sample, the share of rows inside
@@ -36,17 +37,18 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from dse.calibration import (
     TrainingRows,
-    calibrate,
+    fit_training_constants,
     inference_rows,
     inference_skipped,
+    param_names,
     parameter_log_std,
     prediction_interval,
     source_spread,
-    training_measurements,
     training_rows,
 )
 from dse.data import data_dir as default_data_dir
@@ -169,9 +171,7 @@ def main(argv) -> None:
     cases, skipped = training_rows(data_dir)
     in_file = [c.source_key for c in cases] + [s.source_key for s in skipped]
     rows = TrainingRows(cases)
-    data, model_fn = training_measurements(rows)
-    result = calibrate(model_fn, DEFAULT, data, fit=("kernel_fraction",), validation="source",
-                       uncertainty="laplace")
+    result, data, model_fn = fit_training_constants(rows)
     fitted = result.params
     measured = np.asarray(data.measured)
     group = np.asarray(data.group)
@@ -188,11 +188,14 @@ def main(argv) -> None:
     err_loso = loso / measured - 1.0
     covered_loso, width = _fold_intervals(result, data, model_fn)
 
-    value, std = result.as_dict()["kernel_fraction"]
     print(f"Training: {len(cases)} of {len(in_file)} rows of training_runs.csv modelled "
-          f"({len(data.sources)} sources). kernel_fraction fitted to all of them: {value:.4f} "
-          f"+- {std:.4f} (shipped {float(DEFAULT.kernel_fraction):.4f}; "
-          f"{result.convergence_report()})")
+          f"({len(data.sources)} sources). Constants fitted to all of them "
+          f"({result.convergence_report()}):")
+    shipped = dict(zip(param_names(DEFAULT), jax.tree.leaves(DEFAULT), strict=True))
+    for name, (value, std) in result.as_dict().items():
+        print(f"  {name:32s} {value:.4f} +- {std:.4f} (shipped {float(shipped[name]):.4f})")
+    print("  (every other constant is fitted to data without a training run: the same in "
+          "every fold)")
     example = prediction_interval(pred_in[0], log_std_in[0], level=LEVEL,
                                   dof=len(data.sources) - 1)
     print(f"  residual spread across sources (log std): {spread_all:.3f}; a prediction reads "
@@ -207,10 +210,10 @@ def main(argv) -> None:
                 ("v", "interleave"), ("rc", "recompute"), ("z", "zero_stage")))
             print(f"  {case.run_id:52s} {measured[i]:9.4g} {100 * err_in[i]:+6.1f}% "
                   f"{100 * err_loso[i]:+6.1f}% {100 * width[i]:5.0f}%  {plan}")
-    in_stats = source_table("In sample (kernel_fraction fitted to every source)", sources,
-                            in_file, err_in, covered_in)
-    loso_stats = source_table("Leave one source out (kernel_fraction refitted without the "
-                              "source it predicts)", sources, in_file, err_loso,
+    in_stats = source_table("In sample (the training constants fitted to every source)",
+                            sources, in_file, err_in, covered_in)
+    loso_stats = source_table("Leave one source out (the training constants refitted without "
+                              "the source they predict)", sources, in_file, err_loso,
                               covered_loso)
     k5 = [abs(e) for e, s in zip(err_loso, sources, strict=True) if s == "korthikanti_table5"]
     print(f"  Korthikanti Table 5, held out: mean |err| {100 * np.mean(k5):.2f}% "

@@ -48,6 +48,7 @@ from ._training_data import SkippedRow as SkippedRow
 from ._training_data import TrainingCase as TrainingCase
 from ._training_data import TrainingRows as TrainingRows
 from ._training_data import fit_kernel_fraction as fit_kernel_fraction
+from ._training_data import fit_training_constants as fit_training_constants
 from ._training_data import predict_case as predict_case
 from ._training_data import training_cases as training_cases
 from ._training_data import training_measurements as training_measurements

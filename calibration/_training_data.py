@@ -19,6 +19,7 @@ of benchmarks/validate.py run on.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 from pathlib import Path
@@ -34,6 +35,7 @@ from dse.hardware import CHIPS, SYSTEMS, System
 from dse.hardware import units as u
 from dse.models import (
     DEFAULT,
+    FRAMEWORKS,
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
     RECOMPUTE_SELECTIVE,
@@ -66,9 +68,9 @@ FIT_SOURCES = ("megatron_sc21_table1", "megatron_sc21_table2", "megatron_sc21_te
 # that start with this prefix; `training_measurements` refuses them.
 EXTERNAL_PREFIX = "ext_"
 # Kernel fractions at which `training_measurements` tabulates every row: a modelled time is
-# piecewise smooth in 1 / kernel_fraction, and linear interpolation between these 81 points
+# piecewise smooth in 1 / kernel_fraction, and linear interpolation between these 101 points
 # (steps of 0.005) is within 1e-4 of the model (checked in tests/test_validation.py).
-KERNEL_FRACTION_GRID = np.linspace(0.6, 1.0, 81)
+KERNEL_FRACTION_GRID = np.linspace(0.5, 1.0, 101)
 
 # Why a row cannot be modelled (the `reason` of a `SkippedRow`).
 LOW_PRECISION = "FP8/FP4 compute: precision issue 15"
@@ -92,7 +94,8 @@ class TrainingCase:
       the fastest feasible at the shipped defaults is taken (`resolve_plan`).
     - `flash_attention`: the framework fuses attention (FlashAttention / cuDNN), as
       `train_step`'s argument.
-    - `framework`: what ran it ("megatron-lm", "megatron-core", "deepspeed", "composer").
+    - `framework`: what ran it (one of `dse.models.FRAMEWORKS`: "megatron-lm",
+      "megatron-core", "deepspeed", "composer", "pytorch").
     - `attention_kernel`: "chip" (the chip generation's fused kernel) or "previous" (one
       generation older: `Calibration.with_previous_generation_attention`).
     """
@@ -111,8 +114,10 @@ class TrainingCase:
     attention_kernel: str = "chip"
 
     def calibration(self, calibration: Calibration) -> Calibration:
-        """The calibration this case runs under: `calibration`, with the previous-generation
-        attention kernel where the case ran one."""
+        """The calibration this case runs under: `calibration` for its framework
+        (`Calibration.for_framework`), with the previous-generation attention kernel where the
+        case ran one."""
+        calibration = calibration.for_framework(self.framework)
         if self.attention_kernel == "previous":
             return calibration.with_previous_generation_attention()
         return calibration
@@ -395,7 +400,7 @@ def _external(row, key, rid, n):
                             zero_stage=zero, dp_overlap=1.0)
         tps = _f(row, "tokens_per_s_per_device")
         return TrainingCase(rid, key, "step_time", gb * float(model.seq_len) / (tps * n), model,
-                            _dgx_a100(n), plan, flash_attention=True, framework="pytorch-ddp",
+                            _dgx_a100(n), plan, flash_attention=True, framework="pytorch",
                             stated=f"{tps:g} tokens/s per GPU", attention_kernel="previous")
     if key == "ext_torchtitan":
         # FSDP2 (ZeRO-3, hierarchical NCCL, one gather per backward), the stated local batch
@@ -412,7 +417,7 @@ def _external(row, key, rid, n):
         tps = _f(row, "tokens_per_s_per_device")
         t = float(plan.global_batch) * float(model.seq_len) / (tps * n)
         return TrainingCase(rid, key, "step_time", t, model, system, plan, flash_attention=True,
-                            framework="torchtitan", stated=f"{tps:g} tokens/s per GPU")
+                            framework="pytorch", stated=f"{tps:g} tokens/s per GPU")
     if key == "ext_llama3":
         if _f(row, "cp", 1.0) > 1.0:
             return "context parallelism is not modelled"
@@ -432,7 +437,7 @@ def _external(row, key, rid, n):
         return TrainingCase(rid, key, "step_time", _model_flops(model, gb) / (tflops * 1e12 * n),
                             model, SYSTEMS["DGX-H100"].with_num_chips(n), None,
                             candidates=_stack(plans), flash_attention=True,
-                            framework="meta", stated=f"{tflops:g} TFLOP/s per GPU")
+                            framework="pytorch", stated=f"{tflops:g} TFLOP/s per GPU")
     if key == "ext_mtnlg":
         # MT-NLG 530B (Smith et al. 2022): Megatron-LM TP 8 x DeepSpeed PP 35, DP with ZeRO-1,
         # full recomputation, the Megatron kernels of 2021 (no fused attention), micro-batch
@@ -620,13 +625,14 @@ class TrainingRows:
 
 
 def training_measurements(rows: TrainingRows, calibration: Calibration = DEFAULT):
-    """The rows as `Measurements` and a model of their times in `Calibration.kernel_fraction`,
-    the one constant fitted to training runs: `(data, model_fn)` for `calibrate`.
+    """The rows as `Measurements` and a model of their times in the constants fitted to
+    training runs, `Calibration.kernel_fraction` and `framework_scale`: `(data, model_fn)` for
+    `calibrate`.
 
     Every row's time is tabulated at `KERNEL_FRACTION_GRID` (the other fields held at
-    `calibration`) and `model_fn(cal, inputs)` interpolates it linearly in 1 / kernel_fraction:
-    the same times as `train_step`, at the cost of an interpolation, so that fits and
-    leave-one-source-out refits run in seconds.
+    `calibration`) and `model_fn(cal, inputs)` interpolates it linearly in 1 / (kernel_fraction
+    x the row's framework scale): the same times as `train_step`, at the cost of an
+    interpolation, so that fits and leave-one-source-out refits run in seconds.
 
     Raises `ValueError` if a row is an external check (data/external_checks.csv): those runs
     check the models and no fit may read them.
@@ -636,18 +642,24 @@ def training_measurements(rows: TrainingRows, calibration: Calibration = DEFAULT
         raise ValueError(f"training_measurements: external checks {external} may not be "
                          "fitted to (data/external_checks.csv is for checking only)")
     inv = 1.0 / KERNEL_FRACTION_GRID[::-1]  # ascending 1 / kernel_fraction
-    times = np.stack([np.asarray(rows(calibration.replace(kernel_fraction=float(1.0 / u))))
+    # Each row's time at each effective fraction (the framework scale set to 1 here and
+    # applied in model_fn, so that one table serves every value of it).
+    flat = calibration.replace(framework_scale=1.0)
+    times = np.stack([np.asarray(rows(flat.replace(kernel_fraction=float(1.0 / u))))
                       for u in inv], axis=1)
     sources = tuple(dict.fromkeys(rows.sources))
     group = np.array([sources.index(s) for s in rows.sources])
+    framework = np.array([FRAMEWORKS.index(c.framework) for c in rows.cases])
     dtype = jnp.result_type(float)
     inv_j = jnp.asarray(inv, dtype)
 
     def model_fn(cal, x):
-        u = 1.0 / cal.kernel_fraction
-        return jax.vmap(lambda row: jnp.interp(u, inv_j, row))(x)
+        scale = jnp.stack([cal.framework_scale[f] for f in FRAMEWORKS])[x["framework"]]
+        u = 1.0 / jnp.minimum(cal.kernel_fraction * scale, 1.0)
+        return jax.vmap(jnp.interp, in_axes=(0, None, 0))(u, inv_j, x["times"])
 
-    data = Measurements(jnp.asarray(times, dtype), jnp.asarray(rows.measured, dtype),
+    inputs = dict(times=jnp.asarray(times, dtype), framework=jnp.asarray(framework))
+    data = Measurements(inputs, jnp.asarray(rows.measured, dtype),
                         jnp.asarray(group), sources,
                         description="data/training_runs.csv, every modelled row (step or "
                         "layer time; dse.calibration.training_rows)")
@@ -675,9 +687,46 @@ def kernel_fraction_parts(rows: TrainingRows, calibration: Calibration = DEFAULT
     return np.stack([rows.measured, t2 - t1, 2 * t1 - t2], axis=1)
 
 
+# Std of the Gaussian prior on log framework_scale: frameworks differ by ~10% in sustained
+# speed on the same hardware (an assumption of the model, stated, not fitted); a framework
+# whose rows are held out falls back to the common kernel fraction.
+FRAMEWORK_PRIOR_LOG_STD = 0.1
+
+
+def training_fit_names(rows: TrainingRows) -> tuple[str, ...]:
+    """The constants fitted to training runs: `kernel_fraction` and the `framework_scale` of
+    each framework that at least two sources of `rows` ran on (so that, with one source held
+    out, another still speaks for it); the others keep scale 1, the common fraction."""
+    sources = collections.defaultdict(set)
+    for c in rows.cases:
+        sources[c.framework].add(c.source_key)
+    return ("kernel_fraction",) + tuple(f"framework_scale.{f}" for f in FRAMEWORKS
+                                        if len(sources[f]) >= 2)
+
+
+def fit_training_constants(rows: TrainingRows, validation: str = "source", **kw):
+    """Fit the training constants (`training_fit_names`) to `rows` with `calibrate`: log-ratio
+    residuals, the framework scales under the prior `FRAMEWORK_PRIOR_LOG_STD`, leave one
+    source out by default. **Returns:** `(result, data, model_fn)`."""
+    data, model_fn = training_measurements(rows)
+    names = training_fit_names(rows)
+    # `calibrate` minimizes sum r^2 / 2 + sum (z - z0)^2 / (2 s^2), i.e. it reads the prior in
+    # units of the residual std sigma; the prior meant is N(0, FRAMEWORK_PRIOR_LOG_STD^2) next
+    # to residuals of std sigma, so it is passed as FRAMEWORK_PRIOR_LOG_STD / sigma, with sigma
+    # from the common fraction alone.
+    sigma = float(calibrate(model_fn, DEFAULT, data, fit=("kernel_fraction",),
+                            validation="none").residual_log_std)
+    prior = {n: FRAMEWORK_PRIOR_LOG_STD / sigma for n in names
+             if n.startswith("framework_scale")}
+    result = calibrate(model_fn, DEFAULT, data, fit=names, validation=validation,
+                       prior_log_std=prior, **kw)
+    return result, data, model_fn
+
+
 def fit_kernel_fraction(data_dir: Path | None = None, sources=None,
-                        rows: TrainingRows | None = None) -> float:
-    """Least-squares fit of `Calibration.kernel_fraction` (log-ratio residuals, every row).
+                        rows: TrainingRows | None = None) -> dict[str, float]:
+    """Least-squares fit of the training constants: `Calibration.kernel_fraction` and each
+    framework's `framework_scale` (`fit_training_constants`, every row, no validation).
 
     **Arguments:**
 
@@ -685,11 +734,11 @@ def fit_kernel_fraction(data_dir: Path | None = None, sources=None,
     - `sources`: the `source_key`s fitted (default `FIT_SOURCES`).
     - `rows`: the evaluated rows, if already built (then `data_dir` is not read).
 
-    **Returns:** the fraction, rounded to 3 significant digits as stored.
+    **Returns:** {dotted name: value}, rounded to 3 significant digits as stored.
     """
     sources = FIT_SOURCES if sources is None else sources
     if rows is None:
         rows = TrainingRows([c for c in training_cases(data_dir) if c.source_key in sources])
-    data, model_fn = training_measurements(rows)
-    result = calibrate(model_fn, DEFAULT, data, fit=("kernel_fraction",), validation="none")
-    return float(f"{float(result.value[0]):.3g}")
+    result = fit_training_constants(rows, validation="none")[0]
+    return {n: float(f"{float(v):.3g}") for n, v in zip(result.names, result.value,
+                                                         strict=True)}

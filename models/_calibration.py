@@ -54,7 +54,15 @@ CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "scaleout_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
+    "framework_scale": (0.0, 1.5, False),
 }
+
+# Training frameworks with their own sustained-speed factor (`Calibration.framework_scale`):
+# Megatron-LM of 2020-22 (its fused kernels, its schedule), Megatron-Core / NeMo (2024-),
+# DeepSpeed (ZeRO, its pipeline engine), MosaicML Composer (PyTorch FSDP), plain PyTorch
+# (DDP, FSDP2 / torchtitan).
+FRAMEWORKS: tuple[str, ...] = ("megatron-lm", "megatron-core", "deepspeed", "composer",
+                               "pytorch")
 
 
 def _param(x):
@@ -69,15 +77,21 @@ def _param(x):
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
-def _per_fabric(x):
-    """A per-fabric table: a mapping with every fabric of `FABRICS`, or one value for all."""
-    if isinstance(x, Mapping):
-        keys = set(x)
-        if keys != set(FABRICS):
-            raise ValueError(f"a per-fabric calibration needs exactly the fabrics {list(FABRICS)}"
-                             f"; got {sorted(keys)}")
-        return {k: _param(x[k]) for k in FABRICS}
-    return {k: _param(x) for k in FABRICS}
+def _per_key(names: tuple[str, ...], what: str):
+    """A converter to a table over `names`: a mapping with every name, or one value for all."""
+    def convert(x):
+        if isinstance(x, Mapping):
+            keys = set(x)
+            if keys != set(names):
+                raise ValueError(f"a per-{what} calibration needs exactly the {what}s "
+                                 f"{list(names)}; got {sorted(keys)}")
+            return {k: _param(x[k]) for k in names}
+        return {k: _param(x) for k in names}
+    return convert
+
+
+_per_fabric = _per_key(FABRICS, "fabric")
+_per_framework = _per_key(FRAMEWORKS, "framework")
 
 
 class Calibration(eqx.Module):
@@ -123,6 +137,10 @@ class Calibration(eqx.Module):
       latency (the alpha of the alpha-beta collective model).
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
+    - `framework_scale`: per training framework (`FRAMEWORKS`), factor on `kernel_fraction`
+      for the steps that framework runs (its kernels, its gaps between them);
+      `for_framework` applies it. Fitted with a prior that pulls it to 1, so a framework the
+      data barely see keeps the common fraction.
     - `provenance` (static): (field, where its value came from) pairs.
     """
 
@@ -141,6 +159,7 @@ class Calibration(eqx.Module):
     scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
+    framework_scale: dict[str, Scalar] = eqx.field(converter=_per_framework, default=1.0)
     provenance: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())
 
     def __check_init__(self):
@@ -173,6 +192,15 @@ class Calibration(eqx.Module):
         """Where the value of field `name` came from ("not recorded" if nothing says)."""
         return dict(self.provenance).get(name, "not recorded")
 
+    def for_framework(self, framework: str) -> Calibration:
+        """The factors for a step run by `framework` (one of `FRAMEWORKS`): `kernel_fraction`
+        times its `framework_scale`, at most 1."""
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"Calibration.for_framework: framework must be one of "
+                             f"{list(FRAMEWORKS)}; got {framework!r}")
+        fraction = jnp.minimum(self.kernel_fraction * self.framework_scale[framework], 1.0)
+        return eqx.tree_at(lambda c: c.kernel_fraction, self, fraction)
+
     def with_previous_generation_attention(self) -> Calibration:
         """The same factors for a framework whose fused attention kernel is one generation
         older than the chip (FlashAttention v1 on A100, FlashAttention-2 on H100): its matrix
@@ -203,6 +231,11 @@ _ATTENTION = ("fitted by dse.calibration.fit_attention_efficiency to the FlashAt
               "-3 (H100) and -4 (B200) 16-bit throughputs of data/attention_kernels.csv (143 "
               "bars of the FlashAttention-2/3/4 papers' figures)")
 
+_TRAINING = ("fitted by dse.calibration.fit_kernel_fraction to every modelled row of "
+             "data/training_runs.csv, the framework scales of Megatron-LM and Megatron-Core "
+             "under a N(0, 0.1^2) prior on their logs (benchmarks/validate.py refits them "
+             "without each source to predict that source)")
+
 DEFAULT = Calibration(
     matrix_max=1.024,
     matrix_overhead_s=8.575e-06,
@@ -214,11 +247,13 @@ DEFAULT = Calibration(
     attention_forward_io=1.267,
     attention_backward_io=3.232,
     attention_previous_scale=0.537,
-    kernel_fraction=0.846,
+    kernel_fraction=0.844,
     link_efficiency=0.6964,
     scaleout_efficiency=0.739,
     latency_scale=1.0,
     dp_overlap_fraction=1.0,
+    framework_scale={"megatron-lm": 1.02, "megatron-core": 0.94, "deepspeed": 1.0,
+                     "composer": 1.0, "pytorch": 1.0},
     provenance=(
         ("matrix_max", _OPERATORS),
         ("matrix_overhead_s", _OPERATORS),
@@ -233,9 +268,9 @@ DEFAULT = Calibration(
                                      "the A100 FlashAttention v1, Triton and xformers rows and "
                                      "the H100 FlashAttention-2 rows of "
                                      "data/attention_kernels.csv"),
-        ("kernel_fraction", "fitted by dse.calibration.fit_kernel_fraction to every modelled "
-                            "row of data/training_runs.csv (benchmarks/validate.py refits it "
-                            "without each source to predict that source)"),
+        ("kernel_fraction", _TRAINING),
+        ("framework_scale", _TRAINING + "; 1 for DeepSpeed, Composer and PyTorch (fewer than "
+                                        "two sources ran on them: not fitted)"),
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
                             "same value for every fabric"),

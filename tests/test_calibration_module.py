@@ -23,6 +23,7 @@ from helpers import central_difference
 from dse.hardware import FABRICS, SYSTEMS
 from dse.models import (
     DEFAULT,
+    FRAMEWORKS,
     Calibration,
     InferencePlan,
     TrainingPlan,
@@ -92,6 +93,8 @@ REACHES = {
     "latency_scale.ici": {"decode on TPU"},
     # The unfused step's slower compute hides all of its DP communication already.
     "dp_overlap_fraction": {"train_step"},
+    # Read only through Calibration.for_framework (tested below).
+    **{f"framework_scale.{f}": set() for f in FRAMEWORKS},
 }
 
 
@@ -114,7 +117,7 @@ def test_each_field_reaches_exactly_its_entry_points(name, base_times):
     factor = 0.9 if name.split(".")[0] in (
         "matrix_max", "memory_max", "kernel_fraction", "link_efficiency", "scaleout_efficiency",
         "dp_overlap_fraction", "attention_scale", "attention_backward_scale",
-        "attention_previous_scale") else 1.5
+        "attention_previous_scale", "framework_scale") else 1.5
     cal = _perturbed(name, factor)
     moved = {k for k, f in ENTRY_POINTS.items() if float(f(cal)) != base_times[k]}
     assert moved == REACHES[name], name
@@ -125,6 +128,18 @@ def test_every_field_is_listed():
               for path, _ in jax.tree_util.tree_flatten_with_path(DEFAULT)[0]}
     assert leaves == set(REACHES) | {f"{f}.{fab}" for f in ("link_efficiency", "latency_scale")
                                      for fab in FABRICS if fab not in ("nvlink", "ici")}
+
+
+def test_framework_scale_multiplies_the_kernel_fraction_up_to_one():
+    core = DEFAULT.for_framework("megatron-core")
+    np.testing.assert_allclose(float(core.kernel_fraction), float(DEFAULT.kernel_fraction)
+                               * float(DEFAULT.framework_scale["megatron-core"]), rtol=1e-6)
+    capped = DEFAULT.replace(framework_scale=1.5).for_framework("composer")
+    assert float(capped.kernel_fraction) == 1.0
+    with pytest.raises(ValueError, match="framework must be one of"):
+        DEFAULT.for_framework("jax")
+    with pytest.raises(ValueError, match="per-framework calibration needs exactly"):
+        DEFAULT.replace(framework_scale={"megatron-lm": 1.0})
 
 
 def test_previous_generation_attention_slows_only_fused_attention(base_times):

@@ -97,8 +97,12 @@ def test_fit_reproduces_stored_constant_and_sc21_table1():
     # Narayanan et al. 2021 (SC21) Table 1 (eq. 3 TFLOP/s as step times, layouts completed
     # by best_plan where the table gives only TP * PP) is within 6% mean error.
     rows = TrainingRows([c for c in training_cases(data_dir()) if c.source_key in FIT_SOURCES])
-    np.testing.assert_allclose(fit_kernel_fraction(rows=rows), float(DEFAULT.kernel_fraction),
+    fitted = fit_kernel_fraction(rows=rows)
+    np.testing.assert_allclose(fitted["kernel_fraction"], float(DEFAULT.kernel_fraction),
                                rtol=2e-3)
+    for framework in ("megatron-lm", "megatron-core"):
+        np.testing.assert_allclose(fitted[f"framework_scale.{framework}"],
+                                   float(DEFAULT.framework_scale[framework]), rtol=2e-2)
     err = np.asarray(rows(DEFAULT)) / rows.measured - 1.0
     sc21 = [abs(e) for e, s in zip(err, rows.sources, strict=True)
             if s == "megatron_sc21_table1"]
