@@ -8,6 +8,10 @@ calibrations that load by name (`load_calibration`), and the scripts that fit th
 `dse.models.DEFAULT` and the hardware layer's fitted constants to `dse.data`.
 """
 
+from ._attention_data import ATTENTION_FIELDS as ATTENTION_FIELDS
+from ._attention_data import attention_kernel_ratios as attention_kernel_ratios
+from ._attention_data import fit_attention_efficiency as fit_attention_efficiency
+from ._attention_data import fit_previous_generation_scale as fit_previous_generation_scale
 from ._fit import SEARCH_BOUNDS as SEARCH_BOUNDS
 from ._fit import calibrate as calibrate
 from ._fit import selected_names as selected_names
@@ -28,10 +32,6 @@ from ._measurements import measure_kernels as measure_kernels
 from ._measurements import operator_model as operator_model
 from ._measurements import read_measurement_csv as read_measurement_csv
 from ._measurements import write_kernel_csv as write_kernel_csv
-from ._attention_data import ATTENTION_FIELDS as ATTENTION_FIELDS
-from ._attention_data import attention_kernel_ratios as attention_kernel_ratios
-from ._attention_data import fit_attention_efficiency as fit_attention_efficiency
-from ._attention_data import fit_previous_generation_scale as fit_previous_generation_scale
 from ._operator_data import OPERATOR_FIELDS as OPERATOR_FIELDS
 from ._operator_data import fit_link_efficiency as fit_link_efficiency
 from ._operator_data import fit_operator_efficiency as fit_operator_efficiency

@@ -28,7 +28,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, SYSTEMS, System
@@ -596,7 +595,7 @@ class TrainingRows:
                    jax.tree.structure((model, plan, case.system.replace(num_chips=1))))
             groups.setdefault(key, []).append(i)
         self.groups = []
-        for (metric, flash, kernel, _), idx in groups.items():
+        for (metric, flash, _, _), idx in groups.items():
             n_max = max(self.cases[i].system.num_chips for i in idx)
             systems = [self.cases[i].system.replace(num_chips=n_max,
                                                     scaleup_size=self.cases[i].system
@@ -664,27 +663,6 @@ def training_measurements(rows: TrainingRows, calibration: Calibration = DEFAULT
                         description="data/training_runs.csv, every modelled row (step or "
                         "layer time; dse.calibration.training_rows)")
     return data, model_fn
-
-
-def fit_fraction_from_parts(parts) -> float:
-    """The kernel fraction minimizing the squared log-ratios of (measured, A, B) triples,
-    where a modelled time is A / kernel_fraction + B."""
-    measured, a, b = np.asarray(parts, dtype=float).T
-
-    def loss(eta):
-        return float(np.sum(np.log((a / eta + b) / measured) ** 2))
-
-    res = minimize_scalar(loss, bounds=(0.3, 1.0), method="bounded",
-                          options={"xatol": 1e-6})
-    return float(f"{res.x:.3g}")
-
-
-def kernel_fraction_parts(rows: TrainingRows, calibration: Calibration = DEFAULT):
-    """(measured, A, B) of every row: a modelled time is exactly A / kernel_fraction + B with
-    the plan fixed (two evaluations, at kernel fractions 1 and 1/2)."""
-    t1 = np.asarray(rows(calibration.replace(kernel_fraction=1.0)))
-    t2 = np.asarray(rows(calibration.replace(kernel_fraction=0.5)))
-    return np.stack([rows.measured, t2 - t1, 2 * t1 - t2], axis=1)
 
 
 # Std of the Gaussian prior on log framework_scale: frameworks differ by ~10% in sustained

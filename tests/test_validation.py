@@ -146,8 +146,10 @@ def test_attention_gradients_match_central_differences_in_float64():
 
             for backward in (False, True):
                 g = jax.grad(t, argnums=(0, 1))(jnp.float64(seq), jnp.float64(hd), backward)
-                fd_s = central_difference(lambda v: float(t(v, hd, backward)), seq)
-                fd_d = central_difference(lambda v: float(t(seq, v, backward)), hd)
+                fd_s = central_difference(
+                    lambda v, d=hd, b=backward: float(t(v, d, b)), seq)
+                fd_d = central_difference(
+                    lambda v, s=seq, b=backward: float(t(s, v, b)), hd)
                 np.testing.assert_allclose(float(g[0]), fd_s, rtol=1e-5)
                 np.testing.assert_allclose(float(g[1]), fd_d, rtol=1e-5)
 
