@@ -692,11 +692,15 @@ def fit_training_constants(rows: TrainingRows, validation: str = "source", **kw)
     # units of the residual std sigma; the prior meant is N(0, FRAMEWORK_PRIOR_LOG_STD^2) next
     # to residuals of std sigma, so it is passed as FRAMEWORK_PRIOR_LOG_STD / sigma, with sigma
     # from the common fraction alone.
-    sigma = float(calibrate(model_fn, DEFAULT, data, fit=("kernel_fraction",),
+    # The prior is centred on the starting values: start from scale 1 (the common fraction),
+    # not from the shipped scales, which were fitted to every source and would carry a held-out
+    # source's information into its fold.
+    start = DEFAULT.replace(framework_scale=1.0)
+    sigma = float(calibrate(model_fn, start, data, fit=("kernel_fraction",),
                             validation="none").residual_log_std)
     prior = {n: FRAMEWORK_PRIOR_LOG_STD / sigma for n in names
              if n.startswith("framework_scale")}
-    result = calibrate(model_fn, DEFAULT, data, fit=names, validation=validation,
+    result = calibrate(model_fn, start, data, fit=names, validation=validation,
                        prior_log_std=prior, **kw)
     return result, data, model_fn
 
