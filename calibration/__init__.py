@@ -12,6 +12,11 @@ from ._attention_data import ATTENTION_FIELDS as ATTENTION_FIELDS
 from ._attention_data import attention_kernel_ratios as attention_kernel_ratios
 from ._attention_data import fit_attention_efficiency as fit_attention_efficiency
 from ._attention_data import fit_previous_generation_scale as fit_previous_generation_scale
+from ._cluster_data import busbw_checks as busbw_checks
+from ._cluster_data import failure_checks as failure_checks
+from ._cluster_data import fit_chip_price as fit_chip_price
+from ._cluster_data import fit_failure_rates as fit_failure_rates
+from ._cluster_data import network_design_checks as network_design_checks
 from ._fit import SEARCH_BOUNDS as SEARCH_BOUNDS
 from ._fit import calibrate as calibrate
 from ._fit import selected_names as selected_names

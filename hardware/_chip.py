@@ -94,9 +94,11 @@ class Chip(eqx.Module):
     matmul_fraction: Float[Array, "*batch"] = eqx.field(
         converter=as_float_array, default=TYPICAL_MATMUL_FRACTION
     )
-    sram_kind: SramKind = eqx.field(static=True, default="cache")
-    core_kind: CoreKind = eqx.field(static=True, default="simt")
-    hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")
+    # Choices take any str: `__check_init__` names the field and the allowed values
+    # (`SramKind`, `CoreKind`, `HbmGeneration`) in a ValueError.
+    sram_kind: str = eqx.field(static=True, default="cache")
+    core_kind: str = eqx.field(static=True, default="simt")
+    hbm_generation: str = eqx.field(static=True, default="HBM3")
     die_count: int = eqx.field(static=True, default=1)
     name: str = eqx.field(static=True, default="custom")
 

@@ -24,7 +24,8 @@ class CostReport(eqx.Module):
 
     `die_yield` is the fraction of dies that work (spare cores absorb defects in the compute
     array); `dies_per_wafer` the gross dies of a 300 mm wafer. Advanced-packaging (CoWoS
-    interposer) cost is not included: no source used here prices it.
+    interposer) cost is not included here; the cluster TCO adds it from analysts' estimates
+    (`dse.hardware.advanced_package_cost`, `Economics.interposer_cost`).
     """
 
     silicon: Float[Array, "*batch"]

@@ -19,12 +19,14 @@ class Reason(enum.IntFlag):
     CHIPS = 1  # the plan needs more chips than the system has
     BATCH = 2  # the global batch gives a replica less than one micro-batch
     MEMORY = 4  # weights, gradients, optimizer state, activations or KV cache exceed capacity
+    NETWORK = 8  # the scale-out network's tiers and radix cannot connect that many chips
 
 
 REASON_TEXT: dict[Reason, str] = {
     Reason.CHIPS: "plan needs more chips than the system has",
     Reason.BATCH: "global batch smaller than one micro-batch per replica",
     Reason.MEMORY: "memory per chip exceeds capacity",
+    Reason.NETWORK: "network tiers and radix cannot connect the cluster's chips",
 }
 
 

@@ -131,8 +131,8 @@ class Calibration(eqx.Module):
       NVSwitch says nothing about TPU ICI: held out, Pope et al. went 24.4% -> 12.6% with its own
       pair in the calibration benchmark), fraction of the links' bandwidth a
       collective sustains (NCCL bus bandwidth / link bandwidth).
-    - `scaleout_efficiency`: fraction of the scale-out network's per-chip bandwidth a collective
-      sustains (NCCL over InfiniBand / RoCE / EFA).
+    - `scaleout_efficiency`: fraction of a scale-out NIC's line rate a collective sustains
+      (NCCL over InfiniBand / RoCE), in the two-tier model and on a `dse.hardware.Network`.
     - `latency_scale`: per scale-up fabric, factor on the system's stated per-step scale-up
       latency (the alpha of the alpha-beta collective model).
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
@@ -249,7 +249,7 @@ DEFAULT = Calibration(
     attention_previous_scale=0.537,
     kernel_fraction=0.844,
     link_efficiency=0.6964,
-    scaleout_efficiency=0.739,
+    scaleout_efficiency=0.96,
     latency_scale=1.0,
     dp_overlap_fraction=1.0,
     framework_scale={"megatron-lm": 1.02, "megatron-core": 0.94, "deepspeed": 1.0,
@@ -274,11 +274,10 @@ DEFAULT = Calibration(
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
                             "same value for every fabric"),
-        ("scaleout_efficiency", "measured: NCCL all-reduce of 16 GiB over 4 nodes of 8 B200 with "
-                                "8 x 50 GB/s EFA each reaches 36.95 GB/s per GPU across nodes, "
-                                "73.9% of its port (stas00/ml-engineering network/README.md "
-                                "@744d01e1)"),
         ("latency_scale", "1: the systems' stated latencies"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
+        ("scaleout_efficiency", "0.96: NVIDIA's stated NCCL ring rate per NIC, 24 GB/s per "
+                                "200 Gb/s (S. Jeaugey, nccl-tests issue 119) and 48 GB/s per "
+                                "400 Gb/s (nccl-tests issue 319); both collective models read it"),
     ),
 )
