@@ -4,8 +4,8 @@ Training (data/training_runs.csv): every row is either modelled (`dse.calibratio
 `train_step`, or `layer_time` for Korthikanti Table 4, with the plan the source states or the
 fastest feasible one it leaves open) or counted as not modellable with its reason (FP8 / FP4 rows
 belong to the precision issue 15). The constants fitted to training runs,
-`Calibration.kernel_fraction` and the `framework_scale` of Megatron-LM and Megatron-Core
-(`dse.calibration.fit_training_constants`), are fitted to every modelled row and,
+`Calibration.kernel_fraction` and the `framework_scale` of every framework with a row, under a
+prior centred on 1 (`dse.calibration.fit_training_constants`), are fitted to every modelled row and,
 leave-one-source-out, refitted without each source in turn to predict it. Every other constant
 is fitted to data that contains no training run (FlashAttention kernel throughputs, LLMCompass
 A100 operators, chips.csv, one NCCL measurement), so it is the same in every fold.

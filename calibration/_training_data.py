@@ -19,7 +19,6 @@ of benchmarks/validate.py run on.
 
 from __future__ import annotations
 
-import collections
 import csv
 import dataclasses
 from pathlib import Path
@@ -673,13 +672,12 @@ FRAMEWORK_PRIOR_LOG_STD = 0.1
 
 def training_fit_names(rows: TrainingRows) -> tuple[str, ...]:
     """The constants fitted to training runs: `kernel_fraction` and the `framework_scale` of
-    each framework that at least two sources of `rows` ran on (so that, with one source held
-    out, another still speaks for it); the others keep scale 1, the common fraction."""
-    sources = collections.defaultdict(set)
-    for c in rows.cases:
-        sources[c.framework].add(c.source_key)
+    each framework with a row. Under the prior on log scales (centred on 1) the common
+    fraction settles at the geometric mean of the frameworks' own fractions, so a framework
+    whose only source is held out is predicted with the average framework's."""
+    present = {c.framework for c in rows.cases}
     return ("kernel_fraction",) + tuple(f"framework_scale.{f}" for f in FRAMEWORKS
-                                        if len(sources[f]) >= 2)
+                                        if f in present)
 
 
 def fit_training_constants(rows: TrainingRows, validation: str = "source", **kw):

@@ -232,8 +232,9 @@ _ATTENTION = ("fitted by dse.calibration.fit_attention_efficiency to the FlashAt
               "bars of the FlashAttention-2/3/4 papers' figures)")
 
 _TRAINING = ("fitted by dse.calibration.fit_kernel_fraction to every modelled row of "
-             "data/training_runs.csv, the framework scales of Megatron-LM and Megatron-Core "
-             "under a N(0, 0.1^2) prior on their logs (benchmarks/validate.py refits them "
+             "data/training_runs.csv, the scale of each framework with a row under a N(0, 0.1^2) "
+             "prior on its log, so that `kernel_fraction` is the fraction of a framework the "
+             "data do not speak for (benchmarks/validate.py refits them "
              "without each source to predict that source)")
 
 DEFAULT = Calibration(
@@ -247,13 +248,13 @@ DEFAULT = Calibration(
     attention_forward_io=1.267,
     attention_backward_io=3.232,
     attention_previous_scale=0.537,
-    kernel_fraction=0.844,
+    kernel_fraction=0.765,
     link_efficiency=0.6964,
     scaleout_efficiency=0.96,
     latency_scale=1.0,
     dp_overlap_fraction=1.0,
-    framework_scale={"megatron-lm": 1.02, "megatron-core": 0.94, "deepspeed": 1.0,
-                     "composer": 1.0, "pytorch": 1.0},
+    framework_scale={"megatron-lm": 1.12, "megatron-core": 1.01, "deepspeed": 0.800,
+                     "composer": 1.10, "pytorch": 1.0},
     provenance=(
         ("matrix_max", _OPERATORS),
         ("matrix_overhead_s", _OPERATORS),
@@ -269,8 +270,8 @@ DEFAULT = Calibration(
                                      "the H100 FlashAttention-2 rows of "
                                      "data/attention_kernels.csv"),
         ("kernel_fraction", _TRAINING),
-        ("framework_scale", _TRAINING + "; 1 for DeepSpeed, Composer and PyTorch (fewer than "
-                                        "two sources ran on them: not fitted)"),
+        ("framework_scale", _TRAINING + "; 1 for PyTorch (no modelled row ran on it: not "
+                                        "fitted)"),
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
                             "same value for every fabric"),
