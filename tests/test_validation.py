@@ -19,6 +19,7 @@ from helpers import central_difference, data_dir
 
 from dse.calibration import (
     SkippedRow,
+    TrainingRows,
     fit_previous_generation_scale,
     prediction_interval,
     source_spread,
@@ -162,7 +163,7 @@ def _z3(compute, recompute=0.0, regather=0.0, hierarchical=1.0, overlap=1.0, dp=
                         dp_overlap=overlap, dp_hierarchical=hierarchical,
                         zero3_regather=regather)
     layer = 1e9  # parameters of one layer
-    params = StageParams(dense=10 * layer, expert=0.0, dense_layer=layer, expert_layer=0.0)
+    params = StageParams(*(jnp.asarray(x) for x in (10 * layer, 0.0, layer, 0.0)))
     return data_parallel_cost(plan, system, params, compute, 2 * compute,
                               compute * recompute, 10.0, DEFAULT)
 
@@ -204,11 +205,10 @@ def test_every_training_row_is_a_case_or_a_reason(rows_and_skips):
 
 
 def test_external_checks_cannot_be_fitted():
-    class Rows:  # what training_measurements reads first: the rows' sources
-        sources = ["mosaicml_llmfoundry_bench", "ext_torchtitan"]
-
+    rows = object.__new__(TrainingRows)  # what training_measurements reads first: the sources
+    rows.sources = ["mosaicml_llmfoundry_bench", "ext_torchtitan"]
     with pytest.raises(ValueError, match="external checks .*ext_torchtitan"):
-        training_measurements(Rows())
+        training_measurements(rows)
     cases, skipped = training_rows(data_dir(), filename="external_checks.csv")
     assert cases and all(c.source_key.startswith("ext_") for c in cases)
     assert all(isinstance(s, SkippedRow) and s.reason for s in skipped)
