@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from dse.calibration import (
+    FRAMEWORK_PRIOR_LOG_STD,
     TrainingRows,
     fit_training_constants,
     inference_rows,
@@ -140,21 +141,26 @@ def skipped_table(skipped) -> None:
         print(f"    {src:30s} {k:3d}  {reason}")
 
 
-def _fold_intervals(result, data, model_fn):
+def _fold_intervals(result, data, model_fn, frameworks):
     """Leave-one-source-out 90% intervals: each fold's prediction of its held-out rows with the
-    residual spread of its own training rows and the all-row parameter uncertainty."""
+    residual spread of its own training rows and the all-row parameter uncertainty. A row whose
+    framework no training row of its fold ran on has its framework scale from the prior alone,
+    so its interval also carries the prior's spread, `FRAMEWORK_PRIOR_LOG_STD`."""
     measured = np.asarray(data.measured)
     group = np.asarray(data.group)
     held = np.asarray(result.fold_held)
     preds = np.asarray(result.fold_predicted)
     param_std = np.asarray(parameter_log_std(model_fn, result, data.inputs))
+    frameworks = np.asarray(frameworks)
     covered = np.zeros(data.n, bool)
     width = np.zeros(data.n)
     for k in range(held.shape[0]):
         train = ~held[k]
         spread = source_spread(np.log(preds[k][train] / measured[train]), group[train])
         rows = held[k]
-        log_std = np.sqrt(spread**2 + param_std[rows] ** 2)
+        unseen = ~np.isin(frameworks[rows], frameworks[train])
+        log_std = np.sqrt(spread**2 + param_std[rows] ** 2
+                          + np.where(unseen, FRAMEWORK_PRIOR_LOG_STD**2, 0.0))
         iv = prediction_interval(preds[k][rows], log_std, level=LEVEL,
                                  dof=len(set(group[train].tolist())) - 1)
         covered[rows] = np.asarray(iv.contains(measured[rows]))
@@ -186,7 +192,8 @@ def main(argv) -> None:
     covered_in = np.asarray(iv_in.contains(measured))
     loso = np.asarray(result.validation_predicted)
     err_loso = loso / measured - 1.0
-    covered_loso, width = _fold_intervals(result, data, model_fn)
+    covered_loso, width = _fold_intervals(result, data, model_fn,
+                                          [c.framework for c in cases])
 
     print(f"Training: {len(cases)} of {len(in_file)} rows of training_runs.csv modelled "
           f"({len(data.sources)} sources). Constants fitted to all of them "

@@ -49,6 +49,7 @@ from ._result import load_calibration as load_calibration
 from ._result import param_names as param_names
 from ._result import saved_calibrations as saved_calibrations
 from ._training_data import FIT_SOURCES as FIT_SOURCES
+from ._training_data import FRAMEWORK_PRIOR_LOG_STD as FRAMEWORK_PRIOR_LOG_STD
 from ._training_data import SkippedRow as SkippedRow
 from ._training_data import TrainingCase as TrainingCase
 from ._training_data import TrainingRows as TrainingRows
