@@ -100,7 +100,8 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
          "recompute", "zero_stage"))}
     n = len(full)
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
-                        dp_overlap=np.full(n, float(dp_overlap)), **col)
+                        dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
+                        zero3_regather=np.zeros(n), **col)
 
 
 def _index(tree, i):

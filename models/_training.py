@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int
 from dse.hardware import Reason, System
 
 from ._calibration import DEFAULT, Calibration
-from ._data_parallel import data_parallel_comm, exposed_data_parallel
+from ._data_parallel import data_parallel_cost
 from ._energy import step_energy
 from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs
 from ._memory import GRAD_BYTES, stage_params, training_memory, zero_shard
@@ -71,19 +71,32 @@ class TrainReport(eqx.Module):
                 "optimizer": self.optimizer_time}
 
 
+# HBM passes of the softmax cross-entropy per logit, as frameworks run it in fp32 (Megatron-LM
+# `_VocabParallelCrossEntropy`, PyTorch `cross_entropy` under autocast, which upcasts the
+# logits): forward reads the 16-bit logit (2 B) and writes it as fp32 (4), reads it for the max
+# (4), reads it and writes exp(x - max) (4 + 4), reads that for the sum (4): 22 B; backward
+# reads exp (4) and writes softmax - one-hot in fp32 (4), then casts it to 16 bits (4 + 2):
+# 14 B. In units of 2-byte elements: 11 forward, 7 backward.
+XENT_FWD_ELEMENTS, XENT_BWD_ELEMENTS = 11.0, 7.0
+
+
 def _output_layer_time(model, plan, system, smooth, calibration):
     """Logits GEMM (forward, dX, dW) and cross-entropy of one micro-batch on the last stage, s.
 
     The output layer runs on the last stage, which paces the pipeline; the embedding lookup is
-    negligible. **Returns:** (time, the three GEMM costs).
+    negligible. **Returns:** (time, the three GEMM costs, the cross-entropy's HBM bytes).
     """
     tokens = plan.microbatch_size * model.seq_len
     logits = gemm_fwd_bwd(system.chip, tokens, model.vocab / plan.tp, model.hidden, smooth,
                           calibration)
-    xent = elementwise(system.chip, tokens * model.vocab / plan.tp,
-                       flops_per_element=SOFTMAX_FLOPS, reads=2.0, smooth=smooth,
-                       calibration=calibration)
-    return logits[0].time + logits[1].time + logits[2].time + 2.0 * xent.time, logits
+    kw = dict(smooth=smooth, calibration=calibration)
+    elements = tokens * model.vocab / plan.tp
+    xent_f = elementwise(system.chip, elements, flops_per_element=SOFTMAX_FLOPS,
+                         reads=XENT_FWD_ELEMENTS - 1.0, writes=1.0, **kw)
+    xent_b = elementwise(system.chip, elements, flops_per_element=2.0,
+                         reads=XENT_BWD_ELEMENTS - 1.0, writes=1.0, **kw)
+    time = logits[0].time + logits[1].time + logits[2].time + xent_f.time + xent_b.time
+    return time, logits, xent_f.hbm_bytes + xent_b.hbm_bytes
 
 
 def _reason(plan: TrainingPlan, system: System, memory, capacity):
@@ -121,7 +134,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     eta = calibration.kernel_fraction
     lc = layer_costs(model, plan, system, calibration=calibration, smooth=smooth,
                      flash_attention=flash_attention)
-    out_time, logits = _output_layer_time(model, plan, system, smooth, calibration)
+    out_time, logits, xent_bytes = _output_layer_time(model, plan, system, smooth, calibration)
 
     stage_compute = (layers_per_stage * (lc.fwd + lc.bwd + lc.recompute) + out_time) / eta
     stage_tp = layers_per_stage * lc.tp_comm
@@ -136,9 +149,8 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     params = stage_params(model, plan)
     memory = training_memory(model, plan, flash_attention=flash_attention)
 
-    dp_total = data_parallel_comm(plan, system, params, calibration)
-    window = jnp.where(plan.zero_stage > 2.5, compute_time, layers_per_stage * lc.bwd / eta)
-    dp_time = exposed_data_parallel(plan, dp_total, window, layers_per_stage, calibration)
+    dp_time = data_parallel_cost(plan, system, params, lc.fwd / eta, lc.bwd / eta,
+                                 lc.recompute / eta, layers_per_stage, calibration).exposed
 
     # Optimizer: Adam over the chip's shard of the parameters, memory bound (reads fp32 main
     # weight, m, v and gradient; writes the three back and the 16-bit weight copy).
@@ -163,7 +175,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     hfu = hardware_flops / (chips_used * peak * step_time)
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
-                     + logits[1].hbm_bytes + logits[2].hbm_bytes) + opt.hbm_bytes
+                     + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes
     link_bytes = m * (layers_per_stage * lc.comm_bytes + jnp.where(p > 1.0, 2.0 * v, 0.0)
                       * pipeline_send_bytes(model, plan)) \
         + jnp.where(plan.dp > 1.0, 2.0 * GRAD_BYTES * params.total, 0.0)

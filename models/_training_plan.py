@@ -7,6 +7,7 @@ import dataclasses
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -32,7 +33,18 @@ class TrainingPlan(eqx.Module):
     - `sequence_parallel`: 1 to shard norms/dropouts along the sequence over the TP group.
     - `recompute`: `RECOMPUTE_NONE` / `RECOMPUTE_SELECTIVE` / `RECOMPUTE_FULL` (0 / 1 / 2).
     - `zero_stage`: 0 none, 1 optimizer state, 2 + gradients, 3 + weights (FSDP) sharded over DP.
-    - `dp_overlap`: 1 to overlap the gradient reduction with the backward pass.
+    - `dp_overlap`: 1 to overlap the data-parallel communication with compute (bucketed
+      gradient reduction behind the backward pass, the parameter all-gather of ZeRO-1/2
+      behind the next forward, ZeRO-3's per-layer prefetch).
+    - `dp_hierarchical`: 1 for data-parallel collectives reduced in the scale-up domain first,
+      each chip driving its own scale-out port with its share (NCCL's rail-aligned rings,
+      Megatron-LM, PyTorch FSDP); 0 for a flat ring in which every chip's whole share crosses
+      the scale-out network (DeepSpeed ZeRO-3 at scale in 2021: Narayanan et al. 2021, Table 2
+      implies a per-GPU gather rate at its InfiniBand port's rate).
+    - `zero3_regather`: 1 when ZeRO-3 gathers a layer's weights again for its recomputed
+      forward (DeepSpeed's per-module fetch and release hooks fire for the recomputation too), 0
+      when the backward's gather serves both (PyTorch FSDP unshards once before a unit's
+      backward, which runs the recomputation inside it).
     """
 
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -47,13 +59,27 @@ class TrainingPlan(eqx.Module):
     recompute: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     zero_stage: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+
+    def __post_init__(self):
+        # A field given as one number beside batched ones applies to every plan of the batch:
+        # broadcast it, so that a batch of plans always vmaps along one leading axis.
+        names = [f.name for f in dataclasses.fields(self)]
+        shape = np.broadcast_shapes(*(np.shape(getattr(self, n)) for n in names))
+        if shape:
+            for n in names:
+                value = getattr(self, n)
+                if np.shape(value) != shape:
+                    setattr(self, n, jnp.broadcast_to(value, shape))
 
     def __check_init__(self):
         for field in ("tp", "pp", "dp", "ep", "microbatch_size", "global_batch", "interleave"):
             check_range("TrainingPlan", field, getattr(self, field), lower=1.0,
                         lower_inclusive=True)
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
-                          ("dp_overlap", 1.0)):
+                          ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
+                          ("zero3_regather", 1.0)):
             check_range("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi,
                         lower_inclusive=True)
         ep, dp = self.ep, self.dp

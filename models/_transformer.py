@@ -258,6 +258,15 @@ _TRANSFORMERS: dict[str, Transformer] = {
     # 32 heads, 8 KV heads, hidden_dim 14336, vocab 32000, context 32768, 8 experts, top-2.
     "mixtral-8x7b": _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768,
                            experts=8, top_k=2),
+    # Qwen3-235B-A22B (huggingface.co/Qwen/Qwen3-235B-A22B config.json; NVIDIA
+    # Megatron-MoE-ModelZoo Qwen3-235B-A22B.yaml): 94 layers, hidden 4096, 64 query heads of 128
+    # (q width 8192, wider than the model), 4 KV heads, every layer MoE with 128 experts of
+    # width 1536, top-8, no shared expert, vocab 151936, untied embeddings. Sequence length 4096
+    # as in the Megatron-Bridge runs of data/training_runs.csv (the model's own is 40960).
+    "qwen3-235b-a22b": Transformer(layers=94, hidden=4096, heads=64, kv_heads=4, head_size=128,
+                                   ffn_hidden=1536, vocab=151936, seq_len=4096, experts=128,
+                                   top_k=8, gated_mlp=True, tied_embeddings=False,
+                                   name="qwen3-235b-a22b"),
 }
 
 # Other names in common use for a preset above: they resolve to the same object (and its name).
