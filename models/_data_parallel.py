@@ -33,10 +33,14 @@ def _dp_collectives(system, plan, calibration, n_params, group, stride):
 
 def data_parallel_comm(plan: TrainingPlan, system: System, params: StageParams,
                        calibration: Calibration) -> Float[Array, "*batch"]:
-    """All DP / ZeRO communication of one step on one chip, before any overlap, s."""
+    """All DP / ZeRO communication of one step on one chip, before any overlap, s.
+
+    Gradients reduce over the DP x CP ranks that hold the same weights (the CP ranks of a
+    replica, tp apart, then the replicas), experts over that group / EP."""
     t = plan.tp
-    return (_dp_collectives(system, plan, calibration, params.dense, plan.dp, t)
-            + _dp_collectives(system, plan, calibration, params.expert, plan.dp / plan.ep,
+    group = plan.dp * plan.cp
+    return (_dp_collectives(system, plan, calibration, params.dense, group, t)
+            + _dp_collectives(system, plan, calibration, params.expert, group / plan.ep,
                               t * plan.ep))
 
 
@@ -62,4 +66,4 @@ def exposed_data_parallel(plan: TrainingPlan, dp_total, window, layers_per_stage
     unhidden = dp_total / jnp.maximum(layers_per_stage, 1.0)
     exposed = jnp.where(plan.dp_overlap > 0.5, jnp.maximum(dp_total - window, unhidden),
                         dp_total)
-    return jnp.where(plan.dp > 1.0, exposed, 0.0)
+    return jnp.where(plan.dp * plan.cp > 1.0, exposed, 0.0)

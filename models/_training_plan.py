@@ -7,6 +7,7 @@ import dataclasses
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -24,7 +25,9 @@ class TrainingPlan(eqx.Module):
     **Fields:**
 
     - `tp`, `pp`, `dp`, `ep`: tensor-, pipeline-, data- and expert-parallel degrees
-      (chips used = tp * pp * dp; experts are sharded `ep` ways inside the data-parallel group).
+      (experts are sharded `ep` ways inside the data-parallel group).
+    - `cp`: context-parallel degree: each sequence is split over `cp` chips (ring attention,
+      Megatron-Core CP with load-balanced causal chunks); chips used = tp * cp * pp * dp.
     - `microbatch_size`: sequences per micro-batch.
     - `global_batch`: sequences per optimizer step (micro-batches per replica =
       global_batch / (dp * microbatch_size)).
@@ -39,6 +42,7 @@ class TrainingPlan(eqx.Module):
     pp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     dp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     ep: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    cp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     microbatch_size: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     global_batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     interleave: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -48,8 +52,14 @@ class TrainingPlan(eqx.Module):
     zero_stage: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
 
+    def __post_init__(self):
+        # A CP degree left scalar in a batch of plans takes the batch's shape, so that batches
+        # built without naming `cp` (as before context parallelism existed) still vmap.
+        if np.ndim(self.cp) == 0 and np.ndim(self.tp) > 0:
+            object.__setattr__(self, "cp", jnp.broadcast_to(self.cp, jnp.shape(self.tp)))
+
     def __check_init__(self):
-        for field in ("tp", "pp", "dp", "ep", "microbatch_size", "global_batch", "interleave"):
+        for field in ("tp", "pp", "dp", "ep", "cp", "microbatch_size", "global_batch", "interleave"):
             check_range("TrainingPlan", field, getattr(self, field), lower=1.0,
                         lower_inclusive=True)
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
@@ -63,8 +73,8 @@ class TrainingPlan(eqx.Module):
 
     @property
     def chips(self) -> Float[Array, "*batch"]:
-        """Chips the plan occupies, tp * pp * dp."""
-        return self.tp * self.pp * self.dp
+        """Chips the plan occupies, tp * cp * pp * dp."""
+        return self.tp * self.cp * self.pp * self.dp
 
     @property
     def microbatches(self) -> Float[Array, "*batch"]:
