@@ -36,7 +36,8 @@ class LayerCost(eqx.Module):
 
     **Fields:** `fwd`, `bwd`, `recompute` (forward, backward and recomputed on-chip compute, s),
     `tp_comm` (TP collectives forward + backward + recompute, s), `ep_comm` (MoE all-to-alls,
-    s), `cp_comm` (exposed ring-attention KV sends, s), `hbm_bytes` (HBM traffic of all of it, bytes), `vector_flops` (non-matrix FLOP),
+    s), `cp_comm` (exposed ring-attention KV sends, s), `hbm_bytes` (HBM traffic of all of it,
+    bytes), `vector_flops` (non-matrix FLOP),
     `comm_bytes` (bytes a chip sends over its links).
     """
 

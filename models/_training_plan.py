@@ -59,7 +59,8 @@ class TrainingPlan(eqx.Module):
             object.__setattr__(self, "cp", jnp.broadcast_to(self.cp, jnp.shape(self.tp)))
 
     def __check_init__(self):
-        for field in ("tp", "pp", "dp", "ep", "cp", "microbatch_size", "global_batch", "interleave"):
+        for field in ("tp", "pp", "dp", "ep", "cp", "microbatch_size", "global_batch",
+                      "interleave"):
             check_range("TrainingPlan", field, getattr(self, field), lower=1.0,
                         lower_inclusive=True)
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
