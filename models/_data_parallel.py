@@ -36,12 +36,12 @@ def data_parallel_comm(plan: TrainingPlan, system: System, params: StageParams,
     """All DP / ZeRO communication of one step on one chip, before any overlap, s.
 
     Gradients reduce over the DP x CP ranks that hold the same weights (the CP ranks of a
-    replica, tp apart, then the replicas), experts over that group / EP."""
+    replica, tp apart, then the replicas), experts over their EDP replicas, etp * ep apart."""
     t = plan.tp
     group = plan.dp * plan.cp
     return (_dp_collectives(system, plan, calibration, params.dense, group, t)
-            + _dp_collectives(system, plan, calibration, params.expert, group / plan.ep,
-                              t * plan.ep))
+            + _dp_collectives(system, plan, calibration, params.expert, plan.expert_dp,
+                              plan.expert_tp * plan.ep))
 
 
 def exposed_data_parallel(plan: TrainingPlan, dp_total, window, layers_per_stage,

@@ -70,10 +70,12 @@ def expert_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batc
     The ep chips of an expert group each route tokens * top_k token-expert pairs over all
     experts, so each of a chip's experts / ep experts receives tokens * top_k * ep / experts on
     average; the EP group waits for the busiest, `expert_load` times that (the imbalance,
-    capped by the capacity factor where tokens are dropped).
+    capped by the capacity factor where tokens are dropped). With expert tensor parallelism
+    etp != tp the tokens of tp / etp attention ranks meet at each expert shard (the expert
+    FLOPs per chip are the same whatever the EP x ETP mapping).
     """
-    return (local_tokens(model, plan) * model.top_k * plan.ep / model.experts
-            * model.expert_load)
+    return (local_tokens(model, plan) * model.top_k * plan.ep * plan.expert_tp / plan.tp
+            / model.experts * model.expert_load)
 
 
 def _attention_gemms(model, plan, tokens, fb):
@@ -120,9 +122,10 @@ def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth
         return gemm_fwd_bwd(chip, m, n, k, smooth, calibration)
 
     routed = expert_tokens(model, plan)
+    e = plan.expert_tp
     gemms = _attention_gemms(model, plan, tokens, fb) + [
-        (share * local_experts, fb(routed, f * gate / t, h)),  # MLP up (+gate)
-        (share * local_experts, fb(routed, h, f / t)),  # MLP down
+        (share * local_experts, fb(routed, f * gate / e, h)),  # MLP up (+gate)
+        (share * local_experts, fb(routed, h, f / e)),  # MLP down
         (share * model.shared_experts, fb(tokens, f * gate / t, h)),  # shared experts
         (share * model.shared_experts, fb(tokens, h, f / t)),
         ((1.0 - share), fb(tokens, model.dense_ffn * gate / t, h)),  # dense layers' MLP
@@ -197,8 +200,9 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
     share = model.moe_layer_share
     eff = dict(smooth=smooth, calibration=calibration)
     stream = tokens * model.hidden / jnp.where(sp > 0.5, t, 1.0)
-    ffn_stream = (share * (expert_tokens(model, plan) * model.experts / plan.ep
-                           + tokens * model.shared_experts) * model.ffn_hidden
+    ffn_stream = (share * (expert_tokens(model, plan) * model.experts / plan.ep * t
+                           / plan.expert_tp + tokens * model.shared_experts)
+                  * model.ffn_hidden
                   + (1.0 - share) * tokens * model.dense_ffn) / t
     ln_f = elementwise(chip, stream, flops_per_element=LN_FLOPS, **eff)
     ln_b = elementwise(chip, stream, flops_per_element=2.0 * LN_FLOPS, reads=2.0, **eff)
@@ -229,8 +233,8 @@ def _tp_and_ep_comm(model, plan, system, calibration):
     full recomputation repeats the forward pair. EP: dispatch and combine all-to-alls of the
     routed tokens, forward and backward (and the forward pair again under full recomputation),
     in the MoE layers only; the busiest receiver takes `expert_load` times the balanced share.
-    The EP group's members sit tp * cp apart (Megatron-Core rank order tp-cp-ep-dp-pp), so the
-    all-to-all runs over the scale-up tier while ep * tp * cp fits in a domain and over the
+    The EP group's members sit etp apart (Megatron-Core's expert rank order etp-ep-edp), so the
+    all-to-all runs over the scale-up tier while ep * etp fits in a domain and over the
     scale-out network beyond (`all_to_all` splits it over the tiers).
     """
     t, sp = plan.tp, plan.sequence_parallel
@@ -249,7 +253,7 @@ def _tp_and_ep_comm(model, plan, system, calibration):
     moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
     routed = (ACT_BYTES * tokens * model.top_k * model.hidden * model.expert_load
               / jnp.where(sp > 0.5, t, 1.0))
-    a2a = all_to_all(system, routed, plan.ep, stride=t * plan.cp, **link)
+    a2a = all_to_all(system, routed, plan.ep, stride=plan.expert_tp, **link)
     ep_comm = moe * passes * a2a.time
     ep_bytes = moe * passes * (plan.ep - 1.0) / plan.ep * routed
     return tp_comm, ep_comm, tp_bytes + ep_bytes

@@ -52,7 +52,8 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
                    + 2.0 * model.hidden
                    + share * model.shared_experts * model.expert_params_per_layer / t
                    + (1.0 - share) * model.dense_mlp_params / t)
-    expert_layer = share * model.experts / plan.ep * model.expert_params_per_layer / t
+    expert_layer = (share * model.experts / plan.ep * model.expert_params_per_layer
+                    / plan.expert_tp)
     embed = model.vocab * model.hidden / t
     return StageParams(dense=layers_per_stage * dense_layer + embed,
                        expert=layers_per_stage * expert_layer, dense_layer=dense_layer,
@@ -60,11 +61,11 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
 
 
 def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array, "*batch"]:
-    """Parameters per chip where `sharded`: dense ones split over DP x CP, experts over
-    DP x CP / EP (the CP ranks of a replica hold the same weights, so Megatron's distributed
+    """Parameters per chip where `sharded`: dense ones split over DP x CP, experts over their
+    replicas EDP (the CP ranks of a replica hold the same weights, so Megatron's distributed
     optimizer shards over both)."""
     group = plan.dp * plan.cp
-    return jnp.where(sharded, params.dense / group + params.expert / (group / plan.ep),
+    return jnp.where(sharded, params.dense / group + params.expert / plan.expert_dp,
                      params.dense + params.expert)
 
 

@@ -50,9 +50,9 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
     Valid: TP divides the heads, PP divides the layers, CP splits each sequence into 2 * CP
     equal chunks (Megatron-Core's load-balanced causal split), DP = num_chips / (TP * CP * PP)
     divides the global batch, EP divides both the experts and DP, the micro-batch divides the
-    per-replica batch, the interleave (virtual stages) divides the layers per stage and, as Megatron-LM
-    requires, the micro-batch count is a multiple of PP when interleaving; sequence parallelism
-    only with TP > 1.
+    per-replica batch, the interleave (virtual stages) divides the layers per stage and, as
+    Megatron-LM requires, the micro-batch count is a multiple of PP when interleaving; sequence
+    parallelism only with TP > 1.
 
     **Arguments:**
 
