@@ -138,13 +138,14 @@ def _ring_effective_context(model, plan):
     """Keys per sequence that make `attention`'s causal count right for one CP rank.
 
     With load-balanced causal chunks (Megatron-Core CP: rank i holds chunks i and 2cp-1-i) every
-    rank's s / cp queries attend to (s + 1) / 2 keys on average, 1 / cp of the causal work.
-    `attention` places causal queries at the end of the context (query j of q sees
-    kv - q + j + 1 keys, kv - (q - 1) / 2 on average), so kv = s / 2 + s / (2 cp) gives that mean;
-    at cp = 1 it is s, the plain causal case.
+    rank's s / cp queries attend to the sequence's mean, (s + 1) / 2 keys (fewer under a sliding
+    window, `Transformer.mean_attended_keys`), 1 / cp of the causal work. `attention` places
+    causal queries at the end of the context (query j of q sees kv - q + j + 1 keys,
+    kv - (q - 1) / 2 on average), so kv = mean + (s / cp - 1) / 2 gives that mean; at cp = 1
+    without a window it is s, the plain causal case.
     """
     s, cp = model.seq_len, plan.cp
-    return 0.5 * s + 0.5 * s / cp
+    return model.mean_attended_keys() + 0.5 * (s / cp - 1.0)
 
 
 def _attention_core(model, plan, system, smooth, flash_attention, calibration):
@@ -216,13 +217,14 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
         act_f = elementwise(chip, ffn_stream, flops_per_element=GELU_FLOPS, **eff)
         act_b = elementwise(chip, ffn_stream, flops_per_element=2.0 * GELU_FLOPS, reads=2.0,
                             **eff)
-    fwd = 2.0 * (ln_f.time + bdr_f.time) + act_f.time
-    bwd = 2.0 * (ln_b.time + bdr_b.time) + act_b.time
-    fwd_bytes = 2.0 * (ln_f.hbm_bytes + bdr_f.hbm_bytes) + act_f.hbm_bytes
-    all_bytes = fwd_bytes + 2.0 * (ln_b.hbm_bytes + bdr_b.hbm_bytes) + act_b.hbm_bytes
-    vec_fwd = 2.0 * (ln_f.flops + bdr_f.flops) + act_f.flops
-    return fwd, bwd, fwd_bytes, all_bytes, vec_fwd, vec_fwd + 2.0 * (ln_b.flops + bdr_b.flops) \
-        + act_b.flops
+    norms = 1.0 if model.parallel_block else 2.0  # a parallel block normalizes once
+    fwd = norms * ln_f.time + 2.0 * bdr_f.time + act_f.time
+    bwd = norms * ln_b.time + 2.0 * bdr_b.time + act_b.time
+    fwd_bytes = norms * ln_f.hbm_bytes + 2.0 * bdr_f.hbm_bytes + act_f.hbm_bytes
+    all_bytes = fwd_bytes + norms * ln_b.hbm_bytes + 2.0 * bdr_b.hbm_bytes + act_b.hbm_bytes
+    vec_fwd = norms * ln_f.flops + 2.0 * bdr_f.flops + act_f.flops
+    return fwd, bwd, fwd_bytes, all_bytes, vec_fwd, vec_fwd + norms * ln_b.flops \
+        + 2.0 * bdr_b.flops + act_b.flops
 
 
 def _tp_and_ep_comm(model, plan, system, calibration):
@@ -242,13 +244,15 @@ def _tp_and_ep_comm(model, plan, system, calibration):
     link = dict(calibration=calibration)
     full = plan.recompute > 1.5
     passes = 4.0 + jnp.where(full, 2.0, 0.0)
+    # A parallel block sums the attention and MLP outputs before one reduction (PaLM Sec. 2).
+    tp_passes = 0.5 * passes if model.parallel_block else passes
     act_msg = ACT_BYTES * tokens * model.hidden
     ar = all_reduce(system, act_msg, t, **link)
     ag_rs = (all_gather(system, act_msg, t, **link).time
              + reduce_scatter(system, act_msg, t, **link).time)
     one = jnp.where(sp > 0.5, ag_rs, ar.time)
-    tp_comm = one * passes
-    tp_bytes = 2.0 * (t - 1.0) / t * act_msg * passes
+    tp_comm = one * tp_passes
+    tp_bytes = 2.0 * (t - 1.0) / t * act_msg * tp_passes
 
     moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
     routed = (ACT_BYTES * tokens * model.top_k * model.hidden * model.expert_load

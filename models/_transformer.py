@@ -44,6 +44,8 @@ TRANSFORMER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "kv_lora_rank": (0.0, float("inf"), True),
     "rope_head_dim": (0.0, float("inf"), True),
     "v_head_size": (0.0, float("inf"), True),
+    "attention_window": (0.0, float("inf"), True),
+    "window_layer_share": (0.0, 1.0, True),
 }
 
 
@@ -78,6 +80,13 @@ class Transformer(eqx.Module):
       ranks and back up per head; `head_size` is then the non-rotary QK width per head,
       `rope_head_dim` the decoupled rotary width, `v_head_size` the value width per head.
     - `latent_attention` (static): the attention is MLA (above) rather than MHA / GQA.
+    - `attention_window`: sliding-window (local) attention span, tokens: each query attends to
+      at most this many keys (Mistral 7B, Gemma 2); 0 = full causal attention.
+    - `window_layer_share`: share of the layers that use the window (1 = all, Mistral; 0.5 =
+      Gemma 2's alternating local / global layers).
+    - `parallel_block` (static): attention and MLP read the same normalized input and their
+      outputs are summed (GPT-J, PaLM Sec. 2): one norm, and under TP one all-reduce per
+      layer forward (and one backward) instead of two.
     - `gated_mlp` (static): SwiGLU-style MLP with three matrices (True) or GELU MLP with two.
     - `tied_embeddings` (static): input embedding and output projection share one matrix.
     - `name` (static): label.
@@ -102,7 +111,11 @@ class Transformer(eqx.Module):
     kv_lora_rank: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     rope_head_dim: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     v_head_size: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    attention_window: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    window_layer_share: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
+                                                           default=1.0)
     latent_attention: bool = eqx.field(static=True, default=False)
+    parallel_block: bool = eqx.field(static=True, default=False)
     gated_mlp: bool = eqx.field(static=True, default=False)
     tied_embeddings: bool = eqx.field(static=True, default=True)
     name: str = eqx.field(static=True, default="custom")
@@ -284,9 +297,25 @@ class Transformer(eqx.Module):
     def attention_core_flops_per_token(self, context=None) -> Float[Array, "*batch"]:
         """Forward FLOPs of QK^T and AV of one layer per token over the full (non-causal)
         context: 2 * context * heads * (qk_head_dim + v_head_dim) (= 4 * context * q_dim for
-        MHA / GQA)."""
+        MHA / GQA); windowed layers count at most `attention_window` keys."""
         context = self.seq_len if context is None else context
+        windowed = (self.attention_window > 0.0) & (self.attention_window < context)
+        local = jnp.where(windowed, self.attention_window, context)
+        share = jnp.where(self.attention_window > 0.0, self.window_layer_share, 0.0)
+        context = share * local + (1.0 - share) * context
         return 2.0 * context * self.heads * (self.qk_head_dim + self.v_head_dim)
+
+    def mean_attended_keys(self) -> Float[Array, "*batch"]:
+        """Keys a query attends to under the causal mask, averaged over the sequence and the
+        layers: (s + 1) / 2 for full attention; with a window W < s,
+        (W (W + 1) / 2 + (s - W) W) / s in the windowed layers."""
+        s, w = self.seq_len, self.attention_window
+        full = 0.5 * (s + 1.0)
+        windowed = (w > 0.0) & (w < s)
+        safe_w = jnp.where(windowed, w, 1.0)
+        local = (0.5 * safe_w * (safe_w + 1.0) + (s - safe_w) * safe_w) / s
+        share = jnp.where(windowed, self.window_layer_share, 0.0)
+        return share * jnp.where(windowed, local, full) + (1.0 - share) * full
 
     def logits_flops_per_token(self) -> Float[Array, "*batch"]:
         """Forward FLOPs of the output projection per token (2 * hidden * vocab)."""
@@ -434,6 +463,17 @@ _TRANSFORMERS: dict[str, Transformer] = {
     # layers, 48 heads, 8 KV heads, ffn 10752 per expert, 16 experts top-4, vocab 100352, max
     # sequence 32768 (HF config.json copies).
     "dbrx": _llama("dbrx", 40, 6144, 48, 8, 10752, 100352, 32768, experts=16, top_k=4),
+    # Mistral 7B (Jiang et al. 2023, arXiv:2310.06825) Table 1: dim 4096, 32 layers, head_dim
+    # 128, hidden_dim 14336, 32 heads, 8 KV heads, window_size 4096 (every layer), context_len
+    # 8192, vocab 32000.
+    "mistral-7b": _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32000, 8192,
+                         attention_window=4096),
+    # GPT-J-6B (Wang & Komatsuzaki 2021; EleutherAI/gpt-j-6b config.json): 28 layers, n_embd
+    # 4096, 16 heads, MLP 4 x 4096 (GELU), vocab 50400, n_positions 2048, untied, parallel
+    # attention + MLP block.
+    "gpt-j-6b": Transformer(layers=28, hidden=4096, heads=16, kv_heads=16, ffn_hidden=16384,
+                            vocab=50400, seq_len=2048, tied_embeddings=False,
+                            parallel_block=True, name="gpt-j-6b"),
 }
 
 # Published total / active parameter counts of the MoE presets, (total, active, the published

@@ -251,3 +251,38 @@ def test_expert_tensor_parallel_maps_experts_over_the_stage():
     b = train_step(model, default, system)
     assert float(a.model_flops) == float(b.model_flops)
     assert 0.5 < float(a.compute_time) / float(b.compute_time) < 2.0
+
+
+# ----- block variants ------------------------------------------------------------------------
+def test_sliding_window_attention_counts_at_most_the_window():
+    m = TRANSFORMERS["mistral-7b"]
+    # Window 4096 over 8192 tokens: (W (W + 1) / 2 + (s - W) W) / s keys per query.
+    np.testing.assert_allclose(float(m.mean_attended_keys()),
+                               (4096 * 4097 / 2 + 4096 * 4096) / 8192, rtol=1e-9)
+    full = m.replace(attention_window=0.0)
+    assert float(full.mean_attended_keys()) == (8192 + 1) / 2
+    # A window as long as the sequence changes nothing; Gemma-2-style half-local layers sit
+    # between.
+    assert float(m.replace(attention_window=8192.0).mean_attended_keys()) == (8192 + 1) / 2
+    half = float(m.replace(window_layer_share=0.5).mean_attended_keys())
+    np.testing.assert_allclose(half, 0.5 * (3072.25 + 4096.5), rtol=1e-9)
+    plan = TrainingPlan(tp=8, dp=1, global_batch=1)
+    system = DGX.with_num_chips(8)
+    local = train_step(m.replace(seq_len=65536.0), plan, system)
+    dense = train_step(full.replace(seq_len=65536.0), plan, system)
+    assert float(local.compute_time) < 0.6 * float(dense.compute_time)
+    assert float(local.model_flops) < float(dense.model_flops)
+
+
+def test_parallel_block_halves_tensor_parallel_communication():
+    gptj = TRANSFORMERS["gpt-j-6b"]
+    serial = Transformer(**{f: getattr(gptj, f) for f in ("layers", "hidden", "heads",
+                                                         "kv_heads", "ffn_hidden", "vocab",
+                                                         "seq_len")}, tied_embeddings=False)
+    plan = TrainingPlan(tp=8, dp=1, global_batch=8, microbatch_size=1)
+    system = DGX.with_num_chips(8)
+    par, ser = train_step(gptj, plan, system), train_step(serial, plan, system)
+    np.testing.assert_allclose(float(par.tp_comm_time), 0.5 * float(ser.tp_comm_time),
+                               rtol=1e-6)
+    assert float(par.compute_time) < float(ser.compute_time)  # one norm instead of two
+    assert float(par.model_flops) == float(ser.model_flops)
