@@ -197,7 +197,8 @@ def test_moe_and_cp_jit_vmap_and_differentiate(dtype):
         rng = np.random.default_rng(0)
         cast = lambda t: jax.tree.map(  # noqa: E731
             lambda x: jnp.asarray(x, dtype) if eqx_float(x) else x, t)
-        model = cast(small_moe(expert_imbalance=1.3, capacity_factor=1.2))
+        model = cast(small_moe(expert_imbalance=1.3, capacity_factor=1.2,
+                               attention_window=1024.0, window_layer_share=0.5))
         base = cast(DGX.with_num_chips(32))
         plans = cast(batched(4, TrainingPlan(tp=np.array([1.0, 2.0, 2.0, 1.0]),
                                   cp=np.array([1.0, 2.0, 4.0, 8.0]),
