@@ -51,12 +51,15 @@ class DataParallelCost(eqx.Module):
 
 
 def _group_time(collective, system, calibration, nbytes, plan, params_dense, params_expert):
-    """One collective over the dense parameters' DP group plus the experts' DP / EP group, s."""
+    """One collective over the dense parameters' DP group plus the experts' DP group, s.
+
+    Dense gradients reduce over the DP x CP ranks that hold the same weights (the CP ranks of a
+    replica, tp apart, then the replicas); experts over their EDP replicas, etp * ep apart."""
     t = plan.tp
     kw = dict(calibration=calibration, hierarchical=plan.dp_hierarchical)
-    dense = collective(system, nbytes * params_dense, plan.dp, stride=t, **kw).time
-    expert = collective(system, nbytes * params_expert, plan.dp / plan.ep, stride=t * plan.ep,
-                        **kw).time
+    dense = collective(system, nbytes * params_dense, plan.dp * plan.cp, stride=t, **kw).time
+    expert = collective(system, nbytes * params_expert, plan.expert_dp,
+                        stride=plan.expert_tp * plan.ep, **kw).time
     return dense + expert
 
 
@@ -117,6 +120,6 @@ def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
     z3 = plan.zero_stage > 2.5
     total = jnp.where(z3, z3_total, low_total)
     exposed = jnp.where(z3, z3_exposed, low_exposed)
-    single = plan.dp <= 1.0
+    single = plan.dp * plan.cp <= 1.0
     return DataParallelCost(total=jnp.where(single, 0.0, total),
                             exposed=jnp.where(single, 0.0, exposed))
