@@ -2,9 +2,10 @@
 
 For every continuous field: a label ("HBM bandwidth"), its SI unit, the unit it is shown in
 (TB/s), the kind of resource it is (compute / memory / network / process), the resource that
-binds when it moves a metric most (for `dse.sensitivity`) and default sweep bounds. Tables,
-plots, sensitivity, the config reader and the demo all read `FIELDS`, so a new field is one
-entry here plus its physics (and its validity range in `CHIP_BOUNDS` / `SYSTEM_BOUNDS`).
+binds when it moves a metric most (for `dse.sensitivity`), default sweep bounds and the range
+of values the Modules accept (`CHIP_BOUNDS` / `SYSTEM_BOUNDS`, derived from the same rows, so the
+table and validation cannot disagree). Tables, plots, sensitivity, the config reader and the demo
+all read `FIELDS`, so a new field is one entry here plus its physics.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class Field(Quantity):
       process node, spare cores).
     - `low`, `high`, `scale`: default sweep bounds (SI) and scale ("linear", "log" or
       "integer"), the ranges a study starts from unless it names its own.
+    - `min_value`, `max_value`, `min_inclusive`: the values the Module accepts (SI): finite, above
+      `min_value` (or equal where `min_inclusive`) and at most `max_value`, a physical limit
+      (see `LIMITS`).
     """
 
     name: str
@@ -79,6 +83,24 @@ class Field(Quantity):
     low: float
     high: float
     scale: Scale
+    min_value: float
+    max_value: float
+    min_inclusive: bool
+
+    def __post_init__(self):
+        super().__post_init__()
+        inside = (self.low > self.min_value or (self.min_inclusive
+                                                and self.low == self.min_value))
+        if not (inside and self.low < self.high <= self.max_value):
+            raise ValueError(f"Field {self.name!r}: default sweep range [{self.low:g}, "
+                             f"{self.high:g}] must lie inside the valid range of the field "
+                             f"({self.min_value:g}, {self.max_value:g}]")
+
+    @property
+    def allowed(self) -> str:
+        """The valid range in words, as errors print it ("finite and in (0, 1e+10]")."""
+        return f"finite and in {'[' if self.min_inclusive else '('}{self.min_value:g}, " \
+               f"{self.max_value:g}]"
 
     def path(self, design: Any) -> str:
         """Dotted path of this field in `design` (a `Chip`, or a `System`: "chip.<name>")."""
@@ -91,9 +113,62 @@ class Field(Quantity):
                          f"such field")
 
 
+# What a field may be: (lowest value, whether that value itself is allowed, highest value). Every
+# upper bound is a physical limit with room to spare, so that no design a study can reach is cut
+# off, while a typo (1e30 bytes of SRAM) or a runaway optimizer is refused before it turns into
+# an overflowing area or cost. The lower bounds are where a quantity stops meaning anything
+# (no MAC units, no clock); 0 is allowed where it means "absent" (no HBM, no links, no latency).
+LIMITS: Mapping[str, tuple[float, bool, float]] = types.MappingProxyType({
+    # A 300 mm wafer of N4 logic holds 70,686 mm^2 x 1.47e8 transistors/mm^2 (LOGIC_DENSITY in
+    # _technology.py) = 1.0e13 transistors; a 16-bit MAC needs at least ~7,000 (a 16 x 16 array
+    # multiplier: 256 AND gates and ~240 full adders of 28 transistors in static CMOS, Weste &
+    # Harris, "CMOS VLSI Design", 4th ed., ch. 11): 1.5e9 MACs per wafer. 1e10 leaves room for the
+    # densest extrapolated node (~3x N4 at 1 nm). WSE-3, a whole wafer, has 3.6e6.
+    "mac_units": (0.0, False, 1e10),
+    # Above any clock logic ships at (6.2 GHz, Intel Core i9-14900KS, 2024) and above the
+    # liquid-helium overclocking records (just over 9 GHz, 2024).
+    "clock_hz": (0.0, False, 10.0 * u.GHz),
+    # Vector lanes cannot outnumber the MACs a wafer holds: 2 FLOP x 1e10 lanes x 10 GHz.
+    "vector_flops": (0.0, False, 2.0 * 1e10 * 10.0 * u.GHz),
+    # A 300 mm wafer of the densest bitcell in the tables (N2, 0.0175 um^2, SRAM_BITCELL) with
+    # no periphery at all: 70,686 mm^2 / 0.0175e-6 mm^2 / 8 = 5.0e11 B. 1 TiB is twice that
+    # (WSE-3: 44 GB).
+    "sram_bytes": (0.0, False, 1.0 * u.TiB),
+    # A 300 mm wafer's circumference (942 mm) lined with HBM4 stacks, 7.75 mm of die edge each
+    # (HBM_SHORELINE_PER_STACK_MM in _area.py): 121 stacks x 2.048 TB/s = 248 TB/s and x 64 GiB
+    # = 7.6 TiB (HBM_STACK_BANDWIDTH / HBM_STACK_CAPACITY). The bounds leave 4x on top.
+    # 0 means no HBM (operands live in SRAM).
+    "hbm_bandwidth": (0.0, True, 1.0 * u.PB),
+    "hbm_bytes": (0.0, True, 32.0 * u.TiB),
+    # 8x the SerDes lanes of the largest switch ASIC (Broadcom Tomahawk 5: 512 lanes of
+    # 100 Gb/s); 0 means no scale-up links.
+    "link_count": (0.0, True, 4096.0),
+    # 5x the fastest port (1.6 Tb/s Ethernet, IEEE 802.3dj: 200 GB/s per direction).
+    "link_bandwidth": (0.0, False, 1.0 * u.TB),
+    # 1 nm: below the most advanced node announced (TSMC A14, 1.4 nm class); 250 nm: older than
+    # any accelerator the model is meant for (technology() extrapolates beyond 28 nm).
+    "node_nm": (1.0, False, 250.0),
+    # 100x the cores of a whole wafer (WSE-3: 900,000 cores, Cerebras, Hot Chips 2024).
+    "core_count": (0.0, False, 1e8),
+    # At least the enabled compute; 4x spare is far beyond any yield strategy published
+    # (GA100 128 / 108 = 1.19; wafer-scale dies ~1.01).
+    "compute_redundancy": (1.0, True, 4.0),
+    # float32 holds integers exactly up to 2^24 = 16,777,216; no scale-up domain (NVL576) or
+    # cluster comes near it.
+    "scaleup_size": (1.0, True, 2.0**24),
+    # A one-hop latency of a second is longer than light takes around the Earth (0.13 s).
+    "scaleup_latency": (0.0, True, 1.0),
+    # 100x an 800 Gb/s NIC per chip (ConnectX-8, GB200 NVL72).
+    "scaleout_bandwidth": (0.0, False, 100.0 * 800.0 * u.Gbit),
+    "scaleout_latency": (0.0, True, 1.0),
+})
+
+
 def _field(owner, name, label, unit, kind, resource, low, high, scale, **more) -> Field:
+    min_value, min_inclusive, max_value = LIMITS[name]
     return Field(owner=owner, name=name, label=label, unit=unit, kind=kind, resource=resource,
-                 low=float(low), high=float(high), scale=scale, **more)
+                 low=float(low), high=float(high), scale=scale, min_value=float(min_value),
+                 max_value=float(max_value), min_inclusive=min_inclusive, **more)
 
 
 _chip = functools.partial(_field, "Chip")
@@ -103,7 +178,7 @@ _system = functools.partial(_field, "System")
 # Default bounds. The seven knobs of the README's reference problem (`dse demo`,
 # examples/h100_gpt3_training.toml: a chip around H100) keep that problem's ranges; the others
 # span the chip and system presets of `_presets.py` with room on both sides. They are starting
-# ranges for a study, not limits of the model (those are CHIP_BOUNDS / SYSTEM_BOUNDS).
+# ranges for a study, not limits of the model (those are LIMITS).
 _FIELDS: tuple[Field, ...] = (
     _chip("mac_units", "MAC units", "", "compute", "compute", 65536, 1048576, "log",
           description="16-bit matrix multiply-accumulate units (peak = 2 x MACs x clock)"),
@@ -144,3 +219,14 @@ _FIELDS: tuple[Field, ...] = (
 )
 
 FIELDS: Mapping[str, Field] = types.MappingProxyType({f.name: f for f in _FIELDS})
+
+
+def _bounds(owner: str) -> dict[str, tuple[float, float, bool]]:
+    return {f.name: (f.min_value, f.max_value, f.min_inclusive) for f in _FIELDS
+            if f.owner == owner}
+
+
+# The valid range of every continuous field, (lower, upper, lower_inclusive), as the Modules'
+# `__check_init__` reads it.
+CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = _bounds("Chip")
+SYSTEM_BOUNDS: dict[str, tuple[float, float, bool]] = _bounds("System")

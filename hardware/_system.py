@@ -12,7 +12,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._chip import Chip
-from ._validate import as_float_array, check_choice, check_range
+from ._fields import SYSTEM_BOUNDS
+from ._validate import as_float_array, check_choice, check_integer, check_range
 
 Topology = Literal["switch", "torus2d", "torus3d"]
 # Scale-up fabric kinds: NVLink / NVSwitch, TPU inter-chip interconnect, AMD Infinity Fabric
@@ -21,12 +22,9 @@ Topology = Literal["switch", "torus2d", "torus3d"]
 Fabric = Literal["nvlink", "ici", "xgmi", "ethernet"]
 FABRICS: tuple[str, ...] = get_args(Fabric)
 
-SYSTEM_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "scaleup_size": (1.0, float("inf"), True),
-    "scaleup_latency": (0.0, 1.0, True),
-    "scaleout_bandwidth": (0.0, float("inf"), False),
-    "scaleout_latency": (0.0, 1.0, True),
-}
+# Chips in one system: float32 holds integers exactly up to 2^24 (the models multiply chip
+# counts in the working float type); no cluster comes near 16.8 million chips.
+MAX_NUM_CHIPS = 2**24
 
 
 class System(eqx.Module):
@@ -62,9 +60,10 @@ class System(eqx.Module):
     def __check_init__(self):
         if not isinstance(self.chip, Chip):
             raise ValueError(f"System.chip must be a Chip; got {type(self.chip).__name__}")
-        if not isinstance(self.num_chips, int) or isinstance(self.num_chips, bool) \
-                or self.num_chips < 1:
-            raise ValueError(f"System.num_chips must be an integer >= 1; got {self.num_chips!r}")
+        if not isinstance(self.num_chips, int) or isinstance(self.num_chips, bool):
+            raise ValueError(f"System.num_chips must be a whole number in [1, {MAX_NUM_CHIPS}]; "
+                             f"got {self.num_chips!r}")
+        check_integer("System", "num_chips", self.num_chips, upper=MAX_NUM_CHIPS)
         for field, (lo, hi, lo_inc) in SYSTEM_BOUNDS.items():
             check_range("System", field, getattr(self, field), lower=lo, upper=hi,
                         lower_inclusive=lo_inc)
@@ -88,7 +87,13 @@ class System(eqx.Module):
         return jnp.minimum(self.scaleup_size, float(self.num_chips))
 
     def with_num_chips(self, num_chips: int) -> System:
-        """The same system with `num_chips` chips (the scale-up domain is kept)."""
+        """The same system with `num_chips` chips (the scale-up domain is kept).
+
+        A whole number is required (8 or 8.0); 1.7 chips is an error, never truncated.
+        """
+        if isinstance(num_chips, (bool, np.bool_)):
+            raise ValueError(f"System.num_chips must be a whole number; got {num_chips!r}")
+        check_integer("System", "num_chips", num_chips, upper=MAX_NUM_CHIPS)
         return dataclasses.replace(self, num_chips=int(num_chips))
 
     def replace(self, **changes) -> System:

@@ -30,7 +30,8 @@ def as_float_array(x):
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
-def _concrete(x):
+def concrete(x) -> np.ndarray | None:
+    """`x` as a float64 numpy array, or None when it is traced (inside jit / vmap / grad)."""
     if isinstance(x, jax.core.Tracer):
         return None
     try:
@@ -39,7 +40,8 @@ def _concrete(x):
         return None
 
 
-def _fmt(values: np.ndarray) -> str:
+def format_value(values: np.ndarray) -> str:
+    """A value or an array for an error message (long arrays abbreviated)."""
     if values.ndim == 0:
         return f"{float(values):g}"
     return np.array2string(values, threshold=6, precision=4)
@@ -56,7 +58,7 @@ def check_range(
     upper_inclusive: bool = True,
 ) -> None:
     """Raise `ValueError` unless every element of `value` is finite and inside the range."""
-    arr = _concrete(value)
+    arr = concrete(value)
     if arr is None:
         return
     lo = "[" if lower_inclusive else "("
@@ -67,12 +69,33 @@ def check_range(
     if math.isfinite(upper):
         bad |= (arr > upper) if upper_inclusive else (arr >= upper)
     if np.any(bad):
-        first = arr[bad].ravel()[0] if arr.ndim else arr
-        where = "" if arr.ndim == 0 else f" at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
-        raise ValueError(
-            f"{owner}.{field} must be {allowed}; got {float(first):g}{where} "
-            f"(value {_fmt(arr)})"
-        )
+        raise ValueError(f"{owner}.{field} must be {allowed}; got {_first_bad(arr, bad)} "
+                         f"(value {format_value(arr)})")
+
+
+def _first_bad(arr: np.ndarray, bad: np.ndarray) -> str:
+    """The first offending element, and where it sits in a batch."""
+    first = arr[bad].ravel()[0] if arr.ndim else arr
+    where = "" if arr.ndim == 0 else f" at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
+    return f"{float(first):g}{where}"
+
+
+def check_integer(owner: str, field: str, value, *, lower: float = 1.0,
+                  upper: float = 2.0**24) -> None:
+    """Raise `ValueError` unless every element of `value` is a whole number in [lower, upper].
+
+    Counts (chips, parallel degrees, sequences, tokens) are stored as floats so that they vmap
+    and relax; a fractional one is a mistake to refuse, never to truncate. The default upper
+    bound, 2^24, is the largest range in which float32 holds every integer exactly.
+    """
+    arr = concrete(value)
+    if arr is None:
+        return
+    bad = ~np.isfinite(arr) | (arr < lower) | (arr > upper)
+    bad |= np.isfinite(arr) & (arr != np.round(arr))
+    if np.any(bad):
+        raise ValueError(f"{owner}.{field} must be a whole number in [{lower:.10g}, {upper:.10g}]; "
+                         f"got {_first_bad(arr, bad)}")
 
 
 def check_choice(owner: str, field: str, value, allowed) -> None:

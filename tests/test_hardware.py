@@ -75,7 +75,7 @@ def test_invalid_field_names_field_and_value(field, bad):
 @pytest.mark.parametrize("field", ["mac_units", "clock_hz", "vector_flops", "sram_bytes",
                                    "link_bandwidth", "core_count"])
 def test_zero_is_invalid_for_strictly_positive_fields(field):
-    with pytest.raises(ValueError, match=rf"Chip\.{field}.*\(0, inf\)"):
+    with pytest.raises(ValueError, match=rf"Chip\.{field} must be finite and in \(0, "):
         A100.replace(**{field: 0.0})
 
 
@@ -114,7 +114,7 @@ def test_activity_out_of_range():
 
 def test_system_validation():
     system = SYSTEMS["DGX-A100"]
-    with pytest.raises(ValueError, match=r"System\.num_chips must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"System\.num_chips must be a whole number in \[1, 16777216\]; got 0"):
         system.with_num_chips(0)
     with pytest.raises(ValueError, match=r"System\.scaleout_bandwidth must be finite"):
         system.replace(scaleout_bandwidth=-1.0)
