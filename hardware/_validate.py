@@ -77,7 +77,7 @@ def _first_bad(arr: np.ndarray, bad: np.ndarray) -> str:
     """The first offending element, and where it sits in a batch."""
     first = arr[bad].ravel()[0] if arr.ndim else arr
     where = "" if arr.ndim == 0 else f" at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
-    return f"{float(first):g}{where}"
+    return f"{float(first):.10g}{where}"
 
 
 def check_integer(owner: str, field: str, value, *, lower: float = 1.0,
@@ -94,8 +94,8 @@ def check_integer(owner: str, field: str, value, *, lower: float = 1.0,
     bad = ~np.isfinite(arr) | (arr < lower) | (arr > upper)
     bad |= np.isfinite(arr) & (arr != np.round(arr))
     if np.any(bad):
-        raise ValueError(f"{owner}.{field} must be a whole number in [{lower:.10g}, {upper:.10g}]; "
-                         f"got {_first_bad(arr, bad)}")
+        raise ValueError(f"{owner}.{field} must be a whole number in [{lower:.10g}, "
+                         f"{upper:.10g}]; got {_first_bad(arr, bad)}")
 
 
 def check_choice(owner: str, field: str, value, allowed) -> None:

@@ -17,20 +17,21 @@ from jaxtyping import Array, Float
 
 from dse.hardware._validate import PresetMapping, as_float_array, check_range
 
-_POSITIVE = (0.0, float("inf"), False)
-_AT_LEAST_ONE = (1.0, float("inf"), True)
-
-TRANSFORMER_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "layers": _AT_LEAST_ONE,
-    "hidden": _POSITIVE,
-    "heads": _AT_LEAST_ONE,
-    "kv_heads": _AT_LEAST_ONE,
-    "ffn_hidden": _POSITIVE,
-    "vocab": _AT_LEAST_ONE,
-    "seq_len": _AT_LEAST_ONE,
-    "experts": _AT_LEAST_ONE,
-    "top_k": _AT_LEAST_ONE,
-    "head_size": (0.0, float("inf"), True),
+# Shapes are continuous (a FLOP count differentiates in them) but bounded: at most 2^24, where
+# float32 stops holding whole numbers exactly; the largest published widths, vocabularies and
+# contexts are below 2^21. (lower, lower inclusive, upper); head_size 0 means hidden / heads.
+_COUNT = (1.0, True, 2.0**24)
+TRANSFORMER_BOUNDS: dict[str, tuple[float, bool, float]] = {
+    "layers": _COUNT,
+    "hidden": (0.0, False, 2.0**24),
+    "heads": _COUNT,
+    "kv_heads": _COUNT,
+    "ffn_hidden": (0.0, False, 2.0**24),
+    "vocab": _COUNT,
+    "seq_len": _COUNT,
+    "experts": _COUNT,
+    "top_k": _COUNT,
+    "head_size": (0.0, True, 2.0**24),
 }
 
 
@@ -70,9 +71,9 @@ class Transformer(eqx.Module):
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
-        for field, (lo, hi, lo_inc) in TRANSFORMER_BOUNDS.items():
+        for field, (lo, lo_inclusive, hi) in TRANSFORMER_BOUNDS.items():
             check_range("Transformer", field, getattr(self, field), lower=lo, upper=hi,
-                        lower_inclusive=lo_inc)
+                        lower_inclusive=lo_inclusive)
         # Relations between fields: only on concrete values (tracers are left alone).
         for small, big in (("kv_heads", "heads"), ("top_k", "experts")):
             s, b = getattr(self, small), getattr(self, big)
