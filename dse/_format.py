@@ -24,6 +24,11 @@ def _q(label: str, unit: str, **more) -> Quantity:
     return Quantity(label=label, unit=unit, **more)
 
 
+# The metric of a study's objective that holds the `dse.hardware.Reason` flags of its reports
+# (0 = feasible). `dse.sweep` and `dse.optimize` count a point with a non-zero reason as
+# infeasible; sensitivity does not differentiate it.
+REASON_METRIC = "reason"
+
 # The metrics of training, inference and hardware reports (`dse` studies return them by these
 # names), in SI units.
 METRICS: Mapping[str, Quantity] = types.MappingProxyType({
@@ -42,11 +47,16 @@ METRICS: Mapping[str, Quantity] = types.MappingProxyType({
     "area": _q("area", "mm²", description="die area, per die"),
     "die_area": _q("die area", "mm²"),
     "power": _q("power", "W", description="power at full activity (the TDP operating point)"),
-    "cost": _q("cost", "$", description="manufacturing cost per chip (dies, HBM, packaging)"),
+    "cost": _q("manufacturing cost", "$", description="manufacturing cost per chip (dies at "
+               "their yield, HBM, packaging): what it costs to make, not a price"),
     "energy": _q("energy", "J"),
     "energy_per_token": _q("energy per token", "J"),
     "memory_margin": _q("memory margin", "B", display_unit="GB", display_scale=u.GB,
-                        description="HBM capacity left after weights, states and activations"),
+                        description="capacity left after weights, states and activations (HBM, "
+                                    "or SRAM on a chip without HBM); negative when short"),
+    "memory_shortfall": _q("memory shortfall", "B", display_unit="GiB", display_scale=u.GiB,
+                           description="how far memory per chip exceeds capacity (0 if it fits)"),
+    REASON_METRIC: _q("infeasibility", "", description="dse.hardware.Reason flags, 0 = feasible"),
     "memory_per_chip": _q("memory per chip", "B", display_unit="GB", display_scale=u.GB),
     "reticle_margin": _q("reticle margin", "mm²"),
     "shoreline_margin": _q("shoreline margin", "mm"),

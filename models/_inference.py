@@ -393,6 +393,16 @@ def _check_workload(rules: list[Rule]) -> Int[Array, "..."]:
     return reason_of(rules)
 
 
+def check_serve_workload(batch, input_len, output_len) -> Int[Array, "..."]:
+    """Check `serve`'s batch and lengths: whole numbers in [1, 2^24] (sequences, prompt tokens,
+    generated tokens). Concrete and out of range: a `ValueError` naming the argument, its value
+    and the range; traced: `Reason.WORKLOAD` where it fails.
+    """
+    return _check_workload([_count_rule("serve.batch", _f(batch), 1.0),
+                            _count_rule("serve.input_len", _f(input_len), 1.0),
+                            _count_rule("serve.output_len", _f(output_len), 1.0)])
+
+
 def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
              smooth, calibration: Calibration, workload: list[Rule]) -> InferenceReport:
     chip = system.chip
@@ -506,10 +516,7 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
 
     **Returns:** `ServeReport`.
     """
-    workload = [_count_rule("serve.batch", _f(batch), 1.0),
-                _count_rule("serve.input_len", _f(input_len), 1.0),
-                _count_rule("serve.output_len", _f(output_len), 1.0)]
-    workload_reason = _check_workload(workload)
+    workload_reason = check_serve_workload(batch, input_len, output_len)
     # Traced and invalid: flagged above, costed at the nearest valid values (no negative TTFT,
     # no energy per token divided by zero tokens).
     batch, input_len, output_len = (jnp.clip(_f(x), 1.0, MAX_COUNT)

@@ -46,11 +46,18 @@ def test_evaluate_training_prints_metrics_and_breakdowns(workdir, capsys):
     assert main(["evaluate", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     assert "step_time" in out and "area by block" in out and "step time by component" in out
+    assert "status: ok" in out and "plan status: ok" in out
+    assert "manufacturing cost per chip" in out and "not a price" in out
+    # The model has no static power: the power table does not print a 0 W column for it.
+    power_table = out.split("power by block")[1].split("\n\n")[0]
+    assert "(not shown, 0 here: vector, static)" in power_table
+    assert "static" not in power_table.splitlines()[1]
     csv = workdir / "dse-out" / "h100_gpt3" / "evaluate.csv"
     header, values = csv.read_text().splitlines()[:2]
-    row = dict(zip(header.split(","), map(float, values.split(",")), strict=True))
+    row = dict(zip(header.split(","), values.split(","), strict=True))
     # Power at peak activity of H100 and a step time of seconds: real numbers.
-    assert 500 < row["power"] < 1000 and 1 < row["step_time"] < 30
+    assert 500 < float(row["power"]) < 1000 and 1 < float(row["step_time"]) < 30
+    assert row["status"] == "ok" and float(row["reason"]) == 0.0
 
 
 def test_evaluate_inference(workdir, capsys):
@@ -132,9 +139,26 @@ BAD_CONFIGS = {
                        "unknown metric"),
     "toml syntax": ({"[workload]": "[workload"}, "<toml>", ""),
     "plan uses part of the system": ({"dp = 16": "dp = 8"}, "workload.plan",
-                                     "tp * pp * dp = 512 chips, but the system has 1024"),
+                                     "tp * pp * dp must be the system's 1024 chips "
+                                     "(System.num_chips); got 512"),
     "batch does not split": ({"global_batch = 1536": "global_batch = 1000"},
-                             "workload.global_batch", "do not split into micro-batches"),
+                             "workload.global_batch", "TrainingPlan.global_batch must be a "
+                             "multiple of dp * microbatch_size = 16 (whole micro-batches per "
+                             "replica); got 1000"),
+    "pipeline does not divide the layers": ({"pp = 8\ndp = 16": "pp = 64\ndp = 2"},
+                                            "workload.plan.pp", "TrainingPlan.pp must be a "
+                                            "divisor of the model's 96 layers; got 64"),
+    "fractional plan": ({"tp = 8\n": "tp = 8.5\n"}, "workload.plan.tp",
+                        "TrainingPlan.tp must be a whole number in [1, 16777216]; got 8.5"),
+    "negative seed": ({"seed = 0": "seed = -1"}, "sweep.seed",
+                      "must be an integer >= 0; got -1"),
+    "unwritable output": ({'dir = "dse-out/h100_gpt3"': 'dir = "/proc/dse-out"'}, "output.dir",
+                          "cannot write to '/proc/dse-out'"),
+    "chip with HBM but no bandwidth": (
+        {'preset = "H100-SXM"': 'preset = "H100-SXM"\nhbm_bandwidth = 0'}, "chip.hbm_bandwidth",
+        "Chip.hbm_bandwidth and Chip.hbm_bytes must both be > 0 (a chip with HBM) or both 0"),
+    "SRAM beyond a wafer": ({'preset = "H100-SXM"': 'preset = "H100-SXM"\nsram_bytes = 1e30'},
+                            "chip.sram_bytes", "Chip.sram_bytes must be finite and in (0, "),
 }
 
 
