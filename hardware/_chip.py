@@ -72,9 +72,9 @@ class Chip(eqx.Module):
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
-        for field, (lo, hi, lo_inc) in CHIP_BOUNDS.items():
+        for field, (lo, hi, zero_allowed) in CHIP_BOUNDS.items():
             check_range("Chip", field, getattr(self, field), lower=lo, upper=hi,
-                        lower_inclusive=lo_inc)
+                        lower_inclusive=True, zero_allowed=zero_allowed)
         check_choice("Chip", "sram_kind", self.sram_kind, get_args(SramKind))
         check_choice("Chip", "core_kind", self.core_kind, get_args(CoreKind))
         check_choice("Chip", "hbm_generation", self.hbm_generation, get_args(HbmGeneration))

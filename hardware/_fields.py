@@ -14,9 +14,10 @@ import dataclasses
 import functools
 import types
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import units as u
+from ._validate import range_text
 
 Kind = Literal["compute", "memory", "network", "process"]
 Scale = Literal["linear", "log", "integer"]
@@ -71,9 +72,9 @@ class Field(Quantity):
       process node, spare cores).
     - `low`, `high`, `scale`: default sweep bounds (SI) and scale ("linear", "log" or
       "integer"), the ranges a study starts from unless it names its own.
-    - `min_value`, `max_value`, `min_inclusive`: the values the Module accepts (SI): finite, above
-      `min_value` (or equal where `min_inclusive`) and at most `max_value`, a physical limit
-      (see `LIMITS`).
+    - `min_value`, `max_value`, `zero_allowed`: the values the Module accepts (SI): finite and
+      in [min_value, max_value], or exactly 0 where `zero_allowed` (0 means "absent": no HBM,
+      no links). Physical limits, see `LIMITS`.
     """
 
     name: str
@@ -85,22 +86,24 @@ class Field(Quantity):
     scale: Scale
     min_value: float
     max_value: float
-    min_inclusive: bool
+    zero_allowed: bool
 
     def __post_init__(self):
         super().__post_init__()
-        inside = (self.low > self.min_value or (self.min_inclusive
-                                                and self.low == self.min_value))
-        if not (inside and self.low < self.high <= self.max_value):
+        if not self.min_value <= self.low < self.high <= self.max_value:
             raise ValueError(f"Field {self.name!r}: default sweep range [{self.low:g}, "
-                             f"{self.high:g}] must lie inside the valid range of the field "
-                             f"({self.min_value:g}, {self.max_value:g}]")
+                             f"{self.high:g}] must lie inside the field's valid range "
+                             f"{self.allowed}")
+
+    @property
+    def bounds(self) -> Bounds:
+        """The valid range, as the Modules' `__check_init__` reads it."""
+        return Bounds(self.min_value, self.max_value, self.zero_allowed)
 
     @property
     def allowed(self) -> str:
-        """The valid range in words, as errors print it ("finite and in (0, 1e+10]")."""
-        return f"finite and in {'[' if self.min_inclusive else '('}{self.min_value:g}, " \
-               f"{self.max_value:g}]"
+        """The valid range in words, as errors print it ("finite and in [1, 1e+10]")."""
+        return range_text(self.min_value, self.max_value, zero_allowed=self.zero_allowed)
 
     def path(self, design: Any) -> str:
         """Dotted path of this field in `design` (a `Chip`, or a `System`: "chip.<name>")."""
@@ -113,62 +116,79 @@ class Field(Quantity):
                          f"such field")
 
 
-# What a field may be: (lowest value, whether that value itself is allowed, highest value). Every
-# upper bound is a physical limit with room to spare, so that no design a study can reach is cut
-# off, while a typo (1e30 bytes of SRAM) or a runaway optimizer is refused before it turns into
-# an overflowing area or cost. The lower bounds are where a quantity stops meaning anything
-# (no MAC units, no clock); 0 is allowed where it means "absent" (no HBM, no links, no latency).
-LIMITS: Mapping[str, tuple[float, bool, float]] = types.MappingProxyType({
-    # A 300 mm wafer of N4 logic holds 70,686 mm^2 x 1.47e8 transistors/mm^2 (LOGIC_DENSITY in
-    # _technology.py) = 1.0e13 transistors; a 16-bit MAC needs at least ~7,000 (a 16 x 16 array
-    # multiplier: 256 AND gates and ~240 full adders of 28 transistors in static CMOS, Weste &
-    # Harris, "CMOS VLSI Design", 4th ed., ch. 11): 1.5e9 MACs per wafer. 1e10 leaves room for the
-    # densest extrapolated node (~3x N4 at 1 nm). WSE-3, a whole wafer, has 3.6e6.
-    "mac_units": (0.0, False, 1e10),
-    # Above any clock logic ships at (6.2 GHz, Intel Core i9-14900KS, 2024) and above the
-    # liquid-helium overclocking records (just over 9 GHz, 2024).
-    "clock_hz": (0.0, False, 10.0 * u.GHz),
-    # Vector lanes cannot outnumber the MACs a wafer holds: 2 FLOP x 1e10 lanes x 10 GHz.
-    "vector_flops": (0.0, False, 2.0 * 1e10 * 10.0 * u.GHz),
-    # A 300 mm wafer of the densest bitcell in the tables (N2, 0.0175 um^2, SRAM_BITCELL) with
-    # no periphery at all: 70,686 mm^2 / 0.0175e-6 mm^2 / 8 = 5.0e11 B. 1 TiB is twice that
-    # (WSE-3: 44 GB).
-    "sram_bytes": (0.0, False, 1.0 * u.TiB),
-    # A 300 mm wafer's circumference (942 mm) lined with HBM4 stacks, 7.75 mm of die edge each
-    # (HBM_SHORELINE_PER_STACK_MM in _area.py): 121 stacks x 2.048 TB/s = 248 TB/s and x 64 GiB
-    # = 7.6 TiB (HBM_STACK_BANDWIDTH / HBM_STACK_CAPACITY). The bounds leave 4x on top.
-    # 0 means no HBM (operands live in SRAM).
-    "hbm_bandwidth": (0.0, True, 1.0 * u.PB),
-    "hbm_bytes": (0.0, True, 32.0 * u.TiB),
-    # 8x the SerDes lanes of the largest switch ASIC (Broadcom Tomahawk 5: 512 lanes of
-    # 100 Gb/s); 0 means no scale-up links.
-    "link_count": (0.0, True, 4096.0),
-    # 5x the fastest port (1.6 Tb/s Ethernet, IEEE 802.3dj: 200 GB/s per direction).
-    "link_bandwidth": (0.0, False, 1.0 * u.TB),
+class Bounds(NamedTuple):
+    """Valid values of a field: finite and in [low, high], or 0 where `zero_allowed`."""
+
+    low: float
+    high: float
+    zero_allowed: bool = False
+
+
+# What a field may be: (lowest value, highest value, whether 0 is allowed as "absent"). The
+# upper bounds are physical limits with room to spare, so that no design a study can reach is
+# cut off, while a typo (1e30 bytes of SRAM) or a runaway optimizer is refused before it turns
+# into an overflowing area or cost. The lower bounds are the least that still means the thing
+# (one MAC unit, a clock of a megahertz): far below any real chip, but a positive number, so
+# that no time divides by a denormal and overflows float32.
+LIMITS: Mapping[str, tuple[float, float, bool]] = types.MappingProxyType({
+    # At least one MAC unit. A 300 mm wafer of N4 logic holds 70,686 mm^2 x 1.47e8
+    # transistors/mm^2 (LOGIC_DENSITY in _technology.py) = 1.0e13 transistors; a 16-bit MAC
+    # needs at least ~7,000 (a 16 x 16 array multiplier: 256 AND gates and ~240 full adders of
+    # 28 transistors in static CMOS, Weste & Harris, "CMOS VLSI Design", 4th ed., ch. 11):
+    # 1.5e9 MACs per wafer. 1e10 leaves room for the densest extrapolated node (~3x N4 at 1 nm).
+    # WSE-3, a whole wafer, has 3.6e6.
+    "mac_units": (1.0, 1e10, False),
+    # 1 MHz: below any processor of the last fifty years (the Intel 4004 ran at 0.74 MHz in
+    # 1971). 10 GHz: above any clock logic ships at (6.2 GHz, Intel Core i9-14900KS, 2024) and
+    # above the liquid-helium overclocking records (just over 9 GHz, 2024).
+    "clock_hz": (1.0 * u.MHz, 10.0 * u.GHz, False),
+    # One lane at the lowest clock; at most 2 FLOP x 1e10 lanes (a wafer of MACs) x 10 GHz.
+    "vector_flops": (1.0 * u.MHz, 2.0 * 1e10 * 10.0 * u.GHz, False),
+    # 1 KiB: a single small SRAM macro. A 300 mm wafer of the densest bitcell in the tables
+    # (N2, 0.0175 um^2, SRAM_BITCELL) with no periphery at all: 70,686 mm^2 / 0.0175e-6 mm^2 / 8
+    # = 5.0e11 B; 1 TiB is twice that (WSE-3: 44 GB).
+    "sram_bytes": (1.0 * u.KiB, 1.0 * u.TiB, False),
+    # 0: no HBM (operands in SRAM). Otherwise at least one DDR2-400 channel (3.2 GB/s; 1 GB/s
+    # is below any DRAM interface of the last twenty years) and one 1 MiB of DRAM (below any
+    # DRAM die since 1990). Upper: a 300 mm wafer's circumference (942 mm) lined with HBM4
+    # stacks on 7.75 mm of die edge each (HBM_SHORELINE_PER_STACK_MM in _area.py) is 121 stacks
+    # x 2.048 TB/s = 248 TB/s and x 64 GiB = 7.6 TiB (HBM_STACK_BANDWIDTH / _CAPACITY); the
+    # bounds leave 4x on top.
+    "hbm_bandwidth": (1.0 * u.GB, 1.0 * u.PB, True),
+    "hbm_bytes": (1.0 * u.MiB, 32.0 * u.TiB, True),
+    # 0: no scale-up links. At most 8x the SerDes lanes of the largest switch ASIC (Broadcom
+    # Tomahawk 5: 512 lanes of 100 Gb/s).
+    "link_count": (1.0, 4096.0, True),
+    # 1 B/s: the placeholder of presets without links (the models never use it when
+    # link_count is 0). At most 5x the fastest port (1.6 Tb/s Ethernet, IEEE 802.3dj: 200 GB/s
+    # per direction).
+    "link_bandwidth": (1.0, 1.0 * u.TB, False),
     # 1 nm: below the most advanced node announced (TSMC A14, 1.4 nm class); 250 nm: older than
     # any accelerator the model is meant for (technology() extrapolates beyond 28 nm).
-    "node_nm": (1.0, False, 250.0),
-    # 100x the cores of a whole wafer (WSE-3: 900,000 cores, Cerebras, Hot Chips 2024).
-    "core_count": (0.0, False, 1e8),
+    "node_nm": (1.0, 250.0, False),
+    # At least one core; 100x the cores of a whole wafer (WSE-3: 900,000 cores, Cerebras, Hot
+    # Chips 2024).
+    "core_count": (1.0, 1e8, False),
     # At least the enabled compute; 4x spare is far beyond any yield strategy published
     # (GA100 128 / 108 = 1.19; wafer-scale dies ~1.01).
-    "compute_redundancy": (1.0, True, 4.0),
+    "compute_redundancy": (1.0, 4.0, False),
     # float32 holds integers exactly up to 2^24 = 16,777,216; no scale-up domain (NVL576) or
     # cluster comes near it.
-    "scaleup_size": (1.0, True, 2.0**24),
+    "scaleup_size": (1.0, 2.0**24, False),
     # A one-hop latency of a second is longer than light takes around the Earth (0.13 s).
-    "scaleup_latency": (0.0, True, 1.0),
-    # 100x an 800 Gb/s NIC per chip (ConnectX-8, GB200 NVL72).
-    "scaleout_bandwidth": (0.0, False, 100.0 * 800.0 * u.Gbit),
-    "scaleout_latency": (0.0, True, 1.0),
+    "scaleup_latency": (0.0, 1.0, False),
+    # From a 10 Mb/s Ethernet port (1.25 MB/s; 1 MB/s below it) to 100x an 800 Gb/s NIC per
+    # chip (ConnectX-8, GB200 NVL72).
+    "scaleout_bandwidth": (1.0 * u.MB, 100.0 * 800.0 * u.Gbit, False),
+    "scaleout_latency": (0.0, 1.0, False),
 })
 
 
 def _field(owner, name, label, unit, kind, resource, low, high, scale, **more) -> Field:
-    min_value, min_inclusive, max_value = LIMITS[name]
+    min_value, max_value, zero_allowed = LIMITS[name]
     return Field(owner=owner, name=name, label=label, unit=unit, kind=kind, resource=resource,
                  low=float(low), high=float(high), scale=scale, min_value=float(min_value),
-                 max_value=float(max_value), min_inclusive=min_inclusive, **more)
+                 max_value=float(max_value), zero_allowed=zero_allowed, **more)
 
 
 _chip = functools.partial(_field, "Chip")
@@ -221,12 +241,8 @@ _FIELDS: tuple[Field, ...] = (
 FIELDS: Mapping[str, Field] = types.MappingProxyType({f.name: f for f in _FIELDS})
 
 
-def _bounds(owner: str) -> dict[str, tuple[float, float, bool]]:
-    return {f.name: (f.min_value, f.max_value, f.min_inclusive) for f in _FIELDS
-            if f.owner == owner}
-
-
-# The valid range of every continuous field, (lower, upper, lower_inclusive), as the Modules'
-# `__check_init__` reads it.
-CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = _bounds("Chip")
-SYSTEM_BOUNDS: dict[str, tuple[float, float, bool]] = _bounds("System")
+# The valid range of every continuous field, as the Modules' `__check_init__` reads it.
+CHIP_BOUNDS: Mapping[str, Bounds] = types.MappingProxyType(
+    {f.name: f.bounds for f in _FIELDS if f.owner == "Chip"})
+SYSTEM_BOUNDS: Mapping[str, Bounds] = types.MappingProxyType(
+    {f.name: f.bounds for f in _FIELDS if f.owner == "System"})

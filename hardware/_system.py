@@ -64,9 +64,9 @@ class System(eqx.Module):
             raise ValueError(f"System.num_chips must be a whole number in [1, {MAX_NUM_CHIPS}]; "
                              f"got {self.num_chips!r}")
         check_integer("System", "num_chips", self.num_chips, upper=MAX_NUM_CHIPS)
-        for field, (lo, hi, lo_inc) in SYSTEM_BOUNDS.items():
+        for field, (lo, hi, zero_allowed) in SYSTEM_BOUNDS.items():
             check_range("System", field, getattr(self, field), lower=lo, upper=hi,
-                        lower_inclusive=lo_inc)
+                        lower_inclusive=True, zero_allowed=zero_allowed)
         check_choice("System", "topology", self.topology, get_args(Topology))
         check_choice("System", "fabric", self.fabric, FABRICS)
         links, size = self.chip.link_count, self.scaleup_size

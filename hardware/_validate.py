@@ -47,6 +47,15 @@ def format_value(values: np.ndarray) -> str:
     return np.array2string(values, threshold=6, precision=4)
 
 
+def range_text(lower: float, upper: float, lower_inclusive: bool = True,
+               upper_inclusive: bool = True, zero_allowed: bool = False) -> str:
+    """An allowed range in words, as errors print it ("finite and in [1, 1e+10]")."""
+    lo = "[" if lower_inclusive else "("
+    hi = "]" if upper_inclusive and math.isfinite(upper) else ")"
+    zero = "0 (none) or " if zero_allowed and lower > 0 else ""
+    return f"finite and {zero}in {lo}{lower:g}, {upper:g}{hi}"
+
+
 def check_range(
     owner: str,
     field: str,
@@ -56,18 +65,20 @@ def check_range(
     upper: float = math.inf,
     lower_inclusive: bool = False,
     upper_inclusive: bool = True,
+    zero_allowed: bool = False,
 ) -> None:
-    """Raise `ValueError` unless every element of `value` is finite and inside the range."""
+    """Raise `ValueError` unless every element of `value` is finite and inside the range (or
+    exactly 0, where `zero_allowed`: 0 meaning "absent", as a chip without HBM)."""
     arr = concrete(value)
     if arr is None:
         return
-    lo = "[" if lower_inclusive else "("
-    hi = "]" if upper_inclusive and math.isfinite(upper) else ")"
-    allowed = f"finite and in {lo}{lower:g}, {upper:g}{hi}"
+    allowed = range_text(lower, upper, lower_inclusive, upper_inclusive, zero_allowed)
     bad = ~np.isfinite(arr)
     bad |= (arr < lower) if lower_inclusive else (arr <= lower)
     if math.isfinite(upper):
         bad |= (arr > upper) if upper_inclusive else (arr >= upper)
+    if zero_allowed:
+        bad &= arr != 0
     if np.any(bad):
         raise ValueError(f"{owner}.{field} must be {allowed}; got {_first_bad(arr, bad)} "
                          f"(value {format_value(arr)})")

@@ -12,6 +12,7 @@ from helpers import central_difference
 
 from dse.hardware import (
     CHIPS,
+    FIELDS,
     CONTINUOUS_CHIP_FIELDS,
     PUBLISHED,
     SYSTEMS,
@@ -75,7 +76,8 @@ def test_invalid_field_names_field_and_value(field, bad):
 @pytest.mark.parametrize("field", ["mac_units", "clock_hz", "vector_flops", "sram_bytes",
                                    "link_bandwidth", "core_count"])
 def test_zero_is_invalid_for_strictly_positive_fields(field):
-    with pytest.raises(ValueError, match=rf"Chip\.{field} must be finite and in \(0, "):
+    low = FIELDS[field].min_value
+    with pytest.raises(ValueError, match=rf"Chip\.{field} must be finite and in \[{low:g}, "):
         A100.replace(**{field: 0.0})
 
 
