@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import units as u
+from ._fields import LIMITS
 from ._validate import as_float_array, check_choice, check_range
 
 # Memory generations a chip's HBM stacks can be ("none": a chip without HBM).
@@ -289,7 +290,8 @@ def technology(node_nm, hbm_generation: HbmGeneration = "HBM3") -> Technology:
 
     **Returns:** a `Technology` whose leaves have the shape of `node_nm`.
     """
-    check_range("technology", "node_nm", node_nm, lower=1.0, upper=250.0)
+    low, high, _ = LIMITS["node_nm"]
+    check_range("technology", "node_nm", node_nm, lower=low, upper=high, lower_inclusive=True)
     check_choice("technology", "hbm_generation", hbm_generation, get_args(HbmGeneration))
     node = as_float_array(node_nm)
     ones = jnp.ones_like(node)

@@ -73,6 +73,11 @@ def check_range(
     if arr is None:
         return
     allowed = range_text(lower, upper, lower_inclusive, upper_inclusive, zero_allowed)
+    # A bound given as a float64 (2e20) is stored as its nearest float32 (2.00000004e20) in a
+    # float32 field: compare in the field's own precision, so that the bound itself is valid.
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and np.issubdtype(dtype, np.floating):
+        lower, upper = float(np.asarray(lower, dtype)), float(np.asarray(upper, dtype))
     bad = ~np.isfinite(arr)
     bad |= (arr < lower) if lower_inclusive else (arr <= lower)
     if math.isfinite(upper):

@@ -443,9 +443,10 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) / plan.pp
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
                   + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
-    mfu = flops / (time * plan.chips * chip.peak_flops)
+    # Divided by the time last (see train_step: a squared product overflows float32).
+    mfu = flops / (plan.chips * chip.peak_flops) / time
     energy = step_energy(chip, time, plan.chips,
-                         compute_fraction=per_chip_flops / plan.pp / (time * chip.peak_flops),
+                         compute_fraction=per_chip_flops / plan.pp / chip.peak_flops / time,
                          vector_flops=layers * ew.flops / plan.pp, hbm_bytes=hbm,
                          link_bytes=link_bytes)
     return InferenceReport(

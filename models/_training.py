@@ -159,8 +159,10 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                   4.0 * s * model.q_dim / model.layer_forward_flops_per_token(), 0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops
-    mfu = model_flops / (chips_used * peak * step_time)
-    hfu = hardware_flops / (chips_used * peak * step_time)
+    # Divided by the step time last: (chips * peak * time)^2, which the derivative of one
+    # division forms, overflows float32 for a slow chip on a large cluster.
+    mfu = model_flops / (chips_used * peak) / step_time
+    hfu = hardware_flops / (chips_used * peak) / step_time
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
                      + logits[1].hbm_bytes + logits[2].hbm_bytes) + opt.hbm_bytes

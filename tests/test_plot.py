@@ -68,7 +68,7 @@ def test_pareto_front_from_dict_and_bad_column():
     fig = plot.pareto_front(data, "cost", "speed", directions=("min", "max"),
                             units={"speed": "tokens/s"})
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "speed [tokens/s]" and ax.get_xlabel() == "cost [$]"
+    assert ax.get_ylabel() == "speed [tokens/s]" and ax.get_xlabel() == "manufacturing cost [$]"
     front_line = [ln for ln in ax.get_lines() if ln.get_label().startswith("Pareto front")][0]
     np.testing.assert_array_equal(front_line.get_xdata(), [1.0, 2.0])
     with pytest.raises(ValueError, match="no column 'power'"):
