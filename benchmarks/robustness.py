@@ -1,11 +1,11 @@
 """Robustness at scale: random designs over every continuous field, no silent wrong answer.
 
 Draws designs over the whole valid range of every continuous field of `Chip` and `System` (the
-bounds of `dse.hardware.FIELDS`): log-uniform between the lower and upper bound, 0 where the
-field allows "absent", and a tenth of the values exactly at a bound (the far corners). Chips
-with HBM and chips without it (operands in SRAM) are drawn separately, since a chip is one or the
-other. Every design is built as a concrete batched `System`, so the Modules' own validation
-checks that each one is a valid input.
+bounds of `dse.hardware.FIELDS`, through `dse.hardware.span_systems`): log-uniform between the
+lower and upper bound, a tenth of the values exactly on a bound (the far corners), one chip in
+eight without scale-up links. Chips with HBM and chips without it (operands in SRAM) are drawn
+separately, since a chip is one or the other. Every design is built as a concrete batched
+`System`, so the Modules' own validation checks that each one is a valid input.
 
 Each design is evaluated by the objectives a `dse` study sweeps and optimizes
 (`StudyObjective`): training (GPT-3 175B, a fixed Megatron plan on 1024 chips) and inference
@@ -42,43 +42,27 @@ from dse.hardware import FIELDS, Reason
 from dse.hardware._technology import WAFER_AREA_MM2
 
 CHUNK = 3200
-# A tenth of the values sit exactly on a bound (or at 0 where that means "absent").
+# A tenth of the values sit exactly on a bound: the far corners of the space.
 CORNER_FRACTION = 0.1
-# Fields whose lower bound is 0 (latencies) are drawn log-uniformly from this fraction of their
-# upper bound up, besides the corners.
-ZERO_FLOOR = 1e-12
+# One chip in eight has no scale-up links (link_count 0, as Groq and WSE-2 presets).
+NO_LINKS_FRACTION = 0.125
 # Relative tolerance of a breakdown's sum against its total: a few float32 roundings of a sum
 # of up to seven terms.
 SUM_RTOL = 1e-5
 
 
-def _draw(name: str, n: int, rng: np.random.Generator, *, absent: bool = False) -> np.ndarray:
-    """n values of field `name` over its whole valid range, with corners; 0 where `absent`."""
-    f = FIELDS[name]
-    if absent:
-        return np.zeros(n)
-    low = f.min_value if f.min_value > 0 else f.max_value * ZERO_FLOOR
-    x = np.exp(rng.uniform(np.log(low), np.log(f.max_value), n))
-    corners = [f.min_value, f.max_value] + ([0.0] if f.zero_allowed and name.startswith("link")
-                                            else [])
-    at_corner = rng.random(n) < CORNER_FRACTION
-    x[at_corner] = rng.choice(corners, at_corner.sum())
-    return x
-
-
 def random_systems(base: hw.System, n: int, seed: int, *, with_hbm: bool) -> hw.System:
-    """n valid systems: `base` with every continuous field of chip and system drawn."""
+    """n valid systems over the whole range of every field (`dse.hardware.span_systems`), a
+    tenth of the coordinates on a bound and some chips without links."""
     rng = np.random.default_rng(seed)
-    chip_fields = {name: _draw(name, n, rng, absent=not with_hbm and name.startswith("hbm"))
-                   for name, f in FIELDS.items() if f.owner == "Chip"}
-    system_fields = {name: _draw(name, n, rng) for name, f in FIELDS.items()
-                     if f.owner == "System"}
-    # A chip without links has no scale-up domain beyond itself (System's own rule).
-    system_fields["scaleup_size"] = np.where(chip_fields["link_count"] == 0, 1.0,
-                                             system_fields["scaleup_size"])
-    chip = base.chip.replace(**chip_fields, hbm_generation=base.chip.hbm_generation if with_hbm
-                             else "none")
-    return base.replace(chip=chip, **system_fields)  # validated here, concretely
+    u = rng.random((n, len(FIELDS)))
+    corner = rng.random(u.shape) < CORNER_FRACTION
+    u[corner] = rng.integers(0, 2, corner.sum())
+    no_links = rng.random(n) < NO_LINKS_FRACTION
+    with_links = hw.span_systems(base, u[~no_links], with_hbm=with_hbm)
+    without = hw.span_systems(base, u[no_links], with_hbm=with_hbm, with_links=False)
+    return jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]),
+                        with_links, without)
 
 
 def _breakdown_residual(parts, total):

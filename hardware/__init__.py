@@ -22,6 +22,7 @@ from ._presets import SYSTEMS as SYSTEMS
 from ._reasons import REASON_TEXT as REASON_TEXT
 from ._reasons import Reason as Reason
 from ._reasons import describe_reason as describe_reason
+from ._span import span_systems as span_systems
 from ._system import FABRICS as FABRICS
 from ._system import System as System
 from ._technology import RETICLE_LIMIT_MM2 as RETICLE_LIMIT_MM2

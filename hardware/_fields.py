@@ -105,6 +105,18 @@ class Field(Quantity):
         """The valid range in words, as errors print it ("finite and in [1, 1e+10]")."""
         return range_text(self.min_value, self.max_value, zero_allowed=self.zero_allowed)
 
+    def from_unit(self, u: Any) -> Any:
+        """Values across the whole valid range from unit coordinates (numpy): log-spaced from
+        `min_value` (u = 0) to `max_value` (u = 1); a field whose lower bound is 0 spans
+        [max_value * 1e-12, max_value] with u = 0 exactly 0."""
+        import numpy as np
+
+        u = np.asarray(u, np.float64)
+        floor = self.min_value if self.min_value > 0 else self.max_value * 1e-12
+        x = floor * (self.max_value / floor) ** u
+        # Exactly on the bounds at the ends (the power rounds).
+        return np.where(u <= 0, self.min_value, np.where(u >= 1, self.max_value, x))
+
     def path(self, design: Any) -> str:
         """Dotted path of this field in `design` (a `Chip`, or a `System`: "chip.<name>")."""
         kind = type(design).__name__

@@ -27,7 +27,14 @@ def as_float_array(x):
         raise ValueError(f"expected a number or array, got {x!r}") from e
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"expected a number or array of numbers, got {x!r}")
-    return jnp.asarray(x, dtype=jnp.result_type(float))
+    dtype = jnp.result_type(float)
+    with np.errstate(invalid="ignore"):
+        beyond = np.abs(arr.astype(np.float64)) > np.finfo(dtype).max
+    if np.any(beyond & np.isfinite(arr)):
+        # Not representable in the working precision (1e39 in float32 would be inf): kept as
+        # given, so that the Module's validation names the value the user wrote.
+        return arr.astype(np.float64)
+    return jnp.asarray(x, dtype=dtype)
 
 
 def concrete(x) -> np.ndarray | None:

@@ -39,7 +39,7 @@ from dse.hardware._validate import as_float_array, check_choice, check_integer, 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._energy import step_energy
-from ._operators import _f, attention, elementwise, gemm
+from ._operators import _f, attention, elementwise, gemm, ratio
 from ._rules import (
     Rule,
     check_rules,
@@ -443,10 +443,11 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) / plan.pp
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
                   + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
-    # Divided by the time last (see train_step: a squared product overflows float32).
-    mfu = flops / (plan.chips * chip.peak_flops) / time
+    # `ratio`: FLOP and chips x peak FLOP/s exceed 1.8e19 (see train_step).
+    mfu = ratio(ratio(flops, plan.chips * chip.peak_flops), time)
     energy = step_energy(chip, time, plan.chips,
-                         compute_fraction=per_chip_flops / plan.pp / chip.peak_flops / time,
+                         compute_fraction=ratio(ratio(per_chip_flops / plan.pp, chip.peak_flops),
+                                                time),
                          vector_flops=layers * ew.flops / plan.pp, hbm_bytes=hbm,
                          link_bytes=link_bytes)
     return InferenceReport(

@@ -24,7 +24,7 @@ from ._data_parallel import data_parallel_comm, exposed_data_parallel
 from ._energy import step_energy
 from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs
 from ._memory import GRAD_BYTES, stage_params, training_memory, zero_shard
-from ._operators import elementwise
+from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
 from ._rules import memory_reason, shortfall
 from ._training_plan import TrainingPlan, check_training_plan
@@ -159,10 +159,10 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                   4.0 * s * model.q_dim / model.layer_forward_flops_per_token(), 0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops
-    # Divided by the step time last: (chips * peak * time)^2, which the derivative of one
-    # division forms, overflows float32 for a slow chip on a large cluster.
-    mfu = model_flops / (chips_used * peak) / step_time
-    hfu = hardware_flops / (chips_used * peak) / step_time
+    # `ratio`: chips x peak FLOP/s and a step's FLOP exceed 1.8e19, whose square (in the
+    # derivative of a plain division) overflows float32.
+    mfu = ratio(ratio(model_flops, chips_used * peak), step_time)
+    hfu = ratio(ratio(hardware_flops, chips_used * peak), step_time)
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
                      + logits[1].hbm_bytes + logits[2].hbm_bytes) + opt.hbm_bytes
