@@ -92,15 +92,18 @@ def check_range(
     if zero_allowed:
         bad &= arr != 0
     if np.any(bad):
-        raise ValueError(f"{owner}.{field} must be {allowed}; got {_first_bad(arr, bad)} "
+        raise ValueError(f"{owner}.{field} must be {allowed}; got "
+                         f"{_first_bad(arr, bad, getattr(value, 'dtype', None))} "
                          f"(value {format_value(arr)})")
 
 
-def _first_bad(arr: np.ndarray, bad: np.ndarray) -> str:
-    """The first offending element, and where it sits in a batch."""
-    first = arr[bad].ravel()[0] if arr.ndim else arr
+def _first_bad(arr: np.ndarray, bad: np.ndarray, dtype=None) -> str:
+    """The first offending element (as few digits as its precision needs: 1e+30 for a float32
+    1e30, not 1.000000015e+30), and where it sits in a batch."""
+    first = float(arr[bad].ravel()[0] if arr.ndim else arr)
+    digits = 7 if dtype is not None and np.dtype(dtype) == np.float32 else 12
     where = "" if arr.ndim == 0 else f" at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
-    return f"{float(first):.10g}{where}"
+    return f"{first:.{digits}g}{where}"
 
 
 def check_integer(owner: str, field: str, value, *, lower: float = 1.0,
@@ -118,7 +121,8 @@ def check_integer(owner: str, field: str, value, *, lower: float = 1.0,
     bad |= np.isfinite(arr) & (arr != np.round(arr))
     if np.any(bad):
         raise ValueError(f"{owner}.{field} must be a whole number in [{lower:.10g}, "
-                         f"{upper:.10g}]; got {_first_bad(arr, bad)}")
+                         f"{upper:.10g}]; got "
+                         f"{_first_bad(arr, bad, getattr(value, 'dtype', None))}")
 
 
 def check_choice(owner: str, field: str, value, allowed) -> None:
