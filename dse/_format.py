@@ -66,6 +66,18 @@ METRICS: Mapping[str, Quantity] = types.MappingProxyType({
 })
 
 
+# Words for the blocks of the reports' breakdowns (area, power, step time), as legends show them.
+BLOCK_LABELS: Mapping[str, str] = types.MappingProxyType({
+    "compute": "compute", "sram": "SRAM", "hbm_phy": "HBM PHY",
+    "hbm_controller": "HBM controller", "link_phy": "link PHY",
+    "link_controller": "link controller", "uncore": "uncore (on-chip network, clocks, I/O)",
+    "vector": "vector units", "hbm": "HBM", "link": "links", "static": "static (leakage)",
+    "tp_comm": "tensor-parallel communication", "pp_comm": "pipeline sends",
+    "dp_comm": "data-parallel communication", "ep_comm": "expert all-to-all",
+    "bubble": "pipeline bubble", "optimizer": "optimizer step",
+})
+
+
 def quantity(name: str) -> Quantity | None:
     """The `Quantity` of a metric or a hardware field (dotted paths by their last part).
 
