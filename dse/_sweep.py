@@ -562,7 +562,8 @@ class _Store:
 def _differences(old: dict, new: dict) -> list[str]:
     """What differs between two sweep manifests, in words (fingerprints by what they stand for,
     the library with both versions)."""
-    out = [k for k in sorted(set(old) | set(new)) if k != "fingerprint" and old.get(k) != new.get(k)]
+    out = [k for k in sorted(set(old) | set(new))
+           if k != "fingerprint" and old.get(k) != new.get(k)]
     was, now = old.get("fingerprint") or {}, new.get("fingerprint") or {}
     for key, words in FINGERPRINT_NAMES.items():
         if was.get(key) != now.get(key):

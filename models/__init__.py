@@ -14,9 +14,9 @@ from ._collectives import reduce_scatter as reduce_scatter
 from ._collectives import send_recv as send_recv
 from ._inference import InferencePlan as InferencePlan
 from ._inference import InferenceReport as InferenceReport
+from ._inference import ServeReport as ServeReport
 from ._inference import check_inference_plan as check_inference_plan
 from ._inference import check_serve_workload as check_serve_workload
-from ._inference import ServeReport as ServeReport
 from ._inference import decode as decode
 from ._inference import prefill as prefill
 from ._inference import serve as serve

@@ -204,8 +204,8 @@ def _runtime_calibration(plan: InferencePlan, calibration: Calibration) -> Calib
     return calibration.with_fused_runtime() if plan.fused else calibration
 
 
-def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, context):
-    chip = system.chip
+def _memory(model: Transformer, plan: InferencePlan, q_len, context):
+    """Weights, KV cache and live activations per chip, and their total, bytes."""
     gathered = plan.layout == "weight_gathered"
     weights = model.params / plan.chips * plan.weight_bytes
     if gathered:
@@ -412,7 +412,7 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     q_len = jnp.clip(_f(q_len), 1.0, MAX_COUNT)
     context = jnp.clip(_f(context), 0.0, MAX_COUNT)
     tokens = plan.batch * q_len
-    weights, kv, acts, total = _memory(model, plan, system, q_len, context)
+    weights, kv, acts, total = _memory(model, plan, q_len, context)
     capacity = _capacity(chip)
     reason = reason | memory_reason(chip, total, capacity)
     resident = jnp.clip(chip.sram_bytes / weights, 0.0, 1.0)
@@ -528,8 +528,8 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     pre = prefill(model, plan, system, input_len, **kw)
     dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
     final = input_len + output_len
-    _, kv, _, total = _memory(model, plan, system, 1.0, final)
-    _, _, _, pre_total = _memory(model, plan, system, input_len, input_len)
+    _, kv, _, total = _memory(model, plan, 1.0, final)
+    _, _, _, pre_total = _memory(model, plan, input_len, input_len)
     memory = jnp.maximum(total, pre_total)
     capacity = _capacity(system.chip)
     reason = (workload_reason | pre.reason | dec.reason

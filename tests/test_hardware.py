@@ -12,8 +12,8 @@ from helpers import central_difference
 
 from dse.hardware import (
     CHIPS,
-    FIELDS,
     CONTINUOUS_CHIP_FIELDS,
+    FIELDS,
     PUBLISHED,
     SYSTEMS,
     Activity,
@@ -116,7 +116,8 @@ def test_activity_out_of_range():
 
 def test_system_validation():
     system = SYSTEMS["DGX-A100"]
-    with pytest.raises(ValueError, match=r"System\.num_chips must be a whole number in \[1, 16777216\]; got 0"):
+    with pytest.raises(ValueError, match=r"System\.num_chips must be a whole number in "
+                                         r"\[1, 16777216\]; got 0"):
         system.with_num_chips(0)
     with pytest.raises(ValueError, match=r"System\.scaleout_bandwidth must be finite"):
         system.replace(scaleout_bandwidth=-1.0)

@@ -21,7 +21,6 @@ from hypothesis.extra.numpy import arrays
 
 from dse import models
 from dse._study import make_objective
-from dse.models import Transformer
 from dse.hardware import (
     CHIPS,
     FIELDS,
@@ -33,6 +32,7 @@ from dse.hardware import (
     span_systems,
 )
 from dse.hardware._technology import WAFER_AREA_MM2
+from dse.models import Transformer
 
 PROPERTY = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
