@@ -13,8 +13,8 @@ Each design is evaluated by the objectives a `dse` study sweeps and optimizes
 
 - `nonfinite_values`: designs with a metric that is NaN or infinite;
 - `nonfinite_grads`: designs with a non-finite derivative of any metric with respect to any
-  continuous field (forward mode over all of them, smooth rooflines, as `dse.optimize` and
-  `dse.sensitivity` differentiate);
+  continuous field, in forward mode (as `dse.sensitivity` and the front tracing differentiate)
+  and in reverse mode (as the gradient search does), with smooth rooflines;
 - `unflagged`: designs reported feasible (`reason == 0`) whose numbers are nonsense: a time,
   area, cost or energy that is not positive, an MFU above 1, memory that does not fit, a die
   larger than a wafer; or a breakdown that does not sum to its total (step time, area, power,
@@ -78,11 +78,24 @@ def make_check(kind: str, model, plan, system: hw.System):
     values_of = make_objective(*args)
     smooth_of = make_objective(*args, smooth=True)
 
+    def scaled_sum(s):
+        # Each metric over its own magnitude (held constant): one reverse pass whose gradient
+        # is non-finite exactly where some metric's gradient is (a non-finite term never
+        # cancels), on a common scale.
+        m = smooth_of(s)
+        return sum(v / jax.lax.stop_gradient(jnp.where(v != 0, jnp.abs(v), 1.0))
+                   for k, v in m.items() if k != "reason")
+
     def one(s: hw.System):
         m = values_of(s)
-        jac = jax.jacfwd(smooth_of)(s)
-        grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
-                                      for leaf in jax.tree.leaves(jac)]))
+        # Forward mode along every field at once (each moved by its own value, or by 1 where
+        # it is 0: sum_j J_ij v_j is non-finite when one J_ij is), and reverse mode.
+        tangent = jax.tree.map(lambda x: jnp.where(x != 0, x, 1.0), s)
+        _, forward = jax.jvp(smooth_of, (s,), (tangent,))
+        reverse = jax.grad(scaled_sum)(s)
+        grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in
+                                      jax.tree.leaves((forward, reverse))
+                                      if jnp.issubdtype(leaf.dtype, jnp.floating)]))
         values_ok = jnp.all(jnp.stack([jnp.isfinite(v) for v in m.values()]))
         reason = m["reason"].astype(jnp.int32)
         feasible = reason == 0

@@ -61,6 +61,11 @@ class SweepNaNWarning(RuntimeWarning):
     """Some points of a sweep gave NaN metrics (they are reported, never dropped silently)."""
 
 
+class SweepInfeasibleWarning(RuntimeWarning):
+    """No point of a sweep is feasible: what it returns is flagged (`feasible` False, with its
+    `reason` and margins), the closest misses, not an answer."""
+
+
 def _next_pow2(k: int) -> int:
     return 1 << max(0, (k - 1).bit_length())
 
@@ -168,7 +173,8 @@ def sweep(
     **Returns:** `SweepResult` with columns `index`, the parameters, the metrics (in name order,
     as JAX orders dict keys), `margin_<metric>` per constraint and `feasible`; points whose
     metrics are NaN are listed in `nan_index` / `nan_metrics` (and a `SweepNaNWarning` names the
-    first ones), never dropped.
+    first ones), never dropped. When no point is feasible, a `SweepInfeasibleWarning` says so:
+    the front (`keep="pareto"`, or `.pareto()`) is then of infeasible points, each flagged.
     """
     n = _check_n(n)
     if not isinstance(space, Space):
@@ -259,6 +265,11 @@ def sweep(
         bar.close()
     run_s = time.perf_counter() - t1
     result = run.result(compile_s=compile_s, run_s=run_s)
+    if len(result) and not np.any(result.feasible):
+        warnings.warn(SweepInfeasibleWarning(
+            f"none of the {n} points is feasible (every one breaks a constraint, is flagged by "
+            f"the objective's reason or gave NaN); the {len(result)} rows returned are "
+            "infeasible, each flagged with feasible=False"), stacklevel=2)
     if result.nan_count:
         shown = zip(result.nan_index[:5], result.nan_metrics[:5], strict=True)
         first = ", ".join(f"point {i} ({', '.join(m)})" for i, m in shown)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -127,7 +128,7 @@ def _sweep_status(result, i: int, budgets) -> str:
 
 def cmd_sweep(args) -> int:
     from ._study import budgets_as_constraints, load_study
-    from ._sweep import sweep
+    from ._sweep import SweepInfeasibleWarning, sweep
 
     study = load_study(args.config)
     if study.space is None:
@@ -138,11 +139,14 @@ def cmd_sweep(args) -> int:
     # The config's [sweep] path, or with --resume a folder beside the outputs: an interrupted
     # sweep continues there (and refuses to continue a different one).
     path = study.sweep_path or (study.output_dir / "sweep-state" if args.resume else None)
-    result = sweep(study.objective(), study.space, n, chunk_size=study.sweep_chunk,
-                   seed=study.seed, directions=directions,
-                   constraints=budgets_as_constraints(study.budgets),
-                   keep="pareto" if n > 2_000_000 else "all", progress=not args.quiet,
-                   path=path)
+    with warnings.catch_warnings():
+        # Said below in the table's own words (NO FEASIBLE DESIGN, and each row's miss).
+        warnings.simplefilter("ignore", SweepInfeasibleWarning)
+        result = sweep(study.objective(), study.space, n, chunk_size=study.sweep_chunk,
+                       seed=study.seed, directions=directions,
+                       constraints=budgets_as_constraints(study.budgets),
+                       keep="pareto" if n > 2_000_000 else "all", progress=not args.quiet,
+                       path=path)
     front = result.pareto() if result.keep == "all" else result
     feasible_front = bool(np.any(front.feasible))
     print(f"{result.n_points} points in {result.run_s:.2f} s "

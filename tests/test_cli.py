@@ -122,6 +122,14 @@ def test_sensitivity_ranks_fields(workdir, capsys):
     out = capsys.readouterr().out
     assert "binding resource" in out and "chip.mac_units" in out
     assert (workdir / "dse-out" / "h100_gpt3" / "sensitivity_step_time.png").exists()
+    # Ranked by the size of the effect, |elasticity|, whatever each field costs in area; every
+    # chip field of the table is there.
+    import pandas as pd
+
+    ranked = pd.read_csv(workdir / "dse-out" / "h100_gpt3" / "sensitivity_step_time.csv")
+    gain = ranked["gain"].fillna(-1.0).to_numpy()
+    assert (gain[:-1] >= gain[1:]).all() and "price" in ranked.columns
+    assert set(ranked["field"]) == {f"chip.{n}" for n, f in FIELDS.items() if f.owner == "Chip"}
 
 
 BAD_CONFIGS = {

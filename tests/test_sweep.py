@@ -15,7 +15,15 @@ import pandas as pd
 import pytest
 from test_pareto import brute_force_mask
 
-from dse import Param, Space, SweepNaNWarning, SweepResult, pareto_mask, sweep
+from dse import (
+    Param,
+    Space,
+    SweepInfeasibleWarning,
+    SweepNaNWarning,
+    SweepResult,
+    pareto_mask,
+    sweep,
+)
 from dse.hardware import Chip
 
 
@@ -130,10 +138,13 @@ def test_streaming_pareto_equals_brute_force(method):
 
 def test_streaming_pareto_with_no_feasible_point_keeps_least_bad_front():
     kw = dict(chunk_size=64, progress=False, constraints={"cost": ("<=", 0.0)})
-    full = sweep(objective, SPACE, 500, **kw)
-    stream = sweep(objective, SPACE, 500, keep="pareto", directions={"time": "min", "cost": "min"},
-                   **kw)
-    assert not full.feasible.any()
+    # Kept and flagged, and said out loud: nothing here is an answer.
+    with pytest.warns(SweepInfeasibleWarning, match=r"none of the 500 points is feasible"):
+        full = sweep(objective, SPACE, 500, **kw)
+    with pytest.warns(SweepInfeasibleWarning, match=r"rows returned are infeasible"):
+        stream = sweep(objective, SPACE, 500, keep="pareto",
+                       directions={"time": "min", "cost": "min"}, **kw)
+    assert not full.feasible.any() and not stream.feasible.any()
     ref = np.flatnonzero(pareto_mask(np.stack([full["time"], full["cost"]], 1), "min"))
     np.testing.assert_array_equal(stream["index"], ref)
 
