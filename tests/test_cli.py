@@ -75,6 +75,20 @@ def test_sweep_writes_table_front_and_plot(workdir, capsys):
     assert (folder / "pareto.png").stat().st_size > 10_000
 
 
+def test_sweep_resumes_and_refuses_to_resume_another_study(workdir, capsys):
+    assert main(["sweep", str(EXAMPLE), "--n", "256", "--quiet", "--resume"]) == 0
+    out = capsys.readouterr().out
+    state = workdir / "dse-out" / "h100_gpt3" / "sweep-state"
+    assert f"sweep state in {state.relative_to(workdir)}" in out
+    assert (state / "manifest.json").exists() and len(list(state.glob("chunk_*.npz"))) == 1
+    # The same config with another model: the saved points answer another question.
+    config = _small(workdir, **{'model = "gpt3-175b"': 'model = "gpt-1.7b"',
+                                "tp = 8\npp = 8": "tp = 8\npp = 4", "dp = 16": "dp = 32"})
+    assert main(["sweep", str(config), "--n", "256", "--quiet", "--resume"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "holds a different sweep (differs in ['objective (what is computed" in err
+
+
 def _front_of(workdir):
     front = (workdir / "dse-out" / "h100_gpt3" / "optimize_front.csv").read_text().splitlines()
     assert len(front) >= 2 and "feasible" in front[0]

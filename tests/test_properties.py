@@ -134,29 +134,26 @@ def _check_study(values, jac, kind_name):
     assert np.all(np.asarray(values["memory_margin"])[feasible] >= 0)
 
 
+# The objectives a study sweeps: (base system, objective). GPT-3 175B with the Megatron plan on
+# 1024 chips; Llama 3 70B served at TP 8 on one node.
+WORKLOADS = {
+    "training": lambda: (H100.with_num_chips(1024),
+                         make_objective("training", GPT3, GPT3_PLAN, 1536, smooth=True)),
+    "inference": lambda: (H100, make_objective("inference", LLAMA, SERVE_PLAN, 1, 32.0, 2048.0,
+                                               256.0, smooth=True)),
+}
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
 @pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
 @PROPERTY
 @given(u=UNIT, kind=KINDS)
-def test_training_objective_finite_or_flagged(x64, u, kind):
+def test_study_objective_finite_or_flagged(workload, x64, u, kind):
     with jax.enable_x64(x64):
-        systems = _systems(u, kind, H100.with_num_chips(1024))
-        run = _compiled("training", lambda: _values_and_tangent(
-            make_objective("training", GPT3, GPT3_PLAN, 1536, smooth=True)))
-        values, jac = run(systems)
-        _check_study(values, jac, "training")
-
-
-@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
-@PROPERTY
-@given(u=UNIT, kind=KINDS)
-def test_inference_objective_finite_or_flagged(x64, u, kind):
-    with jax.enable_x64(x64):
-        systems = _systems(u, kind)
-        run = _compiled("inference", lambda: _values_and_tangent(
-            make_objective("inference", LLAMA, SERVE_PLAN, 1, 32.0, 2048.0, 256.0,
-                           smooth=True)))
-        values, jac = run(systems)
-        _check_study(values, jac, "inference")
+        base, objective = WORKLOADS[workload]()
+        run = _compiled(workload, lambda: _values_and_tangent(objective))
+        values, jac = run(_systems(u, kind, base))
+        _check_study(values, jac, workload)
 
 
 @PROPERTY
