@@ -180,7 +180,8 @@ BAD_CONFIGS = {
         {'preset = "H100-SXM"': 'preset = "H100-SXM"\nhbm_bandwidth = 0'}, "chip.hbm_bandwidth",
         "Chip.hbm_bandwidth and Chip.hbm_bytes must both be > 0 (a chip with HBM) or both 0"),
     "SRAM beyond a wafer": ({'preset = "H100-SXM"': 'preset = "H100-SXM"\nsram_bytes = 1e30'},
-                            "chip.sram_bytes", "Chip.sram_bytes must be finite and in (0, "),
+                            "chip.sram_bytes", "Chip.sram_bytes must be finite and in [1024, "
+                            "1.09951e+12]; got 1e+30"),
 }
 
 
