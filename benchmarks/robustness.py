@@ -1,7 +1,7 @@
 """Robustness at scale: random designs over every continuous field, no silent wrong answer.
 
 Draws designs over the whole valid range of every continuous field of `Chip` and `System` (the
-bounds of `dse.hardware.FIELDS`, through `dse.hardware.span_systems`): log-uniform between the
+bounds of `dse.hardware.SPAN_FIELDS`, through `dse.hardware.span_systems`): log-uniform between the
 lower and upper bound, a tenth of the values exactly on a bound (the far corners), one chip in
 eight without scale-up links. Chips with HBM and chips without it (operands in SRAM) are drawn
 separately, since a chip is one or the other. Every design is built as a concrete batched
@@ -38,7 +38,7 @@ import numpy as np
 from dse import hardware as hw
 from dse import models
 from dse._study import make_objective
-from dse.hardware import FIELDS, Reason
+from dse.hardware import SPAN_FIELDS, Reason
 from dse.hardware._technology import WAFER_AREA_MM2
 
 CHUNK = 3200
@@ -55,7 +55,7 @@ def random_systems(base: hw.System, n: int, seed: int, *, with_hbm: bool) -> hw.
     """n valid systems over the whole range of every field (`dse.hardware.span_systems`), a
     tenth of the coordinates on a bound and some chips without links."""
     rng = np.random.default_rng(seed)
-    u = rng.random((n, len(FIELDS)))
+    u = rng.random((n, len(SPAN_FIELDS)))
     corner = rng.random(u.shape) < CORNER_FRACTION
     u[corner] = rng.integers(0, 2, corner.sum())
     no_links = rng.random(n) < NO_LINKS_FRACTION

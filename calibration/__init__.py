@@ -8,6 +8,11 @@ calibrations that load by name (`load_calibration`), and the scripts that fit th
 `dse.models.DEFAULT` and the hardware layer's fitted constants to `dse.data`.
 """
 
+from ._cluster_data import busbw_checks as busbw_checks
+from ._cluster_data import failure_checks as failure_checks
+from ._cluster_data import fit_chip_price as fit_chip_price
+from ._cluster_data import fit_failure_rates as fit_failure_rates
+from ._cluster_data import network_design_checks as network_design_checks
 from ._fit import SEARCH_BOUNDS as SEARCH_BOUNDS
 from ._fit import calibrate as calibrate
 from ._fit import selected_names as selected_names

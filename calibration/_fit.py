@@ -157,6 +157,7 @@ SEARCH_BOUNDS: dict[str, tuple[float, float]] = {
     "attention_scale": (0.01, 1.0), "kernel_fraction": (0.3, 1.0),
     "link_efficiency": (0.01, 1.0), "latency_scale": (0.01, 100.0),
     "dp_overlap_fraction": (0.01, 1.0),
+    "scaleout_efficiency": (0.3, 1.0),
 }
 
 

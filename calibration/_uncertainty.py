@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
 from ._result import CalibrationResult
 
@@ -36,8 +36,8 @@ def _laplace_covariance(precision):
     return cov, null_weight > 1e-4
 
 
-def bootstrap_weights(key: PRNGKeyArray, group, n_bootstrap: int,
-                      resample: Resample = "source") -> Int[Array, "b n"]:
+def bootstrap_weights(key: PRNGKeyArray, group: Int[ArrayLike, " n"], n_bootstrap: int,
+                      resample: str = "source") -> Int[Array, "b n"]:
     """Per-row weights of `n_bootstrap` bootstrap replicates (multinomial counts).
 
     **Arguments:**

@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-FILES = ("chips.csv", "tech.csv", "training_runs.csv", "inference_runs.csv")
+FILES = ("chips.csv", "tech.csv", "training_runs.csv", "inference_runs.csv",
+         "cluster_failures.csv", "nccl_busbw.csv", "network_designs.csv", "economics.csv")
 
 
 def data_dir() -> Path:

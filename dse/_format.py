@@ -11,6 +11,8 @@ import math
 import types
 from collections.abc import Mapping, Sequence
 
+from jaxtyping import ArrayLike, Real
+
 from .hardware import FIELDS, Quantity
 from .hardware import units as u
 
@@ -63,6 +65,20 @@ METRICS: Mapping[str, Quantity] = types.MappingProxyType({
     "flops": _q("FLOP", "FLOP"),
     "peak_flops": _q("peak FLOP/s", "FLOP/s", display_unit="TFLOP/s",
                      display_scale=u.TFLOPS),
+    # Clusters (`dse.models.ClusterReport.metrics`, `ServeCostReport`).
+    "cost_per_token": _q("cost per trained token", "$", display_unit="$/M tokens",
+                         display_scale=1e-6, description="capital, energy and storage over "
+                         "the run, per trained token"),
+    "cost_per_million_tokens": _q("cost per million served tokens", "$"),
+    "time_to_train": _q("time to train", "s", display_unit="days", display_scale=86400.0,
+                        description="expected elapsed time, failures and checkpoints included"),
+    "megawatts": _q("facility power", "MW", description="IT power times PUE"),
+    "goodput": _q("goodput", "", description="useful fraction of elapsed time"),
+    "mtbf": _q("job MTBF", "s", display_unit="h", display_scale=3600.0,
+               description="mean time between unexpected interruptions of the job"),
+    "capex": _q("capital cost", "$", display_unit="$B", display_scale=1e9),
+    "network_cost": _q("network cost", "$", display_unit="$B", display_scale=1e9),
+    "total_cost": _q("cost of the run", "$", display_unit="$M", display_scale=1e6),
 })
 
 
@@ -99,8 +115,11 @@ UNITS: Mapping[str, str] = types.MappingProxyType(
     {name: q.unit for table in (FIELDS, METRICS) for name, q in table.items()})
 
 
-def si(value: float, unit: str = "", digits: int = 3) -> str:
-    """`3.35e12, "B/s"` -> "3.35 TB/s"; plain numbers for mm², $, nm and unitless ratios."""
+def si(value: Real[ArrayLike, ""] | None, unit: str = "", digits: int = 3) -> str:
+    """`3.35e12, "B/s"` -> "3.35 TB/s"; plain numbers for mm², $, nm and unitless ratios.
+
+    `value` is any real scalar (Python, numpy or JAX); None or NaN reads "nan".
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "nan"
     value = float(value)

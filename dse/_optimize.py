@@ -117,7 +117,7 @@ class OptimizeResult:
         """Budget margins of the front designs, name -> `[p]`."""
         return {k: v[self.front] for k, v in self.margins.items()}
 
-    def design(self, i: int):
+    def design(self, i: int | np.integer):
         """The design (e.g. a `Chip`) of evaluated point `i`."""
         return self.space.build(jnp.asarray(self.x[i]))
 
@@ -215,24 +215,24 @@ def optimize(
     objective: Callable[[Any], Mapping[str, Float[Array, ""]]],
     space,
     *,
-    objectives: Sequence[str] | Mapping[str, Direction],
+    objectives: str | Sequence[str] | Mapping[str, str],
     budgets: Mapping[str, Bound] | None = None,
     n_preferences: int = 16,
     n_starts: int = 2,
-    scalarizations: Sequence[Literal["chebyshev", "weighted_sum"]] = ("chebyshev",),
+    scalarizations: Sequence[str] = ("chebyshev",),
     outer_steps: int = 8,
     inner_steps: int = 25,
     learning_rate: float = 0.05,
     optimizer: optax.GradientTransformation | None = None,
     log_objectives: bool = False,
     n_pilot: int = 64,
-    starts: Literal["pilot", "random"] = "pilot",
+    starts: str = "pilot",
     keep_iterates: bool = False,
     budget_margin: float = 1e-3,
     penalty: float = 10.0,
     seed: int = 0,
     progress: bool = True,
-    method: Literal["multistart", "trace"] = "multistart",
+    method: str = "multistart",
     spacing: float = 0.05,
     max_steps: int = 200,
 ) -> OptimizeResult:
@@ -283,6 +283,51 @@ def optimize(
     "infeasible", `front` is empty and `message` names the budgets that were broken.
     """
     t_start = time.perf_counter()
+    obj_spec, budget_spec, scalarizations = _check_options(
+        objectives, budgets, n_preferences=n_preferences, n_starts=n_starts, n_pilot=n_pilot,
+        scalarizations=scalarizations, starts=starts, method=method)
+    metrics_of, evaluate = _exact_evaluator(
+        objective, space, [n for n, _ in obj_spec] + [b[0] for b in budget_spec])
+    # Pilot: scales for objectives and budgets, from designs that are themselves candidates.
+    x_pilot = space.snap(space.sample(n_pilot, method="sobol", seed=seed))
+    m_pilot = evaluate(x_pilot)
+    scales = _Scales.from_pilot(m_pilot, obj_spec, budget_spec, log_objectives, budget_margin)
+    if method == "trace":
+        return _optimize_trace(space, metrics_of, scales, x_pilot, m_pilot, spacing=spacing,
+                               max_steps=max_steps, progress=progress, t_start=t_start)
+
+    weights, use_cheb, rank = _start_batch(n_preferences, n_starts, scalarizations,
+                                           len(obj_spec), seed)
+    z0 = _starting_points(space, scales, x_pilot, m_pilot, weights, use_cheb, rank,
+                          starts=starts, seed=seed)
+    run, cumulative = _run_multistart(
+        lambda z: scales.normalized(metrics_of(space.from_unconstrained(z))), z0, weights,
+        use_cheb, optimizer=optax.adam(learning_rate) if optimizer is None else optimizer,
+        outer_steps=outer_steps, inner_steps=inner_steps, penalty=penalty, progress=progress,
+        n_pilot=len(x_pilot))
+    x_round, x_repair = _snap_and_repair(space, run, keep_iterates)
+    x_final = np.concatenate([x_round, x_repair])
+    history = {
+        "objectives": scales.in_units(np.asarray(run.history_objectives, dtype=np.float64)),
+        "violation": np.asarray(run.history_violation, dtype=np.float64),
+        "penalty": np.asarray(run.history_penalty, dtype=np.float64),
+        "n_evaluations": cumulative,
+    }
+    return _result(
+        space, scales, x_pilot, m_pilot, x_final, evaluate(x_final),
+        ["snapped"] * len(x_round) + ["repair"] * len(x_repair), history=history,
+        n_evaluations=(len(x_pilot) + EVALUATIONS_PER_GRADIENT * run.n_gradients
+                       + x_final.shape[0]),
+        n_gradients=run.n_gradients, t_start=t_start)
+
+
+def _check_options(objectives, budgets, *, n_preferences, n_starts, n_pilot, scalarizations,
+                   starts, method):
+    """`optimize`'s options checked, before any evaluation: a bad one raises `ValueError`.
+
+    **Returns:** the objectives as `((name, direction), ...)`, the budgets as
+    `((name, low, high), ...)` and the scalarizations as a tuple.
+    """
     obj_spec = _parse_objectives(objectives)
     budget_spec = _parse_budgets(budgets)
     if n_preferences < 1 or n_starts < 1 or n_pilot < 2:
@@ -301,25 +346,32 @@ def optimize(
     if method == "trace" and len(obj_spec) != 2:
         raise ValueError(f"method='trace' traces a front of exactly two objectives; got "
                          f"{len(obj_spec)}: {[n for n, _ in obj_spec]}")
-    dim = int(space.dim)
-    names = tuple(space.names)
-    obj_names = [n for n, _ in obj_spec]
-    signs = opt.direction_signs([d for _, d in obj_spec], len(obj_spec))
+    return obj_spec, budget_spec, scalarizations
 
+
+def _exact_evaluator(objective, space, required: list[str]):
+    """The model seen from the search: one design as a traceable function, many as numbers.
+
+    Checks (by shape evaluation, without running the model) that `objective` returns every
+    metric named in `required`.
+
+    **Returns:** `metrics_of(x [dim]) -> {name: scalar}` (traceable, for gradients), and
+    `evaluate(x [n, dim]) -> {name: float64 [n]}` (exact metrics of many designs, jitted and
+    vmapped, in chunks padded to a power of two so that few sizes compile; the metrics in the
+    order the objective returns them).
+    """
     def metrics_of(x):
         return objective(space.build(x))
 
     probe = jax.eval_shape(metrics_of, jnp.asarray(np.asarray(space.lower, dtype=np.float64),
                                                    dtype=jnp.result_type(float)))
-    missing = [n for n in obj_names + [b[0] for b in budget_spec] if n not in probe]
+    missing = [n for n in required if n not in probe]
     if missing:
         raise ValueError(f"objective returned no metric named {missing}; it returned "
                          f"{sorted(probe)}")
-
     batch_eval = jax.jit(jax.vmap(metrics_of))
 
     def evaluate(x: np.ndarray, chunk: int = 4096) -> dict[str, np.ndarray]:
-        """Exact metrics of rows x, in chunks padded to a power of two (few compilations)."""
         parts = []
         for i in range(0, x.shape[0], chunk):
             part = x[i:i + chunk]
@@ -330,69 +382,117 @@ def optimize(
                           for k, v in out.items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in probe}
 
-    # Pilot: scales for objectives and budgets, from designs that are themselves candidates.
-    x_pilot = space.snap(space.sample(n_pilot, method="sobol", seed=seed))
-    m_pilot = evaluate(x_pilot)
+    return metrics_of, evaluate
 
-    def transform(values, xp):
-        """Objective values -> minimized coordinates: sign * value, or sign * log(value)."""
-        return xp.asarray(signs) * (xp.log(values) if log_objectives else values)
 
-    h_pilot = np.stack([m_pilot[n] for n in obj_names], axis=1)
-    if log_objectives and np.any(h_pilot <= 0):
-        raise ValueError("log_objectives needs positive objectives; the pilot sample has "
-                         f"non-positive values of {obj_names}")
-    h_pilot = transform(h_pilot, np)
-    finite = np.isfinite(h_pilot)
-    ideal = np.array([np.min(h_pilot[finite[:, i], i]) if finite[:, i].any() else 0.0
-                      for i in range(len(obj_names))])
-    nadir = np.array([np.max(h_pilot[finite[:, i], i]) if finite[:, i].any() else 1.0
-                      for i in range(len(obj_names))])
-    obj_scale = np.where(nadir > ideal, nadir - ideal, 1.0)
-    con_scale = []
-    for name, low, high in budget_spec:
-        bound = high if high is not None else low
-        spread = np.nanstd(np.where(np.isfinite(m_pilot[name]), m_pilot[name], np.nan))
-        con_scale.append(abs(bound) if bound != 0 else (spread if spread > 0 else 1.0))
-    con_scale = np.asarray(con_scale, dtype=np.float64)
+@dataclasses.dataclass(frozen=True)
+class _Scales:
+    """How the search sees the metrics, scaled by the pilot sample.
 
-    ideal_j = jnp.asarray(ideal, dtype=jnp.result_type(float))
-    obj_scale_j = jnp.asarray(obj_scale, dtype=jnp.result_type(float))
+    An objective is minimized as `sign * value` (or `sign * log(value)` with `log_objectives`),
+    shifted by the pilot's best (`ideal`) and divided by the pilot's range (`obj_scale`), so
+    that the pilot spans [0, 1]. A budget becomes `g <= 0` where met: its excess over the bound
+    divided by `|bound|` (by the pilot's spread of the metric for a bound of 0).
+    """
 
-    def normalized(m):
-        """Metrics -> (objectives scaled to the pilot's range, budgets as g <= 0 tightened)."""
-        f = jnp.stack([jnp.asarray(m[n]) for n in obj_names])
-        f = (transform(f, jnp) - ideal_j) / obj_scale_j
-        gs = _normalized_constraints(m, budget_spec, con_scale, jnp)
+    obj_spec: tuple[tuple[str, Direction], ...]
+    budget_spec: tuple[tuple[str, float | None, float | None], ...]
+    log_objectives: bool
+    budget_margin: float
+    signs: np.ndarray  # [m], +1 to minimize, -1 to maximize
+    ideal: np.ndarray  # [m], the pilot's best transformed objective
+    obj_scale: np.ndarray  # [m], the pilot's range of each transformed objective
+    con_scale: np.ndarray  # [k], one per budget
+
+    @classmethod
+    def from_pilot(cls, m_pilot, obj_spec, budget_spec, log_objectives, budget_margin):
+        """The scales of the pilot's metrics `m_pilot` (name -> [n])."""
+        obj_names = [n for n, _ in obj_spec]
+        h_pilot = np.stack([m_pilot[n] for n in obj_names], axis=1)
+        if log_objectives and np.any(h_pilot <= 0):
+            raise ValueError("log_objectives needs positive objectives; the pilot sample has "
+                             f"non-positive values of {obj_names}")
+        signs = opt.direction_signs([d for _, d in obj_spec], len(obj_spec))
+        h_pilot = _transform(h_pilot, signs, log_objectives, np)
+        finite = np.isfinite(h_pilot)
+        ideal = np.array([np.min(h_pilot[finite[:, i], i]) if finite[:, i].any() else 0.0
+                          for i in range(len(obj_names))])
+        nadir = np.array([np.max(h_pilot[finite[:, i], i]) if finite[:, i].any() else 1.0
+                          for i in range(len(obj_names))])
+        obj_scale = np.where(nadir > ideal, nadir - ideal, 1.0)
+        con_scale = []
+        for name, low, high in budget_spec:
+            bound = high if high is not None else low
+            spread = np.nanstd(np.where(np.isfinite(m_pilot[name]), m_pilot[name], np.nan))
+            con_scale.append(abs(bound) if bound != 0 else (spread if spread > 0 else 1.0))
+        return cls(obj_spec, budget_spec, log_objectives, budget_margin, signs, ideal,
+                   obj_scale, np.asarray(con_scale, dtype=np.float64))
+
+    def objectives(self, metrics) -> np.ndarray:
+        """Scaled objectives of evaluated designs (name -> [n]), `[n, m]` (numpy)."""
+        h = np.stack([metrics[n] for n, _ in self.obj_spec], axis=1)
+        return (_transform(h, self.signs, self.log_objectives, np) - self.ideal) / self.obj_scale
+
+    def violation(self, metrics, n: int) -> np.ndarray:
+        """Largest scaled budget excess of each of `n` evaluated designs, `[n]`, 0 where met."""
+        g = np.stack(_normalized_constraints(metrics, self.budget_spec, self.con_scale, np),
+                     axis=1) if self.budget_spec else np.zeros((n, 0))
+        return np.max(np.maximum(g, 0.0), axis=1, initial=0.0)
+
+    def normalized(self, m):
+        """Metrics of one design -> (scaled objectives `[m]`, budgets as g <= 0 tightened `[k]`);
+        traceable."""
+        ideal = jnp.asarray(self.ideal, dtype=jnp.result_type(float))
+        obj_scale = jnp.asarray(self.obj_scale, dtype=jnp.result_type(float))
+        f = jnp.stack([jnp.asarray(m[n]) for n, _ in self.obj_spec])
+        f = (_transform(f, self.signs, self.log_objectives, jnp) - ideal) / obj_scale
+        gs = _normalized_constraints(m, self.budget_spec, self.con_scale, jnp)
         # Searched against budgets tightened by `budget_margin`: an augmented Lagrangian
         # approaches an active constraint from outside, to within O(1/rho); the margin puts
         # its answer just inside, where the exact check accepts it.
-        g = jnp.stack(gs) + budget_margin if gs else jnp.zeros((0,), f.dtype)
+        g = jnp.stack(gs) + self.budget_margin if gs else jnp.zeros((0,), f.dtype)
         return f, g
 
-    def relaxed(z):
-        return normalized(metrics_of(space.from_unconstrained(z)))
+    def in_units(self, f: np.ndarray) -> np.ndarray:
+        """Scaled objectives (any leading shape, `m` last) back in the objectives' units."""
+        f = self.signs * (f * self.obj_scale + self.ideal)
+        return np.exp(f) if self.log_objectives else f
 
-    if method == "trace":
-        return _optimize_trace(space, metrics_of, normalized, obj_spec, budget_spec, x_pilot,
-                               m_pilot, (h_pilot - ideal) / obj_scale, con_scale, spacing,
-                               max_steps, progress, t_start)
 
-    # Starts: preference vectors x scalarizations x n_starts.
-    m = len(obj_names)
+def _transform(values, signs, log_objectives: bool, xp):
+    """Objective values -> minimized coordinates: sign * value, or sign * log(value)."""
+    return xp.asarray(signs) * (xp.log(values) if log_objectives else values)
+
+
+def _start_batch(n_preferences: int, n_starts: int, scalarizations: tuple[str, ...], m: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch of searches: preference vectors x scalarizations x `n_starts` starts.
+
+    **Returns:** per start, its weights `[S, m]`, whether it is a Chebyshev scalarization
+    `[S]`, and its rank among the starts of the same preference and scalarization `[S]`.
+    """
     w = opt.preference_vectors(n_preferences, m, seed=seed)
     weights = np.concatenate([np.repeat(w, n_starts, axis=0)] * len(scalarizations))
     use_cheb = np.concatenate([np.full(n_preferences * n_starts, s == "chebyshev")
                                for s in scalarizations])
     rank = np.tile(np.arange(n_starts), n_preferences * len(scalarizations))
+    return weights, use_cheb, rank
+
+
+def _starting_points(space, scales: _Scales, x_pilot, m_pilot, weights, use_cheb, rank, *,
+                     starts, seed):
+    """Where each search starts, in unconstrained coordinates `[S, dim]`.
+
+    `starts="pilot"`: the rank-th best pilot design under the start's own scalarized loss,
+    designs that break a budget penalized; `"random"`: a second Sobol stream, independent of
+    the pilot.
+    """
     n_total = weights.shape[0]
-    if starts == "random":  # a second Sobol stream, independent of the pilot
-        u0 = opt.sobol_unit(n_total, dim, seed=seed + 1)
-    else:  # the rank-th best pilot design under each start's own scalarized, penalized loss
-        f_p = (h_pilot - ideal) / obj_scale
-        g_p = np.stack([g for g in _normalized_constraints(m_pilot, budget_spec, con_scale, np)],
-                       axis=1) if budget_spec else np.zeros((len(x_pilot), 0))
-        viol = np.max(np.maximum(g_p, 0.0), axis=1, initial=0.0)
+    if starts == "random":
+        u0 = opt.sobol_unit(n_total, int(space.dim), seed=seed + 1)
+    else:
+        f_p = scales.objectives(m_pilot)
+        viol = scales.violation(m_pilot, len(x_pilot))
         d = f_p + IDEAL_MARGIN
         cheb = np.max(weights[:, None, :] * d[None], axis=2) + (
             opt.CHEBYSHEV_AUGMENTATION * d.sum(axis=1)[None])
@@ -403,17 +503,22 @@ def optimize(
         u0 = np.asarray(space.to_unit(jnp.asarray(x_pilot[order[np.arange(n_total), rank]])))
     # from_unconstrained(z) = from_unit(sigmoid(z)), so a unit point u starts at z = logit(u).
     u0 = np.clip(u0, 1e-4, 1.0 - 1e-4)
-    z0 = jnp.asarray(np.log(u0) - np.log1p(-u0), dtype=jnp.result_type(float))
-    if optimizer is None:
-        optimizer = optax.adam(learning_rate)
+    return jnp.asarray(np.log(u0) - np.log1p(-u0), dtype=jnp.result_type(float))
 
-    n_pilot_evals = x_pilot.shape[0]
-    grads_per_outer = n_total * inner_steps
+
+def _run_multistart(relaxed, z0, weights, use_cheb, *, optimizer, outer_steps, inner_steps,
+                    penalty, progress, n_pilot):
+    """Every start searched at once (`dse.optimizers.multistart_minimize`), with a progress bar.
+
+    **Returns:** the `MultiStartResult` and the cumulative model evaluations after each outer
+    step (the pilot's `n_pilot`, then `EVALUATIONS_PER_GRADIENT` per gradient), int64 `[T]`.
+    """
+    grads_per_outer = weights.shape[0] * inner_steps
     bar = tqdm(total=outer_steps, desc="optimize", disable=not progress, leave=False)
     cumulative = []
 
     def callback(t, f, violation):
-        cumulative.append(n_pilot_evals + EVALUATIONS_PER_GRADIENT * grads_per_outer * (t + 1))
+        cumulative.append(n_pilot + EVALUATIONS_PER_GRADIENT * grads_per_outer * (t + 1))
         bar.update(1)
         bar.set_postfix(feasible=f"{float(jnp.mean(violation <= 0)):.0%}")
 
@@ -426,10 +531,20 @@ def optimize(
         )
     finally:
         bar.close()
+    return run, np.asarray(cumulative, dtype=np.int64)
 
-    # Snap, repair, re-evaluate exactly: the best feasible iterate and the last one of every
-    # start at every floor/ceil combination of their integer knobs, and (if asked) the iterate
-    # after every outer step, rounded: points along the paths also fill in the front.
+
+def _snap_and_repair(space, run, keep_iterates: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The designs to check exactly after the search, in parameter units.
+
+    The best feasible iterate and the last one of every start, rounded to the nearest
+    integers (and, with `keep_iterates`, the iterate after every outer step: points along the
+    paths also fill in the front); then every other floor/ceil combination of the best and last
+    iterates' integer knobs, so that a rounding that breaks a budget has a neighbour that may not.
+
+    **Returns:** the distinct rounded designs `[r, dim]` and the other combinations `[q, dim]`.
+    """
+    dim = int(space.dim)
     x_relaxed = np.asarray(space.from_unconstrained(jnp.concatenate([run.z_best, run.z])),
                            dtype=np.float64)
     x_round = space.snap(x_relaxed)
@@ -440,33 +555,24 @@ def optimize(
     x_round_u = np.unique(x_round, axis=0)
     is_round = {tuple(r) for r in x_round_u}
     x_repair = np.array([r for r in np.unique(neigh, axis=0) if tuple(r) not in is_round])
-    x_repair = x_repair.reshape(-1, dim)
-    x_final = np.concatenate([x_round_u, x_repair])
-    m_final = evaluate(x_final)
+    return x_round_u, x_repair.reshape(-1, dim)
 
-    x_all = np.concatenate([x_pilot, x_final])
-    metrics = {k: np.concatenate([m_pilot[k], m_final[k]]) for k in probe}
-    source = np.array(["pilot"] * len(x_pilot) + ["snapped"] * len(x_round_u)
-                      + ["repair"] * len(x_repair))
+
+def _result(space, scales: _Scales, x_pilot, m_pilot, x_new, m_new, sources: list[str], *,
+            history, n_evaluations, n_gradients, t_start, note: str = "") -> OptimizeResult:
+    """The `OptimizeResult` of the pilot and the designs the search added (`x_new`, their exact
+    metrics `m_new` and where each came from, `sources`), every one checked against the budgets;
+    `note` is appended to the message."""
+    obj_spec, budget_spec = scales.obj_spec, scales.budget_spec
+    metrics = {k: np.concatenate([m_pilot[k], m_new[k]]) for k in m_pilot}
     margins, feasible, reason, front, status, message = _check(metrics, obj_spec, budget_spec)
-
-    n_evaluations = (n_pilot_evals + EVALUATIONS_PER_GRADIENT * run.n_gradients
-                     + x_final.shape[0])
-    hist_f = np.asarray(run.history_objectives, dtype=np.float64)
-    hist_f = signs * (hist_f * obj_scale + ideal)
-    if log_objectives:
-        hist_f = np.exp(hist_f)
-    history = {
-        "objectives": hist_f,
-        "violation": np.asarray(run.history_violation, dtype=np.float64),
-        "penalty": np.asarray(run.history_penalty, dtype=np.float64),
-        "n_evaluations": np.asarray(cumulative, dtype=np.int64),
-    }
     return OptimizeResult(
-        names=names, objectives=obj_spec, budgets=budget_spec, x=x_all, metrics=metrics,
-        margins=margins, feasible=feasible, reason=reason, source=source, front=front,
-        history=history, n_evaluations=int(n_evaluations), n_gradients=run.n_gradients,
-        seconds=time.perf_counter() - t_start, status=status, message=message, space=space,
+        names=tuple(space.names), objectives=obj_spec, budgets=budget_spec,
+        x=np.concatenate([x_pilot, x_new]), metrics=metrics, margins=margins, feasible=feasible,
+        reason=reason, source=np.array(["pilot"] * len(x_pilot) + sources), front=front,
+        history=history, n_evaluations=int(n_evaluations), n_gradients=n_gradients,
+        seconds=time.perf_counter() - t_start, status=status, message=message + note,
+        space=space,
     )
 
 
@@ -524,16 +630,52 @@ def _check(metrics, obj_spec, budget_spec):
     return margins, feasible, reason, front, status, message
 
 
-def _optimize_trace(space, metrics_of, normalized, obj_spec, budget_spec, x_pilot, m_pilot,
-                    f_pilot, con_scale, spacing, max_steps, progress, t_start) -> OptimizeResult:
+def _optimize_trace(space, metrics_of, scales: _Scales, x_pilot, m_pilot, *, spacing,
+                    max_steps, progress, t_start) -> OptimizeResult:
     """`optimize(method="trace")`: the pilot's best design for the second objective, then
     `dse.optimizers.trace_front` in the unit box, every point exactly checked."""
-    dim = int(space.dim)
+    fn, snap = _trace_functions(space, metrics_of, scales)
+    # Start: the pilot design best for the second objective, infeasible ones last.
+    f_pilot = scales.objectives(m_pilot)
+    viol = scales.violation(m_pilot, len(x_pilot))
+    score = np.where(np.isfinite(f_pilot[:, 1]), f_pilot[:, 1] + 1e3 * viol, np.inf)
+    u0 = np.asarray(space.to_unit(jnp.asarray(x_pilot[int(np.argmin(score))])), np.float64)
+
+    bar = tqdm(total=max_steps, desc="trace", disable=not progress, leave=False)
+    try:
+        trace = opt.trace_front(fn, u0, snap=snap, spacing=spacing, max_steps=max_steps,
+                                callback=lambda i, w, v: (bar.update(1),
+                                                          bar.set_postfix(w=f"{w:.2f}")))
+    finally:
+        bar.close()
+
+    x_trace = space.snap(np.asarray(space.from_unit(jnp.asarray(trace.u)), np.float64))
+    m_trace = {k: np.array([a[k] for a in trace.aux]) for k in m_pilot}
+    n_pilot = len(x_pilot)
+    cumulative = np.concatenate([np.arange(1, n_pilot + 1),
+                                 n_pilot + EVALUATIONS_PER_JACOBIAN
+                                 * np.arange(1, trace.n_jacobians + 1)])
+    history = {"n_evaluations": cumulative.astype(np.int64), "weight": trace.weight,
+               "accepted": trace.accepted}
+    return _result(space, scales, x_pilot, m_pilot, x_trace.reshape(-1, int(space.dim)),
+                   m_trace, ["trace"] * len(x_trace), history=history,
+                   n_evaluations=n_pilot + EVALUATIONS_PER_JACOBIAN * trace.n_jacobians,
+                   n_gradients=trace.n_jacobians, t_start=t_start,
+                   note=f"; trace: {trace.message}")
+
+
+def _trace_functions(space, metrics_of, scales: _Scales):
+    """What `trace_front` calls, in the unit box of `space`.
+
+    **Returns:** `fn(u) -> (v, J, metrics)`: the scaled objectives and budgets `v` of design
+    `u`, their forward-mode Jacobian `J` (jitted) and the design's exact metrics; and
+    `snap(u)`: `u` with its integer knobs rounded (in parameter units).
+    """
     is_int = np.asarray(space.is_integer, dtype=bool)
 
     def vector(u):
         m = metrics_of(space.from_unit(u))
-        f, g = normalized(m)
+        f, g = scales.normalized(m)
         v = jnp.concatenate([f, g])
         return v, (v, m)
 
@@ -549,38 +691,4 @@ def _optimize_trace(space, metrics_of, normalized, obj_spec, budget_spec, x_pilo
         x = space.snap(np.asarray(space.from_unit(jnp.asarray(u)), dtype=np.float64))
         return np.where(is_int, np.asarray(space.to_unit(jnp.asarray(x)), dtype=np.float64), u)
 
-    # Start: the pilot design best for the second objective, infeasible ones last.
-    g_p = np.stack(_normalized_constraints(m_pilot, budget_spec, con_scale, np), axis=1) if (
-        budget_spec) else np.zeros((len(x_pilot), 0))
-    viol = np.max(np.maximum(g_p, 0.0), axis=1, initial=0.0)
-    score = np.where(np.isfinite(f_pilot[:, 1]), f_pilot[:, 1] + 1e3 * viol, np.inf)
-    u0 = np.asarray(space.to_unit(jnp.asarray(x_pilot[int(np.argmin(score))])), np.float64)
-
-    bar = tqdm(total=max_steps, desc="trace", disable=not progress, leave=False)
-    try:
-        trace = opt.trace_front(fn, u0, snap=snap, spacing=spacing, max_steps=max_steps,
-                                callback=lambda i, w, v: (bar.update(1),
-                                                          bar.set_postfix(w=f"{w:.2f}")))
-    finally:
-        bar.close()
-
-    x_trace = space.snap(np.asarray(space.from_unit(jnp.asarray(trace.u)), np.float64))
-    x_all = np.concatenate([x_pilot, x_trace.reshape(-1, dim)])
-    metrics = {k: np.concatenate([m_pilot[k], np.array([a[k] for a in trace.aux])])
-               for k in m_pilot}
-    source = np.array(["pilot"] * len(x_pilot) + ["trace"] * len(x_trace))
-    margins, feasible, reason, front, status, message = _check(metrics, obj_spec, budget_spec)
-    n_pilot = len(x_pilot)
-    cumulative = np.concatenate([np.arange(1, n_pilot + 1),
-                                 n_pilot + EVALUATIONS_PER_JACOBIAN
-                                 * np.arange(1, trace.n_jacobians + 1)])
-    history = {"n_evaluations": cumulative.astype(np.int64), "weight": trace.weight,
-               "accepted": trace.accepted}
-    return OptimizeResult(
-        names=tuple(space.names), objectives=obj_spec, budgets=budget_spec, x=x_all,
-        metrics=metrics, margins=margins, feasible=feasible, reason=reason, source=source,
-        front=front, history=history,
-        n_evaluations=int(n_pilot + EVALUATIONS_PER_JACOBIAN * trace.n_jacobians),
-        n_gradients=trace.n_jacobians, seconds=time.perf_counter() - t_start, status=status,
-        message=f"{message}; trace: {trace.message}", space=space,
-    )
+    return fn, snap

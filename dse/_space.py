@@ -251,14 +251,16 @@ class Space:
                 "params": [dataclasses.asdict(p) for p in self.params]}
 
     # --- the maps: one Box ----------------------------------------------------------------
-    def from_unit(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def from_unit(
+        self, u: Float[ArrayLike, "*batch dim"]
+    ) -> Float[Array | np.ndarray, "*batch dim"]:
         """Unit cube -> parameter units (log-spaced for log params; integers left relaxed).
 
         **Arguments:** `u`: [..., dim] in [0, 1]. **Returns:** x: [..., dim].
         """
         return self.box.from_unit(self._checked(u))
 
-    def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array | np.ndarray, "*batch dim"]:
         """Parameter units -> unit cube (inverse of `from_unit`).
 
         **Arguments:** `x`: [..., dim] inside the bounds. **Returns:** u: [..., dim] in [0, 1].
@@ -280,7 +282,7 @@ class Space:
         """
         return self.box.to_unconstrained(self._checked(x))
 
-    def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array | np.ndarray, "*batch dim"]:
         """Round integer parameters to the nearest integer inside their bounds; others unchanged.
 
         **Arguments:** `x`: [..., dim]. **Returns:** [..., dim].

@@ -65,9 +65,11 @@ class Chip(eqx.Module):
     compute_redundancy: Float[Array, "*batch"] = eqx.field(
         converter=as_float_array, default=1.0
     )
-    sram_kind: SramKind = eqx.field(static=True, default="cache")
-    core_kind: CoreKind = eqx.field(static=True, default="simt")
-    hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")
+    # Choices take any str: `__check_init__` names the field and the allowed values
+    # (`SramKind`, `CoreKind`, `HbmGeneration`) in a ValueError.
+    sram_kind: str = eqx.field(static=True, default="cache")
+    core_kind: str = eqx.field(static=True, default="simt")
+    hbm_generation: str = eqx.field(static=True, default="HBM3")
     die_count: int = eqx.field(static=True, default=1)
     name: str = eqx.field(static=True, default="custom")
 

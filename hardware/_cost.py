@@ -34,7 +34,8 @@ class CostReport(eqx.Module):
     wafers per good die than a year of the largest foundry's output, `FOUNDRY_WAFERS_PER_YEAR`);
     there `silicon` is held at the cost of that year of wafers per die (finite, with a zero
     gradient), a flagged bound rather than a price. Advanced-packaging (CoWoS interposer) cost
-    is not included: no source used here prices it.
+    is not included here; the cluster TCO adds it from analysts' estimates
+    (`dse.hardware.advanced_package_cost`, `Economics.interposer_cost`).
     """
 
     silicon: Float[Array, "*batch"]

@@ -19,7 +19,20 @@ from typing import Any, Literal, NamedTuple
 from . import units as u
 from ._validate import range_text
 
-Kind = Literal["compute", "memory", "network", "process"]
+Kind = Literal["compute", "memory", "network", "process", "reliability", "economics"]
+Owner = Literal["Chip", "System", "Network", "Reliability", "Economics"]
+
+# Where a field of each owner sits inside each kind of design: ("Cluster", "Chip") ->
+# "system.chip." means a chip field `x` of a Cluster is `system.chip.x`.
+_PREFIX: dict[tuple[str, str], str] = {
+    ("System", "Chip"): "chip.",
+    ("System", "Network"): "network.",
+    ("Cluster", "Chip"): "system.chip.",
+    ("Cluster", "System"): "system.",
+    ("Cluster", "Network"): "system.network.",
+    ("Cluster", "Reliability"): "reliability.",
+    ("Cluster", "Economics"): "economics.",
+}
 Scale = Literal["linear", "log", "integer"]
 
 
@@ -65,8 +78,9 @@ class Field(Quantity):
 
     **Fields** (besides those of `Quantity`):
 
-    - `name`: the field's name on its Module; `owner`: "Chip" or "System".
-    - `kind`: "compute", "memory", "network" or "process".
+    - `name`: the field's name on its Module; `owner`: "Chip", "System", "Network",
+      "Reliability" or "Economics".
+    - `kind`: "compute", "memory", "network", "process", "reliability" or "economics".
     - `resource`: the resource `dse.sensitivity` names when this field binds a metric
       ("HBM bandwidth", "scale-up links"); None for a field that is not a resource (the
       process node, spare cores).
@@ -75,10 +89,12 @@ class Field(Quantity):
     - `min_value`, `max_value`, `zero_allowed`: the values the Module accepts (SI): finite and
       in [min_value, max_value], or exactly 0 where `zero_allowed` (0 means "absent": no HBM,
       no links). Physical limits, see `LIMITS`.
+    - `min_inclusive`: whether `min_value` itself is allowed (False: only values above it, as
+      a checkpoint bandwidth above 0).
     """
 
     name: str
-    owner: Literal["Chip", "System"]
+    owner: Owner
     kind: Kind
     resource: str | None
     low: float
@@ -87,6 +103,7 @@ class Field(Quantity):
     min_value: float
     max_value: float
     zero_allowed: bool
+    min_inclusive: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -103,27 +120,31 @@ class Field(Quantity):
     @property
     def allowed(self) -> str:
         """The valid range in words, as errors print it ("finite and in [1, 1e+10]")."""
-        return range_text(self.min_value, self.max_value, zero_allowed=self.zero_allowed)
+        return range_text(self.min_value, self.max_value, lower_inclusive=self.min_inclusive,
+                          zero_allowed=self.zero_allowed)
 
     def from_unit(self, u: Any) -> Any:
         """Values across the whole valid range from unit coordinates (numpy): log-spaced from
         `min_value` (u = 0) to `max_value` (u = 1); a field whose lower bound is 0 spans
-        [max_value * 1e-12, max_value] with u = 0 exactly 0."""
+        [max_value * 1e-12, max_value] with u = 0 exactly 0 (or max_value * 1e-12 where 0
+        itself is not allowed)."""
         import numpy as np
 
         u = np.asarray(u, np.float64)
         floor = self.min_value if self.min_value > 0 else self.max_value * 1e-12
         x = floor * (self.max_value / floor) ** u
         # Exactly on the bounds at the ends (the power rounds).
-        return np.where(u <= 0, self.min_value, np.where(u >= 1, self.max_value, x))
+        lowest = self.min_value if self.min_inclusive else floor
+        return np.where(u <= 0, lowest, np.where(u >= 1, self.max_value, x))
 
     def path(self, design: Any) -> str:
-        """Dotted path of this field in `design` (a `Chip`, or a `System`: "chip.<name>")."""
+        """Dotted path of this field in `design`: its own Module, a `System` ("chip.<name>",
+        "network.<name>") or a `Cluster` ("system.chip.<name>", "reliability.<name>", ...)."""
         kind = type(design).__name__
         if kind == self.owner:
             return self.name
-        if kind == "System" and self.owner == "Chip":
-            return f"chip.{self.name}"
+        if (kind, self.owner) in _PREFIX:
+            return f"{_PREFIX[kind, self.owner]}{self.name}"
         raise ValueError(f"field {self.name!r} is a field of {self.owner}; a {kind} has no "
                          f"such field")
 
@@ -196,15 +217,88 @@ LIMITS: Mapping[str, tuple[float, float, bool]] = types.MappingProxyType({
 })
 
 
+# The valid ranges of the Network, Reliability and Economics fields (issue 18): (lower, upper,
+# whether the lower bound itself is allowed). Their Modules check these; `FIELDS` reads them.
+NETWORK_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "tiers": (1.0, 8.0, True),
+    "radix": (2.0, 1e5, True),
+    "oversubscription": (1.0, 1e3, True),
+    "planes": (1.0, 64.0, True),
+    "host_chips": (1.0, 1e6, True),
+    "rack_chips": (1.0, 1e6, True),
+}
+
+_RATE = (0.0, 1.0, True)
+RELIABILITY_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "accelerator_failure_rate": _RATE,
+    "hbm_failure_rate": _RATE,
+    "host_failure_rate": _RATE,
+    "nic_failure_rate": _RATE,
+    "link_failure_rate": _RATE,
+    "switch_failure_rate": _RATE,
+    "software_failure_rate": _RATE,
+    "maintenance_rate": _RATE,
+    "checkpoint_bandwidth": (0.0, 1e18, False),
+    "restore_bandwidth": (0.0, 1e18, False),
+    "restart_time": (0.0, 1e7, True),
+    "repair_time": (0.0, 1e8, True),
+    "spare_fraction": (0.0, 10.0, True),
+}
+
+_YEAR_S = 365.25 * 86400.0
+ECONOMICS_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "chip_price_base": (0.0, 1e7, True),
+    "chip_price_multiplier": (0.0, 1e3, False),
+    "interposer_cost": (0.0, 1e6, True),
+    "interposer_cost_per_extra_die": (0.0, 1e6, True),
+    "host_cost": (0.0, 1e8, True),
+    "host_power": (0.0, 1e6, True),
+    "switch_cost": (0.0, 1.0, True),
+    "switch_power": (0.0, 1.0, True),
+    "optics_cost": (0.0, 1.0, True),
+    "optics_power": (0.0, 1.0, True),
+    "copper_power": (0.0, 1e3, True),
+    "scaleup_switch_cost": (0.0, 1.0, True),
+    "scaleup_switch_power": (0.0, 1.0, True),
+    "storage_cost": (0.0, 1.0, True),
+    "facility_cost": (0.0, 1e4, True),
+    "pue": (1.0, 5.0, True),
+    "electricity_price": (0.0, 1e-5, True),
+    "it_lifetime": (0.0, 100.0 * _YEAR_S, False),
+    "facility_lifetime": (0.0, 200.0 * _YEAR_S, False),
+}
+
+_OWNER_BOUNDS = {"Network": NETWORK_BOUNDS, "Reliability": RELIABILITY_BOUNDS,
+                 "Economics": ECONOMICS_BOUNDS}
+
+
 def _field(owner, name, label, unit, kind, resource, low, high, scale, **more) -> Field:
-    min_value, max_value, zero_allowed = LIMITS[name]
+    if owner in _OWNER_BOUNDS:
+        min_value, max_value, min_inclusive = _OWNER_BOUNDS[owner][name]
+        zero_allowed = False
+    else:
+        (min_value, max_value, zero_allowed), min_inclusive = LIMITS[name], True
     return Field(owner=owner, name=name, label=label, unit=unit, kind=kind, resource=resource,
                  low=float(low), high=float(high), scale=scale, min_value=float(min_value),
-                 max_value=float(max_value), zero_allowed=zero_allowed, **more)
+                 max_value=float(max_value), zero_allowed=zero_allowed,
+                 min_inclusive=min_inclusive, **more)
 
 
 _chip = functools.partial(_field, "Chip")
 _system = functools.partial(_field, "System")
+_network = functools.partial(_field, "Network")
+_reliability = functools.partial(_field, "Reliability")
+_economics = functools.partial(_field, "Economics")
+
+_DAY = 86400.0
+_YEAR = 365.25 * _DAY
+# Failure rates are stored per unit per second and shown per 1,000 unit-days (Llama 3's counts
+# per 16,384 GPUs over 54 days are of that order).
+_PER_1000_DAYS = 1.0 / (1000.0 * _DAY)
+# Per-bandwidth prices and powers are stored per byte/s and shown per Gb/s.
+_PER_GBIT = 1.0 / u.Gbit
+# Electricity is stored in $/J and shown in cents per kWh.
+_CENTS_PER_KWH = 0.01 / 3.6e6
 
 
 # Default bounds. The seven knobs of the README's reference problem (`dse demo`,
@@ -248,6 +342,97 @@ _FIELDS: tuple[Field, ...] = (
             description="per-chip bandwidth to the scale-out network, one direction"),
     _system("scaleout_latency", "scale-out latency", "s", "network", "network latency",
             1 * u.us, 20 * u.us, "log", display_unit="µs", display_scale=u.us),
+    # Network (hardware/_network.py). One switch to four tiers (three suffice for 64^3/4 =
+    # 65,536 chips at radix 64, the DGX SuperPOD's largest tables).
+    _network("tiers", "network tiers", "", "network", "scale-out network", 1, 4, "integer",
+             description="switch tiers of the scale-out fat-tree"),
+    # 32 (Tomahawk 3 class) to 256 ports (a 51.2 Tb/s switch at 200G: Tomahawk 5's 256 x 200G).
+    _network("radix", "switch radix", "", "network", "scale-out network", 32, 256, "integer",
+             description="ports per switch at one plane's port speed"),
+    # Non-blocking to beyond Llama 3's 1:7.
+    _network("oversubscription", "oversubscription", "", "network", "scale-out network", 1.0,
+             8.0, "linear", description="down : up bandwidth at the pod boundary"),
+    _network("planes", "network planes", "", "network", "scale-out network", 1, 8, "integer",
+             description="independent planes each chip's scale-out bandwidth is split over"),
+    # GB200 trays carry 4 GPUs, DGX hosts 8.
+    _network("host_chips", "chips per host", "", "network", None, 4, 16, "integer"),
+    # Meta's racks 16 GPUs, DGX SuperPOD 32, NVL72 72, NVL144-class 144.
+    _network("rack_chips", "chips per rack", "", "network", None, 8, 144, "integer"),
+    # Reliability (hardware/_reliability.py): a tenth to ten times Llama 3's rates.
+    _reliability("accelerator_failure_rate", "accelerator failure rate", "1/s", "reliability",
+                 "accelerator reliability", 2.5e-10, 2.5e-8, "log",
+                 display_unit="per 1000 chip-days", display_scale=_PER_1000_DAYS),
+    _reliability("hbm_failure_rate", "HBM failure rate", "1/s", "reliability",
+                 "HBM reliability", 1.2e-12, 1.2e-10, "log",
+                 display_unit="per 1000 GiB-days", display_scale=_PER_1000_DAYS,
+                 description="HBM failures per GiB of HBM"),
+    _reliability("host_failure_rate", "host failure rate", "1/s", "reliability",
+                 "host reliability", 4.8e-10, 4.8e-8, "log",
+                 display_unit="per 1000 host-days", display_scale=_PER_1000_DAYS),
+    _reliability("nic_failure_rate", "NIC failure rate", "1/s", "reliability",
+                 "network reliability", 9e-12, 9e-10, "log",
+                 display_unit="per 1000 NIC-days", display_scale=_PER_1000_DAYS),
+    _reliability("link_failure_rate", "link failure rate", "1/s", "reliability",
+                 "network reliability", 2e-11, 2e-9, "log",
+                 display_unit="per 1000 link-days", display_scale=_PER_1000_DAYS),
+    _reliability("switch_failure_rate", "switch failure rate", "1/s", "reliability",
+                 "network reliability", 0.0, 1e-7, "linear",
+                 display_unit="per 1000 switch-days", display_scale=_PER_1000_DAYS),
+    _reliability("software_failure_rate", "software failure rate", "1/s", "reliability",
+                 "software reliability", 8e-11, 8e-9, "log",
+                 display_unit="per 1000 chip-days", display_scale=_PER_1000_DAYS),
+    _reliability("maintenance_rate", "planned interruptions", "1/s", "reliability", None,
+                 1e-6, 1e-4, "log", display_unit="per day", display_scale=1.0 / _DAY),
+    # 100 GB/s to 20 TB/s (Llama 3's Tectonic: 2 TB/s sustained, 7 TB/s peak).
+    _reliability("checkpoint_bandwidth", "checkpoint bandwidth", "B/s", "reliability",
+                 "checkpoint storage", 100 * u.GB, 20 * u.TB, "log", display_unit="TB/s",
+                 display_scale=u.TB),
+    _reliability("restore_bandwidth", "restore bandwidth", "B/s", "reliability",
+                 "checkpoint storage", 100 * u.GB, 20 * u.TB, "log", display_unit="TB/s",
+                 display_scale=u.TB),
+    _reliability("restart_time", "restart time", "s", "reliability", "restart time", 60.0,
+                 3600.0, "log", display_unit="min", display_scale=60.0),
+    _reliability("repair_time", "repair time", "s", "reliability", None, 3600.0, 7 * _DAY,
+                 "log", display_unit="h", display_scale=3600.0),
+    _reliability("spare_fraction", "hot spares", "", "reliability", None, 0.0, 0.2, "linear",
+                 description="spare hosts per host of the job"),
+    # Economics (hardware/_tco.py): ranges around the sourced defaults.
+    _economics("chip_price_base", "chip price base", "$", "economics", None, 5e3, 50e3, "log",
+               description="fixed part of a chip's price"),
+    _economics("chip_price_multiplier", "chip price multiplier", "", "economics", None, 1.0,
+               12.0, "log", description="price per dollar of modelled manufacturing cost"),
+    _economics("interposer_cost", "2.5D package cost", "$", "economics", None, 200.0, 3000.0,
+               "log"),
+    _economics("interposer_cost_per_extra_die", "2.5D cost per extra die", "$", "economics",
+               None, 100.0, 2000.0, "log"),
+    _economics("host_cost", "host cost", "$", "economics", None, 10e3, 200e3, "log"),
+    _economics("host_power", "host power", "W", "economics", None, 1e3, 10e3, "log"),
+    _economics("switch_cost", "switch port cost", "$/(B/s)", "economics", None, 1.6e-9,
+               1.6e-7, "log", display_unit="$/(Gb/s)", display_scale=_PER_GBIT),
+    _economics("switch_power", "switch port power", "W/(B/s)", "economics", None, 1.4e-11,
+               1.4e-9, "log", display_unit="W/(Gb/s)", display_scale=_PER_GBIT),
+    _economics("optics_cost", "optical link cost", "$/(B/s)", "economics", None, 1.5e-9,
+               1.5e-7, "log", display_unit="$/(Gb/s)", display_scale=_PER_GBIT),
+    _economics("optics_power", "transceiver power", "W/(B/s)", "economics", None, 1.7e-11,
+               1.7e-9, "log", display_unit="W/(Gb/s)", display_scale=_PER_GBIT),
+    _economics("copper_power", "copper cable power", "W", "economics", None, 0.01, 1.0, "log"),
+    _economics("scaleup_switch_cost", "scale-up port cost", "$/(B/s)", "economics", None,
+               1.6e-10, 1.6e-7, "log", display_unit="$/(Gb/s)", display_scale=_PER_GBIT),
+    _economics("scaleup_switch_power", "scale-up port power", "W/(B/s)", "economics", None,
+               1.4e-12, 1.4e-9, "log", display_unit="W/(Gb/s)", display_scale=_PER_GBIT),
+    _economics("storage_cost", "storage cost", "$/(B/s)/s", "economics", None, 4.8e-14,
+               4.8e-12, "log", display_unit="$/(GB/s)/year",
+               display_scale=1.0 / (u.GB * _YEAR)),
+    _economics("facility_cost", "facility cost", "$/W", "economics", None, 5.0, 25.0, "log",
+               display_unit="$M/MW"),
+    _economics("pue", "PUE", "", "economics", None, 1.05, 1.6, "linear"),
+    _economics("electricity_price", "electricity price", "$/J", "economics", None,
+               3 * _CENTS_PER_KWH, 20 * _CENTS_PER_KWH, "log", display_unit="¢/kWh",
+               display_scale=_CENTS_PER_KWH),
+    _economics("it_lifetime", "IT lifetime", "s", "economics", None, 3 * _YEAR, 7 * _YEAR,
+               "linear", display_unit="years", display_scale=_YEAR),
+    _economics("facility_lifetime", "facility lifetime", "s", "economics", None, 15 * _YEAR,
+               40 * _YEAR, "linear", display_unit="years", display_scale=_YEAR),
 )
 
 FIELDS: Mapping[str, Field] = types.MappingProxyType({f.name: f for f in _FIELDS})

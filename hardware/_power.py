@@ -53,15 +53,16 @@ FULL_ACTIVITY = Activity()
 class PowerReport(eqx.Module):
     """Power by block, watts; the blocks sum to `total`."""
 
-    compute: Float[Array, "*batch"]
-    vector: Float[Array, "*batch"]
-    hbm: Float[Array, "*batch"]
-    link: Float[Array, "*batch"]
-    static: Float[Array, "*batch"]
-    total: Float[Array, "*batch"]
+    # Broadcast-compatible batches: `static` follows the chip, the others also the activity.
+    compute: Float[Array, "*#batch"]
+    vector: Float[Array, "*#batch"]
+    hbm: Float[Array, "*#batch"]
+    link: Float[Array, "*#batch"]
+    static: Float[Array, "*#batch"]
+    total: Float[Array, "*#batch"]
 
     @property
-    def blocks(self) -> dict[str, Float[Array, "*batch"]]:
+    def blocks(self) -> dict[str, Float[Array, "*#batch"]]:
         """The additive blocks, in W."""
         return {"compute": self.compute, "vector": self.vector, "hbm": self.hbm,
                 "link": self.link, "static": self.static}

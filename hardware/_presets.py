@@ -27,8 +27,8 @@ def _macs(peak_tflops: float | int, clock_ghz: float | int) -> float:
 class Published:
     """Published figures used to validate the models (not inputs to them)."""
 
-    die_area_mm2: float | None  # per die, chips.csv `die_area_mm2`
-    tdp_w: float | None  # chips.csv `tdp_w`
+    die_area_mm2: float | int | None  # per die, chips.csv `die_area_mm2`
+    tdp_w: float | int | None  # chips.csv `tdp_w`
     is_gpu: bool
 
 

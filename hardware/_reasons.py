@@ -19,16 +19,18 @@ class Reason(enum.IntFlag):
     CHIPS = 1  # the plan does not fill the system's chips (tp*pp*dp, or replicas of tp*pp)
     BATCH = 2  # the global batch does not split into whole micro-batches per replica
     MEMORY = 4  # weights, gradients, optimizer state, activations or KV cache exceed the HBM
-    SPLIT = 8  # the plan does not divide the model (heads over tp, layers over pp, ...)
-    SRAM = 16  # a chip without HBM: what it must hold exceeds its on-chip SRAM
-    UNMANUFACTURABLE = 32  # a die larger than a wafer, or fewer good dies than a fab can make
-    WORKLOAD = 64  # a batch or sequence length outside its range (traced values)
+    NETWORK = 8  # the scale-out network's tiers and radix cannot connect that many chips
+    SPLIT = 16  # the plan does not divide the model (heads over tp, layers over pp, ...)
+    SRAM = 32  # a chip without HBM: what it must hold exceeds its on-chip SRAM
+    UNMANUFACTURABLE = 64  # a die larger than a wafer, or fewer good dies than a fab can make
+    WORKLOAD = 128  # a batch or sequence length outside its range (traced values)
 
 
 REASON_TEXT: dict[Reason, str] = {
     Reason.CHIPS: "plan does not use exactly the system's chips",
     Reason.BATCH: "global batch does not split into whole micro-batches per replica",
     Reason.MEMORY: "memory per chip exceeds the HBM capacity",
+    Reason.NETWORK: "network tiers and radix cannot connect the cluster's chips",
     Reason.SPLIT: "plan does not divide the model (heads over tp, layers over pp and "
                   "interleave, experts over ep)",
     Reason.SRAM: "chip without HBM: memory per chip exceeds its on-chip SRAM",

@@ -13,9 +13,12 @@ from jaxtyping import Array, Float
 
 from ._chip import Chip
 from ._fields import SYSTEM_BOUNDS
+from ._network import Network
 from ._validate import as_float_array, check_choice, check_integer, check_range
 
 Topology = Literal["switch", "torus2d", "torus3d"]
+# Dimensions of each scale-up topology (0: a switch, any-to-any).
+TOPOLOGY_DIMS: dict[str, int] = {"switch": 0, "torus2d": 2, "torus3d": 3}
 # Scale-up fabric kinds: NVLink / NVSwitch, TPU inter-chip interconnect, AMD Infinity Fabric
 # (xGMI), Ethernet-based scale-up (Gaudi RoCE ports). Each is calibrated on its own
 # (`dse.models.Calibration.link_efficiency` / `latency_scale` are per fabric).
@@ -45,6 +48,10 @@ class System(eqx.Module):
     - `fabric` (static): what the scale-up links are ("nvlink", "ici", "xgmi", "ethernet"); it
       selects the fabric's calibrated link efficiency and latency factor.
     - `name` (static): label.
+    - `network`: the scale-out `Network` (tiers, radix, oversubscription, planes, rails), or
+      None for the two-tier model (one scale-out bandwidth and latency, as before networks
+      existed). With a network, collectives use the bandwidth each tier really has and the
+      cluster's network cost, power and failures can be counted (`dse.hardware.Cluster`).
     """
 
     chip: Chip
@@ -53,9 +60,11 @@ class System(eqx.Module):
     scaleup_latency: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     scaleout_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     scaleout_latency: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
-    topology: Topology = eqx.field(static=True, default="switch")
-    fabric: Fabric = eqx.field(static=True, default="nvlink")
+    # Any str: `__check_init__` rejects one outside `Topology` / `Fabric` with a ValueError.
+    topology: str = eqx.field(static=True, default="switch")
+    fabric: str = eqx.field(static=True, default="nvlink")
     name: str = eqx.field(static=True, default="custom")
+    network: Network | None = None
 
     def __check_init__(self):
         if not isinstance(self.chip, Chip):
@@ -69,6 +78,9 @@ class System(eqx.Module):
                         lower_inclusive=True, zero_allowed=zero_allowed)
         check_choice("System", "topology", self.topology, get_args(Topology))
         check_choice("System", "fabric", self.fabric, FABRICS)
+        if self.network is not None and not isinstance(self.network, Network):
+            raise ValueError(f"System.network must be a dse.hardware.Network or None; got "
+                             f"{type(self.network).__name__}")
         links, size = self.chip.link_count, self.scaleup_size
         if not isinstance(links, jax.core.Tracer) and not isinstance(size, jax.core.Tracer):
             if np.any((np.asarray(links) == 0) & (np.asarray(size) > 1)):

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from . import units as u
 from ._fields import LIMITS
@@ -267,7 +267,7 @@ class Technology(eqx.Module):
     hbm_stack_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     hbm_stack_capacity: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     hbm_interface_units: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
-    hbm_generation: HbmGeneration = eqx.field(static=True, default="HBM3")
+    hbm_generation: str = eqx.field(static=True, default="HBM3")  # a HbmGeneration (checked)
 
     def __check_init__(self):
         for field in ("node_nm", "logic_density", "sram_bitcell_area", "energy_scale",
@@ -280,7 +280,7 @@ class Technology(eqx.Module):
                      get_args(HbmGeneration))
 
 
-def technology(node_nm, hbm_generation: HbmGeneration = "HBM3") -> Technology:
+def technology(node_nm: Real[ArrayLike, "*batch"], hbm_generation: str = "HBM3") -> Technology:
     """Constants for a (continuous) process node and a memory generation.
 
     **Arguments:**

@@ -43,6 +43,7 @@ CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "link_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
+    "scaleout_efficiency": _FRACTION,
 }
 
 
@@ -96,6 +97,8 @@ class Calibration(eqx.Module):
       latency (the alpha of the alpha-beta collective model).
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
+    - `scaleout_efficiency`: fraction of a scale-out NIC's line rate a collective sustains
+      (systems with a `dse.hardware.Network`; the two-tier model takes the stated bandwidth).
     - `provenance` (static): (field, where its value came from) pairs.
     """
 
@@ -108,6 +111,7 @@ class Calibration(eqx.Module):
     link_efficiency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
+    scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     provenance: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())
 
     def __check_init__(self):
@@ -168,6 +172,7 @@ DEFAULT = Calibration(
     link_efficiency=0.6964,
     latency_scale=1.0,
     dp_overlap_fraction=1.0,
+    scaleout_efficiency=0.96,
     provenance=(
         ("matrix_max", _OPERATORS),
         ("matrix_overhead_s", _OPERATORS),
@@ -182,5 +187,8 @@ DEFAULT = Calibration(
                             "same value for every fabric"),
         ("latency_scale", "1: the systems' stated latencies"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
+        ("scaleout_efficiency", "0.96: NVIDIA's stated NCCL ring rate per NIC, 24 GB/s per "
+                                "200 Gb/s (S. Jeaugey, nccl-tests issue 119) and 48 GB/s per "
+                                "400 Gb/s (nccl-tests issue 319); read only with a Network"),
     ),
 )

@@ -29,6 +29,10 @@ time = scaleup_time + scaleout_time.
 The scale-up tier runs at `Calibration.link_efficiency` of the links' bandwidth and at
 `Calibration.latency_scale` times the stated latency, both for the system's fabric
 (`System.fabric`); the scale-out tier is taken at its stated per-chip bandwidth and latency.
+
+A `System` with a `network` (`dse.hardware.Network`: tiers, radix, oversubscription) is costed
+by `_network_collectives.py` instead: rings pipelined over the tiers, each at the bandwidth it
+has under oversubscription. Without one, the model above is unchanged.
 """
 
 from __future__ import annotations
@@ -39,8 +43,12 @@ from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import System
 
+from . import _network_collectives as _net
 from ._calibration import DEFAULT, Calibration
 from ._operators import _f, _safe_div
+from ._tiers import dims as _dims
+from ._tiers import link_efficiency as _link_efficiency
+from ._tiers import scaleup_steps as _scaleup_steps
 
 
 class CommCost(eqx.Module):
@@ -73,29 +81,12 @@ class CommCost(eqx.Module):
                         self.scaleout_bytes * factor)
 
 
-def _dims(system: System) -> int:
-    return {"switch": 0, "torus2d": 2, "torus3d": 3}[system.topology]
-
-
 def _tiers(system: System, group_size, stride):
     g = jnp.maximum(_f(group_size), 1.0)
     stride = jnp.maximum(_f(stride), 1.0)
     g_in = jnp.clip(system.scaleup_domain / stride, 1.0, g)
     g_out = g / g_in
     return g, g_in, g_out
-
-
-def _scaleup_steps(system: System, p):
-    """Latency steps of one reduce-scatter over p members of the scale-up tier."""
-    d = _dims(system)
-    if d == 0:
-        return jnp.log2(p)
-    return d * (p ** (1.0 / d) - 1.0)
-
-
-def _link_efficiency(system: System, calibration: Calibration):
-    """The calibrated fraction of the scale-up links' bandwidth, for the system's fabric."""
-    return calibration.link_efficiency[system.fabric]
 
 
 def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, calibration: Calibration,
@@ -136,6 +127,8 @@ def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLi
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
                  calibration)
 
@@ -149,6 +142,8 @@ def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
                  calibration)
 
@@ -162,6 +157,8 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration)).scale(2.0)
     up_bytes, up_steps, out_bytes, out_steps = _reduce_scatter_parts(system, n, group_size,
                                                                      stride)
     return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system,
@@ -178,6 +175,8 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.all_to_all_parts(system, n, group_size, stride, calibration))
     g, g_in, g_out = _tiers(system, group_size, stride)
     up_bytes = (g_in - 1.0) / g * n
     out_bytes = (g - g_in) / g * n
@@ -205,6 +204,8 @@ def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *
     **Returns:** `CommCost` (zero for a group of one).
     """
     n = _f(message_bytes)
+    if system.network is not None:
+        return CommCost(*_net.send_parts(system, n, group_size, stride, calibration))
     g, g_in, g_out = _tiers(system, group_size, stride)
     active = jnp.where(g > 1.0, 1.0, 0.0)
     crosses = jnp.where(g_out > 1.0, 1.0, 0.0)

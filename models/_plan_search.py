@@ -26,7 +26,7 @@ from ._training_plan import TrainingPlan
 from ._transformer import Transformer
 
 
-def _divisors(n: int) -> np.ndarray:
+def _divisors(n: int | np.integer) -> np.ndarray:
     n = int(n)
     return np.array([d for d in range(1, n + 1) if n % d == 0], dtype=np.int64)
 

@@ -17,6 +17,7 @@ and then compute in numpy float64 on the host (sampling, the final snap of a sea
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -71,7 +72,9 @@ class Box(eqx.Module):
     log: tuple[bool, ...] = eqx.field(static=True)
     integer: tuple[bool, ...] = eqx.field(static=True)
 
-    def __init__(self, lower: ArrayLike, upper: ArrayLike, log=None, integer=None):
+    def __init__(self, lower: ArrayLike | Sequence[float], upper: ArrayLike | Sequence[float],
+                 log: ArrayLike | Sequence[bool] | None = None,
+                 integer: ArrayLike | Sequence[bool] | None = None):
         lo = np.atleast_1d(np.asarray(lower, dtype=np.float64))
         hi = np.atleast_1d(np.asarray(upper, dtype=np.float64))
         if lo.ndim != 1 or lo.shape != hi.shape or lo.size == 0:
@@ -115,7 +118,7 @@ class Box(eqx.Module):
             lo, hi = math.log(lo), math.log(hi)
         return lo, hi - lo
 
-    def _map(self, x, column) -> Array:
+    def _map(self, x, column) -> Array | np.ndarray:
         """`column(j, x[..., j], xp)` for every parameter, stacked on the last axis.
 
         Each parameter is its own formula, chosen by its static flags: a log parameter never
@@ -134,7 +137,7 @@ class Box(eqx.Module):
         t = offset + u * span
         return xp.exp(t) if self.log[j] else t
 
-    def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def to_unit(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array | np.ndarray, "*batch dim"]:
         """Parameters -> [0, 1]^dim (log-spaced for log parameters)."""
 
         def column(j, v, xp):
@@ -143,11 +146,13 @@ class Box(eqx.Module):
 
         return self._map(x, column)
 
-    def from_unit(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def from_unit(
+        self, u: Float[ArrayLike, "*batch dim"]
+    ) -> Float[Array | np.ndarray, "*batch dim"]:
         """[0, 1]^dim -> parameters (integer knobs relaxed: a continuum from lower to upper)."""
         return self._map(u, self._value)
 
-    def draw(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def draw(self, u: Float[ArrayLike, "*batch dim"]) -> Float[Array | np.ndarray, "*batch dim"]:
         """A uniform draw of the box from a uniform draw of the unit cube.
 
         Continuous parameters as `from_unit` (log-uniform for log parameters); an integer
@@ -173,10 +178,10 @@ class Box(eqx.Module):
         return jnp.log(u) - jnp.log1p(-u)
 
     def _integer_bounds(self, j: int) -> tuple[float, float]:
-        return (math.ceil(self.lower[j] - _INTEGER_SLACK),
-                math.floor(self.upper[j] + _INTEGER_SLACK))
+        return (float(math.ceil(self.lower[j] - _INTEGER_SLACK)),
+                float(math.floor(self.upper[j] + _INTEGER_SLACK)))
 
-    def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array, "*batch dim"]:
+    def snap(self, x: Float[ArrayLike, "*batch dim"]) -> Float[Array | np.ndarray, "*batch dim"]:
         """Round the integer parameters to the nearest integer inside the box (half to even)."""
 
         def column(j, v, xp):
@@ -193,7 +198,7 @@ class Box(eqx.Module):
         """
         x = np.asarray(x, dtype=np.float64)
         rows = x[None, :]
-        for i in np.flatnonzero(self.integer):
+        for i in (j for j, flag in enumerate(self.integer) if flag):
             lo, hi = self._integer_bounds(i)
             down, up = rows.copy(), rows.copy()
             down[:, i] = np.clip(np.floor(x[i]), lo, hi)

@@ -84,7 +84,7 @@ def _nondominated_min(x: np.ndarray) -> np.ndarray:
 def pareto_mask(
     values: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     directions: Directions = "min",
-    feasible: Bool[ArrayLike, " n"] | None = None,
+    feasible: Bool[ArrayLike, " n"] | Sequence[bool] | None = None,
 ) -> Bool[np.ndarray, " n"]:
     """Mask of the non-dominated points ("feasible first"; NaN rows excluded).
 
@@ -110,7 +110,7 @@ def pareto_mask(
 def pareto_indices(
     values: Float[ArrayLike, "n m"] | Float[ArrayLike, " n"],
     directions: Directions = "min",
-    feasible: Bool[ArrayLike, " n"] | None = None,
+    feasible: Bool[ArrayLike, " n"] | Sequence[bool] | None = None,
 ) -> Int[np.ndarray, " p"]:
     """Indices of the front (`pareto_mask`), best first in the first objective.
 
@@ -130,7 +130,7 @@ def hypervolume(
     points: Float[ArrayLike, "n m"],
     reference: Float[ArrayLike, " m"] | Sequence[float],
     directions: Directions = "min",
-    feasible: Bool[ArrayLike, " n"] | None = None,
+    feasible: Bool[ArrayLike, " n"] | Sequence[bool] | None = None,
 ) -> float:
     """Hypervolume dominated by the (feasible) `points` and bounded by `reference`, exactly.
 

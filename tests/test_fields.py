@@ -15,17 +15,25 @@ from dse._demo import KNOBS, chip_space
 from dse._format import METRICS, quantity, table, unit_of
 from dse._sensitivity import RESOURCES
 from dse._study import CHIP_KEYS, SYSTEM_KEYS
-from dse.hardware import CHIPS, FIELDS, SYSTEMS, Chip, System
+from dse.hardware import CHIPS, FIELDS, NETWORKS, SYSTEMS, Chip, Cluster, System
 from dse.hardware._chip import CHIP_BOUNDS
+from dse.hardware._network import NETWORK_BOUNDS
+from dse.hardware._reliability import RELIABILITY_BOUNDS
 from dse.hardware._system import SYSTEM_BOUNDS
+from dse.hardware._tco import ECONOMICS_BOUNDS
 
 H100 = SYSTEMS["DGX-H100"]
+CLUSTER = Cluster(H100.replace(network=NETWORKS["dgx-superpod"]))
+BOUNDS = {"Chip": CHIP_BOUNDS, "System": SYSTEM_BOUNDS, "Network": NETWORK_BOUNDS,
+          "Reliability": RELIABILITY_BOUNDS, "Economics": ECONOMICS_BOUNDS}
 
 
 def test_every_continuous_field_is_in_the_table_once():
     # A new field of Chip or System fails here until it has its row (unit, label, bounds...).
     assert {n for n, f in FIELDS.items() if f.owner == "Chip"} == set(CHIP_BOUNDS)
     assert {n for n, f in FIELDS.items() if f.owner == "System"} == set(SYSTEM_BOUNDS)
+    for owner in ("Network", "Reliability", "Economics"):
+        assert {n for n, f in FIELDS.items() if f.owner == owner} == set(BOUNDS[owner])
     assert all(name == f.name for name, f in FIELDS.items())
     labels = [f.label for f in FIELDS.values()]
     assert len(set(labels)) == len(labels)
@@ -34,15 +42,20 @@ def test_every_continuous_field_is_in_the_table_once():
 @pytest.mark.parametrize("name", list(FIELDS))
 def test_default_bounds_are_valid_values_and_sweepable(name):
     f = FIELDS[name]
-    bounds = CHIP_BOUNDS if f.owner == "Chip" else SYSTEM_BOUNDS
-    lo, hi, _ = bounds[name]
-    assert lo <= f.low < f.high <= hi < float("inf")
-    assert f.kind in ("compute", "memory", "network", "process") and f.display_scale > 0
+    lo, hi, third = BOUNDS[f.owner][name]
+    # Chip and System: (low, high, zero allowed), low itself allowed; the others: (low, high,
+    # low itself allowed).
+    lo_inclusive = True if f.owner in ("Chip", "System") else third
+    assert f.low < f.high <= hi < float("inf")
+    assert f.low > lo or (lo_inclusive and f.low == lo)
+    assert f.kind in ("compute", "memory", "network", "process", "reliability",
+                      "economics") and f.display_scale > 0
     if f.scale == "integer":
         assert f.low == round(f.low) and f.high == round(f.high)
     # A Space over the default range, on a chip and on a system, validates both bounds against
     # the Module (Space does) and samples inside them.
-    designs = [H100] if f.owner == "System" else [CHIPS["H100-SXM"], H100]
+    designs = {"Chip": [CHIPS["H100-SXM"], H100, CLUSTER], "System": [H100, CLUSTER],
+               "Network": [CLUSTER.system, CLUSTER]}.get(f.owner, [CLUSTER])
     for design in designs:
         space = dse.Space(design, [dse.Param.from_field(design, name)])
         x = space.sample(64, seed=1)

@@ -24,8 +24,12 @@ from dse._study import make_objective
 from dse.hardware import (
     CHIPS,
     FIELDS,
+    NETWORKS,
+    SPAN_FIELDS,
     SYSTEMS,
+    Economics,
     Reason,
+    Reliability,
     area,
     cost,
     power,
@@ -38,7 +42,7 @@ PROPERTY = settings(max_examples=20, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 BATCH = 16
 # Unit coordinates of a batch of designs: hypothesis favours 0 and 1, the far corners.
-UNIT = arrays(np.float64, (BATCH, len(FIELDS)), elements=st.floats(0.0, 1.0))
+UNIT = arrays(np.float64, (BATCH, len(SPAN_FIELDS)), elements=st.floats(0.0, 1.0))
 KINDS = st.sampled_from([(True, True), (True, False), (False, True), (False, False)])
 
 H100 = SYSTEMS["DGX-H100"]
@@ -199,7 +203,12 @@ def _bad_value(f, draw_kind: str, scale: float) -> float:
     if f.min_value > 0:
         below = f.min_value * (1.0 - min(scale, 0.5))
         return below if below > 0 or not f.zero_allowed else -1.0
-    return -f.max_value * scale
+    return -f.max_value * scale if f.min_inclusive or scale < 1 else 0.0
+
+
+# A valid Module of each owner, to set one bad field on.
+OWNERS = {"Chip": CHIPS["H100-SXM"], "System": H100, "Network": NETWORKS["dgx-superpod"],
+          "Reliability": Reliability(), "Economics": Economics()}
 
 
 @PROPERTY
@@ -210,10 +219,7 @@ def test_invalid_field_is_an_error_naming_field_value_and_range(name, draw_kind,
     f = FIELDS[name]
     bad = _bad_value(f, draw_kind, scale)
     with pytest.raises(ValueError) as info:
-        if f.owner == "Chip":
-            CHIPS["H100-SXM"].replace(**{name: bad})
-        else:
-            H100.replace(**{name: bad})
+        OWNERS[f.owner].replace(**{name: bad})
     text = str(info.value)
     assert f"{f.owner}.{name} must be {f.allowed}" in text
     got = re.search(r"got (\S+)", text).group(1)
