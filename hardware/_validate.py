@@ -54,7 +54,7 @@ def format_value(values: np.ndarray) -> str:
     return np.array2string(values, threshold=6, precision=4)
 
 
-def range_text(lower: float, upper: float, lower_inclusive: bool = True,
+def range_text(lower: float | int, upper: float | int, lower_inclusive: bool = True,
                upper_inclusive: bool = True, zero_allowed: bool = False) -> str:
     """An allowed range in words, as errors print it ("finite and in [1, 1e+10]")."""
     lo = "[" if lower_inclusive else "("
@@ -68,8 +68,8 @@ def check_range(
     field: str,
     value,
     *,
-    lower: float = 0.0,
-    upper: float = math.inf,
+    lower: float | int = 0.0,
+    upper: float | int = math.inf,
     lower_inclusive: bool = False,
     upper_inclusive: bool = True,
     zero_allowed: bool = False,
@@ -97,7 +97,7 @@ def check_range(
                          f"(value {format_value(arr)})")
 
 
-def _first_bad(arr: np.ndarray, bad: np.ndarray, dtype=None) -> str:
+def _first_bad(arr: np.ndarray, bad: np.ndarray | np.bool_, dtype=None) -> str:
     """The first offending element (as few digits as its precision needs: 1e+30 for a float32
     1e30, not 1.000000015e+30), and where it sits in a batch."""
     first = float(arr[bad].ravel()[0] if arr.ndim else arr)
@@ -106,8 +106,8 @@ def _first_bad(arr: np.ndarray, bad: np.ndarray, dtype=None) -> str:
     return f"{first:.{digits}g}{where}"
 
 
-def check_integer(owner: str, field: str, value, *, lower: float = 1.0,
-                  upper: float = 2.0**24) -> None:
+def check_integer(owner: str, field: str, value, *, lower: float | int = 1.0,
+                  upper: float | int = 2.0**24) -> None:
     """Raise `ValueError` unless every element of `value` is a whole number in [lower, upper].
 
     Counts (chips, parallel degrees, sequences, tokens) are stored as floats so that they vmap
