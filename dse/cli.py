@@ -163,7 +163,7 @@ def cmd_sweep(args) -> int:
     if directions[first] == "max":
         order = order[::-1]
     cols = list(front.params) + list(directions)
-    rows = [{c: float(front[c][i]) for c in cols} | {"status": _sweep_status(front, i,
+    rows = [{c: float(front[c][i]) for c in cols} | {"status": _sweep_status(front, int(i),
                                                                              study.budgets)}
             for i in order[:20]]
     if not feasible_front:

@@ -98,7 +98,8 @@ class System(eqx.Module):
         """Chips per scale-up domain, capped at the system size."""
         return jnp.minimum(self.scaleup_size, float(self.num_chips))
 
-    def with_num_chips(self, num_chips: int) -> System:
+    # int | float: a whole float (8.0) is accepted, a fractional one refused with a ValueError.
+    def with_num_chips(self, num_chips: int | float) -> System:
         """The same system with `num_chips` chips (the scale-up domain is kept).
 
         A whole number is required (8 or 8.0); 1.7 chips is an error, never truncated.

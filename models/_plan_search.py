@@ -41,7 +41,7 @@ def _concrete_int(x, what: str) -> int:
     return int(round(float(arr)))
 
 
-def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
+def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: int | float, *,
                     recompute=(0, 1, 2), zero_stages=(0, 1, 2, 3),
                     sequence_parallel=(0, 1), dp_overlap: int = 1,
                     max_microbatch: int | None = None) -> TrainingPlan:
@@ -179,7 +179,7 @@ def _closest_miss(reports: TrainReport):
     return jnp.argmin(jnp.where(other, jnp.inf, relative))
 
 
-def best_plan(model: Transformer, system: System, global_batch: int, *,
+def best_plan(model: Transformer, system: System, global_batch: int | float, *,
               calibration: Calibration = DEFAULT, smooth: bool = False,
               temperature: float = 0.05, flash_attention: bool = True,
               **enumerate_kwargs) -> tuple[TrainingPlan, TrainReport]:
