@@ -1,8 +1,8 @@
 """Robustness at scale: random designs over every continuous field, no silent wrong answer.
 
 Draws designs over the whole valid range of every continuous field of `Chip` and `System` (the
-bounds of `dse.hardware.SPAN_FIELDS`, through `dse.hardware.span_systems`): log-uniform between the
-lower and upper bound, a tenth of the values exactly on a bound (the far corners), one chip in
+bounds of `dse.hardware.SPAN_FIELDS`, through `dse.hardware.span_systems`): log-uniform between
+the lower and upper bound, a tenth of the values exactly on a bound (the far corners), one chip in
 eight without scale-up links. Chips with HBM and chips without it (operands in SRAM) are drawn
 separately, since a chip is one or the other. Every design is built as a concrete batched
 `System`, so the Modules' own validation checks that each one is a valid input.
