@@ -53,7 +53,8 @@ class TrainReport(eqx.Module):
     grads_bytes: Float[Array, "*batch"]
     optimizer_bytes: Float[Array, "*batch"]
     activations_bytes: Float[Array, "*batch"]
-    memory_capacity: Float[Array, "*batch"]
+    # The system's, broadcast against the plans: a batch of plans on one chip has one capacity.
+    memory_capacity: Float[Array, "*#batch"]
     memory_shortfall: Float[Array, "*batch"]
     fits: Bool[Array, "*batch"]
     reason: Int[Array, "*batch"]
