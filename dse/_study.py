@@ -227,9 +227,10 @@ class StudyObjective:
     model: models.Transformer
     plan: Any
     global_batch: int
-    batch: float = 1.0
-    input_len: float = 1.0
-    output_len: float = 1.0
+    # Whole numbers, as ints or floats (serve checks them).
+    batch: float | int = 1.0
+    input_len: float | int = 1.0
+    output_len: float | int = 1.0
     smooth: bool = False
     calibration: models.Calibration = models.DEFAULT
 
