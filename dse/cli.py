@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+from jaxtyping import ArrayLike, Real
 
 from ._format import UNITS, si, table, unit_of
 
@@ -34,13 +36,16 @@ def _scalar_metrics(metrics) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
 
-def _status(reason: float, shortfall: float | None = None, broken: list[str] = ()) -> str:
-    """"ok", or what makes a result infeasible and by how much, in words."""
+def _status(reason: Real[ArrayLike, ""], shortfall: Real[ArrayLike, ""] | None = None,
+            broken: Sequence[str] = ()) -> str:
+    """"ok", or what makes a result infeasible and by how much, in words (a report's or a sweep
+    row's reason flags and memory shortfall in bytes, python or numpy scalars)."""
     from .hardware import Reason, describe_reason
 
-    words = [] if int(reason) == 0 else [describe_reason(int(reason))]
-    if shortfall and int(reason) & (Reason.MEMORY | Reason.SRAM):
-        words.append(f"short by {si(shortfall, 'B')} per chip")
+    reason = int(np.asarray(reason))
+    words = [] if reason == 0 else [describe_reason(reason)]
+    if shortfall is not None and float(shortfall) > 0 and reason & (Reason.MEMORY | Reason.SRAM):
+        words.append(f"short by {si(float(shortfall), 'B')} per chip")
     words += list(broken)
     return "ok" if not words else "INFEASIBLE: " + "; ".join(words)
 
