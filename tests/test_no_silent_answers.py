@@ -22,7 +22,17 @@ from helpers import REPO
 import dse
 from dse import models
 from dse.cli import main
-from dse.hardware import CHIPS, CONTINUOUS_CHIP_FIELDS, FIELDS, SYSTEMS, Chip, Reason, cost
+from dse.hardware import (
+    CHIPS,
+    CONTINUOUS_CHIP_FIELDS,
+    FIELDS,
+    REASON_TEXT,
+    SYSTEMS,
+    Chip,
+    Reason,
+    cost,
+    describe_reason,
+)
 from dse.hardware import units as u
 from dse.hardware._technology import WAFER_AREA_MM2
 
@@ -227,3 +237,15 @@ def test_sensitivity_ranks_tpot_by_the_size_of_the_effect():
         ranked = result.table("tpot", per=per)
         assert list(ranked["field"]) == ["chip.hbm_bandwidth", "chip.mac_units",
                                          "chip.clock_hz"]
+
+
+def test_reason_flags_are_distinct_powers_of_two_each_described():
+    # One set of flags for hardware, plans, workloads and clusters: a reason combines them with
+    # `|`, so two flags sharing a bit would read as each other.
+    flags = [r for r in Reason if r != Reason.OK]
+    values = [int(r) for r in flags]
+    assert all(v > 0 and v & (v - 1) == 0 for v in values) and len(set(values)) == len(values)
+    assert set(REASON_TEXT) == set(flags)
+    assert describe_reason(Reason.MEMORY | Reason.NETWORK) == \
+        f"{REASON_TEXT[Reason.MEMORY]}; {REASON_TEXT[Reason.NETWORK]}"
+    assert describe_reason(0) == "ok"
