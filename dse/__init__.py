@@ -18,6 +18,7 @@ from ._sensitivity import continuous_fields as continuous_fields
 from ._sensitivity import sensitivity as sensitivity
 from ._space import Param as Param
 from ._space import Space as Space
+from ._sweep import SweepInfeasibleWarning as SweepInfeasibleWarning
 from ._sweep import SweepNaNWarning as SweepNaNWarning
 from ._sweep import sweep as sweep
 from ._table import SweepResult as SweepResult

@@ -15,7 +15,10 @@ How it is fast and bounded:
   only a handful of rows per chunk reach the host-side merge.
 - With `path`, every finished chunk (or, every `checkpoint_s`, the running front) is written
   atomically; a sweep that was interrupted resumes from its last saved chunk and returns what an
-  uninterrupted one does (same seed, same chunking, same result).
+  uninterrupted one does (same seed, same chunking, same result). The folder's manifest holds
+  the sampling settings and fingerprints of the objective, the base design, the calibration and
+  the library version (`_fingerprint.py`): a resume of anything else is an error naming what
+  changed, never the old results under a new question.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _distributed as dist
+from ._fingerprint import FINGERPRINT_NAMES, sweep_fingerprint
+from ._format import REASON_METRIC
 from ._pareto import ParetoFront, order_key
 from ._space import (
     Space,
@@ -55,6 +60,11 @@ _FORMAT = 1  # version of the files a sweep writes under `path`
 
 class SweepNaNWarning(RuntimeWarning):
     """Some points of a sweep gave NaN metrics (they are reported, never dropped silently)."""
+
+
+class SweepInfeasibleWarning(RuntimeWarning):
+    """No point of a sweep is feasible: what it returns is flagged (`feasible` False, with its
+    `reason` and margins), the closest misses, not an answer."""
 
 
 def _next_pow2(k: int) -> int:
@@ -137,10 +147,15 @@ def sweep(
     - `seed`: seeds the sample stream; a sweep is deterministic for a seed.
     - `directions`: `{metric: "min" | "max"}`, the objectives of the Pareto front.
     - `constraints`: `{metric: ("<=" | ">=", bound)}`; each adds a column `margin_<metric>`
-      (>= 0 when met) and a point is feasible when every margin is >= 0 and no metric is NaN.
+      (>= 0 when met) and a point is feasible when every margin is >= 0, no metric is NaN and,
+      when the objective returns a metric named `"reason"` (the `dse.hardware.Reason` flags of
+      its reports, as the objectives of `dse` studies do), that reason is 0. An infeasible point
+      is never on the front while a feasible one exists.
     - `keep`: `"all"` (every row) or `"pareto"` (only the front, memory bounded by the chunk).
     - `path`: a folder where chunks (or the running front) are written atomically; rerunning
-      the same call resumes from the last finished chunk.
+      the same call resumes from the last finished chunk. Resuming a different sweep (other
+      sampling, objective, base design, calibration or library version) is a `ValueError`
+      naming what changed; temporary files a killed run left behind are removed.
     - `progress`: a tqdm bar with points/s.
     - `callback`: `callback(chunks_done, points_done)` after each chunk is committed.
     - `checkpoint_s`: with `keep="pareto"` and `path`, the running front is written at most
@@ -159,7 +174,8 @@ def sweep(
     **Returns:** `SweepResult` with columns `index`, the parameters, the metrics (in name order,
     as JAX orders dict keys), `margin_<metric>` per constraint and `feasible`; points whose
     metrics are NaN are listed in `nan_index` / `nan_metrics` (and a `SweepNaNWarning` names the
-    first ones), never dropped.
+    first ones), never dropped. When no point is feasible, a `SweepInfeasibleWarning` says so:
+    the front (`keep="pareto"`, or `.pareto()`) is then of infeasible points, each flagged.
     """
     n = _check_n(n)
     if not isinstance(space, Space):
@@ -207,7 +223,8 @@ def sweep(
         manifest = {"format": _FORMAT, "n": n, "chunk": chunk, "method": method, "seed": seed,
                     "space": space.describe(), "metrics": metrics,
                     "constraints": {k: list(v) for k, v in constraints.items()},
-                    "directions": directions, "keep": keep, "dtype": str(np.dtype(dtype))}
+                    "directions": directions, "keep": keep, "dtype": str(np.dtype(dtype)),
+                    "fingerprint": sweep_fingerprint(objective, space.base)}
         store = _Store(Path(path), manifest, checkpoint_s)
         store.load_into(run)
     todo = [c for c in range(n_chunks) if c not in run.done]
@@ -249,6 +266,11 @@ def sweep(
         bar.close()
     run_s = time.perf_counter() - t1
     result = run.result(compile_s=compile_s, run_s=run_s)
+    if len(result) and not np.any(result.feasible):
+        warnings.warn(SweepInfeasibleWarning(
+            f"none of the {n} points is feasible (every one breaks a constraint, is flagged by "
+            f"the objective's reason or gave NaN); the {len(result)} rows returned are "
+            "infeasible, each flagged with feasible=False"), stacklevel=2)
     if result.nan_count:
         shown = zip(result.nan_index[:5], result.nan_metrics[:5], strict=True)
         first = ", ".join(f"point {i} ({', '.join(m)})" for i, m in shown)
@@ -317,6 +339,8 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
                    for k, (op, bound) in constraints.items()]
         g = jnp.stack(margins) if margins else jnp.zeros((0, chunk), dtype)
         feasible = ~nan
+        if REASON_METRIC in out:
+            feasible = feasible & (jnp.asarray(out[REASON_METRIC]) == 0)
         for mg in margins:
             feasible = feasible & (mg >= 0)
         x = xs.T.astype(dtype)
@@ -499,15 +523,19 @@ class _Store:
         self.checkpoint_s = checkpoint_s
         self.last_write = -math.inf
         root.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            # A run killed mid-write leaves its temporary file (atomic_savez); nothing reads it.
+            for stray in root.glob(".*.tmp.*"):
+                stray.unlink(missing_ok=True)
         self.manifest_path = root / "manifest.json"
         text = json.dumps(manifest, sort_keys=True)
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text())
             new = json.loads(text)
             if old != new:
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise ValueError(f"{root} holds a different sweep (differs in {diff}); use "
-                                 "another path or delete it")
+                raise ValueError(f"{root} holds a different sweep (differs in "
+                                 f"{_differences(old, new)}); use another path, or delete it "
+                                 "to start again")
         elif self.writer:
             tmp = root / f".manifest.json.tmp.{os.getpid()}"
             tmp.write_text(text)
@@ -549,3 +577,16 @@ class _Store:
         elif force or time.monotonic() - self.last_write >= self.checkpoint_s:
             atomic_savez(self.root / "front.npz", **run.state())
             self.last_write = time.monotonic()
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """What differs between two sweep manifests, in words (fingerprints by what they stand for,
+    the library with both versions)."""
+    out = [k for k in sorted(set(old) | set(new))
+           if k != "fingerprint" and old.get(k) != new.get(k)]
+    was, now = old.get("fingerprint") or {}, new.get("fingerprint") or {}
+    for key, words in FINGERPRINT_NAMES.items():
+        if was.get(key) != now.get(key):
+            out.append(f"{words}: was {was.get(key)}, now {now.get(key)}" if key == "library"
+                       else words)
+    return out

@@ -27,6 +27,8 @@ from ._goodput import spare_wait as spare_wait
 from ._inference import InferencePlan as InferencePlan
 from ._inference import InferenceReport as InferenceReport
 from ._inference import ServeReport as ServeReport
+from ._inference import check_inference_plan as check_inference_plan
+from ._inference import check_serve_workload as check_serve_workload
 from ._inference import decode as decode
 from ._inference import prefill as prefill
 from ._inference import serve as serve
@@ -53,5 +55,6 @@ from ._training_plan import RECOMPUTE_FULL as RECOMPUTE_FULL
 from ._training_plan import RECOMPUTE_NONE as RECOMPUTE_NONE
 from ._training_plan import RECOMPUTE_SELECTIVE as RECOMPUTE_SELECTIVE
 from ._training_plan import TrainingPlan as TrainingPlan
+from ._training_plan import check_training_plan as check_training_plan
 from ._transformer import TRANSFORMERS as TRANSFORMERS
 from ._transformer import Transformer as Transformer

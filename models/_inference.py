@@ -34,12 +34,22 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
-from dse.hardware._validate import as_float_array, check_choice, check_range
+from dse.hardware._validate import as_float_array, check_choice, check_integer, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._energy import step_energy
-from ._operators import _f, attention, elementwise, gemm
+from ._operators import _f, attention, elementwise, gemm, ratio
+from ._rules import (
+    Rule,
+    check_rules,
+    divides,
+    is_concrete,
+    memory_reason,
+    reason_of,
+    shortfall,
+    whole,
+)
 from ._transformer import Transformer
 
 Layout = Literal["weight_stationary", "weight_stationary_2d", "weight_gathered"]
@@ -79,9 +89,9 @@ class InferencePlan(eqx.Module):
 
     def __check_init__(self):
         check_choice("InferencePlan", "layout", self.layout, get_args(Layout))
+        # Chips and sequences are counts: a fractional one is refused, never truncated.
         for field in ("tp", "pp", "batch"):
-            check_range("InferencePlan", field, getattr(self, field), lower=1.0,
-                        lower_inclusive=True)
+            check_integer("InferencePlan", field, getattr(self, field))
         for field in ("weight_bytes", "kv_bytes", "activation_bytes"):
             check_range("InferencePlan", field, getattr(self, field), lower=0.0, upper=8.0)
 
@@ -111,8 +121,11 @@ class InferenceReport(eqx.Module):
     - `mfu`: flops / (time x chips x peak FLOP/s).
     - `weight_bytes`, `kv_cache_bytes`, `activation_bytes`: memory per chip, bytes.
     - `memory_per_chip`: their sum, bytes.
-    - `fits`: memory per chip within HBM (+ SRAM) capacity.
-    - `reason`: `dse.hardware.Reason` flags (0: feasible; `Reason.MEMORY`).
+    - `memory_capacity`: HBM + SRAM per chip (weights are served from both), bytes.
+    - `memory_shortfall`: max(memory_per_chip - memory_capacity, 0), bytes.
+    - `fits`: memory per chip within capacity and the plan valid (`reason == 0`).
+    - `reason`: `dse.hardware.Reason` flags (0: feasible; `MEMORY`, or `SRAM` on a chip without
+      HBM; `CHIPS`, `SPLIT`, `BATCH`, `WORKLOAD` for a traced plan or length that is invalid).
     - `energy`: energy of all the plan's chips over the pass, J.
     """
 
@@ -130,6 +143,8 @@ class InferenceReport(eqx.Module):
     kv_cache_bytes: Float[Array, "..."]
     activation_bytes: Float[Array, "..."]
     memory_per_chip: Float[Array, "..."]
+    memory_capacity: Float[Array, "..."]
+    memory_shortfall: Float[Array, "..."]
     fits: Bool[Array, "..."]
     reason: Int[Array, "..."]
     energy: Float[Array, "..."]
@@ -147,7 +162,9 @@ class ServeReport(eqx.Module):
     - `energy_per_token`: energy per generated token (prefill included), J.
     - `kv_cache_bytes`: KV cache per chip at the final context, bytes.
     - `memory_per_chip`: weights + KV cache + activations per chip at the final context, bytes.
-    - `fits`, `reason`: memory feasibility (`dse.hardware.Reason` flags).
+    - `memory_capacity`, `memory_shortfall`: HBM + SRAM per chip, and how far the larger of the
+      prefill's and the final context's memory misses it, bytes.
+    - `fits`, `reason`: feasibility (`dse.hardware.Reason` flags, as in `InferenceReport`).
     - `prefill`, `decode`: the `InferenceReport`s of the prefill and of the mean decode step.
     """
 
@@ -158,6 +175,8 @@ class ServeReport(eqx.Module):
     energy_per_token: Float[Array, "..."]
     kv_cache_bytes: Float[Array, "..."]
     memory_per_chip: Float[Array, "..."]
+    memory_capacity: Float[Array, "..."]
+    memory_shortfall: Float[Array, "..."]
     fits: Bool[Array, "..."]
     reason: Int[Array, "..."]
     prefill: InferenceReport
@@ -185,8 +204,8 @@ def _runtime_calibration(plan: InferencePlan, calibration: Calibration) -> Calib
     return calibration.with_fused_runtime() if plan.fused else calibration
 
 
-def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, context):
-    chip = system.chip
+def _memory(model: Transformer, plan: InferencePlan, q_len, context):
+    """Weights, KV cache and live activations per chip, and their total, bytes."""
     gathered = plan.layout == "weight_gathered"
     weights = model.params / plan.chips * plan.weight_bytes
     if gathered:
@@ -207,9 +226,12 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     acts = tokens * (2.0 * model.hidden + inner * model.ffn_hidden * model.top_k / width_tp) \
         * plan.activation_bytes
     total = weights + kv + acts
-    fits = total <= chip.hbm_bytes + chip.sram_bytes
-    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
-    return weights, kv, acts, total, fits, reason
+    return weights, kv, acts, total
+
+
+def _capacity(chip):
+    """Inference memory per chip, bytes: the HBM and the SRAM (weights are served from both)."""
+    return chip.hbm_bytes + chip.sram_bytes
 
 
 def _mesh_2d(model: Transformer, plan: InferencePlan):
@@ -307,13 +329,92 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     return matmul, attn, elementwise_cost, comm
 
 
+# Tokens per sequence and sequences per batch: float32 holds whole numbers exactly up to 2^24
+# (16.8 million), beyond the longest context windows published (10 million tokens, Llama 4
+# Scout, Meta 2025) and any serving batch.
+MAX_COUNT = 2.0**24
+
+
+def inference_plan_rules(model: Transformer, plan: InferencePlan,
+                         system: System) -> list[Rule]:
+    """What an inference plan must satisfy on `model` and `system` (see
+    `check_inference_plan`)."""
+    n = float(system.num_chips)
+    rules = [
+        Rule(Reason.CHIPS, "InferencePlan.tp * pp", plan.chips, divides(plan.chips, n),
+             lambda: f"a divisor of the system's {system.num_chips} chips (whole replicas "
+                     f"of the plan)"),
+        Rule(Reason.SPLIT, "InferencePlan.pp", plan.pp, divides(plan.pp, model.layers),
+             lambda: f"a divisor of the model's {float(model.layers):g} layers"),
+    ]
+    if plan.layout == "weight_stationary":
+        # 1D tensor parallelism shards the heads; KV heads are sharded too, or shared by
+        # tp / kv_heads chips each (_kv_sharding), so one must divide the other.
+        kv = model.kv_heads
+        rules += [
+            Rule(Reason.SPLIT, "InferencePlan.tp", plan.tp, divides(plan.tp, model.heads),
+                 lambda: f"a divisor of the model's {float(model.heads):g} heads"),
+            Rule(Reason.SPLIT, "InferencePlan.tp", plan.tp,
+                 divides(plan.tp, kv) | divides(kv, plan.tp),
+                 lambda: f"a divisor or a multiple of the model's {float(kv):g} KV heads"),
+        ]
+    return rules
+
+
+def check_inference_plan(model: Transformer, plan: InferencePlan,
+                         system: System) -> Int[Array, "..."]:
+    """Check an inference plan against its model and system; its `Reason` flags.
+
+    Whole replicas of the plan must fill the system (tp * pp divides num_chips), pp must divide
+    the layers and, for the 1D weight-stationary layout, tp the heads (and tp and the KV heads
+    one another). By hand (concrete values) a broken rule is a `ValueError` naming the field,
+    its value and what is allowed; traced, the flags say what failed.
+    """
+    rules = inference_plan_rules(model, plan, system)
+    if is_concrete(model, plan):
+        check_rules(rules)
+    return reason_of(rules)
+
+
+def _count_rule(field: str, value, lower: float, integer: bool = True) -> Rule:
+    """A batch or a length: a whole number (or, for a mean context, any number) in
+    [lower, MAX_COUNT]."""
+    ok = (value >= lower) & (value <= MAX_COUNT)
+    if integer:
+        ok = ok & whole(value)
+    kind = "a whole number" if integer else "a number"
+    return Rule(Reason.WORKLOAD, field, value, ok,
+                lambda: f"{kind} in [{lower:g}, {MAX_COUNT:.10g}]")
+
+
+def _check_workload(rules: list[Rule]) -> Int[Array, "..."]:
+    """Raise for a concrete batch or length out of range; the `Reason.WORKLOAD` flag else."""
+    check_rules(rules)
+    return reason_of(rules)
+
+
+def check_serve_workload(batch, input_len, output_len) -> Int[Array, "..."]:
+    """Check `serve`'s batch and lengths: whole numbers in [1, 2^24] (sequences, prompt tokens,
+    generated tokens). Concrete and out of range: a `ValueError` naming the argument, its value
+    and the range; traced: `Reason.WORKLOAD` where it fails.
+    """
+    return _check_workload([_count_rule("serve.batch", _f(batch), 1.0),
+                            _count_rule("serve.input_len", _f(input_len), 1.0),
+                            _count_rule("serve.output_len", _f(output_len), 1.0)])
+
+
 def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-             smooth, calibration: Calibration) -> InferenceReport:
+             smooth, calibration: Calibration, workload: list[Rule]) -> InferenceReport:
     chip = system.chip
-    q_len = _f(q_len)
-    context = _f(context)
+    reason = check_inference_plan(model, plan, system) | _check_workload(workload)
+    # An invalid traced length is flagged above; the pass is costed at the nearest valid one,
+    # so that no report carries a negative time or an infinite energy.
+    q_len = jnp.clip(_f(q_len), 1.0, MAX_COUNT)
+    context = jnp.clip(_f(context), 0.0, MAX_COUNT)
     tokens = plan.batch * q_len
-    weights, kv, acts, total, fits, reason = _memory(model, plan, system, q_len, context)
+    weights, kv, acts, total = _memory(model, plan, q_len, context)
+    capacity = _capacity(chip)
+    reason = reason | memory_reason(chip, total, capacity)
     resident = jnp.clip(chip.sram_bytes / weights, 0.0, 1.0)
     if plan.layout == "weight_gathered":
         resident = 0.0  # weights stream through the chip layer by layer
@@ -342,9 +443,11 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) / plan.pp
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
                   + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
-    mfu = flops / (time * plan.chips * chip.peak_flops)
+    # `ratio`: FLOP and chips x peak FLOP/s exceed 1.8e19 (see train_step).
+    mfu = ratio(ratio(flops, plan.chips * chip.peak_flops), time)
     energy = step_energy(chip, time, plan.chips,
-                         compute_fraction=per_chip_flops / plan.pp / (time * chip.peak_flops),
+                         compute_fraction=ratio(ratio(per_chip_flops / plan.pp, chip.peak_flops),
+                                                time),
                          vector_flops=layers * ew.flops / plan.pp, hbm_bytes=hbm,
                          link_bytes=link_bytes)
     return InferenceReport(
@@ -352,7 +455,8 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
         elementwise_time=elementwise_time, tp_comm_time=tp_comm_time, pp_comm_time=pp_comm_time,
         flops=flops, hbm_bytes=hbm, tokens=tokens * jnp.ones_like(time), mfu=mfu,
         weight_bytes=weights, kv_cache_bytes=kv, activation_bytes=acts, memory_per_chip=total,
-        fits=fits, reason=reason, energy=energy)
+        memory_capacity=capacity, memory_shortfall=shortfall(total, capacity), fits=reason == 0,
+        reason=reason, energy=energy)
 
 
 def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: ArrayLike, *,
@@ -364,15 +468,19 @@ def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: 
     - `model`: the `Transformer`.
     - `plan`: the `InferencePlan` (tp, pp, batch, element widths).
     - `system`: the `System` (its chip, scale-up and scale-out tiers).
-    - `input_len`: prompt tokens per sequence.
+    - `input_len`: prompt tokens per sequence (a whole number >= 1).
     - `calibration`: the models' fitted factors (`dse.models.Calibration`; default `DEFAULT`).
       They reach every operator (without start-up times when `plan.fused`) and every collective
       of the pass: the tensor-parallel all-reduces / gathers / all-to-alls and pipeline sends.
     - `smooth`: smooth rooflines (for gradient-based search).
 
+    A plan or a length given by hand that is invalid (see `check_inference_plan`) is a
+    `ValueError`; traced, it is flagged in `reason`.
+
     **Returns:** `InferenceReport` (time = time to first token).
     """
-    return _forward(model, plan, system, input_len, input_len, smooth, calibration)
+    workload = [_count_rule("prefill.input_len", _f(input_len), 1.0)]
+    return _forward(model, plan, system, input_len, input_len, smooth, calibration, workload)
 
 
 def decode(model: Transformer, plan: InferencePlan, system: System, context_len: ArrayLike, *,
@@ -382,12 +490,14 @@ def decode(model: Transformer, plan: InferencePlan, system: System, context_len:
     **Arguments:**
 
     - `model`, `plan`, `system`: as `prefill`.
-    - `context_len`: tokens in the KV cache that the new token attends to.
+    - `context_len`: tokens in the KV cache that the new token attends to (>= 0; a mean
+      context need not be whole).
     - `calibration`, `smooth`: as `prefill`.
 
     **Returns:** `InferenceReport` (time = time per output token).
     """
-    return _forward(model, plan, system, 1.0, context_len, smooth, calibration)
+    workload = [_count_rule("decode.context_len", _f(context_len), 0.0, integer=False)]
+    return _forward(model, plan, system, 1.0, context_len, smooth, calibration, workload)
 
 
 def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
@@ -408,22 +518,28 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
 
     **Returns:** `ServeReport`.
     """
+    workload_reason = check_serve_workload(batch, input_len, output_len)
+    # Traced and invalid: flagged above, costed at the nearest valid values (no negative TTFT,
+    # no energy per token divided by zero tokens).
+    batch, input_len, output_len = (jnp.clip(_f(x), 1.0, MAX_COUNT)
+                                    for x in (batch, input_len, output_len))
     plan = dataclasses.replace(plan, batch=batch)
-    input_len = _f(input_len)
-    output_len = _f(output_len)
     kw = dict(calibration=calibration, smooth=smooth)
     pre = prefill(model, plan, system, input_len, **kw)
     dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
     final = input_len + output_len
-    _, kv, _, total, fits, reason = _memory(model, plan, system, 1.0, final)
-    _, _, _, pre_total, pre_fits, _ = _memory(model, plan, system, input_len, input_len)
-    fits = fits & pre_fits
-    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
+    _, kv, _, total = _memory(model, plan, 1.0, final)
+    _, _, _, pre_total = _memory(model, plan, input_len, input_len)
+    memory = jnp.maximum(total, pre_total)
+    capacity = _capacity(system.chip)
+    reason = (workload_reason | pre.reason | dec.reason
+              | memory_reason(system.chip, memory, capacity))
     total_latency = pre.time + output_len * dec.time
     generated = plan.batch * output_len
     return ServeReport(
         ttft=pre.time, tpot=dec.time, total_latency=total_latency,
         tokens_per_s_per_chip=generated / (total_latency * plan.chips),
         energy_per_token=(pre.energy + output_len * dec.energy) / generated,
-        kv_cache_bytes=kv, memory_per_chip=jnp.maximum(total, pre_total), fits=fits,
-        reason=reason, prefill=pre, decode=dec)
+        kv_cache_bytes=kv, memory_per_chip=memory, memory_capacity=capacity,
+        memory_shortfall=shortfall(memory, capacity), fits=reason == 0, reason=reason,
+        prefill=pre, decode=dec)

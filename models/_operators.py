@@ -29,6 +29,7 @@ roofline. Two physical effects set the times:
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -103,6 +104,26 @@ def roofline(compute_time: ArrayLike, memory_time: ArrayLike,
     return jnp.where(positive, norm, 0.0)
 
 
+@jax.custom_jvp
+def ratio(num, den):
+    """num / den, with a derivative that never forms den^2.
+
+    JAX differentiates a division as d num / den - num d den den^-2; once den exceeds 1.8e19
+    (the peak FLOP/s of a large chip, chips x peak, a step's FLOP) den^2 overflows float32 and
+    the derivative turns into NaN or silently into 0. Here it is (d num - ratio d den) / den,
+    the same derivative in exact arithmetic; the value is the plain division.
+    """
+    return num / den
+
+
+@ratio.defjvp
+def _ratio_jvp(primals, tangents):
+    num, den = primals
+    d_num, d_den = tangents
+    out = num / den
+    return out, (d_num - out * d_den) / den
+
+
 def _safe_div(num, den):
     """num / den, and 0 where den == 0 (double-where: no inf/NaN in value or gradient)."""
     ok = den > 0
@@ -127,10 +148,10 @@ def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool 
     ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
     memory_time = active * (ideal_m + cal.memory_overhead_s) / cal.memory_max
     if matrix:
-        compute_time = active * (flops / chip.peak_flops + cal.matrix_overhead_s) \
+        compute_time = active * (ratio(flops, chip.peak_flops) + cal.matrix_overhead_s) \
             / matrix_efficiency(chip, cal)
     else:
-        compute_time = active * (flops / chip.vector_flops + cal.memory_overhead_s)
+        compute_time = active * (ratio(flops, chip.vector_flops) + cal.memory_overhead_s)
     return compute_time, memory_time
 
 

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from dse.hardware import System
+from dse.hardware import Reason, System
+from dse.hardware._validate import check_integer
 
 from ._calibration import DEFAULT, Calibration
 from ._training import TrainReport, train_step
@@ -40,7 +41,7 @@ def _concrete_int(x, what: str) -> int:
     return int(round(float(arr)))
 
 
-def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
+def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: int | float, *,
                     recompute=(0, 1, 2), zero_stages=(0, 1, 2, 3),
                     sequence_parallel=(0, 1), dp_overlap: int = 1,
                     max_microbatch: int | None = None,
@@ -71,6 +72,11 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
     heads = _concrete_int(model.heads, "heads")
     experts = _concrete_int(model.experts, "experts")
     seq_len = _concrete_int(model.seq_len, "seq_len")
+    for name, value in (("num_chips", num_chips), ("global_batch", global_batch)):
+        if isinstance(value, (bool, np.bool_)) or isinstance(value, jax.core.Tracer):
+            raise ValueError(f"enumerate_plans: {name} must be a concrete whole number; got "
+                             f"{value!r}")
+        check_integer("enumerate_plans", name, value)
     num_chips, global_batch = int(num_chips), int(global_batch)
     if isinstance(context_parallel, str):
         if context_parallel != "all":
@@ -144,20 +150,25 @@ def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = Fal
     the minimum, at most a factor n_plans^temperature below it, and its gradient with respect to
     the hardware is the softmax-weighted blend of the nearly-best plans' d log t (so it is
     monotone wherever every plan's time is). Its other fields are the softmax-weighted means
-    of the plans' reports. Where no plan is feasible the fastest plan is returned with `fits`
-    False and its reason.
+    of the plans' reports.
+
+    Where no plan is feasible, no infeasible plan is passed off as the answer: the plan that
+    comes closest is returned, flagged (`fits` False, its `reason`, and its
+    `memory_shortfall`), and it is chosen by how far it misses, not by its (meaningless) step
+    time: the fewest failed checks of other kinds than memory, then the smallest memory
+    shortfall relative to capacity.
     """
     feasible = reports.fits
     any_feasible = jnp.any(feasible)
     t = reports.step_time
     safe_t = jnp.where(jnp.isfinite(t) & (t > 0), t, jnp.finfo(t.dtype).max)
-    key = jnp.where(feasible | ~any_feasible, safe_t, jnp.inf)
-    best = jnp.argmin(key)
+    best_feasible = jnp.argmin(jnp.where(feasible, safe_t, jnp.inf))
+    best = jnp.where(any_feasible, best_feasible, _closest_miss(reports))
     plan = _index(plans, best)
     report = _index(reports, best)
     if smooth:
         logt = jnp.log(safe_t)
-        mask = feasible | ~any_feasible
+        mask = jnp.where(any_feasible, feasible, jnp.arange(t.shape[0]) == best)
         score = jnp.where(mask, -(logt - logt[best]) / temperature, -jnp.inf)
         w = jax.nn.softmax(score)
 
@@ -173,20 +184,32 @@ def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = Fal
     return plan, report
 
 
-def best_plan(model: Transformer, system: System, global_batch: int, *,
+def _closest_miss(reports: TrainReport):
+    """Index of the infeasible plan that misses least: fewest non-memory flags, then the
+    smallest memory shortfall as a fraction of capacity."""
+    memory_flags = int(Reason.MEMORY | Reason.SRAM)
+    other = jnp.bitwise_and(reports.reason, ~memory_flags) != 0
+    relative = reports.memory_shortfall / jnp.maximum(reports.memory_capacity, 1.0)
+    return jnp.argmin(jnp.where(other, jnp.inf, relative))
+
+
+def best_plan(model: Transformer, system: System, global_batch: int | float, *,
               calibration: Calibration = DEFAULT, smooth: bool = False,
               temperature: float = 0.05, flash_attention: bool = True,
               **enumerate_kwargs) -> tuple[TrainingPlan, TrainReport]:
     """The fastest feasible training plan of `model` on all chips of `system`.
 
     Enumerates every valid plan (`enumerate_plans`), evaluates all with one vmapped
-    `train_step`, masks the infeasible ones and returns the fastest.
+    `train_step`, masks the infeasible ones and returns the fastest. When none is feasible (a
+    model far larger than memory), the plan that misses least comes back flagged: `fits` False,
+    its `reason` and `memory_shortfall` (see `select_plan`); never an infeasible time as if it
+    were the answer.
 
     **Arguments:**
 
     - `model`: the `Transformer` (concrete shape).
     - `system`: the `System` (may be traced: jit / grad over the hardware work).
-    - `global_batch`: sequences per step.
+    - `global_batch`: sequences per step (a whole number: 1536.5 is an error).
     - `smooth`: return a soft-min report (see `select_plan`) whose step time has a smooth
       gradient with respect to the hardware.
     - `temperature`: soft-min temperature on log step time.

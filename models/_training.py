@@ -17,16 +17,17 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from dse.hardware import Reason, System
+from dse.hardware import System
 
 from ._calibration import DEFAULT, Calibration
 from ._data_parallel import data_parallel_cost
 from ._energy import step_energy
 from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs
 from ._memory import GRAD_BYTES, stage_params, training_memory, zero_shard
-from ._operators import elementwise
+from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
-from ._training_plan import TrainingPlan
+from ._rules import memory_reason, shortfall
+from ._training_plan import TrainingPlan, check_training_plan
 from ._transformer import Transformer
 
 
@@ -36,7 +37,9 @@ class TrainReport(eqx.Module):
     `step_time == compute_time + tp_comm_time + pp_comm_time + dp_comm_time + ep_comm_time
     + cp_comm_time + bubble_time + optimizer_time` (exposed communication only). `memory_per_chip ==
     weights_bytes + grads_bytes + optimizer_bytes + activations_bytes` on the busiest (first)
-    pipeline stage. `fits` is False with `reason` (`dse.hardware.Reason` flags) when the plan is
+    pipeline stage. `memory_capacity` is where that memory must live (the HBM, or the SRAM of a
+    chip without HBM) and `memory_shortfall` = max(memory_per_chip - memory_capacity, 0) how far
+    it misses. `fits` is False with `reason` (`dse.hardware.Reason` flags) when the plan is
     infeasible; the times are still computed so that a sweep can see how far off it is.
     """
 
@@ -50,6 +53,9 @@ class TrainReport(eqx.Module):
     grads_bytes: Float[Array, "*batch"]
     optimizer_bytes: Float[Array, "*batch"]
     activations_bytes: Float[Array, "*batch"]
+    # The system's, broadcast against the plans: a batch of plans on one chip has one capacity.
+    memory_capacity: Float[Array, "*#batch"]
+    memory_shortfall: Float[Array, "*batch"]
     fits: Bool[Array, "*batch"]
     reason: Int[Array, "*batch"]
     compute_time: Float[Array, "*batch"]
@@ -101,16 +107,6 @@ def _output_layer_time(model, plan, system, smooth, calibration):
     return time, logits, xent_f.hbm_bytes + xent_b.hbm_bytes
 
 
-def _reason(plan: TrainingPlan, system: System, memory, capacity):
-    """`Reason` flags of a plan: too many chips, no whole micro-batch, out of memory."""
-    too_many = plan.chips > system.num_chips + 0.5
-    no_batch = plan.microbatches < 1.0 - 1e-6
-    oom = memory > capacity
-    flag = lambda bad, f: jnp.where(bad, int(f), 0)  # noqa: E731
-    return (flag(too_many, Reason.CHIPS) | flag(no_batch, Reason.BATCH)
-            | flag(oom, Reason.MEMORY)).astype(jnp.int32)
-
-
 def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                calibration: Calibration = DEFAULT, smooth: bool = False,
                flash_attention: bool = True) -> TrainReport:
@@ -127,8 +123,13 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     - `flash_attention`: fused attention that never stores the score matrix (False models the
       Megatron-LM 2021-22 kernels that materialize it).
 
+    A plan given by hand that does not fit the model or the system (tp * pp * dp other than the
+    system's chips, tp not dividing the heads, pp not dividing the layers, a batch that does not
+    split into micro-batches) is a `ValueError` (`check_training_plan`); traced, it is flagged.
+
     **Returns:** a `TrainReport` (seconds, tokens/s, fractions of peak, joules, bytes).
     """
+    plan_reason = check_training_plan(model, plan, system)
     chip = system.chip
     p, v, s = plan.pp, plan.interleave, model.seq_len
     m = plan.microbatches
@@ -177,8 +178,10 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                   0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops
-    mfu = model_flops / (chips_used * peak * step_time)
-    hfu = hardware_flops / (chips_used * peak * step_time)
+    # `ratio`: chips x peak FLOP/s and a step's FLOP exceed 1.8e19, whose square (in the
+    # derivative of a plain division) overflows float32.
+    mfu = ratio(ratio(model_flops, chips_used * peak), step_time)
+    hfu = ratio(ratio(hardware_flops, chips_used * peak), step_time)
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
                      + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes
@@ -189,12 +192,14 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                          vector_flops=m * layers_per_stage * lc.vector_flops + opt.flops,
                          hbm_bytes=hbm_bytes, link_bytes=link_bytes)
 
-    reason = _reason(plan, system, memory.total, chip.hbm_bytes)
+    capacity = chip.memory_capacity
+    reason = plan_reason | memory_reason(chip, memory.total, capacity)
     return TrainReport(
         step_time=step_time, tokens_per_s=global_tokens / step_time, mfu=mfu, hfu=hfu,
         energy=energy, memory_per_chip=memory.total, weights_bytes=memory.weights,
         grads_bytes=memory.grads, optimizer_bytes=memory.optimizer,
-        activations_bytes=memory.activations, fits=reason == 0, reason=reason,
+        activations_bytes=memory.activations, memory_capacity=capacity,
+        memory_shortfall=shortfall(memory.total, capacity), fits=reason == 0, reason=reason,
         compute_time=compute_time, tp_comm_time=tp_time, pp_comm_time=pp_time,
         dp_comm_time=dp_time, ep_comm_time=ep_time, cp_comm_time=cp_time, bubble_time=bubble_time,
         optimizer_time=optimizer_time, model_flops=model_flops, hardware_flops=hardware_flops)

@@ -9,9 +9,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
-from dse.hardware._validate import as_float_array, check_range
+from dse.hardware import Reason, System
+from dse.hardware._validate import as_float_array, check_integer
+
+from ._rules import Rule, check_rules, divides, is_concrete, reason_of
+from ._transformer import Transformer
 
 # Recomputation modes (Korthikanti et al. 2022, Sec. 5).
 RECOMPUTE_NONE = 0.0
@@ -80,25 +84,17 @@ class TrainingPlan(eqx.Module):
                 if np.shape(value) != shape:
                     setattr(self, n, jnp.broadcast_to(value, shape))
 
-    def __post_init__(self):
-        # A CP degree left scalar in a batch of plans takes the batch's shape, so that batches
-        # built without naming `cp` (as before context parallelism existed) still vmap.
-        for name in ("cp", "etp"):
-            if np.ndim(getattr(self, name)) == 0 and np.ndim(self.tp) > 0:
-                object.__setattr__(self, name,
-                                   jnp.broadcast_to(getattr(self, name), jnp.shape(self.tp)))
-
     def __check_init__(self):
+        # Every field is a count or a choice: a fractional value is refused, never truncated.
         for field in ("tp", "pp", "dp", "ep", "cp", "microbatch_size", "global_batch",
                       "interleave"):
-            check_range("TrainingPlan", field, getattr(self, field), lower=1.0,
-                        lower_inclusive=True)
+            check_integer("TrainingPlan", field, getattr(self, field))
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
                           ("zero3_regather", 1.0)):
-            check_range("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi,
-                        lower_inclusive=True)
-        check_range("TrainingPlan", "etp", self.etp, lower=0.0, lower_inclusive=True)
+            check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
+        # etp 0: the experts take the dense layers' TP degree.
+        check_integer("TrainingPlan", "etp", self.etp, lower=0.0)
         leaves = (self.ep, self.dp, self.tp, self.cp, self.etp)
         if not any(isinstance(x, jax.core.Tracer) for x in leaves):
             ep, dp, tp, cp, etp = (np.asarray(x) for x in leaves)
@@ -131,3 +127,47 @@ class TrainingPlan(eqx.Module):
     def replace(self, **changes) -> TrainingPlan:
         """A copy with some fields changed (validated like a new plan)."""
         return dataclasses.replace(self, **changes)
+
+
+def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) -> list[Rule]:
+    """What a training plan must satisfy on `model` and `system` (see `check_training_plan`)."""
+    n = float(system.num_chips)
+    layers_per_stage = model.layers / plan.pp
+    replica_batch = plan.dp * plan.microbatch_size
+    return [
+        Rule(Reason.CHIPS, "TrainingPlan.tp * pp * dp", plan.chips, plan.chips == n,
+             lambda: f"the system's {system.num_chips} chips (System.num_chips)"),
+        Rule(Reason.SPLIT, "TrainingPlan.tp", plan.tp, divides(plan.tp, model.heads),
+             lambda: f"a divisor of the model's {float(model.heads):g} heads"),
+        Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, model.layers),
+             lambda: f"a divisor of the model's {float(model.layers):g} layers"),
+        Rule(Reason.SPLIT, "TrainingPlan.interleave", plan.interleave,
+             divides(plan.interleave, layers_per_stage),
+             lambda: f"a divisor of the {float(layers_per_stage):g} layers per stage"),
+        Rule(Reason.SPLIT, "TrainingPlan.ep", plan.ep,
+             divides(plan.ep, model.experts) & divides(plan.ep, plan.dp),
+             lambda: f"a divisor of the model's {float(model.experts):g} experts and of "
+                     f"dp = {float(plan.dp):g}"),
+        Rule(Reason.BATCH, "TrainingPlan.global_batch", plan.global_batch,
+             divides(replica_batch, plan.global_batch),
+             lambda: f"a multiple of dp * microbatch_size = {float(replica_batch):g} (whole "
+                     f"micro-batches per replica)"),
+    ]
+
+
+def check_training_plan(model: Transformer, plan: TrainingPlan,
+                        system: System) -> Int[Array, "*batch"]:
+    """Check a training plan against its model and system; its `Reason` flags.
+
+    The plan must use exactly the system's chips (tp * pp * dp = num_chips), tp must divide the
+    heads, pp the layers, the interleave the layers per stage, ep the experts and dp, and the
+    global batch must split into whole micro-batches per replica. A plan given by hand (concrete
+    values) that breaks a rule is a `ValueError` naming the field, its value and what is
+    allowed; inside jit / vmap (a plan search, a sweep) the flags say what failed.
+
+    **Returns:** the `Reason` flags of the failed rules (int32, 0 where every rule holds).
+    """
+    rules = training_plan_rules(model, plan, system)
+    if is_concrete(model, plan):
+        check_rules(rules)
+    return reason_of(rules)

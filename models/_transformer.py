@@ -21,31 +21,37 @@ from dse.hardware._validate import PresetMapping, as_float_array, check_range
 def _safe_ratio(num, den):
     return num / jnp.where(den > 0.0, den, 1.0)
 
-_POSITIVE = (0.0, float("inf"), False)
-_AT_LEAST_ONE = (1.0, float("inf"), True)
 
-TRANSFORMER_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "layers": _AT_LEAST_ONE,
-    "hidden": _POSITIVE,
-    "heads": _AT_LEAST_ONE,
-    "kv_heads": _AT_LEAST_ONE,
-    "ffn_hidden": _POSITIVE,
-    "vocab": _AT_LEAST_ONE,
-    "seq_len": _AT_LEAST_ONE,
-    "experts": _AT_LEAST_ONE,
-    "top_k": _AT_LEAST_ONE,
-    "head_size": (0.0, float("inf"), True),
-    "shared_experts": (0.0, float("inf"), True),
-    "dense_layers": (0.0, float("inf"), True),
-    "dense_ffn_hidden": (0.0, float("inf"), True),
-    "expert_imbalance": _AT_LEAST_ONE,
-    "capacity_factor": (0.0, float("inf"), True),
-    "q_lora_rank": (0.0, float("inf"), True),
-    "kv_lora_rank": (0.0, float("inf"), True),
-    "rope_head_dim": (0.0, float("inf"), True),
-    "v_head_size": (0.0, float("inf"), True),
-    "attention_window": (0.0, float("inf"), True),
-    "window_layer_share": (0.0, 1.0, True),
+# Shapes are continuous (a FLOP count differentiates in them) but bounded: at most 2^24, where
+# float32 stops holding whole numbers exactly; the largest published widths, vocabularies and
+# contexts are below 2^21. (lower, lower inclusive, upper); head_size 0 means hidden / heads,
+# and 0 is "none" for the optional MoE / MLA / window fields.
+_LIMIT = 2.0**24
+_COUNT = (1.0, True, _LIMIT)
+_OPTIONAL = (0.0, True, _LIMIT)
+TRANSFORMER_BOUNDS: dict[str, tuple[float, bool, float]] = {
+    "layers": _COUNT,
+    "hidden": (0.0, False, _LIMIT),
+    "heads": _COUNT,
+    "kv_heads": _COUNT,
+    "ffn_hidden": (0.0, False, _LIMIT),
+    "vocab": _COUNT,
+    "seq_len": _COUNT,
+    "experts": _COUNT,
+    "top_k": _COUNT,
+    "head_size": _OPTIONAL,
+    "shared_experts": _OPTIONAL,
+    "dense_layers": _OPTIONAL,
+    "dense_ffn_hidden": _OPTIONAL,
+    # Busiest expert's load / the mean: at least 1, at most all tokens on one expert.
+    "expert_imbalance": _COUNT,
+    "capacity_factor": _OPTIONAL,
+    "q_lora_rank": _OPTIONAL,
+    "kv_lora_rank": _OPTIONAL,
+    "rope_head_dim": _OPTIONAL,
+    "v_head_size": _OPTIONAL,
+    "attention_window": _OPTIONAL,
+    "window_layer_share": (0.0, True, 1.0),
 }
 
 
@@ -121,9 +127,9 @@ class Transformer(eqx.Module):
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
-        for field, (lo, hi, lo_inc) in TRANSFORMER_BOUNDS.items():
+        for field, (lo, lo_inclusive, hi) in TRANSFORMER_BOUNDS.items():
             check_range("Transformer", field, getattr(self, field), lower=lo, upper=hi,
-                        lower_inclusive=lo_inc)
+                        lower_inclusive=lo_inclusive)
         # Relations between fields: only on concrete values (tracers are left alone).
         for small, big in (("kv_heads", "heads"), ("top_k", "experts"),
                            ("dense_layers", "layers")):

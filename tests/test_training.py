@@ -225,9 +225,10 @@ def test_expert_parallel_shards_experts_and_pays_all_to_all():
     assert float(r1.ep_comm_time) == 0.0
     assert float(r8.ep_comm_time) > 0.0
     assert float(r8.weights_bytes) < 0.35 * float(r1.weights_bytes)
-    # A dense model has no expert traffic whatever ep is.
-    dense = train_step(small_model(), plan.replace(ep=8.0), system)
-    assert float(dense.ep_comm_time) == 0.0
+    # A dense model has one expert: ep = 8 does not divide it.
+    with pytest.raises(ValueError, match=r"TrainingPlan\.ep must be a divisor of the model's 1 "
+                                         r"experts and of dp = 8; got 8"):
+        train_step(small_model(), plan.replace(ep=8.0), system)
 
 
 # ----- feasibility is a result -----------------------------------------------------------------
@@ -237,13 +238,31 @@ def test_infeasible_plans_are_reported_not_raised():
     oom = train_step(one_t, TrainingPlan(tp=8, global_batch=8), DGX.with_num_chips(8))
     assert not bool(oom.fits) and int(oom.reason) == Reason.MEMORY
     assert np.isfinite(float(oom.step_time))
-    chips = train_step(small_model(), TrainingPlan(tp=8, dp=4, global_batch=8), DGX)
-    assert not bool(chips.fits) and int(chips.reason) == Reason.CHIPS
-    batch = train_step(small_model(), TrainingPlan(tp=8, microbatch_size=4, global_batch=2),
-                       DGX)
-    assert not bool(batch.fits) and int(batch.reason) == Reason.BATCH
+    # How far it misses: the memory above the 80 GiB of HBM.
+    np.testing.assert_allclose(float(oom.memory_shortfall),
+                               float(oom.memory_per_chip) - 80 * 2**30, rtol=1e-6)
+    assert float(oom.memory_shortfall) > 100 * 2**30
     ok = train_step(small_model(), TrainingPlan(tp=8, global_batch=8), DGX)
     assert bool(ok.fits) and int(ok.reason) == Reason.OK
+    assert float(ok.memory_shortfall) == 0.0
+
+
+def test_plans_that_do_not_fit_model_or_system_are_errors_by_hand_and_flags_when_traced():
+    model = small_model()
+    bad = [  # (plan, flag when traced, error when given by hand)
+        (TrainingPlan(tp=8, dp=4, global_batch=8), Reason.CHIPS,
+         r"tp \* pp \* dp must be the system's 8 chips .*; got 32"),
+        (TrainingPlan(tp=8, microbatch_size=4, global_batch=2), Reason.BATCH,
+         r"global_batch must be a multiple of dp \* microbatch_size = 4"),
+        (TrainingPlan(tp=4, pp=2, interleave=3, global_batch=8), Reason.SPLIT,
+         r"interleave must be a divisor of the 4 layers per stage; got 3"),
+    ]
+    step = jax.jit(lambda p: train_step(model, p, DGX))
+    for plan, flag, message in bad:
+        traced = step(plan)
+        assert int(traced.reason) == flag and not bool(traced.fits)
+        with pytest.raises(ValueError, match=message):
+            train_step(model, plan, DGX)
 
 
 @pytest.mark.parametrize("field,value", [("tp", 0.5), ("recompute", 3.0), ("zero_stage", -1.0),
