@@ -5,6 +5,9 @@ from . import hardware as hardware
 from . import models as models
 from . import optimizers as optimizers
 from . import plot as plot
+from ._codesign import PlanCandidates as PlanCandidates
+from ._codesign import plan_candidates as plan_candidates
+from ._codesign import plan_misses as plan_misses
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize as optimize
 from ._pareto import ParetoFront as ParetoFront
