@@ -325,6 +325,7 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
             cell = cell * size + jnp.clip(c, 0.0, float(size - 1)).astype(jnp.int32)
         beaten = obj[-1] > table[cell]
         dominated = jnp.where(feasible == front_feasible, beaten, front_feasible & ~feasible)
+        dominated = dominated | _chunk_dominated(obj, feasible & ~nan, ~nan, bins)
         return x, m, g, feasible, ~dominated | nan
 
     rep = dist.replicated(mesh)
@@ -334,6 +335,51 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
     jitted = jax.jit(kernel, in_shardings=(rep, aux_sh.get(method, ()), rep, rep, rep, rep),
                      out_shardings=outs)
     return jitted, aux_for
+
+
+def _chunk_dominated(obj, feasible, valid, bins: int):
+    """True where another point of the same chunk dominates the point (exact, conservative).
+
+    The chunk-local front on the device: the staircase of `ParetoFront.dominance_table` built
+    from the chunk's own points inside the kernel. Cells are cut over the chunk's own range of
+    `order_key` per objective but the last; a point `a` is entered at `cell(a) + 1` (a
+    scatter-min of its last objective), the table is the prefix minimum along every axis, and
+    `p` is dominated when `p[-1] > table[cell(p)]`: some `a` has `cell(a) < cell(p)`, hence
+    `a < p`, on every binned axis and `a[-1] < p[-1]`. "Feasible first": when the chunk has a
+    feasible point, only feasible points enter and every infeasible one is dominated. Points
+    with NaN (`~valid`) neither enter nor are judged here.
+
+    **Arguments:** `obj` [m, chunk] (smaller is better), `feasible`, `valid` bool [chunk],
+    `bins` cells per axis. **Returns:** bool [chunk].
+    """
+    d = obj.shape[0] - 1
+    any_feasible = jnp.any(feasible)
+    enters = jnp.where(any_feasible, feasible, valid)
+    if d == 0:
+        best = jnp.min(jnp.where(enters, obj[0], jnp.inf))
+        dominated = obj[0] > best
+    else:
+        size = bins + 2
+        cell_in = jnp.zeros(obj.shape[1], jnp.int32)
+        cell_at = jnp.zeros(obj.shape[1], jnp.int32)
+        inside = enters
+        for j in range(d):
+            key = order_key(obj[j], jnp)
+            lo = jnp.min(jnp.where(enters, key, jnp.inf))
+            hi = jnp.max(jnp.where(enters, key, -jnp.inf))
+            scale = jnp.where(hi > lo, bins / jnp.where(hi > lo, hi - lo, 1.0), 1.0)
+            c = jnp.floor((key - jnp.where(jnp.isfinite(lo), lo, 0.0)) * scale)
+            inside = inside & (c <= bins)
+            cell_in = cell_in * size + (jnp.clip(c, 0.0, float(bins)).astype(jnp.int32) + 1)
+            cell_at = cell_at * size + jnp.clip(c, 0.0, float(size - 1)).astype(jnp.int32)
+        table = jnp.full(size ** d, jnp.inf, obj.dtype).at[
+            jnp.where(inside, cell_in, size ** d)].min(obj[-1], mode="drop")
+        table = table.reshape((size,) * d)
+        for axis in range(d):
+            table = jax.lax.cummin(table, axis=axis)
+        dominated = obj[-1] > table.reshape(-1)[cell_at]
+    dominated = jnp.where(feasible, dominated, any_feasible | dominated)
+    return dominated & valid
 
 
 def _prefaulted_empty(n: int, dtype) -> np.ndarray:
