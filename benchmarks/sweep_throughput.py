@@ -109,13 +109,13 @@ def main() -> None:
 
         directions = {"step_time": "min", "area": "min", "power": "min"}
         metrics = _metric_names(objective, SPACE, jnp.float32)
-        kernel, aux_for = _make_kernel(objective, SPACE, "sobol", 0, args.chunk, 1, 0, metrics,
-                                       {"fits": (">=", 1.0)}, directions, args.keep, 254,
-                                       _distributed.point_mesh(), jnp.float32)
+        kernel, aux_for, base_arrays = _make_kernel(
+            objective, SPACE, "sobol", 0, args.chunk, 1, 0, metrics, {"fits": (">=", 1.0)},
+            directions, args.keep, 254, _distributed.point_mesh(), jnp.float32)
         front = dse.ParetoFront(list(directions.values()))
         front.update(np.ones((1, 3)))
         text = kernel.lower(np.int32(0), aux_for(0),
-                            *front.dominance_table(254)).compile().as_text()
+                            *front.dominance_table(254), base_arrays).compile().as_text()
         with open(args.hlo, "w") as f:
             f.write(text)
         print(f"HLO: {text.count(' fusion(')} fusions, {len(text.splitlines())} lines -> "
