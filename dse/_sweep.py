@@ -11,8 +11,10 @@ How it is fast and bounded:
   process's devices under `jax.distributed`); results are identical to one device because every
   point is computed by the same elementwise code from its own index.
 - Memory is bounded by the chunk: with `keep="pareto"` only the running front is kept, and the
-  kernel already discards points that a staircase table of the current front dominates, so
-  only a handful of rows per chunk reach the host-side merge.
+  kernel already discards points that a staircase table of the current front dominates, and
+  points that another point of the same chunk dominates (the chunk-local front, a staircase of
+  the chunk's own points); only the survivors' rows are compacted and sent to the host, so the
+  host-side merge costs what the front costs, not what the chunk does.
 - With `path`, every finished chunk (or, every `checkpoint_s`, the running front) is written
   atomically; a sweep that was interrupted resumes from its last saved chunk and returns what an
   uninterrupted one does (same seed, same chunking, same result).
