@@ -26,6 +26,9 @@ from ._space import Space as Space
 from ._sweep import SweepNaNWarning as SweepNaNWarning
 from ._sweep import sweep as sweep
 from ._table import SweepResult as SweepResult
+from ._workload_mix import Workload as Workload
+from ._workload_mix import WorkloadMix as WorkloadMix
+from ._workload_mix import training_workload as training_workload
 from .optimizers import hypervolume as hypervolume
 from .optimizers import knee_point as knee_point
 from .optimizers import pareto_indices as pareto_indices

@@ -30,7 +30,14 @@ CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "node_nm": (1.0, 250.0, False),
     "core_count": (0.0, float("inf"), False),
     "compute_redundancy": (1.0, 4.0, True),
+    "matmul_fraction": (0.0, 1.0, False),
 }
+
+# Median of the measured maximum-achievable matmul rates / dense peaks of the seven chips that
+# data/chips.csv has them for (A100 0.869, H100 0.803, B200 0.776, GB200 0.729, MI300X 0.511,
+# Gaudi 2 0.969, Gaudi 3 0.677; stas00/ml-engineering MAMF table): the `matmul_fraction` of a
+# chip nobody has measured. A statistic of measurements, not a fit.
+TYPICAL_MATMUL_FRACTION = 0.7756
 
 
 class Chip(eqx.Module):
@@ -57,6 +64,10 @@ class Chip(eqx.Module):
     - `core_count`: independently scheduled cores enabled (SMs, CUs, tiles).
     - `compute_redundancy`: physical / enabled compute on the die (GA100 has 128 SMs on silicon,
       108 enabled: 1.185). Spare cores cost area and buy yield.
+    - `matmul_fraction`: fraction of the peak matrix FLOP/s the chip sustains on its best large
+      GEMM: the clock it holds under its power limit times the issue efficiency of its matrix
+      pipeline (measured maximum-achievable matmul / dense peak; H100 0.80, A100 0.87). Default
+      `TYPICAL_MATMUL_FRACTION`, the median of the measured chips.
     - `sram_kind` (static): "cache" (hardware-managed, with tags, ECC and crossbar, as in GPU L2)
       or "scratchpad" (software-managed macros, as in TPU / IPU / Groq / Cerebras).
     - `core_kind` (static): "simt" (GPU streaming multiprocessors / compute units: large
@@ -79,6 +90,9 @@ class Chip(eqx.Module):
     core_count: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     compute_redundancy: Float[Array, "*batch"] = eqx.field(
         converter=as_float_array, default=1.0
+    )
+    matmul_fraction: Float[Array, "*batch"] = eqx.field(
+        converter=as_float_array, default=TYPICAL_MATMUL_FRACTION
     )
     # Choices take any str: `__check_init__` names the field and the allowed values
     # (`SramKind`, `CoreKind`, `HbmGeneration`) in a ValueError.

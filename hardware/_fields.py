@@ -156,6 +156,10 @@ _FIELDS: tuple[Field, ...] = (
     # GA100 carries 128 SMs for 108 enabled (1.185).
     _chip("compute_redundancy", "compute redundancy", "", "process", None, 1.0, 1.25, "linear",
           description="physical / enabled compute on the die (spare cores buy yield)"),
+    # Measured chips span 0.51 (MI300X, ROCm 6.3) to 0.97 (Gaudi 2); NVIDIA 0.73-0.87.
+    _chip("matmul_fraction", "achievable matmul fraction", "", "compute", "compute", 0.5, 0.95,
+          "linear", description="sustained fraction of peak matrix FLOP/s on the best large "
+          "GEMM (clock under the power limit x issue efficiency)"),
     # 8 (a DGX) to 576 chips per scale-up domain (NVL72 = 72; the largest NVLink domains
     # announced, NVL576).
     _system("scaleup_size", "scale-up domain", "", "network", None, 8, 576, "integer",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import units as u
-from ._chip import Chip
+from ._chip import TYPICAL_MATMUL_FRACTION, Chip
 from ._system import System
 from ._validate import PresetMapping
 
@@ -40,7 +40,12 @@ PRESET_ASSUMPTIONS: dict[str, list[str]] = {}
 def _add(chip: Chip, published: Published, assumptions: list[str] | None = None) -> None:
     _CHIPS[chip.name] = chip
     PUBLISHED[chip.name] = published
-    PRESET_ASSUMPTIONS[chip.name] = assumptions or []
+    assumptions = list(assumptions or [])
+    if abs(float(chip.matmul_fraction) / TYPICAL_MATMUL_FRACTION - 1.0) < 1e-6:
+        assumptions.append("matmul_fraction: no measured max-achievable matmul in the sources "
+                           "used; the median of the measured chips (TYPICAL_MATMUL_FRACTION) "
+                           "assumed")
+    PRESET_ASSUMPTIONS[chip.name] = assumptions
 
 
 # NVIDIA V100 SXM2 (TSMC 12 nm FFN). FP32 15.7 TFLOP/s and the full GV100 die's 84 SMs (80
@@ -58,6 +63,9 @@ _A100 = dict(
     mac_units=_macs(312, 1.41), clock_hz=1.41 * u.GHz, vector_flops=19.5 * TFLOP,
     sram_bytes=57.3 * u.MiB, link_count=12, link_bandwidth=25 * u.GB, node_nm=7,
     core_count=108, compute_redundancy=128 / 108, sram_kind="cache", core_kind="simt",
+    # chips.csv A100 40GB: measured max-achievable BF16 matmul 271.2 TFLOP/s (stas00 MAMF); the
+    # 80GB part has the same GA100 die, clock and 400 W limit.
+    matmul_fraction=271.2 / 312,
 )
 _add(Chip(name="A100-40GB", hbm_bandwidth=1555 * u.GB, hbm_bytes=40 * u.GiB,
           hbm_generation="HBM2", **_A100),
@@ -72,6 +80,9 @@ _H100 = dict(
     mac_units=_macs(989.4, 1.83), clock_hz=1.83 * u.GHz, vector_flops=66.9 * TFLOP,
     link_count=18, link_bandwidth=25 * u.GB, node_nm=4, core_count=132,
     compute_redundancy=144 / 132, sram_kind="cache", core_kind="simt",
+    # chips.csv H100: measured max-achievable BF16 matmul 794.5 TFLOP/s; the same MAMF table
+    # notes "H200 is the same" (stas00/ml-engineering compute/accelerator/README.md @744d01e1).
+    matmul_fraction=794.5 / 989.4,
 )
 _add(Chip(name="H100-SXM", sram_bytes=79.39 * u.MiB, hbm_bandwidth=3352 * u.GB,
           hbm_bytes=80 * u.GiB, hbm_generation="HBM3", **_H100),
@@ -91,14 +102,17 @@ _BLACKWELL_ASSUMPTIONS = [
     "GH100-class floorplan per die enabled)",
     "node_nm: TSMC 4NP, an N4-family node; 4 nm used",
 ]
-for _name, _peak, _clock, _hbm, _tdp in (("B200", 2250, 1.965, 180, 1000),
-                                         ("GB200", 2500, 2.062, 186, 1200)):
+# matmul_fraction: chips.csv measured max-achievable BF16 matmul, 1745 (B200) and 1822 (GB200)
+# TFLOP/s: the GB200's higher quoted peak (its clock) is not sustained under load.
+for _name, _peak, _clock, _hbm, _tdp, _mamf in (("B200", 2250, 1.965, 180, 1000, 1745),
+                                                ("GB200", 2500, 2.062, 186, 1200, 1822)):
     _add(Chip(
         name=_name, mac_units=_macs(_peak, _clock), clock_hz=_clock * u.GHz,
         vector_flops=_peak * TFLOP * 66.9 / 989.4, sram_bytes=2 * 79.39 * u.MiB,
         hbm_bandwidth=8000 * u.GB, hbm_bytes=_hbm * u.GiB, link_count=18,
         link_bandwidth=50 * u.GB, node_nm=4, core_count=144, compute_redundancy=1.0,
         sram_kind="cache", core_kind="simt", hbm_generation="HBM3e", die_count=2,
+        matmul_fraction=_mamf / _peak,
     ), Published(die_area_mm2=None, tdp_w=_tdp, is_gpu=True), _BLACKWELL_ASSUMPTIONS)
 
 # AMD MI250X: two CDNA2 GCDs on TSMC N6 (AMD CDNA2 whitepaper); FP32 vector 47.9 TFLOP/s
@@ -118,6 +132,8 @@ _add(Chip(
     hbm_bytes=192 * u.GiB, link_count=7, link_bandwidth=64 * u.GB, node_nm=5, core_count=304,
     compute_redundancy=320 / 304, sram_kind="cache", core_kind="simt", hbm_generation="HBM3",
     die_count=8,
+    # chips.csv: measured max-achievable BF16 matmul 668.4 TFLOP/s (ROCm 6.3, tunable ops on).
+    matmul_fraction=668.4 / 1307.4,
 ), Published(die_area_mm2=None, tdp_w=750, is_gpu=True),
     ["die_count: 8 compute dies (XCDs); the 4 I/O dies are not modelled separately"])
 
@@ -164,6 +180,7 @@ _add(Chip(
     vector_flops=24 * 28.7 * TFLOP / 64, sram_bytes=48 * u.MiB, hbm_bandwidth=2460 * u.GB,
     hbm_bytes=96 * u.GB, link_count=24, link_bandwidth=12.5 * u.GB, node_nm=7, core_count=26,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2e",
+    matmul_fraction=418.7 / 432,  # chips.csv measured max-achievable BF16 matmul
 ), Published(die_area_mm2=None, tdp_w=600, is_gpu=False),
     ["vector_flops: Gaudi 2 TPC rate not in the sources used; Gaudi 3's per-TPC BF16 vector "
      "rate (28.7 TFLOP/s / 64 TPCs) assumed for each of the 24 TPCs",
@@ -173,6 +190,7 @@ _add(Chip(
     vector_flops=28.7 * TFLOP, sram_bytes=96 * u.MB, hbm_bandwidth=3670 * u.GB,
     hbm_bytes=128 * u.GB, link_count=24, link_bandwidth=25 * u.GB, node_nm=5, core_count=72,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2e", die_count=2,
+    matmul_fraction=1243 / 1835,  # chips.csv measured max-achievable BF16 matmul
 ), Published(die_area_mm2=None, tdp_w=900, is_gpu=False),
     ["clock_hz: 1.75 GHz reproduces the 1835 TFLOP/s spec (shipping parts run 1.6 GHz, "
      "chips.csv notes)", "core_count: 8 MME + 64 TPC engines"])

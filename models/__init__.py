@@ -5,6 +5,7 @@ from dse.hardware import describe_reason as describe_reason
 
 from ._calibration import CALIBRATION_BOUNDS as CALIBRATION_BOUNDS
 from ._calibration import DEFAULT as DEFAULT
+from ._calibration import FRAMEWORKS as FRAMEWORKS
 from ._calibration import Calibration as Calibration
 from ._cluster import ClusterReport as ClusterReport
 from ._cluster import ServeCostReport as ServeCostReport

@@ -43,14 +43,16 @@ def _concrete_int(x, what: str) -> int:
 def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
                     recompute=(0, 1, 2), zero_stages=(0, 1, 2, 3),
                     sequence_parallel=(0, 1), dp_overlap: int = 1,
-                    max_microbatch: int | None = None) -> TrainingPlan:
+                    max_microbatch: int | None = None,
+                    context_parallel: tuple[int, ...] | str = (1,)) -> TrainingPlan:
     """Every valid plan for `model` on exactly `num_chips` chips, as one batched `TrainingPlan`.
 
-    Valid: TP divides the heads, PP divides the layers, DP = num_chips / (TP * PP) divides the
-    global batch, EP divides both the experts and DP, the micro-batch divides the per-replica
-    batch, the interleave (virtual stages) divides the layers per stage and, as Megatron-LM
-    requires, the micro-batch count is a multiple of PP when interleaving; sequence parallelism
-    only with TP > 1.
+    Valid: TP divides the heads, PP divides the layers, CP splits each sequence into 2 * CP
+    equal chunks (Megatron-Core's load-balanced causal split), DP = num_chips / (TP * CP * PP)
+    divides the global batch, EP divides both the experts and DP, the micro-batch divides the
+    per-replica batch, the interleave (virtual stages) divides the layers per stage and, as
+    Megatron-LM requires, the micro-batch count is a multiple of PP when interleaving; sequence
+    parallelism only with TP > 1.
 
     **Arguments:**
 
@@ -60,18 +62,29 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
     - `recompute`, `zero_stages`, `sequence_parallel`: the values of those knobs to include.
     - `dp_overlap`: the data-parallel overlap setting of every plan.
     - `max_microbatch`: largest micro-batch size considered (default: no limit).
+    - `context_parallel`: the CP degrees to include, or "all" for every valid one (default
+      (1,): no context parallelism, the plan space of short-sequence training).
 
     **Returns:** a `TrainingPlan` whose leaves have one leading axis (the plans).
     """
     layers = _concrete_int(model.layers, "layers")
     heads = _concrete_int(model.heads, "heads")
     experts = _concrete_int(model.experts, "experts")
+    seq_len = _concrete_int(model.seq_len, "seq_len")
     num_chips, global_batch = int(num_chips), int(global_batch)
+    if isinstance(context_parallel, str):
+        if context_parallel != "all":
+            raise ValueError(f"context_parallel must be a tuple of degrees or 'all'; "
+                             f"got {context_parallel!r}")
+        cps = _divisors(num_chips)
+    else:
+        cps = np.asarray(context_parallel, dtype=np.int64)
+    cps = [int(c) for c in cps if c == 1 or seq_len % (2 * int(c)) == 0]
     rows = []
-    for tp, pp in itertools.product(_divisors(heads), _divisors(layers)):
-        if num_chips % (tp * pp):
+    for tp, pp, cp in itertools.product(_divisors(heads), _divisors(layers), cps):
+        if num_chips % (tp * pp * cp):
             continue
-        dp = num_chips // (tp * pp)
+        dp = num_chips // (tp * pp * cp)
         if global_batch % dp:
             continue
         per_replica = global_batch // dp
@@ -85,7 +98,7 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
                 for v in _divisors(layers // pp):
                     if v > 1 and (pp == 1 or m % pp):
                         continue
-                    rows.append((tp, pp, dp, ep, b, v))
+                    rows.append((tp, pp, dp, ep, b, v, cp))
     if not rows:
         raise ValueError(f"no valid plan for {num_chips} chips and global batch {global_batch} "
                          f"(layers {layers}, heads {heads})")
@@ -94,13 +107,14 @@ def enumerate_plans(model: Transformer, num_chips: int, global_batch: int, *,
                       for z in zero_stages], dtype=np.float64)
     full = np.concatenate([np.repeat(base, len(knobs), axis=0),
                            np.tile(knobs, (len(base), 1))], axis=1)
-    full = full[(full[:, 6] == 0) | (full[:, 0] > 1)]  # SP needs TP > 1
+    full = full[(full[:, 7] == 0) | (full[:, 0] > 1)]  # SP needs TP > 1
     col = {name: full[:, i] for i, name in enumerate(
-        ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "sequence_parallel",
+        ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "cp", "sequence_parallel",
          "recompute", "zero_stage"))}
     n = len(full)
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
-                        dp_overlap=np.full(n, float(dp_overlap)), **col)
+                        dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
+                        zero3_regather=np.zeros(n), **col)
 
 
 def _index(tree, i):

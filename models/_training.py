@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int
 from dse.hardware import Reason, System
 
 from ._calibration import DEFAULT, Calibration
-from ._data_parallel import data_parallel_comm, exposed_data_parallel
+from ._data_parallel import data_parallel_cost
 from ._energy import step_energy
 from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs
 from ._memory import GRAD_BYTES, stage_params, training_memory, zero_shard
@@ -34,7 +34,7 @@ class TrainReport(eqx.Module):
     """What one training step costs (per step, per chip where it says so; SI units).
 
     `step_time == compute_time + tp_comm_time + pp_comm_time + dp_comm_time + ep_comm_time
-    + bubble_time + optimizer_time` (exposed communication only). `memory_per_chip ==
+    + cp_comm_time + bubble_time + optimizer_time` (exposed communication only). `memory_per_chip ==
     weights_bytes + grads_bytes + optimizer_bytes + activations_bytes` on the busiest (first)
     pipeline stage. `fits` is False with `reason` (`dse.hardware.Reason` flags) when the plan is
     infeasible; the times are still computed so that a sweep can see how far off it is.
@@ -57,6 +57,7 @@ class TrainReport(eqx.Module):
     pp_comm_time: Float[Array, "*batch"]
     dp_comm_time: Float[Array, "*batch"]
     ep_comm_time: Float[Array, "*batch"]
+    cp_comm_time: Float[Array, "*batch"]
     bubble_time: Float[Array, "*batch"]
     optimizer_time: Float[Array, "*batch"]
     model_flops: Float[Array, "*batch"]
@@ -67,23 +68,37 @@ class TrainReport(eqx.Module):
         """The step time by where it went (sums to `step_time`)."""
         return {"compute": self.compute_time, "tp_comm": self.tp_comm_time,
                 "pp_comm": self.pp_comm_time, "dp_comm": self.dp_comm_time,
-                "ep_comm": self.ep_comm_time, "bubble": self.bubble_time,
+                "ep_comm": self.ep_comm_time, "cp_comm": self.cp_comm_time,
+                "bubble": self.bubble_time,
                 "optimizer": self.optimizer_time}
+
+
+# HBM passes of the softmax cross-entropy per logit, as frameworks run it in fp32 (Megatron-LM
+# `_VocabParallelCrossEntropy`, PyTorch `cross_entropy` under autocast, which upcasts the
+# logits): forward reads the 16-bit logit (2 B) and writes it as fp32 (4), reads it for the max
+# (4), reads it and writes exp(x - max) (4 + 4), reads that for the sum (4): 22 B; backward
+# reads exp (4) and writes softmax - one-hot in fp32 (4), then casts it to 16 bits (4 + 2):
+# 14 B. In units of 2-byte elements: 11 forward, 7 backward.
+XENT_FWD_ELEMENTS, XENT_BWD_ELEMENTS = 11.0, 7.0
 
 
 def _output_layer_time(model, plan, system, smooth, calibration):
     """Logits GEMM (forward, dX, dW) and cross-entropy of one micro-batch on the last stage, s.
 
     The output layer runs on the last stage, which paces the pipeline; the embedding lookup is
-    negligible. **Returns:** (time, the three GEMM costs).
+    negligible. **Returns:** (time, the three GEMM costs, the cross-entropy's HBM bytes).
     """
-    tokens = plan.microbatch_size * model.seq_len
+    tokens = plan.microbatch_size * model.seq_len / plan.cp
     logits = gemm_fwd_bwd(system.chip, tokens, model.vocab / plan.tp, model.hidden, smooth,
                           calibration)
-    xent = elementwise(system.chip, tokens * model.vocab / plan.tp,
-                       flops_per_element=SOFTMAX_FLOPS, reads=2.0, smooth=smooth,
-                       calibration=calibration)
-    return logits[0].time + logits[1].time + logits[2].time + 2.0 * xent.time, logits
+    kw = dict(smooth=smooth, calibration=calibration)
+    elements = tokens * model.vocab / plan.tp
+    xent_f = elementwise(system.chip, elements, flops_per_element=SOFTMAX_FLOPS,
+                         reads=XENT_FWD_ELEMENTS - 1.0, writes=1.0, **kw)
+    xent_b = elementwise(system.chip, elements, flops_per_element=2.0,
+                         reads=XENT_BWD_ELEMENTS - 1.0, writes=1.0, **kw)
+    time = logits[0].time + logits[1].time + logits[2].time + xent_f.time + xent_b.time
+    return time, logits, xent_f.hbm_bytes + xent_b.hbm_bytes
 
 
 def _reason(plan: TrainingPlan, system: System, memory, capacity):
@@ -121,24 +136,26 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     eta = calibration.kernel_fraction
     lc = layer_costs(model, plan, system, calibration=calibration, smooth=smooth,
                      flash_attention=flash_attention)
-    out_time, logits = _output_layer_time(model, plan, system, smooth, calibration)
+    out_time, logits, xent_bytes = _output_layer_time(model, plan, system, smooth, calibration)
 
     stage_compute = (layers_per_stage * (lc.fwd + lc.bwd + lc.recompute) + out_time) / eta
     stage_tp = layers_per_stage * lc.tp_comm
     stage_ep = layers_per_stage * lc.ep_comm
+    stage_cp = layers_per_stage * lc.cp_comm
     stage_pp = pipeline_comm_per_microbatch(model, plan, system, calibration)
     compute_time = m * stage_compute
     tp_time = m * stage_tp
     ep_time = m * stage_ep
+    cp_time = m * stage_cp
     pp_time = m * stage_pp
-    bubble_time = pipeline_bubble(plan, stage_compute + stage_tp + stage_ep + stage_pp)
+    bubble_time = pipeline_bubble(plan, stage_compute + stage_tp + stage_ep + stage_cp
+                                  + stage_pp)
 
     params = stage_params(model, plan)
     memory = training_memory(model, plan, flash_attention=flash_attention)
 
-    dp_total = data_parallel_comm(plan, system, params, calibration)
-    window = jnp.where(plan.zero_stage > 2.5, compute_time, layers_per_stage * lc.bwd / eta)
-    dp_time = exposed_data_parallel(plan, dp_total, window, layers_per_stage, calibration)
+    dp_time = data_parallel_cost(plan, system, params, lc.fwd / eta, lc.bwd / eta,
+                                 lc.recompute / eta, layers_per_stage, calibration).exposed
 
     # Optimizer: Adam over the chip's shard of the parameters, memory bound (reads fp32 main
     # weight, m, v and gradient; writes the three back and the 16-bit weight copy).
@@ -147,7 +164,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                       writes=3.5, smooth=smooth, calibration=calibration)
     optimizer_time = opt.time / eta
 
-    step_time = (compute_time + tp_time + pp_time + dp_time + ep_time + bubble_time
+    step_time = (compute_time + tp_time + pp_time + dp_time + ep_time + cp_time + bubble_time
                  + optimizer_time)
 
     chips_used = plan.chips
@@ -156,17 +173,18 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     recompute_share = jnp.where(
         plan.recompute > 1.5, 1.0,
         jnp.where((plan.recompute > 0.5) & (not flash_attention),
-                  4.0 * s * model.q_dim / model.layer_forward_flops_per_token(), 0.0))
+                  model.attention_core_flops_per_token() / model.layer_forward_flops_per_token(),
+                  0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops
     mfu = model_flops / (chips_used * peak * step_time)
     hfu = hardware_flops / (chips_used * peak * step_time)
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
-                     + logits[1].hbm_bytes + logits[2].hbm_bytes) + opt.hbm_bytes
+                     + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes
     link_bytes = m * (layers_per_stage * lc.comm_bytes + jnp.where(p > 1.0, 2.0 * v, 0.0)
                       * pipeline_send_bytes(model, plan)) \
-        + jnp.where(plan.dp > 1.0, 2.0 * GRAD_BYTES * params.total, 0.0)
+        + jnp.where(plan.dp * plan.cp > 1.0, 2.0 * GRAD_BYTES * params.total, 0.0)
     energy = step_energy(chip, step_time, chips_used, compute_fraction=hfu,
                          vector_flops=m * layers_per_stage * lc.vector_flops + opt.flops,
                          hbm_bytes=hbm_bytes, link_bytes=link_bytes)
@@ -178,5 +196,5 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
         grads_bytes=memory.grads, optimizer_bytes=memory.optimizer,
         activations_bytes=memory.activations, fits=reason == 0, reason=reason,
         compute_time=compute_time, tp_comm_time=tp_time, pp_comm_time=pp_time,
-        dp_comm_time=dp_time, ep_comm_time=ep_time, bubble_time=bubble_time,
+        dp_comm_time=dp_time, ep_comm_time=ep_time, cp_comm_time=cp_time, bubble_time=bubble_time,
         optimizer_time=optimizer_time, model_flops=model_flops, hardware_flops=hardware_flops)

@@ -40,6 +40,7 @@ RANDOM_RANGES = {
     "node_nm": (2.0, 16.0),
     "core_count": (16.0, 512.0),
     "compute_redundancy": (1.0, 1.3),
+    "matmul_fraction": (0.4, 1.0),
 }
 assert set(RANDOM_RANGES) == set(CONTINUOUS_CHIP_FIELDS)
 

@@ -10,7 +10,7 @@ from helpers import central_difference, data_dir, random_plans
 
 from dse.calibration import FIT_SOURCES, training_cases
 from dse.calibration import predict_case as predict
-from dse.calibration._training_data import fit_fraction_from_parts, predict_parts
+from dse.calibration._training_data import TrainingRows, fit_kernel_fraction
 from dse.hardware import CHIPS, SYSTEMS, System
 from dse.models import (
     DEFAULT,
@@ -94,14 +94,19 @@ def test_korthikanti_fig1_memory(name, p_opt, act_none, act_sel, layout):
 @pytest.mark.slow
 def test_fit_reproduces_stored_constant_and_sc21_table1():
     # One pass over every fitted row: the fit re-run reproduces DEFAULT.kernel_fraction, and
-    # Narayanan et al. 2021 (SC21) Table 1 per-GPU TFLOP/s (eq. 3 counting, layouts completed
-    # by best_plan where the table gives only TP * PP) is within the 6% mean error.
-    cases = [c for c in training_cases(data_dir()) if c.source_key in FIT_SOURCES]
-    results = [(c, predict_parts(c)) for c in cases]
-    refit = fit_fraction_from_parts([parts for _, (_, _, parts) in results])
-    np.testing.assert_allclose(refit, float(DEFAULT.kernel_fraction), rtol=2e-3)
-    sc21 = [abs(value / c.measured - 1) for c, (value, _, _) in results
-            if c.source_key == "megatron_sc21_table1"]
+    # Narayanan et al. 2021 (SC21) Table 1 (eq. 3 TFLOP/s as step times, layouts completed
+    # by best_plan where the table gives only TP * PP) is within 6% mean error.
+    rows = TrainingRows([c for c in training_cases(data_dir()) if c.source_key in FIT_SOURCES])
+    fitted = fit_kernel_fraction(rows=rows)
+    np.testing.assert_allclose(fitted["kernel_fraction"], float(DEFAULT.kernel_fraction),
+                               rtol=2e-3)
+    scales = {n.split(".")[1]: v for n, v in fitted.items() if n.startswith("framework_scale.")}
+    assert set(scales) == {"megatron-lm", "megatron-core", "deepspeed", "composer"}
+    for framework, value in scales.items():
+        np.testing.assert_allclose(value, float(DEFAULT.framework_scale[framework]), rtol=2e-2)
+    err = np.asarray(rows(DEFAULT)) / rows.measured - 1.0
+    sc21 = [abs(e) for e, s in zip(err, rows.sources, strict=True)
+            if s == "megatron_sc21_table1"]
     assert len(sc21) == 10
     assert np.mean(sc21) <= 0.06, sc21
 
