@@ -5,6 +5,11 @@ from . import hardware as hardware
 from . import models as models
 from . import optimizers as optimizers
 from . import plot as plot
+from ._cache import compilation_cache as compilation_cache
+from ._cache import enable_by_default as _enable_cache
+from ._codesign import PlanCandidates as PlanCandidates
+from ._codesign import plan_candidates as plan_candidates
+from ._codesign import plan_misses as plan_misses
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize as optimize
 from ._pareto import ParetoFront as ParetoFront
@@ -29,3 +34,6 @@ from .optimizers import hypervolume as hypervolume
 from .optimizers import knee_point as knee_point
 from .optimizers import pareto_indices as pareto_indices
 from .optimizers import pareto_mask as pareto_mask
+
+# JAX's persistent compilation cache on (unless DSE_COMPILATION_CACHE=0): see dse/_cache.py.
+_enable_cache()

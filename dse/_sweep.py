@@ -11,8 +11,10 @@ How it is fast and bounded:
   process's devices under `jax.distributed`); results are identical to one device because every
   point is computed by the same elementwise code from its own index.
 - Memory is bounded by the chunk: with `keep="pareto"` only the running front is kept, and the
-  kernel already discards points that a staircase table of the current front dominates, so
-  only a handful of rows per chunk reach the host-side merge.
+  kernel already discards points that a staircase table of the current front dominates, and
+  points that another point of the same chunk dominates (the chunk-local front, a staircase of
+  the chunk's own points); only the survivors' rows are compacted and sent to the host, so the
+  host-side merge costs what the front costs, not what the chunk does.
 - With `path`, every finished chunk (or, every `checkpoint_s`, the running front) is written
   atomically; a sweep that was interrupted resumes from its last saved chunk and returns what an
   uninterrupted one does (same seed, same chunking, same result). The folder's manifest holds
@@ -212,8 +214,9 @@ def sweep(
             or prefilter_bins < 1:
         raise ValueError(f"prefilter_bins must be an integer >= 1; got {prefilter_bins!r}")
 
-    kernel, aux_for, base_arrays = _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metrics,
-                                   constraints, directions, keep, prefilter_bins, mesh, dtype)
+    kernel, aux_for, base_arrays = _make_kernel(objective, space, method, seed, chunk, n_chunks,
+                                                grid_k, metrics, constraints, directions, keep,
+                                                prefilter_bins, mesh, dtype, n=n)
 
     run = _Run(space=space, n=n, chunk=chunk, metrics=metrics, margin_names=margin_names,
                directions=directions, keep=keep, bins=prefilter_bins,
@@ -242,13 +245,23 @@ def sweep(
         def launch(c):
             return c, compiled(np.int32(c * chunk), aux_for(c), *run.prefilter(), base_arrays)
 
+        full = None
         pending = launch(todo[0]) if todo else None
         for i in range(len(todo)):
             # Dispatch the next chunk before reading this one back, so the device keeps busy
             # while the host merges (the prefilter is a chunk stale: pruning stays exact).
             nxt = launch(todo[i + 1]) if i + 1 < len(todo) else None
             c, outs = pending
-            rows = run.absorb(c, [dist.to_host(o) for o in outs])
+            host = [dist.to_host(o) for o in outs]
+            if keep == "pareto" and host[5].max() > len(host[4]) // len(host[5]):
+                # More survivors than the compacted output holds: rerun the chunk in full.
+                if full is None:
+                    full = _make_kernel(objective, space, method, seed, chunk, n_chunks,
+                                        grid_k, metrics, constraints, directions, keep,
+                                        prefilter_bins, mesh, dtype, n=n, compact=False)[0]
+                host = [dist.to_host(o) for o in full(np.int32(c * chunk), aux_for(c),
+                                                      *run.prefilter(), base_arrays)]
+            rows = run.absorb(c, host)
             if store is not None:
                 store.commit(run, c, rows)
             bar.update(min(chunk, n - c * chunk))
@@ -282,8 +295,17 @@ def sweep(
 
 
 def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metrics, constraints,
-                 directions, keep, bins, mesh, dtype):
-    """The jitted chunk kernel and the host function giving its per-chunk input."""
+                 directions, keep, bins, mesh, dtype, n=None, compact=True):
+    """The jitted chunk kernel and the host function giving its per-chunk input.
+
+    With keep="pareto" and `compact`, the kernel sends only the points that survive its
+    filters: per device, the first `chunk / devices / 8` survivors' rows, their positions in the
+    chunk and the survivor count (`_Run.absorb`); when a count exceeds that room the sweep
+    reruns the chunk with `compact=False` (every row and a keep mask).
+    """
+    n = n_chunks * chunk if n is None else n
+    ndev = mesh.devices.size
+    room = max(1, chunk // ndev // 8)
     dim = space.dim
     # Python floats: a weakly typed factor keeps the kernel's dtype.
     sign = {k: float(s) for k, s in zip(directions, direction_signs(list(directions.values()),
@@ -357,16 +379,72 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
             cell = cell * size + jnp.clip(c, 0.0, float(size - 1)).astype(jnp.int32)
         beaten = obj[-1] > table[cell]
         dominated = jnp.where(feasible == front_feasible, beaten, front_feasible & ~feasible)
-        return x, m, g, feasible, ~dominated | nan
+        real = index < n  # the padding of the last chunk must not dominate a real point
+        dominated = dominated | _chunk_dominated(obj, feasible & ~nan & real, ~nan & real, bins)
+        keep_mask = (~dominated | nan) & real
+        if not compact:
+            return x, m, g, feasible, keep_mask
+        per = chunk // ndev
+        blocks = keep_mask.reshape(ndev, per)
+        count = blocks.sum(axis=1, dtype=jnp.int32)
+        pos = jax.vmap(lambda b: jnp.nonzero(b, size=room, fill_value=0)[0])(blocks)
+        at = (pos + per * jnp.arange(ndev, dtype=pos.dtype)[:, None]).reshape(-1).astype(
+            jnp.int32)
+        return x[:, at], m[:, at], g[:, at], feasible[at], at, count
 
     rep = dist.replicated(mesh)
     aux_sh = {"sobol": (dist.sharded(mesh, 2), rep), "lhs": (dist.sharded(mesh, 2),)}
-    outs = (dist.sharded(mesh, 2),) * 3 + (dist.sharded(mesh, 1),) * (2 if keep == "pareto"
-                                                                        else 1)
+    outs = (dist.sharded(mesh, 2),) * 3 + (dist.sharded(mesh, 1),) * (
+        1 if keep != "pareto" else 3 if compact else 2)
     jitted = jax.jit(kernel,
                      in_shardings=(rep, aux_sh.get(method, ()), rep, rep, rep, rep, rep),
                      out_shardings=outs)
     return jitted, aux_for, dist.put_replicated(base_arrays, mesh)
+
+
+def _chunk_dominated(obj, feasible, valid, bins: int):
+    """True where another point of the same chunk dominates the point (exact, conservative).
+
+    The chunk-local front on the device: the staircase of `ParetoFront.dominance_table` built
+    from the chunk's own points inside the kernel. Cells are cut over the chunk's own range of
+    `order_key` per objective but the last; a point `a` is entered at `cell(a) + 1` (a
+    scatter-min of its last objective), the table is the prefix minimum along every axis, and
+    `p` is dominated when `p[-1] > table[cell(p)]`: some `a` has `cell(a) < cell(p)`, hence
+    `a < p`, on every binned axis and `a[-1] < p[-1]`. "Feasible first": when the chunk has a
+    feasible point, only feasible points enter and every infeasible one is dominated. Points
+    with NaN (`~valid`) neither enter nor are judged here.
+
+    **Arguments:** `obj` [m, chunk] (smaller is better), `feasible`, `valid` bool [chunk],
+    `bins` cells per axis. **Returns:** bool [chunk].
+    """
+    d = obj.shape[0] - 1
+    any_feasible = jnp.any(feasible)
+    enters = jnp.where(any_feasible, feasible, valid)
+    if d == 0:
+        best = jnp.min(jnp.where(enters, obj[0], jnp.inf))
+        dominated = obj[0] > best
+    else:
+        size = bins + 2
+        cell_in = jnp.zeros(obj.shape[1], jnp.int32)
+        cell_at = jnp.zeros(obj.shape[1], jnp.int32)
+        inside = enters
+        for j in range(d):
+            key = order_key(obj[j], jnp)
+            lo = jnp.min(jnp.where(enters, key, jnp.inf))
+            hi = jnp.max(jnp.where(enters, key, -jnp.inf))
+            scale = jnp.where(hi > lo, bins / jnp.where(hi > lo, hi - lo, 1.0), 1.0)
+            c = jnp.floor((key - jnp.where(jnp.isfinite(lo), lo, 0.0)) * scale)
+            inside = inside & (c <= bins)
+            cell_in = cell_in * size + (jnp.clip(c, 0.0, float(bins)).astype(jnp.int32) + 1)
+            cell_at = cell_at * size + jnp.clip(c, 0.0, float(size - 1)).astype(jnp.int32)
+        table = jnp.full(size ** d, jnp.inf, obj.dtype).at[
+            jnp.where(inside, cell_in, size ** d)].min(obj[-1], mode="drop")
+        table = table.reshape((size,) * d)
+        for axis in range(d):
+            table = jax.lax.cummin(table, axis=axis)
+        dominated = obj[-1] > table.reshape(-1)[cell_at]
+    dominated = jnp.where(feasible, dominated, any_feasible | dominated)
+    return dominated & valid
 
 
 def _prefaulted_empty(n: int, dtype) -> np.ndarray:
@@ -432,9 +510,18 @@ class _Run:
     def absorb(self, c, outs) -> dict[str, np.ndarray]:
         """Merge chunk c's kernel outputs; return the rows to persist."""
         valid = min(self.chunk, self.n - c * self.chunk)
-        x, m, g, feasible = (o[..., :valid] for o in outs[:4])
-        index = np.arange(c * self.chunk, c * self.chunk + valid, dtype=np.int64)
-        if self.keep == "pareto":
+        if len(outs) < 6:
+            x, m, g, feasible = (o[..., :valid] for o in outs[:4])
+            index = np.arange(c * self.chunk, c * self.chunk + valid, dtype=np.int64)
+        if self.keep == "pareto" and len(outs) == 6:
+            # Compacted: per device, `room` rows of which the first `count` are survivors.
+            at, count = outs[4], outs[5]
+            room = len(at) // len(count)
+            sel = np.concatenate([np.arange(b * room, b * room + k) for b, k in
+                                  enumerate(count)]).astype(np.int64)
+            x, m, g, feasible = (o[..., sel] for o in outs[:4])
+            index = c * self.chunk + at[sel].astype(np.int64)
+        elif self.keep == "pareto":
             keep = np.flatnonzero(outs[4][:valid])
             x, m, g, feasible, index = x[:, keep], m[:, keep], g[:, keep], feasible[keep], \
                 index[keep]

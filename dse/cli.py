@@ -270,6 +270,9 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dse", description="Differentiable design-space exploration of AI hardware.")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache (also: "
+                             "DSE_COMPILATION_CACHE=0)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the whole story in about a minute: evaluate, sweep, "
                                        "optimize, sensitivities, plots")
@@ -299,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     from ._study import ConfigError
 
     args = build_parser().parse_args(argv)
+    if args.no_compile_cache:
+        from ._cache import compilation_cache
+
+        compilation_cache(False)
     try:
         return args.func(args)
     except ConfigError as e:

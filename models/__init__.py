@@ -44,9 +44,12 @@ from ._operators import attention_backward as attention_backward
 from ._operators import elementwise as elementwise
 from ._operators import gemm as gemm
 from ._operators import roofline as roofline
+from ._plan_search import best_of_plans as best_of_plans
 from ._plan_search import best_plan as best_plan
 from ._plan_search import enumerate_plans as enumerate_plans
 from ._plan_search import evaluate_plans as evaluate_plans
+from ._plan_search import fastest_plan_index as fastest_plan_index
+from ._plan_search import plan_memory as plan_memory
 from ._plan_search import plan_step_time as plan_step_time
 from ._plan_search import select_plan as select_plan
 from ._training import TrainReport as TrainReport
