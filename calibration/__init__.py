@@ -51,3 +51,9 @@ from ._training_data import training_cases as training_cases
 from ._uncertainty import Spread as Spread
 from ._uncertainty import bootstrap_weights as bootstrap_weights
 from ._uncertainty import propagate as propagate
+from ._serving_data import ServingCase as ServingCase
+from ._serving_data import SkippedServingRow as SkippedServingRow
+from ._serving_data import predict_online as predict_online
+from ._serving_data import predict_serving as predict_serving
+from ._serving_data import serving_cases as serving_cases
+from ._serving_data import trtllm_bench_limits as trtllm_bench_limits

@@ -20,6 +20,11 @@ class Reason(enum.IntFlag):
     BATCH = 2  # the global batch gives a replica less than one micro-batch
     MEMORY = 4  # weights, gradients, optimizer state, activations or KV cache exceed capacity
     NETWORK = 8  # the scale-out network's tiers and radix cannot connect that many chips
+    # Serving (dse.models.serve_continuous): high values leave room for the flags of other
+    # layers. SATURATED: the arrival rate is at or above what the deployment can serve, so the
+    # queue grows without bound; SLO: no load meets the latency objective.
+    SATURATED = 256
+    SLO = 512
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -27,6 +32,8 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.BATCH: "global batch smaller than one micro-batch per replica",
     Reason.MEMORY: "memory per chip exceeds capacity",
     Reason.NETWORK: "network tiers and radix cannot connect the cluster's chips",
+    Reason.SATURATED: "arrival rate at or above the deployment's capacity (unbounded queue)",
+    Reason.SLO: "latency objective not met at any load",
 }
 
 

@@ -54,3 +54,10 @@ from ._training_plan import RECOMPUTE_SELECTIVE as RECOMPUTE_SELECTIVE
 from ._training_plan import TrainingPlan as TrainingPlan
 from ._transformer import TRANSFORMERS as TRANSFORMERS
 from ._transformer import Transformer as Transformer
+from ._serving import GoodputReport as GoodputReport
+from ._serving import LatencyReport as LatencyReport
+from ._serving import ServingPlan as ServingPlan
+from ._serving import ServingReport as ServingReport
+from ._serving import ServingWorkload as ServingWorkload
+from ._serving import Slo as Slo
+from ._serving import serve_continuous as serve_continuous
