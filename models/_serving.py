@@ -326,14 +326,17 @@ class ServingReport(eqx.Module):
         """Output tokens per joule at full load."""
         return 1.0 / self.energy_per_token
 
-    def _queue_wait(self, rate, quantile=None):
+    def _queue_wait(self, rate, quantile=None, along_curve=False):
         """The admission wait at `rate`: its mean (`quantile` None) or its q-quantile; inf at or
-        past capacity."""
-        rho = rate / self.queue_capacity
+        past capacity. `along_curve`: `rate` (and `quantile`) carry the curve's last axis."""
+        capacity, scv = self.queue_capacity, self.queue_scv
+        if along_curve:
+            capacity, scv = capacity[..., None], scv[..., None]
+        rho = rate / capacity
         ok = rho < 1.0
         r = jnp.where(ok, rho, 0.5)
         # W / rho of Pollaczek-Khinchine: E[S] (1 + c^2) / (2 (1 - rho)).
-        scale = (1.0 + self.queue_scv) / (2.0 * self.queue_capacity * (1.0 - r))
+        scale = (1.0 + scv) / (2.0 * capacity * (1.0 - r))
         if quantile is None:
             wait = r * scale
         else:
@@ -374,15 +377,19 @@ class ServingReport(eqx.Module):
         Each latency rises with the rate along the curve, so the limit is where its curve
         crosses the objective (interpolated in log rate), capped just below capacity.
         """
-        z = ndtri(slo.quantile)
+        batch_shape = jnp.broadcast_shapes(self.rate.shape[:-1], slo.quantile.shape)
+        quantile = jnp.broadcast_to(slo.quantile, batch_shape)[..., None]
+        z = ndtri(quantile)
         xp = _log(self.rate)
-        tpot = jax.lax.cummax(self.tpot_mean + z[..., None] * self.tpot_sd, axis=self.rate.ndim - 1)
+        tpot = jax.lax.cummax(self.tpot_mean + z * self.tpot_sd, axis=self.rate.ndim - 1)
         # TTFT along the curve, the saturated last point left out (its wait is infinite).
         rate_in = self.rate[..., :-1]
-        ttft = self.prefill_time[..., :-1] + self._queue_wait(rate_in, slo.quantile[..., None])
+        ttft = self.prefill_time[..., :-1] + self._queue_wait(rate_in, quantile, True)
         ttft = jax.lax.cummax(ttft, axis=ttft.ndim - 1)
         x_tpot = _interp(jnp.minimum(slo.tpot, 1e30), tpot, xp)
-        x_ttft = _interp(jnp.minimum(slo.ttft, 1e30), ttft, xp[..., :-1])
+        # No TTFT limit: up to capacity (the last point, whose wait is infinite).
+        x_ttft = jnp.where(jnp.isinf(slo.ttft), xp[..., -1],
+                           _interp(jnp.minimum(slo.ttft, 1e30), ttft, xp[..., :-1]))
         rate = jnp.exp(jnp.minimum(x_tpot, x_ttft))
         met = (slo.tpot >= tpot[..., 0]) & (slo.ttft >= ttft[..., 0])
         return jnp.where(met, jnp.minimum(rate, self.requests_per_s), 0.0)
@@ -463,25 +470,21 @@ def _kv_bytes_per_token(model: Transformer, plan: InferencePlan):
     return per_token / sharers
 
 
-def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_share, chunk,
-               memory, smooth, calibration):
-    """One iteration of a replica with `decode` decode sequences and `prefill_share` (0 or 1)
-    of their steady-state prefill.
-
-    Returns the `InferenceReport` of one micro-batch's pass (its time is the iteration time)
-    and the prefill tokens of the replica per iteration.
+def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_seqs, chunk,
+               finishing, memory, smooth, calibration) -> InferenceReport:
+    """One pass of a micro-batch of a replica: `decode` decode sequences of the replica (each
+    of its pp micro-batches holds 1 / pp of them) and `prefill_seqs` prompt chunks of `chunk`
+    tokens in this micro-batch; `finishing` prompts of the replica end their prefill (and get
+    logits). Its time is the iteration time (every micro-batch passes every stage once).
     """
     inf = plan.inference
     pp = inf.pp
-    r = decode / shape.decode_steps * prefill_share
-    tokens = r * shape.input
     q = jnp.maximum(chunk, 1.0)
     # Chunks of q tokens of a prompt of length L end on average at (L + q) / 2 tokens.
     segments = ((decode / pp, 1.0, shape.decode_context),
-                (tokens / (pp * q), q, 0.5 * (shape.prompt + q)))
-    report = _pass(model, inf, system, segments, (decode + r) / pp, memory, smooth, calibration,
-                   in_flight=pp)
-    return report, tokens
+                (prefill_seqs, q, 0.5 * (shape.prompt + q)))
+    return _pass(model, inf, system, segments, (decode + finishing) / pp, memory, smooth,
+                 calibration, in_flight=pp)
 
 
 def _replica_limits(model, plan: ServingPlan, system, workload, shape):
@@ -491,9 +494,10 @@ def _replica_limits(model, plan: ServingPlan, system, workload, shape):
     chip = system.chip
     kv_token = _kv_bytes_per_token(model, inf)
     # Weights and the activations of a full token budget, per chip (no KV cache: context 0).
+    # Memory is HBM plus SRAM, as for `prefill` (a chip without HBM holds everything on chip).
     plan_full = dataclasses.replace(inf, batch=plan.max_tokens)
     weights, _, acts, _, _, _ = _memory(model, plan_full, system, 1.0, 0.0)
-    free = chip.hbm_bytes - weights - acts
+    free = chip.hbm_bytes + chip.sram_bytes - weights - acts
     capacity = plan.kv_memory_fraction * jnp.maximum(free, 0.0) / kv_token
     per_seq = _kv_per_sequence(workload, plan)
     # Sequences in flight per decode sequence: the decoding ones and the prompts prefilling.
@@ -543,34 +547,50 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     safe_max = jnp.where(fits, batch_max, 1.0)
     grid = _grid(safe_max)
 
-    def point(decode, prefill_share):
+    pp = inf.pp
+
+    def point(decode, kind):
+        """kind 0: the steady-state iteration (its share of every prompt); 1: decode only;
+        2: decode with one prompt's chunk (an iteration that carries a given prompt)."""
         budget = plan.max_tokens - decode
         chunk = (jnp.minimum(shape.prompt, jnp.maximum(budget, 1.0)) if plan.chunked_prefill
                  else shape.prompt)
+        r = decode / shape.decode_steps
+        tokens = r * shape.input
+        prefill_seqs = jnp.where(kind == 0, tokens / (pp * chunk), jnp.where(kind == 2, 1.0, 0.0))
+        finishing = jnp.where(kind == 0, r, jnp.where(kind == 2, 1.0, 0.0))
         kv = decode * (1.0 + 1.0 / shape.decode_steps) * per_seq * kv_token
         memory = (weights, kv, acts, weights + kv + acts, fits,
                   jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
-        return _iteration(model, plan, system, shape, decode, prefill_share, chunk, memory,
-                          smooth, calibration) + (chunk,)
+        report = _iteration(model, plan, system, shape, decode, prefill_seqs, chunk, finishing,
+                            memory, smooth, calibration)
+        return report, tokens, chunk
 
-    # The grid twice in one vmap: with the steady-state prefill, and decode-only.
-    share = jnp.concatenate([jnp.ones(GRID), jnp.zeros(GRID)]).reshape(
-        (2 * GRID,) + (1,) * (grid.ndim - 1))
-    both, tokens, chunk = jax.vmap(point)(jnp.concatenate([grid, grid]),
-                                          jnp.broadcast_to(share, (2 * GRID,) + grid.shape[1:]))
-    mixed = jax.tree.map(lambda x: x[:GRID], both)
-    t_mix, t_dec = _last(mixed.time), _last(both.time[GRID:])
+    # The grid three times in one vmap (one compile): steady state, decode only, one chunk.
+    kinds = jnp.repeat(jnp.arange(3.0), GRID).reshape((3 * GRID,) + (1,) * (grid.ndim - 1))
+    everything, tokens, chunk = jax.vmap(point)(
+        jnp.concatenate([grid, grid, grid]), jnp.broadcast_to(kinds, (3 * GRID,) + grid.shape[1:]))
+    mixed = jax.tree.map(lambda x: x[:GRID], everything)
+    t_mix = _last(mixed.time)
+    t_dec = _last(everything.time[GRID:2 * GRID])
+    t_chunk = _last(everything.time[2 * GRID:])
     tokens, chunk, batches = _last(tokens[:GRID]), _last(chunk[:GRID]), _last(grid)
-    r = batches / shape.decode_steps[..., None]
+    batch_shape = t_mix.shape[:-1]
+
+    def col(x):
+        """A per-deployment value as a column against the curve's last axis."""
+        return jnp.broadcast_to(x, batch_shape)[..., None]
+
+    r = batches / col(shape.decode_steps)
     replica_rate = jax.lax.cummax(r / t_mix, axis=r.ndim - 1)
-    pp = inf.pp[..., None]
-    # Iteration time per prefill token of a micro-batch (tokens / pp of them per pass).
-    tau = _safe_div(t_mix - t_dec, tokens / pp)
-    interference_sd = tau * jnp.sqrt(replica_rate / pp * t_mix * shape.input_sq[..., None]
-                                     / shape.decode_steps[..., None])
+    # Iteration time per prefill token, from an iteration that carries one chunk; a request's
+    # micro-batch sees 1 / pp of the replica's arrivals.
+    tau = jnp.maximum(t_chunk - t_dec, 0.0) / chunk
+    interference_sd = tau * jnp.sqrt(replica_rate / col(pp) * t_mix
+                                     * col(shape.input_sq) / col(shape.decode_steps))
     # The iterations that carry a prompt's chunks: ceil(L / q), each with its chunk.
-    carrying = jnp.maximum(1.0, shape.prompt[..., None] / chunk)
-    prefill_time = carrying * (t_dec + tau * jnp.minimum(chunk, shape.prompt[..., None]))
+    carrying = jnp.maximum(1.0, col(shape.prompt) / chunk)
+    prefill_time = jax.lax.cummax(carrying * t_chunk, axis=r.ndim - 1)
 
     full = jax.tree.map(lambda x: x[-1], mixed)
     capacity_rate = replica_rate[..., -1] * plan.replicas
@@ -578,14 +598,19 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     chips = plan.chips
     chip_power = full.energy / (full.time * inf.chips)
     reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
+
+    def b(x):
+        """Every per-deployment figure with the deployments' shape."""
+        return jnp.broadcast_to(x, batch_shape)
+
     # An infeasible plan keeps the finite figures of a one-sequence batch, flagged.
     return ServingReport(
-        tokens_per_s=tokens_per_s, tokens_per_s_per_chip=tokens_per_s / chips,
-        requests_per_s=capacity_rate, chips=chips,
-        energy_per_token=full.energy / (r[..., -1] * shape.output),
-        chip_power=chip_power, batch=safe_max, iteration_time=full.time,
-        kv_capacity_tokens=capacity, kv_tokens_per_sequence=per_seq,
-        memory_per_chip=full.memory_per_chip, fits=fits, reason=reason, iteration=full,
-        rate=replica_rate * plan.replicas[..., None], curve_batch=batches, tpot_mean=t_mix,
-        tpot_sd=interference_sd, prefill_time=prefill_time, queue_capacity=capacity_rate,
-        queue_scv=jnp.maximum(shape.scv, 0.0))
+        tokens_per_s=b(tokens_per_s), tokens_per_s_per_chip=b(tokens_per_s / chips),
+        requests_per_s=b(capacity_rate), chips=b(chips),
+        energy_per_token=b(full.energy / (r[..., -1] * shape.output)),
+        chip_power=b(chip_power), batch=b(safe_max), iteration_time=b(full.time),
+        kv_capacity_tokens=b(capacity), kv_tokens_per_sequence=b(per_seq),
+        memory_per_chip=b(full.memory_per_chip), fits=b(fits), reason=b(reason), iteration=full,
+        rate=replica_rate * col(plan.replicas), curve_batch=batches, tpot_mean=t_mix,
+        tpot_sd=interference_sd, prefill_time=prefill_time, queue_capacity=b(capacity_rate),
+        queue_scv=b(jnp.maximum(shape.scv, 0.0)))

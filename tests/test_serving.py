@@ -1,0 +1,175 @@
+"""Serving at scale: in-flight batching at full load, latency under load, the SLO query.
+
+One small model and a few jitted functions keep the compiles few (each serving evaluation is
+one pass over a grid of batches)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import central_difference
+
+from dse.hardware import CHIPS, SYSTEMS, stack_chips
+from dse.models import (
+    InferencePlan,
+    Reason,
+    ServingPlan,
+    ServingWorkload,
+    Slo,
+    Transformer,
+    serve_continuous,
+)
+
+H100 = SYSTEMS["DGX-H100"]
+MODEL = Transformer(layers=8.0, hidden=2048.0, heads=16.0, kv_heads=4.0, ffn_hidden=5632.0,
+                    vocab=32000.0, seq_len=4096.0, gated_mlp=True, tied_embeddings=False)
+PLAN = ServingPlan(inference=InferencePlan(tp=2.0, sequence_parallel=False), max_batch=512.0,
+                   max_tokens=4096.0)
+LOAD = ServingWorkload(1000.0, 200.0)
+
+
+@jax.jit
+def _report(system, plan, load):
+    return serve_continuous(MODEL, plan, system, load)
+
+
+def _sys(n=2, **chip):
+    return H100.replace(chip=H100.chip.replace(**chip)).with_num_chips(n) if chip \
+        else H100.with_num_chips(n)
+
+
+def test_workload_and_plan_errors_name_the_field():
+    with pytest.raises(ValueError, match="ServingWorkload.output_len"):
+        ServingWorkload(100.0, 1.0)
+    with pytest.raises(ValueError, match="ServingWorkload.input_len"):
+        ServingWorkload(0.0, 10.0)
+    with pytest.raises(ValueError, match="ServingPlan.kv_memory_fraction"):
+        ServingPlan(kv_memory_fraction=1.5)
+    with pytest.raises(ValueError, match="ServingPlan.max_batch"):
+        ServingPlan(max_batch=0.0)
+    with pytest.raises(ValueError, match="Slo.quantile"):
+        Slo(tpot=0.05, quantile=1.0)
+
+
+def test_full_load_is_bounded_by_the_kv_cache_and_its_reservation():
+    r = _report(_sys(), PLAN, LOAD)
+    assert bool(r.fits) and int(r.reason) == 0
+    # Sequences in flight hold at most the cache's tokens.
+    in_flight = float(r.batch) * (1.0 + 1.0 / 199.0)
+    assert in_flight * float(r.kv_tokens_per_sequence) <= float(r.kv_capacity_tokens) * 1.0001
+    # Reserved blocks for the whole output (TensorRT-LLM) hold more per sequence than blocks
+    # allocated as tokens come (vLLM): I + O vs I + O / 2, plus half a block.
+    on_demand = _report(_sys(), PLAN.replace(reserve_output=0.0), LOAD)
+    np.testing.assert_allclose(float(r.kv_tokens_per_sequence), 1000 + 200 + 15.5, rtol=1e-5)
+    np.testing.assert_allclose(float(on_demand.kv_tokens_per_sequence), 1000 + 100 + 15.5,
+                               rtol=1e-5)
+    # The limit binding here is the batch cap; 3 GB of HBM per chip binds the cache.
+    small = _report(_sys(hbm_bytes=3e9), PLAN, LOAD)
+    assert float(small.batch) < float(r.batch)
+    assert float(small.tokens_per_s) < float(r.tokens_per_s)
+
+
+def test_infeasible_memory_is_flagged_and_finite():
+    # 0.3 GB of HBM (+ 79 MiB SRAM) per chip: not the 0.49 GB of weights a chip holds.
+    r = _report(_sys(hbm_bytes=0.3e9), PLAN, LOAD)
+    assert not bool(r.fits) and int(r.reason) & Reason.MEMORY
+    assert np.isfinite(float(r.tokens_per_s)) and np.isfinite(float(r.iteration_time))
+
+
+def test_latency_rises_with_load_finite_below_capacity_and_flagged_past_it():
+    r = _report(_sys(), PLAN, LOAD)
+    cap = float(r.requests_per_s)
+    rates = cap * np.array([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999])
+    at = jax.vmap(lambda x: r.latency(x, 0.99))(jnp.asarray(rates))
+    mean = jax.vmap(lambda x: r.latency(x, 0.5))(jnp.asarray(rates))
+    for series in (at.ttft, at.tpot, at.ttft_mean, at.tpot_mean, mean.ttft, mean.tpot):
+        s = np.asarray(series)
+        assert np.all(np.isfinite(s)) and np.all(np.diff(s) >= 0.0), s
+    assert np.all(np.asarray(at.reason) == 0)
+    # The tail is above the median; TPOT's rise comes from the batch and its prefill.
+    assert np.all(np.asarray(at.tpot) >= np.asarray(mean.tpot))
+    assert float(at.tpot[-1]) > 1.5 * float(at.tpot[0])
+    past = r.latency(cap * 1.01)
+    assert int(past.reason) & Reason.SATURATED and not bool(past.fits)
+    assert np.isinf(float(past.ttft)) and np.isfinite(float(past.tpot))
+    np.testing.assert_allclose(float(past.tpot_mean), float(r.iteration_time), rtol=1e-3)
+
+
+def test_goodput_meets_the_slo_and_flags_an_impossible_one():
+    r = _report(_sys(), PLAN, LOAD)
+    light = float(r.latency(1e-3 * float(r.requests_per_s)).tpot)
+    full = float(r.iteration_time)
+    slo = Slo(tpot=0.5 * (light + full))
+    g = r.goodput(slo)
+    assert bool(g.fits) and 0.0 < float(g.rate) < float(r.requests_per_s)
+    np.testing.assert_allclose(float(g.tpot), float(slo.tpot), rtol=2e-2)
+    np.testing.assert_allclose(float(g.tokens_per_s), float(g.rate) * 200.0, rtol=1e-5)
+    none = r.goodput(Slo(tpot=0.5 * light))
+    assert float(none.rate) == 0.0 and int(none.reason) & Reason.SLO
+    loose = r.goodput(Slo())
+    np.testing.assert_allclose(float(loose.rate), float(r.requests_per_s), rtol=1e-5)
+    # A TTFT objective binds below capacity.
+    ttft = r.goodput(Slo(ttft=2.0 * float(r.latency(1e-3).ttft)))
+    assert float(ttft.rate) < float(r.requests_per_s)
+
+
+def test_distribution_of_lengths_and_unchunked_prefill():
+    mixed = ServingWorkload(jnp.array([200.0, 1800.0]), jnp.array([300.0, 100.0]))
+    r = _report(_sys(), PLAN, mixed)
+    assert bool(r.fits) and float(r.queue_scv) > 0.0
+    np.testing.assert_allclose(float(mixed.mean_input), 1000.0)
+    # A prompt longer than the token budget cannot run unchunked.
+    whole = _report(_sys(), PLAN.replace(chunked_prefill=False, max_tokens=512.0), LOAD)
+    assert not bool(whole.fits)
+
+
+def test_vmap_over_chips_matches_a_loop_and_no_recompile():
+    chips = [CHIPS["H100-SXM"], CHIPS["H100-SXM"].replace(hbm_bandwidth=4.8e12)]
+    stacked = H100.replace(chip=stack_chips(chips)).with_num_chips(2)
+    batched = _report(stacked, PLAN, LOAD)
+    for k, chip in enumerate(chips):
+        one = _report(H100.replace(chip=chip).with_num_chips(2), PLAN, LOAD)
+        np.testing.assert_allclose(float(batched.tokens_per_s[k]), float(one.tokens_per_s),
+                                   rtol=1e-5)
+    size = _report._cache_size()
+    _report(_sys(), PLAN.replace(max_batch=300.0), ServingWorkload(500.0, 50.0))
+    assert _report._cache_size() == size
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradients_finite_at_random_points(dtype):
+    rng = np.random.default_rng(3)
+    slo = Slo(tpot=0.03, ttft=1.0)
+
+    def goodput(bw, macs, link):
+        chip = H100.chip.replace(hbm_bandwidth=bw, mac_units=macs, link_bandwidth=link)
+        r = serve_continuous(MODEL, PLAN, H100.replace(chip=chip).with_num_chips(2), LOAD,
+                             smooth=True)
+        return r.goodput(slo).tokens_per_s + r.tokens_per_s + r.latency(10.0).ttft
+
+    grad = jax.jit(jax.grad(goodput, argnums=(0, 1, 2)))
+    with jax.enable_x64(dtype == "float64"):
+        for _ in range(2):
+            s = np.exp(rng.uniform(np.log(0.5), np.log(2.0), 3))
+            x = [jnp.asarray(v, dtype=dtype) for v in (H100.chip.hbm_bandwidth * s[0],
+                                                       H100.chip.mac_units * s[1],
+                                                       H100.chip.link_bandwidth * s[2])]
+            g = grad(*x)
+            assert all(np.isfinite(float(v)) for v in g)
+
+
+def test_float64_gradient_matches_central_differences():
+    slo = Slo(tpot=0.03)
+
+    def goodput(bw):
+        chip = H100.chip.replace(hbm_bandwidth=bw)
+        r = serve_continuous(MODEL, PLAN, H100.replace(chip=chip).with_num_chips(2), LOAD)
+        return r.goodput(slo).tokens_per_s
+
+    with jax.enable_x64(True):
+        f = jax.jit(goodput)
+        x0 = float(H100.chip.hbm_bandwidth) * 0.8
+        g = float(jax.grad(goodput)(jnp.float64(x0)))
+        fd = central_difference(lambda x: float(f(jnp.float64(x))), x0)
+        assert g > 0.0
+        np.testing.assert_allclose(g, fd, rtol=1e-3)
