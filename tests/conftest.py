@@ -9,10 +9,28 @@ worker. At most MAX_WORKERS: each worker imports JAX and rebuilds the module fix
 `PYTEST_XDIST_AUTO_NUM_WORKERS=N` sets the count; `-n 0` runs in this process (for `-s`, pdb).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Four host devices so that sharding tests run on a CPU-only machine. Must precede jax import.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+# One persistent compilation cache per run, shared by every process of it: the xdist workers,
+# the notebook kernels and the subprocesses inherit this environment from the process that made
+# the folder (the controller), so a program that one of them compiled is loaded, not compiled,
+# by the others (the notebooks, the demo and the CLI tests compile the same GPT-3 training step
+# and plan search). Fresh for every run and removed at its end, so nothing is reused across
+# runs; a cache the caller names in JAX_COMPILATION_CACHE_DIR is used as it is.
+# TEST_COMPILE_CACHE_MIN_S: only programs that took at least this long to compile are stored.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="dse-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                          os.environ.get("TEST_COMPILE_CACHE_MIN_S", "0.2"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
