@@ -61,3 +61,10 @@ from ._serving import ServingReport as ServingReport
 from ._serving import ServingWorkload as ServingWorkload
 from ._serving import Slo as Slo
 from ._serving import serve_continuous as serve_continuous
+from ._serving_plan import ServingChoice as ServingChoice
+from ._serving_plan import ServingPlans as ServingPlans
+from ._serving_plan import best_serving_plan as best_serving_plan
+from ._serving_plan import enumerate_serving_plans as enumerate_serving_plans
+from ._serving_plan import evaluate_serving_plans as evaluate_serving_plans
+from ._serving_plan import select_serving_plan as select_serving_plan
+from ._serving_plan import serving_goodput as serving_goodput
