@@ -17,7 +17,12 @@ from dse.models import (
     ServingWorkload,
     Slo,
     Transformer,
+    best_serving_plan,
+    enumerate_serving_plans,
+    evaluate_serving_plans,
+    select_serving_plan,
     serve_continuous,
+    serving_goodput,
 )
 
 H100 = SYSTEMS["DGX-H100"]
@@ -173,3 +178,67 @@ def test_float64_gradient_matches_central_differences():
         fd = central_difference(lambda x: float(f(jnp.float64(x))), x0)
         assert g > 0.0
         np.testing.assert_allclose(g, fd, rtol=1e-3)
+
+
+# The serving-plan search: 4 chips, two batch limits, two token budgets, BF16 and an FP8 recipe
+# (H100 SXM's dense FP8 / BF16 peak, data/chips.csv: 1979 / 989.4).
+SEARCH = dict(precisions={"bf16": (2.0, 2.0, 1.0), "fp8": (1.0, 1.0, 1979.0 / 989.4)},
+              max_batches=(64, 512), max_tokens=(1024, 4096))
+SEARCH_SLO = Slo(ttft=1.0, tpot=0.02)
+
+
+@jax.jit
+def _search(system, slo):
+    plans = enumerate_serving_plans(MODEL, 4, **SEARCH)
+    reports, goodputs = evaluate_serving_plans(MODEL, plans, system, LOAD, slo)
+    return select_serving_plan(plans, reports, goodputs), goodputs
+
+
+def test_serving_plan_space_is_every_valid_layout():
+    plans = enumerate_serving_plans(MODEL, 4, **SEARCH)
+    tp, pp = np.asarray(plans.plan.inference.tp), np.asarray(plans.plan.inference.pp)
+    # TP x PP divides 4 chips (TP divides 16 heads, PP 8 layers): 6 layouts x 2 x 2 x 2.
+    assert len(plans) == 48
+    np.testing.assert_array_equal(np.asarray(plans.plan.replicas) * tp * pp, 4.0)
+    fp8 = np.asarray(plans.precision) == 1
+    assert np.all(np.asarray(plans.plan.inference.weight_bytes)[fp8] == 1.0)
+    # 3 chips: neither 16 heads nor 8 layers split three ways: three one-chip replicas.
+    three = enumerate_serving_plans(MODEL, 3, **SEARCH)
+    assert len(three) == 8 and np.all(np.asarray(three.plan.replicas) == 3.0)
+    with pytest.raises(ValueError, match="num_chips must be >= 1"):
+        enumerate_serving_plans(MODEL, 0)
+
+
+def test_best_serving_plan_is_the_best_feasible_plan_and_flags_an_impossible_slo():
+    choice, goodputs = _search(_sys(4), SEARCH_SLO)
+    ok = np.asarray(goodputs.fits)
+    tokens = np.asarray(goodputs.tokens_per_s)
+    assert choice.plans == 48 and int(choice.feasible) == ok.sum() > 0
+    np.testing.assert_allclose(float(choice.tokens_per_s), tokens[ok].max(), rtol=1e-6)
+    assert int(choice.reason) == 0 and float(choice.goodput.tpot) <= 0.02 * 1.02
+    # The same with the public entry point.
+    direct = best_serving_plan(MODEL, _sys(4), LOAD, SEARCH_SLO, **SEARCH)
+    np.testing.assert_allclose(float(direct.tokens_per_s), float(choice.tokens_per_s),
+                               rtol=1e-5)
+    # 1 us per output token: no plan meets it; the answer is flagged, not presented as met.
+    none, _ = _search(_sys(4), Slo(tpot=1e-6))
+    assert int(none.feasible) == 0 and int(none.reason) & Reason.SLO
+    assert float(none.tokens_per_s) == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_serving_goodput_soft_max_differentiates(dtype):
+    def per_chip(bw):
+        chip = H100.chip.replace(hbm_bandwidth=bw)
+        return serving_goodput(MODEL, H100.replace(chip=chip).with_num_chips(4), LOAD,
+                               SEARCH_SLO, **SEARCH)
+
+    with jax.enable_x64(dtype == "float64"):
+        value, grad = jax.jit(jax.value_and_grad(per_chip))(
+            jnp.asarray(H100.chip.hbm_bandwidth, dtype=dtype))
+        hard = best_serving_plan(MODEL, _sys(4), LOAD, SEARCH_SLO, **SEARCH)
+        # The soft maximum is above the best plan, by at most 48 ** 0.05 (its temperature).
+        best = float(hard.tokens_per_s) / 4.0
+        assert best * 0.999 <= float(value) <= best * 48 ** 0.05
+        # More memory bandwidth serves more within a TPOT objective.
+        assert np.isfinite(float(grad)) and float(grad) > 0.0
