@@ -6,8 +6,17 @@ the layout) and compared with its measured figure. Also printed: Korthikanti et 
 memory per GPU, the error of each source with the one fitted constant refitted without it
 (held-out), and the inference rows (`dse.calibration.inference_rows`).
 
-Last line: `training_mape=<x> inference_mape=<y> rows=<n>` (mean absolute percentage errors over
-all training and all inference figures; n figures in all).
+Serving: the TensorRT-LLM throughput rows of inference_runs.csv (`dse.calibration.
+serving_cases`) and the external checks of serving_external_checks.csv (other TensorRT-LLM
+versions, models, chips, TP degrees; and latency under load), each predicted with
+`serve_continuous` and the stored calibration. No constant is fitted to a serving row, so every
+serving source is held out of every fit (leave-one-source-out holds trivially): the error of
+each source and of each model x chip group is out of sample.
+
+Last line: `training_mape=<x> inference_mape=<y> rows=<n> serve_src_median=<s>
+serve_coverage=<c>` (mean absolute percentage errors over all training and all inference
+figures; n figures in all; s the median over serving sources of each source's median |error|,
+%; c the share of the serving rows that are modelled).
 
 Run: `python benchmarks/validate.py [DATA_DIR]` (default: the repository's data/).
 """
@@ -20,7 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dse.calibration import FIT_SOURCES, inference_rows, training_cases
+from dse.calibration import (
+    FIT_SOURCES,
+    inference_rows,
+    predict_online,
+    predict_serving,
+    serving_cases,
+    training_cases,
+)
 from dse.calibration._training_data import fit_fraction_from_parts, predict_parts
 from dse.data import data_dir as default_data_dir
 from dse.models import (
@@ -134,9 +150,61 @@ def main(data_dir=None) -> None:
         print(f"{r['row_id']:50s} {r['unit']:10s} {r['measured']:10.4g} {r['predicted']:10.4g} "
               f"{err:+6.1f}%")
 
+    serve_src_median, serve_coverage = serving_table(data_dir)
+
     train_err = np.abs(np.concatenate([np.asarray(v) for v in errors.values()]))
     n = len(train_err) + len(inf_err)
-    print(f"training_mape={train_err.mean():.2f} inference_mape={np.mean(inf_err):.2f} rows={n}")
+    print(f"training_mape={train_err.mean():.2f} inference_mape={np.mean(inf_err):.2f} rows={n} "
+          f"serve_src_median={serve_src_median:.2f} serve_coverage={serve_coverage:.2f}")
+
+
+def serving_table(data_dir) -> tuple[float, float]:
+    """Print the serving rows' errors by source and by model x chip group; return the median
+    over sources of each source's median |error| (%) and the share of rows modelled."""
+    by_source = collections.defaultdict(list)
+    by_group = collections.defaultdict(list)
+    modelled = total = 0
+    print("\nServing rows at full load: output tokens/s of the TP group (measured / model / "
+          "error); every source held out of every fit")
+    for external in (False, True):
+        cases, skipped = serving_cases(data_dir, external=external)
+        modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
+        for case, value in zip(cases, predict_serving(cases)):
+            err = 100 * (value / case.measured - 1)
+            by_source[case.source_key].append(err)
+            by_group[(case.source_key, case.group)].append(err)
+            print(f"{case.run_id:55s} {case.measured:10.4g} {value:10.4g} {err:+6.1f}%")
+        for row in skipped:
+            print(f"{row.run_id:55s} not modelled: {row.reason}")
+
+    print("\nServing rows under load: mean TTFT and mean TPOT at the offered rate, ms "
+          "(measured / model / error); rate inf = every request at once (not in the median: "
+          "the concurrency is the request count, not a steady state)")
+    cases, skipped = serving_cases(data_dir, external=True, online=True)
+    modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
+    for case, (ttft, tpot) in zip(cases, predict_online(cases)):
+        m_ttft, m_tpot = case.measured_latency
+        e_tpot = 100 * (tpot / m_tpot - 1)
+        e_ttft = 100 * (ttft / m_ttft - 1) if np.isfinite(ttft) else float("nan")
+        if np.isfinite(case.rate):
+            by_source[case.source_key].append(e_tpot)
+            by_group[(case.source_key, case.group + " TPOT")].append(e_tpot)
+            by_group[(case.source_key, case.group + " TTFT")].append(e_ttft)
+        print(f"{case.run_id:55s} rate {case.rate:5g}/s TTFT {1e3 * m_ttft:8.1f} "
+              f"{1e3 * ttft:8.1f} {e_ttft:+7.1f}%  TPOT {1e3 * m_tpot:6.1f} {1e3 * tpot:6.1f} "
+              f"{e_tpot:+7.1f}%")
+
+    print("\nServing: median |error| (median signed error) per source x model x chip group")
+    for (source, group), errs in sorted(by_group.items()):
+        e = np.asarray(errs)
+        met = "met" if np.median(np.abs(e)) <= 15.0 else "missed"
+        print(f"  {source:24s} {group:36s} n={len(e):3d} {np.median(np.abs(e)):6.1f}% "
+              f"({np.median(e):+6.1f}%)  15% target {met}")
+    medians = {k: float(np.median(np.abs(v))) for k, v in by_source.items()}
+    for source, m in medians.items():
+        print(f"  source {source:24s} n={len(by_source[source]):3d} median |error| {m:6.1f}% "
+              "(held out)")
+    return float(np.median(list(medians.values()))), modelled / max(total, 1)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ from ._serving import ServingReport as ServingReport
 from ._serving import ServingWorkload as ServingWorkload
 from ._serving import Slo as Slo
 from ._serving import serve_continuous as serve_continuous
+from ._serving import PoolReport as PoolReport
+from ._serving import serve_disaggregated as serve_disaggregated
 from ._serving_plan import ServingChoice as ServingChoice
 from ._serving_plan import ServingPlans as ServingPlans
 from ._serving_plan import best_serving_plan as best_serving_plan

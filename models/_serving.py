@@ -614,3 +614,152 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         rate=replica_rate * col(plan.replicas), curve_batch=batches, tpot_mean=t_mix,
         tpot_sd=interference_sd, prefill_time=prefill_time, queue_capacity=b(capacity_rate),
         queue_scv=b(jnp.maximum(shape.scv, 0.0)))
+
+
+class PoolReport(eqx.Module):
+    """The pools of a disaggregated deployment (SI units).
+
+    - `prefill_rate`, `decode_rate`, `transfer_rate`: requests/s each stage sustains (the
+      prefill pool, the decode pool at its largest batch, the KV transfers over their links).
+    - `prefill_time`: one prompt's prefill on a prefill replica, s; `transfer_time`: its KV cache
+      from a prefill replica to a decode replica, s.
+    - `prefill_chips`, `decode_chips`: chips of each pool.
+    - `bottleneck`: 0 prefill, 1 decode, 2 transfer (the stage that sets the capacity).
+    """
+
+    prefill_rate: Float[Array, "*batch"]
+    decode_rate: Float[Array, "*batch"]
+    transfer_rate: Float[Array, "*batch"]
+    prefill_time: Float[Array, "*batch"]
+    transfer_time: Float[Array, "*batch"]
+    prefill_chips: Float[Array, "*batch"]
+    decode_chips: Float[Array, "*batch"]
+    bottleneck: Int[Array, "*batch"]
+
+
+def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_system: System,
+                        decode_plan: ServingPlan, decode_system: System,
+                        workload: ServingWorkload, *, kv_link: str = "scaleup",
+                        calibration: Calibration = DEFAULT,
+                        smooth: bool = False) -> tuple[ServingReport, PoolReport]:
+    """Disaggregated prefill and decode (Splitwise, Patel et al. ISCA 2024; DistServe, Zhong et
+    al. OSDI 2024): two pools, each with its plan (replicas, layout, limits) and chip, and each
+    prompt's KV cache sent from a prefill replica to a decode replica.
+
+    - The **prefill pool** runs iterations of `max_tokens` prompt tokens (in chunks of up to
+      `max_tokens`; a longer prompt takes ceil(I / max_tokens) iterations) and no decode: it
+      serves replicas x max_tokens / (T_prefill E[I]) requests/s.
+    - The **decode pool** runs decode-only iterations (no prefill interference: a request's TPOT
+      is the decode step at the pool's batch, its tail equal to its mean); its batch is bounded
+      as in `serve_continuous` (KV cache with the prompt, batch limit) and its load curve gives
+      TPOT by arrival rate.
+    - The **transfer** of a request's KV cache (I tokens, every layer and KV head, at the decode
+      plan's KV bytes) goes from the prefill replica's chips, each sending its share, over the
+      scale-up links (`kv_link="scaleup"`: pools in one NVLink domain) or the scale-out network
+      (`"scaleout"`), as `send_recv` prices it on the prefill system; transfers overlap compute
+      (DistServe, Sec. 4.3), so they bound the rate and add to TTFT.
+
+    The capacity is the slowest stage's rate; TTFT is the admission wait (M/G/1 at that
+    capacity, as `serve_continuous`), the prefill and the transfer.
+
+    **Returns:** `(ServingReport, PoolReport)`: the deployment (its `latency` and `goodput`
+    work as for `serve_continuous`; `chips` counts both pools) and its pools.
+    """
+    check_choice("serve_disaggregated", "kv_link", kv_link, get_args(KvLink))
+    shape = _shape(workload)
+
+    # Prefill pool: an iteration of max_tokens prompt tokens, no decode.
+    p_inf = prefill_plan.inference
+    p_weights, p_acts, _, _, _, _, p_free = _replica_limits(model, prefill_plan, prefill_system,
+                                                            workload, shape)
+    p_fits = p_free > 0.0
+    q = jnp.minimum(shape.prompt, prefill_plan.max_tokens)
+    per_iteration = jnp.maximum(prefill_plan.max_tokens, q)
+    p_memory = (p_weights, 0.0 * p_weights, p_acts, p_weights + p_acts, p_fits,
+                jnp.where(p_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
+    p_iter = _pass(model, p_inf, prefill_system,
+                   ((per_iteration / (p_inf.pp * q), q, 0.5 * (shape.prompt + q)),),
+                   per_iteration / shape.prompt / p_inf.pp, p_memory, smooth, calibration,
+                   in_flight=p_inf.pp)
+    prefill_rate = prefill_plan.replicas * per_iteration / (p_iter.time * shape.input)
+    # A prompt passes ceil(I / q) iterations (each carrying its chunk among others').
+    prefill_time = jnp.maximum(1.0, shape.prompt / q) * p_iter.time
+
+    # Transfer: a request's KV cache, every layer and KV head, shared by the prefill chips.
+    kv_request = 2.0 * model.layers * model.kv_heads * model.head_dim \
+        * decode_plan.inference.kv_bytes * shape.input
+    stride = 1.0 if kv_link == "scaleup" else prefill_system.scaleup_size
+    transfer = send_recv(prefill_system, kv_request / p_inf.chips, 2.0, stride=stride,
+                         calibration=calibration)
+    transfer_time = transfer.time
+    transfer_rate = prefill_plan.replicas / jnp.maximum(transfer_time, 1e-30)
+
+    # Decode pool: decode-only iterations over a grid of batches, as serve_continuous.
+    d_inf = decode_plan.inference
+    d_weights, d_acts, kv_token, capacity, per_seq, limits, d_free = _replica_limits(
+        model, decode_plan, decode_system, workload, shape)
+    # No prompts prefill here: the in-flight sequences are the decoding ones; no token budget
+    # for prompts.
+    limits = (capacity / per_seq, decode_plan.max_batch,
+              decode_plan.max_tokens + 0.0 * capacity)
+    batch_max = _soft_min(limits, smooth)
+    d_fits = (batch_max >= 1.0) & (d_free > 0.0)
+    safe_max = jnp.where(d_fits, batch_max, 1.0)
+    grid = _grid(safe_max)
+
+    def point(decode):
+        kv = decode * per_seq * kv_token
+        memory = (d_weights, kv, d_acts, d_weights + kv + d_acts, d_fits,
+                  jnp.where(d_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
+        return _iteration(model, decode_plan, decode_system, shape, decode, 0.0 * decode,
+                          shape.prompt, 0.0 * decode, memory, smooth, calibration)
+
+    curve = jax.vmap(point)(grid)
+    t_dec = _last(curve.time)
+    batches = _last(grid)
+    batch_shape = jnp.broadcast_shapes(t_dec.shape[:-1], prefill_rate.shape,
+                                       transfer_rate.shape)
+
+    def b(x):
+        return jnp.broadcast_to(x, batch_shape)
+
+    def col(x):
+        return b(x)[..., None]
+
+    t_dec = jnp.broadcast_to(t_dec, batch_shape + t_dec.shape[-1:])
+    batches = jnp.broadcast_to(batches, t_dec.shape)
+    decode_curve = jax.lax.cummax(col(decode_plan.replicas) * batches
+                                  / (col(shape.decode_steps) * t_dec), axis=t_dec.ndim - 1)
+    decode_rate = decode_curve[..., -1]
+    rates = jnp.stack([b(prefill_rate), b(decode_rate), b(transfer_rate)])
+    capacity_rate = jnp.min(rates, axis=0)
+    if smooth:
+        capacity_rate = _soft_min(list(rates), True)
+    bottleneck = jnp.argmin(rates, axis=0).astype(jnp.int32)
+    # The load curve up to the capacity (the decode pool's batches that it needs).
+    rate_curve = jnp.minimum(decode_curve, col(capacity_rate))
+    fits = b(p_fits & d_fits)
+    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
+    full = jax.tree.map(lambda x: x[-1], curve)
+    chips = prefill_plan.chips + decode_plan.chips
+    output = shape.output
+    # Energy per output token: each pool's pass energy per request served, per output token.
+    energy = (p_iter.energy * shape.input / per_iteration
+              + full.energy * shape.decode_steps / batches[..., -1]) / output
+    power = (p_iter.energy / p_iter.time * prefill_plan.replicas
+             + full.energy / full.time * decode_plan.replicas) / chips
+    report = ServingReport(
+        tokens_per_s=b(capacity_rate * output), tokens_per_s_per_chip=b(capacity_rate * output
+                                                                        / chips),
+        requests_per_s=b(capacity_rate), chips=b(chips), energy_per_token=b(energy),
+        chip_power=b(power), batch=b(safe_max), iteration_time=b(full.time),
+        kv_capacity_tokens=b(capacity), kv_tokens_per_sequence=b(per_seq),
+        memory_per_chip=b(full.memory_per_chip), fits=fits, reason=reason, iteration=full,
+        rate=rate_curve, curve_batch=batches, tpot_mean=t_dec, tpot_sd=jnp.zeros_like(t_dec),
+        prefill_time=jnp.broadcast_to(col(prefill_time + transfer_time), t_dec.shape),
+        queue_capacity=b(capacity_rate), queue_scv=b(jnp.maximum(shape.scv, 0.0)))
+    pools = PoolReport(prefill_rate=b(prefill_rate), decode_rate=b(decode_rate),
+                       transfer_rate=b(transfer_rate), prefill_time=b(prefill_time),
+                       transfer_time=b(transfer_time), prefill_chips=b(prefill_plan.chips),
+                       decode_chips=b(decode_plan.chips), bottleneck=bottleneck)
+    return report, pools

@@ -22,6 +22,7 @@ from dse.models import (
     evaluate_serving_plans,
     select_serving_plan,
     serve_continuous,
+    serve_disaggregated,
     serving_goodput,
 )
 
@@ -242,3 +243,52 @@ def test_serving_goodput_soft_max_differentiates(dtype):
         assert best * 0.999 <= float(value) <= best * 48 ** 0.05
         # More memory bandwidth serves more within a TPOT objective.
         assert np.isfinite(float(grad)) and float(grad) > 0.0
+
+
+@jax.jit
+def _disaggregated(system, prefill_replicas):
+    scaleup = serve_disaggregated(MODEL, PLAN.replace(replicas=prefill_replicas), system, PLAN,
+                                  system, LOAD)
+    scaleout = serve_disaggregated(MODEL, PLAN.replace(replicas=prefill_replicas), system, PLAN,
+                                   system, LOAD, kv_link="scaleout")
+    return scaleup, scaleout[1]
+
+
+def test_disaggregated_capacity_is_the_slowest_pool_and_latency_rises_with_load():
+    (r, pools), out = _disaggregated(_sys(2), 1.0)
+    rates = np.array([float(pools.prefill_rate), float(pools.decode_rate),
+                      float(pools.transfer_rate)])
+    np.testing.assert_allclose(float(r.requests_per_s), rates.min(), rtol=1e-6)
+    assert int(pools.bottleneck) == int(np.argmin(rates))
+    np.testing.assert_allclose(float(r.tokens_per_s), rates.min() * 200.0, rtol=1e-5)
+    assert float(r.chips) == 4.0 and bool(r.fits)
+    # Twice the prefill replicas: twice the prefill rate (the pools scale independently).
+    (r2, pools2), _ = _disaggregated(_sys(2), 2.0)
+    np.testing.assert_allclose(float(pools2.prefill_rate), 2.0 * rates[0], rtol=1e-6)
+    assert float(r2.requests_per_s) >= float(r.requests_per_s)
+    # The KV cache crosses the scale-out network more slowly than NVLink.
+    assert float(out.transfer_time) > float(pools.transfer_time) > 0.0
+    # Latency rises with load, is finite below capacity and flagged past it.
+    cap = float(r.requests_per_s)
+    at = jax.vmap(lambda x: r.latency(x))(jnp.asarray(cap * np.array([0.1, 0.5, 0.9, 0.99])))
+    for s in (np.asarray(at.ttft), np.asarray(at.tpot)):
+        assert np.all(np.isfinite(s)) and np.all(np.diff(s) >= 0.0)
+    # TTFT includes the prefill and the transfer.
+    assert float(at.ttft[0]) >= float(pools.prefill_time + pools.transfer_time)
+    past = r.latency(1.01 * cap)
+    assert np.isinf(float(past.ttft)) and int(past.reason) & Reason.SATURATED
+    with pytest.raises(ValueError, match="serve_disaggregated.kv_link"):
+        serve_disaggregated(MODEL, PLAN, _sys(2), PLAN, _sys(2), LOAD, kv_link="pcie")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_disaggregated_goodput_gradient_is_finite(dtype):
+    def goodput(bw):
+        decode = H100.replace(chip=H100.chip.replace(hbm_bandwidth=bw)).with_num_chips(2)
+        r, _ = serve_disaggregated(MODEL, PLAN, _sys(2), PLAN.replace(replicas=2.0), decode,
+                                   LOAD, smooth=True)
+        return r.goodput(Slo(tpot=0.003)).tokens_per_s
+
+    with jax.enable_x64(dtype == "float64"):
+        g = jax.jit(jax.grad(goodput))(jnp.asarray(H100.chip.hbm_bandwidth, dtype=dtype))
+        assert np.isfinite(float(g)) and float(g) >= 0.0
