@@ -9,6 +9,7 @@ from ._calibration import Calibration as Calibration
 from ._cluster import ClusterReport as ClusterReport
 from ._cluster import ServeCostReport as ServeCostReport
 from ._cluster import serve_cost as serve_cost
+from ._cluster import serving_cost as serving_cost
 from ._cluster import train_cluster as train_cluster
 from ._collectives import CommCost as CommCost
 from ._collectives import all_gather as all_gather
