@@ -74,7 +74,7 @@ from dse.hardware._validate import as_float_array, check_choice, check_range
 from ._calibration import DEFAULT, Calibration
 from ._collectives import send_recv
 from ._inference import InferencePlan, InferenceReport, _memory, _pass
-from ._operators import _f, _safe_div
+from ._operators import _f
 from ._transformer import Transformer
 
 # Points of the load curve (decode batches from 1 to the full-load batch, log-spaced). A

@@ -17,7 +17,6 @@ from dse.models import (
     ServingWorkload,
     Slo,
     Transformer,
-    best_serving_plan,
     enumerate_serving_plans,
     evaluate_serving_plans,
     select_serving_plan,
