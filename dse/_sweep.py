@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,7 +196,7 @@ def sweep(
             or prefilter_bins < 1:
         raise ValueError(f"prefilter_bins must be an integer >= 1; got {prefilter_bins!r}")
 
-    kernel, aux_for = _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metrics,
+    kernel, aux_for, base_arrays = _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metrics,
                                    constraints, directions, keep, prefilter_bins, mesh, dtype)
 
     run = _Run(space=space, n=n, chunk=chunk, metrics=metrics, margin_names=margin_names,
@@ -212,7 +213,7 @@ def sweep(
     todo = [c for c in range(n_chunks) if c not in run.done]
 
     t0 = time.perf_counter()
-    compiled = kernel.lower(np.int32(0), aux_for(0), *run.prefilter()).compile()
+    compiled = kernel.lower(np.int32(0), aux_for(0), *run.prefilter(), base_arrays).compile()
     compile_s = time.perf_counter() - t0
 
     from tqdm.auto import tqdm
@@ -222,7 +223,7 @@ def sweep(
     t1 = time.perf_counter()
     try:
         def launch(c):
-            return c, compiled(np.int32(c * chunk), aux_for(c), *run.prefilter())
+            return c, compiled(np.int32(c * chunk), aux_for(c), *run.prefilter(), base_arrays)
 
         pending = launch(todo[0]) if todo else None
         for i in range(len(todo)):
@@ -290,7 +291,14 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
         def aux_for(c):
             return ()
 
-    def kernel(start, aux, low, scale, table, front_feasible):
+    # The base design's arrays are an argument, not constants of the program: spaces over
+    # different base designs of one structure (the steps of a roadmap, a study's variants) then
+    # lower to the same program, which the persistent compilation cache loads instead of
+    # compiling again.
+    base_arrays, base_static = eqx.partition(space.base, eqx.is_array)
+
+    def kernel(start, aux, low, scale, table, front_feasible, base_arrays):
+        base = eqx.combine(base_arrays, base_static)
         index = start + jax.lax.iota(jnp.int32, chunk)
         if method == "sobol":
             low_bits, high = aux
@@ -302,7 +310,7 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
         else:
             (u,) = aux
         xs = space.box.draw(u.T)  # [chunk, dim]: the map of space.sample on the host
-        out = jax.vmap(lambda xi: objective(space.build(xi)))(xs)
+        out = jax.vmap(lambda xi: objective(space.build(xi, base=base)))(xs)
         m = jnp.stack([jnp.asarray(out[k]).astype(dtype) for k in metrics])
         nan = jnp.isnan(m).any(axis=0)
         margins = [(bound - out[k] if op == "<=" else out[k] - bound).astype(dtype)
@@ -331,9 +339,10 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
     aux_sh = {"sobol": (dist.sharded(mesh, 2), rep), "lhs": (dist.sharded(mesh, 2),)}
     outs = (dist.sharded(mesh, 2),) * 3 + (dist.sharded(mesh, 1),) * (2 if keep == "pareto"
                                                                         else 1)
-    jitted = jax.jit(kernel, in_shardings=(rep, aux_sh.get(method, ()), rep, rep, rep, rep),
+    jitted = jax.jit(kernel,
+                     in_shardings=(rep, aux_sh.get(method, ()), rep, rep, rep, rep, rep),
                      out_shardings=outs)
-    return jitted, aux_for
+    return jitted, aux_for, dist.put_replicated(base_arrays, mesh)
 
 
 def _prefaulted_empty(n: int, dtype) -> np.ndarray:

@@ -50,6 +50,20 @@ def direct(space, x):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def test_base_design_is_an_input_of_the_kernel():
+    """Two spaces over different base designs of one structure: each sweep follows its own base
+    (the base travels as an argument so one program serves both; it must not be stale)."""
+    other = Space(a100_like().replace(mac_units=2 * 110592, link_bandwidth=50e9), SPACE.params)
+    for space in (SPACE, other):
+        r = sweep(objective, space, 256, chunk_size=256, progress=False)
+        x = np.stack([r[name] for name in space.names], axis=1)
+        want = direct(space, x)
+        for k in DIRECTIONS:
+            np.testing.assert_allclose(r[k], want[k], rtol=1e-6)
+    assert not np.allclose(sweep(objective, other, 256, progress=False)["time"],
+                           sweep(objective, SPACE, 256, progress=False)["time"])
+
+
 def test_values_match_direct_evaluation_and_space_sample():
     r = sweep(objective, SPACE, 1000, chunk_size=256, progress=False,
               constraints={"cost": ("<=", 120.0), "bw": (">=", 2e11)})
