@@ -197,9 +197,12 @@ def serving_table(data_dir) -> tuple[float, float]:
     print("\nServing: median |error| (median signed error) per source x model x chip group")
     for (source, group), errs in sorted(by_group.items()):
         e = np.asarray(errs)
+        saturated = int(np.sum(~np.isfinite(e)))
+        e = e[np.isfinite(e)]
         met = "met" if np.median(np.abs(e)) <= 15.0 else "missed"
+        extra = f"; {saturated} rows past the modelled capacity (TTFT inf)" if saturated else ""
         print(f"  {source:24s} {group:36s} n={len(e):3d} {np.median(np.abs(e)):6.1f}% "
-              f"({np.median(e):+6.1f}%)  15% target {met}")
+              f"({np.median(e):+6.1f}%)  15% target {met}{extra}")
     medians = {k: float(np.median(np.abs(v))) for k, v in by_source.items()}
     for source, m in medians.items():
         print(f"  source {source:24s} n={len(by_source[source]):3d} median |error| {m:6.1f}% "
