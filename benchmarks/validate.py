@@ -16,16 +16,24 @@ their 90% prediction interval (`dse.calibration.prediction_interval`: the fold's
 with the residual spread across the other sources, `source_spread`). The error of a row is
 predicted / measured time - 1.
 
+Serving: the TensorRT-LLM throughput rows of inference_runs.csv (`dse.calibration.
+serving_cases`) and the external checks of serving_external_checks.csv (other TensorRT-LLM
+versions, models, chips, TP degrees; and latency under load), each predicted with
+`serve_continuous` and the stored calibration. No constant is fitted to a serving row, so every
+serving source is held out of every fit: each source's error is out of sample.
+
 External checks (data/external_checks.csv): published runs that no fit reads, predicted by the
 same models and the all-source fit, unchanged. Inference (data/inference_runs.csv): per source.
 
 Last line: `train_src_median=<x> train_p90=<y> train_bias=<z> train_coverage=<c>
-loso_src_median=<l> interval_coverage=<k> infer_src_median=<i>` (fractions): the median over
+loso_src_median=<l> interval_coverage=<k> infer_src_median=<i> serve_src_median=<s>
+serve_coverage=<v>` (fractions): the median over
 sources of the per-source median |err| (in sample); the 90th percentile of |err| over rows (in
 sample); the mean over sources of the signed mean error (in sample); the share of rows in
 their in-sample 90% interval; the median over sources of the leave-one-source-out median
 |err|; the share of leave-one-source-out rows in their 90% interval; the median over
-inference sources of the median |err|.
+inference sources of the median |err|; the median over serving sources of the median |err|,
+and the share of serving rows modelled.
 
 Run: `python benchmarks/validate.py [--rows] [DATA_DIR]` (`--rows` prints every row).
 """
@@ -48,7 +56,10 @@ from dse.calibration import (
     inference_skipped,
     param_names,
     parameter_log_std,
+    predict_online,
+    predict_serving,
     prediction_interval,
+    serving_cases,
     source_spread,
     training_rows,
 )
@@ -258,6 +269,8 @@ def main(argv) -> None:
         for r, e in zip(inf, inf_err, strict=True):
             print(f"  {r['row_id']:52s} {r['measured']:9.4g} ms {100 * e:+6.1f}%")
 
+    serve_src_median, serve_coverage = serving_table(data_dir)
+
     print(f"\n(validated in {time.perf_counter() - t0:.0f} s)")
     print(f"train_src_median={np.median([s['median'] for s in in_stats.values()]):.4f} "
           f"train_p90={np.quantile(np.abs(err_in), 0.9):.4f} "
@@ -265,7 +278,60 @@ def main(argv) -> None:
           f"train_coverage={np.mean(covered_in):.4f} "
           f"loso_src_median={np.median([s['median'] for s in loso_stats.values()]):.4f} "
           f"interval_coverage={np.mean(covered_loso):.4f} "
-          f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f}")
+          f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f} "
+          f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f}")
+
+
+def serving_table(data_dir) -> tuple[float, float]:
+    """Print the serving rows' errors by source and by model x chip group; return the median
+    over sources of each source's median |error| (a fraction) and the share of rows modelled."""
+    by_source = collections.defaultdict(list)
+    by_group = collections.defaultdict(list)
+    modelled = total = 0
+    print("\nServing rows at full load: output tokens/s of the TP group (measured / model / "
+          "error); every source held out of every fit")
+    for external in (False, True):
+        cases, skipped = serving_cases(data_dir, external=external)
+        modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
+        for case, value in zip(cases, predict_serving(cases)):
+            err = 100 * (value / case.measured - 1)
+            by_source[case.source_key].append(err)
+            by_group[(case.source_key, case.group)].append(err)
+            print(f"{case.run_id:55s} {case.measured:10.4g} {value:10.4g} {err:+6.1f}%")
+        for row in skipped:
+            print(f"{row.run_id:55s} not modelled: {row.reason}")
+
+    print("\nServing rows under load: mean TTFT and mean TPOT at the offered rate, ms "
+          "(measured / model / error); rate inf = every request at once (not in the median: "
+          "the concurrency is the request count, not a steady state)")
+    cases, skipped = serving_cases(data_dir, external=True, online=True)
+    modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
+    for case, (ttft, tpot) in zip(cases, predict_online(cases)):
+        m_ttft, m_tpot = case.measured_latency
+        e_tpot = 100 * (tpot / m_tpot - 1)
+        e_ttft = 100 * (ttft / m_ttft - 1) if np.isfinite(ttft) else float("nan")
+        if np.isfinite(case.rate):
+            by_source[case.source_key].append(e_tpot)
+            by_group[(case.source_key, case.group + " TPOT")].append(e_tpot)
+            by_group[(case.source_key, case.group + " TTFT")].append(e_ttft)
+        print(f"{case.run_id:55s} rate {case.rate:5g}/s TTFT {1e3 * m_ttft:8.1f} "
+              f"{1e3 * ttft:8.1f} {e_ttft:+7.1f}%  TPOT {1e3 * m_tpot:6.1f} {1e3 * tpot:6.1f} "
+              f"{e_tpot:+7.1f}%")
+
+    print("\nServing: median |error| (median signed error) per source x model x chip group")
+    for (source, group), errs in sorted(by_group.items()):
+        e = np.asarray(errs)
+        saturated = int(np.sum(~np.isfinite(e)))
+        e = e[np.isfinite(e)]
+        met = "met" if np.median(np.abs(e)) <= 15.0 else "missed"
+        extra = f"; {saturated} rows past the modelled capacity (TTFT inf)" if saturated else ""
+        print(f"  {source:24s} {group:36s} n={len(e):3d} {np.median(np.abs(e)):6.1f}% "
+              f"({np.median(e):+6.1f}%)  15% target {met}{extra}")
+    medians = {k: float(np.median(np.abs(v))) for k, v in by_source.items()}
+    for source, m in medians.items():
+        print(f"  source {source:24s} n={len(by_source[source]):3d} median |error| {m:6.1f}% "
+              "(held out)")
+    return float(np.median(list(medians.values()))) / 100.0, modelled / max(total, 1)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,9 @@ from ._uncertainty import parameter_log_std as parameter_log_std
 from ._uncertainty import prediction_interval as prediction_interval
 from ._uncertainty import propagate as propagate
 from ._uncertainty import source_spread as source_spread
+from ._serving_data import ServingCase as ServingCase
+from ._serving_data import SkippedServingRow as SkippedServingRow
+from ._serving_data import predict_online as predict_online
+from ._serving_data import predict_serving as predict_serving
+from ._serving_data import serving_cases as serving_cases
+from ._serving_data import trtllm_bench_limits as trtllm_bench_limits

@@ -24,6 +24,11 @@ class Reason(enum.IntFlag):
     SRAM = 32  # a chip without HBM: what it must hold exceeds its on-chip SRAM
     UNMANUFACTURABLE = 64  # a die larger than a wafer, or fewer good dies than a fab can make
     WORKLOAD = 128  # a batch or sequence length outside its range (traced values)
+    # Serving (dse.models.serve_continuous): high values leave room for the flags of other
+    # layers. SATURATED: the arrival rate is at or above what the deployment can serve, so the
+    # queue grows without bound; SLO: no load meets the latency objective.
+    SATURATED = 256
+    SLO = 512
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -37,6 +42,8 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.UNMANUFACTURABLE: "die cannot be made (larger than a 300 mm wafer, or fewer than "
                              "one good die per year of a foundry's wafers)",
     Reason.WORKLOAD: "batch or sequence length outside its valid range",
+    Reason.SATURATED: "arrival rate at or above the deployment's capacity (unbounded queue)",
+    Reason.SLO: "latency objective not met at any load",
 }
 
 

@@ -10,6 +10,7 @@ from ._calibration import Calibration as Calibration
 from ._cluster import ClusterReport as ClusterReport
 from ._cluster import ServeCostReport as ServeCostReport
 from ._cluster import serve_cost as serve_cost
+from ._cluster import serving_cost as serving_cost
 from ._cluster import train_cluster as train_cluster
 from ._collectives import CommCost as CommCost
 from ._collectives import all_gather as all_gather
@@ -61,3 +62,19 @@ from ._training_plan import TrainingPlan as TrainingPlan
 from ._training_plan import check_training_plan as check_training_plan
 from ._transformer import TRANSFORMERS as TRANSFORMERS
 from ._transformer import Transformer as Transformer
+from ._serving import GoodputReport as GoodputReport
+from ._serving import LatencyReport as LatencyReport
+from ._serving import ServingPlan as ServingPlan
+from ._serving import ServingReport as ServingReport
+from ._serving import ServingWorkload as ServingWorkload
+from ._serving import Slo as Slo
+from ._serving import serve_continuous as serve_continuous
+from ._serving import PoolReport as PoolReport
+from ._serving import serve_disaggregated as serve_disaggregated
+from ._serving_plan import ServingChoice as ServingChoice
+from ._serving_plan import ServingPlans as ServingPlans
+from ._serving_plan import best_serving_plan as best_serving_plan
+from ._serving_plan import enumerate_serving_plans as enumerate_serving_plans
+from ._serving_plan import evaluate_serving_plans as evaluate_serving_plans
+from ._serving_plan import select_serving_plan as select_serving_plan
+from ._serving_plan import serving_goodput as serving_goodput

@@ -27,6 +27,8 @@ the tensor-parallel chips (Korthikanti et al. 2022, Sec. 4.2.2; same communicati
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Literal, get_args
 
 import equinox as eqx
@@ -204,8 +206,9 @@ def _runtime_calibration(plan: InferencePlan, calibration: Calibration) -> Calib
     return calibration.with_fused_runtime() if plan.fused else calibration
 
 
-def _memory(model: Transformer, plan: InferencePlan, q_len, context):
-    """Weights, KV cache and live activations per chip, and their total, bytes."""
+def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, context):
+    """Weights, KV cache and live activations per chip and their total, bytes; whether they fit
+    and the `Reason` flags if not (`MEMORY`, or `SRAM` on a chip without HBM)."""
     gathered = plan.layout == "weight_gathered"
     weights = model.params / plan.chips * plan.weight_bytes
     if gathered:
@@ -226,7 +229,8 @@ def _memory(model: Transformer, plan: InferencePlan, q_len, context):
     acts = tokens * (2.0 * model.hidden + inner * model.ffn_hidden * model.top_k / width_tp) \
         * plan.activation_bytes
     total = weights + kv + acts
-    return weights, kv, acts, total
+    reason = memory_reason(system.chip, total, _capacity(system.chip))
+    return weights, kv, acts, total, reason == 0, reason
 
 
 def _capacity(chip):
@@ -247,28 +251,40 @@ def _mesh_2d(model: Transformer, plan: InferencePlan):
     return x, plan.tp / x
 
 
-def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-           resident, smooth, calibration: Calibration):
+def _segment_sharding(model: Transformer, plan: InferencePlan, seqs):
+    """(kv_heads, kv_batch, q_heads, sharers) of `seqs` sequences on one chip of the layout."""
+    if plan.layout == "weight_gathered":
+        batch = seqs / plan.tp
+        return model.kv_heads, batch, model.heads, 1.0
+    return _kv_sharding(model, plan, seqs)
+
+
+def _layer(model: Transformer, plan: InferencePlan, system: System, segments, resident, smooth,
+           calibration: Calibration):
     """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm).
 
-    `calibration` reaches every operator (without start-up times for a fused runtime) and every
-    collective.
+    `segments` is a tuple of (sequences, query tokens per sequence, context) triples that run in
+    the same pass: one for a prefill or a decode step, a decode segment and a prefill-chunk
+    segment for an iteration of in-flight batching (`dse.models.serving`). Their tokens share
+    every weight GEMM, element-wise op and collective; each segment has its own attention over
+    its own context. `calibration` reaches every operator (without start-up times for a fused
+    runtime) and every collective.
     """
     chip = system.chip
     hd = model.head_dim
     ab, wb = plan.activation_bytes, plan.weight_bytes
     up_width = (model.mlp_matrices - 1.0) * model.ffn_hidden  # MLP input-projection width
-    if plan.layout == "weight_gathered":
-        tp, batch = 1.0, plan.batch / plan.tp
-        kv_heads, kv_batch, q_heads = model.kv_heads, batch, model.heads
-    else:
-        tp, batch = plan.tp, plan.batch
-        kv_heads, kv_batch, q_heads, sharers = _kv_sharding(model, plan, batch)
+    tp = 1.0 if plan.layout == "weight_gathered" else plan.tp
+    shard = [_segment_sharding(model, plan, seqs) for seqs, _, _ in segments]
+    # Tokens on this chip, and those whose K and V this chip computes (the sequences it holds).
+    tokens = sum(sh[1] * q if plan.layout == "weight_gathered" else seqs * q
+                 for sh, (seqs, q, _) in zip(shard, segments, strict=True))
+    kv_tokens = sum(sh[1] * q for sh, (_, q, _) in zip(shard, segments, strict=True))
+    kv_heads, sharers = shard[0][0], shard[0][3]
     # Weight split: d_model over `x` chips, heads and MLP width over `yz` (1D: x = 1, yz = tp).
     x, yz = 1.0, tp
     if plan.layout == "weight_stationary_2d":
         x, yz = _mesh_2d(model, plan)
-    tokens = batch * q_len
     eff = _runtime_calibration(plan, calibration)
     link = dict(calibration=calibration)
     mm = dict(bytes_per_element=ab, weight_bytes_per_element=wb,
@@ -277,7 +293,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     # Q for every token on this chip; K, V for the sequences whose cache this chip holds.
     d_in = model.hidden / x
     matmul = gemm(chip, tokens, model.heads / yz * hd, d_in, **mm) \
-        + gemm(chip, kv_batch * q_len, 2.0 * kv_heads * hd * tp / yz, d_in, **mm) \
+        + gemm(chip, kv_tokens, 2.0 * kv_heads * hd * tp / yz, d_in, **mm) \
         + gemm(chip, tokens, d_in, model.heads / yz * hd, **mm)
     # Mixture of experts: a batch of T tokens routed top_k of E ways touches
     # E (1 - (1 - k/E)^T) experts on average; each of them runs a GEMM over its share of tokens.
@@ -290,8 +306,11 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     router = gemm(chip, tokens, model.experts, d_in, **mm)
     matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
 
-    attn = attention(chip, kv_batch, q_heads, kv_heads, q_len, context, hd, causal=True,
-                     bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
+    attn = functools.reduce(operator.add, (
+        attention(chip, kv_batch, q_heads, seg_kv_heads, q_len, context, hd, causal=True,
+                  bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
+        for (seg_kv_heads, kv_batch, q_heads, _), (_, q_len, context)
+        in zip(shard, segments, strict=True)))
 
     ew = dict(bytes_per_element=ab, smooth=smooth, calibration=eff)
     sharded = plan.sequence_parallel or plan.layout == "weight_stationary_2d"
@@ -300,7 +319,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     residual = elementwise(chip, stream, reads=2.0, **ew).scale(2.0)
     activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / yz,
                              reads=model.mlp_matrices - 1.0, **ew)
-    kv_write = elementwise(chip, 2.0 * kv_batch * q_len * kv_heads * hd, reads=0.0,
+    kv_write = elementwise(chip, 2.0 * kv_tokens * kv_heads * hd, reads=0.0,
                            bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
     elementwise_cost = norms + residual + activation + kv_write
 
@@ -405,25 +424,41 @@ def check_serve_workload(batch, input_len, output_len) -> Int[Array, "..."]:
 
 def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
              smooth, calibration: Calibration, workload: list[Rule]) -> InferenceReport:
-    chip = system.chip
     reason = check_inference_plan(model, plan, system) | _check_workload(workload)
     # An invalid traced length is flagged above; the pass is costed at the nearest valid one,
     # so that no report carries a negative time or an infinite energy.
     q_len = jnp.clip(_f(q_len), 1.0, MAX_COUNT)
     context = jnp.clip(_f(context), 0.0, MAX_COUNT)
-    tokens = plan.batch * q_len
-    weights, kv, acts, total = _memory(model, plan, q_len, context)
+    weights, kv, acts, total, _, memory_flags = _memory(model, plan, system, q_len, context)
+    reason = reason | memory_flags
+    # Next-token logits for the last position of every sequence.
+    return _pass(model, plan, system, ((plan.batch, q_len, context),), plan.batch,
+                 (weights, kv, acts, total, reason == 0, reason), smooth, calibration)
+
+
+def _pass(model: Transformer, plan: InferencePlan, system: System, segments, logit_rows, memory,
+          smooth, calibration: Calibration, in_flight=1.0) -> InferenceReport:
+    """One pass of `segments` (see `_layer`) through every layer of the plan's chips.
+
+    `logit_rows` tokens get next-token logits; `memory` is `_memory`'s tuple (weights, KV cache,
+    activations, total, fits, reason flags) for the report.
+    `in_flight` batches share the pipeline (1: a batch passes the stages in turn and each chip is
+    busy 1 / pp of the pass; pp: micro-batches keep every stage busy), which sets the chips'
+    activity and so the energy of the pass.
+    """
+    chip = system.chip
+    weights, kv, acts, total, _, reason = memory
     capacity = _capacity(chip)
-    reason = reason | memory_reason(chip, total, capacity)
+    tokens = sum(seqs * q for seqs, q, _ in segments)
     resident = jnp.clip(chip.sram_bytes / weights, 0.0, 1.0)
     if plan.layout == "weight_gathered":
         resident = 0.0  # weights stream through the chip layer by layer
-    matmul, attn, ew, comm = _layer(model, plan, system, q_len, context, resident, smooth,
+    matmul, attn, ew, comm = _layer(model, plan, system, segments, resident, smooth,
                                     calibration)
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
-    # Next-token logits for the last position of every sequence (vocabulary split over tp).
-    logits = gemm(chip, plan.batch, model.vocab / plan.tp, model.hidden,
+    # Next-token logits (vocabulary split over tp).
+    logits = gemm(chip, logit_rows, model.vocab / plan.tp, model.hidden,
                   bytes_per_element=plan.activation_bytes,
                   weight_bytes_per_element=plan.weight_bytes, weight_resident_fraction=resident,
                   smooth=smooth, calibration=_runtime_calibration(plan, calibration))
@@ -438,17 +473,18 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     time = matmul_time + attention_time + elementwise_time + tp_comm_time + pp_comm_time
 
     per_chip_flops = matmul_total.flops + layers * (attn.flops + ew.flops)
-    # Every stage runs layers / pp of the layers, so a chip is busy 1 / pp of the pass.
+    # Every stage runs layers / pp of the layers, so a chip is busy in_flight / pp of the pass.
+    busy = in_flight / plan.pp
     flops = per_chip_flops * plan.tp
-    hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) / plan.pp
+    hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) * busy
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
-                  + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
+                  + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) * busy
     # `ratio`: FLOP and chips x peak FLOP/s exceed 1.8e19 (see train_step).
     mfu = ratio(ratio(flops, plan.chips * chip.peak_flops), time)
     energy = step_energy(chip, time, plan.chips,
-                         compute_fraction=ratio(ratio(per_chip_flops / plan.pp, chip.peak_flops),
+                         compute_fraction=ratio(ratio(per_chip_flops * busy, chip.peak_flops),
                                                 time),
-                         vector_flops=layers * ew.flops / plan.pp, hbm_bytes=hbm,
+                         vector_flops=layers * ew.flops * busy, hbm_bytes=hbm,
                          link_bytes=link_bytes)
     return InferenceReport(
         time=time, matmul_time=matmul_time, attention_time=attention_time,
@@ -528,8 +564,8 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     pre = prefill(model, plan, system, input_len, **kw)
     dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
     final = input_len + output_len
-    _, kv, _, total = _memory(model, plan, 1.0, final)
-    _, _, _, pre_total = _memory(model, plan, input_len, input_len)
+    _, kv, _, total, _, _ = _memory(model, plan, system, 1.0, final)
+    _, _, _, pre_total, _, _ = _memory(model, plan, system, input_len, input_len)
     memory = jnp.maximum(total, pre_total)
     capacity = _capacity(system.chip)
     reason = (workload_reason | pre.reason | dec.reason
