@@ -60,6 +60,7 @@ from dse.calibration import (
     FIT_SOURCES,
     OPERATOR_FIELDS,
     Measurements,
+    TrainingRows,
     calibrate,
     collective_measurements,
     collective_model,
@@ -70,13 +71,11 @@ from dse.calibration import (
     param_names,
     training_cases,
 )
-from dse.calibration import predict_case as predict
 from dse.calibration._fit import _predict_z
 from dse.calibration._operator_data import _per_op
-from dse.calibration._training_data import FLASH
 from dse.data import data_dir as default_data_dir
 from dse.hardware import SYSTEMS
-from dse.models import DEFAULT, layer_time, train_step
+from dse.models import DEFAULT
 
 # Inference sources calibrated here (the LLMCompass layer rows enter as kernel and collective
 # rows instead; see the module docstring).
@@ -113,75 +112,6 @@ BOUNDS = {"kernel_fraction": (0.05, 1.0)}
 DEFAULTS_FITTED_TO = ("llmcompass_fig5", "stas00_mamf") + tuple(FIT_SOURCES)
 
 
-def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
-
-
-class _TrainingRows:
-    """Every modelled training row as a function of the parameters.
-
-    Each row is (model, plan, system, layer?): the case's plan, or the plan `best_plan` picks at
-    the shipped defaults where the source gives none. Rows whose pytrees share their static
-    structure are stacked and evaluated by one vmapped `train_step` / `layer_time`. To share
-    it, every row's `System` gets the group's largest `num_chips` with `scaleup_size` capped at
-    its own chip count: `train_step` sees `num_chips` only through the scale-up domain
-    min(scaleup_size, num_chips), which is unchanged, and the plan-fits check, not used here.
-    Metrics inverse to time (MFU, TFLOP/s) are predicted as their inverse, 1 / value =
-    step_time / K with K = value x step_time at the defaults, and measured alike.
-    """
-
-    def __init__(self, data_dir):
-        self.measured, self.sources, self.log_chips, expected = [], [], [], []
-        rows, scale = [], []
-        for case in training_cases(data_dir):
-            value, plan, _ = predict(case)
-            layer = case.metric == "layer_time"
-            if layer:
-                t = float(layer_time(case.model, plan, case.system, flash_attention=FLASH))
-            else:
-                t = float(train_step(case.model, plan, case.system,
-                                     flash_attention=FLASH).step_time)
-            inverse = case.metric in ("mfu", "tflops_eq3")
-            scale.append(1.0 / (value * t) if inverse else 1.0)
-            expected.append(1.0 / value if inverse else value)
-            self.measured.append(1.0 / case.measured if inverse else case.measured)
-            self.sources.append(case.source_key)
-            self.log_chips.append(np.log10(case.system.num_chips))
-            rows.append((layer, dataclasses.replace(case.model, name="row"), plan,
-                         case.system))
-        groups = {}
-        for i, (layer, model, plan, system) in enumerate(rows):
-            key = (layer, jax.tree.structure((model, plan, system.replace(num_chips=1))))
-            groups.setdefault(key, []).append(i)
-        self.groups = []
-        for (layer, _), idx in groups.items():
-            n_max = max(rows[i][3].num_chips for i in idx)
-            systems = [rows[i][3].replace(num_chips=n_max, scaleup_size=rows[i][3].scaleup_domain)
-                       for i in idx]
-            self.groups.append((layer, _stack([rows[i][1] for i in idx]),
-                                _stack([rows[i][2] for i in idx]), _stack(systems)))
-        order = np.concatenate(list(groups.values()))
-        self.inverse_order = np.argsort(order)
-        self.scale = jnp.asarray(scale, jnp.result_type(float))
-        got = np.asarray(self(DEFAULTS))
-        worst = float(np.max(np.abs(got / np.asarray(expected) - 1.0)))
-        if worst > 1e-4:
-            raise ValueError(f"_TrainingRows: stacked rows differ from predict() by {worst:.2g}")
-
-    def __call__(self, params):
-        """The rows' modelled values (seconds, or inverse metrics), shape (rows,)."""
-        # Every training row ran on NVLink + NVSwitch (the systems' fabric, module docstring).
-        kw = dict(flash_attention=FLASH, calibration=params)
-        out = []
-        for layer, model, plan, system in self.groups:
-            if layer:
-                fn = lambda m, p, s: layer_time(m, p, s, **kw)  # noqa: E731
-            else:
-                fn = lambda m, p, s: train_step(m, p, s, **kw).step_time  # noqa: E731
-            out.append(jax.vmap(fn)(model, plan, system))
-        return jnp.concatenate(out)[self.inverse_order] * self.scale
-
-
 def _collective_rows(data_dir) -> Measurements:
     """The LLMCompass tensor-parallel all-reduces (AllReduce_MHA) of the prefill layer (403 MB,
     bandwidth-bound) and of the decode layer (one token per sequence: 196 KB, latency-bound)
@@ -207,7 +137,7 @@ def build(data_dir=None):
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     kern = data_kernel_measurements(data_dir)
     coll = _collective_rows(data_dir)
-    train = _TrainingRows(data_dir)
+    train = TrainingRows(training_cases(data_dir))
     inf = [r for r in inference_rows(data_dir) if r["source"] in INFERENCE_SOURCES]
     with open(Path(data_dir) / "inference_runs.csv", newline="") as f:
         hardware = {r["run_id"]: r["hardware"] for r in csv.DictReader(f)}
@@ -215,6 +145,7 @@ def build(data_dir=None):
         system_fabric = "ici" if r["source"] == "pope_table2" else "nvlink"
         assert system_fabric == fabric_of(hardware[r["row_id"].split(":")[0]]), r["row_id"]
     nk, nc, nt, ni = kern.n, coll.n, len(train.measured), len(inf)
+    log_chips = [np.log10(c.system.num_chips) for c in train.cases]
     n = nk + nc + nt + ni
     dtype = jnp.result_type(float)
     kind = np.repeat([KERNEL, COLLECTIVE, TRAINING, INFERENCE], [nk, nc, nt, ni])
@@ -251,8 +182,7 @@ def build(data_dir=None):
     # Residual features: log10 of the shipped model's prediction, log10 chips, row kind.
     base = np.asarray(model_fn(DEFAULTS, inputs))
     inf_chips = [np.log10(float(r["chips"])) for r in inf]
-    chips = np.concatenate([np.zeros(nk), np.full(nc, np.log10(4.0)), train.log_chips,
-                            inf_chips])
+    chips = np.concatenate([np.zeros(nk), np.full(nc, np.log10(4.0)), log_chips, inf_chips])
     is_gemm = np.asarray(inputs["kernel"]["is_gemm"]) * (kind == KERNEL)
     onehot = [is_gemm, (kind == KERNEL) - is_gemm] + [kind == k for k in
                                                       (COLLECTIVE, TRAINING, INFERENCE)]

@@ -1,7 +1,11 @@
 """Sweep throughput: GPT-3 175B training step on 1024 chips, seven chip knobs, area and power.
 
 Prints the compile time, the steady-state points/s of `dse.sweep` (kernel, host merge and all),
-the peak resident memory, and as its last line `points_per_s=<x> compile_s=<y>`.
+the peak resident memory, the rate of a fused reference kernel of the same input and output
+width (`reference_rate`: draws the same points from the same counter stream, computes four
+metrics and a margin by one multiply-add each, writes the same columns and copies them to the
+host: what this machine streams when the model costs nothing), and as its last line
+`points_per_s=<x> compile_s=<y> limit_fraction=<sweep / reference>`.
 
     python benchmarks/sweep_throughput.py [--points N] [--chunk C] [--keep pareto|all]
 
@@ -52,6 +56,31 @@ def objective(system):
     return step_metrics(system, train_step(GPT3, PLAN, system))
 
 
+def reference_rate(n: int, chunk: int) -> float:
+    """Points/s of a fused kernel as wide as the sweep's (see the module docstring)."""
+    from dse._space import random_bits, to_unit_float
+
+    dim = SPACE.dim
+
+    @jax.jit
+    def kernel(start):
+        index = start + jax.lax.iota(jnp.int32, chunk)
+        u = to_unit_float(random_bits(index.astype(jnp.uint32), dim, 0, jnp), jnp, jnp.float32)
+        x = SPACE.box.draw(u.T)  # [chunk, dim]
+        m = jnp.stack([x[:, j] * 1.5 + x[:, j + 1] for j in range(4)])
+        g = (x[:, 0] - 0.5)[None]
+        feasible = g[0] >= 0
+        return x.T, m, g, feasible, feasible | (m[0] > m[1])
+
+    kernel(np.int32(0))
+    chunks = max(1, n // chunk)
+    t0 = time.perf_counter()
+    for c in range(chunks):
+        outs = kernel(np.int32(c * chunk))
+        _ = [np.asarray(o) for o in outs]
+    return chunks * chunk / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=float, default=2**25)
@@ -80,13 +109,13 @@ def main() -> None:
 
         directions = {"step_time": "min", "area": "min", "power": "min"}
         metrics = _metric_names(objective, SPACE, jnp.float32)
-        kernel, aux_for = _make_kernel(objective, SPACE, "sobol", 0, args.chunk, 1, 0, metrics,
-                                       {"fits": (">=", 1.0)}, directions, args.keep, 254,
-                                       _distributed.point_mesh(), jnp.float32)
+        kernel, aux_for, base_arrays = _make_kernel(
+            objective, SPACE, "sobol", 0, args.chunk, 1, 0, metrics, {"fits": (">=", 1.0)},
+            directions, args.keep, 254, _distributed.point_mesh(), jnp.float32)
         front = dse.ParetoFront(list(directions.values()))
         front.update(np.ones((1, 3)))
         text = kernel.lower(np.int32(0), aux_for(0),
-                            *front.dominance_table(254)).compile().as_text()
+                            *front.dominance_table(254), base_arrays).compile().as_text()
         with open(args.hlo, "w") as f:
             f.write(text)
         print(f"HLO: {text.count(' fusion(')} fusions, {len(text.splitlines())} lines -> "
@@ -100,7 +129,10 @@ def main() -> None:
     print(f"peak RSS: {rss_gb:.2f} GB")
     if result.nan_count:
         print(f"NaN points: {result.nan_count}")
-    print(f"points_per_s={steady:.4g} compile_s={result.compile_s:.3g}")
+    reference = reference_rate(min(n, 64 * args.chunk), args.chunk)
+    print(f"reference kernel (same input/output width, no model): {reference:,.0f} points/s")
+    print(f"points_per_s={steady:.4g} compile_s={result.compile_s:.3g} "
+          f"limit_fraction={steady / reference:.3g}")
 
 
 if __name__ == "__main__":

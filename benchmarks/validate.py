@@ -1,28 +1,70 @@
-"""Validate the workload models against every modellable row of data/.
+"""Validate the workload models against every row of data/, in sample and out of sample.
 
-Training: each row of training_runs.csv that states enough (`dse.calibration.
-training_cases`) is predicted with `train_step` (or `best_plan` where the source does not give
-the layout) and compared with its measured figure. Also printed: Korthikanti et al. 2022 Fig. 1
-memory per GPU, the error of each source with the one fitted constant refitted without it
-(held-out), and the inference rows (`dse.calibration.inference_rows`).
+Training (data/training_runs.csv): every row is either modelled (`dse.calibration.training_rows`:
+`train_step`, or `layer_time` for Korthikanti Table 4, with the plan the source states or the
+fastest feasible one it leaves open) or counted as not modellable with its reason (FP8 / FP4 rows
+belong to the precision issue 15). The constants fitted to training runs,
+`Calibration.kernel_fraction` and the `framework_scale` of every framework with a row, under a
+prior centred on 1 (`dse.calibration.fit_training_constants`), are fitted to every modelled row and,
+leave-one-source-out, refitted without each source in turn to predict it. Every other constant
+is fitted to data that contains no training run (FlashAttention kernel throughputs, LLMCompass
+A100 operators, chips.csv, one NCCL measurement), so it is the same in every fold.
 
-Last line: `training_mape=<x> inference_mape=<y> rows=<n>` (mean absolute percentage errors over
-all training and all inference figures; n figures in all).
+Per source the tables give rows (in the file), modelled, median |err|, p90 |err|, signed mean,
+share optimistic (predicted faster than measured) and, out of sample, the share of rows inside
+their 90% prediction interval (`dse.calibration.prediction_interval`: the fold's fitted value
+with the residual spread across the other sources, `source_spread`). The error of a row is
+predicted / measured time - 1.
 
-Run: `python benchmarks/validate.py [DATA_DIR]` (default: the repository's data/).
+Serving: the TensorRT-LLM throughput rows of inference_runs.csv (`dse.calibration.
+serving_cases`) and the external checks of serving_external_checks.csv (other TensorRT-LLM
+versions, models, chips, TP degrees; and latency under load), each predicted with
+`serve_continuous` and the stored calibration. No constant is fitted to a serving row, so every
+serving source is held out of every fit: each source's error is out of sample.
+
+External checks (data/external_checks.csv): published runs that no fit reads, predicted by the
+same models and the all-source fit, unchanged. Inference (data/inference_runs.csv): per source.
+
+Last line: `train_src_median=<x> train_p90=<y> train_bias=<z> train_coverage=<c>
+loso_src_median=<l> interval_coverage=<k> infer_src_median=<i> serve_src_median=<s>
+serve_coverage=<v>` (fractions): the median over
+sources of the per-source median |err| (in sample); the 90th percentile of |err| over rows (in
+sample); the mean over sources of the signed mean error (in sample); the share of rows in
+their in-sample 90% interval; the median over sources of the leave-one-source-out median
+|err|; the share of leave-one-source-out rows in their 90% interval; the median over
+inference sources of the median |err|; the median over serving sources of the median |err|,
+and the share of serving rows modelled.
+
+Run: `python benchmarks/validate.py [--rows] [DATA_DIR]` (`--rows` prints every row).
 """
 
 from __future__ import annotations
 
 import collections
 import sys
+import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from dse.calibration import FIT_SOURCES, inference_rows, training_cases
-from dse.calibration._training_data import fit_fraction_from_parts, predict_parts
+from dse.calibration import (
+    FRAMEWORK_PRIOR_LOG_STD,
+    TrainingRows,
+    fit_training_constants,
+    inference_rows,
+    inference_skipped,
+    param_names,
+    parameter_log_std,
+    predict_online,
+    predict_serving,
+    prediction_interval,
+    serving_cases,
+    source_spread,
+    training_rows,
+)
 from dse.data import data_dir as default_data_dir
+from dse.hardware import SYSTEMS
 from dse.models import (
     DEFAULT,
     RECOMPUTE_NONE,
@@ -32,7 +74,7 @@ from dse.models import (
     train_step,
 )
 
-SUSTAINED_KERNEL_FRACTION = float(DEFAULT.kernel_fraction)
+LEVEL = 0.9  # prediction-interval coverage
 
 # Korthikanti et al. 2022 (arXiv:2205.05198) Fig. 1, GiB per GPU: parameters + optimizer state;
 # activations without sequence parallelism or recomputation; activations with sequence
@@ -48,109 +90,262 @@ FIG1 = {
 }
 
 
-def _plan_text(plan) -> str:
-    if plan is None:
-        return ""
-    keys = ("tp", "pp", "dp", "microbatch_size", "interleave", "sequence_parallel", "recompute")
-    short = ("tp", "pp", "dp", "b", "v", "sp", "rc")
-    return " ".join(f"{s}{float(getattr(plan, k)):g}" for s, k in zip(short, keys, strict=False))
-
-
-def memory_table(system_for) -> list[float]:
-    """Print Fig. 1 memory per GPU vs the model; return the absolute % errors."""
+def memory_table() -> None:
+    """Print Fig. 1 memory per GPU vs the model."""
     print("\nKorthikanti et al. 2022 Fig. 1, GiB per GPU (published / model / error)")
-    print(f"{'model':15s} {'params+optimizer':>28s} {'activations (no SP)':>28s} "
-          f"{'activations (SP+selective)':>28s}")
     errors = []
     for name, (p_opt, act_base, act_sel, layout) in FIG1.items():
         model = TRANSFORMERS[name]
         base = TrainingPlan(dp=1, recompute=RECOMPUTE_NONE, **layout)
         sel = base.replace(sequence_parallel=1.0, recompute=RECOMPUTE_SELECTIVE)
-        system = system_for(int(layout["tp"] * layout["pp"]))
-        # Megatron-LM of 2022 stored the attention scores (no fused attention).
+        system = SYSTEMS["DGX-A100"].with_num_chips(int(layout["tp"] * layout["pp"]))
         rb = train_step(model, base, system, flash_attention=False)
         rs = train_step(model, sel, system, flash_attention=False)
-        got = ((float(rb.weights_bytes + rb.grads_bytes + rb.optimizer_bytes)),
+        got = (float(rb.weights_bytes + rb.grads_bytes + rb.optimizer_bytes),
                float(rb.activations_bytes), float(rs.activations_bytes))
         cells = []
-        for pub, g in zip((p_opt, act_base, act_sel), got, strict=False):
+        for pub, g in zip((p_opt, act_base, act_sel), got, strict=True):
             g = g / 2**30
             errors.append(abs(g / pub - 1) * 100)
             cells.append(f"{pub:7.2f} / {g:7.2f} / {100 * (g / pub - 1):+5.1f}%")
-        print(f"{name:15s} " + " ".join(f"{c:>28s}" for c in cells))
-    print(f"Fig. 1 memory: mean |error| {np.mean(errors):.2f}%, max {np.max(errors):.2f}%")
-    return errors
+        print(f"  {name:15s} " + " ".join(f"{c:>28s}" for c in cells))
+    print(f"  Fig. 1 memory: mean |error| {np.mean(errors):.2f}%, max {np.max(errors):.2f}%")
 
 
-def main(data_dir=None) -> None:
-    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
-    cases = training_cases(data_dir)
+def _stats(err, covered=None) -> dict:
+    err = np.asarray(err)
+    a = np.abs(err)
+    out = dict(median=float(np.median(a)), p90=float(np.quantile(a, 0.9)),
+               mean=float(np.mean(err)), optimistic=float(np.mean(err < 0)),
+               mean_abs=float(np.mean(a)))
+    if covered is not None:
+        out["coverage"] = float(np.mean(covered))
+    return out
 
-    print(f"Training rows (sustained kernel fraction {SUSTAINED_KERNEL_FRACTION}, fitted to "
-          f"{', '.join(FIT_SOURCES)})")
-    print(f"{'row':50s} {'metric':10s} {'measured':>10s} {'predicted':>10s} {'error':>7s}  plan")
-    errors = collections.defaultdict(list)
-    parts = {}
-    for case in cases:
-        value, plan, parts[case.run_id] = predict_parts(case)
-        err = 100 * (value / case.measured - 1)
-        errors[case.source_key].append(err)
-        print(f"{case.run_id:50s} {case.metric:10s} {case.measured:10.4g} {value:10.4g} "
-              f"{err:+6.1f}%  {_plan_text(plan)}")
 
-    # Held-out: refit the one constant without each source and predict that source.
-    print("\nPer source: mean |error| (max) with the stored constant; held out = the constant "
-          "refitted without that source")
-    for key, errs in errors.items():
-        others = [parts[c.run_id] for c in cases
-                  if c.source_key != key and c.source_key in FIT_SOURCES]
-        eta = fit_fraction_from_parts(others)
-        held = []
-        for c in cases:
-            if c.source_key == key:
-                measured, a, b = parts[c.run_id]
-                t = a / eta + b
-                held.append(100 * abs(measured / t - 1 if c.metric in ("mfu", "tflops_eq3")
-                                      else t / measured - 1))
-        e = np.abs(errs)
-        tag = "fitted" if key in FIT_SOURCES else "held out"
-        print(f"  {key:24s} n={len(e):2d} ({tag:8s}) mean {e.mean():5.2f}% max {e.max():5.2f}%"
-              f"   held out (eta={eta:.3f}): mean {np.mean(held):5.2f}% max {np.max(held):5.2f}%")
+def source_table(title, sources, in_file, err, covered=None) -> dict:
+    """Print one row per source; return {source: stats}."""
+    print(f"\n{title}")
+    cov = " cover90" if covered is not None else ""
+    print(f"  {'source':30s} {'rows':>4s} {'model':>5s} {'med|e|':>7s} {'p90|e|':>7s} "
+          f"{'mean':>7s} {'optim':>6s}{cov}")
+    stats = {}
+    for src in dict.fromkeys(in_file):
+        mask = np.array([s == src for s in sources], bool)
+        n_file = sum(1 for s in in_file if s == src)
+        if not mask.any():
+            print(f"  {src:30s} {n_file:4d} {0:5d}   (no modellable row)")
+            continue
+        st = _stats(err[mask], None if covered is None else covered[mask])
+        stats[src] = st
+        extra = f" {100 * st['coverage']:6.0f}%" if covered is not None else ""
+        print(f"  {src:30s} {n_file:4d} {int(mask.sum()):5d} {100 * st['median']:6.1f}% "
+              f"{100 * st['p90']:6.1f}% {100 * st['mean']:+6.1f}% {100 * st['optimistic']:5.0f}%"
+              f"{extra}")
+    return stats
 
-    refit = fit_fraction_from_parts([parts[c.run_id] for c in cases
-                                     if c.source_key in FIT_SOURCES])
-    print(f"  refit of the stored constant on {', '.join(FIT_SOURCES)}: {refit} "
-          f"(stored {SUSTAINED_KERNEL_FRACTION})")
 
-    from dse.hardware import SYSTEMS
-    memory_table(lambda n: SYSTEMS["DGX-A100"].with_num_chips(n))
+def skipped_table(skipped) -> None:
+    counts = collections.Counter((s.source_key, s.reason) for s in skipped)
+    print(f"  not modellable: {len(skipped)} rows")
+    for (src, reason), k in sorted(counts.items()):
+        print(f"    {src:30s} {k:3d}  {reason}")
 
-    print("\nInference rows")
+
+def _fold_intervals(result, data, model_fn, frameworks):
+    """Leave-one-source-out 90% intervals: each fold's prediction of its held-out rows with the
+    residual spread of its own training rows and the all-row parameter uncertainty. A row whose
+    framework no training row of its fold ran on has its framework scale from the prior alone,
+    so its interval also carries the prior's spread, `FRAMEWORK_PRIOR_LOG_STD`."""
+    measured = np.asarray(data.measured)
+    group = np.asarray(data.group)
+    held = np.asarray(result.fold_held)
+    preds = np.asarray(result.fold_predicted)
+    param_std = np.asarray(parameter_log_std(model_fn, result, data.inputs))
+    frameworks = np.asarray(frameworks)
+    covered = np.zeros(data.n, bool)
+    width = np.zeros(data.n)
+    for k in range(held.shape[0]):
+        train = ~held[k]
+        spread = source_spread(np.log(preds[k][train] / measured[train]), group[train])
+        rows = held[k]
+        unseen = ~np.isin(frameworks[rows], frameworks[train])
+        log_std = np.sqrt(spread**2 + param_std[rows] ** 2
+                          + np.where(unseen, FRAMEWORK_PRIOR_LOG_STD**2, 0.0))
+        iv = prediction_interval(preds[k][rows], log_std, level=LEVEL,
+                                 dof=len(set(group[train].tolist())) - 1)
+        covered[rows] = np.asarray(iv.contains(measured[rows]))
+        width[rows] = np.asarray(iv.upper / iv.value - 1.0)
+    return covered, width
+
+
+def main(argv) -> None:
+    t0 = time.perf_counter()
+    show_rows = "--rows" in argv
+    args = [a for a in argv if not a.startswith("--")]
+    data_dir = default_data_dir() if not args else Path(args[0])
+
+    cases, skipped = training_rows(data_dir)
+    in_file = [c.source_key for c in cases] + [s.source_key for s in skipped]
+    rows = TrainingRows(cases)
+    result, data, model_fn = fit_training_constants(rows)
+    fitted = result.params
+    measured = np.asarray(data.measured)
+    group = np.asarray(data.group)
+    sources = [data.sources[g] for g in group]
+    pred_in = np.asarray(model_fn(fitted, data.inputs))
+    err_in = pred_in / measured - 1.0
+    spread_all = source_spread(np.log(pred_in / measured), group)
+    log_std_in = np.sqrt(spread_all**2 + np.asarray(parameter_log_std(model_fn, result,
+                                                                      data.inputs)) ** 2)
+    iv_in = prediction_interval(pred_in, log_std_in, level=LEVEL,
+                                dof=len(data.sources) - 1)
+    covered_in = np.asarray(iv_in.contains(measured))
+    loso = np.asarray(result.validation_predicted)
+    err_loso = loso / measured - 1.0
+    covered_loso, width = _fold_intervals(result, data, model_fn,
+                                          [c.framework for c in cases])
+
+    print(f"Training: {len(cases)} of {len(in_file)} rows of training_runs.csv modelled "
+          f"({len(data.sources)} sources). Constants fitted to all of them "
+          f"({result.convergence_report()}):")
+    shipped = dict(zip(param_names(DEFAULT), jax.tree.leaves(DEFAULT), strict=True))
+    for name, (value, std) in result.as_dict().items():
+        print(f"  {name:32s} {value:.4f} +- {std:.4f} (shipped {float(shipped[name]):.4f})")
+    print("  (every other constant is fitted to data without a training run: the same in "
+          "every fold)")
+    example = prediction_interval(pred_in[0], log_std_in[0], level=LEVEL,
+                                  dof=len(data.sources) - 1)
+    print(f"  residual spread across sources (log std): {spread_all:.3f}; a prediction reads "
+          f"e.g. {example.format()} for {cases[0].run_id} (measured {measured[0]:.3g} s)")
+    skipped_table(skipped)
+    if show_rows:
+        print(f"\n  {'row':52s} {'measured':>9s} {'in':>7s} {'loso':>7s} {'+-90%':>6s}  plan")
+        for i, case in enumerate(cases):
+            p = rows.plans[i]
+            plan = " ".join(f"{k}{float(getattr(p, f)):g}" for k, f in (
+                ("tp", "tp"), ("pp", "pp"), ("dp", "dp"), ("b", "microbatch_size"),
+                ("v", "interleave"), ("rc", "recompute"), ("z", "zero_stage")))
+            print(f"  {case.run_id:52s} {measured[i]:9.4g} {100 * err_in[i]:+6.1f}% "
+                  f"{100 * err_loso[i]:+6.1f}% {100 * width[i]:5.0f}%  {plan}")
+    in_stats = source_table("In sample (the training constants fitted to every source)",
+                            sources, in_file, err_in, covered_in)
+    loso_stats = source_table("Leave one source out (the training constants refitted without "
+                              "the source they predict)", sources, in_file, err_loso,
+                              covered_loso)
+    k5 = [abs(e) for e, s in zip(err_loso, sources, strict=True) if s == "korthikanti_table5"]
+    print(f"  Korthikanti Table 5, held out: mean |err| {100 * np.mean(k5):.2f}% "
+          f"(target 3.5%)")
+    memory_table()
+
+    # External checks: the same models, the all-source fit, no refitting.
+    ext_cases, ext_skipped = training_rows(data_dir, filename="external_checks.csv")
+    ext_rows = TrainingRows(ext_cases)
+    ext_pred = np.asarray(ext_rows(fitted))
+    ext_err = ext_pred / ext_rows.measured - 1.0
+    ext_in_file = [c.source_key for c in ext_cases] + [s.source_key for s in ext_skipped]
+    ext_stats = source_table("External checks (data/external_checks.csv: no fit reads them; "
+                             "all-source fit, models unchanged)",
+                             [c.source_key for c in ext_cases], ext_in_file, ext_err)
+    skipped_table(ext_skipped)
+    if show_rows:
+        for c, e in zip(ext_cases, ext_err, strict=True):
+            print(f"  {c.run_id:52s} {c.measured:9.4g} {100 * e:+6.1f}%  {c.stated}")
+    print(f"  external: median over sources of median |err| "
+          f"{100 * np.median([s['median'] for s in ext_stats.values()]):.1f}%, all rows "
+          f"median {100 * np.median(np.abs(ext_err)):.1f}%, p90 "
+          f"{100 * np.quantile(np.abs(ext_err), 0.9):.1f}%, signed mean "
+          f"{100 * np.mean(ext_err):+.1f}%")
+
+    # Inference.
     inf = inference_rows(data_dir)
-    inf_err = []
-    for r in inf:
-        err = 100 * (r["predicted"] / r["measured"] - 1)
-        inf_err.append(abs(err))
-        print(f"{r['row_id']:50s} {r['unit']:10s} {r['measured']:10.4g} {r['predicted']:10.4g} "
-              f"{err:+6.1f}%")
+    inf_skipped = inference_skipped(data_dir)
+    inf_err = np.array([r["predicted"] / r["measured"] - 1.0 for r in inf])
+    inf_sources = [r["source"] for r in inf]
+    inf_stats = source_table("Inference (shipped defaults)", inf_sources,
+                             inf_sources + [s.source_key for s in inf_skipped], inf_err)
+    skipped_table(inf_skipped)
+    if show_rows:
+        for r, e in zip(inf, inf_err, strict=True):
+            print(f"  {r['row_id']:52s} {r['measured']:9.4g} ms {100 * e:+6.1f}%")
 
-    low_precision(data_dir)
+    serve_src_median, serve_coverage = serving_table(data_dir)
+    low = low_precision(data_dir)
 
-    train_err = np.abs(np.concatenate([np.asarray(v) for v in errors.values()]))
-    n = len(train_err) + len(inf_err)
-    print(f"training_mape={train_err.mean():.2f} inference_mape={np.mean(inf_err):.2f} rows={n}")
+    print(f"\n(validated in {time.perf_counter() - t0:.0f} s)")
+    print(f"train_src_median={np.median([s['median'] for s in in_stats.values()]):.4f} "
+          f"train_p90={np.quantile(np.abs(err_in), 0.9):.4f} "
+          f"train_bias={np.mean([s['mean'] for s in in_stats.values()]):.4f} "
+          f"train_coverage={np.mean(covered_in):.4f} "
+          f"loso_src_median={np.median([s['median'] for s in loso_stats.values()]):.4f} "
+          f"interval_coverage={np.mean(covered_loso):.4f} "
+          f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f} "
+          f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f} "
+          f"{low}")
 
 
-def low_precision(data_dir: Path) -> None:
+def serving_table(data_dir) -> tuple[float, float]:
+    """Print the serving rows' errors by source and by model x chip group; return the median
+    over sources of each source's median |error| (a fraction) and the share of rows modelled."""
+    by_source = collections.defaultdict(list)
+    by_group = collections.defaultdict(list)
+    modelled = total = 0
+    print("\nServing rows at full load: output tokens/s of the TP group (measured / model / "
+          "error); every source held out of every fit")
+    for external in (False, True):
+        cases, skipped = serving_cases(data_dir, external=external)
+        modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
+        for case, value in zip(cases, predict_serving(cases)):
+            err = 100 * (value / case.measured - 1)
+            by_source[case.source_key].append(err)
+            by_group[(case.source_key, case.group)].append(err)
+            print(f"{case.run_id:55s} {case.measured:10.4g} {value:10.4g} {err:+6.1f}%")
+        for row in skipped:
+            print(f"{row.run_id:55s} not modelled: {row.reason}")
+
+    print("\nServing rows under load: mean TTFT and mean TPOT at the offered rate, ms "
+          "(measured / model / error); rate inf = every request at once (not in the median: "
+          "the concurrency is the request count, not a steady state)")
+    cases, skipped = serving_cases(data_dir, external=True, online=True)
+    modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
+    for case, (ttft, tpot) in zip(cases, predict_online(cases)):
+        m_ttft, m_tpot = case.measured_latency
+        e_tpot = 100 * (tpot / m_tpot - 1)
+        e_ttft = 100 * (ttft / m_ttft - 1) if np.isfinite(ttft) else float("nan")
+        if np.isfinite(case.rate):
+            by_source[case.source_key].append(e_tpot)
+            by_group[(case.source_key, case.group + " TPOT")].append(e_tpot)
+            by_group[(case.source_key, case.group + " TTFT")].append(e_ttft)
+        print(f"{case.run_id:55s} rate {case.rate:5g}/s TTFT {1e3 * m_ttft:8.1f} "
+              f"{1e3 * ttft:8.1f} {e_ttft:+7.1f}%  TPOT {1e3 * m_tpot:6.1f} {1e3 * tpot:6.1f} "
+              f"{e_tpot:+7.1f}%")
+
+    print("\nServing: median |error| (median signed error) per source x model x chip group")
+    for (source, group), errs in sorted(by_group.items()):
+        e = np.asarray(errs)
+        saturated = int(np.sum(~np.isfinite(e)))
+        e = e[np.isfinite(e)]
+        met = "met" if np.median(np.abs(e)) <= 15.0 else "missed"
+        extra = f"; {saturated} rows past the modelled capacity (TTFT inf)" if saturated else ""
+        print(f"  {source:24s} {group:36s} n={len(e):3d} {np.median(np.abs(e)):6.1f}% "
+              f"({np.median(e):+6.1f}%)  15% target {met}{extra}")
+    medians = {k: float(np.median(np.abs(v))) for k, v in by_source.items()}
+    for source, m in medians.items():
+        print(f"  source {source:24s} n={len(by_source[source]):3d} median |error| {m:6.1f}% "
+              "(held out)")
+    return float(np.median(list(medians.values()))) / 100.0, modelled / max(total, 1)
+
+
+def low_precision(data_dir: Path) -> str:
     """The FP8, MXFP8 and FP4 rows of data/ (training per source with leave-one-source-out
     refits, the same-shape pairs, the serving rows per source), printed by the companion
-    benchmarks/validate_precision.py, which ends with its own `lp_...` summary line."""
+    benchmarks/validate_precision.py; returns its `lp_...` key figures for the last line."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import validate_precision
 
     print("\nLow-precision rows (benchmarks/validate_precision.py)")
-    validate_precision.main(data_dir)
+    return validate_precision.main(data_dir)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    main(sys.argv[1:])

@@ -145,15 +145,19 @@ def serving(data_dir: Path) -> float:
     return max(float(np.median(np.abs(e))) for e in groups.values())
 
 
-def main(data_dir=None) -> None:
+def main(data_dir=None) -> str:
+    """Print the tables and the summary line; return the summary line."""
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     medians, loso = training(data_dir)
     fp8, every = pairs(data_dir)
     serve_median = serving(data_dir)
-    print(f"lp_train_src_median={max(medians.values()):.4f} "
-          f"lp_train_loso_median={max(loso.values()):.4f} "
-          f"lp_pairs_fp8_bf16_within_8pct={fp8[0]}/{fp8[1]} "
-          f"lp_pairs_within_8pct={every[0]}/{every[1]} lp_serve_group_median={serve_median:.4f}")
+    line = (f"lp_train_src_median={max(medians.values()):.4f} "
+            f"lp_train_loso_median={max(loso.values()):.4f} "
+            f"lp_pairs_fp8_bf16_within_8pct={fp8[0]}/{fp8[1]} "
+            f"lp_pairs_within_8pct={every[0]}/{every[1]} "
+            f"lp_serve_group_median={serve_median:.4f}")
+    print(line)
+    return line
 
 
 if __name__ == "__main__":

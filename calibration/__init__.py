@@ -8,6 +8,10 @@ calibrations that load by name (`load_calibration`), and the scripts that fit th
 `dse.models.DEFAULT` and the hardware layer's fitted constants to `dse.data`.
 """
 
+from ._attention_data import ATTENTION_FIELDS as ATTENTION_FIELDS
+from ._attention_data import attention_kernel_ratios as attention_kernel_ratios
+from ._attention_data import fit_attention_efficiency as fit_attention_efficiency
+from ._attention_data import fit_previous_generation_scale as fit_previous_generation_scale
 from ._cluster_data import busbw_checks as busbw_checks
 from ._cluster_data import failure_checks as failure_checks
 from ._cluster_data import fit_chip_price as fit_chip_price
@@ -21,6 +25,7 @@ from ._hardware_data import fit_mma_size_term as fit_mma_size_term
 from ._hardware_data import fit_power_constants as fit_power_constants
 from ._hardware_data import read_chips_csv as read_chips_csv
 from ._inference_data import inference_rows as inference_rows
+from ._inference_data import inference_skipped as inference_skipped
 from ._measurements import COLLECTIVE_COLUMNS as COLLECTIVE_COLUMNS
 from ._measurements import KERNEL_COLUMNS as KERNEL_COLUMNS
 from ._measurements import Measurements as Measurements
@@ -48,10 +53,26 @@ from ._result import load_calibration as load_calibration
 from ._result import param_names as param_names
 from ._result import saved_calibrations as saved_calibrations
 from ._training_data import FIT_SOURCES as FIT_SOURCES
+from ._training_data import FRAMEWORK_PRIOR_LOG_STD as FRAMEWORK_PRIOR_LOG_STD
+from ._training_data import SkippedRow as SkippedRow
 from ._training_data import TrainingCase as TrainingCase
+from ._training_data import TrainingRows as TrainingRows
 from ._training_data import fit_kernel_fraction as fit_kernel_fraction
+from ._training_data import fit_training_constants as fit_training_constants
 from ._training_data import predict_case as predict_case
 from ._training_data import training_cases as training_cases
+from ._training_data import training_measurements as training_measurements
+from ._training_data import training_rows as training_rows
+from ._uncertainty import Interval as Interval
 from ._uncertainty import Spread as Spread
 from ._uncertainty import bootstrap_weights as bootstrap_weights
+from ._uncertainty import parameter_log_std as parameter_log_std
+from ._uncertainty import prediction_interval as prediction_interval
 from ._uncertainty import propagate as propagate
+from ._uncertainty import source_spread as source_spread
+from ._serving_data import ServingCase as ServingCase
+from ._serving_data import SkippedServingRow as SkippedServingRow
+from ._serving_data import predict_online as predict_online
+from ._serving_data import predict_serving as predict_serving
+from ._serving_data import serving_cases as serving_cases
+from ._serving_data import trtllm_bench_limits as trtllm_bench_limits

@@ -148,16 +148,20 @@ def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, inv_prior, *
 
 
 # Search box of each `Calibration` field when `calibrate` fits it and no bound is given: a
-# fraction of a peak in (1%, 100%]; start-up times from 10 ns to 10 ms (a kernel launch is
-# ~5-10 us on current GPUs: three decades either way); latency factors 1/100 to 100 times the
-# stated latency. Search boxes, not fitted values.
+# fraction of a peak in (1%, 100%] (of a measured best rate, or a framework's factor on the
+# kernel fraction: up to 150%); start-up times from 10 ns to 10 ms (a kernel launch is ~5-10 us
+# on current GPUs: three decades either way); latency factors 1/100 to 100 times the stated
+# latency; attention's softmax work and exposed I/O over three decades. Search boxes, not
+# fitted values.
 SEARCH_BOUNDS: dict[str, tuple[float, float]] = {
-    "matrix_max": (0.01, 1.0), "matrix_overhead_s": (1e-8, 1e-2),
+    "matrix_max": (0.01, 1.5), "matrix_overhead_s": (1e-8, 1e-2),
     "memory_max": (0.01, 1.0), "memory_overhead_s": (1e-8, 1e-2),
-    "attention_scale": (0.01, 1.0), "kernel_fraction": (0.3, 1.0),
-    "link_efficiency": (0.01, 1.0), "latency_scale": (0.01, 100.0),
-    "dp_overlap_fraction": (0.01, 1.0),
-    "scaleout_efficiency": (0.3, 1.0),
+    "attention_scale": (0.01, 1.5), "attention_backward_scale": (0.01, 1.5),
+    "attention_softmax_dim": (0.1, 1e3), "attention_forward_io": (1e-3, 1e2),
+    "attention_backward_io": (1e-3, 1e2), "kernel_fraction": (0.3, 1.0),
+    "link_efficiency": (0.01, 1.0), "scaleout_efficiency": (0.3, 1.0),
+    "latency_scale": (0.01, 100.0),
+    "dp_overlap_fraction": (0.01, 1.0), "framework_scale": (0.5, 1.5),
 }
 
 

@@ -34,6 +34,8 @@ from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, SYSTEMS
 from dse.models import DEFAULT, Calibration, InferencePlan, Transformer, decode, gemm, prefill
 
+from ._training_data import LOW_PRECISION, SkippedRow
+
 GPT3_LAYER = Transformer(layers=1, hidden=12288, heads=96, kv_heads=96, ffn_hidden=4 * 12288,
                          vocab=1, seq_len=2048, name="gpt3-175b-one-layer")
 TEST_13B = Transformer(layers=40, hidden=5120, heads=40, kv_heads=40, ffn_hidden=20480,
@@ -138,6 +140,23 @@ def inference_rows(data_dir: str | Path | None = None) -> list[dict]:
         modeller = _MODELLERS.get(row["source_key"])
         if modeller is not None:
             out.extend(modeller(row))
+    return out
+
+
+def inference_skipped(data_dir: str | Path | None = None) -> list:
+    """The rows of inference_runs.csv that are not modelled, each with its reason
+    (`dse.calibration.SkippedRow`): FP8 / FP4 serving belongs to the precision issue 15."""
+    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    with open(data_dir / "inference_runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        if row["source_key"] in _MODELLERS:
+            continue
+        p = row["precision"].lower()
+        reason = LOW_PRECISION if ("fp8" in p or "fp4" in p) else \
+            f"source {row['source_key']}: no modeller"
+        out.append(SkippedRow(row["run_id"], row["source_key"], reason))
     return out
 
 

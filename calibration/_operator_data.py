@@ -54,10 +54,15 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _chip_from_row(row: dict) -> Chip:
+def _chip_from_row(row: dict, mamf_row: dict) -> Chip:
     clock = float(row["clock_ghz"]) * 1e9
     peak = float(row["peak_dense_bf16_tflops"]) * 1e12
+    # The measured best-GEMM fraction (chips.csv MAMF of the A100 40GB; the 80GB part is the
+    # same GA100 die, clock and power limit).
+    fraction = float(mamf_row["measured_max_matmul_bf16_tflops"]) / float(
+        mamf_row["peak_dense_bf16_tflops"])
     return Chip(mac_units=peak / (2.0 * clock), clock_hz=clock, vector_flops=A100_VECTOR_FLOPS,
+                matmul_fraction=fraction,
                 sram_bytes=float(row["onchip_sram_total_mb_derived"]) * 1e6,
                 hbm_bandwidth=float(row["hbm_bw_gbps"]) * 1e9,
                 hbm_bytes=float(row["hbm_capacity_gb"]) * 1e9,
@@ -78,11 +83,12 @@ def operator_rows(data_dir: Path | None = None):
     """
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     chips = {r["name"]: r for r in _rows(data_dir / "chips.csv")}
+    a100_40_row = chips["NVIDIA A100 SXM4 40GB"]
     a100_80 = _chip_from_row(chips["NVIDIA A100 SXM4 80GB"] | {
         # The 80GB row leaves links and cores to the 40GB row (same GA100 die and NVLink 3).
-        "interconnect_links": chips["NVIDIA A100 SXM4 40GB"]["interconnect_links"],
-        "cores": chips["NVIDIA A100 SXM4 40GB"]["cores"]})
-    a100_40 = _chip_from_row(chips["NVIDIA A100 SXM4 40GB"])
+        "interconnect_links": a100_40_row["interconnect_links"],
+        "cores": a100_40_row["cores"]}, a100_40_row)
+    a100_40 = _chip_from_row(a100_40_row, a100_40_row)
     runs = {r["run_id"]: r for r in _rows(data_dir / "inference_runs.csv")}
     points = []
     for phase, row_id in (("prefill", "llmcompass_a100x4_gpt3_layer_prefill"),
@@ -131,16 +137,20 @@ def fit_operator_efficiency(data_dir: Path | None = None) -> dict[str, float]:
     points = operator_rows(data_dir)
     measured = np.array([p[-1] for p in points])
 
+    def values_of(z):
+        # matrix_max (relative to the chip's measured best GEMM) and start-up times through
+        # exp, the memory fraction through a logistic: an unconstrained search.
+        return (np.exp(z[0]), np.exp(z[1]), 1 / (1 + np.exp(-z[2])), np.exp(z[3]))
+
     def residual(z):
-        # Fractions through a logistic, start-up times through exp: unconstrained search.
-        params = (1 / (1 + np.exp(-z[0])), np.exp(z[1]), 1 / (1 + np.exp(-z[2])), np.exp(z[3]))
-        return np.log(model_times(params, points) / measured)
+        return np.log(model_times(values_of(z), points) / measured)
 
     with jax.enable_x64(True):
-        sol = least_squares(residual, x0=np.array([1.5, np.log(1e-5), 1.0, np.log(1e-5)]),
-                            method="lm", xtol=1e-12, ftol=1e-12)
-    z = sol.x
-    values = (1 / (1 + np.exp(-z[0])), np.exp(z[1]), 1 / (1 + np.exp(-z[2])), np.exp(z[3]))
+        # Relative finite-difference steps of 1e-4: the chips' leaves are float32, where
+        # smaller steps resolve nothing (and a relative step needs a start away from 0).
+        sol = least_squares(residual, x0=np.array([0.05, np.log(5e-6), 1.0, np.log(1e-5)]),
+                            method="trf", xtol=1e-12, ftol=1e-12, diff_step=1e-4)
+    values = values_of(sol.x)
     return {name: float(f"{v:.4g}") for name, v in zip(OPERATOR_FIELDS, values, strict=True)}
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
+from scipy.stats import norm, t
 
 from ._result import CalibrationResult
 
@@ -114,3 +115,105 @@ def propagate(fn: Callable[[Any], Any], result: CalibrationResult, *, n: int = 2
         lower=jax.tree.map(lambda s: jnp.quantile(s, 0.025, axis=0), samples),
         upper=jax.tree.map(lambda s: jnp.quantile(s, 0.975, axis=0), samples),
         samples=samples)
+
+
+def source_spread(log_residual, group) -> float:
+    """Std of the log-ratio (modelled / measured) a row of an unseen source should expect.
+
+    A one-way random-effects view of the residuals (Searle, Casella & McCulloch 1992,
+    "Variance Components", Ch. 3): each source has its own offset (its setup, its framework
+    version, its way of counting), rows scatter around it. A new source draws a new offset, so
+    its rows' spread is the between-source variance of the source means plus the pooled
+    within-source variance. Sources count equally in the between term, whatever their row
+    counts, as the per-source targets do.
+
+    **Arguments:**
+
+    - `log_residual`: (n,) log(modelled / measured) of the rows a fit saw.
+    - `group`: (n,) source of each row (any hashable labels).
+
+    **Returns:** the std (log units; 0.1 is about +-10%).
+    """
+    r = np.asarray(log_residual, dtype=float)
+    group = np.asarray(group)
+    labels = list(dict.fromkeys(group.tolist()))
+    means = np.array([r[group == g].mean() for g in labels])
+    within = sum(float(np.sum((r[group == g] - m) ** 2)) for g, m in zip(labels, means,
+                                                                          strict=True))
+    dof_within = max(r.size - len(labels), 1)
+    between = float(np.sum((means - means.mean()) ** 2) / max(len(labels) - 1, 1)) \
+        if len(labels) > 1 else 0.0
+    return float(np.sqrt(between + within / dof_within))
+
+
+class Interval(eqx.Module):
+    """A prediction with its interval (same units as the prediction).
+
+    **Fields:** `value`, `lower`, `upper` (arrays of one shape), `log_std` (the std of the
+    log prediction the interval comes from), `level` (static: the coverage it is built for).
+    `str()` of a scalar interval reads "4.1 s +- 0.4 s" (the larger of the two half-widths).
+    """
+
+    value: Any
+    lower: Any
+    upper: Any
+    log_std: Any
+    level: float = eqx.field(static=True, default=0.9)
+
+    def contains(self, measured) -> Array:
+        """True where `measured` lies inside the interval."""
+        m = jnp.asarray(measured)
+        return (m >= self.lower) & (m <= self.upper)
+
+    def format(self, unit: str = "s") -> str:
+        """"value unit +- half-width unit" for a scalar interval (3 significant digits)."""
+        v, lo, hi = (float(np.asarray(x)) for x in (self.value, self.lower, self.upper))
+        half = max(hi - v, v - lo)
+        return f"{v:.3g} {unit} +- {half:.2g} {unit} ({100 * self.level:.0f}%)"
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def prediction_interval(value, log_std, *, level: float = 0.9, dof: int | None = None
+                        ) -> Interval:
+    """A log-normal interval around a prediction: value x exp(+-q log_std).
+
+    **Arguments:**
+
+    - `value`: the prediction(s), > 0.
+    - `log_std`: std of the log prediction: sqrt(parameter variance + residual spread^2)
+      (`source_spread`, `parameter_log_std`).
+    - `level`: coverage, in (0, 1).
+    - `dof`: degrees of freedom of Student's t for the quantile q (the spread estimated from
+      few sources is itself uncertain: Gosset's small-sample correction); None: normal.
+
+    **Returns:** an `Interval`.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"prediction_interval: level must be in (0, 1); got {level}")
+    tail = 0.5 + 0.5 * level
+    q = float(norm.ppf(tail) if dof is None else t.ppf(tail, max(int(dof), 1)))
+    value = jnp.asarray(value)
+    log_std = jnp.asarray(log_std)
+    return Interval(value=value, lower=value * jnp.exp(-q * log_std),
+                    upper=value * jnp.exp(q * log_std), log_std=log_std, level=level)
+
+
+def parameter_log_std(model_fn: Callable[[Any, Any], Any], result: CalibrationResult,
+                      inputs: Any) -> Array:
+    """Std of each log prediction from the fitted parameters' Laplace covariance (delta method:
+    sqrt(J C J^T) with J = d log prediction / d log parameter at the fit).
+
+    **Arguments:** `model_fn(params, inputs)` as given to `calibrate`; `result` its output;
+    `inputs` the rows to predict.
+
+    **Returns:** (n,) standard deviations (log units).
+    """
+    from ._fit import _predict_z  # here, not at the top: _fit imports this module
+
+    z = jnp.log(jnp.asarray(result.value))
+    jac = jax.jacfwd(lambda z_: jnp.log(_predict_z(z_, result.params, inputs, model_fn,
+                                                   result.names)))(z)
+    cov = jnp.where(jnp.isfinite(result.log_covariance), result.log_covariance, 0.0)
+    return jnp.sqrt(jnp.clip(jnp.einsum("ij,jk,ik->i", jac, cov, jac), 0.0))

@@ -5,6 +5,11 @@ from . import hardware as hardware
 from . import models as models
 from . import optimizers as optimizers
 from . import plot as plot
+from ._cache import compilation_cache as compilation_cache
+from ._cache import enable_by_default as _enable_cache
+from ._codesign import PlanCandidates as PlanCandidates
+from ._codesign import plan_candidates as plan_candidates
+from ._codesign import plan_misses as plan_misses
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize as optimize
 from ._pareto import ParetoFront as ParetoFront
@@ -18,10 +23,17 @@ from ._sensitivity import continuous_fields as continuous_fields
 from ._sensitivity import sensitivity as sensitivity
 from ._space import Param as Param
 from ._space import Space as Space
+from ._sweep import SweepInfeasibleWarning as SweepInfeasibleWarning
 from ._sweep import SweepNaNWarning as SweepNaNWarning
 from ._sweep import sweep as sweep
 from ._table import SweepResult as SweepResult
+from ._workload_mix import Workload as Workload
+from ._workload_mix import WorkloadMix as WorkloadMix
+from ._workload_mix import training_workload as training_workload
 from .optimizers import hypervolume as hypervolume
 from .optimizers import knee_point as knee_point
 from .optimizers import pareto_indices as pareto_indices
 from .optimizers import pareto_mask as pareto_mask
+
+# JAX's persistent compilation cache on (unless DSE_COMPILATION_CACHE=0): see dse/_cache.py.
+_enable_cache()

@@ -33,6 +33,18 @@ def put_sharded(host: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
+def put_replicated(tree, mesh: Mesh):
+    """`tree` with every array leaf a global array that each device holds whole (every process
+    holds the same values, as with a design every process built alike)."""
+    sharding = replicated(mesh)
+
+    def put(leaf):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
 def to_host(array: jax.Array) -> np.ndarray:
     """The whole global array on this host (an all-gather across processes when there are
     several; on one process, a plain device-to-host copy)."""

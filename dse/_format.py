@@ -26,6 +26,11 @@ def _q(label: str, unit: str, **more) -> Quantity:
     return Quantity(label=label, unit=unit, **more)
 
 
+# The metric of a study's objective that holds the `dse.hardware.Reason` flags of its reports
+# (0 = feasible). `dse.sweep` and `dse.optimize` count a point with a non-zero reason as
+# infeasible; sensitivity does not differentiate it.
+REASON_METRIC = "reason"
+
 # The metrics of training, inference and hardware reports (`dse` studies return them by these
 # names), in SI units.
 METRICS: Mapping[str, Quantity] = types.MappingProxyType({
@@ -44,11 +49,16 @@ METRICS: Mapping[str, Quantity] = types.MappingProxyType({
     "area": _q("area", "mm²", description="die area, per die"),
     "die_area": _q("die area", "mm²"),
     "power": _q("power", "W", description="power at full activity (the TDP operating point)"),
-    "cost": _q("cost", "$", description="manufacturing cost per chip (dies, HBM, packaging)"),
+    "cost": _q("manufacturing cost", "$", description="manufacturing cost per chip (dies at "
+               "their yield, HBM, packaging): what it costs to make, not a price"),
     "energy": _q("energy", "J"),
     "energy_per_token": _q("energy per token", "J"),
     "memory_margin": _q("memory margin", "B", display_unit="GB", display_scale=u.GB,
-                        description="HBM capacity left after weights, states and activations"),
+                        description="capacity left after weights, states and activations (HBM, "
+                                    "or SRAM on a chip without HBM); negative when short"),
+    "memory_shortfall": _q("memory shortfall", "B", display_unit="GiB", display_scale=u.GiB,
+                           description="how far memory per chip exceeds capacity (0 if it fits)"),
+    REASON_METRIC: _q("infeasibility", "", description="dse.hardware.Reason flags, 0 = feasible"),
     "memory_per_chip": _q("memory per chip", "B", display_unit="GB", display_scale=u.GB),
     "reticle_margin": _q("reticle margin", "mm²"),
     "shoreline_margin": _q("shoreline margin", "mm"),
@@ -69,6 +79,18 @@ METRICS: Mapping[str, Quantity] = types.MappingProxyType({
     "capex": _q("capital cost", "$", display_unit="$B", display_scale=1e9),
     "network_cost": _q("network cost", "$", display_unit="$B", display_scale=1e9),
     "total_cost": _q("cost of the run", "$", display_unit="$M", display_scale=1e6),
+})
+
+
+# Words for the blocks of the reports' breakdowns (area, power, step time), as legends show them.
+BLOCK_LABELS: Mapping[str, str] = types.MappingProxyType({
+    "compute": "compute", "sram": "SRAM", "hbm_phy": "HBM PHY",
+    "hbm_controller": "HBM controller", "link_phy": "link PHY",
+    "link_controller": "link controller", "uncore": "uncore (on-chip network, clocks, I/O)",
+    "vector": "vector units", "hbm": "HBM", "link": "links", "static": "static (leakage)",
+    "tp_comm": "tensor-parallel communication", "pp_comm": "pipeline sends",
+    "dp_comm": "data-parallel communication", "ep_comm": "expert all-to-all",
+    "bubble": "pipeline bubble", "optimizer": "optimizer step",
 })
 
 

@@ -23,6 +23,9 @@ from jaxtyping import Array, Float
 from tqdm.auto import tqdm
 
 from dse import optimizers as opt
+from dse.hardware import describe_reason
+
+from ._format import REASON_METRIC
 
 # A gradient is counted as this many model evaluations when comparing with derivative-free
 # search: reverse-mode AD costs a small constant multiple of the function (Griewank & Walther,
@@ -59,8 +62,11 @@ class OptimizeResult:
     - `x`: every design evaluated with the exact model, snapped, `[n, dim]` (parameter units).
     - `metrics`: every metric the objective returned, name -> `[n]`.
     - `margins`: per budget, slack in the metric's units, name -> `[n]` (>= 0 where met).
-    - `feasible`: `[n]`, True where every metric is finite and every margin >= 0.
-    - `reason`: `[n]` strings: "" for a feasible design, else the budgets it breaks.
+    - `feasible`: `[n]`, True where every metric is finite, every margin >= 0 and the
+      objective's `"reason"` metric (when it returns one: the `dse.hardware.Reason` flags of
+      its reports) is 0.
+    - `reason`: `[n]` strings: "" for a feasible design, else what makes it infeasible (the
+      model's reason, with the memory shortfall, and the budgets it breaks).
     - `source`: `[n]`: "pilot" (normalization sample), "snapped" (a search result, or with
       `keep_iterates` an intermediate iterate, rounded to the nearest integers), "repair"
       (another floor/ceil combination of a search result's integer knobs) or "trace" (a point
@@ -576,6 +582,17 @@ def _check(metrics, obj_spec, budget_spec):
     f_all = np.stack([metrics[n] for n, _ in obj_spec], axis=1)
     feasible = np.all(np.isfinite(f_all), axis=1)
     reasons = [[] if ok else ["non-finite objective"] for ok in feasible]
+    if REASON_METRIC in metrics:
+        # The models' own verdict (out of memory, a die that cannot be made...): infeasible
+        # whatever the budgets say.
+        code = np.asarray(metrics[REASON_METRIC]).astype(np.int64)
+        short = metrics.get("memory_shortfall")
+        feasible &= code == 0
+        for i in np.flatnonzero(code):
+            text = describe_reason(code[i])
+            if short is not None and short[i] > 0:
+                text += f" (short by {short[i] / 2**30:.3g} GiB per chip)"
+            reasons[i].append(text)
     for (name, low, high) in budget_spec:
         broken = ~(margins[name] >= 0)
         feasible &= ~broken
@@ -592,6 +609,13 @@ def _check(metrics, obj_spec, budget_spec):
                                  f"{int(feasible.sum())} feasible of {len(feasible)} evaluated")
     else:
         parts = []
+        if REASON_METRIC in metrics:
+            flagged = np.asarray(metrics[REASON_METRIC]) != 0
+            if flagged.any():
+                common = np.bitwise_or.reduce(
+                    np.asarray(metrics[REASON_METRIC])[flagged].astype(np.int64))
+                parts.append(f"{int(flagged.sum())} of {len(flagged)} designs infeasible in the "
+                             f"model ({describe_reason(common)})")
         for name, low, high in budget_spec:
             broken = ~(margins[name] >= 0)
             if broken.any():

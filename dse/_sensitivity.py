@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._format import REASON_METRIC
 from .hardware import FIELDS
 
 # Which way a metric is better. Public arguments take a plain str (checked at run time, so a
@@ -89,9 +90,9 @@ class SensitivityResult:
 
         - `metric`: the metric to improve (default: the first).
         - `index`: the design of a batch.
-        - `per`: another metric that measures the price of a change (e.g. `"area"`): rows are
-          then ranked by gain per unit of its relative change, `-elasticity / elasticity_per`
-          (a field that costs nothing of it ranks by gain alone, after the priced ones).
+        - `per`: another metric that measures the price of a change (e.g. `"area"`): adds the
+          columns `price` (% of it per 1% of the field, moved the helpful way) and
+          `gain_per_price`. The rows stay ranked by the size of the effect.
         - `step`: the relative improvement of each field the `change` column reports (0.10 =
           +10%, or -10% for a field whose decrease helps).
 
@@ -100,7 +101,9 @@ class SensitivityResult:
         (relative change of the metric for a `step` change of the field,
         `(1 +- step) ** elasticity - 1`), `gain` (improvement of
         the metric per 1% of the field, in %, positive = better), and with `per`, `price` and
-        `gain_per_price`; best first, fields with no effect last.
+        `gain_per_price`. Ranked by the size of the effect, |elasticity|, largest first (fields
+        with no effect last): a field whose effect is negligible never ranks above one that
+        moves the metric, whatever either costs.
         """
         import pandas as pd
 
@@ -132,11 +135,7 @@ class SensitivityResult:
             price = np.where(helps_up, e_per, -e_per)
             df["price"] = price
             priced = price > 1e-9
-            ratio = np.where(priced, gain / np.where(priced, price, 1.0), np.inf)
-            df["gain_per_price"] = ratio
-            free = ~priced & (gain > 0)
-            # Free gains first (they cost nothing of `per`), then by gain per price.
-            key = np.where(free, 1e12 + gain, np.nan_to_num(ratio, nan=-1.0, posinf=-1.0))
+            df["gain_per_price"] = np.where(priced, gain / np.where(priced, price, 1.0), np.inf)
         order = np.argsort(-key, kind="stable")
         return df.iloc[order].reset_index(drop=True)
 
@@ -286,7 +285,8 @@ def sensitivity(
         values, jac, fvals, lim = _batched_kernel(metric_fn, fields, limits, design, axes)
     else:
         values, jac, fvals, lim = _jit_kernel(metric_fn, fields, limits, design)
-    metrics = tuple(values)
+    # A study's reason flags are a verdict, not a quantity: nothing to differentiate.
+    metrics = tuple(m for m in values if m != REASON_METRIC)
     if isinstance(directions, str):
         directions = {m: directions for m in metrics}
     directions = {m: directions.get(m, "min") for m in metrics}

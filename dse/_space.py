@@ -289,19 +289,22 @@ class Space:
         """
         return self.box.snap(self._checked(x))
 
-    def build(self, x: Float[ArrayLike, "*batch dim"]) -> Any:
+    def build(self, x: Float[ArrayLike, "*batch dim"], *, base: Any = None) -> Any:
         """The base design with each parameter's field replaced by `x[..., i]`.
 
         Pure and traceable (no validation: the bounds were validated at construction), so it jits
         and vmaps; a batch `x` [n, dim] gives a design whose swept fields have shape [n].
 
-        **Arguments:** `x`: [..., dim] in parameter units. **Returns:** the design.
+        **Arguments:** `x`: [..., dim] in parameter units; `base`: the design to start from, of the
+        same structure as `self.base` (default `self.base`; a traced copy lets one compiled
+        program serve several base designs). **Returns:** the design.
         """
         x = jnp.asarray(self._checked(x))
         dtype = jnp.result_type(float)
         values = [x[..., j].astype(dtype) for j in range(self.dim)]
         paths = self._paths
-        return eqx.tree_at(lambda d: [_get(d, path) for path in paths], self.base, values)
+        return eqx.tree_at(lambda d: [_get(d, path) for path in paths],
+                           self.base if base is None else base, values)
 
     def _checked(self, x):
         """`x` itself, once its last axis is known to hold one value per parameter."""

@@ -9,6 +9,7 @@ strings ("80 GiB", "3.35 TB/s", "1.83 GHz", "2 us") through the named constants 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 
 from . import hardware as hw
 from . import models
+from ._format import REASON_METRIC
 from ._space import Param, Space
 
 UNIT_FACTORS: dict[str, float] = {
@@ -28,11 +30,14 @@ UNIT_FACTORS: dict[str, float] = {
 }
 UNIT_FACTORS.update({"B": 1.0, "Hz": 1.0, "s": 1.0, "W": 1.0, "mm2": 1.0, "nm": 1.0})
 
-TRAINING_METRICS = ("step_time", "tokens_per_s", "mfu", "memory_margin", "area", "power",
-                    "cost", "reticle_margin", "shoreline_margin", "energy_per_token")
+# The metrics a study's objective returns (and [objectives] / [budgets] may name); besides
+# them it returns REASON_METRIC, the Reason flags that make a design infeasible.
+TRAINING_METRICS = ("step_time", "tokens_per_s", "mfu", "memory_margin", "memory_shortfall",
+                    "area", "power", "cost", "reticle_margin", "shoreline_margin",
+                    "energy_per_token")
 INFERENCE_METRICS = ("ttft", "tpot", "tokens_per_s_per_chip", "tokens_per_s_per_dollar",
-                     "memory_margin", "area", "power", "cost", "reticle_margin",
-                     "shoreline_margin", "energy_per_token")
+                     "memory_margin", "memory_shortfall", "area", "power", "cost",
+                     "reticle_margin", "shoreline_margin", "energy_per_token")
 
 
 class ConfigError(ValueError):
@@ -124,9 +129,11 @@ class _Reader:
             raise self.error(dotted, f"unknown value {value!r}; known: {', '.join(choices)}")
         return value
 
-    def integer(self, dotted: str, value: Any) -> int:
+    def integer(self, dotted: str, value: Any, lower: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(dotted, f"expected an integer, got {value!r}")
+        if lower is not None and value < lower:
+            raise self.error(dotted, f"must be an integer >= {lower}; got {value}")
         return value
 
     def boolean(self, dotted: str, value: Any) -> bool:
@@ -188,6 +195,7 @@ class Study:
     sweep_n: int
     sweep_chunk: int
     seed: int
+    sweep_path: Path | None
     optimize_options: dict[str, Any]
     output_dir: Path
     precision: str = "bf16"  # the training recipe best_plan's plans run (plan None)
@@ -196,7 +204,7 @@ class Study:
     def metric_names(self) -> tuple[str, ...]:
         return TRAINING_METRICS if self.kind == "training" else INFERENCE_METRICS
 
-    def objective(self, *, smooth: bool = False) -> Callable[[hw.System], dict]:
+    def objective(self, *, smooth: bool = False) -> StudyObjective:
         """`system -> {metric: scalar}`: the workload on the design plus area, power, cost."""
         return make_objective(self.kind, self.model, self.plan, self.global_batch, self.batch,
                               self.input_len, self.output_len, smooth=smooth,
@@ -204,42 +212,73 @@ class Study:
 
 
 def hardware_metrics(chip: hw.Chip) -> dict[str, Any]:
-    """Area (per die, mm^2), power at full activity (W, a conservative TDP), cost ($), margins."""
+    """Area (per die, mm^2), power at full activity (W, a conservative TDP), manufacturing cost
+    ($), margins, and the cost model's reason (`Reason.UNMANUFACTURABLE` for a die that cannot
+    be made)."""
     a = hw.area(chip)
-    return {"area": a.per_die, "power": hw.power(chip).total, "cost": hw.cost(chip).total,
-            "reticle_margin": a.reticle_margin, "shoreline_margin": a.shoreline_margin}
+    c = hw.cost(chip)
+    return {"area": a.per_die, "power": hw.power(chip).total, "cost": c.total,
+            "reticle_margin": a.reticle_margin, "shoreline_margin": a.shoreline_margin,
+            REASON_METRIC: c.reason}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StudyObjective:
+    """`system -> {metric: scalar}`: a workload on a system design, plus area, power and cost.
+
+    The metrics are `TRAINING_METRICS` or `INFERENCE_METRICS`, and `"reason"`: the
+    `dse.hardware.Reason` flags of the workload's report and of the cost model (0 = feasible),
+    which `dse.sweep` and `dse.optimize` read. A pure JAX function of the system; `calibration`
+    is exposed so that a resumed sweep can check it is the same.
+    """
+
+    kind: str
+    model: models.Transformer
+    plan: Any
+    global_batch: int
+    # Whole numbers, as ints or floats (serve checks them).
+    batch: float | int = 1.0
+    input_len: float | int = 1.0
+    output_len: float | int = 1.0
+    smooth: bool = False
+    calibration: models.Calibration = models.DEFAULT
+    precision: str = "bf16"  # the training recipe of the plans best_plan chooses (plan None)
+
+    def __call__(self, system: hw.System) -> dict:
+        out = hardware_metrics(system.chip)
+        kw = dict(smooth=self.smooth, calibration=self.calibration)
+        if self.kind == "training":
+            if self.plan is None:
+                report = models.best_plan(self.model, system, self.global_batch,
+                                          precision=self.precision, **kw)[1]
+            else:
+                report = models.train_step(self.model, self.plan, system, **kw)
+            tokens_per_step = report.tokens_per_s * report.step_time
+            out.update(step_time=report.step_time, tokens_per_s=report.tokens_per_s,
+                       mfu=report.mfu, energy_per_token=report.energy / tokens_per_step)
+        else:
+            report = models.serve(self.model, self.plan, system, self.batch, self.input_len,
+                                  self.output_len, **kw)
+            out.update(ttft=report.ttft, tpot=report.tpot,
+                       tokens_per_s_per_chip=report.tokens_per_s_per_chip,
+                       tokens_per_s_per_dollar=report.tokens_per_s_per_chip / out["cost"],
+                       energy_per_token=report.energy_per_token)
+        out.update(memory_margin=report.memory_capacity - report.memory_per_chip,
+                   memory_shortfall=report.memory_shortfall)
+        # Flags as a float metric (exact: they are small integers), so that the sweep kernel
+        # carries them in its one metrics array.
+        out[REASON_METRIC] = (out[REASON_METRIC] | report.reason).astype(jnp.result_type(float))
+        return {k: jnp.asarray(v) for k, v in out.items()}
 
 
 def make_objective(kind, model, plan, global_batch, batch=1.0, input_len=1.0, output_len=1.0, *,
                    smooth: bool = False,
-                   precision: str = "bf16") -> Callable[[hw.System], dict]:
-    """The metrics of a workload on a system design (see `TRAINING_METRICS`); `precision` is
+                   calibration: models.Calibration = models.DEFAULT,
+                   precision: str = "bf16") -> StudyObjective:
+    """The metrics of a workload on a system design (see `StudyObjective`); `precision` is
     the training recipe of the plans `best_plan` chooses from when `plan` is None."""
-
-    def objective(system: hw.System) -> dict:
-        out = hardware_metrics(system.chip)
-        if kind == "training":
-            if plan is None:
-                report = models.best_plan(model, system, global_batch, smooth=smooth,
-                                          precision=precision)[1]
-            else:
-                report = models.train_step(model, plan, system, smooth=smooth)
-            tokens_per_step = report.tokens_per_s * report.step_time
-            out.update(step_time=report.step_time, tokens_per_s=report.tokens_per_s,
-                       mfu=report.mfu,
-                       memory_margin=system.chip.hbm_bytes - report.memory_per_chip,
-                       energy_per_token=report.energy / tokens_per_step)
-        else:
-            report = models.serve(model, plan, system, batch, input_len, output_len,
-                                  smooth=smooth)
-            out.update(ttft=report.ttft, tpot=report.tpot,
-                       tokens_per_s_per_chip=report.tokens_per_s_per_chip,
-                       tokens_per_s_per_dollar=report.tokens_per_s_per_chip / out["cost"],
-                       memory_margin=system.chip.hbm_bytes - report.memory_per_chip,
-                       energy_per_token=report.energy_per_token)
-        return {k: jnp.asarray(v) for k, v in out.items()}
-
-    return objective
+    return StudyObjective(kind, model, plan, global_batch, batch, input_len, output_len,
+                          smooth, calibration, precision)
 
 
 def _design(r: _Reader, table: str, owner: type, base: Any, changes: dict[str, Any]) -> Any:
@@ -338,44 +377,37 @@ def load_study(path: str | Path) -> Study:
     model_name = r.string("workload.model", work.get("model", "gpt3-175b"),
                           (*models.TRANSFORMERS, *models.TRANSFORMERS.aliases))
     model = models.TRANSFORMERS[model_name]
-    global_batch = r.integer("workload.global_batch", work.get("global_batch", 1536))
+    global_batch = r.integer("workload.global_batch", work.get("global_batch", 1536), lower=1)
     batch = r.number("workload.batch", work.get("batch", 1))
     input_len = r.number("workload.input_len", work.get("input_len", 2048))
     output_len = r.number("workload.output_len", work.get("output_len", 256))
     plan = None
     precision = r.string("workload.precision", work.get("precision", "bf16"))
     if kind == "training":
-        try:  # a bad recipe name is an error naming the key, with the recipes
-            models.TrainingPlan(precision=precision)
-        except ValueError as e:
-            raise r.error("workload.precision", str(e)) from None
+        # A bad recipe name is an error naming the key, with the recipes.
+        _checked(r, "workload.precision", {"precision": "workload.precision"},
+                 lambda: models.TrainingPlan(precision=precision))
+    # The plan is checked by the models' own rules (the API refuses the same things): its
+    # fields when it is built, its fit to the model and the system here.
     if kind == "training" and "plan" in work:
         spec = r.table("workload.plan", PLAN_KEYS)
         values = {k: r.number(f"workload.plan.{k}", v) for k, v in spec.items()}
-        try:
-            plan = models.TrainingPlan(global_batch=float(global_batch), precision=precision,
-                                       **values)
-        except ValueError as e:
-            raise r.error("workload.plan", str(e)) from None
-        used = int(round(float(plan.chips)))
-        if used != system.num_chips:
-            raise r.error("workload.plan", f"tp * pp * dp = {used} chips, but the system has "
-                                           f"{system.num_chips} (system.num_chips)")
-        per_step = float(plan.dp * plan.microbatch_size)
-        if global_batch % per_step:
-            raise r.error("workload.global_batch",
-                          f"{global_batch} sequences do not split into micro-batches of "
-                          f"{float(plan.microbatch_size):g} over dp = {float(plan.dp):g}")
+        keys = {k: f"workload.plan.{k}" for k in spec} | {"global_batch": "workload.global_batch"}
+        plan = _checked(r, "workload.plan", keys, lambda: models.TrainingPlan(
+            global_batch=float(global_batch), precision=precision, **values))
+        _checked(r, "workload.plan", keys,
+                 lambda: models.check_training_plan(model, plan, system))
     elif kind == "inference":
-        try:
-            formats = {k: r.string(f"workload.{k}", work[k])
-                       for k in ("weights", "activations", "kv_cache") if k in work}
-            plan = models.InferencePlan(tp=r.number("workload.tp", work.get("tp", 8)),
-                                        pp=r.number("workload.pp", work.get("pp", 1)),
-                                        batch=batch, **formats)
-        except ValueError as e:
-            key = next((k for k in ("weights", "activations", "kv_cache") if k in str(e)), "tp")
-            raise r.error(f"workload.{key}", str(e)) from None
+        formats = {k: r.string(f"workload.{k}", work[k])
+                   for k in ("weights", "activations", "kv_cache") if k in work}
+        keys = {k: f"workload.{k}" for k in ("tp", "pp", "batch", "input_len", "output_len",
+                                              "weights", "activations", "kv_cache")}
+        plan = _checked(r, "workload", keys, lambda: models.InferencePlan(
+            tp=r.number("workload.tp", work.get("tp", 8)),
+            pp=r.number("workload.pp", work.get("pp", 1)), batch=batch, **formats))
+        _checked(r, "workload", keys, lambda: models.check_inference_plan(model, plan, system))
+        _checked(r, "workload", keys,
+                 lambda: models.check_serve_workload(batch, input_len, output_len))
     metric_names = TRAINING_METRICS if kind == "training" else INFERENCE_METRICS
 
     objectives = {}
@@ -398,21 +430,47 @@ def load_study(path: str | Path) -> Study:
             low, high = None, r.number(dotted, bound)
         budgets[name] = (low, high)
 
-    sweep = r.table("sweep", ("n", "chunk_size", "seed"))
+    sweep = r.table("sweep", ("n", "chunk_size", "seed", "path"))
     opt = r.table("optimize", OPTIMIZE_KEYS["multistart"] + OPTIMIZE_KEYS["trace"]
                   + ("method", "n_pilot", "log_objectives", "seed"))
     output = r.table("output", ("dir",))
+    output_dir = Path(r.string("output.dir", output.get("dir", "dse-out")))
+    _check_writable(r, output_dir)
     return Study(
         path=path, system=system, kind=kind, model=model, global_batch=global_batch, plan=plan,
         batch=batch, input_len=input_len, output_len=output_len, space=_space(r, system),
         objectives=objectives, budgets=budgets,
-        sweep_n=r.integer("sweep.n", sweep.get("n", 100_000)),
-        sweep_chunk=r.integer("sweep.chunk_size", sweep.get("chunk_size", 1 << 14)),
-        seed=r.integer("sweep.seed", sweep.get("seed", 0)),
+        sweep_n=r.integer("sweep.n", sweep.get("n", 100_000), lower=1),
+        sweep_chunk=r.integer("sweep.chunk_size", sweep.get("chunk_size", 1 << 14), lower=1),
+        seed=r.integer("sweep.seed", sweep.get("seed", 0), lower=0),
+        sweep_path=(Path(r.string("sweep.path", sweep["path"])) if "path" in sweep else None),
         optimize_options=_optimize_options(r, opt, objectives),
-        output_dir=Path(r.string("output.dir", output.get("dir", "dse-out"))),
+        output_dir=output_dir,
         precision=precision,
     )
+
+
+def _checked(r: _Reader, where: str, keys: Mapping[str, str], build: Callable[[], Any]) -> Any:
+    """`build()`, with a `ValueError` it raises turned into a `ConfigError` at the config key of
+    the field it names (`keys`: field -> dotted key; "TrainingPlan.pp" -> "workload.plan.pp"),
+    or at `where` when it names none of them."""
+    try:
+        return build()
+    except ValueError as e:
+        text = str(e)
+        field = next((k for k in keys if f".{k} must" in text), None)
+        raise r.error(keys[field] if field else where, text) from None
+
+
+def _check_writable(r: _Reader, folder: Path) -> None:
+    """Fail before any computation when the output folder cannot be created or written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".dse-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise r.error("output.dir", f"cannot write to {str(folder)!r}: {e.strerror or e}") from None
 
 
 # Keys of [optimize] that belong to one method of `dse.optimize` (the rest serve both).

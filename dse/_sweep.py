@@ -11,11 +11,16 @@ How it is fast and bounded:
   process's devices under `jax.distributed`); results are identical to one device because every
   point is computed by the same elementwise code from its own index.
 - Memory is bounded by the chunk: with `keep="pareto"` only the running front is kept, and the
-  kernel already discards points that a staircase table of the current front dominates, so
-  only a handful of rows per chunk reach the host-side merge.
+  kernel already discards points that a staircase table of the current front dominates, and
+  points that another point of the same chunk dominates (the chunk-local front, a staircase of
+  the chunk's own points); only the survivors' rows are compacted and sent to the host, so the
+  host-side merge costs what the front costs, not what the chunk does.
 - With `path`, every finished chunk (or, every `checkpoint_s`, the running front) is written
   atomically; a sweep that was interrupted resumes from its last saved chunk and returns what an
-  uninterrupted one does (same seed, same chunking, same result).
+  uninterrupted one does (same seed, same chunking, same result). The folder's manifest holds
+  the sampling settings and fingerprints of the objective, the base design, the calibration and
+  the library version (`_fingerprint.py`): a resume of anything else is an error naming what
+  changed, never the old results under a new question.
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from . import _distributed as dist
+from ._fingerprint import FINGERPRINT_NAMES, sweep_fingerprint
+from ._format import REASON_METRIC
 from ._pareto import ParetoFront, order_key
 from ._space import (
     Space,
@@ -54,6 +62,11 @@ _FORMAT = 1  # version of the files a sweep writes under `path`
 
 class SweepNaNWarning(RuntimeWarning):
     """Some points of a sweep gave NaN metrics (they are reported, never dropped silently)."""
+
+
+class SweepInfeasibleWarning(RuntimeWarning):
+    """No point of a sweep is feasible: what it returns is flagged (`feasible` False, with its
+    `reason` and margins), the closest misses, not an answer."""
 
 
 def _next_pow2(k: int) -> int:
@@ -136,10 +149,15 @@ def sweep(
     - `seed`: seeds the sample stream; a sweep is deterministic for a seed.
     - `directions`: `{metric: "min" | "max"}`, the objectives of the Pareto front.
     - `constraints`: `{metric: ("<=" | ">=", bound)}`; each adds a column `margin_<metric>`
-      (>= 0 when met) and a point is feasible when every margin is >= 0 and no metric is NaN.
+      (>= 0 when met) and a point is feasible when every margin is >= 0, no metric is NaN and,
+      when the objective returns a metric named `"reason"` (the `dse.hardware.Reason` flags of
+      its reports, as the objectives of `dse` studies do), that reason is 0. An infeasible point
+      is never on the front while a feasible one exists.
     - `keep`: `"all"` (every row) or `"pareto"` (only the front, memory bounded by the chunk).
     - `path`: a folder where chunks (or the running front) are written atomically; rerunning
-      the same call resumes from the last finished chunk.
+      the same call resumes from the last finished chunk. Resuming a different sweep (other
+      sampling, objective, base design, calibration or library version) is a `ValueError`
+      naming what changed; temporary files a killed run left behind are removed.
     - `progress`: a tqdm bar with points/s.
     - `callback`: `callback(chunks_done, points_done)` after each chunk is committed.
     - `checkpoint_s`: with `keep="pareto"` and `path`, the running front is written at most
@@ -158,7 +176,8 @@ def sweep(
     **Returns:** `SweepResult` with columns `index`, the parameters, the metrics (in name order,
     as JAX orders dict keys), `margin_<metric>` per constraint and `feasible`; points whose
     metrics are NaN are listed in `nan_index` / `nan_metrics` (and a `SweepNaNWarning` names the
-    first ones), never dropped.
+    first ones), never dropped. When no point is feasible, a `SweepInfeasibleWarning` says so:
+    the front (`keep="pareto"`, or `.pareto()`) is then of infeasible points, each flagged.
     """
     n = _check_n(n)
     if not isinstance(space, Space):
@@ -195,8 +214,9 @@ def sweep(
             or prefilter_bins < 1:
         raise ValueError(f"prefilter_bins must be an integer >= 1; got {prefilter_bins!r}")
 
-    kernel, aux_for = _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metrics,
-                                   constraints, directions, keep, prefilter_bins, mesh, dtype)
+    kernel, aux_for, base_arrays = _make_kernel(objective, space, method, seed, chunk, n_chunks,
+                                                grid_k, metrics, constraints, directions, keep,
+                                                prefilter_bins, mesh, dtype, n=n)
 
     run = _Run(space=space, n=n, chunk=chunk, metrics=metrics, margin_names=margin_names,
                directions=directions, keep=keep, bins=prefilter_bins,
@@ -206,13 +226,14 @@ def sweep(
         manifest = {"format": _FORMAT, "n": n, "chunk": chunk, "method": method, "seed": seed,
                     "space": space.describe(), "metrics": metrics,
                     "constraints": {k: list(v) for k, v in constraints.items()},
-                    "directions": directions, "keep": keep, "dtype": str(np.dtype(dtype))}
+                    "directions": directions, "keep": keep, "dtype": str(np.dtype(dtype)),
+                    "fingerprint": sweep_fingerprint(objective, space.base)}
         store = _Store(Path(path), manifest, checkpoint_s)
         store.load_into(run)
     todo = [c for c in range(n_chunks) if c not in run.done]
 
     t0 = time.perf_counter()
-    compiled = kernel.lower(np.int32(0), aux_for(0), *run.prefilter()).compile()
+    compiled = kernel.lower(np.int32(0), aux_for(0), *run.prefilter(), base_arrays).compile()
     compile_s = time.perf_counter() - t0
 
     from tqdm.auto import tqdm
@@ -222,15 +243,25 @@ def sweep(
     t1 = time.perf_counter()
     try:
         def launch(c):
-            return c, compiled(np.int32(c * chunk), aux_for(c), *run.prefilter())
+            return c, compiled(np.int32(c * chunk), aux_for(c), *run.prefilter(), base_arrays)
 
+        full = None
         pending = launch(todo[0]) if todo else None
         for i in range(len(todo)):
             # Dispatch the next chunk before reading this one back, so the device keeps busy
             # while the host merges (the prefilter is a chunk stale: pruning stays exact).
             nxt = launch(todo[i + 1]) if i + 1 < len(todo) else None
             c, outs = pending
-            rows = run.absorb(c, [dist.to_host(o) for o in outs])
+            host = [dist.to_host(o) for o in outs]
+            if keep == "pareto" and host[5].max() > len(host[4]) // len(host[5]):
+                # More survivors than the compacted output holds: rerun the chunk in full.
+                if full is None:
+                    full = _make_kernel(objective, space, method, seed, chunk, n_chunks,
+                                        grid_k, metrics, constraints, directions, keep,
+                                        prefilter_bins, mesh, dtype, n=n, compact=False)[0]
+                host = [dist.to_host(o) for o in full(np.int32(c * chunk), aux_for(c),
+                                                      *run.prefilter(), base_arrays)]
+            rows = run.absorb(c, host)
             if store is not None:
                 store.commit(run, c, rows)
             bar.update(min(chunk, n - c * chunk))
@@ -248,6 +279,11 @@ def sweep(
         bar.close()
     run_s = time.perf_counter() - t1
     result = run.result(compile_s=compile_s, run_s=run_s)
+    if len(result) and not np.any(result.feasible):
+        warnings.warn(SweepInfeasibleWarning(
+            f"none of the {n} points is feasible (every one breaks a constraint, is flagged by "
+            f"the objective's reason or gave NaN); the {len(result)} rows returned are "
+            "infeasible, each flagged with feasible=False"), stacklevel=2)
     if result.nan_count:
         shown = zip(result.nan_index[:5], result.nan_metrics[:5], strict=True)
         first = ", ".join(f"point {i} ({', '.join(m)})" for i, m in shown)
@@ -259,8 +295,17 @@ def sweep(
 
 
 def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metrics, constraints,
-                 directions, keep, bins, mesh, dtype):
-    """The jitted chunk kernel and the host function giving its per-chunk input."""
+                 directions, keep, bins, mesh, dtype, n=None, compact=True):
+    """The jitted chunk kernel and the host function giving its per-chunk input.
+
+    With keep="pareto" and `compact`, the kernel sends only the points that survive its
+    filters: per device, the first `chunk / devices / 8` survivors' rows, their positions in the
+    chunk and the survivor count (`_Run.absorb`); when a count exceeds that room the sweep
+    reruns the chunk with `compact=False` (every row and a keep mask).
+    """
+    n = n_chunks * chunk if n is None else n
+    ndev = mesh.devices.size
+    room = max(1, chunk // ndev // 8)
     dim = space.dim
     # Python floats: a weakly typed factor keeps the kernel's dtype.
     sign = {k: float(s) for k, s in zip(directions, direction_signs(list(directions.values()),
@@ -290,7 +335,14 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
         def aux_for(c):
             return ()
 
-    def kernel(start, aux, low, scale, table, front_feasible):
+    # The base design's arrays are an argument, not constants of the program: spaces over
+    # different base designs of one structure (the steps of a roadmap, a study's variants) then
+    # lower to the same program, which the persistent compilation cache loads instead of
+    # compiling again.
+    base_arrays, base_static = eqx.partition(space.base, eqx.is_array)
+
+    def kernel(start, aux, low, scale, table, front_feasible, base_arrays):
+        base = eqx.combine(base_arrays, base_static)
         index = start + jax.lax.iota(jnp.int32, chunk)
         if method == "sobol":
             low_bits, high = aux
@@ -302,13 +354,15 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
         else:
             (u,) = aux
         xs = space.box.draw(u.T)  # [chunk, dim]: the map of space.sample on the host
-        out = jax.vmap(lambda xi: objective(space.build(xi)))(xs)
+        out = jax.vmap(lambda xi: objective(space.build(xi, base=base)))(xs)
         m = jnp.stack([jnp.asarray(out[k]).astype(dtype) for k in metrics])
         nan = jnp.isnan(m).any(axis=0)
         margins = [(bound - out[k] if op == "<=" else out[k] - bound).astype(dtype)
                    for k, (op, bound) in constraints.items()]
         g = jnp.stack(margins) if margins else jnp.zeros((0, chunk), dtype)
         feasible = ~nan
+        if REASON_METRIC in out:
+            feasible = feasible & (jnp.asarray(out[REASON_METRIC]) == 0)
         for mg in margins:
             feasible = feasible & (mg >= 0)
         x = xs.T.astype(dtype)
@@ -325,15 +379,72 @@ def _make_kernel(objective, space, method, seed, chunk, n_chunks, grid_k, metric
             cell = cell * size + jnp.clip(c, 0.0, float(size - 1)).astype(jnp.int32)
         beaten = obj[-1] > table[cell]
         dominated = jnp.where(feasible == front_feasible, beaten, front_feasible & ~feasible)
-        return x, m, g, feasible, ~dominated | nan
+        real = index < n  # the padding of the last chunk must not dominate a real point
+        dominated = dominated | _chunk_dominated(obj, feasible & ~nan & real, ~nan & real, bins)
+        keep_mask = (~dominated | nan) & real
+        if not compact:
+            return x, m, g, feasible, keep_mask
+        per = chunk // ndev
+        blocks = keep_mask.reshape(ndev, per)
+        count = blocks.sum(axis=1, dtype=jnp.int32)
+        pos = jax.vmap(lambda b: jnp.nonzero(b, size=room, fill_value=0)[0])(blocks)
+        at = (pos + per * jnp.arange(ndev, dtype=pos.dtype)[:, None]).reshape(-1).astype(
+            jnp.int32)
+        return x[:, at], m[:, at], g[:, at], feasible[at], at, count
 
     rep = dist.replicated(mesh)
     aux_sh = {"sobol": (dist.sharded(mesh, 2), rep), "lhs": (dist.sharded(mesh, 2),)}
-    outs = (dist.sharded(mesh, 2),) * 3 + (dist.sharded(mesh, 1),) * (2 if keep == "pareto"
-                                                                        else 1)
-    jitted = jax.jit(kernel, in_shardings=(rep, aux_sh.get(method, ()), rep, rep, rep, rep),
+    outs = (dist.sharded(mesh, 2),) * 3 + (dist.sharded(mesh, 1),) * (
+        1 if keep != "pareto" else 3 if compact else 2)
+    jitted = jax.jit(kernel,
+                     in_shardings=(rep, aux_sh.get(method, ()), rep, rep, rep, rep, rep),
                      out_shardings=outs)
-    return jitted, aux_for
+    return jitted, aux_for, dist.put_replicated(base_arrays, mesh)
+
+
+def _chunk_dominated(obj, feasible, valid, bins: int):
+    """True where another point of the same chunk dominates the point (exact, conservative).
+
+    The chunk-local front on the device: the staircase of `ParetoFront.dominance_table` built
+    from the chunk's own points inside the kernel. Cells are cut over the chunk's own range of
+    `order_key` per objective but the last; a point `a` is entered at `cell(a) + 1` (a
+    scatter-min of its last objective), the table is the prefix minimum along every axis, and
+    `p` is dominated when `p[-1] > table[cell(p)]`: some `a` has `cell(a) < cell(p)`, hence
+    `a < p`, on every binned axis and `a[-1] < p[-1]`. "Feasible first": when the chunk has a
+    feasible point, only feasible points enter and every infeasible one is dominated. Points
+    with NaN (`~valid`) neither enter nor are judged here.
+
+    **Arguments:** `obj` [m, chunk] (smaller is better), `feasible`, `valid` bool [chunk],
+    `bins` cells per axis. **Returns:** bool [chunk].
+    """
+    d = obj.shape[0] - 1
+    any_feasible = jnp.any(feasible)
+    enters = jnp.where(any_feasible, feasible, valid)
+    if d == 0:
+        best = jnp.min(jnp.where(enters, obj[0], jnp.inf))
+        dominated = obj[0] > best
+    else:
+        size = bins + 2
+        cell_in = jnp.zeros(obj.shape[1], jnp.int32)
+        cell_at = jnp.zeros(obj.shape[1], jnp.int32)
+        inside = enters
+        for j in range(d):
+            key = order_key(obj[j], jnp)
+            lo = jnp.min(jnp.where(enters, key, jnp.inf))
+            hi = jnp.max(jnp.where(enters, key, -jnp.inf))
+            scale = jnp.where(hi > lo, bins / jnp.where(hi > lo, hi - lo, 1.0), 1.0)
+            c = jnp.floor((key - jnp.where(jnp.isfinite(lo), lo, 0.0)) * scale)
+            inside = inside & (c <= bins)
+            cell_in = cell_in * size + (jnp.clip(c, 0.0, float(bins)).astype(jnp.int32) + 1)
+            cell_at = cell_at * size + jnp.clip(c, 0.0, float(size - 1)).astype(jnp.int32)
+        table = jnp.full(size ** d, jnp.inf, obj.dtype).at[
+            jnp.where(inside, cell_in, size ** d)].min(obj[-1], mode="drop")
+        table = table.reshape((size,) * d)
+        for axis in range(d):
+            table = jax.lax.cummin(table, axis=axis)
+        dominated = obj[-1] > table.reshape(-1)[cell_at]
+    dominated = jnp.where(feasible, dominated, any_feasible | dominated)
+    return dominated & valid
 
 
 def _prefaulted_empty(n: int, dtype) -> np.ndarray:
@@ -399,9 +510,18 @@ class _Run:
     def absorb(self, c, outs) -> dict[str, np.ndarray]:
         """Merge chunk c's kernel outputs; return the rows to persist."""
         valid = min(self.chunk, self.n - c * self.chunk)
-        x, m, g, feasible = (o[..., :valid] for o in outs[:4])
-        index = np.arange(c * self.chunk, c * self.chunk + valid, dtype=np.int64)
-        if self.keep == "pareto":
+        if len(outs) < 6:
+            x, m, g, feasible = (o[..., :valid] for o in outs[:4])
+            index = np.arange(c * self.chunk, c * self.chunk + valid, dtype=np.int64)
+        if self.keep == "pareto" and len(outs) == 6:
+            # Compacted: per device, `room` rows of which the first `count` are survivors.
+            at, count = outs[4], outs[5]
+            room = len(at) // len(count)
+            sel = np.concatenate([np.arange(b * room, b * room + k) for b, k in
+                                  enumerate(count)]).astype(np.int64)
+            x, m, g, feasible = (o[..., sel] for o in outs[:4])
+            index = c * self.chunk + at[sel].astype(np.int64)
+        elif self.keep == "pareto":
             keep = np.flatnonzero(outs[4][:valid])
             x, m, g, feasible, index = x[:, keep], m[:, keep], g[:, keep], feasible[keep], \
                 index[keep]
@@ -490,15 +610,19 @@ class _Store:
         self.checkpoint_s = checkpoint_s
         self.last_write = -math.inf
         root.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            # A run killed mid-write leaves its temporary file (atomic_savez); nothing reads it.
+            for stray in root.glob(".*.tmp.*"):
+                stray.unlink(missing_ok=True)
         self.manifest_path = root / "manifest.json"
         text = json.dumps(manifest, sort_keys=True)
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text())
             new = json.loads(text)
             if old != new:
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise ValueError(f"{root} holds a different sweep (differs in {diff}); use "
-                                 "another path or delete it")
+                raise ValueError(f"{root} holds a different sweep (differs in "
+                                 f"{_differences(old, new)}); use another path, or delete it "
+                                 "to start again")
         elif self.writer:
             tmp = root / f".manifest.json.tmp.{os.getpid()}"
             tmp.write_text(text)
@@ -540,3 +664,16 @@ class _Store:
         elif force or time.monotonic() - self.last_write >= self.checkpoint_s:
             atomic_savez(self.root / "front.npz", **run.state())
             self.last_write = time.monotonic()
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """What differs between two sweep manifests, in words (fingerprints by what they stand for,
+    the library with both versions)."""
+    out = [k for k in sorted(set(old) | set(new))
+           if k != "fingerprint" and old.get(k) != new.get(k)]
+    was, now = old.get("fingerprint") or {}, new.get("fingerprint") or {}
+    for key, words in FINGERPRINT_NAMES.items():
+        if was.get(key) != now.get(key):
+            out.append(f"{words}: was {was.get(key)}, now {now.get(key)}" if key == "library"
+                       else words)
+    return out

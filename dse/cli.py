@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+from jaxtyping import ArrayLike, Real
 
-from ._format import table, unit_of
+from ._format import UNITS, si, table, unit_of
 
 EXIT_BAD_INPUT = 2
 
@@ -33,41 +36,74 @@ def _scalar_metrics(metrics) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
 
+def _status(reason: Real[ArrayLike, ""], shortfall: Real[ArrayLike, ""] | None = None,
+            broken: Sequence[str] = ()) -> str:
+    """"ok", or what makes a result infeasible and by how much, in words (a report's or a sweep
+    row's reason flags and memory shortfall in bytes, python or numpy scalars)."""
+    from .hardware import Reason, describe_reason
+
+    reason = int(np.asarray(reason))
+    words = [] if reason == 0 else [describe_reason(reason)]
+    if shortfall is not None and float(shortfall) > 0 and reason & (Reason.MEMORY | Reason.SRAM):
+        words.append(f"short by {si(float(shortfall), 'B')} per chip")
+    words += list(broken)
+    return "ok" if not words else "INFEASIBLE: " + "; ".join(words)
+
+
+def _blocks(report, unit: str) -> tuple[list[dict], str]:
+    """A one-row table of a report's blocks and its total, without the blocks that are 0 (the
+    design or the model does not have them), and a note naming those."""
+    blocks = {k: float(v) for k, v in report.blocks.items()}
+    absent = [k for k, v in blocks.items() if v == 0.0]
+    row = {k: v for k, v in blocks.items() if v != 0.0} | {"total": float(report.total)}
+    note = f" (not shown, 0 here: {', '.join(absent)})" if absent else ""
+    return [row], note
+
+
 def cmd_evaluate(args) -> int:
     import jax
 
     from . import hardware as hw
     from . import models
+    from ._format import REASON_METRIC
     from ._study import load_study
 
     study = load_study(args.config)
     system = study.system
     metrics = _scalar_metrics(jax.jit(study.objective())(system))
+    reason = metrics.pop(REASON_METRIC)
     print(f"{system.chip.name} x {system.num_chips} ({system.name}), {study.kind} of "
           f"{study.model.name}")
     print(table([metrics]))
+    print("cost: manufacturing cost per chip (dies at their yield, HBM, package), not a price")
+    print(f"status: {_status(reason, metrics.get('memory_shortfall'))}")
     area = hw.area(system.chip)
     power = hw.power(system.chip)
-    print("\narea by block (mm2):")
-    print(table([{k: float(v) for k, v in area.blocks.items()} | {"total": float(area.total)}],
-                units={k: unit_of("area") for k in list(area.blocks) + ["total"]}))
-    print("\npower by block at full activity (peak MAC rate, HBM and links saturated), W:")
-    print(table([{k: float(v) for k, v in power.blocks.items()} | {"total": float(power.total)}],
-                units={k: unit_of("power") for k in list(power.blocks) + ["total"]}))
+    rows, note = _blocks(area, unit_of("area"))
+    print(f"\narea by block (mm2){note}:")
+    print(table(rows, units={k: unit_of("area") for k in rows[0]}))
+    rows, note = _blocks(power, unit_of("power"))
+    print(f"\npower by block at full activity (peak MAC rate, HBM and links saturated), W{note}:")
+    print(table(rows, units={k: unit_of("power") for k in rows[0]}))
     if study.kind == "training":
         if study.plan is None:
-            plan, report = models.best_plan(study.model, system, study.global_batch)
+            plan, report = models.best_plan(study.model, system, study.global_batch,
+                                            precision=study.precision)
+            chosen = "best plan" if bool(report.fits) else \
+                "NO PLAN FITS; the plan that misses least"
         else:
             plan, report = study.plan, models.train_step(study.model, study.plan, system)
-        print("\nplan: " + ", ".join(f"{k}={float(getattr(plan, k)):g}" for k in
-                                     ("tp", "pp", "dp", "microbatch_size", "interleave",
-                                      "recompute", "zero_stage")))
+            chosen = "plan"
+        print(f"\n{chosen}: " + ", ".join(f"{k}={float(getattr(plan, k)):g}" for k in
+                                         ("tp", "pp", "dp", "microbatch_size", "interleave",
+                                          "recompute", "zero_stage")))
+        print(f"plan status: {_status(report.reason, float(report.memory_shortfall))}")
         print("step time by component (s):")
         print(table([{k: float(v) for k, v in report.breakdown.items()}
                      | {"step_time": float(report.step_time)}],
                     units={k: unit_of("step_time") for k in report.breakdown}))
     out = study.output_dir / "evaluate.csv"
-    _write_csv(out, [metrics])
+    _write_csv(out, [metrics | {REASON_METRIC: reason, "status": _status(reason)}])
     print(f"\nwrote {out}")
     return 0
 
@@ -81,9 +117,24 @@ def _front_rows(names, x, metrics, order, limit=20):
     return rows
 
 
+def _sweep_status(result, i: int, budgets) -> str:
+    """Why row i of a sweep table is infeasible ("ok" when it is not)."""
+    from ._format import REASON_METRIC
+
+    broken = []
+    for name, (low, high) in budgets.items():
+        margin = result[f"margin_{name}"][i] if f"margin_{name}" in result.columns else 0.0
+        if margin < 0:
+            broken.append(f"{_budget_text(name, (low, high))} missed by "
+                          f"{si(-float(margin), UNITS.get(name, ''))}")
+    reason = result[REASON_METRIC][i] if REASON_METRIC in result.columns else 0.0
+    shortfall = result["memory_shortfall"][i] if "memory_shortfall" in result.columns else None
+    return _status(reason, shortfall, broken)
+
+
 def cmd_sweep(args) -> int:
     from ._study import budgets_as_constraints, load_study
-    from ._sweep import sweep
+    from ._sweep import SweepInfeasibleWarning, sweep
 
     study = load_study(args.config)
     if study.space is None:
@@ -91,14 +142,25 @@ def cmd_sweep(args) -> int:
         return EXIT_BAD_INPUT
     n = args.n or study.sweep_n
     directions = study.objectives or {"step_time": "min", "area": "min"}
-    result = sweep(study.objective(), study.space, n, chunk_size=study.sweep_chunk,
-                   seed=study.seed, directions=directions,
-                   constraints=budgets_as_constraints(study.budgets),
-                   keep="pareto" if n > 2_000_000 else "all", progress=not args.quiet)
+    # The config's [sweep] path, or with --resume a folder beside the outputs: an interrupted
+    # sweep continues there (and refuses to continue a different one).
+    path = study.sweep_path or (study.output_dir / "sweep-state" if args.resume else None)
+    with warnings.catch_warnings():
+        # Said below in the table's own words (NO FEASIBLE DESIGN, and each row's miss).
+        warnings.simplefilter("ignore", SweepInfeasibleWarning)
+        result = sweep(study.objective(), study.space, n, chunk_size=study.sweep_chunk,
+                       seed=study.seed, directions=directions,
+                       constraints=budgets_as_constraints(study.budgets),
+                       keep="pareto" if n > 2_000_000 else "all", progress=not args.quiet,
+                       path=path)
     front = result.pareto() if result.keep == "all" else result
+    feasible_front = bool(np.any(front.feasible))
     print(f"{result.n_points} points in {result.run_s:.2f} s "
           f"({result.points_per_s:,.0f} points/s, compile {result.compile_s:.2f} s); "
-          f"{int(np.sum(result.feasible))} feasible rows kept, {len(front)} on the front")
+          f"{int(np.sum(result.feasible))} feasible rows kept, "
+          f"{len(front) if feasible_front else 0} on the feasible front")
+    if path is not None:
+        print(f"sweep state in {path} (rerun with the same config to resume)")
     if result.nan_count:
         print(f"warning: {result.nan_count} points gave NaN (first: index "
               f"{int(result.nan_index[0])}, metrics {', '.join(result.nan_metrics[0])})")
@@ -107,11 +169,17 @@ def cmd_sweep(args) -> int:
     if directions[first] == "max":
         order = order[::-1]
     cols = list(front.params) + list(directions)
-    rows = [{c: float(front[c][i]) for c in cols} for i in order[:20]]
-    if len(front) > len(rows):
+    rows = [{c: float(front[c][i]) for c in cols} | {"status": _sweep_status(front, int(i),
+                                                                             study.budgets)}
+            for i in order[:20]]
+    if not feasible_front:
+        print("NO FEASIBLE DESIGN: every point breaks a budget or is infeasible. The rows below "
+              "are the non-dominated infeasible points, for reference only, each with what it "
+              "misses:")
+    elif len(front) > len(rows):
         print(f"the first {len(rows)} of {len(front)} front designs by {first} "
               f"(all in {study.output_dir / 'sweep_front.csv'}):")
-    print(table(rows) if rows else "no feasible design on the front")
+    print(table(rows) if rows else "no design on the front")
     study.output_dir.mkdir(parents=True, exist_ok=True)
     front.to_csv(study.output_dir / "sweep_front.csv")
     if result.keep == "all":
@@ -136,8 +204,6 @@ def _maybe_plot_front(study, result, directions) -> None:
 
 
 def _budget_text(name, bound) -> str:
-    from ._format import UNITS, si
-
     low, high = bound
     unit = UNITS.get(name, "")
     return " ".join(p for p in (f"{si(low, unit)} <=" if low is not None else "", name,
@@ -175,11 +241,10 @@ def cmd_sensitivity(args) -> int:
     from . import plot
     from ._sensitivity import sensitivity
     from ._study import load_study
+    from .hardware import FIELDS
 
     study = load_study(args.config)
-    fields = [f"chip.{f}" for f in ("mac_units", "clock_hz", "vector_flops", "sram_bytes",
-                                    "hbm_bandwidth", "hbm_bytes", "link_count",
-                                    "link_bandwidth", "node_nm")]
+    fields = [f.path(study.system) for f in FIELDS.values() if f.owner == "Chip"]
     metrics = list(study.objectives) or [study.metric_names[0]]
     directions = dict(study.objectives) or {metrics[0]: "min"}
     result = sensitivity(study.objective(smooth=True), study.system, fields=fields,
@@ -206,6 +271,9 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dse", description="Differentiable design-space exploration of AI hardware.")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache (also: "
+                             "DSE_COMPILATION_CACHE=0)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the whole story in about a minute: evaluate, sweep, "
                                        "optimize, sensitivities, plots")
@@ -221,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "sweep":
             p.add_argument("--n", type=int, default=None, help="points (overrides the config)")
+            p.add_argument("--resume", action="store_true",
+                           help="keep the sweep's state in <output dir>/sweep-state and "
+                                "continue an interrupted run from there (a [sweep] path in the "
+                                "config does the same)")
         p.set_defaults(func=func)
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -231,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     from ._study import ConfigError
 
     args = build_parser().parse_args(argv)
+    if args.no_compile_cache:
+        from ._cache import compilation_cache
+
+        compilation_cache(False)
     try:
         return args.func(args)
     except ConfigError as e:

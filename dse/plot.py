@@ -35,9 +35,13 @@ MAX_SCATTER_POINTS = 20_000
 
 
 def pretty(name: str) -> str:
-    """A metric's or field's label ("chip.mac_units" -> "MAC units"); else spaces for "_"."""
+    """A metric's, field's or block's label ("chip.mac_units" -> "MAC units"); else the last
+    part of the name with spaces for "_" (no internal dotted paths on a plot)."""
     q = _format.quantity(name)
-    return q.label if q is not None else name.replace("_", " ")
+    if q is not None:
+        return q.label
+    last = name.rsplit(".", 1)[-1]
+    return _format.BLOCK_LABELS.get(last, last.replace("_", " "))
 
 
 def label(name: str, units: Mapping[str, str] | None = None) -> str:
@@ -273,7 +277,7 @@ def sensitivity_bars(
     ax.barh(np.arange(len(table)), e, color=np.where(helps, "#2ca02c", "#d62728"))
     ax.set_yticks(np.arange(len(table)), [pretty(f) for f in table["field"]])
     ax.axvline(0.0, color="k", lw=0.8)
-    ax.set_xlabel(f"elasticity d log({metric}) / d log(field) [% per %]")
+    ax.set_xlabel(f"elasticity of {pretty(metric)} [% per % of the field]")
     binding = result.binding[metric]
     binding = binding if result.batch_shape == () else binding[index]
     ax.set_title(title or f"{pretty(metric)}: binding resource = {binding}",
@@ -410,7 +414,7 @@ def breakdown(
     for j, p in enumerate(parts):
         vals = np.array([parsed[k][0].get(p, 0.0) for k in labels]) / scale
         ax.bar(np.arange(len(labels)), vals, bottom=bottom, width=0.6,
-               color=_BLOCK_COLORS[j % len(_BLOCK_COLORS)], label=p.replace("_", " "))
+               color=_BLOCK_COLORS[j % len(_BLOCK_COLORS)], label=pretty(p))
         bottom += vals
     for i, total in enumerate(bottom):
         ax.annotate(f"{total:.3g}", (i, total), xytext=(0, 3), textcoords="offset points",

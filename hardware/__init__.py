@@ -37,6 +37,8 @@ from ._reasons import describe_reason as describe_reason
 from ._reliability import FailureRates as FailureRates
 from ._reliability import Reliability as Reliability
 from ._reliability import failure_rates as failure_rates
+from ._span import SPAN_FIELDS as SPAN_FIELDS
+from ._span import span_systems as span_systems
 from ._system import FABRICS as FABRICS
 from ._system import System as System
 from ._tco import ECONOMICS_ASSUMPTIONS as ECONOMICS_ASSUMPTIONS

@@ -9,42 +9,20 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
+from ._fields import CHIP_BOUNDS
 from ._precision import ENGINE_NAMES, ENGINE_RATE_FIELD
-from ._validate import as_float_array, check_choice, check_range
+from ._technology import HbmGeneration
+from ._validate import as_float_array, check_choice, check_range, concrete, format_value
 
 SramKind = Literal["cache", "scratchpad"]
 CoreKind = Literal["simt", "spatial"]
-HbmGeneration = Literal["none", "HBM2", "HBM2e", "HBM3", "HBM3e", "HBM4"]
-
-# Allowed range of every continuous field: (lower, upper, lower_inclusive).
-CHIP_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "mac_units": (0.0, float("inf"), False),
-    "clock_hz": (0.0, float("inf"), False),
-    "vector_flops": (0.0, float("inf"), False),
-    "sram_bytes": (0.0, float("inf"), False),
-    "hbm_bandwidth": (0.0, float("inf"), True),
-    "hbm_bytes": (0.0, float("inf"), True),
-    "link_count": (0.0, float("inf"), True),
-    "link_bandwidth": (0.0, float("inf"), False),
-    "node_nm": (1.0, 250.0, False),
-    "core_count": (0.0, float("inf"), False),
-    "compute_redundancy": (1.0, 4.0, True),
-    # Narrow matrix engines, MACs per cycle per 16-bit MAC unit (0: no such engine). The widest
-    # shipping ratio is 6.2 (B300 FP4, 14 / 2.25 PFLOP/s dense); 64 bounds the physically
-    # meaningful (a 1-bit format against a 16-bit one), not the market.
-    "fp8_rate": (0.0, 64.0, True),
-    "fp6_rate": (0.0, 64.0, True),
-    "fp4_rate": (0.0, 64.0, True),
-    "int8_rate": (0.0, 64.0, True),
-    # Measured low-precision / 16-bit sustained-fraction ratios span 0.88 (H100) to 1.04
-    # (Gaudi 3); 2 bounds it far outside them.
-    "low_precision_efficiency": (0.0, 2.0, False),
-    "fp4_efficiency": (0.0, 2.0, False),
-    # Packed 16-bit vector math: 2 (BF16) or 4 (FP16) per FP32 FLOP on A100; 8 bounds it.
-    "vector_16bit_rate": (0.0, 8.0, False),
-}
+# Median of the measured maximum-achievable matmul rates / dense peaks of the seven chips that
+# data/chips.csv has them for (A100 0.869, H100 0.803, B200 0.776, GB200 0.729, MI300X 0.511,
+# Gaudi 2 0.969, Gaudi 3 0.677; stas00/ml-engineering MAMF table): the `matmul_fraction` of a
+# chip nobody has measured. A statistic of measurements, not a fit.
+TYPICAL_MATMUL_FRACTION = 0.7756
 
 
 class Chip(eqx.Module):
@@ -84,6 +62,10 @@ class Chip(eqx.Module):
       rate): packed BF16 / FP16 arithmetic on the vector units (A100: BF16 2). 1: no packing.
     - `fp4_efficiency`: the same for the FP4 engine (B300: 0.55, its NVFP4 GEMMs at half the
       16-bit engine's sustained fraction). 1: as the 16-bit engine.
+    - `matmul_fraction`: fraction of the peak matrix FLOP/s the chip sustains on its best large
+      GEMM: the clock it holds under its power limit times the issue efficiency of its matrix
+      pipeline (measured maximum-achievable matmul / dense peak; H100 0.80, A100 0.87). Default
+      `TYPICAL_MATMUL_FRACTION`, the median of the measured chips.
     - `sram_kind` (static): "cache" (hardware-managed, with tags, ECC and crossbar, as in GPU L2)
       or "scratchpad" (software-managed macros, as in TPU / IPU / Groq / Cerebras).
     - `core_kind` (static): "simt" (GPU streaming multiprocessors / compute units: large
@@ -118,6 +100,9 @@ class Chip(eqx.Module):
                                                                  default=1.0)
     fp4_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     vector_16bit_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    matmul_fraction: Float[Array, "*batch"] = eqx.field(
+        converter=as_float_array, default=TYPICAL_MATMUL_FRACTION
+    )
     # Choices take any str: `__check_init__` names the field and the allowed values
     # (`SramKind`, `CoreKind`, `HbmGeneration`) in a ValueError.
     sram_kind: str = eqx.field(static=True, default="cache")
@@ -128,9 +113,9 @@ class Chip(eqx.Module):
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
-        for field, (lo, hi, lo_inc) in CHIP_BOUNDS.items():
+        for field, (lo, hi, zero_allowed, lo_inclusive) in CHIP_BOUNDS.items():
             check_range("Chip", field, getattr(self, field), lower=lo, upper=hi,
-                        lower_inclusive=lo_inc)
+                        lower_inclusive=lo_inclusive, zero_allowed=zero_allowed)
         check_choice("Chip", "sram_kind", self.sram_kind, get_args(SramKind))
         check_choice("Chip", "core_kind", self.core_kind, get_args(CoreKind))
         check_choice("Chip", "hbm_generation", self.hbm_generation, get_args(HbmGeneration))
@@ -139,13 +124,31 @@ class Chip(eqx.Module):
         if not isinstance(self.block_scaling, bool):
             raise ValueError(f"Chip.block_scaling must be True or False; got "
                              f"{self.block_scaling!r}")
+        self._check_hbm()
+
+    def _check_hbm(self):
+        """HBM is all or nothing: capacity and bandwidth both > 0, or both 0 (operands in SRAM).
+
+        A chip with 80 GiB of HBM and 0 B/s to it is not an SRAM-only chip; the models would
+        treat it as one and report it faster than it can be.
+        """
+        bandwidth, capacity = concrete(self.hbm_bandwidth), concrete(self.hbm_bytes)
+        if bandwidth is None or capacity is None:
+            return
         if self.hbm_generation == "none":
-            for field in ("hbm_bandwidth", "hbm_bytes"):
-                value = getattr(self, field)
-                if not isinstance(value, jax.core.Tracer) and bool(np.any(np.asarray(value) != 0)):
-                    raise ValueError(
-                        f"Chip.{field} must be 0 when hbm_generation='none'; got {value}"
-                    )
+            for field, value in (("hbm_bandwidth", bandwidth), ("hbm_bytes", capacity)):
+                if np.any(value != 0):
+                    raise ValueError(f"Chip.{field} must be 0 when hbm_generation='none'; got "
+                                     f"{format_value(value)}")
+        bandwidth, capacity = np.broadcast_arrays(bandwidth, capacity)
+        mixed = (bandwidth > 0) != (capacity > 0)
+        if np.any(mixed):
+            i = np.argwhere(mixed)[0] if mixed.ndim else ()
+            where = f" at index {tuple(int(k) for k in i)}" if mixed.ndim else ""
+            raise ValueError(
+                "Chip.hbm_bandwidth and Chip.hbm_bytes must both be > 0 (a chip with HBM) or "
+                f"both 0 (operands in SRAM); got hbm_bandwidth {float(bandwidth[tuple(i)]):g} "
+                f"B/s and hbm_bytes {float(capacity[tuple(i)]):g} B{where}")
 
     # Derived quantities (pure, so they trace and differentiate).
     @property
@@ -169,6 +172,17 @@ class Chip(eqx.Module):
     def link_bandwidth_total(self) -> Float[Array, "*batch"]:
         """All links together, one direction, bytes/s."""
         return self.link_count * self.link_bandwidth
+
+    @property
+    def has_hbm(self) -> Bool[Array, "*batch"]:
+        """True where the chip has HBM (else its operands and state live in SRAM)."""
+        return self.hbm_bytes > 0
+
+    @property
+    def memory_capacity(self) -> Float[Array, "*batch"]:
+        """Where a workload's weights, states and activations live, bytes: the HBM, or the
+        SRAM of a chip without HBM."""
+        return jnp.where(self.has_hbm, self.hbm_bytes, self.sram_bytes)
 
     @property
     def batch_shape(self) -> tuple[int, ...]:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaincc, gammaln
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from ._area import area
 from ._chip import Chip
+from ._reasons import Reason
 from ._technology import (
+    FOUNDRY_WAFERS_PER_YEAR,
     HBM_COST_PER_BYTE,
     PACKAGE_COST,
+    WAFER_AREA_MM2,
     WAFER_DIAMETER_MM,
     YIELD_CLUSTERING,
     Technology,
@@ -20,11 +24,17 @@ from ._technology import (
 
 
 class CostReport(eqx.Module):
-    """Manufacturing cost of one chip package, dollars; `silicon + hbm + package = total`.
+    """Manufacturing cost of one chip package, dollars (what it costs to make, not a price);
+    `silicon + hbm + package = total`.
 
     `die_yield` is the fraction of dies that work (spare cores absorb defects in the compute
-    array); `dies_per_wafer` the gross dies of a 300 mm wafer. Advanced-packaging (CoWoS
-    interposer) cost is not included here; the cluster TCO adds it from analysts' estimates
+    array); `dies_per_wafer` the gross dies of a 300 mm wafer; `wafers_per_good_die` their
+    product's inverse, the wafers started per working die. `reason` is
+    `Reason.UNMANUFACTURABLE` where the die cannot be made (larger than the wafer, or more
+    wafers per good die than a year of the largest foundry's output, `FOUNDRY_WAFERS_PER_YEAR`);
+    there `silicon` is held at the cost of that year of wafers per die (finite, with a zero
+    gradient), a flagged bound rather than a price. Advanced-packaging (CoWoS interposer) cost
+    is not included here; the cluster TCO adds it from analysts' estimates
     (`dse.hardware.advanced_package_cost`, `Economics.interposer_cost`).
     """
 
@@ -34,6 +44,8 @@ class CostReport(eqx.Module):
     total: Float[Array, "*batch"]
     die_yield: Float[Array, "*batch"]
     dies_per_wafer: Float[Array, "*batch"]
+    wafers_per_good_die: Float[Array, "*batch"]
+    reason: Int[Array, "*batch"]
 
 
 def dies_per_wafer(die_mm2: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
@@ -79,10 +91,18 @@ def cost(chip: Chip, tech: Technology | None = None) -> CostReport:
     log_yield = log_yield_rest + _log_poisson_at_most(spares,
                                                       compute_per_die * tech.defect_density)
     dpw = dies_per_wafer(per_die)
-    silicon = chip.die_count * jnp.exp(jnp.log(tech.wafer_cost / dpw) - log_yield)
+    log_wafers = -jnp.log(dpw) - log_yield
+    # Past the limit the wafers per good die are held at it: exp never overflows (a die of
+    # many wafers' area has log_wafers in the thousands), and the gradient there is 0, not NaN.
+    limit = float(np.log(FOUNDRY_WAFERS_PER_YEAR))
+    wafers = jnp.exp(jnp.minimum(log_wafers, limit))
+    manufacturable = (per_die <= WAFER_AREA_MM2) & (log_wafers <= limit)
+    log_cost = jnp.log(tech.wafer_cost / dpw) - log_yield
+    silicon = chip.die_count * jnp.exp(jnp.minimum(log_cost, jnp.log(tech.wafer_cost) + limit))
     die_yield = jnp.exp(log_yield)
     hbm = chip.hbm_bytes * HBM_COST_PER_BYTE
     package = PACKAGE_COST * jnp.ones_like(silicon)
+    reason = jnp.where(manufacturable, 0, int(Reason.UNMANUFACTURABLE)).astype(jnp.int32)
     return CostReport(silicon=silicon, hbm=hbm, package=package,
                       total=silicon + hbm + package, die_yield=die_yield,
-                      dies_per_wafer=dpw)
+                      dies_per_wafer=dpw, wafers_per_good_die=wafers, reason=reason)

@@ -39,17 +39,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from ._fields import NETWORK_BOUNDS
 from ._validate import as_float_array, check_range
 
-# Allowed range of every continuous field: (lower, upper, lower_inclusive).
-NETWORK_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "tiers": (1.0, 8.0, True),
-    "radix": (2.0, 1e5, True),
-    "oversubscription": (1.0, 1e3, True),
-    "planes": (1.0, 64.0, True),
-    "host_chips": (1.0, 1e6, True),
-    "rack_chips": (1.0, 1e6, True),
-}
 
 
 class Network(eqx.Module):

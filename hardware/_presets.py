@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import units as u
-from ._chip import Chip
+from ._chip import TYPICAL_MATMUL_FRACTION, Chip
 from ._system import System
 from ._validate import PresetMapping
 
@@ -44,7 +44,12 @@ PRESET_ASSUMPTIONS: dict[str, list[str]] = {}
 def _add(chip: Chip, published: Published, assumptions: list[str] | None = None) -> None:
     _CHIPS[chip.name] = chip
     PUBLISHED[chip.name] = published
-    PRESET_ASSUMPTIONS[chip.name] = assumptions or []
+    assumptions = list(assumptions or [])
+    if abs(float(chip.matmul_fraction) / TYPICAL_MATMUL_FRACTION - 1.0) < 1e-6:
+        assumptions.append("matmul_fraction: no measured max-achievable matmul in the sources "
+                           "used; the median of the measured chips (TYPICAL_MATMUL_FRACTION) "
+                           "assumed")
+    PRESET_ASSUMPTIONS[chip.name] = assumptions
 
 
 # NVIDIA V100 SXM2 (TSMC 12 nm FFN). FP32 15.7 TFLOP/s and the full GV100 die's 84 SMs (80
@@ -67,6 +72,9 @@ _A100 = dict(
     # as transcribed in a public repository's notes: find_string id 62500505134). FP16 packs
     # 4 (78 TFLOP/s); the models' 16-bit activations are BF16.
     vector_16bit_rate=39 / 19.5,
+    # chips.csv A100 40GB: measured max-achievable BF16 matmul 271.2 TFLOP/s (stas00 MAMF); the
+    # 80GB part has the same GA100 die, clock and 400 W limit.
+    matmul_fraction=271.2 / 312,
 )
 _add(Chip(name="A100-40GB", hbm_bandwidth=1555 * u.GB, hbm_bytes=40 * u.GiB,
           hbm_generation="HBM2", **_A100),
@@ -85,6 +93,9 @@ _H100 = dict(
     # compute/accelerator/README.md @744d01e1, TFLOPS table). Hopper has no MX block scaling
     # (Transformer Engine support matrix: MXFP8 / NVFP4 on SM 10.0 / 10.3 only).
     fp8_rate=1979 / 989.4, int8_rate=1979 / 989.4,
+    # chips.csv H100: measured max-achievable BF16 matmul 794.5 TFLOP/s; the same MAMF table
+    # notes "H200 is the same" (stas00/ml-engineering compute/accelerator/README.md @744d01e1).
+    matmul_fraction=794.5 / 989.4,
 )
 # Measured max-achievable matmul (chips.csv, stas00 MAMF): BF16 794.5 and FP8 1402.6 TFLOP/s.
 _H100_BF16_FRACTION = 794.5 / 989.4
@@ -114,7 +125,8 @@ _BLACKWELL_ASSUMPTIONS = [
 # dense FP4 / 8 GPUs; chips.csv notes), GB200 10000 (GB200 NVL72: 1440 PFLOPS sparse FP4 / 72 /
 # 2). Blackwell applies MX / NVFP4 block scales in its tensor cores (Transformer Engine support
 # matrix: MXFP8 and NVFP4 on SM 10.0). Measured max-achievable matmul (chips.csv): BF16 1745 /
-# 1822, FP8 3432.5 / 3615.6 TFLOP/s.
+# 1822, FP8 3432.5 / 3615.6 TFLOP/s. matmul_fraction: the BF16 ones over the peaks (the GB200's
+# higher quoted peak, its clock, is not sustained under load).
 for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
         ("B200", 2250, 1.965, 180, 1000, 9000, 1745.0, 3432.5),
         ("GB200", 2500, 2.062, 186, 1200, 10000, 1822.0, 3615.6)):
@@ -127,6 +139,7 @@ for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
         fp8_rate=2.0, fp6_rate=2.0, fp4_rate=_fp4 / _peak, int8_rate=2.0,
         low_precision_efficiency=(_mamf8 / (2 * _peak)) / (_mamf16 / _peak),
         block_scaling=True,
+        matmul_fraction=_mamf16 / _peak,
     ), Published(die_area_mm2=None, tdp_w=_tdp, is_gpu=True), _BLACKWELL_ASSUMPTIONS)
 
 # NVIDIA B300 (HGX) and GB300 (per GPU): Blackwell Ultra, two reticle-sized dies on TSMC 4NP,
@@ -165,11 +178,11 @@ for _name, _peak, _clock, _hbm, _bw, _tdp, _fp4, _int8 in (
         sram_kind="cache", core_kind="simt", hbm_generation="HBM3e", die_count=2,
         fp8_rate=2.0, fp6_rate=2.0, fp4_rate=_fp4 / _peak, int8_rate=_int8 / _peak,
         low_precision_efficiency=(3353.3 / 4500) / (1769.0 / 2250), block_scaling=True,
-        fp4_efficiency=_B300_FP4_EFFICIENCY,
+        fp4_efficiency=_B300_FP4_EFFICIENCY, matmul_fraction=1769.0 / 2250,
     ), Published(die_area_mm2=None, tdp_w=_tdp, is_gpu=True),
         _BLACKWELL_ULTRA_ASSUMPTIONS + (
-            ["low_precision_efficiency, fp4_efficiency: B300's measured fractions assumed "
-             "for the GB300 (the same die)"] if _name == "GB300" else []))
+            ["low_precision_efficiency, fp4_efficiency, matmul_fraction: B300's measured "
+             "fractions assumed for the GB300 (the same die)"] if _name == "GB300" else []))
 
 # AMD MI250X: two CDNA2 GCDs on TSMC N6 (AMD CDNA2 whitepaper); FP32 vector 47.9 TFLOP/s
 # (AMD Instinct MI250X data sheet).
@@ -192,6 +205,8 @@ _add(Chip(
     # Dense FP8 and INT8 2614.9 (chips.csv; ROCm mi300.md: 4096 FLOPs/clock/CU for both, 2048
     # for BF16). CDNA3 has no MX block scaling (the CDNA4 whitepaper introduces MXFP4/MXFP6).
     fp8_rate=2614.9 / 1307.4, int8_rate=2614.9 / 1307.4,
+    # chips.csv: measured max-achievable BF16 matmul 668.4 TFLOP/s (ROCm 6.3, tunable ops on).
+    matmul_fraction=668.4 / 1307.4,
 ), Published(die_area_mm2=None, tdp_w=750, is_gpu=True),
     ["die_count: 8 compute dies (XCDs); the 4 I/O dies are not modelled separately",
      "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed"])
@@ -296,6 +311,7 @@ _add(Chip(
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2e",
     # Dense FP8 865 TFLOP/s; measured max-achievable matmul BF16 418.7, FP8 826.5 (chips.csv).
     fp8_rate=865 / 432, low_precision_efficiency=(826.5 / 865) / (418.7 / 432),
+    matmul_fraction=418.7 / 432,  # chips.csv measured max-achievable BF16 matmul
 ), Published(die_area_mm2=None, tdp_w=600, is_gpu=False),
     ["vector_flops: Gaudi 2 TPC rate not in the sources used; Gaudi 3's per-TPC BF16 vector "
      "rate (28.7 TFLOP/s / 64 TPCs) assumed for each of the 24 TPCs",
@@ -308,6 +324,7 @@ _add(Chip(
     # FP8 1835 TFLOP/s, the BF16 rate; measured max-achievable matmul BF16 1243, FP8 1289.5
     # (chips.csv).
     fp8_rate=1835 / 1835, low_precision_efficiency=1289.5 / 1243,
+    matmul_fraction=1243 / 1835,  # chips.csv measured max-achievable BF16 matmul
 ), Published(die_area_mm2=None, tdp_w=900, is_gpu=False),
     ["clock_hz: 1.75 GHz reproduces the 1835 TFLOP/s spec (shipping parts run 1.6 GHz, "
      "chips.csv notes)", "core_count: 8 MME + 64 TPC engines",

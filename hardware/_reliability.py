@@ -33,26 +33,11 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import units as u
 from ._network import NETWORKS, Network, fat_tree
+from ._fields import RELIABILITY_BOUNDS
 from ._validate import as_float_array, check_range
 
 DAY = 86400.0
 
-_RATE = (0.0, 1.0, True)
-RELIABILITY_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "accelerator_failure_rate": _RATE,
-    "hbm_failure_rate": _RATE,
-    "host_failure_rate": _RATE,
-    "nic_failure_rate": _RATE,
-    "link_failure_rate": _RATE,
-    "switch_failure_rate": _RATE,
-    "software_failure_rate": _RATE,
-    "maintenance_rate": _RATE,
-    "checkpoint_bandwidth": (0.0, 1e18, False),
-    "restore_bandwidth": (0.0, 1e18, False),
-    "restart_time": (0.0, 1e7, True),
-    "repair_time": (0.0, 1e8, True),
-    "spare_fraction": (0.0, 10.0, True),
-}
 
 # Llama 3 Table 5 (54 days, up to 16,384 H100 in hosts of 8; counts, not the table's printed
 # percentages, which do not sum to 100%).

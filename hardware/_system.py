@@ -12,8 +12,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._chip import Chip
+from ._fields import SYSTEM_BOUNDS
 from ._network import Network
-from ._validate import as_float_array, check_choice, check_range
+from ._validate import as_float_array, check_choice, check_integer, check_range
 
 Topology = Literal["switch", "torus2d", "torus3d"]
 # Dimensions of each scale-up topology (0: a switch, any-to-any).
@@ -24,12 +25,9 @@ TOPOLOGY_DIMS: dict[str, int] = {"switch": 0, "torus2d": 2, "torus3d": 3}
 Fabric = Literal["nvlink", "ici", "xgmi", "ethernet"]
 FABRICS: tuple[str, ...] = get_args(Fabric)
 
-SYSTEM_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "scaleup_size": (1.0, float("inf"), True),
-    "scaleup_latency": (0.0, 1.0, True),
-    "scaleout_bandwidth": (0.0, float("inf"), False),
-    "scaleout_latency": (0.0, 1.0, True),
-}
+# Chips in one system: float32 holds integers exactly up to 2^24 (the models multiply chip
+# counts in the working float type); no cluster comes near 16.8 million chips.
+MAX_NUM_CHIPS = 2**24
 
 
 class System(eqx.Module):
@@ -71,12 +69,13 @@ class System(eqx.Module):
     def __check_init__(self):
         if not isinstance(self.chip, Chip):
             raise ValueError(f"System.chip must be a Chip; got {type(self.chip).__name__}")
-        if not isinstance(self.num_chips, int) or isinstance(self.num_chips, bool) \
-                or self.num_chips < 1:
-            raise ValueError(f"System.num_chips must be an integer >= 1; got {self.num_chips!r}")
-        for field, (lo, hi, lo_inc) in SYSTEM_BOUNDS.items():
+        if not isinstance(self.num_chips, int) or isinstance(self.num_chips, bool):
+            raise ValueError(f"System.num_chips must be a whole number in [1, {MAX_NUM_CHIPS}]; "
+                             f"got {self.num_chips!r}")
+        check_integer("System", "num_chips", self.num_chips, upper=MAX_NUM_CHIPS)
+        for field, (lo, hi, zero_allowed, lo_inclusive) in SYSTEM_BOUNDS.items():
             check_range("System", field, getattr(self, field), lower=lo, upper=hi,
-                        lower_inclusive=lo_inc)
+                        lower_inclusive=lo_inclusive, zero_allowed=zero_allowed)
         check_choice("System", "topology", self.topology, get_args(Topology))
         check_choice("System", "fabric", self.fabric, FABRICS)
         if self.network is not None and not isinstance(self.network, Network):
@@ -99,8 +98,15 @@ class System(eqx.Module):
         """Chips per scale-up domain, capped at the system size."""
         return jnp.minimum(self.scaleup_size, float(self.num_chips))
 
-    def with_num_chips(self, num_chips: int) -> System:
-        """The same system with `num_chips` chips (the scale-up domain is kept)."""
+    # int | float: a whole float (8.0) is accepted, a fractional one refused with a ValueError.
+    def with_num_chips(self, num_chips: int | float) -> System:
+        """The same system with `num_chips` chips (the scale-up domain is kept).
+
+        A whole number is required (8 or 8.0); 1.7 chips is an error, never truncated.
+        """
+        if isinstance(num_chips, (bool, np.bool_)):
+            raise ValueError(f"System.num_chips must be a whole number; got {num_chips!r}")
+        check_integer("System", "num_chips", num_chips, upper=MAX_NUM_CHIPS)
         return dataclasses.replace(self, num_chips=int(num_chips))
 
     def replace(self, **changes) -> System:

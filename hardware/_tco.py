@@ -20,6 +20,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import units as u
 from ._chip import Chip
+from ._fields import ECONOMICS_BOUNDS
 from ._cost import cost
 from ._network import fat_tree, scaleup_links
 from ._power import power
@@ -99,27 +100,6 @@ ECONOMICS_ASSUMPTIONS: tuple[str, ...] = (
     "activity plus hosts and network",
 )
 
-ECONOMICS_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "chip_price_base": (0.0, 1e7, True),
-    "chip_price_multiplier": (0.0, 1e3, False),
-    "interposer_cost": (0.0, 1e6, True),
-    "interposer_cost_per_extra_die": (0.0, 1e6, True),
-    "host_cost": (0.0, 1e8, True),
-    "host_power": (0.0, 1e6, True),
-    "switch_cost": (0.0, 1.0, True),
-    "switch_power": (0.0, 1.0, True),
-    "optics_cost": (0.0, 1.0, True),
-    "optics_power": (0.0, 1.0, True),
-    "copper_power": (0.0, 1e3, True),
-    "scaleup_switch_cost": (0.0, 1.0, True),
-    "scaleup_switch_power": (0.0, 1.0, True),
-    "storage_cost": (0.0, 1.0, True),
-    "facility_cost": (0.0, 1e4, True),
-    "pue": (1.0, 5.0, True),
-    "electricity_price": (0.0, 1e-5, True),
-    "it_lifetime": (0.0, 100.0 * YEAR, False),
-    "facility_lifetime": (0.0, 200.0 * YEAR, False),
-}
 
 
 class Economics(eqx.Module):

@@ -9,7 +9,7 @@ in log-log along the last published segment and `extrapolated_quantities` says s
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Literal, get_args
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -17,8 +17,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real
 
 from . import units as u
-from ._chip import HbmGeneration
+from ._fields import LIMITS
 from ._validate import as_float_array, check_choice, check_range
+
+# Memory generations a chip's HBM stacks can be ("none": a chip without HBM).
+HbmGeneration = Literal["none", "HBM2", "HBM2e", "HBM3", "HBM3e", "HBM4"]
 
 # --------------------------------------------------------------------------------------------
 # Published per-node data (node in nm, value in SI / mm^2 units).
@@ -158,6 +161,11 @@ RETICLE_LIMIT_MM2 = 26.0 * 33.0
 # binomial yield (1 + A D0 / alpha)^-alpha with clustering alpha = 3 (ttm-cas
 # supply_chain_model.py `dies_per_wafer_area`, `yield_rate(..., cluster_param=3)`).
 WAFER_DIAMETER_MM = 300.0
+WAFER_AREA_MM2 = np.pi * (WAFER_DIAMETER_MM / 2.0) ** 2  # 70,686 mm^2: no die can be larger
+# A die is manufacturable when a year of the largest foundry's output yields at least one good
+# one: TSMC's annual capacity exceeded 16 million 12-inch-equivalent wafers in 2023 (TSMC 2023
+# Annual Report). Beyond that the yield model's cost is a number no one could pay or build.
+FOUNDRY_WAFERS_PER_YEAR = 16e6
 YIELD_CLUSTERING = 3.0
 # Package: $20 substrate + $1 assembly per package (ttm-cas Moonwalk constants
 # `mw_package_cost`, `mw_assembly_cost_per_package`: "starter examples"; an organic flip-chip
@@ -282,7 +290,8 @@ def technology(node_nm: Real[ArrayLike, "*batch"], hbm_generation: str = "HBM3")
 
     **Returns:** a `Technology` whose leaves have the shape of `node_nm`.
     """
-    check_range("technology", "node_nm", node_nm, lower=1.0, upper=250.0)
+    low, high, _ = LIMITS["node_nm"]
+    check_range("technology", "node_nm", node_nm, lower=low, upper=high, lower_inclusive=True)
     check_choice("technology", "hbm_generation", hbm_generation, get_args(HbmGeneration))
     node = as_float_array(node_nm)
     ones = jnp.ones_like(node)

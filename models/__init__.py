@@ -5,10 +5,12 @@ from dse.hardware import describe_reason as describe_reason
 
 from ._calibration import CALIBRATION_BOUNDS as CALIBRATION_BOUNDS
 from ._calibration import DEFAULT as DEFAULT
+from ._calibration import FRAMEWORKS as FRAMEWORKS
 from ._calibration import Calibration as Calibration
 from ._cluster import ClusterReport as ClusterReport
 from ._cluster import ServeCostReport as ServeCostReport
 from ._cluster import serve_cost as serve_cost
+from ._cluster import serving_cost as serving_cost
 from ._cluster import train_cluster as train_cluster
 from ._collectives import CommCost as CommCost
 from ._collectives import all_gather as all_gather
@@ -26,6 +28,8 @@ from ._goodput import spare_wait as spare_wait
 from ._inference import InferencePlan as InferencePlan
 from ._inference import InferenceReport as InferenceReport
 from ._inference import ServeReport as ServeReport
+from ._inference import check_inference_plan as check_inference_plan
+from ._inference import check_serve_workload as check_serve_workload
 from ._inference import decode as decode
 from ._inference import prefill as prefill
 from ._inference import serve as serve
@@ -42,9 +46,12 @@ from ._operators import elementwise as elementwise
 from ._operators import gemm as gemm
 from ._operators import matrix_rate as matrix_rate
 from ._operators import roofline as roofline
+from ._plan_search import best_of_plans as best_of_plans
 from ._plan_search import best_plan as best_plan
 from ._plan_search import enumerate_plans as enumerate_plans
 from ._plan_search import evaluate_plans as evaluate_plans
+from ._plan_search import fastest_plan_index as fastest_plan_index
+from ._plan_search import plan_memory as plan_memory
 from ._plan_search import plan_step_time as plan_step_time
 from ._plan_search import select_plan as select_plan
 from ._recipe import RECIPES as RECIPES
@@ -56,5 +63,22 @@ from ._training_plan import RECOMPUTE_FULL as RECOMPUTE_FULL
 from ._training_plan import RECOMPUTE_NONE as RECOMPUTE_NONE
 from ._training_plan import RECOMPUTE_SELECTIVE as RECOMPUTE_SELECTIVE
 from ._training_plan import TrainingPlan as TrainingPlan
+from ._training_plan import check_training_plan as check_training_plan
 from ._transformer import TRANSFORMERS as TRANSFORMERS
 from ._transformer import Transformer as Transformer
+from ._serving import GoodputReport as GoodputReport
+from ._serving import LatencyReport as LatencyReport
+from ._serving import ServingPlan as ServingPlan
+from ._serving import ServingReport as ServingReport
+from ._serving import ServingWorkload as ServingWorkload
+from ._serving import Slo as Slo
+from ._serving import serve_continuous as serve_continuous
+from ._serving import PoolReport as PoolReport
+from ._serving import serve_disaggregated as serve_disaggregated
+from ._serving_plan import ServingChoice as ServingChoice
+from ._serving_plan import ServingPlans as ServingPlans
+from ._serving_plan import best_serving_plan as best_serving_plan
+from ._serving_plan import enumerate_serving_plans as enumerate_serving_plans
+from ._serving_plan import evaluate_serving_plans as evaluate_serving_plans
+from ._serving_plan import select_serving_plan as select_serving_plan
+from ._serving_plan import serving_goodput as serving_goodput

@@ -33,18 +33,36 @@ Scalar = Float[Array, ""]
 # fused runtime hides it, 0); latency factors are non-negative and at most 1000x the stated
 # latency. These are the physically meaningful domains, not fitted values.
 _FRACTION = (0.0, 1.0, False)
+# A rate relative to the chip's measured best GEMM (`Chip.matmul_fraction`) may exceed 1 a little
+# (that measurement searched a non-exhaustive set of shapes), never by more than 1 / fraction.
+_RELATIVE = (0.0, 1.5, False)
 CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "matrix_max": _FRACTION,
+    "matrix_max": _RELATIVE,
     "matrix_overhead_s": (0.0, 1e-2, True),
     "memory_max": _FRACTION,
     "memory_overhead_s": (0.0, 1e-2, True),
-    "attention_scale": _FRACTION,
+    "attention_scale": _RELATIVE,
+    "attention_backward_scale": _RELATIVE,
+    # Non-matrix work per attention score in head-dim units, and exposed I/O per block in units
+    # of the block's own HBM traffic: non-negative, bounded far above any fitted value.
+    "attention_softmax_dim": (0.0, 1e3, True),
+    "attention_forward_io": (0.0, 1e2, True),
+    "attention_backward_io": (0.0, 1e2, True),
+    "attention_previous_scale": _FRACTION,
     "kernel_fraction": _FRACTION,
     "link_efficiency": _FRACTION,
+    "scaleout_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
-    "scaleout_efficiency": _FRACTION,
+    "framework_scale": (0.0, 1.5, False),
 }
+
+# Training frameworks with their own sustained-speed factor (`Calibration.framework_scale`):
+# Megatron-LM of 2020-22 (its fused kernels, its schedule), Megatron-Core / NeMo (2024-),
+# DeepSpeed (ZeRO, its pipeline engine), MosaicML Composer (PyTorch FSDP), plain PyTorch
+# (DDP, FSDP2 / torchtitan).
+FRAMEWORKS: tuple[str, ...] = ("megatron-lm", "megatron-core", "deepspeed", "composer",
+                               "pytorch")
 
 
 def _param(x):
@@ -59,15 +77,21 @@ def _param(x):
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
-def _per_fabric(x):
-    """A per-fabric table: a mapping with every fabric of `FABRICS`, or one value for all."""
-    if isinstance(x, Mapping):
-        keys = set(x)
-        if keys != set(FABRICS):
-            raise ValueError(f"a per-fabric calibration needs exactly the fabrics {list(FABRICS)}"
-                             f"; got {sorted(keys)}")
-        return {k: _param(x[k]) for k in FABRICS}
-    return {k: _param(x) for k in FABRICS}
+def _per_key(names: tuple[str, ...], what: str):
+    """A converter to a table over `names`: a mapping with every name, or one value for all."""
+    def convert(x):
+        if isinstance(x, Mapping):
+            keys = set(x)
+            if keys != set(names):
+                raise ValueError(f"a per-{what} calibration needs exactly the {what}s "
+                                 f"{list(names)}; got {sorted(keys)}")
+            return {k: _param(x[k]) for k in names}
+        return {k: _param(x) for k in names}
+    return convert
+
+
+_per_fabric = _per_key(FABRICS, "fabric")
+_per_framework = _per_key(FRAMEWORKS, "framework")
 
 
 class Calibration(eqx.Module):
@@ -78,13 +102,27 @@ class Calibration(eqx.Module):
 
     **Fields:**
 
-    - `matrix_max`: sustained fraction of peak matrix FLOP/s on large GEMMs.
+    - `matrix_max`: sustained fraction, on the large GEMMs of a workload, of the chip's
+      measured best-GEMM rate (`Chip.matmul_fraction` x peak; the chip says how much of its
+      peak its clock and pipeline sustain, this factor how close a framework's GEMMs get).
     - `matrix_overhead_s`: start-up time of a matrix op, s.
     - `memory_max`: sustained fraction of peak HBM bandwidth on large transfers.
     - `memory_overhead_s`: start-up time of a memory-bound op, s.
-    - `attention_scale`: fraction of the GEMM efficiency that fused (FlashAttention-style)
-      attention sustains (FlashAttention-2 reaches 50-73% of the A100's peak against ~87% for
-      large GEMMs: Dao 2023, arXiv 2307.08691, Sec. 4.1; chips.csv A100 MAMF 271.2 / 312).
+    - `attention_scale`: matrix rate of a fused (FlashAttention-style) attention forward kernel
+      of the chip's generation (FlashAttention-2 on A100, -3 on H100, -4 on B200) relative to
+      the chip's best-GEMM rate, before the softmax and I/O terms below.
+    - `attention_backward_scale`: the backward kernel's matrix rate relative to the forward's.
+    - `attention_softmax_dim`: non-matrix work per attention score (exp, max, rescale), in
+      units of head dimension: the matrix products cost 4 d FLOP per score, so the kernel takes
+      (1 + attention_softmax_dim / d) times its matrix time (why d = 64 runs slower than 128).
+    - `attention_forward_io`, `attention_backward_io`: HBM time of each query block's Q read and
+      O write (forward) and each key block's K, V read and dK, dV write (backward) left exposed
+      next to the block's matrix products, in units of that traffic's time at the HBM
+      bandwidth (why short sequences run slower, more so on chips with more FLOP per byte).
+    - `attention_previous_scale`: rate of a fused attention kernel one generation older than
+      the chip (FlashAttention v1, its Triton port or xformers on A100; FlashAttention-2 on
+      H100) relative to the chip-generation kernel; `with_previous_generation_attention`
+      applies it.
     - `kernel_fraction`: sustained fraction of the isolated-operator speed that on-chip work
       reaches inside an end-to-end training step (kernel gaps, framework overhead, the clock a
       chip holds under training power). Applies to `train_step`; inference runtimes are modelled
@@ -93,12 +131,16 @@ class Calibration(eqx.Module):
       NVSwitch says nothing about TPU ICI: held out, Pope et al. went 24.4% -> 12.6% with its own
       pair in the calibration benchmark), fraction of the links' bandwidth a
       collective sustains (NCCL bus bandwidth / link bandwidth).
+    - `scaleout_efficiency`: fraction of a scale-out NIC's line rate a collective sustains
+      (NCCL over InfiniBand / RoCE), in the two-tier model and on a `dse.hardware.Network`.
     - `latency_scale`: per scale-up fabric, factor on the system's stated per-step scale-up
       latency (the alpha of the alpha-beta collective model).
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
-    - `scaleout_efficiency`: fraction of a scale-out NIC's line rate a collective sustains
-      (systems with a `dse.hardware.Network`; the two-tier model takes the stated bandwidth).
+    - `framework_scale`: per training framework (`FRAMEWORKS`), factor on `kernel_fraction`
+      for the steps that framework runs (its kernels, its gaps between them);
+      `for_framework` applies it. Fitted with a prior that pulls it to 1, so a framework the
+      data barely see keeps the common fraction.
     - `provenance` (static): (field, where its value came from) pairs.
     """
 
@@ -107,11 +149,17 @@ class Calibration(eqx.Module):
     memory_max: Scalar = eqx.field(converter=_param)
     memory_overhead_s: Scalar = eqx.field(converter=_param)
     attention_scale: Scalar = eqx.field(converter=_param, default=1.0)
+    attention_backward_scale: Scalar = eqx.field(converter=_param, default=1.0)
+    attention_softmax_dim: Scalar = eqx.field(converter=_param, default=0.0)
+    attention_forward_io: Scalar = eqx.field(converter=_param, default=0.0)
+    attention_backward_io: Scalar = eqx.field(converter=_param, default=0.0)
+    attention_previous_scale: Scalar = eqx.field(converter=_param, default=1.0)
     kernel_fraction: Scalar = eqx.field(converter=_param, default=1.0)
     link_efficiency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
+    scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
-    scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
+    framework_scale: dict[str, Scalar] = eqx.field(converter=_per_framework, default=1.0)
     provenance: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())
 
     def __check_init__(self):
@@ -144,6 +192,22 @@ class Calibration(eqx.Module):
         """Where the value of field `name` came from ("not recorded" if nothing says)."""
         return dict(self.provenance).get(name, "not recorded")
 
+    def for_framework(self, framework: str) -> Calibration:
+        """The factors for a step run by `framework` (one of `FRAMEWORKS`): `kernel_fraction`
+        times its `framework_scale`, at most 1."""
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"Calibration.for_framework: framework must be one of "
+                             f"{list(FRAMEWORKS)}; got {framework!r}")
+        fraction = jnp.minimum(self.kernel_fraction * self.framework_scale[framework], 1.0)
+        return eqx.tree_at(lambda c: c.kernel_fraction, self, fraction)
+
+    def with_previous_generation_attention(self) -> Calibration:
+        """The same factors for a framework whose fused attention kernel is one generation
+        older than the chip (FlashAttention v1 on A100, FlashAttention-2 on H100): its matrix
+        rate is `attention_previous_scale` of the chip-generation kernel's."""
+        return eqx.tree_at(lambda c: c.attention_scale, self,
+                           self.attention_scale * self.attention_previous_scale)
+
     def with_fused_runtime(self) -> Calibration:
         """The same factors without per-op start-up times.
 
@@ -158,30 +222,56 @@ class Calibration(eqx.Module):
 
 _OPERATORS = ("fitted by dse.calibration.fit_operator_efficiency to the LLMCompass A100 "
               "per-operator latencies (data/inference_runs.csv, llmcompass_fig5 rows) and the A100 "
-              "measured max-achievable matmul (data/chips.csv)")
+              "measured max-achievable matmul (data/chips.csv), on the A100's measured "
+              "best-GEMM fraction (Chip.matmul_fraction)")
 
 # The defaults. Each value is the output of the fit its provenance names; the tests re-run the
 # fits and compare.
+_ATTENTION = ("fitted by dse.calibration.fit_attention_efficiency to the FlashAttention-2 (A100), "
+              "-3 (H100) and -4 (B200) 16-bit throughputs of data/attention_kernels.csv (143 "
+              "bars of the FlashAttention-2/3/4 papers' figures)")
+
+_TRAINING = ("fitted by dse.calibration.fit_kernel_fraction to every modelled row of "
+             "data/training_runs.csv, the scale of each framework with a row under a N(0, 0.1^2) "
+             "prior on its log, so that `kernel_fraction` is the fraction of a framework the "
+             "data do not speak for (benchmarks/validate.py refits them "
+             "without each source to predict that source)")
+
 DEFAULT = Calibration(
-    matrix_max=0.8897,
+    matrix_max=1.024,
     matrix_overhead_s=8.575e-06,
     memory_max=0.6878,
     memory_overhead_s=1.013e-05,
-    attention_scale=1.0,
-    kernel_fraction=0.853,
+    attention_scale=1.129,
+    attention_backward_scale=0.9025,
+    attention_softmax_dim=40.56,
+    attention_forward_io=1.267,
+    attention_backward_io=3.232,
+    attention_previous_scale=0.537,
+    kernel_fraction=0.765,
     link_efficiency=0.6964,
+    scaleout_efficiency=0.96,
     latency_scale=1.0,
     dp_overlap_fraction=1.0,
-    scaleout_efficiency=0.96,
+    framework_scale={"megatron-lm": 1.12, "megatron-core": 1.01, "deepspeed": 0.800,
+                     "composer": 1.10, "pytorch": 1.0},
     provenance=(
         ("matrix_max", _OPERATORS),
         ("matrix_overhead_s", _OPERATORS),
         ("memory_max", _OPERATORS),
         ("memory_overhead_s", _OPERATORS),
-        ("attention_scale", "1: fused attention at the GEMM efficiency (no fused-attention "
-                            "timing in data/ has been fitted)"),
-        ("kernel_fraction", "fitted by dse.calibration.fit_kernel_fraction to the training rows "
-                            "of data/training_runs.csv it names (Korthikanti Table 5 held out)"),
+        ("attention_scale", _ATTENTION),
+        ("attention_backward_scale", _ATTENTION),
+        ("attention_softmax_dim", _ATTENTION),
+        ("attention_forward_io", _ATTENTION),
+        ("attention_backward_io", _ATTENTION),
+        ("attention_previous_scale", "fitted by dse.calibration.fit_previous_generation_scale to "
+                                     "the A100 FlashAttention v1, Triton and xformers rows and "
+                                     "the H100 FlashAttention-2 rows of "
+                                     "data/attention_kernels.csv"),
+        ("kernel_fraction", _TRAINING),
+        ("framework_scale", _TRAINING + "; 1 for PyTorch (no modelled row ran on it: not "
+                                        "fitted)"),
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
                             "same value for every fabric"),
@@ -189,6 +279,6 @@ DEFAULT = Calibration(
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
         ("scaleout_efficiency", "0.96: NVIDIA's stated NCCL ring rate per NIC, 24 GB/s per "
                                 "200 Gb/s (S. Jeaugey, nccl-tests issue 119) and 48 GB/s per "
-                                "400 Gb/s (nccl-tests issue 319); read only with a Network"),
+                                "400 Gb/s (nccl-tests issue 319); both collective models read it"),
     ),
 )

@@ -33,6 +33,7 @@ from dse.hardware import (
 from ._calibration import DEFAULT, Calibration
 from ._goodput import GoodputReport, checkpoint_bytes, goodput
 from ._inference import InferencePlan, serve
+from ._serving import ServingPlan, ServingReport, ServingWorkload, Slo, serve_continuous
 from ._training import train_step
 from ._training_plan import TrainingPlan
 from ._transformer import Transformer
@@ -189,4 +190,46 @@ def serve_cost(model: Transformer, plan: InferencePlan, cluster: Cluster, batch:
         cost_per_million_tokens=1e6 * dollars_per_s / rate,
         tokens_per_s_per_chip=report.tokens_per_s_per_chip, chip_power=chip_power,
         facility_power=facility_power, ttft=report.ttft, tpot=report.tpot,
+        fits=reason == 0, reason=reason)
+
+
+def serving_cost(model: Transformer, plan: ServingPlan, cluster: Cluster,
+                 workload: ServingWorkload, slo: Slo | None = None, *,
+                 calibration: Calibration = DEFAULT,
+                 report: ServingReport | None = None) -> ServeCostReport:
+    """Dollars per million output tokens of a deployment served with in-flight batching.
+
+    The deployment (`serve_continuous`) runs at full load (`slo` None) or at the most load that
+    meets `slo` (its goodput); its chips, hosts and networks are priced as in `serve_cost`, the
+    chips drawing their full-load power (an upper bound below full load).
+
+    **Arguments:** `model`, `plan`, `workload`, `calibration` as `serve_continuous`; `cluster`
+    the `Cluster` whose system serves and whose economics price it; `slo` the `Slo` or None.
+
+    **Returns:** `ServeCostReport`: `tokens_per_s_per_chip` at that load, `ttft`/`tpot` at the
+    objective's quantile (with no objective: the full-load prefill of a prompt, no queue wait,
+    and the full-load TPOT); cost inf with `Reason.SLO` when no load meets `slo`. `report`: the
+    plan's `ServingReport` if already evaluated (e.g. `best_serving_plan(...).report`).
+    """
+    system, e = cluster.system, cluster.economics
+    if report is None:
+        report = serve_continuous(model, plan, system, workload, calibration=calibration)
+    if slo is None:
+        tokens, ttft, tpot = report.tokens_per_s, report.prefill_time[..., -1], \
+            report.iteration_time
+        reason = report.reason
+    else:
+        g = report.goodput(slo)
+        tokens, ttft, tpot, reason = g.tokens_per_s, g.ttft, g.tpot, g.reason
+    chips = plan.chips
+    network = network_report(system, e, chips)
+    cap = capex(system, e, chips, network)
+    _, facility_power = _facility_power(cluster, chips, report.chip_power, network)
+    dollars_per_s = cap.per_second + facility_power * e.electricity_price
+    reason = reason | _network_reason(network, chips)
+    served = tokens > 0.0
+    cost = jnp.where(served, 1e6 * dollars_per_s / jnp.where(served, tokens, 1.0), jnp.inf)
+    return ServeCostReport(
+        cost_per_million_tokens=cost, tokens_per_s_per_chip=tokens / chips,
+        chip_power=report.chip_power, facility_power=facility_power, ttft=ttft, tpot=tpot,
         fits=reason == 0, reason=reason)

@@ -28,11 +28,13 @@ time = scaleup_time + scaleout_time.
 
 The scale-up tier runs at `Calibration.link_efficiency` of the links' bandwidth and at
 `Calibration.latency_scale` times the stated latency, both for the system's fabric
-(`System.fabric`); the scale-out tier is taken at its stated per-chip bandwidth and latency.
+(`System.fabric`); the scale-out tier at `Calibration.scaleout_efficiency` of its stated per-chip
+bandwidth and at its stated latency.
 
 A `System` with a `network` (`dse.hardware.Network`: tiers, radix, oversubscription) is costed
 by `_network_collectives.py` instead: rings pipelined over the tiers, each at the bandwidth it
-has under oversubscription. Without one, the model above is unchanged.
+has under oversubscription. Without one, the model above applies. A flat ring
+(`hierarchical=0`) is a property of the two-tier model.
 """
 
 from __future__ import annotations
@@ -98,19 +100,28 @@ def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, calibration:
     t_up = _safe_div(up_bytes, bw_up) + up_steps * latency_up
     if up_floor is not None:
         t_up = jnp.maximum(t_up, up_floor)
-    t_out = out_bytes / system.scaleout_bandwidth + out_steps * system.scaleout_latency
+    t_out = out_bytes / (system.scaleout_bandwidth * calibration.scaleout_efficiency) \
+        + out_steps * system.scaleout_latency
     return CommCost(t_up + t_out, t_up, t_out, up_bytes, out_bytes)
 
 
-def _reduce_scatter_parts(system, n, group_size, stride):
+def _reduce_scatter_parts(system, n, group_size, stride, hierarchical=True):
     g, g_in, g_out = _tiers(system, group_size, stride)
     up_bytes = (g_in - 1.0) / g_in * n
     out_bytes = (g_out - 1.0) / g_out * n / g_in
-    return up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out)
+    parts = (up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out))
+    if hierarchical is True:
+        return parts
+    # A flat ring over the whole group: once it spans domains, every member's (g-1)/g share
+    # crosses the scale-out network and nothing is reduced in the domain first.
+    spans = (g_out > 1.0) & (jnp.asarray(hierarchical) < 0.5)
+    flat = (0.0 * up_bytes, 0.0 * up_bytes, (g - 1.0) / g * n, jnp.log2(g))
+    return tuple(jnp.where(spans, f, h) for f, h in zip(flat, parts, strict=True))
 
 
 def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-                   stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
+                   stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT,
+                   hierarchical: ArrayLike = True) -> CommCost:
     """Reduce-scatter of a `message_bytes` buffer over `group_size` chips (each keeps 1/p).
 
     **Arguments:**
@@ -123,18 +134,23 @@ def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLi
     - `calibration`: the fitted factors (`dse.models.Calibration`); the scale-up tier uses its
       `link_efficiency` and `latency_scale` for `system.fabric` (a traced calibration
       differentiates).
+    - `hierarchical`: True (or 1): in the scale-up domain first, then across domains with
+      each chip driving its own scale-out port with its 1 / g_in share (NCCL's rail-aligned
+      rings); 0: a flat ring, every member's whole share crossing the scale-out network once
+      the group spans domains.
 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
     if system.network is not None:
         return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
-    return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
+    return _cost(*_reduce_scatter_parts(system, n, group_size, stride, hierarchical), system,
                  calibration)
 
 
 def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
+               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT,
+               hierarchical: ArrayLike = True) -> CommCost:
     """All-gather into a `message_bytes` buffer (each chip contributes 1/p) over the group.
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is the full gathered output.
@@ -144,12 +160,13 @@ def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     n = _f(message_bytes)
     if system.network is not None:
         return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
-    return _cost(*_reduce_scatter_parts(system, n, group_size, stride), system,
+    return _cost(*_reduce_scatter_parts(system, n, group_size, stride, hierarchical), system,
                  calibration)
 
 
 def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
+               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT,
+               hierarchical: ArrayLike = True) -> CommCost:
     """All-reduce of a `message_bytes` buffer: reduce-scatter then all-gather, per tier.
 
     **Arguments:** as `reduce_scatter`.
@@ -160,7 +177,7 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     if system.network is not None:
         return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration)).scale(2.0)
     up_bytes, up_steps, out_bytes, out_steps = _reduce_scatter_parts(system, n, group_size,
-                                                                     stride)
+                                                                     stride, hierarchical)
     return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system,
                  calibration)
 

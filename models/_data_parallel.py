@@ -1,14 +1,35 @@
-"""Data-parallel and sharded (ZeRO / FSDP) communication of a training step, and its overlap.
+"""Data-parallel and sharded (ZeRO / FSDP) communication of a training step, and what overlap
+hides of it.
 
-ZeRO-0: one all-reduce of the gradients; ZeRO-1/2 (and Megatron's distributed optimizer): a
-reduce-scatter of the gradients and an all-gather of the updated 16-bit weights; ZeRO-3 / FSDP:
-the weights all-gathered for forward and backward of every micro-batch and the gradients
-reduce-scattered (Rajbhandari et al. 2020, "ZeRO", SC20, Sec. 5 and 7). Expert parameters
-reduce over the DP / EP replicas of each expert.
+As the frameworks run them (Rajbhandari et al. 2020, "ZeRO", SC20, Sec. 5 and 7; PyTorch FSDP
+`ShardingStrategy` docs; Megatron-LM distributed optimizer):
+
+- ZeRO-0 (DDP): one all-reduce of the gradients per step, after the last micro-batch's
+  backward, bucketed so that it overlaps that backward when the plan overlaps (`dp_overlap`).
+- ZeRO-1/2 and Megatron's distributed optimizer: a reduce-scatter of the gradients (overlapped
+  like the all-reduce) and, after the optimizer step, an all-gather of the updated 16-bit
+  weights, which overlaps the next step's first forward pass when the plan overlaps
+  (`--overlap-param-gather`) and is exposed otherwise.
+- ZeRO-3 / FSDP FULL_SHARD: every micro-batch, each layer's weights are all-gathered before its
+  forward and again before its backward (FSDP reshards after forward; FSDP1 docstring:
+  "unshards (via all-gather) before the forward, reshards after the forward, unshards before the
+  backward computation"), its gradients reduce-scattered after its backward. The recomputed
+  forward of full activation recomputation runs inside the layer's backward on the weights
+  gathered for it. Prefetching overlaps layer i+1's gather (and layer i+1's reduce-scatter in
+  backward) with layer i's compute, so per layer only max(0, communication - compute) shows,
+  plus the first gather of each pass and the last reduce-scatter, which have nothing to hide
+  behind (PyTorch FSDP notes: "The 1st all-gather will not be able to overlap with anything").
+
+Expert parameters reduce over the DP / EP replicas of each expert. Gradients reduce at the
+plan's gradient precision (`grad_bytes`); a low-precision recipe with `quantized_params` gathers
+its linear weights at the recipe's width (`linear_weight_bytes`). Collectives are hierarchical
+over the scale-up and scale-out tiers (`dse.models.all_gather` and friends), or a flat ring
+where the plan says so (`TrainingPlan.dp_hierarchical`).
 """
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -20,50 +41,99 @@ from ._memory import WEIGHT_BYTES, StageParams, grad_bytes, linear_weight_bytes
 from ._training_plan import TrainingPlan
 
 
-def _dp_collectives(system, plan, calibration, n_params, gathered_bytes, group, stride):
-    """Time of the DP communication of `n_params` parameters over `group` chips, s
-    (`gathered_bytes`: what a parameter all-gather of them moves)."""
-    link = dict(stride=stride, calibration=calibration)
-    g = grad_bytes(plan)
-    ar = all_reduce(system, g * n_params, group, **link).time
-    rs = reduce_scatter(system, g * n_params, group, **link).time
-    ag = all_gather(system, gathered_bytes, group, **link).time
-    zero = plan.zero_stage
-    z3 = plan.microbatches * (2.0 * ag + rs)
-    return jnp.where(zero > 2.5, z3, jnp.where(zero > 0.5, rs + ag, ar))
+class DataParallelCost(eqx.Module):
+    """Data-parallel communication of one step on one chip (SI units).
+
+    **Fields:** `total` (all of it, before any overlap, s), `exposed` (what overlap leaves on
+    the step's critical path, s).
+    """
+
+    total: Float[Array, "*batch"]
+    exposed: Float[Array, "*batch"]
 
 
-def data_parallel_comm(plan: TrainingPlan, system: System, params: StageParams,
-                       calibration: Calibration) -> Float[Array, "*batch"]:
-    """All DP / ZeRO communication of one step on one chip, before any overlap, s."""
+def _group_time(collective, system, calibration, plan, dense_bytes, expert_bytes):
+    """One collective over the dense parameters' DP group plus the experts' DP group, s
+    (`dense_bytes`, `expert_bytes`: what each moves per chip).
+
+    Dense gradients reduce over the DP x CP ranks that hold the same weights (the CP ranks of a
+    replica, tp apart, then the replicas); experts over their EDP replicas, etp * ep apart."""
     t = plan.tp
-    _, linear = linear_weight_bytes(plan)
-    dense_bytes = WEIGHT_BYTES * (params.dense - params.dense_linear) + linear * params.dense_linear
-    return (_dp_collectives(system, plan, calibration, params.dense, dense_bytes, plan.dp, t)
-            + _dp_collectives(system, plan, calibration, params.expert, linear * params.expert,
-                              plan.dp / plan.ep, t * plan.ep))
+    kw = dict(calibration=calibration, hierarchical=plan.dp_hierarchical)
+    dense = collective(system, dense_bytes, plan.dp * plan.cp, stride=t, **kw).time
+    expert = collective(system, expert_bytes, plan.expert_dp,
+                        stride=plan.expert_tp * plan.ep, **kw).time
+    return dense + expert
 
 
-def exposed_data_parallel(plan: TrainingPlan, dp_total, window, layers_per_stage,
-                          calibration: Calibration) -> Float[Array, "*batch"]:
-    """The DP communication left exposed after overlap, s.
+def _overlapped(comm, window, calibration, pieces):
+    """What of `comm` shows when it overlaps `window` of compute, split in `pieces` buckets:
+    at least the last bucket, which starts when the compute ends."""
+    hidden = calibration.dp_overlap_fraction * window
+    return jnp.maximum(comm - hidden, comm / jnp.maximum(pieces, 1.0))
 
-    Overlap hides the reduction behind the backward pass (bucketed all-reduce); ZeRO-3
-    prefetches each layer's gather behind the compute of the whole step. Only
-    `calibration.dp_overlap_fraction` of the `window` hides it, and one layer's share stays
-    exposed either way: the last bucket reduced after the backward pass ends (and the first
-    gather before the forward pass starts).
+
+def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
+                       layer_fwd, layer_bwd, layer_recompute, layers_per_stage,
+                       calibration: Calibration) -> DataParallelCost:
+    """DP / ZeRO / FSDP communication of one step on one chip, and the part left exposed.
 
     **Arguments:**
 
-    - `plan`: the `TrainingPlan` (its `dp_overlap` and `dp`).
-    - `dp_total`: `data_parallel_comm`, s.
-    - `window`: compute time the communication can hide behind, s.
+    - `plan`: the `TrainingPlan` (its `dp`, `ep`, `zero_stage`, `dp_overlap`, micro-batches).
+    - `system`: the `System`.
+    - `params`: the parameters a chip of the first stage holds (`stage_params`).
+    - `layer_fwd`, `layer_bwd`, `layer_recompute`: one layer's forward, backward and
+      recomputed compute for one micro-batch, s (the windows communication hides behind).
     - `layers_per_stage`: layers on one pipeline stage.
-    - `calibration`: the fitted factors.
+    - `calibration`: the fitted factors (link efficiencies, `dp_overlap_fraction`).
+
+    **Returns:** a `DataParallelCost`.
     """
-    window = calibration.dp_overlap_fraction * window
-    unhidden = dp_total / jnp.maximum(layers_per_stage, 1.0)
-    exposed = jnp.where(plan.dp_overlap > 0.5, jnp.maximum(dp_total - window, unhidden),
-                        dp_total)
-    return jnp.where(plan.dp > 1.0, exposed, 0.0)
+    m, layers = plan.microbatches, jnp.maximum(layers_per_stage, 1.0)
+    overlap = plan.dp_overlap > 0.5
+    g = grad_bytes(plan)
+    _, gathered = linear_weight_bytes(plan)
+    # A parameter gather moves the norms, router and embedding in 16 bits and the linear
+    # weights at `gathered` bytes (the recipe's width with `quantized_params`).
+    dense_gather = (WEIGHT_BYTES * (params.dense - params.dense_linear)
+                    + gathered * params.dense_linear)
+    expert_gather = gathered * params.expert
+
+    def group(collective, dense_bytes, expert_bytes):
+        return _group_time(collective, system, calibration, plan, dense_bytes, expert_bytes)
+
+    # ZeRO-0 / 1 / 2: once per step.
+    all_red = group(all_reduce, g * params.dense, g * params.expert)
+    red_sc = group(reduce_scatter, g * params.dense, g * params.expert)
+    gather = group(all_gather, dense_gather, expert_gather)
+    reduction = jnp.where(plan.zero_stage > 0.5, red_sc, all_red)
+    param_gather = jnp.where(plan.zero_stage > 0.5, gather, 0.0)
+    red_exposed = jnp.where(overlap, _overlapped(reduction, layers * layer_bwd, calibration,
+                                                 layers), reduction)
+    gather_exposed = jnp.where(overlap, _overlapped(param_gather, layers * layer_fwd,
+                                                    calibration, layers), param_gather)
+    low_total = reduction + param_gather
+    low_exposed = red_exposed + gather_exposed
+
+    # ZeRO-3 / FSDP: per layer, per micro-batch; gradients reduce-scattered in 16 bits (FSDP
+    # mixed precision reduces in the parameters' dtype).
+    linear_layer = params.dense_linear / layers
+    ag = group(all_gather, WEIGHT_BYTES * (params.dense_layer - linear_layer)
+               + gathered * linear_layer, gathered * params.expert_layer)
+    rs = group(reduce_scatter, WEIGHT_BYTES * params.dense_layer,
+               WEIGHT_BYTES * params.expert_layer)
+    ag_bwd = ag * (1.0 + jnp.where(plan.recompute > 1.5, plan.zero3_regather, 0.0))
+    hide = calibration.dp_overlap_fraction
+    fwd_shown = ag + (layers - 1.0) * jnp.maximum(ag - hide * layer_fwd, 0.0)
+    bwd_shown = ag_bwd + rs + (layers - 1.0) * jnp.maximum(
+        ag_bwd + rs - hide * (layer_bwd + layer_recompute), 0.0)
+    z3_total = m * layers * (ag + ag_bwd + rs)
+    z3_exposed = jnp.where(overlap, m * (fwd_shown + bwd_shown), z3_total)
+
+    z3 = plan.zero_stage > 2.5
+    total = jnp.where(z3, z3_total, low_total)
+    exposed = jnp.where(z3, z3_exposed, low_exposed)
+    single = plan.dp * plan.cp <= 1.0
+    return DataParallelCost(total=jnp.where(single, 0.0, total),
+                            exposed=jnp.where(single, 0.0, exposed))

@@ -8,6 +8,8 @@ from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import Activity, Chip, power
 
+from ._operators import ratio
+
 
 def step_energy(chip: Chip, time: ArrayLike, chips: ArrayLike, *, compute_fraction: ArrayLike,
                 vector_flops: ArrayLike, hbm_bytes: ArrayLike, link_bytes: ArrayLike,
@@ -30,17 +32,19 @@ def step_energy(chip: Chip, time: ArrayLike, chips: ArrayLike, *, compute_fracti
     **Returns:** energy, J.
     """
     # max(., 1 B/s): a chip with no HBM (or no links) moves no bytes there; without it the
-    # 0 / 0 here is NaN in the gradient of the energy.
+    # 0 / 0 here is NaN in the gradient of the energy. `ratio` and the time last: the
+    # derivative of x / (rate * time) as JAX forms it squares (rate * time), which overflows
+    # float32 for long steps.
     narrow = {}
     if engine != "bf16":
         peak = jnp.maximum(chip.matrix_peak(engine), 1.0)
-        narrow[engine] = jnp.clip(low_precision_flops / (peak * time), 0.0, 1.0)
+        narrow[engine] = jnp.clip(ratio(ratio(low_precision_flops, peak), time), 0.0, 1.0)
     activity = Activity(
         **narrow,
         compute=jnp.clip(compute_fraction, 0.0, 1.0),
-        vector=jnp.clip(vector_flops / (chip.vector_flops * time), 0.0, 1.0),
-        hbm=jnp.clip(hbm_bytes / (jnp.maximum(chip.hbm_bandwidth, 1.0) * time), 0.0, 1.0),
-        link=jnp.clip(link_bytes / (jnp.maximum(chip.link_bandwidth_total, 1.0) * time), 0.0,
+        vector=jnp.clip(ratio(ratio(vector_flops, chip.vector_flops), time), 0.0, 1.0),
+        hbm=jnp.clip(hbm_bytes / jnp.maximum(chip.hbm_bandwidth, 1.0) / time, 0.0, 1.0),
+        link=jnp.clip(link_bytes / jnp.maximum(chip.link_bandwidth_total, 1.0) / time, 0.0,
                       1.0),
     )
     return power(chip, activity).total * time * chips

@@ -27,6 +27,8 @@ the tensor-parallel chips (Korthikanti et al. 2022, Sec. 4.2.2; same communicati
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Literal, get_args
 
 import equinox as eqx
@@ -36,13 +38,23 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
 from dse.hardware._precision import FORMATS
-from dse.hardware._validate import as_float_array, check_choice, check_range
+from dse.hardware._validate import as_float_array, check_choice, check_integer, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._energy import step_energy
-from ._operators import _f, attention, elementwise, gemm
+from ._operators import _f, attention, elementwise, gemm, ratio
 from ._recipe import QUANTIZE_FLOPS
+from ._rules import (
+    Rule,
+    check_rules,
+    divides,
+    is_concrete,
+    memory_reason,
+    reason_of,
+    shortfall,
+    whole,
+)
 from ._transformer import Transformer
 
 Layout = Literal["weight_stationary", "weight_stationary_2d", "weight_gathered"]
@@ -81,6 +93,11 @@ def _check_formats(weights: str, activations: str, kv_cache: str) -> None:
             f"(use 16-bit activations, or weights in the activations' format)")
 
 
+def _optional_float(x):
+    """`as_float_array`, with None (a default filled in by `__post_init__`) left as it is."""
+    return None if x is None else as_float_array(x)
+
+
 class InferencePlan(eqx.Module):
     """How a model is laid out for inference (float leaves, so plans vmap).
 
@@ -101,6 +118,12 @@ class InferencePlan(eqx.Module):
       (`DEQUANT_FLOPS` per element loaded).
     - `kv_cache` (static): format of the KV cache (`KV_FORMATS`); narrower than 16 bits, K and
       V are de-quantized inside the attention kernel.
+    - `weight_bytes`: bytes per stored weight element; default (None) the `weights` format's
+      (block scales included). A value given overrides the storage width only (a search over
+      storage widths, `best_serving_plan`): the GEMMs still run on the formats' engines.
+    - `kv_bytes`: bytes per KV-cache element; default the `kv_cache` format's.
+    - `activation_bytes`: bytes per element of the activations between operators (the 16-bit
+      stream; default 2).
     - `layout` (static): "weight_stationary" (tensor parallel: weights stay, activations are
       all-reduced), "weight_stationary_2d" (the tp chips form an X x YZ mesh: weights split over
       d_model on X and heads / MLP width on YZ) or "weight_gathered" (the batch is sharded over
@@ -114,6 +137,11 @@ class InferencePlan(eqx.Module):
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     pp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    # None: the format's width (`__post_init__`).
+    weight_bytes: Float[Array, "*batch"] = eqx.field(converter=_optional_float, default=None)
+    kv_bytes: Float[Array, "*batch"] = eqx.field(converter=_optional_float, default=None)
+    activation_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
+                                                         default=2.0)
     # Formats take any str: `__check_init__` names the field and the allowed formats in a
     # ValueError.
     weights: str = eqx.field(static=True, default="bf16")
@@ -123,32 +151,30 @@ class InferencePlan(eqx.Module):
     sequence_parallel: bool = eqx.field(static=True, default=True)
     fused: bool = eqx.field(static=True, default=True)
 
+    def __post_init__(self):
+        # The storage widths default to the formats' (a format name the check below refuses
+        # has no width: leave it for `__check_init__` to name).
+        if self.weight_bytes is None:
+            self.weight_bytes = FORMATS[self.weights].bytes if self.weights in FORMATS else 2.0
+        if self.kv_bytes is None:
+            self.kv_bytes = FORMATS[self.kv_cache].bytes if self.kv_cache in FORMATS else 2.0
+
     def __check_init__(self):
         check_choice("InferencePlan", "layout", self.layout, get_args(Layout))
+        # Chips and sequences are counts: a fractional one is refused, never truncated.
         for field in ("tp", "pp", "batch"):
-            check_range("InferencePlan", field, getattr(self, field), lower=1.0,
-                        lower_inclusive=True)
+            check_integer("InferencePlan", field, getattr(self, field))
         _check_formats(self.weights, self.activations, self.kv_cache)
+        for field in ("weight_bytes", "kv_bytes", "activation_bytes"):
+            check_range("InferencePlan", field, getattr(self, field), lower=0.0, upper=8.0)
 
     @property
-    def weight_bytes(self) -> float:
-        """Bytes per stored weight element (block scales included)."""
-        return FORMATS[self.weights].bytes
-
-    @property
-    def kv_bytes(self) -> float:
-        """Bytes per KV-cache element."""
-        return FORMATS[self.kv_cache].bytes
-
-    @property
-    def input_bytes(self) -> float:
-        """Bytes per GEMM-input (activation) element as the GEMM reads it."""
+    def input_bytes(self) -> float | Float[Array, "*batch"]:
+        """Bytes per GEMM-input (activation) element as the GEMM reads it: the `activations`
+        format's, or the 16-bit stream's (`activation_bytes`) for a 16-bit format."""
+        if FORMATS[self.activations].engine == "bf16":
+            return self.activation_bytes
         return FORMATS[self.activations].bytes
-
-    @property
-    def activation_bytes(self) -> float:
-        """Bytes per element of the activations between operators (the 16-bit stream)."""
-        return 2.0
 
     @property
     def chips(self) -> Float[Array, "*batch"]:
@@ -176,8 +202,11 @@ class InferenceReport(eqx.Module):
     - `mfu`: flops / (time x chips x peak FLOP/s).
     - `weight_bytes`, `kv_cache_bytes`, `activation_bytes`: memory per chip, bytes.
     - `memory_per_chip`: their sum, bytes.
-    - `fits`: memory per chip within HBM (+ SRAM) capacity.
-    - `reason`: `dse.hardware.Reason` flags (0: feasible; `Reason.MEMORY`).
+    - `memory_capacity`: HBM + SRAM per chip (weights are served from both), bytes.
+    - `memory_shortfall`: max(memory_per_chip - memory_capacity, 0), bytes.
+    - `fits`: memory per chip within capacity and the plan valid (`reason == 0`).
+    - `reason`: `dse.hardware.Reason` flags (0: feasible; `MEMORY`, or `SRAM` on a chip without
+      HBM; `CHIPS`, `SPLIT`, `BATCH`, `WORKLOAD` for a traced plan or length that is invalid).
     - `energy`: energy of all the plan's chips over the pass, J.
     """
 
@@ -195,6 +224,8 @@ class InferenceReport(eqx.Module):
     kv_cache_bytes: Float[Array, "..."]
     activation_bytes: Float[Array, "..."]
     memory_per_chip: Float[Array, "..."]
+    memory_capacity: Float[Array, "..."]
+    memory_shortfall: Float[Array, "..."]
     fits: Bool[Array, "..."]
     reason: Int[Array, "..."]
     energy: Float[Array, "..."]
@@ -212,7 +243,9 @@ class ServeReport(eqx.Module):
     - `energy_per_token`: energy per generated token (prefill included), J.
     - `kv_cache_bytes`: KV cache per chip at the final context, bytes.
     - `memory_per_chip`: weights + KV cache + activations per chip at the final context, bytes.
-    - `fits`, `reason`: memory feasibility (`dse.hardware.Reason` flags).
+    - `memory_capacity`, `memory_shortfall`: HBM + SRAM per chip, and how far the larger of the
+      prefill's and the final context's memory misses it, bytes.
+    - `fits`, `reason`: feasibility (`dse.hardware.Reason` flags, as in `InferenceReport`).
     - `prefill`, `decode`: the `InferenceReport`s of the prefill and of the mean decode step.
     """
 
@@ -223,6 +256,8 @@ class ServeReport(eqx.Module):
     energy_per_token: Float[Array, "..."]
     kv_cache_bytes: Float[Array, "..."]
     memory_per_chip: Float[Array, "..."]
+    memory_capacity: Float[Array, "..."]
+    memory_shortfall: Float[Array, "..."]
     fits: Bool[Array, "..."]
     reason: Int[Array, "..."]
     prefill: InferenceReport
@@ -251,7 +286,8 @@ def _runtime_calibration(plan: InferencePlan, calibration: Calibration) -> Calib
 
 
 def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, context):
-    chip = system.chip
+    """Weights, KV cache and live activations per chip and their total, bytes; whether they fit
+    and the `Reason` flags if not (`MEMORY`, or `SRAM` on a chip without HBM)."""
     gathered = plan.layout == "weight_gathered"
     weights = model.params / plan.chips * plan.weight_bytes
     if gathered:
@@ -272,9 +308,13 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     acts = tokens * (2.0 * model.hidden + inner * model.ffn_hidden * model.top_k / width_tp) \
         * plan.activation_bytes
     total = weights + kv + acts
-    fits = total <= chip.hbm_bytes + chip.sram_bytes
-    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
-    return weights, kv, acts, total, fits, reason
+    reason = memory_reason(system.chip, total, _capacity(system.chip))
+    return weights, kv, acts, total, reason == 0, reason
+
+
+def _capacity(chip):
+    """Inference memory per chip, bytes: the HBM and the SRAM (weights are served from both)."""
+    return chip.hbm_bytes + chip.sram_bytes
 
 
 def _mesh_2d(model: Transformer, plan: InferencePlan):
@@ -290,28 +330,40 @@ def _mesh_2d(model: Transformer, plan: InferencePlan):
     return x, plan.tp / x
 
 
-def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-           resident, smooth, calibration: Calibration):
+def _segment_sharding(model: Transformer, plan: InferencePlan, seqs):
+    """(kv_heads, kv_batch, q_heads, sharers) of `seqs` sequences on one chip of the layout."""
+    if plan.layout == "weight_gathered":
+        batch = seqs / plan.tp
+        return model.kv_heads, batch, model.heads, 1.0
+    return _kv_sharding(model, plan, seqs)
+
+
+def _layer(model: Transformer, plan: InferencePlan, system: System, segments, resident, smooth,
+           calibration: Calibration):
     """Operator costs of one layer on one chip: (matmul, attention, elementwise, comm).
 
-    `calibration` reaches every operator (without start-up times for a fused runtime) and every
-    collective.
+    `segments` is a tuple of (sequences, query tokens per sequence, context) triples that run in
+    the same pass: one for a prefill or a decode step, a decode segment and a prefill-chunk
+    segment for an iteration of in-flight batching (`dse.models.serving`). Their tokens share
+    every weight GEMM, element-wise op and collective; each segment has its own attention over
+    its own context. `calibration` reaches every operator (without start-up times for a fused
+    runtime) and every collective.
     """
     chip = system.chip
     hd = model.head_dim
     ab, wb = plan.activation_bytes, plan.weight_bytes
     up_width = (model.mlp_matrices - 1.0) * model.ffn_hidden  # MLP input-projection width
-    if plan.layout == "weight_gathered":
-        tp, batch = 1.0, plan.batch / plan.tp
-        kv_heads, kv_batch, q_heads = model.kv_heads, batch, model.heads
-    else:
-        tp, batch = plan.tp, plan.batch
-        kv_heads, kv_batch, q_heads, sharers = _kv_sharding(model, plan, batch)
+    tp = 1.0 if plan.layout == "weight_gathered" else plan.tp
+    shard = [_segment_sharding(model, plan, seqs) for seqs, _, _ in segments]
+    # Tokens on this chip, and those whose K and V this chip computes (the sequences it holds).
+    tokens = sum(sh[1] * q if plan.layout == "weight_gathered" else seqs * q
+                 for sh, (seqs, q, _) in zip(shard, segments, strict=True))
+    kv_tokens = sum(sh[1] * q for sh, (_, q, _) in zip(shard, segments, strict=True))
+    kv_heads, sharers = shard[0][0], shard[0][3]
     # Weight split: d_model over `x` chips, heads and MLP width over `yz` (1D: x = 1, yz = tp).
     x, yz = 1.0, tp
     if plan.layout == "weight_stationary_2d":
         x, yz = _mesh_2d(model, plan)
-    tokens = batch * q_len
     eff = _runtime_calibration(plan, calibration)
     link = dict(calibration=calibration)
     mm = dict(weight_resident_fraction=resident, smooth=smooth, calibration=eff)
@@ -322,7 +374,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     # Q for every token on this chip; K, V for the sequences whose cache this chip holds.
     d_in = model.hidden / x
     matmul = linear(tokens, model.heads / yz * hd, d_in) \
-        + linear(kv_batch * q_len, 2.0 * kv_heads * hd * tp / yz, d_in) \
+        + linear(kv_tokens, 2.0 * kv_heads * hd * tp / yz, d_in) \
         + linear(tokens, d_in, model.heads / yz * hd)
     # Mixture of experts: a batch of T tokens routed top_k of E ways touches
     # E (1 - (1 - k/E)^T) experts on average; each of them runs a GEMM over its share of tokens.
@@ -335,11 +387,14 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     router = linear(tokens, model.experts, d_in)
     matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
 
-    narrow_kv = plan.kv_bytes < 2.0
-    attn = attention(chip, kv_batch, q_heads, kv_heads, q_len, context, hd, causal=True,
-                     bytes_per_element=plan.kv_bytes,
-                     kv_convert_flops=DEQUANT_FLOPS if narrow_kv else 0.0, smooth=smooth,
-                     calibration=eff)
+    narrow_kv = plan.kv_cache != "bf16" and FORMATS[plan.kv_cache].bytes < 2.0
+    attn = functools.reduce(operator.add, (
+        attention(chip, kv_batch, q_heads, seg_kv_heads, q_len, context, hd, causal=True,
+                  bytes_per_element=plan.kv_bytes,
+                  kv_convert_flops=DEQUANT_FLOPS if narrow_kv else 0.0, smooth=smooth,
+                  calibration=eff)
+        for (seg_kv_heads, kv_batch, q_heads, _), (_, q_len, context)
+        in zip(shard, segments, strict=True)))
 
     ew = dict(bytes_per_element=ab, smooth=smooth, calibration=eff)
     sharded = plan.sequence_parallel or plan.layout == "weight_stationary_2d"
@@ -348,7 +403,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, q_len, conte
     residual = elementwise(chip, stream, reads=2.0, **ew).scale(2.0)
     activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / yz,
                              reads=model.mlp_matrices - 1.0, **ew)
-    kv_write = elementwise(chip, 2.0 * kv_batch * q_len * kv_heads * hd, reads=0.0,
+    kv_write = elementwise(chip, 2.0 * kv_tokens * kv_heads * hd, reads=0.0,
                            flops_per_element=1.0 + (QUANTIZE_FLOPS if narrow_kv else 0.0),
                            bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
     elementwise_cost = norms + residual + activation + kv_write
@@ -390,14 +445,16 @@ def _linear(chip, plan: InferencePlan, m, n, k, **kw):
     """
     w, a = FORMATS[plan.weights], FORMATS[plan.activations]
     engine = a.engine
-    native = gemm(chip, m, n, k, bytes_per_element=a.bytes, weight_bytes_per_element=w.bytes,
-                  output_bytes_per_element=2.0, engine=engine,
+    # Storage widths from the plan (the formats' unless overridden, `InferencePlan`).
+    wb, out = plan.weight_bytes, plan.activation_bytes
+    native = gemm(chip, m, n, k, bytes_per_element=plan.input_bytes, weight_bytes_per_element=wb,
+                  output_bytes_per_element=out, engine=engine,
                   weight_convert_flops=0.0 if w.engine == engine else DEQUANT_FLOPS,
                   input_convert_flops=0.0 if engine == "bf16" else QUANTIZE_FLOPS, **kw)
     if engine == "bf16":
         return native
-    fallback = gemm(chip, m, n, k, bytes_per_element=2.0, weight_bytes_per_element=w.bytes,
-                    output_bytes_per_element=2.0, engine="bf16",
+    fallback = gemm(chip, m, n, k, bytes_per_element=out, weight_bytes_per_element=wb,
+                    output_bytes_per_element=out, engine="bf16",
                     weight_convert_flops=DEQUANT_FLOPS, **kw)
     block_scaled = a.block_scaled or (w.block_scaled and w.engine == engine)
     if block_scaled and not chip.block_scaling:
@@ -406,22 +463,117 @@ def _linear(chip, plan: InferencePlan, m, n, k, **kw):
     return jax.tree.map(lambda x, y: jnp.where(has, x, y), native, fallback)
 
 
+# Tokens per sequence and sequences per batch: float32 holds whole numbers exactly up to 2^24
+# (16.8 million), beyond the longest context windows published (10 million tokens, Llama 4
+# Scout, Meta 2025) and any serving batch.
+MAX_COUNT = 2.0**24
+
+
+def inference_plan_rules(model: Transformer, plan: InferencePlan,
+                         system: System) -> list[Rule]:
+    """What an inference plan must satisfy on `model` and `system` (see
+    `check_inference_plan`)."""
+    n = float(system.num_chips)
+    rules = [
+        Rule(Reason.CHIPS, "InferencePlan.tp * pp", plan.chips, divides(plan.chips, n),
+             lambda: f"a divisor of the system's {system.num_chips} chips (whole replicas "
+                     f"of the plan)"),
+        Rule(Reason.SPLIT, "InferencePlan.pp", plan.pp, divides(plan.pp, model.layers),
+             lambda: f"a divisor of the model's {float(model.layers):g} layers"),
+    ]
+    if plan.layout == "weight_stationary":
+        # 1D tensor parallelism shards the heads; KV heads are sharded too, or shared by
+        # tp / kv_heads chips each (_kv_sharding), so one must divide the other.
+        kv = model.kv_heads
+        rules += [
+            Rule(Reason.SPLIT, "InferencePlan.tp", plan.tp, divides(plan.tp, model.heads),
+                 lambda: f"a divisor of the model's {float(model.heads):g} heads"),
+            Rule(Reason.SPLIT, "InferencePlan.tp", plan.tp,
+                 divides(plan.tp, kv) | divides(kv, plan.tp),
+                 lambda: f"a divisor or a multiple of the model's {float(kv):g} KV heads"),
+        ]
+    return rules
+
+
+def check_inference_plan(model: Transformer, plan: InferencePlan,
+                         system: System) -> Int[Array, "..."]:
+    """Check an inference plan against its model and system; its `Reason` flags.
+
+    Whole replicas of the plan must fill the system (tp * pp divides num_chips), pp must divide
+    the layers and, for the 1D weight-stationary layout, tp the heads (and tp and the KV heads
+    one another). By hand (concrete values) a broken rule is a `ValueError` naming the field,
+    its value and what is allowed; traced, the flags say what failed.
+    """
+    rules = inference_plan_rules(model, plan, system)
+    if is_concrete(model, plan):
+        check_rules(rules)
+    return reason_of(rules)
+
+
+def _count_rule(field: str, value, lower: float, integer: bool = True) -> Rule:
+    """A batch or a length: a whole number (or, for a mean context, any number) in
+    [lower, MAX_COUNT]."""
+    ok = (value >= lower) & (value <= MAX_COUNT)
+    if integer:
+        ok = ok & whole(value)
+    kind = "a whole number" if integer else "a number"
+    return Rule(Reason.WORKLOAD, field, value, ok,
+                lambda: f"{kind} in [{lower:g}, {MAX_COUNT:.10g}]")
+
+
+def _check_workload(rules: list[Rule]) -> Int[Array, "..."]:
+    """Raise for a concrete batch or length out of range; the `Reason.WORKLOAD` flag else."""
+    check_rules(rules)
+    return reason_of(rules)
+
+
+def check_serve_workload(batch, input_len, output_len) -> Int[Array, "..."]:
+    """Check `serve`'s batch and lengths: whole numbers in [1, 2^24] (sequences, prompt tokens,
+    generated tokens). Concrete and out of range: a `ValueError` naming the argument, its value
+    and the range; traced: `Reason.WORKLOAD` where it fails.
+    """
+    return _check_workload([_count_rule("serve.batch", _f(batch), 1.0),
+                            _count_rule("serve.input_len", _f(input_len), 1.0),
+                            _count_rule("serve.output_len", _f(output_len), 1.0)])
+
+
 def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, context,
-             smooth, calibration: Calibration) -> InferenceReport:
+             smooth, calibration: Calibration, workload: list[Rule]) -> InferenceReport:
+    reason = check_inference_plan(model, plan, system) | _check_workload(workload)
+    # An invalid traced length is flagged above; the pass is costed at the nearest valid one,
+    # so that no report carries a negative time or an infinite energy.
+    q_len = jnp.clip(_f(q_len), 1.0, MAX_COUNT)
+    context = jnp.clip(_f(context), 0.0, MAX_COUNT)
+    weights, kv, acts, total, _, memory_flags = _memory(model, plan, system, q_len, context)
+    reason = reason | memory_flags
+    # Next-token logits for the last position of every sequence.
+    return _pass(model, plan, system, ((plan.batch, q_len, context),), plan.batch,
+                 (weights, kv, acts, total, reason == 0, reason), smooth, calibration)
+
+
+def _pass(model: Transformer, plan: InferencePlan, system: System, segments, logit_rows, memory,
+          smooth, calibration: Calibration, in_flight=1.0) -> InferenceReport:
+    """One pass of `segments` (see `_layer`) through every layer of the plan's chips.
+
+    `logit_rows` tokens get next-token logits; `memory` is `_memory`'s tuple (weights, KV cache,
+    activations, total, fits, reason flags) for the report.
+    `in_flight` batches share the pipeline (1: a batch passes the stages in turn and each chip is
+    busy 1 / pp of the pass; pp: micro-batches keep every stage busy), which sets the chips'
+    activity and so the energy of the pass.
+    """
     chip = system.chip
-    q_len = _f(q_len)
-    context = _f(context)
-    tokens = plan.batch * q_len
-    weights, kv, acts, total, fits, reason = _memory(model, plan, system, q_len, context)
+    weights, kv, acts, total, _, reason = memory
+    capacity = _capacity(chip)
+    tokens = sum(seqs * q for seqs, q, _ in segments)
     resident = jnp.clip(chip.sram_bytes / weights, 0.0, 1.0)
     if plan.layout == "weight_gathered":
         resident = 0.0  # weights stream through the chip layer by layer
-    matmul, attn, ew, comm = _layer(model, plan, system, q_len, context, resident, smooth,
+    matmul, attn, ew, comm = _layer(model, plan, system, segments, resident, smooth,
                                     calibration)
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
-    # Next-token logits for the last position of every sequence (vocabulary split over tp).
-    logits = _linear(chip, plan, plan.batch, model.vocab / plan.tp, model.hidden,
+    # Next-token logits (vocabulary split over tp), in the plan's formats.
+    logits = _linear(chip, plan, logit_rows, model.vocab / plan.tp, model.hidden,
                      weight_resident_fraction=resident, smooth=smooth,
                      calibration=_runtime_calibration(plan, calibration))
     matmul_total = matmul.scale(layers) + logits
@@ -435,30 +587,33 @@ def _forward(model: Transformer, plan: InferencePlan, system: System, q_len, con
     time = matmul_time + attention_time + elementwise_time + tp_comm_time + pp_comm_time
 
     per_chip_flops = matmul_total.flops + layers * (attn.flops + ew.flops)
-    # Every stage runs layers / pp of the layers, so a chip is busy 1 / pp of the pass.
+    # Every stage runs layers / pp of the layers, so a chip is busy in_flight / pp of the pass.
+    busy = in_flight / plan.pp
     flops = per_chip_flops * plan.tp
-    hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) / plan.pp
+    hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) * busy
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
-                  + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) / plan.pp
-    mfu = flops / (time * plan.chips * chip.peak_flops)
+                  + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) * busy
+    # `ratio`: FLOP and chips x peak FLOP/s exceed 1.8e19 (see train_step).
+    mfu = ratio(ratio(flops, plan.chips * chip.peak_flops), time)
     # The weight GEMMs run on the activations' engine where the chip has it (at that engine's
     # energy per MAC), the rest at 16 bits.
     engine = FORMATS[plan.activations].engine
     low_flops = 0.0 * time
     if engine != "bf16" and not (FORMATS[plan.activations].block_scaled
                                  and not chip.block_scaling):
-        low_flops = jnp.where(chip.rate(engine) > 0.0, matmul_total.flops, 0.0) / plan.pp
+        low_flops = jnp.where(chip.rate(engine) > 0.0, matmul_total.flops, 0.0) * busy
     energy = step_energy(chip, time, plan.chips,
-                         compute_fraction=(per_chip_flops / plan.pp - low_flops)
-                         / (time * chip.peak_flops),
-                         vector_flops=layers * ew.flops / plan.pp, hbm_bytes=hbm,
+                         compute_fraction=ratio(ratio(per_chip_flops * busy - low_flops,
+                                                      chip.peak_flops), time),
+                         vector_flops=layers * ew.flops * busy, hbm_bytes=hbm,
                          link_bytes=link_bytes, low_precision_flops=low_flops, engine=engine)
     return InferenceReport(
         time=time, matmul_time=matmul_time, attention_time=attention_time,
         elementwise_time=elementwise_time, tp_comm_time=tp_comm_time, pp_comm_time=pp_comm_time,
         flops=flops, hbm_bytes=hbm, tokens=tokens * jnp.ones_like(time), mfu=mfu,
         weight_bytes=weights, kv_cache_bytes=kv, activation_bytes=acts, memory_per_chip=total,
-        fits=fits, reason=reason, energy=energy)
+        memory_capacity=capacity, memory_shortfall=shortfall(total, capacity), fits=reason == 0,
+        reason=reason, energy=energy)
 
 
 def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: ArrayLike, *,
@@ -470,15 +625,19 @@ def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: 
     - `model`: the `Transformer`.
     - `plan`: the `InferencePlan` (tp, pp, batch, element widths).
     - `system`: the `System` (its chip, scale-up and scale-out tiers).
-    - `input_len`: prompt tokens per sequence.
+    - `input_len`: prompt tokens per sequence (a whole number >= 1).
     - `calibration`: the models' fitted factors (`dse.models.Calibration`; default `DEFAULT`).
       They reach every operator (without start-up times when `plan.fused`) and every collective
       of the pass: the tensor-parallel all-reduces / gathers / all-to-alls and pipeline sends.
     - `smooth`: smooth rooflines (for gradient-based search).
 
+    A plan or a length given by hand that is invalid (see `check_inference_plan`) is a
+    `ValueError`; traced, it is flagged in `reason`.
+
     **Returns:** `InferenceReport` (time = time to first token).
     """
-    return _forward(model, plan, system, input_len, input_len, smooth, calibration)
+    workload = [_count_rule("prefill.input_len", _f(input_len), 1.0)]
+    return _forward(model, plan, system, input_len, input_len, smooth, calibration, workload)
 
 
 def decode(model: Transformer, plan: InferencePlan, system: System, context_len: ArrayLike, *,
@@ -488,12 +647,14 @@ def decode(model: Transformer, plan: InferencePlan, system: System, context_len:
     **Arguments:**
 
     - `model`, `plan`, `system`: as `prefill`.
-    - `context_len`: tokens in the KV cache that the new token attends to.
+    - `context_len`: tokens in the KV cache that the new token attends to (>= 0; a mean
+      context need not be whole).
     - `calibration`, `smooth`: as `prefill`.
 
     **Returns:** `InferenceReport` (time = time per output token).
     """
-    return _forward(model, plan, system, 1.0, context_len, smooth, calibration)
+    workload = [_count_rule("decode.context_len", _f(context_len), 0.0, integer=False)]
+    return _forward(model, plan, system, 1.0, context_len, smooth, calibration, workload)
 
 
 def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
@@ -514,22 +675,28 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
 
     **Returns:** `ServeReport`.
     """
+    workload_reason = check_serve_workload(batch, input_len, output_len)
+    # Traced and invalid: flagged above, costed at the nearest valid values (no negative TTFT,
+    # no energy per token divided by zero tokens).
+    batch, input_len, output_len = (jnp.clip(_f(x), 1.0, MAX_COUNT)
+                                    for x in (batch, input_len, output_len))
     plan = dataclasses.replace(plan, batch=batch)
-    input_len = _f(input_len)
-    output_len = _f(output_len)
     kw = dict(calibration=calibration, smooth=smooth)
     pre = prefill(model, plan, system, input_len, **kw)
     dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
     final = input_len + output_len
-    _, kv, _, total, fits, reason = _memory(model, plan, system, 1.0, final)
-    _, _, _, pre_total, pre_fits, _ = _memory(model, plan, system, input_len, input_len)
-    fits = fits & pre_fits
-    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
+    _, kv, _, total, _, _ = _memory(model, plan, system, 1.0, final)
+    _, _, _, pre_total, _, _ = _memory(model, plan, system, input_len, input_len)
+    memory = jnp.maximum(total, pre_total)
+    capacity = _capacity(system.chip)
+    reason = (workload_reason | pre.reason | dec.reason
+              | memory_reason(system.chip, memory, capacity))
     total_latency = pre.time + output_len * dec.time
     generated = plan.batch * output_len
     return ServeReport(
         ttft=pre.time, tpot=dec.time, total_latency=total_latency,
         tokens_per_s_per_chip=generated / (total_latency * plan.chips),
         energy_per_token=(pre.energy + output_len * dec.energy) / generated,
-        kv_cache_bytes=kv, memory_per_chip=jnp.maximum(total, pre_total), fits=fits,
-        reason=reason, prefill=pre, decode=dec)
+        kv_cache_bytes=kv, memory_per_chip=memory, memory_capacity=capacity,
+        memory_shortfall=shortfall(memory, capacity), fits=reason == 0, reason=reason,
+        prefill=pre, decode=dec)

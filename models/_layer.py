@@ -16,7 +16,7 @@ from jaxtyping import Array, Float
 from dse.hardware import System
 
 from ._calibration import DEFAULT, Calibration
-from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter
+from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._memory import ACT_BYTES
 from ._operators import attention, attention_backward, elementwise, gemm
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
@@ -37,11 +37,11 @@ class LayerCost(eqx.Module):
 
     **Fields:** `fwd`, `bwd`, `recompute` (forward, backward and recomputed on-chip compute, s),
     `tp_comm` (TP collectives forward + backward + recompute, s), `ep_comm` (MoE all-to-alls,
-    s), `hbm_bytes` (HBM traffic of all of it, bytes), `vector_flops` (non-matrix FLOP),
-    `comm_bytes` (bytes a chip sends over its links), `low_precision_flops` (matrix FLOP of
-    the plan's recipe engine when it is narrower than 16 bits, recomputation included; 0 for
-    "bf16"), `quantize` (time of the recipe's cast / amax / transpose kernels, s, included in
-    `fwd`, `bwd` and `recompute`).
+    s), `cp_comm` (exposed ring-attention KV sends, s), `hbm_bytes` (HBM traffic of all of it,
+    bytes), `vector_flops` (non-matrix FLOP), `comm_bytes` (bytes a chip sends over its links),
+    `low_precision_flops` (matrix FLOP of the plan's recipe engine when it is narrower than 16
+    bits, recomputation included; 0 for "bf16"), `quantize` (time of the recipe's cast / amax /
+    transpose kernels, s, included in `fwd`, `bwd` and `recompute`).
     """
 
     fwd: Float[Array, "*batch"]
@@ -49,6 +49,7 @@ class LayerCost(eqx.Module):
     recompute: Float[Array, "*batch"]
     tp_comm: Float[Array, "*batch"]
     ep_comm: Float[Array, "*batch"]
+    cp_comm: Float[Array, "*batch"]
     hbm_bytes: Float[Array, "*batch"]
     vector_flops: Float[Array, "*batch"]
     comm_bytes: Float[Array, "*batch"]
@@ -74,26 +75,78 @@ def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
     return one(m, n, k), one(m, k, n), one(k, n, m)
 
 
-def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
-    """The layer's weight GEMMs on one chip: (count, m, n, k) of each forward GEMM (QKV,
-    output projection, MLP up, MLP down), and the MoE router's (m, n, k)."""
-    t, b, s = plan.tp, plan.microbatch_size, model.seq_len
-    h, f, d = model.hidden, model.ffn_hidden, model.head_dim
-    tokens = b * s
+def local_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """Tokens of one micro-batch on one chip: b * s / cp (context parallelism splits each
+    sequence over cp chips)."""
+    return plan.microbatch_size * model.seq_len / plan.cp
+
+
+def expert_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """Tokens the busiest local expert of an MoE layer processes per micro-batch.
+
+    The ep chips of an expert group each route tokens * top_k token-expert pairs over all
+    experts, so each of a chip's experts / ep experts receives tokens * top_k * ep / experts on
+    average; the EP group waits for the busiest, `expert_load` times that (the imbalance,
+    capped by the capacity factor where tokens are dropped). With expert tensor parallelism
+    etp != tp the tokens of tp / etp attention ranks meet at each expert shard (the expert
+    FLOPs per chip are the same whatever the EP x ETP mapping).
+    """
+    return (local_tokens(model, plan) * model.top_k * plan.ep * plan.expert_tp / plan.tp
+            / model.experts * model.expert_load)
+
+
+def _attention_gemms(model, plan, tokens, fb):
+    """QKV, output projection (and MLA's down / up projections): (count, gemms) pairs."""
+    t, h = plan.tp, model.hidden
     heads_l = model.heads / t
+    if model.latent_attention:
+        # MLA (DeepSeek-V2 Sec. 2.1; Megatron-Core MLA): the down projections are replicated
+        # across TP, the per-head up projections and the output projection are split by head.
+        has_q_lora = model.q_lora_rank > 0.0
+        q_in = jnp.where(has_q_lora, model.q_lora_rank, h)
+        return [
+            (jnp.where(has_q_lora, 1.0, 0.0), fb(tokens, jnp.maximum(model.q_lora_rank, 1.0), h)),
+            (1.0, fb(tokens, heads_l * model.qk_head_dim, q_in)),  # Q (up)
+            (1.0, fb(tokens, model.kv_lora_rank + model.rope_head_dim, h)),  # KV down + rope K
+            (1.0, fb(tokens, heads_l * (model.head_dim + model.v_head_dim),
+                     model.kv_lora_rank)),  # K (non-rotary) and V up
+            (1.0, fb(tokens, h, heads_l * model.v_head_dim)),  # output projection
+        ]
+    d = model.head_dim
     # KV heads are replicated once TP exceeds them (Megatron-LM GQA).
     kv_l = jnp.maximum(model.kv_heads / t, 1.0)
+    return [
+        (1.0, fb(tokens, heads_l * d + 2.0 * kv_l * d, h)),  # QKV
+        (1.0, fb(tokens, h, heads_l * d)),  # attention output projection
+    ]
+
+
+def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
+    """The layer's weight GEMMs on one chip: (count, (m, n, k)) of each forward GEMM, and the MoE
+    router's (m, n, k).
+
+    Counts are per layer averaged over the model's MoE and dense layers (`moe_layer_share`):
+    routed experts at the busiest local expert's load, shared experts on every token, the
+    dense layers' MLP at their own width.
+    """
+    t, h, f = plan.tp, model.hidden, model.ffn_hidden
+    tokens = local_tokens(model, plan)
+    share = model.moe_layer_share
     local_experts = model.experts / plan.ep
-    # Tokens each local expert sees: the ep chips of an expert group each route tokens * top_k
-    # token-expert pairs evenly over all experts, so each of a chip's experts / ep experts
-    # receives tokens * top_k * ep / experts.
-    expert_tokens = tokens * model.top_k * plan.ep / model.experts
-    up_width = f * (2.0 if model.gated_mlp else 1.0) / t
-    shapes = [
-        (1.0, tokens, heads_l * d + 2.0 * kv_l * d, h),  # QKV
-        (1.0, tokens, h, heads_l * d),  # attention output projection
-        (local_experts, expert_tokens, up_width, h),  # MLP up (+gate)
-        (local_experts, expert_tokens, h, f / t),  # MLP down
+    gate = 2.0 if model.gated_mlp else 1.0
+
+    def shape(m, n, k):
+        return (m, n, k)
+
+    routed = expert_tokens(model, plan)
+    e = plan.expert_tp
+    shapes = _attention_gemms(model, plan, tokens, shape) + [
+        (share * local_experts, shape(routed, f * gate / e, h)),  # MLP up (+gate)
+        (share * local_experts, shape(routed, h, f / e)),  # MLP down
+        (share * model.shared_experts, shape(tokens, f * gate / t, h)),  # shared experts
+        (share * model.shared_experts, shape(tokens, h, f / t)),
+        ((1.0 - share), shape(tokens, model.dense_ffn * gate / t, h)),  # dense layers' MLP
+        ((1.0 - share), shape(tokens, h, model.dense_ffn / t)),
     ]
     return shapes, (tokens, model.experts, h)
 
@@ -105,7 +158,7 @@ def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth
     recipe = RECIPES[plan.precision]
     shapes, router = _weight_gemm_shapes(model, plan)
     gemms = [(c, gemm_fwd_bwd(chip, m, n, k, smooth, calibration, recipe))
-             for c, m, n, k in shapes]
+             for c, (m, n, k) in shapes]
     return gemms, gemm_fwd_bwd(chip, *router, smooth, calibration)
 
 
@@ -126,8 +179,8 @@ def _quantize_ops(model, plan, system, smooth, calibration):
         return zero, zero, zero, zero, zero, zero
     chip = system.chip
     shapes, _ = _weight_gemm_shapes(model, plan)
-    inputs = sum(c * m * k for c, m, n, k in shapes)
-    grads = sum(c * m * n for c, m, n, k in shapes)
+    inputs = sum(c * m * k for c, (m, n, k) in shapes)
+    grads = sum(c * m * n for c, (m, n, k) in shapes)
     eff = dict(smooth=smooth, calibration=calibration, bytes_per_element=2.0)
     # Two quantized copies written, in units of the 16-bit element the kernel reads.
     writes = 2.0 * recipe.format.bytes / 2.0
@@ -153,26 +206,47 @@ def weight_quantize(model: Transformer, plan: TrainingPlan, system: System, para
                        writes=recipe.format.bytes, smooth=smooth, calibration=calibration)
 
 
+def _ring_effective_context(model, plan):
+    """Keys per sequence that make `attention`'s causal count right for one CP rank.
+
+    With load-balanced causal chunks (Megatron-Core CP: rank i holds chunks i and 2cp-1-i) every
+    rank's s / cp queries attend to the sequence's mean, (s + 1) / 2 keys (fewer under a sliding
+    window, `Transformer.mean_attended_keys`), 1 / cp of the causal work. `attention` places
+    causal queries at the end of the context (query j of q sees kv - q + j + 1 keys,
+    kv - (q - 1) / 2 on average), so kv = mean + (s / cp - 1) / 2 gives that mean; at cp = 1
+    without a window it is s, the plain causal case.
+    """
+    s, cp = model.seq_len, plan.cp
+    return model.mean_attended_keys() + 0.5 * (s / cp - 1.0)
+
+
 def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     """QK^T, softmax, dropout, AV: (fwd s, bwd s, fwd bytes, all bytes, fwd vec, all vec)."""
     chip = system.chip
-    t, b, s, d = plan.tp, plan.microbatch_size, model.seq_len, model.head_dim
+    t, b, s = plan.tp, plan.microbatch_size, model.seq_len
+    q_len = s / plan.cp
     heads_l = model.heads / t
-    kv_l = jnp.maximum(model.kv_heads / t, 1.0)
+    if model.latent_attention:
+        # MLA trains as multi-head attention over the up-projected heads; QK^T runs at the
+        # qk width and AV at the value width, so one head of their mean width does the work.
+        kv_l, d = heads_l, 0.5 * (model.qk_head_dim + model.v_head_dim)
+    else:
+        kv_l, d = jnp.maximum(model.kv_heads / t, 1.0), model.head_dim
     eff = dict(smooth=smooth, calibration=calibration)
     if flash_attention:
-        a_f = attention(chip, b, heads_l, kv_l, s, s, d, **eff)
-        a_b = attention_backward(chip, b, heads_l, kv_l, s, s, d, **eff)
+        kv_len = _ring_effective_context(model, plan)
+        a_f = attention(chip, b, heads_l, kv_l, q_len, kv_len, d, **eff)
+        a_b = attention_backward(chip, b, heads_l, kv_l, q_len, kv_len, d, **eff)
         return a_f.time, a_b.time, a_f.hbm_bytes, a_f.hbm_bytes + a_b.hbm_bytes, 0.0, 0.0
     # Megatron-LM 2021-22 kernels: batched GEMMs and a fused scale-mask-softmax that
     # materialize the b * heads * s * s score matrix (Korthikanti et al. 2022, Sec. 4.1).
     # QK^T and AV of all b * heads_l groups run as one batched GEMM kernel: modelled as one GEMM
     # with the groups stacked along M (K and V, s x d each, are small next to the s x s scores
-    # that dominate the traffic).
+    # that dominate the traffic). Under CP a chip holds the s / cp query rows of its chunk.
     groups = b * heads_l
-    qk = gemm_fwd_bwd(chip, groups * s, s, d, smooth, calibration)
-    av = gemm_fwd_bwd(chip, groups * s, d, s, smooth, calibration)
-    scores = groups * s * s
+    qk = gemm_fwd_bwd(chip, groups * q_len, s, d, smooth, calibration)
+    av = gemm_fwd_bwd(chip, groups * q_len, d, s, smooth, calibration)
+    scores = groups * q_len * s
     softmax_f = elementwise(chip, scores, flops_per_element=SOFTMAX_FLOPS, **eff)
     # Dropout writes its output and a 1-byte mask (half a 16-bit element).
     drop_f = elementwise(chip, scores, flops_per_element=2.0, writes=1.5, **eff)
@@ -195,11 +269,14 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
     """
     chip = system.chip
     t, sp = plan.tp, plan.sequence_parallel
-    tokens = plan.microbatch_size * model.seq_len
-    expert_tokens = tokens * model.top_k * plan.ep / model.experts
+    tokens = local_tokens(model, plan)
+    share = model.moe_layer_share
     eff = dict(smooth=smooth, calibration=calibration)
     stream = tokens * model.hidden / jnp.where(sp > 0.5, t, 1.0)
-    ffn_stream = expert_tokens * (model.experts / plan.ep) * model.ffn_hidden / t
+    ffn_stream = (share * (expert_tokens(model, plan) * model.experts / plan.ep * t
+                           / plan.expert_tp + tokens * model.shared_experts)
+                  * model.ffn_hidden
+                  + (1.0 - share) * tokens * model.dense_ffn) / t
     ln_f = elementwise(chip, stream, flops_per_element=LN_FLOPS, **eff)
     ln_b = elementwise(chip, stream, flops_per_element=2.0 * LN_FLOPS, reads=2.0, **eff)
     bdr_f = elementwise(chip, stream, flops_per_element=BDR_FLOPS, reads=2.0, writes=1.5, **eff)
@@ -212,13 +289,14 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
         act_f = elementwise(chip, ffn_stream, flops_per_element=GELU_FLOPS, **eff)
         act_b = elementwise(chip, ffn_stream, flops_per_element=2.0 * GELU_FLOPS, reads=2.0,
                             **eff)
-    fwd = 2.0 * (ln_f.time + bdr_f.time) + act_f.time
-    bwd = 2.0 * (ln_b.time + bdr_b.time) + act_b.time
-    fwd_bytes = 2.0 * (ln_f.hbm_bytes + bdr_f.hbm_bytes) + act_f.hbm_bytes
-    all_bytes = fwd_bytes + 2.0 * (ln_b.hbm_bytes + bdr_b.hbm_bytes) + act_b.hbm_bytes
-    vec_fwd = 2.0 * (ln_f.flops + bdr_f.flops) + act_f.flops
-    return fwd, bwd, fwd_bytes, all_bytes, vec_fwd, vec_fwd + 2.0 * (ln_b.flops + bdr_b.flops) \
-        + act_b.flops
+    norms = 1.0 if model.parallel_block else 2.0  # a parallel block normalizes once
+    fwd = norms * ln_f.time + 2.0 * bdr_f.time + act_f.time
+    bwd = norms * ln_b.time + 2.0 * bdr_b.time + act_b.time
+    fwd_bytes = norms * ln_f.hbm_bytes + 2.0 * bdr_f.hbm_bytes + act_f.hbm_bytes
+    all_bytes = fwd_bytes + norms * ln_b.hbm_bytes + 2.0 * bdr_b.hbm_bytes + act_b.hbm_bytes
+    vec_fwd = norms * ln_f.flops + 2.0 * bdr_f.flops + act_f.flops
+    return fwd, bwd, fwd_bytes, all_bytes, vec_fwd, vec_fwd + norms * ln_b.flops \
+        + 2.0 * bdr_b.flops + act_b.flops
 
 
 def _tp_and_ep_comm(model, plan, system, calibration):
@@ -227,26 +305,73 @@ def _tp_and_ep_comm(model, plan, system, calibration):
     TP: two all-reduces forward and two backward (with sequence parallelism each becomes an
     all-gather + reduce-scatter pair of the same volume; Korthikanti et al. 2022, Sec. 4.2.2);
     full recomputation repeats the forward pair. EP: dispatch and combine all-to-alls of the
-    routed tokens, forward and backward; experts sit on chips tp apart inside the DP group.
+    routed tokens, forward and backward (and the forward pair again under full recomputation),
+    in the MoE layers only; the busiest receiver takes `expert_load` times the balanced share.
+    The EP group's members sit etp apart (Megatron-Core's expert rank order etp-ep-edp), so the
+    all-to-all runs over the scale-up tier while ep * etp fits in a domain and over the
+    scale-out network beyond (`all_to_all` splits it over the tiers).
     """
     t, sp = plan.tp, plan.sequence_parallel
-    tokens = plan.microbatch_size * model.seq_len
+    tokens = local_tokens(model, plan)
     link = dict(calibration=calibration)
     full = plan.recompute > 1.5
+    passes = 4.0 + jnp.where(full, 2.0, 0.0)
+    # A parallel block sums the attention and MLP outputs before one reduction (PaLM Sec. 2).
+    tp_passes = 0.5 * passes if model.parallel_block else passes
     act_msg = ACT_BYTES * tokens * model.hidden
     ar = all_reduce(system, act_msg, t, **link)
     ag_rs = (all_gather(system, act_msg, t, **link).time
              + reduce_scatter(system, act_msg, t, **link).time)
     one = jnp.where(sp > 0.5, ag_rs, ar.time)
-    tp_comm = one * (4.0 + jnp.where(full, 2.0, 0.0))
-    tp_bytes = 2.0 * (t - 1.0) / t * act_msg * (4.0 + jnp.where(full, 2.0, 0.0))
+    tp_comm = one * tp_passes
+    tp_bytes = 2.0 * (t - 1.0) / t * act_msg * tp_passes
 
-    moe = model.experts > 1.0
-    routed = ACT_BYTES * tokens * model.top_k * model.hidden / jnp.where(sp > 0.5, t, 1.0)
-    a2a = all_to_all(system, routed, plan.ep, stride=t, **link)
-    ep_comm = jnp.where(moe, 4.0 * a2a.time, 0.0)
-    ep_bytes = jnp.where(moe, 4.0 * (plan.ep - 1.0) / plan.ep * routed, 0.0)
+    moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
+    routed = (ACT_BYTES * tokens * model.top_k * model.hidden * model.expert_load
+              / jnp.where(sp > 0.5, t, 1.0))
+    a2a = all_to_all(system, routed, plan.ep, stride=plan.expert_tp, **link)
+    ep_comm = moe * passes * a2a.time
+    ep_bytes = moe * passes * (plan.ep - 1.0) / plan.ep * routed
     return tp_comm, ep_comm, tp_bytes + ep_bytes
+
+
+def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """Bytes of the K and V of one CP chunk on one chip (what one ring step passes on).
+
+    GQA: K and V of the chip's KV heads; MLA: the up-projected per-head K (qk width) and V,
+    as Megatron-Core's CP sends them.
+    """
+    t = plan.tp
+    if model.latent_attention:
+        width = model.heads / t * (model.qk_head_dim + model.v_head_dim)
+    else:
+        width = 2.0 * jnp.maximum(model.kv_heads / t, 1.0) * model.head_dim
+    return ACT_BYTES * local_tokens(model, plan) * width
+
+
+def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration):
+    """Exposed ring-attention communication of one layer: (s, bytes sent).
+
+    Megatron-Core CP (docs/user-guide/features/context_parallel.md): forward, each rank passes
+    its KV chunk around the ring, cp - 1 point-to-point steps, each overlapped with the
+    attention of the chunk it already holds; backward passes KV and dKV (twice the bytes) the
+    same way; full recomputation repeats the forward ring. The members sit tp apart, so the ring
+    runs over the scale-up tier while tp * cp fits in a domain and crosses the scale-out network
+    beyond. What the attention compute cannot hide is exposed.
+    """
+    cp = plan.cp
+    chunk = kv_chunk_bytes(model, plan)
+    steps = cp - 1.0
+    link = dict(stride=plan.tp, calibration=calibration)
+    send_f = send_recv(system, chunk, cp, **link).time
+    send_b = send_recv(system, 2.0 * chunk, cp, **link).time
+    full = plan.recompute > 1.5
+    exposed_f = jnp.maximum(steps * send_f - core_fwd, 0.0)
+    exposed_b = jnp.maximum(steps * send_b - core_bwd, 0.0)
+    comm = (1.0 + jnp.where(full, 1.0, 0.0)) * exposed_f + exposed_b
+    sent = steps * chunk * (3.0 + jnp.where(full, 1.0, 0.0))
+    on = cp > 1.0
+    return jnp.where(on, comm, 0.0), jnp.where(on, sent, 0.0)
 
 
 def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
@@ -260,10 +385,10 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     """
     gemms, router = _weight_gemms(model, plan, system, smooth, calibration)
     recipe = RECIPES[plan.precision]
-    moe = model.experts > 1.0
-    fwd = sum(c * g[0].time for c, g in gemms) + jnp.where(moe, router[0].time, 0.0)
+    moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
+    fwd = sum(c * g[0].time for c, g in gemms) + moe * router[0].time
     bwd = sum(c * (g[1].time + g[2].time) for c, g in gemms) \
-        + jnp.where(moe, router[1].time + router[2].time, 0.0)
+        + moe * (router[1].time + router[2].time)
     hbm = sum(c * (g[0].hbm_bytes + g[1].hbm_bytes + g[2].hbm_bytes) for c, g in gemms)
     gemm_fwd_bytes = sum(c * g[0].hbm_bytes for c, g in gemms)
 
@@ -287,6 +412,8 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     hbm = hbm + jnp.where(full, layer_fwd_bytes, jnp.where(selective, core_fwd_bytes, 0.0))
 
     tp_comm, ep_comm, comm_bytes = _tp_and_ep_comm(model, plan, system, calibration)
+    cp_comm, cp_bytes = _context_parallel_comm(model, plan, system, core_fwd, core_bwd,
+                                               calibration)
     vec = ew_vec + core_vec + jnp.where(full, ew_vec_fwd + core_vec_fwd,
                                         jnp.where(selective, core_vec_fwd, 0.0))
     gemm_flops = sum(c * (g[0].flops + g[1].flops + g[2].flops) for c, g in gemms)
@@ -295,8 +422,9 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
         else jnp.zeros_like(fwd)
     quantize = q_fwd + q_bwd + jnp.where(full, q_fwd, 0.0)
     return LayerCost(fwd=fwd, bwd=bwd, recompute=recompute, tp_comm=tp_comm, ep_comm=ep_comm,
-                     hbm_bytes=hbm, vector_flops=vec, comm_bytes=comm_bytes,
-                     low_precision_flops=low, quantize=quantize)
+                     cp_comm=cp_comm, hbm_bytes=hbm, vector_flops=vec,
+                     comm_bytes=comm_bytes + cp_bytes, low_precision_flops=low,
+                     quantize=quantize)
 
 
 def layer_time(model: Transformer, plan: TrainingPlan, system: System, *,
@@ -310,4 +438,4 @@ def layer_time(model: Transformer, plan: TrainingPlan, system: System, *,
     lc = layer_costs(model, plan, system, calibration=calibration, smooth=smooth,
                      flash_attention=flash_attention)
     return (lc.fwd + lc.bwd + lc.recompute) / calibration.kernel_fraction + lc.tp_comm \
-        + lc.ep_comm
+        + lc.ep_comm + lc.cp_comm

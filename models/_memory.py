@@ -50,9 +50,10 @@ def linear_input_bytes(plan: TrainingPlan) -> float:
 class StageParams(eqx.Module):
     """Parameters one chip of the first pipeline stage holds before ZeRO sharding.
 
-    **Fields:** `dense` (attention, norms, router, embedding), `expert` (MLP experts), `dense_layer`
-    and `expert_layer` (one layer's worth of each, as ZeRO-3 gathers them), `dense_linear` (the
-    attention projections among `dense`: with `expert`, what a low-precision recipe quantizes).
+    **Fields:** `dense` (attention, norms, router, embedding, shared experts, the MLPs of dense
+    layers), `expert` (routed experts), `dense_layer` and `expert_layer` (one layer's worth of
+    each, as ZeRO-3 gathers them), `dense_linear` (the linear weights among `dense`: attention
+    projections and MLPs; with `expert`, what a low-precision recipe quantizes).
     """
 
     dense: Float[Array, "*batch"]
@@ -71,13 +72,24 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
     """Parameters held by one chip of the first stage (which also holds the embedding)."""
     t = plan.tp
     layers_per_stage = model.layers / plan.pp
-    dense_layer = (model.attention_params_per_layer / t + model.router_params_per_layer
-                   + 2.0 * model.hidden)
-    expert_layer = model.experts / plan.ep * model.expert_params_per_layer / t
+    share = model.moe_layer_share
+    # Per layer averaged over MoE and dense layers: shared experts and the dense layers' MLPs
+    # are replicated over EP like attention; routed experts are split ep ways.
+    dense_layer = (model.attention_params_per_layer / t + share * model.router_params_per_layer
+                   + 2.0 * model.hidden
+                   + share * model.shared_experts * model.expert_params_per_layer / t
+                   + (1.0 - share) * model.dense_mlp_params / t)
+    expert_layer = (share * model.experts / plan.ep * model.expert_params_per_layer
+                    / plan.expert_tp)
+    # The linear weights among the dense ones (what a low-precision recipe quantizes): the
+    # attention projections, the shared experts and the dense layers' MLPs.
+    dense_linear_layer = (model.attention_params_per_layer / t
+                          + share * model.shared_experts * model.expert_params_per_layer / t
+                          + (1.0 - share) * model.dense_mlp_params / t)
     embed = model.vocab * model.hidden / t
     return StageParams(dense=layers_per_stage * dense_layer + embed,
                        expert=layers_per_stage * expert_layer, dense_layer=dense_layer,
-                       dense_linear=layers_per_stage * model.attention_params_per_layer / t,
+                       dense_linear=layers_per_stage * dense_linear_layer,
                        expert_layer=expert_layer)
 
 
@@ -97,8 +109,11 @@ def linear_weight_bytes(plan: TrainingPlan) -> tuple[float, float]:
 
 
 def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array, "*batch"]:
-    """Parameters per chip where `sharded`: dense ones split over DP, experts over DP / EP."""
-    return jnp.where(sharded, params.dense / plan.dp + params.expert / (plan.dp / plan.ep),
+    """Parameters per chip where `sharded`: dense ones split over DP x CP, experts over their
+    replicas EDP (the CP ranks of a replica hold the same weights, so Megatron's distributed
+    optimizer shards over both)."""
+    group = plan.dp * plan.cp
+    return jnp.where(sharded, params.dense / group + params.expert / plan.expert_dp,
                      params.dense + params.expert)
 
 
@@ -117,21 +132,35 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     nothing else needs them (the output projection's input is the attention output, which the
     fused attention backward reads in 16 bits, so it stays).
     """
-    s, b, h, t = model.seq_len, plan.microbatch_size, model.hidden, plan.tp
+    # Context parallelism: a chip holds the s / cp tokens of its chunks (Megatron-Core CP keeps
+    # only its own chunk's K and V and re-gathers them in backward), so every term below
+    # counts s / cp tokens; the score matrix is (s / cp) x s.
+    full_s, b, h, t = model.seq_len, plan.microbatch_size, model.hidden, plan.tp
+    s = full_s / plan.cp
     sbh = s * b * h
-    kv_dim = model.kv_dim
     # Attention block: QKV input 2sbh, Q and K 2sb(q + kv), V 2sb*kv, projection input 2sb*q
-    # (q = heads * head_dim = h for most models).
-    q_dim = model.q_dim
-    attn_parallel = s * b * (2.0 * (q_dim + kv_dim) + 2.0 * kv_dim + 2.0 * q_dim)
-    # MLP: input 2sbh (replicated) + up-projection outputs and activation output.
+    # (q = heads * head_dim = h for most models). MLA: Q and K at the qk width per head, V and
+    # the projection input at the value width (the latents are small beside them).
+    if model.latent_attention:
+        q_dim = model.heads * model.qk_head_dim
+        v_dim = model.heads * model.v_head_dim
+        attn_parallel = s * b * (2.0 * (2.0 * q_dim) + 2.0 * v_dim + 2.0 * v_dim)
+    else:
+        q_dim, kv_dim = model.q_dim, model.kv_dim
+        attn_parallel = s * b * (2.0 * (q_dim + kv_dim) + 2.0 * kv_dim + 2.0 * q_dim)
+    # MLP: input 2sbh (replicated) + up-projection outputs and activation output, for the
+    # tokens each expert takes (top_k routed at the busiest expert's load, plus the shared
+    # experts) in MoE layers and the dense width in dense layers.
     up = 2.0 if model.gated_mlp else 1.0
     lib = linear_input_bytes(plan)
-    mlp_parallel = model.top_k * s * b * model.ffn_hidden * (2.0 * up + lib)
-    # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh at 16 bits), 2 dropout masks
-    # (2sbh).
+    share = model.moe_layer_share
+    mlp_width = (share * (model.top_k * model.expert_load + model.shared_experts)
+                 * model.ffn_hidden + (1.0 - share) * model.dense_ffn)
+    mlp_parallel = s * b * mlp_width * (2.0 * up + lib)
+    # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh at 16 bits, or the recipe's
+    # quantized copy), 2 dropout masks (2sbh).
     replicated = (6.0 + 2.0 * lib) * sbh
-    scores = 0.0 if flash_attention else 5.0 * model.heads * s * s * b
+    scores = 0.0 if flash_attention else 5.0 * model.heads * s * full_s * b
     sp = plan.sequence_parallel > 0.5
     stored = (jnp.where(sp, replicated / t, replicated) + (attn_parallel + mlp_parallel) / t)
     none = stored + scores / t

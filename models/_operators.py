@@ -14,15 +14,22 @@ roofline. Two physical effects set the times:
   FlashAttention-2 loop order): K and V are streamed once per resident block of query rows.
 - **Efficiency in op size.** Achieved throughput rises smoothly with op size: an op whose ideal
   time (work / peak rate) is s runs at efficiency eta(s) = eta_max * s / (s + s_half), i.e. in
-  time (s + s_half) / eta_max: a fixed start-up cost plus a sustained fraction of peak. The four
-  constants (matrix and memory: eta_max, s_half) are fields of the `Calibration` every operator
-  takes (fitted by `dse.calibration` to measured A100 per-operator latencies and the measured
-  max-achievable matmul rate).
+  time (s + s_half) / eta_max: a fixed start-up cost plus a sustained fraction of peak. For
+  matrix work eta_max = `Chip.matmul_fraction` (the chip's measured best-GEMM fraction: its clock
+  under its power limit) x `Calibration.matrix_max`; s_half and the memory pair are fields of
+  the `Calibration` every operator takes (fitted by `dse.calibration` to measured A100
+  per-operator latencies and the measured max-achievable matmul rate).
+- **Fused attention** runs at its own rate (`_attention_compute_time`): the kernel's matrix
+  rate relative to the chip's best GEMM, the non-matrix work per score (why head dim 64 is
+  slower than 128), the masked half block on the causal diagonal and the per-block I/O left
+  exposed (why short sequences are slower), fitted to published FlashAttention-2/3/4
+  throughputs (data/attention_kernels.csv).
 """
 
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -99,6 +106,26 @@ def roofline(compute_time: ArrayLike, memory_time: ArrayLike,
     return jnp.where(positive, norm, 0.0)
 
 
+@jax.custom_jvp
+def ratio(num, den):
+    """num / den, with a derivative that never forms den^2.
+
+    JAX differentiates a division as d num / den - num d den den^-2; once den exceeds 1.8e19
+    (the peak FLOP/s of a large chip, chips x peak, a step's FLOP) den^2 overflows float32 and
+    the derivative turns into NaN or silently into 0. Here it is (d num - ratio d den) / den,
+    the same derivative in exact arithmetic; the value is the plain division.
+    """
+    return num / den
+
+
+@ratio.defjvp
+def _ratio_jvp(primals, tangents):
+    num, den = primals
+    d_num, d_den = tangents
+    out = num / den
+    return out, (d_num - out * d_den) / den
+
+
 def _safe_div(num, den):
     """num / den, and 0 where den == 0 (double-where: no inf/NaN in value or gradient)."""
     ok = den > 0
@@ -123,30 +150,60 @@ def matrix_rate(chip: Chip, engine: str = "bf16") -> Float[Array, "*batch"]:
     return chip.peak_flops * jnp.where(has, rate * efficiency, 1.0)
 
 
+def matrix_efficiency(chip: Chip, calibration: Calibration = DEFAULT) -> Float[Array, "*batch"]:
+    """Sustained fraction of peak matrix FLOP/s on large GEMMs: the chip's measured best-GEMM
+    fraction (`Chip.matmul_fraction`: its clock under its power limit, its pipeline) times the
+    calibrated share of it a workload's GEMMs reach (`Calibration.matrix_max`)."""
+    return chip.matmul_fraction * calibration.matrix_max
+
+
 def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True,
-           fused_attention: bool = False, engine: str = "bf16", vector_rate=1.0):
+           engine: str = "bf16", vector_rate=1.0):
     """Compute and memory times with the size-dependent efficiency.
 
-    `active` is 1 where the op exists (a zero-size op costs no start-up time). A fused
-    attention kernel (`fused_attention`) sustains `cal.attention_scale` of the matrix
-    efficiency. Matrix work runs on `engine` (`matrix_rate`). Vector work (`matrix=False`) has
-    no measured efficiency to fit: it runs at the
-    vector peak and shares the memory-op start-up time (element-wise ops are memory-bound on
-    every chip in chips.csv).
+    `active` is 1 where the op exists (a zero-size op costs no start-up time). Matrix work runs
+    on `engine` (`matrix_rate`: its peak times its sustained fraction relative to the 16-bit
+    engine), at the same `matrix_efficiency` as 16-bit work. Vector work
+    (`matrix=False`) has no measured efficiency to fit: it runs at the vector peak and shares
+    the memory-op start-up time (element-wise ops are memory-bound on every chip in chips.csv).
     A chip without HBM (`hbm_bandwidth == 0`) keeps its operands in SRAM: no HBM time.
     """
     ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
     memory_time = active * (ideal_m + cal.memory_overhead_s) / cal.memory_max
     if matrix:
-        matrix_max = cal.matrix_max
-        if fused_attention:
-            matrix_max = matrix_max * cal.attention_scale
-        compute_time = active * (flops / matrix_rate(chip, engine) + cal.matrix_overhead_s) \
-            / matrix_max
+        compute_time = active * (ratio(flops, matrix_rate(chip, engine)) + cal.matrix_overhead_s) \
+            / matrix_efficiency(chip, cal)
     else:
-        compute_time = active * (flops / (chip.vector_flops * vector_rate)
+        compute_time = active * (ratio(flops, chip.vector_flops * vector_rate)
                                  + cal.memory_overhead_s)
     return compute_time, memory_time
+
+
+# Key-block width of the fused attention kernels: FlashAttention-2 tiles keys in blocks of 64 or
+# 128 (Dao 2023, arXiv 2307.08691, Sec. 3.3), FlashAttention-3 and -4 in 128 (Shah et al. 2024,
+# arXiv 2407.08608, Sec. 4). Under a causal mask the diagonal block of every query block is
+# computed in full and half of it masked: half a block of wasted keys per query row.
+ATTENTION_BLOCK = 128.0
+
+
+def _attention_compute_time(chip: Chip, flops, io_bytes, head_dim, attended, causal,
+                            cal: Calibration, backward: bool, active):
+    """Compute time of a fused attention kernel (forward or backward), s.
+
+    Matrix products at the chip's best-GEMM rate times `attention_scale` (and
+    `attention_backward_scale`), stretched by the non-matrix work per score
+    (1 + attention_softmax_dim / head_dim) and, under a causal mask, by the computed-but-masked
+    half block per row; plus the exposed HBM time of the per-block I/O (`io_bytes`).
+    """
+    rate = chip.peak_flops * chip.matmul_fraction * cal.attention_scale
+    if backward:
+        rate = rate * cal.attention_backward_scale
+    exposed_io = cal.attention_backward_io if backward else cal.attention_forward_io
+    softmax = 1.0 + _safe_div(cal.attention_softmax_dim, head_dim)
+    masked = jnp.where(causal, 1.0 + 0.5 * ATTENTION_BLOCK / attended, 1.0)
+    matmul = flops / rate * softmax * masked
+    return active * (matmul + exposed_io * _safe_div(io_bytes, chip.hbm_bandwidth)
+                     + cal.matrix_overhead_s)
 
 
 def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
@@ -243,7 +300,9 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     2023; block rows = S / (4 head_dim) as in Dao et al. 2022, Alg. 1). GQA / MQA: the
     heads / kv_heads query heads that share a KV head are processed together, so K and V are read
     per KV head, not per query head.
-    Compute runs at `calibration.attention_scale` of the GEMM efficiency (see `Calibration`).
+    Compute: `_attention_compute_time` (the kernel's rate from the chip's best-GEMM rate and the
+    attention fields of the `Calibration`, fitted to published FlashAttention-2/3/4 throughputs
+    by `dse.calibration.fit_attention_efficiency`).
 
     **Arguments:**
 
@@ -274,8 +333,9 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     k_v = 2.0 * batch * kv_heads * kv_len * head_dim * jnp.maximum(kv_passes * kv_fraction, 1.0)
     hbm_bytes = (q_o + k_v) * bytes_per_element
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
-                                       fused_attention=True)
+    _, memory_time = _times(chip, flops, hbm_bytes, calibration, active)
+    compute_time = _attention_compute_time(chip, flops, q_o * bytes_per_element, head_dim,
+                                           attended, causal, calibration, False, active)
     compute_time = compute_time + active * kv_convert_flops * k_v / chip.vector_flops
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
@@ -291,7 +351,8 @@ def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads:
     Dao 2023, Sec. 3.2 / benchmark FLOP count). HBM traffic (Dao 2023, Alg. 2 loop order): K, V
     read and dK, dV written once per KV block pass; Q, O, dO read and dQ read and written once per
     block of keys that fits on chip (block = S / (4 head_dim) rows).
-    Compute runs at `calibration.attention_scale` of the GEMM efficiency (see `Calibration`).
+    Compute: as `attention`, at the backward kernel's rate, with the per-key-block I/O (K, V
+    read, dK, dV written per query head) as the exposed traffic.
 
     **Arguments:** as `attention`.
 
@@ -307,8 +368,10 @@ def attention_backward(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads:
     q_side = 5.0 * batch * heads * q_len * head_dim * q_passes  # Q, O, dO read; dQ read + write
     hbm_bytes = (kv + q_side) * bytes_per_element
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
-                                       fused_attention=True)
+    _, memory_time = _times(chip, flops, hbm_bytes, calibration, active)
+    column_io = 4.0 * batch * heads * kv_len * head_dim * bytes_per_element
+    compute_time = _attention_compute_time(chip, flops, column_io, head_dim, attended, causal,
+                                           calibration, True, active)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 

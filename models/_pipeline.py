@@ -20,8 +20,8 @@ from ._transformer import Transformer
 
 def pipeline_send_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """Bytes one chip sends per stage boundary per micro-batch: with the scatter/gather
-    optimization 1/t of the activation (SC21 Sec. 4.1)."""
-    return ACT_BYTES * plan.microbatch_size * model.seq_len * model.hidden / plan.tp
+    optimization 1/t of the activation (SC21 Sec. 4.1); a CP rank sends its s / cp tokens."""
+    return ACT_BYTES * plan.microbatch_size * model.seq_len / plan.cp * model.hidden / plan.tp
 
 
 def pipeline_comm_per_microbatch(model: Transformer, plan: TrainingPlan, system: System,
@@ -32,8 +32,8 @@ def pipeline_comm_per_microbatch(model: Transformer, plan: TrainingPlan, system:
     the receiving TP group all-gathers the full activation over the scale-up tier.
     """
     t, p, v = plan.tp, plan.pp, plan.interleave
-    activation = ACT_BYTES * plan.microbatch_size * model.seq_len * model.hidden
-    p2p = send_recv(system, pipeline_send_bytes(model, plan), 2.0, stride=t * plan.dp,
+    activation = ACT_BYTES * plan.microbatch_size * model.seq_len / plan.cp * model.hidden
+    p2p = send_recv(system, pipeline_send_bytes(model, plan), 2.0, stride=t * plan.cp * plan.dp,
                     calibration=calibration)
     regather = all_gather(system, activation, t, calibration=calibration)
     return jnp.where(p > 1.0, 2.0 * v * (p2p.time + regather.time), 0.0)

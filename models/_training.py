@@ -22,7 +22,7 @@ from jaxtyping import Array, Bool, Float, Int
 from dse.hardware import Reason, System
 
 from ._calibration import DEFAULT, Calibration
-from ._data_parallel import data_parallel_comm, exposed_data_parallel
+from ._data_parallel import data_parallel_cost
 from ._energy import step_energy
 from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs, weight_quantize
 from ._memory import (
@@ -34,10 +34,11 @@ from ._memory import (
     training_memory,
     zero_shard,
 )
-from ._operators import elementwise
+from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
 from ._recipe import RECIPES
-from ._training_plan import TrainingPlan
+from ._rules import memory_reason, shortfall
+from ._training_plan import TrainingPlan, check_training_plan
 from ._transformer import Transformer
 
 
@@ -45,13 +46,16 @@ class TrainReport(eqx.Module):
     """What one training step costs (per step, per chip where it says so; SI units).
 
     `step_time == compute_time + tp_comm_time + pp_comm_time + dp_comm_time + ep_comm_time
-    + bubble_time + optimizer_time` (exposed communication only; `optimizer_time` includes the
-    once-per-step quantization of the weights under a low-precision recipe). `quantize_time` is
-    the part of `compute_time` spent in the recipe's cast / amax / transpose kernels.
-    `mfu` and `hfu` are against the 16-bit peak (as NeMo's "model TFLOP/s" are read), so an
-    FP8 run can exceed what a 16-bit one could reach. `memory_per_chip ==
+    + cp_comm_time + bubble_time + optimizer_time` (exposed communication only;
+    `optimizer_time` includes the once-per-step quantization of the weights under a
+    low-precision recipe). `quantize_time` is the part of `compute_time` spent in the recipe's
+    cast / amax / transpose kernels. `mfu` and `hfu` are against the 16-bit peak (as NeMo's
+    "model TFLOP/s" are read), so an FP8 run can exceed what a 16-bit one could reach.
+    `memory_per_chip ==
     weights_bytes + grads_bytes + optimizer_bytes + activations_bytes` on the busiest (first)
-    pipeline stage. `fits` is False with `reason` (`dse.hardware.Reason` flags) when the plan is
+    pipeline stage. `memory_capacity` is where that memory must live (the HBM, or the SRAM of a
+    chip without HBM) and `memory_shortfall` = max(memory_per_chip - memory_capacity, 0) how far
+    it misses. `fits` is False with `reason` (`dse.hardware.Reason` flags) when the plan is
     infeasible; the times are still computed so that a sweep can see how far off it is.
     """
 
@@ -65,6 +69,9 @@ class TrainReport(eqx.Module):
     grads_bytes: Float[Array, "*batch"]
     optimizer_bytes: Float[Array, "*batch"]
     activations_bytes: Float[Array, "*batch"]
+    # The system's, broadcast against the plans: a batch of plans on one chip has one capacity.
+    memory_capacity: Float[Array, "*#batch"]
+    memory_shortfall: Float[Array, "*batch"]
     fits: Bool[Array, "*batch"]
     reason: Int[Array, "*batch"]
     compute_time: Float[Array, "*batch"]
@@ -72,6 +79,7 @@ class TrainReport(eqx.Module):
     pp_comm_time: Float[Array, "*batch"]
     dp_comm_time: Float[Array, "*batch"]
     ep_comm_time: Float[Array, "*batch"]
+    cp_comm_time: Float[Array, "*batch"]
     bubble_time: Float[Array, "*batch"]
     optimizer_time: Float[Array, "*batch"]
     quantize_time: Float[Array, "*batch"]
@@ -83,23 +91,37 @@ class TrainReport(eqx.Module):
         """The step time by where it went (sums to `step_time`)."""
         return {"compute": self.compute_time, "tp_comm": self.tp_comm_time,
                 "pp_comm": self.pp_comm_time, "dp_comm": self.dp_comm_time,
-                "ep_comm": self.ep_comm_time, "bubble": self.bubble_time,
+                "ep_comm": self.ep_comm_time, "cp_comm": self.cp_comm_time,
+                "bubble": self.bubble_time,
                 "optimizer": self.optimizer_time}
+
+
+# HBM passes of the softmax cross-entropy per logit, as frameworks run it in fp32 (Megatron-LM
+# `_VocabParallelCrossEntropy`, PyTorch `cross_entropy` under autocast, which upcasts the
+# logits): forward reads the 16-bit logit (2 B) and writes it as fp32 (4), reads it for the max
+# (4), reads it and writes exp(x - max) (4 + 4), reads that for the sum (4): 22 B; backward
+# reads exp (4) and writes softmax - one-hot in fp32 (4), then casts it to 16 bits (4 + 2):
+# 14 B. In units of 2-byte elements: 11 forward, 7 backward.
+XENT_FWD_ELEMENTS, XENT_BWD_ELEMENTS = 11.0, 7.0
 
 
 def _output_layer_time(model, plan, system, smooth, calibration):
     """Logits GEMM (forward, dX, dW) and cross-entropy of one micro-batch on the last stage, s.
 
     The output layer runs on the last stage, which paces the pipeline; the embedding lookup is
-    negligible. **Returns:** (time, the three GEMM costs).
+    negligible. **Returns:** (time, the three GEMM costs, the cross-entropy's HBM bytes).
     """
-    tokens = plan.microbatch_size * model.seq_len
+    tokens = plan.microbatch_size * model.seq_len / plan.cp
     logits = gemm_fwd_bwd(system.chip, tokens, model.vocab / plan.tp, model.hidden, smooth,
                           calibration)
-    xent = elementwise(system.chip, tokens * model.vocab / plan.tp,
-                       flops_per_element=SOFTMAX_FLOPS, reads=2.0, smooth=smooth,
-                       calibration=calibration)
-    return logits[0].time + logits[1].time + logits[2].time + 2.0 * xent.time, logits
+    kw = dict(smooth=smooth, calibration=calibration)
+    elements = tokens * model.vocab / plan.tp
+    xent_f = elementwise(system.chip, elements, flops_per_element=SOFTMAX_FLOPS,
+                         reads=XENT_FWD_ELEMENTS - 1.0, writes=1.0, **kw)
+    xent_b = elementwise(system.chip, elements, flops_per_element=2.0,
+                         reads=XENT_BWD_ELEMENTS - 1.0, writes=1.0, **kw)
+    time = logits[0].time + logits[1].time + logits[2].time + xent_f.time + xent_b.time
+    return time, logits, xent_f.hbm_bytes + xent_b.hbm_bytes
 
 
 def precision_unsupported(plan: TrainingPlan, chip) -> Bool[Array, "*batch"]:
@@ -112,18 +134,6 @@ def precision_unsupported(plan: TrainingPlan, chip) -> Bool[Array, "*batch"]:
     needs_native = recipe.format.block_scaled and plan.precision != "fp8_blockwise"
     missing = chip.rate(recipe.engine) <= 0.0
     return missing | (needs_native and not chip.block_scaling)
-
-
-def _reason(plan: TrainingPlan, system: System, memory, capacity):
-    """`Reason` flags of a plan: too many chips, no whole micro-batch, out of memory, a
-    precision the chip has no engine for."""
-    too_many = plan.chips > system.num_chips + 0.5
-    no_batch = plan.microbatches < 1.0 - 1e-6
-    oom = memory > capacity
-    no_engine = precision_unsupported(plan, system.chip)
-    flag = lambda bad, f: jnp.where(bad, int(f), 0)  # noqa: E731
-    return (flag(too_many, Reason.CHIPS) | flag(no_batch, Reason.BATCH)
-            | flag(oom, Reason.MEMORY) | flag(no_engine, Reason.PRECISION)).astype(jnp.int32)
 
 
 def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
@@ -142,8 +152,13 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     - `flash_attention`: fused attention that never stores the score matrix (False models the
       Megatron-LM 2021-22 kernels that materialize it).
 
+    A plan given by hand that does not fit the model or the system (tp * pp * dp other than the
+    system's chips, tp not dividing the heads, pp not dividing the layers, a batch that does not
+    split into micro-batches) is a `ValueError` (`check_training_plan`); traced, it is flagged.
+
     **Returns:** a `TrainReport` (seconds, tokens/s, fractions of peak, joules, bytes).
     """
+    plan_reason = check_training_plan(model, plan, system)
     chip = system.chip
     p, v, s = plan.pp, plan.interleave, model.seq_len
     m = plan.microbatches
@@ -151,24 +166,26 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     eta = calibration.kernel_fraction
     lc = layer_costs(model, plan, system, calibration=calibration, smooth=smooth,
                      flash_attention=flash_attention)
-    out_time, logits = _output_layer_time(model, plan, system, smooth, calibration)
+    out_time, logits, xent_bytes = _output_layer_time(model, plan, system, smooth, calibration)
 
     stage_compute = (layers_per_stage * (lc.fwd + lc.bwd + lc.recompute) + out_time) / eta
     stage_tp = layers_per_stage * lc.tp_comm
     stage_ep = layers_per_stage * lc.ep_comm
+    stage_cp = layers_per_stage * lc.cp_comm
     stage_pp = pipeline_comm_per_microbatch(model, plan, system, calibration)
     compute_time = m * stage_compute
     tp_time = m * stage_tp
     ep_time = m * stage_ep
+    cp_time = m * stage_cp
     pp_time = m * stage_pp
-    bubble_time = pipeline_bubble(plan, stage_compute + stage_tp + stage_ep + stage_pp)
+    bubble_time = pipeline_bubble(plan, stage_compute + stage_tp + stage_ep + stage_cp
+                                  + stage_pp)
 
     params = stage_params(model, plan)
     memory = training_memory(model, plan, flash_attention=flash_attention)
 
-    dp_total = data_parallel_comm(plan, system, params, calibration)
-    window = jnp.where(plan.zero_stage > 2.5, compute_time, layers_per_stage * lc.bwd / eta)
-    dp_time = exposed_data_parallel(plan, dp_total, window, layers_per_stage, calibration)
+    dp_time = data_parallel_cost(plan, system, params, lc.fwd / eta, lc.bwd / eta,
+                                 lc.recompute / eta, layers_per_stage, calibration).exposed
 
     # Optimizer: Adam over the chip's shard of the parameters, memory bound (reads the master
     # weight, m, v and the gradient; writes the three back and, with an FP32 master, the 16-bit
@@ -186,7 +203,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                            smooth=smooth, calibration=calibration)
     optimizer_time = (opt.time + cast.time) / eta
 
-    step_time = (compute_time + tp_time + pp_time + dp_time + ep_time + bubble_time
+    step_time = (compute_time + tp_time + pp_time + dp_time + ep_time + cp_time + bubble_time
                  + optimizer_time)
 
     chips_used = plan.chips
@@ -195,36 +212,43 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     recompute_share = jnp.where(
         plan.recompute > 1.5, 1.0,
         jnp.where((plan.recompute > 0.5) & (not flash_attention),
-                  4.0 * s * model.q_dim / model.layer_forward_flops_per_token(), 0.0))
+                  model.attention_core_flops_per_token() / model.layer_forward_flops_per_token(),
+                  0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops
-    mfu = model_flops / (chips_used * peak * step_time)
-    hfu = hardware_flops / (chips_used * peak * step_time)
+    # `ratio`: chips x peak FLOP/s and a step's FLOP exceed 1.8e19, whose square (in the
+    # derivative of a plain division) overflows float32.
+    mfu = ratio(ratio(model_flops, chips_used * peak), step_time)
+    hfu = ratio(ratio(hardware_flops, chips_used * peak), step_time)
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
-                     + logits[1].hbm_bytes + logits[2].hbm_bytes) + opt.hbm_bytes \
+                     + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes \
         + cast.hbm_bytes
     link_bytes = m * (layers_per_stage * lc.comm_bytes + jnp.where(p > 1.0, 2.0 * v, 0.0)
                       * pipeline_send_bytes(model, plan)) \
-        + jnp.where(plan.dp > 1.0, 2.0 * grad_bytes(plan) * params.total, 0.0)
+        + jnp.where(plan.dp * plan.cp > 1.0, 2.0 * grad_bytes(plan) * params.total, 0.0)
     # The recipe's GEMM FLOPs run on its engine (at its energy per MAC); the rest at 16 bits.
     recipe = RECIPES[plan.precision]
     low_flops = m * layers_per_stage * lc.low_precision_flops
-    busy_16 = hfu - low_flops / (peak * step_time)
+    busy_16 = hfu - ratio(ratio(low_flops, peak), step_time)
     energy = step_energy(chip, step_time, chips_used, compute_fraction=busy_16,
                          vector_flops=m * layers_per_stage * lc.vector_flops + opt.flops
                          + cast.flops,
                          hbm_bytes=hbm_bytes, link_bytes=link_bytes,
                          low_precision_flops=low_flops, engine=recipe.engine)
 
-    reason = _reason(plan, system, memory.total, chip.hbm_bytes)
+    capacity = chip.memory_capacity
+    no_engine = precision_unsupported(plan, chip)
+    reason = (plan_reason | memory_reason(chip, memory.total, capacity)
+              | jnp.where(no_engine, int(Reason.PRECISION), 0).astype(jnp.int32))
     return TrainReport(
         step_time=step_time, tokens_per_s=global_tokens / step_time, mfu=mfu, hfu=hfu,
         energy=energy, memory_per_chip=memory.total, weights_bytes=memory.weights,
         grads_bytes=memory.grads, optimizer_bytes=memory.optimizer,
-        activations_bytes=memory.activations, fits=reason == 0, reason=reason,
+        activations_bytes=memory.activations, memory_capacity=capacity,
+        memory_shortfall=shortfall(memory.total, capacity), fits=reason == 0, reason=reason,
         compute_time=compute_time, tp_comm_time=tp_time, pp_comm_time=pp_time,
-        dp_comm_time=dp_time, ep_comm_time=ep_time, bubble_time=bubble_time,
+        dp_comm_time=dp_time, ep_comm_time=ep_time, cp_comm_time=cp_time, bubble_time=bubble_time,
         optimizer_time=optimizer_time,
         quantize_time=m * layers_per_stage * lc.quantize / eta,
         model_flops=model_flops, hardware_flops=hardware_flops)

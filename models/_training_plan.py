@@ -7,12 +7,16 @@ import dataclasses
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
-from dse.hardware._validate import as_float_array, check_choice, check_range
+from dse.hardware import Reason, System
+from dse.hardware._validate import as_float_array, check_choice, check_integer
 
 from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
+from ._rules import Rule, check_rules, divides, is_concrete, reason_of
+from ._transformer import Transformer
 
 # Recomputation modes (Korthikanti et al. 2022, Sec. 5).
 RECOMPUTE_NONE = 0.0
@@ -26,7 +30,12 @@ class TrainingPlan(eqx.Module):
     **Fields:**
 
     - `tp`, `pp`, `dp`, `ep`: tensor-, pipeline-, data- and expert-parallel degrees
-      (chips used = tp * pp * dp; experts are sharded `ep` ways inside the data-parallel group).
+      (experts are sharded `ep` ways inside the data-parallel group).
+    - `cp`: context-parallel degree: each sequence is split over `cp` chips (ring attention,
+      Megatron-Core CP with load-balanced causal chunks); chips used = tp * cp * pp * dp.
+    - `etp`: expert tensor-parallel degree (Megatron-Core ETP): the MoE layers are mapped
+      ETP x EP x EDP over the same tp * cp * dp chips as the attention's TP x CP x DP; 0 (the
+      default) means etp = tp. `ep * etp` must divide tp * cp * dp.
     - `microbatch_size`: sequences per micro-batch.
     - `global_batch`: sequences per optimizer step (micro-batches per replica =
       global_batch / (dp * microbatch_size)).
@@ -34,7 +43,18 @@ class TrainingPlan(eqx.Module):
     - `sequence_parallel`: 1 to shard norms/dropouts along the sequence over the TP group.
     - `recompute`: `RECOMPUTE_NONE` / `RECOMPUTE_SELECTIVE` / `RECOMPUTE_FULL` (0 / 1 / 2).
     - `zero_stage`: 0 none, 1 optimizer state, 2 + gradients, 3 + weights (FSDP) sharded over DP.
-    - `dp_overlap`: 1 to overlap the gradient reduction with the backward pass.
+    - `dp_overlap`: 1 to overlap the data-parallel communication with compute (bucketed
+      gradient reduction behind the backward pass, the parameter all-gather of ZeRO-1/2
+      behind the next forward, ZeRO-3's per-layer prefetch).
+    - `dp_hierarchical`: 1 for data-parallel collectives reduced in the scale-up domain first,
+      each chip driving its own scale-out port with its share (NCCL's rail-aligned rings,
+      Megatron-LM, PyTorch FSDP); 0 for a flat ring in which every chip's whole share crosses
+      the scale-out network (DeepSpeed ZeRO-3 at scale in 2021: Narayanan et al. 2021, Table 2
+      implies a per-GPU gather rate at its InfiniBand port's rate).
+    - `zero3_regather`: 1 when ZeRO-3 gathers a layer's weights again for its recomputed
+      forward (DeepSpeed's per-module fetch and release hooks fire for the recomputation too), 0
+      when the backward's gather serves both (PyTorch FSDP unshards once before a unit's
+      backward, which runs the recomputation inside it).
     - `precision` (static): the GEMM recipe (`dse.models.RECIPES`): "bf16", "fp8_delayed",
       "fp8_current", "fp8_blockwise", "mxfp8" or "nvfp4".
     - `master_weights` (static): "fp32" (a separate FP32 copy in the optimizer, 4 bytes per
@@ -53,6 +73,8 @@ class TrainingPlan(eqx.Module):
     pp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     dp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     ep: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    cp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    etp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     microbatch_size: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     global_batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     interleave: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -61,6 +83,9 @@ class TrainingPlan(eqx.Module):
     recompute: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     zero_stage: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+
     # Choices take any str: `__check_init__` names the field and the allowed values (`Recipe`,
     # `StatePrecision`) in a ValueError.
     precision: str = eqx.field(static=True, default="bf16")
@@ -69,29 +94,58 @@ class TrainingPlan(eqx.Module):
     gradients: str = eqx.field(static=True, default="fp32")
     quantized_params: bool = eqx.field(static=True, default=False)
 
+    def __post_init__(self):
+        # A field given as one number beside batched ones applies to every plan of the batch:
+        # broadcast it, so that a batch of plans always vmaps along one leading axis.
+        # (The static choices, `precision` and the like, are not arrays and stay as they are.)
+        names = [f.name for f in dataclasses.fields(self) if not f.metadata.get("static")]
+        shape = np.broadcast_shapes(*(np.shape(getattr(self, n)) for n in names))
+        if shape:
+            for n in names:
+                value = getattr(self, n)
+                if np.shape(value) != shape:
+                    setattr(self, n, jnp.broadcast_to(value, shape))
+
     def __check_init__(self):
+        # Every field is a count or a choice: a fractional value is refused, never truncated.
         check_choice("TrainingPlan", "precision", self.precision, RECIPE_NAMES)
         for field in ("master_weights", "optimizer_state", "gradients"):
             check_choice("TrainingPlan", field, getattr(self, field), STATE_PRECISIONS)
         if not isinstance(self.quantized_params, bool):
             raise ValueError(f"TrainingPlan.quantized_params must be True or False; got "
                              f"{self.quantized_params!r}")
-        for field in ("tp", "pp", "dp", "ep", "microbatch_size", "global_batch", "interleave"):
-            check_range("TrainingPlan", field, getattr(self, field), lower=1.0,
-                        lower_inclusive=True)
+        for field in ("tp", "pp", "dp", "ep", "cp", "microbatch_size", "global_batch",
+                      "interleave"):
+            check_integer("TrainingPlan", field, getattr(self, field))
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
-                          ("dp_overlap", 1.0)):
-            check_range("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi,
-                        lower_inclusive=True)
-        ep, dp = self.ep, self.dp
-        if not isinstance(ep, jax.core.Tracer) and not isinstance(dp, jax.core.Tracer):
-            if bool(np.any(np.asarray(ep) > np.asarray(dp))):
-                raise ValueError(f"TrainingPlan.ep must be <= TrainingPlan.dp ({dp}); got {ep}")
+                          ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
+                          ("zero3_regather", 1.0)):
+            check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
+        # etp 0: the experts take the dense layers' TP degree.
+        check_integer("TrainingPlan", "etp", self.etp, lower=0.0)
+        leaves = (self.ep, self.dp, self.tp, self.cp, self.etp)
+        if not any(isinstance(x, jax.core.Tracer) for x in leaves):
+            ep, dp, tp, cp, etp = (np.asarray(x) for x in leaves)
+            expert_tp = np.where(etp > 0.0, etp, tp)
+            if bool(np.any(ep * expert_tp > tp * cp * dp)):
+                raise ValueError(
+                    f"TrainingPlan.ep * etp must be <= tp * cp * dp (the chips of a stage); got "
+                    f"ep {ep}, etp {expert_tp}, tp {tp}, cp {cp}, dp {dp}")
 
     @property
     def chips(self) -> Float[Array, "*batch"]:
-        """Chips the plan occupies, tp * pp * dp."""
-        return self.tp * self.pp * self.dp
+        """Chips the plan occupies, tp * cp * pp * dp."""
+        return self.tp * self.cp * self.pp * self.dp
+
+    @property
+    def expert_tp(self) -> Float[Array, "*batch"]:
+        """Expert tensor-parallel degree: `etp`, or `tp` when it is 0."""
+        return jnp.where(self.etp > 0.0, self.etp, self.tp)
+
+    @property
+    def expert_dp(self) -> Float[Array, "*batch"]:
+        """Replicas of each expert (EDP), tp * cp * dp / (ep * etp)."""
+        return self.tp * self.cp * self.dp / (self.ep * self.expert_tp)
 
     @property
     def microbatches(self) -> Float[Array, "*batch"]:
@@ -101,3 +155,47 @@ class TrainingPlan(eqx.Module):
     def replace(self, **changes) -> TrainingPlan:
         """A copy with some fields changed (validated like a new plan)."""
         return dataclasses.replace(self, **changes)
+
+
+def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) -> list[Rule]:
+    """What a training plan must satisfy on `model` and `system` (see `check_training_plan`)."""
+    n = float(system.num_chips)
+    layers_per_stage = model.layers / plan.pp
+    replica_batch = plan.dp * plan.microbatch_size
+    return [
+        Rule(Reason.CHIPS, "TrainingPlan.tp * pp * dp", plan.chips, plan.chips == n,
+             lambda: f"the system's {system.num_chips} chips (System.num_chips)"),
+        Rule(Reason.SPLIT, "TrainingPlan.tp", plan.tp, divides(plan.tp, model.heads),
+             lambda: f"a divisor of the model's {float(model.heads):g} heads"),
+        Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, model.layers),
+             lambda: f"a divisor of the model's {float(model.layers):g} layers"),
+        Rule(Reason.SPLIT, "TrainingPlan.interleave", plan.interleave,
+             divides(plan.interleave, layers_per_stage),
+             lambda: f"a divisor of the {float(layers_per_stage):g} layers per stage"),
+        Rule(Reason.SPLIT, "TrainingPlan.ep", plan.ep,
+             divides(plan.ep, model.experts) & divides(plan.ep, plan.dp),
+             lambda: f"a divisor of the model's {float(model.experts):g} experts and of "
+                     f"dp = {float(plan.dp):g}"),
+        Rule(Reason.BATCH, "TrainingPlan.global_batch", plan.global_batch,
+             divides(replica_batch, plan.global_batch),
+             lambda: f"a multiple of dp * microbatch_size = {float(replica_batch):g} (whole "
+                     f"micro-batches per replica)"),
+    ]
+
+
+def check_training_plan(model: Transformer, plan: TrainingPlan,
+                        system: System) -> Int[Array, "*batch"]:
+    """Check a training plan against its model and system; its `Reason` flags.
+
+    The plan must use exactly the system's chips (tp * pp * dp = num_chips), tp must divide the
+    heads, pp the layers, the interleave the layers per stage, ep the experts and dp, and the
+    global batch must split into whole micro-batches per replica. A plan given by hand (concrete
+    values) that breaks a rule is a `ValueError` naming the field, its value and what is
+    allowed; inside jit / vmap (a plan search, a sweep) the flags say what failed.
+
+    **Returns:** the `Reason` flags of the failed rules (int32, 0 where every rule holds).
+    """
+    rules = training_plan_rules(model, plan, system)
+    if is_concrete(model, plan):
+        check_rules(rules)
+    return reason_of(rules)

@@ -27,7 +27,9 @@ def random_plans(n, seed=0, moe=False):
                         sequence_parallel=np.where(tp > 1, rng.integers(0, 2, n), 0),
                         recompute=rng.integers(0, 3, n).astype(float),
                         zero_stage=rng.integers(0, 4, n).astype(float),
-                        dp_overlap=rng.integers(0, 2, n).astype(float))
+                        dp_overlap=rng.integers(0, 2, n).astype(float),
+                        dp_hierarchical=rng.integers(0, 2, n).astype(float),
+                        zero3_regather=rng.integers(0, 2, n).astype(float))
 
 
 def data_dir() -> Path:

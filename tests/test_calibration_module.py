@@ -23,6 +23,7 @@ from helpers import central_difference
 from dse.hardware import FABRICS, SYSTEMS
 from dse.models import (
     DEFAULT,
+    FRAMEWORKS,
     Calibration,
     InferencePlan,
     TrainingPlan,
@@ -39,9 +40,10 @@ from dse.models import (
 DGX = SYSTEMS["DGX-A100"].with_num_chips(16)  # NVSwitch: log2 p latency steps per collective
 TPU = SYSTEMS["TPUv4-pod"].with_num_chips(16)  # 3D torus, fabric "ici"
 SMALL = Transformer(layers=4.0, hidden=1024.0, heads=16.0, kv_heads=4.0, ffn_hidden=2816.0,
-                    vocab=32000.0, seq_len=512.0, gated_mlp=True, tied_embeddings=False)
-# Data parallel over two nodes with overlap on (the overlap fraction matters), TP 4 (the
-# scale-up tier matters), flash attention (attention_scale matters).
+                    vocab=32000.0, seq_len=2048.0, gated_mlp=True, tied_embeddings=False)
+# Data parallel over two nodes with overlap on (the overlap fraction and the scale-out
+# efficiency matter), TP 4 (the scale-up tier matters), flash attention at 2048 tokens, where
+# the fused kernels are compute-bound (the attention fields matter).
 PLAN = TrainingPlan(tp=4.0, dp=4.0, microbatch_size=1.0, global_batch=16.0, dp_overlap=1.0)
 INFER = InferencePlan(tp=4.0, pp=2.0, batch=4.0)
 EAGER = InferencePlan(tp=4.0, batch=4.0, fused=False, sequence_parallel=False)
@@ -76,16 +78,23 @@ REACHES = {
     "memory_max": set(ENTRY_POINTS),
     "matrix_overhead_s": {"train_step", "train_step (unfused attention)", "prefill (eager)"},
     "memory_overhead_s": {"train_step", "train_step (unfused attention)", "prefill (eager)"},
-    "attention_scale": {"train_step", "prefill (fused runtime)", "prefill (eager)"},
+    "attention_scale": {"train_step", "prefill (fused runtime)"},
+    "attention_backward_scale": {"train_step"},
+    "attention_softmax_dim": {"train_step", "prefill (fused runtime)"},
+    "attention_forward_io": {"train_step", "prefill (fused runtime)"},
+    "attention_backward_io": {"train_step"},
+    # Read only through Calibration.with_previous_generation_attention (tested below).
+    "attention_previous_scale": set(),
     "kernel_fraction": {"train_step", "train_step (unfused attention)"},
+    "scaleout_efficiency": {"train_step", "train_step (unfused attention)"},
     "link_efficiency.nvlink": NVLINK_ONLY,
     "latency_scale.nvlink": NVLINK_ONLY,
     "link_efficiency.ici": {"decode on TPU"},
     "latency_scale.ici": {"decode on TPU"},
-    "dp_overlap_fraction": {"train_step", "train_step (unfused attention)"},
-    # Read only by systems with a scale-out Network (tests/test_cluster.py checks it reaches
-    # their collectives); these entry points have none.
-    "scaleout_efficiency": set(),
+    # The unfused step's slower compute hides all of its DP communication already.
+    "dp_overlap_fraction": {"train_step"},
+    # Read only through Calibration.for_framework (tested below).
+    **{f"framework_scale.{f}": set() for f in FRAMEWORKS},
 }
 
 
@@ -104,11 +113,14 @@ def base_times():
 
 @pytest.mark.parametrize("name", sorted(REACHES))
 def test_each_field_reaches_exactly_its_entry_points(name, base_times):
-    # Fractions are moved down (they are at most 1; attention far enough to leave the memory
-    # bound of these short sequences); the others up.
-    factor = {"attention_scale": 0.2}.get(name, 0.9 if name.split(".")[0] in (
-        "matrix_max", "memory_max", "kernel_fraction", "link_efficiency",
-        "dp_overlap_fraction", "scaleout_efficiency") else 1.5)
+    # Fractions and rates are moved down (they have upper bounds); the others up. The overlap
+    # window of the fused step is ~15% longer than its DP communication (the unfused step's
+    # ~2x), so the overlap fraction moves by 30%: enough to expose the one, not the other.
+    factor = 0.9 if name.split(".")[0] in (
+        "matrix_max", "memory_max", "kernel_fraction", "link_efficiency", "scaleout_efficiency",
+        "attention_scale", "attention_backward_scale",
+        "attention_previous_scale", "framework_scale") else 1.5
+    factor = 0.7 if name == "dp_overlap_fraction" else factor
     cal = _perturbed(name, factor)
     moved = {k for k, f in ENTRY_POINTS.items() if float(f(cal)) != base_times[k]}
     assert moved == REACHES[name], name
@@ -121,8 +133,29 @@ def test_every_field_is_listed():
                                      for fab in FABRICS if fab not in ("nvlink", "ici")}
 
 
+def test_framework_scale_multiplies_the_kernel_fraction_up_to_one():
+    core = DEFAULT.for_framework("megatron-core")
+    np.testing.assert_allclose(float(core.kernel_fraction), float(DEFAULT.kernel_fraction)
+                               * float(DEFAULT.framework_scale["megatron-core"]), rtol=1e-6)
+    capped = DEFAULT.replace(framework_scale=1.5).for_framework("composer")
+    assert float(capped.kernel_fraction) == 1.0
+    with pytest.raises(ValueError, match="framework must be one of"):
+        DEFAULT.for_framework("jax")
+    with pytest.raises(ValueError, match="per-framework calibration needs exactly"):
+        DEFAULT.replace(framework_scale={"megatron-lm": 1.0})
+
+
+def test_previous_generation_attention_slows_only_fused_attention(base_times):
+    cal = DEFAULT.with_previous_generation_attention()
+    np.testing.assert_allclose(float(cal.attention_scale), float(DEFAULT.attention_scale)
+                               * float(DEFAULT.attention_previous_scale), rtol=1e-6)
+    assert float(_train(cal)) > base_times["train_step"]
+    assert float(_train(cal, flash=False)) == base_times["train_step (unfused attention)"]
+
+
 @pytest.mark.parametrize("name", ["matrix_max", "memory_max", "attention_scale",
-                                  "kernel_fraction", "link_efficiency.nvlink",
+                                  "attention_backward_scale", "kernel_fraction",
+                                  "link_efficiency.nvlink", "scaleout_efficiency",
                                   "dp_overlap_fraction"])
 def test_lower_efficiency_is_never_faster(name, base_times):
     cal = _perturbed(name, 0.7)
@@ -157,9 +190,10 @@ def test_best_plan_serve_and_layer_time_take_the_calibration():
 
 
 @pytest.mark.parametrize("field,bad,allowed", [
-    ("matrix_max", 0.0, "(0, 1]"), ("matrix_max", 1.5, "(0, 1]"),
+    ("matrix_max", 0.0, "(0, 1.5]"), ("matrix_max", 1.6, "(0, 1.5]"),
     ("memory_overhead_s", -1e-6, "[0, 0.01]"), ("kernel_fraction", float("nan"), "(0, 1]"),
-    ("dp_overlap_fraction", 1.2, "[0, 1]"), ("attention_scale", -0.5, "(0, 1]"),
+    ("dp_overlap_fraction", 1.2, "[0, 1]"), ("attention_scale", -0.5, "(0, 1.5]"),
+    ("scaleout_efficiency", 1.2, "(0, 1]"), ("attention_softmax_dim", -1.0, "[0, 1000]"),
 ])
 def test_bad_values_name_the_field_value_and_range(field, bad, allowed):
     with pytest.raises(ValueError, match=rf"Calibration\.{field} must be finite and in "
@@ -195,7 +229,9 @@ def test_jit_and_vmap_over_a_batch_of_calibrations():
 
 
 _GRAD_FIELDS = ("matrix_max", "memory_max", "matrix_overhead_s", "kernel_fraction",
-                "attention_scale", "dp_overlap_fraction")
+                "attention_scale", "attention_backward_scale", "attention_softmax_dim",
+                "attention_forward_io", "attention_backward_io", "scaleout_efficiency",
+                "dp_overlap_fraction")
 
 
 def _with(cal, name, value):

@@ -46,11 +46,18 @@ def test_evaluate_training_prints_metrics_and_breakdowns(workdir, capsys):
     assert main(["evaluate", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     assert "step_time" in out and "area by block" in out and "step time by component" in out
+    assert "status: ok" in out and "plan status: ok" in out
+    assert "manufacturing cost per chip" in out and "not a price" in out
+    # The model has no static power: the power table does not print a 0 W column for it.
+    power_table = out.split("power by block")[1].split("\n\n")[0]
+    assert "(not shown, 0 here: vector, static)" in power_table
+    assert "static" not in power_table.splitlines()[1]
     csv = workdir / "dse-out" / "h100_gpt3" / "evaluate.csv"
     header, values = csv.read_text().splitlines()[:2]
-    row = dict(zip(header.split(","), map(float, values.split(",")), strict=True))
+    row = dict(zip(header.split(","), values.split(","), strict=True))
     # Power at peak activity of H100 and a step time of seconds: real numbers.
-    assert 500 < row["power"] < 1000 and 1 < row["step_time"] < 30
+    assert 500 < float(row["power"]) < 1000 and 1 < float(row["step_time"]) < 30
+    assert row["status"] == "ok" and float(row["reason"]) == 0.0
 
 
 def test_evaluate_inference(workdir, capsys):
@@ -66,6 +73,20 @@ def test_sweep_writes_table_front_and_plot(workdir, capsys):
     assert (folder / "sweep_front.csv").stat().st_size > 0
     assert (folder / "sweep.csv").read_text().count("\n") == 4097
     assert (folder / "pareto.png").stat().st_size > 10_000
+
+
+def test_sweep_resumes_and_refuses_to_resume_another_study(workdir, capsys):
+    assert main(["sweep", str(EXAMPLE), "--n", "256", "--quiet", "--resume"]) == 0
+    out = capsys.readouterr().out
+    state = workdir / "dse-out" / "h100_gpt3" / "sweep-state"
+    assert f"sweep state in {state.relative_to(workdir)}" in out
+    assert (state / "manifest.json").exists() and len(list(state.glob("chunk_*.npz"))) == 1
+    # The same config with another model: the saved points answer another question.
+    config = _small(workdir, **{'model = "gpt3-175b"': 'model = "gpt-1.7b"',
+                                "tp = 8\npp = 8": "tp = 8\npp = 4", "dp = 16": "dp = 32"})
+    assert main(["sweep", str(config), "--n", "256", "--quiet", "--resume"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "holds a different sweep (differs in ['objective (what is computed" in err
 
 
 def _front_of(workdir):
@@ -115,6 +136,14 @@ def test_sensitivity_ranks_fields(workdir, capsys):
     out = capsys.readouterr().out
     assert "binding resource" in out and "chip.mac_units" in out
     assert (workdir / "dse-out" / "h100_gpt3" / "sensitivity_step_time.png").exists()
+    # Ranked by the size of the effect, |elasticity|, whatever each field costs in area; every
+    # chip field of the table is there.
+    import pandas as pd
+
+    ranked = pd.read_csv(workdir / "dse-out" / "h100_gpt3" / "sensitivity_step_time.csv")
+    gain = ranked["gain"].fillna(-1.0).to_numpy()
+    assert (gain[:-1] >= gain[1:]).all() and "price" in ranked.columns
+    assert set(ranked["field"]) == {f"chip.{n}" for n, f in FIELDS.items() if f.owner == "Chip"}
 
 
 BAD_CONFIGS = {
@@ -132,9 +161,27 @@ BAD_CONFIGS = {
                        "unknown metric"),
     "toml syntax": ({"[workload]": "[workload"}, "<toml>", ""),
     "plan uses part of the system": ({"dp = 16": "dp = 8"}, "workload.plan",
-                                     "tp * pp * dp = 512 chips, but the system has 1024"),
+                                     "tp * pp * dp must be the system's 1024 chips "
+                                     "(System.num_chips); got 512"),
     "batch does not split": ({"global_batch = 1536": "global_batch = 1000"},
-                             "workload.global_batch", "do not split into micro-batches"),
+                             "workload.global_batch", "TrainingPlan.global_batch must be a "
+                             "multiple of dp * microbatch_size = 16 (whole micro-batches per "
+                             "replica); got 1000"),
+    "pipeline does not divide the layers": ({"pp = 8\ndp = 16": "pp = 64\ndp = 2"},
+                                            "workload.plan.pp", "TrainingPlan.pp must be a "
+                                            "divisor of the model's 96 layers; got 64"),
+    "fractional plan": ({"tp = 8\n": "tp = 8.5\n"}, "workload.plan.tp",
+                        "TrainingPlan.tp must be a whole number in [1, 16777216]; got 8.5"),
+    "negative seed": ({"seed = 0": "seed = -1"}, "sweep.seed",
+                      "must be an integer >= 0; got -1"),
+    "unwritable output": ({'dir = "dse-out/h100_gpt3"': 'dir = "/proc/dse-out"'}, "output.dir",
+                          "cannot write to '/proc/dse-out'"),
+    "chip with HBM but no bandwidth": (
+        {'preset = "H100-SXM"': 'preset = "H100-SXM"\nhbm_bandwidth = 0'}, "chip.hbm_bandwidth",
+        "Chip.hbm_bandwidth and Chip.hbm_bytes must both be > 0 (a chip with HBM) or both 0"),
+    "SRAM beyond a wafer": ({'preset = "H100-SXM"': 'preset = "H100-SXM"\nsram_bytes = 1e30'},
+                            "chip.sram_bytes", "Chip.sram_bytes must be finite and in [1024, "
+                            "1.09951e+12]; got 1e+30"),
 }
 
 

@@ -297,7 +297,9 @@ def test_sram_only_chip_serves_weights_from_sram():
     r = decode(model, InferencePlan(tp=1.0, batch=1.0), sys_, 128.0)
     assert bool(r.fits) and np.isfinite(float(r.time)) and float(r.time) > 0.0
     big = decode(small_model(layers=16.0), InferencePlan(tp=1.0), sys_, 128.0)
-    assert not bool(big.fits) and int(big.reason) == Reason.MEMORY
+    assert not bool(big.fits) and int(big.reason) == Reason.SRAM
+    np.testing.assert_allclose(float(big.memory_shortfall), float(big.memory_per_chip) - 230e6,
+                               rtol=1e-6)
     # With HBM, the same small model's weights are mostly resident in a large SRAM: less HBM
     # traffic than with a small SRAM.
     with_hbm = DGX.replace(chip=DGX.chip.replace(sram_bytes=230e6))

@@ -162,3 +162,32 @@ def test_knee_point():
     assert knee_point(front * [1, -1], ["min", "max"]) == 1
     with_dominated = np.vstack([front, [[0.05, 0.45]], [[2.0, 2.0]]])
     assert knee_point(with_dominated) == 4
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_chunk_front_on_device_keeps_the_exact_front(m):
+    """The in-kernel chunk filter: survivors hold the whole front (ties, duplicates, NaN,
+    infeasible points included) and it discards most dominated points."""
+    import jax
+    import jax.numpy as jnp
+
+    from dse._sweep import _chunk_dominated
+
+    rng = np.random.default_rng(m)
+    n = 2000
+    x = rng.integers(0, 12, size=(n, m)).astype(np.float32)  # many ties and duplicates
+    x[:50] = x[50:100]  # exact duplicates
+    x[100:110, 0] = np.nan
+    feasible = rng.random(n) < 0.8
+    valid = ~np.isnan(x).any(axis=1)
+    dominated = np.asarray(jax.jit(_chunk_dominated, static_argnums=3)(
+        jnp.asarray(x.T), jnp.asarray(feasible & valid), jnp.asarray(valid), 16))
+    front = brute_force_mask(x, ["min"] * m, feasible)
+    assert not (dominated & front).any()
+    assert not dominated[~valid].any()  # NaN rows are left to the host, which reports them
+    survivors = ~dominated & valid
+    assert dominated[valid & ~feasible].all()  # feasible first
+    kept = np.zeros(n, bool)
+    kept[np.flatnonzero(survivors)] = pareto_mask(x[survivors], "min", feasible[survivors])
+    np.testing.assert_array_equal(kept, front)
+    assert survivors.sum() < 0.25 * n

@@ -68,7 +68,7 @@ def test_pareto_front_from_dict_and_bad_column():
     fig = plot.pareto_front(data, "cost", "speed", directions=("min", "max"),
                             units={"speed": "tokens/s"})
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "speed [tokens/s]" and ax.get_xlabel() == "cost [$]"
+    assert ax.get_ylabel() == "speed [tokens/s]" and ax.get_xlabel() == "manufacturing cost [$]"
     front_line = [ln for ln in ax.get_lines() if ln.get_label().startswith("Pareto front")][0]
     np.testing.assert_array_equal(front_line.get_xdata(), [1.0, 2.0])
     with pytest.raises(ValueError, match="no column 'power'"):
@@ -80,6 +80,7 @@ def test_sensitivity_bars(tmp_path):
     fig = plot.sensitivity_bars(res, "time", top=5, path=tmp_path / "sens.png")
     ax = fig.axes[0]
     assert _has_unit(ax.get_xlabel()) and "elasticity" in ax.get_xlabel()
+    assert "_" not in ax.get_xlabel() + ax.get_title()  # words, not internal names
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[-1] == "HBM bandwidth"  # the top bar is the largest effect, by its label
     assert "binding resource = HBM bandwidth" in ax.get_title()
@@ -126,6 +127,10 @@ def test_breakdown_stacks_sum_to_the_total(tmp_path):
         tops[i] = max(tops[i], rect.get_y() + rect.get_height())
     np.testing.assert_allclose(tops, [float(r.total) for r in reports.values()], rtol=1e-5)
     assert [t.get_text() for t in ax.get_xticklabels()] == list(chips)
+    # The legend names the blocks in words, never internal names.
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "HBM PHY" in legend and "SRAM" in legend
+    assert not any("_" in t or "." in t for t in legend)
     fig_p = plot.breakdown({n: power(c) for n, c in chips.items()})
     assert fig_p.axes[0].get_ylabel() == "power [W]"
     fig_d = plot.breakdown({"a": {"x": 1.0, "y": 2.0}}, quantity="step_time")

@@ -51,7 +51,7 @@ def test_dict_form_and_attributes():
     ([Param("x", "sram_bytez", 1, 2)], "unknown field 'sram_bytez'"),
     ([Param("x", "chip.sram_bytes", 1, 2)], "Chip has no field 'chip'"),
     ([Param("x", "hbm_generation", 1, 2)], "static"),
-    ([Param("x", "sram_bytes", 0, 2e6)], "sram_bytes must be finite and in (0, inf)"),
+    ([Param("x", "sram_bytes", 0, 2e6)], "Chip.sram_bytes must be finite and in [1024, "),
     ([Param("x", "node_nm", 1, 300)], "node_nm"),
     ([Param("x", "sram_bytes", 1, 2), Param("x", "hbm_bytes", 1, 2)], "duplicate parameter name"),
     ([Param("x", "sram_bytes", 1, 2), Param("y", "sram_bytes", 1, 2)],

@@ -15,7 +15,15 @@ import pandas as pd
 import pytest
 from test_pareto import brute_force_mask
 
-from dse import Param, Space, SweepNaNWarning, SweepResult, pareto_mask, sweep
+from dse import (
+    Param,
+    Space,
+    SweepInfeasibleWarning,
+    SweepNaNWarning,
+    SweepResult,
+    pareto_mask,
+    sweep,
+)
 from dse.hardware import Chip
 
 
@@ -48,6 +56,20 @@ def direct(space, x):
     """The objective at points x, evaluated outside sweep."""
     out = jax.jit(jax.vmap(lambda xi: objective(space.build(xi))))(jnp.asarray(x, jnp.float32))
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def test_base_design_is_an_input_of_the_kernel():
+    """Two spaces over different base designs of one structure: each sweep follows its own base
+    (the base travels as an argument so one program serves both; it must not be stale)."""
+    other = Space(a100_like().replace(mac_units=2 * 110592, link_bandwidth=50e9), SPACE.params)
+    for space in (SPACE, other):
+        r = sweep(objective, space, 256, chunk_size=256, progress=False)
+        x = np.stack([r[name] for name in space.names], axis=1)
+        want = direct(space, x)
+        for k in DIRECTIONS:
+            np.testing.assert_allclose(r[k], want[k], rtol=1e-6)
+    assert not np.allclose(sweep(objective, other, 256, progress=False)["time"],
+                           sweep(objective, SPACE, 256, progress=False)["time"])
 
 
 def test_values_match_direct_evaluation_and_space_sample():
@@ -130,10 +152,13 @@ def test_streaming_pareto_equals_brute_force(method):
 
 def test_streaming_pareto_with_no_feasible_point_keeps_least_bad_front():
     kw = dict(chunk_size=64, progress=False, constraints={"cost": ("<=", 0.0)})
-    full = sweep(objective, SPACE, 500, **kw)
-    stream = sweep(objective, SPACE, 500, keep="pareto", directions={"time": "min", "cost": "min"},
-                   **kw)
-    assert not full.feasible.any()
+    # Kept and flagged, and said out loud: nothing here is an answer.
+    with pytest.warns(SweepInfeasibleWarning, match=r"none of the 500 points is feasible"):
+        full = sweep(objective, SPACE, 500, **kw)
+    with pytest.warns(SweepInfeasibleWarning, match=r"rows returned are infeasible"):
+        stream = sweep(objective, SPACE, 500, keep="pareto",
+                       directions={"time": "min", "cost": "min"}, **kw)
+    assert not full.feasible.any() and not stream.feasible.any()
     ref = np.flatnonzero(pareto_mask(np.stack([full["time"], full["cost"]], 1), "min"))
     np.testing.assert_array_equal(stream["index"], ref)
 
@@ -166,10 +191,76 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, keep):
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
 
 
-def test_resume_refuses_a_different_sweep(tmp_path):
-    sweep(objective, SPACE, 200, chunk_size=64, progress=False, path=tmp_path)
+class CalibratedObjective:
+    """The toy objective with a calibration it exposes, as dse's study objectives do."""
+
+    def __init__(self, calibration):
+        self.calibration = calibration
+
+    def __call__(self, chip):
+        out = objective(chip)
+        return out | {"time": out["time"] / self.calibration.matrix_max}
+
+
+def test_resume_refuses_a_different_sweep_and_names_what_changed(tmp_path, monkeypatch):
+    import dse._fingerprint as fingerprint
+    from dse.models import DEFAULT
+
+    kw = dict(chunk_size=64, progress=False, path=tmp_path)
+    calibrated = CalibratedObjective(DEFAULT)
+    sweep(calibrated, SPACE, 200, **kw)
+    # A killed run's half-written chunk: removed on the next start, never read.
+    stray = tmp_path / f".chunk_{1:09d}.npz.tmp.99999"
+    stray.write_bytes(b"half a chunk")
+    again = sweep(calibrated, SPACE, 200, **kw)
+    assert not stray.exists() and len(again) == 200
     with pytest.raises(ValueError, match=r"holds a different sweep \(differs in \['seed'\]\)"):
-        sweep(objective, SPACE, 200, chunk_size=64, progress=False, path=tmp_path, seed=1)
+        sweep(calibrated, SPACE, 200, seed=1, **kw)
+    # Another base chip (the swept fields are the same, the rest is not).
+    other_base = Space(a100_like().replace(vector_flops=40e12), SPACE.params)
+    with pytest.raises(ValueError, match=r"differs in \['base design'\]"):
+        sweep(calibrated, other_base, 200, **kw)
+    # Another computation: the metrics of another model would come back under the new name.
+    with pytest.raises(ValueError, match=r"differs in \['objective \(what is computed"):
+        sweep(objective, SPACE, 200, **kw)
+    # Another calibration changes what is computed too; both are named.
+    other = CalibratedObjective(DEFAULT.replace(matrix_max=0.5))
+    with pytest.raises(ValueError, match=r"differs in \['objective .*', 'calibration'\]"):
+        sweep(other, SPACE, 200, **kw)
+    # A new release of the library or of JAX.
+    monkeypatch.setattr(fingerprint, "library_version", lambda: "dse 9.9, jax 9.9")
+    with pytest.raises(ValueError, match=r"library version: was dse .*, now dse 9.9, jax 9.9"):
+        sweep(calibrated, SPACE, 200, **kw)
+
+
+def test_fingerprint_tells_study_objectives_of_two_models_apart():
+    from dse._fingerprint import sweep_fingerprint
+    from dse._study import make_objective
+    from dse.hardware import SYSTEMS
+    from dse.models import TRANSFORMERS, InferencePlan
+
+    system = SYSTEMS["DGX-H100"]
+    plan = InferencePlan(tp=8, batch=8)
+    a, b = (sweep_fingerprint(make_objective("inference", TRANSFORMERS[name], plan, 8, 8, 128, 16),
+                              system) for name in ("llama3-8b", "llama3-70b"))
+    assert a["objective"] != b["objective"]
+    assert (a["base_design"], a["calibration"], a["library"]) == (
+        b["base_design"], b["calibration"], b["library"])
+
+
+def test_infeasible_reason_keeps_a_point_off_the_front():
+    def flagged(chip):
+        out = objective(chip)
+        # The fastest designs are "out of memory": they must not be on the front.
+        return out | {"reason": jnp.where(chip.sram_bytes > 1e8, 4.0, 0.0)}
+
+    r = sweep(flagged, SPACE, 512, chunk_size=128, progress=False, directions=DIRECTIONS,
+              keep="pareto")
+    assert len(r) > 0 and np.all(r["reason"] == 0) and np.all(r.feasible)
+    assert np.all(r["sram"] <= 1e8)
+    full = sweep(flagged, SPACE, 512, chunk_size=128, progress=False, directions=DIRECTIONS)
+    np.testing.assert_array_equal(full.feasible, full["reason"] == 0)
+    assert (~full.feasible).sum() > 100
 
 
 KILLED_SCRIPT = """
@@ -339,3 +430,15 @@ def test_float64_sweep_is_exact_to_space_sample():
     for j, name in enumerate(SPACE.names):
         np.testing.assert_allclose(full[name], x[:, j], rtol=1e-12)
     np.testing.assert_array_equal(front["index"], full.pareto()["index"])
+
+
+def test_pareto_sweep_whose_every_point_is_on_the_front():
+    """More survivors than the kernel's compacted output holds: the chunk is rerun in full."""
+    def tradeoff(chip):
+        return {"small": chip.sram_bytes, "large": 1e9 / chip.sram_bytes}
+
+    kw = dict(chunk_size=256, progress=False, directions={"small": "min", "large": "min"})
+    stream = sweep(tradeoff, SPACE, 700, keep="pareto", **kw)
+    full = sweep(tradeoff, SPACE, 700, **kw)
+    assert len(stream) == len(full.pareto()) > 650  # ties of float32 rounding aside, all
+    np.testing.assert_array_equal(stream["index"], full.pareto()["index"])

@@ -10,7 +10,7 @@ from helpers import central_difference, data_dir, random_plans
 
 from dse.calibration import FIT_SOURCES, training_cases
 from dse.calibration import predict_case as predict
-from dse.calibration._training_data import fit_fraction_from_parts, predict_parts
+from dse.calibration._training_data import TrainingRows, fit_kernel_fraction
 from dse.hardware import CHIPS, SYSTEMS, System
 from dse.models import (
     DEFAULT,
@@ -94,14 +94,19 @@ def test_korthikanti_fig1_memory(name, p_opt, act_none, act_sel, layout):
 @pytest.mark.slow
 def test_fit_reproduces_stored_constant_and_sc21_table1():
     # One pass over every fitted row: the fit re-run reproduces DEFAULT.kernel_fraction, and
-    # Narayanan et al. 2021 (SC21) Table 1 per-GPU TFLOP/s (eq. 3 counting, layouts completed
-    # by best_plan where the table gives only TP * PP) is within the 6% mean error.
-    cases = [c for c in training_cases(data_dir()) if c.source_key in FIT_SOURCES]
-    results = [(c, predict_parts(c)) for c in cases]
-    refit = fit_fraction_from_parts([parts for _, (_, _, parts) in results])
-    np.testing.assert_allclose(refit, float(DEFAULT.kernel_fraction), rtol=2e-3)
-    sc21 = [abs(value / c.measured - 1) for c, (value, _, _) in results
-            if c.source_key == "megatron_sc21_table1"]
+    # Narayanan et al. 2021 (SC21) Table 1 (eq. 3 TFLOP/s as step times, layouts completed
+    # by best_plan where the table gives only TP * PP) is within 6% mean error.
+    rows = TrainingRows([c for c in training_cases(data_dir()) if c.source_key in FIT_SOURCES])
+    fitted = fit_kernel_fraction(rows=rows)
+    np.testing.assert_allclose(fitted["kernel_fraction"], float(DEFAULT.kernel_fraction),
+                               rtol=2e-3)
+    scales = {n.split(".")[1]: v for n, v in fitted.items() if n.startswith("framework_scale.")}
+    assert set(scales) == {"megatron-lm", "megatron-core", "deepspeed", "composer"}
+    for framework, value in scales.items():
+        np.testing.assert_allclose(value, float(DEFAULT.framework_scale[framework]), rtol=2e-2)
+    err = np.asarray(rows(DEFAULT)) / rows.measured - 1.0
+    sc21 = [abs(e) for e, s in zip(err, rows.sources, strict=True)
+            if s == "megatron_sc21_table1"]
     assert len(sc21) == 10
     assert np.mean(sc21) <= 0.06, sc21
 
@@ -220,9 +225,10 @@ def test_expert_parallel_shards_experts_and_pays_all_to_all():
     assert float(r1.ep_comm_time) == 0.0
     assert float(r8.ep_comm_time) > 0.0
     assert float(r8.weights_bytes) < 0.35 * float(r1.weights_bytes)
-    # A dense model has no expert traffic whatever ep is.
-    dense = train_step(small_model(), plan.replace(ep=8.0), system)
-    assert float(dense.ep_comm_time) == 0.0
+    # A dense model has one expert: ep = 8 does not divide it.
+    with pytest.raises(ValueError, match=r"TrainingPlan\.ep must be a divisor of the model's 1 "
+                                         r"experts and of dp = 8; got 8"):
+        train_step(small_model(), plan.replace(ep=8.0), system)
 
 
 # ----- feasibility is a result -----------------------------------------------------------------
@@ -232,13 +238,31 @@ def test_infeasible_plans_are_reported_not_raised():
     oom = train_step(one_t, TrainingPlan(tp=8, global_batch=8), DGX.with_num_chips(8))
     assert not bool(oom.fits) and int(oom.reason) == Reason.MEMORY
     assert np.isfinite(float(oom.step_time))
-    chips = train_step(small_model(), TrainingPlan(tp=8, dp=4, global_batch=8), DGX)
-    assert not bool(chips.fits) and int(chips.reason) == Reason.CHIPS
-    batch = train_step(small_model(), TrainingPlan(tp=8, microbatch_size=4, global_batch=2),
-                       DGX)
-    assert not bool(batch.fits) and int(batch.reason) == Reason.BATCH
+    # How far it misses: the memory above the 80 GiB of HBM.
+    np.testing.assert_allclose(float(oom.memory_shortfall),
+                               float(oom.memory_per_chip) - 80 * 2**30, rtol=1e-6)
+    assert float(oom.memory_shortfall) > 100 * 2**30
     ok = train_step(small_model(), TrainingPlan(tp=8, global_batch=8), DGX)
     assert bool(ok.fits) and int(ok.reason) == Reason.OK
+    assert float(ok.memory_shortfall) == 0.0
+
+
+def test_plans_that_do_not_fit_model_or_system_are_errors_by_hand_and_flags_when_traced():
+    model = small_model()
+    bad = [  # (plan, flag when traced, error when given by hand)
+        (TrainingPlan(tp=8, dp=4, global_batch=8), Reason.CHIPS,
+         r"tp \* pp \* dp must be the system's 8 chips .*; got 32"),
+        (TrainingPlan(tp=8, microbatch_size=4, global_batch=2), Reason.BATCH,
+         r"global_batch must be a multiple of dp \* microbatch_size = 4"),
+        (TrainingPlan(tp=4, pp=2, interleave=3, global_batch=8), Reason.SPLIT,
+         r"interleave must be a divisor of the 4 layers per stage; got 3"),
+    ]
+    step = jax.jit(lambda p: train_step(model, p, DGX))
+    for plan, flag, message in bad:
+        traced = step(plan)
+        assert int(traced.reason) == flag and not bool(traced.fits)
+        with pytest.raises(ValueError, match=message):
+            train_step(model, plan, DGX)
 
 
 @pytest.mark.parametrize("field,value", [("tp", 0.5), ("recompute", 3.0), ("zero_stage", -1.0),

@@ -1,0 +1,289 @@
+"""MoE as trained today (routing skew, capacity, shared experts, dense layers, MLA, EP over the
+tiers) and context parallelism (ring attention) in the training model; MoE presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dse.hardware import SYSTEMS
+from dse.models import (
+    TRANSFORMERS,
+    TrainingPlan,
+    Transformer,
+    all_to_all,
+    attention,
+    enumerate_plans,
+    train_step,
+    training_memory,
+)
+from dse.models._layer import _ring_effective_context, kv_chunk_bytes
+from dse.models._transformer import PUBLISHED_PARAMS
+
+DGX = SYSTEMS["DGX-A100"]
+
+
+def small_moe(**changes):
+    """A small DeepSeek-style model: MLA, 8 routed + 1 shared experts, one dense layer."""
+    base = dict(layers=4.0, hidden=512.0, heads=8.0, kv_heads=8.0, ffn_hidden=256.0,
+                vocab=8192.0, seq_len=2048.0, experts=8.0, top_k=2.0, head_size=64.0,
+                shared_experts=1.0, dense_layers=1.0, dense_ffn_hidden=1024.0,
+                q_lora_rank=128.0, kv_lora_rank=64.0, rope_head_dim=32.0, v_head_size=64.0,
+                latent_attention=True, gated_mlp=True, tied_embeddings=False)
+    return Transformer(**(base | changes))
+
+
+# ----- presets -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_moe_presets_match_published_parameter_counts(name):
+    total, active, unit = PUBLISHED_PARAMS[name]
+    m = TRANSFORMERS[name]
+    # Totals within 1%; the active counts are published rounded to `unit`, so they must agree
+    # within half that rounding plus 1%.
+    assert abs(float(m.params) / total - 1.0) < 0.01
+    assert abs(float(m.active_params) - active) <= 0.5 * unit + 0.01 * active
+
+
+def test_mla_attention_parameters_by_hand():
+    # DeepSeek-V3 config_671B.json: Q down 7168x1536 + norm 1536 + Q up 1536x128x(128+64);
+    # KV down 7168x(512+64) + norm 512 + KV up 512x128x(128+128); output 128x128x7168.
+    expected = (7168 * 1536 + 1536 + 1536 * 128 * 192 + 7168 * 576 + 512 + 512 * 128 * 256
+                + 128 * 128 * 7168)
+    assert float(TRANSFORMERS["deepseek-v3"].attention_params_per_layer) == expected
+
+
+def test_shared_experts_and_dense_layers_count_parameters():
+    m = small_moe(shared_experts=0.0, dense_layers=0.0)
+    expert = float(m.expert_params_per_layer)
+    shared = m.replace(shared_experts=2.0)
+    np.testing.assert_allclose(float(shared.params - m.params), 2.0 * 4.0 * expert, rtol=1e-6)
+    np.testing.assert_allclose(float(shared.active_params - m.active_params),
+                               2.0 * 4.0 * expert, rtol=1e-6)
+    dense = m.replace(dense_layers=1.0)
+    # One MoE layer (8 experts + router) replaced by a dense MLP of width 1024.
+    diff = float(m.params - dense.params)
+    np.testing.assert_allclose(diff, 8 * expert + 512 * 8 - 3 * 512 * 1024, rtol=1e-6)
+    with pytest.raises(ValueError, match="dense_layers"):
+        m.replace(dense_layers=5.0)
+
+
+# ----- routing: imbalance, capacity, dropped tokens --------------------------------------------
+def test_capacity_factor_caps_the_busiest_expert_and_reports_drops():
+    m = small_moe(expert_imbalance=2.0)
+    assert float(m.expert_load) == 2.0 and float(m.dropped_token_fraction) == 0.0
+    capped = m.replace(capacity_factor=1.25)
+    assert float(capped.expert_load) == 1.25
+    np.testing.assert_allclose(float(capped.dropped_token_fraction), 1.0 - 1.25 / 2.0)
+    roomy = m.replace(capacity_factor=3.0)
+    assert float(roomy.expert_load) == 2.0 and float(roomy.dropped_token_fraction) == 0.0
+
+
+def test_imbalance_slows_expert_compute_and_all_to_all():
+    plan = TrainingPlan(tp=1, dp=8, ep=8, global_batch=16)
+    system = DGX.with_num_chips(8)
+    base = train_step(small_moe(), plan, system)
+    skewed = train_step(small_moe(expert_imbalance=1.5), plan, system)
+    capped = train_step(small_moe(expert_imbalance=1.5, capacity_factor=1.0), plan, system)
+    assert float(skewed.ep_comm_time) > float(base.ep_comm_time)
+    assert float(skewed.compute_time) > float(base.compute_time)
+    # Capacity factor 1 caps the load at the balanced share: the balanced costs come back.
+    np.testing.assert_allclose(float(capped.step_time), float(base.step_time), rtol=1e-6)
+
+
+def test_expert_all_to_all_leaves_the_scale_up_domain():
+    # DGX-A100: 8 GPUs per NVSwitch domain. EP 8 (tp 1) stays inside; EP 16 sends half of its
+    # all-to-all over InfiniBand, so the per-byte time rises well above the in-domain one.
+    system = DGX.with_num_chips(64)
+    msg = 64e6
+    inside = all_to_all(system, msg, 8.0)
+    across = all_to_all(system, msg, 16.0)
+    assert float(inside.scaleout_bytes) == 0.0
+    np.testing.assert_allclose(float(across.scaleout_bytes), 8.0 / 16.0 * msg, rtol=1e-6)
+    assert float(across.time) > 2.0 * float(inside.time)
+    # Strided by TP: with tp 2 an EP group of 8 spans two domains.
+    strided = all_to_all(system, msg, 8.0, stride=2.0)
+    assert float(strided.scaleout_bytes) > 0.0
+
+
+# ----- context parallelism -------------------------------------------------------------------
+def test_ring_attention_does_one_cpth_of_the_causal_work():
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
+    chip = DGX.chip
+    full = attention(chip, 1.0, 32.0, 8.0, 131072.0, 131072.0, 128.0)
+    for cp in (2.0, 8.0, 16.0):
+        plan = TrainingPlan(cp=cp)
+        kv = _ring_effective_context(model, plan)
+        rank = attention(chip, 1.0, 32.0, 8.0, 131072.0 / cp, kv, 128.0)
+        np.testing.assert_allclose(float(rank.flops) * cp, float(full.flops), rtol=1e-6)
+
+
+def test_context_parallel_divides_activation_memory():
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
+    one = training_memory(model, TrainingPlan(tp=4, dp=1, global_batch=1))
+    eight = training_memory(model, TrainingPlan(tp=4, cp=8, dp=1, global_batch=1))
+    np.testing.assert_allclose(float(one.activations) / float(eight.activations), 8.0,
+                               rtol=1e-6)
+    # The weights and optimizer state are the same per chip without ZeRO; ZeRO-1 shards the
+    # optimizer over DP x CP.
+    assert float(eight.weights) == float(one.weights)
+    z1 = training_memory(model, TrainingPlan(tp=4, cp=8, global_batch=1, zero_stage=1))
+    np.testing.assert_allclose(float(one.optimizer) / float(z1.optimizer), 8.0, rtol=1e-6)
+
+
+def test_kv_ring_crosses_the_scale_out_network_beyond_the_domain():
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
+    system = DGX.with_num_chips(64)
+    # K and V of 131072 / cp tokens, 8 KV heads / tp of 128, 2 bytes.
+    plan = TrainingPlan(tp=4, cp=2, dp=1, global_batch=1)
+    np.testing.assert_allclose(float(kv_chunk_bytes(model, plan)),
+                               2.0 * 65536 * 2 * 2 * 128, rtol=1e-9)
+    inside = train_step(model, TrainingPlan(tp=1, cp=8, dp=8, global_batch=8), system)
+    across = train_step(model, TrainingPlan(tp=8, cp=8, dp=1, global_batch=8), system)
+    assert float(inside.cp_comm_time) >= 0.0 and float(across.cp_comm_time) >= 0.0
+    parts = sum(getattr(across, f) for f in (
+        "compute_time", "tp_comm_time", "pp_comm_time", "dp_comm_time", "ep_comm_time",
+        "cp_comm_time", "bubble_time", "optimizer_time"))
+    np.testing.assert_allclose(float(parts), float(across.step_time), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_million_token_sequences_stay_finite(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        model = TRANSFORMERS["llama3-8b"].replace(seq_len=2.0 ** 20)
+        model = jax.tree.map(lambda x: jnp.asarray(x, dtype), model)
+        system = SYSTEMS["DGX-H100"].with_num_chips(256)
+        system = jax.tree.map(lambda x: jnp.asarray(x, dtype) if eqx_float(x) else x, system)
+        plan = TrainingPlan(tp=4, cp=16, dp=4, global_batch=4, recompute=2)
+        plan = jax.tree.map(lambda x: jnp.asarray(x, dtype), plan)
+        r = train_step(model, plan, system)
+        for leaf in jax.tree.leaves(r):
+            assert np.all(np.isfinite(np.asarray(leaf, dtype=np.float64)))
+        # The 1M-token sequence on 16 CP ranks holds 65536 tokens of activations per chip.
+        assert float(r.activations_bytes) < float(system.chip.hbm_bytes)
+        assert float(r.tokens_per_s) > 0.0
+
+
+def batched(n, plan):
+    """Every leaf of `plan` broadcast to a leading axis of n (a batch of plans vmaps)."""
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,)), plan)
+
+
+def eqx_float(x):
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def test_enumerate_plans_includes_context_parallel():
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=65536.0)
+    plans = enumerate_plans(model, 16, 4, recompute=(2,), zero_stages=(1,),
+                            sequence_parallel=(0, 1), context_parallel="all")
+    cps = np.asarray(plans.cp)
+    assert set(np.unique(cps)) >= {1.0, 2.0, 4.0, 8.0, 16.0}
+    np.testing.assert_array_equal(np.asarray(plans.chips), 16.0)
+    default = enumerate_plans(model, 16, 4, recompute=(2,), zero_stages=(1,),
+                              sequence_parallel=(1,))
+    assert set(np.unique(np.asarray(default.cp))) == {1.0}
+    with pytest.raises(ValueError, match="context_parallel"):
+        enumerate_plans(model, 16, 4, context_parallel="some")
+
+
+# ----- transforms ----------------------------------------------------------------------------
+def _metric(model, plan, system):
+    return train_step(model, plan, system, smooth=True).step_time
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_moe_and_cp_jit_vmap_and_differentiate(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        rng = np.random.default_rng(0)
+        cast = lambda t: jax.tree.map(  # noqa: E731
+            lambda x: jnp.asarray(x, dtype) if eqx_float(x) else x, t)
+        model = cast(small_moe(expert_imbalance=1.3, capacity_factor=1.2,
+                               attention_window=1024.0, window_layer_share=0.5))
+        base = cast(DGX.with_num_chips(32))
+        plans = cast(batched(4, TrainingPlan(tp=np.array([1.0, 2.0, 2.0, 1.0]),
+                                  cp=np.array([1.0, 2.0, 4.0, 8.0]),
+                                  dp=np.array([32.0, 8.0, 4.0, 4.0]),
+                                  ep=np.array([8.0, 4.0, 2.0, 4.0]),
+                                  global_batch=np.full(4, 32.0),
+                                  recompute=np.array([0.0, 1.0, 2.0, 2.0]))))
+        # One jitted call over three hardware designs x four plans ...
+        bws = jnp.asarray(rng.uniform(0.5, 2.0, 3) * float(base.chip.hbm_bandwidth), dtype)
+        over_plans = jax.vmap(lambda p, s: _metric(model, p, s), in_axes=(0, None))
+        times = jax.jit(jax.vmap(lambda bw: over_plans(
+            plans, base.replace(chip=base.chip.replace(hbm_bandwidth=bw)))))(bws)
+        assert times.shape == (3, 4) and times.dtype == dtype
+        assert np.all(np.isfinite(times))
+        # ... and differentiates at random points (one compiled gradient over all plans).
+        grad_hw = jax.jit(jax.vmap(jax.grad(lambda p, s: _metric(model, p, s), argnums=1),
+                                   in_axes=(0, None)))
+        for _ in range(3):
+            scale = jnp.asarray(rng.uniform(0.3, 3.0, 3), dtype)
+            system = base.replace(chip=base.chip.replace(
+                hbm_bandwidth=base.chip.hbm_bandwidth * scale[0],
+                sram_bytes=base.chip.sram_bytes * scale[1]),
+                scaleout_bandwidth=base.scaleout_bandwidth * scale[2])
+            g = grad_hw(plans, system)
+            leaves = [x for x in jax.tree.leaves(g) if eqx_float(x)]
+            assert leaves and all(np.all(np.isfinite(x)) for x in leaves)
+            # The bandwidth gradient is not all zero: the step depends on the hardware.
+            assert float(jnp.abs(g.chip.hbm_bandwidth).sum()) > 0.0
+
+
+def test_expert_tensor_parallel_maps_experts_over_the_stage():
+    from dse.models._memory import stage_params
+
+    model = small_moe(dense_layers=0.0, shared_experts=0.0)
+    # Megatron-Core: ETP x EP x EDP over the same tp * cp * dp chips as TP x CP x DP.
+    plan = TrainingPlan(tp=2, dp=8, ep=16, etp=1, global_batch=16)
+    assert float(plan.expert_dp) == 1.0
+    params = stage_params(model, plan)
+    # Routed experts per chip: 8 / 16 experts, unsplit (etp 1), in every one of the 4 layers.
+    np.testing.assert_allclose(float(params.expert),
+                               4.0 * 8.0 / 16.0 * float(model.expert_params_per_layer),
+                               rtol=1e-6)
+    default = TrainingPlan(tp=2, dp=8, ep=8, global_batch=16)
+    assert float(default.expert_tp) == 2.0 and float(default.expert_dp) == 1.0
+    with pytest.raises(ValueError, match="ep \\* etp"):
+        TrainingPlan(tp=2, dp=8, ep=16, global_batch=16)
+    # The routed expert FLOPs per chip do not depend on the EP x ETP mapping: the same model
+    # FLOPs, and step times of the same order.
+    system = DGX.with_num_chips(16)
+    a = train_step(model, plan, system)
+    b = train_step(model, default, system)
+    assert float(a.model_flops) == float(b.model_flops)
+    assert 0.5 < float(a.compute_time) / float(b.compute_time) < 2.0
+
+
+# ----- block variants ------------------------------------------------------------------------
+def test_sliding_window_attention_counts_at_most_the_window():
+    m = TRANSFORMERS["mistral-7b"]
+    # Window 4096 over 8192 tokens: (W (W + 1) / 2 + (s - W) W) / s keys per query.
+    np.testing.assert_allclose(float(m.mean_attended_keys()),
+                               (4096 * 4097 / 2 + 4096 * 4096) / 8192, rtol=1e-9)
+    full = m.replace(attention_window=0.0)
+    assert float(full.mean_attended_keys()) == (8192 + 1) / 2
+    # A window as long as the sequence changes nothing; Gemma-2-style half-local layers sit
+    # between.
+    assert float(m.replace(attention_window=8192.0).mean_attended_keys()) == (8192 + 1) / 2
+    half = float(m.replace(window_layer_share=0.5).mean_attended_keys())
+    np.testing.assert_allclose(half, 0.5 * (3072.25 + 4096.5), rtol=1e-9)
+    plan = TrainingPlan(tp=8, dp=1, global_batch=1)
+    system = DGX.with_num_chips(8)
+    local = train_step(m.replace(seq_len=65536.0), plan, system)
+    dense = train_step(full.replace(seq_len=65536.0), plan, system)
+    assert float(local.compute_time) < 0.6 * float(dense.compute_time)
+    assert float(local.model_flops) < float(dense.model_flops)
+
+
+def test_parallel_block_halves_tensor_parallel_communication():
+    gptj = TRANSFORMERS["gpt-j-6b"]
+    serial = Transformer(**{f: getattr(gptj, f) for f in ("layers", "hidden", "heads",
+                                                         "kv_heads", "ffn_hidden", "vocab",
+                                                         "seq_len")}, tied_embeddings=False)
+    plan = TrainingPlan(tp=8, dp=1, global_batch=8, microbatch_size=1)
+    system = DGX.with_num_chips(8)
+    par, ser = train_step(gptj, plan, system), train_step(serial, plan, system)
+    np.testing.assert_allclose(float(par.tp_comm_time), 0.5 * float(ser.tp_comm_time),
+                               rtol=1e-6)
+    assert float(par.compute_time) < float(ser.compute_time)  # one norm instead of two
+    assert float(par.model_flops) == float(ser.model_flops)

@@ -1,0 +1,315 @@
+"""Serving at scale: in-flight batching at full load, latency under load, the SLO query.
+
+One small model and a few jitted functions keep the compiles few (each serving evaluation is
+one pass over a grid of batches)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import central_difference
+
+from dse.hardware import CHIPS, NETWORKS, SYSTEMS, Cluster, stack_chips
+from dse.models import (
+    InferencePlan,
+    Reason,
+    ServingPlan,
+    ServingWorkload,
+    Slo,
+    Transformer,
+    enumerate_serving_plans,
+    evaluate_serving_plans,
+    select_serving_plan,
+    serve_continuous,
+    serve_disaggregated,
+    serving_cost,
+    serving_goodput,
+)
+
+H100 = SYSTEMS["DGX-H100"]
+MODEL = Transformer(layers=8.0, hidden=2048.0, heads=16.0, kv_heads=4.0, ffn_hidden=5632.0,
+                    vocab=32000.0, seq_len=4096.0, gated_mlp=True, tied_embeddings=False)
+PLAN = ServingPlan(inference=InferencePlan(tp=2.0, sequence_parallel=False), max_batch=512.0,
+                   max_tokens=4096.0)
+LOAD = ServingWorkload(1000.0, 200.0)
+
+
+@jax.jit
+def _report(system, plan, load):
+    return serve_continuous(MODEL, plan, system, load)
+
+
+def _sys(n=2, **chip):
+    return H100.replace(chip=H100.chip.replace(**chip)).with_num_chips(n) if chip \
+        else H100.with_num_chips(n)
+
+
+def test_workload_and_plan_errors_name_the_field():
+    with pytest.raises(ValueError, match="ServingWorkload.output_len"):
+        ServingWorkload(100.0, 1.0)
+    with pytest.raises(ValueError, match="ServingWorkload.input_len"):
+        ServingWorkload(0.0, 10.0)
+    with pytest.raises(ValueError, match="ServingPlan.kv_memory_fraction"):
+        ServingPlan(kv_memory_fraction=1.5)
+    with pytest.raises(ValueError, match="ServingPlan.max_batch"):
+        ServingPlan(max_batch=0.0)
+    with pytest.raises(ValueError, match="Slo.quantile"):
+        Slo(tpot=0.05, quantile=1.0)
+
+
+def test_full_load_is_bounded_by_the_kv_cache_and_its_reservation():
+    r = _report(_sys(), PLAN, LOAD)
+    assert bool(r.fits) and int(r.reason) == 0
+    # Sequences in flight hold at most the cache's tokens.
+    in_flight = float(r.batch) * (1.0 + 1.0 / 199.0)
+    assert in_flight * float(r.kv_tokens_per_sequence) <= float(r.kv_capacity_tokens) * 1.0001
+    # Reserved blocks for the whole output (TensorRT-LLM) hold more per sequence than blocks
+    # allocated as tokens come (vLLM): I + O vs I + O / 2, plus half a block.
+    on_demand = _report(_sys(), PLAN.replace(reserve_output=0.0), LOAD)
+    np.testing.assert_allclose(float(r.kv_tokens_per_sequence), 1000 + 200 + 15.5, rtol=1e-5)
+    np.testing.assert_allclose(float(on_demand.kv_tokens_per_sequence), 1000 + 100 + 15.5,
+                               rtol=1e-5)
+    # The limit binding here is the batch cap; 3 GB of HBM per chip binds the cache.
+    small = _report(_sys(hbm_bytes=3e9), PLAN, LOAD)
+    assert float(small.batch) < float(r.batch)
+    assert float(small.tokens_per_s) < float(r.tokens_per_s)
+
+
+def test_infeasible_memory_is_flagged_and_finite():
+    # 0.3 GB of HBM (+ 79 MiB SRAM) per chip: not the 0.49 GB of weights a chip holds.
+    r = _report(_sys(hbm_bytes=0.3e9), PLAN, LOAD)
+    assert not bool(r.fits) and int(r.reason) & Reason.MEMORY
+    assert np.isfinite(float(r.tokens_per_s)) and np.isfinite(float(r.iteration_time))
+
+
+def test_latency_rises_with_load_finite_below_capacity_and_flagged_past_it():
+    r = _report(_sys(), PLAN, LOAD)
+    cap = float(r.requests_per_s)
+    rates = cap * np.array([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999])
+    at = jax.vmap(lambda x: r.latency(x, 0.99))(jnp.asarray(rates))
+    mean = jax.vmap(lambda x: r.latency(x, 0.5))(jnp.asarray(rates))
+    for series in (at.ttft, at.tpot, at.ttft_mean, at.tpot_mean, mean.ttft, mean.tpot):
+        s = np.asarray(series)
+        assert np.all(np.isfinite(s)) and np.all(np.diff(s) >= 0.0), s
+    assert np.all(np.asarray(at.reason) == 0)
+    # The tail is above the median; TPOT's rise comes from the batch and its prefill.
+    assert np.all(np.asarray(at.tpot) >= np.asarray(mean.tpot))
+    assert float(at.tpot[-1]) > 1.5 * float(at.tpot[0])
+    past = r.latency(cap * 1.01)
+    assert int(past.reason) & Reason.SATURATED and not bool(past.fits)
+    assert np.isinf(float(past.ttft)) and np.isfinite(float(past.tpot))
+    np.testing.assert_allclose(float(past.tpot_mean), float(r.iteration_time), rtol=1e-3)
+
+
+def test_goodput_meets_the_slo_and_flags_an_impossible_one():
+    r = _report(_sys(), PLAN, LOAD)
+    light = float(r.latency(1e-3 * float(r.requests_per_s)).tpot)
+    full = float(r.iteration_time)
+    slo = Slo(tpot=0.5 * (light + full))
+    g = r.goodput(slo)
+    assert bool(g.fits) and 0.0 < float(g.rate) < float(r.requests_per_s)
+    np.testing.assert_allclose(float(g.tpot), float(slo.tpot), rtol=2e-2)
+    np.testing.assert_allclose(float(g.tokens_per_s), float(g.rate) * 200.0, rtol=1e-5)
+    none = r.goodput(Slo(tpot=0.5 * light))
+    assert float(none.rate) == 0.0 and int(none.reason) & Reason.SLO
+    loose = r.goodput(Slo())
+    np.testing.assert_allclose(float(loose.rate), float(r.requests_per_s), rtol=1e-5)
+    # A TTFT objective binds below capacity.
+    ttft = r.goodput(Slo(ttft=2.0 * float(r.latency(1e-3).ttft)))
+    assert float(ttft.rate) < float(r.requests_per_s)
+
+
+def test_distribution_of_lengths_and_unchunked_prefill():
+    mixed = ServingWorkload(jnp.array([200.0, 1800.0]), jnp.array([300.0, 100.0]))
+    r = _report(_sys(), PLAN, mixed)
+    assert bool(r.fits) and float(r.queue_scv) > 0.0
+    np.testing.assert_allclose(float(mixed.mean_input), 1000.0)
+    # A prompt longer than the token budget cannot run unchunked.
+    whole = _report(_sys(), PLAN.replace(chunked_prefill=False, max_tokens=512.0), LOAD)
+    assert not bool(whole.fits)
+
+
+def test_vmap_over_chips_matches_a_loop_and_no_recompile():
+    chips = [CHIPS["H100-SXM"], CHIPS["H100-SXM"].replace(hbm_bandwidth=4.8e12)]
+    stacked = H100.replace(chip=stack_chips(chips)).with_num_chips(2)
+    batched = _report(stacked, PLAN, LOAD)
+    for k, chip in enumerate(chips):
+        one = _report(H100.replace(chip=chip).with_num_chips(2), PLAN, LOAD)
+        np.testing.assert_allclose(float(batched.tokens_per_s[k]), float(one.tokens_per_s),
+                                   rtol=1e-5)
+    size = _report._cache_size()
+    _report(_sys(), PLAN.replace(max_batch=300.0), ServingWorkload(500.0, 50.0))
+    assert _report._cache_size() == size
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradients_finite_at_random_points(dtype):
+    rng = np.random.default_rng(3)
+    slo = Slo(tpot=0.03, ttft=1.0)
+
+    def goodput(bw, macs, link):
+        chip = H100.chip.replace(hbm_bandwidth=bw, mac_units=macs, link_bandwidth=link)
+        r = serve_continuous(MODEL, PLAN, H100.replace(chip=chip).with_num_chips(2), LOAD,
+                             smooth=True)
+        return r.goodput(slo).tokens_per_s + r.tokens_per_s + r.latency(10.0).ttft
+
+    grad = jax.jit(jax.grad(goodput, argnums=(0, 1, 2)))
+    with jax.enable_x64(dtype == "float64"):
+        for _ in range(2):
+            s = np.exp(rng.uniform(np.log(0.5), np.log(2.0), 3))
+            x = [jnp.asarray(v, dtype=dtype) for v in (H100.chip.hbm_bandwidth * s[0],
+                                                       H100.chip.mac_units * s[1],
+                                                       H100.chip.link_bandwidth * s[2])]
+            g = grad(*x)
+            assert all(np.isfinite(float(v)) for v in g)
+
+
+def test_float64_gradient_matches_central_differences():
+    slo = Slo(tpot=0.03)
+
+    def goodput(bw):
+        chip = H100.chip.replace(hbm_bandwidth=bw)
+        r = serve_continuous(MODEL, PLAN, H100.replace(chip=chip).with_num_chips(2), LOAD)
+        return r.goodput(slo).tokens_per_s
+
+    with jax.enable_x64(True):
+        f = jax.jit(goodput)
+        x0 = float(H100.chip.hbm_bandwidth) * 0.8
+        g = float(jax.jit(jax.grad(goodput))(jnp.float64(x0)))
+        fd = central_difference(lambda x: float(f(jnp.float64(x))), x0)
+        assert g > 0.0
+        np.testing.assert_allclose(g, fd, rtol=1e-3)
+
+
+# The serving-plan search: 4 chips, two batch limits, two token budgets, BF16 and an FP8 recipe
+# (H100 SXM's dense FP8 / BF16 peak, data/chips.csv: 1979 / 989.4).
+SEARCH = dict(precisions={"bf16": (2.0, 2.0, 1.0), "fp8": (1.0, 1.0, 1979.0 / 989.4)},
+              max_batches=(64, 512), max_tokens=(1024, 4096))
+SEARCH_SLO = Slo(ttft=1.0, tpot=0.02)
+
+
+@jax.jit
+def _search(system, slo):
+    plans = enumerate_serving_plans(MODEL, 4, **SEARCH)
+    reports, goodputs = evaluate_serving_plans(MODEL, plans, system, LOAD, slo)
+    return select_serving_plan(plans, reports, goodputs), goodputs
+
+
+def test_serving_plan_space_is_every_valid_layout():
+    plans = enumerate_serving_plans(MODEL, 4, **SEARCH)
+    tp, pp = np.asarray(plans.plan.inference.tp), np.asarray(plans.plan.inference.pp)
+    # TP x PP divides 4 chips (TP divides 16 heads, PP 8 layers): 6 layouts x 2 x 2 x 2.
+    assert len(plans) == 48
+    np.testing.assert_array_equal(np.asarray(plans.plan.replicas) * tp * pp, 4.0)
+    fp8 = np.asarray(plans.precision) == 1
+    assert np.all(np.asarray(plans.plan.inference.weight_bytes)[fp8] == 1.0)
+    # 3 chips: neither 16 heads nor 8 layers split three ways: three one-chip replicas.
+    three = enumerate_serving_plans(MODEL, 3, **SEARCH)
+    assert len(three) == 8 and np.all(np.asarray(three.plan.replicas) == 3.0)
+    with pytest.raises(ValueError, match="num_chips must be >= 1"):
+        enumerate_serving_plans(MODEL, 0)
+
+
+def test_best_serving_plan_is_the_best_feasible_plan_and_flags_an_impossible_slo():
+    choice, goodputs = _search(_sys(4), SEARCH_SLO)
+    ok = np.asarray(goodputs.fits)
+    tokens = np.asarray(goodputs.tokens_per_s)
+    assert choice.plans == 48 and int(choice.feasible) == ok.sum() > 0
+    np.testing.assert_allclose(float(choice.tokens_per_s), tokens[ok].max(), rtol=1e-6)
+    assert int(choice.reason) == 0 and float(choice.goodput.tpot) <= 0.02 * 1.02
+    # 1 us per output token: no plan meets it; the answer is flagged, not presented as met.
+    none, _ = _search(_sys(4), Slo(tpot=1e-6))
+    assert int(none.feasible) == 0 and int(none.reason) & Reason.SLO
+    assert float(none.tokens_per_s) == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_serving_goodput_soft_max_differentiates(dtype):
+    def per_chip(bw):
+        chip = H100.chip.replace(hbm_bandwidth=bw)
+        return serving_goodput(MODEL, H100.replace(chip=chip).with_num_chips(4), LOAD,
+                               SEARCH_SLO, **SEARCH)
+
+    with jax.enable_x64(dtype == "float64"):
+        value, grad = jax.jit(jax.value_and_grad(per_chip))(
+            jnp.asarray(H100.chip.hbm_bandwidth, dtype=dtype))
+        value, grad = float(value), float(grad)
+    # The hard search (compiled once for the test above, float32).
+    hard, _ = _search(_sys(4), SEARCH_SLO)
+    # The soft maximum is above the best plan, by at most 48 ** 0.05 (its temperature).
+    best = float(hard.tokens_per_s) / 4.0
+    assert best * 0.999 <= value <= best * 48 ** 0.05
+    # More memory bandwidth serves more within a TPOT objective.
+    assert np.isfinite(grad) and grad > 0.0
+
+
+@jax.jit
+def _disaggregated(system, prefill_replicas):
+    scaleup = serve_disaggregated(MODEL, PLAN.replace(replicas=prefill_replicas), system, PLAN,
+                                  system, LOAD)
+    scaleout = serve_disaggregated(MODEL, PLAN.replace(replicas=prefill_replicas), system, PLAN,
+                                   system, LOAD, kv_link="scaleout")
+    return scaleup, scaleout[1]
+
+
+def test_disaggregated_capacity_is_the_slowest_pool_and_latency_rises_with_load():
+    (r, pools), out = _disaggregated(_sys(2), 1.0)
+    rates = np.array([float(pools.prefill_rate), float(pools.decode_rate),
+                      float(pools.transfer_rate)])
+    np.testing.assert_allclose(float(r.requests_per_s), rates.min(), rtol=1e-6)
+    assert int(pools.bottleneck) == int(np.argmin(rates))
+    np.testing.assert_allclose(float(r.tokens_per_s), rates.min() * 200.0, rtol=1e-5)
+    assert float(r.chips) == 4.0 and bool(r.fits)
+    # Twice the prefill replicas: twice the prefill rate (the pools scale independently).
+    (r2, pools2), _ = _disaggregated(_sys(2), 2.0)
+    np.testing.assert_allclose(float(pools2.prefill_rate), 2.0 * rates[0], rtol=1e-6)
+    assert float(r2.requests_per_s) >= float(r.requests_per_s)
+    # The KV cache crosses the scale-out network more slowly than NVLink.
+    assert float(out.transfer_time) > float(pools.transfer_time) > 0.0
+    # Latency rises with load, is finite below capacity and flagged past it.
+    cap = float(r.requests_per_s)
+    at = jax.vmap(lambda x: r.latency(x))(jnp.asarray(cap * np.array([0.1, 0.5, 0.9, 0.99])))
+    for s in (np.asarray(at.ttft), np.asarray(at.tpot)):
+        assert np.all(np.isfinite(s)) and np.all(np.diff(s) >= 0.0)
+    # TTFT includes the prefill and the transfer.
+    assert float(at.ttft[0]) >= float(pools.prefill_time + pools.transfer_time)
+    past = r.latency(1.01 * cap)
+    assert np.isinf(float(past.ttft)) and int(past.reason) & Reason.SATURATED
+    with pytest.raises(ValueError, match="serve_disaggregated.kv_link"):
+        serve_disaggregated(MODEL, PLAN, _sys(2), PLAN, _sys(2), LOAD, kv_link="pcie")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_disaggregated_goodput_gradient_is_finite(dtype):
+    def goodput(bw):
+        decode = H100.replace(chip=H100.chip.replace(hbm_bandwidth=bw)).with_num_chips(2)
+        r, _ = serve_disaggregated(MODEL, PLAN, _sys(2), PLAN.replace(replicas=2.0), decode,
+                                   LOAD, smooth=True)
+        return r.goodput(Slo(tpot=0.003)).tokens_per_s
+
+    with jax.enable_x64(dtype == "float64"):
+        g = jax.jit(jax.grad(goodput))(jnp.asarray(H100.chip.hbm_bandwidth, dtype=dtype))
+        assert np.isfinite(float(g)) and float(g) >= 0.0
+
+
+@jax.jit
+def _costs(cluster):
+    full = serving_cost(MODEL, PLAN, cluster, LOAD)
+    tight = serving_cost(MODEL, PLAN, cluster, LOAD, SEARCH_SLO)
+    impossible = serving_cost(MODEL, PLAN, cluster, LOAD, Slo(tpot=1e-6))
+    return full, tight, impossible, _report(cluster.system, PLAN, LOAD)
+
+
+def test_serving_cost_prices_the_tokens_served_within_the_objective():
+    cluster = Cluster(H100.replace(network=NETWORKS["dgx-superpod"]).with_num_chips(2))
+    full, tight, impossible, report = _costs(cluster)
+    np.testing.assert_allclose(float(full.tokens_per_s_per_chip),
+                               float(report.tokens_per_s_per_chip), rtol=1e-5)
+    # The same dollars per second buy fewer tokens within the objective: cost x tokens is kept.
+    assert float(tight.tokens_per_s_per_chip) < float(full.tokens_per_s_per_chip)
+    np.testing.assert_allclose(
+        float(tight.cost_per_million_tokens * tight.tokens_per_s_per_chip),
+        float(full.cost_per_million_tokens * full.tokens_per_s_per_chip), rtol=1e-4)
+    assert bool(full.fits) and bool(tight.fits)
+    assert np.isinf(float(impossible.cost_per_million_tokens))
+    assert int(impossible.reason) & Reason.SLO and not bool(impossible.fits)

@@ -1,0 +1,80 @@
+"""The workload mix objective: a weighted portfolio evaluated on one system in one call."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dse
+from dse.hardware import SYSTEMS
+from dse.models import TrainingPlan, Transformer
+
+DGX = SYSTEMS["DGX-A100"]
+
+
+def _model(**changes):
+    base = dict(layers=4.0, hidden=512.0, heads=8.0, kv_heads=8.0, ffn_hidden=1024.0,
+                vocab=8192.0, seq_len=1024.0, gated_mlp=True, tied_embeddings=False)
+    return Transformer(**(base | changes))
+
+
+def _mix():
+    dense = dse.training_workload("dense", 5.0, _model(), TrainingPlan(tp=2, dp=8,
+                                                                       global_batch=32), 16)
+    moe = dse.training_workload("moe", 3.0, _model(experts=8.0, top_k=2.0, ffn_hidden=256.0),
+                                TrainingPlan(dp=16, ep=8, global_batch=32), 16)
+    longctx = dse.training_workload("long", 2.0, _model(seq_len=32768.0),
+                                    TrainingPlan(tp=2, cp=8, global_batch=1, recompute=2), 16)
+    return dse.WorkloadMix([dense, moe, longctx], DGX)
+
+
+MIX = _mix()
+
+
+def test_mix_is_one_at_the_reference_and_a_weighted_sum_elsewhere():
+    at_ref = MIX(DGX)
+    np.testing.assert_allclose(float(at_ref["mix_time"]), 1.0, rtol=1e-5)
+    assert MIX.weights == pytest.approx({"dense": 0.5, "moe": 0.3, "long": 0.2})
+    faster = DGX.replace(chip=DGX.chip.replace(hbm_bandwidth=2.0 * DGX.chip.hbm_bandwidth),
+                         scaleout_bandwidth=2.0 * DGX.scaleout_bandwidth)
+    out = MIX(faster)
+    parts = sum(MIX.weights[n] * float(out[f"relative_{n}"]) for n in MIX.weights)
+    np.testing.assert_allclose(float(out["mix_time"]), parts, rtol=1e-6)
+    assert float(out["mix_time"]) < 1.0
+    for n in MIX.weights:
+        assert float(out[f"relative_{n}"]) <= 1.0 + 1e-6
+
+
+def test_bad_workloads_are_refused():
+    with pytest.raises(ValueError, match="weight"):
+        dse.Workload("x", -1.0, lambda s: (1.0, True))
+    w = dse.Workload("x", 1.0, lambda s: (jnp.asarray(1.0), True))
+    with pytest.raises(ValueError, match="unique"):
+        dse.WorkloadMix([w, w], DGX)
+    with pytest.raises(ValueError, match="at least one"):
+        dse.WorkloadMix([], DGX)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_mix_jits_vmaps_and_differentiates(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        bw = jnp.asarray([0.5, 1.0, 3.0], dtype) * float(DGX.chip.hbm_bandwidth)
+
+        def at(b):
+            return MIX(DGX.replace(chip=DGX.chip.replace(hbm_bandwidth=b)))["mix_time"]
+
+        times = jax.jit(jax.vmap(at))(bw)
+        assert times.dtype == dtype and np.all(np.isfinite(times))
+        assert float(times[0]) > float(times[1]) > float(times[2])  # more bandwidth, faster
+        grads = jax.jit(jax.vmap(jax.grad(at)))(bw)
+        assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads) < 0.0)
+
+
+def test_mix_drives_a_sweep():
+    space = dse.Space(DGX, [dse.Param.from_field(DGX, "hbm_bandwidth", low=1e12, high=8e12),
+                            dse.Param.from_field(DGX, "sram_bytes", low=16e6, high=256e6)])
+    result = dse.sweep(MIX, space, 16, chunk_size=16, progress=False,
+                       constraints={"fits": (">=", 1.0)})
+    assert len(result) == 16
+    mix = np.asarray(result["mix_time"])
+    assert np.all(np.isfinite(mix)) and mix.min() < mix.max()
