@@ -3,7 +3,8 @@
 Training (data/training_runs.csv): every row is either modelled (`dse.calibration.training_rows`:
 `train_step`, or `layer_time` for Korthikanti Table 4, with the plan the source states or the
 fastest feasible one it leaves open) or counted as not modellable with its reason (FP8 / FP4 rows
-belong to the precision issue 15). The constants fitted to training runs,
+are modelled in the low-precision tables of benchmarks/validate_precision.py, which `main` runs
+too: its `lp_...` figures end the last line). The constants fitted to training runs,
 `Calibration.kernel_fraction` and the `framework_scale` of every framework with a row, under a
 prior centred on 1 (`dse.calibration.fit_training_constants`), are fitted to every modelled row and,
 leave-one-source-out, refitted without each source in turn to predict it. Every other constant
@@ -27,13 +28,15 @@ same models and the all-source fit, unchanged. Inference (data/inference_runs.cs
 
 Last line: `train_src_median=<x> train_p90=<y> train_bias=<z> train_coverage=<c>
 loso_src_median=<l> interval_coverage=<k> infer_src_median=<i> serve_src_median=<s>
-serve_coverage=<v>` (fractions): the median over
+serve_coverage=<v> lp_train_src_median=... lp_serve_group_median=...` (fractions): the median over
 sources of the per-source median |err| (in sample); the 90th percentile of |err| over rows (in
 sample); the mean over sources of the signed mean error (in sample); the share of rows in
 their in-sample 90% interval; the median over sources of the leave-one-source-out median
 |err|; the share of leave-one-source-out rows in their 90% interval; the median over
 inference sources of the median |err|; the median over serving sources of the median |err|,
-and the share of serving rows modelled.
+and the share of serving rows modelled; then the low-precision figures of
+benchmarks/validate_precision.py (worst source, in sample and held out; pairs within 8%; worst
+serving group).
 
 Run: `python benchmarks/validate.py [--rows] [DATA_DIR]` (`--rows` prints every row).
 """

@@ -6,9 +6,9 @@ A companion to benchmarks/validate.py (which covers the 16-bit rows), reporting 
   (`dse.calibration.precision_training_rows`) or a skip with its reason; per source the rows,
   the modelled ones, median |err|, p90 |err|, signed mean and the share predicted faster than
   measured, with every training-fitted constant refitted without the source (leave one source
-  out). The only such constant is `Calibration.kernel_fraction`, fitted to the A100 16-bit
-  sources (`dse.calibration.FIT_SOURCES`); no constant is fitted to a low-precision row, so the
-  held-out prediction of these sources is the stored one, which the script checks by refitting.
+  out): `Calibration.kernel_fraction` and the framework scales, fitted to the 16-bit rows of
+  `dse.calibration.FIT_SOURCES` (Megatron-Bridge 25.11's BF16 rows among them); no constant is
+  fitted to a low-precision row.
 - Pairs: the published same-shape pairs of data/precision_pairs.csv (FP8 vs BF16, NVFP4 vs
   FP8 / MXFP8, MXFP8 vs FP8 current scaling): measured and predicted throughput ratios.
 - Serving: the TensorRT-LLM FP8 / FP4 max-throughput rows of inference_runs.csv, per model x chip
@@ -27,7 +27,9 @@ import collections
 import sys
 from pathlib import Path
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dse.calibration import FIT_SOURCES, precision_pairs, precision_training_rows
@@ -75,7 +77,9 @@ def training(data_dir: Path) -> tuple[dict, dict]:
     print("\nNot modelled:")
     for s in skipped:
         print(f"  {s.run_id:58s} {s.reason}")
-    # Leave one source out: refit every training-fitted constant without the source.
+    # Leave one source out: refit every training-fitted constant (`kernel_fraction` and the
+    # framework scales, fitted to the 16-bit rows of FIT_SOURCES) without the source, and
+    # predict its rows with the refitted constants.
     print("\nPer source (stored constants; held out = refitted without the source):")
     loso, refits = {}, {}
     counts = collections.Counter(c.source_key for c in cases)
@@ -84,16 +88,31 @@ def training(data_dir: Path) -> tuple[dict, dict]:
         held_sources = tuple(s for s in FIT_SOURCES if s != key)
         if held_sources not in refits:
             refits[held_sources] = fit_kernel_fraction(data_dir, held_sources)
-        eta = refits[held_sources]
-        # The refit without this source is the stored constant (it never saw the source), so
-        # the held-out errors are the stored ones.
-        assert abs(eta / float(DEFAULT.kernel_fraction) - 1) < 1e-6, eta
-        held = list(errs)
+        values = refits[held_sources]
+        calibration = _with_values(DEFAULT, values)
+        held = [predict(c, calibration)[0] / c.measured - 1 for c in cases
+                if c.source_key == key]
         loso[key] = float(np.median(np.abs(held)))
+        framework = next(c.framework for c in cases if c.source_key == key)
         print(f"  {key:24s} rows {counts[key]:2d} modelled {len(errs):2d}  {_summary(errs)}")
-        print(f"  {'':24s} held out (kernel_fraction refit {eta:.3f}): median |err| "
-              f"{100 * loso[key]:5.1f}%  target <= 8%: {'met' if loso[key] <= 0.08 else 'MISSED'}")
+        print(f"  {'':24s} held out (kernel_fraction refit {values['kernel_fraction']:.3f}, "
+              f"{framework} scale {values.get('framework_scale.' + framework, 1.0):.3f}): "
+              f"{_summary(held)}  target <= 8%: {'met' if loso[key] <= 0.08 else 'MISSED'}")
     return {k: float(np.median(np.abs(v))) for k, v in errors.items()}, loso
+
+
+def _with_values(calibration, values: dict[str, float]):
+    """`calibration` with the fitted constants `values` ({dotted name: value}) in place."""
+    for name, value in values.items():
+        field, _, key = name.partition(".")
+        if key:
+            def where(c, field=field, key=key):
+                return getattr(c, field)[key]
+        else:
+            def where(c, field=field):
+                return getattr(c, field)
+        calibration = eqx.tree_at(where, calibration, jnp.asarray(value))
+    return calibration
 
 
 def pairs(data_dir: Path) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -145,7 +145,8 @@ def inference_rows(data_dir: str | Path | None = None) -> list[dict]:
 
 def inference_skipped(data_dir: str | Path | None = None) -> list:
     """The rows of inference_runs.csv that are not modelled, each with its reason
-    (`dse.calibration.SkippedRow`): FP8 / FP4 serving belongs to the precision issue 15."""
+    (`dse.calibration.SkippedRow`): FP8 / FP4 serving is modelled in the low-precision and
+    serving tables (`dse.calibration.serving_cases`, benchmarks/validate_precision.py)."""
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     with open(data_dir / "inference_runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))

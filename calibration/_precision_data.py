@@ -21,8 +21,9 @@ are taken and named here:
 - LLM Foundry's amp_fp8 is Transformer Engine's default delayed scaling; torchao's "tensorwise"
   is one scale per tensor from its current amax (current scaling), "mxfp8_cublas" MXFP8.
 
-What the model does not express is skipped: context parallelism (CP > 1), multi-head latent
-attention and shared experts (DeepSeek-V3), GPT-OSS's alternating sliding-window attention, and
+Context parallelism is the row's (`TrainingPlan.cp`). What the model does not express is
+skipped: DeepSeek-V3 with its multi-token-prediction module, GPT-OSS's alternating
+sliding-window attention, and
 a source row whose columns are shifted (Megatron-Bridge 25.11, DGX-H100 Qwen3_235B_a22B: its
 GBS cell is missing, so the batch it ran cannot be read).
 """
@@ -59,7 +60,7 @@ MODELS = {
     "Nemotron-340B": "nemotron4-340b", "LLAMA3-8B": "llama3-8b", "LLAMA3-70B": "llama3-70b",
     "LLAMA3_8B": "llama3-8b", "LLAMA3_70B": "llama3-70b", "LLAMA3.1_405B": "llama3-405b",
     "Llama3-8b": "llama3-8b", "Qwen3_30B_a3B": "qwen3-30b-a3b",
-    "Qwen3_235B_a22B": "qwen3-235b-a22b",  # a preset of the fidelity issue (14), when merged
+    "Qwen3_235B_a22B": "qwen3-235b-a22b", "DeepSeekV3 (w/o MTP)": "deepseek-v3",
 }
 RECIPES_OF = {
     "fp8 (Transformer Engine)": "fp8_delayed", "amp_fp8": "fp8_delayed",
@@ -68,6 +69,9 @@ RECIPES_OF = {
     "float8 tensorwise (float8 all-gather)": "fp8_current",
     "float8 tensorwise (f8 all-gather)": "fp8_current", "mxfp8_cublas": "mxfp8",
 }
+# The framework of each source (`Calibration.for_framework`); NeMo and Megatron-Bridge run
+# Megatron-Core.
+FRAMEWORK_OF = {"llmfoundry_h100": "composer", "torchao_float8": "pytorch"}
 # MPT shapes of the LLM Foundry pairs (as in training_runs.csv's MPT rows: MHA, GELU MLP of 4h,
 # vocab 50368).
 MPT = {"MPT-3b": (32, 2560, 20), "MPT-1b": (24, 2048, 16)}
@@ -90,6 +94,8 @@ class PrecisionCase:
     system: System
     plans: tuple[TrainingPlan, ...]
     stated: str = ""
+    # The framework that ran it (`dse.models.FRAMEWORKS`): its `framework_scale` applies.
+    framework: str = "megatron-core"
 
     @property
     def precision(self) -> str:
@@ -121,12 +127,12 @@ def system_for(hardware: str, n: int) -> System:
 
 
 def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
-           recompute=None, gradients="fp32", quantized_params=False) -> TrainingPlan:
+           recompute=None, gradients="fp32", quantized_params=False, cp=1) -> TrainingPlan:
     """The candidate plans of a row: its layout under each open recomputation mode."""
-    dp = n // (tp * pp)
+    dp = n // (tp * pp * cp)
     modes = (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL) if recompute is None \
         else (recompute,)
-    plans = [TrainingPlan(tp=tp, pp=pp, dp=dp, ep=ep, microbatch_size=microbatch,
+    plans = [TrainingPlan(tp=tp, pp=pp, dp=dp, ep=ep, cp=cp, microbatch_size=microbatch,
                           global_batch=global_batch, interleave=vp,
                           sequence_parallel=1.0 if tp > 1 else 0.0, recompute=rc,
                           zero_stage=3.0 if fsdp else 1.0, dp_overlap=1.0, precision=precision,
@@ -135,26 +141,28 @@ def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
     return jax.tree.map(lambda *xs: jnp.stack(xs), *plans)
 
 
-def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, recompute=None):
+def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, recompute=None,
+              cp=1):
     """The candidate batches of a case: one per static variant the source leaves open (FP32 /
     BF16 gradients; 16-bit or quantized-only weights under a low-precision recipe)."""
     quantized = (False, True) if precision != "bf16" else (False,)
     return tuple(_plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
-                        recompute, g, q) for g in ("fp32", "bf16") for q in quantized)
+                        recompute, g, q, cp) for g in ("fp32", "bf16") for q in quantized)
 
 
 def _skip_reason(row) -> str | None:
-    name, cp = row["model"], _f(row, "cp", 1.0)
-    if "DeepSeek" in name:
-        return "DeepSeek-V3: multi-head latent attention, a shared expert and dense first " \
-               "layers are not in Transformer"
+    name = row["model"]
+    if "DeepSeek" in name and "w/ MTP" in name:
+        return "DeepSeek-V3 with its multi-token-prediction module: the preset is the main " \
+               "model only (the 14B MTP module is not in Transformer)"
     if "GPT OSS" in name:
         return "GPT-OSS-120B: alternating sliding-window attention is not in Transformer"
-    if cp and cp > 1:
-        return f"context parallelism (CP {cp:g}) is not in TrainingPlan"
     if name == "Qwen3_235B_a22B" and "H100" in row["hardware"]:
         return "source row malformed: the Megatron-Bridge 25.11 DGX-H100 Qwen3_235B_a22B row " \
                "has a missing cell, its columns shifted (GBS unreadable)"
+    if _f(row, "tokens_per_s_per_device") is None:
+        return "no throughput in tokens/s (only TFLOP/s per GPU, over a layout the source " \
+               "prints inconsistently: TP x PP x DP x CP != GPUs)"
     if name not in MODELS or MODELS[name] not in TRANSFORMERS:
         return f"{name}: no preset shape"
     return None
@@ -175,7 +183,7 @@ def _training_row(row) -> list:
     model = TRANSFORMERS[MODELS[row["model"]]]
     model = model.replace(seq_len=_f(row, "seq_len"))
     n = int(_f(row, "num_devices"))
-    tp, pp = int(_f(row, "tp", 1)), int(_f(row, "pp", 1))
+    tp, pp, cp = int(_f(row, "tp", 1)), int(_f(row, "pp", 1)), int(_f(row, "cp", 1) or 1)
     vp, ep = _f(row, "vp_interleave", 1.0), _f(row, "ep", 1.0)
     gb, mb = _f(row, "global_batch_seqs"), _f(row, "microbatch", 1.0)
     fsdp = "FSDP" in (row.get("sharding") or "")
@@ -187,14 +195,16 @@ def _training_row(row) -> list:
     recipe = RECIPES_OF[precision]
     tps = _f(row, "tokens_per_s_per_device")
     def candidates(recipe):
-        return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp)
+        return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp)
 
+    framework = FRAMEWORK_OF.get(key, "megatron-core")
     out.append(PrecisionCase(rid, key, seconds(tps), model, system, candidates(recipe),
-                             f"{tps:g} tokens/s per GPU ({precision})"))
+                             f"{tps:g} tokens/s per GPU ({precision})", framework))
     if "(FP8-MX)" in row["precision"]:
         alt = float(row["notes"].split("tokens/s/GPU ")[1].split(",")[0])
         out.append(PrecisionCase(rid + ":FP8-MX", key, seconds(alt), model, system,
-                                 candidates("mxfp8"), f"{alt:g} tokens/s per GPU (FP8-MX)"))
+                                 candidates("mxfp8"), f"{alt:g} tokens/s per GPU (FP8-MX)",
+                                 framework))
     return out
 
 
@@ -266,7 +276,8 @@ def precision_pairs(data_dir: Path | None = None) -> list[PrecisionPair]:
                 row["pair_id"] + (":base" if side else ":low"), row["source_key"],
                 batch * float(model.seq_len) / (tps * n), model, system,
                 _variants(n, tp, pp, vp, ep, mb, batch, precision, fsdp, recompute),
-                f"{tps:g} tokens/s per GPU ({row[f'{side}precision']})"))
+                f"{tps:g} tokens/s per GPU ({row[f'{side}precision']})",
+                FRAMEWORK_OF.get(row["source_key"], "megatron-core")))
         measured = _f(row, "tokens_per_s_per_device") / _f(row, "baseline_tokens_per_s_per_device")
         pairs.append(PrecisionPair(row["pair_id"], row["source_key"], measured, *cases))
     return pairs
@@ -274,7 +285,9 @@ def precision_pairs(data_dir: Path | None = None) -> list[PrecisionPair]:
 
 def predict(case: PrecisionCase, calibration: Calibration = DEFAULT):
     """(predicted step time s, the chosen plan, its `TrainReport`): the fastest feasible of the
-    case's candidate plans (fused attention, as every framework here runs it)."""
+    case's candidate plans (fused attention, as every framework here runs it), under the
+    `calibration` for the case's framework (`Calibration.for_framework`)."""
+    calibration = calibration.for_framework(case.framework)
     best = None
     for plans in case.plans:
         reports = evaluate_plans(case.model, plans, case.system, calibration=calibration,
