@@ -182,7 +182,11 @@ class InferencePlan(eqx.Module):
         return self.tp * self.pp
 
     def replace(self, **changes) -> InferencePlan:
-        """A copy with some fields changed (validated like a new plan)."""
+        """A copy with some fields changed (validated like a new plan). A new `weights` or
+        `kv_cache` format brings its width unless `weight_bytes` / `kv_bytes` is given too."""
+        for fmt, width in (("weights", "weight_bytes"), ("kv_cache", "kv_bytes")):
+            if fmt in changes and width not in changes:
+                changes[width] = None
         return dataclasses.replace(self, **changes)
 
 

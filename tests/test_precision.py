@@ -469,3 +469,15 @@ def test_vector_units_run_16_bit_data_at_their_packed_rate():
     overhead = float(DEFAULT.memory_overhead_s)
     assert float(bf16.compute_time) - overhead == pytest.approx(8e9 / 39e12, rel=1e-4)
     assert float(fp32.compute_time) - overhead == pytest.approx(8e9 / 19.5e12, rel=1e-4)
+
+
+def test_inference_plan_widths_follow_its_formats_unless_given():
+    # The storage widths default to the formats' (NVFP4: 4-bit elements and one E4M3 scale per
+    # 16: 0.5625 B), an explicit width overrides storage only (issue 16's search over widths),
+    # and a new format brings its own width.
+    plan = InferencePlan(tp=2.0, weights="nvfp4", activations="nvfp4", kv_cache="fp8")
+    assert float(plan.weight_bytes) == 0.5625 and float(plan.kv_bytes) == 1.0
+    assert float(InferencePlan(weight_bytes=1.0).weight_bytes) == 1.0
+    moved = InferencePlan(tp=2.0).replace(weights="fp8", activations="fp8")
+    assert float(moved.weight_bytes) == 1.0 and float(moved.kv_bytes) == 2.0
+    assert float(moved.replace(tp=4.0).weight_bytes) == 1.0
