@@ -42,10 +42,10 @@ def test_every_continuous_field_is_in_the_table_once():
 @pytest.mark.parametrize("name", list(FIELDS))
 def test_default_bounds_are_valid_values_and_sweepable(name):
     f = FIELDS[name]
-    lo, hi, third = BOUNDS[f.owner][name]
-    # Chip and System: (low, high, zero allowed), low itself allowed; the others: (low, high,
+    # Chip and System: (low, high, zero allowed, low itself allowed); the others: (low, high,
     # low itself allowed).
-    lo_inclusive = True if f.owner in ("Chip", "System") else third
+    lo, hi, *rest = BOUNDS[f.owner][name]
+    lo_inclusive = rest[-1]
     assert f.low < f.high <= hi < float("inf")
     assert f.low > lo or (lo_inclusive and f.low == lo)
     assert f.kind in ("compute", "memory", "network", "process", "reliability",
