@@ -254,8 +254,9 @@ def plan_memory(model: Transformer, plans: TrainingPlan, *,
 def fastest_plan_index(model: Transformer, plans: TrainingPlan, system: System, *,
                        calibration: Calibration = DEFAULT,
                        flash_attention: bool = True) -> Int[Array, ""]:
-    """Index of the plan `select_plan` picks: the first fastest feasible plan, or the first
-    fastest plan when none is feasible (non-finite or non-positive times rank last).
+    """Index of the plan `select_plan` picks: the first fastest feasible plan, or, when none is
+    feasible, the one that misses least (`select_plan`'s rule: no flag but memory, then the
+    smallest memory shortfall relative to capacity). Non-finite or non-positive times rank last.
 
     Only the step time and feasibility of each plan are computed (XLA drops the rest of the
     reports), in one vmapped call fused with the minimum: under `vmap` over designs this is
@@ -266,8 +267,9 @@ def fastest_plan_index(model: Transformer, plans: TrainingPlan, system: System, 
                              flash_attention=flash_attention)
     t = reports.step_time
     safe = jnp.where(jnp.isfinite(t) & (t > 0), t, jnp.finfo(t.dtype).max)
-    key = jnp.where(reports.fits | ~jnp.any(reports.fits), safe, jnp.inf)
-    return jnp.argmin(key).astype(jnp.int32)
+    fastest = jnp.argmin(jnp.where(reports.fits, safe, jnp.inf))
+    return jnp.where(jnp.any(reports.fits), fastest,
+                     _closest_miss(reports)).astype(jnp.int32)
 
 
 def best_of_plans(model: Transformer, plans: TrainingPlan, system: System, *,

@@ -163,7 +163,7 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
     layers_per_stage = model.layers / plan.pp
     replica_batch = plan.dp * plan.microbatch_size
     return [
-        Rule(Reason.CHIPS, "TrainingPlan.tp * pp * dp", plan.chips, plan.chips == n,
+        Rule(Reason.CHIPS, "TrainingPlan.tp * cp * pp * dp", plan.chips, plan.chips == n,
              lambda: f"the system's {system.num_chips} chips (System.num_chips)"),
         Rule(Reason.SPLIT, "TrainingPlan.tp", plan.tp, divides(plan.tp, model.heads),
              lambda: f"a divisor of the model's {float(model.heads):g} heads"),
@@ -172,10 +172,13 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
         Rule(Reason.SPLIT, "TrainingPlan.interleave", plan.interleave,
              divides(plan.interleave, layers_per_stage),
              lambda: f"a divisor of the {float(layers_per_stage):g} layers per stage"),
+        # Megatron-Core forms the expert groups (etp x ep x edp) over a stage's tp * cp * dp
+        # chips: ep * etp must divide them, so that every expert has whole replicas (EDP).
         Rule(Reason.SPLIT, "TrainingPlan.ep", plan.ep,
-             divides(plan.ep, model.experts) & divides(plan.ep, plan.dp),
-             lambda: f"a divisor of the model's {float(model.experts):g} experts and of "
-                     f"dp = {float(plan.dp):g}"),
+             divides(plan.ep, model.experts)
+             & divides(plan.ep * plan.expert_tp, plan.tp * plan.cp * plan.dp),
+             lambda: f"a divisor of the model's {float(model.experts):g} experts with ep * etp "
+                     f"dividing tp * cp * dp = {float(plan.tp * plan.cp * plan.dp):g}"),
         Rule(Reason.BATCH, "TrainingPlan.global_batch", plan.global_batch,
              divides(replica_batch, plan.global_batch),
              lambda: f"a multiple of dp * microbatch_size = {float(replica_batch):g} (whole "

@@ -61,7 +61,7 @@ def test_best_of_plans_equals_select_plan():
     assert 0 < int(np.sum(a_fit)) < 16 or bool(np.all(a_fit))
 
 
-def test_no_feasible_plan_falls_back_to_the_fastest():
+def test_no_feasible_plan_gives_the_closest_miss_flagged():
     plans = enumerate_plans(MODEL, 16, GLOBAL_BATCH)
     tiny = eqx.tree_at(lambda s: s.chip.hbm_bytes, BASE, jnp.asarray(1e6))  # 1 MB: nothing fits
     plan, report = best_of_plans(MODEL, plans, tiny)

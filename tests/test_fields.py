@@ -42,11 +42,10 @@ def test_every_continuous_field_is_in_the_table_once():
 @pytest.mark.parametrize("name", list(FIELDS))
 def test_default_bounds_are_valid_values_and_sweepable(name):
     f = FIELDS[name]
-    bounds = BOUNDS[f.owner][name]
-    lo, hi = bounds[0], bounds[1]
-    # Chip and System: `Bounds` (low, high, zero allowed, low itself allowed); the others:
-    # (low, high, low itself allowed).
-    lo_inclusive = bounds.low_inclusive if f.owner in ("Chip", "System") else bounds[2]
+    # Chip and System: (low, high, zero allowed, low itself allowed); the others: (low, high,
+    # low itself allowed).
+    lo, hi, *rest = BOUNDS[f.owner][name]
+    lo_inclusive = rest[-1]
     assert f.low < f.high <= hi < float("inf")
     assert f.low > lo or (lo_inclusive and f.low == lo)
     assert f.kind in ("compute", "memory", "network", "process", "reliability",

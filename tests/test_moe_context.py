@@ -234,20 +234,20 @@ def test_expert_tensor_parallel_maps_experts_over_the_stage():
 
     model = small_moe(dense_layers=0.0, shared_experts=0.0)
     # Megatron-Core: ETP x EP x EDP over the same tp * cp * dp chips as TP x CP x DP.
-    plan = TrainingPlan(tp=2, dp=8, ep=16, etp=1, global_batch=16)
+    plan = TrainingPlan(tp=2, dp=4, ep=8, etp=1, global_batch=16)
     assert float(plan.expert_dp) == 1.0
     params = stage_params(model, plan)
-    # Routed experts per chip: 8 / 16 experts, unsplit (etp 1), in every one of the 4 layers.
+    # Routed experts per chip: 8 / 8 experts, unsplit (etp 1), in every one of the 4 layers.
     np.testing.assert_allclose(float(params.expert),
-                               4.0 * 8.0 / 16.0 * float(model.expert_params_per_layer),
+                               4.0 * 8.0 / 8.0 * float(model.expert_params_per_layer),
                                rtol=1e-6)
-    default = TrainingPlan(tp=2, dp=8, ep=8, global_batch=16)
+    default = TrainingPlan(tp=2, dp=4, ep=4, global_batch=16)
     assert float(default.expert_tp) == 2.0 and float(default.expert_dp) == 1.0
     with pytest.raises(ValueError, match="ep \\* etp"):
-        TrainingPlan(tp=2, dp=8, ep=16, global_batch=16)
+        TrainingPlan(tp=2, dp=4, ep=8, global_batch=16)
     # The routed expert FLOPs per chip do not depend on the EP x ETP mapping: the same model
     # FLOPs, and step times of the same order.
-    system = DGX.with_num_chips(16)
+    system = DGX.with_num_chips(8)
     a = train_step(model, plan, system)
     b = train_step(model, default, system)
     assert float(a.model_flops) == float(b.model_flops)
