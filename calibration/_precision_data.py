@@ -378,10 +378,11 @@ def serving_cases(data_dir: Path | None = None) -> tuple[list, list]:
 def max_batch(case: ServingCase) -> float:
     """Sequences in flight: the KV cache of each at its mean context, in the memory the weights
     leave (`KV_FREE_FRACTION` of it), at least 1."""
-    from dse.models import prefill
+    from dse.models import decode
 
-    one = prefill(case.model, case.plan.replace(batch=1.0), case.system,
-                  case.input_len + 0.5 * (case.output_len + 1.0))
+    # A decode step at the mean context (a mean need not be a whole number of tokens).
+    one = decode(case.model, case.plan.replace(batch=1.0), case.system,
+                 case.input_len + 0.5 * (case.output_len + 1.0))
     free = float(case.system.chip.hbm_bytes) - float(one.weight_bytes)
     return max(1.0, KV_FREE_FRACTION * free / float(one.kv_cache_bytes))
 
