@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 
 import jax
@@ -384,7 +385,8 @@ def max_batch(case: ServingCase) -> float:
     one = decode(case.model, case.plan.replace(batch=1.0), case.system,
                  case.input_len + 0.5 * (case.output_len + 1.0))
     free = float(case.system.chip.hbm_bytes) - float(one.weight_bytes)
-    return max(1.0, KV_FREE_FRACTION * free / float(one.kv_cache_bytes))
+    # Whole sequences (issue 13 refuses a fractional batch).
+    return max(1.0, float(math.floor(KV_FREE_FRACTION * free / float(one.kv_cache_bytes))))
 
 
 def predict_serving(case: ServingCase, calibration: Calibration = DEFAULT) -> float:
