@@ -318,8 +318,8 @@ def _mosaic(row, key, rid, n):
     (MHA, GELU MLP of expansion 4, vocab 50368, tied embeddings), FULL_SHARD = ZeRO-3 over all
     GPUs with prefetch, the stated micro-batch and activation checkpointing, fused attention
     of the generation before the A100's: the A100 tables predate FlashAttention-2 (July 2023)
-    and the torch 2.0 Composer release (the README: "TODO: Update tables with torch 2.0 after
-    next Composer release"), when LLM Foundry's `attn_impl: flash` / `triton` were
+    and the torch 2.0 Composer release (the benchmark README still defers updating its tables
+    to the Composer release after torch 2.0), when LLM Foundry's `attn_impl: flash` / `triton` were
     FlashAttention v1 and its Triton port."""
     model = _model(row)
     gb = _f(row, "global_batch_seqs")

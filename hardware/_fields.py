@@ -194,7 +194,7 @@ LIMITS: Mapping[str, tuple[float, float, bool]] = types.MappingProxyType({
     # 0: no scale-up links. At most 8x the SerDes lanes of the largest switch ASIC (Broadcom
     # Tomahawk 5: 512 lanes of 100 Gb/s).
     "link_count": (1.0, 4096.0, True),
-    # 1 B/s: the placeholder of presets without links (the models never use it when
+    # 1 B/s: the value presets without links carry (the models never use it when
     # link_count is 0). At most 5x the fastest port (1.6 Tb/s Ethernet, IEEE 802.3dj: 200 GB/s
     # per direction).
     "link_bandwidth": (1.0, 1.0 * u.TB, False),

@@ -161,7 +161,7 @@ BAD_CONFIGS = {
                        "unknown metric"),
     "toml syntax": ({"[workload]": "[workload"}, "<toml>", ""),
     "plan uses part of the system": ({"dp = 16": "dp = 8"}, "workload.plan",
-                                     "tp * pp * dp must be the system's 1024 chips "
+                                     "tp * cp * pp * dp must be the system's 1024 chips "
                                      "(System.num_chips); got 512"),
     "batch does not split": ({"global_batch = 1536": "global_batch = 1000"},
                              "workload.global_batch", "TrainingPlan.global_batch must be a "

@@ -275,7 +275,7 @@ def test_published_inference_rows_within_target():
         "rate (the FP8 speed-up falls with the GEMM's M, torchao's roofline note); GEMM "
         "efficiency by size and chip is issue 14's"))])
 def test_held_out_nim_llama70b_fp8_on_two_h100(isl, osl, ttft_ms, itl_ms):
-    # Held out (not in ../shared/data, other hardware and framework): NVIDIA NIM benchmarking
+    # Held out (not in the repository's data/, other hardware and framework): NVIDIA NIM benchmarking
     # docs, docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance, Llama-3.3-70b-instruct
     # NIM 1.8.0 (TensorRT-LLM), 2 x H100 80G, fp8, TP2, concurrency 1. Llama 3.3 70B has the
     # Llama 3 70B shape. FP8 weights and GEMM inputs (W8A8) on H100's FP8 engine; the cache

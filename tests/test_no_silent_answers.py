@@ -84,8 +84,8 @@ def test_train_step_plan_that_does_not_fill_the_system_or_split_the_batch_is_an_
     system = DGX.with_num_chips(1024)
     good = models.TrainingPlan(tp=8, pp=8, dp=16, microbatch_size=1, global_batch=1536,
                                interleave=2)
-    with pytest.raises(ValueError, match=r"TrainingPlan\.tp \* pp \* dp must be the system's "
-                                         r"1024 chips \(System\.num_chips\); got 512"):
+    with pytest.raises(ValueError, match=r"TrainingPlan\.tp \* cp \* pp \* dp must be the "
+                                         r"system's 1024 chips \(System\.num_chips\); got 512"):
         models.train_step(GPT3, good.replace(dp=8), system)
     with pytest.raises(ValueError, match=r"TrainingPlan\.global_batch must be a multiple of "
                                          r"dp \* microbatch_size = 32 .*; got 1520"):

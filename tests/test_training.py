@@ -227,7 +227,8 @@ def test_expert_parallel_shards_experts_and_pays_all_to_all():
     assert float(r8.weights_bytes) < 0.35 * float(r1.weights_bytes)
     # A dense model has one expert: ep = 8 does not divide it.
     with pytest.raises(ValueError, match=r"TrainingPlan\.ep must be a divisor of the model's 1 "
-                                         r"experts and of dp = 8; got 8"):
+                                         r"experts with ep \* etp dividing tp \* cp \* dp = 16; "
+                                         r"got 8"):
         train_step(small_model(), plan.replace(ep=8.0), system)
 
 
@@ -251,7 +252,7 @@ def test_plans_that_do_not_fit_model_or_system_are_errors_by_hand_and_flags_when
     model = small_model()
     bad = [  # (plan, flag when traced, error when given by hand)
         (TrainingPlan(tp=8, dp=4, global_batch=8), Reason.CHIPS,
-         r"tp \* pp \* dp must be the system's 8 chips .*; got 32"),
+         r"tp \* cp \* pp \* dp must be the system's 8 chips .*; got 32"),
         (TrainingPlan(tp=8, microbatch_size=4, global_batch=2), Reason.BATCH,
          r"global_batch must be a multiple of dp \* microbatch_size = 4"),
         (TrainingPlan(tp=4, pp=2, interleave=3, global_batch=8), Reason.SPLIT,
