@@ -3,7 +3,8 @@
 Training (data/training_runs.csv): every row is either modelled (`dse.calibration.training_rows`:
 `train_step`, or `layer_time` for Korthikanti Table 4, with the plan the source states or the
 fastest feasible one it leaves open) or counted as not modellable with its reason (FP8 / FP4 rows
-belong to the precision issue 15). The constants fitted to training runs,
+are modelled in the low-precision tables of benchmarks/validate_precision.py, which `main` runs
+too: its `lp_...` figures end the last line). The constants fitted to training runs,
 `Calibration.kernel_fraction` and the `framework_scale` of every framework with a row, under a
 prior centred on 1 (`dse.calibration.fit_training_constants`), are fitted to every modelled row and,
 leave-one-source-out, refitted without each source in turn to predict it. Every other constant
@@ -27,13 +28,15 @@ same models and the all-source fit, unchanged. Inference (data/inference_runs.cs
 
 Last line: `train_src_median=<x> train_p90=<y> train_bias=<z> train_coverage=<c>
 loso_src_median=<l> interval_coverage=<k> infer_src_median=<i> serve_src_median=<s>
-serve_coverage=<v>` (fractions): the median over
+serve_coverage=<v> lp_train_src_median=... lp_serve_group_median=...` (fractions): the median over
 sources of the per-source median |err| (in sample); the 90th percentile of |err| over rows (in
 sample); the mean over sources of the signed mean error (in sample); the share of rows in
 their in-sample 90% interval; the median over sources of the leave-one-source-out median
 |err|; the share of leave-one-source-out rows in their 90% interval; the median over
 inference sources of the median |err|; the median over serving sources of the median |err|,
-and the share of serving rows modelled.
+and the share of serving rows modelled; then the low-precision figures of
+benchmarks/validate_precision.py (worst source, in sample and held out; pairs within 8%; worst
+serving group).
 
 Run: `python benchmarks/validate.py [--rows] [DATA_DIR]` (`--rows` prints every row).
 """
@@ -270,6 +273,7 @@ def main(argv) -> None:
             print(f"  {r['row_id']:52s} {r['measured']:9.4g} ms {100 * e:+6.1f}%")
 
     serve_src_median, serve_coverage = serving_table(data_dir)
+    low = low_precision(data_dir)
 
     print(f"\n(validated in {time.perf_counter() - t0:.0f} s)")
     print(f"train_src_median={np.median([s['median'] for s in in_stats.values()]):.4f} "
@@ -279,7 +283,8 @@ def main(argv) -> None:
           f"loso_src_median={np.median([s['median'] for s in loso_stats.values()]):.4f} "
           f"interval_coverage={np.mean(covered_loso):.4f} "
           f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f} "
-          f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f}")
+          f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f} "
+          f"{low}")
 
 
 def serving_table(data_dir) -> tuple[float, float]:
@@ -332,6 +337,17 @@ def serving_table(data_dir) -> tuple[float, float]:
         print(f"  source {source:24s} n={len(by_source[source]):3d} median |error| {m:6.1f}% "
               "(held out)")
     return float(np.median(list(medians.values()))) / 100.0, modelled / max(total, 1)
+
+
+def low_precision(data_dir: Path) -> str:
+    """The FP8, MXFP8 and FP4 rows of data/ (training per source with leave-one-source-out
+    refits, the same-shape pairs, the serving rows per source), printed by the companion
+    benchmarks/validate_precision.py; returns its `lp_...` key figures for the last line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import validate_precision
+
+    print("\nLow-precision rows (benchmarks/validate_precision.py)")
+    return validate_precision.main(data_dir)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ from ._operator_data import OPERATOR_FIELDS as OPERATOR_FIELDS
 from ._operator_data import fit_link_efficiency as fit_link_efficiency
 from ._operator_data import fit_operator_efficiency as fit_operator_efficiency
 from ._operator_data import operator_rows as operator_rows
+from ._precision_data import PrecisionCase as PrecisionCase
+from ._precision_data import PrecisionPair as PrecisionPair
+from ._precision_data import precision_pairs as precision_pairs
+from ._precision_data import precision_training_rows as precision_training_rows
 from ._residual import ResidualFit as ResidualFit
 from ._residual import compose_residual as compose_residual
 from ._residual import fit_residual as fit_residual

@@ -17,7 +17,7 @@ from scipy.optimize import nnls
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, area, power, technology
-from dse.hardware._area import UNCORE_FRACTION
+from dse.hardware._area import UNCORE_FRACTION, engine_area_factor
 from dse.hardware._presets import CHIPS_CSV_NAME
 
 # The chips each fit uses. Area: every chip of a core kind whose die area chips.csv publishes.
@@ -48,10 +48,13 @@ def _relative_nnls(features: np.ndarray, target: np.ndarray, scale: np.ndarray) 
 
 
 def fit_compute_transistors(data_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
-    """Transistors per core and per MAC for each core kind, from published die areas.
+    """Transistors per core and per 16-bit-MAC equivalent for each core kind, from published die
+    areas.
 
     For each chip, die area minus the modelled SRAM, HBM, link and uncore blocks is the compute
-    block (times 1 + uncore fraction); it is linear in the two constants. Relative-error NNLS.
+    block (times 1 + uncore fraction); it is linear in the two constants. A chip's MACs count
+    in 16-bit-MAC equivalents (`engine_area_factor`: its FP8 / INT8 engines at their Horowitz
+    area), so the constant is the 16-bit MAC's. Relative-error NNLS.
     """
     rows = read_chips_csv(data_dir)
     out = {}
@@ -65,7 +68,8 @@ def fit_compute_transistors(data_dir: str | Path | None = None) -> dict[str, dic
                 fixed = float(report.total - report.compute * (1 + UNCORE_FRACTION))
                 density = float(technology(chip.node_nm).logic_density)
                 unit = (1 + UNCORE_FRACTION) * float(chip.compute_redundancy) / density
-                features.append([unit * float(chip.core_count), unit * float(chip.mac_units)])
+                macs = float(chip.mac_units * engine_area_factor(chip))
+                features.append([unit * float(chip.core_count), unit * macs])
                 target.append(published - fixed)
                 die.append(published)
             per_core, per_mac = _relative_nnls(np.array(features), np.array(target),

@@ -99,11 +99,11 @@ def _fastertransformer(row: dict) -> list[dict]:
 def _pope(row: dict) -> list[dict]:
     chips = int(_f(row["num_devices"]))
     system = SYSTEMS["TPUv4-pod"].with_num_chips(chips)
-    weight_bytes = 1.0 if row["precision"].startswith("int8") else 2.0
+    weights = "int8" if row["precision"].startswith("int8") else "bf16"
     # The row's notes name the layout: weight-gathered for the high-throughput prefill, 2D
     # weight-stationary otherwise; XLA fuses element-wise ops and the layouts shard activations.
     layout = "weight_gathered" if "weight-gathered" in row["notes"] else "weight_stationary_2d"
-    plan = InferencePlan(tp=float(chips), batch=_f(row["batch_size"]), weight_bytes=weight_bytes,
+    plan = InferencePlan(tp=float(chips), batch=_f(row["batch_size"]), weights=weights,
                          layout=layout, sequence_parallel=True, fused=True)
     context = _f(row["context_len"])
 
@@ -145,7 +145,8 @@ def inference_rows(data_dir: str | Path | None = None) -> list[dict]:
 
 def inference_skipped(data_dir: str | Path | None = None) -> list:
     """The rows of inference_runs.csv that are not modelled, each with its reason
-    (`dse.calibration.SkippedRow`): FP8 / FP4 serving belongs to the precision issue 15."""
+    (`dse.calibration.SkippedRow`): FP8 / FP4 serving is modelled in the low-precision and
+    serving tables (`dse.calibration.serving_cases`, benchmarks/validate_precision.py)."""
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     with open(data_dir / "inference_runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))

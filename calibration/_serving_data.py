@@ -19,10 +19,10 @@ How a row is set up, from what the source states:
 - **Number formats.** "FP8" rows are ModelOpt FP8 checkpoints (weights and activations) whose
   KV cache is FP8 ("If you specify FP8 quantization, the KV cache will automatically be set to
   FP8 as well", perf-overview v0.17); "FP4" rows NVFP4 (4-bit elements with one FP8 scale per 16:
-  0.5625 bytes per weight) with an FP8 KV cache. Until the precision issue's per-format engines
-  land, a row is modelled with the byte widths `InferencePlan` has and a chip whose matrix peak
-  is the dense FP8 (or FP4) peak data/chips.csv states for it, at the same sustained fraction as
-  16-bit (`low_precision_chip`); activations between operators stay 16-bit.
+  0.5625 bytes per weight) with an FP8 KV cache. A row is modelled in those formats
+  (`InferencePlan.weights`, `activations`, `kv_cache`: `FORMATS_OF`) on the chip preset's
+  per-format engines (`Chip.fp8_rate`, `fp4_rate`, their sustained fractions); activations
+  between operators stay 16-bit.
 - **Systems.** H100: DGX-H100; H200, B200: the same 8-GPU NVSwitch chassis with that chip (DGX
   H200 and DGX B200 have 8 GPUs, NVSwitch and 8 x 400 Gb/s like DGX H100); GB200: GB200-NVL72;
   A100: DGX-A100.
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dse.data import data_dir as default_data_dir
-from dse.hardware import CHIPS, SYSTEMS, Chip, System
+from dse.hardware import CHIPS, FORMATS, SYSTEMS, System
 from dse.models import (
     DEFAULT,
     TRANSFORMERS,
@@ -67,14 +67,15 @@ SERVING_MODELS = {"Llama 3.1 8B": "llama3-8b", "Llama 3.1 70B": "llama3-70b",
 SERVING_HARDWARE = {"H100": ("H100-SXM", "DGX-H100"), "H200": ("H200", "DGX-H100"),
                     "B200": ("B200", "DGX-H100"), "GB200": ("GB200", "GB200-NVL72"),
                     "A100": ("A100-80GB", "DGX-A100")}
-# Bytes per element: weights and KV cache by the row's precision. NVFP4: 4-bit elements and one
-# 8-bit (E4M3) scale per block of 16 (NVIDIA, "Introducing NVFP4", 2025).
-WEIGHT_BYTES = {"FP16": 2.0, "BF16": 2.0, "FP8": 1.0, "FP4": 0.5 + 1.0 / 16.0}
-KV_BYTES = {"FP16": 2.0, "BF16": 2.0, "FP8": 1.0, "FP4": 1.0}
-# Dense FP4 peak where data/chips.csv gives it only in its notes: B200 "fp4 dense 9000" TFLOP/s
-# (stas00/ml-engineering, citing the DGX B200 datasheet).
-FP4_DENSE_TFLOPS = {"B200": 9000.0}
-
+# The rows' precisions as `InferencePlan` formats: ModelOpt FP8 is W8A8 with an FP8 KV cache;
+# NVFP4 weights and activations (4-bit elements and one 8-bit E4M3 scale per block of 16:
+# NVIDIA, "Introducing NVFP4", 2025) with an FP8 KV cache.
+FORMATS_OF = {
+    "FP16": dict(weights="fp16", activations="fp16", kv_cache="fp16"),
+    "BF16": dict(weights="bf16", activations="bf16", kv_cache="bf16"),
+    "FP8": dict(weights="fp8", activations="fp8", kv_cache="fp8"),
+    "FP4": dict(weights="nvfp4", activations="nvfp4", kv_cache="fp8"),
+}
 # trtllm-bench (`tensorrt_llm/bench/build/tuning.py`): the KV-cache fraction its perf pages use
 # "in many cases" (perf-overview), its batch cap and token cap, and block size (KvCacheConfig).
 KV_FRACTION = 0.95
@@ -119,22 +120,6 @@ def _hardware_key(hardware: str) -> str | None:
         if key in words:
             return key
     return None
-
-
-def low_precision_chip(chip: Chip, key: str, precision: str, chips_rows: dict) -> Chip | None:
-    """`chip` with its matrix peak set to its dense `precision` peak (None if no source gives
-    it): a stand-in for the per-format engines of the precision issue."""
-    if precision in ("FP16", "BF16"):
-        return chip
-    row = chips_rows[chip.name]
-    bf16 = float(row["peak_dense_bf16_tflops"])
-    if precision == "FP8":
-        peak = float(row["peak_dense_fp8_tflops"] or "nan")
-    else:
-        peak = FP4_DENSE_TFLOPS.get(key, float("nan"))
-    if not math.isfinite(peak):
-        return None
-    return chip.replace(mac_units=chip.mac_units * peak / bf16)
 
 
 def trtllm_bench_limits(model: Transformer, tp: int, pp: int, weight_bytes: float,
@@ -182,20 +167,17 @@ def _case(row: dict, chips_rows: dict) -> ServingCase | SkippedServingRow:
         return SkippedServingRow(run_id, source, f"{row['hardware']}: no chip preset")
     precision = row["precision"]
     chip_name, system_name = SERVING_HARDWARE[key]
-    chip = low_precision_chip(CHIPS[chip_name], key, precision, chips_rows)
-    if chip is None:
-        return SkippedServingRow(run_id, source, f"{precision} peak of {chip_name} not in "
-                                 "data/chips.csv")
+    chip = CHIPS[chip_name]
+    formats = FORMATS_OF[precision]
     tp, pp = int(row["tp"]), int(row["pp"] or 1)
     model = TRANSFORMERS[name]
     system = SYSTEMS[system_name].replace(chip=chip).with_num_chips(tp * pp)
     i, o = float(row["input_len"]), float(row["output_len"])
-    wb, kb = WEIGHT_BYTES[precision], KV_BYTES[precision]
+    wb, kb = FORMATS[formats["weights"]].bytes, FORMATS[formats["kv_cache"]].bytes
     max_batch, max_tokens = trtllm_bench_limits(model, tp, pp, wb, kb, float(chip.hbm_bytes),
                                                 i, o)
     # TensorRT-LLM: Megatron tensor parallel (norms replicated), fused kernels, chunked context.
-    inference = InferencePlan(tp=tp, pp=pp, weight_bytes=wb, kv_bytes=kb,
-                              sequence_parallel=False, fused=True)
+    inference = InferencePlan(tp=tp, pp=pp, sequence_parallel=False, fused=True, **formats)
     plan = ServingPlan(inference=inference, max_batch=max_batch, max_tokens=max_tokens,
                        block_tokens=TOKENS_PER_BLOCK, kv_memory_fraction=KV_FRACTION,
                        reserve_output=1.0)

@@ -71,7 +71,8 @@ EXTERNAL_PREFIX = "ext_"
 KERNEL_FRACTION_GRID = np.linspace(0.5, 1.0, 101)
 
 # Why a row cannot be modelled (the `reason` of a `SkippedRow`).
-LOW_PRECISION = "FP8/FP4 compute: precision issue 15"
+LOW_PRECISION = ("FP8/FP4 compute: modelled in the low-precision tables "
+                 "(dse.calibration.precision_training_rows, benchmarks/validate_precision.py)")
 NO_PRESET_GB300 = "GB300 (Blackwell Ultra): no chip preset yet (issue 15 adds it)"
 MLA = "DeepSeek-V3: the Transformer has its shape (MLA, shared expert, dense first layers; " \
       "the deepseek-v3 preset) but no case builder reads this row's layout yet"

@@ -136,8 +136,13 @@ class _Reader:
             raise self.error(dotted, f"must be an integer >= {lower}; got {value}")
         return value
 
+    def boolean(self, dotted: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(dotted, f"expected true or false, got {value!r}")
+        return value
 
-def _keys(owner: type, which: Literal["all", "number", "int", "required"] = "all"
+
+def _keys(owner: type, which: Literal["all", "number", "int", "bool", "required"] = "all"
           ) -> tuple[str, ...]:
     """Config keys of a [chip] / [system] table.
 
@@ -150,8 +155,9 @@ def _keys(owner: type, which: Literal["all", "number", "int", "required"] = "all
     static = tuple(f.name for f in fields if f.metadata.get("static"))
     if which == "number":
         return numbers
-    if which == "int":
-        return tuple(f.name for f in fields if f.name in static and f.type in ("int", int))
+    if which in ("int", "bool"):
+        kind = {"int": ("int", int), "bool": ("bool", bool)}[which]
+        return tuple(f.name for f in fields if f.name in static and f.type in kind)
     if which == "required":
         return tuple(f.name for f in fields if f.default is dataclasses.MISSING
                      and f.default_factory is dataclasses.MISSING
@@ -162,6 +168,7 @@ def _keys(owner: type, which: Literal["all", "number", "int", "required"] = "all
 CHIP_KEYS = _keys(hw.Chip)
 SYSTEM_KEYS = _keys(hw.System)
 WORKLOAD_KEYS = ("kind", "model", "global_batch", "plan", "batch", "input_len", "output_len",
+                 "precision", "weights", "activations", "kv_cache",
                  "tp", "pp")
 PLAN_KEYS = ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "sequence_parallel",
              "recompute", "zero_stage", "dp_overlap")
@@ -191,6 +198,7 @@ class Study:
     sweep_path: Path | None
     optimize_options: dict[str, Any]
     output_dir: Path
+    precision: str = "bf16"  # the training recipe best_plan's plans run (plan None)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -199,7 +207,8 @@ class Study:
     def objective(self, *, smooth: bool = False) -> StudyObjective:
         """`system -> {metric: scalar}`: the workload on the design plus area, power, cost."""
         return make_objective(self.kind, self.model, self.plan, self.global_batch, self.batch,
-                              self.input_len, self.output_len, smooth=smooth)
+                              self.input_len, self.output_len, smooth=smooth,
+                              precision=self.precision)
 
 
 def hardware_metrics(chip: hw.Chip) -> dict[str, Any]:
@@ -233,13 +242,15 @@ class StudyObjective:
     output_len: float | int = 1.0
     smooth: bool = False
     calibration: models.Calibration = models.DEFAULT
+    precision: str = "bf16"  # the training recipe of the plans best_plan chooses (plan None)
 
     def __call__(self, system: hw.System) -> dict:
         out = hardware_metrics(system.chip)
         kw = dict(smooth=self.smooth, calibration=self.calibration)
         if self.kind == "training":
             if self.plan is None:
-                report = models.best_plan(self.model, system, self.global_batch, **kw)[1]
+                report = models.best_plan(self.model, system, self.global_batch,
+                                          precision=self.precision, **kw)[1]
             else:
                 report = models.train_step(self.model, self.plan, system, **kw)
             tokens_per_step = report.tokens_per_s * report.step_time
@@ -262,22 +273,26 @@ class StudyObjective:
 
 def make_objective(kind, model, plan, global_batch, batch=1.0, input_len=1.0, output_len=1.0, *,
                    smooth: bool = False,
-                   calibration: models.Calibration = models.DEFAULT) -> StudyObjective:
-    """The metrics of a workload on a system design (see `StudyObjective`)."""
+                   calibration: models.Calibration = models.DEFAULT,
+                   precision: str = "bf16") -> StudyObjective:
+    """The metrics of a workload on a system design (see `StudyObjective`); `precision` is
+    the training recipe of the plans `best_plan` chooses from when `plan` is None."""
     return StudyObjective(kind, model, plan, global_batch, batch, input_len, output_len,
-                          smooth, calibration)
+                          smooth, calibration, precision)
 
 
 def _design(r: _Reader, table: str, owner: type, base: Any, changes: dict[str, Any]) -> Any:
     """`base` (or a new `owner`) with the keys of [table]: the table's continuous fields are
-    numbers (with units), integer static fields integers, the other static fields strings; a
+    numbers (with units), integer static fields integers, boolean ones true / false, the other
+    static fields strings; a
     value the Module rejects is an error naming its key."""
     spec = r.table(table, _keys(owner))
-    numbers, integers = _keys(owner, "number"), _keys(owner, "int")
+    numbers, integers, flags = _keys(owner, "number"), _keys(owner, "int"), _keys(owner, "bool")
     changes = dict(changes)
     for key, value in spec.items():
         if key != "preset":
-            read = r.number if key in numbers else r.integer if key in integers else r.string
+            read = (r.number if key in numbers else r.integer if key in integers
+                    else r.boolean if key in flags else r.string)
             changes[key] = read(f"{table}.{key}", value)
     try:
         return base.replace(**changes) if base is not None else owner(**changes)
@@ -367,6 +382,11 @@ def load_study(path: str | Path) -> Study:
     input_len = r.number("workload.input_len", work.get("input_len", 2048))
     output_len = r.number("workload.output_len", work.get("output_len", 256))
     plan = None
+    precision = r.string("workload.precision", work.get("precision", "bf16"))
+    if kind == "training":
+        # A bad recipe name is an error naming the key, with the recipes.
+        _checked(r, "workload.precision", {"precision": "workload.precision"},
+                 lambda: models.TrainingPlan(precision=precision))
     # The plan is checked by the models' own rules (the API refuses the same things): its
     # fields when it is built, its fit to the model and the system here.
     if kind == "training" and "plan" in work:
@@ -374,14 +394,17 @@ def load_study(path: str | Path) -> Study:
         values = {k: r.number(f"workload.plan.{k}", v) for k, v in spec.items()}
         keys = {k: f"workload.plan.{k}" for k in spec} | {"global_batch": "workload.global_batch"}
         plan = _checked(r, "workload.plan", keys, lambda: models.TrainingPlan(
-            global_batch=float(global_batch), **values))
+            global_batch=float(global_batch), precision=precision, **values))
         _checked(r, "workload.plan", keys,
                  lambda: models.check_training_plan(model, plan, system))
     elif kind == "inference":
-        keys = {k: f"workload.{k}" for k in ("tp", "pp", "batch", "input_len", "output_len")}
+        formats = {k: r.string(f"workload.{k}", work[k])
+                   for k in ("weights", "activations", "kv_cache") if k in work}
+        keys = {k: f"workload.{k}" for k in ("tp", "pp", "batch", "input_len", "output_len",
+                                              "weights", "activations", "kv_cache")}
         plan = _checked(r, "workload", keys, lambda: models.InferencePlan(
             tp=r.number("workload.tp", work.get("tp", 8)),
-            pp=r.number("workload.pp", work.get("pp", 1)), batch=batch))
+            pp=r.number("workload.pp", work.get("pp", 1)), batch=batch, **formats))
         _checked(r, "workload", keys, lambda: models.check_inference_plan(model, plan, system))
         _checked(r, "workload", keys,
                  lambda: models.check_serve_workload(batch, input_len, output_len))
@@ -423,6 +446,7 @@ def load_study(path: str | Path) -> Study:
         sweep_path=(Path(r.string("sweep.path", sweep["path"])) if "path" in sweep else None),
         optimize_options=_optimize_options(r, opt, objectives),
         output_dir=output_dir,
+        precision=precision,
     )
 
 

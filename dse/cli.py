@@ -87,7 +87,8 @@ def cmd_evaluate(args) -> int:
     print(table(rows, units={k: unit_of("power") for k in rows[0]}))
     if study.kind == "training":
         if study.plan is None:
-            plan, report = models.best_plan(study.model, system, study.global_batch)
+            plan, report = models.best_plan(study.model, system, study.global_batch,
+                                            precision=study.precision)
             chosen = "best plan" if bool(report.fits) else \
                 "NO PLAN FITS; the plan that misses least"
         else:

@@ -3,6 +3,7 @@
 from . import units as units
 from ._area import AreaReport as AreaReport
 from ._area import area as area
+from ._area import engine_area_factor as engine_area_factor
 from ._area import hbm_stacks as hbm_stacks
 from ._chip import CONTINUOUS_CHIP_FIELDS as CONTINUOUS_CHIP_FIELDS
 from ._chip import Chip as Chip
@@ -20,6 +21,12 @@ from ._network import fat_tree as fat_tree
 from ._power import Activity as Activity
 from ._power import PowerReport as PowerReport
 from ._power import power as power
+from ._precision import ENGINES as ENGINES
+from ._precision import FORMATS as FORMATS
+from ._precision import HOROWITZ_45NM as HOROWITZ_45NM
+from ._precision import EngineCost as EngineCost
+from ._precision import FormatSpec as FormatSpec
+from ._precision import mac_cost_45nm as mac_cost_45nm
 from ._presets import CHIPS as CHIPS
 from ._presets import PRESET_ASSUMPTIONS as PRESET_ASSUMPTIONS
 from ._presets import PUBLISHED as PUBLISHED

@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ._fields import CHIP_BOUNDS
+from ._precision import ENGINE_NAMES, ENGINE_RATE_FIELD
 from ._technology import HbmGeneration
 from ._validate import as_float_array, check_choice, check_range, concrete, format_value
 
@@ -48,6 +49,19 @@ class Chip(eqx.Module):
     - `core_count`: independently scheduled cores enabled (SMs, CUs, tiles).
     - `compute_redundancy`: physical / enabled compute on the die (GA100 has 128 SMs on silicon,
       108 enabled: 1.185). Spare cores cost area and buy yield.
+    - `fp8_rate`, `fp6_rate`, `fp4_rate`, `int8_rate`: dense MACs per cycle of each narrow
+      matrix engine per 16-bit MAC unit (H100: FP8 2, INT8 2; B200: FP8 2, FP6 2, FP4 4;
+      TPU v5p: FP8 1, run on the 16-bit array). 0: the chip has no engine for that format.
+      Peak FP8 FLOP/s = 2 * mac_units * fp8_rate * clock_hz. Each engine costs area and energy
+      per MAC by its operand width (`dse.hardware.ENGINES`; see `area` and `power`).
+    - `low_precision_efficiency`: sustained fraction of the narrow engines' peak on large
+      GEMMs relative to the 16-bit engine's (measured max-achievable FP8 / BF16 matmul
+      fractions: H100 0.88, B200 0.98), for the FP8, FP6 and INT8 engines. 1: as the 16-bit
+      engine.
+    - `vector_16bit_rate`: 16-bit vector FLOP per FP32 vector FLOP (`vector_flops` is the FP32
+      rate): packed BF16 / FP16 arithmetic on the vector units (A100: BF16 2). 1: no packing.
+    - `fp4_efficiency`: the same for the FP4 engine (B300: 0.55, its NVFP4 GEMMs at half the
+      16-bit engine's sustained fraction). 1: as the 16-bit engine.
     - `matmul_fraction`: fraction of the peak matrix FLOP/s the chip sustains on its best large
       GEMM: the clock it holds under its power limit times the issue efficiency of its matrix
       pipeline (measured maximum-achievable matmul / dense peak; H100 0.80, A100 0.87). Default
@@ -59,6 +73,9 @@ class Chip(eqx.Module):
       Graphcore, Cerebras). The two have very different area per core and per MAC.
     - `hbm_generation` (static): memory generation whose stacks supply the bandwidth/capacity.
     - `die_count` (static): dies in the package; reticle and yield apply per die.
+    - `block_scaling` (static): the matrix engines apply per-block scales inside the dot
+      product (MXFP8 / MXFP4 / NVFP4 natively: Blackwell, CDNA4). Without it a block-scaled
+      format is de-quantized or emulated.
     - `name` (static): label for tables and plots.
     """
 
@@ -75,6 +92,14 @@ class Chip(eqx.Module):
     compute_redundancy: Float[Array, "*batch"] = eqx.field(
         converter=as_float_array, default=1.0
     )
+    fp8_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    fp6_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    fp4_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    int8_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    low_precision_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
+                                                                 default=1.0)
+    fp4_efficiency: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    vector_16bit_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     matmul_fraction: Float[Array, "*batch"] = eqx.field(
         converter=as_float_array, default=TYPICAL_MATMUL_FRACTION
     )
@@ -84,6 +109,7 @@ class Chip(eqx.Module):
     core_kind: str = eqx.field(static=True, default="simt")
     hbm_generation: str = eqx.field(static=True, default="HBM3")
     die_count: int = eqx.field(static=True, default=1)
+    block_scaling: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="custom")
 
     def __check_init__(self):
@@ -95,6 +121,9 @@ class Chip(eqx.Module):
         check_choice("Chip", "hbm_generation", self.hbm_generation, get_args(HbmGeneration))
         if not isinstance(self.die_count, int) or self.die_count < 1:
             raise ValueError(f"Chip.die_count must be an integer >= 1; got {self.die_count!r}")
+        if not isinstance(self.block_scaling, bool):
+            raise ValueError(f"Chip.block_scaling must be True or False; got "
+                             f"{self.block_scaling!r}")
         self._check_hbm()
 
     def _check_hbm(self):
@@ -126,6 +155,18 @@ class Chip(eqx.Module):
     def peak_flops(self) -> Float[Array, "*batch"]:
         """Peak dense matrix FLOP/s (2 FLOP per MAC per cycle)."""
         return 2.0 * self.mac_units * self.clock_hz
+
+    def rate(self, engine: str) -> Float[Array, "*batch"]:
+        """MACs per cycle of `engine` ("bf16", "fp8", "fp6", "fp4", "int8") per 16-bit MAC unit
+        (1 for "bf16"; 0 where the chip has no such engine)."""
+        check_choice("Chip.rate", "engine", engine, ENGINE_NAMES)
+        if engine == "bf16":
+            return jnp.ones_like(self.mac_units)
+        return getattr(self, ENGINE_RATE_FIELD[engine])
+
+    def matrix_peak(self, engine: str) -> Float[Array, "*batch"]:
+        """Peak dense FLOP/s of `engine` (2 FLOP per MAC per cycle; 0 without the engine)."""
+        return self.peak_flops * self.rate(engine)
 
     @property
     def link_bandwidth_total(self) -> Float[Array, "*batch"]:
@@ -166,7 +207,7 @@ def stack_chips(chips) -> Chip:
         raise ValueError("stack_chips needs at least one Chip")
     first = chips[0]
     for chip in chips[1:]:
-        for field in ("sram_kind", "core_kind", "hbm_generation", "die_count"):
+        for field in ("sram_kind", "core_kind", "hbm_generation", "die_count", "block_scaling"):
             if getattr(chip, field) != getattr(first, field):
                 raise ValueError(
                     f"stack_chips: Chip.{field} differs ({getattr(first, field)!r} in "

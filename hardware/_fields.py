@@ -210,6 +210,27 @@ LIMITS: Mapping[str, tuple[float, float, bool]] = types.MappingProxyType({
     # A fraction of the dense matrix peak: above 0 (the lower bound itself is excluded, see
     # _EXCLUSIVE_LOWER), at most all of it.
     "matmul_fraction": (0.0, 1.0, False),
+    # Narrow matrix engines (issue 15), MACs per cycle per 16-bit MAC unit, from 0 (no such
+    # engine; the lower bound itself allowed, so that a sweep or an optimizer passes continuously
+    # from no engine to a narrow one) to 64. The widest shipping ratio is 6.2 (B300 FP4: 14 /
+    # 2.25 PFLOP/s dense); 64 bounds the physically meaningful, not the market: a multiplier's
+    # area grows with the product of its operand widths, so a 4-bit engine fits 16 x 16 / (4 x 4)
+    # = 16 MACs in a 16-bit MAC's multiplier area, and even 1-bit operands fit 256, of which the
+    # accumulators and adder trees a MAC still needs leave far fewer.
+    "fp8_rate": (0.0, 64.0, False),
+    "fp6_rate": (0.0, 64.0, False),
+    "fp4_rate": (0.0, 64.0, False),
+    "int8_rate": (0.0, 64.0, False),
+    # Sustained fraction of a narrow engine's peak relative to the 16-bit engine's (the lower
+    # bound itself excluded, see _EXCLUSIVE_LOWER): measured FP8 / BF16 ratios span 0.88 (H100)
+    # to 1.04 (Gaudi 3), NVFP4 / BF16 0.55 (B300; data/chips.csv). A ratio of 2 would mean the
+    # narrow engine sustains twice the 16-bit engine's fraction of its own peak, which with
+    # `matmul_fraction` above 0.5 exceeds the peak itself.
+    "low_precision_efficiency": (0.0, 2.0, False),
+    "fp4_efficiency": (0.0, 2.0, False),
+    # Packed 16-bit vector FLOP per FP32 vector FLOP (the lower bound excluded): 2 (BF16) or 4
+    # (FP16) on A100 (NVIDIA A100 whitepaper, table 1); 8 is twice the densest packing shipped.
+    "vector_16bit_rate": (0.0, 8.0, False),
     # float32 holds integers exactly up to 2^24 = 16,777,216; no scale-up domain (NVL576) or
     # cluster comes near it.
     "scaleup_size": (1.0, 2.0**24, False),
@@ -274,7 +295,8 @@ ECONOMICS_BOUNDS: dict[str, tuple[float, float, bool]] = {
 }
 
 # LIMITS rows whose lower bound is not itself allowed.
-_EXCLUSIVE_LOWER = frozenset({"matmul_fraction"})
+_EXCLUSIVE_LOWER = frozenset({"matmul_fraction", "low_precision_efficiency", "fp4_efficiency",
+                              "vector_16bit_rate"})
 
 _OWNER_BOUNDS = {"Network": NETWORK_BOUNDS, "Reliability": RELIABILITY_BOUNDS,
                  "Economics": ECONOMICS_BOUNDS}
@@ -342,6 +364,27 @@ _FIELDS: tuple[Field, ...] = (
     _chip("matmul_fraction", "achievable matmul fraction", "", "compute", "compute", 0.5, 0.95,
           "linear", description="sustained fraction of peak matrix FLOP/s on the best large "
           "GEMM (clock under the power limit x issue efficiency)"),
+    # Narrow matrix engines: MACs per cycle per 16-bit MAC unit. From none (0) to twice the
+    # widest shipping ratio of each (FP8 2, FP6 4 on MI355X, FP4 6.2 on B300, INT8 4 on Groq).
+    _chip("fp8_rate", "FP8 engine rate", "", "compute", "FP8 engine", 0.0, 4.0, "linear",
+          description="FP8 MACs per cycle per 16-bit MAC unit (0: no FP8 engine)"),
+    _chip("fp6_rate", "FP6 engine rate", "", "compute", "FP6 engine", 0.0, 8.0, "linear",
+          description="FP6 MACs per cycle per 16-bit MAC unit (0: no FP6 engine)"),
+    _chip("fp4_rate", "FP4 engine rate", "", "compute", "FP4 engine", 0.0, 12.0, "linear",
+          description="FP4 MACs per cycle per 16-bit MAC unit (0: no FP4 engine)"),
+    _chip("int8_rate", "INT8 engine rate", "", "compute", "INT8 engine", 0.0, 8.0, "linear",
+          description="INT8 MACs per cycle per 16-bit MAC unit (0: no INT8 engine)"),
+    # Measured FP8 / BF16 sustained-fraction ratios: 0.88 (H100) to 1.04 (Gaudi 3).
+    _chip("low_precision_efficiency", "low-precision efficiency", "", "compute", None, 0.8, 1.05,
+          "linear", description="sustained fraction of the FP8 / FP6 / INT8 engines' peak "
+          "relative to the 16-bit engine's"),
+    # Measured NVFP4 / BF16 sustained-fraction ratio on B300: 0.55.
+    _chip("fp4_efficiency", "FP4 efficiency", "", "compute", None, 0.4, 1.05, "linear",
+          description="sustained fraction of the FP4 engine's peak relative to the 16-bit "
+          "engine's"),
+    # Packed 16-bit vector math: none (1) to A100's FP16 rate (4).
+    _chip("vector_16bit_rate", "16-bit vector rate", "", "compute", "vector compute", 1.0, 4.0,
+          "linear", description="16-bit vector FLOP per FP32 vector FLOP"),
     # 8 (a DGX) to 576 chips per scale-up domain (NVL72 = 72; the largest NVLink domains
     # announced, NVL576).
     _system("scaleup_size", "scale-up domain", "", "network", None, 8, 576, "integer",

@@ -7,6 +7,7 @@ from jaxtyping import Array, Float
 
 from ._area import area
 from ._chip import Chip
+from ._precision import ENGINES, LOW_PRECISION_ENGINES
 from ._technology import HBM_ENERGY_PER_BYTE, LINK_ENERGY_PER_BYTE, Technology, technology
 from ._validate import as_float_array, check_range
 
@@ -32,17 +33,24 @@ VECTOR_FLOP_ENERGY_RATIO = 0.5
 class Activity(eqx.Module):
     """Utilization of each resource, as a fraction of its peak (0 = idle, 1 = saturated).
 
-    **Fields:** `compute` (matrix MAC rate), `vector` (vector FLOP rate), `hbm` (HBM
-    bandwidth), `link` (off-chip link bandwidth, both directions).
+    **Fields:** `compute` (16-bit matrix MAC rate), `vector` (vector FLOP rate), `hbm` (HBM
+    bandwidth), `link` (off-chip link bandwidth, both directions), `fp8`, `fp6`, `fp4`, `int8`
+    (each narrow engine's MAC rate as a fraction of its own peak, `Chip.matrix_peak`). The
+    matrix fractions may add up to at most 1 between them in a real workload (one engine
+    issues at a time); each is checked alone.
     """
 
     compute: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     vector: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     hbm: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     link: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    fp8: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    fp6: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    fp4: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    int8: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
 
     def __check_init__(self):
-        for field in ("compute", "vector", "hbm", "link"):
+        for field in ("compute", "vector", "hbm", "link") + LOW_PRECISION_ENGINES:
             check_range("Activity", field, getattr(self, field), lower=0.0, upper=1.0,
                         lower_inclusive=True)
 
@@ -75,8 +83,9 @@ def power(chip: Chip, activity: Activity | None = None,
     **Arguments:**
 
     - `chip`: one chip or a batch.
-    - `activity`: utilization fractions; default `Activity()` = full matrix compute, HBM and
-      links (the TDP operating point).
+    - `activity`: utilization fractions; default `Activity()` = full 16-bit matrix compute, HBM
+      and links (the TDP operating point). `Activity(compute=0, fp8=1)` is the FP8 engine at
+      its peak instead.
     - `tech`: per-node constants; default from `chip.node_nm`.
 
     **Returns:** a `PowerReport`.
@@ -84,7 +93,12 @@ def power(chip: Chip, activity: Activity | None = None,
     tech = technology(chip.node_nm, chip.hbm_generation) if tech is None else tech
     activity = FULL_ACTIVITY if activity is None else activity
     energy_per_mac = ENERGY_PER_MAC_7NM * tech.energy_scale
-    compute = activity.compute * energy_per_mac * chip.mac_units * chip.clock_hz
+    # A MAC of a narrow engine costs its Horowitz energy relative to a 16-bit MAC.
+    mac_equivalents = activity.compute
+    for engine in LOW_PRECISION_ENGINES:
+        mac_equivalents = mac_equivalents + (getattr(activity, engine) * chip.rate(engine)
+                                             * ENGINES[engine].energy)
+    compute = mac_equivalents * energy_per_mac * chip.mac_units * chip.clock_hz
     vector = (activity.vector * VECTOR_FLOP_ENERGY_RATIO * energy_per_mac
               * chip.vector_flops)
     hbm = activity.hbm * HBM_ENERGY_PER_BYTE * chip.hbm_bandwidth

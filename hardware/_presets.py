@@ -2,8 +2,12 @@
 
 Unless a line says otherwise, a number is the chips.csv row of that chip in `data/`
 (its `source` column names the vendor document). Derived fields are arithmetic on those:
-`mac_units` = dense 16-bit peak FLOP/s / (2 * clock). Fields that no source used here states
-are listed in `PRESET_ASSUMPTIONS` with the reasoning, so a user sees which numbers are firm.
+`mac_units` = dense 16-bit peak FLOP/s / (2 * clock); a narrow engine's rate = its dense peak /
+the dense 16-bit peak; `low_precision_efficiency` = (measured max-achievable FP8 matmul / FP8
+peak) / (the same for BF16). Chips without a chips.csv row (B300, GB300, MI325X, MI355X) cite
+their sources beside them (the vendor pages and ml-engineering tables named there). Fields that
+no source used here states are listed in `PRESET_ASSUMPTIONS` with the reasoning, so a user
+sees which numbers are firm.
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ _A100 = dict(
     mac_units=_macs(312, 1.41), clock_hz=1.41 * u.GHz, vector_flops=19.5 * TFLOP,
     sram_bytes=57.3 * u.MiB, link_count=12, link_bandwidth=25 * u.GB, node_nm=7,
     core_count=108, compute_redundancy=128 / 108, sram_kind="cache", core_kind="simt",
+    int8_rate=624 / 312,  # dense INT8 624 TOPS (chips.csv)
+    # Non-tensor BF16 39 TFLOP/s against FP32 19.5 (A100 whitepaper, "Peak BF16 (non-Tensor)",
+    # as transcribed in a public repository's notes: find_string id 62500505134). FP16 packs
+    # 4 (78 TFLOP/s); the models' 16-bit activations are BF16.
+    vector_16bit_rate=39 / 19.5,
     # chips.csv A100 40GB: measured max-achievable BF16 matmul 271.2 TFLOP/s (stas00 MAMF); the
     # 80GB part has the same GA100 die, clock and 400 W limit.
     matmul_fraction=271.2 / 312,
@@ -80,16 +89,25 @@ _H100 = dict(
     mac_units=_macs(989.4, 1.83), clock_hz=1.83 * u.GHz, vector_flops=66.9 * TFLOP,
     link_count=18, link_bandwidth=25 * u.GB, node_nm=4, core_count=132,
     compute_redundancy=144 / 132, sram_kind="cache", core_kind="simt",
+    # Dense FP8 1979 TFLOP/s (chips.csv); dense INT8 1979 TOPS (stas00/ml-engineering
+    # compute/accelerator/README.md @744d01e1, TFLOPS table). Hopper has no MX block scaling
+    # (Transformer Engine support matrix: MXFP8 / NVFP4 on SM 10.0 / 10.3 only).
+    fp8_rate=1979 / 989.4, int8_rate=1979 / 989.4,
     # chips.csv H100: measured max-achievable BF16 matmul 794.5 TFLOP/s; the same MAMF table
     # notes "H200 is the same" (stas00/ml-engineering compute/accelerator/README.md @744d01e1).
     matmul_fraction=794.5 / 989.4,
 )
+# Measured max-achievable matmul (chips.csv, stas00 MAMF): BF16 794.5 and FP8 1402.6 TFLOP/s.
+_H100_BF16_FRACTION = 794.5 / 989.4
 _add(Chip(name="H100-SXM", sram_bytes=79.39 * u.MiB, hbm_bandwidth=3352 * u.GB,
-          hbm_bytes=80 * u.GiB, hbm_generation="HBM3", **_H100),
+          hbm_bytes=80 * u.GiB, hbm_generation="HBM3",
+          low_precision_efficiency=(1402.6 / 1979) / _H100_BF16_FRACTION, **_H100),
      Published(die_area_mm2=814, tdp_w=700, is_gpu=True))
-# H200: the same GH100 die and compute as H100 (chips.csv notes), HBM3e.
+# H200: the same GH100 die and compute as H100 (chips.csv notes), HBM3e. Its measured FP8 MAMF
+# is 1453.4 TFLOP/s (chips.csv); its BF16 MAMF is H100's (ml-engineering: "H200 is the same").
 _add(Chip(name="H200", sram_bytes=83.0 * u.MiB, hbm_bandwidth=4800 * u.GB,
-          hbm_bytes=141 * u.GiB, hbm_generation="HBM3e", **_H100),
+          hbm_bytes=141 * u.GiB, hbm_generation="HBM3e",
+          low_precision_efficiency=(1453.4 / 1979) / _H100_BF16_FRACTION, **_H100),
      Published(die_area_mm2=None, tdp_w=700, is_gpu=True))
 
 # NVIDIA B200 / GB200 (two reticle-sized dies per package, TSMC 4NP).
@@ -102,18 +120,69 @@ _BLACKWELL_ASSUMPTIONS = [
     "GH100-class floorplan per die enabled)",
     "node_nm: TSMC 4NP, an N4-family node; 4 nm used",
 ]
-# matmul_fraction: chips.csv measured max-achievable BF16 matmul, 1745 (B200) and 1822 (GB200)
-# TFLOP/s: the GB200's higher quoted peak (its clock) is not sustained under load.
-for _name, _peak, _clock, _hbm, _tdp, _mamf in (("B200", 2250, 1.965, 180, 1000, 1745),
-                                                ("GB200", 2500, 2.062, 186, 1200, 1822)):
+# Dense peaks, TFLOP/s: FP8 = FP6 = 2x BF16, INT8 2x (chips.csv B200 4500; GB200 5000 from
+# ml-engineering's TFLOPS table, GB200 NVL72 spec page); FP4: B200 9000 (DGX B200: 72 PFLOPS
+# dense FP4 / 8 GPUs; chips.csv notes), GB200 10000 (GB200 NVL72: 1440 PFLOPS sparse FP4 / 72 /
+# 2). Blackwell applies MX / NVFP4 block scales in its tensor cores (Transformer Engine support
+# matrix: MXFP8 and NVFP4 on SM 10.0). Measured max-achievable matmul (chips.csv): BF16 1745 /
+# 1822, FP8 3432.5 / 3615.6 TFLOP/s. matmul_fraction: the BF16 ones over the peaks (the GB200's
+# higher quoted peak, its clock, is not sustained under load).
+for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
+        ("B200", 2250, 1.965, 180, 1000, 9000, 1745.0, 3432.5),
+        ("GB200", 2500, 2.062, 186, 1200, 10000, 1822.0, 3615.6)):
     _add(Chip(
         name=_name, mac_units=_macs(_peak, _clock), clock_hz=_clock * u.GHz,
         vector_flops=_peak * TFLOP * 66.9 / 989.4, sram_bytes=2 * 79.39 * u.MiB,
         hbm_bandwidth=8000 * u.GB, hbm_bytes=_hbm * u.GiB, link_count=18,
         link_bandwidth=50 * u.GB, node_nm=4, core_count=144, compute_redundancy=1.0,
         sram_kind="cache", core_kind="simt", hbm_generation="HBM3e", die_count=2,
-        matmul_fraction=_mamf / _peak,
+        fp8_rate=2.0, fp6_rate=2.0, fp4_rate=_fp4 / _peak, int8_rate=2.0,
+        low_precision_efficiency=(_mamf8 / (2 * _peak)) / (_mamf16 / _peak),
+        block_scaling=True,
+        matmul_fraction=_mamf16 / _peak,
     ), Published(die_area_mm2=None, tdp_w=_tdp, is_gpu=True), _BLACKWELL_ASSUMPTIONS)
+
+# NVIDIA B300 (HGX) and GB300 (per GPU): Blackwell Ultra, two reticle-sized dies on TSMC 4NP,
+# 160 SMs (NVIDIA Technical Blog, "Inside NVIDIA Blackwell Ultra", 2025). Dense TFLOP/s: BF16
+# 2250 / 2500, FP8 = FP6 4500 / 5000 (ml-engineering TFLOPS table, notes 21 and 24); FP4 14000
+# for HGX B300 (Blackwell Ultra datasheet, HGX B300 column: "18 | 14 PFLOPS" sparse | dense) and
+# 15000 for GB300 ("15 PetaFLOPS dense NVFP4", the blog). INT8 was cut on Blackwell Ultra: 319
+# TOPS per B300 package (Tom's Hardware, Hot Chips 2025 report) and 165 TOPS per GB300 (Verda
+# GB300 NVL72 article, a third-party table): low-confidence figures. HBM3e: 270 GB at 7.7 TB/s
+# (HGX B300) and 279 GB at 8 TB/s (GB300 NVL72 column); up to 1100 W (HGX B300) and 1400 W
+# (GB300). NVLink 5: 18 links of 50 GB/s per direction. Measured max-achievable matmul on B300:
+# BF16 1769, FP8 3353.3 TFLOP/s (ml-engineering MAMF table).
+# NVFP4 sustained fraction relative to BF16's on B300: Transformer Engine's GEMM profile of a
+# 4096 / 16384 transformer layer at 15,872 tokens (NVIDIA/TransformerEngine
+# docs/features/low_precision_training/gemm_profiling/gemm_profiling.rst @ce616e1f,
+# pre-quantized): 12.835 ms BF16 and 3.754 ms NVFP4 for its 12 GEMMs (19.17 TFLOP), i.e. 1494
+# and 5107 TFLOP/s, 0.664 of 2250 and 0.365 of 14000. "Well short of the theoretical 2-3x".
+_B300_FP4_EFFICIENCY = (19.17 / 3.754 / 14000) / (19.17 / 12.835 / 2250)
+_BLACKWELL_ULTRA_ASSUMPTIONS = [
+    "clock_hz: not disclosed (ml-engineering: 'not disclosed'); the B200 / GB200 clock of the "
+    "same package class is assumed (it sets mac_units, not the peaks)",
+    "core_count: 160 SMs of the full chip (NVIDIA blog); NVIDIA notes the SM count varies by SKU",
+    "vector_flops: the H100 ratio (66.9 / 989.4 of dense BF16) is assumed",
+    "sram_bytes: not in the sources used; the B200 assumption (2 x 79.39 MiB) is kept",
+    "node_nm: TSMC 4NP, an N4-family node; 4 nm used",
+    "int8_rate: INT8 throughput from third-party reports (Tom's Hardware / Verda)",
+]
+for _name, _peak, _clock, _hbm, _bw, _tdp, _fp4, _int8 in (
+        ("B300", 2250, 1.965, 270, 7700, 1100, 14000, 319),
+        ("GB300", 2500, 2.062, 279, 8000, 1400, 15000, 165)):
+    _add(Chip(
+        name=_name, mac_units=_macs(_peak, _clock), clock_hz=_clock * u.GHz,
+        vector_flops=_peak * TFLOP * 66.9 / 989.4, sram_bytes=2 * 79.39 * u.MiB,
+        hbm_bandwidth=_bw * u.GB, hbm_bytes=_hbm * u.GB, link_count=18,
+        link_bandwidth=50 * u.GB, node_nm=4, core_count=160, compute_redundancy=1.0,
+        sram_kind="cache", core_kind="simt", hbm_generation="HBM3e", die_count=2,
+        fp8_rate=2.0, fp6_rate=2.0, fp4_rate=_fp4 / _peak, int8_rate=_int8 / _peak,
+        low_precision_efficiency=(3353.3 / 4500) / (1769.0 / 2250), block_scaling=True,
+        fp4_efficiency=_B300_FP4_EFFICIENCY, matmul_fraction=1769.0 / 2250,
+    ), Published(die_area_mm2=None, tdp_w=_tdp, is_gpu=True),
+        _BLACKWELL_ULTRA_ASSUMPTIONS + (
+            ["low_precision_efficiency, fp4_efficiency, matmul_fraction: B300's measured "
+             "fractions assumed for the GB300 (the same die)"] if _name == "GB300" else []))
 
 # AMD MI250X: two CDNA2 GCDs on TSMC N6 (AMD CDNA2 whitepaper); FP32 vector 47.9 TFLOP/s
 # (AMD Instinct MI250X data sheet).
@@ -122,6 +191,7 @@ _add(Chip(
     sram_bytes=29.75 * u.MiB, hbm_bandwidth=3280 * u.GB, hbm_bytes=128 * u.GiB, link_count=7,
     link_bandwidth=50 * u.GB, node_nm=6, core_count=220, compute_redundancy=1.0,
     sram_kind="cache", core_kind="simt", hbm_generation="HBM2e", die_count=2,
+    int8_rate=383 / 383,  # dense INT8 383 TOPS (chips.csv)
 ), Published(die_area_mm2=None, tdp_w=560, is_gpu=True))
 
 # AMD MI300X: 8 XCDs (TSMC N5) of 40 CUs with 38 enabled (AMD CDNA3 whitepaper), FP32 vector
@@ -132,10 +202,47 @@ _add(Chip(
     hbm_bytes=192 * u.GiB, link_count=7, link_bandwidth=64 * u.GB, node_nm=5, core_count=304,
     compute_redundancy=320 / 304, sram_kind="cache", core_kind="simt", hbm_generation="HBM3",
     die_count=8,
+    # Dense FP8 and INT8 2614.9 (chips.csv; ROCm mi300.md: 4096 FLOPs/clock/CU for both, 2048
+    # for BF16). CDNA3 has no MX block scaling (the CDNA4 whitepaper introduces MXFP4/MXFP6).
+    fp8_rate=2614.9 / 1307.4, int8_rate=2614.9 / 1307.4,
     # chips.csv: measured max-achievable BF16 matmul 668.4 TFLOP/s (ROCm 6.3, tunable ops on).
     matmul_fraction=668.4 / 1307.4,
 ), Published(die_area_mm2=None, tdp_w=750, is_gpu=True),
-    ["die_count: 8 compute dies (XCDs); the 4 I/O dies are not modelled separately"])
+    ["die_count: 8 compute dies (XCDs); the 4 I/O dies are not modelled separately",
+     "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed"])
+
+# AMD MI325X: MI300X's compute (ml-engineering note 18: "same compute as MI300X") with 256 GB of
+# HBM3E at 6.0 TB/s and a 1000 W peak board power (ml-engineering notes 3 and 18, memory table).
+_add(Chip(
+    name="MI325X", mac_units=_macs(1307.4, 2.1), clock_hz=2.1 * u.GHz,
+    vector_flops=163.4 * TFLOP, sram_bytes=307.0 * u.MiB, hbm_bandwidth=6000 * u.GB,
+    hbm_bytes=256 * u.GB, link_count=7, link_bandwidth=64 * u.GB, node_nm=5, core_count=304,
+    compute_redundancy=320 / 304, sram_kind="cache", core_kind="simt", hbm_generation="HBM3e",
+    die_count=8, fp8_rate=2614.9 / 1307.4, int8_rate=2614.9 / 1307.4,
+), Published(die_area_mm2=None, tdp_w=1000, is_gpu=True),
+    ["die_count: 8 compute dies (XCDs) as MI300X; the I/O dies are not modelled separately",
+     "sram_bytes, links, node: MI300X's (the same compute silicon)",
+     "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed"])
+
+# AMD MI355X (CDNA4): 256 CUs (32 per XCD x 8) at 2.4 GHz peak engine clock; FLOPs per clock per
+# CU: BF16 4096, FP8 8192, FP6 = FP4 (MXFP6 / MXFP4) 16384, INT8 8192 (AMD "Introducing AMD CDNA 4
+# Architecture", Table 1, as tabulated in ROCm/xla rocm_core_info_table.cc): 2516.6 TFLOP/s
+# dense BF16 (AMD quotes 2500). FP32 157.3 TFLOP/s (ml-engineering note 22). On-chip memory:
+# 256 MiB Infinity Cache + 32 MiB L2 (4 MiB per XCD) + 160 KiB LDS per CU (ROCm "AMD GPU
+# specifications"). 288 GB HBM3E at 8 TB/s, 1400 W board power (ml-engineering). XCDs on TSMC
+# N3P (ISSCC 2026 reports). Infinity Fabric: 7 links of 153 GB/s "peak link bandwidth", read as
+# 76.5 GB/s per direction (ml-engineering network README). CDNA4 multiplies MX formats natively.
+_add(Chip(
+    name="MI355X", mac_units=256 * 4096 / 2, clock_hz=2.4 * u.GHz, vector_flops=157.3 * TFLOP,
+    sram_bytes=(256 + 32) * u.MiB + 256 * 160 * u.KiB, hbm_bandwidth=8000 * u.GB,
+    hbm_bytes=288 * u.GB, link_count=7, link_bandwidth=76.5 * u.GB, node_nm=3, core_count=256,
+    compute_redundancy=1.0, sram_kind="cache", core_kind="simt", hbm_generation="HBM3e",
+    die_count=8, fp8_rate=2.0, fp6_rate=4.0, fp4_rate=4.0, int8_rate=2.0, block_scaling=True,
+), Published(die_area_mm2=None, tdp_w=1400, is_gpu=True),
+    ["die_count: 8 compute dies (XCDs); the 2 I/O dies are not modelled separately",
+     "compute_redundancy: spare CUs per XCD not in the sources used; none assumed",
+     "node_nm: N3P reported second-hand (ISSCC 2026 coverage); 3 nm used",
+     "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed"])
 
 # Google TPUs: MXUs are 128 x 128 systolic arrays (Jouppi et al., "TPU v4", ISCA 2023, Sec. 2),
 # so mac_units = TensorCores x MXUs x 16384 and the clock follows from the peak.
@@ -151,6 +258,7 @@ _add(Chip(
     sram_bytes=160 * u.MiB, hbm_bandwidth=1200 * u.GB,
     hbm_bytes=32 * u.GiB, link_count=6, link_bandwidth=50 * u.GB, node_nm=7, core_count=2,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2",
+    int8_rate=275 / 275,  # INT8 275 TOPS (chips.csv)
 ), Published(die_area_mm2=None, tdp_w=192, is_gpu=False),
     _TPU_ASSUMPTIONS + ["link_count / link_bandwidth: 6 ICI links (3D torus) at 50 GB/s per "
                         "direction assumed (Jouppi et al. 2023 quote 6 links)"])
@@ -160,6 +268,9 @@ _add(Chip(
     sram_bytes=160 * u.MiB, hbm_bandwidth=2765 * u.GB,
     hbm_bytes=95 * u.GB, link_count=6, link_bandwidth=1200 * u.GB / 2 / 6, node_nm=5,
     core_count=2, sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2e",
+    # FP8 459 TFLOP/s, the BF16 rate (Google Cloud TPU v5p page: "Peak compute per chip (FP8)
+    # 459"); INT8 918 TOPS (chips.csv).
+    fp8_rate=459 / 459, int8_rate=918 / 459,
 ), Published(die_area_mm2=None, tdp_w=None, is_gpu=False),
     _TPU_ASSUMPTIONS + ["link_count: 6 (3D torus neighbours) sharing the 1200 GB/s "
                         "bidirectional ICI figure", "node_nm: not in the sources used; 5 nm"])
@@ -169,9 +280,27 @@ _add(Chip(
     sram_bytes=48 * u.MiB, hbm_bandwidth=819 * u.GB,
     hbm_bytes=16 * u.GB, link_count=4, link_bandwidth=400 * u.GB / 2 / 4, node_nm=5,
     core_count=1, sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2",
+    int8_rate=393 / 197,  # INT8 393 TOPS (chips.csv)
 ), Published(die_area_mm2=None, tdp_w=None, is_gpu=False),
     _TPU_ASSUMPTIONS[:1] + ["sram_bytes: not in the sources used; 48 MiB assumed",
                             "node_nm: not in the sources used; 5 nm"])
+# TPU v6e (Trillium): one TensorCore of two 256 x 256 MXUs and a 128 x 8 VPU; 918 TFLOP/s BF16,
+# 1836 TOPS INT8, 32 GB HBM at 1638 GB/s, 800 GB/s bidirectional ICI over 4 ports (Google Cloud
+# TPU v6e page). FP8 918 TFLOP/s, the BF16 rate (Cloud TPU7x page, comparison table).
+_add(Chip(
+    name="TPUv6e", mac_units=2 * 256 * 256, clock_hz=918 * TFLOP / (2 * 2 * 256 * 256),
+    vector_flops=1024 * 2 * 918 * TFLOP / (2 * 2 * 256 * 256), sram_bytes=48 * u.MiB,
+    hbm_bandwidth=1638 * u.GB, hbm_bytes=32 * u.GB, link_count=4,
+    link_bandwidth=800 * u.GB / 2 / 4, node_nm=5, core_count=1, sram_kind="scratchpad",
+    core_kind="spatial", hbm_generation="HBM3", fp8_rate=918 / 918, int8_rate=1836 / 918,
+), Published(die_area_mm2=None, tdp_w=None, is_gpu=False),
+    ["clock_hz: derived from the peak and two 256 x 256 MXUs (3.5 GHz): higher than any TPU "
+     "clock published, so the page's MXU count or peak counts something else; the peak, which "
+     "the models use, is right",
+     "vector_flops: the 1024-lane VPU, one FMA per lane per cycle at the derived clock",
+     "sram_bytes: not in the sources used; TPU v5e's 48 MiB assumed",
+     "hbm_generation: not in the sources used; HBM3 assumed (area and cost only)",
+     "node_nm: not in the sources used; 5 nm"])
 
 # Intel Gaudi 2 / Gaudi 3 (Hot Chips 2024, chips.csv). Ethernet ports: 24 x 100 GbE on
 # Gaudi 2 (600 GB/s bidirectional / 24 / 2 = 12.5 GB/s per direction), 24 x 200 GbE on Gaudi 3.
@@ -180,6 +309,8 @@ _add(Chip(
     vector_flops=24 * 28.7 * TFLOP / 64, sram_bytes=48 * u.MiB, hbm_bandwidth=2460 * u.GB,
     hbm_bytes=96 * u.GB, link_count=24, link_bandwidth=12.5 * u.GB, node_nm=7, core_count=26,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2e",
+    # Dense FP8 865 TFLOP/s; measured max-achievable matmul BF16 418.7, FP8 826.5 (chips.csv).
+    fp8_rate=865 / 432, low_precision_efficiency=(826.5 / 865) / (418.7 / 432),
     matmul_fraction=418.7 / 432,  # chips.csv measured max-achievable BF16 matmul
 ), Published(die_area_mm2=None, tdp_w=600, is_gpu=False),
     ["vector_flops: Gaudi 2 TPC rate not in the sources used; Gaudi 3's per-TPC BF16 vector "
@@ -190,10 +321,15 @@ _add(Chip(
     vector_flops=28.7 * TFLOP, sram_bytes=96 * u.MB, hbm_bandwidth=3670 * u.GB,
     hbm_bytes=128 * u.GB, link_count=24, link_bandwidth=25 * u.GB, node_nm=5, core_count=72,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="HBM2e", die_count=2,
+    # FP8 1835 TFLOP/s, the BF16 rate; measured max-achievable matmul BF16 1243, FP8 1289.5
+    # (chips.csv).
+    fp8_rate=1835 / 1835, low_precision_efficiency=1289.5 / 1243,
     matmul_fraction=1243 / 1835,  # chips.csv measured max-achievable BF16 matmul
 ), Published(die_area_mm2=None, tdp_w=900, is_gpu=False),
     ["clock_hz: 1.75 GHz reproduces the 1835 TFLOP/s spec (shipping parts run 1.6 GHz, "
-     "chips.csv notes)", "core_count: 8 MME + 64 TPC engines"])
+     "chips.csv notes)", "core_count: 8 MME + 64 TPC engines",
+     "int8_rate: INT8 is supported (ml-engineering) but its rate is not published; 0 (no "
+     "INT8 engine) assumed"])
 
 # SRAM-heavy dies with published die areas (they test the SRAM area model).
 # Groq TSP (GF 14 nm): 4 MXM planes of 320 x 320 int8 MACs (Abts et al., "Think Fast", ISCA
@@ -211,6 +347,7 @@ _add(Chip(
     vector_flops=16 * 320 * 2 * 0.9 * u.GHz, sram_bytes=220 * u.MB, hbm_bandwidth=0.0,
     hbm_bytes=0.0, link_count=0, link_bandwidth=1.0, node_nm=14, core_count=20,
     sram_kind="scratchpad", core_kind="spatial", hbm_generation="none",
+    int8_rate=4.0,  # four int8 sub-operations per cycle for two FP16 (Abts et al. 2022, above)
 ), Published(die_area_mm2=725, tdp_w=300, is_gpu=False),
     ["mac_units counts FP16 MACs (the MXM's int8 rate is 4x this)",
      "vector_flops: 16 VXM ALUs x 320 lanes, one fused op per cycle (ISCA 2020 Sec. 3)",
@@ -273,6 +410,52 @@ _SYSTEMS = {
                         scaleup_latency=1 * u.us, scaleout_bandwidth=50 * u.GB,
                         scaleout_latency=5 * u.us, topology="torus3d", fabric="ici",
                         name="TPUv4-pod"),
+    # DGX H200: DGX H100's NVSwitch tier and 8 x 400 Gb/s ConnectX-7 per node (the DGX H100 /
+    # H200 user guide lists one network configuration for both).
+    "DGX-H200": System(chip=_CHIPS["H200"], num_chips=8, scaleup_size=8,
+                       scaleup_latency=1 * u.us, scaleout_bandwidth=400 * u.Gbit,
+                       scaleout_latency=5 * u.us, topology="switch", name="DGX-H200"),
+    # DGX B200: 8 GPUs on two NVLink 5 switch chips (14.4 TB/s aggregate, NVIDIA DGX B200 page
+    # as transcribed on the AIPS-Boom wiki); 8 x 400 Gb/s ConnectX-7 per node (DGX B200
+    # datasheet).
+    "DGX-B200": System(chip=_CHIPS["B200"], num_chips=8, scaleup_size=8,
+                       scaleup_latency=1 * u.us, scaleout_bandwidth=400 * u.Gbit,
+                       scaleout_latency=5 * u.us, topology="switch", name="DGX-B200"),
+    # DGX B300: 8 GPUs, 2 NVLink switch chips, 8 x ConnectX-8 (800 Gb/s each) per node
+    # (nvidia.com DGX B300 page, as transcribed in the sources of the precision notes).
+    "DGX-B300": System(chip=_CHIPS["B300"], num_chips=8, scaleup_size=8,
+                       scaleup_latency=1 * u.us, scaleout_bandwidth=800 * u.Gbit,
+                       scaleout_latency=5 * u.us, topology="switch", name="DGX-B300"),
+    # GB300 NVL72: 72 GPUs in one NVLink domain (18 NVLink switches, 130 TB/s) and 72
+    # ConnectX-8 NICs (800 Gb/s), one per GPU (NVIDIA GTC 2025 material, as quoted on
+    # glennklockwood.com/garden/processors/B300).
+    "GB300-NVL72": System(chip=_CHIPS["GB300"], num_chips=72, scaleup_size=72,
+                          scaleup_latency=1 * u.us, scaleout_bandwidth=800 * u.Gbit,
+                          scaleout_latency=5 * u.us, topology="switch", name="GB300-NVL72"),
+    # AMD 8-GPU platforms: every GPU links to each of the other 7 over Infinity Fabric (xGMI),
+    # the 8-GPU scale-up domain (MI355X: Tom's Hardware, ISC 2025). Scale-out per GPU is not in
+    # the sources used: one 400 Gb/s NIC per GPU, the DGX H100 class, is assumed.
+    **{f"{n}-8": System(chip=_CHIPS[n], num_chips=8, scaleup_size=8, scaleup_latency=1 * u.us,
+                        scaleout_bandwidth=400 * u.Gbit, scaleout_latency=5 * u.us,
+                        topology="switch", fabric="xgmi", name=f"{n}-8")
+       for n in ("MI300X", "MI325X", "MI355X")},
+    # TPU v5p: 8960 chips per pod in a 3D torus (Google Cloud TPU v5p page); inside a slice the
+    # ICI carries everything (scale-out = ICI rate, as for TPU v4).
+    "TPUv5p-pod": System(chip=_CHIPS["TPUv5p"], num_chips=64, scaleup_size=8960,
+                         scaleup_latency=1 * u.us, scaleout_bandwidth=100 * u.GB,
+                         scaleout_latency=5 * u.us, topology="torus3d", fabric="ici",
+                         name="TPUv5p-pod"),
+    # TPU v6e: 256 chips per pod in a 2D torus (Google Cloud TPU v6e page).
+    "TPUv6e-pod": System(chip=_CHIPS["TPUv6e"], num_chips=256, scaleup_size=256,
+                         scaleup_latency=1 * u.us, scaleout_bandwidth=100 * u.GB,
+                         scaleout_latency=5 * u.us, topology="torus2d", fabric="ici",
+                         name="TPUv6e-pod"),
+    # Gaudi 3 node: 8 cards, 21 of each card's 24 x 200 GbE ports for the other 7 cards (3 each)
+    # and 3 ports for scale-out: 600 Gb/s per card (ml-engineering network README).
+    "Gaudi3-8": System(chip=_CHIPS["Gaudi3"], num_chips=8, scaleup_size=8,
+                       scaleup_latency=1 * u.us, scaleout_bandwidth=600 * u.Gbit,
+                       scaleout_latency=5 * u.us, topology="switch", fabric="ethernet",
+                       name="Gaudi3-8"),
 }
 SYSTEMS: Mapping[str, System] = PresetMapping("system", _SYSTEMS)
 
@@ -290,6 +473,7 @@ CHIPS_CSV_NAME: dict[str, str] = {
     "TPUv4": "Google TPU v4",
     "TPUv5p": "Google TPU v5p",
     "TPUv5e": "Google TPU v5e",
+    "TPUv6e": "Google TPU v6e (Trillium)",
     "Gaudi2": "Intel Gaudi 2",
     "Gaudi3": "Intel Gaudi 3",
     "Groq-TSP": "Groq TSP (LPU v1)",

@@ -29,6 +29,9 @@ class Reason(enum.IntFlag):
     # queue grows without bound; SLO: no load meets the latency objective.
     SATURATED = 256
     SLO = 512
+    # The chip has no matrix engine for a format the plan computes in (FP8 / FP4 rate 0, or a
+    # block-scaled format without `Chip.block_scaling`).
+    PRECISION = 1024
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -44,6 +47,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.WORKLOAD: "batch or sequence length outside its valid range",
     Reason.SATURATED: "arrival rate at or above the deployment's capacity (unbounded queue)",
     Reason.SLO: "latency objective not met at any load",
+    Reason.PRECISION: "chip has no matrix engine for the plan's number format",
 }
 
 

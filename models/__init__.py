@@ -44,6 +44,7 @@ from ._operators import attention as attention
 from ._operators import attention_backward as attention_backward
 from ._operators import elementwise as elementwise
 from ._operators import gemm as gemm
+from ._operators import matrix_rate as matrix_rate
 from ._operators import roofline as roofline
 from ._plan_search import best_of_plans as best_of_plans
 from ._plan_search import best_plan as best_plan
@@ -53,7 +54,10 @@ from ._plan_search import fastest_plan_index as fastest_plan_index
 from ._plan_search import plan_memory as plan_memory
 from ._plan_search import plan_step_time as plan_step_time
 from ._plan_search import select_plan as select_plan
+from ._recipe import RECIPES as RECIPES
+from ._recipe import RecipeSpec as RecipeSpec
 from ._training import TrainReport as TrainReport
+from ._training import precision_unsupported as precision_unsupported
 from ._training import train_step as train_step
 from ._training_plan import RECOMPUTE_FULL as RECOMPUTE_FULL
 from ._training_plan import RECOMPUTE_NONE as RECOMPUTE_NONE

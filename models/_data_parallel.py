@@ -20,7 +20,9 @@ As the frameworks run them (Rajbhandari et al. 2020, "ZeRO", SC20, Sec. 5 and 7;
   plus the first gather of each pass and the last reduce-scatter, which have nothing to hide
   behind (PyTorch FSDP notes: "The 1st all-gather will not be able to overlap with anything").
 
-Expert parameters reduce over the DP / EP replicas of each expert. Collectives are hierarchical
+Expert parameters reduce over the DP / EP replicas of each expert. Gradients reduce at the
+plan's gradient precision (`grad_bytes`); a low-precision recipe with `quantized_params` gathers
+its linear weights at the recipe's width (`linear_weight_bytes`). Collectives are hierarchical
 over the scale-up and scale-out tiers (`dse.models.all_gather` and friends), or a flat ring
 where the plan says so (`TrainingPlan.dp_hierarchical`).
 """
@@ -35,7 +37,7 @@ from dse.hardware import System
 
 from ._calibration import Calibration
 from ._collectives import all_gather, all_reduce, reduce_scatter
-from ._memory import GRAD_BYTES, WEIGHT_BYTES, StageParams
+from ._memory import WEIGHT_BYTES, StageParams, grad_bytes, linear_weight_bytes
 from ._training_plan import TrainingPlan
 
 
@@ -50,15 +52,16 @@ class DataParallelCost(eqx.Module):
     exposed: Float[Array, "*batch"]
 
 
-def _group_time(collective, system, calibration, nbytes, plan, params_dense, params_expert):
-    """One collective over the dense parameters' DP group plus the experts' DP group, s.
+def _group_time(collective, system, calibration, plan, dense_bytes, expert_bytes):
+    """One collective over the dense parameters' DP group plus the experts' DP group, s
+    (`dense_bytes`, `expert_bytes`: what each moves per chip).
 
     Dense gradients reduce over the DP x CP ranks that hold the same weights (the CP ranks of a
     replica, tp apart, then the replicas); experts over their EDP replicas, etp * ep apart."""
     t = plan.tp
     kw = dict(calibration=calibration, hierarchical=plan.dp_hierarchical)
-    dense = collective(system, nbytes * params_dense, plan.dp * plan.cp, stride=t, **kw).time
-    expert = collective(system, nbytes * params_expert, plan.expert_dp,
+    dense = collective(system, dense_bytes, plan.dp * plan.cp, stride=t, **kw).time
+    expert = collective(system, expert_bytes, plan.expert_dp,
                         stride=plan.expert_tp * plan.ep, **kw).time
     return dense + expert
 
@@ -89,12 +92,21 @@ def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
     """
     m, layers = plan.microbatches, jnp.maximum(layers_per_stage, 1.0)
     overlap = plan.dp_overlap > 0.5
-    kw = dict(plan=plan, params_dense=params.dense, params_expert=params.expert)
+    g = grad_bytes(plan)
+    _, gathered = linear_weight_bytes(plan)
+    # A parameter gather moves the norms, router and embedding in 16 bits and the linear
+    # weights at `gathered` bytes (the recipe's width with `quantized_params`).
+    dense_gather = (WEIGHT_BYTES * (params.dense - params.dense_linear)
+                    + gathered * params.dense_linear)
+    expert_gather = gathered * params.expert
+
+    def group(collective, dense_bytes, expert_bytes):
+        return _group_time(collective, system, calibration, plan, dense_bytes, expert_bytes)
 
     # ZeRO-0 / 1 / 2: once per step.
-    all_red = _group_time(all_reduce, system, calibration, GRAD_BYTES, **kw)
-    red_sc = _group_time(reduce_scatter, system, calibration, GRAD_BYTES, **kw)
-    gather = _group_time(all_gather, system, calibration, WEIGHT_BYTES, **kw)
+    all_red = group(all_reduce, g * params.dense, g * params.expert)
+    red_sc = group(reduce_scatter, g * params.dense, g * params.expert)
+    gather = group(all_gather, dense_gather, expert_gather)
     reduction = jnp.where(plan.zero_stage > 0.5, red_sc, all_red)
     param_gather = jnp.where(plan.zero_stage > 0.5, gather, 0.0)
     red_exposed = jnp.where(overlap, _overlapped(reduction, layers * layer_bwd, calibration,
@@ -104,11 +116,13 @@ def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
     low_total = reduction + param_gather
     low_exposed = red_exposed + gather_exposed
 
-    # ZeRO-3 / FSDP: per layer, per micro-batch; gradients reduce-scattered in 16 bits.
-    layer_kw = dict(plan=plan, params_dense=params.dense_layer,
-                    params_expert=params.expert_layer)
-    ag = _group_time(all_gather, system, calibration, WEIGHT_BYTES, **layer_kw)
-    rs = _group_time(reduce_scatter, system, calibration, WEIGHT_BYTES, **layer_kw)
+    # ZeRO-3 / FSDP: per layer, per micro-batch; gradients reduce-scattered in 16 bits (FSDP
+    # mixed precision reduces in the parameters' dtype).
+    linear_layer = params.dense_linear / layers
+    ag = group(all_gather, WEIGHT_BYTES * (params.dense_layer - linear_layer)
+               + gathered * linear_layer, gathered * params.expert_layer)
+    rs = group(reduce_scatter, WEIGHT_BYTES * params.dense_layer,
+               WEIGHT_BYTES * params.expert_layer)
     ag_bwd = ag * (1.0 + jnp.where(plan.recompute > 1.5, plan.zero3_regather, 0.0))
     hide = calibration.dp_overlap_fraction
     fwd_shown = ag + (layers - 1.0) * jnp.maximum(ag - hide * layer_fwd, 0.0)

@@ -32,16 +32,19 @@ import operator
 from typing import Literal, get_args
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
+from dse.hardware._precision import FORMATS
 from dse.hardware._validate import as_float_array, check_choice, check_integer, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._energy import step_energy
 from ._operators import _f, attention, elementwise, gemm, ratio
+from ._recipe import QUANTIZE_FLOPS
 from ._rules import (
     Rule,
     check_rules,
@@ -56,6 +59,44 @@ from ._transformer import Transformer
 
 Layout = Literal["weight_stationary", "weight_stationary_2d", "weight_gathered"]
 
+# Formats each tensor of a served model may be stored in (`dse.hardware.FORMATS`). Weights: the
+# 16-bit formats, FP8 (per-tensor or MX), INT8, MXFP6 (OCP MX v1.0; CDNA4 and Blackwell run it
+# on their FP6 engines), the 4-bit ones (AWQ-style INT4, MXFP4, NVFP4).
+# GEMM inputs (activations): those a matrix engine multiplies (no INT4 engine is modelled).
+# KV cache: 16-bit, FP8 or INT8 (vLLM and TensorRT-LLM offer these).
+WEIGHT_FORMATS = ("bf16", "fp16", "fp8", "mxfp8", "int8", "mxfp6", "int4", "mxfp4", "nvfp4")
+ACTIVATION_FORMATS = ("bf16", "fp16", "fp8", "mxfp8", "int8", "mxfp6", "mxfp4", "nvfp4")
+KV_FORMATS = ("bf16", "fp16", "fp8", "int8")
+# Vector FLOP to de-quantize one element in a kernel: a convert and a multiply by its scale.
+DEQUANT_FLOPS = 2.0
+# Element bits without block scales: the rule "activations at least as wide as weights".
+_ELEMENT_BITS = {"bf16": 16, "fp16": 16, "fp8": 8, "mxfp8": 8, "int8": 8, "mxfp6": 6, "int4": 4,
+                 "mxfp4": 4, "nvfp4": 4}
+
+
+def _check_formats(weights: str, activations: str, kv_cache: str) -> None:
+    """Raise `ValueError` naming the field for formats a serving stack cannot combine."""
+    for field, value, allowed in (("weights", weights, WEIGHT_FORMATS),
+                                  ("activations", activations, ACTIVATION_FORMATS),
+                                  ("kv_cache", kv_cache, KV_FORMATS)):
+        check_choice("InferencePlan", field, value, allowed)
+    if _ELEMENT_BITS[activations] < _ELEMENT_BITS[weights]:
+        raise ValueError(
+            f"InferencePlan.activations must be at least as wide as the weights (W8A8, W4A8, "
+            f"W4A16: the GEMM runs in the activations' format); got weights {weights!r} with "
+            f"activations {activations!r}")
+    w_engine, a_engine = FORMATS[weights].engine, FORMATS[activations].engine
+    if w_engine not in (None, a_engine) and a_engine != "bf16":
+        raise ValueError(
+            f"InferencePlan.weights {weights!r} cannot feed the {a_engine} engine of "
+            f"activations {activations!r}: no kernel converts one 8-bit format into another "
+            f"(use 16-bit activations, or weights in the activations' format)")
+
+
+def _optional_float(x):
+    """`as_float_array`, with None (a default filled in by `__post_init__`) left as it is."""
+    return None if x is None else as_float_array(x)
+
 
 class InferencePlan(eqx.Module):
     """How a model is laid out for inference (float leaves, so plans vmap).
@@ -65,9 +106,24 @@ class InferencePlan(eqx.Module):
     - `tp`: tensor-parallel degree (chips sharing every layer).
     - `pp`: pipeline-parallel degree (stages of consecutive layers).
     - `batch`: sequences processed together.
-    - `weight_bytes`: bytes per weight element (2 for bf16, 1 for int8).
-    - `kv_bytes`: bytes per KV-cache element.
-    - `activation_bytes`: bytes per activation element.
+    - `weights` (static): format of the stored weights (`WEIGHT_FORMATS`: "bf16", "fp8",
+      "int8", "int4", "nvfp4", ...).
+    - `activations` (static): format of the GEMM inputs, which sets the matrix engine: W8A8 is
+      `weights="fp8", activations="fp8"`, W4A16 `weights="int4", activations="bf16"`, W4A8
+      `weights="int4", activations="fp8"`. Activations are quantized in the kernel that
+      produces them; the residual stream, norms and collectives stay 16-bit. Weights stored in
+      another format than the engine's are de-quantized in the GEMM's kernel, and a chip
+      without the engine (rate 0, or a block-scaled format without `Chip.block_scaling`) runs
+      the GEMM on its 16-bit engine with everything de-quantized: both cost vector time
+      (`DEQUANT_FLOPS` per element loaded).
+    - `kv_cache` (static): format of the KV cache (`KV_FORMATS`); narrower than 16 bits, K and
+      V are de-quantized inside the attention kernel.
+    - `weight_bytes`: bytes per stored weight element; default (None) the `weights` format's
+      (block scales included). A value given overrides the storage width only (a search over
+      storage widths, `best_serving_plan`): the GEMMs still run on the formats' engines.
+    - `kv_bytes`: bytes per KV-cache element; default the `kv_cache` format's.
+    - `activation_bytes`: bytes per element of the activations between operators (the 16-bit
+      stream; default 2).
     - `layout` (static): "weight_stationary" (tensor parallel: weights stay, activations are
       all-reduced), "weight_stationary_2d" (the tp chips form an X x YZ mesh: weights split over
       d_model on X and heads / MLP width on YZ) or "weight_gathered" (the batch is sharded over
@@ -81,21 +137,44 @@ class InferencePlan(eqx.Module):
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     pp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
-    weight_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=2.0)
-    kv_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=2.0)
+    # None: the format's width (`__post_init__`).
+    weight_bytes: Float[Array, "*batch"] = eqx.field(converter=_optional_float, default=None)
+    kv_bytes: Float[Array, "*batch"] = eqx.field(converter=_optional_float, default=None)
     activation_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                          default=2.0)
+    # Formats take any str: `__check_init__` names the field and the allowed formats in a
+    # ValueError.
+    weights: str = eqx.field(static=True, default="bf16")
+    activations: str = eqx.field(static=True, default="bf16")
+    kv_cache: str = eqx.field(static=True, default="bf16")
     layout: Layout = eqx.field(static=True, default="weight_stationary")
     sequence_parallel: bool = eqx.field(static=True, default=True)
     fused: bool = eqx.field(static=True, default=True)
+
+    def __post_init__(self):
+        # The storage widths default to the formats' (a format name the check below refuses
+        # has no width: leave it for `__check_init__` to name).
+        if self.weight_bytes is None:
+            self.weight_bytes = FORMATS[self.weights].bytes if self.weights in FORMATS else 2.0
+        if self.kv_bytes is None:
+            self.kv_bytes = FORMATS[self.kv_cache].bytes if self.kv_cache in FORMATS else 2.0
 
     def __check_init__(self):
         check_choice("InferencePlan", "layout", self.layout, get_args(Layout))
         # Chips and sequences are counts: a fractional one is refused, never truncated.
         for field in ("tp", "pp", "batch"):
             check_integer("InferencePlan", field, getattr(self, field))
+        _check_formats(self.weights, self.activations, self.kv_cache)
         for field in ("weight_bytes", "kv_bytes", "activation_bytes"):
             check_range("InferencePlan", field, getattr(self, field), lower=0.0, upper=8.0)
+
+    @property
+    def input_bytes(self) -> float | Float[Array, "*batch"]:
+        """Bytes per GEMM-input (activation) element as the GEMM reads it: the `activations`
+        format's, or the 16-bit stream's (`activation_bytes`) for a 16-bit format."""
+        if FORMATS[self.activations].engine == "bf16":
+            return self.activation_bytes
+        return FORMATS[self.activations].bytes
 
     @property
     def chips(self) -> Float[Array, "*batch"]:
@@ -103,7 +182,11 @@ class InferencePlan(eqx.Module):
         return self.tp * self.pp
 
     def replace(self, **changes) -> InferencePlan:
-        """A copy with some fields changed (validated like a new plan)."""
+        """A copy with some fields changed (validated like a new plan). A new `weights` or
+        `kv_cache` format brings its width unless `weight_bytes` / `kv_bytes` is given too."""
+        for fmt, width in (("weights", "weight_bytes"), ("kv_cache", "kv_bytes")):
+            if fmt in changes and width not in changes:
+                changes[width] = None
         return dataclasses.replace(self, **changes)
 
 
@@ -287,28 +370,33 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
         x, yz = _mesh_2d(model, plan)
     eff = _runtime_calibration(plan, calibration)
     link = dict(calibration=calibration)
-    mm = dict(bytes_per_element=ab, weight_bytes_per_element=wb,
-              weight_resident_fraction=resident, smooth=smooth, calibration=eff)
+    mm = dict(weight_resident_fraction=resident, smooth=smooth, calibration=eff)
+
+    def linear(m, n, k):
+        return _linear(chip, plan, m, n, k, **mm)
 
     # Q for every token on this chip; K, V for the sequences whose cache this chip holds.
     d_in = model.hidden / x
-    matmul = gemm(chip, tokens, model.heads / yz * hd, d_in, **mm) \
-        + gemm(chip, kv_tokens, 2.0 * kv_heads * hd * tp / yz, d_in, **mm) \
-        + gemm(chip, tokens, d_in, model.heads / yz * hd, **mm)
+    matmul = linear(tokens, model.heads / yz * hd, d_in) \
+        + linear(kv_tokens, 2.0 * kv_heads * hd * tp / yz, d_in) \
+        + linear(tokens, d_in, model.heads / yz * hd)
     # Mixture of experts: a batch of T tokens routed top_k of E ways touches
     # E (1 - (1 - k/E)^T) experts on average; each of them runs a GEMM over its share of tokens.
     moe = model.experts > 1.0
     miss = jnp.where(moe, 1.0 - model.top_k / model.experts, 0.5)
     touched = jnp.where(moe, model.experts * (1.0 - miss ** tokens), 1.0)
     expert_tokens = tokens * model.top_k / touched
-    mlp = gemm(chip, expert_tokens, up_width / yz, d_in, **mm) \
-        + gemm(chip, expert_tokens, d_in, model.ffn_hidden / yz, **mm)
-    router = gemm(chip, tokens, model.experts, d_in, **mm)
+    mlp = linear(expert_tokens, up_width / yz, d_in) \
+        + linear(expert_tokens, d_in, model.ffn_hidden / yz)
+    router = linear(tokens, model.experts, d_in)
     matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
 
+    narrow_kv = plan.kv_cache != "bf16" and FORMATS[plan.kv_cache].bytes < 2.0
     attn = functools.reduce(operator.add, (
         attention(chip, kv_batch, q_heads, seg_kv_heads, q_len, context, hd, causal=True,
-                  bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
+                  bytes_per_element=plan.kv_bytes,
+                  kv_convert_flops=DEQUANT_FLOPS if narrow_kv else 0.0, smooth=smooth,
+                  calibration=eff)
         for (seg_kv_heads, kv_batch, q_heads, _), (_, q_len, context)
         in zip(shard, segments, strict=True)))
 
@@ -320,6 +408,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
     activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / yz,
                              reads=model.mlp_matrices - 1.0, **ew)
     kv_write = elementwise(chip, 2.0 * kv_tokens * kv_heads * hd, reads=0.0,
+                           flops_per_element=1.0 + (QUANTIZE_FLOPS if narrow_kv else 0.0),
                            bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
     elementwise_cost = norms + residual + activation + kv_write
 
@@ -346,6 +435,36 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
         reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers, **link)
         comm = comm + reshard.scale(jnp.where(sharers > 1.0, 2.0, 0.0))
     return matmul, attn, elementwise_cost, comm
+
+
+def _linear(chip, plan: InferencePlan, m, n, k, **kw):
+    """One weight GEMM of a served model, in the plan's formats (`InferencePlan.activations`).
+
+    Natively on the activations' engine, with the weights de-quantized in the kernel when
+    stored in another format (INT4 weights for an FP8 or 16-bit GEMM) and the activations
+    quantized in the kernel that produces them. A chip without that engine, or without block
+    scaling for a block-scaled format, runs the GEMM on its 16-bit engine with the weights
+    de-quantized and the activations left 16-bit (what vLLM's Marlin kernels do for FP8 weights
+    on Ampere). The choice is a `jnp.where` on the engine's rate, so it traces.
+    """
+    w, a = FORMATS[plan.weights], FORMATS[plan.activations]
+    engine = a.engine
+    # Storage widths from the plan (the formats' unless overridden, `InferencePlan`).
+    wb, out = plan.weight_bytes, plan.activation_bytes
+    native = gemm(chip, m, n, k, bytes_per_element=plan.input_bytes, weight_bytes_per_element=wb,
+                  output_bytes_per_element=out, engine=engine,
+                  weight_convert_flops=0.0 if w.engine == engine else DEQUANT_FLOPS,
+                  input_convert_flops=0.0 if engine == "bf16" else QUANTIZE_FLOPS, **kw)
+    if engine == "bf16":
+        return native
+    fallback = gemm(chip, m, n, k, bytes_per_element=out, weight_bytes_per_element=wb,
+                    output_bytes_per_element=out, engine="bf16",
+                    weight_convert_flops=DEQUANT_FLOPS, **kw)
+    block_scaled = a.block_scaled or (w.block_scaled and w.engine == engine)
+    if block_scaled and not chip.block_scaling:
+        return fallback
+    has = chip.rate(engine) > 0.0
+    return jax.tree.map(lambda x, y: jnp.where(has, x, y), native, fallback)
 
 
 # Tokens per sequence and sequences per batch: float32 holds whole numbers exactly up to 2^24
@@ -457,11 +576,10 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
                                     calibration)
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
-    # Next-token logits (vocabulary split over tp).
-    logits = gemm(chip, logit_rows, model.vocab / plan.tp, model.hidden,
-                  bytes_per_element=plan.activation_bytes,
-                  weight_bytes_per_element=plan.weight_bytes, weight_resident_fraction=resident,
-                  smooth=smooth, calibration=_runtime_calibration(plan, calibration))
+    # Next-token logits (vocabulary split over tp), in the plan's formats.
+    logits = _linear(chip, plan, logit_rows, model.vocab / plan.tp, model.hidden,
+                     weight_resident_fraction=resident, smooth=smooth,
+                     calibration=_runtime_calibration(plan, calibration))
     matmul_total = matmul.scale(layers) + logits
     pp_comm = send_recv(system, tokens * model.hidden * plan.activation_bytes, plan.pp,
                         stride=plan.tp, calibration=calibration).scale(plan.pp - 1.0)
@@ -481,11 +599,18 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
                   + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) * busy
     # `ratio`: FLOP and chips x peak FLOP/s exceed 1.8e19 (see train_step).
     mfu = ratio(ratio(flops, plan.chips * chip.peak_flops), time)
+    # The weight GEMMs run on the activations' engine where the chip has it (at that engine's
+    # energy per MAC), the rest at 16 bits.
+    engine = FORMATS[plan.activations].engine
+    low_flops = 0.0 * time
+    if engine != "bf16" and not (FORMATS[plan.activations].block_scaled
+                                 and not chip.block_scaling):
+        low_flops = jnp.where(chip.rate(engine) > 0.0, matmul_total.flops, 0.0) * busy
     energy = step_energy(chip, time, plan.chips,
-                         compute_fraction=ratio(ratio(per_chip_flops * busy, chip.peak_flops),
-                                                time),
+                         compute_fraction=ratio(ratio(per_chip_flops * busy - low_flops,
+                                                      chip.peak_flops), time),
                          vector_flops=layers * ew.flops * busy, hbm_bytes=hbm,
-                         link_bytes=link_bytes)
+                         link_bytes=link_bytes, low_precision_flops=low_flops, engine=engine)
     return InferenceReport(
         time=time, matmul_time=matmul_time, attention_time=attention_time,
         elementwise_time=elementwise_time, tp_comm_time=tp_comm_time, pp_comm_time=pp_comm_time,

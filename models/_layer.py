@@ -19,6 +19,7 @@ from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._memory import ACT_BYTES
 from ._operators import attention, attention_backward, elementwise, gemm
+from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
 from ._training_plan import TrainingPlan
 from ._transformer import Transformer
 
@@ -37,8 +38,10 @@ class LayerCost(eqx.Module):
     **Fields:** `fwd`, `bwd`, `recompute` (forward, backward and recomputed on-chip compute, s),
     `tp_comm` (TP collectives forward + backward + recompute, s), `ep_comm` (MoE all-to-alls,
     s), `cp_comm` (exposed ring-attention KV sends, s), `hbm_bytes` (HBM traffic of all of it,
-    bytes), `vector_flops` (non-matrix FLOP),
-    `comm_bytes` (bytes a chip sends over its links).
+    bytes), `vector_flops` (non-matrix FLOP), `comm_bytes` (bytes a chip sends over its links),
+    `low_precision_flops` (matrix FLOP of the plan's recipe engine when it is narrower than 16
+    bits, recomputation included; 0 for "bf16"), `quantize` (time of the recipe's cast / amax /
+    transpose kernels, s, included in `fwd`, `bwd` and `recompute`).
     """
 
     fwd: Float[Array, "*batch"]
@@ -50,12 +53,26 @@ class LayerCost(eqx.Module):
     hbm_bytes: Float[Array, "*batch"]
     vector_flops: Float[Array, "*batch"]
     comm_bytes: Float[Array, "*batch"]
+    low_precision_flops: Float[Array, "*batch"]
+    quantize: Float[Array, "*batch"]
 
 
-def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration):
-    """Forward GEMM (m x k) @ (k x n) and its two backward GEMMs (dX, dW)."""
-    kw = dict(smooth=smooth, calibration=calibration)
-    return gemm(chip, m, n, k, **kw), gemm(chip, m, k, n, **kw), gemm(chip, k, n, m, **kw)
+def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
+                 recipe: RecipeSpec = RECIPES["bf16"]):
+    """Forward GEMM (m x k) @ (k x n) and its two backward GEMMs (dX, dW), in `recipe`'s
+    format: operands at its width, 16-bit outputs, on its engine. A block-scaled format on a chip
+    without block scaling is emulated: per 128-deep slice an FP32 scale-and-add of the partial
+    result on the vector units (`EMULATED_BLOCK`), 2 n / 128 vector FLOP per element of A."""
+    q = recipe.format.bytes
+    emulated = recipe.format.block_scaled and not chip.block_scaling
+
+    def one(m_, n_, k_):
+        promote = 2.0 * n_ / EMULATED_BLOCK if emulated else 0.0
+        return gemm(chip, m_, n_, k_, bytes_per_element=q, weight_bytes_per_element=q,
+                    output_bytes_per_element=2.0, engine=recipe.engine,
+                    input_convert_flops=promote, smooth=smooth, calibration=calibration)
+
+    return one(m, n, k), one(m, k, n), one(k, n, m)
 
 
 def local_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
@@ -104,34 +121,89 @@ def _attention_gemms(model, plan, tokens, fb):
     ]
 
 
-def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth, calibration):
-    """The layer's weight GEMMs: (count, (fwd, dx, dw)) pairs, plus the MoE router.
+def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
+    """The layer's weight GEMMs on one chip: (count, (m, n, k)) of each forward GEMM, and the MoE
+    router's (m, n, k).
 
     Counts are per layer averaged over the model's MoE and dense layers (`moe_layer_share`):
     routed experts at the busiest local expert's load, shared experts on every token, the
     dense layers' MLP at their own width.
     """
-    chip = system.chip
     t, h, f = plan.tp, model.hidden, model.ffn_hidden
     tokens = local_tokens(model, plan)
     share = model.moe_layer_share
     local_experts = model.experts / plan.ep
     gate = 2.0 if model.gated_mlp else 1.0
 
-    def fb(m, n, k):
-        return gemm_fwd_bwd(chip, m, n, k, smooth, calibration)
+    def shape(m, n, k):
+        return (m, n, k)
 
     routed = expert_tokens(model, plan)
     e = plan.expert_tp
-    gemms = _attention_gemms(model, plan, tokens, fb) + [
-        (share * local_experts, fb(routed, f * gate / e, h)),  # MLP up (+gate)
-        (share * local_experts, fb(routed, h, f / e)),  # MLP down
-        (share * model.shared_experts, fb(tokens, f * gate / t, h)),  # shared experts
-        (share * model.shared_experts, fb(tokens, h, f / t)),
-        ((1.0 - share), fb(tokens, model.dense_ffn * gate / t, h)),  # dense layers' MLP
-        ((1.0 - share), fb(tokens, h, model.dense_ffn / t)),
+    shapes = _attention_gemms(model, plan, tokens, shape) + [
+        (share * local_experts, shape(routed, f * gate / e, h)),  # MLP up (+gate)
+        (share * local_experts, shape(routed, h, f / e)),  # MLP down
+        (share * model.shared_experts, shape(tokens, f * gate / t, h)),  # shared experts
+        (share * model.shared_experts, shape(tokens, h, f / t)),
+        ((1.0 - share), shape(tokens, model.dense_ffn * gate / t, h)),  # dense layers' MLP
+        ((1.0 - share), shape(tokens, h, model.dense_ffn / t)),
     ]
-    return gemms, fb(tokens, model.experts, h)
+    return shapes, (tokens, model.experts, h)
+
+
+def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth, calibration):
+    """The layer's weight GEMMs: (count, (fwd, dx, dw)) pairs in the plan's recipe, plus the
+    MoE router (16-bit: it is not a Transformer Engine linear)."""
+    chip = system.chip
+    recipe = RECIPES[plan.precision]
+    shapes, router = _weight_gemm_shapes(model, plan)
+    gemms = [(c, gemm_fwd_bwd(chip, m, n, k, smooth, calibration, recipe))
+             for c, (m, n, k) in shapes]
+    return gemms, gemm_fwd_bwd(chip, *router, smooth, calibration)
+
+
+def _quantize_ops(model, plan, system, smooth, calibration):
+    """The recipe's cast / amax / transpose kernels of one layer (memory-bound element-wise).
+
+    Forward: each linear's input is quantized twice (rowwise for its GEMM, columnwise for the
+    weight gradient), reading the 16-bit input `reads` times. Backward: each linear's
+    output gradient likewise (rowwise for dgrad, columnwise for wgrad), plus NVFP4's Hadamard
+    transform on the two wgrad operands. The weights are quantized once per step
+    (`weight_quantize`), not here.
+
+    **Returns:** (fwd s, bwd s, fwd bytes, all bytes, fwd vector FLOP, all vector FLOP).
+    """
+    recipe = RECIPES[plan.precision]
+    zero = jnp.zeros_like(plan.tp)
+    if not recipe.low_precision:
+        return zero, zero, zero, zero, zero, zero
+    chip = system.chip
+    shapes, _ = _weight_gemm_shapes(model, plan)
+    inputs = sum(c * m * k for c, (m, n, k) in shapes)
+    grads = sum(c * m * n for c, (m, n, k) in shapes)
+    eff = dict(smooth=smooth, calibration=calibration, bytes_per_element=2.0)
+    # Two quantized copies written, in units of the 16-bit element the kernel reads.
+    writes = 2.0 * recipe.format.bytes / 2.0
+    flops = 2.0 * QUANTIZE_FLOPS + (HADAMARD_FLOPS if recipe.hadamard else 0.0)
+    fwd = elementwise(chip, inputs, flops_per_element=flops, reads=recipe.reads,
+                      writes=writes, **eff)
+    bwd = elementwise(chip, grads, flops_per_element=flops, reads=recipe.reads,
+                      writes=writes, **eff)
+    return (fwd.time, bwd.time, fwd.hbm_bytes, fwd.hbm_bytes + bwd.hbm_bytes, fwd.flops,
+            fwd.flops + bwd.flops)
+
+
+def weight_quantize(model: Transformer, plan: TrainingPlan, system: System, params_per_chip,
+                    smooth: bool = False, calibration: Calibration = DEFAULT):
+    """Quantizing the chip's linear weights once per step for a low-precision recipe (both
+    orientations, cached across the step's micro-batches): an `OpCost` (zero for "bf16", and
+    for `quantized_params`: the optimizer writes the quantized weights directly)."""
+    recipe = RECIPES[plan.precision]
+    active = recipe.low_precision and not plan.quantized_params
+    elements = params_per_chip if active else 0.0 * params_per_chip
+    return elementwise(system.chip, elements, flops_per_element=2.0 * QUANTIZE_FLOPS,
+                       bytes_per_element=2.0, reads=recipe.reads,
+                       writes=recipe.format.bytes, smooth=smooth, calibration=calibration)
 
 
 def _ring_effective_context(model, plan):
@@ -312,6 +384,7 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     **Returns:** a `LayerCost` (compute times before `calibration.kernel_fraction` is applied).
     """
     gemms, router = _weight_gemms(model, plan, system, smooth, calibration)
+    recipe = RECIPES[plan.precision]
     moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
     fwd = sum(c * g[0].time for c, g in gemms) + moe * router[0].time
     bwd = sum(c * (g[1].time + g[2].time) for c, g in gemms) \
@@ -323,8 +396,12 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
         model, plan, system, smooth, flash_attention, calibration)
     ew_fwd, ew_bwd, ew_fwd_bytes, ew_bytes, ew_vec_fwd, ew_vec = _elementwise_ops(
         model, plan, system, smooth, calibration)
-    fwd, bwd = fwd + core_fwd + ew_fwd, bwd + core_bwd + ew_bwd
-    hbm = hbm + core_bytes + ew_bytes
+    q_fwd, q_bwd, q_fwd_bytes, q_bytes, q_vec_fwd, q_vec = _quantize_ops(
+        model, plan, system, smooth, calibration)
+    fwd, bwd = fwd + core_fwd + ew_fwd + q_fwd, bwd + core_bwd + ew_bwd + q_bwd
+    hbm = hbm + core_bytes + ew_bytes + q_bytes
+    ew_fwd_bytes, ew_vec_fwd, ew_vec = (ew_fwd_bytes + q_fwd_bytes, ew_vec_fwd + q_vec_fwd,
+                                        ew_vec + q_vec)
 
     full = plan.recompute > 1.5
     # Selective recomputation redoes the attention core in backward; fused (flash) attention
@@ -339,9 +416,15 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
                                                calibration)
     vec = ew_vec + core_vec + jnp.where(full, ew_vec_fwd + core_vec_fwd,
                                         jnp.where(selective, core_vec_fwd, 0.0))
+    gemm_flops = sum(c * (g[0].flops + g[1].flops + g[2].flops) for c, g in gemms)
+    gemm_fwd_flops = sum(c * g[0].flops for c, g in gemms)
+    low = (gemm_flops + jnp.where(full, gemm_fwd_flops, 0.0)) if recipe.low_precision \
+        else jnp.zeros_like(fwd)
+    quantize = q_fwd + q_bwd + jnp.where(full, q_fwd, 0.0)
     return LayerCost(fwd=fwd, bwd=bwd, recompute=recompute, tp_comm=tp_comm, ep_comm=ep_comm,
                      cp_comm=cp_comm, hbm_bytes=hbm, vector_flops=vec,
-                     comm_bytes=comm_bytes + cp_bytes)
+                     comm_bytes=comm_bytes + cp_bytes, low_precision_flops=low,
+                     quantize=quantize)
 
 
 def layer_time(model: Transformer, plan: TrainingPlan, system: System, *,

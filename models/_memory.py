@@ -7,33 +7,60 @@ arXiv:2205.05198, Sec. 4; Rajbhandari et al. 2020, ZeRO, Sec. 5).
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._recipe import RECIPES, STATE_BYTES
 from ._training_plan import RECOMPUTE_NONE, TrainingPlan
 from ._transformer import Transformer
 
 # Bytes per parameter of mixed-precision Adam (Megatron-LM docs/distrib_optimizer.md, table
 # "fp16 param, fp32 grads": 18 bytes/param non-distributed = 2 param + 4 grad + 12 optimizer:
-# fp32 main param, Adam m and v). The same split reproduces Korthikanti et al. Fig. 1.
+# fp32 main param, Adam m and v). The same split reproduces Korthikanti et al. Fig. 1. These are
+# the defaults of `TrainingPlan` (master_weights, optimizer_state, gradients all "fp32");
+# `grad_bytes` / `optimizer_bytes` give a plan's own.
 WEIGHT_BYTES = 2.0
 GRAD_BYTES = 4.0
 OPTIMIZER_BYTES = 12.0
 ACT_BYTES = 2.0  # 16-bit activations
 
 
+def grad_bytes(plan: TrainingPlan) -> float:
+    """Bytes per parameter of the accumulated (and reduced) gradients."""
+    return STATE_BYTES[plan.gradients]
+
+
+def optimizer_bytes(plan: TrainingPlan) -> float:
+    """Bytes per parameter of the optimizer: the master copy (none when the 16-bit parameters
+    are the masters) and Adam's two moments."""
+    master = STATE_BYTES["fp32"] if plan.master_weights == "fp32" else 0.0
+    return master + 2.0 * STATE_BYTES[plan.optimizer_state]
+
+
+def linear_input_bytes(plan: TrainingPlan) -> float:
+    """Bytes per element of the linear-layer inputs saved for the weight gradient: the
+    recipe's quantized (columnwise) copy, or the 16-bit input."""
+    recipe = RECIPES[plan.precision]
+    return recipe.format.bytes if recipe.low_precision else ACT_BYTES
+
+
 class StageParams(eqx.Module):
     """Parameters one chip of the first pipeline stage holds before ZeRO sharding.
 
-    **Fields:** `dense` (attention, norms, router, embedding), `expert` (MLP experts), `dense_layer`
-    and `expert_layer` (one layer's worth of each, as ZeRO-3 gathers them).
+    **Fields:** `dense` (attention, norms, router, embedding, shared experts, the MLPs of dense
+    layers), `expert` (routed experts), `dense_layer` and `expert_layer` (one layer's worth of
+    each, as ZeRO-3 gathers them), `dense_linear` (the linear weights among `dense`: attention
+    projections and MLPs; with `expert`, what a low-precision recipe quantizes).
     """
 
     dense: Float[Array, "*batch"]
     expert: Float[Array, "*batch"]
     dense_layer: Float[Array, "*batch"]
     expert_layer: Float[Array, "*batch"]
+    dense_linear: Float[Array, "*batch"]
 
     @property
     def total(self) -> Float[Array, "*batch"]:
@@ -54,10 +81,31 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
                    + (1.0 - share) * model.dense_mlp_params / t)
     expert_layer = (share * model.experts / plan.ep * model.expert_params_per_layer
                     / plan.expert_tp)
+    # The linear weights among the dense ones (what a low-precision recipe quantizes): the
+    # attention projections, the shared experts and the dense layers' MLPs.
+    dense_linear_layer = (model.attention_params_per_layer / t
+                          + share * model.shared_experts * model.expert_params_per_layer / t
+                          + (1.0 - share) * model.dense_mlp_params / t)
     embed = model.vocab * model.hidden / t
     return StageParams(dense=layers_per_stage * dense_layer + embed,
                        expert=layers_per_stage * expert_layer, dense_layer=dense_layer,
+                       dense_linear=layers_per_stage * dense_linear_layer,
                        expert_layer=expert_layer)
+
+
+def linear_weight_bytes(plan: TrainingPlan) -> tuple[float, float]:
+    """Bytes per linear-layer weight: (held in memory, moved by a data-parallel gather).
+
+    16-bit weights, plus under a low-precision recipe its cached rowwise and columnwise
+    copies; with `quantized_params` only the two copies (gathered once, at the recipe's width).
+    """
+    recipe = RECIPES[plan.precision]
+    if not recipe.low_precision:
+        return WEIGHT_BYTES, WEIGHT_BYTES
+    q = recipe.format.bytes
+    if plan.quantized_params:
+        return 2.0 * q, q
+    return WEIGHT_BYTES + 2.0 * q, WEIGHT_BYTES
 
 
 def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array, "*batch"]:
@@ -79,6 +127,10 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     parallelism shards it; selective recomputation drops the 5*a*s^2*b attention-core term; full
     recomputation keeps only the 2*s*b*h layer input. Fused (flash) attention never stores the
     score matrix, so with `flash_attention` the 5*a*s^2*b term is gone whatever the mode.
+    A low-precision recipe saves the inputs of the QKV, MLP-up and MLP-down linears in its
+    format (`linear_input_bytes`) instead of 16 bits: the weight gradient reads that copy and
+    nothing else needs them (the output projection's input is the attention output, which the
+    fused attention backward reads in 16 bits, so it stays).
     """
     # Context parallelism: a chip holds the s / cp tokens of its chunks (Megatron-Core CP keeps
     # only its own chunk's K and V and re-gathers them in backward), so every term below
@@ -100,12 +152,14 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     # tokens each expert takes (top_k routed at the busiest expert's load, plus the shared
     # experts) in MoE layers and the dense width in dense layers.
     up = 2.0 if model.gated_mlp else 1.0
+    lib = linear_input_bytes(plan)
     share = model.moe_layer_share
     mlp_width = (share * (model.top_k * model.expert_load + model.shared_experts)
                  * model.ffn_hidden + (1.0 - share) * model.dense_ffn)
-    mlp_parallel = s * b * mlp_width * (2.0 * up + 2.0)
-    # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh), 2 dropout masks (2sbh).
-    replicated = 10.0 * sbh
+    mlp_parallel = s * b * mlp_width * (2.0 * up + lib)
+    # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh at 16 bits, or the recipe's
+    # quantized copy), 2 dropout masks (2sbh).
+    replicated = (6.0 + 2.0 * lib) * sbh
     scores = 0.0 if flash_attention else 5.0 * model.heads * s * full_s * b
     sp = plan.sequence_parallel > 0.5
     stored = (jnp.where(sp, replicated / t, replicated) + (attn_parallel + mlp_parallel) / t)
@@ -135,16 +189,25 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     """Memory per chip of the first pipeline stage (bytes), by kind.
 
     ZeRO stage 1 shards the optimizer state over DP, 2 also the gradients, 3 also the weights
-    (plus one layer gathered and the next prefetched). 1F1B keeps min(m, p) micro-batches of the
-    stage's layers in flight (= all L layers' worth when m >= p); interleaving adds
-    (p - 1) / (p v) (Korthikanti et al. 2022, Sec. 4.2.3); full recomputation rebuilds one
-    layer's activations at a time during backward.
+    (plus one layer gathered and the next prefetched). Bytes per parameter follow the plan's
+    state precisions; a low-precision recipe adds its cached quantized weights (rowwise and
+    columnwise copies of every linear weight, sharded like the weights; `quantized_params`
+    keeps only those). 1F1B keeps min(m, p) micro-batches of the stage's layers in flight
+    (= all L layers' worth when m >= p); interleaving adds (p - 1) / (p v) (Korthikanti et al.
+    2022, Sec. 4.2.3); full recomputation rebuilds one layer's activations at a time during
+    backward.
     """
     params = stage_params(model, plan)
     zero = plan.zero_stage
-    weights = WEIGHT_BYTES * zero_shard(plan, params, zero > 2.5)
-    grads = GRAD_BYTES * zero_shard(plan, params, zero > 1.5)
-    optimizer = OPTIMIZER_BYTES * zero_shard(plan, params, zero > 0.5)
+    held, _ = linear_weight_bytes(plan)
+    # 16-bit for the norms, router and embedding; `held` for the linear layers.
+    other = dataclasses.replace(params, dense=params.dense - params.dense_linear,
+                                expert=0.0 * params.expert)
+    linear = dataclasses.replace(params, dense=params.dense_linear)
+    weights = (WEIGHT_BYTES * zero_shard(plan, other, zero > 2.5)
+               + held * zero_shard(plan, linear, zero > 2.5))
+    grads = grad_bytes(plan) * zero_shard(plan, params, zero > 1.5)
+    optimizer = optimizer_bytes(plan) * zero_shard(plan, params, zero > 0.5)
     weights = weights + jnp.where(zero > 2.5, 2.0 * WEIGHT_BYTES * (params.dense_layer
                                                                     + params.expert_layer), 0.0)
     p, v = plan.pp, plan.interleave

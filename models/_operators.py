@@ -34,6 +34,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import Chip
+from dse.hardware._precision import ENGINE_NAMES
+from dse.hardware._validate import check_choice
 
 from ._calibration import DEFAULT, Calibration
 
@@ -130,6 +132,24 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
+def matrix_rate(chip: Chip, engine: str = "bf16") -> Float[Array, "*batch"]:
+    """Peak FLOP/s of a matrix op on `engine`, times its sustained fraction relative to the
+    16-bit engine (`Chip.fp4_efficiency` for FP4, `Chip.low_precision_efficiency` for the
+    other narrow engines).
+
+    A chip without the engine (rate 0) runs the op on its 16-bit array: the time stays finite
+    and differentiable, and the models that ask for the engine flag the design infeasible
+    (`Reason.PRECISION`) or charge a de-quantization (serving).
+    """
+    check_choice("matrix_rate", "engine", engine, ENGINE_NAMES)
+    if engine == "bf16":
+        return chip.peak_flops
+    rate = chip.rate(engine)
+    has = rate > 0.0
+    efficiency = chip.fp4_efficiency if engine == "fp4" else chip.low_precision_efficiency
+    return chip.peak_flops * jnp.where(has, rate * efficiency, 1.0)
+
+
 def matrix_efficiency(chip: Chip, calibration: Calibration = DEFAULT) -> Float[Array, "*batch"]:
     """Sustained fraction of peak matrix FLOP/s on large GEMMs: the chip's measured best-GEMM
     fraction (`Chip.matmul_fraction`: its clock under its power limit, its pipeline) times the
@@ -137,10 +157,13 @@ def matrix_efficiency(chip: Chip, calibration: Calibration = DEFAULT) -> Float[A
     return chip.matmul_fraction * calibration.matrix_max
 
 
-def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True):
+def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True,
+           engine: str = "bf16", vector_rate=1.0):
     """Compute and memory times with the size-dependent efficiency.
 
-    `active` is 1 where the op exists (a zero-size op costs no start-up time). Vector work
+    `active` is 1 where the op exists (a zero-size op costs no start-up time). Matrix work runs
+    on `engine` (`matrix_rate`: its peak times its sustained fraction relative to the 16-bit
+    engine), at the same `matrix_efficiency` as 16-bit work. Vector work
     (`matrix=False`) has no measured efficiency to fit: it runs at the vector peak and shares
     the memory-op start-up time (element-wise ops are memory-bound on every chip in chips.csv).
     A chip without HBM (`hbm_bandwidth == 0`) keeps its operands in SRAM: no HBM time.
@@ -148,10 +171,11 @@ def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool 
     ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
     memory_time = active * (ideal_m + cal.memory_overhead_s) / cal.memory_max
     if matrix:
-        compute_time = active * (ratio(flops, chip.peak_flops) + cal.matrix_overhead_s) \
+        compute_time = active * (ratio(flops, matrix_rate(chip, engine)) + cal.matrix_overhead_s) \
             / matrix_efficiency(chip, cal)
     else:
-        compute_time = active * (ratio(flops, chip.vector_flops) + cal.memory_overhead_s)
+        compute_time = active * (ratio(flops, chip.vector_flops * vector_rate)
+                                 + cal.memory_overhead_s)
     return compute_time, memory_time
 
 
@@ -212,6 +236,8 @@ def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
 
 def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
          bytes_per_element: ArrayLike = 2.0, weight_bytes_per_element: ArrayLike | None = None,
+         output_bytes_per_element: ArrayLike | None = None, engine: str = "bf16",
+         weight_convert_flops: ArrayLike = 0.0, input_convert_flops: ArrayLike = 0.0,
          weight_resident_fraction: ArrayLike = 0.0, smooth: bool = False,
          calibration: Calibration = DEFAULT) -> OpCost:
     """One matrix product C (m x n) = A (m x k) B (k x n) on one chip.
@@ -220,23 +246,37 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
 
     - `chip`: the `Chip` (a batch of chips broadcasts).
     - `m`, `n`, `k`: matrix dimensions (A rows = tokens, n = output features, k = reduction).
-    - `bytes_per_element`: width of A and C elements, bytes.
+    - `bytes_per_element`: width of A elements (and of C unless given), bytes.
     - `weight_bytes_per_element`: width of B (the weights) if different (int8 weights: 1).
+    - `output_bytes_per_element`: width of C if different (an FP8 GEMM writes 16-bit C: 2).
+    - `engine` (static): the matrix engine that multiplies ("bf16", "fp8", "fp6", "fp4",
+      "int8"; see `matrix_rate`).
+    - `weight_convert_flops`: vector FLOP per element of B each time the kernel loads it
+      (in-kernel de-quantization of weights stored narrower than the engine's format: 0 when
+      native).
+    - `input_convert_flops`: vector FLOP per element of A (quantization of the activation to
+      the engine's format, fused into the kernel that produces it).
     - `weight_resident_fraction`: share of B held in SRAM across calls, in [0, 1].
     - `smooth`: smooth roofline (see `roofline`).
     - `calibration`: the model's fitted factors (`dse.models.Calibration`; default `DEFAULT`).
 
-    **Returns:** `OpCost` (FLOP, bytes, seconds).
+    **Returns:** `OpCost` (FLOP, bytes, seconds). `flops` counts the matrix FLOPs only; the
+    conversions add vector time to `compute_time` (fused kernels: no HBM traffic of their own).
     """
     wbytes = bytes_per_element if weight_bytes_per_element is None else weight_bytes_per_element
+    cbytes = bytes_per_element if output_bytes_per_element is None else output_bytes_per_element
     m, n, k = (_f(x) for x in (m, n, k))
     flops = 2.0 * m * n * k
     # Tiles are counted in elements of the mean width of the three operands held on chip.
-    sram_elements = chip.sram_bytes / ((2.0 * bytes_per_element + wbytes) / 3.0)
+    sram_elements = chip.sram_bytes / ((bytes_per_element + wbytes + cbytes) / 3.0)
     a, b, c = gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction)
-    hbm_bytes = (a + c) * bytes_per_element + b * wbytes
+    hbm_bytes = a * bytes_per_element + c * cbytes + b * wbytes
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
+                                       engine=engine)
+    # A weight is de-quantized each time it is loaded (at least once per call, resident or not).
+    convert = (weight_convert_flops * jnp.maximum(b, k * n) + input_convert_flops * m * k)
+    compute_time = compute_time + active * convert / chip.vector_flops
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
@@ -250,8 +290,8 @@ def _attention_shape(heads, kv_heads, q_len, kv_len, causal):
 
 def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLike,
               q_len: ArrayLike, kv_len: ArrayLike, head_dim: ArrayLike, *, causal: bool = True,
-              bytes_per_element: ArrayLike = 2.0, smooth: bool = False,
-              calibration: Calibration = DEFAULT) -> OpCost:
+              bytes_per_element: ArrayLike = 2.0, kv_convert_flops: ArrayLike = 0.0,
+              smooth: bool = False, calibration: Calibration = DEFAULT) -> OpCost:
     """Fused (FlashAttention-style) attention forward: softmax(Q K^T) V on one chip.
 
     FLOPs: QK^T and AV, 4 * batch * heads * q_len * attended * head_dim (Dao et al. 2022 count;
@@ -274,6 +314,8 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     - `head_dim`: width of one head.
     - `causal`: causal mask (halves the work of a square prefill).
     - `bytes_per_element`: width of Q, K, V, O elements, bytes (the KV-cache width in decode).
+    - `kv_convert_flops`: vector FLOP per K and V element read, to de-quantize a KV cache
+      stored narrower than the 16-bit products the kernel computes (fused: no extra traffic).
     - `smooth`, `calibration`: as in `gemm`.
 
     **Returns:** `OpCost`.
@@ -294,6 +336,7 @@ def attention(chip: Chip, batch: ArrayLike, heads: ArrayLike, kv_heads: ArrayLik
     _, memory_time = _times(chip, flops, hbm_bytes, calibration, active)
     compute_time = _attention_compute_time(chip, flops, q_o * bytes_per_element, head_dim,
                                            attended, causal, calibration, False, active)
+    compute_time = compute_time + active * kv_convert_flops * k_v / chip.vector_flops
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
 
@@ -339,8 +382,9 @@ def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike
                 calibration: Calibration = DEFAULT) -> OpCost:
     """A memory-bound element-wise op (activation, norm, softmax, residual add) on one chip.
 
-    Work runs on the vector units (`chip.vector_flops`); each element is read `reads` times and
-    written `writes` times from and to HBM.
+    Work runs on the vector units (`chip.vector_flops`, times `chip.vector_16bit_rate` for
+    elements of 2 bytes or fewer); each element is read `reads` times and written `writes`
+    times from and to HBM.
 
     **Arguments:**
 
@@ -357,6 +401,9 @@ def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike
     flops = elements * flops_per_element
     hbm_bytes = elements * (reads + writes) * bytes_per_element
     active = jnp.where(elements > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active, matrix=False)
+    # 16-bit (or narrower) data runs at the vector units' 16-bit rate.
+    rate = jnp.where(jnp.asarray(bytes_per_element) <= 2.0, chip.vector_16bit_rate, 1.0)
+    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active, matrix=False,
+                                       vector_rate=rate)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))

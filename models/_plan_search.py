@@ -45,7 +45,8 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
                     recompute=(0, 1, 2), zero_stages=(0, 1, 2, 3),
                     sequence_parallel=(0, 1), dp_overlap: int = 1,
                     max_microbatch: int | None = None,
-                    context_parallel: tuple[int, ...] | str = (1,)) -> TrainingPlan:
+                    context_parallel: tuple[int, ...] | str = (1,),
+                    precision: str = "bf16") -> TrainingPlan:
     """Every valid plan for `model` on exactly `num_chips` chips, as one batched `TrainingPlan`.
 
     Valid: TP divides the heads, PP divides the layers, CP splits each sequence into 2 * CP
@@ -65,6 +66,7 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     - `max_microbatch`: largest micro-batch size considered (default: no limit).
     - `context_parallel`: the CP degrees to include, or "all" for every valid one (default
       (1,): no context parallelism, the plan space of short-sequence training).
+    - `precision`: the training recipe of every plan (`TrainingPlan.precision`).
 
     **Returns:** a `TrainingPlan` whose leaves have one leading axis (the plans).
     """
@@ -120,7 +122,7 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     n = len(full)
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
                         dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
-                        zero3_regather=np.zeros(n), **col)
+                        zero3_regather=np.zeros(n), precision=precision, **col)
 
 
 def _index(tree, i):

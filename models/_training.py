@@ -13,19 +13,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from dse.hardware import System
+from dse.hardware import Reason, System
 
 from ._calibration import DEFAULT, Calibration
 from ._data_parallel import data_parallel_cost
 from ._energy import step_energy
-from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs
-from ._memory import GRAD_BYTES, stage_params, training_memory, zero_shard
+from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs, weight_quantize
+from ._memory import (
+    STATE_BYTES,
+    WEIGHT_BYTES,
+    grad_bytes,
+    optimizer_bytes,
+    stage_params,
+    training_memory,
+    zero_shard,
+)
 from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
+from ._recipe import RECIPES
 from ._rules import memory_reason, shortfall
 from ._training_plan import TrainingPlan, check_training_plan
 from ._transformer import Transformer
@@ -35,7 +46,12 @@ class TrainReport(eqx.Module):
     """What one training step costs (per step, per chip where it says so; SI units).
 
     `step_time == compute_time + tp_comm_time + pp_comm_time + dp_comm_time + ep_comm_time
-    + cp_comm_time + bubble_time + optimizer_time` (exposed communication only). `memory_per_chip ==
+    + cp_comm_time + bubble_time + optimizer_time` (exposed communication only;
+    `optimizer_time` includes the once-per-step quantization of the weights under a
+    low-precision recipe). `quantize_time` is the part of `compute_time` spent in the recipe's
+    cast / amax / transpose kernels. `mfu` and `hfu` are against the 16-bit peak (as NeMo's
+    "model TFLOP/s" are read), so an FP8 run can exceed what a 16-bit one could reach.
+    `memory_per_chip ==
     weights_bytes + grads_bytes + optimizer_bytes + activations_bytes` on the busiest (first)
     pipeline stage. `memory_capacity` is where that memory must live (the HBM, or the SRAM of a
     chip without HBM) and `memory_shortfall` = max(memory_per_chip - memory_capacity, 0) how far
@@ -66,6 +82,7 @@ class TrainReport(eqx.Module):
     cp_comm_time: Float[Array, "*batch"]
     bubble_time: Float[Array, "*batch"]
     optimizer_time: Float[Array, "*batch"]
+    quantize_time: Float[Array, "*batch"]
     model_flops: Float[Array, "*batch"]
     hardware_flops: Float[Array, "*batch"]
 
@@ -105,6 +122,18 @@ def _output_layer_time(model, plan, system, smooth, calibration):
                          reads=XENT_BWD_ELEMENTS - 1.0, writes=1.0, **kw)
     time = logits[0].time + logits[1].time + logits[2].time + xent_f.time + xent_b.time
     return time, logits, xent_f.hbm_bytes + xent_b.hbm_bytes
+
+
+def precision_unsupported(plan: TrainingPlan, chip) -> Bool[Array, "*batch"]:
+    """True where the chip cannot run the plan's recipe: no engine of its format (rate 0), or a
+    block-scaled format (MXFP8, NVFP4) without block scaling in the engines. Blockwise FP8 is
+    emulated without it (Transformer Engine on Hopper), so only its engine is required."""
+    recipe = RECIPES[plan.precision]
+    if not recipe.low_precision:
+        return jnp.zeros(jnp.shape(chip.mac_units), bool)
+    needs_native = recipe.format.block_scaled and plan.precision != "fp8_blockwise"
+    missing = chip.rate(recipe.engine) <= 0.0
+    return missing | (needs_native and not chip.block_scaling)
 
 
 def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
@@ -158,12 +187,21 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     dp_time = data_parallel_cost(plan, system, params, lc.fwd / eta, lc.bwd / eta,
                                  lc.recompute / eta, layers_per_stage, calibration).exposed
 
-    # Optimizer: Adam over the chip's shard of the parameters, memory bound (reads fp32 main
-    # weight, m, v and gradient; writes the three back and the 16-bit weight copy).
+    # Optimizer: Adam over the chip's shard of the parameters, memory bound (reads the master
+    # weight, m, v and the gradient; writes the three back and, with an FP32 master, the 16-bit
+    # weight copy). Defaults: 16 bytes read, 14 written per parameter.
+    master = STATE_BYTES["fp32"] if plan.master_weights == "fp32" else WEIGHT_BYTES
+    state = optimizer_bytes(plan) - (master if plan.master_weights == "fp32" else 0.0)
+    read = master + state + grad_bytes(plan)
+    write = master + state + (WEIGHT_BYTES if plan.master_weights == "fp32" else 0.0)
     opt = elementwise(chip, zero_shard(plan, params, plan.zero_stage > 0.5),
-                      flops_per_element=ADAM_FLOPS, bytes_per_element=4.0, reads=4.0,
-                      writes=3.5, smooth=smooth, calibration=calibration)
-    optimizer_time = opt.time / eta
+                      flops_per_element=ADAM_FLOPS, bytes_per_element=4.0, reads=read / 4.0,
+                      writes=write / 4.0, smooth=smooth, calibration=calibration)
+    # A low-precision recipe quantizes the chip's linear weights once per step.
+    linear = dataclasses.replace(params, dense=params.dense_linear)
+    cast = weight_quantize(model, plan, system, zero_shard(plan, linear, plan.zero_stage > 2.5),
+                           smooth=smooth, calibration=calibration)
+    optimizer_time = (opt.time + cast.time) / eta
 
     step_time = (compute_time + tp_time + pp_time + dp_time + ep_time + cp_time + bubble_time
                  + optimizer_time)
@@ -184,16 +222,25 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     hfu = ratio(ratio(hardware_flops, chips_used * peak), step_time)
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
-                     + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes
+                     + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes \
+        + cast.hbm_bytes
     link_bytes = m * (layers_per_stage * lc.comm_bytes + jnp.where(p > 1.0, 2.0 * v, 0.0)
                       * pipeline_send_bytes(model, plan)) \
-        + jnp.where(plan.dp * plan.cp > 1.0, 2.0 * GRAD_BYTES * params.total, 0.0)
-    energy = step_energy(chip, step_time, chips_used, compute_fraction=hfu,
-                         vector_flops=m * layers_per_stage * lc.vector_flops + opt.flops,
-                         hbm_bytes=hbm_bytes, link_bytes=link_bytes)
+        + jnp.where(plan.dp * plan.cp > 1.0, 2.0 * grad_bytes(plan) * params.total, 0.0)
+    # The recipe's GEMM FLOPs run on its engine (at its energy per MAC); the rest at 16 bits.
+    recipe = RECIPES[plan.precision]
+    low_flops = m * layers_per_stage * lc.low_precision_flops
+    busy_16 = hfu - ratio(ratio(low_flops, peak), step_time)
+    energy = step_energy(chip, step_time, chips_used, compute_fraction=busy_16,
+                         vector_flops=m * layers_per_stage * lc.vector_flops + opt.flops
+                         + cast.flops,
+                         hbm_bytes=hbm_bytes, link_bytes=link_bytes,
+                         low_precision_flops=low_flops, engine=recipe.engine)
 
     capacity = chip.memory_capacity
-    reason = plan_reason | memory_reason(chip, memory.total, capacity)
+    no_engine = precision_unsupported(plan, chip)
+    reason = (plan_reason | memory_reason(chip, memory.total, capacity)
+              | jnp.where(no_engine, int(Reason.PRECISION), 0).astype(jnp.int32))
     return TrainReport(
         step_time=step_time, tokens_per_s=global_tokens / step_time, mfu=mfu, hfu=hfu,
         energy=energy, memory_per_chip=memory.total, weights_bytes=memory.weights,
@@ -202,4 +249,6 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
         memory_shortfall=shortfall(memory.total, capacity), fits=reason == 0, reason=reason,
         compute_time=compute_time, tp_comm_time=tp_time, pp_comm_time=pp_time,
         dp_comm_time=dp_time, ep_comm_time=ep_time, cp_comm_time=cp_time, bubble_time=bubble_time,
-        optimizer_time=optimizer_time, model_flops=model_flops, hardware_flops=hardware_flops)
+        optimizer_time=optimizer_time,
+        quantize_time=m * layers_per_stage * lc.quantize / eta,
+        model_flops=model_flops, hardware_flops=hardware_flops)

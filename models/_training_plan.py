@@ -12,8 +12,9 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from dse.hardware import Reason, System
-from dse.hardware._validate import as_float_array, check_integer
+from dse.hardware._validate import as_float_array, check_choice, check_integer
 
+from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
 from ._rules import Rule, check_rules, divides, is_concrete, reason_of
 from ._transformer import Transformer
 
@@ -54,6 +55,18 @@ class TrainingPlan(eqx.Module):
       forward (DeepSpeed's per-module fetch and release hooks fire for the recomputation too), 0
       when the backward's gather serves both (PyTorch FSDP unshards once before a unit's
       backward, which runs the recomputation inside it).
+    - `precision` (static): the GEMM recipe (`dse.models.RECIPES`): "bf16", "fp8_delayed",
+      "fp8_current", "fp8_blockwise", "mxfp8" or "nvfp4".
+    - `master_weights` (static): "fp32" (a separate FP32 copy in the optimizer, 4 bytes per
+      parameter) or "bf16" (the 16-bit parameters are the masters: no copy).
+    - `optimizer_state` (static): precision of Adam's two moments, "fp32" (8 bytes per
+      parameter) or "bf16" (4).
+    - `gradients` (static): precision of the accumulated gradients and their reduction, "fp32"
+      (Megatron-LM's main_grad, 4 bytes) or "bf16" (2).
+    - `quantized_params` (static): under a low-precision recipe, the linear layers' weights are
+      kept only in the recipe's format (both orientations; Megatron-Core's `--fp8-param-gather`,
+      Transformer Engine's `fp8_model_params`): no 16-bit copy, and the data-parallel gather
+      moves them at that width. False: 16-bit weights plus cached quantized copies.
     """
 
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -73,10 +86,19 @@ class TrainingPlan(eqx.Module):
     dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
 
+    # Choices take any str: `__check_init__` names the field and the allowed values (`Recipe`,
+    # `StatePrecision`) in a ValueError.
+    precision: str = eqx.field(static=True, default="bf16")
+    master_weights: str = eqx.field(static=True, default="fp32")
+    optimizer_state: str = eqx.field(static=True, default="fp32")
+    gradients: str = eqx.field(static=True, default="fp32")
+    quantized_params: bool = eqx.field(static=True, default=False)
+
     def __post_init__(self):
         # A field given as one number beside batched ones applies to every plan of the batch:
         # broadcast it, so that a batch of plans always vmaps along one leading axis.
-        names = [f.name for f in dataclasses.fields(self)]
+        # (The static choices, `precision` and the like, are not arrays and stay as they are.)
+        names = [f.name for f in dataclasses.fields(self) if not f.metadata.get("static")]
         shape = np.broadcast_shapes(*(np.shape(getattr(self, n)) for n in names))
         if shape:
             for n in names:
@@ -86,6 +108,12 @@ class TrainingPlan(eqx.Module):
 
     def __check_init__(self):
         # Every field is a count or a choice: a fractional value is refused, never truncated.
+        check_choice("TrainingPlan", "precision", self.precision, RECIPE_NAMES)
+        for field in ("master_weights", "optimizer_state", "gradients"):
+            check_choice("TrainingPlan", field, getattr(self, field), STATE_PRECISIONS)
+        if not isinstance(self.quantized_params, bool):
+            raise ValueError(f"TrainingPlan.quantized_params must be True or False; got "
+                             f"{self.quantized_params!r}")
         for field in ("tp", "pp", "dp", "ep", "cp", "microbatch_size", "global_batch",
                       "interleave"):
             check_integer("TrainingPlan", field, getattr(self, field))

@@ -429,6 +429,38 @@ _TRANSFORMERS: dict[str, Transformer] = {
     # 32 heads, 8 KV heads, hidden_dim 14336, vocab 32000, context 32768, 8 experts, top-2.
     "mixtral-8x7b": _llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768,
                            experts=8, top_k=2),
+    # NeMo's GPT-3 configs (NVIDIA/NeMo nemo/collections/llm/gpt/model/base.py, GPTConfig5B and
+    # GPTConfig20B): 24 x 4096 (32 heads, MLP 16384) and 44 x 6144 (48 heads, MLP 24576), GELU,
+    # sequence 2048; the GPT-2 BPE vocabulary of 50257 (Radford et al. 2019).
+    "gpt3-5b": _gpt("gpt3-5b", 24, 4096, 32, 2048, vocab=50257),
+    "gpt3-20b": _gpt("gpt3-20b", 44, 6144, 48, 2048, vocab=50257),
+    # Llama 2 (NeMo Llama2Config7B / 13B / 70B, nemo/collections/llm/gpt/model/llama.py): layers,
+    # hidden, heads, KV groups, SwiGLU width; vocabulary 32000 and context 4096 (Touvron et al.
+    # 2023, arXiv:2307.09288).
+    "llama2-7b": _llama("llama2-7b", 32, 4096, 32, 32, 11008, 32000, 4096),
+    "llama2-13b": _llama("llama2-13b", 40, 5120, 40, 40, 13824, 32000, 4096),
+    "llama2-70b": _llama("llama2-70b", 80, 8192, 64, 8, 28672, 32000, 4096),
+    # Nemotron (NeMo Nemotron3Config8B / 22B, Nemotron4Config340B,
+    # nemo/collections/llm/gpt/model/nemotron.py): squared-ReLU MLP (two matrices, not gated),
+    # untied embeddings, sequence 4096; 8B and 22B multi-head, 340B 8 KV groups. Vocabulary
+    # 256000 (the Nemotron-4 340B model_config.yaml on Hugging Face).
+    "nemotron3-8b": Transformer(layers=32, hidden=4096, heads=32, kv_heads=32, ffn_hidden=16384,
+                                vocab=256000, seq_len=4096, tied_embeddings=False,
+                                name="nemotron3-8b"),
+    "nemotron3-22b": Transformer(layers=40, hidden=6144, heads=48, kv_heads=48, ffn_hidden=24576,
+                                 vocab=256000, seq_len=4096, tied_embeddings=False,
+                                 name="nemotron3-22b"),
+    "nemotron4-340b": Transformer(layers=96, hidden=18432, heads=96, kv_heads=8,
+                                  ffn_hidden=73728, vocab=256000, seq_len=4096,
+                                  tied_embeddings=False, name="nemotron4-340b"),
+    # Qwen3-30B-A3B (huggingface.co/Qwen/Qwen3-30B-A3B config.json): 48 layers, hidden 2048, 32
+    # query heads of 128 (q width 4096), 4 KV heads, every layer MoE with 128 experts of width
+    # 768, top-8, vocab 151936, untied embeddings. Sequence 4096 as in the Megatron-Bridge runs
+    # of data/training_runs.csv.
+    "qwen3-30b-a3b": Transformer(layers=48, hidden=2048, heads=32, kv_heads=4, head_size=128,
+                                 ffn_hidden=768, vocab=151936, seq_len=4096, experts=128,
+                                 top_k=8, gated_mlp=True, tied_embeddings=False,
+                                 name="qwen3-30b-a3b"),
     # Mixtral 8x22B (141B total / 39B active, Mistral AI's announcement as quoted by the NeMo
     # Mixtral user guide): 56 layers, hidden 6144, 48 heads, 8 KV heads, expert FFN 16384, 8
     # experts top-2 (NeMo nemo/collections/llm/gpt/model/mixtral.py MixtralConfig8x22B

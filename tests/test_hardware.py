@@ -42,6 +42,13 @@ RANDOM_RANGES = {
     "node_nm": (2.0, 16.0),
     "core_count": (16.0, 512.0),
     "compute_redundancy": (1.0, 1.3),
+    "fp8_rate": (0.5, 8.0),
+    "fp6_rate": (0.5, 8.0),
+    "fp4_rate": (0.5, 16.0),
+    "int8_rate": (0.5, 8.0),
+    "low_precision_efficiency": (0.8, 1.1),
+    "fp4_efficiency": (0.5, 1.1),
+    "vector_16bit_rate": (1.0, 4.0),
     "matmul_fraction": (0.4, 1.0),
 }
 assert set(RANDOM_RANGES) == set(CONTINUOUS_CHIP_FIELDS)
@@ -144,9 +151,12 @@ def test_technology_validation():
 
 # ---------------------------------------------------------------------------- transforms
 
+# Every narrow engine busy: the power model's gradient reaches every rate field.
+MIXED = Activity(compute=0.3, fp8=0.4, fp6=0.1, fp4=0.5, int8=0.2)
 MODELS = {
     "area": lambda chip: area(chip).total,
     "power": lambda chip: power(chip).total,
+    "power_low_precision": lambda chip: power(chip, MIXED).total,
     "cost": lambda chip: cost(chip).total,
 }
 
@@ -272,7 +282,7 @@ def test_newer_node_never_grows_area():
     assert bool(jnp.all(jnp.diff(totals, axis=0) <= 1e-3))
 
 
-@pytest.mark.parametrize("block", ["compute", "vector", "hbm", "link"])
+@pytest.mark.parametrize("block", ["compute", "vector", "hbm", "link", "fp8", "fp4", "int8"])
 def test_more_activity_never_lowers_power(block):
     chips = random_chips(jax.random.key(9), 64)
     levels = jnp.linspace(0.0, 1.0, 11)

@@ -144,6 +144,10 @@ def test_cost_is_finite_with_finite_gradients_or_unmanufacturable(x64):
         hbm = [CONTINUOUS_CHIP_FIELDS.index(f) for f in ("hbm_bandwidth", "hbm_bytes",
                                                          "link_count", "link_bandwidth")]
         lo[hbm], hi[hbm] = presets.min(0)[hbm], presets.max(0)[hbm]
+        # Narrow engines (rate 0: none) over the span of the presets that have them.
+        absent = lo <= 0.0
+        lo[absent] = np.array([everyone[everyone[:, i] > 0, i].min()
+                               for i in np.flatnonzero(absent)])
         top = np.array([FIELDS[f].max_value for f in CONTINUOUS_CHIP_FIELDS])
         rng = np.random.default_rng(0)
         bottom = np.array([FIELDS[f].min_value for f in CONTINUOUS_CHIP_FIELDS])
