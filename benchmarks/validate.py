@@ -22,18 +22,23 @@ versions, models, chips, TP degrees; and latency under load), each predicted wit
 `serve_continuous` and the stored calibration. No constant is fitted to a serving row, so every
 serving source is held out of every fit: each source's error is out of sample.
 
+Recommendation (data/recsys_runs.csv): published DLRM training throughput (TorchRec on 8 A100,
+MLPerf Training v4.0 DLRM-DCNv2 on 4-128 GPUs) predicted by `dse.models.rec_train_step`
+(`dse.calibration.recsys_cases`); per source, every row held out of every fit.
+
 External checks (data/external_checks.csv): published runs that no fit reads, predicted by the
 same models and the all-source fit, unchanged. Inference (data/inference_runs.csv): per source.
 
 Last line: `train_src_median=<x> train_p90=<y> train_bias=<z> train_coverage=<c>
 loso_src_median=<l> interval_coverage=<k> infer_src_median=<i> serve_src_median=<s>
-serve_coverage=<v>` (fractions): the median over
+serve_coverage=<v> rec_src_median=<r>` (fractions): the median over
 sources of the per-source median |err| (in sample); the 90th percentile of |err| over rows (in
 sample); the mean over sources of the signed mean error (in sample); the share of rows in
 their in-sample 90% interval; the median over sources of the leave-one-source-out median
 |err|; the share of leave-one-source-out rows in their 90% interval; the median over
 inference sources of the median |err|; the median over serving sources of the median |err|,
-and the share of serving rows modelled.
+and the share of serving rows modelled; the median over recommendation (DLRM) sources of the
+median |err| (no constant is fitted to them: in sample = leave one source out).
 
 Run: `python benchmarks/validate.py [--rows] [DATA_DIR]` (`--rows` prints every row).
 """
@@ -59,6 +64,8 @@ from dse.calibration import (
     predict_online,
     predict_serving,
     prediction_interval,
+    predict_recsys,
+    recsys_cases,
     serving_cases,
     source_spread,
     training_rows,
@@ -270,6 +277,7 @@ def main(argv) -> None:
             print(f"  {r['row_id']:52s} {r['measured']:9.4g} ms {100 * e:+6.1f}%")
 
     serve_src_median, serve_coverage = serving_table(data_dir)
+    rec_src_median = recsys_table(data_dir, show_rows)
 
     print(f"\n(validated in {time.perf_counter() - t0:.0f} s)")
     print(f"train_src_median={np.median([s['median'] for s in in_stats.values()]):.4f} "
@@ -279,7 +287,33 @@ def main(argv) -> None:
           f"loso_src_median={np.median([s['median'] for s in loso_stats.values()]):.4f} "
           f"interval_coverage={np.mean(covered_loso):.4f} "
           f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f} "
-          f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f}")
+          f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f} "
+          f"rec_src_median={rec_src_median:.4f}")
+
+
+def recsys_table(data_dir, show_rows: bool) -> float:
+    """Print the DLRM training rows' errors (samples/s) by source; return the median over
+    sources of each source's median |error| (a fraction).
+
+    No constant is fitted to a recommendation row: the shipped calibration (fitted to operator,
+    attention, NCCL and LLM training data) predicts them, so each source's error is already
+    out of sample and its leave-one-source-out error is the same figure.
+    """
+    cases, skipped = recsys_cases(data_dir)
+    pred = predict_recsys(cases)
+    measured = np.array([c.measured for c in cases])
+    # Error of the step time (predicted / measured time - 1), as the training rows.
+    err = measured / pred - 1.0
+    sources = [c.source_key for c in cases]
+    print("\nRecommendation (data/recsys_runs.csv, DLRM training samples/s; no constant fitted "
+          "to these rows: in sample = leave one source out)")
+    if show_rows:
+        for c, p, e in zip(cases, pred, err, strict=True):
+            print(f"  {c.run_id:44s} {c.measured:10.4g} {p:10.4g} {100 * e:+6.1f}%")
+    stats = source_table("Recommendation by source (error of the step time)", sources,
+                         sources + [s.source_key for s in skipped], err)
+    skipped_table(skipped)
+    return float(np.median([s["median"] for s in stats.values()]))
 
 
 def serving_table(data_dir) -> tuple[float, float]:

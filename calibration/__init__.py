@@ -72,3 +72,6 @@ from ._serving_data import predict_online as predict_online
 from ._serving_data import predict_serving as predict_serving
 from ._serving_data import serving_cases as serving_cases
 from ._serving_data import trtllm_bench_limits as trtllm_bench_limits
+from ._recsys_data import RecCase as RecCase
+from ._recsys_data import predict_recsys as predict_recsys
+from ._recsys_data import recsys_cases as recsys_cases

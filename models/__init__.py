@@ -78,3 +78,10 @@ from ._serving_plan import enumerate_serving_plans as enumerate_serving_plans
 from ._serving_plan import evaluate_serving_plans as evaluate_serving_plans
 from ._serving_plan import select_serving_plan as select_serving_plan
 from ._serving_plan import serving_goodput as serving_goodput
+from ._recsys import DLRM as DLRM
+from ._recsys import DLRMS as DLRMS
+from ._recsys import RecPlan as RecPlan
+from ._recsys import RecReport as RecReport
+from ._recsys import check_rec_plan as check_rec_plan
+from ._recsys import rec_inference as rec_inference
+from ._recsys import rec_train_step as rec_train_step
