@@ -35,7 +35,7 @@ import numpy as np
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, SYSTEMS, System
-from dse.models import DEFAULT, DLRMS, DLRM, Calibration, RecPlan, rec_train_step
+from dse.models import DEFAULT, DLRM, DLRMS, Calibration, RecPlan, rec_train_step
 
 from ._training_data import SkippedRow
 

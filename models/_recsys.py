@@ -34,7 +34,6 @@ the step).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -98,7 +97,8 @@ class DLRM(eqx.Module):
     embedding_dim: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
     bottom_mlp: tuple[int, ...] = eqx.field(static=True)
     top_mlp: tuple[int, ...] = eqx.field(static=True)
-    interaction: Literal["dot", "dcn"] = eqx.field(static=True, default="dot")
+    # Any str: `__check_init__` rejects one outside INTERACTIONS with a ValueError.
+    interaction: str = eqx.field(static=True, default="dot")
     cross_layers: int = eqx.field(static=True, default=0)
     cross_rank: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     name: str = eqx.field(static=True, default="custom")
@@ -230,9 +230,9 @@ class RecPlan(eqx.Module):
     """
 
     global_batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array)
-    sharding: Literal["table", "row", "column"] = eqx.field(static=True, default="table")
-    embedding_optimizer: Literal["sgd", "adagrad", "rowwise_adagrad"] = eqx.field(
-        static=True, default="adagrad")
+    # Any str: `__check_init__` rejects one outside SHARDINGS / EMBEDDING_OPTIMIZERS.
+    sharding: str = eqx.field(static=True, default="table")
+    embedding_optimizer: str = eqx.field(static=True, default="adagrad")
     embedding_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=4.0)
     dense_bytes: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=2.0)
     matrix_rate: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -311,7 +311,7 @@ def _embedding_shard(model: DLRM, plan: RecPlan, n: float):
     """Per chip (busiest): (table bytes held, row accesses per sample of the global batch,
     width of a row access in elements)."""
     d = model.embedding_dim
-    table_bytes = model.table_rows * d * plan.embedding_bytes
+    table_bytes = model.table_rows * jnp.expand_dims(d * plan.embedding_bytes, -1)
     total = jnp.sum(table_bytes, axis=-1)
     lookups = model.lookups_per_sample
     if plan.sharding == "table":
