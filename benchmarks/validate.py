@@ -59,8 +59,10 @@ from dse.calibration import (
     fit_training_constants,
     inference_rows,
     inference_skipped,
+    multimodal_cases,
     param_names,
     parameter_log_std,
+    predict_multimodal,
     predict_online,
     predict_recsys,
     predict_serving,
@@ -278,6 +280,7 @@ def main(argv) -> None:
 
     serve_src_median, serve_coverage = serving_table(data_dir)
     rec_src_median = recsys_table(data_dir, show_rows)
+    multimodal_table(data_dir)
 
     print(f"\n(validated in {time.perf_counter() - t0:.0f} s)")
     print(f"train_src_median={np.median([s['median'] for s in in_stats.values()]):.4f} "
@@ -289,6 +292,20 @@ def main(argv) -> None:
           f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f} "
           f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f} "
           f"rec_src_median={rec_src_median:.4f}")
+
+
+def multimodal_table(data_dir) -> None:
+    """Print the multimodal (DiT) rows' step-time and memory errors; no constant is fitted to
+    them (held out of every fit)."""
+    cases, skipped = multimodal_cases(data_dir)
+    print("\nMultimodal (data/multimodal_runs.csv: step s and memory per chip, measured / "
+          "model / error; no constant fitted to these rows)")
+    for c, (t, mem) in zip(cases, predict_multimodal(cases), strict=True):
+        mem_err = f"{100 * (mem / c.memory - 1):+6.1f}%" if np.isfinite(c.memory) else "n/a"
+        print(f"  {c.run_id:40s} {c.source_key:18s} {c.measured:7.3f} {t:7.3f} "
+              f"{100 * (t / c.measured - 1):+6.1f}%   {c.memory / 1e9:6.1f} GB "
+              f"{mem / 1e9:6.1f} GB {mem_err}")
+    skipped_table(skipped)
 
 
 def recsys_table(data_dir, show_rows: bool) -> float:

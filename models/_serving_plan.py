@@ -29,8 +29,14 @@ from dse.hardware import Reason, System
 from ._calibration import DEFAULT, Calibration
 from ._inference import InferencePlan
 from ._plan_search import _concrete_int, _divisors
-from ._serving import GoodputReport, ServingPlan, ServingReport, ServingWorkload, Slo, \
-    serve_continuous
+from ._serving import (
+    GoodputReport,
+    ServingPlan,
+    ServingReport,
+    ServingWorkload,
+    Slo,
+    serve_continuous,
+)
 from ._transformer import Transformer
 
 # Precision recipes: (weight bytes, KV bytes, matrix peak / 16-bit peak). BF16 only by default:
