@@ -307,7 +307,8 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
     matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
 
     attn = functools.reduce(operator.add, (
-        attention(chip, kv_batch, q_heads, seg_kv_heads, q_len, context, hd, causal=True,
+        attention(chip, kv_batch, q_heads, seg_kv_heads, q_len, context, hd,
+                  causal=model.causal,
                   bytes_per_element=plan.kv_bytes, smooth=smooth, calibration=eff)
         for (seg_kv_heads, kv_batch, q_heads, _), (_, q_len, context)
         in zip(shard, segments, strict=True)))

@@ -10,9 +10,11 @@ from dse.hardware import SYSTEMS
 from dse.models import (
     RECOMPUTE_FULL,
     TRANSFORMERS,
+    InferencePlan,
     TrainingPlan,
     VisionLanguage,
     llava_15_7b,
+    prefill,
     train_step,
     vision_language_train_step,
 )
@@ -52,6 +54,10 @@ def test_full_attention_costs_more_than_causal():
     # query attends to every key.
     np.testing.assert_allclose(float(full.model_flops), float(causal.model_flops), rtol=1e-6)
     assert float(full.compute_time) > 1.2 * float(causal.compute_time)
+    # Inference too: one denoising step of a batch (a prefill of the whole latent).
+    plan_i = InferencePlan(tp=1, batch=8)
+    assert float(prefill(long, plan_i, ONE_A100, 4096.0).time) > 1.2 * float(
+        prefill(long.replace(causal=True), plan_i, ONE_A100, 4096.0).time)
 
 
 def test_llava_image_tokens():
