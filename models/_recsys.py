@@ -120,7 +120,7 @@ class DLRM(eqx.Module):
                              f"{jnp.shape(self.lookups)}")
         for field in ("bottom_mlp", "top_mlp"):
             widths = getattr(self, field)
-            if len(widths) < 2 and field == "bottom_mlp" or len(widths) < 1 \
+            if (len(widths) < 2 and field == "bottom_mlp") or len(widths) < 1 \
                     or any(int(w) != w or w < 1 for w in widths):
                 raise ValueError(f"DLRM.{field} must be a tuple of whole widths >= 1 (the "
                                  f"bottom MLP at least input and output); got {widths!r}")
@@ -265,6 +265,9 @@ class RecReport(eqx.Module):
     + optimizer_time`; `memory_per_chip == embedding_bytes_per_chip + dense_bytes_per_chip`
     against `memory_capacity` (`memory_shortfall` how far it misses); `fits` is False with
     `reason` (`dse.hardware.Reason`) when the design is infeasible, times still computed.
+    `embedding_hbm_bytes` is the busiest chip's lookup traffic; `model_flops` the MLP and
+    interaction FLOPs of the step (3x forward when training; lookups are not FLOPs), `mfu` that
+    over the system's peak x step time.
     """
 
     step_time: Float[Array, "*batch"]
@@ -380,9 +383,11 @@ def _rec_step(model: DLRM, plan: RecPlan, system: System, training: bool,
     state = _STATE_BYTES[plan.embedding_optimizer](width)
     miss = 1.0 - plan.cache_hit_rate
     row_bytes = width * plan.embedding_bytes
-    # Forward reads the row; backward reads row + state and writes both back.
+    # Forward reads the row; backward reads row + state and writes both back. Vector work: one
+    # add per pooled element forward, a few more for the gradient and the update (memory-bound
+    # on every chip in chips.csv either way).
     passes = 1.0 + (2.0 * (1.0 + state / row_bytes) if training else 0.0)
-    lookup = elementwise(chip, accesses * width, flops_per_element=1.0 + 3.0 * training,
+    lookup = elementwise(chip, accesses * width, flops_per_element=4.0 if training else 1.0,
                          bytes_per_element=plan.embedding_bytes, reads=miss * passes,
                          writes=0.0, smooth=smooth, calibration=calibration)
     embedding_time = lookup.time / eta
