@@ -163,7 +163,8 @@ def _z3(compute, recompute=0.0, regather=0.0, hierarchical=1.0, overlap=1.0, dp=
                         dp_overlap=overlap, dp_hierarchical=hierarchical,
                         zero3_regather=regather)
     layer = 1e9  # parameters of one layer
-    params = StageParams(*(jnp.asarray(x) for x in (10 * layer, 0.0, layer, 0.0)))
+    # All dense weights linear: a BF16 plan gathers them at 2 bytes either way.
+    params = StageParams(*(jnp.asarray(x) for x in (10 * layer, 0.0, layer, 0.0, 10 * layer)))
     return data_parallel_cost(plan, system, params, compute, 2 * compute,
                               compute * recompute, 10.0, DEFAULT)
 
