@@ -62,7 +62,8 @@ EXTERNAL_FILE = "serving_external_checks.csv"
 # 2024, Table 3).
 SERVING_MODELS = {"Llama 3.1 8B": "llama3-8b", "Llama 3.1 70B": "llama3-70b",
                   "Llama 3.3 70B": "llama3-70b", "Llama 3.1 405B": "llama3-405b",
-                  "Mixtral 8x7B": "mixtral-8x7b"}
+                  "Mixtral 8x7B": "mixtral-8x7b", "Mixtral 8x22B": "mixtral-8x22b",
+                  "Mistral 7B": "mistral-7b"}
 # Chip preset and the system it sits in, by the hardware named in a row.
 SERVING_HARDWARE = {"H100": ("H100-SXM", "DGX-H100"), "H200": ("H200", "DGX-H100"),
                     "B200": ("B200", "DGX-H100"), "GB200": ("GB200", "GB200-NVL72"),
@@ -165,14 +166,20 @@ def _case(row: dict, chips_rows: dict) -> ServingCase | SkippedServingRow:
     key = _hardware_key(row["hardware"])
     if key is None:
         return SkippedServingRow(run_id, source, f"{row['hardware']}: no chip preset")
+    model = TRANSFORMERS[name]
+    i, o = float(row["input_len"]), float(row["output_len"])
+    window = float(model.attention_window)
+    if 0.0 < window < i + o:
+        # TensorRT-LLM keeps a cyclic KV cache of the window (max_attention_window); the
+        # serving model holds and reads the whole context, so such a row is left out.
+        return SkippedServingRow(run_id, source, f"{row['model']}: context {i + o:g} beyond "
+                                 f"its {window:g}-token sliding window (not modelled)")
     precision = row["precision"]
     chip_name, system_name = SERVING_HARDWARE[key]
     chip = CHIPS[chip_name]
     formats = FORMATS_OF[precision]
     tp, pp = int(row["tp"]), int(row["pp"] or 1)
-    model = TRANSFORMERS[name]
     system = SYSTEMS[system_name].replace(chip=chip).with_num_chips(tp * pp)
-    i, o = float(row["input_len"]), float(row["output_len"])
     wb, kb = FORMATS[formats["weights"]].bytes, FORMATS[formats["kv_cache"]].bytes
     max_batch, max_tokens = trtllm_bench_limits(model, tp, pp, wb, kb, float(chip.hbm_bytes),
                                                 i, o)

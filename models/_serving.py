@@ -30,9 +30,11 @@ lambda_i = r_i / T_i (Little's law: D sequences in decode for (O - 1) iterations
   interference of Sarathi-Serve), tau the iteration time per prefill token. Arrivals are
   Poisson, so X is compound Poisson with mean lambda (O - 1) T E[I] and variance
   lambda (O - 1) T E[I^2]; its quantiles use the normal approximation.
-- TTFT is the wait in the admission queue plus the prefill: the deployment is an M/G/1 queue
-  whose server admits requests at the full-load rate lambda_sat (DistServe models a prefill
-  instance as M/D/1: Zhong et al., OSDI 2024, Sec. 3), so the mean wait is the
+- TTFT is the wait in the admission queue, the wait for the iteration in progress (a request
+  joins the batch at an iteration boundary, Orca's iteration-level scheduling: T / 2 on
+  average while the replica is busy) and the prefill. The admission queue: the deployment is
+  an M/G/1 queue whose server admits requests at the full-load rate lambda_sat (DistServe
+  models a prefill instance as M/D/1: Zhong et al., OSDI 2024, Sec. 3), so the mean wait is the
   Pollaczek-Khinchine formula W = rho E[S] (1 + c_s^2) / (2 (1 - rho)), rho = lambda /
   lambda_sat, E[S] = 1 / lambda_sat, c_s^2 the squared coefficient of variation of the requests'
   token counts (0 for fixed lengths: M/D/1). Its quantiles take the exponential tail of the wait
@@ -292,7 +294,8 @@ class ServingReport(eqx.Module):
       per replica.
     - `tpot_mean`, `tpot_sd`: a request's TPOT, mean and standard deviation (prefill
       interference), s.
-    - `prefill_time`: the prefill part of TTFT (its iterations, and the KV transfer), s.
+    - `prefill_time`: TTFT without the admission queue: the wait for the iteration in
+      progress, the prefill's iterations (and the KV transfer), s.
     - `queue_capacity`: requests/s at which the admission queue's server saturates;
       `queue_scv`: squared coefficient of variation of the service time.
 
@@ -590,7 +593,14 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
                                      * col(shape.input_sq) / col(shape.decode_steps))
     # The iterations that carry a prompt's chunks: ceil(L / q), each with its chunk.
     carrying = jnp.maximum(1.0, col(shape.prompt) / chunk)
-    prefill_time = jax.lax.cummax(carrying * t_chunk, axis=r.ndim - 1)
+    # A request joins the batch at the next iteration boundary (iteration-level scheduling:
+    # Orca, Yu et al. OSDI 2022; TensorRT-LLM's executor fetches new requests
+    # between iterations), so it first waits out the iteration in progress: its mean residual
+    # T / 2 (renewal theory, an iteration of fixed length T), when the replica is busy. The
+    # sequences in flight are Poisson (M/G/inf occupancy) with mean D, so it is busy with
+    # probability 1 - exp(-D).
+    busy = -jnp.expm1(-batches)
+    prefill_time = jax.lax.cummax(carrying * t_chunk + 0.5 * busy * t_mix, axis=r.ndim - 1)
 
     full = jax.tree.map(lambda x: x[-1], mixed)
     capacity_rate = replica_rate[..., -1] * plan.replicas

@@ -313,3 +313,15 @@ def test_serving_cost_prices_the_tokens_served_within_the_objective():
     assert bool(full.fits) and bool(tight.fits)
     assert np.isinf(float(impossible.cost_per_million_tokens))
     assert int(impossible.reason) & Reason.SLO and not bool(impossible.fits)
+
+
+def test_serving_rows_beyond_a_sliding_window_are_left_out_with_the_reason():
+    from dse.calibration import serving_cases
+
+    cases, skipped = serving_cases(external=True)
+    mistral = [c for c in cases if c.group.startswith("Mistral 7B")]
+    assert mistral and all(float(c.workload.input_len + c.workload.output_len) <= 4096.0
+                           for c in mistral)
+    window = [s for s in skipped if "sliding window" in s.reason]
+    assert window and all("Mistral 7B" in s.run_id or "Mistral7B" in s.run_id
+                          or "mistral" in s.run_id.lower() for s in window)
