@@ -219,7 +219,10 @@ class _LogLogCurve:
     def __call__(self, node_nm):
         x = jnp.log(node_nm)
         xs, ys, ds = (jnp.asarray(a, dtype=x.dtype) for a in (self.x, self.y, self.d))
-        i = jnp.clip(jnp.searchsorted(xs, x, side="right") - 1, 0, len(self.x) - 2)
+        # "compare_all": a handful of published nodes; the default binary search is a while
+        # loop, which XLA compiles (and a sweep runs) far slower than one comparison per node.
+        i = jnp.clip(jnp.searchsorted(xs, x, side="right", method="compare_all") - 1, 0,
+                     len(self.x) - 2)
         x0, x1 = xs[i], xs[i + 1]
         h = x1 - x0
         # No clip on t: the outer where picks the extrapolation outside the data, and a clip
