@@ -23,20 +23,26 @@ versions, models, chips, TP degrees; and latency under load), each predicted wit
 `serve_continuous` and the stored calibration. No constant is fitted to a serving row, so every
 serving source is held out of every fit: each source's error is out of sample.
 
+Recommendation (data/recsys_runs.csv): published DLRM training throughput (TorchRec on 8 A100,
+MLPerf Training v4.0 DLRM-DCNv2 on 4-128 GPUs) predicted by `dse.models.rec_train_step`
+(`dse.calibration.recsys_cases`); per source, every row held out of every fit.
+
 External checks (data/external_checks.csv): published runs that no fit reads, predicted by the
 same models and the all-source fit, unchanged. Inference (data/inference_runs.csv): per source.
 
 Last line: `train_src_median=<x> train_p90=<y> train_bias=<z> train_coverage=<c>
 loso_src_median=<l> interval_coverage=<k> infer_src_median=<i> serve_src_median=<s>
-serve_coverage=<v> lp_train_src_median=... lp_serve_group_median=...` (fractions): the median over
+serve_coverage=<v> rec_src_median=<r> lp_train_src_median=... lp_serve_group_median=...`
+(fractions): the median over
 sources of the per-source median |err| (in sample); the 90th percentile of |err| over rows (in
 sample); the mean over sources of the signed mean error (in sample); the share of rows in
 their in-sample 90% interval; the median over sources of the leave-one-source-out median
 |err|; the share of leave-one-source-out rows in their 90% interval; the median over
 inference sources of the median |err|; the median over serving sources of the median |err|,
-and the share of serving rows modelled; then the low-precision figures of
-benchmarks/validate_precision.py (worst source, in sample and held out; pairs within 8%; worst
-serving group).
+and the share of serving rows modelled; the median over recommendation (DLRM) sources of the
+median |err| (no constant is fitted to them: in sample = leave one source out); then the
+low-precision figures of benchmarks/validate_precision.py (worst source, in sample and held out;
+pairs within 8%; worst serving group).
 
 Run: `python benchmarks/validate.py [--rows] [DATA_DIR]` (`--rows` prints every row).
 """
@@ -57,11 +63,15 @@ from dse.calibration import (
     fit_training_constants,
     inference_rows,
     inference_skipped,
+    multimodal_cases,
     param_names,
     parameter_log_std,
+    predict_multimodal,
     predict_online,
+    predict_recsys,
     predict_serving,
     prediction_interval,
+    recsys_cases,
     serving_cases,
     source_spread,
     training_rows,
@@ -273,6 +283,8 @@ def main(argv) -> None:
             print(f"  {r['row_id']:52s} {r['measured']:9.4g} ms {100 * e:+6.1f}%")
 
     serve_src_median, serve_coverage = serving_table(data_dir)
+    rec_src_median = recsys_table(data_dir, show_rows)
+    multimodal_table(data_dir)
     low = low_precision(data_dir)
 
     print(f"\n(validated in {time.perf_counter() - t0:.0f} s)")
@@ -284,7 +296,47 @@ def main(argv) -> None:
           f"interval_coverage={np.mean(covered_loso):.4f} "
           f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f} "
           f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f} "
+          f"rec_src_median={rec_src_median:.4f} "
           f"{low}")
+
+
+def multimodal_table(data_dir) -> None:
+    """Print the multimodal (DiT) rows' step-time and memory errors; no constant is fitted to
+    them (held out of every fit)."""
+    cases, skipped = multimodal_cases(data_dir)
+    print("\nMultimodal (data/multimodal_runs.csv: step s and memory per chip, measured / "
+          "model / error; no constant fitted to these rows)")
+    for c, (t, mem) in zip(cases, predict_multimodal(cases), strict=True):
+        mem_err = f"{100 * (mem / c.memory - 1):+6.1f}%" if np.isfinite(c.memory) else "n/a"
+        print(f"  {c.run_id:40s} {c.source_key:18s} {c.measured:7.3f} {t:7.3f} "
+              f"{100 * (t / c.measured - 1):+6.1f}%   {c.memory / 1e9:6.1f} GB "
+              f"{mem / 1e9:6.1f} GB {mem_err}")
+    skipped_table(skipped)
+
+
+def recsys_table(data_dir, show_rows: bool) -> float:
+    """Print the DLRM training rows' errors (samples/s) by source; return the median over
+    sources of each source's median |error| (a fraction).
+
+    No constant is fitted to a recommendation row: the shipped calibration (fitted to operator,
+    attention, NCCL and LLM training data) predicts them, so each source's error is already
+    out of sample and its leave-one-source-out error is the same figure.
+    """
+    cases, skipped = recsys_cases(data_dir)
+    pred = predict_recsys(cases)
+    measured = np.array([c.measured for c in cases])
+    # Error of the step time (predicted / measured time - 1), as the training rows.
+    err = measured / pred - 1.0
+    sources = [c.source_key for c in cases]
+    print("\nRecommendation (data/recsys_runs.csv, DLRM training samples/s; no constant fitted "
+          "to these rows: in sample = leave one source out)")
+    if show_rows:
+        for c, p, e in zip(cases, pred, err, strict=True):
+            print(f"  {c.run_id:44s} {c.measured:10.4g} {p:10.4g} {100 * e:+6.1f}%")
+    stats = source_table("Recommendation by source (error of the step time)", sources,
+                         sources + [s.source_key for s in skipped], err)
+    skipped_table(skipped)
+    return float(np.median([s["median"] for s in stats.values()]))
 
 
 def serving_table(data_dir) -> tuple[float, float]:

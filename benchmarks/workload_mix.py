@@ -1,17 +1,20 @@
-"""Workload-mix sweep: 1,000,000 chip designs judged on a three-workload training portfolio.
+"""Workload-mix sweep: 1,000,000 chip designs judged on a three-workload portfolio.
 
 The portfolio (`dse.WorkloadMix`, weights = share of the reference fleet's time, the issue's
-example split): 50% dense training, 30% MoE training, 20% long-context training. Each workload
-runs on its own chip count of the swept system (same chip and network, resized):
+example split): 50% dense training, 30% MoE serving, 20% recommendation (DLRM) training. Each
+workload runs on its own chip count of the swept system (same chip and network, resized):
 
-- dense: GPT-3 175B, Korthikanti et al. 2022 (arXiv:2205.05198) Table 5 layout (TP 8, PP 8,
-  interleave 3, micro-batch 1, sequence parallel, selective recomputation), DP 16 on 1024 chips
-  with Narayanan et al. 2021 Sec. 5.1's global batch of 1536 (as benchmarks/sweep_throughput.py);
-- MoE: Mixtral 8x7B at sequence 4096, the Megatron-LM MoE README (@0b981f9c) reference layout on
-  64 H100s: TP 1, EP 8, PP 4, VP 8, micro-batch 1, global batch 256 (DP 16);
-- long context: Llama 3 8B at 131,072 tokens with the NeMo long-sequence table's layout for
-  128K on 128 GPUs (NeMo docs performance_long_sequence.md @19fadb67, Llama2-7B row: TP 4,
-  PP 1, DP 8, CP 4, global batch 32), full recomputation.
+- dense training: GPT-3 175B, Korthikanti et al. 2022 (arXiv:2205.05198) Table 5 layout (TP 8,
+  PP 8, interleave 3, micro-batch 1, sequence parallel, selective recomputation), DP 16 on 1024
+  chips with Narayanan et al. 2021 Sec. 5.1's global batch of 1536 (as
+  benchmarks/sweep_throughput.py); seconds per trained token;
+- MoE serving: Mixtral 8x7B in 16 bits, TP 2 (its 93 GB of weights need two 80 GB chips), four
+  replicas on 8 chips, batches of 64 requests of 500 prompt and 2000 generated tokens (an
+  input / output pair of the TensorRT-LLM perf-overview tables; the batch is this benchmark's
+  choice); seconds per generated token (`dse.serving_workload`);
+- DLRM training: the MLPerf DLRM-DCNv2 (`DLRMS["dlrm-dcnv2"]`) on 64 chips with the MLPerf v4.0
+  8 x 8 layout's global batch of 135,168, balanced (column-wise) sharding, Adagrad, fp32 tables,
+  a captured-graph runtime as HugeCTR runs it; seconds per sample (`dse.recsys_workload`).
 
 The reference system is the DGX A100 preset; the space is the seven chip knobs of
 benchmarks/sweep_throughput.py. Prints the compile time, the steady-state points/s, the best
@@ -31,7 +34,14 @@ import numpy as np
 
 import dse
 from dse.hardware import SYSTEMS, area
-from dse.models import RECOMPUTE_FULL, RECOMPUTE_SELECTIVE, TRANSFORMERS, TrainingPlan
+from dse.models import (
+    DLRMS,
+    RECOMPUTE_SELECTIVE,
+    TRANSFORMERS,
+    InferencePlan,
+    RecPlan,
+    TrainingPlan,
+)
 
 BASE = SYSTEMS["DGX-A100"].with_num_chips(1024)
 # Ranges as benchmarks/sweep_throughput.py: the chips of 2020-2025 (A100 ... B200) by about 2x
@@ -47,14 +57,12 @@ MIX = dse.WorkloadMix([
         "dense", 0.5, TRANSFORMERS["gpt3-175b"],
         TrainingPlan(tp=8, pp=8, dp=16, microbatch_size=1, global_batch=1536, interleave=3,
                      sequence_parallel=1, recompute=RECOMPUTE_SELECTIVE, zero_stage=1), 1024),
-    dse.training_workload(
-        "moe", 0.3, TRANSFORMERS["mixtral-8x7b"].replace(seq_len=4096.0),
-        TrainingPlan(tp=1, pp=4, dp=16, ep=8, microbatch_size=1, global_batch=256,
-                     interleave=8, zero_stage=1), 64),
-    dse.training_workload(
-        "long", 0.2, TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0),
-        TrainingPlan(tp=4, cp=4, dp=8, microbatch_size=1, global_batch=32,
-                     sequence_parallel=1, recompute=RECOMPUTE_FULL, zero_stage=1), 128),
+    dse.serving_workload(
+        "moe_serving", 0.3, TRANSFORMERS["mixtral-8x7b"], InferencePlan(tp=2), 8, batch=64.0,
+        input_len=500.0, output_len=2000.0),
+    dse.recsys_workload(
+        "dlrm", 0.2, DLRMS["dlrm-dcnv2"],
+        RecPlan(global_batch=135168, sharding="column", fused=True), 64),
 ], BASE)
 
 
@@ -81,7 +89,7 @@ def main() -> None:
     print(f"device: {jax.devices()[0].platform} x{len(jax.devices())}, jax {jax.__version__}")
     print(f"points: {n:,}, feasible for every workload: {int(feasible.sum()):,}")
     print(f"weights: {MIX.weights}")
-    print("reference (DGX A100) s/token: "
+    print("reference (DGX A100) s per unit of work (token, generated token, sample): "
           + ", ".join(f"{k} {v:.3e}" for k, v in MIX.reference_times.items()))
     area_mm2 = np.asarray(result["area"])
     cheap = feasible & (area_mm2 <= 826.0)  # the A100 die, 826 mm^2 (NVIDIA A100 whitepaper)

@@ -37,6 +37,9 @@ from ._measurements import measure_kernels as measure_kernels
 from ._measurements import operator_model as operator_model
 from ._measurements import read_measurement_csv as read_measurement_csv
 from ._measurements import write_kernel_csv as write_kernel_csv
+from ._multimodal_data import MultimodalCase as MultimodalCase
+from ._multimodal_data import multimodal_cases as multimodal_cases
+from ._multimodal_data import predict_multimodal as predict_multimodal
 from ._operator_data import OPERATOR_FIELDS as OPERATOR_FIELDS
 from ._operator_data import fit_link_efficiency as fit_link_efficiency
 from ._operator_data import fit_operator_efficiency as fit_operator_efficiency
@@ -45,6 +48,9 @@ from ._precision_data import PrecisionCase as PrecisionCase
 from ._precision_data import PrecisionPair as PrecisionPair
 from ._precision_data import precision_pairs as precision_pairs
 from ._precision_data import precision_training_rows as precision_training_rows
+from ._recsys_data import RecCase as RecCase
+from ._recsys_data import predict_recsys as predict_recsys
+from ._recsys_data import recsys_cases as recsys_cases
 from ._residual import ResidualFit as ResidualFit
 from ._residual import compose_residual as compose_residual
 from ._residual import fit_residual as fit_residual
@@ -52,6 +58,12 @@ from ._result import CalibrationResult as CalibrationResult
 from ._result import load_calibration as load_calibration
 from ._result import param_names as param_names
 from ._result import saved_calibrations as saved_calibrations
+from ._serving_data import ServingCase as ServingCase
+from ._serving_data import SkippedServingRow as SkippedServingRow
+from ._serving_data import predict_online as predict_online
+from ._serving_data import predict_serving as predict_serving
+from ._serving_data import serving_cases as serving_cases
+from ._serving_data import trtllm_bench_limits as trtllm_bench_limits
 from ._training_data import FIT_SOURCES as FIT_SOURCES
 from ._training_data import FRAMEWORK_PRIOR_LOG_STD as FRAMEWORK_PRIOR_LOG_STD
 from ._training_data import SkippedRow as SkippedRow
@@ -70,9 +82,3 @@ from ._uncertainty import parameter_log_std as parameter_log_std
 from ._uncertainty import prediction_interval as prediction_interval
 from ._uncertainty import propagate as propagate
 from ._uncertainty import source_spread as source_spread
-from ._serving_data import ServingCase as ServingCase
-from ._serving_data import SkippedServingRow as SkippedServingRow
-from ._serving_data import predict_online as predict_online
-from ._serving_data import predict_serving as predict_serving
-from ._serving_data import serving_cases as serving_cases
-from ._serving_data import trtllm_bench_limits as trtllm_bench_limits

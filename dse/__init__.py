@@ -29,6 +29,8 @@ from ._sweep import sweep as sweep
 from ._table import SweepResult as SweepResult
 from ._workload_mix import Workload as Workload
 from ._workload_mix import WorkloadMix as WorkloadMix
+from ._workload_mix import recsys_workload as recsys_workload
+from ._workload_mix import serving_workload as serving_workload
 from ._workload_mix import training_workload as training_workload
 from .optimizers import hypervolume as hypervolume
 from .optimizers import knee_point as knee_point

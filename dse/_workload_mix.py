@@ -1,12 +1,14 @@
 """A workload mix as one objective: a weighted portfolio of workloads judged on one chip.
 
-A fleet runs several workloads (dense training, MoE training, long-context training, ...), each
-leaning on a different resource. `WorkloadMix` evaluates all of them on one system in one call
-and combines them into the fleet time relative to a reference system:
+A fleet runs several workloads (dense training, MoE training or serving, long-context training,
+recommendation models, ...), each leaning on a different resource. `WorkloadMix` evaluates all
+of them on one system in one call and combines them into the fleet time relative to a
+reference system:
 
     mix_time(system) = sum_i w_i * t_i(system) / t_i(reference),   sum_i w_i = 1
 
-where t_i is workload i's time per unit of work (seconds per token) and w_i the share of the
+where t_i is workload i's time per unit of work (seconds per trained or generated token, or per
+recommendation sample) and w_i the share of the
 reference fleet's time it takes. mix_time is then the time the new fleet needs for the work the
 reference fleet does in unit time (1 at the reference; 0.5 = twice as fast on this portfolio).
 It is a pure JAX function of the system, so `dse.sweep` vmaps it and `dse.optimize`
@@ -24,7 +26,19 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from dse.hardware import System
-from dse.models import DEFAULT, Calibration, TrainingPlan, Transformer, train_step
+from dse.models import (
+    DEFAULT,
+    DLRM,
+    Calibration,
+    InferencePlan,
+    RecPlan,
+    TrainingPlan,
+    Transformer,
+    rec_inference,
+    rec_train_step,
+    serve,
+    train_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +73,39 @@ def training_workload(name: str, weight: float, model: Transformer, plan: Traini
         r = train_step(model, plan, system.with_num_chips(num_chips), calibration=calibration,
                        smooth=True, flash_attention=flash_attention)
         return 1.0 / r.tokens_per_s, r.fits
+
+    return Workload(name, float(weight), evaluate)
+
+
+def serving_workload(name: str, weight: float, model: Transformer, plan: InferencePlan,
+                     num_chips: int, *, batch: float, input_len: float, output_len: float,
+                     calibration: Calibration = DEFAULT) -> Workload:
+    """A serving workload: seconds per generated token of `model` served with `plan` (batches
+    of `batch` requests of `input_len` prompt and `output_len` generated tokens, prefill then
+    decode: `dse.models.serve`) on `num_chips` chips of the system being judged (plan.chips
+    per replica, num_chips / plan.chips replicas), and whether it fits."""
+    num_chips = int(num_chips)
+
+    def evaluate(system: System):
+        r = serve(model, plan, system.with_num_chips(num_chips), batch, input_len, output_len,
+                  calibration=calibration, smooth=True)
+        return 1.0 / (r.tokens_per_s_per_chip * num_chips), r.fits
+
+    return Workload(name, float(weight), evaluate)
+
+
+def recsys_workload(name: str, weight: float, model: DLRM, plan: RecPlan, num_chips: int, *,
+                    training: bool = True, calibration: Calibration = DEFAULT) -> Workload:
+    """A recommendation workload: seconds per sample of `model` trained (or scored, with
+    `training=False`) with `plan` on `num_chips` chips of the system being judged
+    (`dse.models.rec_train_step` / `rec_inference`), and whether its tables fit."""
+    num_chips = int(num_chips)
+    step = rec_train_step if training else rec_inference
+
+    def evaluate(system: System):
+        r = step(model, plan, system.with_num_chips(num_chips), calibration=calibration,
+                 smooth=True)
+        return 1.0 / r.samples_per_s, r.fits
 
     return Workload(name, float(weight), evaluate)
 

@@ -59,8 +59,8 @@ INTERPOSER_COST_PER_EXTRA_DIE = 1100.0 - 750.0
 # more than its silicon. Fitted by `dse.calibration.fit_chip_price`; tests recompute them.
 H100_PRICE = 27500.0
 B200_PRICE = 40000.0
-CHIP_PRICE_BASE = 19470.976
-CHIP_PRICE_MULTIPLIER = 3.6003072
+CHIP_PRICE_BASE = 20151.018
+CHIP_PRICE_MULTIPLIER = 3.2894136
 
 # --- Hosts, storage, facility, energy ------------------------------------------------------------
 # Host (everything in an 8-GPU server but the GPUs: CPUs, memory, NVSwitch baseboard, NICs,

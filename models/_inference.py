@@ -393,7 +393,8 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
 
     narrow_kv = plan.kv_cache != "bf16" and FORMATS[plan.kv_cache].bytes < 2.0
     attn = functools.reduce(operator.add, (
-        attention(chip, kv_batch, q_heads, seg_kv_heads, q_len, context, hd, causal=True,
+        attention(chip, kv_batch, q_heads, seg_kv_heads, q_len, context, hd,
+                  causal=model.causal,
                   bytes_per_element=plan.kv_bytes,
                   kv_convert_flops=DEQUANT_FLOPS if narrow_kv else 0.0, smooth=smooth,
                   calibration=eff)

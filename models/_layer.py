@@ -168,6 +168,9 @@ def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
         ((1.0 - share), shape(tokens, model.dense_ffn * gate / t, h)),  # dense layers' MLP
         ((1.0 - share), shape(tokens, h, model.dense_ffn / t)),
     ]
+    if model.adaln:
+        # DiT adaLN: one Linear(h, 6h) per sequence of the micro-batch, split over TP.
+        shapes.append((1.0, shape(plan.microbatch_size, 6.0 * h / t, h)))
     return shapes, (tokens, model.experts, h)
 
 
@@ -237,6 +240,8 @@ def _ring_effective_context(model, plan):
     without a window it is s, the plain causal case.
     """
     s, cp = model.seq_len, plan.cp
+    if not model.causal:
+        return s  # every query of every rank attends to the whole sequence
     return model.mean_attended_keys() + 0.5 * (s / cp - 1.0)
 
 
@@ -255,8 +260,9 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     eff = dict(smooth=smooth, calibration=calibration)
     if flash_attention:
         kv_len = _ring_effective_context(model, plan)
-        a_f = attention(chip, b, heads_l, kv_l, q_len, kv_len, d, **eff)
-        a_b = attention_backward(chip, b, heads_l, kv_l, q_len, kv_len, d, **eff)
+        a_f = attention(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal, **eff)
+        a_b = attention_backward(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal,
+                                 **eff)
         return a_f.time, a_b.time, a_f.hbm_bytes, a_f.hbm_bytes + a_b.hbm_bytes, 0.0, 0.0
     # Megatron-LM 2021-22 kernels: batched GEMMs and a fused scale-mask-softmax that
     # materialize the b * heads * s * s score matrix (Korthikanti et al. 2022, Sec. 4.1).

@@ -76,7 +76,7 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
     # Per layer averaged over MoE and dense layers: shared experts and the dense layers' MLPs
     # are replicated over EP like attention; routed experts are split ep ways.
     dense_layer = (model.attention_params_per_layer / t + share * model.router_params_per_layer
-                   + 2.0 * model.hidden
+                   + 2.0 * model.hidden + model.conditioning_params_per_layer / t
                    + share * model.shared_experts * model.expert_params_per_layer / t
                    + (1.0 - share) * model.dense_mlp_params / t)
     expert_layer = (share * model.experts / plan.ep * model.expert_params_per_layer

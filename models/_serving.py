@@ -243,7 +243,7 @@ class LatencyReport(eqx.Module):
     reason: Int[Array, "*batch"]
 
 
-class GoodputReport(eqx.Module):
+class SloGoodputReport(eqx.Module):
     """The most a deployment serves within a latency objective (SI units).
 
     - `rate`: requests/s; `tokens_per_s`: output tokens/s of the deployment;
@@ -394,18 +394,18 @@ class ServingReport(eqx.Module):
         met = (slo.tpot >= tpot[..., 0]) & (slo.ttft >= ttft[..., 0])
         return jnp.where(met, jnp.minimum(rate, self.requests_per_s), 0.0)
 
-    def goodput(self, slo: Slo) -> GoodputReport:
+    def goodput(self, slo: Slo) -> SloGoodputReport:
         """The most output tokens/s the deployment serves within `slo` (a differentiable
         function of the hardware: "the most tokens/s with p99 TPOT under 50 ms").
 
-        **Returns:** `GoodputReport` (`Reason.SLO` when even the lightest load misses it).
+        **Returns:** `SloGoodputReport` (`Reason.SLO` when even the lightest load misses it).
         """
         rate = self.max_rate(slo)
         at = self.latency(jnp.maximum(rate, 1e-30), slo.quantile)
         missed = rate <= 0.0
         reason = self.reason | jnp.where(missed, int(Reason.SLO), 0).astype(jnp.int32)
         tokens = rate * self.tokens_per_s / self.requests_per_s
-        return GoodputReport(rate=rate, tokens_per_s=tokens,
+        return SloGoodputReport(rate=rate, tokens_per_s=tokens,
                              tokens_per_s_per_chip=tokens / self.chips,
                              ttft=jnp.where(missed, jnp.inf, at.ttft), tpot=at.tpot,
                              fits=reason == 0, reason=reason)

@@ -29,8 +29,14 @@ from dse.hardware import Reason, System
 from ._calibration import DEFAULT, Calibration
 from ._inference import InferencePlan
 from ._plan_search import _concrete_int, _divisors
-from ._serving import GoodputReport, ServingPlan, ServingReport, ServingWorkload, Slo, \
-    serve_continuous
+from ._serving import (
+    SloGoodputReport,
+    ServingPlan,
+    ServingReport,
+    ServingWorkload,
+    Slo,
+    serve_continuous,
+)
 from ._transformer import Transformer
 
 # Precision recipes: (weight bytes, KV bytes, matrix peak / 16-bit peak). BF16 only by default:
@@ -109,7 +115,7 @@ def enumerate_serving_plans(model: Transformer, num_chips: int, *,
 def evaluate_serving_plans(model: Transformer, plans: ServingPlans, system: System,
                            workload: ServingWorkload, slo: Slo, *,
                            calibration: Calibration = DEFAULT,
-                           smooth: bool = False) -> tuple[ServingReport, GoodputReport]:
+                           smooth: bool = False) -> tuple[ServingReport, SloGoodputReport]:
     """`serve_continuous` and its goodput within `slo` of every plan (one vmapped call).
 
     Each plan's replicas run on `system`'s chips and links (a replica's collectives span its
@@ -128,7 +134,7 @@ class ServingChoice(eqx.Module):
     """The best serving plan of a batch, and what the search saw.
 
     - `plan`: the chosen `ServingPlan`; `precision`: its recipe's index in `names`.
-    - `goodput`: its `GoodputReport` (soft-max blend of the nearly-best with `smooth`).
+    - `goodput`: its `SloGoodputReport` (soft-max blend of the nearly-best with `smooth`).
     - `report`: its `ServingReport`.
     - `plans`, `feasible`: plans evaluated and plans that met the objective.
     - `reason`: `Reason` bits of the chosen plan (0 when it meets everything).
@@ -136,7 +142,7 @@ class ServingChoice(eqx.Module):
 
     plan: ServingPlan
     precision: Int[Array, ""]
-    goodput: GoodputReport
+    goodput: SloGoodputReport
     report: ServingReport
     plans: int = eqx.field(static=True)
     feasible: Int[Array, ""]
@@ -153,7 +159,8 @@ def _index(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def select_serving_plan(plans: ServingPlans, reports: ServingReport, goodputs: GoodputReport, *,
+def select_serving_plan(plans: ServingPlans, reports: ServingReport,
+                        goodputs: SloGoodputReport, *,
                         smooth: bool = False, temperature: float = 0.05) -> ServingChoice:
     """The feasible plan with the most tokens/s within the objective.
 

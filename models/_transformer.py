@@ -93,6 +93,11 @@ class Transformer(eqx.Module):
     - `parallel_block` (static): attention and MLP read the same normalized input and their
       outputs are summed (GPT-J, PaLM Sec. 2): one norm, and under TP one all-reduce per
       layer forward (and one backward) instead of two.
+    - `causal` (static): causal (decoder) attention; False for an encoder (ViT, BERT) or a
+      diffusion transformer, whose every token attends to every token.
+    - `adaln` (static): adaptive layer-norm conditioning (DiT's adaLN-Zero, Peebles & Xie 2023,
+      facebookresearch/DiT models.py: a Linear(hidden, 6 hidden) on the conditioning vector in
+      every block, run once per sequence, not per token).
     - `gated_mlp` (static): SwiGLU-style MLP with three matrices (True) or GELU MLP with two.
     - `tied_embeddings` (static): input embedding and output projection share one matrix.
     - `name` (static): label.
@@ -122,6 +127,8 @@ class Transformer(eqx.Module):
                                                            default=1.0)
     latent_attention: bool = eqx.field(static=True, default=False)
     parallel_block: bool = eqx.field(static=True, default=False)
+    causal: bool = eqx.field(static=True, default=True)
+    adaln: bool = eqx.field(static=True, default=False)
     gated_mlp: bool = eqx.field(static=True, default=False)
     tied_embeddings: bool = eqx.field(static=True, default=True)
     name: str = eqx.field(static=True, default="custom")
@@ -236,17 +243,25 @@ class Transformer(eqx.Module):
         return jnp.where(self.experts > 1.0, self.hidden * self.experts, 0.0)
 
     @property
+    def conditioning_params_per_layer(self) -> Float[Array, "*batch"]:
+        """adaLN modulation weights and biases of one layer, 6 h^2 + 6 h (0 without adaLN)."""
+        h = self.hidden
+        return (6.0 * h * h + 6.0 * h) if self.adaln else 0.0 * h
+
+    @property
     def params_per_layer(self) -> Float[Array, "*batch"]:
         """All weights of one MoE layer (of every layer for a dense model): attention, every
-        routed and shared expert, router and two norms."""
+        routed and shared expert, router, two norms and the adaLN modulation."""
         return (self.attention_params_per_layer
                 + (self.experts + self.shared_experts) * self.expert_params_per_layer
-                + self.router_params_per_layer + 2.0 * self.hidden)
+                + self.router_params_per_layer + 2.0 * self.hidden
+                + self.conditioning_params_per_layer)
 
     @property
     def dense_layer_params(self) -> Float[Array, "*batch"]:
         """All weights of one dense layer of an MoE model."""
-        return self.attention_params_per_layer + self.dense_mlp_params + 2.0 * self.hidden
+        return (self.attention_params_per_layer + self.dense_mlp_params + 2.0 * self.hidden
+                + self.conditioning_params_per_layer)
 
     @property
     def mean_params_per_layer(self) -> Float[Array, "*batch"]:
@@ -298,7 +313,9 @@ class Transformer(eqx.Module):
         """
         context = self.seq_len if context is None else context
         weight_gemms = 2.0 * (self.attention_params_per_layer + self.active_mlp_params_per_layer)
-        return weight_gemms + self.attention_core_flops_per_token(context)
+        # adaLN modulates every token from one conditioning vector per sequence.
+        conditioning = 2.0 * self.conditioning_params_per_layer / self.seq_len
+        return weight_gemms + conditioning + self.attention_core_flops_per_token(context)
 
     def attention_core_flops_per_token(self, context=None) -> Float[Array, "*batch"]:
         """Forward FLOPs of QK^T and AV of one layer per token over the full (non-causal)
@@ -512,7 +529,35 @@ _TRANSFORMERS: dict[str, Transformer] = {
     "gpt-j-6b": Transformer(layers=28, hidden=4096, heads=16, kv_heads=16, ffn_hidden=16384,
                             vocab=50400, seq_len=2048, tied_embeddings=False,
                             parallel_block=True, name="gpt-j-6b"),
+    # DiT-XL/2 (Peebles & Xie 2023, arXiv:2212.09748; facebookresearch/DiT models.py
+    # @ed81ce22): depth 28, hidden 1152, 16 heads, mlp_ratio 4 (GELU), patch 2 on the 32 x 32 x 4
+    # VAE latent of a 256 x 256 image: (32 / 2)^2 = 256 tokens, full (non-causal) attention,
+    # adaLN-Zero. "vocab" is the final linear's width, patch^2 x 8 output channels (4 x 2 with
+    # learn_sigma) = 32 (untied: the patch embedding, 2 x 2 x 4 -> 1152, is counted as a second
+    # 32-wide matrix, 16 x 1152 parameters more than the conv).
+    "dit-xl-2": Transformer(layers=28, hidden=1152, heads=16, kv_heads=16, ffn_hidden=4608,
+                            vocab=32, seq_len=256, causal=False, adaln=True,
+                            tied_embeddings=False, name="dit-xl-2"),
+    # The same at 512 x 512: a 64 x 64 latent, 1024 tokens.
+    "dit-xl-2-512": Transformer(layers=28, hidden=1152, heads=16, kv_heads=16, ffn_hidden=4608,
+                                vocab=32, seq_len=1024, causal=False, adaln=True,
+                                tied_embeddings=False, name="dit-xl-2-512"),
+    # CLIP ViT-L/14 at 336 px, LLaVA-1.5's vision tower (openai/clip-vit-large-patch14-336): 24
+    # layers, width 1024, 16 heads, MLP 4096 (/work/notes/workload_sources.md 5a); (336 / 14)^2
+    # = 576 patch tokens + the CLS token; non-causal; no output head (vocab 1).
+    "clip-vit-l-14-336": Transformer(layers=24, hidden=1024, heads=16, kv_heads=16,
+                                     ffn_hidden=4096, vocab=1, seq_len=577, causal=False,
+                                     name="clip-vit-l-14-336"),
+    # Vicuna-7B v1.5, LLaVA-1.5-7B's language model: the Llama 2 7B shape (32 layers, 4096
+    # hidden, 32 heads, FFN 11008, vocab 32000; Touvron et al. 2023, arXiv:2307.09288 and the
+    # released config.json, as data/README.md), at LLaVA's maximum length 2048 (scripts/v1_5).
+    "vicuna-7b": _llama("vicuna-7b", 32, 4096, 32, 32, 11008, 32000, 2048),
 }
+
+# Published FLOPs of the DiT presets: the DiT README's "Gflops" per forward pass of one image,
+# which count multiply-accumulates (fvcore's convention: 118.6 for XL/2 at 256 is 2 x 28 x
+# 256 x 12 h^2 / 2 plus attention, i.e. half our 2-per-MAC count).
+PUBLISHED_GMACS_PER_IMAGE: Mapping[str, float] = {"dit-xl-2": 119.0, "dit-xl-2-512": 525.0}
 
 # Published total / active parameter counts of the MoE presets, (total, active, the published
 # figure's rounding unit), in parameters; sources as in the preset comments. Tests check the

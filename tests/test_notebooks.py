@@ -15,7 +15,7 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED = ("01_pareto_sweep", "02_roadmap_sensitivity", "03_training_codesign",
             "04_inference_serving", "05_precision", "06_cluster_design",
-            "07_serving_plans")
+            "07_serving_plans", "08_workload_mix")
 # Wall-clock limit per notebook: each runs in well under 2 minutes on 2 CPU cores; the margin
 # is for a loaded machine, so a hung kernel fails the test instead of the whole CI job.
 TIMEOUT_S = 600

@@ -78,3 +78,26 @@ def test_mix_drives_a_sweep():
     assert len(result) == 16
     mix = np.asarray(result["mix_time"])
     assert np.all(np.isfinite(mix)) and mix.min() < mix.max()
+
+
+def test_serving_and_recommendation_workloads_join_a_mix():
+    from dse.models import DLRM, InferencePlan, RecPlan
+
+    dlrm = DLRM(table_rows=[1e6, 1e5, 100.0], lookups=[2.0, 1.0, 1.0], embedding_dim=32.0,
+                bottom_mlp=(13, 64, 32), top_mlp=(64, 1))
+    mix = dse.WorkloadMix([
+        dse.serving_workload("serve", 3.0, _model(experts=8.0, top_k=2.0, ffn_hidden=256.0),
+                             InferencePlan(tp=2), 8, batch=16.0, input_len=256.0,
+                             output_len=128.0),
+        dse.recsys_workload("dlrm", 2.0, dlrm, RecPlan(global_batch=4096, sharding="row"), 8),
+    ], DGX)
+    at_ref = mix(DGX)
+    np.testing.assert_allclose(float(at_ref["mix_time"]), 1.0, rtol=1e-5)
+    assert float(at_ref["fits"]) == 1.0
+    # The lookups lean on HBM bandwidth, serving's decode too: more of it, a faster fleet.
+    grad = jax.jit(jax.grad(lambda b: mix(DGX.replace(chip=DGX.chip.replace(
+        hbm_bandwidth=b)))["mix_time"]))(DGX.chip.hbm_bandwidth)
+    assert np.isfinite(float(grad)) and float(grad) < 0.0
+    # Tables that do not fit one chip's HBM make the mix infeasible, not an answer.
+    tiny = DGX.replace(chip=DGX.chip.replace(hbm_bytes=1e7))  # 10 MB: under the 35 MB a chip holds
+    assert float(mix(tiny)["fits"]) == 0.0
