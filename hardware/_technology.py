@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real
@@ -218,26 +219,63 @@ class _LogLogCurve:
 
     def __call__(self, node_nm):
         x = jnp.log(node_nm)
+        n = len(self.x)
         xs, ys, ds = (jnp.asarray(a, dtype=x.dtype) for a in (self.x, self.y, self.d))
-        i = jnp.clip(jnp.searchsorted(xs, x, side="right") - 1, 0, len(self.x) - 2)
-        x0, x1 = xs[i], xs[i + 1]
-        h = x1 - x0
-        # No clip on t: the outer where picks the extrapolation outside the data, and a clip
-        # would halve the derivative exactly at the published nodes (where presets sit).
-        t = (x - x0) / h
-        h00 = 2 * t**3 - 3 * t**2 + 1
-        h10 = t**3 - 2 * t**2 + t
-        h01 = -2 * t**3 + 3 * t**2
-        h11 = t**3 - t**2
-        inside = h00 * ys[i] + h10 * h * ds[i] + h01 * ys[i + 1] + h11 * h * ds[i + 1]
-        below = ys[0] + self.slope_low * (x - xs[0])
-        above = ys[-1] + self.slope_high * (x - xs[-1])
-        logv = jnp.where(x < xs[0], below, jnp.where(x > xs[-1], above, inside))
-        return jnp.exp(logv)
+        return _curve_value(x, xs, ys, ds, jnp.asarray(n - 1), self.slope_low, self.slope_high)
+
+
+def _curve_value(x, xs, ys, ds, last, slope_low, slope_high):
+    """log(value) at log(node) `x` of the curve with nodes `xs[:last + 1]` (later entries are
+    padding: +inf nodes, never selected), exponentiated. Written for `_LogLogCurve` and for
+    `_curves_at`'s vmap over all the curves."""
+    # "compare_all": a handful of published nodes; the default binary search is a while
+    # loop, which XLA compiles (and a sweep runs) far slower than one comparison per node.
+    i = jnp.clip(jnp.searchsorted(xs, x, side="right", method="compare_all") - 1, 0, last - 1)
+    x0, x1 = xs[i], xs[i + 1]
+    h = x1 - x0
+    # No clip on t: the outer where picks the extrapolation outside the data, and a clip
+    # would halve the derivative exactly at the published nodes (where presets sit).
+    t = (x - x0) / h
+    h00 = 2 * t**3 - 3 * t**2 + 1
+    h10 = t**3 - 2 * t**2 + t
+    h01 = -2 * t**3 + 3 * t**2
+    h11 = t**3 - t**2
+    inside = h00 * ys[i] + h10 * h * ds[i] + h01 * ys[i + 1] + h11 * h * ds[i + 1]
+    below = ys[0] + slope_low * (x - xs[0])
+    above = ys[last] + slope_high * (x - xs[last])
+    logv = jnp.where(x < xs[0], below, jnp.where(x > xs[last], above, inside))
+    return jnp.exp(logv)
 
 
 _CURVES = {name: _LogLogCurve(table) for name, table in PER_NODE_TABLES.items()}
 _LINK_PHY_CURVE = _LogLogCurve(LINK_PHY_AREA_PER_BANDWIDTH)
+_ALL_CURVES = [*_CURVES.values(), _LINK_PHY_CURVE]
+_WIDTH = max(len(c.x) for c in _ALL_CURVES)
+
+
+def _padded(values, fill):
+    return np.stack([np.concatenate([v, np.full(_WIDTH - len(v), fill)]) for v in values])
+
+
+# Every curve's nodes, values and slopes as one table (padded with +inf nodes), so that
+# `technology` evaluates them all as one vmapped curve: traced and compiled once, not six
+# times (a model calls `technology` from area, power and cost alike).
+_TABLE = (_padded([c.x for c in _ALL_CURVES], np.inf), _padded([c.y for c in _ALL_CURVES], 0.0),
+          _padded([c.d for c in _ALL_CURVES], 0.0),
+          np.array([len(c.x) - 1 for c in _ALL_CURVES]),
+          np.array([c.slope_low for c in _ALL_CURVES]),
+          np.array([c.slope_high for c in _ALL_CURVES]))
+
+
+def _curves_at(node_nm):
+    """Every per-node curve at `node_nm`: the values of `_CURVES` in order, then the link
+    PHY's (each of `node_nm`'s shape)."""
+    x = jnp.log(node_nm)
+    xs, ys, ds, last, low, high = (jnp.asarray(a, dtype=x.dtype if a.dtype.kind == "f"
+                                               else None) for a in _TABLE)
+    values = jax.vmap(_curve_value, in_axes=(None, 0, 0, 0, 0, 0, 0))(x, xs, ys, ds, last,
+                                                                      low, high)
+    return list(values)
 
 
 class Technology(eqx.Module):
@@ -297,12 +335,7 @@ def technology(node_nm: Real[ArrayLike, "*batch"], hbm_generation: str = "HBM3")
     ones = jnp.ones_like(node)
     return Technology(
         node_nm=node,
-        logic_density=_CURVES["logic_density"](node),
-        sram_bitcell_area=_CURVES["sram_bitcell_area"](node),
-        energy_scale=_CURVES["energy_scale"](node),
-        wafer_cost=_CURVES["wafer_cost"](node),
-        defect_density=_CURVES["defect_density"](node),
-        link_phy_area_per_bandwidth=_LINK_PHY_CURVE(node),
+        **dict(zip([*_CURVES, "link_phy_area_per_bandwidth"], _curves_at(node), strict=True)),
         hbm_stack_bandwidth=HBM_STACK_BANDWIDTH[hbm_generation] * ones,
         hbm_stack_capacity=HBM_STACK_CAPACITY[hbm_generation] * ones,
         hbm_interface_units=HBM_INTERFACE_UNITS[hbm_generation] * ones,

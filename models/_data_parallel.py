@@ -36,8 +36,9 @@ from jaxtyping import Array, Float
 from dse.hardware import System
 
 from ._calibration import Calibration
-from ._collectives import all_gather, all_reduce, reduce_scatter
+from ._collectives import reduce_scatter
 from ._memory import WEIGHT_BYTES, StageParams, grad_bytes, linear_weight_bytes
+from ._operators import stacked_calls
 from ._training_plan import TrainingPlan
 
 
@@ -52,18 +53,24 @@ class DataParallelCost(eqx.Module):
     exposed: Float[Array, "*batch"]
 
 
-def _group_time(collective, system, calibration, plan, dense_bytes, expert_bytes):
-    """One collective over the dense parameters' DP group plus the experts' DP group, s
+def _group_times(system, calibration, plan, messages):
+    """Reduce-scatter times, s, of each (dense_bytes, expert_bytes) pair in `messages`: one
+    collective over the dense parameters' DP group plus one over the experts' DP group
     (`dense_bytes`, `expert_bytes`: what each moves per chip).
 
     Dense gradients reduce over the DP x CP ranks that hold the same weights (the CP ranks of a
-    replica, tp apart, then the replicas); experts over their EDP replicas, etp * ep apart."""
-    t = plan.tp
+    replica, tp apart, then the replicas); experts over their EDP replicas, etp * ep apart.
+    An all-gather costs what a reduce-scatter of the same buffer does and an all-reduce twice
+    that (`dse.models.all_reduce`: both halves), so the callers scale these. All the pairs are
+    one `vmap`ped collective (traced and compiled once, not once per collective).
+    """
     kw = dict(calibration=calibration, hierarchical=plan.dp_hierarchical)
-    dense = collective(system, dense_bytes, plan.dp * plan.cp, stride=t, **kw).time
-    expert = collective(system, expert_bytes, plan.expert_dp,
-                        stride=plan.expert_tp * plan.ep, **kw).time
-    return dense + expert
+    groups = ((plan.dp * plan.cp, plan.tp), (plan.expert_dp, plan.expert_tp * plan.ep))
+    rows = [(n, g, stride) for pair in messages for n, (g, stride) in zip(pair, groups,
+                                                                           strict=True)]
+    times = stacked_calls(lambda n, g, stride: reduce_scatter(system, n, g, stride=stride,
+                                                              **kw).time, rows)
+    return [times[2 * i] + times[2 * i + 1] for i in range(len(messages))]
 
 
 def _overlapped(comm, window, calibration, pieces):
@@ -100,13 +107,17 @@ def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
                     + gathered * params.dense_linear)
     expert_gather = gathered * params.expert
 
-    def group(collective, dense_bytes, expert_bytes):
-        return _group_time(collective, system, calibration, plan, dense_bytes, expert_bytes)
-
-    # ZeRO-0 / 1 / 2: once per step.
-    all_red = group(all_reduce, g * params.dense, g * params.expert)
-    red_sc = group(reduce_scatter, g * params.dense, g * params.expert)
-    gather = group(all_gather, dense_gather, expert_gather)
+    # ZeRO-0 / 1 / 2 (once per step): all-reduce, or reduce-scatter and all-gather; ZeRO-3 /
+    # FSDP (per layer, per micro-batch): all-gather of the layer's weights, reduce-scatter of
+    # its gradients in 16 bits (FSDP mixed precision reduces in the parameters' dtype).
+    linear_layer = params.dense_linear / layers
+    red_sc, gather, ag, rs = _group_times(system, calibration, plan, [
+        (g * params.dense, g * params.expert),
+        (dense_gather, expert_gather),
+        (WEIGHT_BYTES * (params.dense_layer - linear_layer) + gathered * linear_layer,
+         gathered * params.expert_layer),
+        (WEIGHT_BYTES * params.dense_layer, WEIGHT_BYTES * params.expert_layer)])
+    all_red = 2.0 * red_sc
     reduction = jnp.where(plan.zero_stage > 0.5, red_sc, all_red)
     param_gather = jnp.where(plan.zero_stage > 0.5, gather, 0.0)
     red_exposed = jnp.where(overlap, _overlapped(reduction, layers * layer_bwd, calibration,
@@ -116,13 +127,7 @@ def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
     low_total = reduction + param_gather
     low_exposed = red_exposed + gather_exposed
 
-    # ZeRO-3 / FSDP: per layer, per micro-batch; gradients reduce-scattered in 16 bits (FSDP
-    # mixed precision reduces in the parameters' dtype).
-    linear_layer = params.dense_linear / layers
-    ag = group(all_gather, WEIGHT_BYTES * (params.dense_layer - linear_layer)
-               + gathered * linear_layer, gathered * params.expert_layer)
-    rs = group(reduce_scatter, WEIGHT_BYTES * params.dense_layer,
-               WEIGHT_BYTES * params.expert_layer)
+    # ZeRO-3 / FSDP: the first gather of each pass and the last reduce-scatter show.
     ag_bwd = ag * (1.0 + jnp.where(plan.recompute > 1.5, plan.zero3_regather, 0.0))
     hide = calibration.dp_overlap_fraction
     fwd_shown = ag + (layers - 1.0) * jnp.maximum(ag - hide * layer_fwd, 0.0)

@@ -18,7 +18,14 @@ from dse.hardware import System
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._memory import ACT_BYTES
-from ._operators import attention, attention_backward, elementwise, gemm
+from ._operators import (
+    attention,
+    attention_backward,
+    elementwise,
+    elementwise_ops,
+    gemm,
+    stacked_calls,
+)
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
 from ._training_plan import TrainingPlan
 from ._transformer import Transformer
@@ -57,12 +64,14 @@ class LayerCost(eqx.Module):
     quantize: Float[Array, "*batch"]
 
 
-def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
-                 recipe: RecipeSpec = RECIPES["bf16"]):
-    """Forward GEMM (m x k) @ (k x n) and its two backward GEMMs (dX, dW), in `recipe`'s
-    format: operands at its width, 16-bit outputs, on its engine. A block-scaled format on a chip
-    without block scaling is emulated: per 128-deep slice an FP32 scale-and-add of the partial
-    result on the vector units (`EMULATED_BLOCK`), 2 n / 128 vector FLOP per element of A."""
+def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
+                  recipe: RecipeSpec = RECIPES["bf16"]):
+    """`gemm_fwd_bwd` of every (m, n, k) in `shapes`: a list of (fwd, dx, dw) `OpCost`s.
+
+    All 3 len(shapes) products are one `vmap`ped `gemm` over a stacked axis, so the model is
+    traced and compiled once for the lot, not once per GEMM (the per-product arithmetic is the
+    same).
+    """
     q = recipe.format.bytes
     emulated = recipe.format.block_scaled and not chip.block_scaling
 
@@ -72,7 +81,18 @@ def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
                     output_bytes_per_element=2.0, engine=recipe.engine,
                     input_convert_flops=promote, smooth=smooth, calibration=calibration)
 
-    return one(m, n, k), one(m, k, n), one(k, n, m)
+    costs = stacked_calls(one, [d for m, n, k in shapes
+                                for d in ((m, n, k), (m, k, n), (k, n, m))])
+    return [tuple(costs[3 * j:3 * j + 3]) for j in range(len(shapes))]
+
+
+def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
+                 recipe: RecipeSpec = RECIPES["bf16"]):
+    """Forward GEMM (m x k) @ (k x n) and its two backward GEMMs (dX, dW), in `recipe`'s
+    format: operands at its width, 16-bit outputs, on its engine. A block-scaled format on a chip
+    without block scaling is emulated: per 128-deep slice an FP32 scale-and-add of the partial
+    result on the vector units (`EMULATED_BLOCK`), 2 n / 128 vector FLOP per element of A."""
+    return gemms_fwd_bwd(chip, [(m, n, k)], smooth, calibration, recipe)[0]
 
 
 def local_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
@@ -160,8 +180,8 @@ def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth
     chip = system.chip
     recipe = RECIPES[plan.precision]
     shapes, router = _weight_gemm_shapes(model, plan)
-    gemms = [(c, gemm_fwd_bwd(chip, m, n, k, smooth, calibration, recipe))
-             for c, (m, n, k) in shapes]
+    costs = gemms_fwd_bwd(chip, [mnk for _, mnk in shapes], smooth, calibration, recipe)
+    gemms = [(c, g) for (c, _), g in zip(shapes, costs, strict=True)]
     return gemms, gemm_fwd_bwd(chip, *router, smooth, calibration)
 
 
@@ -283,18 +303,14 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
                            / plan.expert_tp + tokens * model.shared_experts)
                   * model.ffn_hidden
                   + (1.0 - share) * tokens * model.dense_ffn) / t
-    ln_f = elementwise(chip, stream, flops_per_element=LN_FLOPS, **eff)
-    ln_b = elementwise(chip, stream, flops_per_element=2.0 * LN_FLOPS, reads=2.0, **eff)
-    bdr_f = elementwise(chip, stream, flops_per_element=BDR_FLOPS, reads=2.0, writes=1.5, **eff)
-    bdr_b = elementwise(chip, stream, flops_per_element=2.0, reads=1.5, **eff)
+    # (elements, FLOP per element, reads, writes) of each kernel.
     if model.gated_mlp:
-        act_f = elementwise(chip, ffn_stream, flops_per_element=SWIGLU_FLOPS, reads=2.0, **eff)
-        act_b = elementwise(chip, ffn_stream, flops_per_element=2.0 * SWIGLU_FLOPS, reads=3.0,
-                            writes=2.0, **eff)
+        act = [(ffn_stream, SWIGLU_FLOPS, 2.0, 1.0), (ffn_stream, 2.0 * SWIGLU_FLOPS, 3.0, 2.0)]
     else:
-        act_f = elementwise(chip, ffn_stream, flops_per_element=GELU_FLOPS, **eff)
-        act_b = elementwise(chip, ffn_stream, flops_per_element=2.0 * GELU_FLOPS, reads=2.0,
-                            **eff)
+        act = [(ffn_stream, GELU_FLOPS, 1.0, 1.0), (ffn_stream, 2.0 * GELU_FLOPS, 2.0, 1.0)]
+    ln_f, ln_b, bdr_f, bdr_b, act_f, act_b = elementwise_ops(chip, [
+        (stream, LN_FLOPS, 1.0, 1.0), (stream, 2.0 * LN_FLOPS, 2.0, 1.0),
+        (stream, BDR_FLOPS, 2.0, 1.5), (stream, 2.0, 1.5, 1.0), *act], **eff)
     norms = 1.0 if model.parallel_block else 2.0  # a parallel block normalizes once
     fwd = norms * ln_f.time + 2.0 * bdr_f.time + act_f.time
     bwd = norms * ln_b.time + 2.0 * bdr_b.time + act_b.time

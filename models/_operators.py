@@ -51,6 +51,21 @@ def _f(x):
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
+def stacked_calls(fn, rows):
+    """`[fn(*row) for row in rows]`, computed as one `jax.vmap` of `fn` over the rows stacked.
+
+    A model that costs many ops of one kind (a layer's GEMMs, its element-wise kernels, a step's
+    collectives) traces and compiles `fn` once instead of once per op: the jitted graph, its
+    compile time and its tracing shrink by about the number of rows, and each row's arithmetic
+    is the same as a call of its own. The arguments of a row broadcast against each other's
+    rows (scalars, or arrays of one batch shape).
+    """
+    cols = [jnp.stack(jnp.broadcast_arrays(*(_f(row[i]) for row in rows)))
+            for i in range(len(rows[0]))]
+    leaves, treedef = jax.tree.flatten(jax.vmap(fn)(*cols))
+    return [treedef.unflatten([leaf[j] for leaf in leaves]) for j in range(len(rows))]
+
+
 class OpCost(eqx.Module):
     """Cost of one operator on one chip (SI units; arrays broadcast over a batch).
 
@@ -407,3 +422,13 @@ def elementwise(chip: Chip, elements: ArrayLike, *, flops_per_element: ArrayLike
                                        vector_rate=rate)
     return OpCost(flops, hbm_bytes, compute_time, memory_time,
                   roofline(compute_time, memory_time, smooth))
+
+
+def elementwise_ops(chip: Chip, rows, *, bytes_per_element: ArrayLike = 2.0,
+                    smooth: bool = False, calibration: Calibration = DEFAULT) -> list[OpCost]:
+    """`elementwise` of each (elements, flops_per_element, reads, writes) row in `rows`, as
+    one stacked call (`stacked_calls`); the other arguments are shared. **Returns:** a list of
+    `OpCost`, one per row."""
+    return stacked_calls(lambda e, f, r, w: elementwise(
+        chip, e, flops_per_element=f, bytes_per_element=bytes_per_element, reads=r, writes=w,
+        smooth=smooth, calibration=calibration), rows)

@@ -129,6 +129,16 @@ def _index(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def _pick(x, i):
+    """x[i]; a concrete column that holds one value throughout (the global batch, the DP
+    settings of every enumerated plan) is that value, without a gather for XLA to compile."""
+    if not isinstance(x, jax.core.Tracer) and eqx.is_array_like(x):
+        col = np.asarray(x)
+        if col.ndim == 1 and col.size and np.all(col == col[0]):
+            return jnp.asarray(x)[0]
+    return x[i]
+
+
 def evaluate_plans(model: Transformer, plans: TrainingPlan, system: System, *,
                    calibration: Calibration = DEFAULT, smooth: bool = False,
                    flash_attention: bool = True) -> TrainReport:
@@ -166,7 +176,7 @@ def select_plan(plans: TrainingPlan, reports: TrainReport, *, smooth: bool = Fal
     safe_t = jnp.where(jnp.isfinite(t) & (t > 0), t, jnp.finfo(t.dtype).max)
     best_feasible = jnp.argmin(jnp.where(feasible, safe_t, jnp.inf))
     best = jnp.where(any_feasible, best_feasible, _closest_miss(reports))
-    plan = _index(plans, best)
+    plan = jax.tree.map(lambda x: _pick(x, best), plans)
     report = _index(reports, best)
     if smooth:
         logt = jnp.log(safe_t)
