@@ -262,7 +262,7 @@ def _padded(values, fill):
 # times (a model calls `technology` from area, power and cost alike).
 _TABLE = (_padded([c.x for c in _ALL_CURVES], np.inf), _padded([c.y for c in _ALL_CURVES], 0.0),
           _padded([c.d for c in _ALL_CURVES], 0.0),
-          np.array([len(c.x) - 1 for c in _ALL_CURVES]),
+          np.array([len(c.x) - 1 for c in _ALL_CURVES], dtype=np.int32),
           np.array([c.slope_low for c in _ALL_CURVES]),
           np.array([c.slope_high for c in _ALL_CURVES]))
 
