@@ -629,7 +629,10 @@ class TrainingRows:
 
     def __call__(self, calibration: Calibration = DEFAULT):
         """Modelled time of every case (s), shape (cases,), in the order of `cases`."""
-        return self._jitted(calibration)
+        # The provenance is static (part of the compiled program's key) and takes no part in
+        # the arithmetic: without it, the shipped calibration and one with a field replaced
+        # (which drops that field's provenance) share one compilation of every row.
+        return self._jitted(calibration.replace(provenance=()))
 
 
 def training_measurements(rows: TrainingRows, calibration: Calibration = DEFAULT):
