@@ -538,7 +538,6 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     **Returns:** `ServingReport` (call `.latency(rate)` or `.goodput(slo)` on it).
     """
     inf = plan.inference
-    chip = system.chip
     shape = _shape(workload)
     weights, acts, kv_token, capacity, per_seq, limits, free = _replica_limits(
         model, plan, system, workload, shape)
@@ -705,7 +704,6 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     transfer_rate = prefill_plan.replicas / jnp.maximum(transfer_time, 1e-30)
 
     # Decode pool: decode-only iterations over a grid of batches, as serve_continuous.
-    d_inf = decode_plan.inference
     d_weights, d_acts, kv_token, capacity, per_seq, limits, d_free = _replica_limits(
         model, decode_plan, decode_system, workload, shape)
     # No prompts prefill here: the in-flight sequences are the decoding ones; no token budget
