@@ -34,6 +34,8 @@ from typing import Literal, get_args
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
@@ -105,7 +107,13 @@ class InferencePlan(eqx.Module):
 
     - `tp`: tensor-parallel degree (chips sharing every layer).
     - `pp`: pipeline-parallel degree (stages of consecutive layers).
-    - `batch`: sequences processed together.
+    - `ep`: expert-parallel degree (MoE models; 1 for a dense one). A stage then spans ep x tp
+      chips: ep groups of tp chips each run attention and the dense layers on 1 / ep of the
+      sequences (attention data parallel), and the MoE layers shard the experts over the ep
+      groups (experts / ep per group, each split tp ways inside it), with a dispatch and a
+      combine all-to-all per MoE layer (as vLLM's `--enable-expert-parallel` with data-parallel
+      attention, and DeepSeek-V3's serving, DeepSeek-AI 2024, Sec. 3.4, do).
+    - `batch`: sequences processed together (all ep groups of a replica).
     - `weights` (static): format of the stored weights (`WEIGHT_FORMATS`: "bf16", "fp8",
       "int8", "int4", "nvfp4", ...).
     - `activations` (static): format of the GEMM inputs, which sets the matrix engine: W8A8 is
@@ -136,6 +144,7 @@ class InferencePlan(eqx.Module):
 
     tp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     pp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    ep: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     # None: the format's width (`__post_init__`).
     weight_bytes: Float[Array, "*batch"] = eqx.field(converter=_optional_float, default=None)
@@ -162,7 +171,7 @@ class InferencePlan(eqx.Module):
     def __check_init__(self):
         check_choice("InferencePlan", "layout", self.layout, get_args(Layout))
         # Chips and sequences are counts: a fractional one is refused, never truncated.
-        for field in ("tp", "pp", "batch"):
+        for field in ("tp", "pp", "ep", "batch"):
             check_integer("InferencePlan", field, getattr(self, field))
         _check_formats(self.weights, self.activations, self.kv_cache)
         for field in ("weight_bytes", "kv_bytes", "activation_bytes"):
@@ -178,8 +187,8 @@ class InferencePlan(eqx.Module):
 
     @property
     def chips(self) -> Float[Array, "*batch"]:
-        """Chips the plan occupies, tp * pp."""
-        return self.tp * self.pp
+        """Chips the plan occupies, tp * pp * ep."""
+        return self.tp * self.pp * self.ep
 
     def replace(self, **changes) -> InferencePlan:
         """A copy with some fields changed (validated like a new plan). A new `weights` or
@@ -293,16 +302,21 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     """Weights, KV cache and live activations per chip and their total, bytes; whether they fit
     and the `Reason` flags if not (`MEMORY`, or `SRAM` on a chip without HBM)."""
     gathered = plan.layout == "weight_gathered"
-    weights = model.params / plan.chips * plan.weight_bytes
+    # Routed experts are split over the ep groups; attention, dense and shared-expert weights
+    # are held by every group (split tp x pp ways inside it).
+    routed = routed_expert_params(model)
+    weights = (model.params - routed + routed / plan.ep) / (plan.tp * plan.pp) * plan.weight_bytes
+    # Each ep group holds the KV cache and activations of 1 / ep of the sequences.
+    group_batch = plan.batch / plan.ep
     if gathered:
         # One layer's weights gathered in full beside the resident shard.
         weights = weights + model.params_per_layer * plan.weight_bytes
-        kv_heads, kv_batch = model.kv_heads, plan.batch / plan.tp
-        tokens = plan.batch * q_len / plan.tp
+        kv_heads, kv_batch = model.kv_heads, group_batch / plan.tp
+        tokens = group_batch * q_len / plan.tp
         width_tp = 1.0
     else:
-        kv_heads, kv_batch, _, _ = _kv_sharding(model, plan, plan.batch)
-        tokens = plan.batch * q_len
+        kv_heads, kv_batch, _, _ = _kv_sharding(model, plan, group_batch)
+        tokens = group_batch * q_len
         width_tp = _mesh_2d(model, plan)[1] if plan.layout == "weight_stationary_2d" else plan.tp
     kv = (2.0 * model.layers / plan.pp * kv_batch * context * kv_heads * model.head_dim
           * plan.kv_bytes)
@@ -314,6 +328,80 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     total = weights + kv + acts
     reason = memory_reason(system.chip, total, _capacity(system.chip))
     return weights, kv, acts, total, reason == 0, reason
+
+
+def routed_expert_params(model: Transformer) -> Float[Array, "*batch"]:
+    """Weights of the routed experts of every MoE layer (0 for a dense model): what expert
+    parallelism splits over its ep groups."""
+    return jnp.where(model.experts > 1.0,
+                     model.moe_layers * model.experts * model.expert_params_per_layer, 0.0)
+
+
+def distinct_experts(experts, top_k, tokens):
+    """Expected distinct experts that `tokens` tokens routed top_k of `experts` ways touch.
+
+    Each token picks top_k distinct experts; under uniform routing an expert is missed by one
+    token with probability 1 - top_k / experts, by all of them independently with that to the
+    power tokens, so E [1 - (1 - k / E)^T] are touched: the occupancy problem (Feller 1968,
+    "An Introduction to Probability Theory and Its Applications", Vol. I, 3rd ed., Ch. II.5 and
+    IV.2, with k balls a throw). At decode (small T) an MoE layer's weight reads, and so its
+    time, follow this count, not T k ("reuse fragmentation": Adhinarayanan & Jayasena 2026,
+    "The qs Inequality", arXiv:2603.08960). A dense model (one expert) touches 1.
+    """
+    # top_k = experts (every token visits all) touches all: kept out of the log (no NaN).
+    partial = (experts > 1.0) & (top_k < experts)
+    miss = jnp.where(partial, 1.0 - top_k / experts, 0.5)
+    touched = jnp.where(partial, experts * -jnp.expm1(tokens * jnp.log(miss)), experts)
+    return jnp.where(experts > 1.0, touched, 1.0)
+
+
+# Per-group expert counts the busiest-group sum runs over when the model's expert count is traced
+# (none is known then): the most routed experts of any preset, DeepSeek-V3's 256
+# (`TRANSFORMERS["deepseek-v3"]`, from its config.json).
+MAX_EXPERTS = 256
+
+
+def busiest_group_experts(experts, top_k, tokens, ep):
+    """Expected distinct experts touched on the busiest of `ep` expert-parallel groups.
+
+    Each group holds n = experts / ep experts; each of them is touched with probability
+    p = 1 - (1 - k / E)^T (`distinct_experts`). Treating the experts' touches as independent,
+    a group's count is Binomial(n, p) and the busiest of ep groups has
+    E[max] = sum_{j < n} (1 - F(j)^ep) touched (F the binomial CDF): at small T the decode
+    step waits for the group that reads the most expert weights. ep = 1 gives n p exactly;
+    large T gives n.
+    """
+    if is_concrete(experts):
+        terms = int(np.max(np.asarray(experts))) + 1
+    else:
+        terms = MAX_EXPERTS + 1
+    # One shape for every input, so that the sum over j below broadcasts rank to rank.
+    experts, top_k, tokens, ep = jnp.broadcast_arrays(*(_f(x) for x in (experts, top_k, tokens,
+                                                                        ep)))
+    moe = experts > 1.0
+    partial = moe & (top_k < experts)
+    log_miss = jnp.log(jnp.where(partial, 1.0 - top_k / experts, 0.5))
+    log_untouched = tokens * log_miss  # log (1 - p)
+    p = jnp.where(partial, -jnp.expm1(log_untouched), 1.0)
+    n = jnp.where(moe, experts / ep, 1.0)
+    mean = n * p
+    j = jnp.arange(terms, dtype=n.dtype).reshape((terms,) + (1,) * n.ndim)
+    n, p, ep, partial, log_untouched = (x[None] for x in (n, p, ep, partial, log_untouched))
+    inside = j < n
+    k_left = jnp.maximum(n - j, 0.0)
+    log_p = jnp.log(jnp.where(p > 0.0, p, 1.0))
+    log_q = jnp.where(partial, log_untouched, -jnp.inf)
+    log_pmf = (gammaln(n + 1.0) - gammaln(j + 1.0) - gammaln(k_left + 1.0) + j * log_p
+               + k_left * jnp.where(partial, log_q, 0.0))
+    pmf = jnp.where(inside & partial, jnp.exp(log_pmf), 0.0)
+    cdf = jnp.clip(jnp.cumsum(pmf, axis=0), 0.0, 1.0)
+    safe = jnp.where(cdf > 0.0, cdf, 1.0)
+    below = jnp.where(cdf > 0.0, jnp.exp(ep * jnp.log(safe)), 0.0)  # F(j)^ep
+    expected_max = jnp.sum(jnp.where(inside, 1.0 - below, 0.0), axis=0)
+    # ep = 1, or every expert touched (top_k = experts), or a dense model: the mean is exact;
+    # a per-group count beyond the terms summed (a traced model with more experts) keeps it.
+    exact = (ep[0] <= 1.0) | ~partial[0] | (n[0] > terms - 1.0)
+    return jnp.where(exact, mean, jnp.maximum(expected_max, mean))
 
 
 def _capacity(chip):
@@ -356,6 +444,10 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
     chip = system.chip
     hd = model.head_dim
     ab, wb = plan.activation_bytes, plan.weight_bytes
+    # Expert parallelism: each of the ep groups of tp chips runs attention and the dense
+    # operators on 1 / ep of the sequences; the MoE layers gather every group's tokens.
+    ep = plan.ep
+    segments = tuple((seqs / ep, q, context) for seqs, q, context in segments)
     up_width = (model.mlp_matrices - 1.0) * model.ffn_hidden  # MLP input-projection width
     tp = 1.0 if plan.layout == "weight_gathered" else plan.tp
     shard = [_segment_sharding(model, plan, seqs) for seqs, _, _ in segments]
@@ -380,12 +472,18 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
     matmul = linear(tokens, model.heads / yz * hd, d_in) \
         + linear(kv_tokens, 2.0 * kv_heads * hd * tp / yz, d_in) \
         + linear(tokens, d_in, model.heads / yz * hd)
-    # Mixture of experts: a batch of T tokens routed top_k of E ways touches
-    # E (1 - (1 - k/E)^T) experts on average; each of them runs a GEMM over its share of tokens.
+    # Mixture of experts: the T ep tokens of the stage (ep groups of T) routed top_k of E ways
+    # touch `distinct_experts` of the E; a group holds E / ep of the experts, and the step
+    # waits for the group that touches the most (`busiest_group_experts`), each expert running
+    # a GEMM over its share of the tokens. Over ep > 1 groups that share is `expert_load`
+    # (the imbalance, capped by the capacity factor) times the mean, as for training
+    # (`_layer.expert_tokens`).
     moe = model.experts > 1.0
-    miss = jnp.where(moe, 1.0 - model.top_k / model.experts, 0.5)
-    touched = jnp.where(moe, model.experts * (1.0 - miss ** tokens), 1.0)
-    expert_tokens = tokens * model.top_k / touched
+    stage_tokens = tokens * ep
+    touched_all = distinct_experts(model.experts, model.top_k, stage_tokens)
+    load = jnp.where(ep > 1.0, model.expert_load, 1.0)
+    touched = busiest_group_experts(model.experts, model.top_k, stage_tokens, ep)
+    expert_tokens = stage_tokens * model.top_k / touched_all * load
     mlp = linear(expert_tokens, up_width / yz, d_in) \
         + linear(expert_tokens, d_in, model.ffn_hidden / yz)
     router = linear(tokens, model.experts, d_in)
@@ -406,7 +504,7 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
     stream = tokens * model.hidden / (tp if sharded else 1.0)
     norms = elementwise(chip, stream, **ew).scale(2.0)
     residual = elementwise(chip, stream, reads=2.0, **ew).scale(2.0)
-    activation = elementwise(chip, tokens * model.top_k * model.ffn_hidden / yz,
+    activation = elementwise(chip, tokens * model.top_k * load * model.ffn_hidden / yz,
                              reads=model.mlp_matrices - 1.0, **ew)
     kv_write = elementwise(chip, 2.0 * kv_tokens * kv_heads * hd, reads=0.0,
                            flops_per_element=1.0 + (QUANTIZE_FLOPS if narrow_kv else 0.0),
@@ -435,6 +533,15 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
         comm = all_reduce(system, tokens * model.hidden * ab, plan.tp, **link).scale(2.0)
         reshard = all_to_all(system, tokens * model.heads / tp * hd * ab, sharers, **link)
         comm = comm + reshard.scale(jnp.where(sharers > 1.0, 2.0, 0.0))
+    # Expert parallelism: each MoE layer dispatches every token's hidden state to its top_k
+    # experts' groups and combines their outputs back: two all-to-alls among the ep groups
+    # (members tp chips apart), each chip of a group sending 1 / tp of the group's token copies;
+    # the busiest group receives `load` times the mean (DeepSeek-AI 2024, DeepSeek-V3 technical
+    # report, Sec. 3.4, dispatch and combine; vLLM and SGLang expert-parallel serving do the
+    # same).
+    dispatch = all_to_all(system, tokens * model.top_k * model.hidden * ab / tp * load, ep,
+                          stride=tp, **link)
+    comm = comm + dispatch.scale(2.0 * jnp.where(moe & (ep > 1.0), model.moe_layer_share, 0.0))
     return matmul, attn, elementwise_cost, comm
 
 
@@ -480,11 +587,14 @@ def inference_plan_rules(model: Transformer, plan: InferencePlan,
     `check_inference_plan`)."""
     n = float(system.num_chips)
     rules = [
-        Rule(Reason.CHIPS, "InferencePlan.tp * pp", plan.chips, divides(plan.chips, n),
+        Rule(Reason.CHIPS, "InferencePlan.tp * pp * ep", plan.chips, divides(plan.chips, n),
              lambda: f"a divisor of the system's {system.num_chips} chips (whole replicas "
                      f"of the plan)"),
         Rule(Reason.SPLIT, "InferencePlan.pp", plan.pp, divides(plan.pp, model.layers),
              lambda: f"a divisor of the model's {float(model.layers):g} layers"),
+        Rule(Reason.SPLIT, "InferencePlan.ep", plan.ep, divides(plan.ep, model.experts),
+             lambda: f"a divisor of the model's {float(model.experts):g} experts (1 for a "
+                     f"dense model)"),
     ]
     if plan.layout == "weight_stationary":
         # 1D tensor parallelism shards the heads; KV heads are sharded too, or shared by
@@ -578,12 +688,13 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
     # Next-token logits (vocabulary split over tp), in the plan's formats.
-    logits = _linear(chip, plan, logit_rows, model.vocab / plan.tp, model.hidden,
+    logits = _linear(chip, plan, logit_rows / plan.ep, model.vocab / plan.tp, model.hidden,
                      weight_resident_fraction=resident, smooth=smooth,
                      calibration=_runtime_calibration(plan, calibration))
     matmul_total = matmul.scale(layers) + logits
-    pp_comm = send_recv(system, tokens * model.hidden * plan.activation_bytes, plan.pp,
-                        stride=plan.tp, calibration=calibration).scale(plan.pp - 1.0)
+    # Each chip of a stage's ep groups sends its group's activations to the next stage.
+    pp_comm = send_recv(system, tokens / plan.ep * model.hidden * plan.activation_bytes, plan.pp,
+                        stride=plan.tp * plan.ep, calibration=calibration).scale(plan.pp - 1.0)
     matmul_time = matmul_total.time
     attention_time = layers * attn.time
     elementwise_time = layers * ew.time
@@ -594,7 +705,7 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
     per_chip_flops = matmul_total.flops + layers * (attn.flops + ew.flops)
     # Every stage runs layers / pp of the layers, so a chip is busy in_flight / pp of the pass.
     busy = in_flight / plan.pp
-    flops = per_chip_flops * plan.tp
+    flops = per_chip_flops * plan.tp * plan.ep
     hbm = (matmul_total.hbm_bytes + layers * (attn.hbm_bytes + ew.hbm_bytes)) * busy
     link_bytes = (layers * (comm.scaleup_bytes + comm.scaleout_bytes)
                   + pp_comm.scaleup_bytes + pp_comm.scaleout_bytes) * busy

@@ -465,12 +465,14 @@ def _kv_bytes_per_token(model: Transformer, plan: InferencePlan):
     """KV-cache bytes of one token on one chip, and the sequences' sharing factor.
 
     Each chip holds layers / pp layers and max(kv_heads / tp, 1) KV heads; with fewer KV heads
-    than chips, `sharers` chips split the sequences of a head (`_inference._kv_sharding`).
+    than chips, `sharers` chips split the sequences of a head (`_inference._kv_sharding`). With
+    expert parallelism each of the ep groups holds 1 / ep of the sequences, so a replica's
+    token costs 1 / ep of that per chip on average.
     """
     kv_heads = jnp.maximum(model.kv_heads / plan.tp, 1.0)
     sharers = jnp.maximum(plan.tp / model.kv_heads, 1.0)
     per_token = 2.0 * model.layers / plan.pp * kv_heads * model.head_dim * plan.kv_bytes
-    return per_token / sharers
+    return per_token / (sharers * plan.ep)
 
 
 def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_seqs, chunk,

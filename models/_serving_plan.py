@@ -1,6 +1,6 @@
 """The best serving plan: every layout, scheduler limit and precision recipe in one vmapped call.
 
-The inference twin of `best_plan`. A serving plan is a replica layout (TP x PP chips), the
+The inference twin of `best_plan`. A serving plan is a replica layout (TP x PP x EP chips), the
 replicas that fill the system, the scheduler's batch limit and token budget (the chunked-prefill
 chunk), and a precision recipe (bytes of weights and KV cache, and the matrix peak of that format
 relative to the chip's 16-bit peak). Enumeration is numpy on the concrete model shape and chip
@@ -10,8 +10,9 @@ tokens/s that meet the latency objective (`ServingReport.goodput`); infeasible p
 missed SLO) are masked and keep their reasons; `smooth=True` gives a soft maximum whose gradient
 blends the nearly-best plans.
 
-Not enumerated: expert parallelism (the inference pass shards experts by tensor parallelism:
-`_inference._pass`), replicas that leave chips idle, and unchunked prefill.
+Expert parallelism (`InferencePlan.ep`, MoE models only: EP divides the experts) is a dimension
+of the layout; a dense model has EP = 1 only. Not enumerated: replicas that leave chips idle, and
+unchunked prefill.
 """
 
 from __future__ import annotations
@@ -73,14 +74,16 @@ def enumerate_serving_plans(model: Transformer, num_chips: int, *,
                             sequence_parallel: bool = False) -> ServingPlans:
     """Every serving plan of `model` on exactly `num_chips` chips, as one batch.
 
-    Valid: TP divides the attention heads (at most `max_tp`), PP divides the layers, TP x PP
-    divides the chips (the rest are replicas); every batch limit and token budget; every
+    Valid: TP divides the attention heads (at most `max_tp`), PP divides the layers, EP divides
+    the experts (1 for a dense model), TP x PP x EP divides the chips (the rest are replicas);
+    every batch limit and token budget; every
     precision recipe (`{name: (weight_bytes, kv_bytes, matmul_speedup)}`).
 
     **Returns:** `ServingPlans` (the plans along a leading axis).
     """
     layers = _concrete_int(model.layers, "layers")
     heads = _concrete_int(model.heads, "heads")
+    experts = _concrete_int(model.experts, "experts")
     num_chips = int(num_chips)
     if num_chips < 1:
         raise ValueError(f"enumerate_serving_plans: num_chips must be >= 1; got {num_chips}")
@@ -88,18 +91,18 @@ def enumerate_serving_plans(model: Transformer, num_chips: int, *,
         raise ValueError("enumerate_serving_plans: precisions must name at least one recipe")
     names = tuple(precisions)
     rows = []
-    for tp, pp in itertools.product(_divisors(heads), _divisors(layers)):
-        if num_chips % (tp * pp) or (max_tp is not None and tp > max_tp):
+    for tp, pp, ep in itertools.product(_divisors(heads), _divisors(layers), _divisors(experts)):
+        if num_chips % (tp * pp * ep) or (max_tp is not None and tp > max_tp):
             continue
         for b, t, k in itertools.product(max_batches, max_tokens, range(len(names))):
-            rows.append((tp, pp, num_chips // (tp * pp), b, t, k))
+            rows.append((tp, pp, num_chips // (tp * pp * ep), b, t, k, ep))
     if not rows:
         raise ValueError(f"no serving plan for {num_chips} chips (layers {layers}, heads "
                          f"{heads}, max_tp {max_tp})")
     a = np.array(rows, dtype=np.float64)
     k = a[:, 5].astype(np.int64)
     recipe = np.array([precisions[n] for n in names], dtype=np.float64)[k]
-    inference = InferencePlan(tp=a[:, 0], pp=a[:, 1], weight_bytes=recipe[:, 0],
+    inference = InferencePlan(tp=a[:, 0], pp=a[:, 1], ep=a[:, 6], weight_bytes=recipe[:, 0],
                               kv_bytes=recipe[:, 1], sequence_parallel=sequence_parallel,
                               fused=True)
     n = len(a)
@@ -119,7 +122,7 @@ def evaluate_serving_plans(model: Transformer, plans: ServingPlans, system: Syst
     """`serve_continuous` and its goodput within `slo` of every plan (one vmapped call).
 
     Each plan's replicas run on `system`'s chips and links (a replica's collectives span its
-    TP x PP chips), the chip's matrix peak times the plan's recipe speedup.
+    TP x PP x EP chips), the chip's matrix peak times the plan's recipe speedup.
     """
     def one(plan, speedup):
         chip = system.chip.replace(mac_units=system.chip.mac_units * speedup)
@@ -208,7 +211,7 @@ def best_serving_plan(model: Transformer, system: System, workload: ServingWorkl
                       temperature: float = 0.05, **enumerate_kwargs) -> ServingChoice:
     """The serving plan with the most output tokens/s within a latency objective.
 
-    Enumerates every plan on all chips of `system` (`enumerate_serving_plans`: TP, PP,
+    Enumerates every plan on all chips of `system` (`enumerate_serving_plans`: TP, PP, EP,
     replicas, batch limit, chunk size, precision recipe), evaluates all with one vmapped
     `serve_continuous` and its goodput, masks the infeasible ones (reasons kept) and returns the
     best (`select_serving_plan`).
