@@ -63,7 +63,7 @@ EXTERNAL_FILE = "serving_external_checks.csv"
 SERVING_MODELS = {"Llama 3.1 8B": "llama3-8b", "Llama 3.1 70B": "llama3-70b",
                   "Llama 3.3 70B": "llama3-70b", "Llama 3.1 405B": "llama3-405b",
                   "Mixtral 8x7B": "mixtral-8x7b", "Mixtral 8x22B": "mixtral-8x22b",
-                  "Mistral 7B": "mistral-7b"}
+                  "Mistral 7B": "mistral-7b", "Qwen3-235B-A22B": "qwen3-235b-a22b"}
 # Chip preset and the system it sits in, by the hardware named in a row.
 SERVING_HARDWARE = {"H100": ("H100-SXM", "DGX-H100"), "H200": ("H200", "DGX-H100"),
                     "B200": ("B200", "DGX-H100"), "GB200": ("GB200", "GB200-NVL72"),
@@ -77,6 +77,11 @@ FORMATS_OF = {
     "FP8": dict(weights="fp8", activations="fp8", kv_cache="fp8"),
     "FP4": dict(weights="nvfp4", activations="nvfp4", kv_cache="fp8"),
 }
+# Rows whose notes say this ran MoE with attention data parallelism and an EP size the source
+# does not give (TensorRT-LLM perf-overview v1.0: `--ep $ep_size`, `enable_attention_dp: true`).
+UNSTATED_EP = "expert parallelism of an unstated size"
+MOE_LAYOUTS = ("ep", "tp")
+
 # trtllm-bench (`tensorrt_llm/bench/build/tuning.py`): the KV-cache fraction its perf pages use
 # "in many cases" (perf-overview), its batch cap and token cap, and block size (KvCacheConfig).
 KV_FRACTION = 0.95
@@ -158,8 +163,14 @@ def trtllm_bench_limits(model: Transformer, tp: int, pp: int, weight_bytes: floa
     return float(bs), float(tokens)
 
 
-def _case(row: dict, chips_rows: dict) -> ServingCase | SkippedServingRow:
+def _case(row: dict, chips_rows: dict,
+          moe_layout: str | None = None) -> ServingCase | SkippedServingRow:
     run_id, source = row["run_id"], row["source_key"]
+    unstated_ep = UNSTATED_EP in (row.get("notes") or "")
+    if unstated_ep and moe_layout is None:
+        return SkippedServingRow(run_id, source, f"{row['model']}: MoE with attention data "
+                                 "parallel and an EP size the source does not give (layout not "
+                                 "determined; benchmarks/validate_moe_serving.py runs both)")
     name = SERVING_MODELS.get(row["model"])
     if name is None:
         return SkippedServingRow(run_id, source, f"{row['model']}: no preset shape")
@@ -183,8 +194,14 @@ def _case(row: dict, chips_rows: dict) -> ServingCase | SkippedServingRow:
     wb, kb = FORMATS[formats["weights"]].bytes, FORMATS[formats["kv_cache"]].bytes
     max_batch, max_tokens = trtllm_bench_limits(model, tp, pp, wb, kb, float(chip.hbm_bytes),
                                                 i, o)
-    # TensorRT-LLM: Megatron tensor parallel (norms replicated), fused kernels, chunked context.
-    inference = InferencePlan(tp=tp, pp=pp, sequence_parallel=False, fused=True, **formats)
+    # TensorRT-LLM: Megatron tensor parallel (norms replicated), fused kernels, chunked context;
+    # MoE experts tensor-parallel (its default pattern: "Expert Parallelism in TensorRT-LLM",
+    # nvidia.github.io/TensorRT-LLM/advanced/expert-parallelism.html), or read as EP = tp with
+    # attention data parallel where `moe_layout="ep"` asks.
+    layout = dict(tp=tp)
+    if unstated_ep and moe_layout == "ep":
+        layout = dict(tp=1, ep=tp)
+    inference = InferencePlan(pp=pp, sequence_parallel=False, fused=True, **layout, **formats)
     plan = ServingPlan(inference=inference, max_batch=max_batch, max_tokens=max_tokens,
                        block_tokens=TOKENS_PER_BLOCK, kv_memory_fraction=KV_FRACTION,
                        reserve_output=1.0)
@@ -208,7 +225,7 @@ def _rows(data_dir, external: bool) -> list[dict]:
 
 
 def serving_cases(data_dir: str | Path | None = None, *, external: bool = False,
-                  online: bool = False) -> tuple[list, list]:
+                  online: bool = False, moe_layout: str | None = None) -> tuple[list, list]:
     """The serving rows as `(cases, skipped)`.
 
     **Arguments:**
@@ -218,16 +235,23 @@ def serving_cases(data_dir: str | Path | None = None, *, external: bool = False,
       instead of the throughput rows of inference_runs.csv.
     - `online`: with `external`, the latency-under-load rows (offered rate, mean TTFT and
       inter-token latency) instead of the throughput rows.
+    - `moe_layout`: how to read MoE rows whose EP size the source does not give (`UNSTATED_EP`
+      in their notes): None leaves them out with that reason; "ep" runs them with every GPU
+      its own EP rank and attention data parallel (`InferencePlan(tp=1, ep=tp)`); "tp" with
+      the experts tensor-parallel like the rest (`InferencePlan(tp=tp)`).
 
     **Returns:** `(cases, skipped)`: `ServingCase`s and `SkippedServingRow`s (with reasons).
     """
+    if moe_layout not in (None,) + MOE_LAYOUTS:
+        raise ValueError(f"serving_cases: moe_layout must be None or one of {MOE_LAYOUTS}; got "
+                         f"{moe_layout!r}")
     chips_rows = read_chips_csv(data_dir)
     cases, skipped = [], []
     for row in _rows(data_dir, external):
         is_online = bool(row.get("arrival_rate_per_s"))
         if is_online != online:
             continue
-        result = _case(row, chips_rows)
+        result = _case(row, chips_rows, moe_layout)
         (cases if isinstance(result, ServingCase) else skipped).append(result)
     return cases, skipped
 

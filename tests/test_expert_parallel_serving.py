@@ -134,3 +134,19 @@ def test_ep_decode_jits_vmaps_and_differentiates(dtype):
             assert all(np.isfinite(float(v)) for v in g)
             # More bandwidth never slows a decode step.
             assert float(g[0]) < 0.0 and float(g[1]) <= 0.0
+
+
+def test_moe_rows_of_unstated_ep_are_left_out_or_read_as_asked():
+    from dse.calibration import serving_cases
+
+    _, skipped = serving_cases(external=True)
+    qwen = [s for s in skipped if "Qwen3" in s.run_id]
+    # 10 H200, 7 H100 and 10 B200 rows of the TensorRT-LLM v1.0 page (blank cells are not rows).
+    assert len(qwen) == 27 and all("EP size the source does not give" in s.reason for s in qwen)
+    as_ep, _ = serving_cases(external=True, moe_layout="ep")
+    ep = [c for c in as_ep if "Qwen3" in c.run_id]
+    assert len(ep) == 27
+    assert all(float(c.plan.inference.ep) == 8.0 and float(c.plan.inference.tp) == 1.0
+               for c in ep)
+    with pytest.raises(ValueError, match="moe_layout must be None or one of"):
+        serving_cases(external=True, moe_layout="dp")
