@@ -112,7 +112,9 @@ class InferencePlan(eqx.Module):
       sequences (attention data parallel), and the MoE layers shard the experts over the ep
       groups (experts / ep per group, each split tp ways inside it), with a dispatch and a
       combine all-to-all per MoE layer (as vLLM's `--enable-expert-parallel` with data-parallel
-      attention, and DeepSeek-V3's serving, DeepSeek-AI 2024, Sec. 3.4, do).
+      attention, and DeepSeek-V3's serving, DeepSeek-AI 2024, Sec. 3.4, do). TensorRT-LLM's
+      other pattern, EP inside the TP group with attention tensor parallel (moe_ep_size x
+      moe_tp_size = tp), is not modelled.
     - `batch`: sequences processed together (all ep groups of a replica).
     - `weights` (static): format of the stored weights (`WEIGHT_FORMATS`: "bf16", "fp8",
       "int8", "int4", "nvfp4", ...).

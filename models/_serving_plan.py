@@ -11,8 +11,12 @@ missed SLO) are masked and keep their reasons; `smooth=True` gives a soft maximu
 blends the nearly-best plans.
 
 Expert parallelism (`InferencePlan.ep`, MoE models only: EP divides the experts) is a dimension
-of the layout; a dense model has EP = 1 only. Not enumerated: replicas that leave chips idle, and
-unchunked prefill.
+of the layout; a dense model has EP = 1 only. Caution: the only published MoE serving rows run
+with EP (TensorRT-LLM v1.0, Qwen3-235B-A22B on 8 GPUs, EP size not stated) come out +85% to
++120% under the EP = 8 reading and +15% to +20% under the expert-TP one
+(`benchmarks/validate_moe_serving.py`), so the search's preference for EP layouts of MoE models
+is not validated. Not enumerated: replicas that leave chips idle, unchunked prefill, and
+TensorRT-LLM's hybrid (EP inside the TP group with attention tensor parallel).
 """
 
 from __future__ import annotations
