@@ -101,10 +101,10 @@ def test_pipeline_of_7_stages_for_96_layers_is_an_error():
 
 
 @pytest.mark.parametrize(("plan", "args", "message"), [
-    (dict(tp=16), (32, 2048, 256), r"InferencePlan\.tp \* pp must be a divisor of the system's "
-                                   r"8 chips \(whole replicas of the plan\); got 16"),
-    (dict(tp=3), (32, 2048, 256), r"InferencePlan\.tp \* pp must be a divisor of the system's "
-                                  r"8 chips .*; got 3"),
+    (dict(tp=16), (32, 2048, 256), r"InferencePlan\.tp \* pp \* ep must be a divisor of the "
+                                   r"system's 8 chips \(whole replicas of the plan\); got 16"),
+    (dict(tp=3), (32, 2048, 256), r"InferencePlan\.tp \* pp \* ep must be a divisor of the "
+                                  r"system's 8 chips .*; got 3"),
     (dict(tp=8), (32, -5, 256), r"serve\.input_len must be a whole number in \[1, 16777216\]; "
                                 r"got -5"),
     (dict(tp=8), (32, 2048, 0), r"serve\.output_len must be a whole number in \[1, 16777216\]; "
