@@ -77,6 +77,12 @@ def multimodal_cases(data_dir: Path | None = None):
 EMA_BYTES_PER_PARAM = 4.0
 
 
+def ema_bytes(model: Transformer, plan: TrainingPlan) -> float:
+    """Bytes per chip of the fp32 EMA weights DiT's training keeps (the model's parameters
+    split over the plan's TP x PP)."""
+    return EMA_BYTES_PER_PARAM * float(model.params) / float(plan.tp * plan.pp)
+
+
 def predict_multimodal(cases, calibration: Calibration = DEFAULT):
     """(step time s, memory per chip bytes: `train_step`'s plus the fp32 EMA weights) of each
     case."""
@@ -84,6 +90,5 @@ def predict_multimodal(cases, calibration: Calibration = DEFAULT):
     for c in cases:
         r = train_step(c.model, c.plan, c.system, calibration=calibration.for_framework(
             c.framework))
-        ema = EMA_BYTES_PER_PARAM * float(c.model.params) / float(c.plan.tp * c.plan.pp)
-        out.append((float(r.step_time), float(r.memory_per_chip) + ema))
+        out.append((float(r.step_time), float(r.memory_per_chip) + ema_bytes(c.model, c.plan)))
     return out
