@@ -4,8 +4,12 @@ state enough to be modelled: `multimodal_cases(data_dir)` returns (cases, skippe
 The fast-DiT rows train DiT-XL/2 at 256 x 256 on one A100 in eager PyTorch with the optimizations
 its README names (gradient checkpointing, modelled as full recomputation of every block; mixed
 precision, fp16), so they take the PyTorch framework's factors
-(`Calibration.for_framework("pytorch")`). The EMA copy of the weights that DiT's training keeps
-(facebookresearch/DiT train.py) is not in the memory model.
+(`Calibration.for_framework("pytorch")`). Their memory adds to `train_step`'s the EMA copy of the
+weights that DiT's training keeps on the GPU in fp32, 4 bytes per parameter (`ema =
+deepcopy(model).to(device)` in facebookresearch/DiT train.py @ed81ce2 and in fast-DiT's
+train.py @dbe04f63, the feature pre-extraction script of the README's last row): `train_step`
+holds no EMA. (The VAE that both scripts also load onto the GPU is left out: its parameter count
+was not collected.)
 """
 
 from __future__ import annotations
@@ -69,11 +73,22 @@ def multimodal_cases(data_dir: Path | None = None):
     return cases, skipped
 
 
+# fp32 EMA weights: 4 bytes per parameter (module docstring).
+EMA_BYTES_PER_PARAM = 4.0
+
+
+def ema_bytes(model: Transformer, plan: TrainingPlan) -> float:
+    """Bytes per chip of the fp32 EMA weights DiT's training keeps (the model's parameters
+    split over the plan's TP x PP)."""
+    return EMA_BYTES_PER_PARAM * float(model.params) / float(plan.tp * plan.pp)
+
+
 def predict_multimodal(cases, calibration: Calibration = DEFAULT):
-    """(step time s, memory per chip bytes) of each case."""
+    """(step time s, memory per chip bytes: `train_step`'s plus the fp32 EMA weights) of each
+    case."""
     out = []
     for c in cases:
         r = train_step(c.model, c.plan, c.system, calibration=calibration.for_framework(
             c.framework))
-        out.append((float(r.step_time), float(r.memory_per_chip)))
+        out.append((float(r.step_time), float(r.memory_per_chip) + ema_bytes(c.model, c.plan)))
     return out

@@ -10,9 +10,13 @@ How each source ran, from the source itself:
 - TorchRec (facebookresearch/dlrm torchrec_dlrm, README "Preliminary Training Results"): eager
   PyTorch, fp32 tables and MLPs (no mixed precision in dlrm_main.py), FBGEMM's fused embedding
   backward with the optimizer applied in backward (EXACT_ADAGRAD, or SGD for the SGD row).
-  The MLPs run at the TF32 rate (`RecPlan.matrix_rate` 0.5): an assumption, as the README's
-  CUDA 11.0 / NCCL 2.10.3 stack is that of PyTorch 1.10-1.11, whose default allowed TF32
-  matmuls (PyTorch turned the default off in 1.12).
+  The MLPs run in IEEE fp32 on the CUDA cores, not TF32: the README's rows were added in
+  facebookresearch/dlrm commit dee060b (2023-05-30), whose dlrm_main.py sets
+  `torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32`, a store_true flag (added in
+  f753632, 2022-12-05, "as it is disabled by default for PyTorch >= 1.12") that none of the
+  rows' "Unique Flags" passes. `RecPlan.matrix_rate` is therefore the A100's FP32 peak over its
+  FP16 tensor peak, 19.5 / 312 TFLOP/s (NVIDIA A100 Tensor Core GPU Architecture whitepaper,
+  Table 1). (The README's "CUDA 11.0, NCCL 2.10.3" line is older than these rows.)
 - HugeCTR MLPerf DLRM-DCNv2 (NVIDIA-Merlin/HugeCTR samples/dlrm/train.py @2f286082):
   `use_cuda_graph=True` (`RecPlan.fused`), Adagrad, 16-bit MLPs (`use_mixed_precision`, an
   assumption: the flag is set by the submission configs, which were not collected) with fp32
@@ -40,6 +44,9 @@ from dse.models import DEFAULT, DLRM, DLRMS, Calibration, RecPlan, rec_train_ste
 from ._training_data import SkippedRow
 
 # Chip of each row's hardware where it differs from the system preset's.
+# IEEE fp32 matrix rate over the 16-bit tensor peak on A100: 19.5 / 312 TFLOP/s (NVIDIA A100
+# whitepaper, Table 1); TorchRec's rows run fp32 MLPs without TF32 (module docstring).
+_A100_FP32_RATE = 19.5 / 312.0
 _CHIP = {"A100 40GB": "A100-40GB", "H200": "H200"}
 
 
@@ -82,7 +89,8 @@ def recsys_cases(data_dir: Path | None = None) -> tuple[list[RecCase], list[Skip
             plan = RecPlan(global_batch=float(row["global_batch"]), sharding="column",
                            embedding_optimizer=row["embedding_optimizer"],
                            embedding_bytes=4.0, dense_bytes=2.0 if hugectr else 4.0,
-                           matrix_rate=1.0 if hugectr else 0.5, fused=hugectr)
+                           matrix_rate=1.0 if hugectr else _A100_FP32_RATE,
+                           fused=hugectr)
             cases.append(RecCase(row["run_id"], row["source_key"], DLRMS[row["model"]], plan,
                                  _system(row), float(row["samples_per_s"])))
     return cases, skipped

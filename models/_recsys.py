@@ -218,7 +218,7 @@ class RecPlan(eqx.Module):
     - `matrix_rate`: the MLPs' matrix rate as a fraction of the chip's 16-bit peak (1 for 16-bit
       mixed precision; 0.5 for TF32 on A100 and H100, whose TF32 tensor-core peaks are half
       their FP16 peaks: NVIDIA A100 whitepaper 156 vs 312 TFLOP/s, H100 whitepaper 494.7 vs
-      989.4).
+      989.4; 19.5 / 312 for IEEE fp32 on A100's CUDA cores, PyTorch's default since 1.12).
     - `cache_hit_rate`: share of embedding row accesses served from an on-chip SRAM cache of
       hot rows, in [0, 1) (0 = no cache). A measured or assumed figure for the chip's SRAM:
       the model does not derive it from the SRAM size.

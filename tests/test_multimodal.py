@@ -98,3 +98,14 @@ def test_bad_vision_language_fields():
         v.replace(projector=(1024,))
     with pytest.raises(ValueError, match=r"VisionLanguage.patch_size must be finite and in"):
         v.replace(patch_size=0.0)
+
+
+def test_fast_dit_memory_holds_the_fp32_ema_copy():
+    # DiT's train.py keeps an fp32 EMA copy of the weights on the GPU: 4 B x the DiT-XL/2
+    # preset's 669.2M parameters (the fast-DiT log prints 675,129,632 with the embeddings),
+    # split over TP x PP.
+    from dse.calibration._multimodal_data import ema_bytes
+
+    plan = TrainingPlan(tp=1, pp=1, dp=1, microbatch_size=128, global_batch=128)
+    assert ema_bytes(DIT, plan) == pytest.approx(4.0 * 669_193_344, rel=1e-6)
+    assert ema_bytes(DIT, plan.replace(tp=2, dp=1)) == pytest.approx(0.5 * ema_bytes(DIT, plan))

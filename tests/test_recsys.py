@@ -141,6 +141,13 @@ def test_mlperf_rows_within_ten_percent():
     mlperf = [c for c in cases if c.source_key == "mlperf_training_v40_dlrm_dcnv2"]
     err = np.array([c.measured for c in mlperf]) / predict_recsys(mlperf) - 1.0
     assert len(mlperf) == 6 and np.median(np.abs(err)) <= 0.10
+    # TorchRec's DCNv2 rows (torchrec_dlrm README, 8 x A100): their MLPs run in IEEE fp32
+    # (allow_tf32 off), which bounds the step; within 20% of the published samples/s. (Its
+    # dot-interaction rows stay far too fast in the model: an overhead it does not have.)
+    dcn = [c for c in cases if c.source_key == "torchrec_dlrm_readme"
+           and c.model.interaction == "dcn"]
+    err = np.array([c.measured for c in dcn]) / predict_recsys(dcn) - 1.0
+    assert len(dcn) == 2 and np.all(np.abs(err) <= 0.20)
 
 
 # ----- transforms ----------------------------------------------------------------------------
