@@ -227,7 +227,7 @@ def test_missing_engine_is_a_reason_inside_a_sweep():
     chips = stack_chips([CHIPS["B200"].replace(fp4_rate=0.0), CHIPS["B200"]])
     system = SYSTEMS["DGX-B200"]
     plan = PLAN8.replace(precision="nvfp4")
-    reports = jax.vmap(lambda c: train_step(SMALL, plan, system.replace(chip=c)))(chips)
+    reports = jax.jit(jax.vmap(lambda c: train_step(SMALL, plan, system.replace(chip=c))))(chips)
     reasons = np.asarray(reports.reason)
     assert reasons[0] & Reason.PRECISION and not reasons[1] & Reason.PRECISION
     assert np.all(np.isfinite(np.asarray(reports.step_time)))
@@ -301,12 +301,16 @@ def test_engine_fields_jit_vmap_and_differentiate(objective):
                                    fp4_efficiency=rng.uniform(0.5, 1.0)) for _ in range(3)]
     batch, one = stack_chips(chips), chips[0]
     jitted = jax.jit(jax.vmap(f))(batch)
+    # One compiled program for the value and one for the gradient, reused by the float64
+    # finite differences below (evaluated op by op they cost several times more).
+    grad_fn = jax.jit(jax.grad(f))
+    f = jax.jit(f)
     np.testing.assert_allclose(float(jitted[0]), float(f(one)), rtol=2e-5)
-    grad = jax.grad(f)(one)  # float32
+    grad = grad_fn(one)  # float32
     assert all(np.isfinite(float(getattr(grad, k))) for k in ENGINE_FIELDS)
     with jax.enable_x64(True):
         chip64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), one)
-        grad64 = jax.grad(f)(chip64)
+        grad64 = grad_fn(chip64)
         relevant = {"train_fp8": ("fp8_rate", "low_precision_efficiency"),
                     "train_nvfp4": ("fp4_rate", "fp4_efficiency"),
                     "serve_nvfp4": ("fp4_rate", "fp4_efficiency")}[objective]
