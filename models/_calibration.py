@@ -238,8 +238,8 @@ _TRAINING = ("fitted by dse.calibration.fit_kernel_fraction to every modelled ro
              "without each source to predict that source)")
 
 DEFAULT = Calibration(
-    matrix_max=1.024,
-    matrix_overhead_s=8.575e-06,
+    matrix_max=1.027,
+    matrix_overhead_s=5.389e-06,
     memory_max=0.6878,
     memory_overhead_s=1.013e-05,
     attention_scale=1.129,

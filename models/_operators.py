@@ -221,6 +221,70 @@ def _attention_compute_time(chip: Chip, flops, io_bytes, head_dim, attended, cau
                      + cal.matrix_overhead_s)
 
 
+# Output tile of one GEMM thread block on a GPU core (SM / CU): cuBLAS's most efficient tiles are
+# 256 x 128 and 128 x 256, one thread block per SM, so a wave is `core_count` tiles (NVIDIA,
+# "Matrix Multiplication Background User's Guide", DU-09799-001_v001, Feb. 2023, Sec. 2.3
+# "Typical tile dimensions in cuBLAS and performance" and Sec. 3.2 "Wave quantization": A100,
+# 108 SMs, 256 x 128 tiles, one per SM, a wave of 108 tiles). Hopper and Blackwell kernels keep
+# the same output tile per SM (CUTLASS 3 SM90 warp-specialized GEMMs 128 x 256 x 64 per CTA;
+# Blackwell 2-SM UMMA 256 x 256 over an SM pair, 128 x 256 per SM).
+GPU_TILE_LONG = 256.0
+GPU_TILE_SHORT = 128.0
+
+
+@jax.custom_jvp
+def ceil_straight_through(x):
+    """ceil(x), differentiated as x (straight-through).
+
+    The value keeps the exact step of a discrete count (tiles, waves); the derivative is that of
+    the continuous count it rounds up, so a gradient sees the average trend (more work, more
+    time) instead of 0 almost everywhere and an undefined jump at integers. Finite everywhere.
+    """
+    return jnp.ceil(x)
+
+
+@ceil_straight_through.defjvp
+def _ceil_straight_through_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return jnp.ceil(x), dx
+
+
+def _quantized_fraction(m, n, cores, tile_m, tile_n):
+    # Tile dims never exceed the matrix (a 1-row GEMV runs 1-row tiles, not padded 256-row ones).
+    tm = jnp.minimum(tile_m, jnp.maximum(m, 1.0))
+    tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
+    tiles = ceil_straight_through(m / tm) * ceil_straight_through(n / tn)
+    waves = ceil_straight_through(tiles / cores)
+    # Useful output elements / output elements the waves' slots could compute.
+    return _safe_div(m * n, waves * cores * tm * tn)
+
+
+def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike) -> Float[Array, "*batch"]:
+    """Share of a GEMM's core-time that computes useful outputs, after tile and wave
+    quantization (in (0, 1]; 1 for chips that are not GPUs).
+
+    A GPU GEMM splits its m x n output into thread-block tiles (`GPU_TILE_LONG` x
+    `GPU_TILE_SHORT`, either orientation: cuBLAS picks per shape, we take the better) and runs
+    them in waves of one tile per core; the last wave's idle cores and the partial edge tiles
+    cost time as if computing (NVIDIA DU-09799-001, Sec. 3.1 tile and 3.2 wave quantization).
+    `ceil_straight_through` keeps the steps in the value and a finite, trend-following
+    derivative. The measured best-GEMM fraction (`Chip.matmul_fraction`) was taken at shapes
+    that fill their waves to 97-99% (A100 1024 x 10240: 320 tiles in 3 waves of 108; H100
+    2048 x 2048: 128 tiles in 1 wave of 132), which this does not divide out.
+
+    Spatial chips (`core_kind == "spatial"`: systolic arrays fed by a compiler that partitions
+    the whole op, TPU / Groq / Cerebras) get 1: no published tile-per-core schedule to model.
+    """
+    m, n = _f(m), _f(n)
+    if chip.core_kind != "simt":
+        return jnp.ones(jnp.broadcast_shapes(m.shape, n.shape, jnp.shape(chip.core_count)),
+                        dtype=m.dtype)
+    cores = chip.core_count
+    wide = _quantized_fraction(m, n, cores, GPU_TILE_SHORT, GPU_TILE_LONG)
+    tall = _quantized_fraction(m, n, cores, GPU_TILE_LONG, GPU_TILE_SHORT)
+    return jnp.maximum(wide, tall)
+
+
 def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
     """HBM reads and writes (elements) of C = A B with the best output-stationary tiling.
 
@@ -287,7 +351,9 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     a, b, c = gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction)
     hbm_bytes = a * bytes_per_element + c * cbytes + b * wbytes
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
+    # Idle cores of the last wave and padded edge tiles take core-time as useful work does.
+    occupied_flops = _safe_div(flops, wave_efficiency(chip, m, n))
+    compute_time, memory_time = _times(chip, occupied_flops, hbm_bytes, calibration, active,
                                        engine=engine)
     # A weight is de-quantized each time it is loaded (at least once per call, resident or not).
     convert = (weight_convert_flops * jnp.maximum(b, k * n) + input_convert_flops * m * k)

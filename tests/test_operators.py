@@ -20,7 +20,9 @@ from dse.models._operators import (
     elementwise,
     gemm,
     gemm_traffic_elements,
+    ceil_straight_through,
     roofline,
+    wave_efficiency,
 )
 
 # A100-like chip (NVIDIA A100 whitepaper: 312 TFLOP/s dense BF16 at 1.41 GHz, 19.5 TFLOP/s FP32,
@@ -238,3 +240,67 @@ def test_grad_is_a_chip():
     grads = jax.grad(lambda c: gemm(c, 512.0, 512.0, 512.0).time)(a100())
     assert isinstance(grads, Chip)
     assert eqx.tree_equal(jax.tree.structure(grads), jax.tree.structure(a100()))
+
+
+# ----- tile and wave quantization --------------------------------------------------------------
+
+# H100 SXM5: 132 SMs enabled (NVIDIA H100 Tensor Core GPU Architecture whitepaper, "H100 SXM5
+# ... 132 SMs"); the A100-like chip above with that core count.
+H100_SMS = 132.0
+
+
+def _h100_like():
+    return a100(core_count=H100_SMS)
+
+
+def test_wave_quantization_one_wave_and_a_bit_more():
+    chip = _h100_like()
+    # 3072 x 1408 = 12 x 11 tiles of 256 x 128: 132 tiles, exactly one wave of 132 SMs.
+    np.testing.assert_allclose(float(wave_efficiency(chip, 3072.0, 1408.0)), 1.0, rtol=1e-6)
+    # 3072 x 1536: 144 tiles in either orientation (12 x 12, 24 x 6) -> 2 waves, 264 slots.
+    np.testing.assert_allclose(float(wave_efficiency(chip, 3072.0, 1536.0)), 144 / 264,
+                               rtol=1e-6)
+    # The same GEMM with 9% more output is 1.83x slower per FLOP when compute-bound (k large).
+    k = 16384.0
+    full, over = gemm(chip, 3072.0, 1408.0, k), gemm(chip, 3072.0, 1536.0, k)
+    assert float(full.compute_time) > float(full.memory_time)
+    per_flop = (float(over.time) / float(over.flops)) / (float(full.time) / float(full.flops))
+    np.testing.assert_allclose(per_flop, 264 / 144, rtol=0.01)
+    # On the A100's 108 SMs the 144 tiles also take 2 waves (216 slots): a smaller loss.
+    np.testing.assert_allclose(float(wave_efficiency(a100(), 3072.0, 1536.0)), 144 / 216,
+                               rtol=1e-6)
+
+
+def test_wave_quantization_small_and_spatial():
+    # A 1-row GEMV runs 1-row tiles (no padding to 256 rows), 128 wide: 8192 / 128 = 64 tiles
+    # on 132 SMs.
+    np.testing.assert_allclose(float(wave_efficiency(_h100_like(), 1.0, 8192.0)),
+                               64 / 132, rtol=1e-6)
+    # Spatial chips (systolic arrays, compiler-partitioned ops): no wave model, 1.
+    tpu_like = a100(core_count=2.0).replace(core_kind="spatial")
+    np.testing.assert_allclose(float(wave_efficiency(tpu_like, 3072.0, 1536.0)), 1.0)
+
+
+@jax.jit
+@jax.vmap
+def _wave_grads(cores, m):
+    def time(cores_, m_):
+        return gemm(_h100_like().replace(core_count=cores_), m_, 1536.0, 4096.0).time
+    return jax.grad(time, argnums=(0, 1))(cores, m)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_wave_quantization_jit_vmap_grad_finite(x64):
+    # Straight-through derivative: finite at, below and above the wave steps, in both dtypes;
+    # more rows cost more time. (At a fixed MAC count, more cores only leave more slots of the
+    # last wave idle: d time / d cores >= 0.)
+    with jax.enable_x64(x64):
+        cores = jnp.array([132.0, 132.0, 131.0, 144.0, 108.0])
+        m = jnp.array([3072.0, 2816.0, 3073.0, 1.0, 8192.0])
+        d_cores, d_m = _wave_grads(cores, m)
+        assert d_m.dtype == (jnp.float64 if x64 else jnp.float32)
+        assert np.all(np.isfinite(np.asarray(d_cores))) and np.all(np.isfinite(np.asarray(d_m)))
+        assert np.all(np.asarray(d_m) > 0) and np.all(np.asarray(d_cores) >= -1e-15)
+    # The step itself: exact value, derivative 1.
+    assert float(ceil_straight_through(2.01)) == 3.0
+    assert float(jax.grad(ceil_straight_through)(2.01)) == 1.0
