@@ -249,17 +249,18 @@ def _ceil_straight_through_jvp(primals, tangents):
     return jnp.ceil(x), dx
 
 
-def _quantized_fraction(m, n, cores, tile_m, tile_n):
+def _quantized_fraction(m, n, groups, cores, tile_m, tile_n):
     # Tile dims never exceed the matrix (a 1-row GEMV runs 1-row tiles, not padded 256-row ones).
     tm = jnp.minimum(tile_m, jnp.maximum(m, 1.0))
     tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
-    tiles = ceil_straight_through(m / tm) * ceil_straight_through(n / tn)
+    tiles = groups * ceil_straight_through(m / tm) * ceil_straight_through(n / tn)
     waves = ceil_straight_through(tiles / cores)
     # Useful output elements / output elements the waves' slots could compute.
-    return _safe_div(m * n, waves * cores * tm * tn)
+    return _safe_div(groups * m * n, waves * cores * tm * tn)
 
 
-def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike) -> Float[Array, "*batch"]:
+def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike,
+                    groups: ArrayLike = 1.0) -> Float[Array, "*batch"]:
     """Share of a GEMM's core-time that computes useful outputs, after tile and wave
     quantization (in (0, 1]; 1 for chips that are not GPUs).
 
@@ -272,16 +273,18 @@ def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike) -> Float[Array, "*ba
     that fill their waves to 97-99% (A100 1024 x 10240: 320 tiles in 3 waves of 108; H100
     2048 x 2048: 128 tiles in 1 wave of 132), which this does not divide out.
 
+    `groups` independent m x n outputs (a batched GEMM) fill the waves together.
+
     Spatial chips (`core_kind == "spatial"`: systolic arrays fed by a compiler that partitions
     the whole op, TPU / Groq / Cerebras) get 1: no published tile-per-core schedule to model.
     """
-    m, n = _f(m), _f(n)
+    m, n, groups = _f(m), _f(n), _f(groups)
     if chip.core_kind != "simt":
-        return jnp.ones(jnp.broadcast_shapes(m.shape, n.shape, jnp.shape(chip.core_count)),
-                        dtype=m.dtype)
+        return jnp.ones(jnp.broadcast_shapes(m.shape, n.shape, groups.shape,
+                                             jnp.shape(chip.core_count)), dtype=m.dtype)
     cores = chip.core_count
-    wide = _quantized_fraction(m, n, cores, GPU_TILE_SHORT, GPU_TILE_LONG)
-    tall = _quantized_fraction(m, n, cores, GPU_TILE_LONG, GPU_TILE_SHORT)
+    wide = _quantized_fraction(m, n, groups, cores, GPU_TILE_SHORT, GPU_TILE_LONG)
+    tall = _quantized_fraction(m, n, groups, cores, GPU_TILE_LONG, GPU_TILE_SHORT)
     return jnp.maximum(wide, tall)
 
 
@@ -317,8 +320,8 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
          bytes_per_element: ArrayLike = 2.0, weight_bytes_per_element: ArrayLike | None = None,
          output_bytes_per_element: ArrayLike | None = None, engine: str = "bf16",
          weight_convert_flops: ArrayLike = 0.0, input_convert_flops: ArrayLike = 0.0,
-         weight_resident_fraction: ArrayLike = 0.0, smooth: bool = False,
-         calibration: Calibration = DEFAULT) -> OpCost:
+         weight_resident_fraction: ArrayLike = 0.0, output_groups: ArrayLike = 1.0,
+         smooth: bool = False, calibration: Calibration = DEFAULT) -> OpCost:
     """One matrix product C (m x n) = A (m x k) B (k x n) on one chip.
 
     **Arguments:**
@@ -336,6 +339,9 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     - `input_convert_flops`: vector FLOP per element of A (quantization of the activation to
       the engine's format, fused into the kernel that produces it).
     - `weight_resident_fraction`: share of B held in SRAM across calls, in [0, 1].
+    - `output_groups`: the product is this many independent m x n outputs, each reducing
+      k / output_groups (a batched GEMM whose batch runs along k, as the weight-gradient product
+      of a batched GEMM stacked along M): their tiles share the waves (`wave_efficiency`).
     - `smooth`: smooth roofline (see `roofline`).
     - `calibration`: the model's fitted factors (`dse.models.Calibration`; default `DEFAULT`).
 
@@ -352,7 +358,7 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     hbm_bytes = a * bytes_per_element + c * cbytes + b * wbytes
     active = jnp.where(flops > 0, 1.0, 0.0)
     # Idle cores of the last wave and padded edge tiles take core-time as useful work does.
-    occupied_flops = _safe_div(flops, wave_efficiency(chip, m, n))
+    occupied_flops = _safe_div(flops, wave_efficiency(chip, m, n, output_groups))
     compute_time, memory_time = _times(chip, occupied_flops, hbm_bytes, calibration, active,
                                        engine=engine)
     # A weight is de-quantized each time it is loaded (at least once per call, resident or not).
