@@ -19,6 +19,11 @@ roofline. Two physical effects set the times:
   under its power limit) x `Calibration.matrix_max`; s_half and the memory pair are fields of
   the `Calibration` every operator takes (fitted by `dse.calibration` to measured A100
   per-operator latencies and the measured max-achievable matmul rate).
+- **Tile and wave quantization** (`wave_efficiency`, GPUs): a GEMM's output runs as 256 x 128
+  thread-block tiles in waves of one tile per SM; the idle SMs of the last wave and the padded
+  edge tiles cost time (NVIDIA DU-09799-001, Sec. 3). Why a TP-sharded or small GEMM reaches
+  less of the best-GEMM rate on a 132-SM H100 than on a 108-SM A100, and why the measured
+  best shapes fill their waves.
 - **Fused attention** runs at its own rate (`_attention_compute_time`): the kernel's matrix
   rate relative to the chip's best GEMM, the non-matrix work per score (why head dim 64 is
   slower than 128), the masked half block on the causal diagonal and the per-block I/O left
