@@ -281,6 +281,21 @@ def test_wave_quantization_small_and_spatial():
     np.testing.assert_allclose(float(wave_efficiency(tpu_like, 3072.0, 1536.0)), 1.0)
 
 
+def test_batched_weight_gradient_fills_the_waves_with_its_groups():
+    # Megatron's unfused attention dK: 64 groups (b x heads) of a 128 x 2048 output each.
+    # Counted as one 128 x 2048 output it would be 16 tiles on 108 SMs (16 / 108 useful);
+    # as 64 groups, 1024 tiles in 10 waves of 108 (1024 / 1080 useful).
+    chip = a100()
+    np.testing.assert_allclose(float(wave_efficiency(chip, 128.0, 2048.0)), 16 / 108,
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(wave_efficiency(chip, 128.0, 2048.0, 64.0)), 1024 / 1080,
+                               rtol=1e-6)
+    one = gemm(chip, 128.0, 2048.0, 64.0 * 2048.0)
+    grouped = gemm(chip, 128.0, 2048.0, 64.0 * 2048.0, output_groups=64.0)
+    np.testing.assert_allclose(float(grouped.flops), float(one.flops))
+    assert float(grouped.compute_time) < 0.2 * float(one.compute_time)
+
+
 @jax.jit
 @jax.vmap
 def _wave_grads(cores, m):
