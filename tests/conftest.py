@@ -15,7 +15,15 @@ import shutil
 import tempfile
 
 # Four host devices so that sharding tests run on a CPU-only machine. Must precede jax import.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# The suite's programs are small and run once or a few times, so compiling them costs far more
+# than running them: XLA's CPU backend without LLVM optimization and with its classic fused
+# emitters compiles them in about half the CPU time (tests/test_training.py: 247 -> 129 CPU-s
+# on this 2-core machine), and runs a wide sweep about 40% slower. The programs compute the same
+# values (the same HLO; only the generated machine code differs). A caller's own XLA_FLAGS are
+# used as they are; TEST_XLA_FAST_COMPILE=0 keeps XLA's defaults.
+_FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
+                 if os.environ.get("TEST_XLA_FAST_COMPILE", "1") != "0" else "")
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {_FAST_COMPILE}")
 
 # One persistent compilation cache per run, shared by every process of it: the xdist workers,
 # the notebook kernels and the subprocesses inherit this environment from the process that made

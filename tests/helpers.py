@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -30,6 +31,14 @@ def random_plans(n, seed=0, moe=False):
                         dp_overlap=rng.integers(0, 2, n).astype(float),
                         dp_hierarchical=rng.integers(0, 2, n).astype(float),
                         zero3_regather=rng.integers(0, 2, n).astype(float))
+
+
+def xla_flags(devices: int) -> str:
+    """This process's XLA_FLAGS (conftest's compile options included) with `devices` host
+    devices: a subprocess whose results are compared bit for bit must compile as this one does."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    return " ".join([f"--xla_force_host_platform_device_count={devices}", *flags])
 
 
 def data_dir() -> Path:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import xla_flags
 from test_pareto import brute_force_mask
 
 from dse import (
@@ -285,7 +286,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, keep):
     script = tmp_path / "run.py"
     out = tmp_path / "sweep"
     script.write_text(KILLED_SCRIPT.format(tests=tests, path=str(out), keep=keep))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     with open(tmp_path / "stderr.txt", "w") as err, subprocess.Popen(
             [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=err, env=env,
             text=True) as proc:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from dse import SweepResult, sweep
+from helpers import xla_flags
 
 WORKER = """
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = {xla_flags!r}
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id=int(sys.argv[1]),
@@ -41,7 +42,8 @@ def free_port() -> int:
 def test_two_processes_equal_one(tmp_path):
     tests = os.path.dirname(os.path.abspath(__file__))
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(port=free_port(), tests=tests, out=str(tmp_path)))
+    script.write_text(WORKER.format(port=free_port(), tests=tests, out=str(tmp_path),
+                                    xla_flags=xla_flags(2)))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     procs = [subprocess.Popen([sys.executable, str(script), str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
