@@ -22,9 +22,9 @@ roofline. Two physical effects set the times:
 - **Tile choice, tile and wave quantization** (`wave_efficiency`, GPUs): a GEMM's output runs
   as thread-block tiles (the CUTLASS / cuBLAS family, 256 x 128 down to 64 x 64) in waves of one
   tile per SM; the idle SMs of the last wave and the padded edge tiles cost time (NVIDIA
-  DU-09799-001, Sec. 3), a smaller tile less of that but more L2 operand traffic per MAC. Why a TP-sharded or small GEMM reaches
-  less of the best-GEMM rate on a 132-SM H100 than on a 108-SM A100, and why the measured
-  best shapes fill their waves.
+  DU-09799-001, Sec. 3), a smaller tile less of that but more L2 operand traffic per MAC. Why a
+  TP-sharded or small GEMM reaches less of the best-GEMM rate on a 132-SM H100 than on a 108-SM
+  A100, and why the measured best shapes fill their waves.
 - **Fused attention** runs at its own rate (`_attention_compute_time`): the kernel's matrix
   rate relative to the chip's best GEMM, the non-matrix work per score (why head dim 64 is
   slower than 128), the masked half block on the causal diagonal and the per-block I/O left
