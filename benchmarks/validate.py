@@ -167,20 +167,29 @@ def skipped_table(skipped) -> None:
 
 def _fold_intervals(result, data, model_fn, frameworks):
     """Leave-one-source-out 90% intervals: each fold's prediction of its held-out rows with the
-    residual spread of its own training rows and the all-row parameter uncertainty. A row whose
-    framework no training row of its fold ran on has its framework scale from the prior alone,
-    so its interval also carries the prior's spread, `FRAMEWORK_PRIOR_LOG_STD`."""
+    residual spread of its own training sources and the all-row parameter uncertainty. A row
+    whose framework no training row of its fold ran on has its framework scale from the prior
+    alone, so its interval also carries the prior's spread, `FRAMEWORK_PRIOR_LOG_STD`.
+
+    The spread is that of the training sources' held-out residuals (each predicted by the fit
+    without it), not of their in-sample residuals: a fit pulls the rows it saw toward itself, so
+    in-sample residuals understate the error a new source meets (the jackknife+ interval builds
+    on leave-one-out residuals for that reason: Barber, Candes, Ramdas & Tibshirani 2021,
+    "Predictive inference with the jackknife+", Ann. Statist. 49(1)). A training source's
+    held-out residual comes from the fit without it but with the fold's held-out source (the
+    leave-one-source-out fits already run, not a nested refit): a slight understatement."""
     measured = np.asarray(data.measured)
     group = np.asarray(data.group)
     held = np.asarray(result.fold_held)
     preds = np.asarray(result.fold_predicted)
+    loso = np.asarray(result.validation_predicted)
     param_std = np.asarray(parameter_log_std(model_fn, result, data.inputs))
     frameworks = np.asarray(frameworks)
     covered = np.zeros(data.n, bool)
     width = np.zeros(data.n)
     for k in range(held.shape[0]):
         train = ~held[k]
-        spread = source_spread(np.log(preds[k][train] / measured[train]), group[train])
+        spread = source_spread(np.log(loso[train] / measured[train]), group[train])
         rows = held[k]
         unseen = ~np.isin(frameworks[rows], frameworks[train])
         log_std = np.sqrt(spread**2 + param_std[rows] ** 2

@@ -66,7 +66,8 @@ class LayerCost(eqx.Module):
 
 def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
                   recipe: RecipeSpec = RECIPES["bf16"]):
-    """`gemm_fwd_bwd` of every (m, n, k) in `shapes`: a list of (fwd, dx, dw) `OpCost`s.
+    """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`: a list of
+    (fwd, dx, dw) `OpCost`s.
 
     All 3 len(shapes) products are one `vmap`ped `gemm` over a stacked axis, so the model is
     traced and compiled once for the lot, not once per GEMM (the per-product arithmetic is the
@@ -75,24 +76,30 @@ def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
     q = recipe.format.bytes
     emulated = recipe.format.block_scaled and not chip.block_scaling
 
-    def one(m_, n_, k_):
+    def one(m_, n_, k_, g_):
         promote = 2.0 * n_ / EMULATED_BLOCK if emulated else 0.0
         return gemm(chip, m_, n_, k_, bytes_per_element=q, weight_bytes_per_element=q,
                     output_bytes_per_element=2.0, engine=recipe.engine,
-                    input_convert_flops=promote, smooth=smooth, calibration=calibration)
+                    input_convert_flops=promote, output_groups=g_, smooth=smooth,
+                    calibration=calibration)
 
-    costs = stacked_calls(one, [d for m, n, k in shapes
-                                for d in ((m, n, k), (m, k, n), (k, n, m))])
+    # A batched GEMM of `groups` products stacked along M: the forward and dX outputs stack
+    # along M too; dW is `groups` separate k x n outputs (`gemm`'s `output_groups`).
+    rows = [(*shape, 1.0) if len(shape) == 3 else tuple(shape) for shape in shapes]
+    costs = stacked_calls(one, [d for m, n, k, g in rows
+                                for d in ((m, n, k, 1.0), (m, k, n, 1.0), (k, n, m, g))])
     return [tuple(costs[3 * j:3 * j + 3]) for j in range(len(shapes))]
 
 
 def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
-                 recipe: RecipeSpec = RECIPES["bf16"]):
+                 recipe: RecipeSpec = RECIPES["bf16"], groups=1.0):
     """Forward GEMM (m x k) @ (k x n) and its two backward GEMMs (dX, dW), in `recipe`'s
     format: operands at its width, 16-bit outputs, on its engine. A block-scaled format on a chip
     without block scaling is emulated: per 128-deep slice an FP32 scale-and-add of the partial
-    result on the vector units (`EMULATED_BLOCK`), 2 n / 128 vector FLOP per element of A."""
-    return gemms_fwd_bwd(chip, [(m, n, k)], smooth, calibration, recipe)[0]
+    result on the vector units (`EMULATED_BLOCK`), 2 n / 128 vector FLOP per element of A.
+    `groups`: the product is a batched GEMM of that many products stacked along M (dW is then
+    `groups` separate k x n outputs for the tile and wave count)."""
+    return gemms_fwd_bwd(chip, [(m, n, k, groups)], smooth, calibration, recipe)[0]
 
 
 def local_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
@@ -270,8 +277,8 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     # with the groups stacked along M (K and V, s x d each, are small next to the s x s scores
     # that dominate the traffic). Under CP a chip holds the s / cp query rows of its chunk.
     groups = b * heads_l
-    qk = gemm_fwd_bwd(chip, groups * q_len, s, d, smooth, calibration)
-    av = gemm_fwd_bwd(chip, groups * q_len, d, s, smooth, calibration)
+    qk = gemm_fwd_bwd(chip, groups * q_len, s, d, smooth, calibration, groups=groups)
+    av = gemm_fwd_bwd(chip, groups * q_len, d, s, smooth, calibration, groups=groups)
     scores = groups * q_len * s
     softmax_f = elementwise(chip, scores, flops_per_element=SOFTMAX_FLOPS, **eff)
     # Dropout writes its output and a 1-byte mask (half a 16-bit element).

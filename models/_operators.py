@@ -19,6 +19,12 @@ roofline. Two physical effects set the times:
   under its power limit) x `Calibration.matrix_max`; s_half and the memory pair are fields of
   the `Calibration` every operator takes (fitted by `dse.calibration` to measured A100
   per-operator latencies and the measured max-achievable matmul rate).
+- **Tile choice, tile and wave quantization** (`wave_efficiency`, GPUs): a GEMM's output runs
+  as thread-block tiles (the CUTLASS / cuBLAS family, 256 x 128 down to 64 x 64) in waves of one
+  tile per SM; the idle SMs of the last wave and the padded edge tiles cost time (NVIDIA
+  DU-09799-001, Sec. 3), a smaller tile less of that but more L2 operand traffic per MAC. Why a
+  TP-sharded or small GEMM reaches less of the best-GEMM rate on a 132-SM H100 than on a 108-SM
+  A100, and why the measured best shapes fill their waves.
 - **Fused attention** runs at its own rate (`_attention_compute_time`): the kernel's matrix
   rate relative to the chip's best GEMM, the non-matrix work per score (why head dim 64 is
   slower than 128), the masked half block on the causal diagonal and the per-block I/O left
@@ -221,6 +227,104 @@ def _attention_compute_time(chip: Chip, flops, io_bytes, head_dim, attended, cau
                      + cal.matrix_overhead_s)
 
 
+# Output tiles a GPU GEMM kernel may run, one thread block per SM (CUTLASS 2.x SM80 tensor-op
+# GEMMs, python/cutlass_library/generator.py, GenerateSM80_TensorOp_16816: 256x128, 128x256,
+# 256x64, 64x256, 128x128, 128x64, 64x128, 64x64 thread-block tiles; cuBLAS ships the same
+# family: NVIDIA, "Matrix Multiplication Background User's Guide", DU-09799-001_v001, Feb. 2023,
+# Sec. 2.3 "Typical tile dimensions in cuBLAS and performance": 256x128 and 128x256 most
+# efficient, 64x64 least). A wave is `core_count` tiles (DU-09799-001 Sec. 3.2: A100, 108 SMs, a
+# wave of 108 tiles). Hopper and Blackwell kernels keep the same per-SM tile family (CUTLASS 3
+# SM90 warp-specialized GEMMs 128x256 / 128x128 / 64x128 per CTA; Blackwell 2-SM UMMA 256x256
+# over an SM pair, 128x256 per SM).
+GPU_TILES = ((256.0, 128.0), (128.0, 256.0), (256.0, 64.0), (64.0, 256.0), (128.0, 128.0),
+             (128.0, 64.0), (64.0, 128.0), (64.0, 64.0))
+
+# Operand feed of a tile from L2: per k-step a tm x tn tile loads (tm + tn) elements of A and B
+# for tm tn MACs, so it sustains the SM's full matrix rate only while tm tn / (tm + tn) (MAC per
+# loaded element) is at least the SM's MAC rate over its share of L2 read bandwidth. A100: L2
+# read bandwidth 5120 B/clk (NVIDIA A100 Tensor Core GPU Architecture whitepaper, 2020, p. 35)
+# over 108 SMs = 47.4 B = 23.7 16-bit elements per SM per clock, against 1024 dense FP16 MAC per
+# SM per clock (whitepaper Table 1: 312 TFLOPS / (108 SMs x 1.41 GHz x 2)): 43.2 MAC per element.
+# We take the same balance on every GPU (V100: 2048 B/clk over 80 SMs against 512 FP16 MAC/clk:
+# 40 MAC per element, within 8%; an FP8 engine doubles the MAC rate and halves the bytes per
+# element, so the ratio holds). Tiles of 128 x 64 and up clear it (42.7 to 85 MAC per element,
+# 128 x 64 at 99%); 64 x 64 (32) runs at 74% of the SM's rate, and a tile clipped to a thin
+# matrix (a few rows of A) lower still: why cuBLAS prefers large tiles and why narrow GEMMs
+# do not reach the best-GEMM rate.
+GPU_TILE_FEED_RIDGE = 1024.0 / (5120.0 / 108.0 / 2.0)
+
+
+@jax.custom_jvp
+def ceil_straight_through(x):
+    """ceil(x), differentiated as x (straight-through).
+
+    The value keeps the exact step of a discrete count (tiles, waves); the derivative is that of
+    the continuous count it rounds up, so a gradient sees the average trend (more work, more
+    time) instead of 0 almost everywhere and an undefined jump at integers. Finite everywhere.
+    """
+    return jnp.ceil(x)
+
+
+@ceil_straight_through.defjvp
+def _ceil_straight_through_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return jnp.ceil(x), dx
+
+
+def _quantized_fraction(m, n, groups, cores, tile_m, tile_n):
+    # Tile dims never exceed the matrix (a 1-row GEMV runs 1-row tiles, not padded 256-row ones).
+    tm = jnp.minimum(tile_m, jnp.maximum(m, 1.0))
+    tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
+    tiles = groups * ceil_straight_through(m / tm) * ceil_straight_through(n / tn)
+    waves = ceil_straight_through(tiles / cores)
+    # Useful output elements / output elements the waves' slots could compute.
+    return _safe_div(groups * m * n, waves * cores * tm * tn)
+
+
+def _tile_feed_rate(m, n, tile_m, tile_n):
+    # Rate of a tile (clipped to the matrix) relative to the SM's full matrix rate: the L2 feed
+    # roofline min(1, MAC per loaded element / GPU_TILE_FEED_RIDGE), over that of the best tile
+    # (256 x 128, which the measured best-GEMM fraction `Chip.matmul_fraction` already holds).
+    tm = jnp.minimum(tile_m, jnp.maximum(m, 1.0))
+    tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
+    intensity = tm * tn / (tm + tn)
+    return jnp.minimum(intensity / GPU_TILE_FEED_RIDGE, 1.0)
+
+
+def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike,
+                    groups: ArrayLike = 1.0) -> Float[Array, "*batch"]:
+    """Share of the best-GEMM rate a GEMM's output shape reaches on a GPU after tile choice,
+    tile and wave quantization (in (0, 1]; 1 for chips that are not GPUs).
+
+    A GPU GEMM splits its m x n output into thread-block tiles and runs them in waves of one
+    tile per core; the last wave's idle cores and the partial edge tiles cost time as if
+    computing (NVIDIA DU-09799-001, Sec. 3.1 tile and 3.2 wave quantization). The kernel picks
+    its tile among `GPU_TILES` (the CUTLASS / cuBLAS family): a smaller tile wastes less in the
+    last wave but loads more operand elements per MAC, and below `GPU_TILE_FEED_RIDGE` MAC per
+    element its SM waits on L2 (`_tile_feed_rate`). We take the tile with the highest
+    quantized fraction x feed rate, as a well-tuned library's heuristic would (an optimistic
+    choice; split-K, which cuBLAS also uses for narrow outputs, is not modelled). The max is
+    differentiated as the chosen tile's expression (a subgradient, finite everywhere), and
+    `ceil_straight_through` keeps the steps in the value with a trend-following derivative.
+    The measured best-GEMM fraction (`Chip.matmul_fraction`) was taken at shapes that fill
+    their waves to 97-99% (A100 1024 x 10240: 320 tiles in 3 waves of 108; H100 2048 x 2048:
+    128 tiles in 1 wave of 132), which this does not divide out.
+
+    `groups` independent m x n outputs (a batched GEMM) fill the waves together.
+
+    Spatial chips (`core_kind == "spatial"`: systolic arrays fed by a compiler that partitions
+    the whole op, TPU / Groq / Cerebras) get 1: no published tile-per-core schedule to model.
+    """
+    m, n, groups = _f(m), _f(n), _f(groups)
+    if chip.core_kind != "simt":
+        return jnp.ones(jnp.broadcast_shapes(m.shape, n.shape, groups.shape,
+                                             jnp.shape(chip.core_count)), dtype=m.dtype)
+    cores = chip.core_count
+    per_tile = [_quantized_fraction(m, n, groups, cores, tm, tn) * _tile_feed_rate(m, n, tm, tn)
+                for tm, tn in GPU_TILES]
+    return jnp.max(jnp.stack(jnp.broadcast_arrays(*per_tile)), axis=0)
+
+
 def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
     """HBM reads and writes (elements) of C = A B with the best output-stationary tiling.
 
@@ -253,8 +357,8 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
          bytes_per_element: ArrayLike = 2.0, weight_bytes_per_element: ArrayLike | None = None,
          output_bytes_per_element: ArrayLike | None = None, engine: str = "bf16",
          weight_convert_flops: ArrayLike = 0.0, input_convert_flops: ArrayLike = 0.0,
-         weight_resident_fraction: ArrayLike = 0.0, smooth: bool = False,
-         calibration: Calibration = DEFAULT) -> OpCost:
+         weight_resident_fraction: ArrayLike = 0.0, output_groups: ArrayLike = 1.0,
+         smooth: bool = False, calibration: Calibration = DEFAULT) -> OpCost:
     """One matrix product C (m x n) = A (m x k) B (k x n) on one chip.
 
     **Arguments:**
@@ -272,6 +376,9 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     - `input_convert_flops`: vector FLOP per element of A (quantization of the activation to
       the engine's format, fused into the kernel that produces it).
     - `weight_resident_fraction`: share of B held in SRAM across calls, in [0, 1].
+    - `output_groups`: the product is this many independent m x n outputs, each reducing
+      k / output_groups (a batched GEMM whose batch runs along k, as the weight-gradient product
+      of a batched GEMM stacked along M): their tiles share the waves (`wave_efficiency`).
     - `smooth`: smooth roofline (see `roofline`).
     - `calibration`: the model's fitted factors (`dse.models.Calibration`; default `DEFAULT`).
 
@@ -287,7 +394,9 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     a, b, c = gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction)
     hbm_bytes = a * bytes_per_element + c * cbytes + b * wbytes
     active = jnp.where(flops > 0, 1.0, 0.0)
-    compute_time, memory_time = _times(chip, flops, hbm_bytes, calibration, active,
+    # Idle cores of the last wave and padded edge tiles take core-time as useful work does.
+    occupied_flops = _safe_div(flops, wave_efficiency(chip, m, n, output_groups))
+    compute_time, memory_time = _times(chip, occupied_flops, hbm_bytes, calibration, active,
                                        engine=engine)
     # A weight is de-quantized each time it is loaded (at least once per call, resident or not).
     convert = (weight_convert_flops * jnp.maximum(b, k * n) + input_convert_flops * m * k)

@@ -114,13 +114,14 @@ def base_times():
 @pytest.mark.parametrize("name", sorted(REACHES))
 def test_each_field_reaches_exactly_its_entry_points(name, base_times):
     # Fractions and rates are moved down (they have upper bounds); the others up. The overlap
-    # window of the fused step is ~15% longer than its DP communication (the unfused step's
-    # ~2x), so the overlap fraction moves by 30%: enough to expose the one, not the other.
+    # window of the fused step is ~1.6x its DP communication (the unfused step's ~2.4x: GEMMs
+    # pay for wave quantization), so the overlap fraction is halved: enough to expose the one,
+    # not the other.
     factor = 0.9 if name.split(".")[0] in (
         "matrix_max", "memory_max", "kernel_fraction", "link_efficiency", "scaleout_efficiency",
         "attention_scale", "attention_backward_scale",
         "attention_previous_scale", "framework_scale") else 1.5
-    factor = 0.7 if name == "dp_overlap_fraction" else factor
+    factor = 0.5 if name == "dp_overlap_fraction" else factor
     cal = _perturbed(name, factor)
     moved = {k for k, f in ENTRY_POINTS.items() if float(f(cal)) != base_times[k]}
     assert moved == REACHES[name], name

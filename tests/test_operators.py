@@ -20,7 +20,9 @@ from dse.models._operators import (
     elementwise,
     gemm,
     gemm_traffic_elements,
+    ceil_straight_through,
     roofline,
+    wave_efficiency,
 )
 
 # A100-like chip (NVIDIA A100 whitepaper: 312 TFLOP/s dense BF16 at 1.41 GHz, 19.5 TFLOP/s FP32,
@@ -238,3 +240,110 @@ def test_grad_is_a_chip():
     grads = jax.grad(lambda c: gemm(c, 512.0, 512.0, 512.0).time)(a100())
     assert isinstance(grads, Chip)
     assert eqx.tree_equal(jax.tree.structure(grads), jax.tree.structure(a100()))
+
+
+# ----- tile and wave quantization --------------------------------------------------------------
+
+# H100 SXM5: 132 SMs enabled (NVIDIA H100 Tensor Core GPU Architecture whitepaper, "H100 SXM5
+# ... 132 SMs"); the A100-like chip above with that core count.
+H100_SMS = 132.0
+
+
+def _h100_like():
+    return a100(core_count=H100_SMS)
+
+
+def _feed(tm, tn):
+    # L2-feed rate of a tm x tn tile relative to the SM's matrix rate (MAC per loaded element
+    # over the 43.2 of the A100 whitepaper's 5120 B/clk L2 against 1024 MAC/clk/SM).
+    return min(1.0, tm * tn / (tm + tn) / (1024.0 / (5120.0 / 108.0 / 2.0)))
+
+
+def test_wave_quantization_one_wave_and_a_bit_more():
+    chip = _h100_like()
+    # 3072 x 1408 = 12 x 11 tiles of 256 x 128: 132 tiles, exactly one wave of 132 SMs.
+    np.testing.assert_allclose(float(wave_efficiency(chip, 3072.0, 1408.0)), 1.0, rtol=1e-6)
+    # 3072 x 1536: 144 tiles of 256 x 128 take 2 waves (144 / 264 = 55% useful); 288 of
+    # 128 x 128 take 3 (73%); 576 of 128 x 64 take 5 (87%), at 98.8% of the SM's rate (42.7 MAC
+    # per loaded element against the 43.2 the L2 feeds): the kernel picks 128 x 64.
+    best = 576 / 660 * _feed(128.0, 64.0)
+    np.testing.assert_allclose(float(wave_efficiency(chip, 3072.0, 1536.0)), best, rtol=1e-6)
+    # The same GEMM with 9% more output is that much slower per FLOP when compute-bound.
+    k = 16384.0
+    full, over = gemm(chip, 3072.0, 1408.0, k), gemm(chip, 3072.0, 1536.0, k)
+    assert float(full.compute_time) > float(full.memory_time)
+    per_flop = (float(over.time) / float(over.flops)) / (float(full.time) / float(full.flops))
+    np.testing.assert_allclose(per_flop, 1.0 / best, rtol=0.01)
+    # On the A100's 108 SMs: 288 tiles of 128 x 128 fill 3 waves of 108 (89%), at full rate.
+    np.testing.assert_allclose(float(wave_efficiency(a100(), 3072.0, 1536.0)), 288 / 324,
+                               rtol=1e-6)
+
+
+def test_tile_choice_narrow_gemm_takes_small_tiles_at_their_feed_rate():
+    chip = a100()
+    # 64 x 4096 (a decode-sized or DLRM-sized GEMM): 256 x 128 tiles clip to 64 x 128, 32 tiles
+    # on 108 SMs (30%); 64 x 64 tiles make 64 (59%) at 32 MAC per element (74% rate): 44%.
+    eff = float(wave_efficiency(chip, 64.0, 4096.0))
+    np.testing.assert_allclose(eff, 64 / 108 * _feed(64.0, 64.0), rtol=1e-6)
+    assert eff > 32 / 108 * _feed(64.0, 128.0)
+    # A large GEMM keeps the big tiles (the measured best-GEMM shape, 1024 x 10240: 320 tiles
+    # of 256 x 128 or 640 of 128 x 128 in 3 or 6 waves, 98.8%).
+    np.testing.assert_allclose(float(wave_efficiency(chip, 1024.0, 10240.0)), 320 / 324,
+                               rtol=1e-6)
+    # No tile choice beats the ideal, and the efficiency never rises above 1.
+    effs = np.asarray(wave_efficiency(chip, jnp.array([1.0, 64.0, 777.0, 8192.0]),
+                                      jnp.array([8192.0, 4096.0, 1000.0, 8192.0])))
+    assert np.all(effs > 0) and np.all(effs <= 1.0 + 1e-6)
+
+
+def test_wave_quantization_small_and_spatial():
+    # A 1-row GEMV runs 1-row tiles (no padding to 256 rows), 64 wide: 8192 / 64 = 128 tiles on
+    # 132 SMs, each fed 64 / 65 MAC per loaded element: L2-bound at 2.3% of the SM's rate (the
+    # op is HBM-bound long before that matters).
+    np.testing.assert_allclose(float(wave_efficiency(_h100_like(), 1.0, 8192.0)),
+                               128 / 132 * _feed(1.0, 64.0), rtol=1e-6)
+    # Spatial chips (systolic arrays, compiler-partitioned ops): no wave model, 1.
+    tpu_like = a100(core_count=2.0).replace(core_kind="spatial")
+    np.testing.assert_allclose(float(wave_efficiency(tpu_like, 3072.0, 1536.0)), 1.0)
+
+
+def test_batched_weight_gradient_fills_the_waves_with_its_groups():
+    # Megatron's unfused attention dK: 64 groups (b x heads) of a 128 x 2048 output each.
+    # Counted as one 128 x 2048 output it is at best 64 tiles of 64 x 64 on 108 SMs at their 74%
+    # feed rate; as 64 groups, 2048 tiles of 128 x 64 in 19 waves of 108 (2048 / 2052 useful, at
+    # 98.8% feed; 1024 tiles of 128 x 128 would leave 1024 / 1080 useful).
+    chip = a100()
+    one_eff = 64 / 108 * _feed(64.0, 64.0)
+    np.testing.assert_allclose(float(wave_efficiency(chip, 128.0, 2048.0)), one_eff,
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(wave_efficiency(chip, 128.0, 2048.0, 64.0)),
+                               2048 / 2052 * _feed(128.0, 64.0), rtol=1e-6)
+    one = gemm(chip, 128.0, 2048.0, 64.0 * 2048.0)
+    grouped = gemm(chip, 128.0, 2048.0, 64.0 * 2048.0, output_groups=64.0)
+    np.testing.assert_allclose(float(grouped.flops), float(one.flops))
+    assert float(grouped.compute_time) < 0.55 * float(one.compute_time)
+
+
+@jax.jit
+@jax.vmap
+def _wave_grads(cores, m):
+    def time(cores_, m_):
+        return gemm(_h100_like().replace(core_count=cores_), m_, 1536.0, 4096.0).time
+    return jax.grad(time, argnums=(0, 1))(cores, m)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_wave_quantization_jit_vmap_grad_finite(x64):
+    # Straight-through derivative: finite at, below and above the wave steps, in both dtypes;
+    # more rows cost more time. (At a fixed MAC count, more cores only leave more slots of the
+    # last wave idle: d time / d cores >= 0.)
+    with jax.enable_x64(x64):
+        cores = jnp.array([132.0, 132.0, 131.0, 144.0, 108.0])
+        m = jnp.array([3072.0, 2816.0, 3073.0, 1.0, 8192.0])
+        d_cores, d_m = _wave_grads(cores, m)
+        assert d_m.dtype == (jnp.float64 if x64 else jnp.float32)
+        assert np.all(np.isfinite(np.asarray(d_cores))) and np.all(np.isfinite(np.asarray(d_m)))
+        assert np.all(np.asarray(d_m) > 0) and np.all(np.asarray(d_cores) >= -1e-15)
+    # The step itself: exact value, derivative 1.
+    assert float(ceil_straight_through(2.01)) == 3.0
+    assert float(jax.grad(ceil_straight_through)(2.01)) == 1.0
