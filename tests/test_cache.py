@@ -49,3 +49,21 @@ def test_cli_flag_turns_it_off(tmp_path):
         assert jax.config.jax_enable_compilation_cache is False
     finally:
         jax.config.update("jax_enable_compilation_cache", was)
+
+
+def test_suite_compiles_with_the_conftest_flags_and_subprocesses_inherit_them():
+    # conftest.py's environment is in effect: four host devices, and XLA's fast-compile options
+    # unless TEST_XLA_FAST_COMPILE=0 or the caller set XLA_FLAGS; helpers.xla_flags keeps them
+    # for a subprocess and changes only the device count.
+    import jax
+    from helpers import xla_flags
+
+    flags = os.environ["XLA_FLAGS"].split()
+    assert "--xla_force_host_platform_device_count=4" in flags
+    assert len(jax.devices("cpu")) == 4
+    fast = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")
+    if os.environ.get("TEST_XLA_FAST_COMPILE", "1") != "0":
+        assert all(f in flags for f in fast)
+    child = xla_flags(2).split()
+    assert child[0] == "--xla_force_host_platform_device_count=2"
+    assert sorted(child[1:]) == sorted(f for f in flags if "device_count" not in f)
