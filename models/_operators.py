@@ -122,7 +122,9 @@ def roofline(compute_time: ArrayLike, memory_time: ArrayLike,
     big = jnp.maximum(c, m)
     positive = big > 0
     safe_big = jnp.where(positive, big, 1.0)
-    total = (c / safe_big) ** SMOOTH_MAX_P + (m / safe_big) ** SMOOTH_MAX_P
+    # `ratio`: the derivative of c / big would form big^2, which overflows float32 once a time
+    # passes 1.8e19 s (the far corners of a design space: a chip of one MAC per core).
+    total = ratio(c, safe_big) ** SMOOTH_MAX_P + ratio(m, safe_big) ** SMOOTH_MAX_P
     norm = safe_big * jnp.where(positive, total, 1.0) ** (1.0 / SMOOTH_MAX_P)
     return jnp.where(positive, norm, 0.0)
 
