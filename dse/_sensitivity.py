@@ -263,6 +263,11 @@ def sensitivity(
       value / bound) is the binding budget.
 
     **Returns:** a `SensitivityResult` (numpy arrays; `.table()` ranks what to improve next).
+
+    Rounded counts inside the models (a GEMM's tiles and waves over the chip's cores) enter
+    with their trend, the derivative of the count before rounding
+    (`dse.models._operators.ceil_straight_through`): the elasticity wrt `core_count` says what
+    more cores buy on average, not the zero slope between two wave jumps.
     """
     if not isinstance(design, eqx.Module):
         raise ValueError(f"design must be an equinox Module (Chip, System, ...); got "
