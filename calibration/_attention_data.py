@@ -30,7 +30,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS
@@ -125,6 +124,8 @@ def fit_attention_efficiency(data_dir: Path | None = None) -> dict[str, float]:
     start = np.clip(start, np.array(lo) + 1e-3, np.array(hi) - 1e-3)
     # Finite-difference steps of 1e-3 (relative): the models run in float32 by default, where
     # scipy's default 1e-8 steps move nothing.
+    from scipy.optimize import least_squares  # deferred: import time of `import dse`
+
     sol = least_squares(residuals, start, bounds=(lo, hi), diff_step=1e-3, xtol=1e-8,
                         ftol=1e-10)
     return {f: float(f"{v:.4g}") for f, v in zip(ATTENTION_FIELDS, sol.x, strict=True)}

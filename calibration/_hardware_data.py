@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from scipy.optimize import nnls
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, area, power, technology
@@ -43,6 +42,8 @@ def read_chips_csv(data_dir: str | Path | None = None) -> dict[str, dict[str, st
 
 def _relative_nnls(features: np.ndarray, target: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Non-negative least squares in relative error: min sum(((F x - t) / s)^2), x >= 0."""
+    from scipy.optimize import nnls  # deferred: import time of `import dse`
+
     solution, _ = nnls(features / scale[:, None], target / scale)
     return solution
 

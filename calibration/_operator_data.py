@@ -30,7 +30,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from scipy.optimize import least_squares
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import Chip
@@ -144,6 +143,8 @@ def fit_operator_efficiency(data_dir: Path | None = None) -> dict[str, float]:
 
     def residual(z):
         return np.log(model_times(values_of(z), points) / measured)
+
+    from scipy.optimize import least_squares  # deferred: import time of `import dse`
 
     with jax.enable_x64(True):
         # Relative finite-difference steps of 1e-4: the chips' leaves are float32, where

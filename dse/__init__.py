@@ -4,7 +4,6 @@ from . import calibration as calibration
 from . import hardware as hardware
 from . import models as models
 from . import optimizers as optimizers
-from . import plot as plot
 from ._cache import compilation_cache as compilation_cache
 from ._cache import enable_by_default as _enable_cache
 from ._codesign import PlanCandidates as PlanCandidates
@@ -39,3 +38,12 @@ from .optimizers import pareto_mask as pareto_mask
 
 # JAX's persistent compilation cache on (unless DSE_COMPILATION_CACHE=0): see dse/_cache.py.
 _enable_cache()
+
+
+def __getattr__(name: str):
+    # `dse.plot` loads matplotlib (0.3 s); it is imported on first use, not with `dse`.
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module(".plot", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

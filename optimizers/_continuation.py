@@ -34,7 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import scipy.optimize
 
 # Powell's damping threshold for BFGS updates (Nocedal & Wright 2006, Proc. 18.2: 0.2).
 BFGS_DAMPING = 0.2
@@ -127,6 +126,8 @@ def _subproblem_step(models, weight, lower, upper, penalty):
     cons = [{"type": "ineq", "fun": cons_fun, "jac": cons_jac}] if k else []
     t0 = np.maximum(np.array([v for v, _, _ in cons_models]), 0.0)
     bounds = list(zip(lower, upper, strict=True)) + [(0.0, None)] * k
+    import scipy.optimize  # deferred: import time of `import dse`
+
     res = scipy.optimize.minimize(fun, np.concatenate([np.zeros(d), t0]), jac=jac,
                                   bounds=bounds, constraints=cons, method="SLSQP",
                                   options={"maxiter": 200, "ftol": 1e-12})
