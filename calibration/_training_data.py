@@ -190,7 +190,9 @@ def _model_flops(model: Transformer, global_batch) -> float:
 
 
 def _filter(plans: TrainingPlan, keep) -> TrainingPlan:
-    return jax.tree.map(lambda x: x[np.asarray(keep)], plans)
+    # Indexed on the host: a boolean gather of a JAX array compiles once per shape.
+    keep = np.asarray(keep)
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[keep]), plans)
 
 
 def megatron2021_plans(model: Transformer, system: System, global_batch: int,

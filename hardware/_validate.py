@@ -21,20 +21,23 @@ def as_float_array(x):
         return x
     if isinstance(x, (bool, np.bool_)):
         raise ValueError(f"expected a number, got the boolean {x!r}")
+    dtype = jnp.result_type(float)
+    if isinstance(x, jax.Array) and x.dtype == dtype and not x.weak_type:
+        return x  # already in the working precision: no op to dispatch
     try:
         arr = np.asarray(x)
     except Exception as e:  # pragma: no cover - numpy error text is enough
         raise ValueError(f"expected a number or array, got {x!r}") from e
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"expected a number or array of numbers, got {x!r}")
-    dtype = jnp.result_type(float)
     with np.errstate(invalid="ignore"):
         beyond = np.abs(arr.astype(np.float64)) > np.finfo(dtype).max
     if np.any(beyond & np.isfinite(arr)):
         # Not representable in the working precision (1e39 in float32 would be inf): kept as
         # given, so that the Module's validation names the value the user wrote.
         return arr.astype(np.float64)
-    return jnp.asarray(x, dtype=dtype)
+    # Cast on the host, then one transfer (a cast of a JAX array is an op dispatch each time).
+    return jnp.asarray(arr.astype(dtype))
 
 
 def concrete(x) -> np.ndarray | None:
