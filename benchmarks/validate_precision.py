@@ -32,14 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dse.calibration import FIT_SOURCES, precision_pairs, precision_training_rows
-from dse.calibration._precision_data import (
-    max_batch,
-    predict,
+from dse.calibration import (
+    FIT_SOURCES,
+    precision_pairs,
+    precision_training_rows,
     predict_serving,
-    predicted_ratio,
     serving_cases,
 )
+from dse.calibration._precision_data import predict, predicted_ratio
 from dse.calibration._training_data import fit_kernel_fraction
 from dse.data import data_dir as default_data_dir
 from dse.models import DEFAULT
@@ -141,18 +141,19 @@ def pairs(data_dir: Path) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def serving(data_dir: Path) -> float:
+    # The same cases and model as validate.py's serving table (`serve_continuous` under the
+    # scheduler limits trtllm-bench sets), summarized per model x chip x format group.
     cases, skipped = serving_cases(data_dir)
     print(f"\nServing rows (TensorRT-LLM max throughput, output tokens/s of the TP group; error = "
           f"predicted / measured - 1, positive = optimistic): {len(cases)} modelled, "
           f"{len(skipped)} not")
     groups, sources = collections.defaultdict(list), collections.defaultdict(list)
-    for case in cases:
-        predicted = predict_serving(case)
+    for case, predicted in zip(cases, predict_serving(cases), strict=True):
         err = predicted / case.measured - 1
         groups[case.group].append(err)
         sources[case.source_key].append(err)
-        print(f"{case.run_id:45s} in flight {max_batch(case):6.0f}  {case.measured:8.0f} "
-              f"{predicted:8.0f} {100 * err:+6.1f}%")
+        print(f"{case.run_id:45s} batch limit {float(case.plan.max_batch):6.0f}  "
+              f"{case.measured:8.0f} {predicted:8.0f} {100 * err:+6.1f}%")
     for group, errs in groups.items():
         print(f"  {group:40s} n={len(errs):2d}  {_summary(errs, optimistic_sign=1.0)}")
     # Per source. No serving constant is fitted to these rows (the operator efficiencies are

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 from pathlib import Path
 
 import jax
@@ -309,91 +308,3 @@ def predicted_ratio(pair: PrecisionPair, calibration: Calibration = DEFAULT) -> 
         return t / float(plan.global_batch)
 
     return per_token(pair.baseline) / per_token(pair.low)
-
-
-# Serving. TensorRT-LLM's KV cache takes this fraction of the memory left after the weights
-# (KvCacheConfig.free_gpu_memory_fraction, default 0.9: TensorRT-LLM documentation).
-KV_FREE_FRACTION = 0.9
-SERVING_MODELS = {"Llama 3.1 8B": "llama3-8b", "Llama 3.3 70B": "llama3-70b"}
-# The rows' "FP8" / "FP4" checkpoints (nvidia/*-FP8, -FP4, ModelOpt) quantize weights and
-# activations (the rows' notes) and carry `"kv_cache_quant_algo": "FP8"` in their
-# hf_quant_config.json (ModelOpt's export, as the checkpoint readers of vLLM and TensorRT-LLM
-# parse it): an FP8 KV cache. (They also leave lm_head 16-bit, which the plan does not express.)
-SERVING_FORMATS = {"FP8": ("fp8", "fp8"), "FP4": ("nvfp4", "nvfp4")}
-SERVING_KV = "fp8"
-
-
-@dataclasses.dataclass(frozen=True)
-class ServingCase:
-    """A TensorRT-LLM max-throughput row: output tokens/s of the TP group at full load.
-
-    Predicted as `serve` of the largest batch whose KV cache fits in `KV_FREE_FRACTION` of the
-    memory the weights leave: in-flight batching keeps that many sequences in flight, each
-    prefilled once and decoded `output_len` times. In steady state the sequences in flight are
-    spread evenly over their lifetimes, so each holds the cache of its mean context,
-    input + (output + 1) / 2 tokens.
-    """
-
-    run_id: str
-    source_key: str
-    group: str
-    measured: float
-    model: Transformer
-    system: System
-    plan: object
-    input_len: float
-    output_len: float
-
-
-def serving_cases(data_dir: Path | None = None) -> tuple[list, list]:
-    """The FP8 and FP4 serving rows of inference_runs.csv: `(cases, skipped)`."""
-    from dse.models import InferencePlan
-
-    data_dir = default_data_dir() if data_dir is None else Path(data_dir)
-    with open(data_dir / "inference_runs.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f)
-                if r["precision"] in SERVING_FORMATS and r["output_tokens_per_s"]]
-    cases, skipped = [], []
-    for row in rows:
-        name = SERVING_MODELS.get(row["model"])
-        if name is None:
-            skipped.append(SkippedRow(row["run_id"], row["source_key"],
-                                      f"{row['model']}: no preset shape"))
-            continue
-        weights, activations = SERVING_FORMATS[row["precision"]]
-        tp = float(row["tp"])
-        hardware = row["hardware"].replace("H200", "H200-preset")
-        n = int(tp)
-        system = (SYSTEMS["DGX-H200"].with_num_chips(n) if "H200" in row["hardware"]
-                  else system_for(hardware, n))
-        plan = InferencePlan(tp=tp, weights=weights, activations=activations,
-                             kv_cache=SERVING_KV, sequence_parallel=False, fused=True)
-        cases.append(ServingCase(
-            row["run_id"], row["source_key"],
-            f"{row['model']} {row['hardware'].split(' (')[0]} {row['precision']}",
-            float(row["output_tokens_per_s"]), TRANSFORMERS[name], system, plan,
-            float(row["input_len"]), float(row["output_len"])))
-    return cases, skipped
-
-
-def max_batch(case: ServingCase) -> float:
-    """Sequences in flight: the KV cache of each at its mean context, in the memory the weights
-    leave (`KV_FREE_FRACTION` of it), at least 1."""
-    from dse.models import decode
-
-    # A decode step at the mean context (a mean need not be a whole number of tokens).
-    one = decode(case.model, case.plan.replace(batch=1.0), case.system,
-                 case.input_len + 0.5 * (case.output_len + 1.0))
-    free = float(case.system.chip.hbm_bytes) - float(one.weight_bytes)
-    # Whole sequences (issue 13 refuses a fractional batch).
-    return max(1.0, float(math.floor(KV_FREE_FRACTION * free / float(one.kv_cache_bytes))))
-
-
-def predict_serving(case: ServingCase, calibration: Calibration = DEFAULT) -> float:
-    """Predicted output tokens/s of the whole TP group at full load."""
-    from dse.models import serve
-
-    batch = max_batch(case)
-    report = serve(case.model, case.plan, case.system, batch, case.input_len,
-                   case.output_len, calibration=calibration)
-    return float(report.tokens_per_s_per_chip) * float(case.plan.chips)

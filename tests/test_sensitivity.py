@@ -13,8 +13,7 @@ import pytest
 
 import dse
 from dse.hardware import CHIPS, area, power, stack_chips
-from dse.models import DEFAULT, gemm
-from dse.models import _operators
+from dse.models import DEFAULT, _operators, gemm
 from dse.models._operators import wave_efficiency
 from tests.helpers import central_difference
 
