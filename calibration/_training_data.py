@@ -73,7 +73,8 @@ KERNEL_FRACTION_GRID = np.linspace(0.5, 1.0, 101)
 # Why a row cannot be modelled (the `reason` of a `SkippedRow`).
 LOW_PRECISION = ("FP8/FP4 compute: modelled in the low-precision tables "
                  "(dse.calibration.precision_training_rows, benchmarks/validate_precision.py)")
-NO_PRESET_GB300 = "GB300 (Blackwell Ultra): no chip preset yet (issue 15 adds it)"
+NO_PRESET_GB300 = ("GB300: not yet a case (the GB300-NVL72 preset exists; adding the row "
+                   "to a fitted source refits the training constants)")
 MLA = "DeepSeek-V3: the Transformer has its shape (MLA, shared expert, dense first layers; " \
       "the deepseek-v3 preset) but no case builder reads this row's layout yet"
 GPT_OSS = "GPT-OSS-120B: no preset of its shape (alternating sliding-window attention is in " \
@@ -339,12 +340,12 @@ def _megatron_bridge(row, key, rid, n):
     distributed optimizer, fused attention; recomputation unstated (the fastest of none,
     selective, full that fits)."""
     name = row["model"]
-    if "GB300" in row["hardware"]:
-        return NO_PRESET_GB300
     if "DeepSeek" in name:
         return MLA
     if "GPT OSS" in name:
         return GPT_OSS
+    if "GB300" in row["hardware"]:
+        return NO_PRESET_GB300
     if not name.startswith("Qwen3_235B"):
         return f"{name}: no preset shape"
     model = TRANSFORMERS["qwen3-235b-a22b"].replace(seq_len=_f(row, "seq_len"))
