@@ -273,22 +273,19 @@ def _ceil_straight_through_jvp(primals, tangents):
     return jnp.ceil(x), dx
 
 
-def _quantized_fraction(m, n, groups, cores, tile_m, tile_n):
-    # Tile dims never exceed the matrix (a 1-row GEMV runs 1-row tiles, not padded 256-row ones).
-    tm = jnp.minimum(tile_m, jnp.maximum(m, 1.0))
-    tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
+def _quantized_fraction(m, n, groups, cores, tm, tn):
+    # `tm` x `tn`: the tile, clipped to the matrix.
     tiles = groups * ceil_straight_through(m / tm) * ceil_straight_through(n / tn)
     waves = ceil_straight_through(tiles / cores)
     # Useful output elements / output elements the waves' slots could compute.
     return _safe_div(groups * m * n, waves * cores * tm * tn)
 
 
-def _tile_feed_rate(m, n, tile_m, tile_n):
-    # Rate of a tile (clipped to the matrix) relative to the SM's full matrix rate: the L2 feed
-    # roofline min(1, MAC per loaded element / GPU_TILE_FEED_RIDGE), over that of the best tile
-    # (256 x 128, which the measured best-GEMM fraction `Chip.matmul_fraction` already holds).
-    tm = jnp.minimum(tile_m, jnp.maximum(m, 1.0))
-    tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
+def _tile_feed_rate(tm, tn):
+    # Rate of a `tm` x `tn` tile (clipped to the matrix) relative to the SM's full matrix rate:
+    # the L2 feed roofline min(1, MAC per loaded element / GPU_TILE_FEED_RIDGE), over that of
+    # the best tile (256 x 128, which the measured best-GEMM fraction `Chip.matmul_fraction`
+    # already holds).
     intensity = tm * tn / (tm + tn)
     return jnp.minimum(intensity / GPU_TILE_FEED_RIDGE, 1.0)
 
@@ -321,10 +318,16 @@ def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike,
     if chip.core_kind != "simt":
         return jnp.ones(jnp.broadcast_shapes(m.shape, n.shape, groups.shape,
                                              jnp.shape(chip.core_count)), dtype=m.dtype)
-    cores = chip.core_count
-    per_tile = [_quantized_fraction(m, n, groups, cores, tm, tn) * _tile_feed_rate(m, n, tm, tn)
-                for tm, tn in GPU_TILES]
-    return jnp.max(jnp.stack(jnp.broadcast_arrays(*per_tile)), axis=0)
+    # Every tile of `GPU_TILES` at once, along a trailing axis.
+    shape = jnp.broadcast_shapes(m.shape, n.shape, groups.shape, jnp.shape(chip.core_count))
+    m, n, groups, cores = (jnp.broadcast_to(x, shape)[..., None]
+                           for x in (m, n, groups, chip.core_count))
+    tile = jnp.asarray(GPU_TILES, dtype=m.dtype).reshape((1,) * len(shape) + (-1, 2))
+    # Tile dims never exceed the matrix (a 1-row GEMV runs 1-row tiles, not padded 256-row ones).
+    tm = jnp.minimum(tile[..., 0], jnp.maximum(m, 1.0))
+    tn = jnp.minimum(tile[..., 1], jnp.maximum(n, 1.0))
+    per_tile = _quantized_fraction(m, n, groups, cores, tm, tn) * _tile_feed_rate(tm, tn)
+    return jnp.max(per_tile, axis=-1)
 
 
 def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
