@@ -350,11 +350,17 @@ def distinct_experts(experts, top_k, tokens):
     time, follow this count, not T k ("reuse fragmentation": Adhinarayanan & Jayasena 2026,
     "The qs Inequality", arXiv:2603.08960). A dense model (one expert) touches 1.
     """
-    # top_k = experts (every token visits all) touches all: kept out of the log (no NaN).
-    partial = (experts > 1.0) & (top_k < experts)
-    miss = jnp.where(partial, 1.0 - top_k / experts, 0.5)
-    touched = jnp.where(partial, experts * -jnp.expm1(tokens * jnp.log(miss)), experts)
+    partial, log_untouched = _log_untouched(experts, top_k, tokens)
+    touched = jnp.where(partial, experts * -jnp.expm1(log_untouched), experts)
     return jnp.where(experts > 1.0, touched, 1.0)
+
+
+def _log_untouched(experts, top_k, tokens):
+    """(partial, log (1 - k / E)^T): whether routing leaves some expert out, and the log of the
+    chance that `tokens` tokens all miss a given expert. top_k = experts (every token visits
+    all) is kept out of the log (no NaN)."""
+    partial = (experts > 1.0) & (top_k < experts)
+    return partial, tokens * jnp.log(jnp.where(partial, 1.0 - top_k / experts, 0.5))
 
 
 # Per-group expert counts the busiest-group sum runs over when the model's expert count is traced
@@ -381,9 +387,7 @@ def busiest_group_experts(experts, top_k, tokens, ep):
     experts, top_k, tokens, ep = jnp.broadcast_arrays(*(_f(x) for x in (experts, top_k, tokens,
                                                                         ep)))
     moe = experts > 1.0
-    partial = moe & (top_k < experts)
-    log_miss = jnp.log(jnp.where(partial, 1.0 - top_k / experts, 0.5))
-    log_untouched = tokens * log_miss  # log (1 - p)
+    partial, log_untouched = _log_untouched(experts, top_k, tokens)  # log (1 - p)
     p = jnp.where(partial, -jnp.expm1(log_untouched), 1.0)
     n = jnp.where(moe, experts / ep, 1.0)
     mean = n * p
