@@ -1,6 +1,7 @@
 """MoE as trained today (routing skew, capacity, shared experts, dense layers, MLA, EP over the
 tiers) and context parallelism (ring attention) in the training model; MoE presets."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,7 +156,7 @@ def test_million_token_sequences_stay_finite(dtype):
         system = jax.tree.map(lambda x: jnp.asarray(x, dtype) if eqx_float(x) else x, system)
         plan = TrainingPlan(tp=4, cp=16, dp=4, global_batch=4, recompute=2)
         plan = jax.tree.map(lambda x: jnp.asarray(x, dtype), plan)
-        r = train_step(model, plan, system)
+        r = eqx.filter_jit(train_step)(model, plan, system)  # one program, not op by op
         for leaf in jax.tree.leaves(r):
             assert np.all(np.isfinite(np.asarray(leaf, dtype=np.float64)))
         # The 1M-token sequence on 16 CP ranks holds 65536 tokens of activations per chip.

@@ -2,6 +2,7 @@
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -296,6 +297,8 @@ def test_vmap_over_plans_matches_loop_and_jit_does_not_recompile():
 
 
 def test_vmap_over_hardware_matches_loop():
+    # The loop's single calls are jitted (one compilation for the three systems): op by op,
+    # every operation of the step would be compiled on its own.
     model = small_model()
     plan = TrainingPlan(tp=4, pp=2, dp=8, microbatch_size=1, global_batch=64, interleave=2,
                         sequence_parallel=1, recompute=RECOMPUTE_SELECTIVE, zero_stage=1)
@@ -309,8 +312,9 @@ def test_vmap_over_hardware_matches_loop():
                for k in (1.0, 2.0, 4.0)]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *systems)
     batched = jax.jit(jax.vmap(lambda s: train_step(model, plan, s)))(stacked)
+    single = jax.jit(lambda s: train_step(model, plan, s))
     for i, s in enumerate(systems):
-        one = train_step(model, plan, s)
+        one = single(s)
         np.testing.assert_allclose(float(batched.step_time[i]), float(one.step_time), rtol=1e-5)
         np.testing.assert_allclose(float(batched.energy[i]), float(one.energy), rtol=1e-5)
     t = np.asarray(batched.step_time)
@@ -366,12 +370,13 @@ def test_float32_and_float64_agree():
     model = TRANSFORMERS["gpt-175b"]
     plan = TrainingPlan(tp=8, pp=8, dp=1, global_batch=64, interleave=3, sequence_parallel=1,
                         recompute=RECOMPUTE_SELECTIVE)
-    r32 = train_step(model, plan, DGX.with_num_chips(64))
+    step = eqx.filter_jit(train_step)
+    r32 = step(model, plan, DGX.with_num_chips(64))
     with jax.enable_x64(True):
         m64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), model)
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), plan)
         s64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), DGX.with_num_chips(64))
-        r64 = train_step(m64, p64, s64)
+        r64 = step(m64, p64, s64)
         assert r64.step_time.dtype == jnp.float64
     np.testing.assert_allclose(float(r32.step_time), float(r64.step_time), rtol=1e-4)
 
@@ -393,10 +398,12 @@ def _overlap_plans():
 def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     plans = _overlap_plans()
     system = DGX.with_num_chips(64)
-    full = train_step(SMALL, plans, system)
-    none = train_step(SMALL, plans, system,
-                      calibration=DEFAULT.replace(dp_overlap_fraction=0.0))
-    off = train_step(SMALL, plans.replace(dp_overlap=jnp.zeros(5)), system)
+    # One compilation for every call (the fraction is a traced leaf of the calibration).
+    step = eqx.filter_jit(lambda plans, calibration: train_step(SMALL, plans, system,
+                                                                calibration=calibration))
+    full = step(plans, DEFAULT)
+    none = step(plans, DEFAULT.replace(dp_overlap_fraction=0.0))
+    off = step(plans.replace(dp_overlap=jnp.zeros(5)), DEFAULT)
     # Fraction 0 hides nothing: the plan's exposed DP time is that of the plan without overlap.
     np.testing.assert_allclose(np.asarray(none.dp_comm_time), np.asarray(off.dp_comm_time),
                                rtol=1e-6)
@@ -405,7 +412,7 @@ def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     assert np.all(np.asarray(full.dp_comm_time)[:4] < np.asarray(none.dp_comm_time)[:4])
     prev = np.asarray(none.step_time)
     for f in (0.25, 0.5, 0.75, 1.0):
-        r = train_step(SMALL, plans, system, calibration=DEFAULT.replace(dp_overlap_fraction=f))
+        r = step(plans, DEFAULT.replace(dp_overlap_fraction=f))
         assert np.all(np.asarray(r.step_time) <= prev * (1 + 1e-6))
         prev = np.asarray(r.step_time)
         np.testing.assert_array_equal(np.asarray(r.compute_time), np.asarray(full.compute_time))
