@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import data_dir, tree_allclose
+from helpers import data_dir, jit_over_calibrations, tree_allclose
 
 import dse
 import dse.calibration as dc
@@ -527,10 +527,10 @@ def test_recovers_dp_overlap_fraction_from_step_times():
     def step(cal, x):
         return train_step(model, x["plan"], system, calibration=cal).step_time
 
-    # The data, jitted (op by op, each operation of the step would compile on its own).
-    exact = np.asarray(eqx.filter_jit(step)(DEFAULT.replace(dp_overlap_fraction=true), inputs))
+    generate = jit_over_calibrations(step)
+    exact = np.asarray(generate(DEFAULT.replace(dp_overlap_fraction=true), inputs))
     # The rows are informative: the fraction changes every step time by > 1%.
-    full = np.asarray(eqx.filter_jit(step)(DEFAULT, inputs))
+    full = np.asarray(generate(DEFAULT, inputs))
     assert np.all(exact / full > 1.01)
     noisy = exact * np.exp(0.03 * rng.standard_normal(n))
     data = dc.Measurements(inputs, jnp.asarray(noisy, jnp.result_type(float)),

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference
+from helpers import central_difference, jit_over_calibrations
 
 from dse.hardware import FABRICS, SYSTEMS
 from dse.models import (
@@ -61,15 +61,8 @@ def _decode(cal, plan=INFER, system=DGX):
     return decode(SMALL, plan, system, 384.0, calibration=cal).time
 
 
-def _compiled(entry):
-    """`entry` jitted once for every calibration: the provenance (static, a record only, and
-    dropped by `replace`) is cleared so a perturbed calibration reuses the program; op by op,
-    the ~40 fields x 6 entry points here would dispatch every operation again."""
-    run = eqx.filter_jit(entry)
-    return lambda cal: run(cal.replace(provenance=()))
-
-
-ENTRY_POINTS = {k: _compiled(f) for k, f in {
+# Jitted once each: ~40 perturbed fields x 6 entry points, op by op, took twice as long.
+ENTRY_POINTS = {k: jit_over_calibrations(f) for k, f in {
     "train_step": _train,
     "train_step (unfused attention)": lambda c: _train(c, flash=False),
     "prefill (fused runtime)": _prefill,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import central_difference, data_dir, random_plans
+from helpers import central_difference, data_dir, jit_over_calibrations, random_plans
 
 from dse.calibration import FIT_SOURCES, training_cases
 from dse.calibration import predict_case as predict
@@ -399,11 +399,11 @@ def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     plans = _overlap_plans()
     system = DGX.with_num_chips(64)
     # One compilation for every call (the fraction is a traced leaf of the calibration).
-    step = eqx.filter_jit(lambda plans, calibration: train_step(SMALL, plans, system,
-                                                                calibration=calibration))
-    full = step(plans, DEFAULT)
-    none = step(plans, DEFAULT.replace(dp_overlap_fraction=0.0))
-    off = step(plans.replace(dp_overlap=jnp.zeros(5)), DEFAULT)
+    step = jit_over_calibrations(lambda calibration, plans: train_step(
+        SMALL, plans, system, calibration=calibration))
+    full = step(DEFAULT, plans)
+    none = step(DEFAULT.replace(dp_overlap_fraction=0.0), plans)
+    off = step(DEFAULT, plans.replace(dp_overlap=jnp.zeros(5)))
     # Fraction 0 hides nothing: the plan's exposed DP time is that of the plan without overlap.
     np.testing.assert_allclose(np.asarray(none.dp_comm_time), np.asarray(off.dp_comm_time),
                                rtol=1e-6)
@@ -412,7 +412,7 @@ def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     assert np.all(np.asarray(full.dp_comm_time)[:4] < np.asarray(none.dp_comm_time)[:4])
     prev = np.asarray(none.step_time)
     for f in (0.25, 0.5, 0.75, 1.0):
-        r = step(plans, DEFAULT.replace(dp_overlap_fraction=f))
+        r = step(DEFAULT.replace(dp_overlap_fraction=f), plans)
         assert np.all(np.asarray(r.step_time) <= prev * (1 + 1e-6))
         prev = np.asarray(r.step_time)
         np.testing.assert_array_equal(np.asarray(r.compute_time), np.asarray(full.compute_time))
