@@ -147,6 +147,59 @@ def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, inv_prior, *
     return jax.vmap(fit_z)(weights)
 
 
+@functools.partial(jax.jit, static_argnames=("model_fn", "names", "steps", "n_boot",
+                                             "bootstrap_std"))
+def _fit_and_summarize(weights, held, params, inputs, measured, zlo, zhi, z0, u0, inv_prior, *,
+                       model_fn, names, steps, n_boot, bootstrap_std):
+    """Every fit of `calibrate` and what its result reports, as one compiled program.
+
+    Run op by op, the summary (Laplace covariance, folds, error figures) compiled some sixty
+    small XLA programs, each costing more to compile than to run (measured: 5.3 s for a
+    four-parameter fit of 48 rows, 3.2 s of it in the backend compiler).
+
+    **Arguments:** `weights` (1 + n_boot + folds, n): the fit on all rows, the bootstrap
+    replicates, then the cross-validation folds; `held` (folds, n): the rows each fold holds
+    out; the rest as `calibrate` prepares them.
+
+    **Returns:** a dict of the `CalibrationResult` fields computed from the fits.
+    """
+    n, k = measured.shape[0], len(names)
+    dtype = measured.dtype
+    ones = jnp.ones((n,), dtype)
+    z_all, changes = _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, inv_prior,
+                                model_fn=model_fn, names=names, steps=steps)
+    z_hat = z_all[0]
+    pred_hat = _predict_z(z_hat, params, inputs, model_fn, names)
+    hess, jtr = _gauss_newton(z_hat, params, inputs, measured, model_fn, names)
+    opt = _at_optimum(z_hat, measured, pred_hat, hess, jtr, zlo, zhi, z0, inv_prior, n, k)
+    refits = changes[1:]
+    boot = jnp.exp(z_all[1:1 + n_boot])
+    std = jnp.std(boot, axis=0, ddof=1) if bootstrap_std else jnp.exp(z_hat) * opt["log_std"]
+
+    n_folds = held.shape[0]
+    fold_z = z_all[1 + n_boot:]
+    preds = _predict_batch(fold_z, params, inputs, model_fn, names) if n_folds \
+        else jnp.zeros((0, n), dtype)
+    val_pred = jnp.sum(jnp.where(held, preds, 0.0), axis=0) if n_folds \
+        else jnp.full((n,), jnp.nan, dtype)
+    nan = jnp.asarray(jnp.nan, dtype)
+    return dict(
+        value=jnp.exp(z_hat), std=std, log_covariance=opt["log_cov"], bootstrap=boot,
+        at_bound=opt["at_bound"],
+        before_mape=_mape(_predict_z(z0, params, inputs, model_fn, names), measured, ones),
+        train_mape=_mape(pred_hat, measured, ones),
+        validation_mape=_mape(val_pred, measured, ones) if n_folds else nan,
+        validation_train_mape=jnp.mean(jax.vmap(lambda p, w: _mape(p, measured, w))(
+            preds, (~held).astype(dtype))) if n_folds else nan,
+        validation_predicted=val_pred, fold_held=held, fold_predicted=preds,
+        fold_value=jnp.exp(fold_z) if n_folds else jnp.zeros((0, k), dtype),
+        residual_log_std=opt["residual_log_std"],
+        converged=(changes[0] <= LOSS_CHANGE_TOL) & (opt["decrement"] <= DECREMENT_TOL),
+        loss_change=changes[0], grad_norm=jnp.linalg.norm(opt["grad"]) / n,
+        decrement=opt["decrement"],
+        refits_converged=jnp.mean(refits <= LOSS_CHANGE_TOL) if refits.shape[0] else nan)
+
+
 # Search box of each `Calibration` field when `calibrate` fits it and no bound is given: a
 # fraction of a peak in (1%, 100%] (of a measured best rate, or a framework's factor on the
 # kernel fraction: up to 150%); start-up times from 10 ns to 10 ms (a kernel launch is ~5-10 us
@@ -337,7 +390,7 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     z0 = jnp.asarray(np.log(p0), dtype)
     inv_prior = jnp.asarray(_inverse_prior(names, prior_log_std), dtype)
     measured = jnp.asarray(data.measured, dtype)
-    n, k = data.n, len(names)
+    n = data.n
     span = np.clip((np.log(p0) - np.log(lo)) / (np.log(hi) - np.log(lo)), 1e-3, 1 - 1e-3)
     u0 = jnp.asarray(np.log(span / (1.0 - span)), dtype)
     static = dict(model_fn=model_fn, names=names)
@@ -352,38 +405,11 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     if n_boot:
         weights.append(bootstrap_weights(key_boot, data.group, n_boot, resample).astype(dtype))
     weights.append(jnp.asarray(~held, dtype))
-    z_all, changes = _fit_batch(jnp.concatenate(weights, axis=0), params, data.inputs, measured,
-                                zlo, zhi, z0, u0, inv_prior, steps=int(steps), **static)
-
-    z_hat = z_all[0]
-    pred_hat = _predict(z_hat, params, data.inputs, **static)
-    hess, jtr = _gauss_newton(z_hat, params, data.inputs, measured, **static)
-    opt = _at_optimum(z_hat, measured, pred_hat, hess, jtr, zlo, zhi, z0, inv_prior, n, k)
-    refits = changes[1:]
-    boot = jnp.exp(z_all[1:1 + n_boot])
-    std = jnp.std(boot, axis=0, ddof=1) if uncertainty == "bootstrap" \
-        else jnp.exp(z_hat) * opt["log_std"]
-
-    fold_z = z_all[1 + n_boot:]
-    preds = _predict_batch(fold_z, params, data.inputs, **static) if held.shape[0] \
-        else jnp.zeros((0, n), dtype)
-    val_pred = jnp.sum(jnp.where(jnp.asarray(held), preds, 0.0), axis=0) if held.shape[0] \
-        else jnp.full((n,), jnp.nan, dtype)
-    nan = jnp.asarray(jnp.nan, dtype)
+    out = _fit_and_summarize(jnp.concatenate(weights, axis=0), jnp.asarray(held), params,
+                             data.inputs, measured, zlo, zhi, z0, u0, inv_prior,
+                             steps=int(steps), n_boot=n_boot,
+                             bootstrap_std=uncertainty == "bootstrap", **static)
     return CalibrationResult(
-        params=_with_values(params, names, jnp.exp(z_hat)), names=names, value=jnp.exp(z_hat),
-        std=std, log_covariance=opt["log_cov"], bootstrap=boot, at_bound=opt["at_bound"],
-        before_mape=_mape(_predict(z0, params, data.inputs, **static), measured, ones),
-        train_mape=_mape(pred_hat, measured, ones),
-        validation_mape=_mape(val_pred, measured, ones) if held.shape[0] else nan,
-        validation_train_mape=jnp.mean(jax.vmap(lambda p, w: _mape(p, measured, w))(
-            preds, jnp.asarray(~held, dtype))) if held.shape[0] else nan,
-        validation_predicted=val_pred, fold_held=jnp.asarray(held), fold_predicted=preds,
-        fold_value=jnp.exp(fold_z) if held.shape[0] else jnp.zeros((0, k)),
-        residual_log_std=opt["residual_log_std"],
-        converged=(changes[0] <= LOSS_CHANGE_TOL) & (opt["decrement"] <= DECREMENT_TOL),
-        loss_change=changes[0], grad_norm=jnp.linalg.norm(opt["grad"]) / n,
-        decrement=opt["decrement"],
-        refits_converged=jnp.mean(refits <= LOSS_CHANGE_TOL) if refits.shape[0] else nan,
+        params=_with_values(params, names, out["value"]), names=names, **out,
         n_rows=n, validation=validation, sources=tuple(data.sources),
         description=data.description, resample=resample if n_boot else "none")
