@@ -441,10 +441,26 @@ def _chunk_dominated(obj, feasible, valid, bins: int):
             jnp.where(inside, cell_in, size ** d)].min(obj[-1], mode="drop")
         table = table.reshape((size,) * d)
         for axis in range(d):
-            table = jax.lax.cummin(table, axis=axis)
+            table = _prefix_min(table, axis)
         dominated = obj[-1] > table.reshape(-1)[cell_at]
     dominated = jnp.where(feasible, dominated, any_feasible | dominated)
     return dominated & valid
+
+
+def _prefix_min(table, axis: int):
+    """Running minimum of `table` along `axis` (`lax.cummin`, the same values).
+
+    On a table of two or more axes a sequential scan over `axis`, each step a whole slice,
+    runs 3-4x faster on CPU than `lax.cummin`'s associative scan (measured on the chunk
+    tables: 256 x 256, 0.61 -> 0.19 ms for both axes; 40^3, 0.98 -> 0.26 ms), whose strided
+    slices XLA does not vectorize; a 1-D table has no slice to vectorize over and keeps it.
+    """
+    if table.ndim < 2:
+        return jax.lax.cummin(table, axis=axis)
+    rows = jnp.moveaxis(table, axis, 0)
+    _, out = jax.lax.scan(lambda low, row: (jnp.minimum(low, row),) * 2,
+                          jnp.full(rows.shape[1:], jnp.inf, rows.dtype), rows)
+    return jnp.moveaxis(out, 0, axis)
 
 
 def _prefaulted_empty(n: int, dtype) -> np.ndarray:

@@ -164,7 +164,7 @@ def test_knee_point():
     assert knee_point(with_dominated) == 4
 
 
-@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_chunk_front_on_device_keeps_the_exact_front(m):
     """The in-kernel chunk filter: survivors hold the whole front (ties, duplicates, NaN,
     infeasible points included) and it discards most dominated points."""
