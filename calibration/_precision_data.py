@@ -127,7 +127,8 @@ def system_for(hardware: str, n: int) -> System:
 
 
 def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
-           recompute=None, gradients="fp32", quantized_params=False, cp=1) -> TrainingPlan:
+           recompute=None, gradients="fp32", quantized_params=False, cp=1,
+           offload=0.0) -> TrainingPlan:
     """The candidate plans of a row: its layout under each open recomputation mode."""
     dp = n // (tp * pp * cp)
     modes = (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL) if recompute is None \
@@ -136,18 +137,29 @@ def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
                           global_batch=global_batch, interleave=vp,
                           sequence_parallel=1.0 if tp > 1 else 0.0, recompute=rc,
                           zero_stage=3.0 if fsdp else 1.0, dp_overlap=1.0, precision=precision,
-                          gradients=gradients, quantized_params=quantized_params)
+                          gradients=gradients, quantized_params=quantized_params,
+                          activation_offload=offload)
              for rc in modes]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *plans)
 
 
 def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, recompute=None,
-              cp=1):
+              cp=1, offload=0.0):
     """The candidate batches of a case: one per static variant the source leaves open (FP32 /
     BF16 gradients; 16-bit or quantized-only weights under a low-precision recipe)."""
     quantized = (False, True) if precision != "bf16" else (False,)
     return tuple(_plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
-                        recompute, g, q, cp) for g in ("fp32", "bf16") for q in quantized)
+                        recompute, g, q, cp, offload) for g in ("fp32", "bf16") for q in quantized)
+
+
+# Layers whose activations the run offloads to host memory: `cpu_offloading_num_layers` of the
+# matching performance configs in Megatron-Bridge v0.2.0 (2025-11-26, the release of the 25.11
+# container whose table these rows come from), scripts/performance/configs/llama3/
+# workload_base_configs.py: LLAMA3_70B_GB300_FP8_CS (20) and LLAMA3_70B_GB200_FP8_CS (40), each
+# with Megatron-FSDP and micro-batch 2 as in the table. (Its 405B configs use offloading too,
+# but on 128 GPUs with another layout than the table's 256-GPU rows, so those rows keep none.)
+OFFLOADED_LAYERS = {"mbridge_25.11_DGX-GB300_LLAMA3_70B_FP8-CS_64": 20,
+                    "mbridge_25.11_DGX-GB200_LLAMA3_70B_FP8-CS_64": 40}
 
 
 def _skip_reason(row) -> str | None:
@@ -194,8 +206,10 @@ def _training_row(row) -> list:
         else row["precision"]
     recipe = RECIPES_OF[precision]
     tps = _f(row, "tokens_per_s_per_device")
+    offload = OFFLOADED_LAYERS.get(rid, 0) / float(model.layers)
+
     def candidates(recipe):
-        return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp)
+        return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp, offload=offload)
 
     framework = FRAMEWORK_OF.get(key, "megatron-core")
     out.append(PrecisionCase(rid, key, seconds(tps), model, system, candidates(recipe),

@@ -240,6 +240,12 @@ LIMITS: Mapping[str, tuple[float, float, bool]] = types.MappingProxyType({
     # chip (ConnectX-8, GB200 NVL72).
     "scaleout_bandwidth": (1.0 * u.MB, 100.0 * 800.0 * u.Gbit, False),
     "scaleout_latency": (0.0, 1.0, False),
+    # The path from a chip to its host's memory, which activation offloading uses; 0 = none
+    # (offloading is then flagged, never silently free). Up to 100x NVLink-C2C's 450 GB/s per
+    # direction (NVIDIA Grace Hopper Superchip datasheet: 900 GB/s bidirectional).
+    "host_bandwidth": (1.0 * u.MB, 100.0 * 450.0 * u.GB, True),
+    # Host memory a chip may fill, bytes; 0 = none. Up to 1 PiB per chip.
+    "host_memory": (1.0 * u.MiB, 1024.0 * u.TiB, True),
 })
 
 
@@ -398,6 +404,15 @@ _FIELDS: tuple[Field, ...] = (
             description="per-chip bandwidth to the scale-out network, one direction"),
     _system("scaleout_latency", "scale-out latency", "s", "network", "network latency",
             1 * u.us, 20 * u.us, "log", display_unit="µs", display_scale=u.us),
+    # PCIe Gen4 x16 (32 GB/s per direction, DGX A100) to twice NVLink-C2C's 450 GB/s.
+    _system("host_bandwidth", "host link bandwidth", "B/s", "memory", "host link", 16 * u.GB,
+            900 * u.GB, "log", display_unit="GB/s", display_scale=u.GB,
+            description="per-chip bandwidth to host memory, one direction (activation "
+            "offloading)"),
+    # A DGX A100's 128 GB per GPU (1 TB / 8) to a GH200's 480 GB.
+    _system("host_memory", "host memory", "B", "memory", "host memory", 64 * u.GB,
+            512 * u.GB, "log", display_unit="GB", display_scale=u.GB,
+            description="host memory per chip for offloaded activations"),
     # Network (hardware/_network.py). One switch to four tiers (three suffice for 64^3/4 =
     # 65,536 chips at radix 64, the DGX SuperPOD's largest tables).
     _network("tiers", "network tiers", "", "network", "scale-out network", 1, 4, "integer",

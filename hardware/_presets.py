@@ -398,6 +398,21 @@ _add(Chip(
 
 CHIPS: Mapping[str, Chip] = PresetMapping("chip", _CHIPS)
 
+# Host links and host memory (`System.host_bandwidth` / `host_memory`, for activation
+# offloading), per GPU. PCIe x16, one direction: 16 lanes x 16 GT/s (Gen4) or 32 GT/s (Gen5)
+# x 128b/130b encoding / 8 bits (PCI-SIG PCI Express 4.0 / 5.0 base specifications): 31.5 and
+# 63 GB/s. DGX A100 (640 GB), DGX H100, DGX H200 and DGX B200 carry 2 TB of system memory
+# for 8 GPUs (NVIDIA DGX A100, DGX H100 and DGX B200 datasheets; the DGX H100/H200 user guide).
+# Grace systems: one Grace CPU serves two Blackwell GPUs over NVLink-C2C, 900 GB/s
+# bidirectional (NVIDIA GB200 NVL72 page; the same Grace CPU and C2C in GB300), i.e. 225 GB/s
+# per GPU per direction when both GPUs offload at once, and carries 480 GB of LPDDR5X (NVIDIA
+# Grace CPU Superchip datasheet; 36 Grace CPUs x 480 GB = the NVL72's 17 TB). Other presets:
+# 0 (their host links and host memory are not in the sources used).
+_PCIE4_X16 = 16 * 16e9 * 128 / 130 / 8
+_PCIE5_X16 = 16 * 32e9 * 128 / 130 / 8
+_C2C_PER_GPU = 900 * u.GB / 2 / 2
+_GRACE_MEMORY = 480 * u.GB
+
 # Systems. Latencies: NVLink/NVSwitch one-hop ~ 1 us and InfiniBand ~ 5 us end-to-end are
 # typical NCCL small-message latencies (NCCL tests on DGX A100, NVIDIA "Doubling all2all
 # performance with NVIDIA Collective Communication Library 2.12" blog), used for both systems.
@@ -406,17 +421,20 @@ _SYSTEMS = {
     # hardware column) = 25 GB/s per GPU per direction.
     "DGX-A100": System(chip=_CHIPS["A100-80GB"], num_chips=8, scaleup_size=8,
                        scaleup_latency=1 * u.us, scaleout_bandwidth=200 * u.Gbit,
-                       scaleout_latency=5 * u.us, topology="switch", name="DGX-A100"),
+                       scaleout_latency=5 * u.us, topology="switch", name="DGX-A100",
+                       host_bandwidth=_PCIE4_X16, host_memory=2 * u.TB / 8),
     # DGX H100: 8 GPUs on NVSwitch gen3; 8 x 400 Gb/s ConnectX-7 per node (NVIDIA DGX H100
     # datasheet) = 50 GB/s per GPU per direction.
     "DGX-H100": System(chip=_CHIPS["H100-SXM"], num_chips=8, scaleup_size=8,
                        scaleup_latency=1 * u.us, scaleout_bandwidth=400 * u.Gbit,
-                       scaleout_latency=5 * u.us, topology="switch", name="DGX-H100"),
+                       scaleout_latency=5 * u.us, topology="switch", name="DGX-H100",
+                       host_bandwidth=_PCIE5_X16, host_memory=2 * u.TB / 8),
     # GB200 NVL72: 72 GPUs in one NVLink domain (chips.csv GB200 source: NVL72 spec page);
     # 800 Gb/s ConnectX-8 per GPU for scale-out (NVIDIA GB200 NVL72 spec).
     "GB200-NVL72": System(chip=_CHIPS["GB200"], num_chips=72, scaleup_size=72,
                           scaleup_latency=1 * u.us, scaleout_bandwidth=800 * u.Gbit,
-                          scaleout_latency=5 * u.us, topology="switch", name="GB200-NVL72"),
+                          scaleout_latency=5 * u.us, topology="switch", name="GB200-NVL72",
+                          host_bandwidth=_C2C_PER_GPU, host_memory=_GRACE_MEMORY / 2),
     # TPU v4 pod slice: 3D torus over ICI, 4096 chips per pod (chips.csv TPU v4 notes); the
     # data-centre network is not used inside a slice (scale-out = ICI rate).
     "TPUv4-pod": System(chip=_CHIPS["TPUv4"], num_chips=64, scaleup_size=4096,
@@ -427,13 +445,15 @@ _SYSTEMS = {
     # H200 user guide lists one network configuration for both).
     "DGX-H200": System(chip=_CHIPS["H200"], num_chips=8, scaleup_size=8,
                        scaleup_latency=1 * u.us, scaleout_bandwidth=400 * u.Gbit,
-                       scaleout_latency=5 * u.us, topology="switch", name="DGX-H200"),
+                       scaleout_latency=5 * u.us, topology="switch", name="DGX-H200",
+                       host_bandwidth=_PCIE5_X16, host_memory=2 * u.TB / 8),
     # DGX B200: 8 GPUs on two NVLink 5 switch chips (14.4 TB/s aggregate, NVIDIA DGX B200 page
     # as transcribed on the AIPS-Boom wiki); 8 x 400 Gb/s ConnectX-7 per node (DGX B200
     # datasheet).
     "DGX-B200": System(chip=_CHIPS["B200"], num_chips=8, scaleup_size=8,
                        scaleup_latency=1 * u.us, scaleout_bandwidth=400 * u.Gbit,
-                       scaleout_latency=5 * u.us, topology="switch", name="DGX-B200"),
+                       scaleout_latency=5 * u.us, topology="switch", name="DGX-B200",
+                       host_bandwidth=_PCIE5_X16, host_memory=2 * u.TB / 8),
     # DGX B300: 8 GPUs, 2 NVLink switch chips, 8 x ConnectX-8 (800 Gb/s each) per node
     # (nvidia.com DGX B300 page, as transcribed in the sources of the precision notes).
     "DGX-B300": System(chip=_CHIPS["B300"], num_chips=8, scaleup_size=8,
@@ -444,7 +464,8 @@ _SYSTEMS = {
     # glennklockwood.com/garden/processors/B300).
     "GB300-NVL72": System(chip=_CHIPS["GB300"], num_chips=72, scaleup_size=72,
                           scaleup_latency=1 * u.us, scaleout_bandwidth=800 * u.Gbit,
-                          scaleout_latency=5 * u.us, topology="switch", name="GB300-NVL72"),
+                          scaleout_latency=5 * u.us, topology="switch", name="GB300-NVL72",
+                          host_bandwidth=_C2C_PER_GPU, host_memory=_GRACE_MEMORY / 2),
     # AMD 8-GPU platforms: every GPU links to each of the other 7 over Infinity Fabric (xGMI),
     # the 8-GPU scale-up domain (MI355X: Tom's Hardware, ISC 2025). Scale-out per GPU is not in
     # the sources used: one 400 Gb/s NIC per GPU, the DGX H100 class, is assumed.

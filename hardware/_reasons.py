@@ -32,6 +32,9 @@ class Reason(enum.IntFlag):
     # The chip has no matrix engine for a format the plan computes in (FP8 / FP4 rate 0, or a
     # block-scaled format without `Chip.block_scaling`).
     PRECISION = 1024
+    # Activation offloading (`TrainingPlan.activation_offload`) on a system without a host link
+    # (`System.host_bandwidth` 0), or offloaded activations beyond `System.host_memory`.
+    HOST_MEMORY = 2048
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -48,6 +51,8 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.SATURATED: "arrival rate at or above the deployment's capacity (unbounded queue)",
     Reason.SLO: "latency objective not met at any load",
     Reason.PRECISION: "chip has no matrix engine for the plan's number format",
+    Reason.HOST_MEMORY: "offloaded activations exceed the host memory per chip (or the system "
+                        "has no host link)",
 }
 
 

@@ -52,6 +52,11 @@ class System(eqx.Module):
       None for the two-tier model (one scale-out bandwidth and latency, as before networks
       existed). With a network, collectives use the bandwidth each tier really has and the
       cluster's network cost, power and failures can be counted (`dse.hardware.Cluster`).
+    - `host_bandwidth`: per-chip bandwidth to its host's memory, one direction, bytes/s (PCIe,
+      or NVLink-C2C on Grace systems); what activation offloading
+      (`TrainingPlan.activation_offload`) moves over. 0 (the default): no such path.
+    - `host_memory`: host memory per chip that offloaded activations may fill, bytes; 0 (the
+      default): none.
     """
 
     chip: Chip
@@ -65,6 +70,8 @@ class System(eqx.Module):
     fabric: str = eqx.field(static=True, default="nvlink")
     name: str = eqx.field(static=True, default="custom")
     network: Network | None = None
+    host_bandwidth: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    host_memory: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
 
     def __check_init__(self):
         if not isinstance(self.chip, Chip):

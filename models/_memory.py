@@ -171,12 +171,17 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
 
 
 class TrainingMemory(eqx.Module):
-    """Memory per chip on the first pipeline stage, bytes; the four parts sum to `total`."""
+    """Memory per chip on the first pipeline stage, bytes; the four HBM parts sum to `total`.
+
+    `host` is apart from them: the activations the plan offloads to host memory
+    (`TrainingPlan.activation_offload`), held there instead of in HBM.
+    """
 
     weights: Float[Array, "*batch"]
     grads: Float[Array, "*batch"]
     optimizer: Float[Array, "*batch"]
     activations: Float[Array, "*batch"]
+    host: Float[Array, "*batch"] = 0.0
 
     @property
     def total(self) -> Float[Array, "*batch"]:
@@ -195,7 +200,8 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     keeps only those). 1F1B keeps min(m, p) micro-batches of the stage's layers in flight
     (= all L layers' worth when m >= p); interleaving adds (p - 1) / (p v) (Korthikanti et al.
     2022, Sec. 4.2.3); full recomputation rebuilds one layer's activations at a time during
-    backward.
+    backward. Offloading moves the `activation_offload` share of the stored activations to host
+    memory (`host`); one layer's worth stays in HBM as the buffer its copies pass through.
     """
     params = stage_params(model, plan)
     zero = plan.zero_stage
@@ -214,9 +220,13 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     in_flight = jnp.minimum(plan.microbatches, p) / p
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)
     per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
-    activations = model.layers * in_flight * interleave_factor * per_layer
+    stored = model.layers * in_flight * interleave_factor * per_layer
+    offload = plan.activation_offload
+    # The copy buffer: one layer's activations as soon as one layer of the stage is offloaded.
+    staging = per_layer * jnp.minimum(offload * model.layers / p, 1.0)
     working = activation_bytes_per_layer(model, plan.replace(recompute=RECOMPUTE_NONE),
                                          flash_attention=flash_attention)
-    activations = activations + jnp.where(plan.recompute > 1.5, working, 0.0)
+    activations = ((1.0 - offload) * stored + staging
+                   + jnp.where(plan.recompute > 1.5, working, 0.0))
     return TrainingMemory(weights=weights, grads=grads, optimizer=optimizer,
-                          activations=activations)
+                          activations=activations, host=offload * stored)

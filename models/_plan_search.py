@@ -46,7 +46,8 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
                     sequence_parallel=(0, 1), dp_overlap: int = 1,
                     max_microbatch: int | None = None,
                     context_parallel: tuple[int, ...] | str = (1,),
-                    precision: str = "bf16") -> TrainingPlan:
+                    precision: str = "bf16",
+                    activation_offload: tuple[float, ...] = (0.0,)) -> TrainingPlan:
     """Every valid plan for `model` on exactly `num_chips` chips, as one batched `TrainingPlan`.
 
     Valid: TP divides the heads, PP divides the layers, CP splits each sequence into 2 * CP
@@ -67,6 +68,8 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     - `context_parallel`: the CP degrees to include, or "all" for every valid one (default
       (1,): no context parallelism, the plan space of short-sequence training).
     - `precision`: the training recipe of every plan (`TrainingPlan.precision`).
+    - `activation_offload`: the offloaded shares of the layers to include (default (0.0,): no
+      offloading; for example (0.0, 0.25, 0.5) on a system with a host link).
 
     **Returns:** a `TrainingPlan` whose leaves have one leading axis (the plans).
     """
@@ -111,14 +114,18 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
         raise ValueError(f"no valid plan for {num_chips} chips and global batch {global_batch} "
                          f"(layers {layers}, heads {heads})")
     base = np.array(rows, dtype=np.float64)
-    knobs = np.array([(sp, rc, z) for sp in sequence_parallel for rc in recompute
-                      for z in zero_stages], dtype=np.float64)
+    offloads = tuple(float(a) for a in activation_offload)
+    if not offloads or any(not 0.0 <= a <= 1.0 for a in offloads):
+        raise ValueError(f"enumerate_plans: activation_offload must be shares in [0, 1]; got "
+                         f"{activation_offload!r}")
+    knobs = np.array([(sp, rc, z, a) for sp in sequence_parallel for rc in recompute
+                      for z in zero_stages for a in offloads], dtype=np.float64)
     full = np.concatenate([np.repeat(base, len(knobs), axis=0),
                            np.tile(knobs, (len(base), 1))], axis=1)
     full = full[(full[:, 7] == 0) | (full[:, 0] > 1)]  # SP needs TP > 1
     col = {name: full[:, i] for i, name in enumerate(
         ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "cp", "sequence_parallel",
-         "recompute", "zero_stage"))}
+         "recompute", "zero_stage", "activation_offload"))}
     n = len(full)
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
                         dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),

@@ -28,12 +28,14 @@ from ._layer import ADAM_FLOPS, SOFTMAX_FLOPS, gemm_fwd_bwd, layer_costs, weight
 from ._memory import (
     STATE_BYTES,
     WEIGHT_BYTES,
+    activation_bytes_per_layer,
     grad_bytes,
     optimizer_bytes,
     stage_params,
     training_memory,
     zero_shard,
 )
+from ._offload import offload_bytes_per_microbatch, offload_exposed_time
 from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
 from ._recipe import RECIPES
@@ -46,7 +48,8 @@ class TrainReport(eqx.Module):
     """What one training step costs (per step, per chip where it says so; SI units).
 
     `step_time == compute_time + tp_comm_time + pp_comm_time + dp_comm_time + ep_comm_time
-    + cp_comm_time + bubble_time + optimizer_time` (exposed communication only;
+    + cp_comm_time + bubble_time + optimizer_time + offload_time` (exposed communication and
+    offload copies only;
     `optimizer_time` includes the once-per-step quantization of the weights under a
     low-precision recipe). `quantize_time` is the part of `compute_time` spent in the recipe's
     cast / amax / transpose kernels. `mfu` and `hfu` are against the 16-bit peak (as NeMo's
@@ -55,8 +58,10 @@ class TrainReport(eqx.Module):
     weights_bytes + grads_bytes + optimizer_bytes + activations_bytes` on the busiest (first)
     pipeline stage. `memory_capacity` is where that memory must live (the HBM, or the SRAM of a
     chip without HBM) and `memory_shortfall` = max(memory_per_chip - memory_capacity, 0) how far
-    it misses. `fits` is False with `reason` (`dse.hardware.Reason` flags) when the plan is
-    infeasible; the times are still computed so that a sweep can see how far off it is.
+    it misses. `host_bytes` are the activations offloaded to host memory (not in
+    `memory_per_chip`; over `System.host_memory` they are flagged). `fits` is False with
+    `reason` (`dse.hardware.Reason` flags) when the plan is infeasible; the times are still
+    computed so that a sweep can see how far off it is.
     """
 
     step_time: Float[Array, "*batch"]
@@ -85,6 +90,8 @@ class TrainReport(eqx.Module):
     quantize_time: Float[Array, "*batch"]
     model_flops: Float[Array, "*batch"]
     hardware_flops: Float[Array, "*batch"]
+    offload_time: Float[Array, "*batch"]
+    host_bytes: Float[Array, "*batch"]
 
     @property
     def breakdown(self) -> dict[str, Float[Array, "*batch"]]:
@@ -93,7 +100,7 @@ class TrainReport(eqx.Module):
                 "pp_comm": self.pp_comm_time, "dp_comm": self.dp_comm_time,
                 "ep_comm": self.ep_comm_time, "cp_comm": self.cp_comm_time,
                 "bubble": self.bubble_time,
-                "optimizer": self.optimizer_time}
+                "optimizer": self.optimizer_time, "offload": self.offload_time}
 
 
 # HBM passes of the softmax cross-entropy per logit, as frameworks run it in fp32 (Megatron-LM
@@ -186,6 +193,10 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
 
     dp_time = data_parallel_cost(plan, system, params, lc.fwd / eta, lc.bwd / eta,
                                  lc.recompute / eta, layers_per_stage, calibration).exposed
+    per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
+    offload_time = m * offload_exposed_time(
+        plan, system, layers_per_stage, per_layer, layers_per_stage * lc.fwd / eta,
+        layers_per_stage * (lc.bwd + lc.recompute) / eta)
 
     # Optimizer: Adam over the chip's shard of the parameters, memory bound (reads the master
     # weight, m, v and the gradient; writes the three back and, with an FP32 master, the 16-bit
@@ -204,7 +215,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     optimizer_time = (opt.time + cast.time) / eta
 
     step_time = (compute_time + tp_time + pp_time + dp_time + ep_time + cp_time + bubble_time
-                 + optimizer_time)
+                 + optimizer_time + offload_time)
 
     chips_used = plan.chips
     global_tokens = plan.global_batch * s
@@ -223,7 +234,8 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
 
     hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
                      + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes \
-        + cast.hbm_bytes
+        + cast.hbm_bytes \
+        + 2.0 * m * offload_bytes_per_microbatch(plan, layers_per_stage, per_layer)
     link_bytes = m * (layers_per_stage * lc.comm_bytes + jnp.where(p > 1.0, 2.0 * v, 0.0)
                       * pipeline_send_bytes(model, plan)) \
         + jnp.where(plan.dp * plan.cp > 1.0, 2.0 * grad_bytes(plan) * params.total, 0.0)
@@ -239,8 +251,12 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
 
     capacity = chip.memory_capacity
     no_engine = precision_unsupported(plan, chip)
+    offloads = plan.activation_offload > 0.0
+    no_host_room = offloads & ((system.host_bandwidth <= 0.0)
+                               | (memory.host > system.host_memory))
     reason = (plan_reason | memory_reason(chip, memory.total, capacity)
-              | jnp.where(no_engine, int(Reason.PRECISION), 0).astype(jnp.int32))
+              | jnp.where(no_engine, int(Reason.PRECISION), 0).astype(jnp.int32)
+              | jnp.where(no_host_room, int(Reason.HOST_MEMORY), 0).astype(jnp.int32))
     return TrainReport(
         step_time=step_time, tokens_per_s=global_tokens / step_time, mfu=mfu, hfu=hfu,
         energy=energy, memory_per_chip=memory.total, weights_bytes=memory.weights,
@@ -249,6 +265,6 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
         memory_shortfall=shortfall(memory.total, capacity), fits=reason == 0, reason=reason,
         compute_time=compute_time, tp_comm_time=tp_time, pp_comm_time=pp_time,
         dp_comm_time=dp_time, ep_comm_time=ep_time, cp_comm_time=cp_time, bubble_time=bubble_time,
-        optimizer_time=optimizer_time,
+        optimizer_time=optimizer_time, offload_time=offload_time, host_bytes=memory.host,
         quantize_time=m * layers_per_stage * lc.quantize / eta,
         model_flops=model_flops, hardware_flops=hardware_flops)

@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from dse.hardware import Reason, System
-from dse.hardware._validate import as_float_array, check_choice, check_integer
+from dse.hardware._validate import as_float_array, check_choice, check_integer, check_range
 
 from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
 from ._rules import Rule, check_rules, divides, is_concrete, reason_of
@@ -55,6 +55,11 @@ class TrainingPlan(eqx.Module):
       forward (DeepSpeed's per-module fetch and release hooks fire for the recomputation too), 0
       when the backward's gather serves both (PyTorch FSDP unshards once before a unit's
       backward, which runs the recomputation inside it).
+    - `activation_offload`: share of each chip's layers whose stored activations go to host
+      memory after their forward and come back before their backward, over
+      `System.host_bandwidth`, overlapped with compute (Megatron-Core's
+      `cpu_offloading_num_layers` / the layers of a stage); 0 (the default) keeps every layer's
+      activations in HBM. Continuous in [0, 1].
     - `precision` (static): the GEMM recipe (`dse.models.RECIPES`): "bf16", "fp8_delayed",
       "fp8_current", "fp8_blockwise", "mxfp8" or "nvfp4".
     - `master_weights` (static): "fp32" (a separate FP32 copy in the optimizer, 4 bytes per
@@ -85,6 +90,8 @@ class TrainingPlan(eqx.Module):
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    activation_offload: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
+                                                           default=0.0)
 
     # Choices take any str: `__check_init__` names the field and the allowed values (`Recipe`,
     # `StatePrecision`) in a ValueError.
@@ -121,6 +128,8 @@ class TrainingPlan(eqx.Module):
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
                           ("zero3_regather", 1.0)):
             check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
+        check_range("TrainingPlan", "activation_offload", self.activation_offload, lower=0.0,
+                    upper=1.0, lower_inclusive=True)
         # etp 0: the experts take the dense layers' TP degree.
         check_integer("TrainingPlan", "etp", self.etp, lower=0.0)
         leaves = (self.ep, self.dp, self.tp, self.cp, self.etp)

@@ -27,7 +27,7 @@ from dse.models import (
 
 DGX = SYSTEMS["DGX-A100"]
 BREAKDOWN = ("compute_time", "tp_comm_time", "pp_comm_time", "dp_comm_time", "ep_comm_time",
-             "bubble_time", "optimizer_time")
+             "bubble_time", "optimizer_time", "offload_time")
 CHIP_FIELDS = ("mac_units", "clock_hz", "vector_flops", "sram_bytes", "hbm_bandwidth",
                "hbm_bytes", "link_count", "link_bandwidth")
 SYSTEM_FIELDS = ("scaleup_latency", "scaleout_bandwidth", "scaleout_latency")
