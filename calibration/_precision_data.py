@@ -128,7 +128,7 @@ def system_for(hardware: str, n: int) -> System:
 
 def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
            recompute=None, gradients="fp32", quantized_params=False, cp=1,
-           offload=0.0) -> TrainingPlan:
+           offload=0.0, tp_overlap=0.0) -> TrainingPlan:
     """The candidate plans of a row: its layout under each open recomputation mode."""
     dp = n // (tp * pp * cp)
     modes = (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL) if recompute is None \
@@ -138,18 +138,19 @@ def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
                           sequence_parallel=1.0 if tp > 1 else 0.0, recompute=rc,
                           zero_stage=3.0 if fsdp else 1.0, dp_overlap=1.0, precision=precision,
                           gradients=gradients, quantized_params=quantized_params,
-                          activation_offload=offload)
+                          activation_offload=offload, tp_overlap=tp_overlap)
              for rc in modes]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *plans)
 
 
 def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, recompute=None,
-              cp=1, offload=0.0):
+              cp=1, offload=0.0, tp_overlap=0.0):
     """The candidate batches of a case: one per static variant the source leaves open (FP32 /
     BF16 gradients; 16-bit or quantized-only weights under a low-precision recipe)."""
     quantized = (False, True) if precision != "bf16" else (False,)
     return tuple(_plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
-                        recompute, g, q, cp, offload) for g in ("fp32", "bf16") for q in quantized)
+                        recompute, g, q, cp, offload, tp_overlap)
+                 for g in ("fp32", "bf16") for q in quantized)
 
 
 # Layers whose activations the run offloads to host memory: `cpu_offloading_num_layers` of the
@@ -160,6 +161,15 @@ def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, reco
 # but on 128 GPUs with another layout than the table's 256-GPU rows, so those rows keep none.)
 OFFLOADED_LAYERS = {"mbridge_25.11_DGX-GB300_LLAMA3_70B_FP8-CS_64": 20,
                     "mbridge_25.11_DGX-GB200_LLAMA3_70B_FP8-CS_64": 40}
+
+
+def _tp_overlap(source_key: str, tp: int, recipe: str) -> float:
+    """1 where the run overlapped its TP collectives with the GEMMs: Megatron-Bridge v0.2.0's
+    performance recipes (scripts/performance/configs/llama3/llama3_llm_pretrain.py,
+    llama31/llama31_llm_pretrain.py, qwen3/qwen3_llm_pretrain.py) set
+    `CommOverlapConfig(tp_comm_overlap=tp > 1)`, turned off for NVFP4. Other sources: not
+    stated, so 0."""
+    return float(source_key.startswith("megatron_bridge") and tp > 1 and recipe != "nvfp4")
 
 
 def _skip_reason(row) -> str | None:
@@ -209,7 +219,8 @@ def _training_row(row) -> list:
     offload = OFFLOADED_LAYERS.get(rid, 0) / float(model.layers)
 
     def candidates(recipe):
-        return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp, offload=offload)
+        return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp, offload=offload,
+                         tp_overlap=_tp_overlap(key, tp, recipe))
 
     framework = FRAMEWORK_OF.get(key, "megatron-core")
     out.append(PrecisionCase(rid, key, seconds(tps), model, system, candidates(recipe),

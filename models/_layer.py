@@ -328,17 +328,23 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
         + 2.0 * bdr_b.flops + act_b.flops
 
 
-def _tp_and_ep_comm(model, plan, system, calibration):
+def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_bwd=0.0):
     """Exposed TP collectives and MoE all-to-alls of one layer: (tp s, ep s, bytes sent).
 
     TP: two all-reduces forward and two backward (with sequence parallelism each becomes an
     all-gather + reduce-scatter pair of the same volume; Korthikanti et al. 2022, Sec. 4.2.2);
-    full recomputation repeats the forward pair. EP: dispatch and combine all-to-alls of the
-    routed tokens, forward and backward (and the forward pair again under full recomputation),
-    in the MoE layers only; the busiest receiver takes `expert_load` times the balanced share.
-    The EP group's members sit etp apart (Megatron-Core's expert rank order etp-ep-edp), so the
-    all-to-all runs over the scale-up tier while ep * etp fits in a domain and over the
-    scale-out network beyond (`all_to_all` splits it over the tiers).
+    full recomputation repeats the forward pair. With `TrainingPlan.tp_overlap` the
+    collectives run in chunks under the TP-sharded GEMMs they feed or drain (Transformer
+    Engine's userbuffers comm-GEMM overlap, Megatron-Core `--tp-comm-overlap`; Wang et al.
+    2023, "Overlap Communication with Dependent Computation via Decomposition in Large Deep
+    Learning Models", ASPLOS): the forward ones under the forward GEMMs (`tp_gemm_fwd`,
+    per pass), the backward ones under the backward GEMMs (`tp_gemm_bwd`); what the GEMMs
+    cannot cover shows, and at least one chunk of t always does. EP: dispatch and combine
+    all-to-alls of the routed tokens, forward and backward (and the forward pair again under
+    full recomputation), in the MoE layers only; the busiest receiver takes `expert_load` times
+    the balanced share. The EP group's members sit etp apart (Megatron-Core's expert rank order
+    etp-ep-edp), so the all-to-all runs over the scale-up tier while ep * etp fits in a domain
+    and over the scale-out network beyond (`all_to_all` splits it over the tiers).
     """
     t, sp = plan.tp, plan.sequence_parallel
     tokens = local_tokens(model, plan)
@@ -353,6 +359,13 @@ def _tp_and_ep_comm(model, plan, system, calibration):
              + reduce_scatter(system, act_msg, t, **link).time)
     one = jnp.where(sp > 0.5, ag_rs, ar.time)
     tp_comm = one * tp_passes
+    # Overlapped: per forward pass (the forward, and its repeat under full recomputation) and
+    # for the backward.
+    per_pass = one * tp_passes / passes * 2.0
+    shown_fwd = jnp.maximum(per_pass - tp_gemm_fwd, per_pass / t)
+    shown_bwd = jnp.maximum(per_pass - tp_gemm_bwd, per_pass / t)
+    overlapped = (1.0 + jnp.where(full, 1.0, 0.0)) * shown_fwd + shown_bwd
+    tp_comm = jnp.where((plan.tp_overlap > 0.5) & (t > 1.0), overlapped, tp_comm)
     tp_bytes = 2.0 * (t - 1.0) / t * act_msg * tp_passes
 
     moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
@@ -440,7 +453,17 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     recompute = jnp.where(full, fwd, jnp.where(selective, core_fwd, 0.0))
     hbm = hbm + jnp.where(full, layer_fwd_bytes, jnp.where(selective, core_fwd_bytes, 0.0))
 
-    tp_comm, ep_comm, comm_bytes = _tp_and_ep_comm(model, plan, system, calibration)
+    # The TP-sharded GEMMs (attention, a dense model's MLP, shared experts, the dense layers'
+    # MLP; not routed experts, which EP shards) are what TP collectives can overlap with.
+    n_attention = len(_attention_gemms(model, plan, 1.0, lambda *a: a))
+    dense = jnp.where(model.experts > 1.0, 0.0, 1.0)
+    tp_gemms = (gemms[:n_attention]
+                + [(dense * c, g) for c, g in gemms[n_attention:n_attention + 2]]
+                + gemms[n_attention + 2:n_attention + 6])
+    tp_gemm_fwd = sum(c * g[0].time for c, g in tp_gemms)
+    tp_gemm_bwd = sum(c * (g[1].time + g[2].time) for c, g in tp_gemms)
+    tp_comm, ep_comm, comm_bytes = _tp_and_ep_comm(model, plan, system, calibration,
+                                                   tp_gemm_fwd, tp_gemm_bwd)
     cp_comm, cp_bytes = _context_parallel_comm(model, plan, system, core_fwd, core_bwd,
                                                calibration)
     vec = ew_vec + core_vec + jnp.where(full, ew_vec_fwd + core_vec_fwd,

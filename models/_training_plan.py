@@ -55,6 +55,10 @@ class TrainingPlan(eqx.Module):
       forward (DeepSpeed's per-module fetch and release hooks fire for the recomputation too), 0
       when the backward's gather serves both (PyTorch FSDP unshards once before a unit's
       backward, which runs the recomputation inside it).
+    - `tp_overlap`: 1 to overlap the tensor-parallel collectives with the TP-sharded GEMMs
+      they feed or drain (Transformer Engine userbuffers, Megatron-Core `--tp-comm-overlap`,
+      on by default in NeMo's and Megatron-Bridge's performance recipes); 0 (the default)
+      exposes them, as Megatron-LM 2021-22 did.
     - `activation_offload`: share of each chip's layers whose stored activations go to host
       memory after their forward and come back before their backward, over
       `System.host_bandwidth`, overlapped with compute (Megatron-Core's
@@ -90,6 +94,7 @@ class TrainingPlan(eqx.Module):
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    tp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     activation_offload: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                            default=0.0)
 
@@ -126,7 +131,7 @@ class TrainingPlan(eqx.Module):
             check_integer("TrainingPlan", field, getattr(self, field))
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
-                          ("zero3_regather", 1.0)):
+                          ("zero3_regather", 1.0), ("tp_overlap", 1.0)):
             check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
         check_range("TrainingPlan", "activation_offload", self.activation_offload, lower=0.0,
                     upper=1.0, lower_inclusive=True)

@@ -131,3 +131,47 @@ def test_megatron_bridge_runs_that_offload_are_predicted_with_it():
         assert float(plan.activation_offload) == OFFLOADED_LAYERS[case.run_id] / 80.0
         assert bool(report.fits) and float(report.host_bytes) > 0.0
         assert abs(predicted / case.measured - 1.0) < 0.10, (case.run_id, predicted)
+
+
+# ----- tensor-parallel communication overlapped with the GEMMs ------------------------------
+
+def tp_plans(**changes):
+    """TP 8 on one DGX H100 with sequence parallelism, without and with the overlap."""
+    base = dict(tp=8.0, pp=1.0, dp=1.0, microbatch_size=1.0, global_batch=8.0,
+                sequence_parallel=1.0)
+    return TrainingPlan(**(base | changes), tp_overlap=jnp.asarray([0.0, 1.0]))
+
+
+def test_tp_overlap_hides_the_collectives_behind_the_gemms():
+    wide = Transformer(layers=8.0, hidden=8192.0, heads=64.0, kv_heads=8.0, ffn_hidden=28672.0,
+                       vocab=32000.0, seq_len=4096.0, gated_mlp=True, tied_embeddings=False)
+    run = eqx.filter_jit(jax.vmap(lambda plan, system: train_step(wide, plan, system),
+                                  in_axes=(0, None)))
+    r = run(tp_plans(), NODE)
+    plain, overlapped = np.asarray(r.tp_comm_time)
+    # Llama-3-70B-wide layers: TP 8's GEMMs outlast its collectives, so one chunk in t shows.
+    assert overlapped == pytest.approx(plain / 8.0, rel=1e-5)
+    # Only the TP time moves; the step keeps summing its parts.
+    np.testing.assert_allclose(np.asarray(r.compute_time), float(r.compute_time[0]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(r.step_time[0] - r.step_time[1]),
+                               plain - overlapped, rtol=1e-4)
+    # A slow scale-up tier: the collectives outlast the GEMMs and the difference shows.
+    slow = run(tp_plans(), NODE.replace(chip=NODE.chip.replace(link_bandwidth=0.5e9)))
+    plain, overlapped = np.asarray(slow.tp_comm_time)
+    assert plain / 8.0 < overlapped < plain
+    # Without TP there is nothing to overlap.
+    single = run(tp_plans(tp=1.0, dp=8.0, global_batch=8.0, sequence_parallel=0.0), NODE)
+    np.testing.assert_array_equal(np.asarray(single.step_time[0]),
+                                  np.asarray(single.step_time[1]))
+    with pytest.raises(ValueError, match="tp_overlap"):
+        TrainingPlan(tp_overlap=0.5)
+
+
+def test_megatron_bridge_tp_runs_overlap_their_collectives():
+    # Megatron-Bridge v0.2.0's recipes overlap TP communication whenever TP > 1 (not NVFP4).
+    cases = precision_training_rows()[0]
+    for case in cases:
+        plans = case.plans[0]
+        expected = float(case.source_key.startswith("megatron_bridge")
+                         and float(plans.tp[0]) > 1 and case.precision != "nvfp4")
+        np.testing.assert_array_equal(np.asarray(plans.tp_overlap), expected)
