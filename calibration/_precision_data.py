@@ -163,13 +163,26 @@ OFFLOADED_LAYERS = {"mbridge_25.11_DGX-GB300_LLAMA3_70B_FP8-CS_64": 20,
                     "mbridge_25.11_DGX-GB200_LLAMA3_70B_FP8-CS_64": 40}
 
 
-def _tp_overlap(source_key: str, tp: int, recipe: str) -> float:
-    """1 where the run overlapped its TP collectives with the GEMMs: Megatron-Bridge v0.2.0's
+# NeMo 24.07's runs: `model.ub_tp_comm_overlap` of each model's training config in
+# NeMo-Framework-Launcher at its 24.07 tag (launcher_scripts/conf/training/<family>/<size>.yaml).
+_NEMO_2407_TP_OVERLAP = {"GPT3-20B": True, "GPT3-175B": False, "LLAMA2-70B": True,
+                         "LLAMA3-70B": True, "Nemotron-8B": True, "Nemotron-22B": True,
+                         "Nemotron-340B": False}
+
+
+def _tp_overlap(source_key: str, model: str, tp: int, recipe: str) -> float:
+    """1 where the run overlapped its TP collectives with the GEMMs. Megatron-Bridge v0.2.0's
     performance recipes (scripts/performance/configs/llama3/llama3_llm_pretrain.py,
     llama31/llama31_llm_pretrain.py, qwen3/qwen3_llm_pretrain.py) set
-    `CommOverlapConfig(tp_comm_overlap=tp > 1)`, turned off for NVFP4. Other sources: not
-    stated, so 0."""
-    return float(source_key.startswith("megatron_bridge") and tp > 1 and recipe != "nvfp4")
+    `CommOverlapConfig(tp_comm_overlap=tp > 1)`, turned off for NVFP4; NeMo 24.07's configs
+    per model (`_NEMO_2407_TP_OVERLAP`). Other sources: not stated, so 0."""
+    if tp <= 1:
+        return 0.0
+    if source_key.startswith("megatron_bridge"):
+        return float(recipe != "nvfp4")
+    if source_key == "nemo_24.07_perf":
+        return float(_NEMO_2407_TP_OVERLAP.get(model, False))
+    return 0.0
 
 
 def _skip_reason(row) -> str | None:
@@ -220,7 +233,7 @@ def _training_row(row) -> list:
 
     def candidates(recipe):
         return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp, offload=offload,
-                         tp_overlap=_tp_overlap(key, tp, recipe))
+                         tp_overlap=_tp_overlap(key, row["model"], tp, recipe))
 
     framework = FRAMEWORK_OF.get(key, "megatron-core")
     out.append(PrecisionCase(rid, key, seconds(tps), model, system, candidates(recipe),
