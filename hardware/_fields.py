@@ -404,12 +404,13 @@ _FIELDS: tuple[Field, ...] = (
             description="per-chip bandwidth to the scale-out network, one direction"),
     _system("scaleout_latency", "scale-out latency", "s", "network", "network latency",
             1 * u.us, 20 * u.us, "log", display_unit="µs", display_scale=u.us),
-    # PCIe Gen4 x16 (32 GB/s per direction, DGX A100) to twice NVLink-C2C's 450 GB/s.
+    # Half a PCIe Gen4 x16 link (31.5 GB/s per direction, DGX A100) to twice NVLink-C2C's
+    # 450 GB/s.
     _system("host_bandwidth", "host link bandwidth", "B/s", "memory", "host link", 16 * u.GB,
             900 * u.GB, "log", display_unit="GB/s", display_scale=u.GB,
             description="per-chip bandwidth to host memory, one direction (activation "
             "offloading)"),
-    # A DGX A100's 128 GB per GPU (1 TB / 8) to a GH200's 480 GB.
+    # Half a DGX A100 320 GB's 128 GB per GPU (1 TB / 8) to a GH200's 480 GB.
     _system("host_memory", "host memory", "B", "memory", "host memory", 64 * u.GB,
             512 * u.GB, "log", display_unit="GB", display_scale=u.GB,
             description="host memory per chip for offloaded activations"),

@@ -338,8 +338,12 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     Engine's userbuffers comm-GEMM overlap, Megatron-Core `--tp-comm-overlap`; Wang et al.
     2023, "Overlap Communication with Dependent Computation via Decomposition in Large Deep
     Learning Models", ASPLOS): the forward ones under the forward GEMMs (`tp_gemm_fwd`,
-    per pass), the backward ones under the backward GEMMs (`tp_gemm_bwd`); what the GEMMs
-    cannot cover shows, and at least one chunk of t always does. EP: dispatch and combine
+    per pass, kernel fraction applied), the backward ones under the backward GEMMs
+    (`tp_gemm_bwd`); what the GEMMs cannot cover shows. Megatron-Core overlaps only with
+    sequence parallelism (its all-gather / reduce-scatter pairs), so without it the
+    all-reduces stay exposed. In the ring exchange the all-gather's first chunk is local, but
+    the reduce-scatter's last partial sum leaves after the last GEMM chunk: one chunk in t of
+    the reduce-scatter (half the pair) always shows. EP: dispatch and combine
     all-to-alls of the routed tokens, forward and backward (and the forward pair again under
     full recomputation), in the MoE layers only; the busiest receiver takes `expert_load` times
     the balanced share. The EP group's members sit etp apart (Megatron-Core's expert rank order
@@ -362,10 +366,10 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     # Overlapped: per forward pass (the forward, and its repeat under full recomputation) and
     # for the backward.
     per_pass = one * tp_passes / passes * 2.0
-    shown_fwd = jnp.maximum(per_pass - tp_gemm_fwd, per_pass / t)
-    shown_bwd = jnp.maximum(per_pass - tp_gemm_bwd, per_pass / t)
+    shown_fwd = jnp.maximum(per_pass - tp_gemm_fwd, 0.5 * per_pass / t)
+    shown_bwd = jnp.maximum(per_pass - tp_gemm_bwd, 0.5 * per_pass / t)
     overlapped = (1.0 + jnp.where(full, 1.0, 0.0)) * shown_fwd + shown_bwd
-    tp_comm = jnp.where((plan.tp_overlap > 0.5) & (t > 1.0), overlapped, tp_comm)
+    tp_comm = jnp.where((plan.tp_overlap > 0.5) & (sp > 0.5) & (t > 1.0), overlapped, tp_comm)
     tp_bytes = 2.0 * (t - 1.0) / t * act_msg * tp_passes
 
     moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
@@ -460,8 +464,10 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     tp_gemms = (gemms[:n_attention]
                 + [(dense * c, g) for c, g in gemms[n_attention:n_attention + 2]]
                 + gemms[n_attention + 2:n_attention + 6])
-    tp_gemm_fwd = sum(c * g[0].time for c, g in tp_gemms)
-    tp_gemm_bwd = sum(c * (g[1].time + g[2].time) for c, g in tp_gemms)
+    # At the rate the step runs them (`kernel_fraction`, as `train_step` applies it).
+    eta = calibration.kernel_fraction
+    tp_gemm_fwd = sum(c * g[0].time for c, g in tp_gemms) / eta
+    tp_gemm_bwd = sum(c * (g[1].time + g[2].time) for c, g in tp_gemms) / eta
     tp_comm, ep_comm, comm_bytes = _tp_and_ep_comm(model, plan, system, calibration,
                                                    tp_gemm_fwd, tp_gemm_bwd)
     cp_comm, cp_bytes = _context_parallel_comm(model, plan, system, core_fwd, core_bwd,

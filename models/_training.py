@@ -185,18 +185,20 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     ep_time = m * stage_ep
     cp_time = m * stage_cp
     pp_time = m * stage_pp
+    # Offload copies a micro-batch's compute cannot hide lengthen its pipeline slot too.
+    per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
+    stage_offload = offload_exposed_time(
+        plan, system, layers_per_stage, per_layer, layers_per_stage * lc.fwd / eta,
+        layers_per_stage * (lc.bwd + lc.recompute) / eta)
+    offload_time = m * stage_offload
     bubble_time = pipeline_bubble(plan, stage_compute + stage_tp + stage_ep + stage_cp
-                                  + stage_pp)
+                                  + stage_pp + stage_offload)
 
     params = stage_params(model, plan)
     memory = training_memory(model, plan, flash_attention=flash_attention)
 
     dp_time = data_parallel_cost(plan, system, params, lc.fwd / eta, lc.bwd / eta,
                                  lc.recompute / eta, layers_per_stage, calibration).exposed
-    per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
-    offload_time = m * offload_exposed_time(
-        plan, system, layers_per_stage, per_layer, layers_per_stage * lc.fwd / eta,
-        layers_per_stage * (lc.bwd + lc.recompute) / eta)
 
     # Optimizer: Adam over the chip's shard of the parameters, memory bound (reads the master
     # weight, m, v and the gradient; writes the three back and, with an FP32 master, the 16-bit

@@ -56,14 +56,18 @@ class TrainingPlan(eqx.Module):
       when the backward's gather serves both (PyTorch FSDP unshards once before a unit's
       backward, which runs the recomputation inside it).
     - `tp_overlap`: 1 to overlap the tensor-parallel collectives with the TP-sharded GEMMs
-      they feed or drain (Transformer Engine userbuffers, Megatron-Core `--tp-comm-overlap`,
-      on by default in NeMo's and Megatron-Bridge's performance recipes); 0 (the default)
+      they feed or drain (Transformer Engine userbuffers, Megatron-Core `--tp-comm-overlap`:
+      on whenever TP > 1 in Megatron-Bridge's performance recipes, per model in NeMo 24.07's);
+      it needs sequence parallelism (without it nothing is overlapped). 0 (the default)
       exposes them, as Megatron-LM 2021-22 did.
     - `activation_offload`: share of each chip's layers whose stored activations go to host
       memory after their forward and come back before their backward, over
       `System.host_bandwidth`, overlapped with compute (Megatron-Core's
       `cpu_offloading_num_layers` / the layers of a stage); 0 (the default) keeps every layer's
-      activations in HBM. Continuous in [0, 1].
+      activations in HBM. Continuous in [0, 1]. One layer's worth stays in HBM as the copies'
+      buffer, so HBM use only falls once more than one layer is offloaded (its derivative in
+      the share is 0 at 0). Megatron-Core runs it only without pipeline parallelism and
+      recomputation; the model prices any combination.
     - `precision` (static): the GEMM recipe (`dse.models.RECIPES`): "bf16", "fp8_delayed",
       "fp8_current", "fp8_blockwise", "mxfp8" or "nvfp4".
     - `master_weights` (static): "fp32" (a separate FP32 copy in the optimizer, 4 bytes per
