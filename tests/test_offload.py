@@ -183,3 +183,16 @@ def test_runs_overlap_tp_communication_as_their_recipes_set():
                 "nemo2407_GPT3-175B_128": 0.0, "nemo2407_Nemotron-340B_128": 0.0,
                 "nemo2407_LLAMA3-8B_8": 0.0}
     assert {k: overlap[k] for k in expected} == expected
+
+
+def test_exposed_copies_lengthen_the_pipeline_slot():
+    # Two stages, eight micro-batches each of 2 sequences: what the copies expose per
+    # micro-batch also idles the other stage, (p - 1) / v = 1 slot of it (1F1B).
+    two_stages = plans(pp=2.0, dp=4.0, global_batch=64.0)
+    fast = step(two_stages, NODE.replace(host_bandwidth=2e12))
+    slow = step(two_stages, NODE.replace(host_bandwidth=1e9))
+    m = 8.0
+    per_microbatch = np.asarray(slow.offload_time - fast.offload_time) / m
+    assert np.all(per_microbatch[1:] > 0.0) and per_microbatch[0] == 0.0
+    np.testing.assert_allclose(np.asarray(slow.bubble_time - fast.bubble_time),
+                               per_microbatch, rtol=1e-4, atol=1e-9)
