@@ -71,17 +71,13 @@ def _predict_z(z, params, inputs, model_fn, names):
     return model_fn(_with_values(params, names, jnp.exp(z)), inputs)
 
 
-# Module-level jitted kernels with the model as a static argument: a second calibration of the
-# same model on data of the same shapes reuses the compiled code.
-_predict = jax.jit(_predict_z, static_argnames=("model_fn", "names"))
-
-
-@functools.partial(jax.jit, static_argnames=("model_fn", "names"))
+# The pieces below run inside `_fit_and_summarize`, one jitted function with the model as a
+# static argument: a second calibration of the same model on data of the same shapes reuses
+# its compiled code.
 def _predict_batch(z, params, inputs, model_fn, names):
     return jax.vmap(lambda z_: _predict_z(z_, params, inputs, model_fn, names))(z)
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "names"))
 def _gauss_newton(z, params, inputs, measured, model_fn, names):
     """J^T J of the log-ratio residuals at z: the Gauss-Newton Hessian of sum r^2 / 2, which is
     positive semi-definite wherever the fit stopped (the exact Hessian adds sum r H_r, which
@@ -101,7 +97,6 @@ def _loss_z(z, w, params, inputs, measured, z0, inv_prior, model_fn, names):
 
 
 
-@functools.partial(jax.jit, static_argnames=("model_fn", "names", "steps"))
 def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, inv_prior, *, model_fn,
                names, steps):
     """Fitted log-parameters for each row of `weights` (vmapped L-BFGS in unconstrained u),

@@ -148,37 +148,48 @@ def _attention_gemms(model, plan, tokens, fb):
     ]
 
 
-def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
-    """The layer's weight GEMMs on one chip: (count, (m, n, k)) of each forward GEMM, and the MoE
-    router's (m, n, k).
+def _weight_gemm_table(model: Transformer, plan: TrainingPlan):
+    """The layer's weight GEMMs on one chip: (count, (m, n, k), TP cover) of each forward GEMM,
+    and the MoE router's (m, n, k).
 
     Counts are per layer averaged over the model's MoE and dense layers (`moe_layer_share`):
     routed experts at the busiest local expert's load, shared experts on every token, the
-    dense layers' MLP at their own width.
+    dense layers' MLP at their own width. TP cover is 1 for a GEMM that TP shards, which the
+    TP collectives can hide behind (`_tp_and_ep_comm`): attention, a dense model's MLP (held
+    in the routed slots with one expert), shared experts, the dense layers' MLP; 0 for routed
+    experts (EP shards them) and DiT's adaLN.
     """
     t, h, f = plan.tp, model.hidden, model.ffn_hidden
     tokens = local_tokens(model, plan)
     share = model.moe_layer_share
     local_experts = model.experts / plan.ep
     gate = 2.0 if model.gated_mlp else 1.0
+    dense = jnp.where(model.experts > 1.0, 0.0, 1.0)
 
     def shape(m, n, k):
         return (m, n, k)
 
     routed = expert_tokens(model, plan)
     e = plan.expert_tp
-    shapes = _attention_gemms(model, plan, tokens, shape) + [
-        (share * local_experts, shape(routed, f * gate / e, h)),  # MLP up (+gate)
-        (share * local_experts, shape(routed, h, f / e)),  # MLP down
-        (share * model.shared_experts, shape(tokens, f * gate / t, h)),  # shared experts
-        (share * model.shared_experts, shape(tokens, h, f / t)),
-        ((1.0 - share), shape(tokens, model.dense_ffn * gate / t, h)),  # dense layers' MLP
-        ((1.0 - share), shape(tokens, h, model.dense_ffn / t)),
+    table = [(c, mnk, 1.0) for c, mnk in _attention_gemms(model, plan, tokens, shape)] + [
+        (share * local_experts, shape(routed, f * gate / e, h), dense),  # MLP up (+gate)
+        (share * local_experts, shape(routed, h, f / e), dense),  # MLP down
+        (share * model.shared_experts, shape(tokens, f * gate / t, h), 1.0),  # shared experts
+        (share * model.shared_experts, shape(tokens, h, f / t), 1.0),
+        ((1.0 - share), shape(tokens, model.dense_ffn * gate / t, h), 1.0),  # dense layers' MLP
+        ((1.0 - share), shape(tokens, h, model.dense_ffn / t), 1.0),
     ]
     if model.adaln:
         # DiT adaLN: one Linear(h, 6h) per sequence of the micro-batch, split over TP.
-        shapes.append((1.0, shape(plan.microbatch_size, 6.0 * h / t, h)))
-    return shapes, (tokens, model.experts, h)
+        table.append((1.0, shape(plan.microbatch_size, 6.0 * h / t, h), 0.0))
+    return table, (tokens, model.experts, h)
+
+
+def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
+    """(count, (m, n, k)) of each weight GEMM of the layer, and the router's (m, n, k)
+    (`_weight_gemm_table` without the TP cover)."""
+    table, router = _weight_gemm_table(model, plan)
+    return [(c, mnk) for c, mnk, _ in table], router
 
 
 def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth, calibration):
@@ -457,17 +468,13 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     recompute = jnp.where(full, fwd, jnp.where(selective, core_fwd, 0.0))
     hbm = hbm + jnp.where(full, layer_fwd_bytes, jnp.where(selective, core_fwd_bytes, 0.0))
 
-    # The TP-sharded GEMMs (attention, a dense model's MLP, shared experts, the dense layers'
-    # MLP; not routed experts, which EP shards) are what TP collectives can overlap with.
-    n_attention = len(_attention_gemms(model, plan, 1.0, lambda *a: a))
-    dense = jnp.where(model.experts > 1.0, 0.0, 1.0)
-    tp_gemms = (gemms[:n_attention]
-                + [(dense * c, g) for c, g in gemms[n_attention:n_attention + 2]]
-                + gemms[n_attention + 2:n_attention + 6])
-    # At the rate the step runs them (`kernel_fraction`, as `train_step` applies it).
+    # The TP-sharded GEMMs are what TP collectives can overlap with, at the rate the step runs
+    # them (`kernel_fraction`, as `train_step` applies it).
+    cover = [w for _, _, w in _weight_gemm_table(model, plan)[0]]
     eta = calibration.kernel_fraction
-    tp_gemm_fwd = sum(c * g[0].time for c, g in tp_gemms) / eta
-    tp_gemm_bwd = sum(c * (g[1].time + g[2].time) for c, g in tp_gemms) / eta
+    tp_gemm_fwd = sum(w * c * g[0].time for w, (c, g) in zip(cover, gemms, strict=True)) / eta
+    tp_gemm_bwd = sum(w * c * (g[1].time + g[2].time)
+                      for w, (c, g) in zip(cover, gemms, strict=True)) / eta
     tp_comm, ep_comm, comm_bytes = _tp_and_ep_comm(model, plan, system, calibration,
                                                    tp_gemm_fwd, tp_gemm_bwd)
     cp_comm, cp_bytes = _context_parallel_comm(model, plan, system, core_fwd, core_bwd,
