@@ -196,3 +196,23 @@ def test_exposed_copies_lengthen_the_pipeline_slot():
     assert np.all(per_microbatch[1:] > 0.0) and per_microbatch[0] == 0.0
     np.testing.assert_allclose(np.asarray(slow.bubble_time - fast.bubble_time),
                                per_microbatch, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tp_overlap_jits_vmaps_and_differentiates(dtype):
+    with jax.enable_x64(dtype == "float64"):
+        plan = jax.tree.map(lambda x: x[1], tp_plans())  # overlapped
+
+        def tp_time(link_bandwidth):
+            system = NODE.replace(chip=NODE.chip.replace(link_bandwidth=link_bandwidth))
+            return train_step(MODEL, plan, system).tp_comm_time
+
+        f = jax.jit(tp_time)
+        rates = jnp.asarray([0.5e9, 1e9, 2e9], dtype)  # slow links: the collectives show
+        np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(tp_time))(rates)),
+                                   np.asarray(jnp.stack([f(r) for r in rates])), rtol=1e-5)
+        g = jax.jit(jax.grad(tp_time))(jnp.asarray(1e9, dtype))
+        assert np.isfinite(float(g)) and float(g) < 0.0  # faster links never cost time
+        if dtype == "float64":
+            numeric = central_difference(lambda r: float(f(jnp.asarray(r))), 1e9)
+            assert float(g) == pytest.approx(numeric, rel=1e-5)
