@@ -22,7 +22,11 @@ How a row is set up, from what the source states:
   0.5625 bytes per weight) with an FP8 KV cache. A row is modelled in those formats
   (`InferencePlan.weights`, `activations`, `kv_cache`: `FORMATS_OF`) on the chip preset's
   per-format engines (`Chip.fp8_rate`, `fp4_rate`, their sustained fractions); activations
-  between operators stay 16-bit.
+  between operators stay 16-bit, and so do the embedding and the LM head (ModelOpt leaves
+  `lm_head` unquantized: `InferencePlan.head_weights`' default).
+- **Memory.** The KV cache gets `KV_FRACTION` of what the weights, the activations of a full
+  token budget and the runtime (CUDA context and workspaces, NCCL buffers:
+  `ServingPlan.runtime_bytes`' default, as NVIDIA's AIConfigurator observes TensorRT-LLM) leave.
 - **Systems.** H100: DGX-H100; H200, B200: the same 8-GPU NVSwitch chassis with that chip (DGX
   H200 and DGX B200 have 8 GPUs, NVSwitch and 8 x 400 Gb/s like DGX H100); GB200: GB200-NVL72;
   A100: DGX-A100.

@@ -74,6 +74,7 @@ from ._serving import ServingReport as ServingReport
 from ._serving import ServingWorkload as ServingWorkload
 from ._serving import Slo as Slo
 from ._serving import SloGoodputReport as SloGoodputReport
+from ._serving import runtime_memory as runtime_memory
 from ._serving import serve_continuous as serve_continuous
 from ._serving import serve_disaggregated as serve_disaggregated
 from ._serving_plan import ServingChoice as ServingChoice

@@ -128,6 +128,13 @@ class InferencePlan(eqx.Module):
       (`DEQUANT_FLOPS` per element loaded).
     - `kv_cache` (static): format of the KV cache (`KV_FORMATS`); narrower than 16 bits, K and
       V are de-quantized inside the attention kernel.
+    - `head_weights` (static): format of the token embedding and the output projection (LM
+      head), default "bf16": quantization toolkits leave them 16-bit whatever the layers'
+      format (NVIDIA ModelOpt, `modelopt/torch/quantization/config.py`,
+      `_default_disabled_quantizer_cfg`: `"*lm_head*": {"enable": False}`; the embedding is a
+      table lookup no GEMM quantizer touches), and TensorRT-LLM serves ModelOpt checkpoints.
+      The logits GEMM runs on the activations' engine when the head's weights share it, else
+      on the 16-bit engine.
     - `weight_bytes`: bytes per stored weight element; default (None) the `weights` format's
       (block scales included). A value given overrides the storage width only (a search over
       storage widths, `best_serving_plan`): the GEMMs still run on the formats' engines.
@@ -158,6 +165,7 @@ class InferencePlan(eqx.Module):
     weights: str = eqx.field(static=True, default="bf16")
     activations: str = eqx.field(static=True, default="bf16")
     kv_cache: str = eqx.field(static=True, default="bf16")
+    head_weights: str = eqx.field(static=True, default="bf16")
     layout: Layout = eqx.field(static=True, default="weight_stationary")
     sequence_parallel: bool = eqx.field(static=True, default=True)
     fused: bool = eqx.field(static=True, default=True)
@@ -176,6 +184,7 @@ class InferencePlan(eqx.Module):
         for field in ("tp", "pp", "ep", "batch"):
             check_integer("InferencePlan", field, getattr(self, field))
         _check_formats(self.weights, self.activations, self.kv_cache)
+        check_choice("InferencePlan", "head_weights", self.head_weights, WEIGHT_FORMATS)
         for field in ("weight_bytes", "kv_bytes", "activation_bytes"):
             check_range("InferencePlan", field, getattr(self, field), lower=0.0, upper=8.0)
 
@@ -191,6 +200,20 @@ class InferencePlan(eqx.Module):
     def chips(self) -> Float[Array, "*batch"]:
         """Chips the plan occupies, tp * pp * ep."""
         return self.tp * self.pp * self.ep
+
+    @property
+    def head_weight_bytes(self) -> float:
+        """Bytes per stored element of the embedding and the LM head (`head_weights`)."""
+        return FORMATS[self.head_weights].bytes
+
+    def head_plan(self) -> InferencePlan:
+        """The plan the logits GEMM runs under: the head's weights, on the activations' engine
+        when the head's format shares it, else on the 16-bit engine (W16A16 for a 16-bit head
+        beside FP8 layers)."""
+        same_engine = FORMATS[self.head_weights].engine == FORMATS[self.activations].engine
+        return dataclasses.replace(
+            self, weights=self.head_weights, weight_bytes=self.head_weight_bytes,
+            activations=self.activations if same_engine else "bf16")
 
     def replace(self, **changes) -> InferencePlan:
         """A copy with some fields changed (validated like a new plan). A new `weights` or
@@ -307,7 +330,10 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     # Routed experts are split over the ep groups; attention, dense and shared-expert weights
     # are held by every group (split tp x pp ways inside it).
     routed = routed_expert_params(model)
-    weights = (model.params - routed + routed / plan.ep) / (plan.tp * plan.pp) * plan.weight_bytes
+    head = model.embedding_params
+    layer_params = model.params - head - routed + routed / plan.ep
+    weights = (layer_params * plan.weight_bytes
+               + head * plan.head_weight_bytes) / (plan.tp * plan.pp)
     # Each ep group holds the KV cache and activations of 1 / ep of the sequences.
     group_batch = plan.batch / plan.ep
     if gathered:
@@ -693,9 +719,9 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
                                     calibration)
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
-    # Next-token logits (vocabulary split over tp), in the plan's formats.
-    logits = _linear(chip, plan, logit_rows / plan.ep, model.vocab / plan.tp, model.hidden,
-                     weight_resident_fraction=resident, smooth=smooth,
+    # Next-token logits (vocabulary split over tp), in the head's format (`head_plan`).
+    logits = _linear(chip, plan.head_plan(), logit_rows / plan.ep, model.vocab / plan.tp,
+                     model.hidden, weight_resident_fraction=resident, smooth=smooth,
                      calibration=_runtime_calibration(plan, calibration))
     matmul_total = matmul.scale(layers) + logits
     # Each chip of a stage's ep groups sends its group's activations to the next stage.

@@ -71,6 +71,7 @@ from jax.scipy.special import ndtri
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
+from dse.hardware import units as u
 from dse.hardware._validate import as_float_array, check_choice, check_range
 
 from ._calibration import DEFAULT, Calibration
@@ -87,6 +88,27 @@ GRID = 32
 _SOFT_MIN_T = 0.05
 
 KvLink = Literal["scaleup", "scaleout"]
+
+# Memory a TensorRT-LLM process holds on each GPU beside the weights, the activations and the
+# KV cache, as NVIDIA's AIConfigurator observes it (ai-dynamo/aiconfigurator,
+# src/aiconfigurator/systems/h20_sxm.yaml and h800_sxm.yaml, `misc`; NCCL 2.27.3): the CUDA
+# context, cuBLAS and other workspaces, 551 MiB ("other_mem": "increase from 551MB to 3.5GB for
+# safer deployment": the 551 is the observation, the 3.5 GB a margin not used here), and
+# NCCL's buffers, 342 MiB on 2 GPUs and 392 MiB on 4 or 8 ("nccl_mem"). TensorRT-LLM sizes the
+# KV cache from the memory free after all of them.
+RUNTIME_CONTEXT_BYTES = 551 * u.MiB
+NCCL_BUFFER_BYTES_2 = 342 * u.MiB
+NCCL_BUFFER_BYTES_4 = 392 * u.MiB
+
+
+def runtime_memory(chips_per_replica) -> Float[Array, "*batch"]:
+    """Bytes a serving runtime holds per chip beside weights, activations and KV cache (the
+    `ServingPlan.runtime_bytes` default): the CUDA context and workspaces, plus NCCL's buffers
+    when a replica spans 2 chips (342 MiB) or more (392 MiB)."""
+    chips = as_float_array(chips_per_replica)
+    nccl = jnp.where(chips > 2.0, NCCL_BUFFER_BYTES_4,
+                     jnp.where(chips > 1.0, NCCL_BUFFER_BYTES_2, 0.0))
+    return RUNTIME_CONTEXT_BYTES + nccl
 
 
 def _mean(w, x):
@@ -163,6 +185,9 @@ class ServingPlan(eqx.Module):
       KV cache.
     - `reserve_output`: share of a request's not yet generated output whose KV blocks are held
       from admission (1: GUARANTEED_NO_EVICT; 0: blocks allocated as tokens are generated).
+    - `runtime_bytes`: memory per chip the serving process holds before the KV cache is sized
+      (CUDA context, library workspaces, communication buffers), bytes; default (None)
+      `runtime_memory` of the replica's chips, TensorRT-LLM's as AIConfigurator observes it.
     - `chunked_prefill` (static): prompts are split into chunks that fit the token budget left
       by the decode tokens (True), or prefilled whole in one iteration (False: `max_tokens`
       must hold a prompt).
@@ -176,7 +201,14 @@ class ServingPlan(eqx.Module):
     kv_memory_fraction: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                            default=0.9)
     reserve_output: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    # None: `runtime_memory` of the replica's chips (`__post_init__`).
+    runtime_bytes: Float[Array, "*batch"] = eqx.field(
+        converter=lambda x: None if x is None else as_float_array(x), default=None)
     chunked_prefill: bool = eqx.field(static=True, default=True)
+
+    def __post_init__(self):
+        if self.runtime_bytes is None and isinstance(self.inference, InferencePlan):
+            self.runtime_bytes = runtime_memory(self.inference.chips)
 
     def __check_init__(self):
         if not isinstance(self.inference, InferencePlan):
@@ -189,6 +221,8 @@ class ServingPlan(eqx.Module):
                     upper=1.0)
         check_range("ServingPlan", "reserve_output", self.reserve_output, lower=0.0,
                     upper=1.0, lower_inclusive=True)
+        check_range("ServingPlan", "runtime_bytes", self.runtime_bytes, lower=0.0,
+                    lower_inclusive=True)
 
     @property
     def chips_per_replica(self) -> Float[Array, "*batch"]:
@@ -201,7 +235,10 @@ class ServingPlan(eqx.Module):
         return self.replicas * self.inference.chips
 
     def replace(self, **changes) -> ServingPlan:
-        """A copy with some fields changed (validated like a new plan)."""
+        """A copy with some fields changed (validated like a new plan). A new `inference`
+        brings its default `runtime_bytes` unless `runtime_bytes` is given too."""
+        if "inference" in changes and "runtime_bytes" not in changes:
+            changes["runtime_bytes"] = None
         return dataclasses.replace(self, **changes)
 
 
@@ -283,7 +320,8 @@ class ServingReport(eqx.Module):
     - `batch`: decode sequences per replica; `iteration_time`: TPOT at full load, s.
     - `kv_capacity_tokens`: KV-cache tokens one (decode) replica holds;
       `kv_tokens_per_sequence`: tokens held per sequence in flight (blocks, reservation).
-    - `memory_per_chip`: weights + activations + the KV cache in use, bytes.
+    - `memory_per_chip`: weights + activations + the KV cache in use + the runtime's
+      (`ServingPlan.runtime_bytes`), bytes.
     - `fits`, `reason`: feasibility (`Reason.MEMORY`: not one sequence fits).
     - `iteration`: the `InferenceReport` of one full-load iteration of a (decode) replica: the
       breakdown of where its time goes.
@@ -502,7 +540,7 @@ def _replica_limits(model, plan: ServingPlan, system, workload, shape):
     # Memory is HBM plus SRAM, as for `prefill` (a chip without HBM holds everything on chip).
     plan_full = dataclasses.replace(inf, batch=plan.max_tokens)
     weights, _, acts, _, _, _ = _memory(model, plan_full, system, 1.0, 0.0)
-    free = chip.hbm_bytes + chip.sram_bytes - weights - acts
+    free = chip.hbm_bytes + chip.sram_bytes - weights - acts - plan.runtime_bytes
     capacity = plan.kv_memory_fraction * jnp.maximum(free, 0.0) / kv_token
     per_seq = _kv_per_sequence(workload, plan)
     # Sequences in flight per decode sequence: the decoding ones and the prompts prefilling.
@@ -564,7 +602,7 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         prefill_seqs = jnp.where(kind == 0, tokens / (pp * chunk), jnp.where(kind == 2, 1.0, 0.0))
         finishing = jnp.where(kind == 0, r, jnp.where(kind == 2, 1.0, 0.0))
         kv = decode * (1.0 + 1.0 / shape.decode_steps) * per_seq * kv_token
-        memory = (weights, kv, acts, weights + kv + acts, fits,
+        memory = (weights, kv, acts, weights + kv + acts + plan.runtime_bytes, fits,
                   jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
         report = _iteration(model, plan, system, shape, decode, prefill_seqs, chunk, finishing,
                             memory, smooth, calibration)
@@ -686,7 +724,8 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     p_fits = p_free > 0.0
     q = jnp.minimum(shape.prompt, prefill_plan.max_tokens)
     per_iteration = jnp.maximum(prefill_plan.max_tokens, q)
-    p_memory = (p_weights, 0.0 * p_weights, p_acts, p_weights + p_acts, p_fits,
+    p_memory = (p_weights, 0.0 * p_weights, p_acts,
+                p_weights + p_acts + prefill_plan.runtime_bytes, p_fits,
                 jnp.where(p_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
     p_iter = _pass(model, p_inf, prefill_system,
                    ((per_iteration / (p_inf.pp * q), q, 0.5 * (shape.prompt + q)),),
@@ -719,7 +758,8 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
 
     def point(decode):
         kv = decode * per_seq * kv_token
-        memory = (d_weights, kv, d_acts, d_weights + kv + d_acts, d_fits,
+        memory = (d_weights, kv, d_acts, d_weights + kv + d_acts + decode_plan.runtime_bytes,
+                  d_fits,
                   jnp.where(d_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
         return _iteration(model, decode_plan, decode_system, shape, decode, 0.0 * decode,
                           shape.prompt, 0.0 * decode, memory, smooth, calibration)

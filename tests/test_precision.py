@@ -208,6 +208,8 @@ def test_bad_precision_names_are_errors_naming_the_field():
         InferencePlan(weights="fp3")
     with pytest.raises(ValueError, match=r"InferencePlan\.kv_cache must be one of"):
         InferencePlan(kv_cache="nvfp4")
+    with pytest.raises(ValueError, match=r"InferencePlan\.head_weights must be one of"):
+        InferencePlan(weights="fp8", activations="fp8", head_weights="fp3")
     with pytest.raises(ValueError, match=r"matrix_rate\.engine must be one of"):
         gemm(H100, 8.0, 8.0, 8.0, engine="fp3")
     with pytest.raises(ValueError, match=r"Chip\.fp4_rate must be finite"):
@@ -248,10 +250,18 @@ def test_serving_formats_move_time_and_memory():
     bf16 = _tpot(InferencePlan(tp=1.0))
     w8a8 = _tpot(InferencePlan(tp=1.0, weights="fp8", activations="fp8", kv_cache="fp8"))
     w4a16 = _tpot(InferencePlan(tp=1.0, weights="int4"))
-    assert float(w8a8.weight_bytes) == pytest.approx(float(bf16.weight_bytes) / 2, rel=1e-6)
+    # The layers' weights shrink with the format; the embedding and LM head stay 16-bit
+    # (`InferencePlan.head_weights`, as ModelOpt leaves them).
+    head = float(SERVE_MODEL.embedding_params) * 2.0
+    layers = float(bf16.weight_bytes) - head
+    assert float(w8a8.weight_bytes) == pytest.approx(layers / 2 + head, rel=1e-6)
     assert float(w8a8.kv_cache_bytes) == pytest.approx(float(bf16.kv_cache_bytes) / 2, rel=1e-6)
-    assert float(w4a16.weight_bytes) == pytest.approx(float(bf16.weight_bytes) * 4.25 / 16,
-                                                      rel=1e-6)
+    assert float(w4a16.weight_bytes) == pytest.approx(layers * 4.25 / 16 + head, rel=1e-6)
+    # An FP8 head too: every weight halves, and the logits GEMM leaves the 16-bit engine.
+    fp8_head = _tpot(InferencePlan(tp=1.0, weights="fp8", activations="fp8", kv_cache="fp8",
+                                   head_weights="fp8"))
+    assert float(fp8_head.weight_bytes) == pytest.approx(float(bf16.weight_bytes) / 2, rel=1e-6)
+    assert float(fp8_head.matmul_time) < float(w8a8.matmul_time)
     assert float(w8a8.time) < float(bf16.time) and float(w4a16.time) < float(bf16.time)
 
 

@@ -55,6 +55,8 @@ def test_workload_and_plan_errors_name_the_field():
         ServingPlan(kv_memory_fraction=1.5)
     with pytest.raises(ValueError, match="ServingPlan.max_batch"):
         ServingPlan(max_batch=0.0)
+    with pytest.raises(ValueError, match="ServingPlan.runtime_bytes"):
+        ServingPlan(runtime_bytes=-1.0)
     with pytest.raises(ValueError, match="Slo.quantile"):
         Slo(tpot=0.05, quantile=1.0)
 
@@ -75,6 +77,18 @@ def test_full_load_is_bounded_by_the_kv_cache_and_its_reservation():
     small = _report(_sys(hbm_bytes=3e9), PLAN, LOAD)
     assert float(small.batch) < float(r.batch)
     assert float(small.tokens_per_s) < float(r.tokens_per_s)
+    # The runtime's memory (CUDA context, NCCL buffers: 551 + 342 MiB on a 2-chip replica by
+    # default) comes out of the cache before kv_memory_fraction applies; a gigabyte more costs
+    # exactly 0.9 GB of KV cache (8 KiB per token here: 8 layers x 2 x 2 KV heads per chip x
+    # 128 x 2 bytes) and shows in the memory per chip.
+    np.testing.assert_allclose(float(PLAN.runtime_bytes), (551 + 342) * 2.0**20, rtol=1e-6)
+    more = _report(_sys(hbm_bytes=3e9), PLAN.replace(runtime_bytes=PLAN.runtime_bytes + 1e9),
+                   LOAD)
+    kv_token = 8 * 2 * 2 * 128 * 2.0
+    np.testing.assert_allclose(
+        (float(small.kv_capacity_tokens) - float(more.kv_capacity_tokens)) * kv_token,
+        0.9e9, rtol=1e-4)
+    assert float(more.batch) < float(small.batch)
 
 
 def test_infeasible_memory_is_flagged_and_finite():
