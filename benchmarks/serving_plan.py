@@ -6,7 +6,8 @@ with numpy and evaluated in one jitted, vmapped `serve_continuous` with its SLO 
 (`dse.models.best_serving_plan`). The workload is 1000 input and 1000 output tokens per request
 (one of the TensorRT-LLM perf-overview length pairs), the objective p99 TPOT <= 50 ms and p99
 TTFT <= 2 s. FP8's matrix peak is H100 SXM's dense FP8 over dense BF16 in data/chips.csv
-(1979 / 989.4 TFLOP/s), its weights and KV cache one byte per element.
+(1979 / 989.4 TFLOP/s), its layers' weights and KV cache one byte per element (the embedding
+and LM head 16-bit, as ModelOpt leaves them).
 
 Prints the plan count, the best plan with its tokens/s within the objective and its latencies,
 the compile time and, last, `plans=<n> seconds=<t> compile_s=<c>` (seconds: enumeration +

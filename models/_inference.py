@@ -133,11 +133,13 @@ class InferencePlan(eqx.Module):
       format (NVIDIA ModelOpt, `modelopt/torch/quantization/config.py`,
       `_default_disabled_quantizer_cfg`: `"*lm_head*": {"enable": False}`; the embedding is a
       table lookup no GEMM quantizer touches), and TensorRT-LLM serves ModelOpt checkpoints.
-      The logits GEMM runs on the activations' engine when the head's weights share it, else
-      on the 16-bit engine.
-    - `weight_bytes`: bytes per stored weight element; default (None) the `weights` format's
-      (block scales included). A value given overrides the storage width only (a search over
-      storage widths, `best_serving_plan`): the GEMMs still run on the formats' engines.
+      The logits GEMM runs with the layers' activations where the head's format can feed
+      their engine, else on the 16-bit engine (`head_plan`). Pipeline stages share the head's
+      memory evenly (the first and last stage hold it in fact).
+    - `weight_bytes`: bytes per stored element of the layers' weights (the embedding and LM
+      head: `head_weights`); default (None) the `weights` format's (block scales included).
+      A value given overrides the storage width only (a search over storage widths,
+      `best_serving_plan`): the GEMMs still run on the formats' engines.
     - `kv_bytes`: bytes per KV-cache element; default the `kv_cache` format's.
     - `activation_bytes`: bytes per element of the activations between operators (the 16-bit
       stream; default 2).
@@ -207,13 +209,17 @@ class InferencePlan(eqx.Module):
         return FORMATS[self.head_weights].bytes
 
     def head_plan(self) -> InferencePlan:
-        """The plan the logits GEMM runs under: the head's weights, on the activations' engine
-        when the head's format shares it, else on the 16-bit engine (W16A16 for a 16-bit head
-        beside FP8 layers)."""
-        same_engine = FORMATS[self.head_weights].engine == FORMATS[self.activations].engine
-        return dataclasses.replace(
-            self, weights=self.head_weights, weight_bytes=self.head_weight_bytes,
-            activations=self.activations if same_engine else "bf16")
+        """The plan the logits GEMM runs under: the head's weights with the layers'
+        activations where that pair is a valid one (`_check_formats`: an FP8 head under FP8
+        activations, an INT4 head under W4A8), else with 16-bit activations (W16A16 for a
+        16-bit head beside FP8 layers)."""
+        try:  # the layers' activations, where the head's weights can feed their engine
+            _check_formats(self.head_weights, self.activations, self.kv_cache)
+            activations = self.activations
+        except ValueError:
+            activations = "bf16"
+        return dataclasses.replace(self, weights=self.head_weights,
+                                   weight_bytes=self.head_weight_bytes, activations=activations)
 
     def replace(self, **changes) -> InferencePlan:
         """A copy with some fields changed (validated like a new plan). A new `weights` or
@@ -749,7 +755,11 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
     low_flops = 0.0 * time
     if engine != "bf16" and not (FORMATS[plan.activations].block_scaled
                                  and not chip.block_scaling):
-        low_flops = jnp.where(chip.rate(engine) > 0.0, matmul_total.flops, 0.0) * busy
+        # The logits GEMM only where the head runs on that engine too (`head_plan`).
+        low_matmul = matmul.scale(layers).flops
+        if FORMATS[plan.head_plan().activations].engine == engine:
+            low_matmul = low_matmul + logits.flops
+        low_flops = jnp.where(chip.rate(engine) > 0.0, low_matmul, 0.0) * busy
     energy = step_energy(chip, time, plan.chips,
                          compute_fraction=ratio(ratio(per_chip_flops * busy - low_flops,
                                                       chip.peak_flops), time),

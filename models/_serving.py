@@ -76,7 +76,7 @@ from dse.hardware._validate import as_float_array, check_choice, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import send_recv
-from ._inference import InferencePlan, InferenceReport, _memory, _pass
+from ._inference import InferencePlan, InferenceReport, _memory, _optional_float, _pass
 from ._operators import _f
 from ._transformer import Transformer
 
@@ -103,12 +103,22 @@ NCCL_BUFFER_BYTES_4 = 392 * u.MiB
 
 def runtime_memory(chips_per_replica) -> Float[Array, "*batch"]:
     """Bytes a serving runtime holds per chip beside weights, activations and KV cache (the
-    `ServingPlan.runtime_bytes` default): the CUDA context and workspaces, plus NCCL's buffers
-    when a replica spans 2 chips (342 MiB) or more (392 MiB)."""
+    `ServingPlan.runtime_bytes` default on a chip with HBM): the CUDA context and workspaces,
+    plus NCCL's buffers when a replica spans 2 chips (342 MiB) or more (392 MiB).
+    AIConfigurator keys the buffers on the TP size; here on the replica's chips, since pipeline
+    and expert-parallel ranks hold communicators too."""
     chips = as_float_array(chips_per_replica)
     nccl = jnp.where(chips > 2.0, NCCL_BUFFER_BYTES_4,
                      jnp.where(chips > 1.0, NCCL_BUFFER_BYTES_2, 0.0))
     return RUNTIME_CONTEXT_BYTES + nccl
+
+
+def _runtime_bytes(plan, chip) -> Float[Array, "*batch"]:
+    """`plan.runtime_bytes`, or its default: `runtime_memory` of the replica's chips on a chip
+    with HBM (the observations are GPUs'; a chip without HBM runs its runtime off chip)."""
+    if plan.runtime_bytes is not None:
+        return plan.runtime_bytes
+    return jnp.where(chip.hbm_bytes > 0.0, runtime_memory(plan.inference.chips), 0.0)
 
 
 def _mean(w, x):
@@ -181,13 +191,15 @@ class ServingPlan(eqx.Module):
       chunked-prefill chunk size (Sarathi-Serve's token budget, vLLM's
       `max_num_batched_tokens`, TensorRT-LLM's `max_num_tokens`).
     - `block_tokens`: tokens per KV-cache block (paged attention, Kwon et al. SOSP 2023).
-    - `kv_memory_fraction`: share of the memory left after weights and activations that holds
-      KV cache.
+    - `kv_memory_fraction`: share of the memory left after weights, activations and the
+      runtime (`runtime_bytes`) that holds KV cache.
     - `reserve_output`: share of a request's not yet generated output whose KV blocks are held
       from admission (1: GUARANTEED_NO_EVICT; 0: blocks allocated as tokens are generated).
     - `runtime_bytes`: memory per chip the serving process holds before the KV cache is sized
       (CUDA context, library workspaces, communication buffers), bytes; default (None)
-      `runtime_memory` of the replica's chips, TensorRT-LLM's as AIConfigurator observes it.
+      `runtime_memory` of the replica's chips on a chip with HBM (TensorRT-LLM's, as
+      AIConfigurator observes it on GPUs; no other runtime's figure is in the sources used),
+      0 on one without.
     - `chunked_prefill` (static): prompts are split into chunks that fit the token budget left
       by the decode tokens (True), or prefilled whole in one iteration (False: `max_tokens`
       must hold a prompt).
@@ -201,14 +213,11 @@ class ServingPlan(eqx.Module):
     kv_memory_fraction: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                            default=0.9)
     reserve_output: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
-    # None: `runtime_memory` of the replica's chips (`__post_init__`).
-    runtime_bytes: Float[Array, "*batch"] = eqx.field(
-        converter=lambda x: None if x is None else as_float_array(x), default=None)
+    # None: the default, taken where the plan meets its chip (`_runtime_bytes`), so that it
+    # follows the replica's chips however the plan is changed.
+    runtime_bytes: Float[Array, "*batch"] | None = eqx.field(converter=_optional_float,
+                                                              default=None)
     chunked_prefill: bool = eqx.field(static=True, default=True)
-
-    def __post_init__(self):
-        if self.runtime_bytes is None and isinstance(self.inference, InferencePlan):
-            self.runtime_bytes = runtime_memory(self.inference.chips)
 
     def __check_init__(self):
         if not isinstance(self.inference, InferencePlan):
@@ -221,8 +230,9 @@ class ServingPlan(eqx.Module):
                     upper=1.0)
         check_range("ServingPlan", "reserve_output", self.reserve_output, lower=0.0,
                     upper=1.0, lower_inclusive=True)
-        check_range("ServingPlan", "runtime_bytes", self.runtime_bytes, lower=0.0,
-                    lower_inclusive=True)
+        if self.runtime_bytes is not None:
+            check_range("ServingPlan", "runtime_bytes", self.runtime_bytes, lower=0.0,
+                        lower_inclusive=True)
 
     @property
     def chips_per_replica(self) -> Float[Array, "*batch"]:
@@ -235,10 +245,7 @@ class ServingPlan(eqx.Module):
         return self.replicas * self.inference.chips
 
     def replace(self, **changes) -> ServingPlan:
-        """A copy with some fields changed (validated like a new plan). A new `inference`
-        brings its default `runtime_bytes` unless `runtime_bytes` is given too."""
-        if "inference" in changes and "runtime_bytes" not in changes:
-            changes["runtime_bytes"] = None
+        """A copy with some fields changed (validated like a new plan)."""
         return dataclasses.replace(self, **changes)
 
 
@@ -540,7 +547,7 @@ def _replica_limits(model, plan: ServingPlan, system, workload, shape):
     # Memory is HBM plus SRAM, as for `prefill` (a chip without HBM holds everything on chip).
     plan_full = dataclasses.replace(inf, batch=plan.max_tokens)
     weights, _, acts, _, _, _ = _memory(model, plan_full, system, 1.0, 0.0)
-    free = chip.hbm_bytes + chip.sram_bytes - weights - acts - plan.runtime_bytes
+    free = chip.hbm_bytes + chip.sram_bytes - weights - acts - _runtime_bytes(plan, chip)
     capacity = plan.kv_memory_fraction * jnp.maximum(free, 0.0) / kv_token
     per_seq = _kv_per_sequence(workload, plan)
     # Sequences in flight per decode sequence: the decoding ones and the prompts prefilling.
@@ -602,7 +609,8 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         prefill_seqs = jnp.where(kind == 0, tokens / (pp * chunk), jnp.where(kind == 2, 1.0, 0.0))
         finishing = jnp.where(kind == 0, r, jnp.where(kind == 2, 1.0, 0.0))
         kv = decode * (1.0 + 1.0 / shape.decode_steps) * per_seq * kv_token
-        memory = (weights, kv, acts, weights + kv + acts + plan.runtime_bytes, fits,
+        memory = (weights, kv, acts, weights + kv + acts + _runtime_bytes(plan, system.chip),
+                  fits,
                   jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
         report = _iteration(model, plan, system, shape, decode, prefill_seqs, chunk, finishing,
                             memory, smooth, calibration)
@@ -725,7 +733,7 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     q = jnp.minimum(shape.prompt, prefill_plan.max_tokens)
     per_iteration = jnp.maximum(prefill_plan.max_tokens, q)
     p_memory = (p_weights, 0.0 * p_weights, p_acts,
-                p_weights + p_acts + prefill_plan.runtime_bytes, p_fits,
+                p_weights + p_acts + _runtime_bytes(prefill_plan, prefill_system.chip), p_fits,
                 jnp.where(p_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
     p_iter = _pass(model, p_inf, prefill_system,
                    ((per_iteration / (p_inf.pp * q), q, 0.5 * (shape.prompt + q)),),
@@ -758,7 +766,8 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
 
     def point(decode):
         kv = decode * per_seq * kv_token
-        memory = (d_weights, kv, d_acts, d_weights + kv + d_acts + decode_plan.runtime_bytes,
+        memory = (d_weights, kv, d_acts,
+                  d_weights + kv + d_acts + _runtime_bytes(decode_plan, decode_system.chip),
                   d_fits,
                   jnp.where(d_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
         return _iteration(model, decode_plan, decode_system, shape, decode, 0.0 * decode,

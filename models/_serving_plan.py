@@ -2,8 +2,9 @@
 
 The inference twin of `best_plan`. A serving plan is a replica layout (TP x PP x EP chips), the
 replicas that fill the system, the scheduler's batch limit and token budget (the chunked-prefill
-chunk), and a precision recipe (bytes of weights and KV cache, and the matrix peak of that format
-relative to the chip's 16-bit peak). Enumeration is numpy on the concrete model shape and chip
+chunk), and a precision recipe (bytes of the layers' weights and of the KV cache, and the matrix
+peak of that format relative to the chip's 16-bit peak; the embedding and LM head stay 16-bit,
+`InferencePlan.head_weights`). Enumeration is numpy on the concrete model shape and chip
 count; evaluation is one `jax.vmap` of `serve_continuous` and its SLO goodput over the plan axis,
 so the hardware may be traced (jit, vmap over designs, grad). The objective is the most output
 tokens/s that meet the latency objective (`ServingReport.goodput`); infeasible plans (memory, a
@@ -35,11 +36,11 @@ from ._calibration import DEFAULT, Calibration
 from ._inference import InferencePlan
 from ._plan_search import _concrete_int, _divisors
 from ._serving import (
-    SloGoodputReport,
     ServingPlan,
     ServingReport,
     ServingWorkload,
     Slo,
+    SloGoodputReport,
     serve_continuous,
 )
 from ._transformer import Transformer
@@ -81,7 +82,8 @@ def enumerate_serving_plans(model: Transformer, num_chips: int, *,
     Valid: TP divides the attention heads (at most `max_tp`), PP divides the layers, EP divides
     the experts (1 for a dense model), TP x PP x EP divides the chips (the rest are replicas);
     every batch limit and token budget; every
-    precision recipe (`{name: (weight_bytes, kv_bytes, matmul_speedup)}`).
+    precision recipe (`{name: (weight_bytes, kv_bytes, matmul_speedup)}`: the layers' weight
+    width; the embedding and LM head keep `InferencePlan.head_weights`' 16 bits).
 
     **Returns:** `ServingPlans` (the plans along a leading axis).
     """
