@@ -134,8 +134,8 @@ class InferencePlan(eqx.Module):
       `_default_disabled_quantizer_cfg`: `"*lm_head*": {"enable": False}`; the embedding is a
       table lookup no GEMM quantizer touches), and TensorRT-LLM serves ModelOpt checkpoints.
       The logits GEMM runs with the layers' activations where the head's format can feed
-      their engine, else on the 16-bit engine (`head_plan`). Pipeline stages share the head's
-      memory evenly (the first and last stage hold it in fact).
+      their engine, else on the 16-bit engine (`head_plan`). Under pipeline parallelism the
+      first stage holds the embedding and the last the LM head (memory is the busier's).
     - `weight_bytes`: bytes per stored element of the layers' weights (the embedding and LM
       head: `head_weights`); default (None) the `weights` format's (block scales included).
       A value given overrides the storage width only (a search over storage widths,
@@ -338,8 +338,12 @@ def _memory(model: Transformer, plan: InferencePlan, system: System, q_len, cont
     routed = routed_expert_params(model)
     head = model.embedding_params
     layer_params = model.params - head - routed + routed / plan.ep
-    weights = (layer_params * plan.weight_bytes
-               + head * plan.head_weight_bytes) / (plan.tp * plan.pp)
+    # The busiest chip: a pipeline's first stage holds the embedding and its last the LM head
+    # (one vocab x hidden table each, tied or not: both ends need it), beside their share of
+    # the layers; one stage holds them all.
+    end_stage_head = jnp.where(plan.pp > 1.0, model.vocab * model.hidden + model.hidden, head)
+    weights = (layer_params / plan.pp * plan.weight_bytes
+               + end_stage_head * plan.head_weight_bytes) / plan.tp
     # Each ep group holds the KV cache and activations of 1 / ep of the sequences.
     group_batch = plan.batch / plan.ep
     if gathered:

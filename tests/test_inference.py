@@ -107,6 +107,12 @@ def test_memory_feasibility_flag_and_reason():
     all_int8 = prefill(model, InferencePlan(tp=8.0, weights="int8", head_weights="int8"), DGX,
                        10.0)
     np.testing.assert_allclose(float(all_int8.weight_bytes), float(model.params) / 8, rtol=1e-6)
+    # Three pipeline stages: the end stages hold a third of the 126 layers and one vocab x
+    # hidden table (embedding first, LM head last) besides.
+    table = float(model.vocab * model.hidden + model.hidden)
+    pp3 = prefill(model, InferencePlan(tp=8.0, pp=3.0), DGX.with_num_chips(24), 10.0)
+    np.testing.assert_allclose(float(pp3.weight_bytes),
+                               ((float(model.params) - head) / 3 + table) * 2 / 8, rtol=1e-6)
 
 
 def test_decode_is_bounded_below_by_weight_streaming():
