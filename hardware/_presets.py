@@ -207,6 +207,14 @@ _add(Chip(
     int8_rate=383 / 383,  # dense INT8 383 TOPS (chips.csv)
 ), Published(die_area_mm2=None, tdp_w=560, is_gpu=True))
 
+# AMD's max-achievable FLOPs of hipBLASLt on its own best shapes (ROCm blogs, "Measuring
+# Max-Achievable FLOPs - Part 2", 2025, Table 1; ROCm 6.3.0, hipBLASLt db8e93b): MI300X BF16 708,
+# FP8 1273 TFLOP/s; MI325X BF16 843, FP8 1519 (its footnote 4 gives 1223.6 / 840.8 / 1527.7 for
+# some of the same runs; the table's figures are used). The FP8 sustained fraction relative to
+# BF16's, from one source and one library, is what `low_precision_efficiency` holds.
+_MI300X_FP8_EFFICIENCY = (1273.0 / 2614.9) / (708.0 / 1307.4)
+_MI325X_FP8_EFFICIENCY = (1519.0 / 2614.9) / (843.0 / 1307.4)
+
 # AMD MI300X: 8 XCDs (TSMC N5) of 40 CUs with 38 enabled (AMD CDNA3 whitepaper), FP32 vector
 # 163.4 TFLOP/s (AMD Instinct MI300X data sheet). The 256 MiB Infinity Cache sits on the IODs.
 _add(Chip(
@@ -220,9 +228,9 @@ _add(Chip(
     fp8_rate=2614.9 / 1307.4, int8_rate=2614.9 / 1307.4,
     # chips.csv: measured max-achievable BF16 matmul 668.4 TFLOP/s (ROCm 6.3, tunable ops on).
     matmul_fraction=668.4 / 1307.4,
+    low_precision_efficiency=_MI300X_FP8_EFFICIENCY,
 ), Published(die_area_mm2=None, tdp_w=750, is_gpu=True),
-    ["die_count: 8 compute dies (XCDs); the 4 I/O dies are not modelled separately",
-     "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed"])
+    ["die_count: 8 compute dies (XCDs); the 4 I/O dies are not modelled separately"])
 
 # AMD MI325X: MI300X's compute (ml-engineering note 18: "same compute as MI300X") with 256 GB of
 # HBM3E at 6.0 TB/s and a 1000 W peak board power (ml-engineering notes 3 and 18, memory table).
@@ -232,10 +240,11 @@ _add(Chip(
     hbm_bytes=256 * u.GB, link_count=7, link_bandwidth=64 * u.GB, node_nm=5, core_count=304,
     compute_redundancy=320 / 304, sram_kind="cache", core_kind="simt", hbm_generation="HBM3e",
     die_count=8, fp8_rate=2614.9 / 1307.4, int8_rate=2614.9 / 1307.4,
+    # AMD's max-achievable BF16 843 TFLOP/s (above): its 1000 W budget sustains more clock.
+    matmul_fraction=843.0 / 1307.4, low_precision_efficiency=_MI325X_FP8_EFFICIENCY,
 ), Published(die_area_mm2=None, tdp_w=1000, is_gpu=True),
     ["die_count: 8 compute dies (XCDs) as MI300X; the I/O dies are not modelled separately",
-     "sram_bytes, links, node: MI300X's (the same compute silicon)",
-     "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed"])
+     "sram_bytes, links, node: MI300X's (the same compute silicon)"])
 
 # AMD MI355X (CDNA4): 256 CUs (32 per XCD x 8) at 2.4 GHz peak engine clock; FLOPs per clock per
 # CU: BF16 4096, FP8 8192, FP6 = FP4 (MXFP6 / MXFP4) 16384, INT8 8192 (AMD "Introducing AMD CDNA 4
