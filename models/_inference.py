@@ -730,7 +730,8 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
     # The request passes every layer: layers / pp per stage, pp stages in turn.
     layers = model.layers
     # Next-token logits (vocabulary split over tp), in the head's format (`head_plan`).
-    logits = _linear(chip, plan.head_plan(), logit_rows / plan.ep, model.vocab / plan.tp,
+    head_plan = plan.head_plan()
+    logits = _linear(chip, head_plan, logit_rows / plan.ep, model.vocab / plan.tp,
                      model.hidden, weight_resident_fraction=resident, smooth=smooth,
                      calibration=_runtime_calibration(plan, calibration))
     matmul_total = matmul.scale(layers) + logits
@@ -760,9 +761,9 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
     if engine != "bf16" and not (FORMATS[plan.activations].block_scaled
                                  and not chip.block_scaling):
         # The logits GEMM only where the head runs on that engine too (`head_plan`).
-        low_matmul = matmul.scale(layers).flops
-        if FORMATS[plan.head_plan().activations].engine == engine:
-            low_matmul = low_matmul + logits.flops
+        low_matmul = matmul_total.flops
+        if FORMATS[head_plan.activations].engine != engine:
+            low_matmul = low_matmul - logits.flops
         low_flops = jnp.where(chip.rate(engine) > 0.0, low_matmul, 0.0) * busy
     energy = step_energy(chip, time, plan.chips,
                          compute_fraction=ratio(ratio(per_chip_flops * busy - low_flops,

@@ -588,6 +588,7 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     shape = _shape(workload)
     weights, acts, kv_token, capacity, per_seq, limits, free = _replica_limits(
         model, plan, system, workload, shape)
+    runtime = _runtime_bytes(plan, system.chip)
     batch_max = _soft_min(limits, smooth)
     fits = (batch_max >= 1.0) & (free > 0.0)
     if not plan.chunked_prefill:
@@ -609,8 +610,7 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         prefill_seqs = jnp.where(kind == 0, tokens / (pp * chunk), jnp.where(kind == 2, 1.0, 0.0))
         finishing = jnp.where(kind == 0, r, jnp.where(kind == 2, 1.0, 0.0))
         kv = decode * (1.0 + 1.0 / shape.decode_steps) * per_seq * kv_token
-        memory = (weights, kv, acts, weights + kv + acts + _runtime_bytes(plan, system.chip),
-                  fits,
+        memory = (weights, kv, acts, weights + kv + acts + runtime, fits,
                   jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
         report = _iteration(model, plan, system, shape, decode, prefill_seqs, chunk, finishing,
                             memory, smooth, calibration)
@@ -755,6 +755,7 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     # Decode pool: decode-only iterations over a grid of batches, as serve_continuous.
     d_weights, d_acts, kv_token, capacity, per_seq, limits, d_free = _replica_limits(
         model, decode_plan, decode_system, workload, shape)
+    d_runtime = _runtime_bytes(decode_plan, decode_system.chip)
     # No prompts prefill here: the in-flight sequences are the decoding ones; no token budget
     # for prompts.
     limits = (capacity / per_seq, decode_plan.max_batch,
@@ -766,9 +767,7 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
 
     def point(decode):
         kv = decode * per_seq * kv_token
-        memory = (d_weights, kv, d_acts,
-                  d_weights + kv + d_acts + _runtime_bytes(decode_plan, decode_system.chip),
-                  d_fits,
+        memory = (d_weights, kv, d_acts, d_weights + kv + d_acts + d_runtime, d_fits,
                   jnp.where(d_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
         return _iteration(model, decode_plan, decode_system, shape, decode, 0.0 * decode,
                           shape.prompt, 0.0 * decode, memory, smooth, calibration)
