@@ -82,7 +82,7 @@ def test_full_load_is_bounded_by_the_kv_cache_and_its_reservation():
     # The runtime's memory (CUDA context, NCCL buffers: 551 + 342 MiB on a 2-chip replica by
     # default) comes out of the cache before kv_memory_fraction applies; a gigabyte more costs
     # exactly 0.9 GB of KV cache (8 KiB per token here: 8 layers x 2 x 2 KV heads per chip x
-    # 128 x 2 bytes) and shows in the memory per chip.
+    # 128 x 2 bytes).
     default = runtime_memory(PLAN.inference.chips)
     np.testing.assert_allclose(float(default), (551 + 342) * 2.0**20, rtol=1e-6)
     given = _report(_sys(hbm_bytes=3e9), PLAN.replace(runtime_bytes=default), LOAD)
