@@ -72,6 +72,9 @@ RECIPES_OF = {
 # The framework of each source (`Calibration.for_framework`); NeMo and Megatron-Bridge run
 # Megatron-Core.
 FRAMEWORK_OF = {"llmfoundry_h100": "composer", "torchao_float8": "pytorch"}
+# LLM Foundry's H100 tables ran its Triton FlashAttention port, two generations older than
+# the chip (`LLMFOUNDRY_H100_ATTENTION` in _training_data.py, with its sources).
+ATTENTION_GENERATIONS_OLDER = {"llmfoundry_h100": 2}
 # MPT shapes of the LLM Foundry pairs (as in training_runs.csv's MPT rows: MHA, GELU MLP of 4h,
 # vocab 50368).
 MPT = {"MPT-3b": (32, 2560, 20), "MPT-1b": (24, 2048, 16)}
@@ -96,6 +99,9 @@ class PrecisionCase:
     stated: str = ""
     # The framework that ran it (`dse.models.FRAMEWORKS`): its `framework_scale` applies.
     framework: str = "megatron-core"
+    # Generations its fused attention kernel is older than the chip's own
+    # (`Calibration.with_previous_generation_attention`; 0: the chip's generation).
+    attention_generations_older: int = 0
 
     @property
     def precision(self) -> str:
@@ -315,7 +321,8 @@ def precision_pairs(data_dir: Path | None = None) -> list[PrecisionPair]:
                 batch * float(model.seq_len) / (tps * n), model, system,
                 _variants(n, tp, pp, vp, ep, mb, batch, precision, fsdp, recompute),
                 f"{tps:g} tokens/s per GPU ({row[f'{side}precision']})",
-                FRAMEWORK_OF.get(row["source_key"], "megatron-core")))
+                FRAMEWORK_OF.get(row["source_key"], "megatron-core"),
+                ATTENTION_GENERATIONS_OLDER.get(row["source_key"], 0)))
         measured = _f(row, "tokens_per_s_per_device") / _f(row, "baseline_tokens_per_s_per_device")
         pairs.append(PrecisionPair(row["pair_id"], row["source_key"], measured, *cases))
     return pairs
@@ -326,6 +333,9 @@ def predict(case: PrecisionCase, calibration: Calibration = DEFAULT):
     case's candidate plans (fused attention, as every framework here runs it), under the
     `calibration` for the case's framework (`Calibration.for_framework`)."""
     calibration = calibration.for_framework(case.framework)
+    if case.attention_generations_older:
+        calibration = calibration.with_previous_generation_attention(
+            case.attention_generations_older)
     best = None
     for plans in case.plans:
         reports = evaluate_plans(case.model, plans, case.system, calibration=calibration,

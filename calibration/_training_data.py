@@ -99,8 +99,9 @@ class TrainingCase:
       `train_step`'s argument.
     - `framework`: what ran it (one of `dse.models.FRAMEWORKS`: "megatron-lm",
       "megatron-core", "deepspeed", "composer", "pytorch").
-    - `attention_kernel`: "chip" (the chip generation's fused kernel) or "previous" (one
-      generation older: `Calibration.with_previous_generation_attention`).
+    - `attention_kernel`: "chip" (the chip generation's fused kernel), "previous" (one
+      generation older: `Calibration.with_previous_generation_attention`) or "two_older"
+      (two generations older: FlashAttention v1 or its Triton port on H100).
     """
 
     run_id: str
@@ -123,6 +124,11 @@ class TrainingCase:
         calibration = calibration.for_framework(self.framework)
         if self.attention_kernel == "previous":
             return calibration.with_previous_generation_attention()
+        if self.attention_kernel == "two_older":
+            return calibration.with_previous_generation_attention(2)
+        if self.attention_kernel != "chip":
+            raise ValueError(f"TrainingCase.attention_kernel must be 'chip', 'previous' or "
+                             f"'two_older'; got {self.attention_kernel!r}")
         return calibration
 
 
@@ -335,6 +341,18 @@ def _mosaic(row, key, rid, n):
                         stated=f"{tps:g} tokens/s per GPU", attention_kernel="previous")
 
 
+# The fused attention kernel of LLM Foundry's H100 benchmark tables (its README's "H100 80GB
+# BF16" / "FP8" sections of 2023-10-19, commit b2a43a1, and the ">= 128 GPUs" section of
+# 2024-01-06, commit 5e85bd6): the harness that produced them,
+# scripts/train/benchmarking/submit_benchmarks.py at both commits, sets
+# `attn_config.attn_impl = args.attn_impl` with `--attn_impl` defaulting to "triton", and
+# sweep.sh, which lists every benchmarked configuration, never passes it. `attn_impl: triton`
+# is LLM Foundry's port of the FlashAttention Triton kernel (llmfoundry/models/layers/
+# flash_attn_triton.py, on triton-pre-mlir): a first-generation kernel, two generations older
+# than Hopper's FlashAttention-3 (one older on A100, as `_mosaic` models the A100 tables).
+LLMFOUNDRY_H100_ATTENTION = "two_older"
+
+
 def _megatron_bridge(row, key, rid, n):
     """Megatron-Bridge 25.11 (NeMo, Megatron-Core) MoE rows: the layout is stated in full;
     distributed optimizer, fused attention; recomputation unstated (the fastest of none,
@@ -390,10 +408,11 @@ def _external(row, key, rid, n):
     models. Each builder states what the source leaves open and what is assumed."""
     if key == "ext_mosaicml_h100":
         # As the A100 tables (`_mosaic`), on H100. The interconnect of MosaicML's H100 nodes is
-        # not stated: a DGX H100 (400 Gb/s per GPU) is assumed. Fused attention: LLM Foundry of
-        # 2024 ran FlashAttention-2, one generation older than Hopper's.
+        # not stated: a DGX H100 (400 Gb/s per GPU) is assumed. Fused attention:
+        # `LLMFOUNDRY_H100_ATTENTION`.
         case = _mosaic(row, key, rid, n)
-        return dataclasses.replace(case, system=SYSTEMS["DGX-H100"].with_num_chips(n))
+        return dataclasses.replace(case, system=SYSTEMS["DGX-H100"].with_num_chips(n),
+                                   attention_kernel=LLMFOUNDRY_H100_ATTENTION)
     if key == "ext_flashattn_training":
         # flash-attention training/: DDP (+ ZeRO-1) on one 8 x A100 80GB node, no activation
         # checkpointing, the stated micro-batch; its README figures are FlashAttention v1's

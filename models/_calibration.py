@@ -201,12 +201,18 @@ class Calibration(eqx.Module):
         fraction = jnp.minimum(self.kernel_fraction * self.framework_scale[framework], 1.0)
         return eqx.tree_at(lambda c: c.kernel_fraction, self, fraction)
 
-    def with_previous_generation_attention(self) -> Calibration:
-        """The same factors for a framework whose fused attention kernel is one generation
-        older than the chip (FlashAttention v1 on A100, FlashAttention-2 on H100): its matrix
-        rate is `attention_previous_scale` of the chip-generation kernel's."""
+    def with_previous_generation_attention(self, generations: int = 1) -> Calibration:
+        """The same factors for a framework whose fused attention kernel is `generations`
+        generations older than the chip (one: FlashAttention v1 on A100, FlashAttention-2 on
+        H100; two: FlashAttention v1 or its Triton port on H100, FlashAttention-2 on B200):
+        its matrix rate is `attention_previous_scale ** generations` of the chip-generation
+        kernel's (each generation's kernel reaches the same share of the next one's rate on
+        the next chip; the two-generation rows of data/attention_kernels.csv check it)."""
+        if generations not in (1, 2):
+            raise ValueError(f"Calibration.with_previous_generation_attention: generations "
+                             f"must be 1 or 2; got {generations!r}")
         return eqx.tree_at(lambda c: c.attention_scale, self,
-                           self.attention_scale * self.attention_previous_scale)
+                           self.attention_scale * self.attention_previous_scale ** generations)
 
     def with_fused_runtime(self) -> Calibration:
         """The same factors without per-op start-up times.
