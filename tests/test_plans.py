@@ -10,6 +10,7 @@ from helpers import central_difference
 
 from dse.hardware import SYSTEMS
 from dse.models import (
+    DEFAULT,
     TRANSFORMERS,
     Reason,
     Transformer,
@@ -18,7 +19,9 @@ from dse.models import (
     evaluate_plans,
     plan_step_time,
     select_plan,
+    train_step,
 )
+from dse.models._plan_search import _evaluate_broadcast
 
 DGX = SYSTEMS["DGX-A100"]
 
@@ -63,6 +66,30 @@ def test_enumeration_covers_expert_parallel():
     ep, dp = np.asarray(plans.ep), np.asarray(plans.dp)
     assert set(ep.astype(int)) == {1, 2, 4, 8}
     assert np.all(dp % ep == 0)
+
+
+def test_traced_plans_broadcast_through_train_step_as_vmap_would():
+    # best_plan broadcasts the batch through train_step instead of vmapping it: every field
+    # of every plan must equal the vmapped step's (MoE with EP, context parallelism, FP8,
+    # offloading, ZeRO stages, recomputation, interleaving).
+    moe = small_model(experts=8.0, top_k=2.0, seq_len=8192.0)
+    base = SYSTEMS["GB200-NVL72"].with_num_chips(16)
+    system = base.replace(chip=base.chip.replace(hbm_bytes=12e9))  # some plans do not fit
+    plans = enumerate_plans(moe, 16, 32, context_parallel=(1, 2), precision="fp8_current",
+                            activation_offload=(0.0, 0.5))
+    pick = np.linspace(0, plans.tp.shape[0] - 1, 128).astype(int)
+    plans = jax.tree.map(lambda x: x[pick], plans)
+    for field in ("ep", "cp", "activation_offload", "zero_stage", "recompute", "interleave"):
+        assert len(set(np.asarray(getattr(plans, field)).tolist())) > 1, field
+    broadcast = jax.jit(lambda s: _evaluate_broadcast(moe, plans, s, DEFAULT, False, True))(
+        system)
+    vmapped = jax.jit(lambda s: jax.vmap(lambda p: train_step(moe, p, s))(plans))(system)
+    assert not bool(np.all(broadcast.fits)) and bool(np.any(broadcast.fits))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(vmapped),
+                            jax.tree.leaves(broadcast), strict=True):
+        assert np.shape(b) == np.shape(a) == (128,), jax.tree_util.keystr(path)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 def test_best_plan_is_the_fastest_feasible():
