@@ -242,9 +242,10 @@ def best_plan(model: Transformer, system: System, global_batch: int | float, *,
     """The fastest feasible training plan of `model` on all chips of `system`.
 
     Enumerates every valid plan (`enumerate_plans`), evaluates all with one `train_step`
-    that the plans broadcast through, masks the infeasible ones and returns the fastest. When none is feasible (a
-    model far larger than memory), the plan that misses least comes back flagged: `fits` False,
-    its `reason` and `memory_shortfall` (see `select_plan`); never an infeasible time as if it
+    that the plans broadcast through, masks the infeasible ones and returns the fastest. When
+    none is feasible (a model far larger than memory), the plan that misses least comes back
+    flagged: `fits` False, its `reason` and `memory_shortfall` (see `select_plan`); never an
+    infeasible time as if it
     were the answer.
 
     **Arguments:**
