@@ -245,8 +245,7 @@ def best_plan(model: Transformer, system: System, global_batch: int | float, *,
     that the plans broadcast through, masks the infeasible ones and returns the fastest. When
     none is feasible (a model far larger than memory), the plan that misses least comes back
     flagged: `fits` False, its `reason` and `memory_shortfall` (see `select_plan`); never an
-    infeasible time as if it
-    were the answer.
+    infeasible time as if it were the answer.
 
     **Arguments:**
 
