@@ -52,6 +52,8 @@ from dse.models import (
     select_plan,
 )
 
+from ._training_data import check_attention_kernel, llmfoundry_h100_attention, with_attention_kernel
+
 # Model names of the rows -> presets.
 MODELS = {
     "GPT3-5B": "gpt3-5b", "GPT3-20B": "gpt3-20b", "GPT3-175B": "gpt3-175b",
@@ -72,9 +74,6 @@ RECIPES_OF = {
 # The framework of each source (`Calibration.for_framework`); NeMo and Megatron-Bridge run
 # Megatron-Core.
 FRAMEWORK_OF = {"llmfoundry_h100": "composer", "torchao_float8": "pytorch"}
-# LLM Foundry's H100 tables ran its Triton FlashAttention port, two generations older than
-# the chip (`LLMFOUNDRY_H100_ATTENTION` in _training_data.py, with its sources).
-ATTENTION_GENERATIONS_OLDER = {"llmfoundry_h100": 2}
 # MPT shapes of the LLM Foundry pairs (as in training_runs.csv's MPT rows: MHA, GELU MLP of 4h,
 # vocab 50368).
 MPT = {"MPT-3b": (32, 2560, 20), "MPT-1b": (24, 2048, 16)}
@@ -99,9 +98,11 @@ class PrecisionCase:
     stated: str = ""
     # The framework that ran it (`dse.models.FRAMEWORKS`): its `framework_scale` applies.
     framework: str = "megatron-core"
-    # Generations its fused attention kernel is older than the chip's own
-    # (`Calibration.with_previous_generation_attention`; 0: the chip's generation).
-    attention_generations_older: int = 0
+    # Its fused attention kernel (`ATTENTION_KERNELS` of _training_data.py).
+    attention_kernel: str = "chip"
+
+    def __post_init__(self):
+        check_attention_kernel("PrecisionCase", self.attention_kernel)
 
     @property
     def precision(self) -> str:
@@ -322,7 +323,8 @@ def precision_pairs(data_dir: Path | None = None) -> list[PrecisionPair]:
                 _variants(n, tp, pp, vp, ep, mb, batch, precision, fsdp, recompute),
                 f"{tps:g} tokens/s per GPU ({row[f'{side}precision']})",
                 FRAMEWORK_OF.get(row["source_key"], "megatron-core"),
-                ATTENTION_GENERATIONS_OLDER.get(row["source_key"], 0)))
+                llmfoundry_h100_attention(row["model"], n)
+                if row["source_key"] == "llmfoundry_h100" else "chip"))
         measured = _f(row, "tokens_per_s_per_device") / _f(row, "baseline_tokens_per_s_per_device")
         pairs.append(PrecisionPair(row["pair_id"], row["source_key"], measured, *cases))
     return pairs
@@ -332,10 +334,8 @@ def predict(case: PrecisionCase, calibration: Calibration = DEFAULT):
     """(predicted step time s, the chosen plan, its `TrainReport`): the fastest feasible of the
     case's candidate plans (fused attention, as every framework here runs it), under the
     `calibration` for the case's framework (`Calibration.for_framework`)."""
-    calibration = calibration.for_framework(case.framework)
-    if case.attention_generations_older:
-        calibration = calibration.with_previous_generation_attention(
-            case.attention_generations_older)
+    calibration = with_attention_kernel(calibration.for_framework(case.framework),
+                                        case.attention_kernel)
     best = None
     for plans in case.plans:
         reports = evaluate_plans(case.model, plans, case.system, calibration=calibration,

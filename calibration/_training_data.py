@@ -117,19 +117,37 @@ class TrainingCase:
     stated: str = ""
     attention_kernel: str = "chip"
 
+    def __post_init__(self):
+        check_attention_kernel("TrainingCase", self.attention_kernel)
+
     def calibration(self, calibration: Calibration) -> Calibration:
         """The calibration this case runs under: `calibration` for its framework
-        (`Calibration.for_framework`), with the previous-generation attention kernel where the
-        case ran one."""
-        calibration = calibration.for_framework(self.framework)
-        if self.attention_kernel == "previous":
-            return calibration.with_previous_generation_attention()
-        if self.attention_kernel == "two_older":
-            return calibration.with_previous_generation_attention(2)
-        if self.attention_kernel != "chip":
-            raise ValueError(f"TrainingCase.attention_kernel must be 'chip', 'previous' or "
-                             f"'two_older'; got {self.attention_kernel!r}")
-        return calibration
+        (`Calibration.for_framework`), with an older attention kernel where the case ran one
+        (`with_attention_kernel`)."""
+        return with_attention_kernel(calibration.for_framework(self.framework),
+                                     self.attention_kernel)
+
+
+# How many generations a run's fused attention kernel is older than its chip's own:
+# "chip" (FlashAttention-2 on A100, -3 on H100, -4 on B200), "previous" (one older) or
+# "two_older" (FlashAttention v1 or its Triton port on H100).
+ATTENTION_KERNELS = {"chip": 0, "previous": 1, "two_older": 2}
+
+
+def check_attention_kernel(owner: str, kernel: str) -> None:
+    """A `ValueError` naming `owner.attention_kernel` unless `kernel` is in `ATTENTION_KERNELS`."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"{owner}.attention_kernel must be one of {list(ATTENTION_KERNELS)}; "
+                         f"got {kernel!r}")
+
+
+def with_attention_kernel(calibration: Calibration, kernel: str) -> Calibration:
+    """`calibration` for a run whose fused attention kernel is `kernel` (`ATTENTION_KERNELS`):
+    `Calibration.with_previous_generation_attention` of its age, unchanged for "chip"."""
+    check_attention_kernel("case", kernel)
+    generations = ATTENTION_KERNELS[kernel]
+    return calibration.with_previous_generation_attention(generations) if generations \
+        else calibration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,16 +359,27 @@ def _mosaic(row, key, rid, n):
                         stated=f"{tps:g} tokens/s per GPU", attention_kernel="previous")
 
 
-# The fused attention kernel of LLM Foundry's H100 benchmark tables (its README's "H100 80GB
-# BF16" / "FP8" sections of 2023-10-19, commit b2a43a1, and the ">= 128 GPUs" section of
-# 2024-01-06, commit 5e85bd6): the harness that produced them,
-# scripts/train/benchmarking/submit_benchmarks.py at both commits, sets
-# `attn_config.attn_impl = args.attn_impl` with `--attn_impl` defaulting to "triton", and
-# sweep.sh, which lists every benchmarked configuration, never passes it. `attn_impl: triton`
-# is LLM Foundry's port of the FlashAttention Triton kernel (llmfoundry/models/layers/
-# flash_attn_triton.py, on triton-pre-mlir): a first-generation kernel, two generations older
-# than Hopper's FlashAttention-3 (one older on A100, as `_mosaic` models the A100 tables).
-LLMFOUNDRY_H100_ATTENTION = "two_older"
+# The fused attention kernel of LLM Foundry's H100 benchmark tables. Its README's "H100 80GB
+# BF16" / "FP8" sections (2023-10-19, commit b2a43a1) were run by
+# scripts/train/benchmarking/sweep.sh, which never passes `--attn_impl`, through
+# submit_benchmarks.py, which sets `attn_config.attn_impl = args.attn_impl` with the flag
+# defaulting to "triton": LLM Foundry's port of the FlashAttention Triton kernel
+# (llmfoundry/models/layers/flash_attn_triton.py, on triton-pre-mlir), a first-generation
+# kernel, two generations older than Hopper's FlashAttention-3 (one older on A100, as `_mosaic`
+# models the A100 tables). The ">= 128 GPUs" section (2024-01-06, commit 5e85bd6) was run by
+# that commit's sweep.py, which passes `--attn_impl flash` for MPT-1b, -3b, -7b and -70b
+# (FlashAttention-2: the harness installs `.[gpu-flash2]`, one generation older) and
+# `--attn_impl triton` for MPT-13b and -30b. That section has 128, 256 and 512 GPUs, the others
+# at most 64.
+LLMFOUNDRY_H100_FLASH_AT_SCALE = ("1b", "3b", "7b", "70b")
+
+
+def llmfoundry_h100_attention(model: str, num_gpus: int) -> str:
+    """The attention kernel (`ATTENTION_KERNELS`) of an LLM Foundry H100 table row: "previous"
+    for the models the >= 128-GPU sweep ran with FlashAttention-2, else "two_older" (Triton)."""
+    size = model.split("-")[-1].lower()
+    return "previous" if num_gpus >= 128 and size in LLMFOUNDRY_H100_FLASH_AT_SCALE \
+        else "two_older"
 
 
 def _megatron_bridge(row, key, rid, n):
@@ -408,11 +437,11 @@ def _external(row, key, rid, n):
     models. Each builder states what the source leaves open and what is assumed."""
     if key == "ext_mosaicml_h100":
         # As the A100 tables (`_mosaic`), on H100. The interconnect of MosaicML's H100 nodes is
-        # not stated: a DGX H100 (400 Gb/s per GPU) is assumed. Fused attention:
-        # `LLMFOUNDRY_H100_ATTENTION`.
+        # not stated: a DGX H100 (400 Gb/s per GPU) is assumed. Fused attention: what the
+        # benchmark harness ran (`llmfoundry_h100_attention`), not the yamls' `attn_impl`.
         case = _mosaic(row, key, rid, n)
         return dataclasses.replace(case, system=SYSTEMS["DGX-H100"].with_num_chips(n),
-                                   attention_kernel=LLMFOUNDRY_H100_ATTENTION)
+                                   attention_kernel=llmfoundry_h100_attention(row["model"], n))
     if key == "ext_flashattn_training":
         # flash-attention training/: DDP (+ ZeRO-1) on one 8 x A100 80GB node, no activation
         # checkpointing, the stated micro-batch; its README figures are FlashAttention v1's

@@ -2,8 +2,8 @@
 
 A chip is only as good as the software mapping that suits it, so design-space sweeps judge each
 design with its best plan. Enumeration is numpy on the (concrete) model shape and chip count;
-evaluation is one `jax.vmap` of `train_step` over the plan axis, so the hardware may be traced
-(jit, vmap over designs, grad).
+evaluation is one `train_step` over the plan axis (broadcast in `best_plan`, vmapped in
+`evaluate_plans`), so the hardware may be traced (jit, vmap over designs, grad).
 """
 
 from __future__ import annotations
@@ -262,8 +262,9 @@ def best_plan(model: Transformer, system: System, global_batch: int | float, *,
     **Returns:** `(plan, report)`: the chosen `TrainingPlan` and its `TrainReport`.
     """
     plans = enumerate_plans(model, system.num_chips, global_batch, **enumerate_kwargs)
-    # Compiled, not run op by op: the vmapped step is thousands of small ops (18 CPU-s eagerly
-    # for GPT-3 on 1,024 chips, 9 to compile, then 0.1 per call; the persistent cache keeps it).
+    # Compiled, not run op by op: the step over every plan is thousands of small ops (18 CPU-s
+    # eagerly for GPT-3 on 1,024 chips when this was measured, against 2-4 s to compile,
+    # benchmarks/compile_times.py, and 0.05-0.1 s per call; the persistent cache keeps it).
     # Inside an outer jit / grad this inlines. Inputs were validated when they were built.
     reports = _evaluate_broadcast(model, plans, system, calibration, smooth, flash_attention)
     return select_plan(plans, reports, smooth=smooth, temperature=temperature)

@@ -68,12 +68,14 @@ def test_enumeration_covers_expert_parallel():
     assert np.all(dp % ep == 0)
 
 
-def test_traced_plans_broadcast_through_train_step_as_vmap_would():
+@pytest.mark.parametrize("system_name,smooth", [("GB200-NVL72", False), ("TPUv5p-pod", True)])
+def test_traced_plans_broadcast_through_train_step_as_vmap_would(system_name, smooth):
     # best_plan broadcasts the batch through train_step instead of vmapping it: every field
     # of every plan must equal the vmapped step's (MoE with EP, context parallelism, FP8,
-    # offloading, ZeRO stages, recomputation, interleaving).
+    # offloading, ZeRO stages, recomputation, interleaving; a GPU and a systolic-array chip,
+    # hard and smooth rooflines).
     moe = small_model(experts=8.0, top_k=2.0, seq_len=8192.0)
-    base = SYSTEMS["GB200-NVL72"].with_num_chips(16)
+    base = SYSTEMS[system_name].with_num_chips(16)
     system = base.replace(chip=base.chip.replace(hbm_bytes=12e9))  # some plans do not fit
     plans = enumerate_plans(moe, 16, 32, context_parallel=(1, 2), precision="fp8_current",
                             activation_offload=(0.0, 0.5))
@@ -81,9 +83,10 @@ def test_traced_plans_broadcast_through_train_step_as_vmap_would():
     plans = jax.tree.map(lambda x: x[pick], plans)
     for field in ("ep", "cp", "activation_offload", "zero_stage", "recompute", "interleave"):
         assert len(set(np.asarray(getattr(plans, field)).tolist())) > 1, field
-    broadcast = jax.jit(lambda s: _evaluate_broadcast(moe, plans, s, DEFAULT, False, True))(
+    broadcast = jax.jit(lambda s: _evaluate_broadcast(moe, plans, s, DEFAULT, smooth, True))(
         system)
-    vmapped = jax.jit(lambda s: jax.vmap(lambda p: train_step(moe, p, s))(plans))(system)
+    vmapped = jax.jit(lambda s: jax.vmap(lambda p: train_step(moe, p, s, smooth=smooth))(
+        plans))(system)
     assert not bool(np.all(broadcast.fits)) and bool(np.any(broadcast.fits))
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(vmapped),
                             jax.tree.leaves(broadcast), strict=True):

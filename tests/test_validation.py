@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -126,18 +127,27 @@ def test_two_generations_older_kernel_runs_at_the_squared_one_generation_scale(k
         DEFAULT.with_previous_generation_attention(3)
 
 
-def test_llm_foundry_h100_rows_run_the_triton_kernel_of_their_harness():
-    # LLMFOUNDRY_H100_ATTENTION: the benchmark harness defaults to attn_impl: triton, two
-    # generations older than H100's own kernel (the A100 tables: one older).
+def test_llm_foundry_h100_rows_run_the_kernel_their_harness_chose():
+    # llmfoundry_h100_attention: the harness ran attn_impl: triton (two generations older than
+    # H100's own kernel) except where the >= 128-GPU sweep passed flash (FlashAttention-2, one
+    # older) for MPT-1b, -3b, -7b and -70b; the A100 tables are one generation older.
     cases, _ = training_rows(data_dir(), filename="external_checks.csv")
     h100 = [c for c in cases if c.source_key == "ext_mosaicml_h100"]
-    assert len(h100) == 70 and {c.attention_kernel for c in h100} == {"two_older"}
-    np.testing.assert_allclose(float(h100[0].calibration(DEFAULT).attention_scale),
+    assert len(h100) == 70
+    flash = {c.run_id for c in h100 if c.attention_kernel == "previous"}
+    assert len(flash) == 12 and all(int(c.system.num_chips) >= 128 for c in h100
+                                    if c.run_id in flash)
+    assert {c.attention_kernel for c in h100 if c.run_id not in flash} == {"two_older"}
+    assert not any("_13b_" in r or "_30b_" in r for r in flash)
+    triton = next(c for c in h100 if c.run_id not in flash)
+    np.testing.assert_allclose(float(triton.calibration(DEFAULT).attention_scale),
                                float(DEFAULT.attention_scale)
                                * float(DEFAULT.attention_previous_scale) ** 2, rtol=1e-6)
     a100, _ = training_rows(data_dir())
     assert {c.attention_kernel for c in a100
             if c.source_key == "mosaicml_llmfoundry_bench"} == {"previous"}
+    with pytest.raises(ValueError, match="TrainingCase.attention_kernel must be one of"):
+        dataclasses.replace(triton, attention_kernel="flash3")
 
 
 def test_stored_attention_fields_are_the_least_squares_optimum_of_their_data():
