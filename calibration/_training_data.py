@@ -372,12 +372,19 @@ def _mosaic(row, key, rid, n):
 # `--attn_impl triton` for MPT-13b and -30b. That section has 128, 256 and 512 GPUs, the others
 # at most 64.
 LLMFOUNDRY_H100_FLASH_AT_SCALE = ("1b", "3b", "7b", "70b")
+# The MPT sizes LLM Foundry benchmarks (scripts/train/yamls/pretrain/mpt-*.yaml at 5e85bd6).
+LLMFOUNDRY_MPT_SIZES = ("125m", "350m", "760m", "1b", "3b", "7b", "13b", "30b", "70b")
 
 
 def llmfoundry_h100_attention(model: str, num_gpus: int) -> str:
-    """The attention kernel (`ATTENTION_KERNELS`) of an LLM Foundry H100 table row: "previous"
-    for the models the >= 128-GPU sweep ran with FlashAttention-2, else "two_older" (Triton)."""
+    """The attention kernel (`ATTENTION_KERNELS`) of an LLM Foundry H100 table row ("MPT-<size>"
+    on `num_gpus` GPUs): "previous" for the models the >= 128-GPU sweep ran with
+    FlashAttention-2, else "two_older" (Triton). Another model name is a `ValueError`: no
+    kernel is guessed for a row of another table."""
     size = model.split("-")[-1].lower()
+    if not model.upper().startswith("MPT-") or size not in LLMFOUNDRY_MPT_SIZES:
+        raise ValueError(f"llmfoundry_h100_attention: model must be MPT-<size> with size one of "
+                         f"{list(LLMFOUNDRY_MPT_SIZES)}; got {model!r}")
     return "previous" if num_gpus >= 128 and size in LLMFOUNDRY_H100_FLASH_AT_SCALE \
         else "two_older"
 
