@@ -54,6 +54,7 @@ CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "scaleout_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
+    "overlap_slowdown": (0.0, 1.0, True),
     "framework_scale": (0.0, 1.5, False),
 }
 
@@ -137,6 +138,9 @@ class Calibration(eqx.Module):
       latency (the alpha of the alpha-beta collective model).
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
+    - `overlap_slowdown`: fraction by which compute kernels slow while hidden data-parallel
+      communication runs beside them (its kernels hold SMs and HBM bandwidth): each hidden
+      second adds slowdown / (1 + slowdown) s to the step; 0 makes hidden communication free.
     - `framework_scale`: per training framework (`FRAMEWORKS`), factor on `kernel_fraction`
       for the steps that framework runs (its kernels, its gaps between them);
       `for_framework` applies it. Fitted with a prior that pulls it to 1, so a framework the
@@ -159,6 +163,7 @@ class Calibration(eqx.Module):
     scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
+    overlap_slowdown: Scalar = eqx.field(converter=_param, default=0.0)
     framework_scale: dict[str, Scalar] = eqx.field(converter=_per_framework, default=1.0)
     provenance: tuple[tuple[str, str], ...] = eqx.field(static=True, default=())
 
@@ -254,13 +259,14 @@ DEFAULT = Calibration(
     attention_forward_io=1.349,
     attention_backward_io=3.267,
     attention_previous_scale=0.538,
-    kernel_fraction=0.77,
+    kernel_fraction=0.796,
     link_efficiency=0.6964,
     scaleout_efficiency=0.96,
     latency_scale=1.0,
     dp_overlap_fraction=1.0,
-    framework_scale={"megatron-lm": 1.12, "megatron-core": 1.02, "deepspeed": 0.796,
-                     "composer": 1.1, "pytorch": 1.0},
+    overlap_slowdown=0.189,
+    framework_scale={"megatron-lm": 1.09, "megatron-core": 1.01, "deepspeed": 0.847,
+                     "composer": 1.07, "pytorch": 1.0},
     provenance=(
         ("matrix_max", _OPERATORS),
         ("matrix_overhead_s", _OPERATORS),
@@ -283,6 +289,9 @@ DEFAULT = Calibration(
                             "same value for every fabric"),
         ("latency_scale", "1: the systems' stated latencies"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
+        ("overlap_slowdown", "0.189: the average slowdown of computation overlapped with "
+                             "communication measured by Lee et al. 2025, arXiv 2507.03114, "
+                             "abstract (A100, H100, MI250, MI210; at most 0.40)"),
         ("scaleout_efficiency", "0.96: NVIDIA's stated NCCL ring rate per NIC, 24 GB/s per "
                                 "200 Gb/s (S. Jeaugey, nccl-tests issue 119) and 48 GB/s per "
                                 "400 Gb/s (nccl-tests issue 319); both collective models read it"),

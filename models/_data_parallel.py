@@ -20,6 +20,14 @@ As the frameworks run them (Rajbhandari et al. 2020, "ZeRO", SC20, Sec. 5 and 7;
   plus the first gather of each pass and the last reduce-scatter, which have nothing to hide
   behind (PyTorch FSDP notes: "The 1st all-gather will not be able to overlap with anything").
 
+What overlap hides still costs: the communication kernels run on the same chip as the compute
+(NCCL's rings hold SMs: an all-gather beside a GEMM launched 24 blocks on an H100's 132 SMs in
+NVIDIA developer forum thread 337991), so the compute they overlap runs slower. Lee et al. 2025
+("Characterizing Compute-Communication Overlap in GPU-Accelerated Distributed Deep Learning",
+arXiv 2507.03114, abstract) measured the computation 18.9% slower on average (40.0% at most)
+while communication ran beside it, on A100, H100, MI250 and MI210
+(`Calibration.overlap_slowdown`): each hidden second adds slowdown / (1 + slowdown) s.
+
 Expert parameters reduce over the DP / EP replicas of each expert. Gradients reduce at the
 plan's gradient precision (`grad_bytes`); a low-precision recipe with `quantized_params` gathers
 its linear weights at the recipe's width (`linear_weight_bytes`). Collectives are hierarchical
@@ -46,7 +54,7 @@ class DataParallelCost(eqx.Module):
     """Data-parallel communication of one step on one chip (SI units).
 
     **Fields:** `total` (all of it, before any overlap, s), `exposed` (what overlap leaves on
-    the step's critical path, s).
+    the step's critical path, with the slowdown of the compute it overlaps, s).
     """
 
     total: Float[Array, "*batch"]
@@ -93,7 +101,8 @@ def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
     - `layer_fwd`, `layer_bwd`, `layer_recompute`: one layer's forward, backward and
       recomputed compute for one micro-batch, s (the windows communication hides behind).
     - `layers_per_stage`: layers on one pipeline stage.
-    - `calibration`: the fitted factors (link efficiencies, `dp_overlap_fraction`).
+    - `calibration`: the fitted factors (link efficiencies, `dp_overlap_fraction`,
+      `overlap_slowdown`).
 
     **Returns:** a `DataParallelCost`.
     """
@@ -139,6 +148,12 @@ def data_parallel_cost(plan: TrainingPlan, system: System, params: StageParams,
     z3 = plan.zero_stage > 2.5
     total = jnp.where(z3, z3_total, low_total)
     exposed = jnp.where(z3, z3_exposed, low_exposed)
+    # Hidden is not free: while the communication kernels run beside the compute they hold SMs
+    # and HBM bandwidth, and the compute kernels take (1 + slowdown) times as long. In a hidden
+    # second the compute does 1 / (1 + slowdown) of a second's work, so the step grows by
+    # slowdown / (1 + slowdown) of every hidden second (0 where nothing hides: exposed == total).
+    slow = calibration.overlap_slowdown
+    exposed = exposed + slow / (1.0 + slow) * (total - exposed)
     single = plan.dp * plan.cp <= 1.0
     return DataParallelCost(total=jnp.where(single, 0.0, total),
                             exposed=jnp.where(single, 0.0, exposed))

@@ -94,6 +94,8 @@ REACHES = {
     "latency_scale.ici": {"decode on TPU"},
     # The unfused step's slower compute hides all of its DP communication already.
     "dp_overlap_fraction": {"train_step"},
+    # Hidden communication slows the compute beside it, in both steps.
+    "overlap_slowdown": {"train_step", "train_step (unfused attention)"},
     # Read only through Calibration.for_framework (tested below).
     **{f"framework_scale.{f}": set() for f in FRAMEWORKS},
 }
@@ -195,6 +197,7 @@ def test_best_plan_serve_and_layer_time_take_the_calibration():
     ("matrix_max", 0.0, "(0, 1.5]"), ("matrix_max", 1.6, "(0, 1.5]"),
     ("memory_overhead_s", -1e-6, "[0, 0.01]"), ("kernel_fraction", float("nan"), "(0, 1]"),
     ("dp_overlap_fraction", 1.2, "[0, 1]"), ("attention_scale", -0.5, "(0, 1.5]"),
+    ("overlap_slowdown", -0.1, "[0, 1]"),
     ("scaleout_efficiency", 1.2, "(0, 1]"), ("attention_softmax_dim", -1.0, "[0, 1000]"),
 ])
 def test_bad_values_name_the_field_value_and_range(field, bad, allowed):
@@ -233,7 +236,7 @@ def test_jit_and_vmap_over_a_batch_of_calibrations():
 _GRAD_FIELDS = ("matrix_max", "memory_max", "matrix_overhead_s", "kernel_fraction",
                 "attention_scale", "attention_backward_scale", "attention_softmax_dim",
                 "attention_forward_io", "attention_backward_io", "scaleout_efficiency",
-                "dp_overlap_fraction")
+                "dp_overlap_fraction", "overlap_slowdown")
 
 
 def _with(cal, name, value):

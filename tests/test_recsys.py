@@ -132,23 +132,29 @@ def test_inference_is_the_forward_alone():
     assert float(i.memory_per_chip) < float(t.memory_per_chip)
 
 
-@pytest.mark.xfail(strict=True, reason="10.5% median, the model too slow (7.1% before GEMM wave "
-                   "quantization, 16% with 256 x 128 tiles only; the tile choice brings it to "
-                   "7.7% at the old kernel_fraction 0.853, and the training constants refitted "
-                   "with it, 0.77, to 10.5%): split-K for DLRM's narrow MLP GEMMs is not "
-                   "modelled (issue 14)")
 def test_mlperf_rows_within_ten_percent():
     # Published MLPerf Training v4.0 DLRM-DCNv2 throughput (data/recsys_runs.csv): the median
     # |error| of the step time over that source's modelled rows (no constant fitted to them).
+    # 7.4%, with the training constants refitted once hidden DP communication slows the compute
+    # beside it (kernel_fraction 0.796); 10.5% at the former 0.77, so the margin is thin: the
+    # shared fraction moves it, and split-K for DLRM's narrow MLP GEMMs is not modelled.
     from dse.calibration import predict_recsys, recsys_cases
 
     cases, _ = recsys_cases()
     mlperf = [c for c in cases if c.source_key == "mlperf_training_v40_dlrm_dcnv2"]
     err = np.array([c.measured for c in mlperf]) / predict_recsys(mlperf) - 1.0
     assert len(mlperf) == 6 and np.median(np.abs(err)) <= 0.10
+
+
+@pytest.mark.xfail(strict=True, reason="TorchRec's 131k-batch DCN row is 22.4% slow in the "
+                   "model (the 16k-batch row 15.4%)")
+def test_torchrec_dcn_rows_within_twenty_percent():
     # TorchRec's DCNv2 rows (torchrec_dlrm README, 8 x A100): their MLPs run in IEEE fp32
     # (allow_tf32 off), which bounds the step; within 20% of the published samples/s. (Its
     # dot-interaction rows stay far too fast in the model: an overhead it does not have.)
+    from dse.calibration import predict_recsys, recsys_cases
+
+    cases, _ = recsys_cases()
     dcn = [c for c in cases if c.source_key == "torchrec_dlrm_readme"
            and c.model.interaction == "dcn"]
     err = np.array([c.measured for c in dcn]) / predict_recsys(dcn) - 1.0

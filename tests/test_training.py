@@ -395,6 +395,28 @@ def _overlap_plans():
                         dp_overlap=np.array([1.0, 1.0, 1.0, 1.0, 0.0]))
 
 
+def test_hidden_communication_slows_the_compute_it_overlaps():
+    # Lee et al. 2025 (arXiv 2507.03114): compute kernels run (1 + s) times as long while
+    # communication runs beside them, so each hidden second adds s / (1 + s) s to the step.
+    plans = _overlap_plans()
+    system = DGX.with_num_chips(64)
+    step = jit_over_calibrations(lambda calibration, plans: train_step(
+        SMALL, plans, system, calibration=calibration))
+    free = step(DEFAULT.replace(overlap_slowdown=0.0), plans)
+    shown = step(DEFAULT.replace(overlap_slowdown=0.0, dp_overlap_fraction=0.0), plans)
+    hidden = np.asarray(shown.dp_comm_time) - np.asarray(free.dp_comm_time)
+    assert np.all(hidden[:4] > 0.0) and hidden[4] == 0.0  # the last plan does not overlap
+    for s in (0.189, 0.4):
+        r = step(DEFAULT.replace(overlap_slowdown=s), plans)
+        np.testing.assert_allclose(np.asarray(r.dp_comm_time),
+                                   np.asarray(free.dp_comm_time) + s / (1 + s) * hidden,
+                                   rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(r.compute_time), np.asarray(free.compute_time))
+        # Never worse than not overlapping at all.
+        assert np.all(np.asarray(r.step_time) <= np.asarray(shown.step_time) * (1 + 1e-6))
+    assert float(DEFAULT.overlap_slowdown) == pytest.approx(0.189)  # the paper's average
+
+
 def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     plans = _overlap_plans()
     system = DGX.with_num_chips(64)

@@ -200,7 +200,8 @@ def test_attention_gradients_match_central_differences_in_float64():
 
 # ----- ZeRO-3 / FSDP communication --------------------------------------------------------------
 
-def _z3(compute, recompute=0.0, regather=0.0, hierarchical=1.0, overlap=1.0, dp=64.0):
+def _z3(compute, recompute=0.0, regather=0.0, hierarchical=1.0, overlap=1.0, dp=64.0,
+        calibration=DEFAULT):
     system = SYSTEMS["DGX-A100"].with_num_chips(64)
     plan = TrainingPlan(dp=dp, global_batch=dp, zero_stage=3.0, recompute=2.0 * recompute,
                         dp_overlap=overlap, dp_hierarchical=hierarchical,
@@ -209,15 +210,22 @@ def _z3(compute, recompute=0.0, regather=0.0, hierarchical=1.0, overlap=1.0, dp=
     # All dense weights linear: a BF16 plan gathers them at 2 bytes either way.
     params = StageParams(*(jnp.asarray(x) for x in (10 * layer, 0.0, layer, 0.0, 10 * layer)))
     return data_parallel_cost(plan, system, params, compute, 2 * compute,
-                              compute * recompute, 10.0, DEFAULT)
+                              compute * recompute, 10.0, calibration)
 
 
 def test_zero3_prefetch_hides_what_compute_covers_and_nothing_more():
     slow = _z3(compute=1e-6)  # no compute to hide behind: everything shows
     np.testing.assert_allclose(float(slow.exposed), float(slow.total), rtol=1e-2)
-    fast = _z3(compute=10.0)  # compute >> communication: one gather + one of each pass shows
+    # Compute >> communication: one gather + one of each pass shows, with hidden communication
+    # free (overlap_slowdown 0)...
+    free = DEFAULT.replace(overlap_slowdown=0.0)
+    fast = _z3(compute=10.0, calibration=free)
     per_layer = float(fast.total) / 10.0 / 3.0  # gather ~ reduce-scatter time per layer
     assert float(fast.exposed) < 4.0 * per_layer
+    # ... and the compute beside the rest slowed by s / (1 + s) of it at the default.
+    s = float(DEFAULT.overlap_slowdown)
+    np.testing.assert_allclose(float(_z3(compute=10.0).exposed), float(fast.exposed) + s / (
+        1 + s) * (float(fast.total) - float(fast.exposed)), rtol=1e-5)
     assert float(_z3(compute=10.0, overlap=0.0).exposed) == pytest.approx(float(fast.total))
     # DeepSpeed's gather for the recomputed forward adds one gather per layer per micro-batch.
     re = _z3(compute=1e-6, recompute=1.0, regather=1.0)
