@@ -77,6 +77,17 @@ _LONGEST_FILES = tuple(f"test_{name}.py" for name in (
     "packaging", "multimodal", "cache", "expert_parallel_serving"))
 
 
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its file, or the test itself for a notebook."""
+    return nodeid if nodeid.startswith(_OWN_UNIT) else nodeid.split("::", 1)[0]
+
+
+def hand_out_rank(nodeid: str) -> int:
+    """Position of a test's file in the hand-out order (unlisted files last, in file order)."""
+    name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return _LONGEST_FILES.index(name) if name in _LONGEST_FILES else len(_LONGEST_FILES)
+
+
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "load":
         return None
@@ -84,14 +95,10 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FileScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return nodeid if nodeid.startswith(_OWN_UNIT) else super()._split_scope(nodeid)
+            return work_unit(nodeid)
 
     return FileScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-        return _LONGEST_FILES.index(name) if name in _LONGEST_FILES else len(_LONGEST_FILES)
-
-    items.sort(key=rank)  # stable: the order within a file and among the rest is kept
+    items.sort(key=lambda item: hand_out_rank(item.nodeid))  # stable: order within a file kept
