@@ -14,7 +14,8 @@ A100 operators, chips.csv, one NCCL measurement), so it is the same in every fol
 Per source the tables give rows (in the file), modelled, median |err|, p90 |err|, signed mean,
 share optimistic (predicted faster than measured) and, out of sample, the share of rows inside
 their 90% prediction interval (`dse.calibration.prediction_interval`: the fold's fitted value
-with the residual spread across the other sources, `source_spread`). The error of a row is
+with the residual spread across the other sources, `source_spread`, and Student's t at its
+Satterthwaite degrees of freedom, `spread_dof`). The error of a row is
 predicted / measured time - 1.
 
 Serving: the TensorRT-LLM throughput rows of inference_runs.csv (`dse.calibration.
@@ -74,6 +75,7 @@ from dse.calibration import (
     recsys_cases,
     serving_cases,
     source_spread,
+    spread_dof,
     training_rows,
 )
 from dse.data import data_dir as default_data_dir
@@ -189,13 +191,14 @@ def _fold_intervals(result, data, model_fn, frameworks):
     width = np.zeros(data.n)
     for k in range(held.shape[0]):
         train = ~held[k]
-        spread = source_spread(np.log(loso[train] / measured[train]), group[train])
+        train_residual = np.log(loso[train] / measured[train])
+        spread = source_spread(train_residual, group[train])
         rows = held[k]
         unseen = ~np.isin(frameworks[rows], frameworks[train])
         log_std = np.sqrt(spread**2 + param_std[rows] ** 2
                           + np.where(unseen, FRAMEWORK_PRIOR_LOG_STD**2, 0.0))
         iv = prediction_interval(preds[k][rows], log_std, level=LEVEL,
-                                 dof=len(set(group[train].tolist())) - 1)
+                                 dof=spread_dof(train_residual, group[train]))
         covered[rows] = np.asarray(iv.contains(measured[rows]))
         width[rows] = np.asarray(iv.upper / iv.value - 1.0)
     return covered, width
@@ -220,8 +223,8 @@ def main(argv) -> None:
     spread_all = source_spread(np.log(pred_in / measured), group)
     log_std_in = np.sqrt(spread_all**2 + np.asarray(parameter_log_std(model_fn, result,
                                                                       data.inputs)) ** 2)
-    iv_in = prediction_interval(pred_in, log_std_in, level=LEVEL,
-                                dof=len(data.sources) - 1)
+    dof_in = spread_dof(np.log(pred_in / measured), group)
+    iv_in = prediction_interval(pred_in, log_std_in, level=LEVEL, dof=dof_in)
     covered_in = np.asarray(iv_in.contains(measured))
     loso = np.asarray(result.validation_predicted)
     err_loso = loso / measured - 1.0
@@ -236,8 +239,7 @@ def main(argv) -> None:
         print(f"  {name:32s} {value:.4f} +- {std:.4f} (shipped {float(shipped[name]):.4f})")
     print("  (every other constant is fitted to data without a training run: the same in "
           "every fold)")
-    example = prediction_interval(pred_in[0], log_std_in[0], level=LEVEL,
-                                  dof=len(data.sources) - 1)
+    example = prediction_interval(pred_in[0], log_std_in[0], level=LEVEL, dof=dof_in)
     print(f"  residual spread across sources (log std): {spread_all:.3f}; a prediction reads "
           f"e.g. {example.format()} for {cases[0].run_id} (measured {measured[0]:.3g} s)")
     skipped_table(skipped)

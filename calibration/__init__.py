@@ -82,3 +82,4 @@ from ._uncertainty import parameter_log_std as parameter_log_std
 from ._uncertainty import prediction_interval as prediction_interval
 from ._uncertainty import propagate as propagate
 from ._uncertainty import source_spread as source_spread
+from ._uncertainty import spread_dof as spread_dof

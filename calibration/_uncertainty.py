@@ -116,15 +116,50 @@ def propagate(fn: Callable[[Any], Any], result: CalibrationResult, *, n: int = 2
         samples=samples)
 
 
+def _variance_components(log_residual, group):
+    """Mean squares of a one-way layout by source: (between-means MS, its dof, within MS, its
+    dof, mean over sources of 1 / rows)."""
+    r = np.asarray(log_residual, dtype=float)
+    group = np.asarray(group)
+    labels = list(dict.fromkeys(group.tolist()))
+    sizes = np.array([np.sum(group == g) for g in labels], dtype=float)
+    means = np.array([r[group == g].mean() for g in labels])
+    within = sum(float(np.sum((r[group == g] - m) ** 2)) for g, m in zip(labels, means,
+                                                                          strict=True))
+    dof_within = max(r.size - len(labels), 1)
+    dof_between = max(len(labels) - 1, 1)
+    between = float(np.sum((means - means.mean()) ** 2) / dof_between) \
+        if len(labels) > 1 else 0.0
+    return between, dof_between, within / dof_within, dof_within, float(np.mean(1.0 / sizes))
+
+
+def _spread_terms(log_residual, group):
+    """(between-source variance, within-source variance, dof of their sum)."""
+    ms_b, dof_b, ms_w, dof_w, inv_n = _variance_components(log_residual, group)
+    # The variance of the source means holds the within variance once per source, divided by
+    # its rows: sigma_b^2 = MS_means - sigma_w^2 * mean(1 / n_i), the unweighted-means
+    # estimator of unbalanced data (Searle, Casella & McCulloch 1992, Sec. 3.6). Without the
+    # subtraction a one-row source counts its row scatter twice.
+    between = ms_b - inv_n * ms_w
+    if between <= 0.0:
+        return 0.0, ms_w, float(dof_w)
+    total = ms_b + (1.0 - inv_n) * ms_w
+    # Satterthwaite (1946, Biometrics Bulletin 2(6)): the dof of a sum of mean squares.
+    dof = total**2 / (ms_b**2 / dof_b + ((1.0 - inv_n) * ms_w) ** 2 / dof_w)
+    return between, ms_w, float(dof)
+
+
 def source_spread(log_residual, group) -> float:
     """Std of the log-ratio (modelled / measured) a row of an unseen source should expect.
 
     A one-way random-effects view of the residuals (Searle, Casella & McCulloch 1992,
     "Variance Components", Ch. 3): each source has its own offset (its setup, its framework
     version, its way of counting), rows scatter around it. A new source draws a new offset, so
-    its rows' spread is the between-source variance of the source means plus the pooled
-    within-source variance. Sources count equally in the between term, whatever their row
-    counts, as the per-source targets do.
+    its rows' spread is the between-source variance plus the pooled within-source variance.
+    Sources count equally in the between term, whatever their row counts, as the per-source
+    targets do; the between term is the unweighted-means estimator (the variance of the source
+    means less the within variance they carry), so a source of one row does not count its
+    scatter twice. Its uncertainty, as degrees of freedom for Student's t: `spread_dof`.
 
     **Arguments:**
 
@@ -133,16 +168,16 @@ def source_spread(log_residual, group) -> float:
 
     **Returns:** the std (log units; 0.1 is about +-10%).
     """
-    r = np.asarray(log_residual, dtype=float)
-    group = np.asarray(group)
-    labels = list(dict.fromkeys(group.tolist()))
-    means = np.array([r[group == g].mean() for g in labels])
-    within = sum(float(np.sum((r[group == g] - m) ** 2)) for g, m in zip(labels, means,
-                                                                          strict=True))
-    dof_within = max(r.size - len(labels), 1)
-    between = float(np.sum((means - means.mean()) ** 2) / max(len(labels) - 1, 1)) \
-        if len(labels) > 1 else 0.0
-    return float(np.sqrt(between + within / dof_within))
+    between, within, _ = _spread_terms(log_residual, group)
+    return float(np.sqrt(between + within))
+
+
+def spread_dof(log_residual, group) -> float:
+    """Degrees of freedom of `source_spread`'s variance (Satterthwaite's approximation for a
+    sum of the between- and within-source mean squares): between n_sources - 1 (the between
+    term dominates) and n_rows - n_sources (the within term dominates). The `dof` of
+    `prediction_interval` for a row of an unseen source."""
+    return _spread_terms(log_residual, group)[2]
 
 
 class Interval(eqx.Module):
@@ -174,7 +209,7 @@ class Interval(eqx.Module):
         return self.format()
 
 
-def prediction_interval(value, log_std, *, level: float = 0.9, dof: int | None = None
+def prediction_interval(value, log_std, *, level: float = 0.9, dof: float | int | None = None
                         ) -> Interval:
     """A log-normal interval around a prediction: value x exp(+-q log_std).
 
@@ -185,7 +220,8 @@ def prediction_interval(value, log_std, *, level: float = 0.9, dof: int | None =
       (`source_spread`, `parameter_log_std`).
     - `level`: coverage, in (0, 1).
     - `dof`: degrees of freedom of Student's t for the quantile q (the spread estimated from
-      few sources is itself uncertain: Gosset's small-sample correction); None: normal.
+      few sources is itself uncertain: Gosset's small-sample correction; `spread_dof`);
+      None: normal.
 
     **Returns:** an `Interval`.
     """
@@ -194,7 +230,7 @@ def prediction_interval(value, log_std, *, level: float = 0.9, dof: int | None =
     from scipy.stats import norm, t  # deferred: scipy.stats adds 0.4 s to `import dse`
 
     tail = 0.5 + 0.5 * level
-    q = float(norm.ppf(tail) if dof is None else t.ppf(tail, max(int(dof), 1)))
+    q = float(norm.ppf(tail) if dof is None else t.ppf(tail, max(float(dof), 1.0)))
     value = jnp.asarray(value)
     log_std = jnp.asarray(log_std)
     return Interval(value=value, lower=value * jnp.exp(-q * log_std),
