@@ -288,3 +288,20 @@ def test_parallel_block_halves_tensor_parallel_communication():
                                rtol=1e-6)
     assert float(par.compute_time) < float(ser.compute_time)  # one norm instead of two
     assert float(par.model_flops) == float(ser.model_flops)
+
+
+def test_uneven_pipeline_stages_are_an_error_by_hand_and_a_flag_when_traced():
+    # Megatron-MoE-ModelZoo lays Qwen3's 94 layers over PP 8 unevenly (benchmarks/
+    # validate_moe_cp.py): a TrainingPlan cannot say so. By hand that is an error naming pp;
+    # traced (a sweep, the benchmark) the step is the average stage's, flagged SPLIT.
+    from dse.models import Reason
+
+    model = small_moe(layers=6.0)
+    plan = TrainingPlan(tp=1.0, pp=4.0, dp=16.0, ep=8.0, microbatch_size=1.0, global_batch=64.0)
+    system = DGX.with_num_chips(64)
+    with pytest.raises(ValueError, match="TrainingPlan.pp must be a divisor of the model's 6 "):
+        train_step(model, plan, system)
+    traced = jax.jit(lambda p: train_step(model, p, system))(plan)
+    assert int(traced.reason) & int(Reason.SPLIT) and not bool(traced.fits)
+    even = jax.jit(lambda p: train_step(model.replace(layers=8.0), p, system))(plan)
+    assert 0.0 < float(traced.step_time) < float(even.step_time)
