@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+from jax.scipy.special import gammaln
 from jaxtyping import Array, Float
 
 from dse.hardware import System
 
 from ._calibration import DEFAULT, Calibration
-from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
+from ._collectives import (
+    CommCost,
+    all_gather,
+    all_reduce,
+    all_to_all,
+    reduce_scatter,
+    send_recv,
+)
 from ._memory import ACT_BYTES
 from ._operators import (
     attention,
@@ -386,10 +394,53 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
     routed = (ACT_BYTES * tokens * model.top_k * model.hidden * model.expert_load
               / jnp.where(sp > 0.5, t, 1.0))
-    a2a = all_to_all(system, routed, plan.ep, stride=plan.expert_tp, **link)
+    a2a = expert_dispatch(model, plan, system, routed, calibration)
     ep_comm = moe * passes * a2a.time
-    ep_bytes = moe * passes * (plan.ep - 1.0) / plan.ep * routed
+    ep_bytes = moe * passes * (a2a.scaleup_bytes + a2a.scaleout_bytes)
     return tp_comm, ep_comm, tp_bytes + ep_bytes
+
+
+def domains_per_token(experts, top_k, domains):
+    """Expected distinct scale-up domains a token's `top_k` experts fall in, when the EP
+    group's `experts` sit evenly over `domains` domains and a token picks distinct experts
+    uniformly (balanced routing): domains x (1 - C(experts - experts / domains, top_k) /
+    C(experts, top_k)). Continuous in all three (log-gamma); 1 for one domain."""
+    other = experts - experts / domains  # experts outside one domain
+    # Every domain is hit when fewer than top_k experts lie outside it (C(other, k) = 0).
+    hits_all = other - top_k + 1.0 <= 0.0
+    o = jnp.where(hits_all, top_k + 1.0, other)
+    log_miss = (gammaln(o + 1.0) - gammaln(o - top_k + 1.0) - gammaln(experts + 1.0)
+                + gammaln(experts - top_k + 1.0))
+    miss = jnp.where(hits_all | (domains <= 1.0), 0.0, jnp.exp(log_miss))
+    return jnp.where(domains <= 1.0, 1.0, domains * (1.0 - miss))
+
+
+def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes,
+                    calibration: Calibration = DEFAULT) -> CommCost:
+    """One MoE dispatch (or combine) of a chip's `routed_bytes` (its tokens x top_k copies)
+    over the EP group: a plain all-to-all, or with `TrainingPlan.ep_hierarchical` DeepEP's
+    two-tier scheme. There a token crosses the scale-out network once per remote domain that
+    holds one of its experts (`domains_per_token`), not once per expert, and is forwarded to
+    the experts of that domain over the scale-up links. So every copy bound for another chip
+    of the domain crosses the scale-up tier once ((g_in - 1) / g_in of the bytes, the domains
+    times the plain all-to-all's in-domain share), and the scale-out bytes shrink by the
+    distinct remote domains per token over the remote expert copies per token. Each tier's
+    time (latency steps included) scales with its bytes."""
+    a2a = all_to_all(system, routed_bytes, plan.ep, stride=plan.expert_tp,
+                     calibration=calibration)
+    g = jnp.maximum(plan.ep, 1.0)
+    g_in = jnp.clip(system.scaleup_domain / jnp.maximum(plan.expert_tp, 1.0), 1.0, g)
+    domains = g / g_in
+    k = jnp.maximum(model.top_k, 1.0)
+    remote_domains = domains_per_token(model.experts, k, domains) * (domains - 1.0) / domains
+    remote_copies = k * (domains - 1.0) / domains
+    out_share = jnp.where(domains > 1.0,
+                          remote_domains / jnp.where(domains > 1.0, remote_copies, 1.0), 1.0)
+    on = plan.ep_hierarchical > 0.5
+    up = jnp.where(on, domains, 1.0)
+    out = jnp.where(on, out_share, 1.0)
+    return CommCost(a2a.scaleup_time * up + a2a.scaleout_time * out, a2a.scaleup_time * up,
+                    a2a.scaleout_time * out, a2a.scaleup_bytes * up, a2a.scaleout_bytes * out)
 
 
 def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:

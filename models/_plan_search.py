@@ -48,7 +48,7 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
                     context_parallel: tuple[int, ...] | str = (1,),
                     precision: str = "bf16",
                     activation_offload: tuple[float, ...] = (0.0,),
-                    tp_overlap: int = 0) -> TrainingPlan:
+                    tp_overlap: int = 0, ep_hierarchical: int = 0) -> TrainingPlan:
     """Every valid plan for `model` on exactly `num_chips` chips, as one batched `TrainingPlan`.
 
     Valid: TP divides the heads, PP divides the layers, CP splits each sequence into 2 * CP
@@ -72,6 +72,8 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     - `activation_offload`: the offloaded shares of the layers to include (default (0.0,): no
       offloading; for example (0.0, 0.25, 0.5) on a system with a host link).
     - `tp_overlap`: the TP comm-GEMM overlap setting of every plan (0 or 1).
+    - `ep_hierarchical`: the MoE dispatch of every plan (0: plain all-to-all; 1: DeepEP-style,
+      once per destination node over the scale-out network; `TrainingPlan.ep_hierarchical`).
 
     **Returns:** a `TrainingPlan` whose leaves have one leading axis (the plans).
     """
@@ -132,6 +134,7 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
                         dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
                         tp_overlap=np.full(n, float(tp_overlap)),
+                        ep_hierarchical=np.full(n, float(ep_hierarchical)),
                         zero3_regather=np.zeros(n), precision=precision, **col)
 
 

@@ -60,6 +60,11 @@ class TrainingPlan(eqx.Module):
       on whenever TP > 1 in Megatron-Bridge's performance recipes, per model in NeMo 24.07's);
       it needs sequence parallelism (without it nothing is overlapped). 0 (the default)
       exposes them, as Megatron-LM 2021-22 did.
+    - `ep_hierarchical`: 1 when the MoE dispatch sends each token over the scale-out network
+      once per destination scale-up domain and forwards it to that domain's experts over the
+      scale-up links (DeepEP's normal kernels, Megatron-Core's `--moe-enable-deepep`; the
+      scheme of DeepSeek-V3's report, arXiv 2412.19437, Sec. 3.2.2); 0 (the default) for a
+      plain all-to-all, one copy per routed expert on whichever tier it crosses.
     - `activation_offload`: share of each chip's layers whose stored activations go to host
       memory after their forward and come back before their backward, over
       `System.host_bandwidth`, overlapped with compute (Megatron-Core's
@@ -99,6 +104,7 @@ class TrainingPlan(eqx.Module):
     dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     tp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    ep_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     activation_offload: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                            default=0.0)
 
@@ -135,7 +141,8 @@ class TrainingPlan(eqx.Module):
             check_integer("TrainingPlan", field, getattr(self, field))
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
-                          ("zero3_regather", 1.0), ("tp_overlap", 1.0)):
+                          ("zero3_regather", 1.0), ("tp_overlap", 1.0),
+                          ("ep_hierarchical", 1.0)):
             check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
         check_range("TrainingPlan", "activation_offload", self.activation_offload, lower=0.0,
                     upper=1.0, lower_inclusive=True)

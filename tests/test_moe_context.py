@@ -106,6 +106,47 @@ def test_expert_all_to_all_leaves_the_scale_up_domain():
     assert float(strided.scaleout_bytes) > 0.0
 
 
+def test_hierarchical_dispatch_crosses_the_network_once_per_node():
+    # Qwen3-235B's routing (128 experts, top 8) over EP 32 on DGX H100 (4 nodes of 8): a
+    # token's 8 experts fall in 4 (1 - C(96, 8) / C(128, 8)) = 3.63 nodes on average, 2.72 of
+    # them remote, where a plain all-to-all sends 8 x 3/4 = 6 remote copies. DeepEP-style
+    # dispatch sends the 2.72 over InfiniBand and forwards inside each node over NVLink.
+    import math
+
+    from dse.models._layer import domains_per_token, expert_dispatch
+
+    model = TRANSFORMERS["qwen3-235b-a22b"]
+    system = SYSTEMS["DGX-H100"].with_num_chips(256)
+    miss = math.comb(96, 8) / math.comb(128, 8)
+    assert float(domains_per_token(128.0, 8.0, 4.0)) == pytest.approx(4 * (1 - miss), rel=1e-4)
+    assert float(domains_per_token(128.0, 8.0, 1.0)) == 1.0
+    base = dict(tp=2.0, pp=2.0, dp=64.0, ep=32.0, etp=1.0, global_batch=128.0)
+    msg = 100e6
+    plain = expert_dispatch(model, TrainingPlan(**base), system, msg)
+    deep = expert_dispatch(model, TrainingPlan(**base, ep_hierarchical=1.0), system, msg)
+    np.testing.assert_allclose(float(deep.scaleout_bytes) / float(plain.scaleout_bytes),
+                               3 * (1 - miss) / 6.0, rtol=1e-4)
+    # Every copy bound for another GPU of its node crosses NVLink once: 7/8 of the buffer.
+    np.testing.assert_allclose(float(deep.scaleup_bytes), 7.0 / 8.0 * msg, rtol=1e-5)
+    # Each tier's time scales with its bytes: 4x the NVLink time, 0.45x the InfiniBand time.
+    np.testing.assert_allclose(float(deep.time), 4.0 * float(plain.scaleup_time)
+                               + 3 * (1 - miss) / 6.0 * float(plain.scaleout_time), rtol=1e-5)
+    assert float(deep.time) < 0.65 * float(plain.time)
+    # Inside one node the two schemes are the same all-to-all.
+    inside = dict(base, ep=8.0, tp=1.0, dp=128.0)
+    a = expert_dispatch(model, TrainingPlan(**inside), system, msg)
+    b = expert_dispatch(model, TrainingPlan(**inside, ep_hierarchical=1.0), system, msg)
+    assert float(a.time) == pytest.approx(float(b.time), rel=1e-6)
+    with pytest.raises(ValueError, match="ep_hierarchical"):
+        TrainingPlan(ep_hierarchical=0.5)
+    # Differentiable in the routing and the node size it depends on (float64 differences).
+    with jax.enable_x64(True):
+        f = jax.jit(lambda g: domains_per_token(jnp.float64(128.0), jnp.float64(8.0), g))
+        analytic = float(jax.grad(lambda g: domains_per_token(128.0, 8.0, g))(jnp.float64(4.0)))
+        numeric = (float(f(4.0 + 1e-5)) - float(f(4.0 - 1e-5))) / 2e-5
+        assert analytic == pytest.approx(numeric, rel=1e-5) and analytic > 0.0
+
+
 # ----- context parallelism -------------------------------------------------------------------
 def test_ring_attention_does_one_cpth_of_the_causal_work():
     model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
