@@ -19,6 +19,7 @@ from dse.hardware import System
 from ._calibration import DEFAULT, Calibration
 from ._collectives import (
     CommCost,
+    _tiers,
     all_gather,
     all_reduce,
     all_to_all,
@@ -428,9 +429,7 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
     time (latency steps included) scales with its bytes."""
     a2a = all_to_all(system, routed_bytes, plan.ep, stride=plan.expert_tp,
                      calibration=calibration)
-    g = jnp.maximum(plan.ep, 1.0)
-    g_in = jnp.clip(system.scaleup_domain / jnp.maximum(plan.expert_tp, 1.0), 1.0, g)
-    domains = g / g_in
+    _, _, domains = _tiers(system, plan.ep, plan.expert_tp)
     k = jnp.maximum(model.top_k, 1.0)
     remote_domains = domains_per_token(model.experts, k, domains) * (domains - 1.0) / domains
     remote_copies = k * (domains - 1.0) / domains
@@ -439,8 +438,10 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
     on = plan.ep_hierarchical > 0.5
     up = jnp.where(on, domains, 1.0)
     out = jnp.where(on, out_share, 1.0)
-    return CommCost(a2a.scaleup_time * up + a2a.scaleout_time * out, a2a.scaleup_time * up,
-                    a2a.scaleout_time * out, a2a.scaleup_bytes * up, a2a.scaleout_bytes * out)
+    # Off, the all-to-all exactly as it was.
+    time = jnp.where(on, a2a.scaleup_time * up + a2a.scaleout_time * out, a2a.time)
+    return CommCost(time, a2a.scaleup_time * up, a2a.scaleout_time * out,
+                    a2a.scaleup_bytes * up, a2a.scaleout_bytes * out)
 
 
 def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
