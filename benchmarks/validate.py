@@ -28,12 +28,17 @@ Recommendation (data/recsys_runs.csv): published DLRM training throughput (Torch
 MLPerf Training v4.0 DLRM-DCNv2 on 4-128 GPUs) predicted by `dse.models.rec_train_step`
 (`dse.calibration.recsys_cases`); per source, every row held out of every fit.
 
+MoE and context parallelism (source `megatron_moe_modelzoo_qwen3` of training_runs.csv:
+Qwen3-235B-A22B on 256 H100, `dse.calibration.moe_cases`): every row held out of every fit
+(`benchmarks/validate_moe_cp.py` prints each row's breakdown).
+
 External checks (data/external_checks.csv): published runs that no fit reads, predicted by the
 same models and the all-source fit, unchanged. Inference (data/inference_runs.csv): per source.
 
 Last line: `train_src_median=<x> train_p90=<y> train_bias=<z> train_coverage=<c>
 loso_src_median=<l> interval_coverage=<k> infer_src_median=<i> serve_src_median=<s>
-serve_coverage=<v> rec_src_median=<r> lp_train_src_median=... lp_serve_group_median=...`
+serve_coverage=<v> rec_src_median=<r> moe_src_median=<m> lp_train_src_median=...
+lp_serve_group_median=...`
 (fractions): the median over
 sources of the per-source median |err| (in sample); the 90th percentile of |err| over rows (in
 sample); the mean over sources of the signed mean error (in sample); the share of rows in
@@ -41,7 +46,8 @@ their in-sample 90% interval; the median over sources of the leave-one-source-ou
 |err|; the share of leave-one-source-out rows in their 90% interval; the median over
 inference sources of the median |err|; the median over serving sources of the median |err|,
 and the share of serving rows modelled; the median over recommendation (DLRM) sources of the
-median |err| (no constant is fitted to them: in sample = leave one source out); then the
+median |err| (no constant is fitted to them: in sample = leave one source out); the same for
+the MoE / context-parallel sources; then the
 low-precision figures of benchmarks/validate_precision.py (worst source, in sample and held out;
 pairs within 8%; worst serving group).
 
@@ -64,9 +70,11 @@ from dse.calibration import (
     fit_training_constants,
     inference_rows,
     inference_skipped,
+    moe_cases,
     multimodal_cases,
     param_names,
     parameter_log_std,
+    predict_moe,
     predict_multimodal,
     predict_online,
     predict_recsys,
@@ -295,6 +303,7 @@ def main(argv) -> None:
 
     serve_src_median, serve_coverage = serving_table(data_dir)
     rec_src_median = recsys_table(data_dir, show_rows)
+    moe_src_median = moe_table(data_dir)
     multimodal_table(data_dir)
     low = low_precision(data_dir)
 
@@ -307,7 +316,7 @@ def main(argv) -> None:
           f"interval_coverage={np.mean(covered_loso):.4f} "
           f"infer_src_median={np.median([s['median'] for s in inf_stats.values()]):.4f} "
           f"serve_src_median={serve_src_median:.4f} serve_coverage={serve_coverage:.4f} "
-          f"rec_src_median={rec_src_median:.4f} "
+          f"rec_src_median={rec_src_median:.4f} moe_src_median={moe_src_median:.4f} "
           f"{low}")
 
 
@@ -323,6 +332,26 @@ def multimodal_table(data_dir) -> None:
               f"{100 * (t / c.measured - 1):+6.1f}%   {c.memory / 1e9:6.1f} GB "
               f"{mem / 1e9:6.1f} GB {mem_err}")
     skipped_table(skipped)
+
+
+def moe_table(data_dir) -> float:
+    """Print the MoE / context-parallel rows' step-time errors by source; return the median
+    over sources of each source's median |error|. No constant is fitted to these rows, so in
+    sample is leave one source out; rows of an uneven pipeline layout are the average stage
+    (see `dse.calibration.moe_cases`) and counted, marked."""
+    cases = moe_cases(data_dir)
+    reports, uneven = predict_moe(cases)
+    err = np.array([float(r.step_time) / c.measured - 1.0
+                    for c, r in zip(cases, reports, strict=True)])
+    sources = [c.source_key for c in cases]
+    print("\nMoE and context parallelism (step s, measured / model / error; no constant fitted "
+          "to these rows: in sample = leave one source out; * = uneven pipeline layout, "
+          "evaluated as its average stage)")
+    for c, r, e, odd in zip(cases, reports, err, uneven, strict=True):
+        print(f"  {c.run_id:48s} {c.measured:8.2f} {float(r.step_time):8.2f} {100 * e:+6.1f}%"
+              f"{' *' if odd else ''}")
+    stats = source_table("MoE / context parallel by source", sources, sources, err)
+    return float(np.median([s["median"] for s in stats.values()]))
 
 
 def recsys_table(data_dir, show_rows: bool) -> float:

@@ -52,6 +52,10 @@ from ._recsys_data import RecCase as RecCase
 from ._recsys_data import predict_recsys as predict_recsys
 from ._recsys_data import recsys_cases as recsys_cases
 from ._residual import ResidualFit as ResidualFit
+from ._moe_data import MOE_SOURCE as MOE_SOURCE
+from ._moe_data import MoeCase as MoeCase
+from ._moe_data import moe_cases as moe_cases
+from ._moe_data import predict_moe as predict_moe
 from ._residual import compose_residual as compose_residual
 from ._residual import fit_residual as fit_residual
 from ._result import CalibrationResult as CalibrationResult

@@ -79,9 +79,9 @@ MLA = "DeepSeek-V3: the Transformer has its shape (MLA, shared expert, dense fir
       "the deepseek-v3 preset) but no case builder reads this row's layout yet"
 GPT_OSS = "GPT-OSS-120B: no preset of its shape (alternating sliding-window attention is in " \
           "Transformer, the model's other fields are not in the sources used)"
-MOE_MODELZOO = "Megatron-MoE-ModelZoo Qwen3-235B-A22B: compared out of sample by " \
-               "benchmarks/validate_moe_cp.py, not a fit case (the all-to-all overlap the " \
-               "fastest runs use is not modelled)"
+MOE_MODELZOO = "Megatron-MoE-ModelZoo Qwen3-235B-A22B: predicted out of sample in the MoE " \
+               "table (dse.calibration.moe_cases), not a fit case (uneven pipeline layouts, " \
+               "the all-to-all overlap the fastest run uses)"
 
 
 @dataclasses.dataclass(frozen=True)

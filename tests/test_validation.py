@@ -259,6 +259,22 @@ def test_every_training_row_is_a_case_or_a_reason(rows_and_skips):
     assert all(c.measured > 0 and c.metric in ("step_time", "layer_time") for c in cases)
 
 
+def test_moe_rows_are_cases_of_their_own_and_deepep_crosses_infiniband_once_per_node():
+    # The 13 skipped ModelZoo rows are validate.py's MoE table (dse.calibration.moe_cases).
+    from dse.calibration import moe_cases, predict_moe
+
+    cases = moe_cases(data_dir())
+    assert len(cases) == 13 and all(c.measured > 0 for c in cases)
+    # Every row ran DeepEP but one (its notes: "all-to-all dispatcher (not DeepEP)").
+    assert sum(float(c.plan.ep_hierarchical) for c in cases) == 12
+    # EP 32 over four nodes: 19.7 s measured; 26.8 s (+36%) when every routed copy crossed
+    # InfiniBand, within 10% with DeepEP's one copy per node.
+    ep32 = [c for c in cases if c.run_id == "zoo_qwen3_235b_h100_tp2ep32pp8"]
+    (report,), (uneven,) = predict_moe(ep32)
+    assert uneven  # 94 layers over PP 8 x VP 4: the average stage, flagged
+    assert float(report.step_time) / ep32[0].measured - 1.0 == pytest.approx(0.0, abs=0.10)
+
+
 def test_external_checks_cannot_be_fitted():
     rows = object.__new__(TrainingRows)  # what training_measurements reads first: the sources
     rows.sources = ["mosaicml_llmfoundry_bench", "ext_torchtitan"]

@@ -1,0 +1,115 @@
+"""The MoE and context-parallel training rows (source `megatron_moe_modelzoo_qwen3` of
+data/training_runs.csv: Qwen3-235B-A22B on 256 H100, BF16, the Megatron-MoE-ModelZoo layouts at
+4K tokens and its long-context table with CP 1-8 at 16K-128K), predicted out of sample.
+
+`moe_cases(data_dir)` returns a `MoeCase` per row; `predict_moe(cases)` the modelled step times
+and whether each row's layout is uneven. No constant is fitted to these rows (the one training
+constant, `Calibration.kernel_fraction`, is fitted to other sources), so every error is out of
+sample and leave-one-source-out holds trivially.
+
+How the rows ran, from the source (github.com/yanring/Megatron-MoE-ModelZoo, best_practice/qwen3
+@e8650517, the companion of Yan et al. 2025):
+
+- Expert TP from the printed EDP (ETP = TP CP DP / (EP EDP)); 1 where EP x TP would not fit a
+  stage; otherwise Megatron-Core's default, the TP size (the long-context table).
+- The DeepEP dispatcher (`TrainingPlan.ep_hierarchical`) where the row says so; one row ran the
+  plain all-to-all dispatcher.
+- Measured: the step time where the source prints it; otherwise its TFLOP/s per GPU converted to
+  a step time with Megatron-Core's own model-FLOP count (megatron/training/training.py
+  `num_floating_point_operations` @d98e8a64: weight GEMMs 6 N_active per token, causal attention,
+  i.e. our count with the attention context halved).
+- Qwen3's 94 layers do not split evenly over PP 8 x VP 4 (or PP 32 x VP 3): Megatron-Core lays
+  them out unevenly (the embedding and the loss counted as pipeline units,
+  `--account-for-embedding-in-pipeline-split` / `--account-for-loss-in-pipeline-split`), which
+  a `TrainingPlan` cannot state. By hand such a plan is an error (pp must divide the layers);
+  traced, the model evaluates the average stage (94 / pp layers) and flags `Reason.SPLIT`, and
+  the row says so (`uneven`).
+- Dropless routing as learned: the source gives no imbalance figure, so the model keeps
+  balanced routing and those rows show what that misses.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from dse.data import data_dir as default_data_dir
+from dse.hardware import SYSTEMS, System
+from dse.models import (
+    RECOMPUTE_FULL,
+    RECOMPUTE_SELECTIVE,
+    TRANSFORMERS,
+    Reason,
+    TrainingPlan,
+    Transformer,
+    train_step,
+)
+
+MOE_SOURCE = "megatron_moe_modelzoo_qwen3"
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeCase:
+    """One row: `run_id`, `source_key`, the `model`, `plan` and `system` it ran, the `measured`
+    step time (s) and `what` was measured ("step s" or "step s (from TFLOP/s)")."""
+
+    run_id: str
+    source_key: str
+    model: Transformer
+    plan: TrainingPlan
+    system: System
+    measured: float
+    what: str
+
+
+def _f(row, key, default=1.0):
+    return float(row[key]) if row[key] else default
+
+
+def _case(r) -> MoeCase:
+    model = TRANSFORMERS["qwen3-235b-a22b"].replace(seq_len=_f(r, "seq_len"))
+    n = int(_f(r, "num_devices"))
+    recompute = RECOMPUTE_FULL if r["recompute"] == "full" else RECOMPUTE_SELECTIVE
+    tp, cp, dp, ep = _f(r, "tp"), _f(r, "cp"), _f(r, "dp"), _f(r, "ep")
+    stage_chips = tp * cp * dp
+    edp = re.search(r"EDP(\d+)", r["notes"])
+    if edp:
+        etp = stage_chips / (ep * float(edp.group(1)))
+    else:
+        etp = 1.0 if ep * tp > stage_chips else 0.0
+    deepep = "DeepEP" in r["notes"] and "not DeepEP" not in r["notes"]
+    plan = TrainingPlan(tp=tp, pp=_f(r, "pp"), dp=dp, cp=cp, ep=ep, etp=etp,
+                        interleave=_f(r, "vp_interleave"), microbatch_size=_f(r, "microbatch"),
+                        global_batch=_f(r, "global_batch_seqs"),
+                        sequence_parallel=1.0 if tp > 1 else 0.0, recompute=recompute,
+                        zero_stage=3.0 if r["sharding"] == "FSDP" else 1.0,
+                        ep_hierarchical=1.0 if deepep else 0.0)
+    if r["step_time_s"]:
+        measured, what = _f(r, "step_time_s"), "step s"
+    else:
+        tokens = _f(r, "global_batch_seqs") * _f(r, "seq_len")
+        flops = 3.0 * float(model.forward_flops_per_token(context=0.5 * model.seq_len))
+        measured = tokens * flops / (_f(r, "tflops_per_device") * 1e12 * n)
+        what = "step s (from TFLOP/s)"
+    return MoeCase(r["run_id"], r["source_key"], model, plan,
+                   SYSTEMS["DGX-H100"].with_num_chips(n), measured, what)
+
+
+def moe_cases(data_dir: Path | None = None) -> list[MoeCase]:
+    """Every row of the MoE / context-parallel source (`MOE_SOURCE`) as a `MoeCase`."""
+    path = Path(data_dir or default_data_dir()) / "training_runs.csv"
+    with open(path, newline="") as f:
+        return [_case(r) for r in csv.DictReader(f) if r["source_key"] == MOE_SOURCE]
+
+
+def predict_moe(cases: list[MoeCase]) -> tuple[list, np.ndarray]:
+    """The modelled `TrainReport` of each case (its plan traced, so an uneven layout is the
+    average stage) and, per case, whether the layout is uneven (`Reason.SPLIT`)."""
+    reports = [jax.jit(lambda p, c=c: train_step(c.model, p, c.system))(c.plan) for c in cases]
+    uneven = np.array([bool(int(r.reason) & int(Reason.SPLIT)) for r in reports])
+    return reports, uneven
