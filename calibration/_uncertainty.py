@@ -136,16 +136,22 @@ def _variance_components(log_residual, group):
 def _spread_terms(log_residual, group):
     """(between-source variance, within-source variance, dof of their sum)."""
     ms_b, dof_b, ms_w, dof_w, inv_n = _variance_components(log_residual, group)
+    if len(set(np.asarray(group).tolist())) < 2:
+        # One source: no between-source variance can be estimated; the widest t (1 dof).
+        return 0.0, ms_w, 1.0
     # The variance of the source means holds the within variance once per source, divided by
     # its rows: sigma_b^2 = MS_means - sigma_w^2 * mean(1 / n_i), the unweighted-means
     # estimator of unbalanced data (Searle, Casella & McCulloch 1992, Sec. 3.6). Without the
     # subtraction a one-row source counts its row scatter twice.
     between = ms_b - inv_n * ms_w
+    c = 1.0 - inv_n
     if between <= 0.0:
-        return 0.0, ms_w, float(dof_w)
-    total = ms_b + (1.0 - inv_n) * ms_w
+        # Clipped at 0: the dof of the boundary (MS_means = mean(1 / n_i) sigma_w^2), so that
+        # the dof is continuous where the estimate crosses zero.
+        return 0.0, ms_w, float(1.0 / (inv_n**2 / dof_b + c**2 / dof_w))
+    total = ms_b + c * ms_w
     # Satterthwaite (1946, Biometrics Bulletin 2(6)): the dof of a sum of mean squares.
-    dof = total**2 / (ms_b**2 / dof_b + ((1.0 - inv_n) * ms_w) ** 2 / dof_w)
+    dof = total**2 / (ms_b**2 / dof_b + (c * ms_w) ** 2 / dof_w)
     return between, ms_w, float(dof)
 
 
@@ -174,9 +180,9 @@ def source_spread(log_residual, group) -> float:
 
 def spread_dof(log_residual, group) -> float:
     """Degrees of freedom of `source_spread`'s variance (Satterthwaite's approximation for a
-    sum of the between- and within-source mean squares): between n_sources - 1 (the between
-    term dominates) and n_rows - n_sources (the within term dominates). The `dof` of
-    `prediction_interval` for a row of an unseen source."""
+    sum of the between- and within-source mean squares): near n_sources - 1 when the between
+    term dominates, up to about n_rows - 1 when the within term does; 1 for a single source.
+    The `dof` of `prediction_interval` for a row of an unseen source."""
     return _spread_terms(log_residual, group)[2]
 
 

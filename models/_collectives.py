@@ -183,20 +183,24 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
 
 
 def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
-               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT) -> CommCost:
+               stride: ArrayLike = 1.0, calibration: Calibration = DEFAULT,
+               scaleup_scale: ArrayLike = 1.0, scaleout_scale: ArrayLike = 1.0) -> CommCost:
     """All-to-all: each chip sends `message_bytes` split evenly over the group (MoE dispatch).
 
     **Arguments:** as `reduce_scatter`; `message_bytes` is each chip's send buffer (its own
-    share included).
+    share included). `scaleup_scale` / `scaleout_scale` multiply the bytes each tier carries
+    (not its latency steps): a dispatch that sends fewer or more copies over a tier than the
+    even split (MoE's hierarchical dispatch, `dse.models.expert_dispatch`).
 
     **Returns:** `CommCost`.
     """
     n = _f(message_bytes)
     if system.network is not None:
-        return CommCost(*_net.all_to_all_parts(system, n, group_size, stride, calibration))
+        return CommCost(*_net.all_to_all_parts(system, n, group_size, stride, calibration,
+                                               scaleup_scale, scaleout_scale))
     g, g_in, g_out = _tiers(system, group_size, stride)
-    up_bytes = (g_in - 1.0) / g * n
-    out_bytes = (g - g_in) / g * n
+    up_bytes = (g_in - 1.0) / g * n * scaleup_scale
+    out_bytes = (g - g_in) / g * n * scaleout_scale
     floor = None
     d = _dims(system)
     if d:

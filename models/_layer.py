@@ -397,7 +397,9 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
               / jnp.where(sp > 0.5, t, 1.0))
     a2a = expert_dispatch(model, plan, system, routed, calibration)
     ep_comm = moe * passes * a2a.time
-    ep_bytes = moe * passes * (a2a.scaleup_bytes + a2a.scaleout_bytes)
+    ep_bytes = moe * passes * jnp.where(plan.ep_hierarchical > 0.5,
+                                        a2a.scaleup_bytes + a2a.scaleout_bytes,
+                                        (plan.ep - 1.0) / plan.ep * routed)
     return tp_comm, ep_comm, tp_bytes + ep_bytes
 
 
@@ -408,10 +410,12 @@ def domains_per_token(experts, top_k, domains):
     C(experts, top_k)). Continuous in all three (log-gamma); 1 for one domain."""
     other = experts - experts / domains  # experts outside one domain
     # Every domain is hit when fewer than top_k experts lie outside it (C(other, k) = 0).
-    hits_all = other - top_k + 1.0 <= 0.0
+    hits_all = (other - top_k + 1.0 <= 0.0) | (experts - top_k + 1.0 <= 0.0)
+    # Safe arguments on the masked side too, so that no inf reaches a gradient.
     o = jnp.where(hits_all, top_k + 1.0, other)
-    log_miss = (gammaln(o + 1.0) - gammaln(o - top_k + 1.0) - gammaln(experts + 1.0)
-                + gammaln(experts - top_k + 1.0))
+    e = jnp.where(hits_all, top_k + 1.0, experts)
+    log_miss = (gammaln(o + 1.0) - gammaln(o - top_k + 1.0) - gammaln(e + 1.0)
+                + gammaln(e - top_k + 1.0))
     miss = jnp.where(hits_all | (domains <= 1.0), 0.0, jnp.exp(log_miss))
     return jnp.where(domains <= 1.0, 1.0, domains * (1.0 - miss))
 
@@ -425,10 +429,8 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
     the experts of that domain over the scale-up links. So every copy bound for another chip
     of the domain crosses the scale-up tier once ((g_in - 1) / g_in of the bytes, the domains
     times the plain all-to-all's in-domain share), and the scale-out bytes shrink by the
-    distinct remote domains per token over the remote expert copies per token. Each tier's
-    time (latency steps included) scales with its bytes."""
-    a2a = all_to_all(system, routed_bytes, plan.ep, stride=plan.expert_tp,
-                     calibration=calibration)
+    distinct remote domains per token over the remote expert copies per token. The latency
+    steps stay those of the all-to-all (`all_to_all`'s tier scales move bytes only)."""
     _, _, domains = _tiers(system, plan.ep, plan.expert_tp)
     k = jnp.maximum(model.top_k, 1.0)
     remote_domains = domains_per_token(model.experts, k, domains) * (domains - 1.0) / domains
@@ -436,12 +438,9 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
     out_share = jnp.where(domains > 1.0,
                           remote_domains / jnp.where(domains > 1.0, remote_copies, 1.0), 1.0)
     on = plan.ep_hierarchical > 0.5
-    up = jnp.where(on, domains, 1.0)
-    out = jnp.where(on, out_share, 1.0)
-    # Off, the all-to-all exactly as it was.
-    time = jnp.where(on, a2a.scaleup_time * up + a2a.scaleout_time * out, a2a.time)
-    return CommCost(time, a2a.scaleup_time * up, a2a.scaleout_time * out,
-                    a2a.scaleup_bytes * up, a2a.scaleout_bytes * out)
+    return all_to_all(system, routed_bytes, plan.ep, stride=plan.expert_tp,
+                      calibration=calibration, scaleup_scale=jnp.where(on, domains, 1.0),
+                      scaleout_scale=jnp.where(on, out_share, 1.0))
 
 
 def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:

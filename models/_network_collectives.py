@@ -89,12 +89,14 @@ def ring_parts(system: System, n, group_size, stride, calibration: Calibration):
     return time, up, out, up_bytes, out_bytes
 
 
-def all_to_all_parts(system: System, n, group_size, stride, calibration: Calibration):
+def all_to_all_parts(system: System, n, group_size, stride, calibration: Calibration,
+                     scaleup_scale=1.0, scaleout_scale=1.0):
     """All-to-all of an n-byte send buffer per chip over the tiers, sent at once (on a torus
-    the in-domain share is also bounded by the bisection, as in the two-tier model)."""
+    the in-domain share is also bounded by the bisection, as in the two-tier model); each
+    tier's bytes times its scale (`dse.models.all_to_all`)."""
     g, g_in, g_out, in_pod, _ = _groups(system, group_size, stride)
-    up_bytes = (g_in - 1.0) / g * n
-    out_bytes = (g - g_in) / g * n
+    up_bytes = (g_in - 1.0) / g * n * scaleup_scale
+    out_bytes = (g - g_in) / g * n * scaleout_scale
     bw_up, bw_out = _bandwidths(system, calibration)
     share = jnp.clip(_safe_div(g - in_pod, g - g_in), 0.0, 1.0)
     slow = jnp.maximum(1.0, system.network.oversubscription * share)

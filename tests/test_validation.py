@@ -322,7 +322,17 @@ def test_spread_dof_runs_from_the_sources_to_the_rows():
     only_between = rng.normal(0.0, 0.1, 8)[group] + rng.normal(0.0, 1e-6, group.size)
     only_within = rng.normal(0.0, 0.1, group.size)
     assert spread_dof(only_between, group) == pytest.approx(7.0, rel=1e-3)
-    assert 0.5 * (200 - 8) < spread_dof(only_within, group) <= 200 - 8
+    assert 0.5 * (200 - 8) < spread_dof(only_within, group) <= 200 - 1
+    assert spread_dof(only_within[:25], group[:25]) == 1.0  # one source: the widest t
+    # Continuous where the between-source estimate crosses zero (it is clipped there).
+    r = only_within.copy()
+    means = np.array([r[group == g].mean() for g in range(8)])
+    inv_n, ms_w = 1.0 / 25.0, np.var(r - means[group], ddof=0) * 200 / (200 - 8)
+    for target in (0.999, 1.001):  # MS_means just below and above mean(1 / n_i) ms_w
+        shifted = r - means[group] + (means - means.mean())[group] * np.sqrt(
+            target * inv_n * ms_w / np.var(means, ddof=1))
+        dofs = spread_dof(shifted, group)
+        assert dofs == pytest.approx(1.0 / (inv_n**2 / 7 + (1 - inv_n) ** 2 / 192), rel=0.02)
 
 
 def test_interval_covers_its_level_on_log_normal_errors_and_prints():
