@@ -170,8 +170,10 @@ SYSTEM_KEYS = _keys(hw.System)
 WORKLOAD_KEYS = ("kind", "model", "global_batch", "plan", "batch", "input_len", "output_len",
                  "precision", "weights", "activations", "kv_cache",
                  "tp", "pp")
-PLAN_KEYS = ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "sequence_parallel",
-             "recompute", "zero_stage", "dp_overlap")
+# Every numeric field of a TrainingPlan but global_batch (read from [workload]).
+PLAN_KEYS = ("tp", "pp", "dp", "ep", "cp", "etp", "microbatch_size", "interleave",
+             "sequence_parallel", "recompute", "zero_stage", "dp_overlap", "dp_hierarchical",
+             "zero3_regather", "tp_overlap", "ep_hierarchical", "activation_offload")
 TOP_KEYS = ("chip", "system", "workload", "space", "objectives", "budgets", "sweep",
             "optimize", "output")
 

@@ -172,6 +172,9 @@ BAD_CONFIGS = {
                                             "divisor of the model's 96 layers; got 64"),
     "fractional plan": ({"tp = 8\n": "tp = 8.5\n"}, "workload.plan.tp",
                         "TrainingPlan.tp must be a whole number in [1, 16777216]; got 8.5"),
+    "half a switch": ({"dp_overlap = 1": "dp_overlap = 1\nep_hierarchical = 0.5"},
+                      "workload.plan.ep_hierarchical",
+                      "TrainingPlan.ep_hierarchical must be a whole number in [0, 1]; got 0.5"),
     "negative seed": ({"seed = 0": "seed = -1"}, "sweep.seed",
                       "must be an integer >= 0; got -1"),
     "unwritable output": ({'dir = "dse-out/h100_gpt3"': 'dir = "/proc/dse-out"'}, "output.dir",
@@ -183,6 +186,21 @@ BAD_CONFIGS = {
                             "chip.sram_bytes", "Chip.sram_bytes must be finite and in [1024, "
                             "1.09951e+12]; got 1e+30"),
 }
+
+
+def test_every_numeric_plan_field_can_be_set_from_a_config(workdir):
+    from dataclasses import fields
+
+    from dse._study import PLAN_KEYS, load_study
+    from dse.models import TrainingPlan
+
+    numeric = {f.name for f in fields(TrainingPlan) if not f.metadata.get("static")}
+    assert set(PLAN_KEYS) == numeric - {"global_batch"}
+    config = _small(workdir, **{"dp_overlap = 1": "dp_overlap = 1\ntp_overlap = 1\n"
+                                                 "ep_hierarchical = 1\nactivation_offload = 0.25"})
+    plan = load_study(config).plan
+    assert (float(plan.tp_overlap), float(plan.ep_hierarchical),
+            float(plan.activation_offload)) == (1.0, 1.0, 0.25)
 
 
 @pytest.mark.parametrize("case", BAD_CONFIGS)
