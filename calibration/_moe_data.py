@@ -36,6 +36,7 @@ import re
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dse.data import data_dir as default_data_dir
@@ -107,9 +108,18 @@ def moe_cases(data_dir: Path | None = None) -> list[MoeCase]:
         return [_case(r) for r in csv.DictReader(f) if r["source_key"] == MOE_SOURCE]
 
 
+def _stack(modules):
+    return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(x) for x in leaves]), *modules)
+
+
 def predict_moe(cases: list[MoeCase]) -> tuple[list, np.ndarray]:
-    """The modelled `TrainReport` of each case (its plan traced, so an uneven layout is the
-    average stage) and, per case, whether the layout is uneven (`Reason.SPLIT`)."""
-    reports = [jax.jit(lambda p, c=c: train_step(c.model, p, c.system))(c.plan) for c in cases]
-    uneven = np.array([bool(int(r.reason) & int(Reason.SPLIT)) for r in reports])
+    """The modelled `TrainReport` of each case and, per case, whether the layout is uneven
+    (`Reason.SPLIT`). One vmapped `train_step` over the cases (their models, plans and systems
+    stacked: the rows share every static field), traced, so an uneven layout is the average
+    stage rather than an error."""
+    batch = jax.jit(jax.vmap(train_step))(_stack([c.model for c in cases]),
+                                          _stack([c.plan for c in cases]),
+                                          _stack([c.system for c in cases]))
+    reports = [jax.tree.map(lambda x, i=i: x[i], batch) for i in range(len(cases))]
+    uneven = (np.asarray(batch.reason) & int(Reason.SPLIT)) != 0
     return reports, uneven

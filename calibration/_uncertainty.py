@@ -118,7 +118,7 @@ def propagate(fn: Callable[[Any], Any], result: CalibrationResult, *, n: int = 2
 
 def _variance_components(log_residual, group):
     """Mean squares of a one-way layout by source: (between-means MS, its dof, within MS, its
-    dof, mean over sources of 1 / rows)."""
+    dof, mean over sources of 1 / rows, number of sources)."""
     r = np.asarray(log_residual, dtype=float)
     group = np.asarray(group)
     labels = list(dict.fromkeys(group.tolist()))
@@ -128,15 +128,15 @@ def _variance_components(log_residual, group):
                                                                           strict=True))
     dof_within = max(r.size - len(labels), 1)
     dof_between = max(len(labels) - 1, 1)
-    between = float(np.sum((means - means.mean()) ** 2) / dof_between) \
-        if len(labels) > 1 else 0.0
-    return between, dof_between, within / dof_within, dof_within, float(np.mean(1.0 / sizes))
+    between = float(np.sum((means - means.mean()) ** 2) / dof_between)
+    return (between, dof_between, within / dof_within, dof_within, float(np.mean(1.0 / sizes)),
+            len(labels))
 
 
 def _spread_terms(log_residual, group):
     """(between-source variance, within-source variance, dof of their sum)."""
-    ms_b, dof_b, ms_w, dof_w, inv_n = _variance_components(log_residual, group)
-    if len(set(np.asarray(group).tolist())) < 2:
+    ms_b, dof_b, ms_w, dof_w, inv_n, sources = _variance_components(log_residual, group)
+    if sources < 2:
         # One source: no between-source variance can be estimated; the widest t (1 dof).
         return 0.0, ms_w, 1.0
     # The variance of the source means holds the within variance once per source, divided by

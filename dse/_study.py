@@ -171,9 +171,8 @@ WORKLOAD_KEYS = ("kind", "model", "global_batch", "plan", "batch", "input_len", 
                  "precision", "weights", "activations", "kv_cache",
                  "tp", "pp")
 # Every numeric field of a TrainingPlan but global_batch (read from [workload]).
-PLAN_KEYS = ("tp", "pp", "dp", "ep", "cp", "etp", "microbatch_size", "interleave",
-             "sequence_parallel", "recompute", "zero_stage", "dp_overlap", "dp_hierarchical",
-             "zero3_regather", "tp_overlap", "ep_hierarchical", "activation_offload")
+PLAN_KEYS = tuple(f.name for f in dataclasses.fields(models.TrainingPlan)
+                  if not f.metadata.get("static") and f.name != "global_batch")
 TOP_KEYS = ("chip", "system", "workload", "space", "objectives", "budgets", "sweep",
             "optimize", "output")
 

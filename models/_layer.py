@@ -397,9 +397,7 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
               / jnp.where(sp > 0.5, t, 1.0))
     a2a = expert_dispatch(model, plan, system, routed, calibration)
     ep_comm = moe * passes * a2a.time
-    ep_bytes = moe * passes * jnp.where(plan.ep_hierarchical > 0.5,
-                                        a2a.scaleup_bytes + a2a.scaleout_bytes,
-                                        (plan.ep - 1.0) / plan.ep * routed)
+    ep_bytes = moe * passes * (a2a.scaleup_bytes + a2a.scaleout_bytes)
     return tp_comm, ep_comm, tp_bytes + ep_bytes
 
 
@@ -433,10 +431,8 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
     steps stay those of the all-to-all (`all_to_all`'s tier scales move bytes only)."""
     _, _, domains = _tiers(system, plan.ep, plan.expert_tp)
     k = jnp.maximum(model.top_k, 1.0)
-    remote_domains = domains_per_token(model.experts, k, domains) * (domains - 1.0) / domains
-    remote_copies = k * (domains - 1.0) / domains
-    out_share = jnp.where(domains > 1.0,
-                          remote_domains / jnp.where(domains > 1.0, remote_copies, 1.0), 1.0)
+    # Remote domains (D - 1) / D x domains_per_token over remote copies (D - 1) / D x k.
+    out_share = domains_per_token(model.experts, k, domains) / k
     on = plan.ep_hierarchical > 0.5
     return all_to_all(system, routed_bytes, plan.ep, stride=plan.expert_tp,
                       calibration=calibration, scaleup_scale=jnp.where(on, domains, 1.0),
