@@ -69,7 +69,10 @@ def stacked_calls(fn, rows):
     cols = [jnp.stack(jnp.broadcast_arrays(*(_f(row[i]) for row in rows)))
             for i in range(len(rows[0]))]
     leaves, treedef = jax.tree.flatten(jax.vmap(fn)(*cols))
-    return [treedef.unflatten([leaf[j] for leaf in leaves]) for j in range(len(rows))]
+    # One split per leaf rather than a slice and a squeeze per row: fewer ops to trace.
+    n = len(rows)
+    pieces = [[jnp.squeeze(p, 0) for p in jnp.split(leaf, n)] for leaf in leaves]
+    return [treedef.unflatten([piece[j] for piece in pieces]) for j in range(n)]
 
 
 class OpCost(eqx.Module):
