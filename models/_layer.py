@@ -243,6 +243,48 @@ def _quantize_ops(model, plan, system, smooth, calibration):
             fwd.flops + bwd.flops)
 
 
+def _moe_permute_ops(model, plan, system, smooth, calibration):
+    """The MoE token dispatcher's permutations of one layer (memory-bound copies), as
+    Megatron-Core's all-to-all dispatcher runs them (megatron/core/transformer/moe/
+    token_dispatcher.py, `MoEAlltoAllTokenDispatcher`; Transformer Engine's `moe_permute`,
+    `moe_sort_chunks_by_index`, `moe_unpermute` when fused).
+
+    Forward: "permutation 1" gathers each of the chip's tokens once per chosen expert (top_k
+    rows of `hidden` each, in expert order) before the dispatch all-to-all; with more than one
+    local expert, "permutation 2" sorts the received rows by local expert and its inverse
+    unsorts the experts' output; "unpermutation 1" sums each token's top_k rows back, weighted
+    by the router's probabilities. With DeepEP (`plan.ep_hierarchical`; Megatron-Core's flex
+    dispatcher) the dispatch kernel sends each token straight from its place and the combine
+    kernel sums its top_k rows, so only the received rows are permuted to expert order and
+    back. Backward runs the same copies in reverse. The chip's tokens
+    are its sequence-parallel shard (Megatron-Core requires sequence parallelism for MoE with
+    TP > 1); the rows it receives are those of its local experts (`expert_tokens`). Zero for a
+    dense model and in the dense layers of an MoE model.
+
+    **Returns:** (fwd s, bwd s, fwd bytes, all bytes, fwd vector FLOP, all vector FLOP).
+    """
+    chip = system.chip
+    h, k = model.hidden, model.top_k
+    share = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
+    sent = local_tokens(model, plan) / plan.tp * k * h  # elements gathered, then summed back
+    received = expert_tokens(model, plan) * model.experts / plan.ep * h
+    deepep = plan.ep_hierarchical > 0.5
+    # All-to-all: the sent rows once each way, the received ones sorted and unsorted when the
+    # chip holds several experts. DeepEP: the received rows once each way.
+    sent_copies = jnp.where(deepep, 0.0, 1.0)
+    received_copies = jnp.where(deepep, 2.0, jnp.where(model.experts / plan.ep > 1.0, 2.0, 0.0))
+    permute, sort, unpermute = elementwise_ops(chip, [
+        (sent, 0.0, 1.0, 1.0),
+        (received, 0.0, 1.0, 1.0),
+        # Reads the top_k expert outputs of a token (and its probabilities), writes it once.
+        (sent, 2.0, 1.0, 1.0 / k),
+    ], smooth=smooth, calibration=calibration)
+    fwd, fwd_bytes, vec = (share * (sent_copies * (getattr(permute, f) + getattr(unpermute, f))
+                                    + received_copies * getattr(sort, f))
+                           for f in ("time", "hbm_bytes", "flops"))
+    return fwd, fwd, fwd_bytes, 2.0 * fwd_bytes, vec, 2.0 * vec
+
+
 def weight_quantize(model: Transformer, plan: TrainingPlan, system: System, params_per_chip,
                     smooth: bool = False, calibration: Calibration = DEFAULT):
     """Quantizing the chip's linear weights once per step for a low-precision recipe (both
@@ -502,10 +544,13 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
         model, plan, system, smooth, calibration)
     q_fwd, q_bwd, q_fwd_bytes, q_bytes, q_vec_fwd, q_vec = _quantize_ops(
         model, plan, system, smooth, calibration)
-    fwd, bwd = fwd + core_fwd + ew_fwd + q_fwd, bwd + core_bwd + ew_bwd + q_bwd
-    hbm = hbm + core_bytes + ew_bytes + q_bytes
-    ew_fwd_bytes, ew_vec_fwd, ew_vec = (ew_fwd_bytes + q_fwd_bytes, ew_vec_fwd + q_vec_fwd,
-                                        ew_vec + q_vec)
+    p_fwd, p_bwd, p_fwd_bytes, p_bytes, p_vec_fwd, p_vec = _moe_permute_ops(
+        model, plan, system, smooth, calibration)
+    fwd = fwd + core_fwd + ew_fwd + q_fwd + p_fwd
+    bwd = bwd + core_bwd + ew_bwd + q_bwd + p_bwd
+    hbm = hbm + core_bytes + ew_bytes + q_bytes + p_bytes
+    ew_fwd_bytes = ew_fwd_bytes + q_fwd_bytes + p_fwd_bytes
+    ew_vec_fwd, ew_vec = ew_vec_fwd + q_vec_fwd + p_vec_fwd, ew_vec + q_vec + p_vec
 
     full = plan.recompute > 1.5
     # Selective recomputation redoes the attention core in backward; fused (flash) attention

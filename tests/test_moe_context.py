@@ -9,6 +9,7 @@ import pytest
 
 from dse.hardware import SYSTEMS
 from dse.models import (
+    DEFAULT,
     TRANSFORMERS,
     TrainingPlan,
     Transformer,
@@ -89,6 +90,30 @@ def test_imbalance_slows_expert_compute_and_all_to_all():
     assert float(skewed.compute_time) > float(base.compute_time)
     # Capacity factor 1 caps the load at the balanced share: the balanced costs come back.
     np.testing.assert_allclose(float(capped.step_time), float(base.step_time), rtol=1e-6)
+
+
+def test_dispatcher_permutations_copy_the_routed_rows_by_hand():
+    # Megatron-Core's all-to-all dispatcher: the chip's tokens gathered top_k times and summed
+    # back (read 1 + write 1 / k), the received rows sorted and unsorted (several local
+    # experts); DeepEP sends and sums in its kernels, so only the received rows are permuted
+    # and back. Bytes at 2 per element, forward = backward; zero for a dense model.
+    from dse.models._layer import _moe_permute_ops
+
+    m = small_moe(dense_layers=0.0, shared_experts=0.0)
+    plan = TrainingPlan(tp=2.0, dp=4.0, ep=2.0, etp=1.0, microbatch_size=2.0, global_batch=32.0,
+                        sequence_parallel=1.0)
+    h, k, tokens = 512.0, 2.0, 2.0 * 2048.0
+    sent = tokens / 2.0 * k * h  # the sequence-parallel shard, top_k rows each
+    received = tokens * k / 2.0 * h  # the local experts' rows (balanced; etp 1 of tp 2)
+    args = (DGX.with_num_chips(8), False, DEFAULT)
+    _, _, fwd_bytes, all_bytes, _, _ = _moe_permute_ops(m, plan, *args)
+    expected = 2.0 * (2.0 * sent + (1.0 + 1.0 / k) * sent + 2.0 * 2.0 * received)
+    np.testing.assert_allclose(float(fwd_bytes), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(all_bytes), 2.0 * expected, rtol=1e-6)
+    deepep = _moe_permute_ops(m, plan.replace(ep_hierarchical=1.0), *args)
+    np.testing.assert_allclose(float(deepep[2]), 2.0 * 2.0 * 2.0 * received, rtol=1e-6)
+    dense = _moe_permute_ops(m.replace(experts=1.0, top_k=1.0), plan.replace(ep=1.0), *args)
+    assert all(float(x) == 0.0 for x in dense)
 
 
 def test_expert_all_to_all_leaves_the_scale_up_domain():

@@ -267,12 +267,27 @@ def test_moe_rows_are_cases_of_their_own_and_deepep_crosses_infiniband_once_per_
     assert len(cases) == 13 and all(c.measured > 0 for c in cases)
     # Every row ran DeepEP but one (its notes: "all-to-all dispatcher (not DeepEP)").
     assert sum(float(c.plan.ep_hierarchical) for c in cases) == 12
-    # EP 32 over four nodes: 19.7 s measured; 26.8 s (+36%) when every routed copy crossed
-    # InfiniBand, within 10% with DeepEP's one copy per node.
+    # EP 32 over four nodes, 19.7 s measured: 28.6 s (+45%) when every routed copy crosses
+    # InfiniBand, 22.5 s (+14%) with DeepEP's one copy per node.
     ep32 = [c for c in cases if c.run_id == "zoo_qwen3_235b_h100_tp2ep32pp8"]
     (report,), (uneven,) = predict_moe(ep32)
     assert uneven  # 94 layers over PP 8 x VP 4: the average stage, flagged
-    assert float(report.step_time) / ep32[0].measured - 1.0 == pytest.approx(0.0, abs=0.10)
+    every_copy = [dataclasses.replace(ep32[0], plan=ep32[0].plan.replace(ep_hierarchical=0.0))]
+    (flat,), _ = predict_moe(every_copy)
+    error, flat_error = (float(r.step_time) / ep32[0].measured - 1.0 for r in (report, flat))
+    assert 0.0 < error < 0.5 * flat_error
+
+
+@pytest.mark.xfail(strict=True, reason="the ModelZoo EP 32 row is 14.2% slow in the model since "
+                   "the dispatcher's permutation copies are counted (9.3% without them); its "
+                   "forced-balance rows are 16-39% slow, so the balanced MoE step is pessimistic "
+                   "elsewhere")
+def test_deepep_ep32_row_within_ten_percent():
+    from dse.calibration import moe_cases, predict_moe
+
+    ep32 = [c for c in moe_cases(data_dir()) if c.run_id == "zoo_qwen3_235b_h100_tp2ep32pp8"]
+    (report,), _ = predict_moe(ep32)
+    assert abs(float(report.step_time) / ep32[0].measured - 1.0) <= 0.10
 
 
 def test_external_checks_cannot_be_fitted():
