@@ -10,8 +10,10 @@ sample and leave-one-source-out holds trivially.
 How the rows ran, from the source (github.com/yanring/Megatron-MoE-ModelZoo, best_practice/qwen3
 @e8650517, the companion of Yan et al. 2025):
 
-- Expert TP from the printed EDP (ETP = TP CP DP / (EP EDP)); 1 where EP x TP would not fit a
-  stage; otherwise Megatron-Core's default, the TP size (the long-context table).
+- Expert TP 1 in every row: the ModelZoo's Qwen3-235B-A22B benchmarking config sets
+  `--expert-tensor-parallel-size: 1` (model_configs/benchmarking/Qwen3-235B-A22B.yaml @1ed4179f,
+  with `--moe-permute-fusion` and the embedding and loss counted as pipeline units), and the
+  rows that print their EDP agree (ETP = TP CP DP / (EP EDP) = 1).
 - The DeepEP dispatcher (`TrainingPlan.ep_hierarchical`) where the row says so; one row ran the
   plain all-to-all dispatcher.
 - Measured: the step time where the source prints it; otherwise its TFLOP/s per GPU converted to
@@ -79,10 +81,7 @@ def _case(r) -> MoeCase:
     tp, cp, dp, ep = _f(r, "tp"), _f(r, "cp"), _f(r, "dp"), _f(r, "ep")
     stage_chips = tp * cp * dp
     edp = re.search(r"EDP(\d+)", r["notes"])
-    if edp:
-        etp = stage_chips / (ep * float(edp.group(1)))
-    else:
-        etp = 1.0 if ep * tp > stage_chips else 0.0
+    etp = stage_chips / (ep * float(edp.group(1))) if edp else 1.0
     deepep = "DeepEP" in r["notes"] and "not DeepEP" not in r["notes"]
     plan = TrainingPlan(tp=tp, pp=_f(r, "pp"), dp=dp, cp=cp, ep=ep, etp=etp,
                         interleave=_f(r, "vp_interleave"), microbatch_size=_f(r, "microbatch"),
