@@ -116,9 +116,13 @@ def predict_moe(cases: list[MoeCase]) -> tuple[list, np.ndarray]:
     (`Reason.SPLIT`). One vmapped `train_step` over the cases (their models, plans and systems
     stacked: the rows share every static field), traced, so an uneven layout is the average
     stage rather than an error."""
-    batch = jax.jit(jax.vmap(train_step))(_stack([c.model for c in cases]),
-                                          _stack([c.plan for c in cases]),
-                                          _stack([c.system for c in cases]))
+    batch = _train_steps(_stack([c.model for c in cases]), _stack([c.plan for c in cases]),
+                         _stack([c.system for c in cases]))
+    batch = jax.tree.map(np.asarray, batch)  # one transfer; the per-case reports index numpy
     reports = [jax.tree.map(lambda x, i=i: x[i], batch) for i in range(len(cases))]
-    uneven = (np.asarray(batch.reason) & int(Reason.SPLIT)) != 0
+    uneven = (batch.reason & int(Reason.SPLIT)) != 0
     return reports, uneven
+
+
+# One jitted function for every call, so that calls with as many cases share a compilation.
+_train_steps = jax.jit(jax.vmap(train_step))

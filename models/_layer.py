@@ -256,10 +256,10 @@ def _moe_permute_ops(model, plan, system, smooth, calibration):
     by the router's probabilities. With DeepEP (`plan.ep_hierarchical`; Megatron-Core's flex
     dispatcher) the dispatch kernel sends each token straight from its place and the combine
     kernel sums its top_k rows, so only the received rows are permuted to expert order and
-    back. Backward runs the same copies in reverse. The chip's tokens
-    are its sequence-parallel shard (Megatron-Core requires sequence parallelism for MoE with
-    TP > 1); the rows it receives are those of its local experts (`expert_tokens`). Zero for a
-    dense model and in the dense layers of an MoE model.
+    back. Backward runs the same copies in reverse. The chip's tokens are its sequence-parallel
+    shard (Megatron-Core requires sequence parallelism for MoE with TP > 1); the rows it
+    receives are those of its local experts (`expert_tokens`). Zero for a dense model and in the
+    dense layers of an MoE model.
 
     **Returns:** (fwd s, bwd s, fwd bytes, all bytes, fwd vector FLOP, all vector FLOP).
     """

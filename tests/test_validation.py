@@ -259,11 +259,26 @@ def test_every_training_row_is_a_case_or_a_reason(rows_and_skips):
     assert all(c.measured > 0 and c.metric in ("step_time", "layer_time") for c in cases)
 
 
-def test_moe_rows_are_cases_of_their_own_and_deepep_crosses_infiniband_once_per_node():
-    # The 13 skipped ModelZoo rows are validate.py's MoE table (dse.calibration.moe_cases).
+@pytest.fixture(scope="module")
+def moe_predictions():
+    """The 13 ModelZoo cases and the EP 32 row as a plain all-to-all, predicted in one call:
+    (cases, {run_id: error}, plain all-to-all EP 32 error, EP 32 uneven flag)."""
     from dse.calibration import moe_cases, predict_moe
 
     cases = moe_cases(data_dir())
+    ep32 = next(c for c in cases if c.run_id == "zoo_qwen3_235b_h100_tp2ep32pp8")
+    every_copy = dataclasses.replace(ep32, plan=ep32.plan.replace(ep_hierarchical=0.0))
+    reports, uneven = predict_moe([*cases, every_copy])
+    errors = {c.run_id: float(r.step_time) / c.measured - 1.0
+              for c, r in zip(cases, reports, strict=False)}
+    flat_error = float(reports[-1].step_time) / ep32.measured - 1.0
+    return cases, errors, flat_error, bool(uneven[cases.index(ep32)])
+
+
+def test_moe_rows_are_cases_of_their_own_and_deepep_crosses_infiniband_once_per_node(
+        moe_predictions):
+    # The 13 skipped ModelZoo rows are validate.py's MoE table (dse.calibration.moe_cases).
+    cases, errors, flat_error, ep32_uneven = moe_predictions
     assert len(cases) == 13 and all(c.measured > 0 for c in cases)
     # Every row ran DeepEP but one (its notes: "all-to-all dispatcher (not DeepEP)"), and
     # every row expert TP 1 (the ModelZoo's Qwen3-235B-A22B config).
@@ -271,30 +286,21 @@ def test_moe_rows_are_cases_of_their_own_and_deepep_crosses_infiniband_once_per_
     assert all(float(c.plan.etp) == 1.0 for c in cases)
     # The model routes evenly: the force-balanced long-context rows (CP 1-8, 16K-128K tokens)
     # are its like for like, +2.7% to +5.2%; their dropless twins ran 9-25% slower.
-    balanced = [c for c in cases if c.run_id.endswith("_forcedbalance")]
-    (reports, _) = predict_moe(balanced)
-    errors = [float(r.step_time) / c.measured - 1.0 for r, c in zip(reports, balanced, strict=True)]
-    assert len(balanced) == 4 and max(abs(e) for e in errors) <= 0.06, errors
+    balanced = [e for run_id, e in errors.items() if run_id.endswith("_forcedbalance")]
+    assert len(balanced) == 4 and max(abs(e) for e in balanced) <= 0.06, balanced
     # EP 32 over four nodes, 19.7 s measured: 28.6 s (+45%) when every routed copy crosses
     # InfiniBand, 22.5 s (+14%) with DeepEP's one copy per node.
-    ep32 = [c for c in cases if c.run_id == "zoo_qwen3_235b_h100_tp2ep32pp8"]
-    (report,), (uneven,) = predict_moe(ep32)
-    assert uneven  # 94 layers over PP 8 x VP 4: the average stage, flagged
-    every_copy = [dataclasses.replace(ep32[0], plan=ep32[0].plan.replace(ep_hierarchical=0.0))]
-    (flat,), _ = predict_moe(every_copy)
-    error, flat_error = (float(r.step_time) / ep32[0].measured - 1.0 for r in (report, flat))
+    assert ep32_uneven  # 94 layers over PP 8 x VP 4: the average stage, flagged
+    error = errors["zoo_qwen3_235b_h100_tp2ep32pp8"]
     assert 0.0 < error < 0.5 * flat_error
 
 
 @pytest.mark.xfail(strict=True, reason="the ModelZoo EP 32 row is 14.2% slow in the model since "
                    "the dispatcher's permutation copies are counted (9.3% without them), while "
-                   "the force-balanced long-context rows are within 5%")
-def test_deepep_ep32_row_within_ten_percent():
-    from dse.calibration import moe_cases, predict_moe
-
-    ep32 = [c for c in moe_cases(data_dir()) if c.run_id == "zoo_qwen3_235b_h100_tp2ep32pp8"]
-    (report,), _ = predict_moe(ep32)
-    assert abs(float(report.step_time) / ep32[0].measured - 1.0) <= 0.10
+                   "the force-balanced long-context rows are within 2.7-5.2%")
+def test_deepep_ep32_row_within_ten_percent(moe_predictions):
+    _, errors, _, _ = moe_predictions
+    assert abs(errors["zoo_qwen3_235b_h100_tp2ep32pp8"]) <= 0.10
 
 
 def test_external_checks_cannot_be_fitted():
