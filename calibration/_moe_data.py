@@ -16,6 +16,9 @@ How the rows ran, from the source (github.com/yanring/Megatron-MoE-ModelZoo, bes
   rows that print their EDP agree (ETP = TP CP DP / (EP EDP) = 1).
 - The DeepEP dispatcher (`TrainingPlan.ep_hierarchical`) where the row says so; one row ran the
   plain all-to-all dispatcher.
+- The "+1f1b overlap" row runs Megatron-Core's combined 1F1B schedule (`TrainingPlan.ep_overlap`):
+  the ModelZoo's sbatch_benchmarking.sh turns A2A_OVERLAP=1 into
+  `--delay-wgrad-compute --overlap-moe-expert-parallel-comm`.
 - Measured: the step time where the source prints it; otherwise its TFLOP/s per GPU converted to
   a step time with Megatron-Core's own model-FLOP count (megatron/training/training.py
   `num_floating_point_operations` @d98e8a64: weight GEMMs 6 N_active per token, causal attention,
@@ -83,12 +86,16 @@ def _case(r) -> MoeCase:
     edp = re.search(r"EDP(\d+)", r["notes"])
     etp = stage_chips / (ep * float(edp.group(1))) if edp else 1.0
     deepep = "DeepEP" in r["notes"] and "not DeepEP" not in r["notes"]
+    # "+1f1b overlap" in the source's table: its A2A_OVERLAP=1 (sbatch_benchmarking.sh adds
+    # --overlap-moe-expert-parallel-comm --delay-wgrad-compute).
+    a2a_overlap = "all-to-all overlap" in r["notes"]
     plan = TrainingPlan(tp=tp, pp=_f(r, "pp"), dp=dp, cp=cp, ep=ep, etp=etp,
                         interleave=_f(r, "vp_interleave"), microbatch_size=_f(r, "microbatch"),
                         global_batch=_f(r, "global_batch_seqs"),
                         sequence_parallel=1.0 if tp > 1 else 0.0, recompute=recompute,
                         zero_stage=3.0 if r["sharding"] == "FSDP" else 1.0,
-                        ep_hierarchical=1.0 if deepep else 0.0)
+                        ep_hierarchical=1.0 if deepep else 0.0,
+                        ep_overlap=1.0 if a2a_overlap else 0.0)
     if r["step_time_s"]:
         measured, what = _f(r, "step_time_s"), "step s"
     else:

@@ -443,6 +443,54 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     return tp_comm, ep_comm, tp_bytes + ep_bytes
 
 
+# SMs DeepEP's dispatch and combine kernels occupy while they run: Megatron-Core's
+# `moe_flex_dispatcher_num_sms` docstring (transformer/transformer_config.py @d98e8a64) gives
+# DeepEP's default as 20.
+DEEPEP_SMS = 20.0
+
+
+def _combined_1f1b_ep_comm(plan: TrainingPlan, chip, ep_comm, attention_fwd, attention_bwd,
+                           expert_fwd_bwd):
+    """Exposed MoE all-to-all time of one layer per micro-batch under
+    `TrainingPlan.ep_overlap` (else `ep_comm`, every all-to-all exposed), s.
+
+    Megatron-Core's combined 1F1B (megatron/core/models/common/model_chunk_schedule_plan.py
+    @d98e8a64, `TransformerLayerSchedulePlan.run`) runs one layer's forward for micro-batch
+    i + 1 beside its backward for micro-batch i in three phases, communication on one stream
+    and compute on the other:
+
+        comm:    combine bwd        | dispatch fwd, dispatch bwd      | combine fwd
+        compute: attention fwd      | experts bwd, wgrad, experts fwd | attention bwd
+
+    so a phase takes the longer of its two and only a phase's excess all-to-all shows. DeepEP's
+    kernels (`TrainingPlan.ep_hierarchical`) run on `DEEPEP_SMS` of the chip's cores, so while
+    they run the compute has the rest: a phase with all-to-all c and compute w takes
+    max(c, w + c s) with s = DEEPEP_SMS / `Chip.core_count` (the compute does c (1 - s) of its
+    work beside the all-to-all); NCCL's all-to-all is taken to leave the cores free. Each
+    all-to-all takes `ep_comm` over their count (`_tp_and_ep_comm` prices dispatch and combine,
+    forward and backward, alike; a traced plan with full recomputation, which a plan by hand
+    refuses, adds the recomputed forward's two, exposed). Only the 1F1B steady state is merged:
+    Megatron-Core's `get_pp_rank_microbatches` (pipeline_parallel/schedules.py) runs
+    2 (p - 1 - rank) + (v - 1) p + 1 chunk forwards before it, v p on the average stage (the 1
+    is the overlap's), of the m v a stage runs; without pipelining the first forward and the
+    last backward run alone. Either way a share p / m of the micro-batches (m per replica,
+    p stages) keeps its all-to-alls exposed.
+    """
+    passes = 4.0 + jnp.where(plan.recompute > 1.5, 2.0, 0.0)
+    one = ep_comm / passes
+    share = jnp.where(plan.ep_hierarchical > 0.5,
+                      jnp.minimum(DEEPEP_SMS / chip.core_count, 1.0), 0.0)
+
+    def shown(comm, compute):  # a phase's time beyond its compute at the full rate
+        return jnp.maximum(comm - compute, share * comm)
+
+    phases = (shown(one, attention_fwd) + shown(2.0 * one, expert_fwd_bwd)
+              + shown(one, attention_bwd) + (passes - 4.0) * one)
+    merged = jnp.clip(1.0 - plan.pp / plan.microbatches, 0.0, 1.0)
+    overlapped = merged * phases + (1.0 - merged) * ep_comm
+    return jnp.where(plan.ep_overlap > 0.5, overlapped, ep_comm)
+
+
 def domains_per_token(experts, top_k, domains):
     """Expected distinct scale-up domains a token's `top_k` experts fall in, when the EP
     group's `experts` sit evenly over `domains` domains and a token picks distinct experts
@@ -569,6 +617,16 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
                       for w, (c, g) in zip(cover, gemms, strict=True)) / eta
     tp_comm, ep_comm, comm_bytes = _tp_and_ep_comm(model, plan, system, calibration,
                                                    tp_gemm_fwd, tp_gemm_bwd)
+    # The attention side of the layer (its GEMMs, core and the router: Megatron-Core's
+    # "pre-dispatch" node) and the rest (experts, shared experts, element-wise and copy
+    # kernels), at the rate the step runs them, for the combined 1F1B schedule.
+    attn = 5 if model.latent_attention else 2
+    attention_fwd = (sum(c * g[0].time for c, g in gemms[:attn]) + core_fwd
+                     + moe * router[0].time) / eta
+    attention_bwd = (sum(c * (g[1].time + g[2].time) for c, g in gemms[:attn]) + core_bwd
+                     + moe * (router[1].time + router[2].time)) / eta
+    ep_comm = _combined_1f1b_ep_comm(plan, system.chip, ep_comm, attention_fwd, attention_bwd,
+                                     (fwd + bwd) / eta - attention_fwd - attention_bwd)
     cp_comm, cp_bytes = _context_parallel_comm(model, plan, system, core_fwd, core_bwd,
                                                calibration)
     vec = ew_vec + core_vec + jnp.where(full, ew_vec_fwd + core_vec_fwd,

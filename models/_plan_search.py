@@ -48,7 +48,8 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
                     context_parallel: tuple[int, ...] | str = (1,),
                     precision: str = "bf16",
                     activation_offload: tuple[float, ...] = (0.0,),
-                    tp_overlap: int = 0, ep_hierarchical: int = 0) -> TrainingPlan:
+                    tp_overlap: int = 0, ep_hierarchical: int = 0,
+                    ep_overlap: int = 0) -> TrainingPlan:
     """Every valid plan for `model` on exactly `num_chips` chips, as one batched `TrainingPlan`.
 
     Valid: TP divides the heads, PP divides the layers, CP splits each sequence into 2 * CP
@@ -74,6 +75,9 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     - `tp_overlap`: the TP comm-GEMM overlap setting of every plan (0 or 1).
     - `ep_hierarchical`: the MoE dispatch of every plan (0: plain all-to-all; 1: DeepEP-style,
       once per destination node over the scale-out network; `TrainingPlan.ep_hierarchical`).
+    - `ep_overlap`: 1 to run the plans without full recomputation with Megatron-Core's combined
+      1F1B schedule (`TrainingPlan.ep_overlap`); the full-recomputation plans keep 0, as
+      Megatron-Core refuses the pair.
 
     **Returns:** a `TrainingPlan` whose leaves have one leading axis (the plans).
     """
@@ -135,6 +139,7 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
                         dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
                         tp_overlap=np.full(n, float(tp_overlap)),
                         ep_hierarchical=np.full(n, float(ep_hierarchical)),
+                        ep_overlap=np.where(col["recompute"] > 1.5, 0.0, float(ep_overlap)),
                         zero3_regather=np.zeros(n), precision=precision, **col)
 
 

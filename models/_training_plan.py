@@ -12,7 +12,13 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from dse.hardware import Reason, System
-from dse.hardware._validate import as_float_array, check_choice, check_integer, check_range
+from dse.hardware._validate import (
+    as_float_array,
+    check_choice,
+    check_integer,
+    check_range,
+    format_value,
+)
 
 from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
 from ._rules import Rule, check_rules, divides, is_concrete, reason_of
@@ -65,6 +71,13 @@ class TrainingPlan(eqx.Module):
       scale-up links (DeepEP's normal kernels, Megatron-Core's `--moe-enable-deepep`; the
       scheme of DeepSeek-V3's report, arXiv 2412.19437, Sec. 3.2.2); 0 (the default) for a
       plain all-to-all, one copy per routed expert on whichever tier it crosses.
+    - `ep_overlap`: 1 for Megatron-Core's combined 1F1B schedule (`--overlap-moe-expert-
+      parallel-comm`, with `--delay-wgrad-compute`): the forward of one micro-batch runs beside
+      the backward of another, layer by layer, so each MoE all-to-all of one hides behind the
+      other's attention or expert compute (`_tp_and_ep_comm`). Only the 1F1B steady state is
+      merged: the warm-up forwards and cool-down backwards still expose theirs. Megatron-Core
+      refuses it under full recomputation, and so does a plan given by hand. 0 (the default)
+      exposes every all-to-all.
     - `activation_offload`: share of each chip's layers whose stored activations go to host
       memory after their forward and come back before their backward, over
       `System.host_bandwidth`, overlapped with compute (Megatron-Core's
@@ -105,6 +118,7 @@ class TrainingPlan(eqx.Module):
     zero3_regather: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     tp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     ep_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    ep_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     activation_offload: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                            default=0.0)
 
@@ -142,8 +156,17 @@ class TrainingPlan(eqx.Module):
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
                           ("zero3_regather", 1.0), ("tp_overlap", 1.0),
-                          ("ep_hierarchical", 1.0)):
+                          ("ep_hierarchical", 1.0), ("ep_overlap", 1.0)):
             check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
+        if is_concrete(self.ep_overlap, self.recompute):
+            both = (np.asarray(self.ep_overlap) > 0.5) & (np.asarray(self.recompute) > 1.5)
+            if bool(np.any(both)):
+                # megatron/core/transformer/transformer_config.py @d98e8a64 asserts it.
+                raise ValueError(
+                    "TrainingPlan.ep_overlap must be 0 under full recomputation (recompute 2): "
+                    "Megatron-Core's combined 1F1B schedule refuses full recomputation; got "
+                    f"ep_overlap {format_value(np.asarray(self.ep_overlap))}, recompute "
+                    f"{format_value(np.asarray(self.recompute))}")
         check_range("TrainingPlan", "activation_offload", self.activation_offload, lower=0.0,
                     upper=1.0, lower_inclusive=True)
         # etp 0: the experts take the dense layers' TP degree.

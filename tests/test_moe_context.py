@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import central_difference
 
 from dse.hardware import SYSTEMS
 from dse.models import (
@@ -184,6 +185,86 @@ def test_hierarchical_dispatch_crosses_the_network_once_per_node():
         analytic = float(jax.grad(lambda g: domains_per_token(128.0, 8.0, g))(jnp.float64(4.0)))
         numeric = (float(f(4.0 + 1e-5)) - float(f(4.0 - 1e-5))) / 2e-5
         assert analytic == pytest.approx(numeric, rel=1e-5) and analytic > 0.0
+
+
+def test_combined_1f1b_hides_each_all_to_all_behind_the_other_micro_batch_by_hand():
+    from dse.models._layer import DEEPEP_SMS, _combined_1f1b_ep_comm
+
+    chip = SYSTEMS["DGX-H100"].chip  # 132 SMs
+    # Four all-to-alls of 1 s each; attention 0.5 s forward and backward, experts 3 s.
+    # Phases: combine bwd (1) vs attention fwd (0.5) shows 0.5; dispatch fwd + bwd (2) vs the
+    # experts (3) shows nothing; combine fwd (1) vs attention bwd (0.5) shows 0.5. PP 2 with 8
+    # micro-batches: 2 / 8 of them run outside the merged steady state, all four exposed.
+    plan = TrainingPlan(pp=2.0, dp=4.0, ep=4.0, global_batch=32.0, ep_overlap=1.0)
+    exposed = _combined_1f1b_ep_comm(plan, chip, 4.0, 0.5, 0.5, 3.0)
+    assert float(exposed) == pytest.approx(0.75 * 1.0 + 0.25 * 4.0, rel=1e-6)
+    # DeepEP's kernels hold 20 of the 132 SMs: beside a longer compute a phase still shows
+    # the all-to-all's share of the SMs (2 x 20/132 in the experts' phase).
+    s = DEEPEP_SMS / 132.0
+    deep = _combined_1f1b_ep_comm(plan.replace(ep_hierarchical=1.0), chip, 4.0, 0.5, 0.5, 3.0)
+    assert float(deep) == pytest.approx(0.75 * (0.5 + 2.0 * s + 0.5) + 0.25 * 4.0, rel=1e-6)
+    # Off, or no steady state to merge (as many micro-batches as stages): all exposed.
+    assert float(_combined_1f1b_ep_comm(plan.replace(ep_overlap=0.0), chip, 4.0, .5, .5, 3.)) == 4.0
+    few = plan.replace(global_batch=8.0)
+    assert float(_combined_1f1b_ep_comm(few, chip, 4.0, 0.5, 0.5, 3.0)) == pytest.approx(4.0)
+    # Megatron-Core refuses it under full recomputation; so does a plan by hand.
+    with pytest.raises(ValueError, match="ep_overlap must be 0 under full recomputation"):
+        plan.replace(recompute=2.0)
+    with pytest.raises(ValueError, match="ep_overlap"):
+        TrainingPlan(ep_overlap=0.5)
+    # The plan space offers it to every plan Megatron-Core can run it with.
+    plans = enumerate_plans(small_moe(), 16, 64, ep_overlap=1)
+    full = np.asarray(plans.recompute) == 2.0
+    assert full.any() and not full.all()
+    np.testing.assert_array_equal(np.asarray(plans.ep_overlap), np.where(full, 0.0, 1.0))
+
+
+def overlap_step(system, **changes):
+    """A 16-expert GQA MoE over EP 16 (two DGX H100 nodes), without and with the overlap."""
+    model = Transformer(layers=4.0, hidden=1024.0, heads=16.0, kv_heads=4.0, ffn_hidden=512.0,
+                        vocab=8192.0, seq_len=2048.0, experts=16.0, top_k=4.0, gated_mlp=True,
+                        tied_embeddings=False)
+    base = dict(pp=2.0, dp=16.0, ep=16.0, etp=1.0, microbatch_size=1.0, global_batch=128.0,
+                ep_hierarchical=1.0) | changes
+    plans = TrainingPlan(**base, ep_overlap=jnp.asarray([0.0, 1.0]))
+    return eqx.filter_jit(jax.vmap(lambda p: train_step(model, p, system)))(plans)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ep_overlap_moves_only_the_all_to_all_and_differentiates(dtype):
+    with jax.enable_x64(dtype == "float64"):
+        system = SYSTEMS["DGX-H100"].with_num_chips(32)
+        r = overlap_step(system)
+        plain, merged = np.asarray(r.ep_comm_time)
+        assert 0.0 < merged < plain
+        np.testing.assert_allclose(np.asarray(r.compute_time), float(r.compute_time[0]),
+                                   rtol=1e-6)
+        # The step sheds the all-to-all time the schedule hides (and the bubble its share).
+        shed = np.asarray(r.ep_comm_time + r.bubble_time)
+        np.testing.assert_allclose(float(r.step_time[0] - r.step_time[1]), shed[0] - shed[1],
+                                   rtol=1e-4)
+        # Inside one node with EP 1 there is no all-to-all to hide.
+        single = overlap_step(system, ep=1.0)
+        assert float(single.step_time[0]) == float(single.step_time[1])
+
+        def exposed(bandwidth):
+            slow = system.replace(scaleout_bandwidth=bandwidth)
+            model = Transformer(layers=4.0, hidden=1024.0, heads=16.0, kv_heads=4.0,
+                                ffn_hidden=512.0, vocab=8192.0, seq_len=2048.0, experts=16.0,
+                                top_k=4.0, gated_mlp=True, tied_embeddings=False)
+            plan = TrainingPlan(pp=2.0, dp=16.0, ep=16.0, etp=1.0, global_batch=128.0,
+                                ep_hierarchical=1.0, ep_overlap=1.0)
+            return train_step(model, plan, slow).ep_comm_time
+
+        f = jax.jit(exposed)
+        rates = jnp.asarray([1e9, 2e9, 4e9], dtype)  # slow links: the all-to-alls outlast
+        np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(exposed))(rates)),
+                                   np.asarray(jnp.stack([f(x) for x in rates])), rtol=1e-5)
+        g = jax.jit(jax.grad(exposed))(jnp.asarray(2e9, dtype))
+        assert np.isfinite(float(g)) and float(g) < 0.0
+        if dtype == "float64":
+            numeric = central_difference(lambda x: float(f(jnp.asarray(x))), 2e9)
+            assert float(g) == pytest.approx(numeric, rel=1e-5)
 
 
 # ----- context parallelism -------------------------------------------------------------------
