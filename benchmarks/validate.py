@@ -87,7 +87,7 @@ from dse.calibration import (
     training_rows,
 )
 from dse.data import data_dir as default_data_dir
-from dse.hardware import SYSTEMS
+from dse.hardware import SYSTEMS, describe_reason
 from dse.models import (
     DEFAULT,
     RECOMPUTE_NONE,
@@ -337,19 +337,19 @@ def multimodal_table(data_dir) -> None:
 def moe_table(data_dir) -> float:
     """Print the MoE / context-parallel rows' step-time errors by source; return the median
     over sources of each source's median |error|. No constant is fitted to these rows, so in
-    sample is leave one source out; rows of an uneven pipeline layout are the average stage
-    (see `dse.calibration.moe_cases`) and counted, marked."""
+    sample is leave one source out; a row the model flags infeasible is counted and marked
+    with its reason."""
     cases = moe_cases(data_dir)
-    reports, uneven = predict_moe(cases)
+    reports = predict_moe(cases)
     err = np.array([float(r.step_time) / c.measured - 1.0
                     for c, r in zip(cases, reports, strict=True)])
     sources = [c.source_key for c in cases]
     print("\nMoE and context parallelism (step s, measured / model / error; no constant fitted "
-          "to these rows: in sample = leave one source out; * = uneven pipeline layout, "
-          "evaluated as its average stage)")
-    for c, r, e, odd in zip(cases, reports, err, uneven, strict=True):
+          "to these rows: in sample = leave one source out; flagged rows name their reason)")
+    for c, r, e in zip(cases, reports, err, strict=True):
+        flag = "" if bool(r.fits) else f"  flagged: {describe_reason(r.reason)}"
         print(f"  {c.run_id:48s} {c.measured:8.2f} {float(r.step_time):8.2f} {100 * e:+6.1f}%"
-              f"{' *' if odd else ''}")
+              f"{flag}")
     stats = source_table("MoE / context parallel by source", sources, sources, err)
     return float(np.median([s["median"] for s in stats.values()]))
 

@@ -3,7 +3,7 @@
 Rows: data/training_runs.csv source `megatron_moe_modelzoo_qwen3` (Qwen3-235B-A22B on 256 H100,
 BF16: a layout table with step times, a long-context table with CP 1-8 at 16K-128K tokens), as
 `dse.calibration.moe_cases` reads them (how each row ran, how its TFLOP/s become a step time,
-and why a 94-layer model over PP 8 is evaluated as its average stage: see that module). The one
+and how a 94-layer model splits over PP 8: see that module). The one
 fitted constant the training model uses (`Calibration.kernel_fraction`) is fitted to other
 sources only (`dse.calibration.FIT_SOURCES`), so every error here is out of sample
 (leave-one-source-out holds trivially). `benchmarks/validate.py` reports the same source's
@@ -19,20 +19,21 @@ from __future__ import annotations
 import numpy as np
 
 from dse.calibration import MOE_SOURCE, moe_cases, predict_moe
+from dse.hardware import describe_reason
 
 
 def main() -> None:
     cases = moe_cases()
-    reports, uneven = predict_moe(cases)
+    reports = predict_moe(cases)
     errs = []
-    for c, rep, odd in zip(cases, reports, uneven, strict=True):
+    for c, rep in zip(cases, reports, strict=True):
         pred = float(rep.step_time)
         err = pred / c.measured - 1.0
         errs.append(err)
         parts = " ".join(f"{k}={float(v):.2f}" for k, v in rep.breakdown.items() if float(v) > 0)
         print(f"{c.run_id:48s} {c.what:22s} measured {c.measured:7.2f} predicted {pred:7.2f} "
-              f"err {err:+6.1%} fits={bool(rep.fits)}{' uneven-stages' if odd else ''} "
-              f"[{parts}]")
+              f"err {err:+6.1%} fits={bool(rep.fits)} "
+              f"[{parts}]" + ("" if bool(rep.fits) else f" ({describe_reason(rep.reason)})"))
     errs = np.abs(np.asarray(errs))
     print(f"{MOE_SOURCE}: median |err| {np.median(errs):.1%} over {len(errs)} rows "
           f"(out of sample: kernel_fraction is fitted to other sources)")

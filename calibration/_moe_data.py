@@ -2,8 +2,8 @@
 data/training_runs.csv: Qwen3-235B-A22B on 256 H100, BF16, the Megatron-MoE-ModelZoo layouts at
 4K tokens and its long-context table with CP 1-8 at 16K-128K), predicted out of sample.
 
-`moe_cases(data_dir)` returns a `MoeCase` per row; `predict_moe(cases)` the modelled step times
-and whether each row's layout is uneven. No constant is fitted to these rows (the one training
+`moe_cases(data_dir)` returns a `MoeCase` per row; `predict_moe(cases)` their modelled
+`TrainReport`s. No constant is fitted to these rows (the one training
 constant, `Calibration.kernel_fraction`, is fitted to other sources), so every error is out of
 sample and leave-one-source-out holds trivially.
 
@@ -23,14 +23,16 @@ How the rows ran, from the source (github.com/yanring/Megatron-MoE-ModelZoo, bes
   a step time with Megatron-Core's own model-FLOP count (megatron/training/training.py
   `num_floating_point_operations` @d98e8a64: weight GEMMs 6 N_active per token, causal attention,
   i.e. our count with the attention context halved).
-- Qwen3's 94 layers do not split evenly over PP 8 x VP 4 (or PP 32 x VP 3): Megatron-Core lays
-  them out unevenly (the embedding and the loss counted as pipeline units,
-  `--account-for-embedding-in-pipeline-split` / `--account-for-loss-in-pipeline-split`), which
-  a `TrainingPlan` cannot state. By hand such a plan is an error (pp must divide the layers);
-  traced, the model evaluates the average stage (94 / pp layers) and flags `Reason.SPLIT`, and
-  the row says so (`uneven`).
+- Qwen3's 94 layers run over PP 8 x VP 4 (or PP 32 x VP 3) with the embedding and the loss
+  counted as pipeline units (`--account-for-embedding-in-pipeline-split` /
+  `--account-for-loss-in-pipeline-split` in the same config; `TrainingPlan.
+  account_embedding_loss`): 96 units, 12 per stage (3 per stage), the first and last stages one
+  layer short beside the embedding and the output layer.
 - Dropless routing as learned: the source gives no imbalance figure, so the model keeps
   balanced routing and those rows show what that misses.
+- The long-context rows recompute the whole MoE block (`--recompute-modules layernorm moe`),
+  which `TrainingPlan.recompute` cannot state: modelled with selective recomputation, which
+  stores the experts' activations, they exceed the 80 GB and come back flagged `MEMORY`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from dse.models import (
     RECOMPUTE_FULL,
     RECOMPUTE_SELECTIVE,
     TRANSFORMERS,
-    Reason,
     TrainingPlan,
     Transformer,
     train_step,
@@ -95,7 +96,7 @@ def _case(r) -> MoeCase:
                         sequence_parallel=1.0 if tp > 1 else 0.0, recompute=recompute,
                         zero_stage=3.0 if r["sharding"] == "FSDP" else 1.0,
                         ep_hierarchical=1.0 if deepep else 0.0,
-                        ep_overlap=1.0 if a2a_overlap else 0.0)
+                        ep_overlap=1.0 if a2a_overlap else 0.0, account_embedding_loss=1.0)
     if r["step_time_s"]:
         measured, what = _f(r, "step_time_s"), "step s"
     else:
@@ -118,17 +119,14 @@ def _stack(modules):
     return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(x) for x in leaves]), *modules)
 
 
-def predict_moe(cases: list[MoeCase]) -> tuple[list, np.ndarray]:
-    """The modelled `TrainReport` of each case and, per case, whether the layout is uneven
-    (`Reason.SPLIT`). One vmapped `train_step` over the cases (their models, plans and systems
-    stacked: the rows share every static field), traced, so an uneven layout is the average
-    stage rather than an error."""
+def predict_moe(cases: list[MoeCase]) -> list:
+    """The modelled `TrainReport` of each case: one vmapped `train_step` over the cases (their
+    models, plans and systems stacked: the rows share every static field), traced, so a row the
+    model finds infeasible comes back flagged (`fits`, `reason`) rather than raising."""
     batch = _train_steps(_stack([c.model for c in cases]), _stack([c.plan for c in cases]),
                          _stack([c.system for c in cases]))
     batch = jax.tree.map(np.asarray, batch)  # one transfer; the per-case reports index numpy
-    reports = [jax.tree.map(lambda x, i=i: x[i], batch) for i in range(len(cases))]
-    uneven = (batch.reason & int(Reason.SPLIT)) != 0
-    return reports, uneven
+    return [jax.tree.map(lambda x, i=i: x[i], batch) for i in range(len(cases))]
 
 
 # One jitted function for every call, so that calls with as many cases share a compilation.

@@ -135,7 +135,7 @@ def system_for(hardware: str, n: int) -> System:
 
 def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
            recompute=None, gradients="fp32", quantized_params=False, cp=1,
-           offload=0.0, tp_overlap=0.0) -> TrainingPlan:
+           offload=0.0, tp_overlap=0.0, account=0.0) -> TrainingPlan:
     """The candidate plans of a row: its layout under each open recomputation mode."""
     dp = n // (tp * pp * cp)
     modes = (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL) if recompute is None \
@@ -145,13 +145,14 @@ def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
                           sequence_parallel=1.0 if tp > 1 else 0.0, recompute=rc,
                           zero_stage=3.0 if fsdp else 1.0, dp_overlap=1.0, precision=precision,
                           gradients=gradients, quantized_params=quantized_params,
-                          activation_offload=offload, tp_overlap=tp_overlap)
+                          activation_offload=offload, tp_overlap=tp_overlap,
+                          account_embedding_loss=account)
              for rc in modes]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *plans)
 
 
 def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, recompute=None,
-              cp=1, offload=0.0, tp_overlap=0.0):
+              cp=1, offload=0.0, tp_overlap=0.0, account=0.0):
     """The candidate batches of a case: one per static variant the source leaves open (FP32 /
     BF16 gradients; 16-bit or quantized-only weights under a low-precision recipe)."""
     quantized = (False, True) if precision != "bf16" else (False,)
@@ -237,10 +238,16 @@ def _training_row(row) -> list:
     recipe = RECIPES_OF[precision]
     tps = _f(row, "tokens_per_s_per_device")
     offload = OFFLOADED_LAYERS.get(rid, 0) / float(model.layers)
+    # Llama 3.1 405B's 126 layers over PP 8 or 16: Megatron-Core asserts that pp divides the
+    # layers unless the embedding and the loss count as pipeline units, which Megatron-Bridge's
+    # 405B recipes set (recipes/llama/h100/llama3.py @067f987d,
+    # `account_for_embedding_in_pipeline_split` / `..._loss_...` = True).
+    account = 1.0 if pp > 1 and int(model.layers) % pp else 0.0
 
     def candidates(recipe):
         return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp, offload=offload,
-                         tp_overlap=_tp_overlap(key, row["model"], tp, recipe))
+                         tp_overlap=_tp_overlap(key, row["model"], tp, recipe),
+                         account=account)
 
     framework = FRAMEWORK_OF.get(key, "megatron-core")
     out.append(PrecisionCase(rid, key, seconds(tps), model, system, candidates(recipe),

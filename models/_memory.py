@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._recipe import RECIPES, STATE_BYTES
-from ._training_plan import RECOMPUTE_NONE, TrainingPlan
+from ._training_plan import RECOMPUTE_NONE, TrainingPlan, first_stage_layers
 from ._transformer import Transformer
 
 # Bytes per parameter of mixed-precision Adam (Megatron-LM docs/distrib_optimizer.md, table
@@ -71,7 +71,7 @@ class StageParams(eqx.Module):
 def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
     """Parameters held by one chip of the first stage (which also holds the embedding)."""
     t = plan.tp
-    layers_per_stage = model.layers / plan.pp
+    layers_per_stage = first_stage_layers(model, plan)
     share = model.moe_layer_share
     # Per layer averaged over MoE and dense layers: shared experts and the dense layers' MLPs
     # are replicated over EP like attention; routed experts are split ep ways.
@@ -220,10 +220,11 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     in_flight = jnp.minimum(plan.microbatches, p) / p
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)
     per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
-    stored = model.layers * in_flight * interleave_factor * per_layer
+    first = first_stage_layers(model, plan)
+    stored = first * p * in_flight * interleave_factor * per_layer
     offload = plan.activation_offload
     # The copy buffer: one layer's activations as soon as one layer of the stage is offloaded.
-    staging = per_layer * jnp.minimum(offload * model.layers / p, 1.0)
+    staging = per_layer * jnp.minimum(offload * first, 1.0)
     working = activation_bytes_per_layer(model, plan.replace(recompute=RECOMPUTE_NONE),
                                          flash_attention=flash_attention)
     activations = ((1.0 - offload) * stored + staging

@@ -40,7 +40,7 @@ from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
 from ._recipe import RECIPES
 from ._rules import memory_reason, shortfall
-from ._training_plan import TrainingPlan, check_training_plan
+from ._training_plan import TrainingPlan, check_training_plan, split_units
 from ._transformer import Transformer
 
 
@@ -143,6 +143,22 @@ def precision_unsupported(plan: TrainingPlan, chip) -> Bool[Array, "*batch"]:
     return missing | (needs_native and not chip.block_scaling)
 
 
+def _busiest_stage(model, plan, lc, head_time, eta):
+    """(transformer layers, output layers) on the pipeline stage that sets the step's pace.
+
+    By default every stage holds layers / pp and the last adds the output layer, which makes
+    it the busiest. With `TrainingPlan.account_embedding_loss` (pp > 1) a stage holds
+    u = (layers + 2) / pp units: the last u - 1 layers and the output layer, the middle ones
+    (when pp > 2) u layers; the busier of the two sets the pace.
+    """
+    counted = (plan.account_embedding_loss > 0.5) & (plan.pp > 1.0)
+    units = split_units(model, plan) / plan.pp
+    layer = (lc.fwd + lc.bwd + lc.recompute) / eta + lc.tp_comm + lc.ep_comm + lc.cp_comm
+    middle = counted & (plan.pp > 2.0) & (layer >= head_time)
+    layers = jnp.where(counted, jnp.where(middle, units, units - 1.0), model.layers / plan.pp)
+    return layers, jnp.where(middle, 0.0, 1.0)
+
+
 def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                calibration: Calibration = DEFAULT, smooth: bool = False,
                flash_attention: bool = True) -> TrainReport:
@@ -169,13 +185,13 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     chip = system.chip
     p, v, s = plan.pp, plan.interleave, model.seq_len
     m = plan.microbatches
-    layers_per_stage = model.layers / p
     eta = calibration.kernel_fraction
     lc = layer_costs(model, plan, system, calibration=calibration, smooth=smooth,
                      flash_attention=flash_attention)
     out_time, logits, xent_bytes = _output_layer_time(model, plan, system, smooth, calibration)
+    layers_per_stage, head = _busiest_stage(model, plan, lc, out_time / eta, eta)
 
-    stage_compute = (layers_per_stage * (lc.fwd + lc.bwd + lc.recompute) + out_time) / eta
+    stage_compute = (layers_per_stage * (lc.fwd + lc.bwd + lc.recompute) + head * out_time) / eta
     stage_tp = layers_per_stage * lc.tp_comm
     stage_ep = layers_per_stage * lc.ep_comm
     stage_cp = layers_per_stage * lc.cp_comm
@@ -234,8 +250,8 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     mfu = ratio(ratio(model_flops, chips_used * peak), step_time)
     hfu = ratio(ratio(hardware_flops, chips_used * peak), step_time)
 
-    hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + logits[0].hbm_bytes
-                     + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes) + opt.hbm_bytes \
+    hbm_bytes = m * (layers_per_stage * lc.hbm_bytes + head * (logits[0].hbm_bytes
+                     + logits[1].hbm_bytes + logits[2].hbm_bytes + xent_bytes)) + opt.hbm_bytes \
         + cast.hbm_bytes \
         + 2.0 * m * offload_bytes_per_microbatch(plan, layers_per_stage, per_layer)
     link_bytes = m * (layers_per_stage * lc.comm_bytes + jnp.where(p > 1.0, 2.0 * v, 0.0)

@@ -78,6 +78,13 @@ class TrainingPlan(eqx.Module):
       merged: the warm-up forwards and cool-down backwards still expose theirs. Megatron-Core
       refuses it under full recomputation, and so does a plan given by hand. 0 (the default)
       exposes every all-to-all.
+    - `account_embedding_loss`: 1 when the pipeline split counts the embedding and the loss
+      (output layer) as one layer each, Megatron-Core's `--account-for-embedding-in-pipeline-
+      split` and `--account-for-loss-in-pipeline-split`: pp (and pp x interleave) then divide
+      layers + 2, the first stage holds one layer fewer beside the embedding and the last one
+      fewer beside the output layer (how Qwen3-235B's 94 layers or Llama 3.1 405B's 126 run
+      over PP 8). 0 (the default): pp divides the layers and the last stage adds the output
+      layer. Only with pipeline parallelism (pp > 1).
     - `activation_offload`: share of each chip's layers whose stored activations go to host
       memory after their forward and come back before their backward, over
       `System.host_bandwidth`, overlapped with compute (Megatron-Core's
@@ -119,6 +126,8 @@ class TrainingPlan(eqx.Module):
     tp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     ep_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     ep_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    account_embedding_loss: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
+                                                               default=0.0)
     activation_offload: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                            default=0.0)
 
@@ -156,7 +165,8 @@ class TrainingPlan(eqx.Module):
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
                           ("zero3_regather", 1.0), ("tp_overlap", 1.0),
-                          ("ep_hierarchical", 1.0), ("ep_overlap", 1.0)):
+                          ("ep_hierarchical", 1.0), ("ep_overlap", 1.0),
+                          ("account_embedding_loss", 1.0)):
             check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
         if is_concrete(self.ep_overlap, self.recompute):
             both = (np.asarray(self.ep_overlap) > 0.5) & (np.asarray(self.recompute) > 1.5)
@@ -205,21 +215,37 @@ class TrainingPlan(eqx.Module):
         return dataclasses.replace(self, **changes)
 
 
+def split_units(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """What the pipeline split divides over the stages: the layers, plus the embedding and the
+    loss with `TrainingPlan.account_embedding_loss` under pipeline parallelism."""
+    counted = (plan.account_embedding_loss > 0.5) & (plan.pp > 1.0)
+    return model.layers + jnp.where(counted, 2.0, 0.0)
+
+
+def first_stage_layers(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """Transformer layers on the first pipeline stage (the one beside the embedding)."""
+    counted = (plan.account_embedding_loss > 0.5) & (plan.pp > 1.0)
+    return split_units(model, plan) / plan.pp - jnp.where(counted, 1.0, 0.0)
+
+
 def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) -> list[Rule]:
     """What a training plan must satisfy on `model` and `system` (see `check_training_plan`)."""
     n = float(system.num_chips)
-    layers_per_stage = model.layers / plan.pp
+    units = split_units(model, plan)
+    layers_per_stage = units / plan.pp
     replica_batch = plan.dp * plan.microbatch_size
     return [
         Rule(Reason.CHIPS, "TrainingPlan.tp * cp * pp * dp", plan.chips, plan.chips == n,
              lambda: f"the system's {system.num_chips} chips (System.num_chips)"),
         Rule(Reason.SPLIT, "TrainingPlan.tp", plan.tp, divides(plan.tp, model.heads),
              lambda: f"a divisor of the model's {float(model.heads):g} heads"),
-        Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, model.layers),
-             lambda: f"a divisor of the model's {float(model.layers):g} layers"),
+        Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, units),
+             lambda: f"a divisor of the model's {float(model.layers):g} layers" + (
+                 f" + 2 = {float(np.max(units)):g} (the embedding and the loss counted)"
+                 if np.any(np.asarray(units) != np.asarray(model.layers)) else "")),
         Rule(Reason.SPLIT, "TrainingPlan.interleave", plan.interleave,
              divides(plan.interleave, layers_per_stage),
-             lambda: f"a divisor of the {float(layers_per_stage):g} layers per stage"),
+             lambda: f"a divisor of the {float(np.max(layers_per_stage)):g} layers per stage"),
         # Megatron-Core forms the expert groups (etp x ep x edp) over a stage's tp * cp * dp
         # chips: ep * etp must divide them, so that every expert has whole replicas (EDP).
         Rule(Reason.SPLIT, "TrainingPlan.ep", plan.ep,

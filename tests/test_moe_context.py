@@ -454,9 +454,8 @@ def test_parallel_block_halves_tensor_parallel_communication():
 
 
 def test_uneven_pipeline_stages_are_an_error_by_hand_and_a_flag_when_traced():
-    # Megatron-MoE-ModelZoo lays Qwen3's 94 layers over PP 8 unevenly (benchmarks/
-    # validate_moe_cp.py): a TrainingPlan cannot say so. By hand that is an error naming pp;
-    # traced (a sweep, the benchmark) the step is the average stage's, flagged SPLIT.
+    # A plan whose pp does not divide the layers (without the embedding and the loss counted):
+    # by hand an error naming pp; traced (a sweep) the step is the average stage's, flagged.
     from dse.models import Reason
 
     model = small_moe(layers=6.0)
@@ -468,3 +467,38 @@ def test_uneven_pipeline_stages_are_an_error_by_hand_and_a_flag_when_traced():
     assert int(traced.reason) & int(Reason.SPLIT) and not bool(traced.fits)
     even = jax.jit(lambda p: train_step(model.replace(layers=8.0), p, system))(plan)
     assert 0.0 < float(traced.step_time) < float(even.step_time)
+
+
+@pytest.mark.parametrize("vocab", [8192.0, 1048576.0])
+def test_embedding_and_loss_counted_in_the_split_by_hand(vocab):
+    # Megatron-Core's --account-for-embedding/loss-in-pipeline-split (how Qwen3's 94 layers run
+    # over PP 8, Llama 3.1 405B's 126 over PP 16): 6 layers + 2 units over PP 4, 2 per stage.
+    # The first stage holds 1 layer beside the embedding, the middle ones 2, the last 1 beside
+    # the output layer; the busier of the last and a middle stage sets the pace.
+    model = small_moe(layers=6.0, vocab=vocab, dense_layers=0.0)
+    base = dict(tp=1.0, pp=4.0, dp=16.0, ep=8.0, microbatch_size=1.0, global_batch=64.0)
+    system = DGX.with_num_chips(64)
+    step = jax.jit(lambda m, p: train_step(m, p, system))
+    counted = step(model, TrainingPlan(**base, account_embedding_loss=1.0))
+    assert bool(counted.fits)
+    # Plain splits of 4 and 8 layers: 1 and 2 layers per stage, the last adding the head.
+    one = step(model.replace(layers=4.0), TrainingPlan(**base))
+    two = step(model.replace(layers=8.0), TrainingPlan(**base))
+    layer = float(two.compute_time - one.compute_time)  # one layer, every micro-batch
+    head = float(one.compute_time) - layer
+    expected = max(2.0 * layer, layer + head)
+    assert float(counted.compute_time) == pytest.approx(expected, rel=1e-5)
+    assert (head > layer) == (vocab > 1e6)  # both cases are exercised
+    # The first stage holds one layer and the embedding, as the plain 4-layer split does.
+    assert float(counted.weights_bytes) == pytest.approx(float(one.weights_bytes), rel=1e-6)
+    # Over PP 2 the count changes nothing (3 layers + embedding, 3 + the output layer).
+    pp2 = dict(base, pp=2.0, dp=32.0)
+    plain = step(model, TrainingPlan(**pp2))
+    both = step(model, TrainingPlan(**pp2, account_embedding_loss=1.0))
+    assert float(both.step_time) == pytest.approx(float(plain.step_time), rel=1e-6)
+    # By hand: pp must divide layers + 2, the interleave the units per stage.
+    with pytest.raises(ValueError, match=r"divisor of the model's 6 layers \+ 2 = 8"):
+        train_step(model, TrainingPlan(**dict(base, pp=3.0, dp=16.0, global_batch=48.0),
+                                       account_embedding_loss=1.0), system.with_num_chips(48))
+    with pytest.raises(ValueError, match="account_embedding_loss"):
+        TrainingPlan(account_embedding_loss=0.5)

@@ -262,51 +262,61 @@ def test_every_training_row_is_a_case_or_a_reason(rows_and_skips):
 @pytest.fixture(scope="module")
 def moe_predictions():
     """The 13 ModelZoo cases and the EP 32 row as a plain all-to-all, predicted in one call:
-    (cases, {run_id: error}, plain all-to-all EP 32 error, EP 32 uneven flag)."""
+    (cases, {run_id: error}, plain all-to-all EP 32 error, {run_id: report})."""
     from dse.calibration import moe_cases, predict_moe
 
     cases = moe_cases(data_dir())
     ep32 = next(c for c in cases if c.run_id == "zoo_qwen3_235b_h100_tp2ep32pp8")
     every_copy = dataclasses.replace(ep32, plan=ep32.plan.replace(ep_hierarchical=0.0))
-    reports, uneven = predict_moe([*cases, every_copy])
+    reports = predict_moe([*cases, every_copy])
     errors = {c.run_id: float(r.step_time) / c.measured - 1.0
               for c, r in zip(cases, reports, strict=False)}
     flat_error = float(reports[-1].step_time) / ep32.measured - 1.0
-    return cases, errors, flat_error, bool(uneven[cases.index(ep32)])
+    return cases, errors, flat_error, {c.run_id: r for c, r in zip(cases, reports, strict=False)}
 
 
 def test_moe_rows_are_cases_of_their_own_and_deepep_crosses_infiniband_once_per_node(
         moe_predictions):
     # The 13 skipped ModelZoo rows are validate.py's MoE table (dse.calibration.moe_cases).
-    cases, errors, flat_error, ep32_uneven = moe_predictions
+    cases, errors, flat_error, reports = moe_predictions
     assert len(cases) == 13 and all(c.measured > 0 for c in cases)
-    # Every row ran DeepEP but one (its notes: "all-to-all dispatcher (not DeepEP)"), and
-    # every row expert TP 1 (the ModelZoo's Qwen3-235B-A22B config).
+    # Every row ran DeepEP but one (its notes: "all-to-all dispatcher (not DeepEP)"), every
+    # row expert TP 1 and the embedding and the loss counted in the pipeline split (the
+    # ModelZoo's Qwen3-235B-A22B config): 94 + 2 units over PP 8 x VP 4 and PP 32 x VP 3.
     assert sum(float(c.plan.ep_hierarchical) for c in cases) == 12
     assert all(float(c.plan.etp) == 1.0 for c in cases)
+    assert all(float(c.plan.account_embedding_loss) == 1.0 for c in cases)
+    layouts = [r for run_id, r in reports.items() if "_seq" not in run_id]
+    assert len(layouts) == 5 and all(bool(r.fits) for r in layouts)
     # The model routes evenly: the force-balanced long-context rows (CP 1-8, 16K-128K tokens)
-    # are its like for like, +2.7% to +5.2%; their dropless twins ran 9-25% slower.
+    # are its like for like, -1.7% to +1.1%; their dropless twins ran 9-25% slower.
     balanced = [e for run_id, e in errors.items() if run_id.endswith("_forcedbalance")]
-    assert len(balanced) == 4 and max(abs(e) for e in balanced) <= 0.06, balanced
-    # EP 32 over four nodes, 19.7 s measured: 28.6 s (+45%) when every routed copy crosses
-    # InfiniBand, 22.5 s (+14%) with DeepEP's one copy per node.
-    assert ep32_uneven  # 94 layers over PP 8 x VP 4: the average stage, flagged
+    assert len(balanced) == 4 and max(abs(e) for e in balanced) <= 0.03, balanced
+    # EP 32 over four nodes, 19.7 s measured: far too slow when every routed copy crosses
+    # InfiniBand, +7.8% with DeepEP's one copy per node.
     error = errors["zoo_qwen3_235b_h100_tp2ep32pp8"]
-    assert 0.0 < error < 0.5 * flat_error
+    assert 0.0 < error <= 0.10 and error < 0.5 * flat_error
     # The same layout with Megatron-Core's combined 1F1B (all-to-alls behind the other
-    # micro-batch's compute; DeepEP holding 20 of the 132 SMs meanwhile), 17.6 s measured:
-    # -6.5% in the model.
+    # micro-batch's compute), 17.6 s measured: faster than without, in the model too.
     overlap = [c for c in cases if float(c.plan.ep_overlap) == 1.0]
     assert [c.run_id for c in overlap] == ["zoo_qwen3_235b_h100_tp2ep32pp8_a2aoverlap"]
-    assert abs(errors[overlap[0].run_id]) <= 0.08
+    assert errors[overlap[0].run_id] < error
 
 
-@pytest.mark.xfail(strict=True, reason="the ModelZoo EP 32 row is 14.2% slow in the model since "
-                   "the dispatcher's permutation copies are counted (9.3% without them), while "
-                   "the force-balanced long-context rows are within 2.7-5.2%")
-def test_deepep_ep32_row_within_ten_percent(moe_predictions):
+@pytest.mark.xfail(strict=True, reason="the combined-1F1B row is 11.5% fast in the model: "
+                   "it hides more of the all-to-alls than the run did (its step 0.73x its "
+                   "twin's in the model, 0.89x measured)")
+def test_combined_1f1b_row_within_ten_percent(moe_predictions):
     _, errors, _, _ = moe_predictions
-    assert abs(errors["zoo_qwen3_235b_h100_tp2ep32pp8"]) <= 0.10
+    assert abs(errors["zoo_qwen3_235b_h100_tp2ep32pp8_a2aoverlap"]) <= 0.10
+
+
+@pytest.mark.xfail(strict=True, reason="the long-context rows recompute the whole MoE block "
+                   "(--recompute-modules layernorm moe), which TrainingPlan.recompute cannot "
+                   "state: with the experts' activations stored they need 91.5 GiB of 80")
+def test_long_context_moe_rows_fit_in_hbm(moe_predictions):
+    _, _, _, reports = moe_predictions
+    assert all(bool(r.fits) for run_id, r in reports.items() if "_seq" in run_id)
 
 
 def test_external_checks_cannot_be_fitted():
