@@ -30,9 +30,11 @@ How the rows ran, from the source (github.com/yanring/Megatron-MoE-ModelZoo, bes
   layer short beside the embedding and the output layer.
 - Dropless routing as learned: the source gives no imbalance figure, so the model keeps
   balanced routing and those rows show what that misses.
-- The long-context rows recompute the whole MoE block (`--recompute-modules layernorm moe`),
-  which `TrainingPlan.recompute` cannot state: modelled with selective recomputation, which
-  stores the experts' activations, they exceed the 80 GB and come back flagged `MEMORY`.
+- The long-context rows recompute each MoE block in backward (`TrainingPlan.recompute_moe`):
+  the source's command for that table runs `--recompute-granularity selective
+  --recompute-modules layernorm moe` (best_practice/qwen3/readme.md). The layer norms'
+  recomputation (their outputs not stored, about a tenth of a layer's activations here) is not
+  modelled.
 """
 
 from __future__ import annotations
@@ -90,13 +92,15 @@ def _case(r) -> MoeCase:
     # "+1f1b overlap" in the source's table: its A2A_OVERLAP=1 (sbatch_benchmarking.sh adds
     # --overlap-moe-expert-parallel-comm --delay-wgrad-compute).
     a2a_overlap = "all-to-all overlap" in r["notes"]
+    long_context = "long-context table" in r["notes"]
     plan = TrainingPlan(tp=tp, pp=_f(r, "pp"), dp=dp, cp=cp, ep=ep, etp=etp,
                         interleave=_f(r, "vp_interleave"), microbatch_size=_f(r, "microbatch"),
                         global_batch=_f(r, "global_batch_seqs"),
                         sequence_parallel=1.0 if tp > 1 else 0.0, recompute=recompute,
                         zero_stage=3.0 if r["sharding"] == "FSDP" else 1.0,
                         ep_hierarchical=1.0 if deepep else 0.0,
-                        ep_overlap=1.0 if a2a_overlap else 0.0, account_embedding_loss=1.0)
+                        ep_overlap=1.0 if a2a_overlap else 0.0, account_embedding_loss=1.0,
+                        recompute_moe=1.0 if long_context else 0.0)
     if r["step_time_s"]:
         measured, what = _f(r, "step_time_s"), "step s"
     else:

@@ -417,6 +417,8 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     link = dict(calibration=calibration)
     full = plan.recompute > 1.5
     passes = 4.0 + jnp.where(full, 2.0, 0.0)
+    # Recomputing the MoE block repeats its dispatch and combine, not the TP collectives.
+    ep_passes = 4.0 + jnp.where(full | (plan.recompute_moe > 0.5), 2.0, 0.0)
     # A parallel block sums the attention and MLP outputs before one reduction (PaLM Sec. 2).
     tp_passes = 0.5 * passes if model.parallel_block else passes
     act_msg = ACT_BYTES * tokens * model.hidden
@@ -438,8 +440,8 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     routed = (ACT_BYTES * tokens * model.top_k * model.hidden * model.expert_load
               / jnp.where(sp > 0.5, t, 1.0))
     a2a = expert_dispatch(model, plan, system, routed, calibration)
-    ep_comm = moe * passes * a2a.time
-    ep_bytes = moe * passes * (a2a.scaleup_bytes + a2a.scaleout_bytes)
+    ep_comm = moe * ep_passes * a2a.time
+    ep_bytes = moe * ep_passes * (a2a.scaleup_bytes + a2a.scaleout_bytes)
     return tp_comm, ep_comm, tp_bytes + ep_bytes
 
 
@@ -468,15 +470,15 @@ def _combined_1f1b_ep_comm(plan: TrainingPlan, chip, ep_comm, attention_fwd, att
     max(c, w + c s) with s = DEEPEP_SMS / `Chip.core_count` (the compute does c (1 - s) of its
     work beside the all-to-all); NCCL's all-to-all is taken to leave the cores free. Each
     all-to-all takes `ep_comm` over their count (`_tp_and_ep_comm` prices dispatch and combine,
-    forward and backward, alike; a traced plan with full recomputation, which a plan by hand
-    refuses, adds the recomputed forward's two, exposed). Only the 1F1B steady state is merged:
+    forward and backward, alike; a traced plan with full or MoE recomputation, which a plan by
+    hand refuses, adds the recomputed forward's two, exposed). Only the 1F1B steady state is merged:
     Megatron-Core's `get_pp_rank_microbatches` (pipeline_parallel/schedules.py) runs
     2 (p - 1 - rank) + (v - 1) p + 1 chunk forwards before it, v p on the average stage (the 1
     is the overlap's), of the m v a stage runs; without pipelining the first forward and the
     last backward run alone. Either way a share p / m of the micro-batches (m per replica,
     p stages) keeps its all-to-alls exposed.
     """
-    passes = 4.0 + jnp.where(plan.recompute > 1.5, 2.0, 0.0)
+    passes = 4.0 + jnp.where((plan.recompute > 1.5) | (plan.recompute_moe > 0.5), 2.0, 0.0)
     one = ep_comm / passes
     share = jnp.where(plan.ep_hierarchical > 0.5,
                       jnp.minimum(DEEPEP_SMS / chip.core_count, 1.0), 0.0)
@@ -607,6 +609,15 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     layer_fwd_bytes = gemm_fwd_bytes + core_fwd_bytes + ew_fwd_bytes
     recompute = jnp.where(full, fwd, jnp.where(selective, core_fwd, 0.0))
     hbm = hbm + jnp.where(full, layer_fwd_bytes, jnp.where(selective, core_fwd_bytes, 0.0))
+    # `recompute_moe`: the MoE block's forward again (router, routed and shared experts, the
+    # dispatcher's copies); under full recomputation it is already in `fwd`.
+    attn = 5 if model.latent_attention else 2
+    experts = gemms[attn:attn + 4]  # routed up / down, shared up / down (`_weight_gemm_table`)
+    moe_fwd = sum(c * g[0].time for c, g in experts) + moe * router[0].time + p_fwd
+    moe_fwd_bytes = sum(c * g[0].hbm_bytes for c, g in experts) + p_fwd_bytes
+    again = (plan.recompute_moe > 0.5) & ~full & (model.experts > 1.0)
+    recompute = recompute + jnp.where(again, moe_fwd, 0.0)
+    hbm = hbm + jnp.where(again, moe_fwd_bytes, 0.0)
 
     # The TP-sharded GEMMs are what TP collectives can overlap with, at the rate the step runs
     # them (`kernel_fraction`, as `train_step` applies it).
@@ -620,7 +631,6 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     # The attention side of the layer (its GEMMs, core and the router: Megatron-Core's
     # "pre-dispatch" node) and the rest (experts, shared experts, element-wise and copy
     # kernels), at the rate the step runs them, for the combined 1F1B schedule.
-    attn = 5 if model.latent_attention else 2
     attention_fwd = (sum(c * g[0].time for c, g in gemms[:attn]) + core_fwd
                      + moe * router[0].time) / eta
     attention_bwd = (sum(c * (g[1].time + g[2].time) for c, g in gemms[:attn]) + core_bwd

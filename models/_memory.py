@@ -125,7 +125,8 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     16-bit activations and 1-byte dropout masks a GPT layer stores s*b*h*(34 + 5*a*s/h), of which
     10*s*b*h (norm inputs, dropout masks, GEMM inputs) is replicated across TP unless sequence
     parallelism shards it; selective recomputation drops the 5*a*s^2*b attention-core term; full
-    recomputation keeps only the 2*s*b*h layer input. Fused (flash) attention never stores the
+    recomputation keeps only the 2*s*b*h layer input, and `recompute_moe` only an MoE block's
+    input (the MLP input). Fused (flash) attention never stores the
     score matrix, so with `flash_attention` the 5*a*s^2*b term is gone whatever the mode.
     A low-precision recipe saves the inputs of the QKV, MLP-up and MLP-down linears in its
     format (`linear_input_bytes`) instead of 16 bits: the weight gradient reads that copy and
@@ -154,8 +155,10 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     up = 2.0 if model.gated_mlp else 1.0
     lib = linear_input_bytes(plan)
     share = model.moe_layer_share
-    mlp_width = (share * (model.top_k * model.expert_load + model.shared_experts)
-                 * model.ffn_hidden + (1.0 - share) * model.dense_ffn)
+    moe_width = share * (model.top_k * model.expert_load + model.shared_experts) * model.ffn_hidden
+    # `recompute_moe`: an MoE block keeps only its input (the MLP input, counted below).
+    kept = jnp.where((plan.recompute_moe > 0.5) & (model.experts > 1.0), 0.0, 1.0)
+    mlp_width = kept * moe_width + (1.0 - share) * model.dense_ffn
     mlp_parallel = s * b * mlp_width * (2.0 * up + lib)
     # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh at 16 bits, or the recipe's
     # quantized copy), 2 dropout masks (2sbh).
@@ -200,7 +203,7 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     keeps only those). 1F1B keeps min(m, p) micro-batches of the stage's layers in flight
     (= all L layers' worth when m >= p); interleaving adds (p - 1) / (p v) (Korthikanti et al.
     2022, Sec. 4.2.3); full recomputation rebuilds one layer's activations at a time during
-    backward. Offloading moves the `activation_offload` share of the stored activations to host
+    backward, `recompute_moe` one MoE block's. Offloading moves the `activation_offload` share of the stored activations to host
     memory (`host`); one layer's worth stays in HBM as the buffer its copies pass through.
     """
     params = stage_params(model, plan)
@@ -225,9 +228,13 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     offload = plan.activation_offload
     # The copy buffer: one layer's activations as soon as one layer of the stage is offloaded.
     staging = per_layer * jnp.minimum(offload * first, 1.0)
-    working = activation_bytes_per_layer(model, plan.replace(recompute=RECOMPUTE_NONE),
-                                         flash_attention=flash_attention)
+    working = activation_bytes_per_layer(
+        model, plan.replace(recompute=RECOMPUTE_NONE, recompute_moe=0.0),
+        flash_attention=flash_attention)
+    # A recomputed MoE block rebuilds its activations for one layer at a time in backward.
+    moe_block = activation_bytes_per_layer(model, plan.replace(recompute_moe=0.0),
+                                           flash_attention=flash_attention) - per_layer
     activations = ((1.0 - offload) * stored + staging
-                   + jnp.where(plan.recompute > 1.5, working, 0.0))
+                   + jnp.where(plan.recompute > 1.5, working, moe_block))
     return TrainingMemory(weights=weights, grads=grads, optimizer=optimizer,
                           activations=activations, host=offload * stored)

@@ -48,6 +48,11 @@ class TrainingPlan(eqx.Module):
     - `interleave`: virtual pipeline stages per chip (1 = plain 1F1B).
     - `sequence_parallel`: 1 to shard norms/dropouts along the sequence over the TP group.
     - `recompute`: `RECOMPUTE_NONE` / `RECOMPUTE_SELECTIVE` / `RECOMPUTE_FULL` (0 / 1 / 2).
+    - `recompute_moe`: 1 to recompute each MoE block (router, dispatch, experts, combine) in
+      the backward pass instead of storing its activations (Megatron-Core's
+      `--recompute-modules moe`): the block keeps only its input, and runs its forward again,
+      all-to-alls included. Megatron-Core refuses it beside `ep_overlap`, and so does a plan
+      given by hand. Under full recomputation it changes nothing.
     - `zero_stage`: 0 none, 1 optimizer state, 2 + gradients, 3 + weights (FSDP) sharded over DP.
     - `dp_overlap`: 1 to overlap the data-parallel communication with compute (bucketed
       gradient reduction behind the backward pass, the parameter all-gather of ZeRO-1/2
@@ -119,6 +124,7 @@ class TrainingPlan(eqx.Module):
     sequence_parallel: Float[Array, "*batch"] = eqx.field(converter=as_float_array,
                                                           default=0.0)
     recompute: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
+    recompute_moe: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     zero_stage: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     dp_overlap: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     dp_hierarchical: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -166,7 +172,7 @@ class TrainingPlan(eqx.Module):
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
                           ("zero3_regather", 1.0), ("tp_overlap", 1.0),
                           ("ep_hierarchical", 1.0), ("ep_overlap", 1.0),
-                          ("account_embedding_loss", 1.0)):
+                          ("account_embedding_loss", 1.0), ("recompute_moe", 1.0)):
             check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
         if is_concrete(self.ep_overlap, self.recompute):
             both = (np.asarray(self.ep_overlap) > 0.5) & (np.asarray(self.recompute) > 1.5)
@@ -177,6 +183,16 @@ class TrainingPlan(eqx.Module):
                     "Megatron-Core's combined 1F1B schedule refuses full recomputation; got "
                     f"ep_overlap {format_value(np.asarray(self.ep_overlap))}, recompute "
                     f"{format_value(np.asarray(self.recompute))}")
+        if is_concrete(self.ep_overlap, self.recompute_moe):
+            both = (np.asarray(self.ep_overlap) > 0.5) & (np.asarray(self.recompute_moe) > 0.5)
+            if bool(np.any(both)):
+                # transformer_config.py @d98e8a64: "disable moe in recompute_modules when
+                # enabling overlap_moe_expert_parallel_comm".
+                raise ValueError(
+                    "TrainingPlan.ep_overlap must be 0 when the MoE blocks are recomputed "
+                    "(recompute_moe 1): Megatron-Core's combined 1F1B schedule refuses it; got "
+                    f"ep_overlap {format_value(np.asarray(self.ep_overlap))}, recompute_moe "
+                    f"{format_value(np.asarray(self.recompute_moe))}")
         check_range("TrainingPlan", "activation_offload", self.activation_offload, lower=0.0,
                     upper=1.0, lower_inclusive=True)
         # etp 0: the experts take the dense layers' TP degree.

@@ -263,6 +263,31 @@ def test_ep_overlap_moves_only_the_all_to_all_and_differentiates(dtype):
             assert float(grads[1]) == pytest.approx(numeric, rel=1e-5)
 
 
+def test_recomputed_moe_blocks_keep_their_input_and_redo_their_all_to_alls_by_hand():
+    # Megatron-Core's --recompute-modules moe (moe_layer.py: the whole block, dispatch and
+    # combine included, under tensor_parallel.checkpoint). PP 2, 8 micro-batches of one
+    # 2048-token sequence, 2 layers per stage: the first stage stores 2 x min(8, 2) layers.
+    system = SYSTEMS["DGX-H100"].with_num_chips(32)
+    model = overlap_model()
+    plans = TrainingPlan(pp=2.0, dp=16.0, ep=16.0, etp=1.0, global_batch=128.0,
+                         recompute=1.0, recompute_moe=jnp.asarray([0.0, 1.0]))
+    r = eqx.filter_jit(jax.vmap(lambda p: train_step(model, p, system)))(plans)
+    # An MoE block stores top_k x load tokens' up / gate outputs and activation output (16-bit)
+    # and the down projection's input: 2048 x 4 x 512 x (2 x 2 + 2) bytes. Recomputed, it keeps
+    # only its input; one block is rebuilt at a time in backward.
+    block = 2048.0 * 4.0 * float(model.expert_load) * 512.0 * (2.0 * 2.0 + 2.0)
+    np.testing.assert_allclose(float(r.activations_bytes[0] - r.activations_bytes[1]),
+                               (2.0 * 2.0 - 1.0) * block, rtol=1e-6)
+    # The dispatch and combine run again: six all-to-alls a layer instead of four.
+    np.testing.assert_allclose(float(r.ep_comm_time[1] / r.ep_comm_time[0]), 1.5, rtol=1e-6)
+    assert float(r.compute_time[1]) > float(r.compute_time[0])
+    # Megatron-Core refuses it beside the combined 1F1B schedule; so does a plan by hand.
+    with pytest.raises(ValueError, match="ep_overlap must be 0 when the MoE blocks are"):
+        TrainingPlan(ep=16.0, recompute_moe=1.0, ep_overlap=1.0)
+    with pytest.raises(ValueError, match="recompute_moe"):
+        TrainingPlan(recompute_moe=0.5)
+
+
 # ----- context parallelism -------------------------------------------------------------------
 def test_ring_attention_does_one_cpth_of_the_causal_work():
     model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
