@@ -157,7 +157,7 @@ def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, reco
     BF16 gradients; 16-bit or quantized-only weights under a low-precision recipe)."""
     quantized = (False, True) if precision != "bf16" else (False,)
     return tuple(_plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
-                        recompute, g, q, cp, offload, tp_overlap)
+                        recompute, g, q, cp, offload, tp_overlap, account)
                  for g in ("fp32", "bf16") for q in quantized)
 
 
@@ -238,11 +238,15 @@ def _training_row(row) -> list:
     recipe = RECIPES_OF[precision]
     tps = _f(row, "tokens_per_s_per_device")
     offload = OFFLOADED_LAYERS.get(rid, 0) / float(model.layers)
-    # Llama 3.1 405B's 126 layers over PP 8 or 16: Megatron-Core asserts that pp divides the
-    # layers unless the embedding and the loss count as pipeline units, which Megatron-Bridge's
-    # 405B recipes set (recipes/llama/h100/llama3.py @067f987d,
-    # `account_for_embedding_in_pipeline_split` / `..._loss_...` = True).
-    account = 1.0 if pp > 1 and int(model.layers) % pp else 0.0
+    # Llama 3.1 405B's 126 layers over PP 8 or 16 (and Qwen3-235B's 94 over PP 8): Megatron-Core
+    # asserts that pp divides the layers unless the embedding and the loss count as pipeline
+    # units, which Megatron-Bridge's recipes for them set (recipes/llama/h100/llama3.py,
+    # recipes/qwen/h100/qwen3_moe.py @067f987d: `account_for_embedding_in_pipeline_split` /
+    # `..._loss_...` = True). DeepSeek-V3's 61 layers run an explicit
+    # `pipeline_model_parallel_layout` that a plan cannot state: evaluated as the average
+    # stage, flagged.
+    layers = int(model.layers)
+    account = 1.0 if pp > 1 and layers % pp and (layers + 2) % pp == 0 else 0.0
 
     def candidates(recipe):
         return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp, offload=offload,

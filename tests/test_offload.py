@@ -185,6 +185,26 @@ def test_runs_overlap_tp_communication_as_their_recipes_set():
     assert {k: overlap[k] for k in expected} == expected
 
 
+def test_runs_whose_layers_do_not_split_over_pp_count_the_embedding_and_loss():
+    # Llama 3.1 405B (126 layers) over PP 8 / 16 and Qwen3-235B (94) over PP 8: Megatron-Core
+    # runs them only with the embedding and the loss counted as pipeline units (Megatron-
+    # Bridge's recipes set both), so 128 and 96 units split evenly and each plan is valid.
+    # DeepSeek-V3's 61 layers over PP 2 run an explicit layout a plan cannot state.
+    from dse.models import check_training_plan
+
+    counted, layouts = [], []
+    for case in precision_training_rows()[0]:
+        plan = jax.tree.map(lambda x: x[0], case.plans[0])
+        layers, pp = int(case.model.layers), int(plan.pp)
+        if float(plan.account_embedding_loss) == 1.0:
+            counted.append(case.model.name)
+            assert int(check_training_plan(case.model, plan, case.system)) == 0, case.run_id
+        elif layers % pp:
+            layouts.append(case.model.name)
+    assert sorted(set(counted)) == ["llama3-405b", "qwen3-235b-a22b"] and len(counted) == 6
+    assert set(layouts) == {"deepseek-v3"}
+
+
 def test_exposed_copies_lengthen_the_pipeline_slot():
     # Two stages, eight micro-batches each of 2 sequences: what the copies expose per
     # micro-batch also idles the other stage, (p - 1) / v = 1 slot of it (1F1B).
