@@ -390,7 +390,9 @@ def test_moe_and_cp_jit_vmap_and_differentiate(dtype):
                                   global_batch=np.full(4, 32.0),
                                   recompute=np.array([0.0, 1.0, 2.0, 2.0]),
                                   # plan 1's EP group (8 x etp 2) spans two nodes
-                                  ep_hierarchical=np.array([0.0, 1.0, 1.0, 0.0]))))
+                                  ep_hierarchical=np.array([0.0, 1.0, 1.0, 0.0]),
+                                  ep_overlap=np.array([1.0, 0.0, 0.0, 0.0]),
+                                  recompute_moe=np.array([0.0, 1.0, 0.0, 0.0]))))
         # One jitted call over three hardware designs x four plans ...
         bws = jnp.asarray(rng.uniform(0.5, 2.0, 3) * float(base.chip.hbm_bandwidth), dtype)
         over_plans = jax.vmap(lambda p, s: _metric(model, p, s), in_axes=(0, None))
