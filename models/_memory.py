@@ -117,6 +117,23 @@ def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array,
                      params.dense + params.expert)
 
 
+def _moe_width(model: Transformer) -> Float[Array, "*batch"]:
+    """Expert MLP width a token occupies per layer, averaged over the MoE and dense layers:
+    top_k routed at the busiest expert's load plus the shared experts."""
+    return (model.moe_layer_share * (model.top_k * model.expert_load + model.shared_experts)
+            * model.ffn_hidden)
+
+
+def moe_block_activation_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """What one MoE block stores beyond its input for one micro-batch on one chip (the experts'
+    up / gate outputs, activation output and down-projection input), bytes: what
+    `TrainingPlan.recompute_moe` saves per layer and rebuilds one layer at a time."""
+    up = 2.0 if model.gated_mlp else 1.0
+    tokens = model.seq_len / plan.cp * plan.microbatch_size
+    moe = jnp.where(model.experts > 1.0, 1.0, 0.0)
+    return moe * tokens * _moe_width(model) * (2.0 * up + linear_input_bytes(plan)) / plan.tp
+
+
 def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
                                flash_attention: bool = True) -> Float[Array, "*batch"]:
     """Activations one layer stores for one micro-batch on one chip, bytes.
@@ -155,10 +172,9 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     up = 2.0 if model.gated_mlp else 1.0
     lib = linear_input_bytes(plan)
     share = model.moe_layer_share
-    moe_width = share * (model.top_k * model.expert_load + model.shared_experts) * model.ffn_hidden
     # `recompute_moe`: an MoE block keeps only its input (the MLP input, counted below).
     kept = jnp.where((plan.recompute_moe > 0.5) & (model.experts > 1.0), 0.0, 1.0)
-    mlp_width = kept * moe_width + (1.0 - share) * model.dense_ffn
+    mlp_width = kept * _moe_width(model) + (1.0 - share) * model.dense_ffn
     mlp_parallel = s * b * mlp_width * (2.0 * up + lib)
     # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh at 16 bits, or the recipe's
     # quantized copy), 2 dropout masks (2sbh).
@@ -232,8 +248,7 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
         model, plan.replace(recompute=RECOMPUTE_NONE, recompute_moe=0.0),
         flash_attention=flash_attention)
     # A recomputed MoE block rebuilds its activations for one layer at a time in backward.
-    moe_block = activation_bytes_per_layer(model, plan.replace(recompute_moe=0.0),
-                                           flash_attention=flash_attention) - per_layer
+    moe_block = jnp.where(plan.recompute_moe > 0.5, moe_block_activation_bytes(model, plan), 0.0)
     activations = ((1.0 - offload) * stored + staging
                    + jnp.where(plan.recompute > 1.5, working, moe_block))
     return TrainingMemory(weights=weights, grads=grads, optimizer=optimizer,
