@@ -151,6 +151,22 @@ def _plans(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp,
     return jax.tree.map(lambda *xs: jnp.stack(xs), *plans)
 
 
+def _counted_split(model: Transformer, pp: int) -> float:
+    """`TrainingPlan.account_embedding_loss` of a Megatron-Core row: 1 where pp does not divide
+    the layers but divides layers + 2.
+
+    Llama 3.1 405B's 126 layers over PP 8 or 16 (and Qwen3-235B's 94 over PP 8): Megatron-Core
+    asserts that pp divides the layers unless the embedding and the loss count as pipeline
+    units, which Megatron-Bridge's recipes for them set (recipes/llama/h100/llama3.py,
+    recipes/qwen/h100/qwen3_moe.py @067f987d: `account_for_embedding_in_pipeline_split` /
+    `..._loss_...` = True). DeepSeek-V3's 61 layers run an explicit
+    `pipeline_model_parallel_layout` that a plan cannot state: evaluated as the average stage,
+    flagged.
+    """
+    layers = int(model.layers)
+    return 1.0 if pp > 1 and layers % pp and (layers + 2) % pp == 0 else 0.0
+
+
 def _variants(n, tp, pp, vp, ep, microbatch, global_batch, precision, fsdp, recompute=None,
               cp=1, offload=0.0, tp_overlap=0.0, account=0.0):
     """The candidate batches of a case: one per static variant the source leaves open (FP32 /
@@ -238,15 +254,7 @@ def _training_row(row) -> list:
     recipe = RECIPES_OF[precision]
     tps = _f(row, "tokens_per_s_per_device")
     offload = OFFLOADED_LAYERS.get(rid, 0) / float(model.layers)
-    # Llama 3.1 405B's 126 layers over PP 8 or 16 (and Qwen3-235B's 94 over PP 8): Megatron-Core
-    # asserts that pp divides the layers unless the embedding and the loss count as pipeline
-    # units, which Megatron-Bridge's recipes for them set (recipes/llama/h100/llama3.py,
-    # recipes/qwen/h100/qwen3_moe.py @067f987d: `account_for_embedding_in_pipeline_split` /
-    # `..._loss_...` = True). DeepSeek-V3's 61 layers run an explicit
-    # `pipeline_model_parallel_layout` that a plan cannot state: evaluated as the average
-    # stage, flagged.
-    layers = int(model.layers)
-    account = 1.0 if pp > 1 and layers % pp and (layers + 2) % pp == 0 else 0.0
+    account = _counted_split(model, pp)
 
     def candidates(recipe):
         return _variants(n, tp, pp, vp, ep, mb, gb, recipe, fsdp, cp=cp, offload=offload,
@@ -331,7 +339,8 @@ def precision_pairs(data_dir: Path | None = None) -> list[PrecisionPair]:
             cases.append(PrecisionCase(
                 row["pair_id"] + (":base" if side else ":low"), row["source_key"],
                 batch * float(model.seq_len) / (tps * n), model, system,
-                _variants(n, tp, pp, vp, ep, mb, batch, precision, fsdp, recompute),
+                _variants(n, tp, pp, vp, ep, mb, batch, precision, fsdp, recompute,
+                          account=_counted_split(model, int(pp))),
                 f"{tps:g} tokens/s per GPU ({row[f'{side}precision']})",
                 FRAMEWORK_OF.get(row["source_key"], "megatron-core"),
                 llmfoundry_h100_attention(row["model"], n)

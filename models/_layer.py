@@ -405,10 +405,10 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     sequence parallelism (its all-gather / reduce-scatter pairs), so without it the
     all-reduces stay exposed. In the ring exchange the all-gather's first chunk is local, but
     the reduce-scatter's last partial sum leaves after the last GEMM chunk: one chunk in t of
-    the reduce-scatter (half the pair) always shows. EP: dispatch and combine
-    all-to-alls of the routed tokens, forward and backward (and the forward pair again under
-    full recomputation), in the MoE layers only; the busiest receiver takes `expert_load` times
-    the balanced share. The EP group's members sit etp apart (Megatron-Core's expert rank order
+    the reduce-scatter (half the pair) always shows. EP: dispatch and combine all-to-alls of
+    the routed tokens, forward and backward (and the forward pair again under full
+    recomputation or `recompute_moe`), in the MoE layers only; the busiest receiver takes
+    `expert_load` times the balanced share. The EP group's members sit etp apart (Megatron-Core's expert rank order
     etp-ep-edp), so the all-to-all runs over the scale-up tier while ep * etp fits in a domain
     and over the scale-out network beyond (`all_to_all` splits it over the tiers).
     """
@@ -480,8 +480,9 @@ def _combined_1f1b_ep_comm(plan: TrainingPlan, chip, ep_comm, attention_fwd, att
     """
     passes = 4.0 + jnp.where((plan.recompute > 1.5) | (plan.recompute_moe > 0.5), 2.0, 0.0)
     one = ep_comm / passes
-    share = jnp.where(plan.ep_hierarchical > 0.5,
-                      jnp.minimum(DEEPEP_SMS / chip.core_count, 1.0), 0.0)
+    # DeepEP is a GPU library: its SM share applies to GPUs (SIMT cores) only.
+    sms = jnp.minimum(DEEPEP_SMS / chip.core_count, 1.0) if chip.core_kind == "simt" else 0.0
+    share = jnp.where(plan.ep_hierarchical > 0.5, sms, 0.0)
 
     def shown(comm, compute):  # a phase's time beyond its compute at the full rate
         return jnp.maximum(comm - compute, share * comm)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._recipe import RECIPES, STATE_BYTES
-from ._training_plan import RECOMPUTE_NONE, TrainingPlan, first_stage_layers
+from ._training_plan import RECOMPUTE_NONE, TrainingPlan, first_stage_layers, split_units
 from ._transformer import Transformer
 
 # Bytes per parameter of mixed-precision Adam (Megatron-LM docs/distrib_optimizer.md, table
@@ -68,10 +69,12 @@ class StageParams(eqx.Module):
         return self.dense + self.expert
 
 
-def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
-    """Parameters held by one chip of the first stage (which also holds the embedding)."""
+def stage_params(model: Transformer, plan: TrainingPlan, layers=None,
+                 embedding: bool = True) -> StageParams:
+    """Parameters held by one chip of the first stage (which also holds the embedding), or of
+    a stage of `layers` layers, with or without the embedding."""
     t = plan.tp
-    layers_per_stage = first_stage_layers(model, plan)
+    layers_per_stage = first_stage_layers(model, plan) if layers is None else layers
     share = model.moe_layer_share
     # Per layer averaged over MoE and dense layers: shared experts and the dense layers' MLPs
     # are replicated over EP like attention; routed experts are split ep ways.
@@ -86,7 +89,7 @@ def stage_params(model: Transformer, plan: TrainingPlan) -> StageParams:
     dense_linear_layer = (model.attention_params_per_layer / t
                           + share * model.shared_experts * model.expert_params_per_layer / t
                           + (1.0 - share) * model.dense_mlp_params / t)
-    embed = model.vocab * model.hidden / t
+    embed = model.vocab * model.hidden / t if embedding else 0.0
     return StageParams(dense=layers_per_stage * dense_layer + embed,
                        expert=layers_per_stage * expert_layer, dense_layer=dense_layer,
                        dense_linear=layers_per_stage * dense_linear_layer,
@@ -127,11 +130,13 @@ def _moe_width(model: Transformer) -> Float[Array, "*batch"]:
 def moe_block_activation_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """What one MoE block stores beyond its input for one micro-batch on one chip (the experts'
     up / gate outputs, activation output and down-projection input), bytes: what
-    `TrainingPlan.recompute_moe` saves per layer and rebuilds one layer at a time."""
+    `TrainingPlan.recompute_moe` rebuilds one layer at a time in backward."""
     up = 2.0 if model.gated_mlp else 1.0
     tokens = model.seq_len / plan.cp * plan.microbatch_size
     moe = jnp.where(model.experts > 1.0, 1.0, 0.0)
-    return moe * tokens * _moe_width(model) * (2.0 * up + linear_input_bytes(plan)) / plan.tp
+    # One whole MoE layer (not the average over MoE and dense layers).
+    width = (model.top_k * model.expert_load + model.shared_experts) * model.ffn_hidden
+    return moe * tokens * width * (2.0 * up + linear_input_bytes(plan)) / plan.tp
 
 
 def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
@@ -190,7 +195,7 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
 
 
 class TrainingMemory(eqx.Module):
-    """Memory per chip on the first pipeline stage, bytes; the four HBM parts sum to `total`.
+    """Memory per chip on the fullest pipeline stage, bytes; the four HBM parts sum to `total`.
 
     `host` is apart from them: the activations the plan offloads to host memory
     (`TrainingPlan.activation_offload`), held there instead of in HBM.
@@ -210,7 +215,9 @@ class TrainingMemory(eqx.Module):
 
 def training_memory(model: Transformer, plan: TrainingPlan, *,
                     flash_attention: bool = True) -> TrainingMemory:
-    """Memory per chip of the first pipeline stage (bytes), by kind.
+    """Memory per chip of the fullest pipeline stage (bytes), by kind: the first (its layers
+    and the embedding), or, with `TrainingPlan.account_embedding_loss` over pp > 2, the second
+    where it holds more (one layer more, no embedding, one micro-batch fewer in flight).
 
     ZeRO stage 1 shards the optimizer state over DP, 2 also the gradients, 3 also the weights
     (plus one layer gathered and the next prefetched). Bytes per parameter follow the plan's
@@ -219,37 +226,51 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     keeps only those). 1F1B keeps min(m, p) micro-batches of the stage's layers in flight
     (= all L layers' worth when m >= p); interleaving adds (p - 1) / (p v) (Korthikanti et al.
     2022, Sec. 4.2.3); full recomputation rebuilds one layer's activations at a time during
-    backward, `recompute_moe` one MoE block's. Offloading moves the `activation_offload` share of the stored activations to host
-    memory (`host`); one layer's worth stays in HBM as the buffer its copies pass through.
+    backward, `recompute_moe` one MoE block's. Offloading moves the `activation_offload` share
+    of the stored activations to host memory (`host`); one layer's worth stays in HBM as the
+    buffer its copies pass through.
     """
-    params = stage_params(model, plan)
-    zero = plan.zero_stage
-    held, _ = linear_weight_bytes(plan)
-    # 16-bit for the norms, router and embedding; `held` for the linear layers.
-    other = dataclasses.replace(params, dense=params.dense - params.dense_linear,
-                                expert=0.0 * params.expert)
-    linear = dataclasses.replace(params, dense=params.dense_linear)
-    weights = (WEIGHT_BYTES * zero_shard(plan, other, zero > 2.5)
-               + held * zero_shard(plan, linear, zero > 2.5))
-    grads = grad_bytes(plan) * zero_shard(plan, params, zero > 1.5)
-    optimizer = optimizer_bytes(plan) * zero_shard(plan, params, zero > 0.5)
-    weights = weights + jnp.where(zero > 2.5, 2.0 * WEIGHT_BYTES * (params.dense_layer
-                                                                    + params.expert_layer), 0.0)
     p, v = plan.pp, plan.interleave
-    in_flight = jnp.minimum(plan.microbatches, p) / p
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)
     per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
-    first = first_stage_layers(model, plan)
-    stored = first * p * in_flight * interleave_factor * per_layer
-    offload = plan.activation_offload
-    # The copy buffer: one layer's activations as soon as one layer of the stage is offloaded.
-    staging = per_layer * jnp.minimum(offload * first, 1.0)
     working = activation_bytes_per_layer(
         model, plan.replace(recompute=RECOMPUTE_NONE, recompute_moe=0.0),
         flash_attention=flash_attention)
     # A recomputed MoE block rebuilds its activations for one layer at a time in backward.
     moe_block = jnp.where(plan.recompute_moe > 0.5, moe_block_activation_bytes(model, plan), 0.0)
-    activations = ((1.0 - offload) * stored + staging
-                   + jnp.where(plan.recompute > 1.5, working, moe_block))
-    return TrainingMemory(weights=weights, grads=grads, optimizer=optimizer,
-                          activations=activations, host=offload * stored)
+    rebuilt = jnp.where(plan.recompute > 1.5, working, moe_block)
+
+    def stage(params, layers, in_flight):
+        zero = plan.zero_stage
+        held, _ = linear_weight_bytes(plan)
+        # 16-bit for the norms, router and embedding; `held` for the linear layers.
+        other = dataclasses.replace(params, dense=params.dense - params.dense_linear,
+                                    expert=0.0 * params.expert)
+        linear = dataclasses.replace(params, dense=params.dense_linear)
+        weights = (WEIGHT_BYTES * zero_shard(plan, other, zero > 2.5)
+                   + held * zero_shard(plan, linear, zero > 2.5))
+        grads = grad_bytes(plan) * zero_shard(plan, params, zero > 1.5)
+        optimizer = optimizer_bytes(plan) * zero_shard(plan, params, zero > 0.5)
+        weights = weights + jnp.where(zero > 2.5, 2.0 * WEIGHT_BYTES * (params.dense_layer
+                                                                        + params.expert_layer),
+                                      0.0)
+        stored = layers * in_flight * interleave_factor * per_layer
+        offload = plan.activation_offload
+        # The copy buffer: one layer's activations once one layer of the stage is offloaded.
+        staging = per_layer * jnp.minimum(offload * layers, 1.0)
+        activations = (1.0 - offload) * stored + staging + rebuilt
+        return TrainingMemory(weights=weights, grads=grads, optimizer=optimizer,
+                              activations=activations, host=offload * stored)
+
+    # The first stage: its layers and the embedding, min(m, p) micro-batches in flight.
+    first = stage(stage_params(model, plan), first_stage_layers(model, plan),
+                  jnp.minimum(plan.microbatches, p))
+    # With the embedding and the loss counted in the split, the second stage holds a whole
+    # stage of layers (one more than the first) and one micro-batch fewer in flight: with few
+    # layers per stage it holds more.
+    units = split_units(model, plan) / p
+    second = stage(stage_params(model, plan, layers=units, embedding=False), units,
+                   jnp.minimum(plan.microbatches, p - 1.0))
+    fuller = ((plan.account_embedding_loss > 0.5) & (p > 2.0)
+              & (second.total > first.total))
+    return jax.tree.map(lambda a, b: jnp.where(fuller, b, a), first, second)

@@ -238,11 +238,17 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     chips_used = plan.chips
     global_tokens = plan.global_batch * s
     model_flops = global_tokens * model.flops_per_token(training=True)
+    layer_flops = model.layer_forward_flops_per_token()
+    # `recompute_moe`: the MoE blocks' forward GEMMs (routed top_k, shared experts, router).
+    moe_flops = 2.0 * model.moe_layer_share * (
+        (model.top_k + model.shared_experts) * model.expert_params_per_layer
+        + model.router_params_per_layer)
     recompute_share = jnp.where(
         plan.recompute > 1.5, 1.0,
         jnp.where((plan.recompute > 0.5) & (not flash_attention),
-                  model.attention_core_flops_per_token() / model.layer_forward_flops_per_token(),
-                  0.0))
+                  model.attention_core_flops_per_token() / layer_flops, 0.0)
+        + jnp.where((plan.recompute_moe > 0.5) & (model.experts > 1.0),
+                    moe_flops / layer_flops, 0.0))
     hardware_flops = global_tokens * model.hardware_flops_per_token(recompute_share)
     peak = chip.peak_flops
     # `ratio`: chips x peak FLOP/s and a step's FLOP exceed 1.8e19, whose square (in the

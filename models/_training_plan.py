@@ -79,10 +79,10 @@ class TrainingPlan(eqx.Module):
     - `ep_overlap`: 1 for Megatron-Core's combined 1F1B schedule (`--overlap-moe-expert-
       parallel-comm`, with `--delay-wgrad-compute`): the forward of one micro-batch runs beside
       the backward of another, layer by layer, so each MoE all-to-all of one hides behind the
-      other's attention or expert compute (`_tp_and_ep_comm`). Only the 1F1B steady state is
-      merged: the warm-up forwards and cool-down backwards still expose theirs. Megatron-Core
-      refuses it under full recomputation, and so does a plan given by hand. 0 (the default)
-      exposes every all-to-all.
+      other's attention or expert compute (`dse.models._layer._combined_1f1b_ep_comm`). Only
+      the 1F1B steady state is merged: the warm-up forwards and cool-down backwards still
+      expose theirs. Megatron-Core refuses it under full recomputation or `recompute_moe`, and
+      so does a plan given by hand. 0 (the default) exposes every all-to-all.
     - `account_embedding_loss`: 1 when the pipeline split counts the embedding and the loss
       (output layer) as one layer each, Megatron-Core's `--account-for-embedding-in-pipeline-
       split` and `--account-for-loss-in-pipeline-split`: pp (and pp x interleave) then divide
@@ -261,7 +261,9 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
                  if np.any(np.asarray(units) != np.asarray(model.layers)) else "")),
         Rule(Reason.SPLIT, "TrainingPlan.interleave", plan.interleave,
              divides(plan.interleave, layers_per_stage),
-             lambda: f"a divisor of the {float(np.max(layers_per_stage)):g} layers per stage"),
+             lambda: f"a divisor of the {float(np.max(layers_per_stage)):g} layers per stage"
+                     + (" (the embedding and the loss counted)"
+                        if np.any(np.asarray(units) != np.asarray(model.layers)) else "")),
         # Megatron-Core forms the expert groups (etp x ep x edp) over a stage's tp * cp * dp
         # chips: ep * etp must divide them, so that every expert has whole replicas (EDP).
         Rule(Reason.SPLIT, "TrainingPlan.ep", plan.ep,

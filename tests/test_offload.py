@@ -192,8 +192,11 @@ def test_runs_whose_layers_do_not_split_over_pp_count_the_embedding_and_loss():
     # DeepSeek-V3's 61 layers over PP 2 run an explicit layout a plan cannot state.
     from dse.models import check_training_plan
 
+    from dse.calibration import precision_pairs
+
+    pair_cases = [c for pair in precision_pairs() for c in (pair.low, pair.baseline)]
     counted, layouts = [], []
-    for case in precision_training_rows()[0]:
+    for case in precision_training_rows()[0] + pair_cases:
         plan = jax.tree.map(lambda x: x[0], case.plans[0])
         layers, pp = int(case.model.layers), int(plan.pp)
         if float(plan.account_embedding_loss) == 1.0:
@@ -201,7 +204,7 @@ def test_runs_whose_layers_do_not_split_over_pp_count_the_embedding_and_loss():
             assert int(check_training_plan(case.model, plan, case.system)) == 0, case.run_id
         elif layers % pp:
             layouts.append(case.model.name)
-    assert sorted(set(counted)) == ["llama3-405b", "qwen3-235b-a22b"] and len(counted) == 6
+    assert sorted(set(counted)) == ["llama3-405b", "qwen3-235b-a22b"] and len(counted) == 10
     assert set(layouts) == {"deepseek-v3"}
 
 
