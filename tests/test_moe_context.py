@@ -537,3 +537,15 @@ def test_embedding_and_loss_counted_in_the_split_by_hand(vocab):
                                        account_embedding_loss=1.0), system.with_num_chips(48))
     with pytest.raises(ValueError, match="account_embedding_loss"):
         TrainingPlan(account_embedding_loss=0.5)
+    if not first_fuller:
+        # Jits, vmaps and differentiates: the step over HBM bandwidths, finite and never
+        # slower with more bandwidth.
+        def step_at(bandwidth):
+            chip = system.chip.replace(hbm_bandwidth=bandwidth)
+            plan = TrainingPlan(**base, account_embedding_loss=1.0)
+            return train_step(model, plan, system.replace(chip=chip)).step_time
+
+        rates = jnp.asarray([0.5, 1.0, 2.0]) * system.chip.hbm_bandwidth
+        values, grads = jax.jit(jax.vmap(jax.value_and_grad(step_at)))(rates)
+        assert float(values[1]) == pytest.approx(float(counted.step_time), rel=1e-5)
+        assert np.all(np.isfinite(np.asarray(grads))) and np.all(np.asarray(grads) <= 0.0)
