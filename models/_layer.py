@@ -390,6 +390,14 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
         + 2.0 * bdr_b.flops + act_b.flops
 
 
+def expert_passes(plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """MoE all-to-alls per layer and micro-batch: dispatch and combine, forward and backward,
+    and the forward pair again under full recomputation or `recompute_moe` (recomputing the
+    MoE block repeats its dispatch and combine, not the TP collectives)."""
+    again = (plan.recompute > 1.5) | (plan.recompute_moe > 0.5)
+    return 4.0 + jnp.where(again, 2.0, 0.0)
+
+
 def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_bwd=0.0):
     """Exposed TP collectives and MoE all-to-alls of one layer: (tp s, ep s, bytes sent).
 
@@ -417,8 +425,7 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     link = dict(calibration=calibration)
     full = plan.recompute > 1.5
     passes = 4.0 + jnp.where(full, 2.0, 0.0)
-    # Recomputing the MoE block repeats its dispatch and combine, not the TP collectives.
-    ep_passes = 4.0 + jnp.where(full | (plan.recompute_moe > 0.5), 2.0, 0.0)
+    ep_passes = expert_passes(plan)
     # A parallel block sums the attention and MLP outputs before one reduction (PaLM Sec. 2).
     tp_passes = 0.5 * passes if model.parallel_block else passes
     act_msg = ACT_BYTES * tokens * model.hidden
@@ -478,7 +485,7 @@ def _combined_1f1b_ep_comm(plan: TrainingPlan, chip, ep_comm, attention_fwd, att
     last backward run alone. Either way a share p / m of the micro-batches (m per replica,
     p stages) keeps its all-to-alls exposed.
     """
-    passes = 4.0 + jnp.where((plan.recompute > 1.5) | (plan.recompute_moe > 0.5), 2.0, 0.0)
+    passes = expert_passes(plan)
     one = ep_comm / passes
     # DeepEP is a GPU library: its SM share applies to GPUs (SIMT cores) only.
     sms = jnp.minimum(DEEPEP_SMS / chip.core_count, 1.0) if chip.core_kind == "simt" else 0.0

@@ -174,25 +174,20 @@ class TrainingPlan(eqx.Module):
                           ("ep_hierarchical", 1.0), ("ep_overlap", 1.0),
                           ("account_embedding_loss", 1.0), ("recompute_moe", 1.0)):
             check_integer("TrainingPlan", field, getattr(self, field), lower=0.0, upper=hi)
-        if is_concrete(self.ep_overlap, self.recompute):
-            both = (np.asarray(self.ep_overlap) > 0.5) & (np.asarray(self.recompute) > 1.5)
-            if bool(np.any(both)):
-                # megatron/core/transformer/transformer_config.py @d98e8a64 asserts it.
+        # Megatron-Core's combined 1F1B refuses full recomputation and MoE-block recomputation
+        # (megatron/core/transformer/transformer_config.py @d98e8a64 asserts both).
+        for field, threshold, state in (("recompute", 1.5, "under full recomputation "
+                                                           "(recompute 2)"),
+                                        ("recompute_moe", 0.5, "when the MoE blocks are "
+                                                               "recomputed (recompute_moe 1)")):
+            other = getattr(self, field)
+            if is_concrete(self.ep_overlap, other) and bool(np.any(
+                    (np.asarray(self.ep_overlap) > 0.5) & (np.asarray(other) > threshold))):
                 raise ValueError(
-                    "TrainingPlan.ep_overlap must be 0 under full recomputation (recompute 2): "
-                    "Megatron-Core's combined 1F1B schedule refuses full recomputation; got "
-                    f"ep_overlap {format_value(np.asarray(self.ep_overlap))}, recompute "
-                    f"{format_value(np.asarray(self.recompute))}")
-        if is_concrete(self.ep_overlap, self.recompute_moe):
-            both = (np.asarray(self.ep_overlap) > 0.5) & (np.asarray(self.recompute_moe) > 0.5)
-            if bool(np.any(both)):
-                # transformer_config.py @d98e8a64: "disable moe in recompute_modules when
-                # enabling overlap_moe_expert_parallel_comm".
-                raise ValueError(
-                    "TrainingPlan.ep_overlap must be 0 when the MoE blocks are recomputed "
-                    "(recompute_moe 1): Megatron-Core's combined 1F1B schedule refuses it; got "
-                    f"ep_overlap {format_value(np.asarray(self.ep_overlap))}, recompute_moe "
-                    f"{format_value(np.asarray(self.recompute_moe))}")
+                    f"TrainingPlan.ep_overlap must be 0 {state}: Megatron-Core's combined 1F1B "
+                    f"schedule refuses it; got ep_overlap "
+                    f"{format_value(np.asarray(self.ep_overlap))}, {field} "
+                    f"{format_value(np.asarray(other))}")
         check_range("TrainingPlan", "activation_offload", self.activation_offload, lower=0.0,
                     upper=1.0, lower_inclusive=True)
         # etp 0: the experts take the dense layers' TP degree.
