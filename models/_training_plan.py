@@ -3,6 +3,8 @@ recomputation, sharding)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 
 import equinox as eqx
@@ -286,6 +288,21 @@ def check_training_plan(model: Transformer, plan: TrainingPlan,
     **Returns:** the `Reason` flags of the failed rules (int32, 0 where every rule holds).
     """
     rules = training_plan_rules(model, plan, system)
-    if is_concrete(model, plan):
+    if is_concrete(model, plan) and not _FLAG_ONLY.get():
         check_rules(rules)
     return reason_of(rules)
+
+
+_FLAG_ONLY = contextvars.ContextVar("dse_flag_invalid_plans", default=False)
+
+
+@contextlib.contextmanager
+def flagging_invalid_plans():
+    """Within this context a concrete plan that breaks a rule is flagged in its report, as
+    inside jit / vmap, instead of raising: for a batch of candidate plans evaluated by hand
+    (`evaluate_plans`), where a broken candidate is an answer (not feasible), not a mistake."""
+    token = _FLAG_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_ONLY.reset(token)
