@@ -161,6 +161,12 @@ def _fit_and_summarize(weights, held, params, inputs, measured, zlo, zhi, z0, u0
     n, k = measured.shape[0], len(names)
     dtype = measured.dtype
     ones = jnp.ones((n,), dtype)
+    # Jitted inside: the model is called at a dozen places (the L-BFGS loss and its line
+    # search, the Gauss-Newton Jacobian, the folds' predictions), and a jitted callee is traced
+    # once per argument shape and transformed from its jaxpr after that, instead of each call
+    # tracing the model's Python again: `tests/test_calibrate.py`'s DP-overlap fit traced in
+    # 4.8 s instead of 15.5 (the XLA compile, 12-14 s, is the same program inlined).
+    model_fn = jax.jit(model_fn)
     z_all, changes = _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, inv_prior,
                                 model_fn=model_fn, names=names, steps=steps)
     z_hat = z_all[0]

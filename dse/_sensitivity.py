@@ -203,9 +203,14 @@ def _kernel(metric_fn, fields, limits_fn, design):
         d = eqx.tree_at(lambda t: [_get(t, f) for f in fields], design, new)
         return _as_metrics(metric_fn(d))
 
+    def scaled_twice(s):
+        out = scaled(s)
+        return out, out
+
+    # The values ride along as jacfwd's aux output: the metric function is traced once (a
+    # separate `scaled(ones)` traced and compiled the whole model a second time).
     ones = jnp.ones(len(fields), dtype)
-    values = scaled(ones)
-    jac = jax.jacfwd(scaled)(ones)  # metric -> [n_fields] = p_i df/dp_i
+    jac, values = jax.jacfwd(scaled_twice, has_aux=True)(ones)  # jac: p_i df/dp_i per metric
     lim = {} if limits_fn is None else {str(k): jnp.asarray(v)
                                         for k, v in limits_fn(design).items()}
     return values, jac, jnp.stack([jnp.asarray(x, dtype) for x in leaves]), lim

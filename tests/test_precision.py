@@ -309,25 +309,22 @@ def test_engine_fields_jit_vmap_and_differentiate(objective):
     chips = [CHIPS["B200"].replace(fp8_rate=rng.uniform(1.0, 4.0), fp4_rate=rng.uniform(4.0, 8.0),
                                    low_precision_efficiency=rng.uniform(0.8, 1.0),
                                    fp4_efficiency=rng.uniform(0.5, 1.0)) for _ in range(3)]
-    batch, one = stack_chips(chips), chips[0]
-    jitted = jax.jit(jax.vmap(f))(batch)
-    # One compiled program for the value and one for the gradient, reused by the float64
-    # finite differences below (evaluated op by op they cost several times more).
-    grad_fn = jax.jit(jax.grad(f))
-    f = jax.jit(f)
-    np.testing.assert_allclose(float(jitted[0]), float(f(one)), rtol=2e-5)
-    grad = grad_fn(one)  # float32
-    assert all(np.isfinite(float(getattr(grad, k))) for k in ENGINE_FIELDS)
+    # Two compiled programs show all three transforms: jit(vmap(value_and_grad)) in float32
+    # and jit(value_and_grad) in float64, which the finite differences reuse.
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(f)))(stack_chips(chips))
+    assert all(np.all(np.isfinite(np.asarray(getattr(grads, k)))) for k in ENGINE_FIELDS)
+    value_and_grad = jax.jit(jax.value_and_grad(f))
     with jax.enable_x64(True):
-        chip64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), one)
-        grad64 = grad_fn(chip64)
+        chip64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), chips[0])
+        value64, grad64 = value_and_grad(chip64)
+        np.testing.assert_allclose(float(values[0]), float(value64), rtol=2e-5)
         relevant = {"train_fp8": ("fp8_rate", "low_precision_efficiency"),
                     "train_nvfp4": ("fp4_rate", "fp4_efficiency"),
                     "serve_nvfp4": ("fp4_rate", "fp4_efficiency")}[objective]
         for field in relevant:
             x0 = float(getattr(chip64, field))
-            numeric = central_difference(
-                lambda x, field=field: float(f(chip64.replace(**{field: x}))), x0)
+            numeric = central_difference(lambda x, field=field: float(value_and_grad(
+                chip64.replace(**{field: x}))[0]), x0)
             analytic = float(getattr(grad64, field))
             assert numeric < 0.0  # a faster engine never slows the step
             assert analytic == pytest.approx(numeric, rel=1e-4), field
@@ -379,19 +376,21 @@ def test_every_precision_field_jits_vmaps_and_differentiates(key):
     low, high = (0.6, 0.95) if field == "low_precision_efficiency" else (1.5, 3.5)
     base = CHIPS["B200"].replace(int8_rate=2.0)  # an INT8 engine for the W8A8 objectives
     chips = [base.replace(**{field: float(x)}) for x in rng.uniform(low, high, size=3)]
-    jitted = jax.jit(jax.vmap(f))(stack_chips(chips))
-    eager = np.array([float(f(c)) for c in chips])
-    np.testing.assert_allclose(np.asarray(jitted), eager, rtol=2e-5)
-    assert len(set(eager.round(9))) == 3  # the field moves the objective
-    # The gradient and the float64 differences jitted: one program each, not op by op.
-    grad_fn, f = jax.jit(jax.grad(f)), jax.jit(f)
-    grad = grad_fn(chips[0])  # float32
-    assert np.isfinite(float(getattr(grad, field)))
+    # Two compiled programs show all three transforms: jit(vmap(value_and_grad)) in float32
+    # and jit(value_and_grad) in float64 (one design at a time, reused by the differences).
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(f)))(stack_chips(chips))
+    assert np.all(np.isfinite(np.asarray(getattr(grads, field))))
+    value_and_grad = jax.jit(jax.value_and_grad(f))
     with jax.enable_x64(True):
-        chip64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), chips[0])
-        analytic = float(getattr(grad_fn(chip64), field))
+        chips64 = [jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), c) for c in chips]
+        one_by_one = np.array([float(value_and_grad(c)[0]) for c in chips64])
+        np.testing.assert_allclose(np.asarray(values), one_by_one, rtol=2e-5)
+        assert len(set(one_by_one.round(9))) == 3  # the field moves the objective
+        chip64 = chips64[0]
+        analytic = float(getattr(value_and_grad(chip64)[1], field))
         x0 = float(getattr(chip64, field))
-        numeric = central_difference(lambda x: float(f(chip64.replace(**{field: x}))), x0)
+        numeric = central_difference(
+            lambda x: float(value_and_grad(chip64.replace(**{field: x}))[0]), x0)
         assert sign * numeric > 0.0
         assert analytic == pytest.approx(numeric, rel=1e-4)
 
