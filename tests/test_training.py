@@ -1,7 +1,5 @@
 """Training step: published step times and memory, conservation, invariances, transforms."""
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -332,14 +330,15 @@ def _system64(rng):
                   scaleout_latency=5e-6 * scale())
 
 
-@functools.partial(jax.jit, static_argnames="smooth")
 def _metric(plan, system, smooth):
     r = train_step(SMALL, plan, system, smooth=smooth)
     # Energy (J) enters at 1e-6 s/J so that its gradient is checked too.
     return r.step_time + 1e-6 * r.energy
 
 
-_grad_metric = jax.jit(jax.grad(_metric, argnums=1), static_argnames="smooth")
+# One program per `smooth` for the gradient and the differences' values.
+_value_and_grad_metric = jax.jit(jax.value_and_grad(_metric, argnums=1),
+                                 static_argnames="smooth")
 
 
 @pytest.mark.parametrize("seed,smooth", [(0, False), (1, True), (2, False)])
@@ -349,8 +348,8 @@ def test_gradients_match_finite_differences(seed, smooth):
     with jax.enable_x64(True):
         system = _system64(rng)
         plan = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), plan)
-        grads = _grad_metric(plan, system, smooth=smooth)
-        value = float(_metric(plan, system, smooth=smooth))
+        value, grads = _value_and_grad_metric(plan, system, smooth=smooth)
+        value = float(value)
         checks = [(f, grads.chip, system.chip,
                    lambda x, f=f: system.replace(chip=system.chip.replace(**{f: x})))
                   for f in CHIP_FIELDS]
@@ -359,8 +358,8 @@ def test_gradients_match_finite_differences(seed, smooth):
         for field, g, where, build in checks:
             ad = float(getattr(g, field))
             x0 = float(getattr(where, field))
-            fd = central_difference(lambda x, b=build: float(_metric(plan, b(x), smooth=smooth)),
-                                    x0)
+            fd = central_difference(lambda x, b=build: float(_value_and_grad_metric(
+                plan, b(x), smooth=smooth)[0]), x0)
             assert np.isfinite(ad), field
             np.testing.assert_allclose(ad, fd, rtol=2e-3, atol=1e-9 * value / x0,
                                        err_msg=field)
