@@ -112,19 +112,6 @@ def test_best_plan_is_the_fastest_feasible():
     # The chosen plan re-evaluated alone gives the same report.
     again = evaluate(jax.tree.map(lambda x: x[None], plan))
     np.testing.assert_allclose(float(again.step_time[0]), float(report.step_time), rtol=1e-5)
-    # By hand (nothing traced) the plans broadcast through one step instead of a vmap: the
-    # same reports, and a candidate that breaks a rule (TP 3: tp * pp * dp is not the 16
-    # chips) is flagged in its row, not raised.
-    broken = jax.tree.map(lambda x: x[:1], plans).replace(tp=jnp.asarray([3.0]))
-    by_hand = evaluate_plans(model, jax.tree.map(lambda a, b: jnp.concatenate([a, b]),
-                                                 plans, broken), system)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(reports),
-                            jax.tree.leaves(by_hand), strict=True):
-        np.testing.assert_allclose(np.asarray(b)[:-1], np.asarray(a), rtol=1e-5,
-                                   err_msg=jax.tree_util.keystr(path))
-    assert int(by_hand.reason[-1]) & int(Reason.CHIPS) and not bool(by_hand.fits[-1])
-    with pytest.raises(ValueError, match="TrainingPlan.tp"):  # the same plan alone, by hand
-        train_step(model, jax.tree.map(lambda x: x[0], broken), system)
 
 
 def test_no_feasible_plan_is_reported():

@@ -32,6 +32,7 @@ from dse.models import (
     TrainingPlan,
     Transformer,
     decode,
+    evaluate_plans,
     gemm,
     serve,
     train_step,
@@ -418,6 +419,28 @@ def test_fp8_bf16_step_time_ratio_of_published_pairs_within_8_percent(pair_id):
     pair = _PAIRS[pair_id]
     ratio = predicted_ratio(pair)
     assert abs(ratio / pair.measured - 1) <= 0.08, (ratio, pair.measured)
+
+
+def test_candidate_plans_by_hand_match_the_traced_search_and_flag_a_broken_one():
+    # The pairs' predictions evaluate their candidate plans by hand: the plans broadcast
+    # through one step (not an eager vmap). Every report field equals the jitted, vmapped
+    # evaluation, for the row's own candidate and for one that breaks a rule (TP 3: tp * pp *
+    # dp is not the chip count), which is flagged as inside jit, while the same plan alone by
+    # hand is an error. The candidate batch has the shape the pairs above already ran.
+    case = _PAIRS["llmf_h100_mpt-3b_8192"].baseline
+    plans = case.plans[0]
+    broken = plans.replace(tp=jnp.full_like(plans.tp, 3.0))
+    evaluate = jax.jit(lambda p: evaluate_plans(case.model, p, case.system))
+    for batch in (plans, broken):
+        by_hand = evaluate_plans(case.model, batch, case.system)
+        traced = evaluate(batch)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(traced),
+                                jax.tree.leaves(by_hand), strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
+                                       err_msg=jax.tree_util.keystr(path))
+    assert int(by_hand.reason[0]) & int(Reason.CHIPS) and not bool(by_hand.fits[0])
+    with pytest.raises(ValueError, match="TrainingPlan.tp"):
+        train_step(case.model, jax.tree.map(lambda x: x[0], broken), case.system)
 
 
 # ----- the explorer moves the engines ----------------------------------------------------------
