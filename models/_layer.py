@@ -72,6 +72,12 @@ class LayerCost(eqx.Module):
     low_precision_flops: Float[Array, "*batch"]
     quantize: Float[Array, "*batch"]
 
+    def time(self, kernel_fraction) -> Float[Array, "*batch"]:
+        """The layer's time, s: compute at `kernel_fraction` of the rooflines plus its exposed
+        TP, EP and CP communication."""
+        return ((self.fwd + self.bwd + self.recompute) / kernel_fraction + self.tp_comm
+                + self.ep_comm + self.cp_comm)
+
 
 def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
                   recipe: RecipeSpec = RECIPES["bf16"]):
@@ -416,9 +422,10 @@ def _tp_and_ep_comm(model, plan, system, calibration, tp_gemm_fwd=0.0, tp_gemm_b
     the reduce-scatter (half the pair) always shows. EP: dispatch and combine all-to-alls of
     the routed tokens, forward and backward (and the forward pair again under full
     recomputation or `recompute_moe`), in the MoE layers only; the busiest receiver takes
-    `expert_load` times the balanced share. The EP group's members sit etp apart (Megatron-Core's expert rank order
-    etp-ep-edp), so the all-to-all runs over the scale-up tier while ep * etp fits in a domain
-    and over the scale-out network beyond (`all_to_all` splits it over the tiers).
+    `expert_load` times the balanced share. The EP group's members sit etp apart
+    (Megatron-Core's expert rank order etp-ep-edp), so the all-to-all runs over the scale-up
+    tier while ep * etp fits in a domain and over the scale-out network beyond (`all_to_all`
+    splits it over the tiers).
     """
     t, sp = plan.tp, plan.sequence_parallel
     tokens = local_tokens(model, plan)
@@ -670,5 +677,4 @@ def layer_time(model: Transformer, plan: TrainingPlan, system: System, *,
     """
     lc = layer_costs(model, plan, system, calibration=calibration, smooth=smooth,
                      flash_attention=flash_attention)
-    return (lc.fwd + lc.bwd + lc.recompute) / calibration.kernel_fraction + lc.tp_comm \
-        + lc.ep_comm + lc.cp_comm
+    return lc.time(calibration.kernel_fraction)

@@ -120,11 +120,10 @@ def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array,
                      params.dense + params.expert)
 
 
-def _moe_width(model: Transformer) -> Float[Array, "*batch"]:
-    """Expert MLP width a token occupies per layer, averaged over the MoE and dense layers:
-    top_k routed at the busiest expert's load plus the shared experts."""
-    return (model.moe_layer_share * (model.top_k * model.expert_load + model.shared_experts)
-            * model.ffn_hidden)
+def _moe_layer_width(model: Transformer) -> Float[Array, "*batch"]:
+    """Expert MLP width a token occupies in one MoE layer: top_k routed at the busiest
+    expert's load plus the shared experts."""
+    return (model.top_k * model.expert_load + model.shared_experts) * model.ffn_hidden
 
 
 def moe_block_activation_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
@@ -135,8 +134,7 @@ def moe_block_activation_bytes(model: Transformer, plan: TrainingPlan) -> Float[
     tokens = model.seq_len / plan.cp * plan.microbatch_size
     moe = jnp.where(model.experts > 1.0, 1.0, 0.0)
     # One whole MoE layer (not the average over MoE and dense layers).
-    width = (model.top_k * model.expert_load + model.shared_experts) * model.ffn_hidden
-    return moe * tokens * width * (2.0 * up + linear_input_bytes(plan)) / plan.tp
+    return moe * tokens * _moe_layer_width(model) * (2.0 * up + linear_input_bytes(plan)) / plan.tp
 
 
 def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
@@ -179,7 +177,7 @@ def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
     share = model.moe_layer_share
     # `recompute_moe`: an MoE block keeps only its input (the MLP input, counted below).
     kept = jnp.where((plan.recompute_moe > 0.5) & (model.experts > 1.0), 0.0, 1.0)
-    mlp_width = kept * _moe_width(model) + (1.0 - share) * model.dense_ffn
+    mlp_width = kept * share * _moe_layer_width(model) + (1.0 - share) * model.dense_ffn
     mlp_parallel = s * b * mlp_width * (2.0 * up + lib)
     # Replicated: 2 norm inputs (4sbh), QKV and MLP inputs (4sbh at 16 bits, or the recipe's
     # quantized copy), 2 dropout masks (2sbh).

@@ -153,7 +153,7 @@ def _busiest_stage(model, plan, lc, head_time, eta):
     """
     counted = (plan.account_embedding_loss > 0.5) & (plan.pp > 1.0)
     units = split_units(model, plan) / plan.pp
-    layer = (lc.fwd + lc.bwd + lc.recompute) / eta + lc.tp_comm + lc.ep_comm + lc.cp_comm
+    layer = lc.time(eta)
     middle = counted & (plan.pp > 2.0) & (layer >= head_time)
     layers = jnp.where(counted, jnp.where(middle, units, units - 1.0), model.layers / plan.pp)
     return layers, jnp.where(middle, 0.0, 1.0)
@@ -240,9 +240,7 @@ def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
     model_flops = global_tokens * model.flops_per_token(training=True)
     layer_flops = model.layer_forward_flops_per_token()
     # `recompute_moe`: the MoE blocks' forward GEMMs (routed top_k, shared experts, router).
-    moe_flops = 2.0 * model.moe_layer_share * (
-        (model.top_k + model.shared_experts) * model.expert_params_per_layer
-        + model.router_params_per_layer)
+    moe_flops = 2.0 * model.moe_layer_share * model.moe_active_params_per_layer
     recompute_share = jnp.where(
         plan.recompute > 1.5, 1.0,
         jnp.where((plan.recompute > 0.5) & (not flash_attention),

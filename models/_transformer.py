@@ -282,13 +282,18 @@ class Transformer(eqx.Module):
                 + self.dense_layers * self.dense_layer_params + self.embedding_params)
 
     @property
+    def moe_active_params_per_layer(self) -> Float[Array, "*batch"]:
+        """MLP weights one token touches in one MoE layer: top_k routed and the shared
+        experts, and the router."""
+        return ((self.top_k + self.shared_experts) * self.expert_params_per_layer
+                + self.router_params_per_layer)
+
+    @property
     def active_mlp_params_per_layer(self) -> Float[Array, "*batch"]:
         """MLP weights one token touches in a layer, averaged over MoE and dense layers
-        (top_k routed + shared experts + router in MoE layers)."""
-        moe = ((self.top_k + self.shared_experts) * self.expert_params_per_layer
-               + self.router_params_per_layer)
+        (`moe_active_params_per_layer` in MoE layers)."""
         share = self.moe_layer_share
-        return share * moe + (1.0 - share) * self.dense_mlp_params
+        return share * self.moe_active_params_per_layer + (1.0 - share) * self.dense_mlp_params
 
     @property
     def active_params(self) -> Float[Array, "*batch"]:
