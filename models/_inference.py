@@ -45,6 +45,7 @@ from dse.hardware._validate import as_float_array, check_choice, check_integer, 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._energy import step_energy
+from ._once import evaluates_once
 from ._operators import _f, attention, elementwise, gemm, ratio
 from ._recipe import QUANTIZE_FLOPS
 from ._rules import (
@@ -779,6 +780,7 @@ def _pass(model: Transformer, plan: InferencePlan, system: System, segments, log
         reason=reason, energy=energy)
 
 
+@evaluates_once
 def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: ArrayLike, *,
             calibration: Calibration = DEFAULT, smooth: bool = False) -> InferenceReport:
     """Prefill: the forward pass over `plan.batch` prompts of `input_len` tokens.
@@ -803,6 +805,7 @@ def prefill(model: Transformer, plan: InferencePlan, system: System, input_len: 
     return _forward(model, plan, system, input_len, input_len, smooth, calibration, workload)
 
 
+@evaluates_once
 def decode(model: Transformer, plan: InferencePlan, system: System, context_len: ArrayLike, *,
            calibration: Calibration = DEFAULT, smooth: bool = False) -> InferenceReport:
     """One decode step: one new token for each of `plan.batch` sequences.
@@ -820,6 +823,7 @@ def decode(model: Transformer, plan: InferencePlan, system: System, context_len:
     return _forward(model, plan, system, 1.0, context_len, smooth, calibration, workload)
 
 
+@evaluates_once
 def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
           input_len: ArrayLike, output_len: ArrayLike, *, calibration: Calibration = DEFAULT,
           smooth: bool = False) -> ServeReport:

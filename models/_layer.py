@@ -27,6 +27,7 @@ from ._collectives import (
     send_recv,
 )
 from ._memory import ACT_BYTES
+from ._once import once_per_evaluation
 from ._operators import (
     attention,
     attention_backward,
@@ -117,12 +118,14 @@ def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
     return gemms_fwd_bwd(chip, [(m, n, k, groups)], smooth, calibration, recipe)[0]
 
 
+@once_per_evaluation
 def local_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """Tokens of one micro-batch on one chip: b * s / cp (context parallelism splits each
     sequence over cp chips)."""
     return plan.microbatch_size * model.seq_len / plan.cp
 
 
+@once_per_evaluation
 def expert_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """Tokens the busiest local expert of an MoE layer processes per micro-batch.
 
@@ -163,6 +166,7 @@ def _attention_gemms(model, plan, tokens, fb):
     ]
 
 
+@once_per_evaluation
 def _weight_gemm_table(model: Transformer, plan: TrainingPlan):
     """The layer's weight GEMMs on one chip: (count, (m, n, k), TP cover) of each forward GEMM,
     and the MoE router's (m, n, k).
@@ -304,6 +308,7 @@ def weight_quantize(model: Transformer, plan: TrainingPlan, system: System, para
                        writes=recipe.format.bytes, smooth=smooth, calibration=calibration)
 
 
+@once_per_evaluation
 def _ring_effective_context(model, plan):
     """Keys per sequence that make `attention`'s causal count right for one CP rank.
 
@@ -396,6 +401,7 @@ def _elementwise_ops(model, plan, system, smooth, calibration):
         + 2.0 * bdr_b.flops + act_b.flops
 
 
+@once_per_evaluation
 def expert_passes(plan: TrainingPlan) -> Float[Array, "*batch"]:
     """MoE all-to-alls per layer and micro-batch: dispatch and combine, forward and backward,
     and the forward pair again under full recomputation or `recompute_moe` (recomputing the
@@ -546,6 +552,7 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
                       scaleout_scale=jnp.where(on, out_share, 1.0))
 
 
+@once_per_evaluation
 def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """Bytes of the K and V of one CP chunk on one chip (what one ring step passes on).
 

@@ -12,8 +12,12 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from dse.hardware._validate import concrete
+
+from ._once import once_per_evaluation
 from ._recipe import RECIPES, STATE_BYTES
 from ._training_plan import RECOMPUTE_NONE, TrainingPlan, first_stage_layers, split_units
 from ._transformer import Transformer
@@ -69,6 +73,7 @@ class StageParams(eqx.Module):
         return self.dense + self.expert
 
 
+@once_per_evaluation
 def stage_params(model: Transformer, plan: TrainingPlan, layers=None,
                  embedding: bool = True) -> StageParams:
     """Parameters held by one chip of the first stage (which also holds the embedding), or of
@@ -120,12 +125,14 @@ def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array,
                      params.dense + params.expert)
 
 
+@once_per_evaluation
 def _moe_layer_width(model: Transformer) -> Float[Array, "*batch"]:
     """Expert MLP width a token occupies in one MoE layer: top_k routed at the busiest
     expert's load plus the shared experts."""
     return (model.top_k * model.expert_load + model.shared_experts) * model.ffn_hidden
 
 
+@once_per_evaluation
 def moe_block_activation_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """What one MoE block stores beyond its input for one micro-batch on one chip (the experts'
     up / gate outputs, activation output and down-projection input), bytes: what
@@ -137,6 +144,7 @@ def moe_block_activation_bytes(model: Transformer, plan: TrainingPlan) -> Float[
     return moe * tokens * _moe_layer_width(model) * (2.0 * up + linear_input_bytes(plan)) / plan.tp
 
 
+@once_per_evaluation
 def activation_bytes_per_layer(model: Transformer, plan: TrainingPlan, *,
                                flash_attention: bool = True) -> Float[Array, "*batch"]:
     """Activations one layer stores for one micro-batch on one chip, bytes.
@@ -211,6 +219,12 @@ class TrainingMemory(eqx.Module):
         return self.weights + self.grads + self.optimizer + self.activations
 
 
+def _all_concretely(value, test) -> bool:
+    """True when `value` is concrete (not traced) and `test` holds for all its elements."""
+    known = concrete(value)
+    return known is not None and bool(np.all(test(known)))
+
+
 def training_memory(model: Transformer, plan: TrainingPlan, *,
                     flash_attention: bool = True) -> TrainingMemory:
     """Memory per chip of the fullest pipeline stage (bytes), by kind: the first (its layers
@@ -231,9 +245,14 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     p, v = plan.pp, plan.interleave
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)
     per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
-    working = activation_bytes_per_layer(
-        model, plan.replace(recompute=RECOMPUTE_NONE, recompute_moe=0.0),
-        flash_attention=flash_attention)
+    # Skipped where the plan's values show it cannot matter: fewer operations to trace.
+    if _all_concretely(plan.recompute, lambda r: r == RECOMPUTE_NONE) \
+            and _all_concretely(plan.recompute_moe, lambda r: r == 0.0):
+        working = per_layer
+    else:
+        working = activation_bytes_per_layer(
+            model, plan.replace(recompute=RECOMPUTE_NONE, recompute_moe=0.0),
+            flash_attention=flash_attention)
     # A recomputed MoE block rebuilds its activations for one layer at a time in backward.
     moe_block = jnp.where(plan.recompute_moe > 0.5, moe_block_activation_bytes(model, plan), 0.0)
     rebuilt = jnp.where(plan.recompute > 1.5, working, moe_block)
@@ -263,6 +282,8 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     # The first stage: its layers and the embedding, min(m, p) micro-batches in flight.
     first = stage(stage_params(model, plan), first_stage_layers(model, plan),
                   jnp.minimum(plan.microbatches, p))
+    if _all_concretely(plan.account_embedding_loss, lambda a: a <= 0.5):
+        return first
     # With the embedding and the loss counted in the split, the second stage holds a whole
     # stage of layers (one more than the first) and one micro-batch fewer in flight: with few
     # layers per stage it holds more.

@@ -21,6 +21,7 @@ from dse.hardware._validate import as_float_array, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._layer import gemm_fwd_bwd, layer_costs
+from ._once import evaluates_once
 from ._training import TrainReport, train_step
 from ._training_plan import TrainingPlan
 from ._transformer import TRANSFORMERS, Transformer
@@ -95,6 +96,7 @@ class VisionLanguageReport(eqx.Module):
     llm: TrainReport
 
 
+@evaluates_once
 def vision_language_train_step(model: VisionLanguage, plan: TrainingPlan, system: System, *,
                                text_tokens, train_encoder: bool = False,
                                calibration: Calibration = DEFAULT,

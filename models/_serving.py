@@ -77,6 +77,7 @@ from dse.hardware._validate import as_float_array, check_choice, check_range
 from ._calibration import DEFAULT, Calibration
 from ._collectives import send_recv
 from ._inference import InferencePlan, InferenceReport, _memory, _optional_float, _pass
+from ._once import evaluates_once
 from ._operators import _f
 from ._transformer import Transformer
 
@@ -568,6 +569,7 @@ def _last(x):
     return jnp.moveaxis(x, 0, -1)
 
 
+@evaluates_once
 def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
                      workload: ServingWorkload, *, calibration: Calibration = DEFAULT,
                      smooth: bool = False) -> ServingReport:
@@ -694,6 +696,7 @@ class PoolReport(eqx.Module):
     bottleneck: Int[Array, "*batch"]
 
 
+@evaluates_once
 def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_system: System,
                         decode_plan: ServingPlan, decode_system: System,
                         workload: ServingWorkload, *, kv_link: str = "scaleup",

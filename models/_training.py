@@ -36,6 +36,7 @@ from ._memory import (
     zero_shard,
 )
 from ._offload import offload_bytes_per_microbatch, offload_exposed_time
+from ._once import evaluates_once
 from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
 from ._recipe import RECIPES
@@ -159,6 +160,7 @@ def _busiest_stage(model, plan, lc, head_time, eta):
     return layers, jnp.where(middle, 0.0, 1.0)
 
 
+@evaluates_once
 def train_step(model: Transformer, plan: TrainingPlan, system: System, *,
                calibration: Calibration = DEFAULT, smooth: bool = False,
                flash_attention: bool = True) -> TrainReport:

@@ -22,6 +22,7 @@ from dse.hardware._validate import (
     format_value,
 )
 
+from ._once import once_per_evaluation
 from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
 from ._rules import Rule, check_rules, divides, is_concrete, reason_of
 from ._transformer import Transformer
@@ -204,21 +205,25 @@ class TrainingPlan(eqx.Module):
                     f"ep {ep}, etp {expert_tp}, tp {tp}, cp {cp}, dp {dp}")
 
     @property
+    @once_per_evaluation
     def chips(self) -> Float[Array, "*batch"]:
         """Chips the plan occupies, tp * cp * pp * dp."""
         return self.tp * self.cp * self.pp * self.dp
 
     @property
+    @once_per_evaluation
     def expert_tp(self) -> Float[Array, "*batch"]:
         """Expert tensor-parallel degree: `etp`, or `tp` when it is 0."""
         return jnp.where(self.etp > 0.0, self.etp, self.tp)
 
     @property
+    @once_per_evaluation
     def expert_dp(self) -> Float[Array, "*batch"]:
         """Replicas of each expert (EDP), tp * cp * dp / (ep * etp)."""
         return self.tp * self.cp * self.dp / (self.ep * self.expert_tp)
 
     @property
+    @once_per_evaluation
     def microbatches(self) -> Float[Array, "*batch"]:
         """Micro-batches per replica per step, global_batch / (dp * microbatch_size)."""
         return self.global_batch / (self.dp * self.microbatch_size)
@@ -228,6 +233,7 @@ class TrainingPlan(eqx.Module):
         return dataclasses.replace(self, **changes)
 
 
+@once_per_evaluation
 def split_units(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """What the pipeline split divides over the stages: the layers, plus the embedding and the
     loss with `TrainingPlan.account_embedding_loss` under pipeline parallelism."""
@@ -235,6 +241,7 @@ def split_units(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"
     return model.layers + jnp.where(counted, 2.0, 0.0)
 
 
+@once_per_evaluation
 def first_stage_layers(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
     """Transformer layers on the first pipeline stage (the one beside the embedding)."""
     counted = (plan.account_embedding_loss > 0.5) & (plan.pp > 1.0)

@@ -17,6 +17,8 @@ from jaxtyping import Array, Float
 
 from dse.hardware._validate import PresetMapping, as_float_array, check_range
 
+from ._once import once_per_evaluation
+
 
 def _safe_ratio(num, den):
     return num / jnp.where(den > 0.0, den, 1.0)
@@ -149,32 +151,38 @@ class Transformer(eqx.Module):
 
     # ----- shapes -------------------------------------------------------------------------
     @property
+    @once_per_evaluation
     def head_dim(self) -> Float[Array, "*batch"]:
         """Width of one attention head: `head_size`, or hidden / heads when that is 0."""
         given = self.head_size > 0.0
         return jnp.where(given, self.head_size, self.hidden / self.heads)
 
     @property
+    @once_per_evaluation
     def q_dim(self) -> Float[Array, "*batch"]:
         """Width of Q (and of the attention output) across all heads, heads * head_dim."""
         return self.heads * self.head_dim
 
     @property
+    @once_per_evaluation
     def kv_dim(self) -> Float[Array, "*batch"]:
         """Width of K (or V) across all KV heads, kv_heads * head_dim."""
         return self.kv_heads * self.head_dim
 
     @property
+    @once_per_evaluation
     def mlp_matrices(self) -> float:
         """Weight matrices in one MLP (expert): 3 when gated (SwiGLU), else 2."""
         return 3.0 if self.gated_mlp else 2.0
 
     @property
+    @once_per_evaluation
     def qk_head_dim(self) -> Float[Array, "*batch"]:
         """Width of one head's query and key: head_dim, plus the rotary part under MLA."""
         return self.head_dim + self.rope_head_dim if self.latent_attention else self.head_dim
 
     @property
+    @once_per_evaluation
     def v_head_dim(self) -> Float[Array, "*batch"]:
         """Width of one head's value (and attention output): `v_head_size` under MLA."""
         if self.latent_attention:
@@ -182,22 +190,26 @@ class Transformer(eqx.Module):
         return self.head_dim
 
     @property
+    @once_per_evaluation
     def moe_layers(self) -> Float[Array, "*batch"]:
         """Layers whose MLP is a mixture of experts (all layers of a dense model count here
         too, with one expert; see `dense_layers`)."""
         return self.layers - self.dense_layers
 
     @property
+    @once_per_evaluation
     def moe_layer_share(self) -> Float[Array, "*batch"]:
         """Share of the layers that are MoE layers, moe_layers / layers."""
         return self.moe_layers / self.layers
 
     @property
+    @once_per_evaluation
     def dense_ffn(self) -> Float[Array, "*batch"]:
         """MLP width of the dense layers of an MoE model: `dense_ffn_hidden`, or `ffn_hidden`."""
         return jnp.where(self.dense_ffn_hidden > 0.0, self.dense_ffn_hidden, self.ffn_hidden)
 
     @property
+    @once_per_evaluation
     def expert_load(self) -> Float[Array, "*batch"]:
         """Tokens the busiest expert processes, as a multiple of the balanced share: the
         imbalance, capped at the capacity factor when tokens are dropped."""
@@ -205,6 +217,7 @@ class Transformer(eqx.Module):
         return jnp.where(self.capacity_factor > 0.0, capped, self.expert_imbalance)
 
     @property
+    @once_per_evaluation
     def dropped_token_fraction(self) -> Float[Array, "*batch"]:
         """Share of the busiest expert's routed tokens dropped by the capacity factor (0 when
         dropless or when the capacity covers the imbalance)."""
@@ -213,6 +226,7 @@ class Transformer(eqx.Module):
 
     # ----- parameters ---------------------------------------------------------------------
     @property
+    @once_per_evaluation
     def attention_params_per_layer(self) -> Float[Array, "*batch"]:
         """Q, K, V and output projection weights of one layer (MLA: the down and up
         projections and the two latent norms, DeepSeek-V2 Sec. 2.1)."""
@@ -228,27 +242,32 @@ class Transformer(eqx.Module):
         return h * (self.q_dim + 2.0 * self.kv_dim) + self.q_dim * h
 
     @property
+    @once_per_evaluation
     def expert_params_per_layer(self) -> Float[Array, "*batch"]:
         """Weights of one MLP expert (the whole MLP when dense)."""
         return self.mlp_matrices * self.hidden * self.ffn_hidden
 
     @property
+    @once_per_evaluation
     def dense_mlp_params(self) -> Float[Array, "*batch"]:
         """Weights of the MLP of one dense layer of an MoE model."""
         return self.mlp_matrices * self.hidden * self.dense_ffn
 
     @property
+    @once_per_evaluation
     def router_params_per_layer(self) -> Float[Array, "*batch"]:
         """MoE router weights of one MoE layer (0 for a dense model)."""
         return jnp.where(self.experts > 1.0, self.hidden * self.experts, 0.0)
 
     @property
+    @once_per_evaluation
     def conditioning_params_per_layer(self) -> Float[Array, "*batch"]:
         """adaLN modulation weights and biases of one layer, 6 h^2 + 6 h (0 without adaLN)."""
         h = self.hidden
         return (6.0 * h * h + 6.0 * h) if self.adaln else 0.0 * h
 
     @property
+    @once_per_evaluation
     def params_per_layer(self) -> Float[Array, "*batch"]:
         """All weights of one MoE layer (of every layer for a dense model): attention, every
         routed and shared expert, router, two norms and the adaLN modulation."""
@@ -258,30 +277,35 @@ class Transformer(eqx.Module):
                 + self.conditioning_params_per_layer)
 
     @property
+    @once_per_evaluation
     def dense_layer_params(self) -> Float[Array, "*batch"]:
         """All weights of one dense layer of an MoE model."""
         return (self.attention_params_per_layer + self.dense_mlp_params + 2.0 * self.hidden
                 + self.conditioning_params_per_layer)
 
     @property
+    @once_per_evaluation
     def mean_params_per_layer(self) -> Float[Array, "*batch"]:
         """Weights per layer averaged over MoE and dense layers."""
         share = self.moe_layer_share
         return share * self.params_per_layer + (1.0 - share) * self.dense_layer_params
 
     @property
+    @once_per_evaluation
     def embedding_params(self) -> Float[Array, "*batch"]:
         """Token embedding plus (when untied) the output projection, plus the final norm."""
         copies = 1.0 if self.tied_embeddings else 2.0
         return copies * self.vocab * self.hidden + self.hidden
 
     @property
+    @once_per_evaluation
     def params(self) -> Float[Array, "*batch"]:
         """Total parameters."""
         return (self.moe_layers * self.params_per_layer
                 + self.dense_layers * self.dense_layer_params + self.embedding_params)
 
     @property
+    @once_per_evaluation
     def moe_active_params_per_layer(self) -> Float[Array, "*batch"]:
         """MLP weights one token touches in one MoE layer: top_k routed and the shared
         experts, and the router."""
@@ -289,6 +313,7 @@ class Transformer(eqx.Module):
                 + self.router_params_per_layer)
 
     @property
+    @once_per_evaluation
     def active_mlp_params_per_layer(self) -> Float[Array, "*batch"]:
         """MLP weights one token touches in a layer, averaged over MoE and dense layers
         (`moe_active_params_per_layer` in MoE layers)."""
@@ -296,6 +321,7 @@ class Transformer(eqx.Module):
         return share * self.moe_active_params_per_layer + (1.0 - share) * self.dense_mlp_params
 
     @property
+    @once_per_evaluation
     def active_params(self) -> Float[Array, "*batch"]:
         """Parameters one token touches (top_k routed and the shared experts of each MoE
         layer, every dense layer, the embeddings)."""
@@ -304,6 +330,7 @@ class Transformer(eqx.Module):
         return self.layers * per_layer + self.embedding_params
 
     # ----- FLOPs (2 per multiply-accumulate; the counting of Narayanan et al. 2021 eq. 3) ----
+    @once_per_evaluation
     def layer_forward_flops_per_token(self, context=None) -> Float[Array, "*batch"]:
         """Forward FLOPs of one layer per token: weight GEMMs plus attention scores.
 
@@ -322,6 +349,7 @@ class Transformer(eqx.Module):
         conditioning = 2.0 * self.conditioning_params_per_layer / self.seq_len
         return weight_gemms + conditioning + self.attention_core_flops_per_token(context)
 
+    @once_per_evaluation
     def attention_core_flops_per_token(self, context=None) -> Float[Array, "*batch"]:
         """Forward FLOPs of QK^T and AV of one layer per token over the full (non-causal)
         context: 2 * context * heads * (qk_head_dim + v_head_dim) (= 4 * context * q_dim for
@@ -333,6 +361,7 @@ class Transformer(eqx.Module):
         context = share * local + (1.0 - share) * context
         return 2.0 * context * self.heads * (self.qk_head_dim + self.v_head_dim)
 
+    @once_per_evaluation
     def mean_attended_keys(self) -> Float[Array, "*batch"]:
         """Keys a query attends to under the causal mask, averaged over the sequence and the
         layers: (s + 1) / 2 for full attention; with a window W < s,
@@ -345,15 +374,18 @@ class Transformer(eqx.Module):
         share = jnp.where(windowed, self.window_layer_share, 0.0)
         return share * jnp.where(windowed, local, full) + (1.0 - share) * full
 
+    @once_per_evaluation
     def logits_flops_per_token(self) -> Float[Array, "*batch"]:
         """Forward FLOPs of the output projection per token (2 * hidden * vocab)."""
         return 2.0 * self.hidden * self.vocab
 
+    @once_per_evaluation
     def forward_flops_per_token(self, context=None) -> Float[Array, "*batch"]:
         """Forward FLOPs of the whole model per token (all layers + logits)."""
         return self.layers * self.layer_forward_flops_per_token(context) \
             + self.logits_flops_per_token()
 
+    @once_per_evaluation
     def flops_per_token(self, training: bool = True, context=None) -> Float[Array, "*batch"]:
         """Model FLOPs per token: 3x forward for training (backward = 2x forward), 1x inference.
 
@@ -363,6 +395,7 @@ class Transformer(eqx.Module):
         fwd = self.forward_flops_per_token(context)
         return 3.0 * fwd if training else fwd
 
+    @once_per_evaluation
     def hardware_flops_per_token(self, recompute_fraction=0.0) -> Float[Array, "*batch"]:
         """Training FLOPs per token including recomputation.
 
@@ -376,6 +409,7 @@ class Transformer(eqx.Module):
         layer_fwd = self.layers * self.layer_forward_flops_per_token()
         return self.flops_per_token(True) + recompute_fraction * layer_fwd
 
+    @once_per_evaluation
     def six_n_flops_per_token(self) -> Float[Array, "*batch"]:
         """The 6 * active-parameters estimate of training FLOPs per token (Kaplan et al. 2020)."""
         return 6.0 * self.active_params
