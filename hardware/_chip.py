@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ._fields import CHIP_BOUNDS
+from ._once import once_per_evaluation
 from ._precision import ENGINE_NAMES, ENGINE_RATE_FIELD
 from ._technology import HbmGeneration
 from ._validate import as_float_array, check_choice, check_range, concrete, format_value
@@ -152,10 +153,12 @@ class Chip(eqx.Module):
 
     # Derived quantities (pure, so they trace and differentiate).
     @property
+    @once_per_evaluation
     def peak_flops(self) -> Float[Array, "*batch"]:
         """Peak dense matrix FLOP/s (2 FLOP per MAC per cycle)."""
         return 2.0 * self.mac_units * self.clock_hz
 
+    @once_per_evaluation
     def rate(self, engine: str) -> Float[Array, "*batch"]:
         """MACs per cycle of `engine` ("bf16", "fp8", "fp6", "fp4", "int8") per 16-bit MAC unit
         (1 for "bf16"; 0 where the chip has no such engine)."""
@@ -164,21 +167,25 @@ class Chip(eqx.Module):
             return jnp.ones_like(self.mac_units)
         return getattr(self, ENGINE_RATE_FIELD[engine])
 
+    @once_per_evaluation
     def matrix_peak(self, engine: str) -> Float[Array, "*batch"]:
         """Peak dense FLOP/s of `engine` (2 FLOP per MAC per cycle; 0 without the engine)."""
         return self.peak_flops * self.rate(engine)
 
     @property
+    @once_per_evaluation
     def link_bandwidth_total(self) -> Float[Array, "*batch"]:
         """All links together, one direction, bytes/s."""
         return self.link_count * self.link_bandwidth
 
     @property
+    @once_per_evaluation
     def has_hbm(self) -> Bool[Array, "*batch"]:
         """True where the chip has HBM (else its operands and state live in SRAM)."""
         return self.hbm_bytes > 0
 
     @property
+    @once_per_evaluation
     def memory_capacity(self) -> Float[Array, "*batch"]:
         """Where a workload's weights, states and activations live, bytes: the HBM, or the
         SRAM of a chip without HBM."""

@@ -14,6 +14,7 @@ from jaxtyping import Array, Float
 from ._chip import Chip
 from ._fields import SYSTEM_BOUNDS
 from ._network import Network
+from ._once import once_per_evaluation
 from ._validate import as_float_array, check_choice, check_integer, check_range
 
 Topology = Literal["switch", "torus2d", "torus3d"]
@@ -96,11 +97,13 @@ class System(eqx.Module):
                     f"(chip.link_count = 0); got scaleup_size {np.asarray(size)}")
 
     @property
+    @once_per_evaluation
     def scaleup_bandwidth(self) -> Float[Array, "*batch"]:
         """Per-chip scale-up bandwidth, one direction, bytes/s (all of the chip's links)."""
         return self.chip.link_count * self.chip.link_bandwidth
 
     @property
+    @once_per_evaluation
     def scaleup_domain(self) -> Float[Array, "*batch"]:
         """Chips per scale-up domain, capped at the system size."""
         return jnp.minimum(self.scaleup_size, float(self.num_chips))

@@ -19,6 +19,7 @@ from jaxtyping import Array, ArrayLike, Float, Real
 
 from . import units as u
 from ._fields import LIMITS
+from ._once import once_per_evaluation
 from ._validate import as_float_array, check_choice, check_range
 
 # Memory generations a chip's HBM stacks can be ("none": a chip without HBM).
@@ -318,6 +319,7 @@ class Technology(eqx.Module):
                      get_args(HbmGeneration))
 
 
+@once_per_evaluation
 def technology(node_nm: Real[ArrayLike, "*batch"], hbm_generation: str = "HBM3") -> Technology:
     """Constants for a (continuous) process node and a memory generation.
 

@@ -39,13 +39,13 @@ from jax.scipy.special import gammaln
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
+from dse.hardware._once import evaluates_once
 from dse.hardware._precision import FORMATS
 from dse.hardware._validate import as_float_array, check_choice, check_integer, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._energy import step_energy
-from ._once import evaluates_once
 from ._operators import _f, attention, elementwise, gemm, ratio
 from ._recipe import QUANTIZE_FLOPS
 from ._rules import (

@@ -15,6 +15,7 @@ from jax.scipy.special import gammaln
 from jaxtyping import Array, Float
 
 from dse.hardware import System
+from dse.hardware._once import once_per_evaluation
 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import (
@@ -27,7 +28,6 @@ from ._collectives import (
     send_recv,
 )
 from ._memory import ACT_BYTES
-from ._once import once_per_evaluation
 from ._operators import (
     attention,
     attention_backward,

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from dse.hardware._once import once_per_evaluation
 from dse.hardware._validate import concrete
 
-from ._once import once_per_evaluation
 from ._recipe import RECIPES, STATE_BYTES
 from ._training_plan import RECOMPUTE_NONE, TrainingPlan, first_stage_layers, split_units
 from ._transformer import Transformer

@@ -17,11 +17,11 @@ import equinox as eqx
 from jaxtyping import Array, Float
 
 from dse.hardware import System
+from dse.hardware._once import evaluates_once
 from dse.hardware._validate import as_float_array, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._layer import gemm_fwd_bwd, layer_costs
-from ._once import evaluates_once
 from ._training import TrainReport, train_step
 from ._training_plan import TrainingPlan
 from ._transformer import TRANSFORMERS, Transformer

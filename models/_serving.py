@@ -72,12 +72,12 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
 from dse.hardware import units as u
+from dse.hardware._once import evaluates_once
 from dse.hardware._validate import as_float_array, check_choice, check_range
 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import send_recv
 from ._inference import InferencePlan, InferenceReport, _memory, _optional_float, _pass
-from ._once import evaluates_once
 from ._operators import _f
 from ._transformer import Transformer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from dse.hardware import System
+from dse.hardware._once import once_per_evaluation
 from dse.hardware._system import TOPOLOGY_DIMS
 
 from ._calibration import Calibration
@@ -23,6 +24,7 @@ def scaleup_steps(system: System, p):
     return d * (p ** (1.0 / d) - 1.0)
 
 
+@once_per_evaluation
 def link_efficiency(system: System, calibration: Calibration):
     """The calibrated fraction of the scale-up links' bandwidth, for the system's fabric."""
     return calibration.link_efficiency[system.fabric]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from dse.hardware import Reason, System
+from dse.hardware._once import evaluates_once
 
 from ._calibration import DEFAULT, Calibration
 from ._data_parallel import data_parallel_cost
@@ -36,7 +37,6 @@ from ._memory import (
     zero_shard,
 )
 from ._offload import offload_bytes_per_microbatch, offload_exposed_time
-from ._once import evaluates_once
 from ._operators import elementwise, ratio
 from ._pipeline import pipeline_bubble, pipeline_comm_per_microbatch, pipeline_send_bytes
 from ._recipe import RECIPES

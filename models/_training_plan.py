@@ -14,6 +14,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from dse.hardware import Reason, System
+from dse.hardware._once import once_per_evaluation
 from dse.hardware._validate import (
     as_float_array,
     check_choice,
@@ -22,7 +23,6 @@ from dse.hardware._validate import (
     format_value,
 )
 
-from ._once import once_per_evaluation
 from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
 from ._rules import Rule, check_rules, divides, is_concrete, reason_of
 from ._transformer import Transformer

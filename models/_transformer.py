@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from dse.hardware._once import once_per_evaluation
 from dse.hardware._validate import PresetMapping, as_float_array, check_range
-
-from ._once import once_per_evaluation
 
 
 def _safe_ratio(num, den):

@@ -6,8 +6,10 @@ again: one GPT-3 `train_step` traced 3,614 operations, 1,494 of them exact repea
 ones (`head_dim` alone about 50 times). XLA removes the repeats when it compiles, but tracing
 and lowering pay for each, and they are most of a compile here. Inside `evaluated_once()`, a
 function marked `once_per_evaluation` returns its first result again for the same object and
-arguments; outside, it computes every time. The entry points (`train_step`, ...) open the
-block, so a value never outlives the evaluation (or the trace) that computed it.
+arguments; outside, it computes every time. The models' entry points (`train_step`,
+`prefill`, `decode`, `serve`, ...) open the block, so a value never outlives the evaluation (or
+the trace) that computed it. Here, beneath every layer, so that a chip's derived quantities
+are shared too.
 """
 
 from __future__ import annotations
