@@ -32,6 +32,7 @@ from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, SYSTEMS, Reason, System
 from dse.hardware import units as u
 from dse.models import (
+    CP_ALL_GATHER,
     DEFAULT,
     FRAMEWORKS,
     RECOMPUTE_FULL,
@@ -484,15 +485,15 @@ def _external(row, key, rid, n):
         # (FSDP without resharding weights after forward: ZeRO-2), no activation checkpointing
         # at 8K (Dubey et al. 2024, Sec. 3.3.2); micro-batch unstated (the fastest feasible of
         # 1-4), interleaved schedule of depth 1-4; 8 H100 per node, 400 Gb/s RoCE. The 128K
-        # row adds CP 16, which Llama 3 runs as an all-gather of K and V before each attention
-        # (Sec. 3.3.2); the model's CP is Megatron-Core's ring, the same bytes, overlapped with
-        # the attention (with 8 KV heads over TP 8, one KV head's chunk per step).
+        # row adds CP 16, which Llama 3 runs as an all-gather of K and V before each attention,
+        # exposed (Sec. 3.3.2: `CP_ALL_GATHER`; with 8 KV heads over TP 8, one KV head's chunk
+        # per rank).
         model = _llama(row)
         gb = int(_f(row, "global_batch_seqs"))
         tp, pp, dp, cp = _f(row, "tp"), _f(row, "pp"), _f(row, "dp"), _f(row, "cp", 1.0)
         plans = [TrainingPlan(tp=tp, pp=pp, dp=dp, cp=cp, microbatch_size=mb, global_batch=gb,
                               interleave=v, sequence_parallel=1.0, recompute=rc, zero_stage=2.0,
-                              dp_overlap=1.0, account_embedding_loss=1.0)
+                              dp_overlap=1.0, account_embedding_loss=1.0, cp_comm=CP_ALL_GATHER)
                  for mb in (1.0, 2.0, 4.0) for v in (1.0, 2.0, 4.0)
                  for rc in (RECOMPUTE_NONE, RECOMPUTE_SELECTIVE)]
         tflops = _f(row, "tflops_per_device")

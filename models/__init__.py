@@ -87,6 +87,9 @@ from ._serving_plan import serving_goodput as serving_goodput
 from ._training import TrainReport as TrainReport
 from ._training import precision_unsupported as precision_unsupported
 from ._training import train_step as train_step
+from ._training_plan import CP_A2A as CP_A2A
+from ._training_plan import CP_ALL_GATHER as CP_ALL_GATHER
+from ._training_plan import CP_P2P as CP_P2P
 from ._training_plan import RECOMPUTE_FULL as RECOMPUTE_FULL
 from ._training_plan import RECOMPUTE_NONE as RECOMPUTE_NONE
 from ._training_plan import RECOMPUTE_SELECTIVE as RECOMPUTE_SELECTIVE

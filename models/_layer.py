@@ -27,7 +27,7 @@ from ._collectives import (
     reduce_scatter,
     send_recv,
 )
-from ._memory import ACT_BYTES
+from ._memory import ACT_BYTES, kv_chunk_bytes, local_tokens
 from ._operators import (
     attention,
     attention_backward,
@@ -116,13 +116,6 @@ def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
     `groups`: the product is a batched GEMM of that many products stacked along M (dW is then
     `groups` separate k x n outputs for the tile and wave count)."""
     return gemms_fwd_bwd(chip, [(m, n, k, groups)], smooth, calibration, recipe)[0]
-
-
-@once_per_evaluation
-def local_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
-    """Tokens of one micro-batch on one chip: b * s / cp (context parallelism splits each
-    sequence over cp chips)."""
-    return plan.microbatch_size * model.seq_len / plan.cp
 
 
 @once_per_evaluation
@@ -309,7 +302,7 @@ def weight_quantize(model: Transformer, plan: TrainingPlan, system: System, para
 
 
 @once_per_evaluation
-def _ring_effective_context(model, plan):
+def _ring_effective_context(model, plan, cp=None):
     """Keys per sequence that make `attention`'s causal count right for one CP rank.
 
     With load-balanced causal chunks (Megatron-Core CP: rank i holds chunks i and 2cp-1-i) every
@@ -317,9 +310,10 @@ def _ring_effective_context(model, plan):
     window, `Transformer.mean_attended_keys`), 1 / cp of the causal work. `attention` places
     causal queries at the end of the context (query j of q sees kv - q + j + 1 keys,
     kv - (q - 1) / 2 on average), so kv = mean + (s / cp - 1) / 2 gives that mean; at cp = 1
-    without a window it is s, the plain causal case.
+    without a window it is s, the plain causal case. `cp`: the degree to use instead of the
+    plan's (1 for a rank that holds every query of its heads, as under Ulysses).
     """
-    s, cp = model.seq_len, plan.cp
+    s, cp = model.seq_len, (plan.cp if cp is None else cp)
     if not model.causal:
         return s  # every query of every rank attends to the whole sequence
     return model.mean_attended_keys() + 0.5 * (s / cp - 1.0)
@@ -328,8 +322,7 @@ def _ring_effective_context(model, plan):
 def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     """QK^T, softmax, dropout, AV: (fwd s, bwd s, fwd bytes, all bytes, fwd vec, all vec)."""
     chip = system.chip
-    t, b, s = plan.tp, plan.microbatch_size, model.seq_len
-    q_len = s / plan.cp
+    t, b, s, cp = plan.tp, plan.microbatch_size, model.seq_len, plan.cp
     heads_l = model.heads / t
     if model.latent_attention:
         # MLA trains as multi-head attention over the up-projected heads; QK^T runs at the
@@ -337,9 +330,17 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
         kv_l, d = heads_l, 0.5 * (model.qk_head_dim + model.v_head_dim)
     else:
         kv_l, d = jnp.maximum(model.kv_heads / t, 1.0), model.head_dim
+    # Ring and all-gather CP: the rank's s / cp queries against the sequence's keys. Ulysses
+    # (all-to-all): heads / cp of the rank's heads over the whole sequence (K and V heads
+    # copied where fewer than cp); the same FLOPs in a kernel of another shape.
+    ulysses = plan.cp_comm > 1.5
+    q_len = jnp.where(ulysses, s, s / cp)
+    heads_l, kv_l = (jnp.where(ulysses, heads_l / cp, heads_l),
+                     jnp.where(ulysses, jnp.maximum(kv_l / cp, 1.0), kv_l))
     eff = dict(smooth=smooth, calibration=calibration)
     if flash_attention:
-        kv_len = _ring_effective_context(model, plan)
+        kv_len = jnp.where(ulysses, _ring_effective_context(model, plan, cp=1.0),
+                           _ring_effective_context(model, plan))
         a_f = attention(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal, **eff)
         a_b = attention_backward(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal,
                                  **eff)
@@ -552,30 +553,39 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
                       scaleout_scale=jnp.where(on, out_share, 1.0))
 
 
-@once_per_evaluation
-def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
-    """Bytes of the K and V of one CP chunk on one chip (what one ring step passes on).
-
-    GQA: K and V of the chip's KV heads; MLA: the up-projected per-head K (qk width) and V,
-    as Megatron-Core's CP sends them.
-    """
-    t = plan.tp
+def ulysses_send_bytes(model: Transformer, plan: TrainingPlan):
+    """Each chip's all-to-all send buffers of one layer under Ulysses CP (`CP_A2A`), bytes:
+    (Q, K and V of its s / cp tokens for every head of its TP rank, K and V copied to each
+    CP rank when the rank has fewer than cp KV heads; the attention output)."""
+    heads_l, cp = model.heads / plan.tp, plan.cp
     if model.latent_attention:
-        width = model.heads / t * (model.qk_head_dim + model.v_head_dim)
+        qkv = heads_l * (2.0 * model.qk_head_dim + model.v_head_dim)
+        out = heads_l * model.v_head_dim
     else:
-        width = 2.0 * jnp.maximum(model.kv_heads / t, 1.0) * model.head_dim
-    return ACT_BYTES * local_tokens(model, plan) * width
+        kv_l = jnp.maximum(model.kv_heads / plan.tp, 1.0)
+        qkv = (heads_l + 2.0 * jnp.maximum(kv_l, cp)) * model.head_dim
+        out = heads_l * model.head_dim
+    tokens = ACT_BYTES * local_tokens(model, plan)
+    return tokens * qkv, tokens * out
 
 
 def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration):
-    """Exposed ring-attention communication of one layer: (s, bytes sent).
+    """Exposed context-parallel communication of one layer: (s, bytes sent), by
+    `TrainingPlan.cp_comm`. The CP members sit tp apart, so their traffic runs over the
+    scale-up tier while tp * cp fits in a domain and crosses the scale-out network beyond;
+    full recomputation repeats the forward's.
 
-    Megatron-Core CP (docs/user-guide/features/context_parallel.md): forward, each rank passes
-    its KV chunk around the ring, cp - 1 point-to-point steps, each overlapped with the
-    attention of the chunk it already holds; backward passes KV and dKV (twice the bytes) the
-    same way; full recomputation repeats the forward ring. The members sit tp apart, so the ring
-    runs over the scale-up tier while tp * cp fits in a domain and crosses the scale-out network
-    beyond. What the attention compute cannot hide is exposed.
+    - Ring (Megatron-Core CP, docs/user-guide/features/context_parallel.md): forward, each rank
+      passes its KV chunk around the ring, cp - 1 point-to-point steps, each overlapped with
+      the attention of the chunk it already holds; backward passes KV and dKV (twice the
+      bytes) the same way. What the attention compute cannot hide is exposed.
+    - All-gather (Llama 3, Dubey et al. 2024, Sec. 3.3.2; Megatron-Core "all_gather": "not
+      async, and cannot be overlapped"): K and V all-gathered before the forward attention and
+      again before its backward (a rank keeps only its chunk), dK and dV reduce-scattered
+      after; all exposed.
+    - All-to-all (DeepSpeed-Ulysses, Jacobs et al. 2023, Sec. 3.1): Q, K and V all-to-all into
+      head shards before the attention and the output back after it; backward the gradient of
+      the output in and those of Q, K and V back; all exposed.
     """
     cp = plan.cp
     chunk = kv_chunk_bytes(model, plan)
@@ -583,11 +593,22 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
     link = dict(stride=plan.tp, calibration=calibration)
     send_f = send_recv(system, chunk, cp, **link).time
     send_b = send_recv(system, 2.0 * chunk, cp, **link).time
-    full = plan.recompute > 1.5
-    exposed_f = jnp.maximum(steps * send_f - core_fwd, 0.0)
-    exposed_b = jnp.maximum(steps * send_b - core_bwd, 0.0)
-    comm = (1.0 + jnp.where(full, 1.0, 0.0)) * exposed_f + exposed_b
-    sent = steps * chunk * (3.0 + jnp.where(full, 1.0, 0.0))
+    ring_f = jnp.maximum(steps * send_f - core_fwd, 0.0)
+    ring_b = jnp.maximum(steps * send_b - core_bwd, 0.0)
+    gather = all_gather(system, cp * chunk, cp, **link).time
+    scatter = reduce_scatter(system, cp * chunk, cp, **link).time
+    qkv, out = ulysses_send_bytes(model, plan)
+    a2a = all_to_all(system, qkv, cp, **link).time + all_to_all(system, out, cp, **link).time
+    scheme = plan.cp_comm
+    exposed_f = jnp.where(scheme > 1.5, a2a, jnp.where(scheme > 0.5, gather, ring_f))
+    exposed_b = jnp.where(scheme > 1.5, a2a, jnp.where(scheme > 0.5, gather + scatter, ring_b))
+    # Bytes each chip sends: forward, backward. A ring or all-gather sends the chunk cp - 1
+    # times; an all-to-all sends (cp - 1) / cp of its buffer.
+    sent_f = jnp.where(scheme > 1.5, steps / cp * (qkv + out), steps * chunk)
+    sent_b = jnp.where(scheme > 1.5, sent_f, 2.0 * steps * chunk)
+    full = jnp.where(plan.recompute > 1.5, 1.0, 0.0)
+    comm = (1.0 + full) * exposed_f + exposed_b
+    sent = (1.0 + full) * sent_f + sent_b
     on = cp > 1.0
     return jnp.where(on, comm, 0.0), jnp.where(on, sent, 0.0)
 

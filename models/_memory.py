@@ -126,6 +126,28 @@ def zero_shard(plan: TrainingPlan, params: StageParams, sharded) -> Float[Array,
 
 
 @once_per_evaluation
+def local_tokens(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """Tokens of one micro-batch on one chip: b * s / cp (context parallelism splits each
+    sequence over cp chips)."""
+    return plan.microbatch_size * model.seq_len / plan.cp
+
+
+@once_per_evaluation
+def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """Bytes of the K and V of one CP chunk on one chip (what one ring step passes on).
+
+    GQA: K and V of the chip's KV heads; MLA: the up-projected per-head K (qk width) and V,
+    as Megatron-Core's CP sends them.
+    """
+    t = plan.tp
+    if model.latent_attention:
+        width = model.heads / t * (model.qk_head_dim + model.v_head_dim)
+    else:
+        width = 2.0 * jnp.maximum(model.kv_heads / t, 1.0) * model.head_dim
+    return ACT_BYTES * local_tokens(model, plan) * width
+
+
+@once_per_evaluation
 def _moe_layer_width(model: Transformer) -> Float[Array, "*batch"]:
     """Expert MLP width a token occupies in one MoE layer: top_k routed at the busiest
     expert's load plus the shared experts."""
@@ -256,6 +278,9 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     # A recomputed MoE block rebuilds its activations for one layer at a time in backward.
     moe_block = jnp.where(plan.recompute_moe > 0.5, moe_block_activation_bytes(model, plan), 0.0)
     rebuilt = jnp.where(plan.recompute > 1.5, working, moe_block)
+    # All-gather CP holds the other ranks' K and V chunks while one layer's attention runs.
+    gathered = jnp.where((plan.cp_comm > 0.5) & (plan.cp_comm < 1.5),
+                         (plan.cp - 1.0) * kv_chunk_bytes(model, plan), 0.0)
 
     def stage(params, layers, in_flight):
         zero = plan.zero_stage
@@ -275,7 +300,7 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
         offload = plan.activation_offload
         # The copy buffer: one layer's activations once one layer of the stage is offloaded.
         staging = per_layer * jnp.minimum(offload * layers, 1.0)
-        activations = (1.0 - offload) * stored + staging + rebuilt
+        activations = (1.0 - offload) * stored + staging + rebuilt + gathered
         return TrainingMemory(weights=weights, grads=grads, optimizer=optimizer,
                               activations=activations, host=offload * stored)
 

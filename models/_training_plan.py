@@ -32,6 +32,12 @@ RECOMPUTE_NONE = 0.0
 RECOMPUTE_SELECTIVE = 1.0  # recompute the attention core (QK^T, softmax, dropout, AV) only
 RECOMPUTE_FULL = 2.0  # store each layer's input, recompute the whole layer in backward
 
+# Context-parallel communication schemes: Megatron-Core's `cp_comm_type` (TransformerConfig,
+# megatron/core/transformer/transformer_config.py @d98e8a64: "p2p", "all_gather", "a2a").
+CP_P2P = 0.0  # KV chunks passed around a ring, each step overlapped with attention
+CP_ALL_GATHER = 1.0  # the sequence's K and V gathered before attention, not overlapped
+CP_A2A = 2.0  # DeepSpeed-Ulysses: all-to-alls from sequence- to head-sharded Q, K, V and back
+
 
 class TrainingPlan(eqx.Module):
     """How one training step is mapped onto the chips (all leaves floats so plans vmap).
@@ -40,8 +46,17 @@ class TrainingPlan(eqx.Module):
 
     - `tp`, `pp`, `dp`, `ep`: tensor-, pipeline-, data- and expert-parallel degrees
       (experts are sharded `ep` ways inside the data-parallel group).
-    - `cp`: context-parallel degree: each sequence is split over `cp` chips (ring attention,
-      Megatron-Core CP with load-balanced causal chunks); chips used = tp * cp * pp * dp.
+    - `cp`: context-parallel degree: each sequence is split over `cp` chips (Megatron-Core CP
+      with load-balanced causal chunks); chips used = tp * cp * pp * dp.
+    - `cp_comm`: how the CP group exchanges the sequence (Megatron-Core's `cp_comm_type`):
+      `CP_P2P` (0, the default: ring attention, each rank's K and V chunk passed around the
+      ring in cp - 1 point-to-point steps, each hidden behind the attention of the chunk
+      already held), `CP_ALL_GATHER` (1: K and V all-gathered before each attention, again
+      before its backward, dK and dV reduce-scattered after; nothing overlapped, as Llama 3
+      runs it, Dubey et al. 2024, Sec. 3.3.2) or `CP_A2A` (2: DeepSpeed-Ulysses, Jacobs et al.
+      2023: all-to-alls turn the sequence-sharded Q, K and V into head-sharded ones over the
+      whole sequence and the attention output back, and their gradients the reverse way in
+      backward; not overlapped; the TP rank's heads must split cp ways).
     - `etp`: expert tensor-parallel degree (Megatron-Core ETP): the MoE layers are mapped
       ETP x EP x EDP over the same tp * cp * dp chips as the attention's TP x CP x DP; 0 (the
       default) means etp = tp. `ep * etp` must divide tp * cp * dp.
@@ -120,6 +135,7 @@ class TrainingPlan(eqx.Module):
     dp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     ep: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     cp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
+    cp_comm: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=CP_P2P)
     etp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     microbatch_size: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     global_batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -172,6 +188,7 @@ class TrainingPlan(eqx.Module):
                       "interleave"):
             check_integer("TrainingPlan", field, getattr(self, field))
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
+                          ("cp_comm", CP_A2A),
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
                           ("zero3_regather", 1.0), ("tp_overlap", 1.0),
                           ("ep_hierarchical", 1.0), ("ep_overlap", 1.0),
@@ -259,6 +276,11 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
              lambda: f"the system's {system.num_chips} chips (System.num_chips)"),
         Rule(Reason.SPLIT, "TrainingPlan.tp", plan.tp, divides(plan.tp, model.heads),
              lambda: f"a divisor of the model's {float(model.heads):g} heads"),
+        # Ulysses scatters whole heads: each CP rank takes heads / (tp * cp) of them.
+        Rule(Reason.SPLIT, "TrainingPlan.cp", plan.cp,
+             (plan.cp_comm < 1.5) | divides(plan.cp, model.heads / plan.tp),
+             lambda: f"a divisor of the {float(np.max(model.heads / plan.tp)):g} heads per TP "
+                     f"rank under cp_comm {CP_A2A:g} (all-to-all, Ulysses)"),
         Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, units),
              lambda: f"a divisor of the model's {float(model.layers):g} layers" + (
                  f" + 2 = {float(np.max(units)):g} (the embedding and the loss counted)"

@@ -1,5 +1,5 @@
 """MoE as trained today (routing skew, capacity, shared experts, dense layers, MLA, EP over the
-tiers) and context parallelism (ring attention) in the training model; MoE presets."""
+tiers) and context parallelism (ring, all-gather and Ulysses schemes) in the training model; MoE presets."""
 
 import equinox as eqx
 import jax
@@ -9,18 +9,24 @@ import pytest
 from helpers import central_difference
 
 from dse.hardware import SYSTEMS
+from dse.hardware import Reason
 from dse.models import (
+    CP_A2A,
+    CP_ALL_GATHER,
+    CP_P2P,
     DEFAULT,
     TRANSFORMERS,
     TrainingPlan,
     Transformer,
+    all_gather,
     all_to_all,
     attention,
     enumerate_plans,
+    reduce_scatter,
     train_step,
     training_memory,
 )
-from dse.models._layer import _ring_effective_context, kv_chunk_bytes
+from dse.models._layer import _ring_effective_context, kv_chunk_bytes, layer_costs
 from dse.models._transformer import PUBLISHED_PARAMS
 
 DGX = SYSTEMS["DGX-A100"]
@@ -335,6 +341,74 @@ def test_kv_ring_crosses_the_scale_out_network_beyond_the_domain():
     np.testing.assert_allclose(float(parts), float(across.step_time), rtol=1e-6)
 
 
+def test_context_parallel_schemes_expose_their_collectives_by_hand():
+    # Llama 3 8B at 128K over CP 16 x TP 2: the CP group spans four DGX nodes.
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
+    system = SYSTEMS["DGX-H100"].with_num_chips(64)
+    plans = {c: TrainingPlan(tp=2.0, cp=16.0, dp=2.0, global_batch=2.0, sequence_parallel=1.0,
+                             cp_comm=c) for c in (CP_P2P, CP_ALL_GATHER, CP_A2A)}
+    costs = {c: layer_costs(model, p, system) for c, p in plans.items()}
+    link = dict(stride=2.0, calibration=DEFAULT)
+    # K and V of 131072 / 16 tokens, 8 / 2 KV heads of 128, 2 bytes.
+    chunk = 2.0 * 8192 * 2 * 4 * 128
+    np.testing.assert_allclose(float(kv_chunk_bytes(model, plans[CP_P2P])), chunk, rtol=1e-9)
+    # All-gather: K and V gathered before the forward and again before the backward, dK and
+    # dV reduce-scattered, nothing hidden.
+    gather = float(all_gather(system, 16 * chunk, 16.0, **link).time)
+    scatter = float(reduce_scatter(system, 16 * chunk, 16.0, **link).time)
+    np.testing.assert_allclose(float(costs[CP_ALL_GATHER].cp_comm), 2 * gather + scatter,
+                               rtol=1e-5)
+    # Ulysses: Q (16 heads), K and V (4 KV heads each, copied to 16 ranks) in, the output
+    # (16 heads) out, forward and backward.
+    qkv, out = 2.0 * 8192 * (16 + 2 * 16) * 128, 2.0 * 8192 * 16 * 128
+    a2a = sum(float(all_to_all(system, b, 16.0, **link).time) for b in (qkv, out))
+    np.testing.assert_allclose(float(costs[CP_A2A].cp_comm), 2 * a2a, rtol=1e-5)
+    # The ring sends what the all-gather sends, and hides it behind 128K tokens' attention.
+    np.testing.assert_allclose(float(costs[CP_ALL_GATHER].comm_bytes),
+                               float(costs[CP_P2P].comm_bytes), rtol=1e-6)
+    assert float(costs[CP_P2P].cp_comm) < float(costs[CP_ALL_GATHER].cp_comm)
+    np.testing.assert_allclose(
+        float(costs[CP_A2A].comm_bytes - costs[CP_P2P].comm_bytes),
+        2 * 15 / 16 * (qkv + out) - 3 * 15 * chunk, rtol=1e-5)
+    # Every scheme does the same attention work: ring and all-gather in one kernel shape,
+    # Ulysses over the whole sequence for 1 / 16 of the heads.
+    assert float(costs[CP_ALL_GATHER].fwd) == float(costs[CP_P2P].fwd)
+    np.testing.assert_allclose(float(costs[CP_A2A].fwd), float(costs[CP_P2P].fwd), rtol=0.05)
+    # The gathered K and V of one layer are held while its attention runs.
+    memory = {c: training_memory(model, p) for c, p in plans.items()}
+    np.testing.assert_allclose(
+        float(memory[CP_ALL_GATHER].activations - memory[CP_P2P].activations), 15 * chunk,
+        rtol=1e-6)
+    assert float(memory[CP_A2A].activations) == float(memory[CP_P2P].activations)
+    # Without CP the scheme changes nothing.
+    one = [float(train_step(model, TrainingPlan(tp=2.0, dp=32.0, global_batch=32.0,
+                                                cp_comm=c), system).step_time)
+           for c in (CP_P2P, CP_ALL_GATHER, CP_A2A)]
+    assert one[0] == one[1] == one[2]
+
+
+def test_ulysses_needs_whole_heads_per_cp_rank():
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
+    system = SYSTEMS["DGX-H100"].with_num_chips(64)
+    # 32 heads over TP 8: 4 per TP rank, which CP 8 cannot split.
+    bad = TrainingPlan(tp=8.0, cp=8.0, dp=1.0, global_batch=1.0, cp_comm=CP_A2A)
+    with pytest.raises(ValueError, match=r"TrainingPlan\.cp .*heads per TP rank.*got 8"):
+        train_step(model, bad, system)
+    flagged = jax.jit(lambda p: train_step(model, p, system).reason)(bad)
+    assert int(flagged) & int(Reason.SPLIT)
+    with pytest.raises(ValueError, match="TrainingPlan.cp_comm"):
+        TrainingPlan(cp=2.0, cp_comm=3.0)
+    # The plan search offers Ulysses only where the heads split.
+    plans = enumerate_plans(model, 64, 8, recompute=(2,), zero_stages=(1,),
+                            sequence_parallel=(1,), context_parallel=(1, 4, 8),
+                            cp_comm=(CP_P2P, CP_ALL_GATHER, CP_A2A))
+    cp, tp, scheme = (np.asarray(x) for x in (plans.cp, plans.tp, plans.cp_comm))
+    assert np.all(scheme[cp == 1] == CP_P2P)
+    ulysses = scheme == CP_A2A
+    assert ulysses.any() and np.all(32 / tp[ulysses] % cp[ulysses] == 0)
+    assert np.sum(scheme == CP_ALL_GATHER) == np.sum((scheme == CP_P2P) & (cp > 1))
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_million_token_sequences_stay_finite(dtype):
     with jax.enable_x64(dtype == jnp.float64):
@@ -398,7 +472,9 @@ def test_moe_and_cp_jit_vmap_and_differentiate(dtype):
                                   # plan 1's EP group (8 x etp 2) spans two nodes
                                   ep_hierarchical=np.array([0.0, 1.0, 1.0, 0.0]),
                                   ep_overlap=np.array([1.0, 0.0, 0.0, 0.0]),
-                                  recompute_moe=np.array([0.0, 1.0, 0.0, 0.0]))))
+                                  recompute_moe=np.array([0.0, 1.0, 0.0, 0.0]),
+                                  # ring, all-gather and Ulysses CP
+                                  cp_comm=np.array([0.0, 1.0, 2.0, 0.0]))))
         # One jitted call over three hardware designs x four plans ...
         bws = jnp.asarray(rng.uniform(0.5, 2.0, 3) * float(base.chip.hbm_bandwidth), dtype)
         over_plans = jax.vmap(lambda p, s: _metric(model, p, s), in_axes=(0, None))
