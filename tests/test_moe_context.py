@@ -1,5 +1,6 @@
 """MoE as trained today (routing skew, capacity, shared experts, dense layers, MLA, EP over the
-tiers) and context parallelism (ring, all-gather and Ulysses schemes) in the training model; MoE presets."""
+tiers) and context parallelism (ring, all-gather and Ulysses schemes) in the training model; MoE
+presets."""
 
 import equinox as eqx
 import jax
