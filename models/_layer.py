@@ -37,7 +37,8 @@ from ._operators import (
     stacked_calls,
 )
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
-from ._training_plan import TrainingPlan
+from ._rules import all_concretely
+from ._training_plan import CP_A2A, CP_ALL_GATHER, TrainingPlan
 from ._transformer import Transformer
 
 # Arithmetic per element of the memory-bound ops, counted from their definitions (FLOP/element):
@@ -333,14 +334,19 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     # Ring and all-gather CP: the rank's s / cp queries against the sequence's keys. Ulysses
     # (all-to-all): heads / cp of the rank's heads over the whole sequence (K and V heads
     # copied where fewer than cp); the same FLOPs in a kernel of another shape.
-    ulysses = plan.cp_comm > 1.5
-    q_len = jnp.where(ulysses, s, s / cp)
-    heads_l, kv_l = (jnp.where(ulysses, heads_l / cp, heads_l),
-                     jnp.where(ulysses, jnp.maximum(kv_l / cp, 1.0), kv_l))
+    no_ulysses = _no_cp_scheme(plan, CP_A2A)
+    if not no_ulysses:
+        ulysses = plan.cp_comm == CP_A2A
+        q_len = jnp.where(ulysses, s, s / cp)
+        heads_l, kv_l = (jnp.where(ulysses, heads_l / cp, heads_l),
+                         jnp.where(ulysses, jnp.maximum(kv_l / cp, 1.0), kv_l))
+    else:
+        q_len = s / cp
     eff = dict(smooth=smooth, calibration=calibration)
     if flash_attention:
-        kv_len = jnp.where(ulysses, _ring_effective_context(model, plan, cp=1.0),
-                           _ring_effective_context(model, plan))
+        kv_len = _ring_effective_context(model, plan)
+        if not no_ulysses:
+            kv_len = jnp.where(ulysses, _ring_effective_context(model, plan, cp=1.0), kv_len)
         a_f = attention(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal, **eff)
         a_b = attention_backward(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal,
                                  **eff)
@@ -553,6 +559,13 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
                       scaleout_scale=jnp.where(on, out_share, 1.0))
 
 
+def _no_cp_scheme(plan: TrainingPlan, scheme: float) -> bool:
+    """True where the plan's concrete values show that no plan of it runs CP `scheme`: the
+    model then skips it (fewer operations to trace; the same values)."""
+    return all_concretely(plan.cp, lambda c: c == 1.0) \
+        or all_concretely(plan.cp_comm, lambda c: c != scheme)
+
+
 def ulysses_send_bytes(model: Transformer, plan: TrainingPlan):
     """Each chip's all-to-all send buffers of one layer under Ulysses CP (`CP_A2A`), bytes:
     (Q, K and V of its s / cp tokens for every head of its TP rank, K and V copied to each
@@ -593,19 +606,24 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
     link = dict(stride=plan.tp, calibration=calibration)
     send_f = send_recv(system, chunk, cp, **link).time
     send_b = send_recv(system, 2.0 * chunk, cp, **link).time
-    ring_f = jnp.maximum(steps * send_f - core_fwd, 0.0)
-    ring_b = jnp.maximum(steps * send_b - core_bwd, 0.0)
-    gather = all_gather(system, cp * chunk, cp, **link).time
-    scatter = reduce_scatter(system, cp * chunk, cp, **link).time
-    qkv, out = ulysses_send_bytes(model, plan)
-    a2a = all_to_all(system, qkv, cp, **link).time + all_to_all(system, out, cp, **link).time
-    scheme = plan.cp_comm
-    exposed_f = jnp.where(scheme > 1.5, a2a, jnp.where(scheme > 0.5, gather, ring_f))
-    exposed_b = jnp.where(scheme > 1.5, a2a, jnp.where(scheme > 0.5, gather + scatter, ring_b))
-    # Bytes each chip sends: forward, backward. A ring or all-gather sends the chunk cp - 1
-    # times; an all-to-all sends (cp - 1) / cp of its buffer.
-    sent_f = jnp.where(scheme > 1.5, steps / cp * (qkv + out), steps * chunk)
-    sent_b = jnp.where(scheme > 1.5, sent_f, 2.0 * steps * chunk)
+    exposed_f = jnp.maximum(steps * send_f - core_fwd, 0.0)
+    exposed_b = jnp.maximum(steps * send_b - core_bwd, 0.0)
+    # Bytes each chip sends, forward and backward: a ring or an all-gather the chunk cp - 1
+    # times, an all-to-all (cp - 1) / cp of its buffers.
+    sent_f, sent_b = steps * chunk, 2.0 * steps * chunk
+    if not _no_cp_scheme(plan, CP_ALL_GATHER):
+        gather = all_gather(system, cp * chunk, cp, **link).time
+        scatter = reduce_scatter(system, cp * chunk, cp, **link).time
+        chosen = plan.cp_comm == CP_ALL_GATHER
+        exposed_f = jnp.where(chosen, gather, exposed_f)
+        exposed_b = jnp.where(chosen, gather + scatter, exposed_b)
+    if not _no_cp_scheme(plan, CP_A2A):
+        qkv, out = ulysses_send_bytes(model, plan)
+        a2a = all_to_all(system, qkv, cp, **link).time + all_to_all(system, out, cp, **link).time
+        chosen = plan.cp_comm == CP_A2A
+        exposed_f, exposed_b = jnp.where(chosen, a2a, exposed_f), jnp.where(chosen, a2a, exposed_b)
+        sent_f = jnp.where(chosen, steps / cp * (qkv + out), sent_f)
+        sent_b = jnp.where(chosen, sent_f, sent_b)
     full = jnp.where(plan.recompute > 1.5, 1.0, 0.0)
     comm = (1.0 + full) * exposed_f + exposed_b
     sent = (1.0 + full) * sent_f + sent_b

@@ -12,14 +12,19 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 from dse.hardware._once import once_per_evaluation
-from dse.hardware._validate import concrete
 
 from ._recipe import RECIPES, STATE_BYTES
-from ._training_plan import RECOMPUTE_NONE, TrainingPlan, first_stage_layers, split_units
+from ._rules import all_concretely
+from ._training_plan import (
+    CP_ALL_GATHER,
+    RECOMPUTE_NONE,
+    TrainingPlan,
+    first_stage_layers,
+    split_units,
+)
 from ._transformer import Transformer
 
 # Bytes per parameter of mixed-precision Adam (Megatron-LM docs/distrib_optimizer.md, table
@@ -241,12 +246,6 @@ class TrainingMemory(eqx.Module):
         return self.weights + self.grads + self.optimizer + self.activations
 
 
-def _all_concretely(value, test) -> bool:
-    """True when `value` is concrete (not traced) and `test` holds for all its elements."""
-    known = concrete(value)
-    return known is not None and bool(np.all(test(known)))
-
-
 def training_memory(model: Transformer, plan: TrainingPlan, *,
                     flash_attention: bool = True) -> TrainingMemory:
     """Memory per chip of the fullest pipeline stage (bytes), by kind: the first (its layers
@@ -268,8 +267,8 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     interleave_factor = jnp.where(v > 1.0, 1.0 + (p - 1.0) / (p * v), 1.0)
     per_layer = activation_bytes_per_layer(model, plan, flash_attention=flash_attention)
     # Skipped where the plan's values show it cannot matter: fewer operations to trace.
-    if _all_concretely(plan.recompute, lambda r: r == RECOMPUTE_NONE) \
-            and _all_concretely(plan.recompute_moe, lambda r: r == 0.0):
+    if all_concretely(plan.recompute, lambda r: r == RECOMPUTE_NONE) \
+            and all_concretely(plan.recompute_moe, lambda r: r == 0.0):
         working = per_layer
     else:
         working = activation_bytes_per_layer(
@@ -279,8 +278,12 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     moe_block = jnp.where(plan.recompute_moe > 0.5, moe_block_activation_bytes(model, plan), 0.0)
     rebuilt = jnp.where(plan.recompute > 1.5, working, moe_block)
     # All-gather CP holds the other ranks' K and V chunks while one layer's attention runs.
-    gathered = jnp.where((plan.cp_comm > 0.5) & (plan.cp_comm < 1.5),
-                         (plan.cp - 1.0) * kv_chunk_bytes(model, plan), 0.0)
+    if all_concretely(plan.cp, lambda c: c == 1.0) \
+            or all_concretely(plan.cp_comm, lambda c: c != CP_ALL_GATHER):
+        gathered = 0.0
+    else:
+        gathered = jnp.where(plan.cp_comm == CP_ALL_GATHER,
+                             (plan.cp - 1.0) * kv_chunk_bytes(model, plan), 0.0)
 
     def stage(params, layers, in_flight):
         zero = plan.zero_stage
@@ -307,7 +310,7 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     # The first stage: its layers and the embedding, min(m, p) micro-batches in flight.
     first = stage(stage_params(model, plan), first_stage_layers(model, plan),
                   jnp.minimum(plan.microbatches, p))
-    if _all_concretely(plan.account_embedding_loss, lambda a: a <= 0.5):
+    if all_concretely(plan.account_embedding_loss, lambda a: a <= 0.5):
         return first
     # With the embedding and the loss counted in the split, the second stage holds a whole
     # stage of layers (one more than the first) and one micro-batch fewer in flight: with few

@@ -60,6 +60,13 @@ def is_concrete(*values) -> bool:
     return not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(values))
 
 
+def all_concretely(value, test) -> bool:
+    """True when `value` is concrete (not traced) and `test` holds for all its elements: a
+    branch the model can skip, with fewer operations to trace, where it cannot matter."""
+    known = concrete(value)
+    return known is not None and bool(np.all(test(known)))
+
+
 def check_rules(rules: Sequence[Rule]) -> None:
     """Raise `ValueError` for the first rule that fails, where its values are concrete."""
     for rule in rules:
