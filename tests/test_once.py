@@ -1,0 +1,64 @@
+"""`once_per_evaluation`: a derived quantity computed once per model evaluation (by object
+identity and plain argument values), never outside one, and never carried from one trace into
+another."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dse.hardware._once import evaluated_once, evaluates_once, once_per_evaluation
+
+CALLS = []
+
+
+class Shape(eqx.Module):
+    width: jax.Array
+
+    @property
+    @once_per_evaluation
+    def doubled(self):
+        CALLS.append(("doubled", id(self)))
+        return 2.0 * self.width
+
+    @once_per_evaluation
+    def scaled(self, factor):
+        CALLS.append(("scaled", factor))
+        return factor * self.width
+
+
+@evaluates_once
+def evaluate(shape):
+    return shape.doubled + shape.doubled + shape.scaled(3.0) + shape.scaled(3.0)
+
+
+def test_computed_once_per_object_and_plain_argument_inside_an_evaluation():
+    CALLS.clear()
+    a, b = Shape(jnp.asarray(1.5)), Shape(jnp.asarray(1.5))
+    assert float(evaluate(a)) == 2 * 3.0 + 2 * 4.5
+    assert CALLS == [("doubled", id(a)), ("scaled", 3.0)]
+    CALLS.clear()
+    with evaluated_once():
+        a.doubled, b.doubled, a.doubled  # noqa: B018
+        a.scaled(2), a.scaled(2.0), a.scaled(2.0)  # an int and a float key apart
+        a.scaled(np.float64(2.0)), a.scaled(np.float64(2.0))  # not a plain argument: each time
+        with evaluated_once():  # a nested block shares the outer one
+            a.doubled  # noqa: B018
+    assert CALLS == [("doubled", id(a)), ("doubled", id(b)), ("scaled", 2), ("scaled", 2.0),
+                     ("scaled", 2.0), ("scaled", 2.0)]
+    CALLS.clear()
+    a.doubled, a.doubled  # noqa: B018  (outside a block: every time)
+    evaluate(a)  # the block ended: nothing kept from the last one
+    assert [c[0] for c in CALLS] == ["doubled", "doubled", "doubled", "scaled"]
+
+
+def test_nothing_crosses_from_one_trace_into_another():
+    # The same closed-over object in two traced programs: each trace computes its own value
+    # (a tracer of the first would escape into the second and raise).
+    CALLS.clear()
+    shape = Shape(jnp.asarray(0.5))
+    first = jax.jit(lambda x: evaluate(shape) * x)(2.0)
+    second = jax.jit(jax.grad(lambda w: evaluate(Shape(w))))(0.5)
+    assert float(first) == 2 * (2 * 1.0 + 2 * 1.5)
+    assert float(second) == 2 * 2.0 + 2 * 3.0
+    assert [c[0] for c in CALLS] == ["doubled", "scaled"] * 2
