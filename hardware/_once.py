@@ -4,12 +4,14 @@ JAX stages every `jnp` operation of a traced function into its program, includin
 arithmetic of a `Transformer` or a `TrainingPlan` that the model's parts ask for again and
 again: one GPT-3 `train_step` traced 3,614 operations, 1,494 of them exact repeats of earlier
 ones (`head_dim` alone about 50 times). XLA removes the repeats when it compiles, but tracing
-and lowering pay for each, and they are most of a compile here. Inside `evaluated_once()`, a
-function marked `once_per_evaluation` returns its first result again for the same object and
-arguments; outside, it computes every time. The models' entry points (`train_step`,
-`prefill`, `decode`, `serve`, ...) open the block, so a value never outlives the evaluation (or
-the trace) that computed it. Here, beneath every layer, so that a chip's derived quantities
-are shared too.
+and lowering pay for each (that step: 2,686 operations and 0.46 s instead of 0.66 s to trace
+and lower here). Inside `evaluated_once()`, a function marked `once_per_evaluation` returns
+its first result again for the same object and arguments; outside, it computes every time.
+The models' entry points (`train_step`, `prefill`, `decode`, `serve`, ...) open the block, so
+a value never outlives the evaluation (or the trace) that computed it; a block opened around
+two traced programs would hand the first one's tracers to the second, which is why it stays
+private to the models. It sits beneath every layer so that a chip's derived quantities are
+shared too.
 """
 
 from __future__ import annotations

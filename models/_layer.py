@@ -38,7 +38,7 @@ from ._operators import (
 )
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
 from ._rules import all_concretely
-from ._training_plan import CP_A2A, CP_ALL_GATHER, TrainingPlan
+from ._training_plan import CP_A2A, CP_ALL_GATHER, TrainingPlan, kv_heads_per_rank
 from ._transformer import Transformer
 
 # Arithmetic per element of the memory-bound ops, counted from their definitions (FLOP/element):
@@ -195,7 +195,7 @@ def _weight_gemm_table(model: Transformer, plan: TrainingPlan):
     if model.adaln:
         # DiT adaLN: one Linear(h, 6h) per sequence of the micro-batch, split over TP.
         table.append((1.0, shape(plan.microbatch_size, 6.0 * h / t, h), 0.0))
-    return table, (tokens, model.experts, h)
+    return tuple(table), (tokens, model.experts, h)
 
 
 def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
@@ -332,14 +332,14 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     else:
         kv_l, d = jnp.maximum(model.kv_heads / t, 1.0), model.head_dim
     # Ring and all-gather CP: the rank's s / cp queries against the sequence's keys. Ulysses
-    # (all-to-all): heads / cp of the rank's heads over the whole sequence (K and V heads
-    # copied where fewer than cp); the same FLOPs in a kernel of another shape.
+    # (all-to-all): 1 / cp of the rank's query and KV heads over the whole sequence; the same
+    # FLOPs in a kernel of another shape.
     no_ulysses = _no_cp_scheme(plan, CP_A2A)
     if not no_ulysses:
         ulysses = plan.cp_comm == CP_A2A
         q_len = jnp.where(ulysses, s, s / cp)
         heads_l, kv_l = (jnp.where(ulysses, heads_l / cp, heads_l),
-                         jnp.where(ulysses, jnp.maximum(kv_l / cp, 1.0), kv_l))
+                         jnp.where(ulysses, kv_l / cp, kv_l))
     else:
         q_len = s / cp
     eff = dict(smooth=smooth, calibration=calibration)
@@ -568,15 +568,13 @@ def _no_cp_scheme(plan: TrainingPlan, scheme: float) -> bool:
 
 def ulysses_send_bytes(model: Transformer, plan: TrainingPlan):
     """Each chip's all-to-all send buffers of one layer under Ulysses CP (`CP_A2A`), bytes:
-    (Q, K and V of its s / cp tokens for every head of its TP rank, K and V copied to each
-    CP rank when the rank has fewer than cp KV heads; the attention output)."""
-    heads_l, cp = model.heads / plan.tp, plan.cp
+    (Q, K and V of its s / cp tokens for every head of its TP rank; the attention output)."""
+    heads_l = model.heads / plan.tp
     if model.latent_attention:
         qkv = heads_l * (2.0 * model.qk_head_dim + model.v_head_dim)
         out = heads_l * model.v_head_dim
     else:
-        kv_l = jnp.maximum(model.kv_heads / plan.tp, 1.0)
-        qkv = (heads_l + 2.0 * jnp.maximum(kv_l, cp)) * model.head_dim
+        qkv = (heads_l + 2.0 * kv_heads_per_rank(model, plan)) * model.head_dim
         out = heads_l * model.head_dim
     tokens = ACT_BYTES * local_tokens(model, plan)
     return tokens * qkv, tokens * out
@@ -596,9 +594,11 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
       async, and cannot be overlapped"): K and V all-gathered before the forward attention and
       again before its backward (a rank keeps only its chunk), dK and dV reduce-scattered
       after; all exposed.
-    - All-to-all (DeepSpeed-Ulysses, Jacobs et al. 2023, Sec. 3.1): Q, K and V all-to-all into
-      head shards before the attention and the output back after it; backward the gradient of
-      the output in and those of Q, K and V back; all exposed.
+    - All-to-all (DeepSpeed-Ulysses, Jacobs et al. 2023, Sec. 3.1, as Transformer Engine's
+      AttnFuncWithCPAndQKVOA2A runs it for Megatron-Core's "a2a"): Q, K and V all-to-all into
+      head shards before the attention and the output back after it; backward the output and
+      its gradient in (the forward kept the output in sequence shards) and the gradients of Q,
+      K and V back; all exposed.
     """
     cp = plan.cp
     chunk = kv_chunk_bytes(model, plan)
@@ -619,11 +619,14 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
         exposed_b = jnp.where(chosen, gather + scatter, exposed_b)
     if not _no_cp_scheme(plan, CP_A2A):
         qkv, out = ulysses_send_bytes(model, plan)
-        a2a = all_to_all(system, qkv, cp, **link).time + all_to_all(system, out, cp, **link).time
+        a2a_qkv = all_to_all(system, qkv, cp, **link).time
+        a2a_f = a2a_qkv + all_to_all(system, out, cp, **link).time
+        a2a_b = a2a_qkv + all_to_all(system, 2.0 * out, cp, **link).time
         chosen = plan.cp_comm == CP_A2A
-        exposed_f, exposed_b = jnp.where(chosen, a2a, exposed_f), jnp.where(chosen, a2a, exposed_b)
+        exposed_f = jnp.where(chosen, a2a_f, exposed_f)
+        exposed_b = jnp.where(chosen, a2a_b, exposed_b)
         sent_f = jnp.where(chosen, steps / cp * (qkv + out), sent_f)
-        sent_b = jnp.where(chosen, sent_f, sent_b)
+        sent_b = jnp.where(chosen, steps / cp * (qkv + 2.0 * out), sent_b)
     full = jnp.where(plan.recompute > 1.5, 1.0, 0.0)
     comm = (1.0 + full) * exposed_f + exposed_b
     sent = (1.0 + full) * sent_f + sent_b

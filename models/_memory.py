@@ -277,13 +277,14 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     # A recomputed MoE block rebuilds its activations for one layer at a time in backward.
     moe_block = jnp.where(plan.recompute_moe > 0.5, moe_block_activation_bytes(model, plan), 0.0)
     rebuilt = jnp.where(plan.recompute > 1.5, working, moe_block)
-    # All-gather CP holds the other ranks' K and V chunks while one layer's attention runs.
+    # All-gather CP: one layer's backward holds the other ranks' K and V chunks beside the
+    # whole sequence's dK and dV until their reduce-scatter.
     if all_concretely(plan.cp, lambda c: c == 1.0) \
             or all_concretely(plan.cp_comm, lambda c: c != CP_ALL_GATHER):
         gathered = 0.0
     else:
         gathered = jnp.where(plan.cp_comm == CP_ALL_GATHER,
-                             (plan.cp - 1.0) * kv_chunk_bytes(model, plan), 0.0)
+                             (2.0 * plan.cp - 1.0) * kv_chunk_bytes(model, plan), 0.0)
 
     def stage(params, layers, in_flight):
         zero = plan.zero_stage

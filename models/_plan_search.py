@@ -23,7 +23,13 @@ from dse.hardware._validate import check_integer
 from ._calibration import DEFAULT, Calibration
 from ._training import TrainReport, train_step
 from ._rules import is_concrete
-from ._training_plan import CP_A2A, CP_ALL_GATHER, CP_P2P, TrainingPlan, flagging_invalid_plans
+from ._training_plan import (
+    CP_A2A,
+    CP_ALL_GATHER,
+    CP_P2P,
+    TrainingPlan,
+    flagging_invalid_plans,
+)
 from ._transformer import Transformer
 
 
@@ -73,7 +79,7 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
       (1,): no context parallelism, the plan space of short-sequence training).
     - `cp_comm`: the context-parallel schemes of the plans with CP > 1
       (`TrainingPlan.cp_comm`: `CP_P2P`, `CP_ALL_GATHER`, `CP_A2A`; default the ring only);
-      all-to-all only where the TP rank's heads split cp ways.
+      all-to-all only where the TP rank's query and KV heads split cp ways.
     - `precision`: the training recipe of every plan (`TrainingPlan.precision`).
     - `activation_offload`: the offloaded shares of the layers to include (default (0.0,): no
       offloading; for example (0.0, 0.25, 0.5) on a system with a host link).
@@ -139,19 +145,26 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     col = {name: full[:, i] for i, name in enumerate(
         ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "cp", "sequence_parallel",
          "recompute", "zero_stage", "activation_offload"))}
-    schemes = tuple(float(c) for c in cp_comm)
+    schemes = tuple(dict.fromkeys(float(c) for c in cp_comm))
     if not schemes or any(c not in (CP_P2P, CP_ALL_GATHER, CP_A2A) for c in schemes):
         raise ValueError(f"enumerate_plans: cp_comm must hold CP_P2P (0), CP_ALL_GATHER (1) or "
                          f"CP_A2A (2); got {cp_comm!r}")
     # Each plan with CP > 1 once per scheme (in place, so the plans keep their order).
     with_cp = col["cp"] > 1
-    ulysses_splits = heads / col["tp"] % col["cp"] == 0
+    # `kv_heads_per_rank` in NumPy (this may run inside a trace, on concrete columns).
+    kv_rank = (heads / col["tp"] if model.latent_attention
+               else np.maximum(_concrete_int(model.kv_heads, "kv_heads") / col["tp"], 1.0))
+    ulysses_splits = (heads / col["tp"] % col["cp"] == 0) & (kv_rank % col["cp"] == 0)
     keep = np.stack([with_cp & ((c != CP_A2A) | ulysses_splits) for c in schemes], axis=1)
     keep[:, 0] |= ~with_cp
     row, which = np.nonzero(keep)
     col = {name: v[row] for name, v in col.items()}
     col["cp_comm"] = np.where(with_cp[row], np.asarray(schemes)[which], CP_P2P)
     n = len(row)
+    if not n:
+        raise ValueError(f"no valid plan for {num_chips} chips and global batch {global_batch} "
+                         f"with cp_comm {cp_comm!r} (Ulysses needs the heads per TP rank to "
+                         f"split cp ways)")
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
                         dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
                         tp_overlap=np.full(n, float(tp_overlap)),

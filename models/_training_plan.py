@@ -56,7 +56,7 @@ class TrainingPlan(eqx.Module):
       runs it, Dubey et al. 2024, Sec. 3.3.2) or `CP_A2A` (2: DeepSpeed-Ulysses, Jacobs et al.
       2023: all-to-alls turn the sequence-sharded Q, K and V into head-sharded ones over the
       whole sequence and the attention output back, and their gradients the reverse way in
-      backward; not overlapped; the TP rank's heads must split cp ways).
+      backward; not overlapped; the TP rank's query and KV heads must each split cp ways).
     - `etp`: expert tensor-parallel degree (Megatron-Core ETP): the MoE layers are mapped
       ETP x EP x EDP over the same tp * cp * dp chips as the attention's TP x CP x DP; 0 (the
       default) means etp = tp. `ep * etp` must divide tp * cp * dp.
@@ -265,6 +265,15 @@ def first_stage_layers(model: Transformer, plan: TrainingPlan) -> Float[Array, "
     return split_units(model, plan) / plan.pp - jnp.where(counted, 1.0, 0.0)
 
 
+def kv_heads_per_rank(model: Transformer, plan: TrainingPlan) -> Float[Array, "*batch"]:
+    """K and V heads on one TP rank: kv_heads / tp, at least 1 (a KV head is copied to the
+    ranks that share it when kv_heads < tp); MLA trains over the up-projected per-head K and V,
+    heads / tp."""
+    if model.latent_attention:
+        return model.heads / plan.tp
+    return jnp.maximum(model.kv_heads / plan.tp, 1.0)
+
+
 def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) -> list[Rule]:
     """What a training plan must satisfy on `model` and `system` (see `check_training_plan`)."""
     n = float(system.num_chips)
@@ -276,11 +285,14 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
              lambda: f"the system's {system.num_chips} chips (System.num_chips)"),
         Rule(Reason.SPLIT, "TrainingPlan.tp", plan.tp, divides(plan.tp, model.heads),
              lambda: f"a divisor of the model's {float(model.heads):g} heads"),
-        # Ulysses scatters whole heads: each CP rank takes heads / (tp * cp) of them.
+        # Ulysses scatters whole heads: each CP rank takes 1 / cp of the TP rank's query heads
+        # and of its K and V heads (Transformer Engine's AttnFuncWithCPAndQKVOA2A asserts both).
         Rule(Reason.SPLIT, "TrainingPlan.cp", plan.cp,
-             (plan.cp_comm < 1.5) | divides(plan.cp, model.heads / plan.tp),
-             lambda: f"a divisor of the {float(np.max(model.heads / plan.tp)):g} heads per TP "
-                     f"rank under cp_comm {CP_A2A:g} (all-to-all, Ulysses)"),
+             (plan.cp_comm < 1.5) | (divides(plan.cp, model.heads / plan.tp)
+                                     & divides(plan.cp, kv_heads_per_rank(model, plan))),
+             lambda: f"a divisor of the {float(np.max(model.heads / plan.tp)):g} query and "
+                     f"{float(np.max(kv_heads_per_rank(model, plan))):g} KV heads per TP rank "
+                     f"under cp_comm {CP_A2A:g} (all-to-all, Ulysses)"),
         Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, units),
              lambda: f"a divisor of the model's {float(model.layers):g} layers" + (
                  f" + 2 = {float(np.max(units)):g} (the embedding and the loss counted)"

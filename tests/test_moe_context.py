@@ -343,15 +343,16 @@ def test_kv_ring_crosses_the_scale_out_network_beyond_the_domain():
 
 
 def test_context_parallel_schemes_expose_their_collectives_by_hand():
-    # Llama 3 8B at 128K over CP 16 x TP 2: the CP group spans four DGX nodes.
-    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
+    # Llama 3 8B's shape with 32 KV heads (Ulysses needs the KV heads of a TP rank to split cp
+    # ways) at 128K over CP 16 x TP 2: the CP group spans four DGX nodes.
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0, kv_heads=32.0)
     system = SYSTEMS["DGX-H100"].with_num_chips(64)
     plans = {c: TrainingPlan(tp=2.0, cp=16.0, dp=2.0, global_batch=2.0, sequence_parallel=1.0,
                              cp_comm=c) for c in (CP_P2P, CP_ALL_GATHER, CP_A2A)}
     costs = {c: layer_costs(model, p, system) for c, p in plans.items()}
     link = dict(stride=2.0, calibration=DEFAULT)
-    # K and V of 131072 / 16 tokens, 8 / 2 KV heads of 128, 2 bytes.
-    chunk = 2.0 * 8192 * 2 * 4 * 128
+    # K and V of 131072 / 16 tokens, 32 / 2 KV heads of 128, 2 bytes.
+    chunk = 2.0 * 8192 * 2 * 16 * 128
     np.testing.assert_allclose(float(kv_chunk_bytes(model, plans[CP_P2P])), chunk, rtol=1e-9)
     # All-gather: K and V gathered before the forward and again before the backward, dK and
     # dV reduce-scattered, nothing hidden.
@@ -359,33 +360,42 @@ def test_context_parallel_schemes_expose_their_collectives_by_hand():
     scatter = float(reduce_scatter(system, 16 * chunk, 16.0, **link).time)
     np.testing.assert_allclose(float(costs[CP_ALL_GATHER].cp_comm), 2 * gather + scatter,
                                rtol=1e-5)
-    # Ulysses: Q (16 heads), K and V (4 KV heads each, copied to 16 ranks) in, the output
-    # (16 heads) out, forward and backward.
+    # Ulysses: forward Q, K and V (16 heads each) in and the output (16 heads) out; backward
+    # the output and its gradient in, the gradients of Q, K and V out.
     qkv, out = 2.0 * 8192 * (16 + 2 * 16) * 128, 2.0 * 8192 * 16 * 128
-    a2a = sum(float(all_to_all(system, b, 16.0, **link).time) for b in (qkv, out))
-    np.testing.assert_allclose(float(costs[CP_A2A].cp_comm), 2 * a2a, rtol=1e-5)
-    # The ring sends what the all-gather sends, and hides it behind 128K tokens' attention.
+    a2a = sum(float(all_to_all(system, b, 16.0, **link).time) for b in (qkv, out, qkv, 2 * out))
+    np.testing.assert_allclose(float(costs[CP_A2A].cp_comm), a2a, rtol=1e-5)
+    # The ring sends what the all-gather sends; with Llama 3's 8 KV heads (a quarter of the
+    # bytes) it hides them behind 128K tokens' attention, where the all-gather cannot.
     np.testing.assert_allclose(float(costs[CP_ALL_GATHER].comm_bytes),
                                float(costs[CP_P2P].comm_bytes), rtol=1e-6)
-    assert float(costs[CP_P2P].cp_comm) < float(costs[CP_ALL_GATHER].cp_comm)
+    gqa = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
+    ring, gathered = (float(layer_costs(gqa, plans[c], system).cp_comm)
+                      for c in (CP_P2P, CP_ALL_GATHER))
+    assert ring == 0.0 < gathered
     np.testing.assert_allclose(
         float(costs[CP_A2A].comm_bytes - costs[CP_P2P].comm_bytes),
-        2 * 15 / 16 * (qkv + out) - 3 * 15 * chunk, rtol=1e-5)
+        15 / 16 * (2 * qkv + 3 * out) - 3 * 15 * chunk, rtol=1e-5)
     # Every scheme does the same attention work: ring and all-gather in one kernel shape,
     # Ulysses over the whole sequence for 1 / 16 of the heads.
     assert float(costs[CP_ALL_GATHER].fwd) == float(costs[CP_P2P].fwd)
     np.testing.assert_allclose(float(costs[CP_A2A].fwd), float(costs[CP_P2P].fwd), rtol=0.05)
-    # The gathered K and V of one layer are held while its attention runs.
+    # One layer's backward holds the other ranks' K and V beside the sequence's dK and dV.
     memory = {c: training_memory(model, p) for c, p in plans.items()}
     np.testing.assert_allclose(
-        float(memory[CP_ALL_GATHER].activations - memory[CP_P2P].activations), 15 * chunk,
+        float(memory[CP_ALL_GATHER].activations - memory[CP_P2P].activations), 31 * chunk,
         rtol=1e-6)
     assert float(memory[CP_A2A].activations) == float(memory[CP_P2P].activations)
-    # Without CP the scheme changes nothing.
-    one = [float(train_step(model, TrainingPlan(tp=2.0, dp=32.0, global_batch=32.0,
-                                                cp_comm=c), system).step_time)
-           for c in (CP_P2P, CP_ALL_GATHER, CP_A2A)]
-    assert one[0] == one[1] == one[2]
+    # Without CP the scheme changes nothing, by hand and traced (where every scheme is staged).
+    schemes = (CP_P2P, CP_ALL_GATHER, CP_A2A)
+    no_cp = dict(tp=2.0, dp=32.0, global_batch=32.0)
+    by_hand = [float(train_step(model, TrainingPlan(cp_comm=c, **no_cp), system).step_time)
+               for c in schemes]
+    traced = jax.jit(jax.vmap(lambda p: train_step(model, p, system).step_time))(
+        TrainingPlan(cp_comm=np.array(schemes), **no_cp))
+    assert by_hand[0] == by_hand[1] == by_hand[2]
+    np.testing.assert_allclose(np.asarray(traced), by_hand[0], rtol=1e-6)
+    assert float(traced[0]) == float(traced[1]) == float(traced[2])
 
 
 def test_ulysses_needs_whole_heads_per_cp_rank():
@@ -397,6 +407,10 @@ def test_ulysses_needs_whole_heads_per_cp_rank():
         train_step(model, bad, system)
     flagged = jax.jit(lambda p: train_step(model, p, system).reason)(bad)
     assert int(flagged) & int(Reason.SPLIT)
+    # 32 query heads split 4 ways over TP 1, but its 8 KV heads do not split 16 ways.
+    kv_short = TrainingPlan(tp=1.0, cp=16.0, dp=4.0, global_batch=4.0, cp_comm=CP_A2A)
+    with pytest.raises(ValueError, match=r"32 query and 8 KV heads per TP rank"):
+        train_step(model, kv_short, system)
     with pytest.raises(ValueError, match="TrainingPlan.cp_comm"):
         TrainingPlan(cp=2.0, cp_comm=3.0)
     # The plan search offers Ulysses only where the heads split.
@@ -407,6 +421,9 @@ def test_ulysses_needs_whole_heads_per_cp_rank():
     assert np.all(scheme[cp == 1] == CP_P2P)
     ulysses = scheme == CP_A2A
     assert ulysses.any() and np.all(32 / tp[ulysses] % cp[ulysses] == 0)
+    assert np.all(np.maximum(8 / tp[ulysses], 1) % cp[ulysses] == 0)
+    with pytest.raises(ValueError, match="cp_comm"):  # no plan can run Ulysses at CP 16
+        enumerate_plans(model, 64, 4, context_parallel=(16,), cp_comm=(CP_A2A,))
     assert np.sum(scheme == CP_ALL_GATHER) == np.sum((scheme == CP_P2P) & (cp > 1))
 
 

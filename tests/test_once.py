@@ -53,12 +53,14 @@ def test_computed_once_per_object_and_plain_argument_inside_an_evaluation():
 
 
 def test_nothing_crosses_from_one_trace_into_another():
-    # The same closed-over object in two traced programs: each trace computes its own value
-    # (a tracer of the first would escape into the second and raise).
+    # The same closed-over object in three traced programs: each trace computes its own value
+    # (a tracer of an earlier one would escape into the next and raise).
     CALLS.clear()
     shape = Shape(jnp.asarray(0.5))
     first = jax.jit(lambda x: evaluate(shape) * x)(2.0)
-    second = jax.jit(jax.grad(lambda w: evaluate(Shape(w))))(0.5)
+    second = jax.jit(jax.grad(lambda x: evaluate(shape) * x * x))(1.0)
+    third = jax.jit(jax.vmap(lambda x: evaluate(shape) + x))(jnp.arange(3.0))
     assert float(first) == 2 * (2 * 1.0 + 2 * 1.5)
-    assert float(second) == 2 * 2.0 + 2 * 3.0
-    assert [c[0] for c in CALLS] == ["doubled", "scaled"] * 2
+    assert float(second) == 2 * (2 * 1.0 + 2 * 1.5)
+    np.testing.assert_array_equal(np.asarray(third), 5.0 + np.arange(3.0))
+    assert [c[0] for c in CALLS] == ["doubled", "scaled"] * 3
