@@ -37,8 +37,13 @@ from ._operators import (
     stacked_calls,
 )
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
-from ._rules import all_concretely
-from ._training_plan import CP_A2A, CP_ALL_GATHER, TrainingPlan, kv_heads_per_rank
+from ._training_plan import (
+    CP_A2A,
+    CP_ALL_GATHER,
+    TrainingPlan,
+    kv_heads_per_rank,
+    no_cp_scheme,
+)
 from ._transformer import Transformer
 
 # Arithmetic per element of the memory-bound ops, counted from their definitions (FLOP/element):
@@ -153,7 +158,7 @@ def _attention_gemms(model, plan, tokens, fb):
         ]
     d = model.head_dim
     # KV heads are replicated once TP exceeds them (Megatron-LM GQA).
-    kv_l = jnp.maximum(model.kv_heads / t, 1.0)
+    kv_l = kv_heads_per_rank(model, plan)
     return [
         (1.0, fb(tokens, heads_l * d + 2.0 * kv_l * d, h)),  # QKV
         (1.0, fb(tokens, h, heads_l * d)),  # attention output projection
@@ -328,13 +333,14 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     if model.latent_attention:
         # MLA trains as multi-head attention over the up-projected heads; QK^T runs at the
         # qk width and AV at the value width, so one head of their mean width does the work.
-        kv_l, d = heads_l, 0.5 * (model.qk_head_dim + model.v_head_dim)
+        d = 0.5 * (model.qk_head_dim + model.v_head_dim)
     else:
-        kv_l, d = jnp.maximum(model.kv_heads / t, 1.0), model.head_dim
+        d = model.head_dim
+    kv_l = kv_heads_per_rank(model, plan)
     # Ring and all-gather CP: the rank's s / cp queries against the sequence's keys. Ulysses
     # (all-to-all): 1 / cp of the rank's query and KV heads over the whole sequence; the same
     # FLOPs in a kernel of another shape.
-    no_ulysses = _no_cp_scheme(plan, CP_A2A)
+    no_ulysses = no_cp_scheme(plan, CP_A2A)
     if not no_ulysses:
         ulysses = plan.cp_comm == CP_A2A
         q_len = jnp.where(ulysses, s, s / cp)
@@ -559,13 +565,6 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
                       scaleout_scale=jnp.where(on, out_share, 1.0))
 
 
-def _no_cp_scheme(plan: TrainingPlan, scheme: float) -> bool:
-    """True where the plan's concrete values show that no plan of it runs CP `scheme`: the
-    model then skips it (fewer operations to trace; the same values)."""
-    return all_concretely(plan.cp, lambda c: c == 1.0) \
-        or all_concretely(plan.cp_comm, lambda c: c != scheme)
-
-
 def ulysses_send_bytes(model: Transformer, plan: TrainingPlan):
     """Each chip's all-to-all send buffers of one layer under Ulysses CP (`CP_A2A`), bytes:
     (Q, K and V of its s / cp tokens for every head of its TP rank; the attention output)."""
@@ -611,13 +610,13 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
     # Bytes each chip sends, forward and backward: a ring or an all-gather the chunk cp - 1
     # times, an all-to-all (cp - 1) / cp of its buffers.
     sent_f, sent_b = steps * chunk, 2.0 * steps * chunk
-    if not _no_cp_scheme(plan, CP_ALL_GATHER):
+    if not no_cp_scheme(plan, CP_ALL_GATHER):
         gather = all_gather(system, cp * chunk, cp, **link).time
         scatter = reduce_scatter(system, cp * chunk, cp, **link).time
         chosen = plan.cp_comm == CP_ALL_GATHER
         exposed_f = jnp.where(chosen, gather, exposed_f)
         exposed_b = jnp.where(chosen, gather + scatter, exposed_b)
-    if not _no_cp_scheme(plan, CP_A2A):
+    if not no_cp_scheme(plan, CP_A2A):
         qkv, out = ulysses_send_bytes(model, plan)
         a2a_qkv = all_to_all(system, qkv, cp, **link).time
         a2a_f = a2a_qkv + all_to_all(system, out, cp, **link).time

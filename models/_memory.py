@@ -23,6 +23,8 @@ from ._training_plan import (
     RECOMPUTE_NONE,
     TrainingPlan,
     first_stage_layers,
+    kv_heads_per_rank,
+    no_cp_scheme,
     split_units,
 )
 from ._transformer import Transformer
@@ -148,7 +150,7 @@ def kv_chunk_bytes(model: Transformer, plan: TrainingPlan) -> Float[Array, "*bat
     if model.latent_attention:
         width = model.heads / t * (model.qk_head_dim + model.v_head_dim)
     else:
-        width = 2.0 * jnp.maximum(model.kv_heads / t, 1.0) * model.head_dim
+        width = 2.0 * kv_heads_per_rank(model, plan) * model.head_dim
     return ACT_BYTES * local_tokens(model, plan) * width
 
 
@@ -279,8 +281,7 @@ def training_memory(model: Transformer, plan: TrainingPlan, *,
     rebuilt = jnp.where(plan.recompute > 1.5, working, moe_block)
     # All-gather CP: one layer's backward holds the other ranks' K and V chunks beside the
     # whole sequence's dK and dV until their reduce-scatter.
-    if all_concretely(plan.cp, lambda c: c == 1.0) \
-            or all_concretely(plan.cp_comm, lambda c: c != CP_ALL_GATHER):
+    if no_cp_scheme(plan, CP_ALL_GATHER):
         gathered = 0.0
     else:
         gathered = jnp.where(plan.cp_comm == CP_ALL_GATHER,

@@ -163,8 +163,8 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     n = len(row)
     if not n:
         raise ValueError(f"no valid plan for {num_chips} chips and global batch {global_batch} "
-                         f"with cp_comm {cp_comm!r} (Ulysses needs the heads per TP rank to "
-                         f"split cp ways)")
+                         f"with cp_comm {cp_comm!r} (Ulysses needs the query and KV heads per "
+                         f"TP rank to split cp ways)")
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
                         dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
                         tp_overlap=np.full(n, float(tp_overlap)),

@@ -24,7 +24,7 @@ from dse.hardware._validate import (
 )
 
 from ._recipe import RECIPE_NAMES, STATE_PRECISIONS
-from ._rules import Rule, check_rules, divides, is_concrete, reason_of
+from ._rules import Rule, all_concretely, check_rules, divides, is_concrete, reason_of
 from ._transformer import Transformer
 
 # Recomputation modes (Korthikanti et al. 2022, Sec. 5).
@@ -274,6 +274,14 @@ def kv_heads_per_rank(model: Transformer, plan: TrainingPlan) -> Float[Array, "*
     return jnp.maximum(model.kv_heads / plan.tp, 1.0)
 
 
+def no_cp_scheme(plan: TrainingPlan, scheme: float) -> bool:
+    """True where the plan's concrete values show that no plan of it runs CP `scheme` (its CP
+    degree is 1, or its `cp_comm` another scheme): the models then skip that scheme (fewer
+    operations to trace; the same values)."""
+    return all_concretely(plan.cp, lambda c: c == 1.0) \
+        or all_concretely(plan.cp_comm, lambda c: c != scheme)
+
+
 def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) -> list[Rule]:
     """What a training plan must satisfy on `model` and `system` (see `check_training_plan`)."""
     n = float(system.num_chips)
@@ -288,7 +296,7 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
         # Ulysses scatters whole heads: each CP rank takes 1 / cp of the TP rank's query heads
         # and of its K and V heads (Transformer Engine's AttnFuncWithCPAndQKVOA2A asserts both).
         Rule(Reason.SPLIT, "TrainingPlan.cp", plan.cp,
-             (plan.cp_comm < 1.5) | (divides(plan.cp, model.heads / plan.tp)
+             (plan.cp_comm != CP_A2A) | (divides(plan.cp, model.heads / plan.tp)
                                      & divides(plan.cp, kv_heads_per_rank(model, plan))),
              lambda: f"a divisor of the {float(np.max(model.heads / plan.tp)):g} query and "
                      f"{float(np.max(kv_heads_per_rank(model, plan))):g} KV heads per TP rank "
