@@ -87,3 +87,24 @@ def evaluates_once(fn):
             return fn(*args, **kwargs)
 
     return entry
+
+
+def compiled_when_concrete(fn):
+    """`fn` run as one compiled program (`eqx.filter_jit`) when none of its arguments is traced,
+    and inline when one is (inside a caller's `jit`, `vmap` or `grad`).
+
+    JAX runs an unjitted function one operation at a time and compiles each operation for
+    every new shape it meets: `area` of a batch of 64 chips dispatched and compiled its 197
+    operations in 1.1 s here, its jitted program in 0.18 s. Only for functions whose checks
+    of concrete values all happen before (at construction of their arguments): traced, a
+    check sees tracers and is skipped. Array arguments are traced; any other (a string, a
+    Python float) is a static part of the program, which compiles again for each new value."""
+    jitted = eqx.filter_jit(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return fn(*args, **kwargs)
+        return jitted(*args, **kwargs)
+
+    return run

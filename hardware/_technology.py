@@ -19,7 +19,7 @@ from jaxtyping import Array, ArrayLike, Float, Real
 
 from . import units as u
 from ._fields import LIMITS
-from ._once import once_per_evaluation
+from ._once import compiled_when_concrete, once_per_evaluation
 from ._validate import as_float_array, check_choice, check_range
 
 # Memory generations a chip's HBM stacks can be ("none": a chip without HBM).
@@ -268,9 +268,11 @@ _TABLE = (_padded([c.x for c in _ALL_CURVES], np.inf), _padded([c.y for c in _AL
           np.array([c.slope_high for c in _ALL_CURVES]))
 
 
+@compiled_when_concrete
 def _curves_at(node_nm):
     """Every per-node curve at `node_nm`: the values of `_CURVES` in order, then the link
-    PHY's (each of `node_nm`'s shape)."""
+    PHY's (each of `node_nm`'s shape). Compiled when called by hand: a vmap run op by op
+    batches and dispatches each of its operations (tests/test_hardware.py: 58 -> 42 s)."""
     x = jnp.log(node_nm)
     xs, ys, ds, last, low, high = (jnp.asarray(a, dtype=x.dtype if a.dtype.kind == "f"
                                                else None) for a in _TABLE)

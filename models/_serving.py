@@ -67,6 +67,7 @@ from typing import Literal, get_args
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import ndtri
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
@@ -87,6 +88,18 @@ GRID = 32
 # Temperature of the soft minimum of the batch limits (smooth=True): min over limits x_k of
 # exp(-t logsumexp(-log x_k / t)); at most a factor 3^t = 1.06 below the hard minimum.
 _SOFT_MIN_T = 0.05
+
+
+def _running_max(x: Float[Array, "*batch n"]) -> Float[Array, "*batch n"]:
+    """Running maximum along the last axis: `lax.cummax`'s values, as one masked maximum over
+    the n x n lower triangle (for the load curve's `GRID` points, a thousand comparisons).
+    `lax.cummax`'s gradient is an associative scan whose levels XLA fuses with everything
+    upstream of the curve: `serve_continuous`'s float32 value and gradient compiled in 6.0 s
+    (an optimized program of 37,831 lines) against 1.1 s (14,111 lines) this way, here."""
+    n = x.shape[-1]
+    # [..., i, j]: point j is at or before point i (leading axes of one, for x's batch axes).
+    earlier = np.tril(np.ones((n, n), bool)).reshape((1,) * (x.ndim - 1) + (n, n))
+    return jnp.max(jnp.where(earlier, x[..., None, :], -jnp.inf), axis=-1)
 
 KvLink = Literal["scaleup", "scaleout"]
 
@@ -430,11 +443,11 @@ class ServingReport(eqx.Module):
         quantile = jnp.broadcast_to(slo.quantile, batch_shape)[..., None]
         z = ndtri(quantile)
         xp = _log(self.rate)
-        tpot = jax.lax.cummax(self.tpot_mean + z * self.tpot_sd, axis=self.rate.ndim - 1)
+        tpot = _running_max(self.tpot_mean + z * self.tpot_sd)
         # TTFT along the curve, the saturated last point left out (its wait is infinite).
         rate_in = self.rate[..., :-1]
         ttft = self.prefill_time[..., :-1] + self._queue_wait(rate_in, quantile, True)
-        ttft = jax.lax.cummax(ttft, axis=ttft.ndim - 1)
+        ttft = _running_max(ttft)
         x_tpot = _interp(jnp.minimum(slo.tpot, 1e30), tpot, xp)
         # No TTFT limit: up to capacity (the last point, whose wait is infinite).
         x_ttft = jnp.where(jnp.isinf(slo.ttft), xp[..., -1],
@@ -634,7 +647,7 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         return jnp.broadcast_to(x, batch_shape)[..., None]
 
     r = batches / col(shape.decode_steps)
-    replica_rate = jax.lax.cummax(r / t_mix, axis=r.ndim - 1)
+    replica_rate = _running_max(r / t_mix)
     # Iteration time per prefill token, from an iteration that carries one chunk; a request's
     # micro-batch sees 1 / pp of the replica's arrivals.
     tau = jnp.maximum(t_chunk - t_dec, 0.0) / chunk
@@ -649,7 +662,7 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     # sequences in flight are Poisson (M/G/inf occupancy) with mean D, so it is busy with
     # probability 1 - exp(-D).
     busy = -jnp.expm1(-batches)
-    prefill_time = jax.lax.cummax(carrying * t_chunk + 0.5 * busy * t_mix, axis=r.ndim - 1)
+    prefill_time = _running_max(carrying * t_chunk + 0.5 * busy * t_mix)
 
     full = jax.tree.map(lambda x: x[-1], mixed)
     capacity_rate = replica_rate[..., -1] * plan.replicas
@@ -789,8 +802,8 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
 
     t_dec = jnp.broadcast_to(t_dec, batch_shape + t_dec.shape[-1:])
     batches = jnp.broadcast_to(batches, t_dec.shape)
-    decode_curve = jax.lax.cummax(col(decode_plan.replicas) * batches
-                                  / (col(shape.decode_steps) * t_dec), axis=t_dec.ndim - 1)
+    decode_curve = _running_max(col(decode_plan.replicas) * batches
+                                / (col(shape.decode_steps) * t_dec))
     decode_rate = decode_curve[..., -1]
     rates = jnp.stack([b(prefill_rate), b(decode_rate), b(transfer_rate)])
     capacity_rate = jnp.min(rates, axis=0)

@@ -385,3 +385,17 @@ def test_trtllm_max_throughput_within_15_percent_per_group(group):
 def test_trtllm_b200_fp4_within_15_percent():
     errors = _trtllm_group_errors()["Llama 3.3 70B B200 FP4"]
     assert np.median(np.abs(errors)) <= 0.15, np.round(errors, 3)
+
+
+def test_running_max_is_cummax_with_its_gradient():
+    from dse.models._serving import _running_max
+
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(3, 32)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(_running_max(x)),
+                                  np.asarray(jax.lax.cummax(x, axis=1)))
+    # Without ties the running maximum passes each point's cotangent to the point it copies.
+    weights = jnp.arange(32.0)[None, :]
+    ours = jax.grad(lambda v: jnp.sum(_running_max(v) * weights))(x)
+    reference = jax.grad(lambda v: jnp.sum(jax.lax.cummax(v, axis=1) * weights))(x)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-6)
+    assert float(jnp.sum(ours)) == pytest.approx(3 * float(jnp.sum(weights)))
