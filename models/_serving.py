@@ -67,7 +67,6 @@ from typing import Literal, get_args
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.special import ndtri
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
@@ -90,16 +89,28 @@ GRID = 32
 _SOFT_MIN_T = 0.05
 
 
+@jax.custom_jvp
 def _running_max(x: Float[Array, "*batch n"]) -> Float[Array, "*batch n"]:
-    """Running maximum along the last axis: `lax.cummax`'s values, as one masked maximum over
-    the n x n lower triangle (for the load curve's `GRID` points, a thousand comparisons).
-    `lax.cummax`'s gradient is an associative scan whose levels XLA fuses with everything
-    upstream of the curve: `serve_continuous`'s float32 value and gradient compiled in 6.0 s
-    (an optimized program of 37,831 lines) against 1.1 s (14,111 lines) this way, here."""
-    n = x.shape[-1]
-    # [..., i, j]: point j is at or before point i (leading axes of one, for x's batch axes).
-    earlier = np.tril(np.ones((n, n), bool)).reshape((1,) * (x.ndim - 1) + (n, n))
-    return jnp.max(jnp.where(earlier, x[..., None, :], -jnp.inf), axis=-1)
+    """Running maximum along the last axis (`lax.cummax`), whose derivative copies the tangent
+    of the point each maximum comes from (the latest point that set it).
+
+    `lax.cummax`'s own derivative is an associative scan whose levels XLA fuses with
+    everything upstream of the curve: `serve_continuous`'s float32 value and gradient compiled
+    in 6.0 s (an optimized program of 37,831 lines) against 1.3 s (12,779 lines)
+    this way, here; the serving-plan search runs as fast as with `lax.cummax`."""
+    return jax.lax.cummax(x, axis=x.ndim - 1)
+
+
+@_running_max.defjvp
+def _running_max_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = _running_max(x)
+    position = jnp.arange(x.shape[-1], dtype=jnp.int32).reshape((1,) * (x.ndim - 1) + (-1,))
+    # The points that set a new maximum (or tie it) mark their own position; the running
+    # maximum of the marks is, for each point, where its maximum comes from.
+    source = jax.lax.cummax(jnp.where(x >= y, position, -1), axis=x.ndim - 1)
+    return y, jnp.take_along_axis(dx, source, axis=-1)
+
 
 KvLink = Literal["scaleup", "scaleout"]
 

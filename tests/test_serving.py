@@ -391,11 +391,14 @@ def test_running_max_is_cummax_with_its_gradient():
     from dse.models._serving import _running_max
 
     x = jnp.asarray(np.random.default_rng(5).normal(size=(3, 32)), jnp.float32)
-    np.testing.assert_array_equal(np.asarray(_running_max(x)),
+    np.testing.assert_array_equal(np.asarray(jax.jit(_running_max)(x)),
                                   np.asarray(jax.lax.cummax(x, axis=1)))
-    # Without ties the running maximum passes each point's cotangent to the point it copies.
+    # Without ties each point's cotangent goes to the point its maximum copies, as cummax's.
     weights = jnp.arange(32.0)[None, :]
-    ours = jax.grad(lambda v: jnp.sum(_running_max(v) * weights))(x)
+    ours = jax.jit(jax.grad(lambda v: jnp.sum(_running_max(v) * weights)))(x)
     reference = jax.grad(lambda v: jnp.sum(jax.lax.cummax(v, axis=1) * weights))(x)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-6)
-    assert float(jnp.sum(ours)) == pytest.approx(3 * float(jnp.sum(weights)))
+    # A tie: the latest point that reaches the maximum takes the cotangent.
+    tie = jax.grad(lambda v: jnp.sum(_running_max(v) * jnp.array([1.0, 10.0, 100.0, 1000.0])))(
+        jnp.array([1.0, 3.0, 3.0, 2.0]))
+    np.testing.assert_array_equal(np.asarray(tie), [1.0, 10.0, 1100.0, 0.0])
