@@ -7,7 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dse.hardware._once import evaluated_once, evaluates_once, once_per_evaluation
+from dse.hardware._once import (
+    compiled_when_concrete,
+    evaluated_once,
+    evaluates_once,
+    once_per_evaluation,
+)
 
 CALLS = []
 
@@ -64,3 +69,27 @@ def test_nothing_crosses_from_one_trace_into_another():
     assert float(second) == 2 * (2 * 1.0 + 2 * 1.5)
     np.testing.assert_array_equal(np.asarray(third), 5.0 + np.arange(3.0))
     assert [c[0] for c in CALLS] == ["doubled", "scaled"] * 3
+
+
+TRACES = []
+
+
+@compiled_when_concrete
+def _poly(x, power):
+    TRACES.append(power)
+    return x**power + jnp.sin(x)
+
+
+def test_compiled_when_concrete_compiles_by_hand_and_runs_inline_when_traced():
+    x = jnp.linspace(0.0, 1.0, 7)
+    expected = np.asarray(x) ** 3 + np.sin(np.asarray(x))
+    np.testing.assert_allclose(np.asarray(_poly(x, 3)), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(_poly(x + 0.0, 3)), expected, rtol=1e-6)
+    assert TRACES == [3]  # by hand: traced once, the second call reuses the program
+    # Inside a caller's trace it is the caller's operations: no nested program.
+    jaxpr = jax.make_jaxpr(lambda v: _poly(v, 3))(x)
+    assert "pjit" not in {e.primitive.name for e in jaxpr.eqns}
+    assert "jit" not in {e.primitive.name for e in jaxpr.eqns}
+    grad = jax.grad(lambda v: _poly(v, 3).sum())(x)
+    np.testing.assert_allclose(np.asarray(grad), 3 * np.asarray(x) ** 2 + np.cos(np.asarray(x)),
+                               rtol=1e-5)
