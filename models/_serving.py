@@ -104,7 +104,7 @@ def _running_max(x: Float[Array, "*batch n"]) -> Float[Array, "*batch n"]:
 @_running_max.defjvp
 def _running_max_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    y = _running_max(x)
+    y = jax.lax.cummax(x, axis=x.ndim - 1)
     position = jnp.arange(x.shape[-1], dtype=jnp.int32).reshape((1,) * (x.ndim - 1) + (-1,))
     # The points that set a new maximum (or tie it) mark their own position; the running
     # maximum of the marks is, for each point, where its maximum comes from.
