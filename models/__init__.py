@@ -88,6 +88,7 @@ from ._training import TrainReport as TrainReport
 from ._training import precision_unsupported as precision_unsupported
 from ._training import train_step as train_step
 from ._training_plan import CP_A2A as CP_A2A
+from ._training_plan import CP_A2A_P2P as CP_A2A_P2P
 from ._training_plan import CP_ALL_GATHER as CP_ALL_GATHER
 from ._training_plan import CP_P2P as CP_P2P
 from ._training_plan import RECOMPUTE_FULL as RECOMPUTE_FULL

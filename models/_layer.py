@@ -38,9 +38,9 @@ from ._operators import (
 )
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
 from ._training_plan import (
-    CP_A2A,
     CP_ALL_GATHER,
     TrainingPlan,
+    cp_head_split,
     kv_heads_per_rank,
     no_cp_scheme,
 )
@@ -338,21 +338,19 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
         d = model.head_dim
     kv_l = kv_heads_per_rank(model, plan)
     # Ring and all-gather CP: the rank's s / cp queries against the sequence's keys. Ulysses
-    # (all-to-all): 1 / cp of the rank's query and KV heads over the whole sequence; the same
-    # FLOPs in a kernel of another shape.
-    no_ulysses = no_cp_scheme(plan, CP_A2A)
-    if not no_ulysses:
-        ulysses = plan.cp_comm == CP_A2A
-        q_len = jnp.where(ulysses, s, s / cp)
-        heads_l, kv_l = (jnp.where(ulysses, heads_l / cp, heads_l),
-                         jnp.where(ulysses, kv_l / cp, kv_l))
+    # (all-to-all): 1 / cp of the rank's query and KV heads over the whole sequence; the
+    # hierarchical scheme: 1 / cp_a2a of them over the s / ring tokens its all-to-all group
+    # gathered, against the keys the ring brings. The same FLOPs in kernels of other shapes.
+    split = cp_head_split(plan)
+    if isinstance(split, float):  # no all-to-all level in any plan
+        ring, q_len = None, s / cp
     else:
-        q_len = s / cp
+        ring = cp / split
+        q_len = s / ring
+        heads_l, kv_l = heads_l / split, kv_l / split
     eff = dict(smooth=smooth, calibration=calibration)
     if flash_attention:
-        kv_len = _ring_effective_context(model, plan)
-        if not no_ulysses:
-            kv_len = jnp.where(ulysses, _ring_effective_context(model, plan, cp=1.0), kv_len)
+        kv_len = _ring_effective_context(model, plan, cp=ring)
         a_f = attention(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal, **eff)
         a_b = attention_backward(chip, b, heads_l, kv_l, q_len, kv_len, d, causal=model.causal,
                                  **eff)
@@ -598,34 +596,43 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
       head shards before the attention and the output back after it; backward the output and
       its gradient in (the forward kept the output in sequence shards) and the gradients of Q,
       K and V back; all exposed.
+    - All-to-all inside groups of cp_a2a, then the ring over cp / cp_a2a groups (Megatron-Core
+      "a2a+p2p", Transformer Engine's AttnFuncWithCPAndKVP2P with a pair of CP groups): the
+      Ulysses all-to-alls over the cp_a2a adjacent ranks (tp apart), exposed; then the ring's
+      cp / cp_a2a - 1 steps between ranks tp * cp_a2a apart, each passing K and V of
+      s / (cp / cp_a2a) tokens for 1 / cp_a2a of the heads (the bytes of a plain ring's
+      chunk), hidden behind the attention as the ring is. A group of 1 is the ring, a group of
+      cp is Ulysses.
     """
     cp = plan.cp
     chunk = kv_chunk_bytes(model, plan)
-    steps = cp - 1.0
+    split = cp_head_split(plan)
+    ring = cp if isinstance(split, float) else cp / split
+    steps = ring - 1.0
+    ring_link = dict(stride=plan.tp if isinstance(split, float) else plan.tp * split,
+                     calibration=calibration)
     link = dict(stride=plan.tp, calibration=calibration)
-    send_f = send_recv(system, chunk, cp, **link).time
-    send_b = send_recv(system, 2.0 * chunk, cp, **link).time
+    send_f = send_recv(system, chunk, ring, **ring_link).time
+    send_b = send_recv(system, 2.0 * chunk, ring, **ring_link).time
     exposed_f = jnp.maximum(steps * send_f - core_fwd, 0.0)
     exposed_b = jnp.maximum(steps * send_b - core_bwd, 0.0)
     # Bytes each chip sends, forward and backward: a ring or an all-gather the chunk cp - 1
     # times, an all-to-all (cp - 1) / cp of its buffers.
     sent_f, sent_b = steps * chunk, 2.0 * steps * chunk
+    if not isinstance(split, float):
+        # The all-to-all level (the whole group under Ulysses): exposed, before and after.
+        qkv, out = ulysses_send_bytes(model, plan)
+        a2a_qkv = all_to_all(system, qkv, split, **link).time
+        exposed_f = exposed_f + a2a_qkv + all_to_all(system, out, split, **link).time
+        exposed_b = exposed_b + a2a_qkv + all_to_all(system, 2.0 * out, split, **link).time
+        sent_f = sent_f + (split - 1.0) / split * (qkv + out)
+        sent_b = sent_b + (split - 1.0) / split * (qkv + 2.0 * out)
     if not no_cp_scheme(plan, CP_ALL_GATHER):
         gather = all_gather(system, cp * chunk, cp, **link).time
         scatter = reduce_scatter(system, cp * chunk, cp, **link).time
         chosen = plan.cp_comm == CP_ALL_GATHER
         exposed_f = jnp.where(chosen, gather, exposed_f)
         exposed_b = jnp.where(chosen, gather + scatter, exposed_b)
-    if not no_cp_scheme(plan, CP_A2A):
-        qkv, out = ulysses_send_bytes(model, plan)
-        a2a_qkv = all_to_all(system, qkv, cp, **link).time
-        a2a_f = a2a_qkv + all_to_all(system, out, cp, **link).time
-        a2a_b = a2a_qkv + all_to_all(system, 2.0 * out, cp, **link).time
-        chosen = plan.cp_comm == CP_A2A
-        exposed_f = jnp.where(chosen, a2a_f, exposed_f)
-        exposed_b = jnp.where(chosen, a2a_b, exposed_b)
-        sent_f = jnp.where(chosen, steps / cp * (qkv + out), sent_f)
-        sent_b = jnp.where(chosen, steps / cp * (qkv + 2.0 * out), sent_b)
     full = jnp.where(plan.recompute > 1.5, 1.0, 0.0)
     comm = (1.0 + full) * exposed_f + exposed_b
     sent = (1.0 + full) * sent_f + sent_b

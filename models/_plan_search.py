@@ -25,8 +25,10 @@ from ._training import TrainReport, train_step
 from ._rules import is_concrete
 from ._training_plan import (
     CP_A2A,
+    CP_A2A_P2P,
     CP_ALL_GATHER,
     CP_P2P,
+    CP_SCHEMES,
     TrainingPlan,
     flagging_invalid_plans,
 )
@@ -78,8 +80,10 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     - `context_parallel`: the CP degrees to include, or "all" for every valid one (default
       (1,): no context parallelism, the plan space of short-sequence training).
     - `cp_comm`: the context-parallel schemes of the plans with CP > 1
-      (`TrainingPlan.cp_comm`: `CP_P2P`, `CP_ALL_GATHER`, `CP_A2A`; default the ring only);
-      all-to-all only where the TP rank's query and KV heads split cp ways.
+      (`TrainingPlan.cp_comm`: `CP_P2P`, `CP_ALL_GATHER`, `CP_A2A`, `CP_A2A_P2P`; default the
+      ring only); all-to-all only where the TP rank's query and KV heads split cp ways; the
+      hierarchical scheme once for every all-to-all level `cp_a2a` strictly between 1 and cp
+      that divides cp and splits those heads (1 and cp are the ring and Ulysses).
     - `precision`: the training recipe of every plan (`TrainingPlan.precision`).
     - `activation_offload`: the offloaded shares of the layers to include (default (0.0,): no
       offloading; for example (0.0, 0.25, 0.5) on a system with a host link).
@@ -146,25 +150,43 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
         ("tp", "pp", "dp", "ep", "microbatch_size", "interleave", "cp", "sequence_parallel",
          "recompute", "zero_stage", "activation_offload"))}
     schemes = tuple(dict.fromkeys(float(c) for c in cp_comm))
-    if not schemes or any(c not in (CP_P2P, CP_ALL_GATHER, CP_A2A) for c in schemes):
-        raise ValueError(f"enumerate_plans: cp_comm must hold CP_P2P (0), CP_ALL_GATHER (1) or "
-                         f"CP_A2A (2); got {cp_comm!r}")
-    # Each plan with CP > 1 once per scheme (in place, so the plans keep their order).
+    if not schemes or any(c not in CP_SCHEMES for c in schemes):
+        raise ValueError(f"enumerate_plans: cp_comm must hold CP_P2P (0), CP_ALL_GATHER (1), "
+                         f"CP_A2A (2) or CP_A2A_P2P (3); got {cp_comm!r}")
+    # (scheme, all-to-all level) pairs: the hierarchical scheme once per candidate level.
+    levels = sorted({int(d) for c in col["cp"] for d in _divisors(int(c))} - {1})
+    variants = [(c, 1.0) for c in schemes if c != CP_A2A_P2P] + [
+        (CP_A2A_P2P, float(u)) for u in levels if CP_A2A_P2P in schemes]
+    # Each plan with CP > 1 once per variant (in place, so the plans keep their order).
     with_cp = col["cp"] > 1
     # `kv_heads_per_rank` in NumPy (this may run inside a trace, on concrete columns).
     kv_rank = (heads / col["tp"] if model.latent_attention
                else np.maximum(_concrete_int(model.kv_heads, "kv_heads") / col["tp"], 1.0))
-    ulysses_splits = (heads / col["tp"] % col["cp"] == 0) & (kv_rank % col["cp"] == 0)
-    keep = np.stack([with_cp & ((c != CP_A2A) | ulysses_splits) for c in schemes], axis=1)
+
+    def splits(u):
+        return (heads / col["tp"] % u == 0) & (kv_rank % u == 0)
+
+    def valid(c, u):
+        if c == CP_A2A:
+            return splits(col["cp"])
+        if c == CP_A2A_P2P:
+            return (col["cp"] % u == 0) & (u < col["cp"]) & splits(u)
+        return np.ones(len(col["cp"]), bool)
+
+    keep = np.stack([with_cp & valid(c, u) for c, u in variants], axis=1) if variants \
+        else np.zeros((len(with_cp), 1), bool)
     keep[:, 0] |= ~with_cp
     row, which = np.nonzero(keep)
     col = {name: v[row] for name, v in col.items()}
-    col["cp_comm"] = np.where(with_cp[row], np.asarray(schemes)[which], CP_P2P)
+    chosen = np.asarray(variants or [(CP_P2P, 1.0)])[which]
+    col["cp_comm"] = np.where(with_cp[row], chosen[:, 0], CP_P2P)
+    col["cp_a2a"] = np.where(with_cp[row], chosen[:, 1], 1.0)
     n = len(row)
     if not n:
         raise ValueError(f"no valid plan for {num_chips} chips and global batch {global_batch} "
                          f"with cp_comm {cp_comm!r} (Ulysses needs the query and KV heads per "
-                         f"TP rank to split cp ways)")
+                         f"TP rank to split cp ways, the hierarchical scheme cp_a2a ways for "
+                         f"some cp_a2a strictly between 1 and cp)")
     return TrainingPlan(global_batch=np.full(n, float(global_batch)),
                         dp_overlap=np.full(n, float(dp_overlap)), dp_hierarchical=np.ones(n),
                         tp_overlap=np.full(n, float(tp_overlap)),

@@ -37,6 +37,14 @@ RECOMPUTE_FULL = 2.0  # store each layer's input, recompute the whole layer in b
 CP_P2P = 0.0  # KV chunks passed around a ring, each step overlapped with attention
 CP_ALL_GATHER = 1.0  # the sequence's K and V gathered before attention, not overlapped
 CP_A2A = 2.0  # DeepSpeed-Ulysses: all-to-alls from sequence- to head-sharded Q, K, V and back
+# Megatron-Core's "a2a+p2p" (its docstring: "A hierarchical implementation of context
+# parallelism to attention. It uses A2A communications in low-level CP groups (e.g., via
+# NVLink), and P2P communications in high-level CP groups (e.g., via IBLink)"), with the group
+# sizes of `--hierarchical-context-parallel-sizes`: Ulysses over `TrainingPlan.cp_a2a` adjacent
+# CP ranks, the ring over the cp / cp_a2a groups (Transformer Engine's AttnFuncWithCPAndKVP2P
+# with a [cp_group_a2a, cp_group_p2p] pair).
+CP_A2A_P2P = 3.0
+CP_SCHEMES = (CP_P2P, CP_ALL_GATHER, CP_A2A, CP_A2A_P2P)
 
 
 class TrainingPlan(eqx.Module):
@@ -56,7 +64,13 @@ class TrainingPlan(eqx.Module):
       runs it, Dubey et al. 2024, Sec. 3.3.2) or `CP_A2A` (2: DeepSpeed-Ulysses, Jacobs et al.
       2023: all-to-alls turn the sequence-sharded Q, K and V into head-sharded ones over the
       whole sequence and the attention output back, and their gradients the reverse way in
-      backward; not overlapped; the TP rank's query and KV heads must each split cp ways).
+      backward; not overlapped; the TP rank's query and KV heads must each split cp ways) or
+      `CP_A2A_P2P` (3: Megatron-Core's hierarchical "a2a+p2p": Ulysses all-to-alls inside
+      groups of `cp_a2a` adjacent CP ranks, then the ring, overlapped as above, over the
+      cp / cp_a2a groups; the TP rank's query and KV heads must each split cp_a2a ways).
+    - `cp_a2a`: the all-to-all level of `CP_A2A_P2P` (Megatron-Core's
+      `hierarchical_context_parallel_sizes[0]`): CP ranks tp apart that exchange heads; a
+      divisor of cp (1, the default, is the plain ring; cp is Ulysses). Read by no other scheme.
     - `etp`: expert tensor-parallel degree (Megatron-Core ETP): the MoE layers are mapped
       ETP x EP x EDP over the same tp * cp * dp chips as the attention's TP x CP x DP; 0 (the
       default) means etp = tp. `ep * etp` must divide tp * cp * dp.
@@ -136,6 +150,7 @@ class TrainingPlan(eqx.Module):
     ep: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     cp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     cp_comm: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=CP_P2P)
+    cp_a2a: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     etp: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=0.0)
     microbatch_size: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
     global_batch: Float[Array, "*batch"] = eqx.field(converter=as_float_array, default=1.0)
@@ -184,11 +199,11 @@ class TrainingPlan(eqx.Module):
         if not isinstance(self.quantized_params, bool):
             raise ValueError(f"TrainingPlan.quantized_params must be True or False; got "
                              f"{self.quantized_params!r}")
-        for field in ("tp", "pp", "dp", "ep", "cp", "microbatch_size", "global_batch",
-                      "interleave"):
+        for field in ("tp", "pp", "dp", "ep", "cp", "cp_a2a", "microbatch_size",
+                      "global_batch", "interleave"):
             check_integer("TrainingPlan", field, getattr(self, field))
         for field, hi in (("sequence_parallel", 1.0), ("recompute", 2.0), ("zero_stage", 3.0),
-                          ("cp_comm", CP_A2A),
+                          ("cp_comm", CP_A2A_P2P),
                           ("dp_overlap", 1.0), ("dp_hierarchical", 1.0),
                           ("zero3_regather", 1.0), ("tp_overlap", 1.0),
                           ("ep_hierarchical", 1.0), ("ep_overlap", 1.0),
@@ -282,6 +297,19 @@ def no_cp_scheme(plan: TrainingPlan, scheme: float) -> bool:
         or all_concretely(plan.cp_comm, lambda c: c != scheme)
 
 
+def cp_head_split(plan: TrainingPlan):
+    """CP ranks that split a TP rank's heads between them by all-to-all: cp under Ulysses
+    (`CP_A2A`), `cp_a2a` under `CP_A2A_P2P`, 1 for the ring and the all-gather (the Python
+    1.0 where the plan's concrete values show no all-to-all level). The rest of the CP group,
+    cp / split ranks, passes K and V around the ring."""
+    ulysses, hierarchical = (not no_cp_scheme(plan, CP_A2A),
+                             not no_cp_scheme(plan, CP_A2A_P2P))
+    if not (ulysses or hierarchical):
+        return 1.0
+    return jnp.where(plan.cp_comm == CP_A2A, plan.cp,
+                     jnp.where(plan.cp_comm == CP_A2A_P2P, plan.cp_a2a, 1.0))
+
+
 def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) -> list[Rule]:
     """What a training plan must satisfy on `model` and `system` (see `check_training_plan`)."""
     n = float(system.num_chips)
@@ -301,6 +329,16 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
              lambda: f"a divisor of the {float(np.max(model.heads / plan.tp)):g} query and "
                      f"{float(np.max(kv_heads_per_rank(model, plan))):g} KV heads per TP rank "
                      f"under cp_comm {CP_A2A:g} (all-to-all, Ulysses)"),
+        # The hierarchical scheme's all-to-all level is a group of whole CP ranks that splits
+        # whole heads the same way.
+        Rule(Reason.SPLIT, "TrainingPlan.cp_a2a", plan.cp_a2a,
+             (plan.cp_comm != CP_A2A_P2P) | (divides(plan.cp_a2a, plan.cp)
+                                         & divides(plan.cp_a2a, model.heads / plan.tp)
+                                         & divides(plan.cp_a2a, kv_heads_per_rank(model, plan))),
+             lambda: f"a divisor of cp ({float(np.max(plan.cp)):g}) and of the "
+                     f"{float(np.max(model.heads / plan.tp)):g} query and "
+                     f"{float(np.max(kv_heads_per_rank(model, plan))):g} KV heads per TP rank "
+                     f"under cp_comm {CP_A2A_P2P:g} (a2a+p2p)"),
         Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, units),
              lambda: f"a divisor of the model's {float(model.layers):g} layers" + (
                  f" + 2 = {float(np.max(units)):g} (the embedding and the loss counted)"

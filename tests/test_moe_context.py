@@ -1,6 +1,6 @@
 """MoE as trained today (routing skew, capacity, shared experts, dense layers, MLA, EP over the
-tiers) and context parallelism (ring, all-gather and Ulysses schemes) in the training model; MoE
-presets."""
+tiers) and context parallelism (ring, all-gather, Ulysses and hierarchical a2a+p2p schemes) in
+the training model; MoE presets."""
 
 import equinox as eqx
 import jax
@@ -13,6 +13,7 @@ from dse.hardware import SYSTEMS
 from dse.hardware import Reason
 from dse.models import (
     CP_A2A,
+    CP_A2A_P2P,
     CP_ALL_GATHER,
     CP_P2P,
     DEFAULT,
@@ -24,6 +25,7 @@ from dse.models import (
     attention,
     enumerate_plans,
     reduce_scatter,
+    send_recv,
     train_step,
     training_memory,
 )
@@ -412,7 +414,7 @@ def test_ulysses_needs_whole_heads_per_cp_rank():
     with pytest.raises(ValueError, match=r"32 query and 8 KV heads per TP rank"):
         train_step(model, kv_short, system)
     with pytest.raises(ValueError, match="TrainingPlan.cp_comm"):
-        TrainingPlan(cp=2.0, cp_comm=3.0)
+        TrainingPlan(cp=2.0, cp_comm=4.0)
     # The plan search offers Ulysses only where the heads split.
     plans = enumerate_plans(model, 64, 8, recompute=(2,), zero_stages=(1,),
                             sequence_parallel=(1,), context_parallel=(1, 4, 8),
@@ -427,6 +429,82 @@ def test_ulysses_needs_whole_heads_per_cp_rank():
     assert np.sum(scheme == CP_ALL_GATHER) == np.sum((scheme == CP_P2P) & (cp > 1))
 
 
+def test_hierarchical_cp_is_the_ring_at_one_and_ulysses_at_cp_and_splits_the_tiers():
+    # Llama 3 8B's shape with 32 KV heads at 128K over CP 16 x TP 2 on 64 H100s: the CP group
+    # spans four DGX nodes, an all-to-all group of 4 (x TP 2) fills one node's NVLink.
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0, kv_heads=32.0)
+    system = SYSTEMS["DGX-H100"].with_num_chips(64)
+    base = dict(tp=2.0, cp=16.0, dp=2.0, global_batch=2.0, sequence_parallel=1.0)
+
+    def costs(scheme, level=1.0):
+        plan = TrainingPlan(cp_comm=scheme, cp_a2a=level, **base)
+        return layer_costs(model, plan, system), train_step(model, plan, system)
+
+    fields = ("cp_comm", "comm_bytes", "fwd", "bwd")
+    for level, same in ((1.0, CP_P2P), (16.0, CP_A2A)):
+        (lc, r), (lc0, r0) = costs(CP_A2A_P2P, level), costs(same)
+        for f in fields:
+            assert float(getattr(lc, f)) == float(getattr(lc0, f)), (level, f)
+        assert float(r.step_time) == float(r0.step_time)
+    # Level 4, by hand: the Ulysses all-to-alls over 4 ranks 2 apart (inside the node), then
+    # the ring's 3 steps between ranks 8 apart (across nodes), each a plain ring's chunk:
+    # K and V of 131072 / 4 tokens for 16 / 4 KV heads of 128, 2 bytes.
+    lc, _ = costs(CP_A2A_P2P, 4.0)
+    chunk = 2.0 * 8192 * 2 * 16 * 128
+    ring_f = float(send_recv(system, chunk, 4.0, stride=8.0).time)
+    ring_b = float(send_recv(system, 2.0 * chunk, 4.0, stride=8.0).time)
+    qkv, out = 2.0 * 8192 * (16 + 2 * 16) * 128, 2.0 * 8192 * 16 * 128
+    a2a = sum(float(all_to_all(system, b, 4.0, stride=2.0).time)
+              for b in (qkv, out, qkv, 2 * out))
+    lc_ring, _ = costs(CP_P2P)
+    core_f, core_b = (float(x) for x in _attention_core_times(
+        model, dict(base, cp_comm=CP_A2A_P2P, cp_a2a=4.0), system))
+    exposed = max(3 * ring_f - core_f, 0.0) + max(3 * ring_b - core_b, 0.0)
+    np.testing.assert_allclose(float(lc.cp_comm), a2a + exposed, rtol=1e-5)
+    np.testing.assert_allclose(float(lc.comm_bytes - lc_ring.comm_bytes),
+                               3 / 4 * (2 * qkv + 3 * out) - 3 * (16 - 4) * chunk, rtol=1e-5)
+    # Its all-to-alls stay on NVLink and its ring crosses the network 3 times, not 15: it
+    # exposes less than the ring (whose 15 cross-node steps outrun the attention) and than
+    # Ulysses (whose all-to-all crosses the network); the attention work is the same.
+    assert float(lc.cp_comm) < min(float(costs(CP_P2P)[0].cp_comm),
+                                   float(costs(CP_A2A)[0].cp_comm))
+    np.testing.assert_allclose(float(lc.fwd), float(lc_ring.fwd), rtol=0.05)
+    # A level that does not divide cp, or does not split the TP rank's 16 KV heads, is refused
+    # by hand and flagged when traced; Llama 3's 8 KV heads (4 per TP rank) do not split 8 ways.
+    for bad_model, level in ((model, 3.0), (TRANSFORMERS["llama3-8b"].replace(
+            seq_len=131072.0), 8.0)):
+        bad = TrainingPlan(cp_comm=CP_A2A_P2P, cp_a2a=level, **base)
+        with pytest.raises(ValueError, match=r"TrainingPlan\.cp_a2a must be a divisor of cp"):
+            train_step(bad_model, bad, system)
+        flagged = jax.jit(lambda p, m=bad_model: train_step(m, p, system).reason)(bad)
+        assert int(flagged) & int(Reason.SPLIT)
+    with pytest.raises(ValueError, match="TrainingPlan.cp_a2a"):
+        TrainingPlan(cp=4.0, cp_comm=CP_A2A_P2P, cp_a2a=1.5)
+    # The plan search offers every level strictly between 1 and cp that splits the heads, and
+    # one traced evaluation of them equals the plans by hand.
+    plans = enumerate_plans(model, 64, 2, recompute=(2,), zero_stages=(1,),
+                            sequence_parallel=(1,), context_parallel=(16,),
+                            cp_comm=(CP_A2A_P2P,), max_microbatch=1)
+    tp, level = np.asarray(plans.tp), np.asarray(plans.cp_a2a)
+    assert np.all(np.asarray(plans.cp_comm) == CP_A2A_P2P)
+    assert {(float(t), float(u)) for t, u in zip(tp, level, strict=True)} == {
+        (t, u) for t in (2.0, 4.0) for u in (2.0, 4.0, 8.0)}  # DP 2 or 1 divides the batch
+    traced = jax.jit(jax.vmap(lambda p: train_step(model, p, system).step_time))(plans)
+    k = int(np.nonzero((tp == 2.0) & (level == 4.0))[0][0])
+    by_hand = train_step(model, jax.tree.map(lambda x: x[k], plans), system)
+    np.testing.assert_allclose(float(traced[k]), float(by_hand.step_time), rtol=1e-5)
+
+
+def _attention_core_times(model, plan_fields, system):
+    """(forward, backward) attention-core times of one layer (what the ring hides behind),
+    s, before the kernel fraction (as `layer_costs` passes them)."""
+    from dse.models._layer import _attention_core
+
+    plan = TrainingPlan(**plan_fields)
+    fwd, bwd, *_ = _attention_core(model, plan, system, False, True, DEFAULT)
+    return fwd, bwd
+
+
 def test_context_parallel_schemes_gradients_match_finite_differences():
     # Each scheme's step time in float64 against central differences of the same program, at
     # random links: CP 8 x TP 2 over 32 H100s, so the CP group crosses the scale-out network.
@@ -436,9 +514,11 @@ def test_context_parallel_schemes_gradients_match_finite_differences():
         f64 = lambda t: jax.tree.map(  # noqa: E731
             lambda x: jnp.asarray(x, jnp.float64) if eqx_float(x) else x, t)
         model, base = f64(model), f64(SYSTEMS["DGX-H100"].with_num_chips(32))
-        plans = f64(batched(3, TrainingPlan(tp=2.0, cp=8.0, dp=2.0, global_batch=2.0,
-                                            sequence_parallel=1.0, recompute=2.0,
-                                            cp_comm=np.array([CP_P2P, CP_ALL_GATHER, CP_A2A]))))
+        # ... and the hierarchical scheme with all-to-alls over pairs of CP ranks.
+        plans = f64(batched(4, TrainingPlan(
+            tp=2.0, cp=8.0, dp=2.0, global_batch=2.0, sequence_parallel=1.0, recompute=2.0,
+            cp_comm=np.array([CP_P2P, CP_ALL_GATHER, CP_A2A, CP_A2A_P2P]),
+            cp_a2a=np.array([1.0, 1.0, 1.0, 2.0]))))
 
         def system_at(links):
             return base.replace(chip=base.chip.replace(link_bandwidth=links[0]),
@@ -522,8 +602,9 @@ def test_moe_and_cp_jit_vmap_and_differentiate(dtype):
                                   ep_hierarchical=np.array([0.0, 1.0, 1.0, 0.0]),
                                   ep_overlap=np.array([1.0, 0.0, 0.0, 0.0]),
                                   recompute_moe=np.array([0.0, 1.0, 0.0, 0.0]),
-                                  # ring, all-gather and Ulysses CP
-                                  cp_comm=np.array([0.0, 1.0, 2.0, 0.0]))))
+                                  # ring, all-gather, Ulysses and a2a+p2p CP
+                                  cp_comm=np.array([0.0, 1.0, 2.0, 3.0]),
+                                  cp_a2a=np.array([1.0, 1.0, 1.0, 2.0]))))
         # One jitted call over three hardware designs x four plans ...
         bws = jnp.asarray(rng.uniform(0.5, 2.0, 3) * float(base.chip.hbm_bandwidth), dtype)
         over_plans = jax.vmap(lambda p, s: _metric(model, p, s), in_axes=(0, None))
