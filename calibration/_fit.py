@@ -139,6 +139,13 @@ def _fit_batch(weights, params, inputs, measured, zlo, zhi, z0, u0, inv_prior, *
         change = jnp.abs(before - final) / jnp.maximum(jnp.abs(final), 1e-30)
         return to_z(u), change
 
+    if weights.shape[0] == 1:
+        # One fit (no bootstrap, no folds): run it unbatched. Under vmap every `cond` of the
+        # zoom line search becomes a select of both branches and the loops are batched, which
+        # took 1.0 of 1.5 s of tracing for a four-field fit of 48 rows
+        # (benchmarks/compile_times.py's `calibrate`).
+        z, change = fit_z(weights[0])
+        return z[None], change[None]
     return jax.vmap(fit_z)(weights)
 
 
