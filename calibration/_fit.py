@@ -331,7 +331,12 @@ def _at_optimum(z_hat, measured, pred_hat, hess, jtr, zlo, zhi, z0, inv_prior, n
     """Laplace uncertainty, bound flags and convergence figures of the fit on all rows."""
     r = _log_ratio(pred_hat, measured)
     sigma2 = jnp.sum(r**2) / max(n - k, 1)
-    log_cov, unconstrained = _laplace_covariance(hess / sigma2 + jnp.diag(inv_prior))
+    # The fitted loss is sigma^2 times the negative log posterior (residuals of std sigma, the
+    # prior's std in units of sigma: `calibrate`'s `prior_log_std`), so its Gauss-Newton
+    # Hessian over sigma^2 is the posterior precision: the prior's term is scaled with the
+    # data's (added unscaled, a prior of 0.1 / sigma in sigma's units counted as 0.1 / sigma in
+    # log units: the training fit's kernel fraction read 0.80 +- 0.47 for one of +- 0.04).
+    log_cov, unconstrained = _laplace_covariance((hess + jnp.diag(inv_prior)) / sigma2)
     log_std = jnp.where(unconstrained, jnp.inf, jnp.sqrt(jnp.clip(jnp.diag(log_cov), 0.0)))
     # At a bound the minimum need not be stationary: flagged, and its error is one-sided.
     # The sigmoid only approaches a bound, so "at" is within AT_BOUND of the log-box width.
@@ -377,7 +382,10 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     - `resample`: what the bootstrap draws with replacement: "source" (whole sources, the
       clusters of `data.group`; needs >= 2 sources) or "row" (single rows).
     - `prior_log_std`: std of a Gaussian prior on each log-parameter around its starting
-      value: one float for all, or {name: std} for some (None: no prior).
+      value, in units of the residual log std (the loss adds sum (z - z0)^2 / (2 std^2) to
+      sum r^2 / 2; a prior of s in log units is s / sigma here, as
+      `dse.calibration.fit_training_constants` passes it): one float for all, or {name: std}
+      for some (None: no prior).
     - `steps`: L-BFGS iterations of each fit (`CalibrationResult.converged` says whether they
       were enough).
     - `key`: `jax.random` key for the folds and the bootstrap (default `PRNGKey(0)`).

@@ -561,3 +561,25 @@ def test_recovers_a_known_attention_scale():
                      steps=60)
     assert r.names == ("attention_scale",)
     assert abs(float(r.value[0]) - 0.7) < 3 * float(r.std[0]) + 1e-3, (r.value, r.std)
+
+
+def test_laplace_covariance_of_a_prior_is_the_analytic_posterior():
+    # y = a * b measured 12 times with residuals of std sigma: the data fix only log a + log b,
+    # a Gaussian prior of std s (in units of sigma) on log b fixes the rest. The posterior
+    # precision of (log a, log b) is [[n, n], [n, n + 1 / s^2]] / sigma^2, so a, held by the
+    # data only through b, is uncertain by sigma * sqrt(s^2 + 1 / n) in log units.
+    n, s = 12, 0.5
+    noise = 0.05 * np.where(np.arange(n) % 2 == 0, 1.0, -1.0) + 0.01 * np.arange(n) / n
+    measured = 2.0 * np.exp(noise)
+    data = dc.Measurements(dict(ones=jnp.ones(n)), jnp.asarray(measured, jnp.result_type(float)),
+                           jnp.asarray(np.arange(n) % 3), ("a", "b", "c"))
+    r = dc.calibrate(lambda p, x: p["a"] * p["b"] * x["ones"],
+                     {"a": jnp.asarray(1.0), "b": jnp.asarray(1.0)}, data, fit=("a", "b"),
+                     validation="none", prior_log_std={"b": s})
+    product = float(np.prod(np.asarray(r.value)))
+    np.testing.assert_allclose(product, np.exp(np.mean(np.log(measured))), rtol=1e-4)
+    sigma2 = np.sum(np.log(product / measured) ** 2) / (n - 2)
+    posterior = np.linalg.inv(np.array([[n, n], [n, n + 1 / s**2]]) / sigma2)
+    np.testing.assert_allclose(np.asarray(r.log_covariance), posterior, rtol=1e-3)
+    np.testing.assert_allclose(float(r.std[0]) / float(r.value[0]),
+                               np.sqrt(sigma2 * (s**2 + 1 / n)), rtol=1e-3)
