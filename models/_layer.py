@@ -339,8 +339,9 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     kv_l = kv_heads_per_rank(model, plan)
     # Ring and all-gather CP: the rank's s / cp queries against the sequence's keys. Ulysses
     # (all-to-all): 1 / cp of the rank's query and KV heads over the whole sequence; the
-    # hierarchical scheme: 1 / cp_a2a of them over the s / ring tokens its all-to-all group
-    # gathered, against the keys the ring brings. The same FLOPs in kernels of other shapes.
+    # hierarchical scheme: 1 / cp_a2a of them over the s * cp_a2a / cp tokens its all-to-all
+    # group gathered, against the keys the ring brings. The same FLOPs in kernels of other
+    # shapes.
     split = cp_head_split(plan)
     if isinstance(split, float):  # no all-to-all level in any plan
         ring, q_len = None, s / cp
@@ -564,7 +565,8 @@ def expert_dispatch(model: Transformer, plan: TrainingPlan, system, routed_bytes
 
 
 def ulysses_send_bytes(model: Transformer, plan: TrainingPlan):
-    """Each chip's all-to-all send buffers of one layer under Ulysses CP (`CP_A2A`), bytes:
+    """Each chip's all-to-all send buffers of one layer under Ulysses CP (`CP_A2A`, and the
+    all-to-all groups of `CP_A2A_P2P`), bytes:
     (Q, K and V of its s / cp tokens for every head of its TP rank; the attention output)."""
     heads_l = model.heads / plan.tp
     if model.latent_attention:
@@ -616,8 +618,9 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
     send_b = send_recv(system, 2.0 * chunk, ring, **ring_link).time
     exposed_f = jnp.maximum(steps * send_f - core_fwd, 0.0)
     exposed_b = jnp.maximum(steps * send_b - core_bwd, 0.0)
-    # Bytes each chip sends, forward and backward: a ring or an all-gather the chunk cp - 1
-    # times, an all-to-all (cp - 1) / cp of its buffers.
+    # Bytes each chip sends, forward and backward: the ring (or the all-gather) the chunk once
+    # per step, ring - 1 times (cp - 1 without an all-to-all group); an all-to-all group of
+    # `split` ranks (split - 1) / split of its buffers.
     sent_f, sent_b = steps * chunk, 2.0 * steps * chunk
     if not isinstance(split, float):
         # The all-to-all level (the whole group under Ulysses): exposed, before and after.

@@ -82,8 +82,9 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     - `cp_comm`: the context-parallel schemes of the plans with CP > 1
       (`TrainingPlan.cp_comm`: `CP_P2P`, `CP_ALL_GATHER`, `CP_A2A`, `CP_A2A_P2P`; default the
       ring only); all-to-all only where the TP rank's query and KV heads split cp ways; the
-      hierarchical scheme once for every all-to-all level `cp_a2a` strictly between 1 and cp
-      that divides cp and splits those heads (1 and cp are the ring and Ulysses).
+      hierarchical scheme once for every all-to-all group size `cp_a2a` strictly between 1
+      and cp that divides cp and splits those heads (1 and cp are the ring and Ulysses, so a
+      CP degree of 2 has no hierarchical plan).
     - `precision`: the training recipe of every plan (`TrainingPlan.precision`).
     - `activation_offload`: the offloaded shares of the layers to include (default (0.0,): no
       offloading; for example (0.0, 0.25, 0.5) on a system with a host link).

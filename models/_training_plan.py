@@ -64,13 +64,14 @@ class TrainingPlan(eqx.Module):
       runs it, Dubey et al. 2024, Sec. 3.3.2) or `CP_A2A` (2: DeepSpeed-Ulysses, Jacobs et al.
       2023: all-to-alls turn the sequence-sharded Q, K and V into head-sharded ones over the
       whole sequence and the attention output back, and their gradients the reverse way in
-      backward; not overlapped; the TP rank's query and KV heads must each split cp ways) or
+      backward; not overlapped; the TP rank's query and KV heads must each split cp ways), and
       `CP_A2A_P2P` (3: Megatron-Core's hierarchical "a2a+p2p": Ulysses all-to-alls inside
       groups of `cp_a2a` adjacent CP ranks, then the ring, overlapped as above, over the
       cp / cp_a2a groups; the TP rank's query and KV heads must each split cp_a2a ways).
-    - `cp_a2a`: the all-to-all level of `CP_A2A_P2P` (Megatron-Core's
-      `hierarchical_context_parallel_sizes[0]`): CP ranks tp apart that exchange heads; a
-      divisor of cp (1, the default, is the plain ring; cp is Ulysses). Read by no other scheme.
+    - `cp_a2a`: the all-to-all group size of `CP_A2A_P2P` (Megatron-Core's
+      `hierarchical_context_parallel_sizes[0]`): adjacent CP ranks, tp apart, that exchange
+      heads; a divisor of cp (1, the default, is the plain ring; cp is Ulysses). The other
+      schemes ignore it (it must still be a whole number >= 1).
     - `etp`: expert tensor-parallel degree (Megatron-Core ETP): the MoE layers are mapped
       ETP x EP x EDP over the same tp * cp * dp chips as the attention's TP x CP x DP; 0 (the
       default) means etp = tp. `ep * etp` must divide tp * cp * dp.
@@ -297,11 +298,12 @@ def no_cp_scheme(plan: TrainingPlan, scheme: float) -> bool:
         or all_concretely(plan.cp_comm, lambda c: c != scheme)
 
 
+@once_per_evaluation
 def cp_head_split(plan: TrainingPlan):
     """CP ranks that split a TP rank's heads between them by all-to-all: cp under Ulysses
     (`CP_A2A`), `cp_a2a` under `CP_A2A_P2P`, 1 for the ring and the all-gather (the Python
-    1.0 where the plan's concrete values show no all-to-all level). The rest of the CP group,
-    cp / split ranks, passes K and V around the ring."""
+    1.0 where the plan's concrete values show no all-to-all group). cp / split is then the
+    size of the ring that passes K and V (1 under Ulysses: no ring)."""
     ulysses, hierarchical = (not no_cp_scheme(plan, CP_A2A),
                              not no_cp_scheme(plan, CP_A2A_P2P))
     if not (ulysses or hierarchical):

@@ -508,8 +508,10 @@ def _attention_core_times(model, plan_fields, system):
 def test_context_parallel_schemes_gradients_match_finite_differences():
     # Each scheme's step time in float64 against central differences of the same program, at
     # random links: CP 8 x TP 2 over 32 H100s, so the CP group crosses the scale-out network.
+    # 16 KV heads, 8 per TP rank: Ulysses can split them 8 ways (Llama 3's 8 could not, and
+    # its plan would be a flagged one).
     rng = np.random.default_rng(3)
-    model = TRANSFORMERS["llama3-8b"].replace(seq_len=32768.0, layers=4.0)
+    model = TRANSFORMERS["llama3-8b"].replace(seq_len=32768.0, layers=4.0, kv_heads=16.0)
     with jax.enable_x64(True):
         f64 = lambda t: jax.tree.map(  # noqa: E731
             lambda x: jnp.asarray(x, jnp.float64) if eqx_float(x) else x, t)
@@ -530,6 +532,8 @@ def test_context_parallel_schemes_gradients_match_finite_differences():
         links = jnp.asarray([base.chip.link_bandwidth, base.scaleout_bandwidth]) \
             * jnp.asarray(rng.uniform(0.5, 2.0, 2))
         times, grads = step(plans, links)
+        reasons = jax.jit(jax.vmap(lambda p: train_step(model, p, base).reason))(plans)
+        assert np.all(np.asarray(reasons) == 0)  # every scheme's plan is a valid one
         assert np.all(np.asarray(grads) != 0.0)  # each scheme's time moves with both tiers
         for i in range(2):
             fd = central_difference(lambda x, i=i: np.asarray(step(plans, links.at[i].set(x))[0]),
