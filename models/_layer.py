@@ -41,6 +41,7 @@ from ._training_plan import (
     CP_ALL_GATHER,
     TrainingPlan,
     cp_head_split,
+    cp_ring_size,
     kv_heads_per_rank,
     no_cp_scheme,
 )
@@ -342,12 +343,9 @@ def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     # hierarchical scheme: 1 / cp_a2a of them over the s * cp_a2a / cp tokens its all-to-all
     # group gathered, against the keys the ring brings. The same FLOPs in kernels of other
     # shapes.
-    split = cp_head_split(plan)
-    if isinstance(split, float):  # no all-to-all level in any plan
-        ring, q_len = None, s / cp
-    else:
-        ring = cp / split
-        q_len = s / ring
+    split, ring = cp_head_split(plan), cp_ring_size(plan)
+    q_len = s / ring
+    if not isinstance(split, float):  # some plan has an all-to-all group
         heads_l, kv_l = heads_l / split, kv_l / split
     eff = dict(smooth=smooth, calibration=calibration)
     if flash_attention:
@@ -608,11 +606,9 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
     """
     cp = plan.cp
     chunk = kv_chunk_bytes(model, plan)
-    split = cp_head_split(plan)
-    ring = cp if isinstance(split, float) else cp / split
+    split, ring = cp_head_split(plan), cp_ring_size(plan)
     steps = ring - 1.0
-    ring_link = dict(stride=plan.tp if isinstance(split, float) else plan.tp * split,
-                     calibration=calibration)
+    ring_link = dict(stride=plan.tp * split, calibration=calibration)
     link = dict(stride=plan.tp, calibration=calibration)
     send_f = send_recv(system, chunk, ring, **ring_link).time
     send_b = send_recv(system, 2.0 * chunk, ring, **ring_link).time
@@ -623,7 +619,7 @@ def _context_parallel_comm(model, plan, system, core_fwd, core_bwd, calibration)
     # `split` ranks (split - 1) / split of its buffers.
     sent_f, sent_b = steps * chunk, 2.0 * steps * chunk
     if not isinstance(split, float):
-        # The all-to-all level (the whole group under Ulysses): exposed, before and after.
+        # The all-to-all groups (the whole CP group under Ulysses): exposed, before and after.
         qkv, out = ulysses_send_bytes(model, plan)
         a2a_qkv = all_to_all(system, qkv, split, **link).time
         exposed_f = exposed_f + a2a_qkv + all_to_all(system, out, split, **link).time

@@ -154,11 +154,11 @@ def enumerate_plans(model: Transformer, num_chips: int | float, global_batch: in
     if not schemes or any(c not in CP_SCHEMES for c in schemes):
         raise ValueError(f"enumerate_plans: cp_comm must hold CP_P2P (0), CP_ALL_GATHER (1), "
                          f"CP_A2A (2) or CP_A2A_P2P (3); got {cp_comm!r}")
-    # (scheme, all-to-all level) pairs: the hierarchical scheme once per candidate level.
-    levels = sorted({int(d) for c in np.unique(col["cp"]) for d in _divisors(int(c))} - {1}) \
+    # (scheme, all-to-all group size) pairs: the hierarchical scheme once per candidate size.
+    sizes = sorted({int(d) for c in np.unique(col["cp"]) for d in _divisors(int(c))} - {1}) \
         if CP_A2A_P2P in schemes else []
     variants = [(c, 1.0) for c in schemes if c != CP_A2A_P2P] + [
-        (CP_A2A_P2P, float(u)) for u in levels]
+        (CP_A2A_P2P, float(u)) for u in sizes]
     # Each plan with CP > 1 once per variant (in place, so the plans keep their order).
     with_cp = col["cp"] > 1
     # `kv_heads_per_rank` in NumPy (this may run inside a trace, on concrete columns).

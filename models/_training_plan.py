@@ -70,8 +70,8 @@ class TrainingPlan(eqx.Module):
       cp / cp_a2a groups; the TP rank's query and KV heads must each split cp_a2a ways).
     - `cp_a2a`: the all-to-all group size of `CP_A2A_P2P` (Megatron-Core's
       `hierarchical_context_parallel_sizes[0]`): adjacent CP ranks, tp apart, that exchange
-      heads; a divisor of cp (1, the default, is the plain ring; cp is Ulysses). The other
-      schemes ignore it (it must still be a whole number >= 1).
+      heads; a divisor of cp (1, the default, is the plain ring; cp is Ulysses). Under any
+      other scheme it must be 1.
     - `etp`: expert tensor-parallel degree (Megatron-Core ETP): the MoE layers are mapped
       ETP x EP x EDP over the same tp * cp * dp chips as the attention's TP x CP x DP; 0 (the
       default) means etp = tp. `ep * etp` must divide tp * cp * dp.
@@ -302,14 +302,22 @@ def no_cp_scheme(plan: TrainingPlan, scheme: float) -> bool:
 def cp_head_split(plan: TrainingPlan):
     """CP ranks that split a TP rank's heads between them by all-to-all: cp under Ulysses
     (`CP_A2A`), `cp_a2a` under `CP_A2A_P2P`, 1 for the ring and the all-gather (the Python
-    1.0 where the plan's concrete values show no all-to-all group). cp / split is then the
-    size of the ring that passes K and V (1 under Ulysses: no ring)."""
+    1.0 where the plan's concrete values show no all-to-all group); `cp_ring_size` is the
+    rest of the CP group."""
     ulysses, hierarchical = (not no_cp_scheme(plan, CP_A2A),
                              not no_cp_scheme(plan, CP_A2A_P2P))
     if not (ulysses or hierarchical):
         return 1.0
     return jnp.where(plan.cp_comm == CP_A2A, plan.cp,
                      jnp.where(plan.cp_comm == CP_A2A_P2P, plan.cp_a2a, 1.0))
+
+
+@once_per_evaluation
+def cp_ring_size(plan: TrainingPlan):
+    """CP ranks around the ring that passes K and V: cp / `cp_head_split` (cp itself where no
+    plan has an all-to-all group; 1 under Ulysses)."""
+    split = cp_head_split(plan)
+    return plan.cp if isinstance(split, float) else plan.cp / split
 
 
 def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) -> list[Rule]:
@@ -331,16 +339,19 @@ def training_plan_rules(model: Transformer, plan: TrainingPlan, system: System) 
              lambda: f"a divisor of the {float(np.max(model.heads / plan.tp)):g} query and "
                      f"{float(np.max(kv_heads_per_rank(model, plan))):g} KV heads per TP rank "
                      f"under cp_comm {CP_A2A:g} (all-to-all, Ulysses)"),
-        # The hierarchical scheme's all-to-all level is a group of whole CP ranks that splits
-        # whole heads the same way.
+        # The hierarchical scheme's all-to-all group is whole CP ranks that split whole heads
+        # the same way. Under another scheme a group size other than 1 would be read by
+        # nothing: refused rather than ignored.
         Rule(Reason.SPLIT, "TrainingPlan.cp_a2a", plan.cp_a2a,
-             (plan.cp_comm != CP_A2A_P2P) | (divides(plan.cp_a2a, plan.cp)
-                                         & divides(plan.cp_a2a, model.heads / plan.tp)
-                                         & divides(plan.cp_a2a, kv_heads_per_rank(model, plan))),
+             jnp.where(plan.cp_comm == CP_A2A_P2P,
+                       divides(plan.cp_a2a, plan.cp)
+                       & divides(plan.cp_a2a, model.heads / plan.tp)
+                       & divides(plan.cp_a2a, kv_heads_per_rank(model, plan)),
+                       plan.cp_a2a == 1.0),
              lambda: f"a divisor of cp ({float(np.max(plan.cp)):g}) and of the "
                      f"{float(np.max(model.heads / plan.tp)):g} query and "
                      f"{float(np.max(kv_heads_per_rank(model, plan))):g} KV heads per TP rank "
-                     f"under cp_comm {CP_A2A_P2P:g} (a2a+p2p)"),
+                     f"under cp_comm {CP_A2A_P2P:g} (a2a+p2p), and 1 under any other scheme"),
         Rule(Reason.SPLIT, "TrainingPlan.pp", plan.pp, divides(plan.pp, units),
              lambda: f"a divisor of the model's {float(model.layers):g} layers" + (
                  f" + 2 = {float(np.max(units)):g} (the embedding and the loss counted)"

@@ -480,6 +480,9 @@ def test_hierarchical_cp_is_the_ring_at_one_and_ulysses_at_cp_and_splits_the_tie
         assert int(flagged) & int(Reason.SPLIT)
     with pytest.raises(ValueError, match="TrainingPlan.cp_a2a"):
         TrainingPlan(cp=4.0, cp_comm=CP_A2A_P2P, cp_a2a=1.5)
+    # A group size under another scheme would be read by nothing: refused, not ignored.
+    with pytest.raises(ValueError, match=r"TrainingPlan\.cp_a2a .*1 under any other scheme"):
+        train_step(model, TrainingPlan(cp_comm=CP_P2P, cp_a2a=4.0, **base), system)
     # The plan search offers every level strictly between 1 and cp that splits the heads, and
     # one traced evaluation of them equals the plans by hand.
     plans = enumerate_plans(model, 64, 2, recompute=(2,), zero_stages=(1,),
