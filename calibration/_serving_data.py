@@ -24,6 +24,9 @@ How a row is set up, from what the source states:
   per-format engines (`Chip.fp8_rate`, `fp4_rate`, their sustained fractions); activations
   between operators stay 16-bit, and so do the embedding and the LM head (ModelOpt leaves
   `lm_head` unquantized: `InferencePlan.head_weights`' default).
+- **CUDA graphs.** The PyTorch-backend rows (v1.0) ran with `cuda_graph_config:
+  enable_padding: true` and the batch sizes 1, 2, 4, ..., 8192 (`TRTLLM_GRAPH_BATCHES`): a
+  decode-only iteration runs padded to the next captured size (`ServingPlan.graph_batches`).
 - **Memory.** The KV cache gets `KV_FRACTION` of what the weights, the activations of a full
   token budget and the runtime (CUDA context and workspaces, NCCL buffers:
   `ServingPlan.runtime_bytes`' default, as NVIDIA's AIConfigurator observes TensorRT-LLM) leave.
@@ -49,6 +52,7 @@ from dse.hardware import CHIPS, FORMATS, SYSTEMS, System
 from dse.models import (
     DEFAULT,
     TRANSFORMERS,
+    TRTLLM_GRAPH_BATCHES,
     Calibration,
     InferencePlan,
     ServingPlan,
@@ -206,9 +210,13 @@ def _case(row: dict, chips_rows: dict,
     if unstated_ep and moe_layout == "ep":
         layout = dict(tp=1, ep=tp)
     inference = InferencePlan(pp=pp, sequence_parallel=False, fused=True, **layout, **formats)
+    # The PyTorch-backend runs capture CUDA graphs and pad decode batches to their sizes
+    # (perf-overview v1.0 `llm_options.yml`); the engine flow of v0.17 and the Triton backend
+    # of the online rows state no graphs.
+    graphs = TRTLLM_GRAPH_BATCHES if "PyTorch backend" in (row.get("framework") or "") else ()
     plan = ServingPlan(inference=inference, max_batch=max_batch, max_tokens=max_tokens,
                        block_tokens=TOKENS_PER_BLOCK, kv_memory_fraction=KV_FRACTION,
-                       reserve_output=1.0)
+                       reserve_output=1.0, graph_batches=graphs)
     group = f"{row['model']} {chip_name} {precision}"
     rate = row.get("arrival_rate_per_s", "")
     latency = (float(row["ttft_ms"] or "nan") / 1e3, float(row["tpot_ms"] or "nan") / 1e3)
@@ -261,7 +269,8 @@ def serving_cases(data_dir: str | Path | None = None, *, external: bool = False,
 
 
 def _structure(case: ServingCase):
-    return (case.model.name, case.system.chip.name, case.system.num_chips, case.system.name)
+    return (case.model.name, case.system.chip.name, case.system.num_chips, case.system.name,
+            case.plan.graph_batches)
 
 
 def _evaluate(cases: list[ServingCase], fn, calibration: Calibration) -> np.ndarray:

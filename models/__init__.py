@@ -67,6 +67,7 @@ from ._recsys import RecReport as RecReport
 from ._recsys import check_rec_plan as check_rec_plan
 from ._recsys import rec_inference as rec_inference
 from ._recsys import rec_train_step as rec_train_step
+from ._serving import TRTLLM_GRAPH_BATCHES as TRTLLM_GRAPH_BATCHES
 from ._serving import LatencyReport as LatencyReport
 from ._serving import PoolReport as PoolReport
 from ._serving import ServingPlan as ServingPlan

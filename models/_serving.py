@@ -53,10 +53,14 @@ prompt's KV cache sent from one to the other over the scale-up or the scale-out 
 decode step), prefill replicas batch prompts up to their token budget, the transfer adds to TTFT
 and its links bound the rate.
 
+**CUDA graphs** (`ServingPlan.graph_batches`): a runtime that replays captured graphs pads a
+decode-only batch with dummy sequences up to the next captured size; those rows cost in every
+GEMM, element-wise op and collective.
+
 Not modelled: speculative decoding (the published speed-ups come without the acceptance rates
 of the same runs, so a model could be fitted to them but not checked), prefix caching, KV
-eviction and swapping, CUDA-graph padding of the batch, and the runtime's memory beyond weights,
-activations and KV cache.
+eviction and swapping, the host time of passes run without a graph, and the runtime's memory
+beyond weights, activations, KV cache and `runtime_bytes`.
 """
 
 from __future__ import annotations
@@ -113,6 +117,30 @@ def _running_max_jvp(primals, tangents):
 
 
 KvLink = Literal["scaleup", "scaleout"]
+
+# The CUDA-graph batch sizes of TensorRT-LLM's performance-overview runs (`llm_options.yml`:
+# `cuda_graph_config: enable_padding: true, batch_sizes: [1, 2, 4, ..., 8192]`;
+# NVIDIA/TensorRT-LLM docs/source/performance/perf-overview.md, v1.0).
+TRTLLM_GRAPH_BATCHES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 384.0, 512.0,
+                        1024.0, 2048.0, 4096.0, 8192.0)
+
+
+def graph_padding(plan: ServingPlan, sequences) -> Float[Array, "*batch"]:
+    """Dummy sequences a decode-only pass of `sequences` runs with (`plan.graph_batches`): the
+    smallest captured size >= `sequences` among those at most `max_batch` and `max_tokens`
+    (TensorRT-LLM's model engine drops the larger ones), minus `sequences`; 0 above the largest
+    or without graphs. A step function of `sequences`, held constant under differentiation."""
+    sequences = _f(sequences)
+    if not plan.graph_batches:
+        return jnp.zeros_like(sequences)
+    limit = jnp.minimum(plan.max_batch, plan.max_tokens)
+    shape = jnp.broadcast_shapes(sequences.shape, limit.shape)
+    sequences = jnp.broadcast_to(sequences, shape)
+    sizes = jnp.asarray(plan.graph_batches, dtype=sequences.dtype).reshape((1,) * len(shape)
+                                                                             + (-1,))
+    fits = (sizes <= jnp.broadcast_to(limit, shape)[..., None]) & (sizes >= sequences[..., None])
+    padded = jnp.min(jnp.where(fits, sizes, jnp.inf), axis=-1)
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(padded), padded - sequences, 0.0))
 
 # Memory a TensorRT-LLM process holds on each GPU beside the weights, the activations and the
 # KV cache, as NVIDIA's AIConfigurator observes it (ai-dynamo/aiconfigurator,
@@ -228,6 +256,14 @@ class ServingPlan(eqx.Module):
     - `chunked_prefill` (static): prompts are split into chunks that fit the token budget left
       by the decode tokens (True), or prefilled whole in one iteration (False: `max_tokens`
       must hold a prompt).
+    - `graph_batches` (static): the batch sizes the runtime captured CUDA graphs for, ascending
+      (empty: none, the default). A decode-only iteration of a micro-batch of D sequences runs
+      the graph of the smallest captured size >= D that is at most `max_batch` and
+      `max_tokens`, the other rows dummy sequences of one token (TensorRT-LLM's PyTorch
+      backend with `cuda_graph_config.enable_padding`, `_round_up_batch_size`; vLLM pads to
+      its capture sizes alike); above the largest it runs unpadded. An iteration that carries
+      a prompt's chunk runs without a graph. `TRTLLM_GRAPH_BATCHES` is the list of
+      TensorRT-LLM's performance-overview runs.
     """
 
     inference: InferencePlan = InferencePlan()
@@ -243,6 +279,8 @@ class ServingPlan(eqx.Module):
     runtime_bytes: Float[Array, "*batch"] | None = eqx.field(converter=_optional_float,
                                                               default=None)
     chunked_prefill: bool = eqx.field(static=True, default=True)
+    graph_batches: tuple[float, ...] = eqx.field(static=True, default=(),
+                                                 converter=lambda x: tuple(map(float, x)))
 
     def __check_init__(self):
         if not isinstance(self.inference, InferencePlan):
@@ -258,6 +296,10 @@ class ServingPlan(eqx.Module):
         if self.runtime_bytes is not None:
             check_range("ServingPlan", "runtime_bytes", self.runtime_bytes, lower=0.0,
                         lower_inclusive=True)
+        sizes = self.graph_batches
+        if any(not (b >= 1.0 and b == int(b)) for b in sizes) or list(sizes) != sorted(set(sizes)):
+            raise ValueError(f"ServingPlan.graph_batches must be whole batch sizes >= 1 in "
+                             f"ascending order without repeats; got {sizes}")
 
     @property
     def chips_per_replica(self) -> Float[Array, "*batch"]:
@@ -551,6 +593,10 @@ def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_
     of its pp micro-batches holds 1 / pp of them) and `prefill_seqs` prompt chunks of `chunk`
     tokens in this micro-batch; `finishing` prompts of the replica end their prefill (and get
     logits). Its time is the iteration time (every micro-batch passes every stage once).
+
+    With CUDA graphs (`ServingPlan.graph_batches`) the passes that carry no prompt chunk, a
+    1 - min(prefill_seqs, 1) share of them (a chunk fills the token budget), run padded with
+    dummy sequences of one token that cost in every GEMM, element-wise op and collective.
     """
     inf = plan.inference
     pp = inf.pp
@@ -558,8 +604,13 @@ def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_
     # Chunks of q tokens of a prompt of length L end on average at (L + q) / 2 tokens.
     segments = ((decode / pp, 1.0, shape.decode_context),
                 (prefill_seqs, q, 0.5 * (shape.prompt + q)))
-    return _pass(model, inf, system, segments, (decode + finishing) / pp, memory, smooth,
-                 calibration, in_flight=pp)
+    logit_rows = (decode + finishing) / pp
+    if plan.graph_batches:
+        dummies = graph_padding(plan, decode / pp) * (1.0 - jnp.minimum(prefill_seqs, 1.0))
+        segments = segments + ((dummies, 1.0, 1.0),)
+        logit_rows = logit_rows + dummies
+    return _pass(model, inf, system, segments, logit_rows, memory, smooth, calibration,
+                 in_flight=pp)
 
 
 def _replica_limits(model, plan: ServingPlan, system, workload, shape):
