@@ -85,6 +85,11 @@ from ._serving_plan import enumerate_serving_plans as enumerate_serving_plans
 from ._serving_plan import evaluate_serving_plans as evaluate_serving_plans
 from ._serving_plan import select_serving_plan as select_serving_plan
 from ._serving_plan import serving_goodput as serving_goodput
+from ._speculative import Speculation as Speculation
+from ._speculative import SpeculativeReport as SpeculativeReport
+from ._speculative import chain_acceptance_length as chain_acceptance_length
+from ._speculative import eagle_draft as eagle_draft
+from ._speculative import speculative_decode as speculative_decode
 from ._training import TrainReport as TrainReport
 from ._training import precision_unsupported as precision_unsupported
 from ._training import train_step as train_step

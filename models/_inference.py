@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import operator
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import equinox as eqx
 import jax
@@ -59,6 +59,9 @@ from ._rules import (
     whole,
 )
 from ._transformer import Transformer
+
+if TYPE_CHECKING:  # _speculative builds on this module
+    from ._speculative import Speculation
 
 Layout = Literal["weight_stationary", "weight_stationary_2d", "weight_gathered"]
 
@@ -826,7 +829,7 @@ def decode(model: Transformer, plan: InferencePlan, system: System, context_len:
 @evaluates_once
 def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayLike,
           input_len: ArrayLike, output_len: ArrayLike, *, calibration: Calibration = DEFAULT,
-          smooth: bool = False) -> ServeReport:
+          smooth: bool = False, speculation: Speculation | None = None) -> ServeReport:
     """A batch of requests: prefill, then `output_len` decode steps.
 
     The decode step is evaluated at the mean context, input_len + (output_len + 1) / 2 (a step's
@@ -839,6 +842,9 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     - `input_len`: prompt tokens per sequence.
     - `output_len`: generated tokens per sequence.
     - `calibration`, `smooth`: as `prefill` (shared by the prefill and the decode steps).
+    - `speculation`: a `dse.models.Speculation` to decode speculatively (None: one token per
+      step). The TPOT is then `speculative_decode`'s at the mean context, `decode` its
+      verification pass, and the draft's weights and KV cache count in the memory.
 
     **Returns:** `ServeReport`.
     """
@@ -850,20 +856,31 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     plan = dataclasses.replace(plan, batch=batch)
     kw = dict(calibration=calibration, smooth=smooth)
     pre = prefill(model, plan, system, input_len, **kw)
-    dec = decode(model, plan, system, input_len + 0.5 * (output_len + 1.0), **kw)
+    mean_context = input_len + 0.5 * (output_len + 1.0)
     final = input_len + output_len
     _, kv, _, total, _, _ = _memory(model, plan, system, 1.0, final)
     _, _, _, pre_total, _, _ = _memory(model, plan, system, input_len, input_len)
+    if speculation is None:
+        dec = decode(model, plan, system, mean_context, **kw)
+        tpot, step_energy_per_token = dec.time, dec.energy / plan.batch
+    else:
+        from ._speculative import speculative_decode  # it imports this module
+
+        spec = speculative_decode(model, plan, system, mean_context, speculation, **kw)
+        dec, tpot, step_energy_per_token = spec.verify, spec.tpot, spec.energy_per_token
+        d_weights, d_kv, _, _, _, _ = _memory(speculation.draft, plan, system, 1.0, final)
+        total = total + d_weights + d_kv
+        workload_reason = workload_reason | spec.reason
     memory = jnp.maximum(total, pre_total)
     capacity = _capacity(system.chip)
     reason = (workload_reason | pre.reason | dec.reason
               | memory_reason(system.chip, memory, capacity))
-    total_latency = pre.time + output_len * dec.time
+    total_latency = pre.time + output_len * tpot
     generated = plan.batch * output_len
     return ServeReport(
-        ttft=pre.time, tpot=dec.time, total_latency=total_latency,
+        ttft=pre.time, tpot=tpot, total_latency=total_latency,
         tokens_per_s_per_chip=generated / (total_latency * plan.chips),
-        energy_per_token=(pre.energy + output_len * dec.energy) / generated,
+        energy_per_token=pre.energy / generated + step_energy_per_token,
         kv_cache_bytes=kv, memory_per_chip=memory, memory_capacity=capacity,
         memory_shortfall=shortfall(memory, capacity), fits=reason == 0, reason=reason,
         prefill=pre, decode=dec)

@@ -1,0 +1,142 @@
+"""Speculative decoding: a step's accounting, where it pays, its errors and its derivatives."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import central_difference
+
+from dse.hardware import SYSTEMS
+from dse.models import (
+    TRANSFORMERS,
+    InferencePlan,
+    Speculation,
+    chain_acceptance_length,
+    decode,
+    eagle_draft,
+    serve,
+    speculative_decode,
+)
+
+LLAMA = TRANSFORMERS["llama3-8b"]
+H100 = SYSTEMS["DGX-H100"].with_num_chips(1)
+PLAN = InferencePlan(tp=1.0, batch=1.0)
+# An EAGLE-style tree: 8 draft passes of top-10, 60 tokens verified, 5 tokens per step.
+TREE = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=5.0, draft_passes=8.0,
+                   draft_width=10.0, verify_tokens=60.0)
+
+
+@jax.jit
+def _step(plan, system, context, spec):
+    return speculative_decode(LLAMA, plan, system, context, spec)
+
+
+def test_chain_acceptance_length_is_leviathans_expectation():
+    alpha = jnp.asarray([0.0, 0.5, 0.8, 1.0])
+    expected = [1.0, (1 - 0.5**5) / 0.5, (1 - 0.8**5) / 0.2, 5.0]
+    np.testing.assert_allclose(np.asarray(chain_acceptance_length(alpha, 4.0)), expected,
+                               rtol=1e-6)
+    # A chain verifies its drafts and the token before them by default.
+    chain = Speculation(draft=LLAMA.replace(layers=2.0), acceptance_length=3.0, draft_passes=4.0)
+    assert float(chain.verify_tokens) == 5.0
+
+
+def test_a_step_is_the_draft_passes_and_the_verification_over_tau():
+    r = _step(PLAN, H100, 1000.0, TREE)
+    np.testing.assert_allclose(float(r.step_time), float(r.verify.time + 8.0 * r.draft.time),
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(r.tpot), float(r.step_time) / 5.0, rtol=1e-6)
+    np.testing.assert_allclose(float(r.speedup), float(r.plain.time / r.tpot), rtol=1e-6)
+    # The plain step is `decode`'s at the context after the step's first token.
+    np.testing.assert_allclose(float(r.plain.time), float(decode(LLAMA, PLAN, H100, 1001.0).time),
+                               rtol=1e-6)
+    # The verification pass scores 60 tokens (logits for each) and the draft pass 10.
+    assert float(r.verify.tokens) == 60.0 and float(r.draft.tokens) == 10.0
+    # The draft's weights and KV cache add to the memory.
+    d = _step(PLAN, H100, 1000.0, TREE.replace(draft=eagle_draft(LLAMA)))
+    assert float(d.memory_per_chip) > float(r.memory_per_chip)
+
+
+def test_speculation_pays_at_small_batches_and_not_once_decode_is_compute_bound():
+    # At batch 1 the verification of 60 tokens reads the same weights as one token's step.
+    one = _step(PLAN, H100, 1000.0, TREE)
+    assert float(one.verify.time) < 1.2 * float(one.plain.time)
+    assert 3.0 < float(one.speedup) < 5.0
+    speedups = [float(_step(PLAN.replace(batch=b), H100, 1000.0, TREE).speedup)
+                for b in (1.0, 4.0, 16.0, 64.0)]
+    assert all(a > b for a, b in zip(speedups, speedups[1:], strict=False)), speedups
+    assert speedups[-1] < 1.0
+    # More tokens accepted per step: proportionally less time per token.
+    more = _step(PLAN, H100, 1000.0, TREE.replace(acceptance_length=6.0))
+    np.testing.assert_allclose(float(more.tpot) * 6.0, float(one.tpot) * 5.0, rtol=1e-6)
+
+
+def test_serve_decodes_speculatively_at_the_mean_context():
+    plain = serve(LLAMA, PLAN, H100, 1.0, 500.0, 500.0)
+    spec = serve(LLAMA, PLAN, H100, 1.0, 500.0, 500.0, speculation=TREE)
+    step = speculative_decode(LLAMA, PLAN, H100, 500.0 + 0.5 * 501.0, TREE)
+    np.testing.assert_allclose(float(spec.tpot), float(step.tpot), rtol=1e-6)
+    np.testing.assert_allclose(float(spec.ttft), float(plain.ttft), rtol=1e-6)
+    np.testing.assert_allclose(float(spec.total_latency),
+                               float(spec.ttft + 500.0 * spec.tpot), rtol=1e-6)
+    assert float(spec.tpot) < float(plain.tpot)
+    assert float(spec.memory_per_chip) > float(plain.memory_per_chip)
+    assert bool(spec.fits)
+
+
+def test_out_of_range_fields_name_the_field():
+    draft = eagle_draft(LLAMA)
+    with pytest.raises(ValueError, match="acceptance_length"):
+        Speculation(draft=draft, acceptance_length=10.0, draft_passes=4.0)
+    with pytest.raises(ValueError, match="acceptance_length"):
+        Speculation(draft=draft, acceptance_length=0.5, draft_passes=4.0)
+    with pytest.raises(ValueError, match="verify_tokens"):
+        Speculation(draft=draft, acceptance_length=2.0, draft_passes=4.0, verify_tokens=3.0)
+    with pytest.raises(ValueError, match="draft_passes"):
+        Speculation(draft=draft, acceptance_length=1.0, draft_passes=0.0)
+    # (Under the suite's runtime type checks jaxtyping refuses it first, a TypeError.)
+    with pytest.raises((ValueError, TypeError), match="draft"):
+        Speculation(draft=PLAN, acceptance_length=1.0, draft_passes=1.0)
+    with pytest.raises(ValueError, match="context_len"):
+        speculative_decode(LLAMA, PLAN, H100, -1.0, TREE)
+    # Traced, a bad value is a flagged result.
+    bad = jax.jit(lambda t: _step(PLAN, H100, 1000.0, TREE.replace(acceptance_length=t)))(20.0)
+    assert not bool(bad.fits) and np.isfinite(float(bad.tpot))
+
+
+def test_vmaps_over_tau_and_chips_like_a_loop():
+    taus = jnp.asarray([2.0, 4.0, 6.0])
+    batched = jax.vmap(lambda t: _step(PLAN, H100, 1000.0, TREE.replace(acceptance_length=t)))(
+        taus)
+    for k, t in enumerate([2.0, 4.0, 6.0]):
+        np.testing.assert_allclose(float(batched.tpot[k]),
+                                   float(_step(PLAN, H100, 1000.0,
+                                               TREE.replace(acceptance_length=t)).tpot),
+                                   rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradients_finite_and_match_central_differences(dtype):
+    def tpot(bw, macs, tau):
+        chip = H100.chip.replace(hbm_bandwidth=bw, mac_units=macs)
+        r = speculative_decode(LLAMA, PLAN.replace(batch=8.0), H100.replace(chip=chip), 2000.0,
+                               TREE.replace(acceptance_length=tau))
+        return r.tpot
+
+    with jax.enable_x64(dtype == "float64"):
+        both = jax.jit(jax.value_and_grad(tpot, argnums=(0, 1, 2)))
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            s = np.exp(rng.uniform(np.log(0.5), np.log(2.0), 2))
+            x = [jnp.asarray(v, dtype=dtype) for v in (H100.chip.hbm_bandwidth * s[0],
+                                                       H100.chip.mac_units * s[1],
+                                                       rng.uniform(1.5, 8.5))]
+            _, g = both(*x)
+            assert all(np.isfinite(float(v)) for v in g)
+            assert float(g[0]) < 0.0 and float(g[2]) < 0.0
+        if dtype == "float64":
+            x0 = float(H100.chip.hbm_bandwidth)
+            fd = central_difference(
+                lambda v: float(both(jnp.float64(v), H100.chip.mac_units, 5.0)[0]), x0)
+            g = float(both(jnp.float64(x0), H100.chip.mac_units, 5.0)[1][0])
+            np.testing.assert_allclose(g, fd, rtol=1e-4)
