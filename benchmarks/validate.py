@@ -28,6 +28,10 @@ Recommendation (data/recsys_runs.csv): published DLRM training throughput (Torch
 MLPerf Training v4.0 DLRM-DCNv2 on 4-128 GPUs) predicted by `dse.models.rec_train_step`
 (`dse.calibration.recsys_cases`); per source, every row held out of every fit.
 
+Speculative decoding (data/speculative_runs.csv: Spec-Bench's A100 EAGLE / EAGLE-2 / EAGLE-3
+speed-ups with their measured acceptance lengths, `dse.calibration.speculative_cases`): the
+modelled speed-up of `speculative_decode` at the measured tau; nothing is fitted to these rows.
+
 MoE and context parallelism (source `megatron_moe_modelzoo_qwen3` of training_runs.csv:
 Qwen3-235B-A22B on 256 H100, `dse.calibration.moe_cases`): every row held out of every fit
 (`benchmarks/validate_moe_cp.py` prints each row's breakdown).
@@ -79,10 +83,12 @@ from dse.calibration import (
     predict_online,
     predict_recsys,
     predict_serving,
+    predict_speculative,
     prediction_interval,
     recsys_cases,
     serving_cases,
     source_spread,
+    speculative_cases,
     spread_dof,
     training_rows,
 )
@@ -305,6 +311,7 @@ def main(argv) -> None:
     rec_src_median = recsys_table(data_dir, show_rows)
     moe_src_median = moe_table(data_dir)
     multimodal_table(data_dir)
+    speculative_table(data_dir)
     low = low_precision(data_dir)
 
     print(f"\n(validated in {time.perf_counter() - t0:.0f} s)")
@@ -332,6 +339,20 @@ def multimodal_table(data_dir) -> None:
               f"{100 * (t / c.measured - 1):+6.1f}%   {c.memory / 1e9:6.1f} GB "
               f"{mem / 1e9:6.1f} GB {mem_err}")
     skipped_table(skipped)
+
+
+def speculative_table(data_dir) -> None:
+    """Print the speculative-decoding rows' speed-ups (measured / model at the measured
+    acceptance length / error); no constant is fitted to them."""
+    cases = speculative_cases(data_dir)
+    print("\nSpeculative decoding (data/speculative_runs.csv: speed-up over plain decoding at the "
+          "measured acceptance length tau; measured / model / error; nothing fitted to these rows)")
+    errors = []
+    for c, model in zip(cases, predict_speculative(cases), strict=True):
+        errors.append(100 * (model / c.measured - 1))
+        print(f"  {c.run_id:36s} {c.method:8s} tau {float(c.speculation.acceptance_length):4.2f} "
+              f"{c.measured:5.2f}x {model:5.2f}x {errors[-1]:+6.1f}%")
+    print(f"  median |error| {np.median(np.abs(errors)):.1f}% over {len(errors)} rows")
 
 
 def moe_table(data_dir) -> float:

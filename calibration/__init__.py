@@ -68,6 +68,9 @@ from ._serving_data import predict_online as predict_online
 from ._serving_data import predict_serving as predict_serving
 from ._serving_data import serving_cases as serving_cases
 from ._serving_data import trtllm_bench_limits as trtllm_bench_limits
+from ._speculative_data import SpeculativeCase as SpeculativeCase
+from ._speculative_data import predict_speculative as predict_speculative
+from ._speculative_data import speculative_cases as speculative_cases
 from ._training_data import FIT_SOURCES as FIT_SOURCES
 from ._training_data import FRAMEWORK_PRIOR_LOG_STD as FRAMEWORK_PRIOR_LOG_STD
 from ._training_data import SkippedRow as SkippedRow

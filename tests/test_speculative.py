@@ -140,3 +140,40 @@ def test_gradients_finite_and_match_central_differences(dtype):
                 lambda v: float(both(jnp.float64(v), H100.chip.mac_units, 5.0)[0]), x0)
             g = float(both(jnp.float64(x0), H100.chip.mac_units, 5.0)[1][0])
             np.testing.assert_allclose(g, fd, rtol=1e-4)
+
+
+def _published():
+    from dse.calibration import predict_speculative, speculative_cases
+
+    cases = speculative_cases()
+    return cases, np.asarray(predict_speculative(cases))
+
+
+def test_published_speedups_keep_their_order_and_context_barely_matters():
+    from dse.calibration import predict_speculative
+
+    cases, model = _published()
+    assert len(cases) == 5
+    measured = np.asarray([c.measured for c in cases])
+    # Across the methods on one target, the model orders the speed-ups as measured (EAGLE-3 >
+    # EAGLE-2 > EAGLE on Vicuna-13B; EAGLE-2 > EAGLE on Vicuna-7B).
+    for target in ("llama2-13b", "vicuna-7b"):
+        k = [i for i, c in enumerate(cases) if c.model.name == target]
+        assert list(np.argsort(model[k])) == list(np.argsort(measured[k]))
+    # Every speed-up is below its acceptance length (a step costs more than a plain one).
+    taus = np.asarray([float(c.speculation.acceptance_length) for c in cases])
+    assert np.all(model < taus) and np.all(measured < taus)
+    # The rows state no context: the speed-up at batch 1 moves < 2% from 256 to 2,048 tokens.
+    short, long = (np.asarray(predict_speculative(cases, context=c)) for c in (256.0, 2048.0))
+    np.testing.assert_allclose(short, long, rtol=0.02)
+
+
+@pytest.mark.xfail(strict=True, reason="the model's speed-ups are 39-54% above Spec-Bench's "
+                   "A100 EAGLE / EAGLE-2 / EAGLE-3 ones (HF transformers, eager) at their "
+                   "measured acceptance lengths: a measured step costs 1.7-1.9 plain steps, the "
+                   "modelled one 1.2-1.3 (the draft tree's bookkeeping and the verification in "
+                   "eager PyTorch are not modelled)")
+def test_published_speedups_within_15_percent():
+    cases, model = _published()
+    measured = np.asarray([c.measured for c in cases])
+    assert np.median(np.abs(model / measured - 1.0)) <= 0.15, np.round(model / measured - 1, 3)
