@@ -57,9 +57,12 @@ and its links bound the rate.
 decode-only batch with dummy sequences up to the next captured size; those rows cost in every
 GEMM, element-wise op and collective.
 
-Not modelled: speculative decoding (the published speed-ups come without the acceptance rates
-of the same runs, so a model could be fitted to them but not checked), prefix caching, KV
-eviction and swapping, the host time of passes run without a graph, and the runtime's memory
+**Speculative decoding** (`serve_continuous(..., speculation=Speculation(...))`,
+`dse.models._speculative`): each decode sequence is verified over its drafted tokens after the
+draft's passes, all in the iteration, and emits the acceptance length tau tokens per
+iteration: a request decodes in E[O - 1] / tau iterations and TPOT is the iteration over tau.
+
+Not modelled: prefix caching, KV eviction and swapping, the host time of passes run without a graph, and the runtime's memory
 beyond weights, activations, KV cache and `runtime_bytes`.
 """
 
@@ -82,7 +85,9 @@ from dse.hardware._validate import as_float_array, check_choice, check_range
 from ._calibration import DEFAULT, Calibration
 from ._collectives import send_recv
 from ._inference import InferencePlan, InferenceReport, _memory, _optional_float, _pass
-from ._operators import _f
+from ._operators import _f, ratio
+from ._rules import check_rules
+from ._speculative import Speculation
 from ._transformer import Transformer
 
 # Points of the load curve (decode batches from 1 to the full-load batch, log-spaced). A
@@ -391,7 +396,8 @@ class ServingReport(eqx.Module):
     - `tokens_per_s`: output tokens/s of the deployment; `tokens_per_s_per_chip`;
       `requests_per_s` (the capacity, lambda_sat); `chips`.
     - `energy_per_token`: J per output token; `chip_power`: W per chip (mean over the pools).
-    - `batch`: decode sequences per replica; `iteration_time`: TPOT at full load, s.
+    - `batch`: decode sequences per replica; `iteration_time`: TPOT at full load, s (with
+      speculation, the iteration: TPOT times the acceptance length).
     - `kv_capacity_tokens`: KV-cache tokens one (decode) replica holds;
       `kv_tokens_per_sequence`: tokens held per sequence in flight (blocks, reservation).
     - `memory_per_chip`: weights + activations + the KV cache in use + the runtime's
@@ -588,7 +594,7 @@ def _kv_bytes_per_token(model: Transformer, plan: InferencePlan):
 
 
 def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_seqs, chunk,
-               finishing, memory, smooth, calibration) -> InferenceReport:
+               finishing, memory, smooth, calibration, speculation=None) -> InferenceReport:
     """One pass of a micro-batch of a replica: `decode` decode sequences of the replica (each
     of its pp micro-batches holds 1 / pp of them) and `prefill_seqs` prompt chunks of `chunk`
     tokens in this micro-batch; `finishing` prompts of the replica end their prefill (and get
@@ -597,25 +603,52 @@ def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_
     With CUDA graphs (`ServingPlan.graph_batches`) the passes that carry no prompt chunk, a
     1 - min(prefill_seqs, 1) share of them (a chunk fills the token budget), run padded with
     dummy sequences of one token that cost in every GEMM, element-wise op and collective.
+
+    With `speculation` (a `Speculation`) each decode sequence is verified over its
+    `verify_tokens` drafted tokens (logits for each) after the draft's `draft_passes` passes of
+    `draft_width` tokens, which add to the iteration (on the replica's chips and layout).
     """
     inf = plan.inference
     pp = inf.pp
     q = jnp.maximum(chunk, 1.0)
-    # Chunks of q tokens of a prompt of length L end on average at (L + q) / 2 tokens.
-    segments = ((decode / pp, 1.0, shape.decode_context),
+    verify = 1.0 if speculation is None else speculation.verify_tokens
+    # Chunks of q tokens of a prompt of length L end on average at (L + q) / 2 tokens; the
+    # verified tokens of a sequence sit after its context.
+    segments = ((decode / pp, verify, shape.decode_context + verify - 1.0),
                 (prefill_seqs, q, 0.5 * (shape.prompt + q)))
-    logit_rows = (decode + finishing) / pp
+    logit_rows = (decode * verify + finishing) / pp
     if plan.graph_batches:
         dummies = graph_padding(plan, decode / pp) * (1.0 - jnp.minimum(prefill_seqs, 1.0))
         segments = segments + ((dummies, 1.0, 1.0),)
         logit_rows = logit_rows + dummies
-    return _pass(model, inf, system, segments, logit_rows, memory, smooth, calibration,
-                 in_flight=pp)
+    report = _pass(model, inf, system, segments, logit_rows, memory, smooth, calibration,
+                   in_flight=pp)
+    if speculation is None:
+        return report
+    width = speculation.draft_width
+    draft = _pass(speculation.draft, inf, system,
+                  ((decode / pp, width, shape.decode_context + 0.5 * verify),),
+                  decode / pp * width, memory, smooth, calibration, in_flight=pp)
+    return _with_draft(report, draft, speculation.draft_passes)
 
 
-def _replica_limits(model, plan: ServingPlan, system, workload, shape):
+def _with_draft(report: InferenceReport, draft: InferenceReport, passes) -> InferenceReport:
+    """`report` with `passes` draft passes added to its times, FLOP, traffic and energy (the
+    breakdown still sums to the time; the MFU is the combined work's)."""
+    fields = ("time", "matmul_time", "attention_time", "elementwise_time", "tp_comm_time",
+              "pp_comm_time", "flops", "hbm_bytes", "energy")
+    added = [getattr(report, f) + passes * getattr(draft, f) for f in fields]
+    # MFU is FLOP over time x chips x peak: scale it by the new FLOP and the new time.
+    mfu = report.mfu * ratio(added[6], report.flops) * ratio(report.time, added[0])
+    return eqx.tree_at(lambda r: [getattr(r, f) for f in fields] + [r.mfu], report,
+                       added + [mfu])
+
+
+def _replica_limits(model, plan: ServingPlan, system, workload, shape, speculation=None):
     """Memory of a replica and the limits of its decode batch: (memory tuple, kv capacity in
-    tokens, KV tokens per sequence, [batch limits], free bytes)."""
+    tokens, KV tokens per sequence, [batch limits], free bytes). A draft model
+    (`speculation`) holds its weights and its KV cache beside the target's, and each decode
+    sequence takes its verified tokens out of the token budget."""
     inf = plan.inference
     chip = system.chip
     kv_token = _kv_bytes_per_token(model, inf)
@@ -623,13 +656,18 @@ def _replica_limits(model, plan: ServingPlan, system, workload, shape):
     # Memory is HBM plus SRAM, as for `prefill` (a chip without HBM holds everything on chip).
     plan_full = dataclasses.replace(inf, batch=plan.max_tokens)
     weights, _, acts, _, _, _ = _memory(model, plan_full, system, 1.0, 0.0)
+    verify = 1.0
+    if speculation is not None:
+        verify = speculation.verify_tokens
+        kv_token = kv_token + _kv_bytes_per_token(speculation.draft, inf)
+        weights = weights + _memory(speculation.draft, plan_full, system, 1.0, 0.0)[0]
     free = chip.hbm_bytes + chip.sram_bytes - weights - acts - _runtime_bytes(plan, chip)
     capacity = plan.kv_memory_fraction * jnp.maximum(free, 0.0) / kv_token
     per_seq = _kv_per_sequence(workload, plan)
     # Sequences in flight per decode sequence: the decoding ones and the prompts prefilling.
     in_flight = 1.0 + 1.0 / shape.decode_steps
     limits = (capacity / (per_seq * in_flight), plan.max_batch / in_flight,
-              plan.max_tokens / (1.0 + shape.input / shape.decode_steps))
+              plan.max_tokens / (verify + shape.input / shape.decode_steps))
     return weights, acts, kv_token, capacity, per_seq, limits, free
 
 
@@ -647,7 +685,8 @@ def _last(x):
 @evaluates_once
 def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
                      workload: ServingWorkload, *, calibration: Calibration = DEFAULT,
-                     smooth: bool = False) -> ServingReport:
+                     smooth: bool = False, speculation: Speculation | None = None
+                     ) -> ServingReport:
     """A deployment that serves requests with in-flight batching: full load and load curve.
 
     **Arguments:**
@@ -658,13 +697,25 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     - `workload`: the `ServingWorkload` (input and output lengths).
     - `calibration`: the models' fitted factors (as `prefill`).
     - `smooth`: smooth rooflines and a soft minimum of the batch limits (gradient search).
+    - `speculation`: a `Speculation` to decode speculatively (None: one token per iteration).
+      A decode sequence then emits `acceptance_length` tokens per iteration, whose time
+      includes the draft passes and the verification of its drafted tokens (`_iteration`);
+      TPOT is the iteration over the tokens it emits, and the draft's weights and KV cache
+      share the memory.
 
     **Returns:** `ServingReport` (call `.latency(rate)` or `.goodput(slo)` on it).
     """
     inf = plan.inference
     shape = _shape(workload)
+    accepted = 1.0
+    if speculation is not None:
+        check_rules(speculation.rules())
+        accepted = jnp.clip(speculation.acceptance_length, 1.0,
+                            speculation.draft_passes + 1.0)
+        # A request decodes in E[O - 1] / tau iterations.
+        shape = eqx.tree_at(lambda s: s.decode_steps, shape, shape.decode_steps / accepted)
     weights, acts, kv_token, capacity, per_seq, limits, free = _replica_limits(
-        model, plan, system, workload, shape)
+        model, plan, system, workload, shape, speculation)
     runtime = _runtime_bytes(plan, system.chip)
     batch_max = _soft_min(limits, smooth)
     fits = (batch_max >= 1.0) & (free > 0.0)
@@ -675,11 +726,12 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     grid = _grid(safe_max)
 
     pp = inf.pp
+    verify = 1.0 if speculation is None else speculation.verify_tokens
 
     def point(decode, kind):
         """kind 0: the steady-state iteration (its share of every prompt); 1: decode only;
         2: decode with one prompt's chunk (an iteration that carries a given prompt)."""
-        budget = plan.max_tokens - decode
+        budget = plan.max_tokens - decode * verify
         chunk = (jnp.minimum(shape.prompt, jnp.maximum(budget, 1.0)) if plan.chunked_prefill
                  else shape.prompt)
         r = decode / shape.decode_steps
@@ -690,7 +742,7 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         memory = (weights, kv, acts, weights + kv + acts + runtime, fits,
                   jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
         report = _iteration(model, plan, system, shape, decode, prefill_seqs, chunk, finishing,
-                            memory, smooth, calibration)
+                            memory, smooth, calibration, speculation)
         return report, tokens, chunk
 
     # The grid three times in one vmap (one compile): steady state, decode only, one chunk.
@@ -745,8 +797,9 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         chip_power=b(chip_power), batch=b(safe_max), iteration_time=b(full.time),
         kv_capacity_tokens=b(capacity), kv_tokens_per_sequence=b(per_seq),
         memory_per_chip=b(full.memory_per_chip), fits=b(fits), reason=b(reason), iteration=full,
-        rate=replica_rate * col(plan.replicas), curve_batch=batches, tpot_mean=t_mix,
-        tpot_sd=interference_sd, prefill_time=prefill_time, queue_capacity=b(capacity_rate),
+        rate=replica_rate * col(plan.replicas), curve_batch=batches,
+        tpot_mean=t_mix / col(accepted), tpot_sd=interference_sd / col(accepted),
+        prefill_time=prefill_time, queue_capacity=b(capacity_rate),
         queue_scv=b(jnp.maximum(shape.scv, 0.0)))
 
 

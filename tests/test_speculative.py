@@ -177,3 +177,46 @@ def test_published_speedups_within_15_percent():
     cases, model = _published()
     measured = np.asarray([c.measured for c in cases])
     assert np.median(np.abs(model / measured - 1.0)) <= 0.15, np.round(model / measured - 1, 3)
+
+
+def test_continuous_serving_decodes_tau_tokens_per_iteration():
+    from dse.models import ServingPlan, ServingWorkload, serve_continuous
+
+    plan = ServingPlan(inference=InferencePlan(tp=1.0, sequence_parallel=False))
+    load = ServingWorkload(1000.0, 500.0)
+    chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
+                        draft_passes=3.0)
+    run = jax.jit(lambda spec: serve_continuous(LLAMA, plan, H100, load, speculation=spec))
+    plain = jax.jit(lambda: serve_continuous(LLAMA, plan, H100, load))()
+    spec = run(chain)
+    # TPOT is the iteration over the tokens it emits; at the lightest load (one sequence, and
+    # two-token prompts: no prefill to share the iteration) it is the speculative step's.
+    np.testing.assert_allclose(float(spec.iteration_time) / 3.0,
+                               float(spec.tpot_mean[-1]), rtol=1e-6)
+    short = serve_continuous(LLAMA, plan, H100, ServingWorkload(2.0, 500.0), speculation=chain)
+    one = speculative_decode(LLAMA, PLAN, H100, 2.0 + 0.5 * 500.0 - 1.0, chain)
+    np.testing.assert_allclose(float(short.tpot_mean[0]), float(one.tpot), rtol=0.02)
+    assert float(spec.tpot_mean[0]) < 0.5 * float(plain.tpot_mean[0])
+    # The draft's weights and KV cache take memory from the target's cache.
+    assert float(spec.kv_capacity_tokens) < float(plain.kv_capacity_tokens)
+    # The iteration's breakdown still sums to its time with the draft passes in it.
+    it = spec.iteration
+    np.testing.assert_allclose(float(it.matmul_time + it.attention_time + it.elementwise_time
+                                     + it.tp_comm_time + it.pp_comm_time), float(it.time),
+                               rtol=1e-5)
+    # Throughput is requests x output tokens, and more accepted tokens serve more of them.
+    np.testing.assert_allclose(float(spec.tokens_per_s), float(spec.requests_per_s) * 500.0,
+                               rtol=1e-6)
+    assert float(run(chain.replace(acceptance_length=4.0)).tokens_per_s) > float(
+        spec.tokens_per_s)
+
+    def goodput(bw):
+        chip = H100.chip.replace(hbm_bandwidth=bw)
+        r = serve_continuous(LLAMA, plan, H100.replace(chip=chip), load, speculation=chain,
+                             smooth=True)
+        return r.tokens_per_s + r.latency(5.0).tpot
+
+    for dtype in ("float32", "float64"):
+        with jax.enable_x64(dtype == "float64"):
+            g = jax.jit(jax.grad(goodput))(jnp.asarray(H100.chip.hbm_bandwidth, dtype=dtype))
+            assert np.isfinite(float(g))
