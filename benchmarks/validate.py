@@ -411,7 +411,7 @@ def serving_table(data_dir) -> tuple[float, float]:
     for external in (False, True):
         cases, skipped = serving_cases(data_dir, external=external)
         modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
-        for case, value in zip(cases, predict_serving(cases)):
+        for case, value in zip(cases, predict_serving(cases), strict=True):
             err = 100 * (value / case.measured - 1)
             by_source[case.source_key].append(err)
             by_group[(case.source_key, case.group)].append(err)
@@ -424,7 +424,7 @@ def serving_table(data_dir) -> tuple[float, float]:
           "the concurrency is the request count, not a steady state)")
     cases, skipped = serving_cases(data_dir, external=True, online=True)
     modelled, total = modelled + len(cases), total + len(cases) + len(skipped)
-    for case, (ttft, tpot) in zip(cases, predict_online(cases)):
+    for case, (ttft, tpot) in zip(cases, predict_online(cases), strict=True):
         m_ttft, m_tpot = case.measured_latency
         e_tpot = 100 * (tpot / m_tpot - 1)
         e_ttft = 100 * (ttft / m_ttft - 1) if np.isfinite(ttft) else float("nan")

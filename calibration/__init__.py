@@ -37,6 +37,10 @@ from ._measurements import measure_kernels as measure_kernels
 from ._measurements import operator_model as operator_model
 from ._measurements import read_measurement_csv as read_measurement_csv
 from ._measurements import write_kernel_csv as write_kernel_csv
+from ._moe_data import MOE_SOURCE as MOE_SOURCE
+from ._moe_data import MoeCase as MoeCase
+from ._moe_data import moe_cases as moe_cases
+from ._moe_data import predict_moe as predict_moe
 from ._multimodal_data import MultimodalCase as MultimodalCase
 from ._multimodal_data import multimodal_cases as multimodal_cases
 from ._multimodal_data import predict_multimodal as predict_multimodal
@@ -52,10 +56,6 @@ from ._recsys_data import RecCase as RecCase
 from ._recsys_data import predict_recsys as predict_recsys
 from ._recsys_data import recsys_cases as recsys_cases
 from ._residual import ResidualFit as ResidualFit
-from ._moe_data import MOE_SOURCE as MOE_SOURCE
-from ._moe_data import MoeCase as MoeCase
-from ._moe_data import moe_cases as moe_cases
-from ._moe_data import predict_moe as predict_moe
 from ._residual import compose_residual as compose_residual
 from ._residual import fit_residual as fit_residual
 from ._result import CalibrationResult as CalibrationResult

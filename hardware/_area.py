@@ -41,7 +41,8 @@ UNCORE_FRACTION = (76.44 + 40.0) / (476.25 + 119.31)
 # Compute transistors per core and per 16-bit-MAC equivalent (`engine_area_factor`), by core
 # kind. Fitted by `dse.calibration.fit_compute_transistors` to the published die areas of
 # chips.csv (simt: V100, A100, H100; spatial: Groq TSP, Cerebras WSE-2, Graphcore GC200) after
-# the SRAM, HBM, link and uncore blocks above are subtracted. `tests/test_hardware_fit.py` re-runs the fit.
+# the SRAM, HBM, link and uncore blocks above are subtracted. `tests/test_hardware_fit.py`
+# re-runs the fit.
 # The spatial pair leaves GC200 23% under its 823 mm^2. Graphcore's own split of that die (Hot
 # Chips 33: ~50% SRAM, ~25% tile logic, ~25% exchange + uncore + PHYs) shows where: ~410 mm^2
 # of SRAM against the model's 362 (1 MB-macro efficiency), ~205 mm^2 of tile logic against

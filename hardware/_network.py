@@ -43,7 +43,6 @@ from ._fields import NETWORK_BOUNDS
 from ._validate import as_float_array, check_range
 
 
-
 class Network(eqx.Module):
     """The scale-out network of a `System`: a fat-tree with oversubscription, planes and rails.
 

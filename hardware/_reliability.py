@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from . import units as u
-from ._network import NETWORKS, Network, fat_tree
 from ._fields import RELIABILITY_BOUNDS
+from ._network import NETWORKS, Network, fat_tree
 from ._validate import as_float_array, check_range
 
 DAY = 86400.0

@@ -20,8 +20,8 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import units as u
 from ._chip import Chip
-from ._fields import ECONOMICS_BOUNDS
 from ._cost import cost
+from ._fields import ECONOMICS_BOUNDS
 from ._network import fat_tree, scaleup_links
 from ._power import power
 from ._system import TOPOLOGY_DIMS, System

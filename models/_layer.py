@@ -329,7 +329,7 @@ def _ring_effective_context(model, plan, cp=None):
 def _attention_core(model, plan, system, smooth, flash_attention, calibration):
     """QK^T, softmax, dropout, AV: (fwd s, bwd s, fwd bytes, all bytes, fwd vec, all vec)."""
     chip = system.chip
-    t, b, s, cp = plan.tp, plan.microbatch_size, model.seq_len, plan.cp
+    t, b, s = plan.tp, plan.microbatch_size, model.seq_len
     heads_l = model.heads / t
     if model.latent_attention:
         # MLA trains as multi-head attention over the up-projected heads; QK^T runs at the

@@ -21,12 +21,11 @@ from dse.hardware import Reason, System
 from dse.hardware._validate import check_integer
 
 from ._calibration import DEFAULT, Calibration
-from ._training import TrainReport, train_step
 from ._rules import is_concrete
+from ._training import TrainReport, train_step
 from ._training_plan import (
     CP_A2A,
     CP_A2A_P2P,
-    CP_ALL_GATHER,
     CP_P2P,
     CP_SCHEMES,
     TrainingPlan,

@@ -62,8 +62,8 @@ GEMM, element-wise op and collective.
 draft's passes, all in the iteration, and emits the acceptance length tau tokens per
 iteration: a request decodes in E[O - 1] / tau iterations and TPOT is the iteration over tau.
 
-Not modelled: prefix caching, KV eviction and swapping, the host time of passes run without a graph, and the runtime's memory
-beyond weights, activations, KV cache and `runtime_bytes`.
+Not modelled: prefix caching, KV eviction and swapping, the host time of passes run without a
+graph, and the runtime's memory beyond weights, activations, KV cache and `runtime_bytes`.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def tree_allclose(a, b, rtol=1e-6, atol=0.0) -> bool:
     if ta != tb:
         return False
     return all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-               for x, y in zip(la, lb))
+               for x, y in zip(la, lb, strict=True))
 
 
 def central_difference(f, x: float, rel_step: float = 1e-6) -> float:

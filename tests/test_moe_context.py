@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from helpers import central_difference
 
-from dse.hardware import SYSTEMS
-from dse.hardware import Reason
+from dse.hardware import SYSTEMS, Reason
 from dse.models import (
     CP_A2A,
     CP_A2A_P2P,

@@ -190,9 +190,8 @@ def test_runs_whose_layers_do_not_split_over_pp_count_the_embedding_and_loss():
     # runs them only with the embedding and the loss counted as pipeline units (Megatron-
     # Bridge's recipes set both), so 128 and 96 units split evenly and each plan is valid.
     # DeepSeek-V3's 61 layers over PP 2 run an explicit layout a plan cannot state.
-    from dse.models import check_training_plan
-
     from dse.calibration import precision_pairs
+    from dse.models import check_training_plan
 
     pair_cases = [c for pair in precision_pairs() for c in (pair.low, pair.baseline)]
     counted, layouts = [], []

@@ -17,10 +17,10 @@ from dse.models._operators import (
     SMOOTH_MAX_P,
     attention,
     attention_backward,
+    ceil_straight_through,
     elementwise,
     gemm,
     gemm_traffic_elements,
-    ceil_straight_through,
     roofline,
     wave_efficiency,
 )

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import xla_flags
 
 from dse import SweepResult, sweep
-from helpers import xla_flags
 
 WORKER = """
 import os, sys
