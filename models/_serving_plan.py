@@ -43,6 +43,7 @@ from ._serving import (
     SloGoodputReport,
     serve_continuous,
 )
+from ._speculative import Speculation
 from ._transformer import Transformer
 
 # Precision recipes: (weight bytes, KV bytes, matrix peak / 16-bit peak). BF16 only by default:
@@ -123,17 +124,20 @@ def enumerate_serving_plans(model: Transformer, num_chips: int, *,
 
 def evaluate_serving_plans(model: Transformer, plans: ServingPlans, system: System,
                            workload: ServingWorkload, slo: Slo, *,
-                           calibration: Calibration = DEFAULT,
-                           smooth: bool = False) -> tuple[ServingReport, SloGoodputReport]:
+                           calibration: Calibration = DEFAULT, smooth: bool = False,
+                           speculation: Speculation | None = None
+                           ) -> tuple[ServingReport, SloGoodputReport]:
     """`serve_continuous` and its goodput within `slo` of every plan (one vmapped call).
 
     Each plan's replicas run on `system`'s chips and links (a replica's collectives span its
-    TP x PP x EP chips), the chip's matrix peak times the plan's recipe speedup.
+    TP x PP x EP chips), the chip's matrix peak times the plan's recipe speedup. With
+    `speculation` every plan decodes speculatively (`serve_continuous`).
     """
     def one(plan, speedup):
         chip = system.chip.replace(mac_units=system.chip.mac_units * speedup)
         report = serve_continuous(model, plan, system.replace(chip=chip), workload,
-                                  calibration=calibration, smooth=smooth)
+                                  calibration=calibration, smooth=smooth,
+                                  speculation=speculation)
         return report, report.goodput(slo)
 
     return jax.vmap(one)(plans.plan, plans.matmul_speedup)
@@ -214,7 +218,8 @@ def select_serving_plan(plans: ServingPlans, reports: ServingReport,
 
 def best_serving_plan(model: Transformer, system: System, workload: ServingWorkload, slo: Slo,
                       *, calibration: Calibration = DEFAULT, smooth: bool = False,
-                      temperature: float = 0.05, **enumerate_kwargs) -> ServingChoice:
+                      temperature: float = 0.05, speculation: Speculation | None = None,
+                      **enumerate_kwargs) -> ServingChoice:
     """The serving plan with the most output tokens/s within a latency objective.
 
     Enumerates every plan on all chips of `system` (`enumerate_serving_plans`: TP, PP, EP,
@@ -228,6 +233,7 @@ def best_serving_plan(model: Transformer, system: System, workload: ServingWorkl
     - `workload`: the `ServingWorkload`; `slo`: the `Slo` (TTFT, TPOT at a quantile).
     - `smooth`: soft maximum over plans and smooth rooflines (gradients with respect to the
       hardware); `temperature`: on log tokens/s.
+    - `speculation`: a `Speculation` every plan decodes with (None: one token per step).
     - `enumerate_kwargs`: to `enumerate_serving_plans` (`precisions`, `max_batches`,
       `max_tokens`, `max_tp`).
 
@@ -235,7 +241,8 @@ def best_serving_plan(model: Transformer, system: System, workload: ServingWorkl
     """
     plans = enumerate_serving_plans(model, int(system.num_chips), **enumerate_kwargs)
     reports, goodputs = evaluate_serving_plans(model, plans, system, workload, slo,
-                                               calibration=calibration, smooth=smooth)
+                                               calibration=calibration, smooth=smooth,
+                                               speculation=speculation)
     return select_serving_plan(plans, reports, goodputs, smooth=smooth, temperature=temperature)
 
 
