@@ -285,16 +285,18 @@ class ServeReport(eqx.Module):
     **Fields** (SI units):
 
     - `ttft`: time to first token (the prefill), s.
-    - `tpot`: time per output token (decode step at the mean context), s.
+    - `tpot`: time per output token (decode step at the mean context; with speculation, the
+      speculative step over the tokens it emits), s.
     - `total_latency`: ttft + output_len x tpot, s.
     - `tokens_per_s_per_chip`: generated tokens per second per chip.
     - `energy_per_token`: energy per generated token (prefill included), J.
-    - `kv_cache_bytes`: KV cache per chip at the final context, bytes.
+    - `kv_cache_bytes`: KV cache per chip at the final context (the draft's included), bytes.
     - `memory_per_chip`: weights + KV cache + activations per chip at the final context, bytes.
     - `memory_capacity`, `memory_shortfall`: HBM + SRAM per chip, and how far the larger of the
       prefill's and the final context's memory misses it, bytes.
     - `fits`, `reason`: feasibility (`dse.hardware.Reason` flags, as in `InferenceReport`).
-    - `prefill`, `decode`: the `InferenceReport`s of the prefill and of the mean decode step.
+    - `prefill`, `decode`: the `InferenceReport`s of the prefill and of the mean decode step
+      (with speculation, of the verification pass).
     """
 
     ttft: Float[Array, "..."]
@@ -843,8 +845,9 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
     - `output_len`: generated tokens per sequence.
     - `calibration`, `smooth`: as `prefill` (shared by the prefill and the decode steps).
     - `speculation`: a `dse.models.Speculation` to decode speculatively (None: one token per
-      step). The TPOT is then `speculative_decode`'s at the mean context, `decode` its
-      verification pass, and the draft's weights and KV cache count in the memory.
+      step). The TPOT is then `speculative_decode`'s at the mean context (the draft on the
+      target's tensor-parallel chips, unpipelined), `decode` its verification pass, and the
+      draft's weights and KV cache and the verified tokens' activations count in the memory.
 
     **Returns:** `ServeReport`.
     """
@@ -864,12 +867,19 @@ def serve(model: Transformer, plan: InferencePlan, system: System, batch: ArrayL
         dec = decode(model, plan, system, mean_context, **kw)
         tpot, step_energy_per_token = dec.time, dec.energy / plan.batch
     else:
-        from ._speculative import speculative_decode  # it imports this module
+        # The speculative step's module builds on this one.
+        from ._speculative import draft_memory, draft_plan_of, speculative_decode
 
         spec = speculative_decode(model, plan, system, mean_context, speculation, **kw)
         dec, tpot, step_energy_per_token = spec.verify, spec.tpot, spec.energy_per_token
-        d_weights, d_kv, _, _, _, _ = _memory(speculation.draft, plan, system, 1.0, final)
-        total = total + d_weights + d_kv
+        verify = speculation.effective()[3]
+        # At the final context the verified tokens' activations and the draft's weights and
+        # KV cache are held too.
+        _, kv, _, total, _, _ = _memory(model, plan, system, verify, final + verify)
+        d_weights, d_kv = draft_memory(speculation, model,
+                                       dataclasses.replace(draft_plan_of(plan), batch=batch),
+                                       system, final + verify)
+        kv, total = kv + d_kv, total + d_weights + d_kv
         workload_reason = workload_reason | spec.reason
     memory = jnp.maximum(total, pre_total)
     capacity = _capacity(system.chip)

@@ -25,9 +25,9 @@ replica, T the iteration time.
 batches D_i from 1 to the full-load batch gives the arrival rate each batch sustains,
 lambda_i = r_i / T_i (Little's law: D sequences in decode for (O - 1) iterations each). Then:
 
-- TPOT of a request is the mean iteration time over its decode, T_dec + tau X / (O - 1): the
+- TPOT of a request is the mean iteration time over its decode, T_dec + t_p X / (O - 1): the
   decode-only step plus the prefill work X that arrives during its life (the prefill
-  interference of Sarathi-Serve), tau the iteration time per prefill token. Arrivals are
+  interference of Sarathi-Serve), t_p the iteration time per prefill token. Arrivals are
   Poisson, so X is compound Poisson with mean lambda (O - 1) T E[I] and variance
   lambda (O - 1) T E[I^2]; its quantiles use the normal approximation.
 - TTFT is the wait in the admission queue, the wait for the iteration in progress (a request
@@ -86,8 +86,8 @@ from ._calibration import DEFAULT, Calibration
 from ._collectives import send_recv
 from ._inference import InferencePlan, InferenceReport, _memory, _optional_float, _pass
 from ._operators import _f, ratio
-from ._rules import check_rules
-from ._speculative import Speculation
+from ._rules import check_rules, reason_of
+from ._speculative import Speculation, check_draft_plan, draft_plan_of, draft_weight_bytes
 from ._transformer import Transformer
 
 # Points of the load curve (decode batches from 1 to the full-load batch, log-spaced). A
@@ -130,15 +130,18 @@ TRTLLM_GRAPH_BATCHES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 384.
                         1024.0, 2048.0, 4096.0, 8192.0)
 
 
-def graph_padding(plan: ServingPlan, sequences) -> Float[Array, "*batch"]:
+def graph_padding(plan: ServingPlan, sequences, tokens_per_sequence=1.0
+                  ) -> Float[Array, "*batch"]:
     """Dummy sequences a decode-only pass of `sequences` runs with (`plan.graph_batches`): the
-    smallest captured size >= `sequences` among those at most `max_batch` and `max_tokens`
-    (TensorRT-LLM's model engine drops the larger ones), minus `sequences`; 0 above the largest
-    or without graphs. A step function of `sequences`, held constant under differentiation."""
+    smallest captured size >= `sequences` among those at most `max_batch` and whose tokens
+    (`tokens_per_sequence` each: 1, or the verified tokens of speculative decoding) fit
+    `max_tokens` (TensorRT-LLM's model engine drops the larger ones), minus `sequences`; 0 above
+    the largest or without graphs. A step function of `sequences`, held constant under
+    differentiation."""
     sequences = _f(sequences)
     if not plan.graph_batches:
         return jnp.zeros_like(sequences)
-    limit = jnp.minimum(plan.max_batch, plan.max_tokens)
+    limit = jnp.minimum(plan.max_batch, plan.max_tokens / tokens_per_sequence)
     shape = jnp.broadcast_shapes(sequences.shape, limit.shape)
     sequences = jnp.broadcast_to(sequences, shape)
     sizes = jnp.asarray(plan.graph_batches, dtype=sequences.dtype).reshape((1,) * len(shape)
@@ -302,7 +305,8 @@ class ServingPlan(eqx.Module):
             check_range("ServingPlan", "runtime_bytes", self.runtime_bytes, lower=0.0,
                         lower_inclusive=True)
         sizes = self.graph_batches
-        if any(not (b >= 1.0 and b == int(b)) for b in sizes) or list(sizes) != sorted(set(sizes)):
+        if (any(not (1.0 <= b < float("inf") and b == int(b)) for b in sizes)
+                or list(sizes) != sorted(set(sizes))):
             raise ValueError(f"ServingPlan.graph_batches must be whole batch sizes >= 1 in "
                              f"ascending order without repeats; got {sizes}")
 
@@ -605,31 +609,39 @@ def _iteration(model, plan: ServingPlan, system, shape: _Shape, decode, prefill_
     dummy sequences of one token that cost in every GEMM, element-wise op and collective.
 
     With `speculation` (a `Speculation`) each decode sequence is verified over its
-    `verify_tokens` drafted tokens (logits for each) after the draft's `draft_passes` passes of
-    `draft_width` tokens, which add to the iteration (on the replica's chips and layout).
+    `verify_tokens` (the drafts and the root; logits for each) after the draft's `draft_passes`
+    passes of `draft_width` tokens, which add to the iteration (on the replica's tensor-parallel
+    chips, unpipelined: `draft_plan_of`); a graph's dummy sequences carry as many tokens, in the
+    draft's passes too.
     """
     inf = plan.inference
     pp = inf.pp
     q = jnp.maximum(chunk, 1.0)
-    verify = 1.0 if speculation is None else speculation.verify_tokens
+    verify = 1.0
+    if speculation is not None:
+        _, passes, width, verify = speculation.effective()
     # Chunks of q tokens of a prompt of length L end on average at (L + q) / 2 tokens; the
     # verified tokens of a sequence sit after its context.
     segments = ((decode / pp, verify, shape.decode_context + verify - 1.0),
                 (prefill_seqs, q, 0.5 * (shape.prompt + q)))
     logit_rows = (decode * verify + finishing) / pp
+    dummies = 0.0
     if plan.graph_batches:
-        dummies = graph_padding(plan, decode / pp) * (1.0 - jnp.minimum(prefill_seqs, 1.0))
-        segments = segments + ((dummies, 1.0, 1.0),)
-        logit_rows = logit_rows + dummies
+        dummies = (graph_padding(plan, decode / pp, verify)
+                   * (1.0 - jnp.minimum(prefill_seqs, 1.0)))
+        segments = segments + ((dummies, verify, verify),)
+        logit_rows = logit_rows + dummies * verify
     report = _pass(model, inf, system, segments, logit_rows, memory, smooth, calibration,
                    in_flight=pp)
     if speculation is None:
         return report
-    width = speculation.draft_width
-    draft = _pass(speculation.draft, inf, system,
-                  ((decode / pp, width, shape.decode_context + 0.5 * verify),),
-                  decode / pp * width, memory, smooth, calibration, in_flight=pp)
-    return _with_draft(report, draft, speculation.draft_passes)
+    # Pass k of a step attends about k tokens past the context, (passes + 1) / 2 on average;
+    # the draft's layers all sit on one stage, each micro-batch passing it in turn.
+    sequences = decode / pp + dummies
+    draft = _pass(speculation.draft, draft_plan_of(inf), system,
+                  ((sequences, width, shape.decode_context + 0.5 * (passes + 1.0)),),
+                  sequences * width, memory, smooth, calibration)
+    return _with_draft(report, draft, passes)
 
 
 def _with_draft(report: InferenceReport, draft: InferenceReport, passes) -> InferenceReport:
@@ -658,9 +670,10 @@ def _replica_limits(model, plan: ServingPlan, system, workload, shape, speculati
     weights, _, acts, _, _, _ = _memory(model, plan_full, system, 1.0, 0.0)
     verify = 1.0
     if speculation is not None:
-        verify = speculation.verify_tokens
-        kv_token = kv_token + _kv_bytes_per_token(speculation.draft, inf)
-        weights = weights + _memory(speculation.draft, plan_full, system, 1.0, 0.0)[0]
+        verify = speculation.effective()[3]
+        draft_plan = draft_plan_of(inf)
+        kv_token = kv_token + _kv_bytes_per_token(speculation.draft, draft_plan)
+        weights = weights + draft_weight_bytes(speculation, model, draft_plan)
     free = chip.hbm_bytes + chip.sram_bytes - weights - acts - _runtime_bytes(plan, chip)
     capacity = plan.kv_memory_fraction * jnp.maximum(free, 0.0) / kv_token
     per_seq = _kv_per_sequence(workload, plan)
@@ -707,11 +720,13 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     """
     inf = plan.inference
     shape = _shape(workload)
-    accepted = 1.0
+    accepted, spec_reason = 1.0, 0
     if speculation is not None:
-        check_rules(speculation.rules())
-        accepted = jnp.clip(speculation.acceptance_length, 1.0,
-                            speculation.draft_passes + 1.0)
+        rules = speculation.rules()
+        check_rules(rules)
+        spec_reason = reason_of(rules) | check_draft_plan(speculation, draft_plan_of(inf),
+                                                          system)
+        accepted = speculation.effective()[0]
         # A request decodes in E[O - 1] / tau iterations.
         shape = eqx.tree_at(lambda s: s.decode_steps, shape, shape.decode_steps / accepted)
     weights, acts, kv_token, capacity, per_seq, limits, free = _replica_limits(
@@ -764,8 +779,8 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     replica_rate = _running_max(r / t_mix)
     # Iteration time per prefill token, from an iteration that carries one chunk; a request's
     # micro-batch sees 1 / pp of the replica's arrivals.
-    tau = jnp.maximum(t_chunk - t_dec, 0.0) / chunk
-    interference_sd = tau * jnp.sqrt(replica_rate / col(pp) * t_mix
+    per_prefill_token = jnp.maximum(t_chunk - t_dec, 0.0) / chunk
+    interference_sd = per_prefill_token * jnp.sqrt(replica_rate / col(pp) * t_mix
                                      * col(shape.input_sq) / col(shape.decode_steps))
     # The iterations that carry a prompt's chunks: ceil(L / q), each with its chunk.
     carrying = jnp.maximum(1.0, col(shape.prompt) / chunk)
@@ -783,7 +798,8 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     tokens_per_s = capacity_rate * shape.output
     chips = plan.chips
     chip_power = full.energy / (full.time * inf.chips)
-    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
+    # A traced speculation out of range is flagged (and costed at the nearest valid values).
+    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32) | spec_reason
 
     def b(x):
         """Every per-deployment figure with the deployments' shape."""
@@ -796,7 +812,8 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
         energy_per_token=b(full.energy / (r[..., -1] * shape.output)),
         chip_power=b(chip_power), batch=b(safe_max), iteration_time=b(full.time),
         kv_capacity_tokens=b(capacity), kv_tokens_per_sequence=b(per_seq),
-        memory_per_chip=b(full.memory_per_chip), fits=b(fits), reason=b(reason), iteration=full,
+        memory_per_chip=b(full.memory_per_chip), fits=b(reason == 0), reason=b(reason),
+        iteration=full,
         rate=replica_rate * col(plan.replicas), curve_batch=batches,
         tpot_mean=t_mix / col(accepted), tpot_sd=interference_sd / col(accepted),
         prefill_time=prefill_time, queue_capacity=b(capacity_rate),

@@ -72,7 +72,8 @@ def pytest_xdist_auto_num_workers(config):
 _OWN_UNIT = "tests/test_notebooks.py::"
 _LONGEST_FILES = tuple(f"test_{name}.py" for name in (
     "notebooks", "precision", "serving", "calibrate", "cli", "training", "properties", "cluster",
-    "calibration_module", "workload_mix", "plans", "offload", "sweep", "codesign", "speculative", "inference",
+    "calibration_module", "workload_mix", "plans", "offload", "sweep", "codesign", "speculative",
+    "inference",
     "no_silent_answers", "recsys", "validation", "hardware", "moe_context", "sweep_distributed",
     "packaging", "multimodal", "cache", "expert_parallel_serving"))
 
