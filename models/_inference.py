@@ -322,11 +322,16 @@ def _kv_sharding(model: Transformer, plan: InferencePlan, batch):
     them (Pope et al. 2022, Sec. 3.3) as far as it goes (at least one sequence each, so a small
     batch is replicated), and each chip then serves all heads / kv_heads query heads of its
     sequences. Attention work per chip is batch x heads / tp either way.
+
+    A batch below one sequence is an expected share (a serving iteration's fraction of a prompt
+    chunk; an empty segment): it is held as it is, not rounded up to a whole sequence (which
+    priced an empty segment's chunk as if present).
     """
     kv_heads = jnp.maximum(model.kv_heads / plan.tp, 1.0)
     sharers = jnp.maximum(plan.tp / model.kv_heads, 1.0)
-    kv_batch = jnp.maximum(batch / sharers, 1.0)
-    q_heads = batch * model.heads / (plan.tp * kv_batch)
+    kv_batch = jnp.maximum(batch / sharers, jnp.minimum(batch, 1.0))
+    # batch / kv_batch: sharers once each holds its share, the batch while it is replicated.
+    q_heads = model.heads / plan.tp * jnp.clip(batch, 1.0, sharers)
     return kv_heads, kv_batch, q_heads, sharers
 
 

@@ -845,8 +845,9 @@ class PoolReport(eqx.Module):
 def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_system: System,
                         decode_plan: ServingPlan, decode_system: System,
                         workload: ServingWorkload, *, kv_link: str = "scaleup",
-                        calibration: Calibration = DEFAULT,
-                        smooth: bool = False) -> tuple[ServingReport, PoolReport]:
+                        calibration: Calibration = DEFAULT, smooth: bool = False,
+                        speculation: Speculation | None = None
+                        ) -> tuple[ServingReport, PoolReport]:
     """Disaggregated prefill and decode (Splitwise, Patel et al. ISCA 2024; DistServe, Zhong et
     al. OSDI 2024): two pools, each with its plan (replicas, layout, limits) and chip, and each
     prompt's KV cache sent from a prefill replica to a decode replica.
@@ -867,11 +868,25 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     The capacity is the slowest stage's rate; TTFT is the admission wait (M/G/1 at that
     capacity, as `serve_continuous`), the prefill and the transfer.
 
+    With `speculation` the decode pool decodes speculatively, as in `serve_continuous` (the
+    draft's own KV cache of the prompt is rebuilt on the decode pool, not sent: a one-layer
+    draft's share, not modelled).
+
     **Returns:** `(ServingReport, PoolReport)`: the deployment (its `latency` and `goodput`
     work as for `serve_continuous`; `chips` counts both pools) and its pools.
     """
     check_choice("serve_disaggregated", "kv_link", kv_link, get_args(KvLink))
     shape = _shape(workload)
+    # The decode pool's view: with speculation a request decodes in E[O - 1] / tau iterations
+    # of `verify_tokens` tokens each.
+    d_shape, accepted, verify, spec_reason = shape, 1.0, 1.0, 0
+    if speculation is not None:
+        rules = speculation.rules()
+        check_rules(rules)
+        spec_reason = reason_of(rules) | check_draft_plan(
+            speculation, draft_plan_of(decode_plan.inference), decode_system)
+        accepted, _, _, verify = speculation.effective()
+        d_shape = eqx.tree_at(lambda s: s.decode_steps, shape, shape.decode_steps / accepted)
 
     # Prefill pool: an iteration of max_tokens prompt tokens, no decode.
     p_inf = prefill_plan.inference
@@ -902,12 +917,12 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
 
     # Decode pool: decode-only iterations over a grid of batches, as serve_continuous.
     d_weights, d_acts, kv_token, capacity, per_seq, limits, d_free = _replica_limits(
-        model, decode_plan, decode_system, workload, shape)
+        model, decode_plan, decode_system, workload, d_shape, speculation)
     d_runtime = _runtime_bytes(decode_plan, decode_system.chip)
     # No prompts prefill here: the in-flight sequences are the decoding ones; no token budget
     # for prompts.
     limits = (capacity / per_seq, decode_plan.max_batch,
-              decode_plan.max_tokens + 0.0 * capacity)
+              decode_plan.max_tokens / verify + 0.0 * capacity)
     batch_max = _soft_min(limits, smooth)
     d_fits = (batch_max >= 1.0) & (d_free > 0.0)
     safe_max = jnp.where(d_fits, batch_max, 1.0)
@@ -917,8 +932,8 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
         kv = decode * per_seq * kv_token
         memory = (d_weights, kv, d_acts, d_weights + kv + d_acts + d_runtime, d_fits,
                   jnp.where(d_fits, 0, int(Reason.MEMORY)).astype(jnp.int32))
-        return _iteration(model, decode_plan, decode_system, shape, decode, 0.0 * decode,
-                          shape.prompt, 0.0 * decode, memory, smooth, calibration)
+        return _iteration(model, decode_plan, decode_system, d_shape, decode, 0.0 * decode,
+                          shape.prompt, 0.0 * decode, memory, smooth, calibration, speculation)
 
     curve = jax.vmap(point)(grid)
     t_dec = _last(curve.time)
@@ -935,7 +950,7 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     t_dec = jnp.broadcast_to(t_dec, batch_shape + t_dec.shape[-1:])
     batches = jnp.broadcast_to(batches, t_dec.shape)
     decode_curve = _running_max(col(decode_plan.replicas) * batches
-                                / (col(shape.decode_steps) * t_dec))
+                                / (col(d_shape.decode_steps) * t_dec))
     decode_rate = decode_curve[..., -1]
     rates = jnp.stack([b(prefill_rate), b(decode_rate), b(transfer_rate)])
     capacity_rate = jnp.min(rates, axis=0)
@@ -944,14 +959,15 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     bottleneck = jnp.argmin(rates, axis=0).astype(jnp.int32)
     # The load curve up to the capacity (the decode pool's batches that it needs).
     rate_curve = jnp.minimum(decode_curve, col(capacity_rate))
-    fits = b(p_fits & d_fits)
-    reason = jnp.where(fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
+    reason = b(jnp.where(p_fits & d_fits, 0, int(Reason.MEMORY)).astype(jnp.int32)
+               | spec_reason)
+    fits = reason == 0
     full = jax.tree.map(lambda x: x[-1], curve)
     chips = prefill_plan.chips + decode_plan.chips
     output = shape.output
     # Energy per output token: each pool's pass energy per request served, per output token.
     energy = (p_iter.energy * shape.input / per_iteration
-              + full.energy * shape.decode_steps / batches[..., -1]) / output
+              + full.energy * d_shape.decode_steps / batches[..., -1]) / output
     power = (p_iter.energy / p_iter.time * prefill_plan.replicas
              + full.energy / full.time * decode_plan.replicas) / chips
     report = ServingReport(
@@ -961,7 +977,8 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
         chip_power=b(power), batch=b(safe_max), iteration_time=b(full.time),
         kv_capacity_tokens=b(capacity), kv_tokens_per_sequence=b(per_seq),
         memory_per_chip=b(full.memory_per_chip), fits=fits, reason=reason, iteration=full,
-        rate=rate_curve, curve_batch=batches, tpot_mean=t_dec, tpot_sd=jnp.zeros_like(t_dec),
+        rate=rate_curve, curve_batch=batches, tpot_mean=t_dec / accepted,
+        tpot_sd=jnp.zeros_like(t_dec),
         prefill_time=jnp.broadcast_to(col(prefill_time + transfer_time), t_dec.shape),
         queue_capacity=b(capacity_rate), queue_scv=b(jnp.maximum(shape.scv, 0.0)))
     pools = PoolReport(prefill_rate=b(prefill_rate), decode_rate=b(decode_rate),

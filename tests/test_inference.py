@@ -324,3 +324,33 @@ def test_sram_only_chip_serves_weights_from_sram():
     plan = InferencePlan(tp=1.0, batch=1.0)
     assert float(decode(model, plan, with_hbm, 128.0).hbm_bytes) < \
         0.1 * float(decode(model, plan, small_sram, 128.0).hbm_bytes)
+
+
+def test_an_empty_or_fractional_segment_costs_its_share_not_a_whole_sequence():
+    # A serving iteration carries an expected share of a prompt chunk (fewer than one sequence);
+    # an empty one must cost nothing and a fractional one its share of the K/V work and reads,
+    # whatever the chunk's length (it was rounded up to one whole sequence).
+    from dse.models import ServingPlan, ServingWorkload, serve_disaggregated
+    from dse.models._inference import _kv_sharding
+
+    llama = TRANSFORMERS["llama3-8b"]
+    plan = InferencePlan(tp=8.0)
+    kv_heads, kv_batch, q_heads, sharers = _kv_sharding(llama, plan, jnp.asarray([0.0, 0.25,
+                                                                                 3.0, 64.0]))
+    np.testing.assert_allclose(np.asarray(kv_batch), [0.0, 0.25, 3.0, 64.0])
+    # 8 KV heads on 8 chips: one each, every sequence on every chip, 4 query heads per KV head.
+    assert float(kv_heads) == 1.0 and float(sharers) == 1.0
+    np.testing.assert_allclose(np.asarray(q_heads), 4.0)
+    # 16 chips: two share a KV head and split the sequences; one sequence is replicated.
+    _, kv_batch, q_heads, sharers = _kv_sharding(llama, InferencePlan(tp=16.0),
+                                                 jnp.asarray([0.5, 1.0, 64.0]))
+    np.testing.assert_allclose(np.asarray(kv_batch), [0.5, 1.0, 32.0])
+    np.testing.assert_allclose(np.asarray(q_heads), [2.0, 2.0, 4.0])
+    # A decode pool (no prompts) decodes at the plain step's time, whatever the prompt length.
+    system = SYSTEMS["DGX-H100"].with_num_chips(1)
+    serving = ServingPlan(inference=InferencePlan(tp=1.0, sequence_parallel=False))
+    for prompt in (2.0, 1000.0):
+        load = ServingWorkload(prompt, 500.0)
+        report, _ = serve_disaggregated(llama, serving, system, serving, system, load)
+        step = decode(llama, InferencePlan(tp=1.0, batch=1.0), system, prompt + 250.0)
+        np.testing.assert_allclose(float(report.tpot_mean[0]), float(step.time), rtol=1e-5)

@@ -308,3 +308,27 @@ def test_review_edges_flagged_finite_and_exact():
     decode_only = 1.0 - batch / (1999.0 / 3.0)
     np.testing.assert_allclose(float(with_graphs.iteration.tokens - without.iteration.tokens),
                                (256.0 - batch) * 4.0 * decode_only, rtol=1e-3)
+
+
+def test_disaggregated_decode_pool_decodes_speculatively():
+    from dse.models import ServingPlan, ServingWorkload, serve_disaggregated
+
+    plan = ServingPlan(inference=InferencePlan(tp=1.0, sequence_parallel=False))
+    load = ServingWorkload(1000.0, 500.0)
+    chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
+                        draft_passes=3.0)
+    plain, _ = serve_disaggregated(LLAMA, plan, H100, plan, H100, load)
+    spec, pools = serve_disaggregated(LLAMA, plan, H100, plan, H100, load, speculation=chain)
+    # The decode pool's TPOT at its lightest load is the speculative step's (decode only, no
+    # prompts to share it), and the pool serves more requests; the prefill pool is unchanged.
+    one = speculative_decode(LLAMA, PLAN, H100, 1000.0 + 0.5 * 500.0 - 1.0, chain)
+    np.testing.assert_allclose(float(spec.tpot_mean[0]), float(one.tpot), rtol=0.02)
+    _, plain_pools = serve_disaggregated(LLAMA, plan, H100, plan, H100, load)
+    assert float(pools.decode_rate) > float(plain_pools.decode_rate)
+    np.testing.assert_allclose(float(pools.prefill_rate), float(plain_pools.prefill_rate),
+                               rtol=1e-6)
+    assert bool(spec.fits) and float(spec.tpot_mean[0]) < 0.5 * float(plain.tpot_mean[0])
+    bad = jax.jit(lambda t: serve_disaggregated(
+        LLAMA, plan, H100, plan, H100, load,
+        speculation=chain.replace(acceptance_length=t))[0])(9.0)
+    assert not bool(bad.fits) and np.isfinite(float(bad.tokens_per_s))
