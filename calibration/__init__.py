@@ -62,8 +62,10 @@ from ._result import CalibrationResult as CalibrationResult
 from ._result import load_calibration as load_calibration
 from ._result import param_names as param_names
 from ._result import saved_calibrations as saved_calibrations
+from ._serving_data import BENCH_REQUESTS as BENCH_REQUESTS
 from ._serving_data import ServingCase as ServingCase
 from ._serving_data import SkippedServingRow as SkippedServingRow
+from ._serving_data import finite_run_factor as finite_run_factor
 from ._serving_data import predict_online as predict_online
 from ._serving_data import predict_serving as predict_serving
 from ._serving_data import serving_cases as serving_cases

@@ -27,6 +27,11 @@ How a row is set up, from what the source states:
 - **CUDA graphs.** The PyTorch-backend rows (v1.0) ran with `cuda_graph_config:
   enable_padding: true` and the batch sizes 1, 2, 4, ..., 8192 (`TRTLLM_GRAPH_BATCHES`): a
   decode-only iteration runs padded to the next captured size (`ServingPlan.graph_batches`).
+- **Requests.** The throughput is total output tokens over the makespan of a fixed dataset:
+  the perf-overview pages give `$num_requests` per input / output length (`BENCH_REQUESTS`).
+  With every request of one length and GUARANTEED_NO_EVICT, requests are admitted and finish
+  in waves of the full-load batch; the last wave holds the remainder. `predict_serving` scales
+  the steady-state throughput by the steady makespan over the waves' (`finite_run_factor`).
 - **Memory.** The KV cache gets `KV_FRACTION` of what the weights, the activations of a full
   token budget and the runtime (CUDA context and workspaces, NCCL buffers:
   `ServingPlan.runtime_bytes`' default, as NVIDIA's AIConfigurator observes TensorRT-LLM) leave.
@@ -93,6 +98,12 @@ MOE_LAYOUTS = ("ep", "tp")
 # trtllm-bench (`tensorrt_llm/bench/build/tuning.py`): the KV-cache fraction its perf pages use
 # "in many cases" (perf-overview), its batch cap and token cap, and block size (KvCacheConfig).
 KV_FRACTION = 0.95
+# `$num_requests` of each (input, output) length pair: perf-overview.md, "Preparing a Dataset"
+# (the same table at v0.17, commit 258c7540, and v1.0, commit 00f37686, which adds 1000 / 2000).
+BENCH_REQUESTS = {(128, 128): 30000, (128, 2048): 3000, (128, 4096): 1500, (1000, 2000): 1500,
+                  (2048, 128): 3000, (2048, 2048): 1500, (5000, 500): 1500, (1000, 1000): 3000,
+                  (500, 2000): 3000, (20000, 2000): 1000}
+BENCH_SOURCES = ("trtllm_perf_overview", "ext_trtllm_perf_v1", "ext_trtllm_perf_v017")
 BENCH_MAX_BATCH = 4096
 BENCH_MAX_TOKENS = 32768
 TOKENS_PER_BLOCK = 32.0
@@ -116,6 +127,7 @@ class ServingCase:
     workload: ServingWorkload
     rate: float = float("nan")
     measured_latency: tuple[float, float] = (float("nan"), float("nan"))
+    requests: float = float("nan")  # the dataset's request count (nan: steady state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,10 +232,13 @@ def _case(row: dict, chips_rows: dict,
     group = f"{row['model']} {chip_name} {precision}"
     rate = row.get("arrival_rate_per_s", "")
     latency = (float(row["ttft_ms"] or "nan") / 1e3, float(row["tpot_ms"] or "nan") / 1e3)
+    requests = float("nan")
+    if source in BENCH_SOURCES and (int(i), int(o)) in BENCH_REQUESTS:
+        requests = float(BENCH_REQUESTS[(int(i), int(o))])
     return ServingCase(run_id, source, group, float(row["output_tokens_per_s"] or "nan"), model,
                        system, plan, ServingWorkload(i, o),
                        rate=float(rate) if rate not in ("", None) else float("nan"),
-                       measured_latency=latency)
+                       measured_latency=latency, requests=requests)
 
 
 def _rows(data_dir, external: bool) -> list[dict]:
@@ -273,9 +288,10 @@ def _structure(case: ServingCase):
             case.plan.graph_batches)
 
 
-def _evaluate(cases: list[ServingCase], fn, calibration: Calibration) -> np.ndarray:
-    """`fn(report, case_leaves)` of every case, one jitted vmap per model and system structure
-    (the rows of a group differ only in the plan's limits and the workload)."""
+def _evaluate(cases: list[ServingCase], fn, calibration: Calibration,
+              per_case=lambda case: case.rate) -> np.ndarray:
+    """`fn(report, per_case(case))` of every case, one jitted vmap per model and system
+    structure (the rows of a group differ only in the plan's limits and the workload)."""
     out = None
     groups = collections.defaultdict(list)
     for k, case in enumerate(cases):
@@ -284,7 +300,7 @@ def _evaluate(cases: list[ServingCase], fn, calibration: Calibration) -> np.ndar
         first = cases[idx[0]]
         plans = jax.tree.map(lambda *xs: jnp.stack(xs), *[cases[k].plan for k in idx])
         loads = jax.tree.map(lambda *xs: jnp.stack(xs), *[cases[k].workload for k in idx])
-        rates = jnp.asarray([cases[k].rate for k in idx])
+        rates = jnp.asarray([per_case(cases[k]) for k in idx])
 
         @jax.jit
         def run(plans, loads, rates, system, cal, model=first.model):
@@ -300,10 +316,25 @@ def _evaluate(cases: list[ServingCase], fn, calibration: Calibration) -> np.ndar
     return np.full(len(cases), np.nan) if out is None else out
 
 
+def finite_run_factor(report, requests):
+    """The throughput of `requests` requests of one length over the steady state's: the steady
+    makespan, requests / batch full-load iterations per output token, over that of waves of the
+    full-load batch B, floor(N / B) full waves and one of the remainder at its iteration time
+    (read off the load curve). 1 where `requests` is nan (the steady state)."""
+    batch, t_full = report.batch, report.iteration_time
+    full = jnp.floor(requests / batch)
+    rest = requests - full * batch
+    t_rest = jnp.where(rest > 0.0, jnp.interp(rest, report.curve_batch, report.tpot_mean), 0.0)
+    factor = requests / batch * t_full / (full * t_full + t_rest)
+    return jnp.where(jnp.isfinite(requests), factor, 1.0)
+
+
 def predict_serving(cases: list[ServingCase],
                     calibration: Calibration = DEFAULT) -> np.ndarray:
-    """Predicted output tokens/s at full load of every case (the TP group's)."""
-    return _evaluate(cases, lambda report, _: report.tokens_per_s, calibration)
+    """Predicted output tokens/s of every case (the TP group's): the full-load throughput over
+    the dataset's requests where the source gives their number (`finite_run_factor`)."""
+    return _evaluate(cases, lambda report, n: report.tokens_per_s * finite_run_factor(report, n),
+                     calibration, per_case=lambda case: case.requests)
 
 
 def predict_online(cases: list[ServingCase], calibration: Calibration = DEFAULT) -> np.ndarray:
