@@ -684,6 +684,22 @@ def _replica_limits(model, plan: ServingPlan, system, workload, shape, speculati
     return weights, acts, kv_token, capacity, per_seq, limits, free
 
 
+def _speculative_view(speculation, inf: InferencePlan, system, shape: _Shape):
+    """What decoding with `speculation` (or None) changes for a replica of layout `inf`:
+    (shape with E[O - 1] / tau decode iterations per request, tau, verified tokens per sequence,
+    `Reason` flags: a field out of range or a draft that does not fit the layout). By hand, a
+    field out of range is a `ValueError` naming it; traced, the values are held in range
+    (`Speculation.effective`) and flagged."""
+    if speculation is None:
+        return shape, 1.0, 1.0, 0
+    rules = speculation.rules()
+    check_rules(rules)
+    reason = reason_of(rules) | check_draft_plan(speculation, draft_plan_of(inf), system)
+    accepted, _, _, verify = speculation.effective()
+    shape = eqx.tree_at(lambda s: s.decode_steps, shape, shape.decode_steps / accepted)
+    return shape, accepted, verify, reason
+
+
 def _grid(batch_max):
     """GRID decode batches from 1 to `batch_max`, log-spaced (`batch_max` >= 1), on axis 0."""
     log_max = jnp.log(batch_max)
@@ -720,15 +736,7 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     """
     inf = plan.inference
     shape = _shape(workload)
-    accepted, spec_reason = 1.0, 0
-    if speculation is not None:
-        rules = speculation.rules()
-        check_rules(rules)
-        spec_reason = reason_of(rules) | check_draft_plan(speculation, draft_plan_of(inf),
-                                                          system)
-        accepted = speculation.effective()[0]
-        # A request decodes in E[O - 1] / tau iterations.
-        shape = eqx.tree_at(lambda s: s.decode_steps, shape, shape.decode_steps / accepted)
+    shape, accepted, verify, spec_reason = _speculative_view(speculation, inf, system, shape)
     weights, acts, kv_token, capacity, per_seq, limits, free = _replica_limits(
         model, plan, system, workload, shape, speculation)
     runtime = _runtime_bytes(plan, system.chip)
@@ -741,7 +749,6 @@ def serve_continuous(model: Transformer, plan: ServingPlan, system: System,
     grid = _grid(safe_max)
 
     pp = inf.pp
-    verify = 1.0 if speculation is None else speculation.verify_tokens
 
     def point(decode, kind):
         """kind 0: the steady-state iteration (its share of every prompt); 1: decode only;
@@ -879,14 +886,8 @@ def serve_disaggregated(model: Transformer, prefill_plan: ServingPlan, prefill_s
     shape = _shape(workload)
     # The decode pool's view: with speculation a request decodes in E[O - 1] / tau iterations
     # of `verify_tokens` tokens each.
-    d_shape, accepted, verify, spec_reason = shape, 1.0, 1.0, 0
-    if speculation is not None:
-        rules = speculation.rules()
-        check_rules(rules)
-        spec_reason = reason_of(rules) | check_draft_plan(
-            speculation, draft_plan_of(decode_plan.inference), decode_system)
-        accepted, _, _, verify = speculation.effective()
-        d_shape = eqx.tree_at(lambda s: s.decode_steps, shape, shape.decode_steps / accepted)
+    d_shape, accepted, verify, spec_reason = _speculative_view(
+        speculation, decode_plan.inference, decode_system, shape)
 
     # Prefill pool: an iteration of max_tokens prompt tokens, no decode.
     p_inf = prefill_plan.inference

@@ -45,6 +45,7 @@ import dataclasses
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dse.hardware import Reason, System
@@ -62,7 +63,7 @@ from ._inference import (
     check_inference_plan,
 )
 from ._operators import _f, ratio
-from ._rules import Rule, check_rules, memory_reason, reason_of, shortfall
+from ._rules import Rule, check_rules, is_concrete, memory_reason, reason_of, shortfall
 from ._transformer import Transformer
 
 
@@ -133,7 +134,14 @@ class Speculation(eqx.Module):
         return tau, passes, width, verify
 
     def replace(self, **changes) -> Speculation:
-        """A copy with some fields changed (validated like a new one)."""
+        """A copy with some fields changed (validated like a new one). A chain (verifying
+        the default `draft_passes` x `draft_width` + 1 tokens) whose passes or width change
+        verifies the new chain's tokens unless `verify_tokens` is given too."""
+        if ({"draft_passes", "draft_width"} & set(changes) and "verify_tokens" not in changes
+                and is_concrete(self.verify_tokens, self.draft_passes, self.draft_width)
+                and np.all(np.asarray(self.verify_tokens)
+                           == np.asarray(self.draft_passes * self.draft_width + 1.0))):
+            changes["verify_tokens"] = None
         return dataclasses.replace(self, **changes)
 
 
