@@ -132,10 +132,11 @@ _BLACKWELL_ASSUMPTIONS = [
 # SM100 kernel, on the B200 of the same author's FP8 tunings, PR #18778), Llama 3.1 8B
 # N=6144 K=4096 over batch 1 to 16384: best pre-quantized NVFP4 3904 TFLOP/s (the activation
 # quantization is modelled apart, `InferencePlan.activations`), best torch BF16 1421 TFLOP/s on
-# the same GPU: 0.434 of 9000 against 0.632 of 2250. Not carried over to the GB200 (1 kept, as
-# for every chip without a measured rate): its 1200 W budget against B200's 1000 W leaves a
-# power-limited FP4 GEMM more clock, and Megatron-Bridge's GB200 NVFP4 / MXFP8 training pairs
-# (1.31x and 1.49x, data/precision_pairs.csv) need more than B200's share.
+# the same GPU: 0.434 of 9000 against 0.632 of 2250. The GB200 has no measurement of its own and
+# takes the B200's (the same die, as the GB300 takes the B300's): its higher quoted peaks already
+# carry its clock. (Until 2026-12 it was 1, which made every GB200 FP4 GEMM 1.46x the B200's; the
+# TensorRT-LLM v1.0 serving rows measure GB200 at 1.02-1.10x the B200 on the same 405B runs,
+# data/serving_external_checks.csv.)
 _B200_FP4_EFFICIENCY = (3904.3 / 9000) / (1421.0 / 2250)
 for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
         ("B200", 2250, 1.965, 180, 1000, 9000, 1745.0, 3432.5),
@@ -149,11 +150,11 @@ for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
         fp8_rate=2.0, fp6_rate=2.0, fp4_rate=_fp4 / _peak, int8_rate=2.0,
         low_precision_efficiency=(_mamf8 / (2 * _peak)) / (_mamf16 / _peak),
         block_scaling=True,
-        fp4_efficiency=_B200_FP4_EFFICIENCY if _name == "B200" else 1.0,
+        fp4_efficiency=_B200_FP4_EFFICIENCY,
         matmul_fraction=_mamf16 / _peak,
     ), Published(die_area_mm2=None, tdp_w=_tdp, is_gpu=True), _BLACKWELL_ASSUMPTIONS + (
-        ["fp4_efficiency: no measured NVFP4 GEMM rate in the sources used; 1 assumed"]
-        if _name == "GB200" else []))
+        ["fp4_efficiency: no measured NVFP4 GEMM rate in the sources used; the B200's "
+         "(the same die) assumed"] if _name == "GB200" else []))
 
 # NVIDIA B300 (HGX) and GB300 (per GPU): Blackwell Ultra, two reticle-sized dies on TSMC 4NP,
 # 160 SMs (NVIDIA Technical Blog, "Inside NVIDIA Blackwell Ultra", 2025). Dense TFLOP/s: BF16
