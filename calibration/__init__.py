@@ -20,6 +20,9 @@ from ._cluster_data import network_design_checks as network_design_checks
 from ._fit import SEARCH_BOUNDS as SEARCH_BOUNDS
 from ._fit import calibrate as calibrate
 from ._fit import selected_names as selected_names
+from ._gemm_data import fit_fp4_gemm as fit_fp4_gemm
+from ._gemm_data import fit_fp4_layer_efficiency as fit_fp4_layer_efficiency
+from ._gemm_data import gemm_kernel_rows as gemm_kernel_rows
 from ._hardware_data import fit_compute_transistors as fit_compute_transistors
 from ._hardware_data import fit_mma_size_term as fit_mma_size_term
 from ._hardware_data import fit_power_constants as fit_power_constants

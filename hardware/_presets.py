@@ -127,17 +127,20 @@ _BLACKWELL_ASSUMPTIONS = [
 # matrix: MXFP8 and NVFP4 on SM 10.0). Measured max-achievable matmul (chips.csv): BF16 1745 /
 # 1822, FP8 3432.5 / 3615.6 TFLOP/s. matmul_fraction: the BF16 ones over the peaks (the GB200's
 # higher quoted peak, its clock, is not sustained under load).
-# NVFP4 sustained fraction relative to BF16's on B200: vLLM's CUTLASS NVFP4 GEMM benchmark
-# (vllm-project/vllm PR #20578 and #20646, benchmarks/kernels/bench_nvfp4_gemm.py, July 2025; the
-# SM100 kernel, on the B200 of the same author's FP8 tunings, PR #18778), Llama 3.1 8B
-# N=6144 K=4096 over batch 1 to 16384: best pre-quantized NVFP4 3904 TFLOP/s (the activation
-# quantization is modelled apart, `InferencePlan.activations`), best torch BF16 1421 TFLOP/s on
-# the same GPU: 0.434 of 9000 against 0.632 of 2250. The GB200 has no measurement of its own and
-# takes the B200's (the same die, as the GB300 takes the B300's): its higher quoted peaks already
-# carry its clock. (Until 2026-12 it was 1, which made every GB200 FP4 GEMM 1.46x the B200's; the
-# TensorRT-LLM v1.0 serving rows measure GB200 at 1.02-1.10x the B200 on the same 405B runs,
-# data/serving_external_checks.csv.)
-_B200_FP4_EFFICIENCY = (3904.3 / 9000) / (1421.0 / 2250)
+# NVFP4 on B200: an FP4 GEMM on a GPU runs in waves of 128 x 256 block-scaled tiles, each its
+# K-loop plus a fixed time (`dse.models.block_scaled_fp4_time`). The K-loop is taken at the FP4
+# peak times the 16-bit engine's sustained share (fp4_efficiency 1), and the fixed time
+# (`dse.models.FP4_WAVE_CYCLES`) is fitted by `dse.calibration.fit_fp4_gemm` to vLLM's CUTLASS
+# NVFP4 GEMM benchmark (vllm-project/vllm PR #20646, benchmarks/kernels/bench_nvfp4_gemm.py, July
+# 2025; the SM100 kernel, on the B200 of the same author's FP8 tunings, PR #18778;
+# data/gemm_kernels.csv): Llama 3.1 8B N=6144 K=4096, pre-quantized (the activation
+# quantization is modelled apart, `InferencePlan.activations`), M = 1 ... 16,384 (4.4 to 3904
+# TFLOP/s), within 9.3% at the median. Its one K cannot separate a slower K-loop (0.51 with no
+# fixed time fits it as well) from the fixed time, which the larger K of training GEMMs amortize
+# (Megatron-Bridge's GB200 NVFP4 runs are 1.31-1.49x their MXFP8 ones, data/precision_pairs.csv:
+# more than a 0.51 K-loop allows). The GB200 has no measurement of its own and takes the B200's
+# (the same die, as the GB300 takes the B300's): its higher quoted peaks already carry its clock.
+_B200_FP4_EFFICIENCY = 1.0
 for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
         ("B200", 2250, 1.965, 180, 1000, 9000, 1745.0, 3432.5),
         ("GB200", 2500, 2.062, 186, 1200, 10000, 1822.0, 3615.6)):
@@ -166,12 +169,13 @@ for _name, _peak, _clock, _hbm, _tdp, _fp4, _mamf16, _mamf8 in (
 # (HGX B300) and 279 GB at 8 TB/s (GB300 NVL72 column); up to 1100 W (HGX B300) and 1400 W
 # (GB300). NVLink 5: 18 links of 50 GB/s per direction. Measured max-achievable matmul on B300:
 # BF16 1769, FP8 3353.3 TFLOP/s (ml-engineering MAMF table).
-# NVFP4 sustained fraction relative to BF16's on B300: Transformer Engine's GEMM profile of a
-# 4096 / 16384 transformer layer at 15,872 tokens (NVIDIA/TransformerEngine
+# NVFP4 K-loop rate on B300 relative to its 16-bit engine's sustained share, with the B200's fixed
+# cycles per wave: fitted by `dse.calibration.fit_fp4_layer_efficiency` to Transformer Engine's
+# GEMM profile of a 4096 / 16384 transformer layer at 15,872 tokens (NVIDIA/TransformerEngine
 # docs/features/low_precision_training/gemm_profiling/gemm_profiling.rst @ce616e1f,
-# pre-quantized): 12.835 ms BF16 and 3.754 ms NVFP4 for its 12 GEMMs (19.17 TFLOP), i.e. 1494
-# and 5107 TFLOP/s, 0.664 of 2250 and 0.365 of 14000. "Well short of the theoretical 2-3x".
-_B300_FP4_EFFICIENCY = (19.17 / 3.754 / 14000) / (19.17 / 12.835 / 2250)
+# pre-quantized; data/gemm_kernels.csv): its 12 NVFP4 GEMMs (19.17 TFLOP) in 3.754 ms, 5107
+# TFLOP/s, 0.365 of 14000 (BF16: 12.835 ms, 0.664 of 2250). "Well short of the theoretical 2-3x".
+_B300_FP4_EFFICIENCY = 0.7006
 _BLACKWELL_ULTRA_ASSUMPTIONS = [
     "clock_hz: not disclosed (ml-engineering: 'not disclosed'); the B200 / GB200 clock of the "
     "same package class is assumed (it sets mac_units, not the peaks)",
@@ -265,7 +269,10 @@ _add(Chip(
     ["die_count: 8 compute dies (XCDs); the 2 I/O dies are not modelled separately",
      "compute_redundancy: spare CUs per XCD not in the sources used; none assumed",
      "node_nm: N3P reported second-hand (ISSCC 2026 coverage); 3 nm used",
-     "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed"])
+     "low_precision_efficiency: no measured FP8 matmul rate in the sources used; 1 assumed",
+     "fp4_efficiency: no measured FP4 GEMM in the sources used; 1 assumed, and its FP4 GEMMs "
+     "run in waves of the 128 x 256 block-scaled tile, with the fixed cycles per wave, "
+     "measured on NVIDIA's B200"])
 
 # Google TPUs: MXUs are 128 x 128 systolic arrays (Jouppi et al., "TPU v4", ISCA 2023, Sec. 2),
 # so mac_units = TensorCores x MXUs x 16384 and the clock follows from the peak.

@@ -43,9 +43,12 @@ from ._multimodal import VisionLanguage as VisionLanguage
 from ._multimodal import VisionLanguageReport as VisionLanguageReport
 from ._multimodal import llava_15_7b as llava_15_7b
 from ._multimodal import vision_language_train_step as vision_language_train_step
+from ._operators import BLOCK_SCALED_TILE as BLOCK_SCALED_TILE
+from ._operators import FP4_WAVE_CYCLES as FP4_WAVE_CYCLES
 from ._operators import OpCost as OpCost
 from ._operators import attention as attention
 from ._operators import attention_backward as attention_backward
+from ._operators import block_scaled_fp4_time as block_scaled_fp4_time
 from ._operators import elementwise as elementwise
 from ._operators import gemm as gemm
 from ._operators import matrix_rate as matrix_rate

@@ -333,6 +333,40 @@ def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike,
     return jnp.max(per_tile, axis=-1)
 
 
+# Block-scaled FP4 GEMMs on a GPU's FP4 engine run in waves of one fixed tile per core, not in
+# the 16-bit tile family: M 128 x N 256, the tile of the measured kernel (vLLM's SM100 NVFP4
+# CUTLASS GEMM, data/gemm_kernels.csv), whose time is flat from M = 1 to 512 at N = 6144 (one
+# wave of 4 x 24 tiles on 148 SMs; a 64-row tile would double it at M = 512) and whose rows below
+# 128 are padded. Each wave is its K-loop at the engine's rate plus a fixed time (the pipeline
+# fill and drain, the epilogue): with a K-loop 4x shorter than the 16-bit engine's, that time is
+# a large share of a wave at K = 4096 and a small one at the K of large training GEMMs.
+BLOCK_SCALED_TILE = (128.0, 256.0)
+# The fixed time in clock cycles: fitted to the same kernel's table over M = 1 ... 16,384 with
+# the B200's K-loop at its 16-bit engine's sustained share (`Chip.fp4_efficiency` 1: one K
+# cannot tell the two apart, and a rate is taken to be what the engine sustains) by
+# `dse.calibration.fit_fp4_gemm`: 8155 cycles, 4.15 us at B200's clock, the table within 9.3% at
+# the median. tests/test_precision.py checks that the fit still gives the stored value.
+FP4_WAVE_CYCLES = 8155.0
+
+
+def block_scaled_fp4_time(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike,
+                          groups: ArrayLike = 1.0,
+                          wave_cycles: ArrayLike = FP4_WAVE_CYCLES) -> Float[Array, "*batch"]:
+    """Core time of an m x n x k GEMM on a GPU's FP4 engine, s, before the chip's sustained
+    fraction (`matrix_efficiency`): waves of `BLOCK_SCALED_TILE` tiles, one per core (the N side
+    clipped to a narrower matrix, the M side padded to 128 rows), each its K-loop at the
+    engine's per-core rate (`matrix_rate`) plus `wave_cycles` at the chip's clock. `groups`
+    independent m x n outputs (a batched GEMM along k) share the waves."""
+    m, n, k, groups = (_f(x) for x in (m, n, k, groups))
+    tm, tile_n = BLOCK_SCALED_TILE
+    tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
+    tiles = groups * ceil_straight_through(m / tm) * ceil_straight_through(n / tn)
+    waves = ceil_straight_through(tiles / chip.core_count)
+    per_core = matrix_rate(chip, "fp4") / chip.core_count
+    k_loop = 2.0 * tm * tn * _safe_div(k, groups) / per_core
+    return waves * (k_loop + wave_cycles / chip.clock_hz)
+
+
 def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
     """HBM reads and writes (elements) of C = A B with the best output-stationary tiling.
 
@@ -366,7 +400,8 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
          output_bytes_per_element: ArrayLike | None = None, engine: str = "bf16",
          weight_convert_flops: ArrayLike = 0.0, input_convert_flops: ArrayLike = 0.0,
          weight_resident_fraction: ArrayLike = 0.0, output_groups: ArrayLike = 1.0,
-         smooth: bool = False, calibration: Calibration = DEFAULT) -> OpCost:
+         smooth: bool = False, calibration: Calibration = DEFAULT,
+         fp4_wave_cycles: ArrayLike = FP4_WAVE_CYCLES) -> OpCost:
     """One matrix product C (m x n) = A (m x k) B (k x n) on one chip.
 
     **Arguments:**
@@ -389,6 +424,11 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
       of a batched GEMM stacked along M): their tiles share the waves (`wave_efficiency`).
     - `smooth`: smooth roofline (see `roofline`).
     - `calibration`: the model's fitted factors (`dse.models.Calibration`; default `DEFAULT`).
+    - `fp4_wave_cycles`: fixed clock cycles of each wave of an FP4 product on a GPU's FP4 engine
+      (default the fitted `FP4_WAVE_CYCLES`).
+
+    On a GPU with an FP4 engine, an FP4 product runs in waves of block-scaled tiles with a fixed
+    time per wave (`block_scaled_fp4_time`) instead of the 16-bit tile family.
 
     **Returns:** `OpCost` (FLOP, bytes, seconds). `flops` counts the matrix FLOPs only; the
     conversions add vector time to `compute_time` (fused kernels: no HBM traffic of their own).
@@ -406,6 +446,10 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     occupied_flops = _safe_div(flops, wave_efficiency(chip, m, n, output_groups))
     compute_time, memory_time = _times(chip, occupied_flops, hbm_bytes, calibration, active,
                                        engine=engine)
+    if engine == "fp4" and chip.core_kind == "simt":
+        blocked = active * (block_scaled_fp4_time(chip, m, n, k, output_groups, fp4_wave_cycles)
+                            + calibration.matrix_overhead_s) / matrix_efficiency(chip, calibration)
+        compute_time = jnp.where(chip.rate("fp4") > 0.0, blocked, compute_time)
     # A weight is de-quantized each time it is loaded (at least once per call, resident or not).
     convert = (weight_convert_flops * jnp.maximum(b, k * n) + input_convert_flops * m * k)
     compute_time = compute_time + active * convert / chip.vector_flops
