@@ -223,9 +223,9 @@ LIMITS: Mapping[str, tuple[float, float, bool]] = types.MappingProxyType({
     "int8_rate": (0.0, 64.0, False),
     # Sustained fraction of a narrow engine's peak relative to the 16-bit engine's (the lower
     # bound itself excluded, see _EXCLUSIVE_LOWER): measured FP8 / BF16 ratios span 0.88 (H100)
-    # to 1.04 (Gaudi 3), NVFP4 / BF16 0.55 (B300; data/chips.csv). A ratio of 2 would mean the
-    # narrow engine sustains twice the 16-bit engine's fraction of its own peak, which with
-    # `matmul_fraction` above 0.5 exceeds the peak itself.
+    # to 1.04 (Gaudi 3), the NVFP4 K-loop 0.70 (B300; data/gemm_kernels.csv). A ratio of 2
+    # would mean the narrow engine sustains twice the 16-bit engine's fraction of its own peak,
+    # which with `matmul_fraction` above 0.5 exceeds the peak itself.
     "low_precision_efficiency": (0.0, 2.0, False),
     "fp4_efficiency": (0.0, 2.0, False),
     # Packed 16-bit vector FLOP per FP32 vector FLOP (the lower bound excluded): 2 (BF16) or 4
@@ -384,7 +384,8 @@ _FIELDS: tuple[Field, ...] = (
     _chip("low_precision_efficiency", "low-precision efficiency", "", "compute", None, 0.8, 1.05,
           "linear", description="sustained fraction of the FP8 / FP6 / INT8 engines' peak "
           "relative to the 16-bit engine's"),
-    # Measured NVFP4 / BF16 sustained-fraction ratio on B300: 0.55.
+    # NVFP4 K-loop share relative to the 16-bit engine's, fitted on B300: 0.70
+    # (data/gemm_kernels.csv).
     _chip("fp4_efficiency", "FP4 efficiency", "", "compute", None, 0.4, 1.05, "linear",
           description="sustained fraction of the FP4 engine's peak relative to the 16-bit "
           "engine's"),

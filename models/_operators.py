@@ -336,10 +336,14 @@ def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike,
 # Block-scaled FP4 GEMMs on a GPU's FP4 engine run in waves of one fixed tile per core, not in
 # the 16-bit tile family: M 128 x N 256, the tile of the measured kernel (vLLM's SM100 NVFP4
 # CUTLASS GEMM, data/gemm_kernels.csv), whose time is flat from M = 1 to 512 at N = 6144 (one
-# wave of 4 x 24 tiles on 148 SMs; a 64-row tile would double it at M = 512) and whose rows below
-# 128 are padded. Each wave is its K-loop at the engine's rate plus a fixed time (the pipeline
-# fill and drain, the epilogue): with a K-loop 4x shorter than the 16-bit engine's, that time is
-# a large share of a wave at K = 4096 and a small one at the K of large training GEMMs.
+# wave of 4 x 24 tiles on the measured B200's 148 SMs; a 64-row tile would double it at M = 512)
+# and whose rows below 128 are padded. Each wave is its K-loop at the engine's rate plus a fixed
+# time (the pipeline fill and drain, the epilogue): with a K-loop 4x shorter than the 16-bit
+# engine's, that time is a large share of a wave at K = 4096 and a small one at the K of large
+# training GEMMs. The 16-bit and FP8 engines' tile family carries no such time (their measured
+# best-GEMM rates hold it at the shapes they were measured on), so below K of about 3,000 an
+# FP4 product comes out slower than the same product in 16 bits (K = 512: 2.2x at 16,384^2 on
+# B200), where the real kernels pay their fixed times too.
 BLOCK_SCALED_TILE = (128.0, 256.0)
 # The fixed time in clock cycles: fitted to the same kernel's table over M = 1 ... 16,384 with
 # the B200's K-loop at its 16-bit engine's sustained share (`Chip.fp4_efficiency` 1: one K
@@ -362,9 +366,10 @@ def block_scaled_fp4_time(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike,
     tn = jnp.minimum(tile_n, jnp.maximum(n, 1.0))
     tiles = groups * ceil_straight_through(m / tm) * ceil_straight_through(n / tn)
     waves = ceil_straight_through(tiles / chip.core_count)
-    per_core = matrix_rate(chip, "fp4") / chip.core_count
-    k_loop = 2.0 * tm * tn * _safe_div(k, groups) / per_core
-    return waves * (k_loop + wave_cycles / chip.clock_hz)
+    # `ratio`: a chip's FP4 rate squared overflows float32 in the plain quotient's derivative.
+    tile_flops = 2.0 * tm * tn * _safe_div(k, groups)
+    k_loop = ratio(tile_flops * chip.core_count, matrix_rate(chip, "fp4"))
+    return waves * (k_loop + ratio(wave_cycles, chip.clock_hz))
 
 
 def gemm_traffic_elements(m, n, k, sram_elements, weight_resident_fraction=0.0):
