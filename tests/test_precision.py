@@ -242,6 +242,20 @@ def test_block_scaled_fp4_gemm_jits_vmaps_and_differentiates(dtype):
                 assert float(grad[i]) == pytest.approx(fd, rel=1e-4)
 
 
+def test_fp4_gemm_gradient_survives_a_huge_chip_in_float32():
+    # A chip at the top of the field ranges has an FP4 rate whose square overflows float32; the
+    # gradient must not silently become 0 (it equals float64's).
+    def time(macs):
+        chip = CHIPS["B200"].replace(mac_units=macs, clock_hz=1e10, fp4_rate=64.0)
+        return gemm(chip, 65536.0, 65536.0, 65536.0, bytes_per_element=0.5, engine="fp4",
+                    output_bytes_per_element=2.0).compute_time
+
+    g32 = float(jax.grad(time)(jnp.float32(1e10)))
+    with jax.enable_x64(True):
+        g64 = float(jax.grad(time)(jnp.float64(1e10)))
+    assert g64 < 0.0 and g32 == pytest.approx(g64, rel=1e-3)
+
+
 def test_recipe_memory_states_and_copies():
     system = DGX_H100
     base = train_step(SMALL, PLAN8, system)
