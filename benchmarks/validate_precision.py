@@ -13,6 +13,10 @@ A companion to benchmarks/validate.py (which covers the 16-bit rows), reporting 
   FP8 / MXFP8, MXFP8 vs FP8 current scaling): measured and predicted throughput ratios.
 - Serving: the TensorRT-LLM FP8 / FP4 max-throughput rows of inference_runs.csv, per model x chip
   group.
+- GEMM kernels: data/gemm_kernels.csv's measured TFLOP/s against `dse.models.gemm` (kernels
+  only: no per-op start-up time). The NVFP4 rows are what the FP4 fixed time per wave and the
+  B300's K-loop rate were fitted to (`dse.calibration.fit_fp4_gemm`, in sample); no fit reads
+  the 16-bit rows.
 
 Last line: `lp_train_src_median=<worst source> lp_train_loso_median=<worst source, held out>
 lp_pairs_fp8_bf16_within_8pct=<k>/<n> lp_pairs_within_8pct=<k>/<n> lp_serve_group_median=<worst
@@ -42,7 +46,8 @@ from dse.calibration import (
 from dse.calibration._precision_data import predict, predicted_ratio
 from dse.calibration._training_data import fit_kernel_fraction
 from dse.data import data_dir as default_data_dir
-from dse.models import DEFAULT
+from dse.hardware import CHIPS
+from dse.models import DEFAULT, gemm
 
 
 def _plan_text(plan) -> str:
@@ -165,12 +170,45 @@ def serving(data_dir: Path) -> float:
     return max(float(np.median(np.abs(e))) for e in groups.values())
 
 
+def kernels(data_dir: Path) -> None:
+    """Measured / modelled TFLOP/s of every row of gemm_kernels.csv, and the median |error| per
+    source and engine (error = predicted time / measured - 1, negative = optimistic)."""
+    from dse.calibration._gemm_data import (
+        FP4_BYTES,
+        OUTPUT_BYTES,
+        gemm_kernel_rows,
+        measured_time,
+        row_shapes,
+    )
+
+    cal = DEFAULT.with_fused_runtime()
+    print("\nGEMM kernels (data/gemm_kernels.csv: TFLOP/s measured / model; error of the time)")
+    groups = collections.defaultdict(list)
+    for row in gemm_kernel_rows(data_dir):
+        chip = CHIPS[row["chip"]]
+        fp4 = row["engine"] == "fp4"
+        kw = (dict(bytes_per_element=FP4_BYTES, output_bytes_per_element=OUTPUT_BYTES)
+              if fp4 else {})
+        t = sum(float(gemm(chip, m, n, k, engine=row["engine"], calibration=cal, **kw).time)
+                for m, n, k in row_shapes(row))
+        err = t / measured_time(row) - 1.0
+        groups[(row["source_key"], row["engine"])].append(err)
+        model_tflops = row["tflops"] * measured_time(row) / t
+        print(f"  {row['run_id']:32s} {row['chip']:5s} {row['engine']:5s} m {row['m']:7.0f} "
+              f"{row['tflops']:8.1f} {model_tflops:8.1f} {100 * err:+6.1f}%")
+    for (source, engine), errs in groups.items():
+        fitted = "in sample" if engine == "fp4" else "no fit reads it"
+        print(f"  {source:24s} {engine:5s} n={len(errs):2d}  median |err| "
+              f"{100 * float(np.median(np.abs(errs))):5.1f}%  ({fitted})")
+
+
 def main(data_dir=None) -> str:
     """Print the tables and the summary line; return the summary line."""
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
     medians, loso = training(data_dir)
     fp8, every = pairs(data_dir)
     serve_median = serving(data_dir)
+    kernels(data_dir)
     line = (f"lp_train_src_median={max(medians.values()):.4f} "
             f"lp_train_loso_median={max(loso.values()):.4f} "
             f"lp_pairs_fp8_bf16_within_8pct={fp8[0]}/{fp8[1]} "
