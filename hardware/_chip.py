@@ -63,7 +63,8 @@ class Chip(eqx.Module):
       rate): packed BF16 / FP16 arithmetic on the vector units (A100: BF16 2). 1: no packing.
     - `fp4_efficiency`: the same for the K-loop of the FP4 engine's GEMMs, which on a GPU run
       in waves of block-scaled tiles with a fixed time per wave (`dse.models.gemm`); B300 0.70
-      (fitted to Transformer Engine's profile), B200 1. 1: as the 16-bit engine.
+      (fitted to Transformer Engine's profile with that fixed time; 0.47 without it), B200 1
+      (assumed: its one-K measurement cannot separate the two). 1: as the 16-bit engine.
     - `matmul_fraction`: fraction of the peak matrix FLOP/s the chip sustains on its best large
       GEMM: the clock it holds under its power limit times the issue efficiency of its matrix
       pipeline (measured maximum-achievable matmul / dense peak; H100 0.80, A100 0.87). Default

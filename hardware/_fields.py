@@ -387,8 +387,8 @@ _FIELDS: tuple[Field, ...] = (
     # NVFP4 K-loop share relative to the 16-bit engine's, fitted on B300: 0.70
     # (data/gemm_kernels.csv).
     _chip("fp4_efficiency", "FP4 efficiency", "", "compute", None, 0.4, 1.05, "linear",
-          description="sustained fraction of the FP4 engine's peak relative to the 16-bit "
-          "engine's"),
+          description="K-loop share of the FP4 engine's peak relative to the 16-bit engine's "
+          "sustained share (GPU FP4 GEMMs also pay a fixed time per wave)"),
     # Packed 16-bit vector math: none (1) to A100's FP16 rate (4).
     _chip("vector_16bit_rate", "16-bit vector rate", "", "compute", "vector compute", 1.0, 4.0,
           "linear", description="16-bit vector FLOP per FP32 vector FLOP"),

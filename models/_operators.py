@@ -340,16 +340,17 @@ def wave_efficiency(chip: Chip, m: ArrayLike, n: ArrayLike,
 # and whose rows below 128 are padded. Each wave is its K-loop at the engine's rate plus a fixed
 # time (the pipeline fill and drain, the epilogue): with a K-loop 4x shorter than the 16-bit
 # engine's, that time is a large share of a wave at K = 4096 and a small one at the K of large
-# training GEMMs. The 16-bit and FP8 engines' tile family carries no such time (their measured
-# best-GEMM rates hold it at the shapes they were measured on), so below K of about 3,000 an
-# FP4 product comes out slower than the same product in 16 bits (K = 512: 2.2x at 16,384^2 on
+# training GEMMs. The 16-bit and FP8 engines' tile family carries no such time (on Blackwell it
+# comes out 17-24% fast at K = 4096 against measured kernels), so below K of about 1,400 an FP4
+# product comes out slower than the same product in 16 bits (K = 512: 2.2x at 16,384^2 on
 # B200), where the real kernels pay their fixed times too.
 BLOCK_SCALED_TILE = (128.0, 256.0)
 # The fixed time in clock cycles: fitted to the same kernel's table over M = 1 ... 16,384 with
 # the B200's K-loop at its 16-bit engine's sustained share (`Chip.fp4_efficiency` 1: one K
 # cannot tell the two apart, and a rate is taken to be what the engine sustains) by
-# `dse.calibration.fit_fp4_gemm`: 8155 cycles, 4.15 us at B200's clock, the table within 9.3% at
-# the median. tests/test_precision.py checks that the fit still gives the stored value.
+# `dse.calibration.fit_fp4_gemm` (on the preset's 144 cores): 8155 cycles, 4.15 us at B200's
+# clock (5.2 us once divided by its sustained fraction, as every GEMM time is), the table within
+# 9.3% at the median. tests/test_precision.py checks that the fit still gives the stored value.
 FP4_WAVE_CYCLES = 8155.0
 
 
