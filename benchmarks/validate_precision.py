@@ -47,7 +47,7 @@ from dse.calibration._precision_data import predict, predicted_ratio
 from dse.calibration._training_data import fit_kernel_fraction
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS
-from dse.models import DEFAULT, gemm
+from dse.models import DEFAULT
 
 
 def _plan_text(plan) -> str:
@@ -173,24 +173,12 @@ def serving(data_dir: Path) -> float:
 def kernels(data_dir: Path) -> None:
     """Measured / modelled TFLOP/s of every row of gemm_kernels.csv, and the median |error| per
     source and engine (error = predicted time / measured - 1, negative = optimistic)."""
-    from dse.calibration._gemm_data import (
-        FP4_BYTES,
-        OUTPUT_BYTES,
-        gemm_kernel_rows,
-        measured_time,
-        row_shapes,
-    )
+    from dse.calibration._gemm_data import gemm_kernel_rows, measured_time, modelled_time
 
-    cal = DEFAULT.with_fused_runtime()
     print("\nGEMM kernels (data/gemm_kernels.csv: TFLOP/s measured / model; error of the time)")
     groups = collections.defaultdict(list)
     for row in gemm_kernel_rows(data_dir):
-        chip = CHIPS[row["chip"]]
-        fp4 = row["engine"] == "fp4"
-        kw = (dict(bytes_per_element=FP4_BYTES, output_bytes_per_element=OUTPUT_BYTES)
-              if fp4 else {})
-        t = sum(float(gemm(chip, m, n, k, engine=row["engine"], calibration=cal, **kw).time)
-                for m, n, k in row_shapes(row))
+        t = modelled_time(CHIPS[row["chip"]], row)
         err = t / measured_time(row) - 1.0
         groups[(row["source_key"], row["engine"])].append(err)
         model_tflops = row["tflops"] * measured_time(row) / t

@@ -26,7 +26,7 @@ from scipy.optimize import brentq, least_squares
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, Chip
-from dse.models import DEFAULT, gemm
+from dse.models import DEFAULT, FP4_WAVE_CYCLES, gemm
 
 # NVFP4 operands (4-bit elements) with 16-bit outputs: the measured kernels' formats.
 FP4_BYTES, OUTPUT_BYTES = 0.5, 2.0
@@ -70,13 +70,15 @@ def measured_time(row) -> float:
     return sum(2.0 * m * n * k for m, n, k in row_shapes(row)) / (row["tflops"] * 1e12)
 
 
-def modelled_fp4_time(chip: Chip, row, wave_cycles: float) -> float:
-    """Modelled time of a row's NVFP4 products on `chip`, s (operands pre-quantized, kernels
-    only: the stored calibration without per-op start-up times, as a fused runtime runs them)."""
+def modelled_time(chip: Chip, row, wave_cycles: float = FP4_WAVE_CYCLES) -> float:
+    """Modelled time of a row's products on `chip` in its engine, s (FP4: NVFP4 operands
+    pre-quantized, 16-bit outputs, `wave_cycles` per wave; kernels only: the stored calibration
+    without per-op start-up times, as a fused runtime runs them)."""
     cal = DEFAULT.with_fused_runtime()
-    return sum(float(gemm(chip, m, n, k, bytes_per_element=FP4_BYTES,
-                          output_bytes_per_element=OUTPUT_BYTES, engine="fp4", calibration=cal,
-                          fp4_wave_cycles=wave_cycles).time) for m, n, k in row_shapes(row))
+    kw = (dict(bytes_per_element=FP4_BYTES, output_bytes_per_element=OUTPUT_BYTES,
+               fp4_wave_cycles=wave_cycles) if row["engine"] == "fp4" else {})
+    return sum(float(gemm(chip, m, n, k, engine=row["engine"], calibration=cal, **kw).time)
+               for m, n, k in row_shapes(row))
 
 
 def fit_fp4_gemm(data_dir: str | Path | None = None) -> dict[str, float]:
@@ -88,7 +90,7 @@ def fit_fp4_gemm(data_dir: str | Path | None = None) -> dict[str, float]:
     chip = CHIPS["B200"]
 
     def residuals(p):
-        return np.log([modelled_fp4_time(chip, r, p[0]) for r in rows]) - measured
+        return np.log([modelled_time(chip, r, p[0]) for r in rows]) - measured
 
     # Finite-difference steps well above float32 rounding (the model runs in float32).
     fit = least_squares(residuals, x0=[4000.0], bounds=([0.0], [1e6]), x_scale=[1000.0],
@@ -106,7 +108,7 @@ def fit_fp4_layer_efficiency(chip_name: str, wave_cycles: float,
     (row,) = [r for r in gemm_kernel_rows(data_dir, engine="fp4")
               if r["kind"] == "layer" and r["chip"] == chip_name]
     chip, target = CHIPS[chip_name], measured_time(row)
-    return float(brentq(lambda e: modelled_fp4_time(chip.replace(fp4_efficiency=e), row,
+    return float(brentq(lambda e: modelled_time(chip.replace(fp4_efficiency=e), row,
                                                     wave_cycles) - target, 0.05, 2.0, xtol=1e-6))
 
 

@@ -183,6 +183,13 @@ def matrix_efficiency(chip: Chip, calibration: Calibration = DEFAULT) -> Float[A
     return chip.matmul_fraction * calibration.matrix_max
 
 
+def _matrix_time(chip: Chip, cal: Calibration, active, core_time):
+    """A matrix op's time, s, from its time at the engine's peak (`core_time`): plus the op's
+    start-up time, at the chip's sustained fraction (`matrix_efficiency`); 0 where not
+    `active`."""
+    return active * (core_time + cal.matrix_overhead_s) / matrix_efficiency(chip, cal)
+
+
 def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool = True,
            engine: str = "bf16", vector_rate=1.0):
     """Compute and memory times with the size-dependent efficiency.
@@ -197,8 +204,7 @@ def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool 
     ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
     memory_time = active * (ideal_m + cal.memory_overhead_s) / cal.memory_max
     if matrix:
-        compute_time = active * (ratio(flops, matrix_rate(chip, engine)) + cal.matrix_overhead_s) \
-            / matrix_efficiency(chip, cal)
+        compute_time = _matrix_time(chip, cal, active, ratio(flops, matrix_rate(chip, engine)))
     else:
         compute_time = active * (ratio(flops, chip.vector_flops * vector_rate)
                                  + cal.memory_overhead_s)
@@ -453,8 +459,8 @@ def gemm(chip: Chip, m: ArrayLike, n: ArrayLike, k: ArrayLike, *,
     compute_time, memory_time = _times(chip, occupied_flops, hbm_bytes, calibration, active,
                                        engine=engine)
     if engine == "fp4" and chip.core_kind == "simt":
-        blocked = active * (block_scaled_fp4_time(chip, m, n, k, output_groups, fp4_wave_cycles)
-                            + calibration.matrix_overhead_s) / matrix_efficiency(chip, calibration)
+        blocked = _matrix_time(chip, calibration, active, block_scaled_fp4_time(
+            chip, m, n, k, output_groups, fp4_wave_cycles))
         compute_time = jnp.where(chip.rate("fp4") > 0.0, blocked, compute_time)
     # A weight is de-quantized each time it is loaded (at least once per call, resident or not).
     convert = (weight_convert_flops * jnp.maximum(b, k * n) + input_convert_flops * m * k)
