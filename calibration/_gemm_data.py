@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import brentq, least_squares
 
 from dse.data import data_dir as default_data_dir
 from dse.hardware import CHIPS, Chip
@@ -85,6 +84,8 @@ def fit_fp4_gemm(data_dir: str | Path | None = None) -> dict[str, float]:
     """{"wave_cycles", "median_abs_error"}: the fixed cycles per FP4 wave that reproduce
     vLLM's B200 NVFP4 GEMM table best in log time (the B200 preset's K-loop rate), and the
     table's median |error| at them."""
+    from scipy.optimize import least_squares  # here: scipy.optimize costs ~1 s to import
+
     rows = gemm_kernel_rows(data_dir, B200_SOURCE, "fp4")
     measured = np.log([measured_time(r) for r in rows])
     chip = CHIPS["B200"]
@@ -105,6 +106,8 @@ def fit_fp4_layer_efficiency(chip_name: str, wave_cycles: float,
     """`Chip.fp4_efficiency` of `chip_name` at which the modelled NVFP4 GEMMs of its
     Transformer Engine layer profile (its `kind=layer` FP4 row) take the measured time, with
     `wave_cycles` per wave."""
+    from scipy.optimize import brentq
+
     (row,) = [r for r in gemm_kernel_rows(data_dir, engine="fp4")
               if r["kind"] == "layer" and r["chip"] == chip_name]
     chip, target = CHIPS[chip_name], measured_time(row)
