@@ -1,5 +1,7 @@
 """Collectives: conservation (AR = RS + AG), zero for one member, tiers, topology, gradients."""
 
+import csv
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -275,3 +277,39 @@ def test_latency_factor_gradient_is_the_latency_steps():
             for op, top in ((all_to_all, "torus3d"), (send_recv, "switch")):
                 h = jax.grad(lambda s, op=op, top=top: f(s, op, top, 1e6, 64.0, 8.0))
                 assert np.isfinite(float(h(jnp.asarray(2.0, dtype))))
+
+
+# ----- one-node all-reduce latency of tensor-parallel decode (data/allreduce_latency.csv) ------
+
+
+def _custom_all_reduce(gpus=None):
+    """(message bytes, GPUs, measured s) of SGLang PR #2904's H100 custom all-reduce rows
+    (TensorRT-LLM's kernel), and the model's times for them on a DGX H100."""
+    with open(data_dir() / "allreduce_latency.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["kernel"].startswith("sglang")
+                and (gpus is None or int(r["gpus"]) == gpus)]
+    size = np.array([float(r["message_bytes"]) for r in rows])
+    group = np.array([float(r["gpus"]) for r in rows])
+    measured = np.array([float(r["latency_us"]) for r in rows]) * 1e-6
+    system = SYSTEMS["DGX-H100"].with_num_chips(8)
+    model = jax.jit(jax.vmap(lambda b, p: all_reduce(system, b, p).time))(size, group)
+    return size, group, measured, np.asarray(model)
+
+
+def test_eight_gpu_small_all_reduce_is_its_latency_steps():
+    # Up to 32 KB on 8 H100s the measured one-shot all-reduce is 5.7-7.8 us, what the model's
+    # six latency steps of the stated 1 us per step give (6.0-6.2 us).
+    size, _, measured, model = _custom_all_reduce(gpus=8)
+    small = size <= 32768
+    assert small.sum() == 3
+    np.testing.assert_allclose(model[small], measured[small], rtol=0.25)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dse.models.all_reduce is 2-4x faster than SGLang's H100 custom all-reduce from 256 KB up "
+    "(8 GPUs, 1 MB: 11.9 vs 33.8 us; 2 GPUs, 1 MB: 5.3 vs 19.9 us) and ~2x at 2 GPUs for every "
+    "size: the ring bus bandwidth of large messages applied to decode-sized ones; a likely part "
+    "of the TP > 1 serving groups' optimism (README, serving)"))
+def test_custom_all_reduce_latency_within_25_percent_at_every_size():
+    _, _, measured, model = _custom_all_reduce()
+    np.testing.assert_allclose(model, measured, rtol=0.25)
