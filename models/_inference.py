@@ -46,7 +46,7 @@ from dse.hardware._validate import as_float_array, check_choice, check_integer, 
 from ._calibration import DEFAULT, Calibration
 from ._collectives import all_gather, all_reduce, all_to_all, reduce_scatter, send_recv
 from ._energy import step_energy
-from ._operators import _f, attention, elementwise, gemm, ratio
+from ._operators import _f, attention, elementwise, gemm, ratio, stacked_calls
 from ._recipe import QUANTIZE_FLOPS
 from ._rules import (
     Rule,
@@ -517,14 +517,8 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
     link = dict(calibration=calibration)
     mm = dict(weight_resident_fraction=resident, smooth=smooth, calibration=eff)
 
-    def linear(m, n, k):
-        return _linear(chip, plan, m, n, k, **mm)
-
     # Q for every token on this chip; K, V for the sequences whose cache this chip holds.
     d_in = model.hidden / x
-    matmul = linear(tokens, model.heads / yz * hd, d_in) \
-        + linear(kv_tokens, 2.0 * kv_heads * hd * tp / yz, d_in) \
-        + linear(tokens, d_in, model.heads / yz * hd)
     # Mixture of experts: the T ep tokens of the stage (ep groups of T) routed top_k of E ways
     # touch `distinct_experts` of the E; a group holds E / ep of the experts, and the step
     # waits for the group that touches the most (`busiest_group_experts`), each expert running
@@ -537,10 +531,16 @@ def _layer(model: Transformer, plan: InferencePlan, system: System, segments, re
     load = jnp.where(ep > 1.0, model.expert_load, 1.0)
     touched = busiest_group_experts(model.experts, model.top_k, stage_tokens, ep)
     expert_tokens = stage_tokens * model.top_k / touched_all * load
-    mlp = linear(expert_tokens, up_width / yz, d_in) \
-        + linear(expert_tokens, d_in, model.ffn_hidden / yz)
-    router = linear(tokens, model.experts, d_in)
-    matmul = matmul + mlp.scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
+    # The layer's six weight GEMMs (Q, KV, output, MLP up and down, router) as one vmapped call.
+    q, kv, out, up, down, router = stacked_calls(
+        lambda m, n, k: _linear(chip, plan, m, n, k, **mm),
+        [(tokens, model.heads / yz * hd, d_in),
+         (kv_tokens, 2.0 * kv_heads * hd * tp / yz, d_in),
+         (tokens, d_in, model.heads / yz * hd),
+         (expert_tokens, up_width / yz, d_in),
+         (expert_tokens, d_in, model.ffn_hidden / yz),
+         (tokens, model.experts, d_in)])
+    matmul = q + kv + out + (up + down).scale(touched) + router.scale(jnp.where(moe, 1.0, 0.0))
 
     narrow_kv = plan.kv_cache != "bf16" and FORMATS[plan.kv_cache].bytes < 2.0
     attn = functools.reduce(operator.add, (
