@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -54,8 +55,10 @@ def _per_second(count: int | float, units: int | float) -> float:
     return count / (units * LLAMA3_DAYS * DAY)
 
 
-_LLAMA3_LINKS = float((lambda f: f.host_links + f.fabric_links)(fat_tree(LLAMA3_NETWORK,
-                                                                          LLAMA3_CHIPS)))
+# One jitted call, not fat_tree's dozen eager operations: each eager operation compiles on first
+# use, which cost every process that imports dse about 0.3 s.
+_LLAMA3_LINKS = float(jax.jit(lambda chips: (lambda f: f.host_links + f.fabric_links)(
+    fat_tree(LLAMA3_NETWORK, chips)))(LLAMA3_CHIPS))
 
 # The fitted defaults (`dse.calibration.fit_failure_rates` recomputes them from
 # data/cluster_failures.csv and tests compare).

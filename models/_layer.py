@@ -9,7 +9,10 @@ bytes it sends over links. `train_step` (`_training.py`) composes it into a step
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 from jaxtyping import Array, Float
@@ -29,12 +32,13 @@ from ._collectives import (
 )
 from ._memory import ACT_BYTES, kv_chunk_bytes, local_tokens
 from ._operators import (
+    OpCost,
     attention,
     attention_backward,
     elementwise,
     elementwise_ops,
     gemm,
-    stacked_calls,
+    stacked_vmap,
 )
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
 from ._training_plan import (
@@ -87,10 +91,10 @@ class LayerCost(eqx.Module):
                 + self.ep_comm + self.cp_comm)
 
 
-def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
-                  recipe: RecipeSpec = RECIPES["bf16"]):
-    """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`: a list of
-    (fwd, dx, dw) `OpCost`s.
+def stacked_gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
+                          recipe: RecipeSpec = RECIPES["bf16"]) -> OpCost:
+    """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`, stacked: an `OpCost`
+    whose fields have shape (3, len(shapes), *batch), the forward, dX and dW products.
 
     All 3 len(shapes) products are one `vmap`ped `gemm` over a stacked axis, so the model is
     traced and compiled once for the lot, not once per GEMM (the per-product arithmetic is the
@@ -109,9 +113,19 @@ def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
     # A batched GEMM of `groups` products stacked along M: the forward and dX outputs stack
     # along M too; dW is `groups` separate k x n outputs (`gemm`'s `output_groups`).
     rows = [(*shape, 1.0) if len(shape) == 3 else tuple(shape) for shape in shapes]
-    costs = stacked_calls(one, [d for m, n, k, g in rows
-                                for d in ((m, n, k, 1.0), (m, k, n, 1.0), (k, n, m, g))])
-    return [tuple(costs[3 * j:3 * j + 3]) for j in range(len(shapes))]
+    costs = stacked_vmap(one, [(m, n, k, 1.0) for m, n, k, _ in rows]
+                         + [(m, k, n, 1.0) for m, n, k, _ in rows]
+                         + [(k, n, m, g) for m, n, k, g in rows])
+    return jax.tree.map(lambda x: x.reshape((3, len(rows)) + x.shape[1:]), costs)
+
+
+def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
+                  recipe: RecipeSpec = RECIPES["bf16"]):
+    """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`: a list of
+    (fwd, dx, dw) `OpCost`s (`stacked_gemms_fwd_bwd`, split)."""
+    costs = stacked_gemms_fwd_bwd(chip, shapes, smooth, calibration, recipe)
+    return [tuple(jax.tree.map(lambda x, p=p, j=j: x[p, j], costs) for p in range(3))
+            for j in range(len(shapes))]
 
 
 def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
@@ -211,14 +225,47 @@ def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
     return [(c, mnk) for c, mnk, _ in table], router
 
 
+# Passes of a stacked GEMM (`stacked_gemms_fwd_bwd`): forward, backward (dX and dW), all three.
+FWD, BWD, ALL = slice(0, 1), slice(1, 3), slice(0, 3)
+
+
+class WeightGemms(NamedTuple):
+    """A layer's weight GEMMs, stacked: `counts` and TP `cover` (`_weight_gemm_table`) of each,
+    shape (gemms, *batch), and their `costs`, an `OpCost` with fields (3, gemms, *batch)
+    (`stacked_gemms_fwd_bwd`)."""
+
+    counts: Array
+    cover: Array
+    costs: OpCost
+
+    def total(self, field: str, passes: slice = ALL, rows: slice = slice(None),
+              covered: bool = False) -> Array:
+        """Sum over the GEMMs in `rows` of count x `field` summed over `passes` (`FWD`, `BWD`,
+        `ALL`); weighted by the TP cover when `covered`."""
+        per_gemm = jnp.sum(getattr(self.costs, field)[passes], axis=0)
+        weights = self.counts * self.cover if covered else self.counts
+        return jnp.sum(weights[rows] * per_gemm[rows], axis=0)
+
+
+def _stack_rows(values, batch):
+    return jnp.stack([jnp.broadcast_to(jnp.asarray(v, jnp.result_type(float)), batch)
+                      for v in values])
+
+
 def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth, calibration):
-    """The layer's weight GEMMs: (count, (fwd, dx, dw)) pairs in the plan's recipe, plus the
-    MoE router (16-bit: it is not a Transformer Engine linear)."""
+    """The layer's weight GEMMs in the plan's recipe (`WeightGemms`), plus the MoE router's
+    (fwd, dx, dw) (16-bit: it is not a Transformer Engine linear)."""
     chip = system.chip
     recipe = RECIPES[plan.precision]
-    shapes, router = _weight_gemm_shapes(model, plan)
-    costs = gemms_fwd_bwd(chip, [mnk for _, mnk in shapes], smooth, calibration, recipe)
-    gemms = [(c, g) for (c, _), g in zip(shapes, costs, strict=True)]
+    table, router = _weight_gemm_table(model, plan)
+    costs = stacked_gemms_fwd_bwd(chip, [mnk for _, mnk, _ in table], smooth, calibration,
+                                  recipe)
+    counts, cover = [c for c, _, _ in table], [w for _, _, w in table]
+    batch = jnp.broadcast_shapes(costs.time.shape[2:], *(jnp.shape(v) for v in counts + cover))
+    lead = costs.time.shape[:2]
+    costs = jax.tree.map(lambda x: jnp.broadcast_to(
+        x.reshape(lead + (1,) * (len(batch) + 2 - x.ndim) + x.shape[2:]), lead + batch), costs)
+    gemms = WeightGemms(_stack_rows(counts, batch), _stack_rows(cover, batch), costs)
     return gemms, gemm_fwd_bwd(chip, *router, smooth, calibration)
 
 
@@ -651,11 +698,10 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     gemms, router = _weight_gemms(model, plan, system, smooth, calibration)
     recipe = RECIPES[plan.precision]
     moe = jnp.where(model.experts > 1.0, model.moe_layer_share, 0.0)
-    fwd = sum(c * g[0].time for c, g in gemms) + moe * router[0].time
-    bwd = sum(c * (g[1].time + g[2].time) for c, g in gemms) \
-        + moe * (router[1].time + router[2].time)
-    hbm = sum(c * (g[0].hbm_bytes + g[1].hbm_bytes + g[2].hbm_bytes) for c, g in gemms)
-    gemm_fwd_bytes = sum(c * g[0].hbm_bytes for c, g in gemms)
+    fwd = gemms.total("time", FWD) + moe * router[0].time
+    bwd = gemms.total("time", BWD) + moe * (router[1].time + router[2].time)
+    hbm = gemms.total("hbm_bytes")
+    gemm_fwd_bytes = gemms.total("hbm_bytes", FWD)
 
     core_fwd, core_bwd, core_fwd_bytes, core_bytes, core_vec_fwd, core_vec = _attention_core(
         model, plan, system, smooth, flash_attention, calibration)
@@ -681,28 +727,27 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
     # `recompute_moe`: the MoE block's forward again (router, routed and shared experts, the
     # dispatcher's copies); under full recomputation it is already in `fwd`.
     attn = 5 if model.latent_attention else 2
-    experts = gemms[attn:attn + 4]  # routed up / down, shared up / down (`_weight_gemm_table`)
-    moe_fwd = sum(c * g[0].time for c, g in experts) + moe * router[0].time + p_fwd
-    moe_fwd_bytes = sum(c * g[0].hbm_bytes for c, g in experts) + p_fwd_bytes
+    experts = slice(attn, attn + 4)  # routed up / down, shared up / down (`_weight_gemm_table`)
+    moe_fwd = gemms.total("time", FWD, experts) + moe * router[0].time + p_fwd
+    moe_fwd_bytes = gemms.total("hbm_bytes", FWD, experts) + p_fwd_bytes
     again = (plan.recompute_moe > 0.5) & ~full & (model.experts > 1.0)
     recompute = recompute + jnp.where(again, moe_fwd, 0.0)
     hbm = hbm + jnp.where(again, moe_fwd_bytes, 0.0)
 
     # The TP-sharded GEMMs are what TP collectives can overlap with, at the rate the step runs
     # them (`kernel_fraction`, as `train_step` applies it).
-    cover = [w for _, _, w in _weight_gemm_table(model, plan)[0]]
     eta = calibration.kernel_fraction
-    tp_gemm_fwd = sum(w * c * g[0].time for w, (c, g) in zip(cover, gemms, strict=True)) / eta
-    tp_gemm_bwd = sum(w * c * (g[1].time + g[2].time)
-                      for w, (c, g) in zip(cover, gemms, strict=True)) / eta
+    tp_gemm_fwd = gemms.total("time", FWD, covered=True) / eta
+    tp_gemm_bwd = gemms.total("time", BWD, covered=True) / eta
     tp_comm, ep_comm, comm_bytes = _tp_and_ep_comm(model, plan, system, calibration,
                                                    tp_gemm_fwd, tp_gemm_bwd)
     # The attention side of the layer (its GEMMs, core and the router: Megatron-Core's
     # "pre-dispatch" node) and the rest (experts, shared experts, element-wise and copy
     # kernels), at the rate the step runs them, for the combined 1F1B schedule.
-    attention_fwd = (sum(c * g[0].time for c, g in gemms[:attn]) + core_fwd
+    attention = slice(0, attn)
+    attention_fwd = (gemms.total("time", FWD, attention) + core_fwd
                      + moe * router[0].time) / eta
-    attention_bwd = (sum(c * (g[1].time + g[2].time) for c, g in gemms[:attn]) + core_bwd
+    attention_bwd = (gemms.total("time", BWD, attention) + core_bwd
                      + moe * (router[1].time + router[2].time)) / eta
     ep_comm = _combined_1f1b_ep_comm(plan, system.chip, ep_comm, attention_fwd, attention_bwd,
                                      (fwd + bwd) / eta - attention_fwd - attention_bwd)
@@ -710,8 +755,8 @@ def layer_costs(model: Transformer, plan: TrainingPlan, system: System, *,
                                                calibration)
     vec = ew_vec + core_vec + jnp.where(full, ew_vec_fwd + core_vec_fwd,
                                         jnp.where(selective, core_vec_fwd, 0.0))
-    gemm_flops = sum(c * (g[0].flops + g[1].flops + g[2].flops) for c, g in gemms)
-    gemm_fwd_flops = sum(c * g[0].flops for c, g in gemms)
+    gemm_flops = gemms.total("flops")
+    gemm_fwd_flops = gemms.total("flops", FWD)
     low = (gemm_flops + jnp.where(full, gemm_fwd_flops, 0.0)) if recipe.low_precision \
         else jnp.zeros_like(fwd)
     quantize = q_fwd + q_bwd + jnp.where(full, q_fwd, 0.0)

@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from dse.hardware import Reason, System
+from dse.hardware._once import compiled_when_concrete
 from dse.hardware._validate import check_integer
 
 from ._calibration import DEFAULT, Calibration
@@ -391,6 +392,10 @@ def fastest_plan_index(model: Transformer, plans: TrainingPlan, system: System, 
                      _closest_miss(reports)).astype(jnp.int32)
 
 
+# Compiled as one program when called by hand (run op by op it took 9.7 s for 64 plans of a
+# small model, tests/test_codesign.py): its candidates are evaluated under vmap, where no check
+# of a concrete value runs anyway.
+@compiled_when_concrete
 def best_of_plans(model: Transformer, plans: TrainingPlan, system: System, *,
                   calibration: Calibration = DEFAULT,
                   flash_attention: bool = True) -> tuple[TrainingPlan, TrainReport]:

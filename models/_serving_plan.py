@@ -31,6 +31,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from dse.hardware import Reason, System
+from dse.hardware._once import compiled_when_concrete
 
 from ._calibration import DEFAULT, Calibration
 from ._inference import InferencePlan
@@ -122,6 +123,10 @@ def enumerate_serving_plans(model: Transformer, num_chips: int, *,
                         matmul_speedup=jnp.asarray(recipe[:, 2]), names=names)
 
 
+# Compiled as one program when called by hand: run op by op, the vmapped `serve_continuous`
+# of a plan search compiled some 600 small programs (a two-chip Llama search: 8.8 s, 1.7 s
+# compiled whole; tests/test_speculative.py).
+@compiled_when_concrete
 def evaluate_serving_plans(model: Transformer, plans: ServingPlans, system: System,
                            workload: ServingWorkload, slo: Slo, *,
                            calibration: Calibration = DEFAULT, smooth: bool = False,

@@ -349,8 +349,11 @@ def test_an_empty_or_fractional_segment_costs_its_share_not_a_whole_sequence():
     # A decode pool (no prompts) decodes at the plain step's time, whatever the prompt length.
     system = SYSTEMS["DGX-H100"].with_num_chips(1)
     serving = ServingPlan(inference=InferencePlan(tp=1.0, sequence_parallel=False))
+    pools = jax.jit(lambda load: serve_disaggregated(llama, serving, system, serving, system,
+                                                     load))  # op by op it takes seconds
+    step_at = jax.jit(lambda context: decode(llama, InferencePlan(tp=1.0, batch=1.0), system,
+                                             context))
     for prompt in (2.0, 1000.0):
-        load = ServingWorkload(prompt, 500.0)
-        report, _ = serve_disaggregated(llama, serving, system, serving, system, load)
-        step = decode(llama, InferencePlan(tp=1.0, batch=1.0), system, prompt + 250.0)
+        report, _ = pools(ServingWorkload(prompt, 500.0))
+        step = step_at(prompt + 250.0)
         np.testing.assert_allclose(float(report.tpot_mean[0]), float(step.time), rtol=1e-5)

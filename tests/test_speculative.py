@@ -195,15 +195,17 @@ def test_continuous_serving_decodes_tau_tokens_per_iteration():
     load = ServingWorkload(1000.0, 500.0)
     chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
                         draft_passes=3.0)
-    run = jax.jit(lambda spec: serve_continuous(LLAMA, plan, H100, load, speculation=spec))
+    # Jitted: run op by op, a serving model takes seconds.
+    run = jax.jit(lambda spec, load: serve_continuous(LLAMA, plan, H100, load,
+                                                      speculation=spec))
     plain = jax.jit(lambda: serve_continuous(LLAMA, plan, H100, load))()
-    spec = run(chain)
+    spec = run(chain, load)
     # TPOT is the iteration over the tokens it emits; at the lightest load (one sequence, and
     # two-token prompts: no prefill to share the iteration) it is the speculative step's.
     np.testing.assert_allclose(float(spec.iteration_time) / 3.0,
                                float(spec.tpot_mean[-1]), rtol=1e-6)
-    short = serve_continuous(LLAMA, plan, H100, ServingWorkload(2.0, 500.0), speculation=chain)
-    one = speculative_decode(LLAMA, PLAN, H100, 2.0 + 0.5 * 500.0 - 1.0, chain)
+    short = run(chain, ServingWorkload(2.0, 500.0))
+    one = jax.jit(speculative_decode)(LLAMA, PLAN, H100, 2.0 + 0.5 * 500.0 - 1.0, chain)
     np.testing.assert_allclose(float(short.tpot_mean[0]), float(one.tpot), rtol=0.02)
     assert float(spec.tpot_mean[0]) < 0.5 * float(plain.tpot_mean[0])
     # The draft's weights and KV cache take memory from the target's cache.
@@ -216,7 +218,7 @@ def test_continuous_serving_decodes_tau_tokens_per_iteration():
     # Throughput is requests x output tokens, and more accepted tokens serve more of them.
     np.testing.assert_allclose(float(spec.tokens_per_s), float(spec.requests_per_s) * 500.0,
                                rtol=1e-6)
-    assert float(run(chain.replace(acceptance_length=4.0)).tokens_per_s) > float(
+    assert float(run(chain.replace(acceptance_length=4.0), load).tokens_per_s) > float(
         spec.tokens_per_s)
 
     def goodput(bw):
@@ -317,18 +319,19 @@ def test_disaggregated_decode_pool_decodes_speculatively():
     load = ServingWorkload(1000.0, 500.0)
     chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
                         draft_passes=3.0)
-    plain, _ = serve_disaggregated(LLAMA, plan, H100, plan, H100, load)
-    spec, pools = serve_disaggregated(LLAMA, plan, H100, plan, H100, load, speculation=chain)
+    # Jitted: run op by op, a serving model takes seconds.
+    run = jax.jit(lambda spec: serve_disaggregated(LLAMA, plan, H100, plan, H100, load,
+                                                   speculation=spec))
+    plain, plain_pools = jax.jit(lambda: serve_disaggregated(LLAMA, plan, H100, plan, H100,
+                                                             load))()
+    spec, pools = run(chain)
     # The decode pool's TPOT at its lightest load is the speculative step's (decode only, no
     # prompts to share it), and the pool serves more requests; the prefill pool is unchanged.
     one = speculative_decode(LLAMA, PLAN, H100, 1000.0 + 0.5 * 500.0 - 1.0, chain)
     np.testing.assert_allclose(float(spec.tpot_mean[0]), float(one.tpot), rtol=0.02)
-    _, plain_pools = serve_disaggregated(LLAMA, plan, H100, plan, H100, load)
     assert float(pools.decode_rate) > float(plain_pools.decode_rate)
     np.testing.assert_allclose(float(pools.prefill_rate), float(plain_pools.prefill_rate),
                                rtol=1e-6)
     assert bool(spec.fits) and float(spec.tpot_mean[0]) < 0.5 * float(plain.tpot_mean[0])
-    bad = jax.jit(lambda t: serve_disaggregated(
-        LLAMA, plan, H100, plan, H100, load,
-        speculation=chain.replace(acceptance_length=t))[0])(9.0)
+    bad = jax.jit(lambda t: run(chain.replace(acceptance_length=t))[0])(9.0)
     assert not bool(bad.fits) and np.isfinite(float(bad.tokens_per_s))
