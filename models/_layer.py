@@ -38,6 +38,7 @@ from ._operators import (
     elementwise,
     elementwise_ops,
     gemm,
+    stacked_calls,
     stacked_vmap,
 )
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
@@ -91,15 +92,9 @@ class LayerCost(eqx.Module):
                 + self.ep_comm + self.cp_comm)
 
 
-def stacked_gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
-                          recipe: RecipeSpec = RECIPES["bf16"]) -> OpCost:
-    """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`, stacked: an `OpCost`
-    whose fields have shape (3, len(shapes), *batch), the forward, dX and dW products.
-
-    All 3 len(shapes) products are one `vmap`ped `gemm` over a stacked axis, so the model is
-    traced and compiled once for the lot, not once per GEMM (the per-product arithmetic is the
-    same).
-    """
+def _gemm_passes(chip, shapes, smooth, calibration: Calibration, recipe: RecipeSpec):
+    """The per-product cost function and the 3 len(shapes) rows (forward, then dX, then dW
+    of every shape) of `stacked_gemms_fwd_bwd` / `gemms_fwd_bwd`."""
     q = recipe.format.bytes
     emulated = recipe.format.block_scaled and not chip.block_scaling
 
@@ -113,19 +108,30 @@ def stacked_gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
     # A batched GEMM of `groups` products stacked along M: the forward and dX outputs stack
     # along M too; dW is `groups` separate k x n outputs (`gemm`'s `output_groups`).
     rows = [(*shape, 1.0) if len(shape) == 3 else tuple(shape) for shape in shapes]
-    costs = stacked_vmap(one, [(m, n, k, 1.0) for m, n, k, _ in rows]
-                         + [(m, k, n, 1.0) for m, n, k, _ in rows]
-                         + [(k, n, m, g) for m, n, k, g in rows])
-    return jax.tree.map(lambda x: x.reshape((3, len(rows)) + x.shape[1:]), costs)
+    return one, ([(m, n, k, 1.0) for m, n, k, _ in rows] + [(m, k, n, 1.0) for m, n, k, _ in rows]
+                 + [(k, n, m, g) for m, n, k, g in rows])
+
+
+def stacked_gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
+                          recipe: RecipeSpec = RECIPES["bf16"]) -> OpCost:
+    """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`, stacked: an `OpCost`
+    whose fields have shape (3, len(shapes), *batch), the forward, dX and dW products.
+
+    All 3 len(shapes) products are one `vmap`ped `gemm` over a stacked axis, so the model is
+    traced and compiled once for the lot, not once per GEMM (the per-product arithmetic is the
+    same).
+    """
+    costs = stacked_vmap(*_gemm_passes(chip, shapes, smooth, calibration, recipe))
+    return jax.tree.map(lambda x: x.reshape((3, len(shapes)) + x.shape[1:]), costs)
 
 
 def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
                   recipe: RecipeSpec = RECIPES["bf16"]):
     """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`: a list of
-    (fwd, dx, dw) `OpCost`s (`stacked_gemms_fwd_bwd`, split)."""
-    costs = stacked_gemms_fwd_bwd(chip, shapes, smooth, calibration, recipe)
-    return [tuple(jax.tree.map(lambda x, p=p, j=j: x[p, j], costs) for p in range(3))
-            for j in range(len(shapes))]
+    (fwd, dx, dw) `OpCost`s (the products of `stacked_gemms_fwd_bwd`, one call each)."""
+    costs = stacked_calls(*_gemm_passes(chip, shapes, smooth, calibration, recipe))
+    n = len(shapes)
+    return [(costs[j], costs[n + j], costs[2 * n + j]) for j in range(n)]
 
 
 def gemm_fwd_bwd(chip, m, n, k, smooth, calibration: Calibration,
