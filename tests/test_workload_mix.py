@@ -32,12 +32,13 @@ MIX = _mix()
 
 
 def test_mix_is_one_at_the_reference_and_a_weighted_sum_elsewhere():
-    at_ref = MIX(DGX)
+    mix = jax.jit(MIX)  # one compile for both systems; op by op each call takes seconds
+    at_ref = mix(DGX)
     np.testing.assert_allclose(float(at_ref["mix_time"]), 1.0, rtol=1e-5)
     assert MIX.weights == pytest.approx({"dense": 0.5, "moe": 0.3, "long": 0.2})
     faster = DGX.replace(chip=DGX.chip.replace(hbm_bandwidth=2.0 * DGX.chip.hbm_bandwidth),
                          scaleout_bandwidth=2.0 * DGX.scaleout_bandwidth)
-    out = MIX(faster)
+    out = mix(faster)
     parts = sum(MIX.weights[n] * float(out[f"relative_{n}"]) for n in MIX.weights)
     np.testing.assert_allclose(float(out["mix_time"]), parts, rtol=1e-6)
     assert float(out["mix_time"]) < 1.0
@@ -53,6 +54,12 @@ def test_bad_workloads_are_refused():
         dse.WorkloadMix([w, w], DGX)
     with pytest.raises(ValueError, match="at least one"):
         dse.WorkloadMix([], DGX)
+    # A plan that breaks a rule is named when the mix evaluates its reference (the compiled
+    # evaluation only flags it; the workload is then run op by op, which raises).
+    bad = dse.training_workload("bad", 1.0, _model(), TrainingPlan(tp=3, dp=4, global_batch=8),
+                                12)
+    with pytest.raises(ValueError, match=r"TrainingPlan\.tp must be a divisor"):
+        dse.WorkloadMix([bad], DGX)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
