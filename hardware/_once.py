@@ -95,8 +95,8 @@ def compiled_when_concrete(fn):
     and inline when one is (inside a caller's `jit`, `vmap` or `grad`).
 
     JAX runs an unjitted function one operation at a time and compiles each operation for
-    every new shape it meets (an eager vmap also batches each one): `technology`'s curves, the
-    one user, took `tests/test_hardware.py` from 58 to 42 s. Only for functions whose checks
+    every new shape it meets (an eager vmap also batches each one): `technology`'s curves, its
+    first user, took `tests/test_hardware.py` from 58 to 42 s. Only for functions whose checks
     of concrete values all happen before (at construction of their arguments): traced, a
     check sees tracers and is skipped. Array arguments are traced; any other (a string, a
     Python float) is a static part of the program, which compiles again for each new value:

@@ -33,6 +33,7 @@ from ._collectives import (
 from ._memory import ACT_BYTES, kv_chunk_bytes, local_tokens
 from ._operators import (
     OpCost,
+    _f,
     attention,
     attention_backward,
     elementwise,
@@ -254,8 +255,7 @@ class WeightGemms(NamedTuple):
 
 
 def _stack_rows(values, batch):
-    return jnp.stack([jnp.broadcast_to(jnp.asarray(v, jnp.result_type(float)), batch)
-                      for v in values])
+    return jnp.stack([jnp.broadcast_to(_f(v), batch) for v in values])
 
 
 def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth, calibration):

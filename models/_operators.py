@@ -40,7 +40,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from dse.hardware import Chip
-from dse.hardware._once import once_per_evaluation
 from dse.hardware._precision import ENGINE_NAMES
 from dse.hardware._validate import check_choice
 
@@ -167,20 +166,6 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-@once_per_evaluation
-def _hbm_divisor(chip: Chip):
-    """(the chip has HBM bandwidth, that bandwidth or 1 where it has none): `_safe_div` by the
-    bandwidth split so that every op of an evaluation shares the first half."""
-    ok = chip.hbm_bandwidth > 0
-    return ok, jnp.where(ok, chip.hbm_bandwidth, 1.0)
-
-
-def _hbm_time(hbm_bytes, chip: Chip):
-    """`hbm_bytes` / the chip's HBM bandwidth, s; 0 on a chip without HBM (`_safe_div`)."""
-    ok, bandwidth = _hbm_divisor(chip)
-    return jnp.where(ok, hbm_bytes / bandwidth, 0.0)
-
-
 def matrix_rate(chip: Chip, engine: str = "bf16") -> Float[Array, "*batch"]:
     """Peak FLOP/s of a matrix op on `engine`, times its sustained fraction relative to the
     16-bit engine (`Chip.fp4_efficiency` for FP4, `Chip.low_precision_efficiency` for the
@@ -224,7 +209,7 @@ def _times(chip: Chip, flops, hbm_bytes, cal: Calibration, active, matrix: bool 
     the memory-op start-up time (element-wise ops are memory-bound on every chip in chips.csv).
     A chip without HBM (`hbm_bandwidth == 0`) keeps its operands in SRAM: no HBM time.
     """
-    ideal_m = _hbm_time(hbm_bytes, chip)
+    ideal_m = _safe_div(hbm_bytes, chip.hbm_bandwidth)
     memory_time = active * (ideal_m + cal.memory_overhead_s) / cal.memory_max
     if matrix:
         compute_time = _matrix_time(chip, cal, active, ratio(flops, matrix_rate(chip, engine)))
@@ -257,7 +242,7 @@ def _attention_compute_time(chip: Chip, flops, io_bytes, head_dim, attended, cau
     softmax = 1.0 + _safe_div(cal.attention_softmax_dim, head_dim)
     masked = jnp.where(causal, 1.0 + 0.5 * ATTENTION_BLOCK / attended, 1.0)
     matmul = flops / rate * softmax * masked
-    return active * (matmul + exposed_io * _hbm_time(io_bytes, chip)
+    return active * (matmul + exposed_io * _safe_div(io_bytes, chip.hbm_bandwidth)
                      + cal.matrix_overhead_s)
 
 
