@@ -14,7 +14,8 @@ FILES = ("chips.csv", "tech.csv", "training_runs.csv", "inference_runs.csv",
          "cluster_failures.csv", "nccl_busbw.csv", "network_designs.csv", "economics.csv",
          "attention_kernels.csv", "external_checks.csv", "recsys_runs.csv",
          "multimodal_runs.csv", "speculative_runs.csv", "gemm_kernels.csv",
-         "allreduce_latency.csv")
+         "allreduce_latency.csv", "collective_sweeps.csv", "precision_pairs.csv",
+         "serving_external_checks.csv")
 # Published runs kept for checking the models only: no fit may read them (dse.calibration
 # refuses their source keys, which start with "ext_").
 CHECK_ONLY = ("external_checks.csv",)

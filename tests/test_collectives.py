@@ -1,6 +1,7 @@
 """Collectives: conservation (AR = RS + AG), zero for one member, tiers, topology, gradients."""
 
 import csv
+import functools
 
 import equinox as eqx
 import jax
@@ -313,3 +314,72 @@ def test_eight_gpu_small_all_reduce_is_its_latency_steps():
 def test_custom_all_reduce_latency_within_25_percent_at_every_size():
     _, _, measured, model = _custom_all_reduce()
     np.testing.assert_allclose(model, measured, rtol=0.25)
+
+
+# ----- one-node collective sweeps, 512 B ... 512 MB (data/collective_sweeps.csv) -------------
+
+_SWEEP_OPS = {"all_reduce": all_reduce, "all_gather": all_gather,
+              "reduce_scatter": reduce_scatter, "alltoall": all_to_all}
+_SWEEP_SYSTEMS = {"aic_h100_nccl": "DGX-H100", "aic_a100_nccl": "DGX-A100"}
+
+
+@functools.cache
+def _nccl_sweep():
+    """(source key, op, GPUs, message bytes, measured s, model s) of every NCCL row of
+    aiconfigurator's H100 and A100 sweeps, the model on the row's DGX (one jitted vmap per
+    source x op)."""
+    with open(data_dir() / "collective_sweeps.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["source_key"] in _SWEEP_SYSTEMS]
+    out = []
+    for key, name in _SWEEP_SYSTEMS.items():
+        system = SYSTEMS[name].with_num_chips(8)
+        for op, fn in _SWEEP_OPS.items():
+            sel = [r for r in rows if r["source_key"] == key and r["op"] == op]
+            size = np.array([float(r["message_bytes"]) for r in sel])
+            group = np.array([float(r["gpus"]) for r in sel])
+            measured = np.array([float(r["time_us"]) for r in sel]) * 1e-6
+            model = jax.jit(jax.vmap(lambda b, p, fn=fn, s=system: fn(s, b, p).time))(size, group)
+            out += [(key, op, g, s, m, t) for g, s, m, t in
+                    zip(group, size, measured, np.asarray(model), strict=True)]
+    return out
+
+
+def test_nccl_sweeps_have_every_op_gpu_count_and_size():
+    rows = _nccl_sweep()
+    assert len(rows) == 2 * 4 * 3 * 21
+    assert {r[2] for r in rows} == {2.0, 4.0, 8.0}
+    assert min(r[3] for r in rows) == 512 and max(r[3] for r in rows) == 2 ** 29
+
+
+def test_large_messages_within_20_percent_of_nccl_on_four_and_eight_gpus():
+    # From 128 MB up the collectives are bandwidth-bound and the ring model holds on both
+    # chips (A100 -16 ... +7%, H100 -11 ... +12%), except NVLink SHARP's all-reduce on eight
+    # H100s (the xfail below).
+    rows = [r for r in _nccl_sweep() if r[3] >= 2 ** 27 and r[2] >= 4
+            and not (r[0] == "aic_h100_nccl" and r[1] == "all_reduce" and r[2] == 8)]
+    assert len(rows) == 2 * 4 * 2 * 3 - 3
+    err = np.array([r[5] / r[4] - 1.0 for r in rows])
+    assert np.all(np.abs(err) <= 0.20), [(r[:4], round(float(e), 3))
+                                         for r, e in zip(rows, err, strict=True) if abs(e) > 0.2]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "NVLink SHARP (NVLS, in-switch reduction: NCCL's default all-reduce on eight H100s, "
+    "445 GB/s bus bandwidth at 512 MB) is not modelled: the ring at the fitted link "
+    "efficiency is 31% slow at 128 MB, 38% at 256 MB and 42% at 512 MB"))
+def test_eight_h100_all_reduce_of_large_messages_within_20_percent():
+    rows = [r for r in _nccl_sweep() if r[3] >= 2 ** 27 and r[2] == 8
+            and r[0] == "aic_h100_nccl" and r[1] == "all_reduce"]
+    err = np.array([r[5] / r[4] - 1.0 for r in rows])
+    assert np.all(np.abs(err) <= 0.20)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "NCCL's latency floor (6-22 us by chip and GPU count, flat to 256 KB) and its protocol "
+    "ramp up to ~32 MB are not modelled (one stated 1 us per latency step and the "
+    "large-message bandwidth at every size): the model is 58-90% fast at 512 B, 50-85% at "
+    "1 MB, 30-65% at 8 MB (30-92% up to 8 MB) on every op, chip and GPU count of the sweep"))
+def test_nccl_small_and_mid_messages_within_25_percent():
+    rows = [r for r in _nccl_sweep() if r[3] <= 2 ** 23]
+    err = np.array([r[5] / r[4] - 1.0 for r in rows])
+    assert np.all(np.abs(err) <= 0.25)
