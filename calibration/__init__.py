@@ -17,6 +17,8 @@ from ._cluster_data import failure_checks as failure_checks
 from ._cluster_data import fit_chip_price as fit_chip_price
 from ._cluster_data import fit_failure_rates as fit_failure_rates
 from ._cluster_data import network_design_checks as network_design_checks
+from ._collective_data import collective_sweep_rows as collective_sweep_rows
+from ._collective_data import fit_collective_latency as fit_collective_latency
 from ._fit import SEARCH_BOUNDS as SEARCH_BOUNDS
 from ._fit import calibrate as calibrate
 from ._fit import selected_names as selected_names

@@ -53,6 +53,7 @@ CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "link_efficiency": _FRACTION,
     "scaleout_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
+    "collective_latency": (0.0, 1e-3, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
     "overlap_slowdown": (0.0, 1.0, True),
     "framework_scale": (0.0, 1.5, False),
@@ -136,6 +137,9 @@ class Calibration(eqx.Module):
       (NCCL over InfiniBand / RoCE), in the two-tier model and on a `dse.hardware.Network`.
     - `latency_scale`: per scale-up fabric, factor on the system's stated per-step scale-up
       latency (the alpha of the alpha-beta collective model).
+    - `collective_latency`: per scale-up fabric, fixed start-up of one collective, s (the
+      library's kernel launch and protocol set-up, paid once whatever the group or message:
+      NCCL's 4-8 us floor on one node), on top of the per-step latency.
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
     - `overlap_slowdown`: fraction by which compute kernels slow while hidden data-parallel
@@ -162,6 +166,7 @@ class Calibration(eqx.Module):
     link_efficiency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
+    collective_latency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=0.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
     overlap_slowdown: Scalar = eqx.field(converter=_param, default=0.0)
     framework_scale: dict[str, Scalar] = eqx.field(converter=_per_framework, default=1.0)
@@ -262,7 +267,8 @@ DEFAULT = Calibration(
     kernel_fraction=0.799,
     link_efficiency=0.6964,
     scaleout_efficiency=0.96,
-    latency_scale=1.0,
+    latency_scale={"nvlink": 0.9873, "ici": 1.0, "xgmi": 1.0, "ethernet": 1.0},
+    collective_latency=7.256e-06,
     dp_overlap_fraction=1.0,
     overlap_slowdown=0.189,
     framework_scale={"megatron-lm": 1.08, "megatron-core": 1.02, "deepspeed": 0.845,
@@ -287,7 +293,14 @@ DEFAULT = Calibration(
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
                             "same value for every fabric"),
-        ("latency_scale", "1: the systems' stated latencies"),
+        ("latency_scale", "nvlink: fitted by dse.calibration.fit_collective_latency to the "
+                          "NCCL rows up to 64 KiB of data/collective_sweeps.csv (one H100 and one "
+                          "A100 node, 2-8 GPUs, NVIDIA aiconfigurator); other fabrics 1: their "
+                          "systems' stated latencies (no data)"),
+        ("collective_latency", "fitted with latency_scale.nvlink by "
+                               "dse.calibration.fit_collective_latency (NCCL on NVLink); the "
+                               "same value for every fabric (a collective library's launch and "
+                               "set-up; no data for the others)"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
         ("overlap_slowdown", "0.189: the average slowdown of computation overlapped with "
                              "communication measured by Lee et al. 2025, arXiv 2507.03114, "

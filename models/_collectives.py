@@ -3,18 +3,25 @@
 Costs are the alpha-beta (latency-bandwidth) model of Thakur, Rabenseifner & Gropp 2005
 ("Optimization of collective communication operations in MPICH", IJHPCA 19(1)), per tier:
 
-- all-reduce (Rabenseifner: reduce-scatter + all-gather): 2 L(p) alpha + 2 (p-1)/p n beta;
-- reduce-scatter / all-gather (recursive halving / doubling, or ring): L(p) alpha + (p-1)/p n beta;
+- all-reduce (reduce-scatter + all-gather in one collective): s + 2 L(p) alpha
+  + 2 (p-1)/p n beta;
+- reduce-scatter / all-gather: s + L(p) alpha + (p-1)/p n beta;
 - all-to-all: (p-1)/p n beta (pairwise exchange volume) with the sends posted at once (NCCL
-  groups them; TPU ICI routes them dimension by dimension), so L(p) alpha of latency;
+  groups them; TPU ICI routes them dimension by dimension), so s + log2 p alpha of latency on a
+  switch;
 - send/recv: alpha + n beta.
 
 with n the full buffer (NCCL's convention: all-gather counts the gathered output, reduce-scatter
-the input, so all-reduce = reduce-scatter + all-gather exactly), beta = 1 / per-chip bandwidth and
-L(p) the latency steps of one reduce-scatter: log2 p on a switch (recursive halving; any-to-any at
-full per-chip bandwidth) and d (p^(1/d) - 1) on a d-dimensional torus (one bucket ring per
+the input, so all-reduce = reduce-scatter + all-gather, less one start-up), beta = 1 / per-chip
+bandwidth, s the collective's fixed start-up (`Calibration.collective_latency`: the library's
+launch and set-up) and L(p) the latency steps of one reduce-scatter: on a switch the fewer of a
+ring's p - 1 and a tree's 2 log2 p (NCCL's rings and trees; its one-node floors rise by one step
+per member up to 8 GPUs), and d (p^(1/d) - 1) on a d-dimensional torus (one bucket ring per
 dimension; Chan et al. 2007, "Collective communication: theory, practice, and experience",
-CCPE 19(13), Sec. 6). On a torus the all-to-all is also bounded by the bisection: a k-ary d-cube
+CCPE 19(13), Sec. 6). s and the per-step alpha on NVLink are fitted to NVIDIA's one-node NCCL
+sweeps (`dse.calibration.fit_collective_latency`, data/collective_sweeps.csv); NCCL's protocol
+ramp between 128 KB and ~32 MB (up to 65% slower than the large-message bandwidth) and NVLink
+SHARP are not modelled. On a torus the all-to-all is also bounded by the bisection: a k-ary d-cube
 cut in half severs 2 k^(d-1) links per direction and each half sends p n / 4 across it, so
 t >= k n / (8 link_bandwidth) (Dally & Towles 2004, "Principles and practices of interconnection
 networks", Sec. 3.3).
@@ -48,9 +55,11 @@ from dse.hardware import System
 from . import _network_collectives as _net
 from ._calibration import DEFAULT, Calibration
 from ._operators import _f, _safe_div
+from ._tiers import all_to_all_steps as _all_to_all_steps
 from ._tiers import dims as _dims
 from ._tiers import link_efficiency as _link_efficiency
 from ._tiers import scaleup_steps as _scaleup_steps
+from ._tiers import start_up as _start_up
 
 
 class CommCost(eqx.Module):
@@ -92,7 +101,7 @@ def _tiers(system: System, group_size, stride):
 
 
 def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, calibration: Calibration,
-          up_floor=None) -> CommCost:
+          up_floor=None, start=(0.0, 0.0)) -> CommCost:
     bw_up = system.scaleup_bandwidth * _link_efficiency(system, calibration)
     latency_up = system.scaleup_latency * calibration.latency_scale[system.fabric]
     # No scale-up links only happens with a scale-up domain of one chip (System checks it),
@@ -102,7 +111,13 @@ def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, calibration:
         t_up = jnp.maximum(t_up, up_floor)
     t_out = out_bytes / (system.scaleout_bandwidth * calibration.scaleout_efficiency) \
         + out_steps * system.scaleout_latency
+    t_up, t_out = t_up + start[0], t_out + start[1]
     return CommCost(t_up + t_out, t_up, t_out, up_bytes, out_bytes)
+
+
+def _start(system, calibration, group_size, stride):
+    g, g_in, _ = _tiers(system, group_size, stride)
+    return _start_up(system, calibration, g, g_in)
 
 
 def _reduce_scatter_parts(system, n, group_size, stride, hierarchical=True):
@@ -145,7 +160,7 @@ def reduce_scatter(system: System, message_bytes: ArrayLike, group_size: ArrayLi
     if system.network is not None:
         return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride, hierarchical), system,
-                 calibration)
+                 calibration, start=_start(system, calibration, group_size, stride))
 
 
 def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
@@ -161,7 +176,7 @@ def all_gather(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     if system.network is not None:
         return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration))
     return _cost(*_reduce_scatter_parts(system, n, group_size, stride, hierarchical), system,
-                 calibration)
+                 calibration, start=_start(system, calibration, group_size, stride))
 
 
 def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
@@ -175,11 +190,12 @@ def all_reduce(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
     """
     n = _f(message_bytes)
     if system.network is not None:
-        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration)).scale(2.0)
+        return CommCost(*_net.ring_parts(system, n, group_size, stride, calibration, passes=2.0))
     up_bytes, up_steps, out_bytes, out_steps = _reduce_scatter_parts(system, n, group_size,
                                                                      stride, hierarchical)
+    # One collective (one start-up) of two passes: reduce-scatter then all-gather.
     return _cost(2.0 * up_bytes, 2.0 * up_steps, 2.0 * out_bytes, 2.0 * out_steps, system,
-                 calibration)
+                 calibration, start=_start(system, calibration, group_size, stride))
 
 
 def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,
@@ -209,8 +225,8 @@ def all_to_all(system: System, message_bytes: ArrayLike, group_size: ArrayLike, 
         # so that it vanishes continuously for a group of one.
         floor = side * up_bytes / (8.0 * system.chip.link_bandwidth
                                    * _link_efficiency(system, calibration))
-    return _cost(up_bytes, _scaleup_steps(system, g_in), out_bytes, jnp.log2(g_out), system,
-                 calibration, up_floor=floor)
+    return _cost(up_bytes, _all_to_all_steps(system, g_in), out_bytes, jnp.log2(g_out), system,
+                 calibration, up_floor=floor, start=_start_up(system, calibration, g, g_in))
 
 
 def send_recv(system: System, message_bytes: ArrayLike, group_size: ArrayLike, *,

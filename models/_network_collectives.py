@@ -2,9 +2,9 @@
 
 With a network (`System.network`), a collective is costed as NCCL runs large messages on a
 multi-node machine: rings pipelined across the tiers, so the tiers run concurrently and the
-slowest one sets the bandwidth time; the latency term is the tree's (log of the group per tier),
-which is what NCCL picks for small messages. Without a network, `_collectives.py` keeps the
-serial two-tier model it always had (its results do not move).
+slowest one sets the bandwidth time; the latency term is the collective's fixed start-up plus
+the scale-up tier's steps (as in the two-tier model) and the log of the domains crossed. Without
+a network, `_collectives.py` keeps the serial two-tier model.
 
 Ring all-reduce over g ranks, g_in per scale-up domain, with one scale-out NIC per chip: NCCL
 builds g_in rings (channels), each leaving a domain through a different NIC, so every rank sends
@@ -33,7 +33,7 @@ from dse.hardware._network import fat_tree
 
 from ._calibration import Calibration
 from ._operators import _f, _safe_div
-from ._tiers import dims, link_efficiency, scaleup_steps
+from ._tiers import all_to_all_steps, dims, link_efficiency, scaleup_steps, start_up
 
 
 def _groups(system: System, group_size, stride):
@@ -68,11 +68,12 @@ def _pipelined(t_up, t_out, lat_up, lat_out):
     return up + out, up, out
 
 
-def ring_parts(system: System, n, group_size, stride, calibration: Calibration):
-    """One reduce-scatter (or all-gather) of an n-byte buffer as a ring over the tiers:
-    (time, scale-up time, scale-out time, scale-up bytes, scale-out bytes) per chip."""
+def ring_parts(system: System, n, group_size, stride, calibration: Calibration, passes=1.0):
+    """A reduce-scatter (or all-gather; `passes=2`: an all-reduce, both in one collective) of
+    an n-byte buffer as a ring over the tiers: (time, scale-up time, scale-out time, scale-up
+    bytes, scale-out bytes) per chip."""
     g, g_in, g_out, _, pods = _groups(system, group_size, stride)
-    ring = (g - 1.0) / g * n
+    ring = passes * (g - 1.0) / g * n
     # The NICs carry 1/g_in of the ring once the group leaves its domain (rising smoothly to
     # that share between one and two domains); the links carry the rest.
     crosses = jnp.clip(g_out - 1.0, 0.0, 1.0)
@@ -84,8 +85,9 @@ def ring_parts(system: System, n, group_size, stride, calibration: Calibration):
     t_up = _safe_div(up_bytes, bw_up)
     t_out = out_bytes * slow / bw_out
     lat_up, lat_out = _latencies(system, calibration)
-    steps_up = scaleup_steps(system, g_in)
-    time, up, out = _pipelined(t_up, t_out, steps_up * lat_up, jnp.log2(g_out) * lat_out)
+    start_in, start_out = start_up(system, calibration, g, g_in)
+    time, up, out = _pipelined(t_up, t_out, passes * scaleup_steps(system, g_in) * lat_up
+                               + start_in, passes * jnp.log2(g_out) * lat_out + start_out)
     return time, up, out, up_bytes, out_bytes
 
 
@@ -107,8 +109,9 @@ def all_to_all_parts(system: System, n, group_size, stride, calibration: Calibra
         t_up = jnp.maximum(t_up, g_in ** (1.0 / d) * up_bytes / (8.0 * link))
     t_out = out_bytes * slow / bw_out
     lat_up, lat_out = _latencies(system, calibration)
-    time, up, out = _pipelined(t_up, t_out, scaleup_steps(system, g_in) * lat_up,
-                               jnp.log2(g_out) * lat_out)
+    start_in, start_out = start_up(system, calibration, g, g_in)
+    time, up, out = _pipelined(t_up, t_out, all_to_all_steps(system, g_in) * lat_up + start_in,
+                               jnp.log2(g_out) * lat_out + start_out)
     return time, up, out, up_bytes, out_bytes
 
 

@@ -17,11 +17,40 @@ def dims(system: System) -> int:
 
 
 def scaleup_steps(system: System, p):
-    """Latency steps of one reduce-scatter over p members of the scale-up tier."""
+    """Latency steps of one reduce-scatter (or all-gather) over p members of the scale-up tier.
+
+    On a switch, the fewer of a ring's p - 1 and a tree's 2 log2 p: NCCL picks the algorithm
+    with the lowest latency for small messages; its one-node floors rise by one per-step
+    latency per member up to 8 GPUs (0.8 us on H100, 1.1 us on A100, data/collective_sweeps.csv)
+    and a large domain (NVL72) is not run as a 71-step ring. On a d-dimensional torus, one
+    bucket ring per dimension, d (p^(1/d) - 1) (Chan et al. 2007, Sec. 6).
+    """
+    d = dims(system)
+    if d == 0:
+        return jnp.minimum(p - 1.0, 2.0 * jnp.log2(p))
+    return d * (p ** (1.0 / d) - 1.0)
+
+
+def all_to_all_steps(system: System, p):
+    """Latency steps of one all-to-all over p members of the scale-up tier: its sends are posted
+    at once, so on a switch log2 p (NCCL's one-node all-to-all floor barely grows with p: 6.5
+    -> 7.4 us from 2 to 8 H100s, data/collective_sweeps.csv); on a torus, dimension by
+    dimension as `scaleup_steps`."""
     d = dims(system)
     if d == 0:
         return jnp.log2(p)
     return d * (p ** (1.0 / d) - 1.0)
+
+
+def start_up(system: System, calibration: Calibration, g, g_in):
+    """(scale-up, scale-out) share of one collective's fixed start-up time, s
+    (`Calibration.collective_latency` of the fabric): paid once by a group of more than one, in
+    the scale-up tier when members share a domain, else in the scale-out tier."""
+    base = calibration.collective_latency[system.fabric]
+    active = g > 1.0
+    in_domain = g_in > 1.0
+    return (jnp.where(active & in_domain, base, 0.0),
+            jnp.where(active & ~in_domain, base, 0.0))
 
 
 @once_per_evaluation

@@ -535,8 +535,11 @@ def test_recovers_dp_overlap_fraction_from_step_times():
     noisy = exact * np.exp(0.03 * rng.standard_normal(n))
     data = dc.Measurements(inputs, jnp.asarray(noisy, jnp.result_type(float)),
                             jnp.asarray(np.arange(n) % 3), ("a", "b", "c"))
-    r = dc.calibrate(step, DEFAULT, data, fit=lambda c: c.dp_overlap_fraction,
-                     validation="none", steps=30)
+    # Started inside the box: DEFAULT's 1.0 is the bound itself, where the logit transform's
+    # gradient is ~1e-3 and 30 L-BFGS steps stalled at 0.995 (once NCCL's start-up entered the
+    # collectives, 2026-12-03; the loss itself barely moved).
+    r = dc.calibrate(step, DEFAULT.replace(dp_overlap_fraction=0.6), data,
+                     fit=lambda c: c.dp_overlap_fraction, validation="none", steps=30)
     log_std = float(np.sqrt(np.asarray(r.log_covariance)[0, 0]))
     z_err = abs(np.log(float(r.value[0]) / true))
     assert log_std < 0.3 and z_err < 3 * log_std, (r.value, log_std)

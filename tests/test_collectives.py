@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import central_difference, data_dir
 
-from dse.calibration import fit_link_efficiency
+from dse.calibration import fit_collective_latency, fit_link_efficiency
 from dse.hardware import SYSTEMS, Chip, System
 from dse.models import (
     DEFAULT,
@@ -67,14 +67,20 @@ def test_all_reduce_is_reduce_scatter_plus_all_gather(topology):
         n = float(10 ** rng.uniform(3, 10))
         g = float(rng.choice([2, 4, 8, 16, 64, 512]))
         stride = float(rng.choice([1, 2, 8, 16]))
-        ar = all_reduce(sys_, n, g, stride=stride)
-        rs = reduce_scatter(sys_, n, g, stride=stride)
-        ag = all_gather(sys_, n, g, stride=stride)
+        # Without the fixed start-up, the passes add up; with it, the all-reduce (one
+        # collective of two passes) pays it once and the pair twice.
+        no_start = DEFAULT.replace(collective_latency=0.0)
+        ar, rs, ag = (f(sys_, n, g, stride=stride, calibration=no_start)
+                      for f in (all_reduce, reduce_scatter, all_gather))
         for field in ("time", "scaleup_time", "scaleout_time", "scaleup_bytes",
                       "scaleout_bytes"):
             np.testing.assert_allclose(float(getattr(ar, field)),
                                        float(getattr(rs, field) + getattr(ag, field)),
                                        rtol=1e-5, err_msg=field)
+        start = float(DEFAULT.collective_latency[sys_.fabric])
+        for f, cost in ((all_reduce, ar), (reduce_scatter, rs), (all_gather, ag)):
+            np.testing.assert_allclose(float(f(sys_, n, g, stride=stride).time),
+                                       float(cost.time) + start, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(COLLECTIVES))
@@ -92,7 +98,7 @@ def test_ring_bandwidth_term_matches_thakur():
     # links' sustained bandwidth (Thakur et al. 2005; NCCL bus bandwidth = link bandwidth x eff).
     sys_ = system(scaleup_size=8.0).replace(scaleup_latency=0.0)
     n, p = 1e9, 8.0
-    cost = all_reduce(sys_, n, p)
+    cost = all_reduce(sys_, n, p, calibration=DEFAULT.replace(collective_latency=0.0))
     np.testing.assert_allclose(float(cost.time),
                                2 * (p - 1) / p * n / (300e9 * LINK_EFFICIENCY),
                                rtol=1e-6)
@@ -113,13 +119,16 @@ def test_hierarchy_tensor_parallel_stays_in_node_data_parallel_crosses():
 
 
 def test_torus_latency_steps_are_rings_per_dimension():
-    # Empty message: only latency. A 4x4x4 torus all-reduce takes 2 x 3 x (4 - 1) steps,
-    # a switch 2 log2(64) (recursive halving + doubling).
-    alpha = 2e-6
+    # Empty message: only latency, the fixed start-up and the steps. A 4x4x4 torus all-reduce
+    # takes 2 x 3 x (4 - 1) steps; a switch the fewer of a ring's and a tree's: 2 x 12 for 64
+    # members (not 2 x 63), 2 x 3 for 4 (not 2 x 4).
+    alpha = 2e-6 * float(DEFAULT.latency_scale["nvlink"])
+    start = float(DEFAULT.collective_latency["nvlink"])
     torus = all_reduce(system("torus3d", scaleup_size=64.0), 0.0, 64.0)
-    np.testing.assert_allclose(float(torus.time), 18 * alpha, rtol=1e-6)
-    switch = all_reduce(system("switch", scaleup_size=64.0), 0.0, 64.0)
-    np.testing.assert_allclose(float(switch.time), 12 * alpha, rtol=1e-6)
+    np.testing.assert_allclose(float(torus.time), start + 18 * alpha, rtol=1e-6)
+    for p, steps in ((64.0, 24), (4.0, 6)):
+        switch = all_reduce(system("switch", scaleup_size=64.0), 0.0, p)
+        np.testing.assert_allclose(float(switch.time), start + steps * alpha, rtol=1e-6)
 
 
 def test_torus_all_to_all_is_bisection_bound():
@@ -248,20 +257,21 @@ def test_latency_factor_scales_only_the_scaleup_alpha(name, topology):
     sizes = jnp.asarray([0.0, 2e5, 3e7, 4e8])
     for g, stride in ((4.0, 1.0), (64.0, 1.0), (64.0, 8.0)):
         plain = op(sys_, sizes, g, stride=stride)
-        # The factor is the same as scaling the system's scale-up latency, bit for bit, and
+        # The factor is the same as scaling the system's scale-up latency, to rounding, and
         # leaves scale-out alone (the same through the entry points:
         # tests/test_calibration_module.py).
-        scaled = op(sys_, sizes, g, stride=stride, calibration=_latency(3.0))
+        scaled = op(sys_, sizes, g, stride=stride,
+                    calibration=_latency(3.0 * float(DEFAULT.latency_scale["nvlink"])))
         ref = op(sys_.replace(scaleup_latency=sys_.scaleup_latency * 3.0), sizes, g,
                  stride=stride)
-        np.testing.assert_array_equal(np.asarray(scaled.time), np.asarray(ref.time))
+        np.testing.assert_allclose(np.asarray(scaled.time), np.asarray(ref.time), rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(scaled.scaleout_time),
                                       np.asarray(plain.scaleout_time))
 
 
 def test_latency_factor_gradient_is_the_latency_steps():
-    # Switch all-reduce over 4 chips of one domain: 2 log2(4) = 4 latency steps, so
-    # d time / d latency_scale = 4 x scaleup_latency exactly; finite in float32 and float64.
+    # Switch all-reduce over 4 chips of one domain: 2 x 3 ring steps, so
+    # d time / d latency_scale = 6 x scaleup_latency exactly; finite in float32 and float64.
     for x64 in (False, True):
         with jax.enable_x64(x64):
             dtype = jnp.float64 if x64 else jnp.float32
@@ -273,7 +283,7 @@ def test_latency_factor_gradient_is_the_latency_steps():
             for s0 in (0.0, 1.0, 6.0):
                 g = jax.grad(f)(jnp.asarray(s0, dtype))
                 assert g.dtype == dtype and np.isfinite(float(g))
-                np.testing.assert_allclose(float(g), 4.0 * 2e-6, rtol=1e-5)
+                np.testing.assert_allclose(float(g), 6.0 * 2e-6, rtol=1e-5)
             # Also through the torus all-to-all floor and a send crossing domains.
             for op, top in ((all_to_all, "torus3d"), (send_recv, "switch")):
                 h = jax.grad(lambda s, op=op, top=top: f(s, op, top, 1e6, 64.0, 8.0))
@@ -297,9 +307,11 @@ def _custom_all_reduce(gpus=None):
     return size, group, measured, np.asarray(model)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "TensorRT-LLM's one-shot custom all-reduce (5.7-7.8 us up to 32 KB on 8 H100s) runs under "
+    "NCCL's floor, which the model prices (19.1-19.3 us: the start-up and steps fitted to "
+    "NCCL): the custom all-reduce kernels of serving runtimes are not modelled"))
 def test_eight_gpu_small_all_reduce_is_its_latency_steps():
-    # Up to 32 KB on 8 H100s the measured one-shot all-reduce is 5.7-7.8 us, what the model's
-    # six latency steps of the stated 1 us per step give (6.0-6.2 us).
     size, _, measured, model = _custom_all_reduce(gpus=8)
     small = size <= 32768
     assert small.sum() == 3
@@ -307,10 +319,10 @@ def test_eight_gpu_small_all_reduce_is_its_latency_steps():
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "dse.models.all_reduce is 2-4x faster than SGLang's H100 custom all-reduce from 256 KB up "
-    "(8 GPUs, 1 MB: 11.9 vs 33.8 us; 2 GPUs, 1 MB: 5.3 vs 19.9 us) and ~2x at 2 GPUs for every "
-    "size: the ring bus bandwidth of large messages applied to decode-sized ones; a likely part "
-    "of the TP > 1 serving groups' optimism (README, serving)"))
+    "against SGLang's H100 custom all-reduce (TensorRT-LLM's kernel), dse.models.all_reduce "
+    "(NCCL's fitted start-up and steps) is 107-257% slow up to 32 KB, which the one-shot kernel "
+    "avoids, and 13-41% fast at 512 KB-1 MB, where NCCL's protocol ramp (not modelled) and "
+    "this kernel's bandwidth fall short of the large-message rate"))
 def test_custom_all_reduce_latency_within_25_percent_at_every_size():
     _, _, measured, model = _custom_all_reduce()
     np.testing.assert_allclose(model, measured, rtol=0.25)
@@ -344,6 +356,23 @@ def _nccl_sweep():
     return out
 
 
+def test_collective_latency_fit_reproduces_constants_and_latency_bound_rows():
+    # In sample: the fit of the NCCL rows up to 64 KiB re-run gives the stored constants (a
+    # per-step latency of 0.99 x the stated 1 us, a 7.3 us start-up); its rows come out at a
+    # 25% median |error|, each within a factor 2 (the two generations' floors differ:
+    # H100 4.6 us + 0.8 us per step, A100 7.8 + 1.1).
+    fitted = fit_collective_latency(data_dir())
+    np.testing.assert_allclose(fitted["latency_scale.nvlink"],
+                               float(DEFAULT.latency_scale["nvlink"]), rtol=2e-3)
+    np.testing.assert_allclose(fitted["collective_latency.nvlink"],
+                               float(DEFAULT.collective_latency["nvlink"]), rtol=2e-3)
+    rows = [r for r in _nccl_sweep() if r[3] <= 2 ** 16]
+    ratio = np.array([r[5] / r[4] for r in rows])
+    assert len(rows) == 2 * 4 * 3 * 8
+    assert np.median(np.abs(ratio - 1.0)) <= 0.30
+    assert np.all((ratio > 0.5) & (ratio < 2.0))
+
+
 def test_nccl_sweeps_have_every_op_gpu_count_and_size():
     rows = _nccl_sweep()
     assert len(rows) == 2 * 4 * 3 * 21
@@ -375,10 +404,10 @@ def test_eight_h100_all_reduce_of_large_messages_within_20_percent():
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "NCCL's latency floor (6-22 us by chip and GPU count, flat to 256 KB) and its protocol "
-    "ramp up to ~32 MB are not modelled (one stated 1 us per latency step and the "
-    "large-message bandwidth at every size): the model is 58-90% fast at 512 B, 50-85% at "
-    "1 MB, 30-65% at 8 MB (30-92% up to 8 MB) on every op, chip and GPU count of the sweep"))
+    "NCCL's protocol ramp between 128 KB and ~32 MB is not modelled (the large-message "
+    "bandwidth at every size): -67..+33%, median -28%, there (1 MB: -65..+10%; 8 MB: "
+    "-53..-15%); and the start-up and steps fitted to both NVLink generations leave the "
+    "latency-bound rows -48..+60% (H100 slow, A100 fast; fit_collective_latency)"))
 def test_nccl_small_and_mid_messages_within_25_percent():
     rows = [r for r in _nccl_sweep() if r[3] <= 2 ** 23]
     err = np.array([r[5] / r[4] - 1.0 for r in rows])

@@ -84,7 +84,10 @@ def test_ep_pays_dispatch_and_combine_and_concentrates_reads_at_small_batch():
     # One sequence (2 of 8 experts): under TP 8 each chip reads 2/8 of two experts; under EP 8
     # the chip that holds a touched expert reads all of it (and the whole attention alone).
     assert float(one.hbm_bytes[3]) > 3.0 * float(one.hbm_bytes[0])
-    assert float(one.time[3]) > float(one.time[0])
+    # At one token the collectives are latency-bound: EP 8's two all-to-alls cost less than
+    # TP 8's all-reduces, as NCCL's one-node floors on 8 H100s are (all-to-all 7.4 us,
+    # all-reduce 15.6 us: data/collective_sweeps.csv).
+    assert float(one.tp_comm_time[3]) < float(one.tp_comm_time[0])
 
 
 def test_ep_must_divide_the_experts_and_a_dense_model_has_none():

@@ -293,11 +293,12 @@ def test_moe_rows_are_cases_of_their_own_and_deepep_crosses_infiniband_once_per_
     assert all(float(c.plan.recompute_moe) == 1.0 for c in long_context)
     assert all(bool(r.fits) for r in reports.values())
     # The model routes evenly: the force-balanced long-context rows are its like for like,
-    # +6.6% to +12.7%; their dropless twins ran 9-25% slower (-2.2% to -9.4% in the model).
+    # +6.8% to +13.1% (+6.6% to +12.7% before the collectives paid NCCL's fitted start-up,
+    # 2026-12-03); their dropless twins ran 9-25% slower (-2.0% to -9.1% in the model).
     balanced = [e for run_id, e in errors.items() if run_id.endswith("_forcedbalance")]
-    assert len(balanced) == 4 and 0.0 < min(balanced) and max(balanced) <= 0.13, balanced
+    assert len(balanced) == 4 and 0.0 < min(balanced) and max(balanced) <= 0.14, balanced
     # EP 32 over four nodes, 19.7 s measured: far too slow when every routed copy crosses
-    # InfiniBand, +7.8% with DeepEP's one copy per node.
+    # InfiniBand, +8.4% with DeepEP's one copy per node (+7.8% before the fitted start-up).
     error = errors["zoo_qwen3_235b_h100_tp2ep32pp8"]
     assert 0.0 < error <= 0.10 and error < 0.5 * flat_error
     # The same layout with Megatron-Core's combined 1F1B (all-to-alls behind the other
