@@ -3,8 +3,9 @@
 aiconfigurator's tables time NCCL's all-reduce, all-gather, reduce-scatter and all-to-all on
 2, 4 and 8 GPUs of one H100 and one A100 node from 512 B to 512 MB. Up to 64 KiB a collective is
 latency-bound (its bandwidth term is under 3% of the measured time at the stored link
-efficiency), and the floors follow NCCL's rings: a fixed start-up plus one per-step latency per
-member (H100: about 4.6 us + 0.8 us per step; A100: 7.8 us + 1.1 us). Two constants of the
+efficiency), and the floors follow NCCL's rings: a fixed start-up plus about one per-step
+latency per member (fitted per chip: H100 5.5 us + 0.92 us per step, A100 9.6 us + 1.05 us).
+Two constants of the
 NVLink fabric are fitted to those rows, in log space (every row weighs the same relative
 error): `Calibration.latency_scale["nvlink"]` (the per-step latency over the systems' stated
 1 us) and `Calibration.collective_latency["nvlink"]` (the start-up). Both chips share them: the

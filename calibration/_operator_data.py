@@ -160,8 +160,9 @@ def fit_link_efficiency(data_dir: Path | None = None) -> float:
 
     The LLMCompass A100 prefill layer's tensor-parallel all-reduce (AllReduce_MHA: one
     batch x prompt x hidden fp16 activation over tp = 4 GPUs of an NVSwitch DGX A100) moves
-    2 (p-1)/p n bytes per GPU over its 12 NVLink 3 links. At 403 MB the latency term is under
-    0.1% of the time, so efficiency = ideal bandwidth time / measured time.
+    2 (p-1)/p n bytes per GPU over its 12 NVLink 3 links. At 403 MB the latency term (NCCL's
+    start-up and steps) is under 0.5% of the time, so efficiency = ideal bandwidth time /
+    measured time.
 
     **Returns:** the efficiency, rounded to 4 significant digits as stored.
     """

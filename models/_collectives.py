@@ -15,8 +15,8 @@ with n the full buffer (NCCL's convention: all-gather counts the gathered output
 the input, so all-reduce = reduce-scatter + all-gather, less one start-up), beta = 1 / per-chip
 bandwidth, s the collective's fixed start-up (`Calibration.collective_latency`: the library's
 launch and set-up) and L(p) the latency steps of one reduce-scatter: on a switch the fewer of a
-ring's p - 1 and a tree's 2 log2 p (NCCL's rings and trees; its one-node floors rise by one step
-per member up to 8 GPUs), and d (p^(1/d) - 1) on a d-dimensional torus (one bucket ring per
+ring's p - 1 and a logarithmic schedule's 2 log2 p (NCCL's one-node floors rise about one step
+per member from 2 to 8 GPUs), and d (p^(1/d) - 1) on a d-dimensional torus (one bucket ring per
 dimension; Chan et al. 2007, "Collective communication: theory, practice, and experience",
 CCPE 19(13), Sec. 6). s and the per-step alpha on NVLink are fitted to NVIDIA's one-node NCCL
 sweeps (`dse.calibration.fit_collective_latency`, data/collective_sweeps.csv); NCCL's protocol

@@ -19,11 +19,12 @@ def dims(system: System) -> int:
 def scaleup_steps(system: System, p):
     """Latency steps of one reduce-scatter (or all-gather) over p members of the scale-up tier.
 
-    On a switch, the fewer of a ring's p - 1 and a tree's 2 log2 p: NCCL picks the algorithm
-    with the lowest latency for small messages; its one-node floors rise by one per-step
-    latency per member up to 8 GPUs (0.8 us on H100, 1.1 us on A100, data/collective_sweeps.csv)
-    and a large domain (NVL72) is not run as a 71-step ring. On a d-dimensional torus, one
-    bucket ring per dimension, d (p^(1/d) - 1) (Chan et al. 2007, Sec. 6).
+    On a switch, the fewer of a ring's p - 1 and a logarithmic schedule's 2 log2 p: NCCL's
+    one-node floors rise about one step per member from 2 to 8 GPUs (ring-like; fitted per chip,
+    0.92 us a step on H100 and 1.05 us on A100, data/collective_sweeps.csv), and a large domain
+    (NVL72) is not priced as a 71-step ring (NCCL has NVLS, tree and PAT algorithms for those; no
+    data here). On a d-dimensional torus, one bucket ring per dimension, d (p^(1/d) - 1) (Chan
+    et al. 2007, Sec. 6).
     """
     d = dims(system)
     if d == 0:

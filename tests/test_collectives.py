@@ -359,8 +359,8 @@ def _nccl_sweep():
 def test_collective_latency_fit_reproduces_constants_and_latency_bound_rows():
     # In sample: the fit of the NCCL rows up to 64 KiB re-run gives the stored constants (a
     # per-step latency of 0.99 x the stated 1 us, a 7.3 us start-up); its rows come out at a
-    # 25% median |error|, each within a factor 2 (the two generations' floors differ:
-    # H100 4.6 us + 0.8 us per step, A100 7.8 + 1.1).
+    # 25% median |error|, each within a factor 2 (the two generations' floors differ: fitted
+    # per chip, H100 5.5 us + 0.92 us per step, A100 9.6 + 1.05).
     fitted = fit_collective_latency(data_dir())
     np.testing.assert_allclose(fitted["latency_scale.nvlink"],
                                float(DEFAULT.latency_scale["nvlink"]), rtol=2e-3)
