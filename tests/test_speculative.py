@@ -269,9 +269,9 @@ def test_review_edges_flagged_finite_and_exact():
     # A pipelined target: the draft runs unpipelined on the target's TP chips.
     big = TRANSFORMERS["llama3-70b"]
     four = SYSTEMS["DGX-H100"].with_num_chips(4)
-    r = speculative_decode(big, InferencePlan(tp=2.0, pp=2.0, batch=4.0), four, 1000.0,
-                           Speculation(draft=eagle_draft(big), acceptance_length=3.0,
-                                       draft_passes=3.0))
+    r = jax.jit(lambda: speculative_decode(
+        big, InferencePlan(tp=2.0, pp=2.0, batch=4.0), four, 1000.0,
+        Speculation(draft=eagle_draft(big), acceptance_length=3.0, draft_passes=3.0)))()
     assert bool(r.fits) and float(r.draft.pp_comm_time) == 0.0 and float(r.speedup) > 1.0
 
     # serve_continuous: a traced speculation out of range is flagged and finite.
@@ -301,9 +301,11 @@ def test_review_edges_flagged_finite_and_exact():
     chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
                         draft_passes=3.0)
     long = ServingWorkload(100.0, 2000.0)
-    with_graphs = serve_continuous(LLAMA, padded, H100, long, speculation=chain)
-    without = serve_continuous(LLAMA, padded.replace(graph_batches=()), H100, long,
-                               speculation=chain)
+    # Compiled whole (op by op these three calls compiled ~200 small programs).
+    with_graphs = jax.jit(lambda: serve_continuous(LLAMA, padded, H100, long,
+                                                   speculation=chain))()
+    without = jax.jit(lambda: serve_continuous(LLAMA, padded.replace(graph_batches=()), H100,
+                                               long, speculation=chain))()
     batch = float(without.batch)
     assert 128.0 < batch < 256.0, batch
     # Prompts of 100 tokens arrive batch / (1999 / 3) per iteration: that share carries a chunk.
