@@ -52,13 +52,12 @@ def collective_sweep_rows(data_dir: Path | None = None, *, max_bytes: float = np
 
 
 @functools.cache
-def _runner(system_name: str, op: str):
-    """Jitted (sizes, GPU counts, calibration) -> times of one op on one system, kept so that a
-    fit's every evaluation reuses one compiled program."""
-    system = SYSTEMS[system_name].with_num_chips(8)
+def _runner(op: str):
+    """Jitted (system, sizes, GPU counts, calibration) -> times of one op, kept so that a fit's
+    every evaluation reuses one compiled program per system."""
     fn = _OPS[op]
-    return jax.jit(jax.vmap(lambda b, p, c: fn(system, b, p, calibration=c).time,
-                            in_axes=(0, 0, None)))
+    return jax.jit(jax.vmap(lambda s, b, p, c: fn(s, b, p, calibration=c).time,
+                            in_axes=(None, 0, 0, None)))
 
 
 def model_times(rows: list[dict], calibration: Calibration = DEFAULT) -> np.ndarray:
@@ -70,14 +69,16 @@ def model_times(rows: list[dict], calibration: Calibration = DEFAULT) -> np.ndar
     for (name, op), idx in groups.items():
         size = np.array([rows[i]["message_bytes"] for i in idx])
         gpus = np.array([rows[i]["gpus"] for i in idx])
-        out[idx] = np.asarray(_runner(name, op)(size, gpus, calibration))
+        out[idx] = np.asarray(_runner(op)(SYSTEMS[name].with_num_chips(8), size, gpus, calibration))
     return out
 
 
-def _with(calibration: Calibration, scale: float, start: float) -> Calibration:
+def _with(fitted: dict[str, float], calibration: Calibration = DEFAULT) -> Calibration:
+    """`calibration` with the NVLink values of a `fit_collective_latency` result."""
     return calibration.replace(
-        latency_scale={**calibration.latency_scale, "nvlink": scale},
-        collective_latency={**calibration.collective_latency, "nvlink": start})
+        latency_scale={**calibration.latency_scale, "nvlink": fitted["latency_scale.nvlink"]},
+        collective_latency={**calibration.collective_latency,
+                            "nvlink": fitted["collective_latency.nvlink"]})
 
 
 def fit_collective_latency(data_dir: Path | None = None, *,
@@ -92,12 +93,12 @@ def fit_collective_latency(data_dir: Path | None = None, *,
 
     rows = collective_sweep_rows(data_dir, max_bytes=LATENCY_BOUND_BYTES, sources=sources)
     measured = np.log([r["time_s"] for r in rows])
-    base = DEFAULT.replace(provenance=())
 
     def residual(z):
         scale, start = np.exp(z)
+        fitted = {"latency_scale.nvlink": scale, "collective_latency.nvlink": start}
         with jax.enable_x64(True):
-            return np.log(model_times(rows, _with(base, scale, start))) - measured
+            return np.log(model_times(rows, _with(fitted))) - measured
 
     fit = least_squares(residual, x0=np.log([2.0, 5e-6]), x_scale=1.0)
     scale, start = np.exp(fit.x)
@@ -113,8 +114,7 @@ def leave_one_chip_out(data_dir: Path | None = None) -> dict[str, float]:
         fitted = fit_collective_latency(data_dir, sources=tuple(k for k in NCCL_SWEEPS
                                                                 if k != held))
         rows = collective_sweep_rows(data_dir, max_bytes=LATENCY_BOUND_BYTES, sources=(held,))
-        cal = _with(DEFAULT, fitted["latency_scale.nvlink"], fitted["collective_latency.nvlink"])
-        err = model_times(rows, cal) / np.array([r["time_s"] for r in rows]) - 1.0
+        err = model_times(rows, _with(fitted)) / np.array([r["time_s"] for r in rows]) - 1.0
         out[held] = float(np.median(np.abs(err)))
     return out
 
@@ -123,9 +123,8 @@ def report(data_dir: Path | None = None) -> None:
     """Print the fitted constants, the in-sample error per chip x op and the held-out errors."""
     fitted = fit_collective_latency(data_dir)
     print("fitted", fitted)
-    cal = _with(DEFAULT, fitted["latency_scale.nvlink"], fitted["collective_latency.nvlink"])
     rows = collective_sweep_rows(data_dir, max_bytes=LATENCY_BOUND_BYTES)
-    err = model_times(rows, cal) / np.array([r["time_s"] for r in rows]) - 1.0
+    err = model_times(rows, _with(fitted)) / np.array([r["time_s"] for r in rows]) - 1.0
     for key in NCCL_SWEEPS:
         for op in _OPS:
             e = [x for x, r in zip(err, rows, strict=True)

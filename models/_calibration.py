@@ -139,7 +139,7 @@ class Calibration(eqx.Module):
       latency (the alpha of the alpha-beta collective model).
     - `collective_latency`: per scale-up fabric, fixed start-up of one collective, s (the
       library's kernel launch and protocol set-up, paid once whatever the group or message:
-      NCCL's 4-8 us floor on one node), on top of the per-step latency.
+      NCCL's 5-10 us on one H100 / A100 node), on top of the per-step latency.
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
     - `overlap_slowdown`: fraction by which compute kernels slow while hidden data-parallel

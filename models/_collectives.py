@@ -20,7 +20,7 @@ per member from 2 to 8 GPUs), and d (p^(1/d) - 1) on a d-dimensional torus (one 
 dimension; Chan et al. 2007, "Collective communication: theory, practice, and experience",
 CCPE 19(13), Sec. 6). s and the per-step alpha on NVLink are fitted to NVIDIA's one-node NCCL
 sweeps (`dse.calibration.fit_collective_latency`, data/collective_sweeps.csv); NCCL's protocol
-ramp between 128 KB and ~32 MB (up to 65% slower than the large-message bandwidth) and NVLink
+ramp between 128 KB and ~32 MB (up to 67% slower than the large-message bandwidth) and NVLink
 SHARP are not modelled. On a torus the all-to-all is also bounded by the bisection: a k-ary d-cube
 cut in half severs 2 k^(d-1) links per direction and each half sends p n / 4 across it, so
 t >= k n / (8 link_bandwidth) (Dally & Towles 2004, "Principles and practices of interconnection

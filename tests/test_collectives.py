@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from helpers import central_difference, data_dir
 
-from dse.calibration import fit_collective_latency, fit_link_efficiency
+from dse.calibration import collective_sweep_rows, fit_collective_latency, fit_link_efficiency
+from dse.calibration._collective_data import model_times as collective_model_times
 from dse.hardware import SYSTEMS, Chip, System
 from dse.models import (
     DEFAULT,
@@ -330,30 +331,14 @@ def test_custom_all_reduce_latency_within_25_percent_at_every_size():
 
 # ----- one-node collective sweeps, 512 B ... 512 MB (data/collective_sweeps.csv) -------------
 
-_SWEEP_OPS = {"all_reduce": all_reduce, "all_gather": all_gather,
-              "reduce_scatter": reduce_scatter, "alltoall": all_to_all}
-_SWEEP_SYSTEMS = {"aic_h100_nccl": "DGX-H100", "aic_a100_nccl": "DGX-A100"}
-
-
 @functools.cache
 def _nccl_sweep():
     """(source key, op, GPUs, message bytes, measured s, model s) of every NCCL row of
-    aiconfigurator's H100 and A100 sweeps, the model on the row's DGX (one jitted vmap per
-    source x op)."""
-    with open(data_dir() / "collective_sweeps.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["source_key"] in _SWEEP_SYSTEMS]
-    out = []
-    for key, name in _SWEEP_SYSTEMS.items():
-        system = SYSTEMS[name].with_num_chips(8)
-        for op, fn in _SWEEP_OPS.items():
-            sel = [r for r in rows if r["source_key"] == key and r["op"] == op]
-            size = np.array([float(r["message_bytes"]) for r in sel])
-            group = np.array([float(r["gpus"]) for r in sel])
-            measured = np.array([float(r["time_us"]) for r in sel]) * 1e-6
-            model = jax.jit(jax.vmap(lambda b, p, fn=fn, s=system: fn(s, b, p).time))(size, group)
-            out += [(key, op, g, s, m, t) for g, s, m, t in
-                    zip(group, size, measured, np.asarray(model), strict=True)]
-    return out
+    aiconfigurator's H100 and A100 sweeps, the model on the row's DGX."""
+    rows = collective_sweep_rows(data_dir())
+    model = collective_model_times(rows)
+    return [(r["source_key"], r["op"], r["gpus"], r["message_bytes"], r["time_s"], t)
+            for r, t in zip(rows, model, strict=True)]
 
 
 def test_collective_latency_fit_reproduces_constants_and_latency_bound_rows():
