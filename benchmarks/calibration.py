@@ -95,15 +95,16 @@ def fabric_of(hardware: str) -> str:
     return "ici" if "TPU" in hardware else "nvlink"
 
 
-# The shipped defaults; latency_scale.nvlink (0.99 x the stated per-step latency) and the
-# collectives' start-up are fitted to NCCL's one-node sweeps (fit_collective_latency), and
-# dp_overlap_fraction 1 is the whole overlap window.
+# The shipped defaults; latency_scale.nvlink (0.90 x the stated per-step latency), the
+# collectives' start-up and their pipelining cost are fitted to NCCL's one-node sweeps
+# (fit_collective_latency), and dp_overlap_fraction 1 is the whole overlap window.
 DEFAULTS = DEFAULT
 # The models with nothing calibrated: datasheet peaks sustained in full, start-up times at the
-# lower end of the search box, stated latencies, no collective start-up. Printed for scale only.
+# lower end of the search box, stated latencies, no collective start-up or pipelining. Printed
+# for scale only.
 DATASHEET = DEFAULT.replace(matrix_max=1.0, matrix_overhead_s=1e-8, memory_max=1.0,
                             memory_overhead_s=1e-8, kernel_fraction=1.0, link_efficiency=1.0,
-                            latency_scale=1.0, collective_latency=0.0)
+                            latency_scale=1.0, collective_latency=0.0, pipeline_overhead=0.0)
 # The fields this benchmark may fit (those no row depends on are dropped at run time).
 CANDIDATES = OPERATOR_FIELDS + ("kernel_fraction", "link_efficiency.nvlink",
                                 "link_efficiency.ici", "latency_scale.nvlink",

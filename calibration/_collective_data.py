@@ -1,20 +1,24 @@
-"""The collectives' latency, fitted to NVIDIA's one-node NCCL sweeps (data/collective_sweeps.csv).
+"""The collectives' NVLink constants, fitted to NVIDIA's one-node NCCL sweeps
+(data/collective_sweeps.csv).
 
 aiconfigurator's tables time NCCL's all-reduce, all-gather, reduce-scatter and all-to-all on
-2, 4 and 8 GPUs of one H100 and one A100 node from 512 B to 512 MB. Up to 64 KiB a collective is
-latency-bound (its bandwidth term is under 3% of the measured time at the stored link
-efficiency), and the floors follow NCCL's rings: a fixed start-up plus about one per-step
+2, 4 and 8 GPUs of one H100 and one A100 node from 512 B to 512 MB. Small messages are
+latency-bound and their floors follow NCCL's rings: a fixed start-up plus about one per-step
 latency per member (fitted per chip: H100 5.5 us + 0.92 us per step, A100 9.6 us + 1.05 us).
-Two constants of the
-NVLink fabric are fitted to those rows, in log space (every row weighs the same relative
-error): `Calibration.latency_scale["nvlink"]` (the per-step latency over the systems' stated
-1 us) and `Calibration.collective_latency["nvlink"]` (the start-up). Both chips share them: the
-fit sits between the two generations' floors, and each chip left out of the fit is predicted
-from the other (`leave_one_chip_out`).
+From there the bus bandwidth ramps up over three decades (eight A100s' all-reduce: 47 GB/s at
+1 MB, 115 at 8 MB, 200 at 128 MB, 222 at 512 MB): the pipelined collective's chunking cost
+(`dse.models` prices it as b + 2 sqrt(d b) for a bandwidth time b, the optimal segmentation
+of a pipelined transfer with a per-chunk cost d).
 
-Larger messages are not fitted here: the link efficiency comes from a 403 MB all-reduce
-(`fit_link_efficiency`); NCCL's protocol ramp between 64 KiB and ~32 MB and NVLink SHARP on
-eight H100s are not modelled (tests/test_collectives.py measures both).
+Three constants of the NVLink fabric are fitted to every row but NVLink SHARP's (eight H100s'
+all-reduce, an in-switch reduction that is not modelled), in log space (every row weighs the
+same relative error): `Calibration.latency_scale["nvlink"]` (the per-step latency over the
+systems' stated 1 us), `Calibration.collective_latency["nvlink"]` (the start-up) and
+`Calibration.pipeline_overhead["nvlink"]` (d), with `Calibration.link_efficiency["nvlink"]`
+re-derived at each d from the LLMCompass 403 MB all-reduce (`fit_link_efficiency`). Both chips
+share them: the fit sits between the two generations (H100's floors are lower and its ramp
+steeper; A100's the reverse), and each chip left out of the fit is predicted from the other
+(`leave_one_chip_out`).
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from dse.data import data_dir as default_data_dir
 from dse.hardware import SYSTEMS
 from dse.models import DEFAULT, Calibration, all_gather, all_reduce, all_to_all, reduce_scatter
 
+from ._operator_data import fit_link_efficiency
+
 # The sweeps' NCCL sources and the one-node systems they ran on.
 NCCL_SWEEPS = {"aic_h100_nccl": "DGX-H100", "aic_a100_nccl": "DGX-A100"}
-LATENCY_BOUND_BYTES = 65536.0
 _OPS = {"all_reduce": all_reduce, "all_gather": all_gather, "reduce_scatter": reduce_scatter,
         "alltoall": all_to_all}
-FITTED = ("latency_scale", "collective_latency")
+FITTED = ("latency_scale", "collective_latency", "pipeline_overhead", "link_efficiency")
 
 
 def collective_sweep_rows(data_dir: Path | None = None, *, max_bytes: float = np.inf,
@@ -74,46 +79,63 @@ def model_times(rows: list[dict], calibration: Calibration = DEFAULT) -> np.ndar
 
 
 def _with(fitted: dict[str, float], calibration: Calibration = DEFAULT) -> Calibration:
-    """`calibration` with the NVLink values of a `fit_collective_latency` result."""
-    return calibration.replace(
-        latency_scale={**calibration.latency_scale, "nvlink": fitted["latency_scale.nvlink"]},
-        collective_latency={**calibration.collective_latency,
-                            "nvlink": fitted["collective_latency.nvlink"]})
+    """`calibration` with the NVLink values of a `fit_collective_latency` result (and, where
+    it has one, its link efficiency)."""
+    nvlink = {k.split(".")[0]: v for k, v in fitted.items() if k.endswith(".nvlink")}
+    return calibration.replace(**{
+        field: {**getattr(calibration, field), "nvlink": value}
+        for field, value in nvlink.items()})
+
+
+def _fitted_rows(data_dir, sources):
+    """The rows the collective fit weighs: every NCCL row but NVLink SHARP's (eight H100s'
+    all-reduce, which NCCL runs as an in-switch reduction: not modelled)."""
+    return [r for r in collective_sweep_rows(data_dir, sources=sources)
+            if not (r["source_key"] == "aic_h100_nccl" and r["op"] == "all_reduce"
+                    and r["gpus"] == 8.0)]
 
 
 def fit_collective_latency(data_dir: Path | None = None, *,
                            sources: tuple[str, ...] = tuple(NCCL_SWEEPS)) -> dict[str, float]:
-    """`latency_scale["nvlink"]` and `collective_latency["nvlink"]` (s) fitted to the
-    latency-bound NCCL rows (<= 64 KiB) of `sources` by least squares of log time.
+    """The NVLink collective constants fitted to NCCL's one-node sweeps of `sources`, 512 B to
+    512 MB (`_fitted_rows`), by least squares of log time (every row weighs the same relative
+    error): `latency_scale["nvlink"]` (per step), `collective_latency["nvlink"]` (start-up, s)
+    and `pipeline_overhead["nvlink"]` (s), with `link_efficiency["nvlink"]` the value the
+    LLMCompass all-reduce gives at that overhead (`fit_link_efficiency`), so the four hold
+    together.
 
-    **Returns:** `{"latency_scale.nvlink": ..., "collective_latency.nvlink": ...}`, rounded to
-    4 significant digits as stored in `dse.models.DEFAULT`.
+    **Returns:** `{"latency_scale.nvlink": ..., "collective_latency.nvlink": ...,
+    "pipeline_overhead.nvlink": ..., "link_efficiency.nvlink": ...}`, rounded to 4 significant
+    digits as stored in `dse.models.DEFAULT`.
     """
     from scipy.optimize import least_squares
 
-    rows = collective_sweep_rows(data_dir, max_bytes=LATENCY_BOUND_BYTES, sources=sources)
+    rows = _fitted_rows(data_dir, sources)
     measured = np.log([r["time_s"] for r in rows])
 
-    def residual(z):
-        scale, start = np.exp(z)
-        fitted = {"latency_scale.nvlink": scale, "collective_latency.nvlink": start}
-        with jax.enable_x64(True):
-            return np.log(model_times(rows, _with(fitted))) - measured
+    def constants(z, rounded=False):
+        scale, start, overhead = np.exp(z)
+        return {"latency_scale.nvlink": scale, "collective_latency.nvlink": start,
+                "pipeline_overhead.nvlink": overhead,
+                "link_efficiency.nvlink": fit_link_efficiency(
+                    data_dir, pipeline_overhead=overhead, rounded=rounded)}
 
-    fit = least_squares(residual, x0=np.log([2.0, 5e-6]), x_scale=1.0)
-    scale, start = np.exp(fit.x)
-    return {"latency_scale.nvlink": float(f"{scale:.4g}"),
-            "collective_latency.nvlink": float(f"{start:.4g}")}
+    def residual(z):
+        with jax.enable_x64(True):
+            return np.log(model_times(rows, _with(constants(z)))) - measured
+
+    fit = least_squares(residual, x0=np.log([1.0, 5e-6, 1e-6]), x_scale=1.0)
+    return {k: float(f"{v:.4g}") for k, v in constants(fit.x).items()}
 
 
 def leave_one_chip_out(data_dir: Path | None = None) -> dict[str, float]:
-    """Median |relative error| of each chip's latency-bound rows, fitted on the other chip's
-    rows only: `{source_key: error}`."""
+    """Median |relative error| of each chip's rows (`_fitted_rows`), fitted on the other
+    chip's rows only: `{source_key: error}`."""
     out = {}
     for held in NCCL_SWEEPS:
         fitted = fit_collective_latency(data_dir, sources=tuple(k for k in NCCL_SWEEPS
                                                                 if k != held))
-        rows = collective_sweep_rows(data_dir, max_bytes=LATENCY_BOUND_BYTES, sources=(held,))
+        rows = _fitted_rows(data_dir, (held,))
         err = model_times(rows, _with(fitted)) / np.array([r["time_s"] for r in rows]) - 1.0
         out[held] = float(np.median(np.abs(err)))
     return out
@@ -123,7 +145,7 @@ def report(data_dir: Path | None = None) -> None:
     """Print the fitted constants, the in-sample error per chip x op and the held-out errors."""
     fitted = fit_collective_latency(data_dir)
     print("fitted", fitted)
-    rows = collective_sweep_rows(data_dir, max_bytes=LATENCY_BOUND_BYTES)
+    rows = _fitted_rows(data_dir, tuple(NCCL_SWEEPS))
     err = model_times(rows, _with(fitted)) / np.array([r["time_s"] for r in rows]) - 1.0
     for key in NCCL_SWEEPS:
         for op in _OPS:

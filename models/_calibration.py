@@ -54,6 +54,7 @@ CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "scaleout_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
     "collective_latency": (0.0, 1e-3, True),
+    "pipeline_overhead": (0.0, 1e-3, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
     "overlap_slowdown": (0.0, 1.0, True),
     "framework_scale": (0.0, 1.5, False),
@@ -140,6 +141,12 @@ class Calibration(eqx.Module):
     - `collective_latency`: per scale-up fabric, fixed start-up of one collective, s (the
       library's kernel launch and protocol set-up, paid once whatever the group or message:
       NCCL's 5-10 us on one H100 / A100 node), on top of the per-step latency.
+    - `pipeline_overhead`: per scale-up fabric, s: the cost a pipelined collective pays per
+      chunk it cuts its message into. A message whose bandwidth time is b, cut into the best
+      number of chunks (each chunk's fill against the per-chunk cost), takes
+      b + 2 sqrt(pipeline_overhead b) (the optimal segmentation of a pipelined transfer,
+      Johnsson & Ho 1989): the ramp of NCCL's bus bandwidth from mid-size messages (about a
+      fifth of its plateau at 1 MB) to its plateau. 0: every message at the full bandwidth.
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
     - `overlap_slowdown`: fraction by which compute kernels slow while hidden data-parallel
@@ -167,6 +174,7 @@ class Calibration(eqx.Module):
     scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     collective_latency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=0.0)
+    pipeline_overhead: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=0.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
     overlap_slowdown: Scalar = eqx.field(converter=_param, default=0.0)
     framework_scale: dict[str, Scalar] = eqx.field(converter=_per_framework, default=1.0)
@@ -264,15 +272,16 @@ DEFAULT = Calibration(
     attention_forward_io=1.349,
     attention_backward_io=3.267,
     attention_previous_scale=0.538,
-    kernel_fraction=0.799,
-    link_efficiency=0.6964,
+    kernel_fraction=0.807,
+    link_efficiency=0.762,
     scaleout_efficiency=0.96,
-    latency_scale={"nvlink": 0.9873, "ici": 1.0, "xgmi": 1.0, "ethernet": 1.0},
-    collective_latency=7.256e-06,
+    latency_scale={"nvlink": 0.8967, "ici": 1.0, "xgmi": 1.0, "ethernet": 1.0},
+    collective_latency=6.564e-06,
+    pipeline_overhead=5.85e-06,
     dp_overlap_fraction=1.0,
     overlap_slowdown=0.189,
-    framework_scale={"megatron-lm": 1.08, "megatron-core": 1.02, "deepspeed": 0.845,
-                     "composer": 1.07, "pytorch": 1.0},
+    framework_scale={"megatron-lm": 1.08, "megatron-core": 1.04, "deepspeed": 0.84,
+                     "composer": 1.06, "pytorch": 1.0},
     provenance=(
         ("matrix_max", _OPERATORS),
         ("matrix_overhead_s", _OPERATORS),
@@ -291,16 +300,21 @@ DEFAULT = Calibration(
         ("framework_scale", _TRAINING + "; 1 for PyTorch (no modelled row ran on it: not "
                                         "fitted)"),
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
-                            "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms); the "
-                            "same value for every fabric"),
+                            "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms) at the "
+                            "fitted pipeline_overhead (dse.calibration.fit_collective_latency "
+                            "fits both together); the same value for every fabric"),
         ("latency_scale", "nvlink: fitted by dse.calibration.fit_collective_latency to the "
-                          "NCCL rows up to 64 KiB of data/collective_sweeps.csv (one H100 and one "
-                          "A100 node, 2-8 GPUs, NVIDIA aiconfigurator); other fabrics 1: their "
+                          "NCCL rows of data/collective_sweeps.csv, 512 B-512 MB (one H100 and "
+                          "one A100 node, 2-8 GPUs, NVIDIA aiconfigurator; NVLink SHARP's "
+                          "all-reduce on eight H100s left out); other fabrics 1: their "
                           "systems' stated latencies (no data)"),
         ("collective_latency", "fitted with latency_scale.nvlink by "
                                "dse.calibration.fit_collective_latency (NCCL on NVLink); the "
                                "same value for every fabric (a collective library's launch and "
                                "set-up; no data for the others)"),
+        ("pipeline_overhead", "fitted with latency_scale.nvlink by "
+                              "dse.calibration.fit_collective_latency (NCCL on NVLink); the "
+                              "same value for every fabric (no data for the others)"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
         ("overlap_slowdown", "0.189: the average slowdown of computation overlapped with "
                              "communication measured by Lee et al. 2025, arXiv 2507.03114, "

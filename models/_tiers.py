@@ -54,6 +54,21 @@ def start_up(system: System, calibration: Calibration, g, g_in):
             jnp.where(active & ~in_domain, base, 0.0))
 
 
+def pipelined(bandwidth_time, system: System, calibration: Calibration):
+    """Time of a message whose bandwidth time is `bandwidth_time` (b, s) sent as a pipelined
+    collective in the scale-up tier: cut into chunks, each paying
+    `Calibration.pipeline_overhead` (d) of the fabric, with the first chunk's fill exposed.
+    The best chunk count gives b + 2 sqrt(d b) (the optimal segmentation of a pipelined
+    transfer: Johnsson & Ho 1989, IEEE Trans. Computers 38(9); Sanders & Sibeyn 2003, IPL 86).
+    NCCL's bus bandwidth ramps up with the message so (data/collective_sweeps.csv: a fifth of
+    its plateau at 1 MB on eight A100s) and nears the plateau only at hundreds of MB. A zero
+    bandwidth time adds nothing, with a zero gradient."""
+    d = calibration.pipeline_overhead[system.fabric]
+    x = d * bandwidth_time
+    positive = x > 0.0
+    return bandwidth_time + 2.0 * jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
 @once_per_evaluation
 def link_efficiency(system: System, calibration: Calibration):
     """The calibrated fraction of the scale-up links' bandwidth, for the system's fabric."""
