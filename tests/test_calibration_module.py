@@ -267,7 +267,8 @@ def test_gradients_finite_in_float32_and_match_differences_in_float64(entry):
     # Jitted: the 26 finite-difference evaluations then reuse one compiled float64 program.
     fn = eqx.filter_jit(_GRADIENT_CASES[entry])
     grad_fn = eqx.filter_jit(jax.grad(_GRADIENT_CASES[entry]))
-    names = _GRAD_FIELDS + ("link_efficiency.nvlink", "latency_scale.nvlink")
+    names = _GRAD_FIELDS + ("link_efficiency.nvlink", "latency_scale.nvlink",
+                            "collective_latency.nvlink", "pipeline_overhead.nvlink")
     g32 = grad_fn(jax.tree.map(jnp.asarray, DEFAULT), SMALL, DGX)
     assert all(bool(jnp.isfinite(x)) for x in jax.tree.leaves(g32))
     with jax.enable_x64(True):
