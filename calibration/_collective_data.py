@@ -7,18 +7,18 @@ latency-bound and their floors follow NCCL's rings: a fixed start-up plus about 
 latency per member (fitted per chip: H100 5.5 us + 0.92 us per step, A100 9.6 us + 1.05 us).
 From there the bus bandwidth ramps up over three decades (eight A100s' all-reduce: 47 GB/s at
 1 MB, 115 at 8 MB, 200 at 128 MB, 222 at 512 MB): the pipelined collective's chunking cost
-(`dse.models` prices it as b + 2 sqrt(d b) for a bandwidth time b, the optimal segmentation
-of a pipelined transfer with a per-chunk cost d).
+(`dse.models` prices n bytes at bandwidth w as (n + 2 sqrt(D n)) / w, the optimal
+segmentation of a pipelined transfer with a per-chunk cost of D bytes' worth of link time).
 
 Three constants of the NVLink fabric are fitted to every row but NVLink SHARP's (eight H100s'
 all-reduce, an in-switch reduction that is not modelled), in log space (every row weighs the
 same relative error): `Calibration.latency_scale["nvlink"]` (the per-step latency over the
 systems' stated 1 us), `Calibration.collective_latency["nvlink"]` (the start-up) and
-`Calibration.pipeline_overhead["nvlink"]` (d), with `Calibration.link_efficiency["nvlink"]`
-re-derived at each d from the LLMCompass 403 MB all-reduce (`fit_link_efficiency`). Both chips
-share them: the fit sits between the two generations (H100's floors are lower and its ramp
-steeper; A100's the reverse), and each chip left out of the fit is predicted from the other
-(`leave_one_chip_out`).
+`Calibration.pipeline_overhead_bytes["nvlink"]` (D), with
+`Calibration.link_efficiency["nvlink"]` re-derived at each D from the LLMCompass 403 MB
+all-reduce (`fit_link_efficiency`). Both chips share them: the fit sits between the two
+generations (H100's floors are lower; A100's higher), and each chip left out of the fit is
+predicted from the other (`leave_one_chip_out`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from ._operator_data import fit_link_efficiency
 NCCL_SWEEPS = {"aic_h100_nccl": "DGX-H100", "aic_a100_nccl": "DGX-A100"}
 _OPS = {"all_reduce": all_reduce, "all_gather": all_gather, "reduce_scatter": reduce_scatter,
         "alltoall": all_to_all}
-FITTED = ("latency_scale", "collective_latency", "pipeline_overhead", "link_efficiency")
+FITTED = ("latency_scale", "collective_latency", "pipeline_overhead_bytes", "link_efficiency")
 
 
 def collective_sweep_rows(data_dir: Path | None = None, *, max_bytes: float = np.inf,
@@ -100,12 +100,12 @@ def fit_collective_latency(data_dir: Path | None = None, *,
     """The NVLink collective constants fitted to NCCL's one-node sweeps of `sources`, 512 B to
     512 MB (`_fitted_rows`), by least squares of log time (every row weighs the same relative
     error): `latency_scale["nvlink"]` (per step), `collective_latency["nvlink"]` (start-up, s)
-    and `pipeline_overhead["nvlink"]` (s), with `link_efficiency["nvlink"]` the value the
-    LLMCompass all-reduce gives at that overhead (`fit_link_efficiency`), so the four hold
+    and `pipeline_overhead_bytes["nvlink"]` (B), with `link_efficiency["nvlink"]` the value the
+    LLMCompass all-reduce gives at that D (`fit_link_efficiency`), so the four hold
     together.
 
     **Returns:** `{"latency_scale.nvlink": ..., "collective_latency.nvlink": ...,
-    "pipeline_overhead.nvlink": ..., "link_efficiency.nvlink": ...}`, rounded to 4 significant
+    "pipeline_overhead_bytes.nvlink": ..., "link_efficiency.nvlink": ...}`, rounded to 4 significant
     digits as stored in `dse.models.DEFAULT`.
     """
     from scipy.optimize import least_squares
@@ -116,15 +116,19 @@ def fit_collective_latency(data_dir: Path | None = None, *,
     def constants(z, rounded=False):
         scale, start, overhead = np.exp(z)
         return {"latency_scale.nvlink": scale, "collective_latency.nvlink": start,
-                "pipeline_overhead.nvlink": overhead,
+                "pipeline_overhead_bytes.nvlink": overhead,
                 "link_efficiency.nvlink": fit_link_efficiency(
-                    data_dir, pipeline_overhead=overhead, rounded=rounded)}
+                    data_dir, pipeline_overhead_bytes=overhead, rounded=rounded)}
 
     def residual(z):
         with jax.enable_x64(True):
             return np.log(model_times(rows, _with(constants(z)))) - measured
 
-    fit = least_squares(residual, x0=np.log([1.0, 5e-6, 1e-6]), x_scale=1.0)
+    # Boxes far wider than any fitted value; D stays under the ~29 MB where the LLMCompass
+    # all-reduce would need a link efficiency over 1.
+    box = (np.log([0.01, 1e-7, 1e2]), np.log([100.0, 1e-4, 1e7]))
+    fit = least_squares(residual, x0=np.log([1.0, 5e-6, 1e6]), x_scale=1.0, bounds=box,
+                        xtol=1e-12, ftol=1e-12)
     return {k: float(f"{v:.4g}") for k, v in constants(fit.x).items()}
 
 

@@ -222,7 +222,8 @@ SEARCH_BOUNDS: dict[str, tuple[float, float]] = {
     "attention_backward_io": (1e-3, 1e2), "kernel_fraction": (0.3, 1.0),
     "link_efficiency": (0.01, 1.0), "scaleout_efficiency": (0.3, 1.0),
     "latency_scale": (0.01, 100.0), "collective_latency": (1e-7, 1e-4),
-    "pipeline_overhead": (1e-9, 1e-4),
+    # Above ~29 MB the LLMCompass all-reduce would imply a link efficiency over 1.
+    "pipeline_overhead_bytes": (1e2, 1e7),
     "dp_overlap_fraction": (0.01, 1.0), "framework_scale": (0.5, 1.5),
 }
 

@@ -156,24 +156,27 @@ def fit_operator_efficiency(data_dir: Path | None = None) -> dict[str, float]:
 
 
 def fit_link_efficiency(data_dir: Path | None = None, *,
-                        pipeline_overhead: float | None = None, rounded: bool = True) -> float:
+                        pipeline_overhead_bytes: float | None = None,
+                        rounded: bool = True) -> float:
     """Scale-up link efficiency (`Calibration.link_efficiency`, NVLink) from one measurement.
 
     The LLMCompass A100 prefill layer's tensor-parallel all-reduce (AllReduce_MHA: one
     batch x prompt x hidden fp16 activation over tp = 4 GPUs of an NVSwitch DGX A100) moves
-    2 (p-1)/p n bytes per GPU over its 12 NVLink 3 links. At 403 MB the latency term (NCCL's
-    start-up and steps) is under 0.5% of the time and is left out; the measured time is the
-    pipelined bandwidth time b + 2 sqrt(d b) (`Calibration.pipeline_overhead` d, s), so
-    b = (sqrt(d + measured) - sqrt(d))^2 and efficiency = ideal bandwidth time / b.
+    n = 2 (p-1)/p x the buffer per GPU over its 12 NVLink 3 links (bandwidth W). At 403 MB the
+    latency term (NCCL's start-up and steps) is under 0.5% of the time and is left out; the
+    measured time is the pipelined (n + 2 sqrt(D n)) / (efficiency W)
+    (`Calibration.pipeline_overhead_bytes` D), so efficiency = (n + 2 sqrt(D n)) / (W x
+    measured).
 
-    **Arguments:** `pipeline_overhead`: d, s (default: `DEFAULT.pipeline_overhead["nvlink"]`);
-    `rounded`: round to 4 significant digits, as stored.
+    **Arguments:** `pipeline_overhead_bytes`: D, B (default:
+    `DEFAULT.pipeline_overhead_bytes["nvlink"]`); `rounded`: round to 4 significant digits, as
+    stored.
 
     **Returns:** the efficiency.
     """
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
-    d = float(DEFAULT.pipeline_overhead["nvlink"] if pipeline_overhead is None
-              else pipeline_overhead)
+    chunk = float(DEFAULT.pipeline_overhead_bytes["nvlink"] if pipeline_overhead_bytes is None
+                  else pipeline_overhead_bytes)
     chips = {r["name"]: r for r in _rows(data_dir / "chips.csv")}
     a100 = chips["NVIDIA A100 SXM4 40GB"]  # NVLink 3 link count / rate (same on the 80GB part)
     link_bw = float(a100["interconnect_links"]) * float(
@@ -181,10 +184,10 @@ def fit_link_efficiency(data_dir: Path | None = None, *,
     row = {r["run_id"]: r for r in _rows(data_dir / "inference_runs.csv")}[
         "llmcompass_a100x4_gpt3_layer_prefill"]
     p = float(row["tp"])
-    n = float(row["batch_size"]) * float(row["input_len"]) * float(row["hidden"]) * 2.0
-    ideal = 2.0 * (p - 1.0) / p * n / link_bw
+    n = 2.0 * (p - 1.0) / p * float(row["batch_size"]) * float(row["input_len"]) * float(
+        row["hidden"]) * 2.0
     measured = _per_op(row["notes"])["AllReduce_MHA"]
-    efficiency = ideal / (np.sqrt(d + measured) - np.sqrt(d)) ** 2
+    efficiency = (n + 2.0 * np.sqrt(chunk * n)) / (link_bw * measured)
     return float(f"{efficiency:.4g}") if rounded else float(efficiency)
 
 

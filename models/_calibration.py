@@ -54,7 +54,7 @@ CALIBRATION_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "scaleout_efficiency": _FRACTION,
     "latency_scale": (0.0, 1e3, True),
     "collective_latency": (0.0, 1e-3, True),
-    "pipeline_overhead": (0.0, 1e-3, True),
+    "pipeline_overhead_bytes": (0.0, 1e12, True),
     "dp_overlap_fraction": (0.0, 1.0, True),
     "overlap_slowdown": (0.0, 1.0, True),
     "framework_scale": (0.0, 1.5, False),
@@ -141,12 +141,13 @@ class Calibration(eqx.Module):
     - `collective_latency`: per scale-up fabric, fixed start-up of one collective, s (the
       library's kernel launch and protocol set-up, paid once whatever the group or message:
       NCCL's 5-10 us on one H100 / A100 node), on top of the per-step latency.
-    - `pipeline_overhead`: per scale-up fabric, s: the cost a pipelined collective pays per
-      chunk it cuts its message into. A message whose bandwidth time is b, cut into the best
-      number of chunks (each chunk's fill against the per-chunk cost), takes
-      b + 2 sqrt(pipeline_overhead b) (the optimal segmentation of a pipelined transfer,
-      Johnsson & Ho 1989): the ramp of NCCL's bus bandwidth from mid-size messages (about a
-      fifth of its plateau at 1 MB) to its plateau. 0: every message at the full bandwidth.
+    - `pipeline_overhead_bytes`: per scale-up fabric, B: the cost a pipelined collective pays
+      per chunk it cuts its message into, as the bytes its links would carry meanwhile. n bytes
+      at bandwidth w, cut into the best number of chunks (each chunk's fill against the
+      per-chunk cost), take (n + 2 sqrt(pipeline_overhead_bytes n)) / w (the optimal
+      segmentation of a pipelined transfer, Johnsson & Ho 1989): the ramp of NCCL's bus
+      bandwidth from mid-size messages (a fifth to a quarter of its plateau at 1 MB) to its
+      plateau. 0: every message at the full bandwidth.
     - `dp_overlap_fraction`: fraction of the overlap window under which data-parallel
       communication hides, for plans that overlap it.
     - `overlap_slowdown`: fraction by which compute kernels slow while hidden data-parallel
@@ -174,7 +175,7 @@ class Calibration(eqx.Module):
     scaleout_efficiency: Scalar = eqx.field(converter=_param, default=1.0)
     latency_scale: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=1.0)
     collective_latency: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=0.0)
-    pipeline_overhead: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=0.0)
+    pipeline_overhead_bytes: dict[str, Scalar] = eqx.field(converter=_per_fabric, default=0.0)
     dp_overlap_fraction: Scalar = eqx.field(converter=_param, default=1.0)
     overlap_slowdown: Scalar = eqx.field(converter=_param, default=0.0)
     framework_scale: dict[str, Scalar] = eqx.field(converter=_per_framework, default=1.0)
@@ -272,15 +273,15 @@ DEFAULT = Calibration(
     attention_forward_io=1.349,
     attention_backward_io=3.267,
     attention_previous_scale=0.538,
-    kernel_fraction=0.807,
-    link_efficiency=0.762,
+    kernel_fraction=0.806,
+    link_efficiency=0.7719,
     scaleout_efficiency=0.96,
-    latency_scale={"nvlink": 0.8967, "ici": 1.0, "xgmi": 1.0, "ethernet": 1.0},
-    collective_latency=6.564e-06,
-    pipeline_overhead=5.85e-06,
+    latency_scale={"nvlink": 0.882, "ici": 1.0, "xgmi": 1.0, "ethernet": 1.0},
+    collective_latency=6.499e-06,
+    pipeline_overhead_bytes=1.773e06,
     dp_overlap_fraction=1.0,
     overlap_slowdown=0.189,
-    framework_scale={"megatron-lm": 1.08, "megatron-core": 1.04, "deepspeed": 0.84,
+    framework_scale={"megatron-lm": 1.09, "megatron-core": 1.03, "deepspeed": 0.84,
                      "composer": 1.06, "pytorch": 1.0},
     provenance=(
         ("matrix_max", _OPERATORS),
@@ -301,8 +302,9 @@ DEFAULT = Calibration(
                                         "fitted)"),
         ("link_efficiency", "fitted by dse.calibration.fit_link_efficiency to the LLMCompass A100 "
                             "tensor-parallel all-reduce (403 MB over 4 GPUs in 2.89 ms) at the "
-                            "fitted pipeline_overhead (dse.calibration.fit_collective_latency "
-                            "fits both together); the same value for every fabric"),
+                            "fitted pipeline_overhead_bytes "
+                            "(dse.calibration.fit_collective_latency fits both together); the "
+                            "same value for every fabric"),
         ("latency_scale", "nvlink: fitted by dse.calibration.fit_collective_latency to the "
                           "NCCL rows of data/collective_sweeps.csv, 512 B-512 MB (one H100 and "
                           "one A100 node, 2-8 GPUs, NVIDIA aiconfigurator; NVLink SHARP's "
@@ -312,7 +314,7 @@ DEFAULT = Calibration(
                                "dse.calibration.fit_collective_latency (NCCL on NVLink); the "
                                "same value for every fabric (a collective library's launch and "
                                "set-up; no data for the others)"),
-        ("pipeline_overhead", "fitted with latency_scale.nvlink by "
+        ("pipeline_overhead_bytes", "fitted with latency_scale.nvlink by "
                               "dse.calibration.fit_collective_latency (NCCL on NVLink); the "
                               "same value for every fabric (no data for the others)"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),

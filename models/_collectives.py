@@ -21,7 +21,7 @@ dimension; Chan et al. 2007, "Collective communication: theory, practice, and ex
 CCPE 19(13), Sec. 6). s and the per-step alpha on NVLink are fitted to NVIDIA's one-node NCCL
 sweeps (`dse.calibration.fit_collective_latency`, data/collective_sweeps.csv). The scale-up
 tier's bandwidth time b is pipelined, b + 2 sqrt(d b): the optimal segmentation of a pipelined
-transfer with a per-chunk cost d (`Calibration.pipeline_overhead`; Johnsson & Ho 1989, IEEE
+transfer with a per-chunk cost d (`Calibration.pipeline_overhead_bytes`; Johnsson & Ho 1989, IEEE
 Trans. Computers 38(9)), which is NCCL's bus-bandwidth ramp from mid-size messages to its
 plateau; NVLink SHARP (NCCL's in-switch all-reduce on eight H100s) is not modelled. On a torus
 the all-to-all is also bounded by the bisection: a k-ary d-cube
@@ -57,7 +57,7 @@ from dse.hardware import System
 
 from . import _network_collectives as _net
 from ._calibration import DEFAULT, Calibration
-from ._operators import _f, _safe_div
+from ._operators import _f
 from ._tiers import all_to_all_steps as _all_to_all_steps
 from ._tiers import dims as _dims
 from ._tiers import link_efficiency as _link_efficiency
@@ -110,7 +110,7 @@ def _cost(up_bytes, up_steps, out_bytes, out_steps, system: System, calibration:
     latency_up = system.scaleup_latency * calibration.latency_scale[system.fabric]
     # No scale-up links only happens with a scale-up domain of one chip (System checks it),
     # where no bytes cross them: 0 bytes take 0 s, not 0 / 0.
-    t_up = _pipelined(_safe_div(up_bytes, bw_up), system, calibration) + up_steps * latency_up
+    t_up = _pipelined(up_bytes, bw_up, system, calibration) + up_steps * latency_up
     if up_floor is not None:
         t_up = jnp.maximum(t_up, up_floor)
     t_out = out_bytes / (system.scaleout_bandwidth * calibration.scaleout_efficiency) \

@@ -82,7 +82,7 @@ def ring_parts(system: System, n, group_size, stride, calibration: Calibration, 
     bw_up, bw_out = _bandwidths(system, calibration)
     share = jnp.clip(_safe_div(pods - 1.0, g_out - 1.0), 0.0, 1.0)
     slow = jnp.maximum(1.0, system.network.oversubscription * share)
-    t_up = pipelined(_safe_div(up_bytes, bw_up), system, calibration)
+    t_up = pipelined(up_bytes, bw_up, system, calibration)
     t_out = out_bytes * slow / bw_out
     lat_up, lat_out = _latencies(system, calibration)
     start_in, start_out = start_up(system, calibration, g, g_in)
@@ -102,7 +102,7 @@ def all_to_all_parts(system: System, n, group_size, stride, calibration: Calibra
     bw_up, bw_out = _bandwidths(system, calibration)
     share = jnp.clip(_safe_div(g - in_pod, g - g_in), 0.0, 1.0)
     slow = jnp.maximum(1.0, system.network.oversubscription * share)
-    t_up = pipelined(_safe_div(up_bytes, bw_up), system, calibration)
+    t_up = pipelined(up_bytes, bw_up, system, calibration)
     d = dims(system)
     if d:
         link = system.chip.link_bandwidth * link_efficiency(system, calibration)
@@ -125,7 +125,7 @@ def send_parts(system: System, n, group_size, stride, calibration: Calibration):
     out_bytes = active * crosses * n
     bw_up, bw_out = _bandwidths(system, calibration)
     lat_up, lat_out = _latencies(system, calibration)
-    up = (pipelined(_safe_div(up_bytes, bw_up), system, calibration)
+    up = (pipelined(up_bytes, bw_up, system, calibration)
           + active * (1.0 - crosses) * lat_up)
     out = out_bytes / bw_out + active * crosses * lat_out
     return up + out, up, out, up_bytes, out_bytes

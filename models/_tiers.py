@@ -9,6 +9,7 @@ from dse.hardware._once import once_per_evaluation
 from dse.hardware._system import TOPOLOGY_DIMS
 
 from ._calibration import Calibration
+from ._operators import _safe_div
 
 
 def dims(system: System) -> int:
@@ -54,19 +55,21 @@ def start_up(system: System, calibration: Calibration, g, g_in):
             jnp.where(active & ~in_domain, base, 0.0))
 
 
-def pipelined(bandwidth_time, system: System, calibration: Calibration):
-    """Time of a message whose bandwidth time is `bandwidth_time` (b, s) sent as a pipelined
-    collective in the scale-up tier: cut into chunks, each paying
-    `Calibration.pipeline_overhead` (d) of the fabric, with the first chunk's fill exposed.
-    The best chunk count gives b + 2 sqrt(d b) (the optimal segmentation of a pipelined
-    transfer: Johnsson & Ho 1989, IEEE Trans. Computers 38(9); Sanders & Sibeyn 2003, IPL 86).
-    NCCL's bus bandwidth ramps up with the message so (data/collective_sweeps.csv: a fifth of
-    its plateau at 1 MB on eight A100s) and nears the plateau only at hundreds of MB. A zero
-    bandwidth time adds nothing, with a zero gradient."""
-    d = calibration.pipeline_overhead[system.fabric]
-    x = d * bandwidth_time
+def pipelined(message_bytes, bandwidth, system: System, calibration: Calibration):
+    """Time of `message_bytes` (B) sent at `bandwidth` (B/s) as a pipelined collective in the
+    scale-up tier: cut into chunks, each paying a fixed cost that the links would fill with
+    `Calibration.pipeline_overhead_bytes` (D) of the fabric, with the first chunk's fill
+    exposed. The best chunk count gives b + 2 sqrt(d b), b = n / bandwidth and d = D /
+    bandwidth (the optimal segmentation of a pipelined transfer: Johnsson & Ho 1989, IEEE
+    Trans. Computers 38(9); Sanders & Sibeyn 2003, IPL 86), so (2 sqrt(D n) + n) / bandwidth:
+    the fraction of the plateau a message reaches depends on its size, not on the links' speed
+    (data/collective_sweeps.csv: a fifth to a quarter of it at 1 MB on A100 and H100 alike,
+    nearing it only at hundreds of MB). No bytes (or no links) take 0 s, with a zero
+    gradient."""
+    x = calibration.pipeline_overhead_bytes[system.fabric] * message_bytes
     positive = x > 0.0
-    return bandwidth_time + 2.0 * jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    fill = 2.0 * jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    return _safe_div(message_bytes + fill, bandwidth)
 
 
 @once_per_evaluation

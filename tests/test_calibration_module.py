@@ -91,9 +91,9 @@ REACHES = {
     "link_efficiency.nvlink": NVLINK_ONLY,
     "latency_scale.nvlink": NVLINK_ONLY,
     "collective_latency.nvlink": NVLINK_ONLY,
-    "pipeline_overhead.nvlink": NVLINK_ONLY,
+    "pipeline_overhead_bytes.nvlink": NVLINK_ONLY,
     "collective_latency.ici": {"decode on TPU"},
-    "pipeline_overhead.ici": {"decode on TPU"},
+    "pipeline_overhead_bytes.ici": {"decode on TPU"},
     "link_efficiency.ici": {"decode on TPU"},
     "latency_scale.ici": {"decode on TPU"},
     "dp_overlap_fraction": {"train_step", "train_step (unfused attention)"},
@@ -137,7 +137,7 @@ def test_every_field_is_listed():
     # Less the fabrics no entry point runs on.
     assert leaves == set(REACHES) | {
         f"{f}.{fab}" for f in ("link_efficiency", "latency_scale", "collective_latency",
-                                "pipeline_overhead")
+                                "pipeline_overhead_bytes")
         for fab in FABRICS if fab not in ("nvlink", "ici")}
 
 
@@ -268,7 +268,7 @@ def test_gradients_finite_in_float32_and_match_differences_in_float64(entry):
     fn = eqx.filter_jit(_GRADIENT_CASES[entry])
     grad_fn = eqx.filter_jit(jax.grad(_GRADIENT_CASES[entry]))
     names = _GRAD_FIELDS + ("link_efficiency.nvlink", "latency_scale.nvlink",
-                            "collective_latency.nvlink", "pipeline_overhead.nvlink")
+                            "collective_latency.nvlink", "pipeline_overhead_bytes.nvlink")
     g32 = grad_fn(jax.tree.map(jnp.asarray, DEFAULT), SMALL, DGX)
     assert all(bool(jnp.isfinite(x)) for x in jax.tree.leaves(g32))
     with jax.enable_x64(True):

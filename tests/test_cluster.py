@@ -138,8 +138,10 @@ def test_systems_without_a_network_keep_the_two_tier_model():
     # NICs' sustained fraction of their stated bandwidth.
     system = H100.with_num_chips(64)
     n, g = 1e9, 64.0
-    up = 2 * 7 / 8 * n / (450e9 * float(DEFAULT.link_efficiency["nvlink"]))
-    up += 2.0 * np.sqrt(float(DEFAULT.pipeline_overhead["nvlink"]) * up)  # in chunks
+    # In chunks: (bytes + 2 sqrt(D bytes)) / bandwidth.
+    up_bytes = 2 * 7 / 8 * n
+    up = ((up_bytes + 2.0 * np.sqrt(float(DEFAULT.pipeline_overhead_bytes["nvlink"]) * up_bytes))
+          / (450e9 * float(DEFAULT.link_efficiency["nvlink"])))
     out = 2 * 7 / 8 * n / 8 / (50e9 * float(DEFAULT.scaleout_efficiency))
     # Latency: NCCL's fitted start-up once, 2 x 6 in-node steps (the fewer of a ring's 7 and a
     # tree's 2 log2 8) at the fitted per-step latency, 2 x 3 steps across the 8 nodes.

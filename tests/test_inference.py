@@ -147,7 +147,7 @@ def test_2d_weight_stationary_cuts_communication_on_many_chips_only():
 
     # Traffic and steps only: with the collectives' fixed start-up and pipeline fill, the 2D
     # layout's gather and scatter pay two of each where the 1D all-reduce pays one.
-    no_start = DEFAULT.replace(collective_latency=0.0, pipeline_overhead=0.0)
+    no_start = DEFAULT.replace(collective_latency=0.0, pipeline_overhead_bytes=0.0)
 
     def comm(layout, tp):
         plan = InferencePlan(tp=tp, batch=8.0, layout=layout)
