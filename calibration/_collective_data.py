@@ -40,7 +40,6 @@ from ._operator_data import fit_link_efficiency
 NCCL_SWEEPS = {"aic_h100_nccl": "DGX-H100", "aic_a100_nccl": "DGX-A100"}
 _OPS = {"all_reduce": all_reduce, "all_gather": all_gather, "reduce_scatter": reduce_scatter,
         "alltoall": all_to_all}
-FITTED = ("latency_scale", "collective_latency", "pipeline_overhead_bytes", "link_efficiency")
 
 
 def collective_sweep_rows(data_dir: Path | None = None, *, max_bytes: float = np.inf,

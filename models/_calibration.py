@@ -315,8 +315,8 @@ DEFAULT = Calibration(
                                "same value for every fabric (a collective library's launch and "
                                "set-up; no data for the others)"),
         ("pipeline_overhead_bytes", "fitted with latency_scale.nvlink by "
-                              "dse.calibration.fit_collective_latency (NCCL on NVLink); the "
-                              "same value for every fabric (no data for the others)"),
+                                    "dse.calibration.fit_collective_latency (NCCL on NVLink); "
+                                    "the same value for every fabric (no data for the others)"),
         ("dp_overlap_fraction", "1: the whole window (no row of data/ depends on it)"),
         ("overlap_slowdown", "0.189: the average slowdown of computation overlapped with "
                              "communication measured by Lee et al. 2025, arXiv 2507.03114, "

@@ -12,22 +12,23 @@ Costs are the alpha-beta (latency-bandwidth) model of Thakur, Rabenseifner & Gro
 - send/recv: alpha + n beta.
 
 with n the full buffer (NCCL's convention: all-gather counts the gathered output, reduce-scatter
-the input, so all-reduce = reduce-scatter + all-gather, less one start-up), beta = 1 / per-chip
-bandwidth, s the collective's fixed start-up (`Calibration.collective_latency`: the library's
-launch and set-up) and L(p) the latency steps of one reduce-scatter: on a switch the fewer of a
-ring's p - 1 and a logarithmic schedule's 2 log2 p (NCCL's one-node floors rise about one step
-per member from 2 to 8 GPUs), and d (p^(1/d) - 1) on a d-dimensional torus (one bucket ring per
-dimension; Chan et al. 2007, "Collective communication: theory, practice, and experience",
-CCPE 19(13), Sec. 6). s and the per-step alpha on NVLink are fitted to NVIDIA's one-node NCCL
-sweeps (`dse.calibration.fit_collective_latency`, data/collective_sweeps.csv). The scale-up
-tier's bandwidth time b is pipelined, b + 2 sqrt(d b): the optimal segmentation of a pipelined
-transfer with a per-chunk cost d (`Calibration.pipeline_overhead_bytes`; Johnsson & Ho 1989, IEEE
-Trans. Computers 38(9)), which is NCCL's bus-bandwidth ramp from mid-size messages to its
-plateau; NVLink SHARP (NCCL's in-switch all-reduce on eight H100s) is not modelled. On a torus
-the all-to-all is also bounded by the bisection: a k-ary d-cube
-cut in half severs 2 k^(d-1) links per direction and each half sends p n / 4 across it, so
-t >= k n / (8 link_bandwidth) (Dally & Towles 2004, "Principles and practices of interconnection
-networks", Sec. 3.3).
+the input, so all-reduce = reduce-scatter + all-gather, less one start-up and one pipeline
+fill), beta = 1 / per-chip bandwidth, s the collective's fixed start-up
+(`Calibration.collective_latency`: the library's launch and set-up) and L(p) the latency steps
+of one reduce-scatter: on a switch the fewer of a ring's p - 1 and a logarithmic schedule's
+2 log2 p (NCCL's one-node floors rise about one step per member from 2 to 8 GPUs), and
+d (p^(1/d) - 1) on a d-dimensional torus (one bucket ring per dimension; Chan et al. 2007,
+"Collective communication: theory, practice, and experience", CCPE 19(13), Sec. 6). The
+scale-up tier's bytes are pipelined: n bytes at bandwidth w take (n + 2 sqrt(D n)) / w, the
+optimal segmentation of a pipelined transfer whose chunks each cost D bytes' worth of link time
+(`Calibration.pipeline_overhead_bytes`; Johnsson & Ho 1989, IEEE Trans. Computers 38(9)),
+which is NCCL's bus-bandwidth ramp from mid-size messages to its plateau. s, the per-step
+alpha and D on NVLink are fitted to NVIDIA's one-node NCCL sweeps
+(`dse.calibration.fit_collective_latency`, data/collective_sweeps.csv); NVLink SHARP (NCCL's
+in-switch all-reduce on eight H100s) is not modelled. On a torus the all-to-all is also
+bounded by the bisection: a k-ary d-cube cut in half severs 2 k^(d-1) links per direction and
+each half sends p n / 4 across it, so t >= k n / (8 link_bandwidth) (Dally & Towles 2004,
+"Principles and practices of interconnection networks", Sec. 3.3).
 
 Hierarchy: `group_size` members sit on chips 0, stride, 2 stride, ... A scale-up domain holds
 g_in = clip(scaleup_size / stride, 1, group_size) of them and the group spans
