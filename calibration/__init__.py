@@ -60,9 +60,6 @@ from ._precision_data import precision_training_rows as precision_training_rows
 from ._recsys_data import RecCase as RecCase
 from ._recsys_data import predict_recsys as predict_recsys
 from ._recsys_data import recsys_cases as recsys_cases
-from ._residual import ResidualFit as ResidualFit
-from ._residual import compose_residual as compose_residual
-from ._residual import fit_residual as fit_residual
 from ._result import CalibrationResult as CalibrationResult
 from ._result import load_calibration as load_calibration
 from ._result import param_names as param_names
@@ -97,3 +94,20 @@ from ._uncertainty import prediction_interval as prediction_interval
 from ._uncertainty import propagate as propagate
 from ._uncertainty import source_spread as source_spread
 from ._uncertainty import spread_dof as spread_dof
+
+# The learned residual is flax (nnx), whose import costs about 0.8 CPU-s: it loads on first use
+# of one of its names, not with `dse` (every CLI call, notebook kernel and test process pays
+# the import of `dse`).
+_RESIDUAL = ("ResidualFit", "compose_residual", "fit_residual")
+
+
+def __getattr__(name: str):
+    if name in _RESIDUAL:
+        from . import _residual
+
+        return getattr(_residual, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_RESIDUAL])

@@ -4,8 +4,11 @@ import os
 import subprocess
 import sys
 
-PROBE = ("import jax, dse; c = jax.config; print(c.jax_enable_compilation_cache, "
-         "c.jax_compilation_cache_dir, c.jax_persistent_cache_min_compile_time_secs)")
+# Also whether flax was loaded: `import dse` must not pay for the learned residual's flax
+# (0.8 CPU-s in every process) until it is used.
+PROBE = ("import sys, jax, dse; c = jax.config; print(c.jax_enable_compilation_cache, "
+         "c.jax_compilation_cache_dir, c.jax_persistent_cache_min_compile_time_secs, "
+         "'flax' in sys.modules)")
 
 
 def _probe(env_changes, args=()):
@@ -18,19 +21,20 @@ def _probe(env_changes, args=()):
 
 
 def test_cache_is_on_by_default_in_the_users_cache_folder(tmp_path):
-    enabled, folder, min_s = _probe({"XDG_CACHE_HOME": str(tmp_path)})
+    enabled, folder, min_s, flax_loaded = _probe({"XDG_CACHE_HOME": str(tmp_path)})
+    assert flax_loaded == "False"
     assert enabled == "True"
     assert folder == str(tmp_path / "dse" / "jax")
     assert float(min_s) == 0.2
 
 
 def test_env_var_turns_it_off(tmp_path):
-    enabled, _, _ = _probe({"XDG_CACHE_HOME": str(tmp_path), "DSE_COMPILATION_CACHE": "0"})
+    enabled, *_ = _probe({"XDG_CACHE_HOME": str(tmp_path), "DSE_COMPILATION_CACHE": "0"})
     assert enabled == "False"
 
 
 def test_a_folder_jax_was_given_is_kept(tmp_path):
-    _, folder, min_s = _probe({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "mine"),
+    _, folder, min_s, _ = _probe({"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "mine"),
                                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "3"})
     assert folder == str(tmp_path / "mine")
     assert float(min_s) == 3.0
