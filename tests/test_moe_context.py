@@ -32,6 +32,14 @@ from dse.models._layer import _ring_effective_context, kv_chunk_bytes, layer_cos
 from dse.models._transformer import PUBLISHED_PARAMS
 
 DGX = SYSTEMS["DGX-A100"]
+DGX_64 = DGX.with_num_chips(64)
+H100_64 = SYSTEMS["DGX-H100"].with_num_chips(64)
+
+# Programs that several tests trace: the model and the plan are arguments, not constants, so
+# one compiled program serves every model and plan of the same structure (each new closure
+# would trace and compile train_step anew, ~1 s and ~3 s).
+step_on_dgx_64 = jax.jit(lambda model, plan: train_step(model, plan, DGX_64))
+reason_on_h100_64 = jax.jit(lambda model, plan: train_step(model, plan, H100_64).reason)
 
 
 def small_moe(**changes):
@@ -401,12 +409,12 @@ def test_context_parallel_schemes_expose_their_collectives_by_hand():
 
 def test_ulysses_needs_whole_heads_per_cp_rank():
     model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0)
-    system = SYSTEMS["DGX-H100"].with_num_chips(64)
+    system = H100_64
     # 32 heads over TP 8: 4 per TP rank, which CP 8 cannot split.
     bad = TrainingPlan(tp=8.0, cp=8.0, dp=1.0, global_batch=1.0, cp_comm=CP_A2A)
     with pytest.raises(ValueError, match=r"TrainingPlan\.cp .*heads per TP rank.*got 8"):
         train_step(model, bad, system)
-    flagged = jax.jit(lambda p: train_step(model, p, system).reason)(bad)
+    flagged = reason_on_h100_64(model, bad)
     assert int(flagged) & int(Reason.SPLIT)
     # 32 query heads split 4 ways over TP 1, but its 8 KV heads do not split 16 ways.
     kv_short = TrainingPlan(tp=1.0, cp=16.0, dp=4.0, global_batch=4.0, cp_comm=CP_A2A)
@@ -432,12 +440,17 @@ def test_hierarchical_cp_is_the_ring_at_one_and_ulysses_at_cp_and_splits_the_tie
     # Llama 3 8B's shape with 32 KV heads at 128K over CP 16 x TP 2 on 64 H100s: the CP group
     # spans four DGX nodes, an all-to-all group of 4 (x TP 2) fills one node's NVLink.
     model = TRANSFORMERS["llama3-8b"].replace(seq_len=131072.0, kv_heads=32.0)
-    system = SYSTEMS["DGX-H100"].with_num_chips(64)
+    system = H100_64
     base = dict(tp=2.0, cp=16.0, dp=2.0, global_batch=2.0, sequence_parallel=1.0)
+    done = {}
 
     def costs(scheme, level=1.0):
-        plan = TrainingPlan(cp_comm=scheme, cp_a2a=level, **base)
-        return layer_costs(model, plan, system), train_step(model, plan, system)
+        # Each scheme's costs by hand once (several checks below read the same ones).
+        if (scheme, level) not in done:
+            plan = TrainingPlan(cp_comm=scheme, cp_a2a=level, **base)
+            done[scheme, level] = layer_costs(model, plan, system), train_step(model, plan,
+                                                                               system)
+        return done[scheme, level]
 
     fields = ("cp_comm", "comm_bytes", "fwd", "bwd")
     for level, same in ((1.0, CP_P2P), (16.0, CP_A2A)):
@@ -475,7 +488,7 @@ def test_hierarchical_cp_is_the_ring_at_one_and_ulysses_at_cp_and_splits_the_tie
         bad = TrainingPlan(cp_comm=CP_A2A_P2P, cp_a2a=level, **base)
         with pytest.raises(ValueError, match=r"TrainingPlan\.cp_a2a must be a divisor of cp"):
             train_step(bad_model, bad, system)
-        flagged = jax.jit(lambda p, m=bad_model: train_step(m, p, system).reason)(bad)
+        flagged = reason_on_h100_64(bad_model, bad)
         assert int(flagged) & int(Reason.SPLIT)
     with pytest.raises(ValueError, match="TrainingPlan.cp_a2a"):
         TrainingPlan(cp=4.0, cp_comm=CP_A2A_P2P, cp_a2a=1.5)
@@ -528,18 +541,23 @@ def test_context_parallel_schemes_gradients_match_finite_differences():
             return base.replace(chip=base.chip.replace(link_bandwidth=links[0]),
                                 scaleout_bandwidth=links[1])
 
-        step = jax.jit(jax.vmap(jax.value_and_grad(
-            lambda p, links: train_step(model, p, system_at(links)).step_time, argnums=1),
-            in_axes=(0, None)))
-        links = jnp.asarray([base.chip.link_bandwidth, base.scaleout_bandwidth]) \
-            * jnp.asarray(rng.uniform(0.5, 2.0, 2))
-        times, grads = step(plans, links)
-        reasons = jax.jit(jax.vmap(lambda p: train_step(model, p, base).reason))(plans)
+        def time_and_reason(p, links):
+            r = train_step(model, p, system_at(links))
+            return r.step_time, r.reason
+
+        # The step's reasons ride along as aux: one program gives them (at the base links)
+        # and the times and gradients (at random ones), where a second would trace it again.
+        step = jax.jit(jax.vmap(jax.value_and_grad(time_and_reason, argnums=1, has_aux=True),
+                                in_axes=(0, None)))
+        base_links = jnp.asarray([base.chip.link_bandwidth, base.scaleout_bandwidth])
+        links = base_links * jnp.asarray(rng.uniform(0.5, 2.0, 2))
+        (times, _), grads = step(plans, links)
+        (_, reasons), _ = step(plans, base_links)
         assert np.all(np.asarray(reasons) == 0)  # every scheme's plan is a valid one
         assert np.all(np.asarray(grads) != 0.0)  # each scheme's time moves with both tiers
         for i in range(2):
-            fd = central_difference(lambda x, i=i: np.asarray(step(plans, links.at[i].set(x))[0]),
-                                    float(links[i]))
+            fd = central_difference(
+                lambda x, i=i: np.asarray(step(plans, links.at[i].set(x))[0][0]), float(links[i]))
             np.testing.assert_allclose(np.asarray(grads[:, i]), fd, rtol=2e-3,
                                        atol=1e-9 * float(times.max()) / float(links[i]))
 
@@ -701,12 +719,12 @@ def test_uneven_pipeline_stages_are_an_error_by_hand_and_a_flag_when_traced():
 
     model = small_moe(layers=6.0)
     plan = TrainingPlan(tp=1.0, pp=4.0, dp=16.0, ep=8.0, microbatch_size=1.0, global_batch=64.0)
-    system = DGX.with_num_chips(64)
+    system = DGX_64
     with pytest.raises(ValueError, match="TrainingPlan.pp must be a divisor of the model's 6 "):
         train_step(model, plan, system)
-    traced = jax.jit(lambda p: train_step(model, p, system))(plan)
+    traced = step_on_dgx_64(model, plan)
     assert int(traced.reason) & int(Reason.SPLIT) and not bool(traced.fits)
-    even = jax.jit(lambda p: train_step(model.replace(layers=8.0), p, system))(plan)
+    even = step_on_dgx_64(model.replace(layers=8.0), plan)
     assert 0.0 < float(traced.step_time) < float(even.step_time)
 
 
@@ -718,8 +736,8 @@ def test_embedding_and_loss_counted_in_the_split_by_hand(vocab):
     # the output layer; the busier of the last and a middle stage sets the pace.
     model = small_moe(layers=6.0, vocab=vocab, dense_layers=0.0)
     base = dict(tp=1.0, pp=4.0, dp=16.0, ep=8.0, microbatch_size=1.0, global_batch=64.0)
-    system = DGX.with_num_chips(64)
-    step = jax.jit(lambda m, p: train_step(m, p, system))
+    system = DGX_64
+    step = step_on_dgx_64
     counted = step(model, TrainingPlan(**base, account_embedding_loss=1.0))
     assert bool(counted.fits)
     # Plain splits of 4 and 8 layers: 1 and 2 layers per stage, the last adding the head.

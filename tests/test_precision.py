@@ -4,6 +4,8 @@ published FP8 / BF16 step-time ratios of same-shape pairs."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,6 +136,7 @@ TE_PLAN = TrainingPlan(microbatch_size=31.0, global_batch=31.0)  # M = 31 x 512 
 B300 = SYSTEMS["DGX-B300"].with_num_chips(1)
 
 
+@functools.cache  # several tests read the same layer's costs; eager, ~0.3 s each
 def _te_layer(precision):
     plan = TE_PLAN.replace(precision=precision)
     fwd, bwd, *_ = _quantize_ops(TE_LAYER, plan, B300, False, DEFAULT)
@@ -256,10 +259,17 @@ def test_fp4_gemm_gradient_survives_a_huge_chip_in_float32():
     assert g64 < 0.0 and g32 == pytest.approx(g64, rel=1e-3)
 
 
+@functools.cache  # two tests read the FP8 delayed-scaling step (eager, ~1 s each)
+def _small_step(precision=None):
+    """SMALL's step under PLAN8 (with `precision`, if given) on a DGX H100, by hand."""
+    plan = PLAN8 if precision is None else PLAN8.replace(precision=precision)
+    return train_step(SMALL, plan, DGX_H100)
+
+
 def test_recipe_memory_states_and_copies():
     system = DGX_H100
-    base = train_step(SMALL, PLAN8, system)
-    fp8 = train_step(SMALL, PLAN8.replace(precision="fp8_delayed"), system)
+    base = _small_step()
+    fp8 = _small_step("fp8_delayed")
     only = train_step(SMALL, PLAN8.replace(precision="fp8_delayed", quantized_params=True),
                       system)
     lean = train_step(SMALL, PLAN8.replace(optimizer_state="bf16", gradients="bf16",
@@ -284,9 +294,7 @@ def test_recipe_memory_states_and_copies():
 
 
 def test_fp8_recipes_order_by_their_quantization_cost():
-    system = DGX_H100
-    times = {p: float(train_step(SMALL, PLAN8.replace(precision=p), system).quantize_time)
-             for p in ("fp8_delayed", "fp8_current")}
+    times = {p: float(_small_step(p).quantize_time) for p in ("fp8_delayed", "fp8_current")}
     assert times["fp8_delayed"] < times["fp8_current"]  # current scaling reads twice
 
 
@@ -443,6 +451,14 @@ def _prefill_time(chip, fmt):
     return prefill(SERVE_MODEL, plan, system, 4096.0).time
 
 
+def _int8_prefill_time(chip):
+    return _prefill_time(chip, "int8")
+
+
+def _mxfp6_prefill_time(chip):
+    return _prefill_time(chip, "mxfp6")
+
+
 def _vector_time(chip):
     from dse.models import elementwise
 
@@ -455,11 +471,19 @@ _FIELD_OBJECTIVES = {
     "fp6_rate": (_area_watts, +1.0),
     "fp4_rate": (_area_watts, +1.0),
     "int8_rate": (_area_watts, +1.0),
-    "int8_rate/prefill": (lambda c: _prefill_time(c, "int8"), -1.0),
-    "fp6_rate/prefill": (lambda c: _prefill_time(c, "mxfp6"), -1.0),
-    "low_precision_efficiency": (lambda c: _prefill_time(c, "int8"), -1.0),
+    "int8_rate/prefill": (_int8_prefill_time, -1.0),
+    "fp6_rate/prefill": (_mxfp6_prefill_time, -1.0),
+    "low_precision_efficiency": (_int8_prefill_time, -1.0),
     "vector_16bit_rate": (_vector_time, -1.0),
 }
+
+
+@functools.cache
+def _field_programs(f):
+    """jit(vmap(value_and_grad(f))) and jit(value_and_grad(f)), built once per objective: the
+    fields that share one (four the area and watts, two the INT8 prefill) share its traced and
+    compiled programs instead of tracing them again (~1-2 s each)."""
+    return jax.jit(jax.vmap(jax.value_and_grad(f))), jax.jit(jax.value_and_grad(f))
 
 
 @pytest.mark.parametrize("key", list(_FIELD_OBJECTIVES))
@@ -472,9 +496,9 @@ def test_every_precision_field_jits_vmaps_and_differentiates(key):
     chips = [base.replace(**{field: float(x)}) for x in rng.uniform(low, high, size=3)]
     # Two compiled programs show all three transforms: jit(vmap(value_and_grad)) in float32
     # and jit(value_and_grad) in float64 (one design at a time, reused by the differences).
-    values, grads = jax.jit(jax.vmap(jax.value_and_grad(f)))(stack_chips(chips))
+    batched, value_and_grad = _field_programs(f)
+    values, grads = batched(stack_chips(chips))
     assert np.all(np.isfinite(np.asarray(getattr(grads, field))))
-    value_and_grad = jax.jit(jax.value_and_grad(f))
     with jax.enable_x64(True):
         chips64 = [jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), c) for c in chips]
         one_by_one = np.array([float(value_and_grad(c)[0]) for c in chips64])
