@@ -44,6 +44,24 @@ def _report(system, plan, load):
     return serve_continuous(MODEL, plan, system, load)
 
 
+# A report's latency (at a rate, or vmapped over a grid of them) and goodput, each compiled
+# whole for every report and objective of one structure: op by op they compile dozens of small
+# programs (seconds).
+@jax.jit
+def _latency(report, rate, quantile=0.99):
+    return report.latency(rate, quantile)
+
+
+@jax.jit
+def _latencies(report, rates, quantile):
+    return jax.vmap(lambda rate: report.latency(rate, quantile))(rates)
+
+
+@jax.jit
+def _goodput(report, slo):
+    return report.goodput(slo)
+
+
 def _sys(n=2, **chip):
     return H100.replace(chip=H100.chip.replace(**chip)).with_num_chips(n) if chip \
         else H100.with_num_chips(n)
@@ -112,8 +130,8 @@ def test_latency_rises_with_load_finite_below_capacity_and_flagged_past_it():
     r = _report(_sys(), PLAN, LOAD)
     cap = float(r.requests_per_s)
     rates = cap * np.array([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999])
-    at = jax.vmap(lambda x: r.latency(x, 0.99))(jnp.asarray(rates))
-    mean = jax.vmap(lambda x: r.latency(x, 0.5))(jnp.asarray(rates))
+    at = _latencies(r, jnp.asarray(rates), 0.99)
+    mean = _latencies(r, jnp.asarray(rates), 0.5)
     for series in (at.ttft, at.tpot, at.ttft_mean, at.tpot_mean, mean.ttft, mean.tpot):
         s = np.asarray(series)
         assert np.all(np.isfinite(s)) and np.all(np.diff(s) >= 0.0), s
@@ -121,7 +139,7 @@ def test_latency_rises_with_load_finite_below_capacity_and_flagged_past_it():
     # The tail is above the median; TPOT's rise comes from the batch and its prefill.
     assert np.all(np.asarray(at.tpot) >= np.asarray(mean.tpot))
     assert float(at.tpot[-1]) > 1.5 * float(at.tpot[0])
-    past = r.latency(cap * 1.01)
+    past = _latency(r, cap * 1.01)
     assert int(past.reason) & Reason.SATURATED and not bool(past.fits)
     assert np.isinf(float(past.ttft)) and np.isfinite(float(past.tpot))
     np.testing.assert_allclose(float(past.tpot_mean), float(r.iteration_time), rtol=1e-3)
@@ -129,19 +147,19 @@ def test_latency_rises_with_load_finite_below_capacity_and_flagged_past_it():
 
 def test_goodput_meets_the_slo_and_flags_an_impossible_one():
     r = _report(_sys(), PLAN, LOAD)
-    light = float(r.latency(1e-3 * float(r.requests_per_s)).tpot)
+    light = float(_latency(r, 1e-3 * float(r.requests_per_s)).tpot)
     full = float(r.iteration_time)
     slo = Slo(tpot=0.5 * (light + full))
-    g = r.goodput(slo)
+    g = _goodput(r, slo)
     assert bool(g.fits) and 0.0 < float(g.rate) < float(r.requests_per_s)
     np.testing.assert_allclose(float(g.tpot), float(slo.tpot), rtol=2e-2)
     np.testing.assert_allclose(float(g.tokens_per_s), float(g.rate) * 200.0, rtol=1e-5)
-    none = r.goodput(Slo(tpot=0.5 * light))
+    none = _goodput(r, Slo(tpot=0.5 * light))
     assert float(none.rate) == 0.0 and int(none.reason) & Reason.SLO
-    loose = r.goodput(Slo())
+    loose = _goodput(r, Slo())
     np.testing.assert_allclose(float(loose.rate), float(r.requests_per_s), rtol=1e-5)
     # A TTFT objective binds below capacity.
-    ttft = r.goodput(Slo(ttft=2.0 * float(r.latency(1e-3).ttft)))
+    ttft = _goodput(r, Slo(ttft=2.0 * float(_latency(r, 1e-3).ttft)))
     assert float(ttft.rate) < float(r.requests_per_s)
 
 
@@ -294,12 +312,12 @@ def test_disaggregated_capacity_is_the_slowest_pool_and_latency_rises_with_load(
     assert float(out.transfer_time) > float(pools.transfer_time) > 0.0
     # Latency rises with load, is finite below capacity and flagged past it.
     cap = float(r.requests_per_s)
-    at = jax.vmap(lambda x: r.latency(x))(jnp.asarray(cap * np.array([0.1, 0.5, 0.9, 0.99])))
+    at = _latencies(r, jnp.asarray(cap * np.array([0.1, 0.5, 0.9, 0.99])), 0.99)
     for s in (np.asarray(at.ttft), np.asarray(at.tpot)):
         assert np.all(np.isfinite(s)) and np.all(np.diff(s) >= 0.0)
     # TTFT includes the prefill and the transfer.
     assert float(at.ttft[0]) >= float(pools.prefill_time + pools.transfer_time)
-    past = r.latency(1.01 * cap)
+    past = _latency(r, 1.01 * cap)
     assert np.isinf(float(past.ttft)) and int(past.reason) & Reason.SATURATED
     with pytest.raises(ValueError, match="serve_disaggregated.kv_link"):
         serve_disaggregated(MODEL, PLAN, _sys(2), PLAN, _sys(2), LOAD, kv_link="pcie")
@@ -467,11 +485,13 @@ def test_running_max_is_cummax_with_its_gradient():
     np.testing.assert_array_equal(np.asarray(jax.jit(_running_max)(x)),
                                   np.asarray(jax.lax.cummax(x, axis=1)))
     # Without ties each point's cotangent goes to the point its maximum copies, as cummax's.
+    # (Jitted: cummax's gradient, an associative scan, takes 4 s op by op.)
     weights = jnp.arange(32.0)[None, :]
     ours = jax.jit(jax.grad(lambda v: jnp.sum(_running_max(v) * weights)))(x)
-    reference = jax.grad(lambda v: jnp.sum(jax.lax.cummax(v, axis=1) * weights))(x)
+    reference = jax.jit(jax.grad(lambda v: jnp.sum(jax.lax.cummax(v, axis=1) * weights)))(x)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-6)
     # A tie: the latest point that reaches the maximum takes the cotangent.
-    tie = jax.grad(lambda v: jnp.sum(_running_max(v) * jnp.array([1.0, 10.0, 100.0, 1000.0])))(
+    tie = jax.jit(jax.grad(
+        lambda v: jnp.sum(_running_max(v) * jnp.array([1.0, 10.0, 100.0, 1000.0]))))(
         jnp.array([1.0, 3.0, 3.0, 2.0]))
     np.testing.assert_array_equal(np.asarray(tie), [1.0, 10.0, 1100.0, 0.0])

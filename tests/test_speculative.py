@@ -1,4 +1,10 @@
-"""Speculative decoding: a step's accounting, where it pays, its errors and its derivatives."""
+"""Speculative decoding: a step's accounting, where it pays, its errors and its derivatives.
+
+A few module-level jitted functions keep the compiles few (each costs seconds): every speculative
+step of Llama 3 8B is `_step`'s program, and every speculative serving report of it without CUDA
+graphs (its gradients aside) is `_serve`'s."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +16,14 @@ from dse.hardware import SYSTEMS, Reason
 from dse.models import (
     TRANSFORMERS,
     InferencePlan,
+    ServingPlan,
+    ServingWorkload,
     Speculation,
     chain_acceptance_length,
     decode,
     eagle_draft,
     serve,
+    serve_continuous,
     speculative_decode,
 )
 
@@ -29,6 +38,30 @@ TREE = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=5.0, dra
 @jax.jit
 def _step(plan, system, context, spec):
     return speculative_decode(LLAMA, plan, system, context, spec)
+
+
+@jax.jit
+def _serve(plan, load, draft, tau, passes, width, verify):
+    # The speculation is built inside the trace, so that a value out of range is flagged (not
+    # refused).
+    spec = Speculation(draft=draft, acceptance_length=tau, draft_passes=passes, draft_width=width,
+                       verify_tokens=verify)
+    return serve_continuous(LLAMA, plan, H100, load, speculation=spec)
+
+
+def _serve_fields(plan, load, draft, tau, passes, width, verify):
+    """`serve_continuous` of Llama 3 8B on `H100` decoding speculatively with these fields (any
+    of them out of range): one program for every plan and load of one structure."""
+    # float32 arrays, whether given as Python floats or as a Speculation's leaves: weakly typed
+    # ones would compile the program again.
+    return _serve(plan, load, draft,
+                  *(jnp.asarray(v, jnp.float32) for v in (tau, passes, width, verify)))
+
+
+def _served(plan, load, spec):
+    """`_serve_fields` with `spec`'s draft and fields."""
+    return _serve_fields(plan, load, spec.draft, spec.acceptance_length, spec.draft_passes,
+                         spec.draft_width, spec.verify_tokens)
 
 
 def test_chain_acceptance_length_is_leviathans_expectation():
@@ -108,8 +141,10 @@ def test_out_of_range_fields_name_the_field():
         Speculation(draft=PLAN, acceptance_length=1.0, draft_passes=1.0)
     with pytest.raises(ValueError, match="context_len"):
         speculative_decode(LLAMA, PLAN, H100, -1.0, TREE)
-    # Traced, a bad value is a flagged result.
-    bad = jax.jit(lambda t: _step(PLAN, H100, 1000.0, TREE.replace(acceptance_length=t)))(20.0)
+    # Traced, a bad value is a flagged result: built under a trace (where it is not refused),
+    # evaluated by `_step`'s program (a jit around `_step` would compile it all again).
+    spec = jax.jit(lambda t: TREE.replace(acceptance_length=t))(jnp.float32(20.0))
+    bad = _step(PLAN, H100, 1000.0, spec)
     assert not bool(bad.fits) and np.isfinite(float(bad.tpot))
 
 
@@ -144,14 +179,17 @@ def test_gradients_finite_and_match_central_differences(dtype):
             assert all(np.isfinite(float(v)) for v in g)
             assert float(g[0]) < 0.0 and float(g[2]) < 0.0
         if dtype == "float64":
+            # float64 arrays, as above: a float32 or weakly typed argument compiles anew.
             x0 = float(H100.chip.hbm_bandwidth)
-            fd = central_difference(
-                lambda v: float(both(jnp.float64(v), H100.chip.mac_units, 5.0)[0]), x0)
-            g = float(both(jnp.float64(x0), H100.chip.mac_units, 5.0)[1][0])
+            macs, tau = jnp.float64(H100.chip.mac_units), jnp.float64(5.0)
+            fd = central_difference(lambda v: float(both(jnp.float64(v), macs, tau)[0]), x0)
+            g = float(both(jnp.float64(x0), macs, tau)[1][0])
             np.testing.assert_allclose(g, fd, rtol=1e-4)
 
 
+@functools.lru_cache(maxsize=1)
 def _published():
+    # Evaluated once for the two tests that read it (seconds each time).
     from dse.calibration import predict_speculative, speculative_cases
 
     cases = speculative_cases()
@@ -189,15 +227,15 @@ def test_published_speedups_within_15_percent():
 
 
 def test_continuous_serving_decodes_tau_tokens_per_iteration():
-    from dse.models import ServingPlan, ServingWorkload, serve_continuous
-
     plan = ServingPlan(inference=InferencePlan(tp=1.0, sequence_parallel=False))
     load = ServingWorkload(1000.0, 500.0)
     chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
                         draft_passes=3.0)
-    # Jitted: run op by op, a serving model takes seconds.
-    run = jax.jit(lambda spec, load: serve_continuous(LLAMA, plan, H100, load,
-                                                      speculation=spec))
+    # Jitted (`_serve`'s program, shared with the review of the edges): run op by op, a serving
+    # model takes seconds.
+    def run(spec, load):
+        return _served(plan, load, spec)
+
     plain = jax.jit(lambda: serve_continuous(LLAMA, plan, H100, load))()
     spec = run(chain, load)
     # TPOT is the iteration over the tokens it emits; at the lightest load (one sequence, and
@@ -205,7 +243,7 @@ def test_continuous_serving_decodes_tau_tokens_per_iteration():
     np.testing.assert_allclose(float(spec.iteration_time) / 3.0,
                                float(spec.tpot_mean[-1]), rtol=1e-6)
     short = run(chain, ServingWorkload(2.0, 500.0))
-    one = jax.jit(speculative_decode)(LLAMA, PLAN, H100, 2.0 + 0.5 * 500.0 - 1.0, chain)
+    one = _step(PLAN, H100, 2.0 + 0.5 * 500.0 - 1.0, chain)
     np.testing.assert_allclose(float(short.tpot_mean[0]), float(one.tpot), rtol=0.02)
     assert float(spec.tpot_mean[0]) < 0.5 * float(plain.tpot_mean[0])
     # The draft's weights and KV cache take memory from the target's cache.
@@ -242,8 +280,10 @@ def test_best_serving_plan_with_speculation_meets_a_tighter_tpot():
     system = SYSTEMS["DGX-H100"].with_num_chips(2)
     load, slo = ServingWorkload(500.0, 200.0), Slo(tpot=0.0006, ttft=1.0)
     kw = dict(precisions={"bf16": (2.0, 2.0, 1.0)}, max_batches=(64, 512), max_tokens=(4096,))
-    plain = best_serving_plan(small, system, load, slo, **kw)
-    spec = best_serving_plan(small, system, load, slo, speculation=draft, **kw)
+    # Each search compiled whole: by hand its selection runs op by op (2.5 CPU-s more each).
+    plain = jax.jit(lambda: best_serving_plan(small, system, load, slo, **kw))()
+    spec = jax.jit(lambda: best_serving_plan(small, system, load, slo, speculation=draft,
+                                             **kw))()
     # A 0.6 ms p99 TPOT is below a plain decode step of this model: only speculation meets it.
     assert int(plain.feasible) == 0 and not bool(plain.goodput.fits)
     assert int(spec.feasible) > 0 and float(spec.tokens_per_s) > 0.0
@@ -251,7 +291,6 @@ def test_best_serving_plan_with_speculation_meets_a_tighter_tpot():
 
 
 def test_review_edges_flagged_finite_and_exact():
-    from dse.models import ServingPlan, ServingWorkload, serve_continuous
     from dse.models._serving import TRTLLM_GRAPH_BATCHES
 
     # Leviathan's expectation: exact derivative at alpha = 1 (gamma (gamma + 1) / 2), no
@@ -278,11 +317,11 @@ def test_review_edges_flagged_finite_and_exact():
     plan = ServingPlan(inference=InferencePlan(tp=1.0, sequence_parallel=False))
     load = ServingWorkload(1000.0, 500.0)
 
-    @jax.jit
+    draft = eagle_draft(LLAMA, 32000.0)
+
     def run(verify, passes, width, tau):
-        spec = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=tau,
-                           draft_passes=passes, draft_width=width, verify_tokens=verify)
-        return serve_continuous(LLAMA, plan, H100, load, speculation=spec)
+        # The speculation is built inside `_serve`'s trace (one program for every call).
+        return _serve_fields(plan, load, draft, tau, passes, width, verify)
 
     ok = run(4.0, 3.0, 1.0, 3.0)
     assert bool(ok.fits)
@@ -301,11 +340,11 @@ def test_review_edges_flagged_finite_and_exact():
     chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
                         draft_passes=3.0)
     long = ServingWorkload(100.0, 2000.0)
-    # Compiled whole (op by op these three calls compiled ~200 small programs).
+    # Compiled whole (op by op these three calls compiled ~200 small programs); the plan
+    # without graphs is `_serve`'s (its captured sizes are static: the one with them is not).
     with_graphs = jax.jit(lambda: serve_continuous(LLAMA, padded, H100, long,
                                                    speculation=chain))()
-    without = jax.jit(lambda: serve_continuous(LLAMA, padded.replace(graph_batches=()), H100,
-                                               long, speculation=chain))()
+    without = _served(padded.replace(graph_batches=()), long, chain)
     batch = float(without.batch)
     assert 128.0 < batch < 256.0, batch
     # Prompts of 100 tokens arrive batch / (1999 / 3) per iteration: that share carries a chunk.
@@ -315,25 +354,26 @@ def test_review_edges_flagged_finite_and_exact():
 
 
 def test_disaggregated_decode_pool_decodes_speculatively():
-    from dse.models import ServingPlan, ServingWorkload, serve_disaggregated
+    from dse.models import serve_disaggregated
 
     plan = ServingPlan(inference=InferencePlan(tp=1.0, sequence_parallel=False))
     load = ServingWorkload(1000.0, 500.0)
     chain = Speculation(draft=eagle_draft(LLAMA, 32000.0), acceptance_length=3.0,
                         draft_passes=3.0)
-    # Jitted: run op by op, a serving model takes seconds.
-    run = jax.jit(lambda spec: serve_disaggregated(LLAMA, plan, H100, plan, H100, load,
-                                                   speculation=spec))
+    # Jitted: run op by op, a serving model takes seconds. The acceptance length is traced, so
+    # that one program serves the speculation in range and out of it (below).
+    run = jax.jit(lambda tau: serve_disaggregated(
+        LLAMA, plan, H100, plan, H100, load, speculation=chain.replace(acceptance_length=tau)))
     plain, plain_pools = jax.jit(lambda: serve_disaggregated(LLAMA, plan, H100, plan, H100,
                                                              load))()
-    spec, pools = run(chain)
+    spec, pools = run(chain.acceptance_length)
     # The decode pool's TPOT at its lightest load is the speculative step's (decode only, no
     # prompts to share it), and the pool serves more requests; the prefill pool is unchanged.
-    one = speculative_decode(LLAMA, PLAN, H100, 1000.0 + 0.5 * 500.0 - 1.0, chain)
+    one = _step(PLAN, H100, 1000.0 + 0.5 * 500.0 - 1.0, chain)
     np.testing.assert_allclose(float(spec.tpot_mean[0]), float(one.tpot), rtol=0.02)
     assert float(pools.decode_rate) > float(plain_pools.decode_rate)
     np.testing.assert_allclose(float(pools.prefill_rate), float(plain_pools.prefill_rate),
                                rtol=1e-6)
     assert bool(spec.fits) and float(spec.tpot_mean[0]) < 0.5 * float(plain.tpot_mean[0])
-    bad = jax.jit(lambda t: run(chain.replace(acceptance_length=t))[0])(9.0)
+    bad = run(jnp.float32(9.0))[0]
     assert not bool(bad.fits) and np.isfinite(float(bad.tokens_per_s))
