@@ -109,9 +109,12 @@ def test_best_plan_is_the_fastest_feasible():
     assert fits.any() and not fits.all()
     np.testing.assert_allclose(float(report.step_time), t[fits].min(), rtol=1e-6)
     assert bool(report.fits)
-    # The chosen plan re-evaluated alone gives the same report.
-    again = evaluate(jax.tree.map(lambda x: x[None], plan))
-    np.testing.assert_allclose(float(again.step_time[0]), float(report.step_time), rtol=1e-5)
+    # The chosen plan re-evaluated alone gives the same report: a batch of copies of it only,
+    # the shape `evaluate` was compiled for (a batch of one compiled it again).
+    n = t.shape[0]
+    again = evaluate(jax.tree.map(lambda x, y: jnp.broadcast_to(x, (n,)).astype(y.dtype),
+                                  plan, plans))
+    np.testing.assert_allclose(np.asarray(again.step_time), float(report.step_time), rtol=1e-5)
 
 
 def test_no_feasible_plan_is_reported():
@@ -126,12 +129,13 @@ def test_soft_min_bounds_and_gradient():
     knobs = dict(recompute=(1,), zero_stages=(0, 1))
     with jax.enable_x64(True):
         system = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), DGX.with_num_chips(16))
-        hard = float(jax.jit(lambda s: best_plan(model, s, 32, **knobs)[1].step_time)(system))
-        # One program for the soft minimum, its gradient and the differences' values.
+        # One program for the soft minimum, its gradient, the differences' values and (as
+        # aux) the hard minimum, which a program of its own compiled for seconds.
         both = jax.jit(jax.value_and_grad(
-            lambda s: plan_step_time(model, s, 32, temperature=0.05, **knobs)))
-        soft, g = both(system)
-        soft = float(soft)
+            lambda s: (plan_step_time(model, s, 32, temperature=0.05, **knobs),
+                       best_plan(model, s, 32, **knobs)[1].step_time), has_aux=True))
+        (soft, hard), g = both(system)
+        soft, hard = float(soft), float(hard)
         n = enumerate_plans(model, 16, 32, **knobs).tp.shape[0]
         # Soft minimum: never above the minimum, at most a factor n^temperature below it.
         assert hard * n ** -0.05 * (1 - 1e-9) <= soft <= hard * (1 + 1e-9)
@@ -146,7 +150,7 @@ def test_soft_min_bounds_and_gradient():
             x0 = float(getattr(system.chip, field))
             fd = central_difference(
                 lambda x, fl=field: float(both(system.replace(
-                    chip=system.chip.replace(**{fl: x})))[0]), x0, rel_step=1e-5)
+                    chip=system.chip.replace(**{fl: x})))[0][0]), x0, rel_step=1e-5)
             np.testing.assert_allclose(ad, fd, rtol=1e-2, err_msg=field)
 
 
