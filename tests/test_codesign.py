@@ -1,10 +1,13 @@
 """Co-design: the pruned plan set picks the exhaustive best plan; best_of_plans == select_plan."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_identical
 
 import dse
 from dse.hardware import SYSTEMS
@@ -30,51 +33,77 @@ SPACE = dse.Space(BASE, [
 ])
 
 
+# Every plan of 16 chips, and their memory, as several tests read them.
+PLANS = enumerate_plans(MODEL, 16, GLOBAL_BATCH)
+_plan_memory = functools.cache(lambda: plan_memory(MODEL, PLANS))
+RANDOM = 16  # random designs compared; then the 1 MB design and the base design
+TINY_ROW = RANDOM
+
+
 @pytest.fixture(scope="module")
 def candidates():
     return dse.plan_candidates(MODEL, SPACE, GLOBAL_BATCH, samples=256, margin=0.01)
 
 
-def test_plan_memory_is_train_steps_memory():
-    plans = enumerate_plans(MODEL, 16, GLOBAL_BATCH)
-    reports = jax.jit(lambda p: evaluate_plans(MODEL, p, BASE))(plans)
-    np.testing.assert_allclose(plan_memory(MODEL, plans), np.asarray(reports.memory_per_chip),
-                               rtol=1e-6)
-
-
-def test_best_of_plans_equals_select_plan():
-    plans = enumerate_plans(MODEL, 16, GLOBAL_BATCH)
-    x = jnp.asarray(SPACE.sample(16, method="random", seed=3))
+@pytest.fixture(scope="module")
+def both_ways():
+    """`best_of_plans` and `select_plan(evaluate_plans)` at the random designs, at a 1 MB
+    design (nothing fits) and at the base design, in one compiled program: evaluating the
+    plans at each design compiles and traces slower than the rest of these tests together."""
+    c = BASE.chip
+    extra = [[1e6, c.hbm_bandwidth, c.mac_units, c.link_bandwidth],  # 1 MB: nothing fits
+             [c.hbm_bytes, c.hbm_bandwidth, c.mac_units, c.link_bandwidth]]
+    x = jnp.concatenate([jnp.asarray(SPACE.sample(RANDOM, method="random", seed=3)),
+                         jnp.asarray(extra, jnp.float32)])
 
     def both(xi):
         system = SPACE.build(xi)
-        a_plan, a = best_of_plans(MODEL, plans, system)
-        b_plan, b = select_plan(plans, evaluate_plans(MODEL, plans, system))
-        return a_plan.tp, a_plan.zero_stage, a.step_time, a.fits, b_plan.tp, b_plan.zero_stage, \
-            b.step_time, b.fits
+        a_plan, a = best_of_plans(MODEL, PLANS, system)
+        reports = evaluate_plans(MODEL, PLANS, system)
+        b_plan, b = select_plan(PLANS, reports)
+        return dict(a_tp=a_plan.tp, a_z=a_plan.zero_stage, a_t=a.step_time, a_fit=a.fits,
+                    b_tp=b_plan.tp, b_pp=b_plan.pp, b_z=b_plan.zero_stage, b_t=b.step_time,
+                    b_fit=b.fits, memory=reports.memory_per_chip)
 
-    a_tp, a_z, a_t, a_fit, b_tp, b_z, b_t, b_fit = jax.jit(jax.vmap(both))(x)
-    np.testing.assert_array_equal(a_tp, b_tp)
-    np.testing.assert_array_equal(a_z, b_z)
-    np.testing.assert_allclose(a_t, b_t, rtol=1e-6)  # same plan, fused differently
-    np.testing.assert_array_equal(a_fit, b_fit)
-    assert 0 < int(np.sum(a_fit)) < 16 or bool(np.all(a_fit))
+    return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(both))(x).items()}
 
 
-def test_no_feasible_plan_gives_the_closest_miss_flagged():
-    plans = enumerate_plans(MODEL, 16, GLOBAL_BATCH)
+def test_design_rows_are_the_designs_they_stand_for():
+    # The extra rows of `both_ways` rebuild the 1 MB design and the base design exactly.
+    c = BASE.chip
+    tiny = eqx.tree_at(lambda s: s.chip.hbm_bytes, BASE, jnp.asarray(1e6))
+    for system in (tiny, BASE):
+        x = jnp.asarray([system.chip.hbm_bytes, c.hbm_bandwidth, c.mac_units,
+                         c.link_bandwidth], jnp.float32)
+        assert_trees_identical(SPACE.build(x), system)
+
+
+def test_plan_memory_is_train_steps_memory(both_ways):
+    np.testing.assert_allclose(_plan_memory(), both_ways["memory"][TINY_ROW + 1], rtol=1e-6)
+
+
+def test_best_of_plans_equals_select_plan(both_ways):
+    r = both_ways
+    np.testing.assert_array_equal(r["a_tp"], r["b_tp"])
+    np.testing.assert_array_equal(r["a_z"], r["b_z"])
+    np.testing.assert_allclose(r["a_t"], r["b_t"], rtol=1e-6)  # same plan, fused differently
+    np.testing.assert_array_equal(r["a_fit"], r["b_fit"])
+    a_fit = r["a_fit"][:RANDOM]
+    assert 0 < int(np.sum(a_fit)) < RANDOM or bool(np.all(a_fit))
+
+
+def test_no_feasible_plan_gives_the_closest_miss_flagged(both_ways):
     tiny = eqx.tree_at(lambda s: s.chip.hbm_bytes, BASE, jnp.asarray(1e6))  # 1 MB: nothing fits
-    plan, report = best_of_plans(MODEL, plans, tiny)
-    # The reference compiled whole (op by op it compiled ~180 small programs: 16 s here).
-    ref_plan, ref = jax.jit(lambda s: select_plan(plans, evaluate_plans(MODEL, plans, s)))(tiny)
-    assert not bool(report.fits) and not bool(ref.fits)
-    assert float(report.step_time) == pytest.approx(float(ref.step_time), rel=1e-6)
-    assert float(plan.tp) == float(ref_plan.tp) and float(plan.pp) == float(ref_plan.pp)
+    plan, report = best_of_plans(MODEL, PLANS, tiny)
+    # The reference: select_plan over every plan at the same design, from the shared program.
+    ref = {k: v[TINY_ROW] for k, v in both_ways.items()}
+    assert not bool(report.fits) and not bool(ref["b_fit"])
+    assert float(report.step_time) == pytest.approx(float(ref["b_t"]), rel=1e-6)
+    assert float(plan.tp) == float(ref["b_tp"]) and float(plan.pp) == float(ref["b_pp"])
 
 
 def test_memory_pruning_is_exact(candidates):
-    plans = enumerate_plans(MODEL, 16, GLOBAL_BATCH)
-    memory = plan_memory(MODEL, plans)
+    memory = _plan_memory()
     low, high = candidates.capacity_bytes
     assert (low, high) == pytest.approx((1e9, 8e9))
     assert (memory <= low).any()  # so every design has a feasible plan

@@ -1,6 +1,8 @@
 """Activation offloading to host memory: memory conservation, exposed copy time, flags,
 transforms, and the published runs that use it."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,10 @@ def plans(shares=SHARES, **changes):
     base = dict(tp=1.0, pp=1.0, dp=8.0, microbatch_size=2.0, global_batch=64.0)
     return TrainingPlan(**(base | changes), activation_offload=jnp.asarray(shares))
 
+
+# Read once: building the cases evaluates their plans op by op (about 3 s per call), and
+# three tests read the same rows.
+_precision_training_rows = functools.cache(precision_training_rows)
 
 # One compiled step for every batch of plans and system of these tests.
 step = eqx.filter_jit(jax.vmap(lambda plan, system: train_step(MODEL, plan, system),
@@ -107,15 +113,16 @@ def test_offload_time_jits_vmaps_and_differentiates(dtype):
             system = NODE.replace(host_bandwidth=bw)
             return train_step(MODEL, plan, system).offload_time
 
-        f = jax.jit(exposed)
+        # The single calls' values come from the gradient's program: one compilation less.
+        f = jax.jit(jax.value_and_grad(exposed))
         bws = jnp.asarray([1e9, 2e9, 4e9], dtype)
         batched = jax.jit(jax.vmap(exposed))(bws)
-        looped = jnp.stack([f(b) for b in bws])
+        looped = jnp.stack([f(b)[0] for b in bws])
         np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=1e-5)
-        g = jax.jit(jax.grad(exposed))(jnp.asarray(1e9, dtype))
+        g = f(jnp.asarray(1e9, dtype))[1]
         assert np.isfinite(float(g)) and float(g) < 0.0  # a faster link never costs time
         if dtype == "float64":
-            numeric = central_difference(lambda b: float(f(jnp.asarray(b))), 1e9)
+            numeric = central_difference(lambda b: float(f(jnp.asarray(b))[0]), 1e9)
             assert float(g) == pytest.approx(numeric, rel=1e-5)
 
 
@@ -126,7 +133,7 @@ def test_megatron_bridge_runs_that_offload_are_predicted_with_it():
     # 25% slow; with it, both within 12% (7.25 s and 7.60 s measured; the GB200 row 10%
     # fast since the collectives were pipelined, 2026-12-03, 8% before: the link efficiency
     # they re-derive rose from 0.696 to 0.772, the shared kernel fraction too).
-    cases = [c for c in precision_training_rows()[0] if c.run_id in OFFLOADED_LAYERS]
+    cases = [c for c in _precision_training_rows()[0] if c.run_id in OFFLOADED_LAYERS]
     assert len(cases) == 2
     for case in cases:
         predicted, plan, report = predict(case)
@@ -177,7 +184,7 @@ def test_runs_overlap_tp_communication_as_their_recipes_set():
     # Megatron-Bridge v0.2.0: on whenever TP > 1 (not NVFP4). NeMo 24.07 (NeMo-Framework-
     # Launcher 24.07 configs): on for GPT-3 20B, Llama 2 / 3 70B, Nemotron 8B / 22B; off for
     # GPT-3 175B and Nemotron-340B. Without TP there is nothing to overlap.
-    overlap = {c.run_id: float(c.plans[0].tp_overlap[0]) for c in precision_training_rows()[0]}
+    overlap = {c.run_id: float(c.plans[0].tp_overlap[0]) for c in _precision_training_rows()[0]}
     expected = {"mbridge_25.11_DGX-H100_LLAMA3_70B_FP8-CS_64": 1.0,
                 "mbridge_25.11_DGX-H100_LLAMA3.1_405B_FP8-CS_1024": 1.0,
                 "mbridge_25.11_DGX-GB200_LLAMA3_70B_FP8-CS_64": 0.0,  # TP 1
@@ -197,7 +204,7 @@ def test_runs_whose_layers_do_not_split_over_pp_count_the_embedding_and_loss():
 
     pair_cases = [c for pair in precision_pairs() for c in (pair.low, pair.baseline)]
     counted, layouts = [], []
-    for case in precision_training_rows()[0] + pair_cases:
+    for case in _precision_training_rows()[0] + pair_cases:
         plan = jax.tree.map(lambda x: x[0], case.plans[0])
         layers, pp = int(case.model.layers), int(plan.pp)
         if float(plan.account_embedding_loss) == 1.0:
@@ -231,12 +238,13 @@ def test_tp_overlap_jits_vmaps_and_differentiates(dtype):
             system = NODE.replace(chip=NODE.chip.replace(link_bandwidth=link_bandwidth))
             return train_step(MODEL, plan, system).tp_comm_time
 
-        f = jax.jit(tp_time)
+        # The single calls' values come from the gradient's program: one compilation less.
+        f = jax.jit(jax.value_and_grad(tp_time))
         rates = jnp.asarray([0.5e9, 1e9, 2e9], dtype)  # slow links: the collectives show
         np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(tp_time))(rates)),
-                                   np.asarray(jnp.stack([f(r) for r in rates])), rtol=1e-5)
-        g = jax.jit(jax.grad(tp_time))(jnp.asarray(1e9, dtype))
+                                   np.asarray(jnp.stack([f(r)[0] for r in rates])), rtol=1e-5)
+        g = f(jnp.asarray(1e9, dtype))[1]
         assert np.isfinite(float(g)) and float(g) < 0.0  # faster links never cost time
         if dtype == "float64":
-            numeric = central_difference(lambda r: float(f(jnp.asarray(r))), 1e9)
+            numeric = central_difference(lambda r: float(f(jnp.asarray(r))[0]), 1e9)
             assert float(g) == pytest.approx(numeric, rel=1e-5)

@@ -38,6 +38,20 @@ def small_model(**changes):
 
 
 SMALL = small_model()
+DGX64 = DGX.with_num_chips(64)
+
+# Compiled once per structure and shared by the tests below: a fresh closure per test traces
+# and compiles the same step again. `_step`: one plan; `_steps`: a batch of plans on one system.
+_step = jax.jit(lambda plan, system: train_step(SMALL, plan, system))
+_steps = jax.jit(jax.vmap(lambda plan, system: train_step(SMALL, plan, system),
+                          in_axes=(0, None)))
+N_PLANS = 64  # every batch given to `_steps` has this many plans (one compilation)
+
+
+def _padded_plans(plans, seed):
+    """`plans` followed by random plans up to N_PLANS: a superset for the shared `_steps`."""
+    more = random_plans(N_PLANS - len(plans.tp), seed)
+    return jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), plans, more)
 
 
 
@@ -113,10 +127,8 @@ def test_fit_reproduces_stored_constant_and_sc21_table1():
 # ----- conservation and invariances -----------------------------------------------------------
 
 def test_breakdowns_sum_over_random_plans():
-    model = small_model()
-    system = DGX.with_num_chips(64)
-    plans = random_plans(64)
-    reports = jax.jit(jax.vmap(lambda p: train_step(model, p, system)))(plans)
+    plans = random_plans(N_PLANS)
+    reports = _steps(plans, DGX64)
     parts = sum(np.asarray(getattr(reports, f)) for f in BREAKDOWN)
     np.testing.assert_allclose(parts, np.asarray(reports.step_time), rtol=1e-5)
     memory = (np.asarray(reports.weights_bytes) + np.asarray(reports.grads_bytes)
@@ -149,10 +161,9 @@ def _scaled(system, chip=None, **fields):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_more_bandwidth_or_sram_never_slower(seed):
-    model = small_model()
-    system = DGX.with_num_chips(64)
-    plans = random_plans(48, seed)
-    f = jax.jit(jax.vmap(lambda p, s: train_step(model, p, s).step_time, in_axes=(0, None)))
+    system = DGX64
+    plans = _padded_plans(random_plans(48, seed), seed + 100)
+    f = lambda p, s: _steps(p, s).step_time  # noqa: E731
     base = np.asarray(f(plans, system))
     c = system.chip
     faster = [
@@ -280,18 +291,19 @@ def test_expert_parallel_above_dp_raises():
 # ----- transforms ----------------------------------------------------------------------------
 
 def test_vmap_over_plans_matches_loop_and_jit_does_not_recompile():
-    model = small_model()
-    system = DGX.with_num_chips(64)
+    system = DGX64
     plans = random_plans(3, seed=3)
-    f = jax.jit(lambda p, s: train_step(model, p, s))
-    batched = jax.jit(jax.vmap(lambda p: train_step(model, p, system)))(plans)
+    batched = _steps(_padded_plans(plans, 103), system)
+    # `_step` is shared: at most the first of three plans compiles, the others reuse it.
+    sizes = []
     for i in range(3):
-        one = f(index(plans, i), system)
+        one = _step(index(plans, i), system)
+        sizes.append(_step._cache_size())
         np.testing.assert_allclose(float(one.step_time), float(batched.step_time[i]),
                                    rtol=1e-5)
         np.testing.assert_allclose(float(one.memory_per_chip),
                                    float(batched.memory_per_chip[i]), rtol=1e-5)
-    assert f._cache_size() == 1
+    assert sizes[0] == sizes[1] == sizes[2] >= 1
 
 
 def test_vmap_over_hardware_matches_loop():
@@ -310,9 +322,8 @@ def test_vmap_over_hardware_matches_loop():
                for k in (1.0, 2.0, 4.0)]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *systems)
     batched = jax.jit(jax.vmap(lambda s: train_step(model, plan, s)))(stacked)
-    single = jax.jit(lambda s: train_step(model, plan, s))
     for i, s in enumerate(systems):
-        one = single(s)
+        one = _step(plan, s)
         np.testing.assert_allclose(float(batched.step_time[i]), float(one.step_time), rtol=1e-5)
         np.testing.assert_allclose(float(batched.energy[i]), float(one.energy), rtol=1e-5)
     t = np.asarray(batched.step_time)
@@ -382,6 +393,11 @@ def test_float32_and_float64_agree():
 
 # ----- the data-parallel overlap fraction of the calibration ----------------------------------
 
+# The calibration-over step of the overlap tests (one trace for both).
+_step_over_calibrations = jit_over_calibrations(lambda calibration, plans: train_step(
+    SMALL, plans, DGX64, calibration=calibration))
+
+
 def _overlap_plans():
     """Plans whose DP reduction is partly hidden (dp_overlap on, every ZeRO stage) and one
     without overlap, on 64 chips."""
@@ -398,9 +414,7 @@ def test_hidden_communication_slows_the_compute_it_overlaps():
     # Lee et al. 2025 (arXiv 2507.03114): compute kernels run (1 + s) times as long while
     # communication runs beside them, so each hidden second adds s / (1 + s) s to the step.
     plans = _overlap_plans()
-    system = DGX.with_num_chips(64)
-    step = jit_over_calibrations(lambda calibration, plans: train_step(
-        SMALL, plans, system, calibration=calibration))
+    step = _step_over_calibrations
     free = step(DEFAULT.replace(overlap_slowdown=0.0), plans)
     shown = step(DEFAULT.replace(overlap_slowdown=0.0, dp_overlap_fraction=0.0), plans)
     hidden = np.asarray(shown.dp_comm_time) - np.asarray(free.dp_comm_time)
@@ -418,10 +432,8 @@ def test_hidden_communication_slows_the_compute_it_overlaps():
 
 def test_dp_overlap_fraction_spans_no_overlap_to_full_overlap():
     plans = _overlap_plans()
-    system = DGX.with_num_chips(64)
     # One compilation for every call (the fraction is a traced leaf of the calibration).
-    step = jit_over_calibrations(lambda calibration, plans: train_step(
-        SMALL, plans, system, calibration=calibration))
+    step = _step_over_calibrations
     full = step(DEFAULT, plans)
     none = step(DEFAULT.replace(dp_overlap_fraction=0.0), plans)
     off = step(DEFAULT, plans.replace(dp_overlap=jnp.zeros(5)))
