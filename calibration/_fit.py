@@ -39,6 +39,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dse.models import Calibration
+
 from ._measurements import Measurements
 from ._result import AT_BOUND, CalibrationResult, _with_values, param_names
 from ._uncertainty import Resample, _laplace_covariance, bootstrap_weights
@@ -423,7 +425,11 @@ def calibrate(model_fn: Callable[[Any, Any], Float[Array, " n"]], params: Any,
     if n_boot:
         weights.append(bootstrap_weights(key_boot, data.group, n_boot, resample).astype(dtype))
     weights.append(jnp.asarray(~held, dtype))
-    out = _fit_and_summarize(jnp.concatenate(weights, axis=0), jnp.asarray(held), params,
+    # `Calibration.provenance` is static (part of the compiled program's key) and takes no part
+    # in the arithmetic: fits of calibrations that differ only in it (any `.replace`) share one
+    # compilation. The result keeps `params`' own provenance.
+    traced = params.replace(provenance=()) if isinstance(params, Calibration) else params
+    out = _fit_and_summarize(jnp.concatenate(weights, axis=0), jnp.asarray(held), traced,
                              data.inputs, measured, zlo, zhi, z0, u0, inv_prior,
                              steps=int(steps), n_boot=n_boot,
                              bootstrap_std=uncertainty == "bootstrap", **static)
