@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 from jaxtyping import Array, Float
@@ -32,15 +31,12 @@ from ._collectives import (
 )
 from ._memory import ACT_BYTES, kv_chunk_bytes, local_tokens
 from ._operators import (
-    OpCost,
-    _f,
     attention,
     attention_backward,
     elementwise,
     elementwise_ops,
     gemm,
     stacked_calls,
-    stacked_vmap,
 )
 from ._recipe import EMULATED_BLOCK, HADAMARD_FLOPS, QUANTIZE_FLOPS, RECIPES, RecipeSpec
 from ._training_plan import (
@@ -95,7 +91,7 @@ class LayerCost(eqx.Module):
 
 def _gemm_passes(chip, shapes, smooth, calibration: Calibration, recipe: RecipeSpec):
     """The per-product cost function and the 3 len(shapes) rows (forward, then dX, then dW
-    of every shape) of `stacked_gemms_fwd_bwd` / `gemms_fwd_bwd`."""
+    of every shape) of `gemms_fwd_bwd`."""
     q = recipe.format.bytes
     emulated = recipe.format.block_scaled and not chip.block_scaling
 
@@ -113,23 +109,19 @@ def _gemm_passes(chip, shapes, smooth, calibration: Calibration, recipe: RecipeS
                  + [(k, n, m, g) for m, n, k, g in rows])
 
 
-def stacked_gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
-                          recipe: RecipeSpec = RECIPES["bf16"]) -> OpCost:
-    """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`, stacked: an `OpCost`
-    whose fields have shape (3, len(shapes), *batch), the forward, dX and dW products.
-
-    All 3 len(shapes) products are one `vmap`ped `gemm` over a stacked axis, so the model is
-    traced and compiled once for the lot, not once per GEMM (the per-product arithmetic is the
-    same).
-    """
-    costs = stacked_vmap(*_gemm_passes(chip, shapes, smooth, calibration, recipe))
-    return jax.tree.map(lambda x: x.reshape((3, len(shapes)) + x.shape[1:]), costs)
-
-
 def gemms_fwd_bwd(chip, shapes, smooth, calibration: Calibration,
                   recipe: RecipeSpec = RECIPES["bf16"]):
     """`gemm_fwd_bwd` of every (m, n, k) or (m, n, k, groups) in `shapes`: a list of
-    (fwd, dx, dw) `OpCost`s (the products of `stacked_gemms_fwd_bwd`, one call each)."""
+    (fwd, dx, dw) `OpCost`s.
+
+    All 3 len(shapes) products are one `vmap`ped `gemm` over a stacked axis (`stacked_calls`),
+    so the model is traced and compiled once for the lot, not once per GEMM, and split back
+    into one array per product: sums over the products are then element-wise adds, in which
+    XLA folds each product's constant shape into its own arithmetic. Summed as a reduction over
+    the stacked axis instead, a million-design sweep of GPT-3's `train_step` ran 17x slower on
+    the CPU (benchmarks/sweep_throughput.py's kernel: 2.5e6 vs 4.5e7 designs/s; XLA emits the
+    reductions as single-threaded library calls and evaluates every product at every design).
+    """
     costs = stacked_calls(*_gemm_passes(chip, shapes, smooth, calibration, recipe))
     n = len(shapes)
     return [(costs[j], costs[n + j], costs[2 * n + j]) for j in range(n)]
@@ -232,30 +224,33 @@ def _weight_gemm_shapes(model: Transformer, plan: TrainingPlan):
     return [(c, mnk) for c, mnk, _ in table], router
 
 
-# Passes of a stacked GEMM (`stacked_gemms_fwd_bwd`): forward, backward (dX and dW), all three.
+# Passes of a GEMM (`gemms_fwd_bwd`): forward, backward (dX and dW), all three.
 FWD, BWD, ALL = slice(0, 1), slice(1, 3), slice(0, 3)
 
 
 class WeightGemms(NamedTuple):
-    """A layer's weight GEMMs, stacked: `counts` and TP `cover` (`_weight_gemm_table`) of each,
-    shape (gemms, *batch), and their `costs`, an `OpCost` with fields (3, gemms, *batch)
-    (`stacked_gemms_fwd_bwd`)."""
+    """A layer's weight GEMMs: `counts` and TP `cover` (`_weight_gemm_table`) of each, and their
+    `costs`, one (fwd, dx, dw) of `OpCost`s each (`gemms_fwd_bwd`)."""
 
-    counts: Array
-    cover: Array
-    costs: OpCost
+    counts: list
+    cover: list
+    costs: list
 
     def total(self, field: str, passes: slice = ALL, rows: slice = slice(None),
               covered: bool = False) -> Array:
         """Sum over the GEMMs in `rows` of count x `field` summed over `passes` (`FWD`, `BWD`,
-        `ALL`); weighted by the TP cover when `covered`."""
-        per_gemm = jnp.sum(getattr(self.costs, field)[passes], axis=0)
-        weights = self.counts * self.cover if covered else self.counts
-        return jnp.sum(weights[rows] * per_gemm[rows], axis=0)
+        `ALL`); weighted by the TP cover when `covered`. Element-wise adds, not a reduction
+        over a stacked axis (`gemms_fwd_bwd` says why)."""
+        terms = [(c * w if covered else c) * _add(*(getattr(p, field) for p in g[passes]))
+                 for c, w, g in zip(self.counts[rows], self.cover[rows], self.costs[rows],
+                                    strict=True)]
+        return _add(*terms)
 
 
-def _stack_rows(values, batch):
-    return jnp.stack([jnp.broadcast_to(_f(v), batch) for v in values])
+def _add(first, *rest):
+    for term in rest:
+        first = first + term
+    return first
 
 
 def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth, calibration):
@@ -264,14 +259,8 @@ def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth
     chip = system.chip
     recipe = RECIPES[plan.precision]
     table, router = _weight_gemm_table(model, plan)
-    costs = stacked_gemms_fwd_bwd(chip, [mnk for _, mnk, _ in table], smooth, calibration,
-                                  recipe)
-    counts, cover = [c for c, _, _ in table], [w for _, _, w in table]
-    batch = jnp.broadcast_shapes(costs.time.shape[2:], *(jnp.shape(v) for v in counts + cover))
-    lead = costs.time.shape[:2]
-    costs = jax.tree.map(lambda x: jnp.broadcast_to(
-        x.reshape(lead + (1,) * (len(batch) + 2 - x.ndim) + x.shape[2:]), lead + batch), costs)
-    gemms = WeightGemms(_stack_rows(counts, batch), _stack_rows(cover, batch), costs)
+    costs = gemms_fwd_bwd(chip, [mnk for _, mnk, _ in table], smooth, calibration, recipe)
+    gemms = WeightGemms([c for c, _, _ in table], [w for _, _, w in table], costs)
     return gemms, gemm_fwd_bwd(chip, *router, smooth, calibration)
 
 

@@ -57,15 +57,6 @@ def _f(x):
     return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
-def stacked_vmap(fn, rows):
-    """`fn` of every row, as one `jax.vmap` of `fn` over the rows stacked: a pytree whose
-    leaves have a leading axis of len(rows). The arguments of a row broadcast against each
-    other's rows (scalars, or arrays of one batch shape)."""
-    cols = [jnp.stack(jnp.broadcast_arrays(*(_f(row[i]) for row in rows)))
-            for i in range(len(rows[0]))]
-    return jax.vmap(fn)(*cols)
-
-
 def stacked_calls(fn, rows):
     """`[fn(*row) for row in rows]`, computed as one `jax.vmap` of `fn` over the rows stacked.
 
@@ -73,10 +64,13 @@ def stacked_calls(fn, rows):
     collectives) traces and compiles `fn` once instead of once per op: the jitted graph, its
     compile time and its tracing shrink by about the number of rows, and each row's arithmetic
     is the same as a call of its own. The arguments of a row broadcast against each other's
-    rows (scalars, or arrays of one batch shape). A caller that only sums over the rows keeps
-    them stacked (`stacked_vmap`) and saves the split.
+    rows (scalars, or arrays of one batch shape). The split matters for speed: a sum over the
+    rows as element-wise adds lets XLA fold each row's constants into its own arithmetic, which
+    a reduction over the stacked axis does not (`dse.models._layer.gemms_fwd_bwd`).
     """
-    leaves, treedef = jax.tree.flatten(stacked_vmap(fn, rows))
+    cols = [jnp.stack(jnp.broadcast_arrays(*(_f(row[i]) for row in rows)))
+            for i in range(len(rows[0]))]
+    leaves, treedef = jax.tree.flatten(jax.vmap(fn)(*cols))
     # One split per leaf rather than a slice and a squeeze per row: fewer ops to trace.
     n = len(rows)
     pieces = [[jnp.squeeze(p, 0) for p in jnp.split(leaf, n)] for leaf in leaves]
