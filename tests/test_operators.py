@@ -162,6 +162,31 @@ def test_roofline_smooth_bounds_and_zero():
     assert np.isfinite(float(g))
 
 
+def _primitives(jaxpr):
+    """Every primitive of a jaxpr, nested calls (custom_jvp, pjit) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn.primitive.name
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", None)
+            if inner is not None:
+                yield from _primitives(getattr(inner, "jaxpr", inner))
+
+
+def test_smooth_roofline_is_the_p_norm_without_a_general_power():
+    # (c^8 + m^8)^(1/8) at the crossover and away from it, in float64.
+    c = np.array([1.0, 2.0, 3e-3, 7.0])
+    m = np.array([1.0, 0.5, 4e-3, 1e-9])
+    want = (c ** 8 + m ** 8) ** (1 / 8)
+    with jax.enable_x64(True):
+        got = roofline(jnp.asarray(c), jnp.asarray(m), smooth=True)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-14)
+        # Integer powers and square roots only: a float `pow` per term made a vmapped smooth
+        # train_step 16x slower on the CPU (benchmarks/sweep_throughput.py's kernel).
+        prims = set(_primitives(jax.make_jaxpr(
+            lambda a, b: roofline(a, b, smooth=True))(jnp.asarray(c), jnp.asarray(m)).jaxpr))
+    assert "pow" not in prims and {"integer_pow", "sqrt"} <= prims
+
+
 def test_attention_gqa_reads_less_kv_and_causal_halves_flops():
     chip = a100()
     mha = attention(chip, 16.0, 32.0, 32.0, 1.0, 8192.0, 128.0)
