@@ -9,6 +9,8 @@ bytes it sends over links. `train_step` (`_training.py`) composes it into a step
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import NamedTuple
 
 import equinox as eqx
@@ -241,16 +243,11 @@ class WeightGemms(NamedTuple):
         """Sum over the GEMMs in `rows` of count x `field` summed over `passes` (`FWD`, `BWD`,
         `ALL`); weighted by the TP cover when `covered`. Element-wise adds, not a reduction
         over a stacked axis (`gemms_fwd_bwd` says why)."""
-        terms = [(c * w if covered else c) * _add(*(getattr(p, field) for p in g[passes]))
+        terms = [(c * w if covered else c)
+                 * functools.reduce(operator.add, (getattr(p, field) for p in g[passes]))
                  for c, w, g in zip(self.counts[rows], self.cover[rows], self.costs[rows],
                                     strict=True)]
-        return _add(*terms)
-
-
-def _add(first, *rest):
-    for term in rest:
-        first = first + term
-    return first
+        return functools.reduce(operator.add, terms)
 
 
 def _weight_gemms(model: Transformer, plan: TrainingPlan, system: System, smooth, calibration):

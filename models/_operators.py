@@ -52,7 +52,8 @@ from ._calibration import DEFAULT, Calibration
 # square roots, where a float exponent is a general pow (exp and log) per term, which made a
 # vmapped smooth GPT-3 train_step 16x slower than the hard max on the CPU.
 SMOOTH_MAX_P = 8
-_SMOOTH_MAX_SQRTS = 3  # SMOOTH_MAX_P = 2 ** 3
+_SMOOTH_MAX_SQRTS = SMOOTH_MAX_P.bit_length() - 1  # the p-th root as square roots
+assert 1 << _SMOOTH_MAX_SQRTS == SMOOTH_MAX_P, "SMOOTH_MAX_P must be a power of two"
 
 
 
